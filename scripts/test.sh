@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every test SurgeMQ has: formatting, lints, unit/property/integration tests, and the
+# interop tests against Mosquitto's command-line clients and paho-mqtt. Installs what the tests
+# need (Debian and PyPI packages) when it is missing, so it works on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+apt_updated=0
+need_deb() { # need_deb COMMAND PACKAGE
+  command -v "$1" >/dev/null 2>&1 && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ "$apt_updated" -eq 0 ]; then
+    log "apt-get update"
+    $sudo apt-get update -qq
+    apt_updated=1
+  fi
+  log "installing Debian package $2 (for $1)"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$2" >/dev/null
+}
+
+need_py() { # need_py MODULE PACKAGE
+  python3 -c "import $1" >/dev/null 2>&1 && return 0
+  log "installing PyPI package $2"
+  python3 -m pip install -q "$2"
+}
+
+need_deb mosquitto_pub mosquitto-clients
+need_deb mosquitto mosquitto
+need_py paho.mqtt "paho-mqtt>=2,<3"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+log "cargo test"
+cargo test --all-targets
+cargo test --doc
+
+if [ -x scripts/interop.sh ]; then
+  log "interop (mosquitto clients, paho-mqtt)"
+  scripts/interop.sh
+fi
+
+log "all tests passed"

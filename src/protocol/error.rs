@@ -1,0 +1,71 @@
+//! Codec errors. Each decode error names the rule the peer broke, with the MQTT 3.1.1 normative
+//! statement id where the standard has one, so a log line says exactly why a connection closed.
+
+use super::PacketType;
+
+/// Why a byte stream is not a valid MQTT packet. Every variant is fatal for the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("remaining length uses more than 4 bytes (2.2.3)")]
+    MalformedRemainingLength,
+    #[error("packet of {size} bytes exceeds the maximum packet size of {max} bytes")]
+    PacketTooLarge { size: usize, max: usize },
+    #[error("reserved packet type {0} (2.2.1)")]
+    ReservedPacketType(u8),
+    #[error("invalid fixed header flags {flags:#06b} for {packet_type:?} (MQTT-2.2.2-2)")]
+    InvalidFlags { packet_type: PacketType, flags: u8 },
+    #[error("PUBLISH with QoS 3 (MQTT-3.3.1-4)")]
+    InvalidQoS,
+    #[error("packet identifier 0 (MQTT-2.3.1-1)")]
+    ZeroPacketId,
+    #[error("protocol name {0:?} is neither \"MQTT\" nor \"MQIsdp\" (MQTT-3.1.2-1)")]
+    InvalidProtocolName(String),
+    #[error("unsupported protocol level {0} (MQTT-3.1.2-2)")]
+    UnsupportedProtocolLevel(u8),
+    #[error("CONNECT reserved flag is set (MQTT-3.1.2-3)")]
+    ConnectReservedFlag,
+    #[error("will QoS or will retain set without the will flag (MQTT-3.1.2-11, MQTT-3.1.2-13, MQTT-3.1.2-15)")]
+    WillFlagsWithoutWill,
+    #[error("will QoS 3 (MQTT-3.1.2-14)")]
+    InvalidWillQoS,
+    #[error("password flag set without the user name flag (MQTT-3.1.2-22)")]
+    PasswordWithoutUsername,
+    #[error("string is not well-formed UTF-8 (MQTT-1.5.3-1)")]
+    InvalidUtf8,
+    #[error("string contains U+0000 (MQTT-1.5.3-2)")]
+    NullCharacter,
+    #[error("empty topic name (MQTT-4.7.3-1)")]
+    EmptyTopic,
+    #[error("wildcard in a topic name (MQTT-3.3.2-2)")]
+    WildcardInTopicName,
+    #[error("SUBSCRIBE without a topic filter (MQTT-3.8.3-3)")]
+    EmptySubscribe,
+    #[error("UNSUBSCRIBE without a topic filter (MQTT-3.10.3-2)")]
+    EmptyUnsubscribe,
+    #[error("invalid requested QoS byte {0:#04x} in SUBSCRIBE (MQTT-3-8.3-4)")]
+    InvalidSubscribeOptions(u8),
+    #[error("invalid CONNACK acknowledge flags {0:#04x} (MQTT-3.2.2-1)")]
+    InvalidConnAckFlags(u8),
+    #[error("invalid CONNACK return code {0}")]
+    InvalidConnectReturnCode(u8),
+    #[error("invalid SUBACK return code {0:#04x} (MQTT-3.9.3-2)")]
+    InvalidSubAckReturnCode(u8),
+    /// The fields of the variable header and payload need more bytes than the Remaining Length
+    /// announced, or leave bytes over where the packet has no room for them.
+    #[error("{packet_type:?} body does not match its remaining length: {detail}")]
+    MalformedPacket {
+        packet_type: PacketType,
+        detail: &'static str,
+    },
+}
+
+/// Why a packet cannot be encoded. Only possible for values that the wire format cannot carry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("packet body of {0} bytes exceeds the maximum remaining length (2.2.3)")]
+    PacketTooLarge(usize),
+    #[error("string or binary field of {0} bytes exceeds 65535 bytes (1.5.3)")]
+    FieldTooLong(usize),
+    #[error("QoS 1/2 PUBLISH with packet identifier 0 (MQTT-2.3.1-1)")]
+    ZeroPacketId,
+}
