@@ -1,1 +1,42 @@
-fn main() {}
+//! The `surgemq` command: flags in, validated configuration out, one library call.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(
+    name = "surgemq",
+    version,
+    about = "A thread-per-core MQTT 3.1/3.1.1 broker"
+)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(cli::serve::ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_logging(&cli.log_level);
+    let result = match cli.command {
+        Command::Serve(args) => cli::serve::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("surgemq: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

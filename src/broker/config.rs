@@ -1,0 +1,184 @@
+//! Validated broker configuration. The binary turns flags into a [`BrokerConfig`]; the library
+//! only ever sees values that passed [`BrokerConfig::validate`], so the runtime needs no
+//! defensive checks of its own.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything `surgemq serve` can be told.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Addresses every shard listens on (SO_REUSEPORT spreads connections over the shards).
+    pub listen: Vec<SocketAddr>,
+    /// Number of shards (executors), each pinned to a CPU.
+    pub shards: usize,
+    /// How long a new socket may take to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Outgoing QoS 1/2 messages in flight (sent, not yet acknowledged) per session.
+    pub max_inflight: usize,
+    /// Largest packet accepted from a client, fixed header included.
+    pub max_packet_size: usize,
+    /// Messages waiting in one session's outbound queue; beyond it new messages are dropped.
+    pub max_queued_messages: usize,
+    /// Payload bytes waiting in one session's outbound queue; beyond it new messages are dropped.
+    pub max_queued_bytes: usize,
+    /// Topic levels allowed in a topic name or filter; 0 means no limit.
+    pub max_topic_levels: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            shards: available_cpus(),
+            connect_timeout: Duration::from_secs(10),
+            max_inflight: 100,
+            max_packet_size: 1 << 20,
+            max_queued_messages: 1000,
+            max_queued_bytes: 64 << 20,
+            max_topic_levels: 128,
+        }
+    }
+}
+
+/// A configuration value that cannot work, named by its flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid --{flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(flag: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            flag,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Upper bound on shards: far above any sensible core count, low enough to catch typos.
+pub const MAX_SHARDS: usize = 1024;
+
+impl BrokerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::new("listen", "at least one address is needed"));
+        }
+        if self.shards == 0 || self.shards > MAX_SHARDS {
+            return Err(ConfigError::new(
+                "shards",
+                format!("must be between 1 and {MAX_SHARDS}, got {}", self.shards),
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(ConfigError::new("connect-timeout", "must be above 0"));
+        }
+        if self.max_inflight == 0 || self.max_inflight > 65_535 {
+            return Err(ConfigError::new(
+                "max-inflight",
+                format!("must be between 1 and 65535, got {}", self.max_inflight),
+            ));
+        }
+        if self.max_packet_size < 64
+            || self.max_packet_size > crate::protocol::MAX_REMAINING_LENGTH + 5
+        {
+            return Err(ConfigError::new(
+                "max-packet-size",
+                format!(
+                    "must be between 64 and {} bytes, got {}",
+                    crate::protocol::MAX_REMAINING_LENGTH + 5,
+                    self.max_packet_size
+                ),
+            ));
+        }
+        if self.max_queued_messages == 0 {
+            return Err(ConfigError::new("max-queued-messages", "must be above 0"));
+        }
+        if self.max_queued_bytes == 0 {
+            return Err(ConfigError::new("max-queued-bytes", "must be above 0"));
+        }
+        Ok(())
+    }
+}
+
+/// CPUs this process may run on (its affinity mask), at least 1.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        BrokerConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let cases: Vec<(BrokerConfig, &str)> = vec![
+            (
+                BrokerConfig {
+                    shards: 0,
+                    ..Default::default()
+                },
+                "shards",
+            ),
+            (
+                BrokerConfig {
+                    listen: vec![],
+                    ..Default::default()
+                },
+                "listen",
+            ),
+            (
+                BrokerConfig {
+                    max_inflight: 0,
+                    ..Default::default()
+                },
+                "max-inflight",
+            ),
+            (
+                BrokerConfig {
+                    max_inflight: 70_000,
+                    ..Default::default()
+                },
+                "max-inflight",
+            ),
+            (
+                BrokerConfig {
+                    max_packet_size: 10,
+                    ..Default::default()
+                },
+                "max-packet-size",
+            ),
+            (
+                BrokerConfig {
+                    connect_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+                "connect-timeout",
+            ),
+            (
+                BrokerConfig {
+                    max_queued_messages: 0,
+                    ..Default::default()
+                },
+                "max-queued-messages",
+            ),
+        ];
+        for (config, flag) in cases {
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.flag, flag);
+            assert!(
+                err.to_string().starts_with(&format!("invalid --{flag}: ")),
+                "{err}"
+            );
+        }
+    }
+}

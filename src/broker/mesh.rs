@@ -1,0 +1,365 @@
+//! The shard-to-shard mesh: what shards tell each other and how it travels.
+//!
+//! Each shard has one bounded crossbeam channel (its inbox) that every other shard sends into,
+//! and a doorbell (`AtomicWaker`) that wakes the inbox's drain task when it sleeps. A sender
+//! never blocks its executor: what does not fit stays in the sender's [`Router`] and is retried
+//! on the next flush, and the stall is counted. Deliveries to one destination are gathered into
+//! a [`DeliveryBatch`] per loop iteration, so a hop across cores costs one channel operation and
+//! at most one wake-up per batch, not per message. Messages from one shard to another keep their
+//! order because both the router queue and the channel are FIFO.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use atomic_waker::AtomicWaker;
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::protocol::{ByteStr, Connect, QoS};
+
+/// Index of a shard (one executor, one core).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardId(pub u16);
+
+impl ShardId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// A session's address anywhere in the broker: its home shard and its slot there. The
+/// generation makes a stale address (a session that ended, its slot reused) harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SubscriberId {
+    pub shard: ShardId,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// One published message as routed: immutable and shared by every subscriber and shard it
+/// reaches. Topic and payload are slices of the publisher's read buffer, never copied on the
+/// way (retained and queued-while-offline copies are the exception, see `Message::detached`).
+#[derive(Debug)]
+pub struct Message {
+    pub topic: ByteStr,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+impl Message {
+    /// A copy that owns exactly its bytes. Kept for long (retained messages), a `Message` must
+    /// not pin the whole read buffer its slices came from.
+    pub fn detached(&self) -> Message {
+        Message {
+            topic: ByteStr::from(self.topic.as_str()),
+            payload: Bytes::copy_from_slice(&self.payload),
+            qos: self.qos,
+            retain: self.retain,
+        }
+    }
+}
+
+/// A delivery target on the destination shard.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub slot: u32,
+    pub generation: u32,
+    pub qos: QoS,
+}
+
+/// Messages for one destination shard, with their targets there, in publish order. Flat
+/// vectors so that building a batch allocates per batch, not per message.
+#[derive(Debug, Default)]
+pub struct DeliveryBatch {
+    /// Each message with the end index (exclusive) of its targets in `targets`.
+    pub messages: Vec<(Arc<Message>, u32)>,
+    pub targets: Vec<Target>,
+}
+
+impl DeliveryBatch {
+    pub fn push(&mut self, message: &Arc<Message>, target: Target) {
+        let same_as_last = matches!(self.messages.last(), Some((m, _)) if Arc::ptr_eq(m, message));
+        self.targets.push(target);
+        let end = self.targets.len() as u32;
+        if same_as_last {
+            self.messages.last_mut().expect("checked").1 = end;
+        } else {
+            self.messages.push((message.clone(), end));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Each message with its targets.
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<Message>, &[Target])> {
+        let mut start = 0usize;
+        self.messages.iter().map(move |(m, end)| {
+            let end = *end as usize;
+            let targets = &self.targets[start..end];
+            start = end;
+            (m, targets)
+        })
+    }
+}
+
+/// A connection that finished CONNECT on one shard and belongs to another (its client id's
+/// home). The socket travels as a file descriptor with the bytes already read after CONNECT.
+#[derive(Debug)]
+pub struct MovedConnection {
+    pub fd: OwnedFd,
+    pub peer: SocketAddr,
+    pub connect: Box<Connect>,
+    pub leftover: BytesMut,
+}
+
+/// Everything one shard tells another.
+#[derive(Debug)]
+pub enum ShardMessage {
+    Deliver(DeliveryBatch),
+    /// Apply these subscriptions to your trie replica and answer `SubscribeApplied`, with the
+    /// retained messages you own that match.
+    Subscribe {
+        subscriber: SubscriberId,
+        filters: Arc<[(ByteStr, QoS)]>,
+        token: u64,
+    },
+    SubscribeApplied {
+        token: u64,
+        retained: Vec<(Arc<Message>, QoS)>,
+    },
+    /// Remove these subscriptions; answer `UnsubscribeApplied` when a token is given.
+    Unsubscribe {
+        subscriber: SubscriberId,
+        filters: Arc<[ByteStr]>,
+        token: Option<u64>,
+    },
+    UnsubscribeApplied {
+        token: u64,
+    },
+    /// Store (or, with an empty payload, clear) a retained message on its owner shard.
+    Retain(Arc<Message>),
+    Adopt(Box<MovedConnection>),
+    Shutdown,
+}
+
+/// A shard's inbox as seen by senders.
+pub struct Inbox {
+    tx: Sender<ShardMessage>,
+    doorbell: AtomicWaker,
+}
+
+/// The inboxes of all shards, shared by every shard.
+pub struct Mesh {
+    inboxes: Vec<Inbox>,
+}
+
+/// Batches (not messages) an inbox holds. A full inbox means the destination core is saturated;
+/// the sender then keeps what it has and slows its own publishers.
+pub const INBOX_CAPACITY: usize = 1024;
+
+impl Mesh {
+    /// The mesh and each shard's receiving end, in shard order.
+    pub fn new(shards: usize) -> (Arc<Mesh>, Vec<Receiver<ShardMessage>>) {
+        let mut inboxes = Vec::with_capacity(shards);
+        let mut receivers = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = crossbeam_channel::bounded(INBOX_CAPACITY);
+            inboxes.push(Inbox {
+                tx,
+                doorbell: AtomicWaker::new(),
+            });
+            receivers.push(rx);
+        }
+        (Arc::new(Mesh { inboxes }), receivers)
+    }
+
+    pub fn shards(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Sends or hands the message back when the inbox is full. Rings the doorbell on success.
+    pub fn try_send(&self, to: ShardId, msg: ShardMessage) -> Result<(), ShardMessage> {
+        let inbox = &self.inboxes[to.index()];
+        match inbox.tx.try_send(msg) {
+            Ok(()) => {
+                inbox.doorbell.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(msg)) | Err(TrySendError::Disconnected(msg)) => Err(msg),
+        }
+    }
+
+    /// Registers the drain task of `shard` to be woken by the next send.
+    pub fn register(&self, shard: ShardId, waker: &std::task::Waker) {
+        self.inboxes[shard.index()].doorbell.register(waker);
+    }
+}
+
+/// What a sending shard holds for each destination: the batch being built during this loop
+/// iteration and anything that did not fit into the destination's inbox yet.
+pub struct Router {
+    me: ShardId,
+    mesh: Arc<Mesh>,
+    open: Vec<DeliveryBatch>,
+    backlog: Vec<VecDeque<ShardMessage>>,
+    /// Count of flushes that found an inbox full.
+    pub stalls: u64,
+}
+
+/// Messages per batch before it is closed and queued, so one batch never grows without bound.
+const MAX_BATCH: usize = 512;
+/// Messages waiting for a full inbox beyond which the shard stops reading from its publishers.
+const CONGESTION_LIMIT: usize = 64;
+
+impl Router {
+    pub fn new(me: ShardId, mesh: Arc<Mesh>) -> Router {
+        let n = mesh.shards();
+        Router {
+            me,
+            mesh,
+            open: (0..n).map(|_| DeliveryBatch::default()).collect(),
+            backlog: (0..n).map(|_| VecDeque::new()).collect(),
+            stalls: 0,
+        }
+    }
+
+    pub fn mesh(&self) -> &Arc<Mesh> {
+        &self.mesh
+    }
+
+    pub fn deliver(&mut self, to: ShardId, message: &Arc<Message>, target: Target) {
+        let batch = &mut self.open[to.index()];
+        batch.push(message, target);
+        if batch.len() >= MAX_BATCH {
+            let full = std::mem::take(batch);
+            self.backlog[to.index()].push_back(ShardMessage::Deliver(full));
+        }
+    }
+
+    /// Queues a control message behind any deliveries already gathered for `to`, keeping order.
+    pub fn send(&mut self, to: ShardId, msg: ShardMessage) {
+        let i = to.index();
+        if !self.open[i].is_empty() {
+            let batch = std::mem::take(&mut self.open[i]);
+            self.backlog[i].push_back(ShardMessage::Deliver(batch));
+        }
+        self.backlog[i].push_back(msg);
+    }
+
+    /// Sends `make()` to every other shard.
+    pub fn broadcast(&mut self, mut make: impl FnMut() -> ShardMessage) {
+        for i in 0..self.open.len() {
+            if i != self.me.index() {
+                self.send(ShardId(i as u16), make());
+            }
+        }
+    }
+
+    /// Moves everything gathered into the inboxes, as far as they have room. Returns true when
+    /// something is still waiting (an inbox is full).
+    pub fn flush(&mut self) -> bool {
+        let mut waiting = false;
+        for i in 0..self.open.len() {
+            if !self.open[i].is_empty() {
+                let batch = std::mem::take(&mut self.open[i]);
+                self.backlog[i].push_back(ShardMessage::Deliver(batch));
+            }
+            let to = ShardId(i as u16);
+            while let Some(msg) = self.backlog[i].pop_front() {
+                if let Err(msg) = self.mesh.try_send(to, msg) {
+                    self.backlog[i].push_front(msg);
+                    self.stalls += 1;
+                    waiting = true;
+                    break;
+                }
+            }
+        }
+        waiting
+    }
+
+    /// True when so much waits for full inboxes that publishers should pause.
+    pub fn congested(&self) -> bool {
+        self.backlog.iter().any(|q| q.len() >= CONGESTION_LIMIT)
+    }
+
+    pub fn has_backlog(&self) -> bool {
+        self.backlog.iter().any(|q| !q.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str) -> Arc<Message> {
+        Arc::new(Message {
+            topic: ByteStr::from(topic),
+            payload: Bytes::from_static(b"p"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        })
+    }
+
+    fn target(slot: u32) -> Target {
+        Target {
+            slot,
+            generation: 0,
+            qos: QoS::AtMostOnce,
+        }
+    }
+
+    #[test]
+    fn batch_groups_targets_of_one_message() {
+        let (a, b) = (msg("a"), msg("b"));
+        let mut batch = DeliveryBatch::default();
+        batch.push(&a, target(1));
+        batch.push(&a, target(2));
+        batch.push(&b, target(3));
+        batch.push(&a, target(4));
+        let got: Vec<(String, Vec<u32>)> = batch
+            .iter()
+            .map(|(m, t)| (m.topic.to_string(), t.iter().map(|t| t.slot).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".to_string(), vec![1, 2]),
+                ("b".to_string(), vec![3]),
+                ("a".to_string(), vec![4]),
+            ]
+        );
+    }
+
+    #[test]
+    fn full_inbox_keeps_order_and_counts_stalls() {
+        let (mesh, rx) = Mesh::new(2);
+        let mut router = Router::new(ShardId(0), mesh);
+        let m = msg("t");
+        for i in 0..(INBOX_CAPACITY + 10) as u32 {
+            router.deliver(ShardId(1), &m, target(i));
+            router.flush();
+        }
+        assert!(router.has_backlog());
+        assert!(router.stalls >= 10);
+        // Drain the inbox, then flush again: everything arrives, in order.
+        let mut seen = Vec::new();
+        loop {
+            while let Ok(ShardMessage::Deliver(b)) = rx[1].try_recv() {
+                seen.extend(b.targets.iter().map(|t| t.slot));
+            }
+            if !router.flush() && rx[1].is_empty() {
+                break;
+            }
+        }
+        assert_eq!(seen, (0..(INBOX_CAPACITY + 10) as u32).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,21 @@
+//! The MQTT broker: thread-per-core shards on glommio.
+//!
+//! Each shard ([`shard`]) is one executor pinned to one core. It accepts connections on every
+//! listen address (SO_REUSEPORT), owns the sessions of the client ids that hash to it, keeps a
+//! replica of the subscription trie, and talks to the other shards only through bounded
+//! channels ([`mesh`]). A publish is matched once, on the shard of its publisher, and travels to
+//! other shards in batches. See `shared/design.md` in the project for the data flow.
+
+pub mod config;
+mod connection;
+pub mod mesh;
+pub mod metrics;
+mod runtime;
+pub mod session;
+mod shard;
+mod wire;
+
+pub use config::{available_cpus, BrokerConfig, ConfigError};
+pub use metrics::MetricsSnapshot;
+pub use runtime::{start, BrokerHandle, StartError};
+pub use shard::home_shard;

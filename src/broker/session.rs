@@ -1,0 +1,378 @@
+//! One client's session: what the broker owes it and what it owes the broker.
+//!
+//! A session owns its subscriptions (as the client sees them), the bounded queue of messages
+//! waiting to be sent, the window of outgoing QoS 1/2 messages in flight with their packet ids,
+//! and the ids of incoming QoS 2 messages not yet released. It takes events (a message to
+//! deliver, an acknowledgement from the client) and answers with decisions; it never touches a
+//! socket. The connection asks it to [`Session::fill`] a write buffer when the socket has room.
+//!
+//! A session lives on its client id's home shard and may outlive its connection
+//! (CleanSession = 0); `attached` says which connection, if any, it currently speaks through.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::Waker;
+
+use ahash::{AHashMap, AHashSet};
+use bytes::BytesMut;
+
+use super::mesh::{Message, SubscriberId};
+use crate::protocol::{
+    encode_ack, encode_publish, ByteStr, Packet, PacketId, PacketType, QoS, SubAck,
+};
+
+/// Why a connection was told to close by someone other than its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// Another connection with the same client id took over (MQTT-3.1.4-2).
+    TakenOver,
+    /// The broker is stopping.
+    Shutdown,
+}
+
+/// Something waiting to be written to the client, in order.
+#[derive(Debug)]
+pub enum Outbound {
+    Publish {
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+    },
+    SubAck(SubAck),
+    UnsubAck(PacketId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The acknowledgement an inflight message waits for.
+enum InflightState {
+    /// QoS 1 PUBLISH sent, PUBACK expected.
+    Ack,
+    /// QoS 2 PUBLISH sent, PUBREC expected.
+    Rec,
+    /// PUBREL sent, PUBCOMP expected.
+    Comp,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    packet_id: PacketId,
+    message: Arc<Message>,
+    qos: QoS,
+    retain: bool,
+    state: InflightState,
+}
+
+/// Why a message did not make it into the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// The queue reached its message or byte limit.
+    QueueFull,
+    /// QoS 0 for a client that is not connected.
+    Offline,
+}
+
+/// Limits a session enforces; copied from the broker configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub max_inflight: usize,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+}
+
+pub struct Session {
+    pub client_id: ByteStr,
+    pub id: SubscriberId,
+    pub clean: bool,
+    /// Filter → granted QoS, as the client subscribed.
+    pub subscriptions: AHashMap<ByteStr, QoS>,
+    limits: SessionLimits,
+    queue: VecDeque<Outbound>,
+    queued_bytes: usize,
+    inflight: VecDeque<Inflight>,
+    /// Inflight entries (from the front) that must be sent again, as after a reconnect.
+    resend: usize,
+    last_packet_id: PacketId,
+    /// Incoming QoS 2 ids between PUBLISH and PUBREL: a repeated PUBLISH is not forwarded again.
+    incoming_qos2: AHashSet<PacketId>,
+    /// The connection currently attached (0: none), and why a previous one must go.
+    attached: u64,
+    kicked: Option<(u64, Kick)>,
+    waker: Option<Waker>,
+}
+
+impl Session {
+    pub fn new(client_id: ByteStr, id: SubscriberId, clean: bool, limits: SessionLimits) -> Self {
+        Session {
+            client_id,
+            id,
+            clean,
+            subscriptions: AHashMap::new(),
+            limits,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: VecDeque::new(),
+            resend: 0,
+            last_packet_id: 0,
+            incoming_qos2: AHashSet::new(),
+            attached: 0,
+            kicked: None,
+            waker: None,
+        }
+    }
+
+    /// Attaches connection `conn`, telling any previous one to go. Unacknowledged messages of a
+    /// resumed session are sent again, first, in their original order (MQTT-4.4.0-1).
+    pub fn attach(&mut self, conn: u64) {
+        if self.attached != 0 {
+            self.kicked = Some((self.attached, Kick::TakenOver));
+            self.wake();
+        }
+        self.attached = conn;
+        self.resend = self.inflight.len();
+    }
+
+    /// Detaches `conn` if it is still the attached one; returns whether it was.
+    pub fn detach(&mut self, conn: u64) -> bool {
+        if self.attached == conn {
+            self.attached = 0;
+            self.waker = None;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn is_attached(&self, conn: u64) -> bool {
+        self.attached == conn
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.attached != 0
+    }
+
+    /// Tells the attached connection to close.
+    pub fn kick(&mut self, why: Kick) {
+        if self.attached != 0 {
+            self.kicked = Some((self.attached, why));
+            self.wake();
+        }
+    }
+
+    /// Whether connection `conn` has been told to go, and why.
+    pub fn kicked(&self, conn: u64) -> Option<Kick> {
+        match self.kicked {
+            Some((c, why)) if c == conn => Some(why),
+            _ if self.attached != conn => Some(Kick::TakenOver),
+            _ => None,
+        }
+    }
+
+    pub fn set_waker(&mut self, waker: &Waker) {
+        match &self.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => self.waker = Some(waker.clone()),
+        }
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Queues a message for the client. QoS 0 messages for a disconnected client are dropped,
+    /// as Mosquitto does by default; QoS 1/2 wait for a resumed session.
+    pub fn enqueue(
+        &mut self,
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<(), Dropped> {
+        if self.attached == 0 && qos == QoS::AtMostOnce {
+            return Err(Dropped::Offline);
+        }
+        let size = message.payload.len();
+        if self.queue.len() >= self.limits.max_queued_messages
+            || self.queued_bytes + size > self.limits.max_queued_bytes
+        {
+            return Err(Dropped::QueueFull);
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(Outbound::Publish {
+            message,
+            qos,
+            retain,
+        });
+        self.wake();
+        Ok(())
+    }
+
+    /// Queues an acknowledgement that became ready later (SUBACK/UNSUBACK after every shard
+    /// applied the change). Never dropped: there is at most one per client request.
+    pub fn enqueue_control(&mut self, item: Outbound) {
+        self.queue.push_back(item);
+        self.wake();
+    }
+
+    /// Whether `fill` would write something now.
+    pub fn has_sendable(&self) -> bool {
+        if self.resend > 0 {
+            return true;
+        }
+        match self.queue.front() {
+            None => false,
+            Some(Outbound::Publish { qos, .. }) if *qos != QoS::AtMostOnce => self.window_open(),
+            Some(_) => true,
+        }
+    }
+
+    fn window_open(&self) -> bool {
+        if self.inflight.len() >= self.limits.max_inflight {
+            return false;
+        }
+        // Ids are handed out in sequence, so the only id the next one can collide with is the
+        // oldest in flight (after 65535 newer ones): wait for it rather than reuse it.
+        match self.inflight.front() {
+            Some(oldest) => oldest.packet_id != next_id(self.last_packet_id),
+            None => true,
+        }
+    }
+
+    /// Encodes what may be sent now into `out`, until `out` holds `high_water` bytes.
+    pub fn fill(&mut self, out: &mut BytesMut, high_water: usize) {
+        while self.resend > 0 && out.len() < high_water {
+            let i = self.inflight.len() - self.resend;
+            self.resend -= 1;
+            let e = &self.inflight[i];
+            match e.state {
+                InflightState::Comp => encode_ack(out, PacketType::PubRel, e.packet_id),
+                _ => write_publish(out, &e.message, e.qos, e.retain, true, e.packet_id),
+            }
+        }
+        while out.len() < high_water {
+            let Some(item) = self.queue.front() else {
+                break;
+            };
+            if let Outbound::Publish { qos, .. } = item {
+                if *qos != QoS::AtMostOnce && !self.window_open() {
+                    break;
+                }
+            }
+            let item = self.queue.pop_front().expect("front exists");
+            match item {
+                Outbound::Publish {
+                    message,
+                    qos,
+                    retain,
+                } => {
+                    self.queued_bytes -= message.payload.len();
+                    if qos == QoS::AtMostOnce {
+                        write_publish(out, &message, qos, retain, false, 0);
+                    } else {
+                        let packet_id = next_id(self.last_packet_id);
+                        self.last_packet_id = packet_id;
+                        write_publish(out, &message, qos, retain, false, packet_id);
+                        self.inflight.push_back(Inflight {
+                            packet_id,
+                            message,
+                            qos,
+                            retain,
+                            state: if qos == QoS::AtLeastOnce {
+                                InflightState::Ack
+                            } else {
+                                InflightState::Rec
+                            },
+                        });
+                    }
+                }
+                Outbound::SubAck(ack) => {
+                    // SUBACK carries at most a few thousand codes; it cannot exceed the limits.
+                    let _ = Packet::SubAck(ack).encode(out);
+                }
+                Outbound::UnsubAck(id) => encode_ack(out, PacketType::UnsubAck, id),
+            }
+        }
+    }
+
+    fn position(&self, packet_id: PacketId, state: InflightState) -> Option<usize> {
+        // Acknowledgements nearly always arrive in order: the match is at the front.
+        self.inflight
+            .iter()
+            .position(|e| e.packet_id == packet_id && e.state == state)
+    }
+
+    /// PUBACK from the client. Unknown ids are ignored (a late duplicate); returns whether the
+    /// id was in flight.
+    pub fn on_puback(&mut self, packet_id: PacketId) -> bool {
+        self.complete(packet_id, InflightState::Ack)
+    }
+
+    /// PUBREC from the client: the caller answers PUBREL (also for an id no longer in flight, so
+    /// the client can finish its side).
+    pub fn on_pubrec(&mut self, packet_id: PacketId) {
+        if let Some(i) = self.position(packet_id, InflightState::Rec) {
+            self.inflight[i].state = InflightState::Comp;
+        }
+    }
+
+    pub fn on_pubcomp(&mut self, packet_id: PacketId) -> bool {
+        self.complete(packet_id, InflightState::Comp)
+    }
+
+    fn complete(&mut self, packet_id: PacketId, state: InflightState) -> bool {
+        match self.position(packet_id, state) {
+            Some(i) => {
+                // Entries still to be re-sent are the last `resend` ones.
+                let resend_from = self.inflight.len() - self.resend;
+                self.inflight.remove(i);
+                if i >= resend_from {
+                    self.resend -= 1;
+                }
+                self.wake();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Incoming QoS 2 PUBLISH: true when it is new and must be forwarded, false for a
+    /// duplicate of one not yet released (MQTT-4.3.3).
+    pub fn on_incoming_qos2(&mut self, packet_id: PacketId) -> bool {
+        self.incoming_qos2.insert(packet_id)
+    }
+
+    /// PUBREL: the id may be used for a new message from now on.
+    pub fn on_pubrel(&mut self, packet_id: PacketId) {
+        self.incoming_qos2.remove(&packet_id);
+    }
+
+    /// Forgets everything a clean session does not keep past its connection.
+    pub fn clear_delivery_state(&mut self) {
+        self.queue.clear();
+        self.queued_bytes = 0;
+        self.inflight.clear();
+        self.resend = 0;
+        self.incoming_qos2.clear();
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+}
+
+fn next_id(id: PacketId) -> PacketId {
+    if id == u16::MAX {
+        1
+    } else {
+        id + 1
+    }
+}
+
+fn write_publish(out: &mut BytesMut, m: &Message, qos: QoS, retain: bool, dup: bool, id: PacketId) {
+    // Sizes were checked when the message was decoded; encoding cannot fail for them.
+    let _ = encode_publish(out, &m.topic, &m.payload, qos, retain, dup, id);
+}

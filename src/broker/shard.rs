@@ -1,0 +1,662 @@
+//! One shard: the state a core owns and the routing decisions made on it.
+//!
+//! A shard owns the sessions whose client ids hash to it, a replica of the whole subscription
+//! trie (every subscriber of every shard, keyed by [`SubscriberId`]), the retained messages
+//! whose topics hash to it, and its [`Router`] to the other shards. Everything here runs on the
+//! shard's own executor thread, so state sits in `Cell`/`RefCell` and needs no locks; the only
+//! way in from outside is the shard's inbox, drained by [`drain_inbox`].
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use ahash::AHashMap;
+use crossbeam_channel::Receiver;
+use tracing::debug;
+
+use super::config::BrokerConfig;
+use super::mesh::{Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target};
+use super::metrics::Metrics;
+use super::session::{Dropped, Kick, Outbound, Session, SessionLimits};
+use crate::protocol::{ByteStr, Connect, QoS, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe};
+use crate::topic::{validate_filter_with_max_levels, SubscriptionTrie, TopicTree};
+
+/// The shard that owns `key` (a client id, or a retained topic): the same answer on every
+/// shard and in every run, so tests can place clients on purpose.
+pub fn home_shard(key: &str, shards: usize) -> ShardId {
+    static HASHER: ahash::RandomState = ahash::RandomState::with_seeds(
+        0x5u64,
+        0x0073_7572_6765_6d71,
+        0x9e37_79b9_7f4a_7c15,
+        0x2545_f491_4f6c_dd1d,
+    );
+    ShardId((HASHER.hash_one(key) % shards as u64) as u16)
+}
+
+struct Slot {
+    generation: u32,
+    session: Option<Rc<RefCell<Session>>>,
+}
+
+/// Sessions of this shard, addressable by slot (for deliveries) and by client id (for CONNECT).
+#[derive(Default)]
+struct SessionTable {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    by_client: AHashMap<ByteStr, u32>,
+}
+
+impl SessionTable {
+    fn get(&self, slot: u32, generation: u32) -> Option<&Rc<RefCell<Session>>> {
+        let s = self.slots.get(slot as usize)?;
+        if s.generation == generation {
+            s.session.as_ref()
+        } else {
+            None
+        }
+    }
+
+    fn find(&self, client_id: &str) -> Option<Rc<RefCell<Session>>> {
+        let slot = *self.by_client.get(client_id)?;
+        self.slots[slot as usize].session.clone()
+    }
+
+    /// A fresh slot (a new generation if reused) for a session built by `make`.
+    fn insert(
+        &mut self,
+        client_id: ByteStr,
+        make: impl FnOnce(u32, u32) -> Session,
+    ) -> Rc<RefCell<Session>> {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    session: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let entry = &mut self.slots[slot as usize];
+        entry.generation = entry.generation.wrapping_add(1);
+        let session = Rc::new(RefCell::new(make(slot, entry.generation)));
+        entry.session = Some(session.clone());
+        self.by_client.insert(client_id, slot);
+        session
+    }
+
+    fn remove(&mut self, id: SubscriberId, client_id: &str) {
+        let Some(entry) = self.slots.get_mut(id.slot as usize) else {
+            return;
+        };
+        if entry.generation != id.generation || entry.session.is_none() {
+            return;
+        }
+        entry.session = None;
+        self.free.push(id.slot);
+        if self.by_client.get(client_id) == Some(&id.slot) {
+            self.by_client.remove(client_id);
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Rc<RefCell<Session>>> {
+        self.slots.iter().filter_map(|s| s.session.as_ref())
+    }
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE waiting for the other shards to apply it.
+struct PendingAck {
+    subscriber: SubscriberId,
+    remaining: usize,
+    reply: Outbound,
+    retained: Vec<(Arc<Message>, QoS)>,
+}
+
+pub struct Shard {
+    pub id: ShardId,
+    pub shards: usize,
+    pub config: Arc<BrokerConfig>,
+    pub metrics: Metrics,
+    router: RefCell<Router>,
+    trie: RefCell<SubscriptionTrie<SubscriberId, QoS>>,
+    retained: RefCell<TopicTree<Arc<Message>>>,
+    sessions: RefCell<SessionTable>,
+    pending: RefCell<AHashMap<u64, PendingAck>>,
+    next_token: Cell<u64>,
+    next_conn: Cell<u64>,
+    next_client_id: Cell<u64>,
+    /// Reused by `route` for the matches of one message.
+    matches: RefCell<Vec<(SubscriberId, QoS)>>,
+    stopping: Cell<bool>,
+    stop_waker: RefCell<Option<Waker>>,
+    /// Wakes the task that retries flushes while an inbox is full.
+    stall_waker: RefCell<Option<Waker>>,
+    /// Connections waiting for the router to drain below its congestion limit.
+    congestion_waiters: RefCell<Vec<Waker>>,
+}
+
+impl Shard {
+    pub fn new(id: ShardId, config: Arc<BrokerConfig>, mesh: Arc<Mesh>) -> Shard {
+        Shard {
+            id,
+            shards: mesh.shards(),
+            config,
+            metrics: Metrics::default(),
+            router: RefCell::new(Router::new(id, mesh)),
+            trie: RefCell::new(SubscriptionTrie::new()),
+            retained: RefCell::new(TopicTree::new()),
+            sessions: RefCell::new(SessionTable::default()),
+            pending: RefCell::new(AHashMap::new()),
+            next_token: Cell::new(1),
+            next_conn: Cell::new(1),
+            next_client_id: Cell::new(1),
+            matches: RefCell::new(Vec::new()),
+            stopping: Cell::new(false),
+            stop_waker: RefCell::new(None),
+            stall_waker: RefCell::new(None),
+            congestion_waiters: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn mesh(&self) -> Arc<Mesh> {
+        self.router.borrow().mesh().clone()
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        id
+    }
+
+    /// A unique client id for a client that sent an empty one (MQTT-3.1.3-6), chosen so that
+    /// its home is this shard and the connection need not move.
+    pub fn assign_client_id(&self) -> ByteStr {
+        loop {
+            let n = self.next_client_id.get();
+            self.next_client_id.set(n + 1);
+            let id = format!("surgemq-auto-{}-{n}", self.id.0);
+            if home_shard(&id, self.shards) == self.id {
+                return ByteStr::from(id);
+            }
+        }
+    }
+
+    // ----- sessions -------------------------------------------------------------------------
+
+    /// The session for a new connection `conn` of `connect.client_id`, and whether a stored one
+    /// was resumed (Session Present). An existing connection of that client id is told to go.
+    pub fn open_session(&self, connect: &Connect, conn: u64) -> (Rc<RefCell<Session>>, bool) {
+        let existing = self.sessions.borrow().find(&connect.client_id);
+        if let Some(existing) = existing {
+            let keep = !connect.clean_session && !existing.borrow().clean;
+            if keep {
+                existing.borrow_mut().attach(conn);
+                return (existing, true);
+            }
+            existing.borrow_mut().kick(Kick::TakenOver);
+            self.remove_session(&existing);
+        }
+        let limits = SessionLimits {
+            max_inflight: self.config.max_inflight,
+            max_queued_messages: self.config.max_queued_messages,
+            max_queued_bytes: self.config.max_queued_bytes,
+        };
+        let shard = self.id;
+        let session =
+            self.sessions
+                .borrow_mut()
+                .insert(connect.client_id.clone(), |slot, generation| {
+                    let id = SubscriberId {
+                        shard,
+                        slot,
+                        generation,
+                    };
+                    Session::new(connect.client_id.clone(), id, connect.clean_session, limits)
+                });
+        session.borrow_mut().attach(conn);
+        self.metrics.sessions.set(self.metrics.sessions.get() + 1);
+        (session, false)
+    }
+
+    /// Ends a session: its subscriptions leave every replica, its slot is freed.
+    pub fn remove_session(&self, session: &Rc<RefCell<Session>>) {
+        let mut s = session.borrow_mut();
+        let id = s.id;
+        let filters: Vec<ByteStr> = s.subscriptions.drain().map(|(f, _)| f).collect();
+        s.clear_delivery_state();
+        let client_id = s.client_id.clone();
+        drop(s);
+        {
+            let mut trie = self.trie.borrow_mut();
+            for f in &filters {
+                trie.remove(f, &id);
+            }
+        }
+        if !filters.is_empty() && self.shards > 1 {
+            let filters: Arc<[ByteStr]> = filters.into();
+            self.router
+                .borrow_mut()
+                .broadcast(|| ShardMessage::Unsubscribe {
+                    subscriber: id,
+                    filters: filters.clone(),
+                    token: None,
+                });
+        }
+        let before = self.sessions.borrow().get(id.slot, id.generation).is_some();
+        self.sessions.borrow_mut().remove(id, &client_id);
+        if before {
+            self.metrics.sessions.set(self.metrics.sessions.get() - 1);
+        }
+    }
+
+    // ----- publish --------------------------------------------------------------------------
+
+    /// Delivers a message published on this shard (by a client or as a will) to every
+    /// subscriber, once per subscriber at the highest granted QoS (MQTT-3.3.5-1), at
+    /// min(published, granted) QoS (MQTT-3.3.1-9), with RETAIN clear (live forward).
+    pub fn route(&self, message: Arc<Message>) {
+        if message.retain {
+            self.retain(&message);
+        }
+        let mut matches = self.matches.borrow_mut();
+        matches.clear();
+        self.trie
+            .borrow()
+            .for_each_match(&message.topic, |id, qos| matches.push((*id, *qos)));
+        if matches.len() > 1 {
+            // Overlapping subscriptions of one client: keep one entry, the highest QoS.
+            matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            matches.dedup_by_key(|m| m.0);
+        }
+        let mut router = None;
+        for &(id, granted) in matches.iter() {
+            let qos = message.qos.min(granted);
+            if id.shard == self.id {
+                self.deliver_local(id.slot, id.generation, &message, qos, false);
+            } else {
+                let router = router.get_or_insert_with(|| self.router.borrow_mut());
+                router.deliver(
+                    id.shard,
+                    &message,
+                    Target {
+                        slot: id.slot,
+                        generation: id.generation,
+                        qos,
+                    },
+                );
+            }
+        }
+        self.metrics
+            .messages_routed
+            .set(self.metrics.messages_routed.get() + 1);
+    }
+
+    fn deliver_local(
+        &self,
+        slot: u32,
+        generation: u32,
+        message: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+    ) {
+        let sessions = self.sessions.borrow();
+        let Some(session) = sessions.get(slot, generation) else {
+            // The subscriber went away while the message travelled.
+            return;
+        };
+        let result = session.borrow_mut().enqueue(message.clone(), qos, retain);
+        match result {
+            Ok(()) => {}
+            Err(Dropped::QueueFull) => self.metrics.count_drop_queue_full(qos),
+            Err(Dropped::Offline) => self
+                .metrics
+                .dropped_offline_qos0
+                .set(self.metrics.dropped_offline_qos0.get() + 1),
+        }
+    }
+
+    /// Sends a retained message to the shard that owns its topic.
+    fn retain(&self, message: &Arc<Message>) {
+        let owner = home_shard(&message.topic, self.shards);
+        if owner == self.id {
+            self.store_retained(message);
+        } else {
+            self.router
+                .borrow_mut()
+                .send(owner, ShardMessage::Retain(message.clone()));
+        }
+    }
+
+    /// Stores or clears (empty payload, MQTT-3.3.1-10/-11) the retained message of a topic.
+    fn store_retained(&self, message: &Message) {
+        let mut retained = self.retained.borrow_mut();
+        if message.payload.is_empty() {
+            retained.remove(&message.topic);
+        } else {
+            retained.insert(&message.topic, Arc::new(message.detached()));
+        }
+        self.metrics.retained.set(retained.len() as u64);
+    }
+
+    // ----- subscribe ------------------------------------------------------------------------
+
+    /// Applies a SUBSCRIBE on every shard; the SUBACK (then the retained messages that match)
+    /// is queued once all have applied it, so anything published after the SUBACK arrives.
+    pub fn subscribe(&self, session: &Rc<RefCell<Session>>, request: Subscribe) {
+        let max_levels = self.config.max_topic_levels;
+        let mut codes = Vec::with_capacity(request.filters.len());
+        let mut accepted: Vec<(ByteStr, QoS)> = Vec::with_capacity(request.filters.len());
+        let id;
+        {
+            let mut s = session.borrow_mut();
+            id = s.id;
+            for (filter, qos) in request.filters {
+                match validate_filter_with_max_levels(&filter, max_levels) {
+                    Ok(()) => {
+                        codes.push(SubscribeReturnCode::Success(qos));
+                        s.subscriptions.insert(filter.clone(), qos);
+                        accepted.push((filter, qos));
+                    }
+                    Err(e) => {
+                        debug!(client = %s.client_id, filter = %filter, "subscription refused: {e}");
+                        codes.push(SubscribeReturnCode::Failure);
+                    }
+                }
+            }
+        }
+        let retained = self.apply_subscribe(id, &accepted);
+        let reply = Outbound::SubAck(SubAck {
+            packet_id: request.packet_id,
+            return_codes: codes,
+        });
+        if self.shards == 1 || accepted.is_empty() {
+            self.finish_request(id, reply, retained);
+            return;
+        }
+        let token = self.pending_request(id, reply, retained);
+        let filters: Arc<[(ByteStr, QoS)]> = accepted.into();
+        self.router
+            .borrow_mut()
+            .broadcast(|| ShardMessage::Subscribe {
+                subscriber: id,
+                filters: filters.clone(),
+                token,
+            });
+    }
+
+    pub fn unsubscribe(&self, session: &Rc<RefCell<Session>>, request: Unsubscribe) {
+        let id;
+        {
+            let mut s = session.borrow_mut();
+            id = s.id;
+            for f in &request.filters {
+                s.subscriptions.remove(f.as_str());
+            }
+        }
+        self.apply_unsubscribe(id, &request.filters);
+        let reply = Outbound::UnsubAck(request.packet_id);
+        if self.shards == 1 {
+            self.finish_request(id, reply, Vec::new());
+            return;
+        }
+        let token = self.pending_request(id, reply, Vec::new());
+        let filters: Arc<[ByteStr]> = request.filters.into();
+        self.router
+            .borrow_mut()
+            .broadcast(|| ShardMessage::Unsubscribe {
+                subscriber: id,
+                filters: filters.clone(),
+                token: Some(token),
+            });
+    }
+
+    fn pending_request(
+        &self,
+        subscriber: SubscriberId,
+        reply: Outbound,
+        retained: Vec<(Arc<Message>, QoS)>,
+    ) -> u64 {
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        self.pending.borrow_mut().insert(
+            token,
+            PendingAck {
+                subscriber,
+                remaining: self.shards - 1,
+                reply,
+                retained,
+            },
+        );
+        token
+    }
+
+    fn request_applied(&self, token: u64, retained: Vec<(Arc<Message>, QoS)>) {
+        let done = {
+            let mut pending = self.pending.borrow_mut();
+            let Some(p) = pending.get_mut(&token) else {
+                return;
+            };
+            p.retained.extend(retained);
+            p.remaining -= 1;
+            if p.remaining == 0 {
+                pending.remove(&token)
+            } else {
+                None
+            }
+        };
+        if let Some(p) = done {
+            self.finish_request(p.subscriber, p.reply, p.retained);
+        }
+    }
+
+    fn finish_request(
+        &self,
+        id: SubscriberId,
+        reply: Outbound,
+        retained: Vec<(Arc<Message>, QoS)>,
+    ) {
+        let Some(session) = self.sessions.borrow().get(id.slot, id.generation).cloned() else {
+            return;
+        };
+        session.borrow_mut().enqueue_control(reply);
+        for (message, granted) in retained {
+            let qos = message.qos.min(granted);
+            self.deliver_local(id.slot, id.generation, &message, qos, true);
+        }
+    }
+
+    /// Adds the subscriptions to this replica; returns the retained messages this shard owns
+    /// that match them, with the granted QoS.
+    fn apply_subscribe(
+        &self,
+        id: SubscriberId,
+        filters: &[(ByteStr, QoS)],
+    ) -> Vec<(Arc<Message>, QoS)> {
+        let mut trie = self.trie.borrow_mut();
+        let retained = self.retained.borrow();
+        let mut found = Vec::new();
+        for (filter, qos) in filters {
+            trie.insert(filter, id, *qos);
+            retained.for_each_matching(filter, |m| found.push((m.clone(), *qos)));
+        }
+        self.metrics.subscriptions.set(trie.len() as u64);
+        found
+    }
+
+    fn apply_unsubscribe(&self, id: SubscriberId, filters: &[ByteStr]) {
+        let mut trie = self.trie.borrow_mut();
+        for f in filters {
+            trie.remove(f, &id);
+        }
+        self.metrics.subscriptions.set(trie.len() as u64);
+    }
+
+    // ----- mesh -----------------------------------------------------------------------------
+
+    /// Handles one message from another shard.
+    pub fn handle(self: &Rc<Self>, msg: ShardMessage) {
+        match msg {
+            ShardMessage::Deliver(batch) => {
+                for (message, targets) in batch.iter() {
+                    for t in targets {
+                        self.deliver_local(t.slot, t.generation, message, t.qos, false);
+                    }
+                }
+            }
+            ShardMessage::Subscribe {
+                subscriber,
+                filters,
+                token,
+            } => {
+                let retained = self.apply_subscribe(subscriber, &filters);
+                self.router.borrow_mut().send(
+                    subscriber.shard,
+                    ShardMessage::SubscribeApplied { token, retained },
+                );
+            }
+            ShardMessage::SubscribeApplied { token, retained } => {
+                self.request_applied(token, retained)
+            }
+            ShardMessage::Unsubscribe {
+                subscriber,
+                filters,
+                token,
+            } => {
+                self.apply_unsubscribe(subscriber, &filters);
+                if let Some(token) = token {
+                    self.router
+                        .borrow_mut()
+                        .send(subscriber.shard, ShardMessage::UnsubscribeApplied { token });
+                }
+            }
+            ShardMessage::UnsubscribeApplied { token } => self.request_applied(token, Vec::new()),
+            ShardMessage::Retain(message) => self.store_retained(&message),
+            ShardMessage::Adopt(moved) => {
+                glommio::spawn_local(super::connection::serve_moved(self.clone(), moved)).detach();
+            }
+            ShardMessage::Shutdown => self.stop(),
+        }
+    }
+
+    /// Queues a message for another shard; it leaves with the next flush.
+    pub fn router_send(&self, to: ShardId, msg: ShardMessage) {
+        self.router.borrow_mut().send(to, msg);
+    }
+
+    /// Sends what the router gathered. When an inbox is full, the stall task retries.
+    pub fn flush(&self) {
+        let waiting = self.router.borrow_mut().flush();
+        if waiting {
+            if let Some(w) = self.stall_waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    pub fn congested(&self) -> bool {
+        self.router.borrow().congested()
+    }
+
+    /// Resolves once the router is below its congestion limit again.
+    pub async fn uncongested(&self) {
+        std::future::poll_fn(|cx| {
+            if self.congested() {
+                self.congestion_waiters
+                    .borrow_mut()
+                    .push(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+
+    /// Begins shutdown: connections are told to close, the run loop returns.
+    pub fn stop(&self) {
+        if self.stopping.replace(true) {
+            return;
+        }
+        let sessions: Vec<_> = self.sessions.borrow().all().cloned().collect();
+        for s in sessions {
+            s.borrow_mut().kick(Kick::Shutdown);
+        }
+        if let Some(w) = self.stop_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves when `stop` has been called.
+    pub async fn stopped(&self) {
+        std::future::poll_fn(|cx| {
+            if self.stopping.get() {
+                Poll::Ready(())
+            } else {
+                *self.stop_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    pub fn stalls(&self) -> u64 {
+        self.router.borrow().stalls
+    }
+}
+
+/// Drains the shard's inbox. Sleeps on the doorbell when the inbox is empty, so an idle shard
+/// costs nothing; yields after a bounded amount of work so connections keep being served.
+pub async fn drain_inbox(shard: Rc<Shard>, inbox: Receiver<ShardMessage>) {
+    let mesh = shard.mesh();
+    loop {
+        let mut handled = 0;
+        while handled < 256 {
+            match inbox.try_recv() {
+                Ok(msg) => {
+                    shard.handle(msg);
+                    handled += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        shard.flush();
+        if handled == 256 {
+            glommio::yield_if_needed().await;
+            continue;
+        }
+        std::future::poll_fn(|cx| {
+            mesh.register(shard.id, cx.waker());
+            if inbox.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+    }
+}
+
+/// Retries flushing while an inbox is full, and wakes publishers once the backlog is below the
+/// congestion limit. Sleeps when nothing waits, so it costs nothing in the common case.
+pub async fn retry_stalled(shard: Rc<Shard>) {
+    loop {
+        std::future::poll_fn(|cx| {
+            if shard.router.borrow().has_backlog() {
+                Poll::Ready(())
+            } else {
+                *shard.stall_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        glommio::timer::sleep(Duration::from_micros(50)).await;
+        shard.flush();
+        if !shard.congested() {
+            for w in shard.congestion_waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+    }
+}
