@@ -376,3 +376,7 @@ fn write_publish(out: &mut BytesMut, m: &Message, qos: QoS, retain: bool, dup: b
     // Sizes were checked when the message was decoded; encoding cannot fail for them.
     let _ = encode_publish(out, &m.topic, &m.payload, qos, retain, dup, id);
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -1,0 +1,240 @@
+//! Session state machine tests: packets in, bytes and decisions out, no sockets.
+
+use super::*;
+use crate::broker::mesh::ShardId;
+use bytes::Bytes;
+
+fn session(max_inflight: usize, max_msgs: usize, max_bytes: usize) -> Session {
+    let id = SubscriberId {
+        shard: ShardId(0),
+        slot: 0,
+        generation: 1,
+    };
+    let limits = SessionLimits {
+        max_inflight,
+        max_queued_messages: max_msgs,
+        max_queued_bytes: max_bytes,
+    };
+    let mut s = Session::new(ByteStr::from("c"), id, true, limits);
+    s.attach(1);
+    s
+}
+
+fn msg(payload: &'static [u8], qos: QoS) -> Arc<Message> {
+    Arc::new(Message {
+        topic: ByteStr::from("t"),
+        payload: Bytes::from_static(payload),
+        qos,
+        retain: false,
+    })
+}
+
+fn drain(s: &mut Session) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    s.fill(&mut out, usize::MAX);
+    out.to_vec()
+}
+
+#[test]
+fn qos0_is_encoded_as_is() {
+    let mut s = session(10, 10, 1000);
+    s.enqueue(msg(b"hi", QoS::AtMostOnce), QoS::AtMostOnce, false)
+        .unwrap();
+    // PUBLISH QoS 0, remaining length 5: topic "t" (00 01 74), payload "hi".
+    assert_eq!(drain(&mut s), [0x30, 0x05, 0x00, 0x01, b't', b'h', b'i']);
+    assert_eq!(s.queued(), 0);
+}
+
+#[test]
+fn retained_flag_is_set_only_when_asked() {
+    let mut s = session(10, 10, 1000);
+    s.enqueue(msg(b"", QoS::AtMostOnce), QoS::AtMostOnce, true)
+        .unwrap();
+    assert_eq!(drain(&mut s), [0x31, 0x03, 0x00, 0x01, b't']);
+}
+
+#[test]
+fn qos0_for_a_disconnected_client_is_dropped_qos1_waits() {
+    let mut s = session(10, 10, 1000);
+    assert!(s.detach(1));
+    assert_eq!(
+        s.enqueue(msg(b"x", QoS::AtMostOnce), QoS::AtMostOnce, false),
+        Err(Dropped::Offline)
+    );
+    s.enqueue(msg(b"x", QoS::AtLeastOnce), QoS::AtLeastOnce, false)
+        .unwrap();
+    assert_eq!(s.queued(), 1);
+}
+
+#[test]
+fn queue_is_bounded_by_count_and_by_bytes() {
+    let mut s = session(10, 2, 1000);
+    s.enqueue(msg(b"a", QoS::AtMostOnce), QoS::AtMostOnce, false)
+        .unwrap();
+    s.enqueue(msg(b"b", QoS::AtMostOnce), QoS::AtMostOnce, false)
+        .unwrap();
+    assert_eq!(
+        s.enqueue(msg(b"c", QoS::AtMostOnce), QoS::AtMostOnce, false),
+        Err(Dropped::QueueFull)
+    );
+    let mut s = session(10, 100, 5);
+    s.enqueue(msg(b"1234", QoS::AtMostOnce), QoS::AtMostOnce, false)
+        .unwrap();
+    assert_eq!(
+        s.enqueue(msg(b"12", QoS::AtMostOnce), QoS::AtMostOnce, false),
+        Err(Dropped::QueueFull)
+    );
+    // Sending frees the bytes again.
+    drain(&mut s);
+    s.enqueue(msg(b"12", QoS::AtMostOnce), QoS::AtMostOnce, false)
+        .unwrap();
+}
+
+#[test]
+fn qos1_window_limits_what_is_in_flight() {
+    let mut s = session(2, 10, 1000);
+    for _ in 0..3 {
+        s.enqueue(msg(b"x", QoS::AtLeastOnce), QoS::AtLeastOnce, false)
+            .unwrap();
+    }
+    // Two PUBLISH QoS 1 with ids 1 and 2; the third waits for the window.
+    assert_eq!(
+        drain(&mut s),
+        [
+            0x32, 0x06, 0x00, 0x01, b't', 0x00, 0x01, b'x', //
+            0x32, 0x06, 0x00, 0x01, b't', 0x00, 0x02, b'x',
+        ]
+    );
+    assert_eq!((s.inflight(), s.queued()), (2, 1));
+    assert!(!s.has_sendable());
+    assert!(!s.on_puback(7), "unknown id is ignored");
+    assert!(s.on_puback(1));
+    assert!(s.has_sendable());
+    assert_eq!(
+        drain(&mut s),
+        [0x32, 0x06, 0x00, 0x01, b't', 0x00, 0x03, b'x']
+    );
+}
+
+#[test]
+fn delivered_qos_is_the_one_asked_for_not_the_published_one() {
+    let mut s = session(10, 10, 1000);
+    s.enqueue(msg(b"x", QoS::ExactlyOnce), QoS::AtLeastOnce, false)
+        .unwrap();
+    assert_eq!(drain(&mut s)[0], 0x32);
+}
+
+#[test]
+fn qos2_outgoing_flow() {
+    let mut s = session(10, 10, 1000);
+    s.enqueue(msg(b"x", QoS::ExactlyOnce), QoS::ExactlyOnce, false)
+        .unwrap();
+    assert_eq!(
+        drain(&mut s),
+        [0x34, 0x06, 0x00, 0x01, b't', 0x00, 0x01, b'x']
+    );
+    assert!(!s.on_pubcomp(1), "PUBCOMP before PUBREC completes nothing");
+    s.on_pubrec(1);
+    assert_eq!(s.inflight(), 1);
+    assert!(s.on_pubcomp(1));
+    assert_eq!(s.inflight(), 0);
+}
+
+#[test]
+fn resumed_session_resends_publish_with_dup_and_pubrel_in_order() {
+    let mut s = session(10, 10, 1000);
+    s.enqueue(msg(b"a", QoS::AtLeastOnce), QoS::AtLeastOnce, false)
+        .unwrap();
+    s.enqueue(msg(b"b", QoS::ExactlyOnce), QoS::ExactlyOnce, false)
+        .unwrap();
+    drain(&mut s);
+    s.on_pubrec(2); // second now waits for PUBCOMP: a PUBREL is what must be resent
+    s.detach(1);
+    s.attach(2);
+    assert_eq!(
+        drain(&mut s),
+        [
+            0x3a, 0x06, 0x00, 0x01, b't', 0x00, 0x01, b'a', // PUBLISH QoS 1 DUP id 1
+            0x62, 0x02, 0x00, 0x02, // PUBREL id 2
+        ]
+    );
+    // Acknowledging after the resend leaves nothing to resend.
+    assert!(s.on_puback(1));
+    assert!(s.on_pubcomp(2));
+    assert!(!s.has_sendable());
+}
+
+#[test]
+fn ack_before_resend_cancels_that_resend() {
+    let mut s = session(10, 10, 1000);
+    for _ in 0..2 {
+        s.enqueue(msg(b"a", QoS::AtLeastOnce), QoS::AtLeastOnce, false)
+            .unwrap();
+    }
+    drain(&mut s);
+    s.detach(1);
+    s.attach(2);
+    assert!(s.on_puback(1));
+    assert_eq!(
+        drain(&mut s),
+        [0x3a, 0x06, 0x00, 0x01, b't', 0x00, 0x02, b'a']
+    );
+}
+
+#[test]
+fn packet_ids_wrap_and_never_reuse_one_in_flight() {
+    let mut s = session(65_535, 70_000, usize::MAX);
+    // Id 1 stays unacknowledged while 65,534 others come and go.
+    s.enqueue(msg(b"x", QoS::AtLeastOnce), QoS::AtLeastOnce, false)
+        .unwrap();
+    drain(&mut s);
+    for id in 2..=u16::MAX {
+        s.enqueue(msg(b"x", QoS::AtLeastOnce), QoS::AtLeastOnce, false)
+            .unwrap();
+        drain(&mut s);
+        assert!(s.on_puback(id));
+    }
+    // The next id would be 1 again: it waits until 1 is acknowledged.
+    s.enqueue(msg(b"x", QoS::AtLeastOnce), QoS::AtLeastOnce, false)
+        .unwrap();
+    assert!(!s.has_sendable());
+    assert!(drain(&mut s).is_empty());
+    assert!(s.on_puback(1));
+    assert_eq!(drain(&mut s)[5..7], [0x00, 0x01]);
+}
+
+#[test]
+fn incoming_qos2_is_forwarded_once_until_released() {
+    let mut s = session(10, 10, 1000);
+    assert!(s.on_incoming_qos2(7));
+    assert!(!s.on_incoming_qos2(7), "duplicate before PUBREL");
+    s.on_pubrel(7);
+    assert!(s.on_incoming_qos2(7), "the id is free again after PUBREL");
+}
+
+#[test]
+fn a_new_connection_kicks_the_old_one() {
+    let mut s = session(10, 10, 1000);
+    assert_eq!(s.kicked(1), None);
+    s.attach(2);
+    assert_eq!(s.kicked(1), Some(Kick::TakenOver));
+    assert_eq!(s.kicked(2), None);
+    assert!(
+        !s.detach(1),
+        "the old connection no longer owns the session"
+    );
+    s.kick(Kick::Shutdown);
+    assert_eq!(s.kicked(2), Some(Kick::Shutdown));
+}
+
+#[test]
+fn control_packets_keep_their_place_in_the_queue() {
+    let mut s = session(10, 10, 1000);
+    s.enqueue(msg(b"x", QoS::AtMostOnce), QoS::AtMostOnce, false)
+        .unwrap();
+    s.enqueue_control(Outbound::UnsubAck(9));
+    assert_eq!(
+        drain(&mut s),
+        [0x30, 0x04, 0x00, 0x01, b't', b'x', 0xb0, 0x02, 0x00, 0x09]
+    );
+}
