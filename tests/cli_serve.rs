@@ -1,0 +1,142 @@
+//! The `surgemq serve` binary as a user meets it: bad flags, too little locked memory, and
+//! stopping on SIGTERM/SIGINT.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn surgemq() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_surgemq"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn stderr_of(args: &[&str]) -> (bool, String) {
+    let out = surgemq().args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_flag_values_give_one_line_naming_the_flag() {
+    for (args, flag) in [
+        (&["serve", "--shards", "0"][..], "--shards"),
+        (&["serve", "--max-inflight", "0"][..], "--max-inflight"),
+        (
+            &["serve", "--max-packet-size", "3"][..],
+            "--max-packet-size",
+        ),
+        (
+            &["serve", "--connect-timeout", "0"][..],
+            "--connect-timeout",
+        ),
+    ] {
+        let (ok, err) = stderr_of(args);
+        assert!(!ok, "{args:?} should fail");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+    for (args, flag) in [
+        (&["serve", "--listen", "not-an-address"][..], "--listen"),
+        (&["serve", "--shards", "many"][..], "--shards"),
+        (&["serve", "--no-such-flag"][..], "--no-such-flag"),
+    ] {
+        let (ok, err) = stderr_of(args);
+        assert!(!ok, "{args:?} should fail");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn too_little_locked_memory_is_a_clear_error() {
+    let port = free_port();
+    let script = format!(
+        "ulimit -l 64 && exec {} serve --listen 127.0.0.1:{port} --shards 1",
+        env!("CARGO_BIN_EXE_surgemq")
+    );
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("ulimit -l"), "names what to raise: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+fn wait_for_listener(addr: SocketAddr) -> TcpStream {
+    let start = Instant::now();
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => return s,
+            Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("broker did not start: {e}"),
+        }
+    }
+}
+
+#[test]
+fn serves_mqtt_and_stops_on_sigterm_and_sigint_within_a_second() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let port = free_port();
+        let mut child = surgemq()
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--shards",
+                "2",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut client = wait_for_listener(SocketAddr::from(([127, 0, 0, 1], port)));
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // CONNECT, MQTT 3.1.1, clean session, keepalive 60, client id "cli".
+        client
+            .write_all(&[
+                0x10, 0x0f, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 3, b'c', b'l', b'i',
+            ])
+            .unwrap();
+        let mut connack = [0u8; 4];
+        client.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+
+        let sent = Instant::now();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(2),
+                "still running after signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            status.success(),
+            "exit status {status:?} after signal {signal}"
+        );
+        assert!(
+            sent.elapsed() < Duration::from_millis(1500),
+            "took {:?}",
+            sent.elapsed()
+        );
+        // The client's connection was closed.
+        let mut buf = [0u8; 1];
+        assert!(matches!(client.read(&mut buf), Ok(0) | Err(_)));
+    }
+}
