@@ -282,6 +282,9 @@ impl Client {
                 Event::Input | Event::Output => {}
                 Event::Closed(reason) => return reason,
             }
+            // glommio only switches tasks at await points that are pending: a client that
+            // always has input must still let the others run.
+            glommio::yield_if_needed().await;
         }
     }
 

@@ -130,6 +130,8 @@ pub struct Shard {
     /// Reused by `route` for the matches of one message.
     matches: RefCell<Vec<(SubscriberId, QoS)>>,
     stopping: Cell<bool>,
+    /// The task queue connections run in (the drain task has its own, latency-sensitive one).
+    connection_queue: glommio::TaskQueueHandle,
     stop_waker: RefCell<Option<Waker>>,
     /// Wakes the task that retries flushes while an inbox is full.
     stall_waker: RefCell<Option<Waker>>,
@@ -138,6 +140,7 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// Must be called on the shard's executor, from the task queue connections will use.
     pub fn new(id: ShardId, config: Arc<BrokerConfig>, mesh: Arc<Mesh>) -> Shard {
         Shard {
             id,
@@ -154,6 +157,7 @@ impl Shard {
             next_client_id: Cell::new(1),
             matches: RefCell::new(Vec::new()),
             stopping: Cell::new(false),
+            connection_queue: glommio::executor().current_task_queue(),
             stop_waker: RefCell::new(None),
             stall_waker: RefCell::new(None),
             congestion_waiters: RefCell::new(Vec::new()),
@@ -534,7 +538,13 @@ impl Shard {
             ShardMessage::UnsubscribeApplied { token } => self.request_applied(token, Vec::new()),
             ShardMessage::Retain(message) => self.store_retained(&message),
             ShardMessage::Adopt(moved) => {
-                glommio::spawn_local(super::connection::serve_moved(self.clone(), moved)).detach();
+                let serve = super::connection::serve_moved(self.clone(), moved);
+                match glommio::spawn_local_into(serve, self.connection_queue) {
+                    Ok(task) => {
+                        task.detach();
+                    }
+                    Err(e) => debug!("cannot serve a moved connection: {e}"),
+                }
             }
             ShardMessage::Shutdown => self.stop(),
         }
