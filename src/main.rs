@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(cli::serve::ServeArgs),
+    /// Create or update a Mosquitto-format password file.
+    Passwd(cli::passwd::PasswdArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     cli::init_logging(&cli.log_level);
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
+        Command::Passwd(args) => cli::passwd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

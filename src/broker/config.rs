@@ -3,7 +3,10 @@
 //! defensive checks of its own.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::auth::{Authenticator, FileAuthenticator};
 
 /// Everything `surgemq serve` can be told.
 #[derive(Debug, Clone)]
@@ -24,6 +27,15 @@ pub struct BrokerConfig {
     pub max_queued_bytes: usize,
     /// Topic levels allowed in a topic name or filter; 0 means no limit.
     pub max_topic_levels: usize,
+    /// Open client sockets the broker accepts; beyond it new ones are refused.
+    pub max_connections: usize,
+    /// Queue QoS 0 messages for disconnected persistent sessions too (Mosquitto's
+    /// `queue_qos0_messages`).
+    pub queue_qos0: bool,
+    /// Persistent sessions disconnected this long are removed; None keeps them forever.
+    pub session_expiry: Option<Duration>,
+    /// Who may connect, publish and subscribe.
+    pub authenticator: Arc<dyn Authenticator>,
 }
 
 impl Default for BrokerConfig {
@@ -37,6 +49,10 @@ impl Default for BrokerConfig {
             max_queued_messages: 1000,
             max_queued_bytes: 64 << 20,
             max_topic_levels: 128,
+            max_connections: 100_000,
+            queue_qos0: false,
+            session_expiry: None,
+            authenticator: Arc::new(FileAuthenticator::allow_all()),
         }
     }
 }
@@ -95,6 +111,12 @@ impl BrokerConfig {
         }
         if self.max_queued_messages == 0 {
             return Err(ConfigError::new("max-queued-messages", "must be above 0"));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new("max-connections", "must be above 0"));
+        }
+        if self.session_expiry == Some(Duration::ZERO) {
+            return Err(ConfigError::new("session-expiry", "must be above 0"));
         }
         if self.max_queued_bytes == 0 {
             return Err(ConfigError::new("max-queued-bytes", "must be above 0"));

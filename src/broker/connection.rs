@@ -23,8 +23,9 @@ use tracing::debug;
 
 use super::mesh::{Message, MovedConnection, ShardMessage};
 use super::session::{Kick, Session};
-use super::shard::{home_shard, Shard};
+use super::shard::{home_shard, ConnectionPermit, Shard};
 use super::wire::Wire;
+use crate::auth::{AuthDecision, Credentials};
 use crate::protocol::{
     decode, encode_ack, ByteStr, ConnAck, Connect, ConnectReturnCode, DecodeError, LastWill,
     Packet, PacketType, ProtocolLevel, Publish, QoS,
@@ -100,6 +101,18 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
         Err(_) => return,
     };
     let mut wire = Wire::new(stream, peer);
+    let Some(permit) = shard.admit() else {
+        // Full: say so (CONNACK 3, server unavailable) without waiting for CONNECT, and close.
+        let reason = CloseReason::Refused(ConnectReturnCode::ServerUnavailable);
+        let _ = or(
+            refuse(&mut wire, ConnectReturnCode::ServerUnavailable),
+            async {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            },
+        )
+        .await;
+        return log_close(&shard, None, &wire, reason);
+    };
     wire.set_nodelay();
     let max = shard.config.max_packet_size;
     let timeout = shard.config.connect_timeout;
@@ -133,6 +146,17 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
         }
         connect.client_id = shard.assign_client_id();
     }
+    if let Err(code) = authenticate(&shard, &connect, wire.peer) {
+        refuse(&mut wire, code).await;
+        let c = &shard.metrics.refused_auth;
+        c.set(c.get() + 1);
+        return log_close(
+            &shard,
+            Some(&connect.client_id),
+            &wire,
+            CloseReason::Refused(code),
+        );
+    }
     let home = home_shard(&connect.client_id, shard.shards);
     if home != shard.id {
         let fd = match wire.duplicate_fd() {
@@ -143,6 +167,7 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
         };
         let moved = MovedConnection {
             fd,
+            permit,
             peer: wire.peer,
             connect,
             leftover: std::mem::take(&mut wire.rbuf),
@@ -151,19 +176,48 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
         shard.flush();
         return;
     }
-    serve_client(shard, wire, connect).await;
+    serve_client(shard, wire, connect, permit).await;
+}
+
+/// Asks the authenticator about a CONNECT; a will topic the client may not publish to is
+/// refused as not authorized, rather than accepted and silently dropped later.
+fn authenticate(
+    shard: &Shard,
+    connect: &Connect,
+    peer: std::net::SocketAddr,
+) -> Result<(), ConnectReturnCode> {
+    let auth = &shard.config.authenticator;
+    let username = connect.username.as_deref();
+    let decision = auth.authenticate(&Credentials {
+        username,
+        password: connect.password.as_deref(),
+        client_id: &connect.client_id,
+        peer,
+    });
+    match decision {
+        AuthDecision::Allow => {}
+        AuthDecision::BadCredentials => return Err(ConnectReturnCode::BadUsernameOrPassword),
+        AuthDecision::NotAuthorized => return Err(ConnectReturnCode::NotAuthorized),
+    }
+    if let Some(will) = &connect.will {
+        if auth.checks_topics() && !auth.can_publish(username, &connect.client_id, &will.topic) {
+            return Err(ConnectReturnCode::NotAuthorized);
+        }
+    }
+    Ok(())
 }
 
 /// Serves a socket that another shard accepted and handed over after CONNECT.
 pub async fn serve_moved(shard: Rc<Shard>, moved: Box<MovedConnection>) {
     let MovedConnection {
         fd,
+        permit,
         peer,
         connect,
         leftover,
     } = *moved;
     let wire = Wire::adopt(fd, peer, leftover);
-    serve_client(shard, wire, connect).await;
+    serve_client(shard, wire, connect, permit).await;
 }
 
 async fn read_packet(wire: &mut Wire, max: usize) -> Result<Packet, CloseReason> {
@@ -205,11 +259,14 @@ struct Client {
     session: Rc<RefCell<Session>>,
     conn: u64,
     client_id: ByteStr,
+    username: Option<ByteStr>,
     will: Option<LastWill>,
     /// 1.5 × the keepalive the client asked for; None when it asked for 0.
     keepalive: Option<Duration>,
     last_input: Instant,
     keepalive_timer: Option<Timer>,
+    /// Held for as long as the socket is open.
+    _permit: ConnectionPermit,
 }
 
 enum Event {
@@ -218,7 +275,12 @@ enum Event {
     Closed(CloseReason),
 }
 
-async fn serve_client(shard: Rc<Shard>, wire: Wire, connect: Box<Connect>) {
+async fn serve_client(
+    shard: Rc<Shard>,
+    wire: Wire,
+    connect: Box<Connect>,
+    permit: ConnectionPermit,
+) {
     let conn = shard.next_connection_id();
     let (session, resumed) = shard.open_session(&connect, conn);
     let metrics = &shard.metrics;
@@ -231,6 +293,7 @@ async fn serve_client(shard: Rc<Shard>, wire: Wire, connect: Box<Connect>) {
         keep_alive,
         client_id,
         will,
+        username,
         ..
     } = *connect;
     debug!(client = %client_id, peer = %wire.peer, shard = shard.id.0, resumed, "client connected");
@@ -242,9 +305,11 @@ async fn serve_client(shard: Rc<Shard>, wire: Wire, connect: Box<Connect>) {
         session,
         conn,
         client_id,
+        username,
         will,
         keepalive,
         last_input: Instant::now(),
+        _permit: permit,
     };
     let ack = Packet::ConnAck(ConnAck {
         // MQTT 3.1 has no Session Present flag: the byte is reserved there.
@@ -356,7 +421,10 @@ impl Client {
             Packet::PubComp(id) => {
                 self.session.borrow_mut().on_pubcomp(id);
             }
-            Packet::Subscribe(request) => self.shard.subscribe(&self.session, request),
+            Packet::Subscribe(request) => {
+                self.shard
+                    .subscribe(&self.session, request, self.username.as_deref())
+            }
             Packet::Unsubscribe(request) => self.shard.unsubscribe(&self.session, request),
             Packet::PingReq => {
                 let _ = Packet::PingResp.encode(out);
@@ -389,11 +457,21 @@ impl Client {
             payload,
             ..
         } = publish;
-        let forward = match qos {
-            QoS::AtMostOnce | QoS::AtLeastOnce => true,
-            // MQTT-4.3.3: a repeated PUBLISH before PUBREL is acknowledged, not forwarded again.
-            QoS::ExactlyOnce => self.session.borrow_mut().on_incoming_qos2(packet_id),
-        };
+        let auth = &self.shard.config.authenticator;
+        let allowed = !auth.checks_topics()
+            || auth.can_publish(self.username.as_deref(), &self.client_id, &topic);
+        if !allowed {
+            // Acknowledged as the protocol requires, but not forwarded.
+            debug!(client = %self.client_id, topic = %topic, "publish denied by the ACL");
+            let c = &self.shard.metrics.publishes_denied;
+            c.set(c.get() + 1);
+        }
+        let forward = allowed
+            && match qos {
+                QoS::AtMostOnce | QoS::AtLeastOnce => true,
+                // MQTT-4.3.3: a repeated PUBLISH before PUBREL is acknowledged, not forwarded again.
+                QoS::ExactlyOnce => self.session.borrow_mut().on_incoming_qos2(packet_id),
+            };
         if forward {
             self.shard.route(Arc::new(Message {
                 topic,

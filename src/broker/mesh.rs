@@ -116,6 +116,7 @@ impl DeliveryBatch {
 #[derive(Debug)]
 pub struct MovedConnection {
     pub fd: OwnedFd,
+    pub permit: super::shard::ConnectionPermit,
     pub peer: SocketAddr,
     pub connect: Box<Connect>,
     pub leftover: BytesMut,

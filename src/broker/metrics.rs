@@ -18,6 +18,9 @@ pub struct Metrics {
     pub dropped_queue_full_qos12: Cell<u64>,
     pub dropped_offline_qos0: Cell<u64>,
     pub protocol_errors: Cell<u64>,
+    pub refused_max_connections: Cell<u64>,
+    pub refused_auth: Cell<u64>,
+    pub publishes_denied: Cell<u64>,
 }
 
 impl Metrics {
@@ -44,6 +47,9 @@ pub struct MetricsSnapshot {
     pub dropped_queue_full_qos12: u64,
     pub dropped_offline_qos0: u64,
     pub protocol_errors: u64,
+    pub refused_max_connections: u64,
+    pub refused_auth: u64,
+    pub publishes_denied: u64,
     pub mesh_stalls: u64,
 }
 
@@ -60,6 +66,9 @@ impl Metrics {
             dropped_queue_full_qos12: self.dropped_queue_full_qos12.get(),
             dropped_offline_qos0: self.dropped_offline_qos0.get(),
             protocol_errors: self.protocol_errors.get(),
+            refused_max_connections: self.refused_max_connections.get(),
+            refused_auth: self.refused_auth.get(),
+            publishes_denied: self.publishes_denied.get(),
             mesh_stalls,
         }
     }

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::config::BrokerConfig;
 use super::mesh::{Mesh, ShardId, ShardMessage};
 use super::metrics::MetricsSnapshot;
-use super::shard::{drain_inbox, retry_stalled, Shard};
+use super::shard::{drain_inbox, expire_sessions, retry_stalled, Shard};
 
 /// Memory glommio registers with io_uring per executor. The broker does no file I/O through
 /// glommio's DMA buffers, so the minimum glommio accepts is plenty.
@@ -82,6 +82,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     let shards = config.shards;
     let (mesh, inboxes) = Mesh::new(shards);
     let cpus = allowed_cpus();
+    let open_sockets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
     let mut executors = Vec::with_capacity(shards);
     for (i, inbox) in inboxes.into_iter().enumerate() {
@@ -89,6 +90,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         let shard_mesh = mesh.clone();
         let shard_addrs = addrs.clone();
         let ready = ready_tx.clone();
+        let shard_sockets = open_sockets.clone();
         let placement = match cpus.get(i % cpus.len().max(1)) {
             Some(&cpu) => Placement::Fixed(cpu),
             None => Placement::Unbound,
@@ -97,7 +99,12 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             .name(&format!("surgemq-shard-{i}"))
             .io_memory(IO_MEMORY)
             .spawn(move || async move {
-                let shard = Rc::new(Shard::new(ShardId(i as u16), shard_config, shard_mesh));
+                let shard = Rc::new(Shard::new(
+                    ShardId(i as u16),
+                    shard_config,
+                    shard_mesh,
+                    shard_sockets,
+                ));
                 run_shard(shard, inbox, &shard_addrs, ready).await
             });
         match spawned {
@@ -177,6 +184,7 @@ async fn run_shard(
     let drain = glommio::spawn_local_into(drain_inbox(shard.clone(), inbox), mesh_queue)
         .expect("task queue was just created");
     let stall = glommio::spawn_local(retry_stalled(shard.clone()));
+    let expiry = glommio::spawn_local(expire_sessions(shard.clone()));
     let accepts: Vec<_> = listeners
         .into_iter()
         .map(|listener| glommio::spawn_local(accept_loop(shard.clone(), listener)))
@@ -193,6 +201,7 @@ async fn run_shard(
         }
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    drop(expiry);
     drop(stall);
     drop(drain);
     shard.metrics.snapshot(shard.stalls())

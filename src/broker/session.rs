@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::Waker;
+use std::time::{Duration, Instant};
 
 use ahash::{AHashMap, AHashSet};
 use bytes::BytesMut;
@@ -77,6 +78,7 @@ pub struct SessionLimits {
     pub max_inflight: usize,
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
+    pub queue_qos0: bool,
 }
 
 pub struct Session {
@@ -98,6 +100,8 @@ pub struct Session {
     attached: u64,
     kicked: Option<(u64, Kick)>,
     waker: Option<Waker>,
+    /// When the last connection went away (for `--session-expiry`).
+    detached_at: Option<Instant>,
 }
 
 impl Session {
@@ -117,6 +121,7 @@ impl Session {
             attached: 0,
             kicked: None,
             waker: None,
+            detached_at: None,
         }
     }
 
@@ -128,6 +133,7 @@ impl Session {
             self.wake();
         }
         self.attached = conn;
+        self.detached_at = None;
         self.resend = self.inflight.len();
     }
 
@@ -136,6 +142,7 @@ impl Session {
         if self.attached == conn {
             self.attached = 0;
             self.waker = None;
+            self.detached_at = Some(Instant::now());
             true
         } else {
             false
@@ -148,6 +155,11 @@ impl Session {
 
     pub fn is_connected(&self) -> bool {
         self.attached != 0
+    }
+
+    /// How long the session has had no connection, or None while it has one.
+    pub fn disconnected_for(&self, now: Instant) -> Option<Duration> {
+        self.detached_at.map(|t| now.saturating_duration_since(t))
     }
 
     /// Tells the attached connection to close.
@@ -180,15 +192,16 @@ impl Session {
         }
     }
 
-    /// Queues a message for the client. QoS 0 messages for a disconnected client are dropped,
-    /// as Mosquitto does by default; QoS 1/2 wait for a resumed session.
+    /// Queues a message for the client. QoS 0 messages for a disconnected client are dropped
+    /// unless `queue_qos0` is set, as in Mosquitto; QoS 1/2 wait for a resumed session.
     pub fn enqueue(
         &mut self,
         message: Arc<Message>,
         qos: QoS,
         retain: bool,
     ) -> Result<(), Dropped> {
-        if self.attached == 0 && qos == QoS::AtMostOnce {
+        let offline = self.attached == 0;
+        if offline && qos == QoS::AtMostOnce && !self.limits.queue_qos0 {
             return Err(Dropped::Offline);
         }
         let size = message.payload.len();
@@ -198,6 +211,13 @@ impl Session {
             return Err(Dropped::QueueFull);
         }
         self.queued_bytes += size;
+        // Queued for an absent client, the message may wait for hours: it must not pin the
+        // whole read buffer of its publisher.
+        let message = if offline {
+            Arc::new(message.detached())
+        } else {
+            message
+        };
         self.queue.push_back(Outbound::Publish {
             message,
             qos,

@@ -14,6 +14,7 @@ fn session(max_inflight: usize, max_msgs: usize, max_bytes: usize) -> Session {
         max_inflight,
         max_queued_messages: max_msgs,
         max_queued_bytes: max_bytes,
+        queue_qos0: false,
     };
     let mut s = Session::new(ByteStr::from("c"), id, true, limits);
     s.attach(1);

@@ -8,9 +8,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use crossbeam_channel::Receiver;
@@ -33,6 +34,17 @@ pub fn home_shard(key: &str, shards: usize) -> ShardId {
         0x2545_f491_4f6c_dd1d,
     );
     ShardId((HASHER.hash_one(key) % shards as u64) as u16)
+}
+
+/// One open client socket counted against `--max-connections`, across all shards. It travels
+/// with a connection that moves to another shard and is released when the socket closes.
+#[derive(Debug)]
+pub struct ConnectionPermit(Arc<AtomicUsize>);
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct Slot {
@@ -119,6 +131,8 @@ pub struct Shard {
     pub shards: usize,
     pub config: Arc<BrokerConfig>,
     pub metrics: Metrics,
+    /// Open client sockets of the whole broker.
+    open_sockets: Arc<AtomicUsize>,
     router: RefCell<Router>,
     trie: RefCell<SubscriptionTrie<SubscriberId, QoS>>,
     retained: RefCell<TopicTree<Arc<Message>>>,
@@ -141,12 +155,18 @@ pub struct Shard {
 
 impl Shard {
     /// Must be called on the shard's executor, from the task queue connections will use.
-    pub fn new(id: ShardId, config: Arc<BrokerConfig>, mesh: Arc<Mesh>) -> Shard {
+    pub fn new(
+        id: ShardId,
+        config: Arc<BrokerConfig>,
+        mesh: Arc<Mesh>,
+        open_sockets: Arc<AtomicUsize>,
+    ) -> Shard {
         Shard {
             id,
             shards: mesh.shards(),
             config,
             metrics: Metrics::default(),
+            open_sockets,
             router: RefCell::new(Router::new(id, mesh)),
             trie: RefCell::new(SubscriptionTrie::new()),
             retained: RefCell::new(TopicTree::new()),
@@ -166,6 +186,18 @@ impl Shard {
 
     pub fn mesh(&self) -> Arc<Mesh> {
         self.router.borrow().mesh().clone()
+    }
+
+    /// Counts a new socket against `--max-connections`; None when the broker is full.
+    pub fn admit(&self) -> Option<ConnectionPermit> {
+        let before = self.open_sockets.fetch_add(1, Ordering::Relaxed);
+        let permit = ConnectionPermit(self.open_sockets.clone());
+        if before >= self.config.max_connections {
+            let c = &self.metrics.refused_max_connections;
+            c.set(c.get() + 1);
+            return None; // dropping the permit gives the slot back
+        }
+        Some(permit)
     }
 
     pub fn next_connection_id(&self) -> u64 {
@@ -206,6 +238,7 @@ impl Shard {
             max_inflight: self.config.max_inflight,
             max_queued_messages: self.config.max_queued_messages,
             max_queued_bytes: self.config.max_queued_bytes,
+            queue_qos0: self.config.queue_qos0,
         };
         let shard = self.id;
         let session =
@@ -348,8 +381,15 @@ impl Shard {
 
     /// Applies a SUBSCRIBE on every shard; the SUBACK (then the retained messages that match)
     /// is queued once all have applied it, so anything published after the SUBACK arrives.
-    pub fn subscribe(&self, session: &Rc<RefCell<Session>>, request: Subscribe) {
+    pub fn subscribe(
+        &self,
+        session: &Rc<RefCell<Session>>,
+        request: Subscribe,
+        username: Option<&str>,
+    ) {
         let max_levels = self.config.max_topic_levels;
+        let auth = &self.config.authenticator;
+        let check_acl = auth.checks_topics();
         let mut codes = Vec::with_capacity(request.filters.len());
         let mut accepted: Vec<(ByteStr, QoS)> = Vec::with_capacity(request.filters.len());
         let id;
@@ -357,16 +397,24 @@ impl Shard {
             let mut s = session.borrow_mut();
             id = s.id;
             for (filter, qos) in request.filters {
-                match validate_filter_with_max_levels(&filter, max_levels) {
+                let allowed = match validate_filter_with_max_levels(&filter, max_levels) {
+                    Ok(()) if check_acl && !auth.can_subscribe(username, &s.client_id, &filter) => {
+                        debug!(client = %s.client_id, filter = %filter, "subscription refused by the ACL");
+                        Err(())
+                    }
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        debug!(client = %s.client_id, filter = %filter, "subscription refused: {e}");
+                        Err(())
+                    }
+                };
+                match allowed {
                     Ok(()) => {
                         codes.push(SubscribeReturnCode::Success(qos));
                         s.subscriptions.insert(filter.clone(), qos);
                         accepted.push((filter, qos));
                     }
-                    Err(e) => {
-                        debug!(client = %s.client_id, filter = %filter, "subscription refused: {e}");
-                        codes.push(SubscribeReturnCode::Failure);
-                    }
+                    Err(()) => codes.push(SubscribeReturnCode::Failure),
                 }
             }
         }
@@ -613,6 +661,35 @@ impl Shard {
 
     pub fn stalls(&self) -> u64 {
         self.router.borrow().stalls
+    }
+}
+
+/// Removes persistent sessions that stayed disconnected longer than `--session-expiry`.
+/// Runs only when an expiry is configured, at a coarse interval.
+pub async fn expire_sessions(shard: Rc<Shard>) {
+    let Some(expiry) = shard.config.session_expiry else {
+        return;
+    };
+    let interval = (expiry / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        glommio::timer::sleep(interval).await;
+        let now = Instant::now();
+        let expired: Vec<_> = shard
+            .sessions
+            .borrow()
+            .all()
+            .filter(|s| {
+                s.borrow()
+                    .disconnected_for(now)
+                    .is_some_and(|d| d >= expiry)
+            })
+            .cloned()
+            .collect();
+        for session in expired {
+            debug!(client = %session.borrow().client_id, "session expired");
+            shard.remove_session(&session);
+        }
+        shard.flush();
     }
 }
 

@@ -1,6 +1,8 @@
 //! Subcommands of the `surgemq` binary. Each turns its flags into a validated configuration and
 //! calls the library; errors come back as one line for the user.
 
+pub mod config_file;
+pub mod passwd;
 pub mod serve;
 
 pub fn init_logging(level: &str) {

@@ -1,57 +1,147 @@
 //! `surgemq serve`: run the broker until SIGINT or SIGTERM.
+//!
+//! Every setting is a flag and a key of the optional TOML file given with `--config` (the key
+//! is the flag's name without dashes in front, e.g. `max-inflight = 200`); flags override the
+//! file. Any bad value ends start-up with one line naming the flag or key.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use surgemq::auth::{AclFile, FileAuthenticator, PasswordFile};
 use surgemq::broker::{self, BrokerConfig};
 use tracing::info;
 
-#[derive(Args, Debug)]
+use super::config_file::ConfigFile;
+
+#[derive(Args, Debug, Default)]
 pub struct ServeArgs {
-    /// Address to listen on (repeatable).
-    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:1883")]
+    /// TOML file with any of the settings below (flags override it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on (repeatable) [default: 127.0.0.1:1883].
+    #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<SocketAddr>,
-    /// Number of shards (executors, one per core). Default: the CPUs this process may use.
+    /// Number of shards (executors, one per core) [default: the CPUs this process may use].
     #[arg(long)]
     shards: Option<usize>,
-    /// Seconds a new connection may take to send CONNECT.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-    connect_timeout: u64,
-    /// Outgoing QoS 1/2 messages in flight per session.
-    #[arg(long, default_value_t = 100)]
-    max_inflight: usize,
-    /// Largest packet accepted from a client, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
-    max_packet_size: usize,
-    /// Messages queued per session before new ones are dropped.
-    #[arg(long, default_value_t = 1000)]
-    max_queued_messages: usize,
-    /// Payload bytes queued per session before new messages are dropped.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
-    max_queued_bytes: usize,
-    /// Topic levels allowed in a topic name or filter (0: no limit).
-    #[arg(long, default_value_t = 128)]
-    max_topic_levels: usize,
+    /// Seconds a new connection may take to send CONNECT [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    connect_timeout: Option<u64>,
+    /// Outgoing QoS 1/2 messages in flight per session [default: 100].
+    #[arg(long)]
+    max_inflight: Option<usize>,
+    /// Largest packet accepted from a client, in bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    max_packet_size: Option<usize>,
+    /// Messages queued per session before new ones are dropped [default: 1000].
+    #[arg(long)]
+    max_queued_messages: Option<usize>,
+    /// Payload bytes queued per session before new messages are dropped [default: 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    max_queued_bytes: Option<usize>,
+    /// Topic levels allowed in a topic name or filter, 0 for no limit [default: 128].
+    #[arg(long)]
+    max_topic_levels: Option<usize>,
+    /// Open client connections accepted; more are refused with CONNACK 3 [default: 100000].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Queue QoS 0 messages for disconnected persistent sessions too [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    queue_qos0: Option<bool>,
+    /// Remove persistent sessions disconnected for this many seconds [default: never].
+    #[arg(long, value_name = "SECONDS")]
+    session_expiry: Option<u64>,
+    /// Mosquitto password file (`mosquitto_passwd` or `surgemq passwd` writes it).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Allow clients without a user name [default: true unless a password file is given].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    allow_anonymous: Option<bool>,
+    /// Mosquitto ACL file.
+    #[arg(long, value_name = "FILE")]
+    acl_file: Option<PathBuf>,
 }
 
-impl ServeArgs {
-    fn into_config(self) -> BrokerConfig {
-        BrokerConfig {
-            listen: self.listen,
-            shards: self.shards.unwrap_or_else(broker::available_cpus),
-            connect_timeout: Duration::from_secs(self.connect_timeout),
-            max_inflight: self.max_inflight,
-            max_packet_size: self.max_packet_size,
-            max_queued_messages: self.max_queued_messages,
-            max_queued_bytes: self.max_queued_bytes,
-            max_topic_levels: self.max_topic_levels,
-        }
-    }
+/// Turns flags (and the config file) into a validated broker configuration.
+pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let defaults = BrokerConfig::default();
+    let listen = if !args.listen.is_empty() {
+        args.listen
+    } else {
+        file.listen()?.unwrap_or(defaults.listen)
+    };
+    let secs = |v: Option<u64>| v.map(Duration::from_secs);
+    let password_file = args.password_file.or(file.path("password-file")?);
+    let acl_file = args.acl_file.or(file.path("acl-file")?);
+    let allow_anonymous = args
+        .allow_anonymous
+        .or(file.bool("allow-anonymous")?)
+        .unwrap_or(password_file.is_none());
+    let authenticator = FileAuthenticator {
+        passwords: password_file
+            .as_deref()
+            .map(PasswordFile::load)
+            .transpose()
+            .map_err(|e| format!("invalid --password-file: {e}"))?,
+        allow_anonymous,
+        acl: acl_file
+            .as_deref()
+            .map(AclFile::load)
+            .transpose()
+            .map_err(|e| format!("invalid --acl-file: {e}"))?,
+    };
+    let config = BrokerConfig {
+        listen,
+        shards: args
+            .shards
+            .or(file.usize("shards")?)
+            .unwrap_or(defaults.shards),
+        connect_timeout: secs(args.connect_timeout.or(file.u64("connect-timeout")?))
+            .unwrap_or(defaults.connect_timeout),
+        max_inflight: args
+            .max_inflight
+            .or(file.usize("max-inflight")?)
+            .unwrap_or(defaults.max_inflight),
+        max_packet_size: args
+            .max_packet_size
+            .or(file.usize("max-packet-size")?)
+            .unwrap_or(defaults.max_packet_size),
+        max_queued_messages: args
+            .max_queued_messages
+            .or(file.usize("max-queued-messages")?)
+            .unwrap_or(defaults.max_queued_messages),
+        max_queued_bytes: args
+            .max_queued_bytes
+            .or(file.usize("max-queued-bytes")?)
+            .unwrap_or(defaults.max_queued_bytes),
+        max_topic_levels: args
+            .max_topic_levels
+            .or(file.usize("max-topic-levels")?)
+            .unwrap_or(defaults.max_topic_levels),
+        max_connections: args
+            .max_connections
+            .or(file.usize("max-connections")?)
+            .unwrap_or(defaults.max_connections),
+        queue_qos0: args
+            .queue_qos0
+            .or(file.bool("queue-qos0")?)
+            .unwrap_or(defaults.queue_qos0),
+        session_expiry: secs(args.session_expiry.or(file.u64("session-expiry")?)),
+        authenticator: Arc::new(authenticator),
+    };
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
 }
 
 pub fn run(args: ServeArgs) -> Result<(), String> {
-    let config = args.into_config();
+    let config = build_config(args)?;
     // Block the stop signals before any shard thread exists, so every thread inherits the mask
     // and only `sigwait` below sees them.
     let signals = stop_signals();
