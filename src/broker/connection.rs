@@ -116,10 +116,13 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
     wire.set_nodelay();
     let max = shard.config.max_packet_size;
     let timeout = shard.config.connect_timeout;
-    let first = or(async { Some(read_packet(&mut wire, max).await) }, async {
-        glommio::timer::sleep(timeout).await;
-        None
-    })
+    let first = or(
+        async { Some(read_packet(&shard, &mut wire, max).await) },
+        async {
+            glommio::timer::sleep(timeout).await;
+            None
+        },
+    )
     .await;
     let connect = match first {
         None => return log_close(&shard, None, &wire, CloseReason::ConnectTimeout),
@@ -220,14 +223,14 @@ pub async fn serve_moved(shard: Rc<Shard>, moved: Box<MovedConnection>) {
     serve_client(shard, wire, connect, permit).await;
 }
 
-async fn read_packet(wire: &mut Wire, max: usize) -> Result<Packet, CloseReason> {
+async fn read_packet(shard: &Shard, wire: &mut Wire, max: usize) -> Result<Packet, CloseReason> {
     loop {
         match decode(&mut wire.rbuf, max) {
             Ok(Some(p)) => return Ok(p),
             Ok(None) => {}
             Err(e) => return Err(CloseReason::Malformed(e)),
         }
-        match wire.read(max).await {
+        match wire.read(&shard.read_arena, max).await {
             Ok(0) => return Err(CloseReason::Eof),
             Ok(_) => {}
             Err(e) => return Err(CloseReason::Io(e)),
@@ -324,6 +327,9 @@ async fn serve_client(
 impl Client {
     async fn run(&mut self) -> CloseReason {
         loop {
+            if self.wire.wbuf.capacity() == 0 {
+                self.wire.wbuf = self.shard.write_pool.borrow_mut().take();
+            }
             if let Err(reason) = self.process_input() {
                 return reason;
             }
@@ -367,7 +373,11 @@ impl Client {
             session.set_waker(cx.waker());
         }
         if self.wire.wbuf.len() < READ_PAUSE {
-            match self.wire.poll_read(cx, self.shard.config.max_packet_size) {
+            let mut arena = self.shard.read_arena.borrow_mut();
+            match self
+                .wire
+                .poll_read(cx, &mut arena, self.shard.config.max_packet_size)
+            {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Event::Closed(CloseReason::Eof)),
                 Poll::Ready(Ok(_)) => {
                     self.last_input = Instant::now();
@@ -388,6 +398,8 @@ impl Client {
                 timer.reset(limit - idle);
             }
         }
+        self.wire
+            .release_idle_buffers(&mut self.shard.write_pool.borrow_mut());
         Poll::Pending
     }
 

@@ -21,6 +21,7 @@ use super::config::BrokerConfig;
 use super::mesh::{Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target};
 use super::metrics::Metrics;
 use super::session::{Dropped, Kick, Outbound, Session, SessionLimits};
+use super::wire::{ReadArena, WritePool};
 use crate::protocol::{ByteStr, Connect, QoS, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe};
 use crate::topic::{validate_filter_with_max_levels, SubscriptionTrie, TopicTree};
 
@@ -141,6 +142,10 @@ pub struct Shard {
     next_token: Cell<u64>,
     next_conn: Cell<u64>,
     next_client_id: Cell<u64>,
+    /// Where connections without a partial packet read (see `wire`).
+    pub read_arena: RefCell<ReadArena>,
+    /// Write buffers of idle connections, for reuse.
+    pub write_pool: RefCell<WritePool>,
     /// Reused by `route` for the matches of one message.
     matches: RefCell<Vec<(SubscriberId, QoS)>>,
     stopping: Cell<bool>,
@@ -176,6 +181,8 @@ impl Shard {
             next_conn: Cell::new(1),
             next_client_id: Cell::new(1),
             matches: RefCell::new(Vec::new()),
+            read_arena: RefCell::new(ReadArena::default()),
+            write_pool: RefCell::new(WritePool::default()),
             stopping: Cell::new(false),
             connection_queue: glommio::executor().current_task_queue(),
             stop_waker: RefCell::new(None),

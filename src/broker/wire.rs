@@ -1,11 +1,17 @@
 //! The one place where the broker touches a client socket: reading into and writing from the
 //! connection's buffers.
 //!
-//! Reads go straight into the spare capacity of `rbuf`, so decoded packets are slices of the
-//! bytes the kernel wrote (no copy). That spare capacity is always initialised memory: a new
-//! buffer is allocated zeroed and nothing else ever grows it, which makes handing it to `recv`
-//! as `&mut [u8]` sound. Writes send all of `wbuf` with as few syscalls as the socket allows:
-//! the connection coalesces every packet it owes into `wbuf` before flushing.
+//! Idle connections hold no buffers: that is what keeps an idle connection near 1 KiB.
+//! A connection without a partial packet reads into its shard's [`ReadArena`], a chunk shared
+//! by all connections of the shard, and keeps only the slice it read; only a connection in
+//! the middle of a packet owns a buffer (sized for that packet), until the packet is complete.
+//! Either way the kernel writes straight into memory that decoded packets then slice (no copy).
+//! Spare capacity handed to `recv` is always initialised memory: buffers are allocated zeroed
+//! and never grown otherwise, which makes passing it as `&mut [u8]` sound.
+//!
+//! Writes send all of `wbuf` with as few syscalls as the socket allows: the connection
+//! coalesces every packet it owes into `wbuf` before flushing. `wbuf` comes from the shard's
+//! [`WritePool`] when there is something to send and goes back once it is empty.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,14 +25,61 @@ use glommio::net::TcpStream;
 
 use crate::protocol::frame_len;
 
-/// Size of a fresh read buffer. Packets larger than this get a buffer of their own size.
+/// Size of a connection's own read buffer. Packets larger than this get one of their own size.
 const READ_CHUNK: usize = 16 * 1024;
+/// Size of a shard's shared read chunk.
+const ARENA_CHUNK: usize = 64 * 1024;
 /// Below this much spare room, a read would be too small to be worth a syscall.
 const MIN_READ_SPACE: usize = 1024;
+/// Write buffers a shard keeps for reuse, and the largest one worth keeping.
+const POOL_BUFFERS: usize = 256;
+const POOL_MAX_CAPACITY: usize = 256 * 1024;
+
+/// The shard's shared read chunk. Its spare capacity is always initialised.
+#[derive(Default)]
+pub struct ReadArena {
+    chunk: BytesMut,
+}
+
+impl ReadArena {
+    fn spare(&mut self) -> &mut BytesMut {
+        if self.chunk.capacity() - self.chunk.len() < MIN_READ_SPACE {
+            // The old chunk lives on as long as messages read into it do.
+            self.chunk = BytesMut::zeroed(ARENA_CHUNK);
+            self.chunk.clear();
+        }
+        &mut self.chunk
+    }
+}
+
+/// Write buffers of a shard's idle connections, kept for the next connection that writes.
+#[derive(Default)]
+pub struct WritePool {
+    free: Vec<BytesMut>,
+}
+
+impl WritePool {
+    pub fn take(&mut self) -> BytesMut {
+        self.free
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
+    }
+
+    pub fn give_back(&mut self, mut buf: BytesMut) {
+        buf.clear();
+        if self.free.len() < POOL_BUFFERS
+            && buf.capacity() <= POOL_MAX_CAPACITY
+            && buf.capacity() > 0
+        {
+            self.free.push(buf);
+        }
+    }
+}
 
 pub struct Wire {
     stream: TcpStream,
     pub peer: SocketAddr,
+    /// Input not yet decoded: empty, or the start of a packet.
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
     /// Whether `rbuf`'s spare capacity is known to be initialised (see the module docs).
@@ -74,8 +127,8 @@ impl Wire {
         let _ = self.stream.set_nodelay(true);
     }
 
-    /// Makes sure `rbuf` has initialised spare room for the next read: at least
-    /// `MIN_READ_SPACE`, and all of the packet being received when its header announces more.
+    /// Makes sure `rbuf` has initialised spare room to complete the packet it holds: at least
+    /// `MIN_READ_SPACE`, and all of the packet when its header announces more.
     fn reserve_read_space(&mut self, max_packet_size: usize) {
         let len = self.rbuf.len();
         let frame = match frame_len(&self.rbuf, max_packet_size) {
@@ -93,30 +146,46 @@ impl Wire {
         self.spare_initialised = true;
     }
 
-    /// Reads what the socket has into `rbuf`. `Ok(0)` means the peer closed its side.
+    /// Reads what the socket has into `rbuf` (through the arena when `rbuf` holds nothing).
+    /// `Ok(0)` means the peer closed its side.
     pub fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
+        arena: &mut ReadArena,
         max_packet_size: usize,
     ) -> Poll<io::Result<usize>> {
-        self.reserve_read_space(max_packet_size);
-        let len = self.rbuf.len();
-        let spare = self.rbuf.capacity() - len;
-        // SAFETY: the spare capacity is initialised (see `reserve_read_space`) and belongs to
-        // `rbuf`, which nothing else borrows during the call.
-        let dst = unsafe { std::slice::from_raw_parts_mut(self.rbuf.as_mut_ptr().add(len), spare) };
-        match Pin::new(&mut self.stream).poll_read(cx, dst) {
-            Poll::Ready(Ok(n)) => {
-                // SAFETY: `recv` wrote `n` bytes into the spare capacity.
-                unsafe { self.rbuf.set_len(len + n) };
-                Poll::Ready(Ok(n))
+        if self.rbuf.is_empty() {
+            let chunk = arena.spare();
+            let result = recv_into(&mut self.stream, cx, chunk);
+            if let Poll::Ready(Ok(n)) = result {
+                self.rbuf = chunk.split_to(n);
+                self.spare_initialised = false;
             }
-            other => other,
+            return result;
+        }
+        self.reserve_read_space(max_packet_size);
+        recv_into(&mut self.stream, cx, &mut self.rbuf)
+    }
+
+    /// Lets go of what an idle connection need not hold: an empty read buffer (the memory stays
+    /// only while decoded messages use it) and an empty write buffer (back to the pool).
+    pub fn release_idle_buffers(&mut self, pool: &mut WritePool) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+            self.spare_initialised = false;
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            pool.give_back(std::mem::take(&mut self.wbuf));
         }
     }
 
-    pub async fn read(&mut self, max_packet_size: usize) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_read(cx, max_packet_size)).await
+    pub async fn read(
+        &mut self,
+        arena: &std::cell::RefCell<ReadArena>,
+        max_packet_size: usize,
+    ) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read(cx, &mut arena.borrow_mut(), max_packet_size))
+            .await
     }
 
     /// Writes `wbuf` until it is empty or the socket is full.
@@ -134,5 +203,26 @@ impl Wire {
 
     pub async fn flush(&mut self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+}
+
+/// One `recv` into the initialised spare capacity of `buf`.
+fn recv_into(
+    stream: &mut TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let len = buf.len();
+    let spare = buf.capacity() - len;
+    // SAFETY: callers only pass buffers whose spare capacity is initialised (see the module
+    // docs), and nothing else borrows `buf` during the call.
+    let dst = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().add(len), spare) };
+    match Pin::new(stream).poll_read(cx, dst) {
+        Poll::Ready(Ok(n)) => {
+            // SAFETY: `recv` wrote `n` bytes into the spare capacity.
+            unsafe { buf.set_len(len + n) };
+            Poll::Ready(Ok(n))
+        }
+        other => other,
     }
 }
