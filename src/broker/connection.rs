@@ -160,6 +160,7 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
             CloseReason::Refused(code),
         );
     }
+    keep_only_what_lasts(&mut connect);
     let home = home_shard(&connect.client_id, shard.shards);
     if home != shard.id {
         let fd = match wire.duplicate_fd() {
@@ -179,7 +180,28 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
         shard.flush();
         return;
     }
-    serve_client(shard, wire, connect, permit).await;
+    // A task of its own: the CONNECT phase's state is freed now instead of staying inside the
+    // future of every connection for its whole life.
+    let serve = serve_client(shard.clone(), wire, connect, permit);
+    match glommio::spawn_local_into(serve, shard.connection_queue()) {
+        Ok(task) => {
+            task.detach();
+        }
+        Err(e) => debug!("cannot serve a connection: {e}"),
+    }
+}
+
+/// Copies the CONNECT fields that live as long as the connection (client id, user name, will)
+/// out of the read buffer, which is shared by many connections and must not be pinned by a
+/// few bytes each; the password is not needed after authentication at all.
+fn keep_only_what_lasts(connect: &mut Connect) {
+    connect.client_id = ByteStr::from(connect.client_id.as_str());
+    connect.username = connect.username.as_deref().map(ByteStr::from);
+    connect.password = None;
+    if let Some(will) = &mut connect.will {
+        will.topic = ByteStr::from(will.topic.as_str());
+        will.payload = bytes::Bytes::copy_from_slice(&will.payload);
+    }
 }
 
 /// Asks the authenticator about a CONNECT; a will topic the client may not publish to is

@@ -207,6 +207,10 @@ impl Shard {
         Some(permit)
     }
 
+    pub fn connection_queue(&self) -> glommio::TaskQueueHandle {
+        self.connection_queue
+    }
+
     pub fn next_connection_id(&self) -> u64 {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
@@ -404,6 +408,8 @@ impl Shard {
             let mut s = session.borrow_mut();
             id = s.id;
             for (filter, qos) in request.filters {
+                // Kept for the session's life: its own bytes, not a slice of the read buffer.
+                let filter = ByteStr::from(filter.as_str());
                 let allowed = match validate_filter_with_max_levels(&filter, max_levels) {
                     Ok(()) if check_acl && !auth.can_subscribe(username, &s.client_id, &filter) => {
                         debug!(client = %s.client_id, filter = %filter, "subscription refused by the ACL");
