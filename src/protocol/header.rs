@@ -203,6 +203,19 @@ pub(crate) fn put_field(dst: &mut BytesMut, data: &[u8]) {
 /// in UTF-8 an ASCII byte never occurs inside a multi-byte sequence.
 #[inline]
 fn check_special_chars(bytes: &[u8], topic_name: bool) -> Result<(), DecodeError> {
+    // The scan is branch-free with a byte accumulator so that it vectorizes: an early-exit
+    // byte loop was most of the cost of decoding a PUBLISH. Only a string that breaks a rule
+    // takes the second loop, which names the first offending byte.
+    let found = if topic_name {
+        bytes.iter().fold(0u8, |acc, &b| {
+            acc | u8::from(b == 0) | u8::from(b == b'+') | u8::from(b == b'#')
+        })
+    } else {
+        bytes.iter().fold(0u8, |acc, &b| acc | u8::from(b == 0))
+    } != 0;
+    if !found {
+        return Ok(());
+    }
     for &b in bytes {
         match b {
             0 => return Err(DecodeError::NullCharacter),
