@@ -172,23 +172,34 @@ pub(crate) fn check_field_len(len: usize) -> Result<(), EncodeError> {
     Ok(())
 }
 
+/// Encodes the type/flags byte and the Remaining Length into `out`, returning how many bytes
+/// were used (2 to 5). The caller has checked `remaining_len <= MAX_REMAINING_LENGTH`.
+#[inline]
+pub(crate) fn fixed_header_bytes(out: &mut [u8; 8], first_byte: u8, remaining_len: usize) -> usize {
+    out[0] = first_byte;
+    let mut len = remaining_len;
+    let mut i = 1;
+    // Never more than 4 length bytes for a checked length; the bound keeps indexing in range.
+    while i < 5 {
+        let b = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out[i] = b;
+            return i + 1;
+        }
+        out[i] = b | 0x80;
+        i += 1;
+    }
+    i
+}
+
 /// Writes the type/flags byte and the Remaining Length. The caller has checked
 /// `remaining_len <= MAX_REMAINING_LENGTH`.
 #[inline]
 pub(crate) fn put_fixed_header(dst: &mut BytesMut, first_byte: u8, remaining_len: usize) {
-    dst.put_u8(first_byte);
-    let mut len = remaining_len;
-    loop {
-        let mut b = (len & 0x7f) as u8;
-        len >>= 7;
-        if len > 0 {
-            b |= 0x80;
-        }
-        dst.put_u8(b);
-        if len == 0 {
-            break;
-        }
-    }
+    let mut head = [0u8; 8];
+    let n = fixed_header_bytes(&mut head, first_byte, remaining_len);
+    dst.extend_from_slice(&head[..n]);
 }
 
 /// Writes a 2-byte length prefix and the bytes. The caller has checked the length.
