@@ -306,7 +306,8 @@ mod tests {
         assert!(inside(c.will.as_ref().unwrap().payload.as_ptr()));
     }
 
-    /// A 3.1.1 CONNECT with flags `flags` and client id "a", followed by `tail`.
+    /// A CONNECT with the given protocol name, level and flags, keep alive 60, client id "a",
+    /// then `tail` (the fields the flags announce).
     fn connect_with(name: &[u8], level: u8, flags: u8, tail: &[u8]) -> Vec<u8> {
         let mut body = vec![0x00, name.len() as u8];
         body.extend_from_slice(name);

@@ -1,7 +1,7 @@
 //! The fixed header (packet type and flags byte, variable-length Remaining Length) and the
 //! primitive field codecs shared by every packet family: big-endian `u16`, length-prefixed
-//! binary data and MQTT strings. Everything here checks bounds itself, so the packet modules
-//! above it never index a slice directly and can never panic on hostile input.
+//! binary data and MQTT strings. Everything here checks bounds itself and turns a field that
+//! runs past the body into `MalformedPacket`, so hostile input cannot make a packet module panic.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
