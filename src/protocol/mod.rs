@@ -6,12 +6,32 @@
 //! `Ok(None)` (need more bytes; nothing consumed), a complete packet (its bytes split off the
 //! front of the buffer; topic and payload are `Bytes` slices of the same allocation, not copies),
 //! or a [`DecodeError`] naming the rule the peer broke. Errors are final for the connection.
+//! [`frame_len`] reads only the fixed header, for callers that size their reads.
+//!
+//! Encoding appends to a `BytesMut`, reserving each packet's exact size once
+//! ([`Packet::encode`], sized beforehand by [`Packet::encoded_len`]). The broker's fan-out path
+//! writes PUBLISH and acknowledgements from slices with [`encode_publish`], [`publish_len`] and
+//! [`encode_ack`], without building a packet value per subscriber.
+//!
+//! Layout: `header` (fixed header, Remaining Length, field readers and writers), `connect`
+//! (CONNECT, CONNACK), `publish` (PUBLISH and the two-byte acks), `subscribe` (SUBSCRIBE,
+//! SUBACK, UNSUBSCRIBE), `ping` (PINGREQ, PINGRESP, DISCONNECT) and `codec` (the entry points).
 
 mod bytestr;
+mod codec;
+mod connect;
 mod error;
+mod header;
+mod ping;
+mod publish;
+mod subscribe;
+#[cfg(test)]
+mod testutil;
 
 pub use bytestr::ByteStr;
+pub use codec::{decode, frame_len};
 pub use error::{DecodeError, EncodeError};
+pub use publish::{encode_ack, encode_publish, publish_len};
 
 use bytes::Bytes;
 
