@@ -6,12 +6,17 @@
 //! - [`validate_topic_name`] / [`validate_filter`] check untrusted strings once, at the edge; the
 //!   matching structures below assume their inputs already passed these checks.
 //! - [`filter_matches`] is the plain, obviously-correct matcher. The tests use it as the oracle
-//!   for the faster matching structures.
+//!   for the faster structures.
+//! - [`SubscriptionTrie`] answers "who is subscribed to this topic?" for every PUBLISH, so it is
+//!   built for matching speed.
 
 mod matching;
+mod subscribers;
+mod trie;
 mod validate;
 
 pub use matching::filter_matches;
+pub use trie::SubscriptionTrie;
 pub use validate::{
     count_levels, validate_filter, validate_filter_with_max_levels, validate_topic_name,
     validate_topic_name_with_max_levels,
@@ -37,4 +42,19 @@ pub enum TopicError {
     MisplacedSingleLevelWildcard,
     #[error("{levels} topic levels exceed the limit of {max}")]
     TooManyLevels { levels: usize, max: usize },
+}
+
+/// Splits a filter into the levels that lead to its node and whether it ends in `#`.
+///
+/// A trailing `#` is not a node of its own in either structure: it matches "this level and
+/// everything below", so it is kept as a property of its parent. That is why `"#"` has an empty
+/// path (the root) while `"/#"` has one empty level.
+pub(crate) fn split_multi_level(filter: &str) -> (Option<&str>, bool) {
+    if filter == "#" {
+        (None, true)
+    } else if let Some(prefix) = filter.strip_suffix("/#") {
+        (Some(prefix), true)
+    } else {
+        (Some(filter), false)
+    }
 }
