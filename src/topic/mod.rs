@@ -6,16 +6,19 @@
 //! - [`validate_topic_name`] / [`validate_filter`] check untrusted strings once, at the edge; the
 //!   matching structures below assume their inputs already passed these checks.
 //! - [`filter_matches`] is the plain, obviously-correct matcher. The tests use it as the oracle
-//!   for the faster structures.
+//!   for the faster matching structures.
 //! - [`SubscriptionTrie`] answers "who is subscribed to this topic?" for every PUBLISH, so it is
 //!   built for matching speed.
+//! - [`TopicTree`] answers "which retained messages does this new filter match?".
 
 mod matching;
 mod subscribers;
+mod tree;
 mod trie;
 mod validate;
 
 pub use matching::filter_matches;
+pub use tree::TopicTree;
 pub use trie::SubscriptionTrie;
 pub use validate::{
     count_levels, validate_filter, validate_filter_with_max_levels, validate_topic_name,
