@@ -1,7 +1,8 @@
 //! The subscription trie: every (topic filter, subscriber) pair on one core, and the hot-path
 //! question "which subscriptions match this topic name?". Each core keeps its own replica and
 //! asks it for every PUBLISH, so matching is built to do as little as possible: one hash lookup
-//! per literal level, a pointer check for `+`, a list walk for `#`, and no heap allocation.
+//! per literal level, a pointer check for `+`, a list walk for `#`, and no heap allocation
+//! (the walk's to-do list lives on the stack unless more than 16 `+` branches are pending).
 //!
 //! One node per filter level. A node keeps its `+` child apart from its literal children, so a
 //! topic level never needs a second lookup for `"+"`, and a trailing `#` gets no node at all:
