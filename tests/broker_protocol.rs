@@ -258,8 +258,12 @@ fn packets_sent_together_with_connect_are_processed() {
 /// CONNACK and expects the broker to close the connection without answering, while a healthy
 /// publisher/subscriber pair connected before keeps working.
 fn violation_closes(shards: usize, name: &str, bad: &[u8]) {
-    let broker = Broker::start(shards);
-    let mut healthy = Healthy::new(&broker);
+    violation_closes_on(&Broker::start(shards), name, bad);
+}
+
+fn violation_closes_on(broker: &Broker, name: &str, bad: &[u8]) {
+    let shards = broker.shards;
+    let mut healthy = Healthy::new(broker);
     healthy.check();
     let mut c = broker.connect(&broker.id_on("bad", shards - 1));
     c.send(bad);
@@ -404,6 +408,24 @@ fn publish_to_invalid_topic_name_closes() {
             "invalid UTF-8",
             &[0x30, 0x05, 0x00, 0x02, 0xff, 0xfe, b'x'],
         );
+    });
+}
+
+#[test]
+fn packet_larger_than_max_packet_size_closes() {
+    with_shards(|shards| {
+        let broker = Broker::with_config(BrokerConfig {
+            shards,
+            max_packet_size: 128,
+            ..test_config()
+        });
+        // 2 + 2 + 3 + 200 bytes: above the limit, although well-formed.
+        let big = publish("a/b", &[b'x'; 200], 0, false, false, 0);
+        violation_closes_on(&broker, "PUBLISH of 207 bytes", &big);
+        // The limit itself is fine: 2 + 126 bytes.
+        let mut c = broker.connect("at-limit");
+        c.send(&publish("a/b", &[b'y'; 121], 0, false, false, 0));
+        c.ping();
     });
 }
 
@@ -1068,5 +1090,70 @@ fn unsubscribe_stops_delivery() {
         // A filter that was never subscribed still gets its UNSUBACK (MQTT-3.10.4-5).
         s.send(&unsubscribe(6, &["never/subscribed"]));
         s.expect_bytes(&[0xb0, 0x02, 0x00, 0x06]);
+    });
+}
+
+// ----- start and stop ---------------------------------------------------------------------------
+
+/// Starts a broker, serves a few connections, stops it; the stop must finish within 5 s. When
+/// it does not, a new TCP connection probes whether the stuck shard was merely asleep.
+fn start_serve_stop(shards: usize) -> Result<(), String> {
+    let handle = surgemq::broker::start(BrokerConfig {
+        shards,
+        ..test_config()
+    })
+    .map_err(|e| format!("start: {e}"))?;
+    let addr = handle.local_addrs()[0];
+    for level in [5u8, 3] {
+        let mut c = RawClient::open(addr);
+        c.send(&ConnectBuilder::new("lvl").protocol(b"MQTT", level).build());
+        c.expect_bytes(&[0x20, 0x02, 0x00, 0x01]);
+        c.expect_closed();
+    }
+    let mut ok = RawClient::open(addr);
+    ok.send(&ConnectBuilder::new(&id_on_shard("stop", shards - 1, shards)).build());
+    ok.expect_bytes(&[0x20, 0x02, 0x00, 0x00]);
+    ok.ping();
+    drop(ok);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(handle.shutdown());
+    });
+    if rx.recv_timeout(Duration::from_secs(5)).is_ok() {
+        return Ok(());
+    }
+    let probe = std::net::TcpStream::connect(addr).map(drop);
+    let after = rx.recv_timeout(Duration::from_secs(5)).is_ok();
+    Err(format!(
+        "shutdown of a {shards}-shard broker hung for 5 s; a TCP connect to it then {:?}, \
+         and the shutdown {} (completing after the probe means a shard slept through the \
+         Shutdown message in its inbox)",
+        probe.map_err(|e| e.to_string()),
+        if after { "completed" } else { "still hung" }
+    ))
+}
+
+#[test]
+fn shutdown_completes_with_two_brokers_running_concurrently() {
+    // Two brokers in one process, started and stopped over and over (as the tests do).
+    let deadline = Instant::now() + Duration::from_secs(4);
+    std::thread::scope(|s| {
+        let runs: Vec<_> = [1usize, 2]
+            .into_iter()
+            .map(|shards| {
+                s.spawn(move || {
+                    let mut rounds = 0;
+                    while Instant::now() < deadline {
+                        start_serve_stop(shards)?;
+                        rounds += 1;
+                    }
+                    Ok::<usize, String>(rounds)
+                })
+            })
+            .collect();
+        for run in runs {
+            let result = run.join().expect("no panic");
+            assert!(result.is_ok(), "{}", result.unwrap_err());
+        }
     });
 }
