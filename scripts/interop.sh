@@ -17,6 +17,7 @@ command -v mosquitto_sub >/dev/null 2>&1 || missing mosquitto_sub "the Debian pa
 command -v python3 >/dev/null 2>&1 || missing python3 "python3"
 command -v timeout >/dev/null 2>&1 || missing timeout "coreutils"
 command -v stdbuf >/dev/null 2>&1 || missing stdbuf "coreutils"
+command -v ps >/dev/null 2>&1 || missing ps "procps"
 python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || missing "the Python module paho.mqtt" "the PyPI package 'paho-mqtt>=2,<3'"
 
 # Up to date already when `cargo test` ran before; then this is a no-op.
@@ -96,13 +97,13 @@ check_eq() { # check_eq NAME GOT WANT
 # Message lines of mosquitto_sub output: "MSG|topic|qos|retain|payload".
 FORMAT='MSG|%t|%q|%r|%p'
 
-# start_sub NAME ARGS...: mosquitto_sub in the background (debug output on, so that the
-# SUBACK can be waited for), output in $WORK/NAME.out, its pid in PID_NAME. Waits until it is
-# subscribed. Every caller passes -W or -C (or kills it), and the trap kills what is left.
+# start_sub NAME ARGS...: mosquitto_sub under `timeout 30` in the background (debug output on,
+# so that the SUBACK can be waited for), output in $WORK/NAME.out, the pid of `timeout` in
+# PID_NAME. Waits until it is subscribed. Every caller passes -W or -C too.
 start_sub() {
   local name=$1
   shift
-  stdbuf -oL mosquitto_sub -d -h "$HOST" -p "$PORT" -F "$FORMAT" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  timeout 30 stdbuf -oL mosquitto_sub -d -h "$HOST" -p "$PORT" -F "$FORMAT" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
   local pid=$!
   BG_PIDS+=("$pid")
   eval "PID_$name=$pid"
@@ -176,8 +177,12 @@ fi
 # --- will -----------------------------------------------------------------------------------------
 name="mosquitto will on SIGKILL"
 if start_sub willwatch -t interop/will -q 1 -C 1 -W 10 &&
-  start_sub willclient -t interop/unused --will-topic interop/will --will-payload "client died" --will-qos 1; then
-  { kill -9 "$PID_willclient" && wait "$PID_willclient"; } 2>/dev/null || true
+  start_sub willclient -t interop/unused -W 25 --will-topic interop/will --will-payload "client died" --will-qos 1; then
+  # SIGKILL the client itself (the child of its `timeout`): no DISCONNECT, the socket just
+  # closes.
+  client_pid=$(ps -o pid= --ppid "$PID_willclient" | tr -d ' ')
+  [ -n "$client_pid" ] && kill -9 "$client_pid"
+  wait "$PID_willclient" 2>/dev/null || true
   check_eq "$name" "$(wait_sub willwatch)" "MSG|interop/will|1|0|client died"
 else
   report "$name" 1 "client failed"
@@ -186,7 +191,7 @@ fi
 name="mosquitto no will after DISCONNECT"
 # A clean exit of mosquitto_sub (-C 1 reached) sends DISCONNECT: no will may be published.
 if start_sub nowillwatch -t interop/nowill -q 1 -C 1 -W 3 &&
-  start_sub nowillclient -t interop/trigger -C 1 --will-topic interop/nowill --will-payload "must not" --will-qos 1 &&
+  start_sub nowillclient -t interop/trigger -C 1 -W 10 --will-topic interop/nowill --will-payload "must not" --will-qos 1 &&
   pub -t interop/trigger -m "exit now"; then
   wait_sub nowillclient >/dev/null
   check_eq "$name" "$(wait_sub nowillwatch)" ""
