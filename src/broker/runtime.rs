@@ -101,6 +101,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("surgemq-shard-{i}"))
             .io_memory(IO_MEMORY)
+            .spin_before_park(config.spin_before_sleep)
             .spawn(move || async move {
                 let shard = Rc::new(Shard::new(
                     ShardId(i as u16),

@@ -19,6 +19,7 @@ const KNOWN_KEYS: &[&str] = &[
     "password-file",
     "allow-anonymous",
     "acl-file",
+    "spin-us",
 ];
 
 #[derive(Debug, Default)]
