@@ -288,6 +288,9 @@ fn log_close(shard: &Shard, client_id: Option<&str>, wire: &Wire, reason: CloseR
 
 /// A connected client on its home shard.
 struct Client {
+    /// The connection's slot under --max-connections. First field, so it is dropped first:
+    /// the slot is free again before the socket closes and the client can see it.
+    _permit: ConnectionPermit,
     shard: Rc<Shard>,
     wire: Wire,
     session: Rc<RefCell<Session>>,
@@ -299,8 +302,6 @@ struct Client {
     keepalive: Option<Duration>,
     last_input: Instant,
     keepalive_timer: Option<Timer>,
-    /// Held for as long as the socket is open.
-    _permit: ConnectionPermit,
 }
 
 enum Event {

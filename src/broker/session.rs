@@ -85,6 +85,8 @@ pub struct Session {
     pub client_id: ByteStr,
     pub id: SubscriberId,
     pub clean: bool,
+    /// The user the session was opened by; only they may resume it.
+    pub username: Option<ByteStr>,
     /// Filter → granted QoS, as the client subscribed.
     pub subscriptions: AHashMap<ByteStr, QoS>,
     limits: SessionLimits,
@@ -110,6 +112,7 @@ impl Session {
             client_id,
             id,
             clean,
+            username: None,
             subscriptions: AHashMap::new(),
             limits,
             queue: VecDeque::new(),

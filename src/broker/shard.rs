@@ -238,7 +238,11 @@ impl Shard {
     pub fn open_session(&self, connect: &Connect, conn: u64) -> (Rc<RefCell<Session>>, bool) {
         let existing = self.sessions.borrow().find(&connect.client_id);
         if let Some(existing) = existing {
-            let keep = !connect.clean_session && !existing.borrow().clean;
+            // A stored session is resumed only by the user it belongs to: its subscriptions
+            // were authorized for that user, and another must not inherit them.
+            let keep = !connect.clean_session
+                && !existing.borrow().clean
+                && existing.borrow().username == connect.username;
             if keep {
                 existing.borrow_mut().attach(conn);
                 return (existing, true);
@@ -262,7 +266,10 @@ impl Shard {
                         slot,
                         generation,
                     };
-                    Session::new(connect.client_id.clone(), id, connect.clean_session, limits)
+                    let mut session =
+                        Session::new(connect.client_id.clone(), id, connect.clean_session, limits);
+                    session.username = connect.username.clone();
+                    session
                 });
         session.borrow_mut().attach(conn);
         self.metrics.sessions.set(self.metrics.sessions.get() + 1);
