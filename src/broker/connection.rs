@@ -22,6 +22,7 @@ use glommio::timer::Timer;
 use tracing::debug;
 
 use super::mesh::{Message, MovedConnection, ShardMessage};
+use super::metrics::add;
 use super::session::{Kick, Session};
 use super::shard::{home_shard, ConnectionPermit, Shard};
 use super::wire::Wire;
@@ -105,7 +106,7 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
         // Full: say so (CONNACK 3, server unavailable) without waiting for CONNECT, and close.
         let reason = CloseReason::Refused(ConnectReturnCode::ServerUnavailable);
         let _ = or(
-            refuse(&mut wire, ConnectReturnCode::ServerUnavailable),
+            refuse(&shard, &mut wire, ConnectReturnCode::ServerUnavailable),
             async {
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             },
@@ -133,7 +134,12 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
         }
         Some(Err(CloseReason::Malformed(DecodeError::UnsupportedProtocolLevel(level)))) => {
             // MQTT-3.1.2-2: answer CONNACK 1, then close.
-            refuse(&mut wire, ConnectReturnCode::UnacceptableProtocolVersion).await;
+            refuse(
+                &shard,
+                &mut wire,
+                ConnectReturnCode::UnacceptableProtocolVersion,
+            )
+            .await;
             let reason = CloseReason::Malformed(DecodeError::UnsupportedProtocolLevel(level));
             return log_close(&shard, None, &wire, reason);
         }
@@ -143,14 +149,14 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
     if connect.client_id.is_empty() {
         if !connect.clean_session {
             // MQTT-3.1.3-8: an empty client id needs CleanSession = 1.
-            refuse(&mut wire, ConnectReturnCode::IdentifierRejected).await;
+            refuse(&shard, &mut wire, ConnectReturnCode::IdentifierRejected).await;
             let reason = CloseReason::Refused(ConnectReturnCode::IdentifierRejected);
             return log_close(&shard, None, &wire, reason);
         }
         connect.client_id = shard.assign_client_id();
     }
     if let Err(code) = authenticate(&shard, &connect, wire.peer) {
-        refuse(&mut wire, code).await;
+        refuse(&shard, &mut wire, code).await;
         let c = &shard.metrics.refused_auth;
         c.set(c.get() + 1);
         return log_close(
@@ -248,31 +254,34 @@ pub async fn serve_moved(shard: Rc<Shard>, moved: Box<MovedConnection>) {
 async fn read_packet(shard: &Shard, wire: &mut Wire, max: usize) -> Result<Packet, CloseReason> {
     loop {
         match decode(&mut wire.rbuf, max) {
-            Ok(Some(p)) => return Ok(p),
+            Ok(Some(p)) => {
+                add(&shard.metrics.packets_in, 1);
+                return Ok(p);
+            }
             Ok(None) => {}
             Err(e) => return Err(CloseReason::Malformed(e)),
         }
         match wire.read(&shard.read_arena, max).await {
             Ok(0) => return Err(CloseReason::Eof),
-            Ok(_) => {}
+            Ok(n) => add(&shard.metrics.bytes_in, n as u64),
             Err(e) => return Err(CloseReason::Io(e)),
         }
     }
 }
 
-async fn refuse(wire: &mut Wire, code: ConnectReturnCode) {
+async fn refuse(shard: &Shard, wire: &mut Wire, code: ConnectReturnCode) {
     let ack = Packet::ConnAck(ConnAck {
         session_present: false,
         code,
     });
     let _ = ack.encode(&mut wire.wbuf);
+    add(&shard.metrics.packets_out, 1);
     let _ = wire.flush().await;
 }
 
 fn log_close(shard: &Shard, client_id: Option<&str>, wire: &Wire, reason: CloseReason) {
     if reason.counts_as_protocol_error() {
-        let c = &shard.metrics.protocol_errors;
-        c.set(c.get() + 1);
+        shard.metrics.count_protocol_error(reason.to_string());
     }
     debug!(client = client_id.unwrap_or(""), peer = %wire.peer, shard = shard.id.0, "connection closed: {reason}");
 }
@@ -342,6 +351,7 @@ async fn serve_client(
         code: ConnectReturnCode::Accepted,
     });
     let _ = ack.encode(&mut client.wire.wbuf);
+    add(&client.shard.metrics.packets_out, 1);
     let reason = client.run().await;
     client.finish(reason).await;
 }
@@ -368,7 +378,8 @@ impl Client {
                     };
                 }
                 if self.wire.wbuf.len() < WRITE_HIGH_WATER {
-                    session.fill(&mut self.wire.wbuf, WRITE_HIGH_WATER);
+                    let packets = session.fill(&mut self.wire.wbuf, WRITE_HIGH_WATER);
+                    add(&self.shard.metrics.packets_out, packets as u64);
                 }
             }
             match poll_fn(|cx| self.poll_event(cx)).await {
@@ -382,7 +393,13 @@ impl Client {
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        if let Poll::Ready(Err(e)) = self.wire.poll_flush(cx) {
+        let pending_output = self.wire.wbuf.len();
+        let flushed = self.wire.poll_flush(cx);
+        add(
+            &self.shard.metrics.bytes_out,
+            (pending_output - self.wire.wbuf.len()) as u64,
+        );
+        if let Poll::Ready(Err(e)) = flushed {
             return Poll::Ready(Event::Closed(CloseReason::Io(e)));
         }
         {
@@ -401,7 +418,8 @@ impl Client {
                 .poll_read(cx, &mut arena, self.shard.config.max_packet_size)
             {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Event::Closed(CloseReason::Eof)),
-                Poll::Ready(Ok(_)) => {
+                Poll::Ready(Ok(n)) => {
+                    add(&self.shard.metrics.bytes_in, n as u64);
                     self.last_input = Instant::now();
                     return Poll::Ready(Event::Input);
                 }
@@ -430,7 +448,10 @@ impl Client {
         let max = self.shard.config.max_packet_size;
         loop {
             match decode(&mut self.wire.rbuf, max) {
-                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(Some(packet)) => {
+                    add(&self.shard.metrics.packets_in, 1);
+                    self.handle(packet)?
+                }
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(CloseReason::Malformed(e)),
             }
@@ -438,6 +459,19 @@ impl Client {
     }
 
     fn handle(&mut self, packet: Packet) -> Result<(), CloseReason> {
+        let answers = matches!(
+            packet,
+            Packet::PubRec(_)
+                | Packet::PubRel(_)
+                | Packet::PingReq
+                | Packet::Publish(Publish {
+                    qos: QoS::AtLeastOnce | QoS::ExactlyOnce,
+                    ..
+                })
+        );
+        if answers {
+            add(&self.shard.metrics.packets_out, 1);
+        }
         let out = &mut self.wire.wbuf;
         match packet {
             Packet::Publish(publish) => self.publish(publish)?,

@@ -1,7 +1,11 @@
 //! The shard-to-shard mesh: what shards tell each other and how it travels.
 //!
 //! Each shard has one bounded crossbeam channel (its inbox) that every other shard sends into,
-//! and a doorbell (`AtomicWaker`) that wakes the inbox's drain task when it sleeps. A sender
+//! and a doorbell that wakes the inbox's drain task when it sleeps. The doorbell is one end of
+//! a socketpair: the drain task declares itself asleep and awaits a readable socket, and a
+//! sender that sees the declaration writes one byte (a Dekker-style handshake with SeqCst
+//! fences on both sides, so a message and a sleep cannot miss each other). Waking goes through
+//! io_uring like any client socket, not through a foreign-thread `Waker`. A sender
 //! never blocks its executor: what does not fit stays in the sender's [`Router`] and is retried
 //! on the next flush, and the stall is counted. Deliveries to one destination are gathered into
 //! a [`DeliveryBatch`] per loop iteration, so a hop across cores costs one channel operation and
@@ -9,11 +13,13 @@
 //! order because both the router queue and the channel are FIFO.
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 
-use atomic_waker::AtomicWaker;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -155,7 +161,16 @@ pub enum ShardMessage {
 /// A shard's inbox as seen by senders.
 pub struct Inbox {
     tx: Sender<ShardMessage>,
-    doorbell: AtomicWaker,
+    /// Set by the drain task before it sleeps; cleared by the sender that rings the bell.
+    asleep: AtomicBool,
+    /// The write end of the doorbell socketpair (non-blocking).
+    bell: UnixStream,
+}
+
+/// The receiving side of one shard's inbox: the channel and the read end of its doorbell.
+pub struct InboxReceiver {
+    pub rx: Receiver<ShardMessage>,
+    pub bell: OwnedFd,
 }
 
 /// The inboxes of all shards, shared by every shard.
@@ -169,18 +184,25 @@ pub const INBOX_CAPACITY: usize = 1024;
 
 impl Mesh {
     /// The mesh and each shard's receiving end, in shard order.
-    pub fn new(shards: usize) -> (Arc<Mesh>, Vec<Receiver<ShardMessage>>) {
+    pub fn new(shards: usize) -> std::io::Result<(Arc<Mesh>, Vec<InboxReceiver>)> {
         let mut inboxes = Vec::with_capacity(shards);
         let mut receivers = Vec::with_capacity(shards);
         for _ in 0..shards {
             let (tx, rx) = crossbeam_channel::bounded(INBOX_CAPACITY);
+            let (bell, reader) = UnixStream::pair()?;
+            bell.set_nonblocking(true)?;
+            reader.set_nonblocking(true)?;
             inboxes.push(Inbox {
                 tx,
-                doorbell: AtomicWaker::new(),
+                asleep: AtomicBool::new(false),
+                bell,
             });
-            receivers.push(rx);
+            receivers.push(InboxReceiver {
+                rx,
+                bell: reader.into(),
+            });
         }
-        (Arc::new(Mesh { inboxes }), receivers)
+        Ok((Arc::new(Mesh { inboxes }), receivers))
     }
 
     pub fn shards(&self) -> usize {
@@ -192,16 +214,40 @@ impl Mesh {
         let inbox = &self.inboxes[to.index()];
         match inbox.tx.try_send(msg) {
             Ok(()) => {
-                inbox.doorbell.wake();
+                // Pairs with the fence in `going_to_sleep`: either the drain task sees the
+                // message, or this sees it asleep (or both).
+                fence(Ordering::SeqCst);
+                if inbox.asleep.load(Ordering::Relaxed)
+                    && inbox.asleep.swap(false, Ordering::AcqRel)
+                {
+                    // A full socket buffer already holds a ring: nothing is lost on EAGAIN.
+                    let _ = (&inbox.bell).write(&[1]);
+                }
                 Ok(())
             }
             Err(TrySendError::Full(msg)) | Err(TrySendError::Disconnected(msg)) => Err(msg),
         }
     }
 
-    /// Registers the drain task of `shard` to be woken by the next send.
-    pub fn register(&self, shard: ShardId, waker: &std::task::Waker) {
-        self.inboxes[shard.index()].doorbell.register(waker);
+    /// Called by the drain task of `shard` before it waits for the doorbell: returns false when
+    /// the inbox got messages meanwhile and it must not sleep.
+    pub fn going_to_sleep(&self, shard: ShardId, rx: &Receiver<ShardMessage>) -> bool {
+        let inbox = &self.inboxes[shard.index()];
+        inbox.asleep.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if rx.is_empty() {
+            true
+        } else {
+            inbox.asleep.store(false, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// Called by the drain task when it wakes (rung or not).
+    pub fn awake(&self, shard: ShardId) {
+        self.inboxes[shard.index()]
+            .asleep
+            .store(false, Ordering::Relaxed);
     }
 }
 
@@ -342,7 +388,8 @@ mod tests {
 
     #[test]
     fn full_inbox_keeps_order_and_counts_stalls() {
-        let (mesh, rx) = Mesh::new(2);
+        let (mesh, inboxes) = Mesh::new(2).unwrap();
+        let rx: Vec<_> = inboxes.into_iter().map(|i| i.rx).collect();
         let mut router = Router::new(ShardId(0), mesh);
         let m = msg("t");
         for i in 0..(INBOX_CAPACITY + 10) as u32 {
@@ -362,5 +409,30 @@ mod tests {
             }
         }
         assert_eq!(seen, (0..(INBOX_CAPACITY + 10) as u32).collect::<Vec<_>>());
+    }
+}
+
+#[cfg(test)]
+mod doorbell_tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_sleeping_inbox_is_rung_once_an_awake_one_not_at_all() {
+        let (mesh, mut inboxes) = Mesh::new(1).unwrap();
+        let inbox = inboxes.remove(0);
+        let mut bell = UnixStream::from(inbox.bell);
+        let mut buf = [0u8; 8];
+        // Awake: sending rings nothing.
+        mesh.try_send(ShardId(0), ShardMessage::Shutdown).unwrap();
+        assert!(bell.read(&mut buf).is_err(), "no ring while awake");
+        // Messages waiting: the drain task must not sleep.
+        assert!(!mesh.going_to_sleep(ShardId(0), &inbox.rx));
+        inbox.rx.try_recv().unwrap();
+        // Asleep on an empty inbox: the next send rings exactly once.
+        assert!(mesh.going_to_sleep(ShardId(0), &inbox.rx));
+        mesh.try_send(ShardId(0), ShardMessage::Shutdown).unwrap();
+        mesh.try_send(ShardId(0), ShardMessage::Shutdown).unwrap();
+        assert_eq!(bell.read(&mut buf).unwrap(), 1);
     }
 }

@@ -1,8 +1,11 @@
 //! Per-shard counters. Plain `Cell`s: a shard's counters are only touched by its own thread.
 //! They are the raw material for $SYS topics and metrics endpoints; drops are counted by
-//! reason so that every bounded queue can say what it refused.
+//! reason and protocol errors by the rule broken, so every bounded queue can say what it
+//! refused and every closed connection is accounted for.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+
+use ahash::AHashMap;
 
 use crate::protocol::QoS;
 
@@ -13,6 +16,10 @@ pub struct Metrics {
     pub sessions: Cell<u64>,
     pub subscriptions: Cell<u64>,
     pub retained: Cell<u64>,
+    pub packets_in: Cell<u64>,
+    pub packets_out: Cell<u64>,
+    pub bytes_in: Cell<u64>,
+    pub bytes_out: Cell<u64>,
     pub messages_routed: Cell<u64>,
     pub dropped_queue_full_qos0: Cell<u64>,
     pub dropped_queue_full_qos12: Cell<u64>,
@@ -21,6 +28,12 @@ pub struct Metrics {
     pub refused_max_connections: Cell<u64>,
     pub refused_auth: Cell<u64>,
     pub publishes_denied: Cell<u64>,
+    /// Protocol errors by the rule broken (the error's text, which names the rule).
+    pub protocol_errors_by_rule: RefCell<AHashMap<String, u64>>,
+}
+
+pub fn add(counter: &Cell<u64>, n: u64) {
+    counter.set(counter.get() + n);
 }
 
 impl Metrics {
@@ -30,23 +43,37 @@ impl Metrics {
         } else {
             &self.dropped_queue_full_qos12
         };
-        c.set(c.get() + 1);
+        add(c, 1);
+    }
+
+    pub fn count_protocol_error(&self, rule: String) {
+        add(&self.protocol_errors, 1);
+        *self
+            .protocol_errors_by_rule
+            .borrow_mut()
+            .entry(rule)
+            .or_default() += 1;
     }
 }
 
 /// A copy of one shard's counters that can leave its thread.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MetricsSnapshot {
     pub connections: u64,
     pub connections_total: u64,
     pub sessions: u64,
     pub subscriptions: u64,
     pub retained: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
     pub messages_routed: u64,
     pub dropped_queue_full_qos0: u64,
     pub dropped_queue_full_qos12: u64,
     pub dropped_offline_qos0: u64,
     pub protocol_errors: u64,
+    pub protocol_errors_by_rule: Vec<(String, u64)>,
     pub refused_max_connections: u64,
     pub refused_auth: u64,
     pub publishes_denied: u64,
@@ -55,17 +82,29 @@ pub struct MetricsSnapshot {
 
 impl Metrics {
     pub fn snapshot(&self, mesh_stalls: u64) -> MetricsSnapshot {
+        let mut by_rule: Vec<(String, u64)> = self
+            .protocol_errors_by_rule
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        by_rule.sort();
         MetricsSnapshot {
             connections: self.connections.get(),
             connections_total: self.connections_total.get(),
             sessions: self.sessions.get(),
             subscriptions: self.subscriptions.get(),
             retained: self.retained.get(),
+            packets_in: self.packets_in.get(),
+            packets_out: self.packets_out.get(),
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
             messages_routed: self.messages_routed.get(),
             dropped_queue_full_qos0: self.dropped_queue_full_qos0.get(),
             dropped_queue_full_qos12: self.dropped_queue_full_qos12.get(),
             dropped_offline_qos0: self.dropped_offline_qos0.get(),
             protocol_errors: self.protocol_errors.get(),
+            protocol_errors_by_rule: by_rule,
             refused_max_connections: self.refused_max_connections.get(),
             refused_auth: self.refused_auth.get(),
             publishes_denied: self.publishes_denied.get(),

@@ -258,8 +258,10 @@ impl Session {
         }
     }
 
-    /// Encodes what may be sent now into `out`, until `out` holds `high_water` bytes.
-    pub fn fill(&mut self, out: &mut BytesMut, high_water: usize) {
+    /// Encodes what may be sent now into `out`, until `out` holds `high_water` bytes. Returns
+    /// how many packets it wrote.
+    pub fn fill(&mut self, out: &mut BytesMut, high_water: usize) -> usize {
+        let mut packets = 0;
         while self.resend > 0 && out.len() < high_water {
             let i = self.inflight.len() - self.resend;
             self.resend -= 1;
@@ -268,6 +270,7 @@ impl Session {
                 InflightState::Comp => encode_ack(out, PacketType::PubRel, e.packet_id),
                 _ => write_publish(out, &e.message, e.qos, e.retain, true, e.packet_id),
             }
+            packets += 1;
         }
         while out.len() < high_water {
             let Some(item) = self.queue.front() else {
@@ -279,6 +282,7 @@ impl Session {
                 }
             }
             let item = self.queue.pop_front().expect("front exists");
+            packets += 1;
             match item {
                 Outbound::Publish {
                     message,
@@ -312,6 +316,7 @@ impl Session {
                 Outbound::UnsubAck(id) => encode_ack(out, PacketType::UnsubAck, id),
             }
         }
+        packets
     }
 
     fn position(&self, packet_id: PacketId, state: InflightState) -> Option<usize> {

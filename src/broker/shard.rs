@@ -14,11 +14,12 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
-use crossbeam_channel::Receiver;
 use tracing::debug;
 
 use super::config::BrokerConfig;
-use super::mesh::{Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target};
+use super::mesh::{
+    InboxReceiver, Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target,
+};
 use super::metrics::Metrics;
 use super::session::{Dropped, Kick, Outbound, Session, SessionLimits};
 use super::wire::{ReadArena, WritePool};
@@ -708,12 +709,18 @@ pub async fn expire_sessions(shard: Rc<Shard>) {
 
 /// Drains the shard's inbox. Sleeps on the doorbell when the inbox is empty, so an idle shard
 /// costs nothing; yields after a bounded amount of work so connections keep being served.
-pub async fn drain_inbox(shard: Rc<Shard>, inbox: Receiver<ShardMessage>) {
+pub async fn drain_inbox(shard: Rc<Shard>, inbox: InboxReceiver) {
+    use futures_lite::AsyncReadExt;
+    use std::os::fd::{FromRawFd, IntoRawFd};
     let mesh = shard.mesh();
+    let InboxReceiver { rx, bell } = inbox;
+    // SAFETY: `bell` is the open, non-blocking read end of the doorbell socketpair, ours alone.
+    let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(bell.into_raw_fd()) };
+    let mut rings = [0u8; 64];
     loop {
         let mut handled = 0;
         while handled < 256 {
-            match inbox.try_recv() {
+            match rx.try_recv() {
                 Ok(msg) => {
                     shard.handle(msg);
                     handled += 1;
@@ -726,15 +733,13 @@ pub async fn drain_inbox(shard: Rc<Shard>, inbox: Receiver<ShardMessage>) {
             glommio::yield_if_needed().await;
             continue;
         }
-        std::future::poll_fn(|cx| {
-            mesh.register(shard.id, cx.waker());
-            if inbox.is_empty() {
-                Poll::Pending
-            } else {
-                Poll::Ready(())
+        if mesh.going_to_sleep(shard.id, &rx) {
+            // Any number of rings (or a stale one) just means: look at the inbox again.
+            if bell.read(&mut rings).await.is_err() {
+                return; // the mesh is gone: the broker is stopping
             }
-        })
-        .await;
+            mesh.awake(shard.id);
+        }
     }
 }
 

@@ -6,8 +6,16 @@ use std::ops::Deref;
 
 /// A UTF-8 string backed by [`Bytes`], so a topic decoded from a packet is a slice of the read
 /// buffer and clones are reference-count bumps, also across threads.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct ByteStr(Bytes);
+
+// Hashed as a `str`, not as bytes: `ByteStr` is `Borrow<str>`, so maps keyed by it are looked
+// up with `&str`, and `Borrow` requires both to hash alike (`[u8]` and `str` do not).
+impl std::hash::Hash for ByteStr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
 
 impl ByteStr {
     pub const fn from_static(s: &'static str) -> ByteStr {
@@ -92,5 +100,22 @@ impl PartialEq<str> for ByteStr {
 impl PartialEq<&str> for ByteStr {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn maps_keyed_by_bytestr_are_found_by_str() {
+        let mut map = HashMap::new();
+        map.insert(ByteStr::from("client-a"), 1);
+        assert_eq!(map.get("client-a"), Some(&1));
+        let mut amap = ahash::AHashMap::new();
+        amap.insert(ByteStr::from("client-a"), 2);
+        assert_eq!(amap.get("client-a"), Some(&2));
+        assert_eq!(amap.remove("client-a"), Some(2));
     }
 }
