@@ -17,12 +17,12 @@ use bytes::{Buf, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use tracing::{debug, trace, warn};
+use tracing::{debug, warn};
 
 use super::error::ClientError;
 use super::options::ClientOptions;
 use super::shared::{Shared, Shutdown};
-use crate::protocol::{decode, frame_len};
+use crate::protocol::{decode, frame_len, Packet};
 
 /// Read buffer allocation size; packets larger than this get a buffer of their own size.
 const READ_CHUNK: usize = 64 * 1024;
@@ -261,7 +261,7 @@ fn drive(
             let Some(packet) = inner.state.pop_packet() else {
                 break;
             };
-            trace!(packet = ?packet.packet_type(), "send");
+            debug!(packet = %Describe(&packet), "send");
             if let Err(e) = packet.encode(&mut conn.wbuf) {
                 // Everything queued was checked by the handles; this is a bug, not input.
                 return Poll::Ready(Err(e.into()));
@@ -291,7 +291,7 @@ fn drive(
                     loop {
                         match decode(&mut conn.rbuf, max_packet_size) {
                             Ok(Some(packet)) => {
-                                trace!(packet = ?packet.packet_type(), "receive");
+                                debug!(packet = %Describe(&packet), "receive");
                                 if let Err(e) = inner.state.handle(packet, now) {
                                     inner.dispatch_events(None);
                                     return Poll::Ready(Err(e));
@@ -325,4 +325,54 @@ fn drive(
     // Busy: let the other tasks of this executor run, then come back.
     cx.waker().wake_by_ref();
     Poll::Pending
+}
+
+/// A packet in one line for `-d` / debug logs, formatted only when the log line is enabled:
+/// the type, identifiers and flags, never payload bytes.
+struct Describe<'a>(&'a Packet);
+
+impl std::fmt::Display for Describe<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Packet::Connect(c) => write!(
+                f,
+                "CONNECT (client id {:?}, clean session {}, keepalive {} s)",
+                c.client_id.as_str(),
+                c.clean_session,
+                c.keep_alive
+            ),
+            Packet::ConnAck(a) => write!(
+                f,
+                "CONNACK (session present {}, code {})",
+                a.session_present, a.code as u8
+            ),
+            Packet::Publish(p) => write!(
+                f,
+                "PUBLISH (d{}, q{}, r{}, m{}, {:?}, {} bytes)",
+                u8::from(p.dup),
+                p.qos as u8,
+                u8::from(p.retain),
+                p.packet_id,
+                p.topic.as_str(),
+                p.payload.len()
+            ),
+            Packet::PubAck(id) => write!(f, "PUBACK (m{id})"),
+            Packet::PubRec(id) => write!(f, "PUBREC (m{id})"),
+            Packet::PubRel(id) => write!(f, "PUBREL (m{id})"),
+            Packet::PubComp(id) => write!(f, "PUBCOMP (m{id})"),
+            Packet::Subscribe(s) => {
+                write!(f, "SUBSCRIBE (m{}", s.packet_id)?;
+                for (filter, qos) in &s.filters {
+                    write!(f, ", {:?} q{}", filter.as_str(), *qos as u8)?;
+                }
+                f.write_str(")")
+            }
+            Packet::SubAck(s) => write!(f, "SUBACK (m{}, {:?})", s.packet_id, s.return_codes),
+            Packet::Unsubscribe(u) => write!(f, "UNSUBSCRIBE (m{}, {:?})", u.packet_id, u.filters),
+            Packet::UnsubAck(id) => write!(f, "UNSUBACK (m{id})"),
+            Packet::PingReq => f.write_str("PINGREQ"),
+            Packet::PingResp => f.write_str("PINGRESP"),
+            Packet::Disconnect => f.write_str("DISCONNECT"),
+        }
+    }
 }
