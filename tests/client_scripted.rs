@@ -222,3 +222,93 @@ fn silent_server_and_closed_port() {
         );
     });
 }
+
+#[test]
+fn reconnect_to_a_server_without_the_session_subscribes_again() {
+    let (addr, server) = serve(vec![
+        Box::new(|s| {
+            read_packet(s);
+            s.write_all(&connack(false)).unwrap();
+            // "a/+" QoS 1 granted, "x" refused.
+            #[rustfmt::skip]
+            assert_eq!(read_packet(s), [
+                0x82, 0x0c, 0x00, 0x01,
+                0x00, 0x03, b'a', b'/', b'+', 0x01,
+                0x00, 0x01, b'x', 0x02,
+            ]);
+            s.write_all(&[0x90, 0x04, 0x00, 0x01, 0x01, 0x80]).unwrap();
+        }),
+        Box::new(|s| {
+            read_packet(s);
+            s.write_all(&connack(false)).unwrap();
+            // The granted filter only, with a fresh packet id.
+            #[rustfmt::skip]
+            assert_eq!(read_packet(s), [
+                0x82, 0x08, 0x00, 0x02,
+                0x00, 0x03, b'a', b'/', b'+', 0x01,
+            ]);
+            s.write_all(&[0x90, 0x03, 0x00, 0x02, 0x01]).unwrap();
+            // PUBLISH QoS 0 "a/b" "hi": the client still receives.
+            s.write_all(&[0x30, 0x07, 0x00, 0x03, b'a', b'/', b'b', b'h', b'i'])
+                .unwrap();
+            assert_eq!(read_packet(s), [0xe0, 0x00], "DISCONNECT");
+        }),
+    ]);
+    run(LIMIT, async move {
+        let (client, mut messages) = Client::connect(ClientOptions {
+            reconnect_interval: Some(Duration::from_millis(100)),
+            ..options(addr)
+        })
+        .await
+        .unwrap();
+        let codes = client
+            .subscribe(&[("a/+", QoS::AtLeastOnce), ("x", QoS::ExactlyOnce)])
+            .await
+            .unwrap();
+        assert_eq!(codes[1], surgemq::protocol::SubscribeReturnCode::Failure);
+        let m = messages.recv().await.unwrap();
+        assert_eq!((&*m.topic, &m.payload[..]), ("a/b", &b"hi"[..]));
+        client.disconnect().await.unwrap();
+    });
+    server.join().unwrap();
+}
+
+#[test]
+fn slow_reader_gets_every_message_and_the_server_every_ack() {
+    const N: u16 = 200;
+    let (addr, server) = serve(vec![Box::new(|s| {
+        read_packet(s);
+        s.write_all(&connack(false)).unwrap();
+        let mut burst = Vec::new();
+        for id in 1..=N {
+            // PUBLISH QoS 1 "t", id, payload = id
+            let [hi, lo] = id.to_be_bytes();
+            burst.extend_from_slice(&[0x32, 0x07, 0x00, 0x01, b't', hi, lo, hi, lo]);
+        }
+        s.write_all(&burst).unwrap();
+        for id in 1..=N {
+            let [hi, lo] = id.to_be_bytes();
+            assert_eq!(read_packet(s), [0x40, 0x02, hi, lo], "PUBACK in order");
+        }
+        assert_eq!(read_packet(s), [0xe0, 0x00]);
+    })]);
+    run(LIMIT, async move {
+        let (client, mut messages) = Client::connect(ClientOptions {
+            message_buffer: 4,
+            // No PINGREQ in the middle of the server's strict PUBACK reads.
+            keep_alive: 0,
+            ..options(addr)
+        })
+        .await
+        .unwrap();
+        for id in 1..=N {
+            let m = messages.recv().await.unwrap();
+            assert_eq!(&m.payload[..], &id.to_be_bytes());
+            if id % 50 == 0 {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        client.disconnect().await.unwrap();
+    });
+    server.join().unwrap();
+}

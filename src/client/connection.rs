@@ -253,6 +253,9 @@ fn drive(
             Shutdown::Graceful if !inner.state.is_disconnecting() => inner.state.disconnect(now),
             _ => {}
         }
+        if !inner.can_read() && inner.messages_alive {
+            inner.state.hold_ping_deadline(now);
+        }
         if let Err(e) = inner.state.poll(now) {
             return Poll::Ready(Err(e));
         }

@@ -124,8 +124,8 @@ impl Client {
         }
         let (tx, rx) = oneshot();
         self.request(|inner, now| {
-            let id = inner.state.subscribe(list, now)?;
-            Ok((id, Pending::Subscribe(tx)))
+            let id = inner.state.subscribe(list.clone(), now)?;
+            Ok((id, Pending::Subscribe(tx, list)))
         })?;
         rx.await
     }
@@ -143,8 +143,8 @@ impl Client {
         }
         let (tx, rx) = oneshot();
         self.request(|inner, now| {
-            let id = inner.state.unsubscribe(list, now)?;
-            Ok((id, Pending::Unsubscribe(tx)))
+            let id = inner.state.unsubscribe(list.clone(), now)?;
+            Ok((id, Pending::Unsubscribe(tx, list)))
         })?;
         rx.await
     }

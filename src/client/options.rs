@@ -64,11 +64,15 @@ pub struct ClientOptions {
     /// Largest packet accepted from the server, fixed header included.
     pub max_packet_size: usize,
     /// Incoming messages buffered for [`Messages`](super::Messages); when it is full the
-    /// client stops reading the socket until the application catches up.
+    /// client stops reading the socket until the application catches up (the messages of the
+    /// read that filled it are kept, so it can be exceeded by one read's worth).
     pub message_buffer: usize,
     /// When set, a lost connection is opened again after this delay (and again after each
-    /// failed attempt) instead of ending the client; with `clean_session` false the session
-    /// resumes and unacknowledged messages are sent again. A refused CONNECT still ends it.
+    /// failed attempt) instead of ending the client. Unacknowledged QoS 1/2 messages are sent
+    /// again; if the server kept no session, the client subscribes again to what it had.
+    /// Requests waiting when the connection drops fail, as do SUBSCRIBE and UNSUBSCRIBE made
+    /// while it is down; publishes wait for the new connection. A refused CONNECT still ends
+    /// the client.
     pub reconnect_interval: Option<Duration>,
 }
 

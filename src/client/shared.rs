@@ -18,7 +18,7 @@ use super::error::ClientError;
 use super::options::ClientOptions;
 use super::signal::Sender;
 use super::state::{ClientState, Event};
-use crate::protocol::{PacketId, Publish, QoS, SubscribeReturnCode};
+use crate::protocol::{ByteStr, PacketId, Publish, QoS, SubscribeReturnCode};
 
 /// Encoded bytes the outbox may hold before publishes wait: what "queued for writing" means
 /// for QoS 0, and what keeps a publishing loop from outrunning the socket.
@@ -41,8 +41,18 @@ struct WaitingPublish {
 
 pub(crate) enum Pending {
     Publish(Sender<()>),
-    Subscribe(Sender<Vec<SubscribeReturnCode>>),
-    Unsubscribe(Sender<()>),
+    /// With the filters asked for, to remember the ones granted.
+    Subscribe(Sender<Vec<SubscribeReturnCode>>, Vec<(ByteStr, QoS)>),
+    Unsubscribe(Sender<()>, Vec<ByteStr>),
+}
+
+impl Pending {
+    fn fail(self, reason: ClientError) {
+        match self {
+            Pending::Publish(tx) | Pending::Unsubscribe(tx, _) => tx.send(Err(reason)),
+            Pending::Subscribe(tx, _) => tx.send(Err(reason)),
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -53,6 +63,9 @@ pub(crate) struct Inner {
     waiting: VecDeque<WaitingPublish>,
     /// Futures waiting for an acknowledgement, by packet id.
     pending: AHashMap<PacketId, Pending>,
+    /// Filters the server granted (and that were not unsubscribed since), in order: sent
+    /// again after a reconnect to a server that kept no session.
+    subscriptions: Vec<(ByteStr, QoS)>,
     /// Resolves `Client::connect` on the first CONNACK (with session present).
     connected: Option<Sender<bool>>,
     messages: VecDeque<Publish>,
@@ -80,6 +93,7 @@ impl Shared {
                 options,
                 waiting: VecDeque::new(),
                 pending: AHashMap::new(),
+                subscriptions: Vec::new(),
                 connected: Some(connected),
                 messages: VecDeque::new(),
                 messages_waker: None,
@@ -145,11 +159,10 @@ impl Inner {
     pub fn dispatch_events(&mut self, lost: Option<&ClientError>) {
         while let Some(event) = self.state.pop_event() {
             match event {
-                Event::Connected { session_present } => {
-                    if let Some(tx) = self.connected.take() {
-                        tx.send(Ok(session_present));
-                    }
-                }
+                Event::Connected { session_present } => match self.connected.take() {
+                    Some(tx) => tx.send(Ok(session_present)),
+                    None => self.resubscribe(session_present),
+                },
                 Event::Message(p) => {
                     if self.messages_alive {
                         self.messages.push_back(p);
@@ -159,29 +172,48 @@ impl Inner {
                     }
                 }
                 Event::Published(id) | Event::Unsubscribed(id) => match self.pending.remove(&id) {
-                    Some(Pending::Publish(tx) | Pending::Unsubscribe(tx)) => tx.send(Ok(())),
-                    Some(Pending::Subscribe(tx)) => tx.send(Err(ClientError::Disconnected)),
+                    Some(Pending::Publish(tx)) => tx.send(Ok(())),
+                    Some(Pending::Unsubscribe(tx, filters)) => {
+                        self.subscriptions.retain(|(f, _)| !filters.contains(f));
+                        tx.send(Ok(()));
+                    }
+                    Some(Pending::Subscribe(tx, _)) => tx.send(Err(ClientError::Disconnected)),
                     None => {}
                 },
                 Event::Subscribed {
                     packet_id,
                     return_codes,
                 } => {
-                    if let Some(Pending::Subscribe(tx)) = self.pending.remove(&packet_id) {
+                    if let Some(Pending::Subscribe(tx, filters)) = self.pending.remove(&packet_id) {
+                        for ((filter, qos), code) in filters.into_iter().zip(&return_codes) {
+                            if let SubscribeReturnCode::Success(_) = code {
+                                self.subscriptions.retain(|(f, _)| *f != filter);
+                                self.subscriptions.push((filter, qos));
+                            }
+                        }
                         tx.send(Ok(return_codes));
                     }
                 }
                 Event::Abandoned(id) => {
                     let reason = lost.cloned().unwrap_or(ClientError::Disconnected);
-                    match self.pending.remove(&id) {
-                        Some(Pending::Publish(tx) | Pending::Unsubscribe(tx)) => {
-                            tx.send(Err(reason))
-                        }
-                        Some(Pending::Subscribe(tx)) => tx.send(Err(reason)),
-                        None => {}
+                    if let Some(p) = self.pending.remove(&id) {
+                        p.fail(reason);
                     }
                 }
             }
+        }
+    }
+
+    /// After a reconnect to a server that kept no session, subscribes again to what the
+    /// application had subscribed to, so a reconnecting client keeps receiving. Nobody waits
+    /// for this SUBACK.
+    fn resubscribe(&mut self, session_present: bool) {
+        if session_present || self.subscriptions.is_empty() {
+            return;
+        }
+        let filters = self.subscriptions.clone();
+        if let Err(e) = self.state.subscribe(filters, Instant::now()) {
+            tracing::warn!(error = %e, "cannot subscribe again after reconnecting");
         }
     }
 
@@ -197,10 +229,7 @@ impl Inner {
         self.state.connection_lost();
         self.dispatch_events(Some(&reason));
         for (_, p) in self.pending.drain() {
-            match p {
-                Pending::Publish(tx) | Pending::Unsubscribe(tx) => tx.send(Err(reason.clone())),
-                Pending::Subscribe(tx) => tx.send(Err(reason.clone())),
-            }
+            p.fail(reason.clone());
         }
         for w in self.waiting.drain(..) {
             w.done.send(Err(reason.clone()));

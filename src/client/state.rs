@@ -488,6 +488,14 @@ impl ClientState {
         }
     }
 
+    /// The caller has stopped reading (its application is not taking messages), so a
+    /// PINGRESP may be sitting unread: the PINGRESP deadline starts again from `now`.
+    pub fn hold_ping_deadline(&mut self, now: Instant) {
+        if let Some(sent) = &mut self.ping_sent {
+            *sent = now;
+        }
+    }
+
     fn idle_since(&self) -> Instant {
         self.last_sent.min(self.last_received)
     }

@@ -603,3 +603,21 @@ fn disconnect_sends_disconnect_and_ignores_what_follows() {
     assert!(drain(&mut s).is_empty() && events(&mut s).is_empty());
     assert_eq!(s.next_deadline(), None);
 }
+
+#[test]
+fn ping_deadline_waits_while_the_caller_is_not_reading() {
+    let t0 = Instant::now();
+    let s_ = |secs: u64| t0 + Duration::from_secs(secs);
+    let mut s = connected(config(), t0);
+    s.poll(s_(10)).unwrap();
+    assert_eq!(drain(&mut s), [0xc0, 0x00]);
+    // Not reading from 12 on: the PINGRESP may be unread, so its deadline moves along.
+    s.hold_ping_deadline(s_(14));
+    s.poll(s_(18)).unwrap();
+    assert_eq!(s.next_deadline(), Some(s_(19)));
+    assert!(s.poll(s_(19)).is_err());
+    // Without a ping outstanding there is nothing to hold.
+    let mut s = connected(config(), t0);
+    s.hold_ping_deadline(s_(5));
+    assert_eq!(s.next_deadline(), Some(s_(10)));
+}
