@@ -73,6 +73,22 @@ impl Client {
     /// so calling `publish` several times before awaiting pipelines them in call order. Up to
     /// `max_inflight` QoS 1/2 messages are in flight at once; later ones wait for room.
     /// Dropping the future does not cancel the publish.
+    ///
+    /// ```no_run
+    /// # use surgemq::client::{block_on, Client, ClientOptions};
+    /// # use surgemq::protocol::QoS;
+    /// # block_on(async {
+    /// # let (client, _) = Client::connect(ClientOptions::new("127.0.0.1", 1883)).await?;
+    /// // A thousand messages in flight up to the window, acknowledged in the background.
+    /// let acks: Vec<_> = (0..1000)
+    ///     .map(|i| client.publish("metrics/load", i.to_string(), QoS::AtLeastOnce, false))
+    ///     .collect();
+    /// for ack in acks {
+    ///     ack.await?;
+    /// }
+    /// # Ok::<(), surgemq::client::ClientError>(())
+    /// # });
+    /// ```
     pub fn publish(
         &self,
         topic: &str,
@@ -275,6 +291,21 @@ impl Future for Publishing {
 /// (QoS 2 duplicates are filtered out) and acknowledged as it is received.
 ///
 /// Also a [`Stream`] of [`Publish`] that ends with the connection.
+///
+/// ```no_run
+/// # use surgemq::client::{block_on, Client, ClientOptions};
+/// # use surgemq::protocol::QoS;
+/// use futures_lite::StreamExt;
+/// # block_on(async {
+/// let (client, messages) = Client::connect(ClientOptions::new("127.0.0.1", 1883)).await?;
+/// client.subscribe(&[("alerts/#", QoS::AtLeastOnce)]).await?;
+/// let mut urgent = messages.filter(|m| m.topic.ends_with("/urgent"));
+/// while let Some(m) = urgent.next().await {
+///     println!("{}: {} bytes", m.topic, m.payload.len());
+/// }
+/// # Ok::<(), surgemq::client::ClientError>(())
+/// # });
+/// ```
 pub struct Messages {
     shared: Rc<Shared>,
 }

@@ -5,7 +5,7 @@
 //!
 //! It owns the session as the client sees it:
 //! - the handshake: CONNECT out, CONNACK accepted or refused with its return code;
-//! - packet identifiers: never reused while in use (see [`PacketIds`]);
+//! - packet identifiers: never reused while in use (a bitmap of the 65535 ids);
 //! - outgoing QoS 1/2 PUBLISHes in flight, bounded by the window: PUBACK completes QoS 1;
 //!   PUBREC is answered with PUBREL and PUBCOMP completes QoS 2;
 //! - incoming QoS 2 identifiers between PUBLISH and PUBREL, so a repeated PUBLISH is
@@ -14,6 +14,43 @@
 //! - keepalive: when a PINGREQ is due and when the server counts as gone;
 //! - resuming: after a reconnect, unacknowledged PUBLISHes (DUP set) and PUBRELs go out again
 //!   first, in their original order (MQTT-4.4.0-1).
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use surgemq::client::state::{ClientState, Event, StateConfig};
+//! use surgemq::client::ClientOptions;
+//! use surgemq::protocol::{ByteStr, ConnAck, ConnectReturnCode, Packet, Publish, QoS};
+//!
+//! let options = ClientOptions::new("localhost", 1883);
+//! let config = StateConfig {
+//!     keep_alive: Duration::from_secs(60),
+//!     ping_timeout: Duration::from_secs(60),
+//!     connect_timeout: Duration::from_secs(10),
+//!     max_inflight: 10,
+//!     clean_session: true,
+//! };
+//! let now = Instant::now();
+//! let mut state = ClientState::new(config, options.connect_packet(), now);
+//! state.connect(now);
+//! assert!(matches!(state.pop_packet(), Some(Packet::Connect(_))));
+//! let accepted = ConnAck { session_present: false, code: ConnectReturnCode::Accepted };
+//! state.handle(Packet::ConnAck(accepted), now)?;
+//! assert_eq!(state.pop_event(), Some(Event::Connected { session_present: false }));
+//!
+//! let message = Publish {
+//!     dup: false,
+//!     qos: QoS::AtLeastOnce,
+//!     retain: false,
+//!     topic: ByteStr::from("a/b"),
+//!     packet_id: 0, // assigned by the state machine
+//!     payload: "hi".into(),
+//! };
+//! let id = state.publish(message, now).expect("window open");
+//! assert!(matches!(state.pop_packet(), Some(Packet::Publish(p)) if p.packet_id == id));
+//! state.handle(Packet::PubAck(id), now)?;
+//! assert_eq!(state.pop_event(), Some(Event::Published(id)));
+//! # Ok::<(), surgemq::client::ClientError>(())
+//! ```
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
