@@ -60,6 +60,13 @@ enum Command {
 }
 
 fn main() {
+    // Warnings (a lost broker connection, reconnect attempts) on stderr; RUST_LOG overrides.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let result = match Cli::parse().command {
         Command::Server {
             broker,
