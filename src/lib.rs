@@ -2,5 +2,6 @@
 
 pub mod auth;
 pub mod broker;
+pub mod client;
 pub mod protocol;
 pub mod topic;

@@ -26,6 +26,10 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Create or update a Mosquitto-format password file.
     Passwd(cli::passwd::PasswdArgs),
+    /// Publish a message (mosquitto_pub's flags).
+    Pub(cli::pub_cmd::PubArgs),
+    /// Subscribe and print messages (mosquitto_sub's flags).
+    Sub(cli::sub_cmd::SubArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,10 +44,18 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(), // --help, --version
     };
-    cli::init_logging(&cli.log_level);
+    // `pub -d` / `sub -d` log every packet, as mosquitto's tools do with -d.
+    let log_level = match &cli.command {
+        Command::Pub(a) if a.connect.debug => "debug",
+        Command::Sub(a) if a.connect.debug => "debug",
+        _ => &cli.log_level,
+    };
+    cli::init_logging(log_level);
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Passwd(args) => cli::passwd::run(args),
+        Command::Pub(args) => cli::pub_cmd::run(args),
+        Command::Sub(args) => cli::sub_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,9 +1,12 @@
 //! Subcommands of the `surgemq` binary. Each turns its flags into a validated configuration and
 //! calls the library; errors come back as one line for the user.
 
+pub mod client_args;
 pub mod config_file;
 pub mod passwd;
+pub mod pub_cmd;
 pub mod serve;
+pub mod sub_cmd;
 
 pub fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -1,0 +1,381 @@
+//! The connection task: the one place the client touches its socket. It opens the TCP
+//! connection, then loops: write what the state machine has queued (every packet owed,
+//! coalesced into one buffer, one flush), read what the server sent (straight into a
+//! `BytesMut` that decoded messages then slice, no copies), feed it to the state machine, and
+//! sleep until the socket, a handle or the keepalive timer wakes it. When the connection is
+//! lost it either ends the client or, with `reconnect_interval`, opens a new one and resumes.
+
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use tracing::{debug, warn};
+
+use super::error::ClientError;
+use super::options::ClientOptions;
+use super::shared::{Shared, Shutdown};
+use crate::protocol::{decode, frame_len, Packet};
+
+/// Read buffer allocation size; packets larger than this get a buffer of their own size.
+const READ_CHUNK: usize = 64 * 1024;
+/// Below this much spare room a read is not worth a syscall.
+const MIN_READ_SPACE: usize = 2048;
+/// Encoded bytes gathered into the write buffer before it is flushed.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Loop rounds with progress before the task yields to the others on its executor.
+const ROUNDS_PER_YIELD: usize = 64;
+
+/// Opens a TCP connection to the first address of `host:port` that accepts one.
+pub(crate) async fn open_tcp(options: &ClientOptions) -> Result<TcpStream, ClientError> {
+    let target = format!("{}:{}", options.host, options.port);
+    let fail = |e: io::Error| ClientError::Connect {
+        addr: target.clone(),
+        source: std::sync::Arc::new(e),
+    };
+    // Name resolution blocks, but only for names; an address literal resolves at once.
+    let addrs: Vec<SocketAddr> = (options.host.as_str(), options.port)
+        .to_socket_addrs()
+        .map_err(fail)?
+        .collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(addr, options.connect_timeout).await {
+            Ok(stream) => {
+                // Requests are small and latency matters more than packing them.
+                let _ = stream.set_nodelay(true);
+                debug!(%addr, "TCP connected");
+                return Ok(stream);
+            }
+            Err(e) => last = e.into(),
+        }
+    }
+    Err(fail(last))
+}
+
+/// The socket and its two buffers.
+struct Conn {
+    stream: TcpStream,
+    /// Received bytes not yet decoded: empty, or the start of a packet. Its spare capacity is
+    /// always initialised memory (allocated zeroed, never grown otherwise), which is what makes
+    /// handing it to `recv` as `&mut [u8]` sound.
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::with_capacity(WRITE_HIGH_WATER),
+        }
+    }
+
+    /// Makes room to read: at least `MIN_READ_SPACE`, and the whole packet once its header
+    /// says how big it is. Only the start of one packet is ever copied, into a fresh buffer.
+    fn reserve_read_space(&mut self, max_packet_size: usize) {
+        let len = self.rbuf.len();
+        let frame = frame_len(&self.rbuf, max_packet_size)
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        let want = MIN_READ_SPACE.max(frame.saturating_sub(len));
+        if self.rbuf.capacity() - len >= want {
+            return;
+        }
+        let mut fresh = BytesMut::zeroed(READ_CHUNK.max(len + want));
+        fresh.clear();
+        fresh.extend_from_slice(&self.rbuf);
+        self.rbuf = fresh;
+    }
+
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        max_packet_size: usize,
+    ) -> Poll<io::Result<usize>> {
+        self.reserve_read_space(max_packet_size);
+        let len = self.rbuf.len();
+        let spare = self.rbuf.capacity() - len;
+        // SAFETY: the spare capacity is initialised (see `rbuf`), and nothing else borrows
+        // `rbuf` during the call.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.rbuf.as_mut_ptr().add(len), spare) };
+        match Pin::new(&mut self.stream).poll_read(cx, dst) {
+            Poll::Ready(Ok(n)) => {
+                // SAFETY: `recv` wrote `n` bytes into the spare capacity.
+                unsafe { self.rbuf.set_len(len + n) };
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+
+    /// Writes `wbuf` until it is empty or the socket is full.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.wbuf.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.wbuf.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // Fully written: start again at the front of the allocation.
+        self.wbuf.clear();
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A timer that follows the state machine's next deadline.
+#[derive(Default)]
+struct Deadline {
+    timer: Option<Timer>,
+    at: Option<Instant>,
+}
+
+impl Deadline {
+    /// Arms for `at` (or disarms) and reports whether that time has come.
+    fn poll(&mut self, at: Option<Instant>, cx: &mut Context<'_>) -> bool {
+        let Some(at) = at else {
+            self.at = None;
+            return false;
+        };
+        let now = Instant::now();
+        if self.at != Some(at) {
+            let wait = at.saturating_duration_since(now);
+            match &mut self.timer {
+                Some(t) => t.reset(wait),
+                None => self.timer = Some(Timer::new(wait)),
+            }
+            self.at = Some(at);
+        }
+        let timer = self.timer.as_mut().expect("armed above");
+        if Pin::new(timer).poll(cx).is_ready() {
+            // Re-armed from scratch next time, even for the same deadline.
+            self.at = None;
+            return true;
+        }
+        false
+    }
+}
+
+/// Runs the client until it is finished: disconnected, dropped, or the connection lost for
+/// good. The state machine has not sent CONNECT yet.
+pub(crate) async fn run(shared: Rc<Shared>, stream: TcpStream) {
+    let mut conn = Conn::new(stream);
+    shared.inner.borrow_mut().state.connect(Instant::now());
+    let mut deadline = Deadline::default();
+    loop {
+        let result = std::future::poll_fn(|cx| drive(&shared, &mut conn, &mut deadline, cx)).await;
+        let reason = match result {
+            Ok(()) => ClientError::Disconnected,
+            Err(e) => e,
+        };
+        drop(conn);
+        let Some(interval) = reconnect_interval(&shared, &reason) else {
+            debug!(%reason, "client finished");
+            shared.inner.borrow_mut().close(reason);
+            return;
+        };
+        warn!(%reason, "connection lost; reconnecting in {interval:?}");
+        shared.inner.borrow_mut().connection_lost(&reason);
+        conn = loop {
+            if !wait_or_stop(&shared, interval).await {
+                shared.inner.borrow_mut().close(ClientError::Disconnected);
+                return;
+            }
+            let options = shared.inner.borrow().options.clone();
+            match open_tcp(&options).await {
+                Ok(stream) => break Conn::new(stream),
+                Err(e) => warn!(error = %e, "reconnect failed; trying again in {interval:?}"),
+            }
+        };
+        shared.inner.borrow_mut().state.connect(Instant::now());
+    }
+}
+
+/// How long to wait before reconnecting, or None when the client should end: no reconnect
+/// configured, never connected, refused, or the application asked to stop.
+fn reconnect_interval(shared: &Shared, reason: &ClientError) -> Option<Duration> {
+    let inner = shared.inner.borrow();
+    let interval = inner.options.reconnect_interval?;
+    if inner.first_connack_pending()
+        || matches!(reason, ClientError::Refused(_) | ClientError::Disconnected)
+        || inner.shutdown != Shutdown::None
+        || !inner.has_users()
+    {
+        return None;
+    }
+    Some(interval)
+}
+
+/// Sleeps `interval` unless the application stops the client first; false if it did.
+async fn wait_or_stop(shared: &Shared, interval: Duration) -> bool {
+    let mut timer = Timer::new(interval);
+    std::future::poll_fn(|cx| {
+        let mut inner = shared.inner.borrow_mut();
+        if inner.shutdown != Shutdown::None || !inner.has_users() {
+            return Poll::Ready(false);
+        }
+        inner.set_io_waker(cx.waker());
+        drop(inner);
+        Pin::new(&mut timer).poll(cx).map(|_| true)
+    })
+    .await
+}
+
+/// One connection's worth of work, as a poll function so that reading, writing, the handles'
+/// wake-ups and the timer all drive the same loop without a second task near the socket.
+/// `Ok(())`: the connection ended as the application asked.
+fn drive(
+    shared: &Shared,
+    conn: &mut Conn,
+    deadline: &mut Deadline,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), ClientError>> {
+    for _ in 0..ROUNDS_PER_YIELD {
+        let now = Instant::now();
+        let mut inner = shared.inner.borrow_mut();
+        inner.set_io_waker(cx.waker());
+        if !inner.has_users() && inner.shutdown == Shutdown::None {
+            inner.shutdown = Shutdown::Graceful;
+        }
+        match inner.shutdown {
+            Shutdown::Abort => return Poll::Ready(Ok(())),
+            Shutdown::Graceful if !inner.state.is_disconnecting() => inner.state.disconnect(now),
+            _ => {}
+        }
+        if !inner.can_read() && inner.messages_alive {
+            inner.state.hold_ping_deadline(now);
+        }
+        if let Err(e) = inner.state.poll(now) {
+            return Poll::Ready(Err(e));
+        }
+        inner.pump(now);
+        while conn.wbuf.len() < WRITE_HIGH_WATER {
+            let Some(packet) = inner.state.pop_packet() else {
+                break;
+            };
+            debug!(packet = %Describe(&packet), "send");
+            if let Err(e) = packet.encode(&mut conn.wbuf) {
+                // Everything queued was checked by the handles; this is a bug, not input.
+                return Poll::Ready(Err(e.into()));
+            }
+        }
+        inner.dispatch_events(None);
+        drop(inner);
+
+        if let Poll::Ready(Err(e)) = conn.poll_flush(cx) {
+            return Poll::Ready(Err(ClientError::io(e)));
+        }
+        let inner = shared.inner.borrow();
+        let written = conn.wbuf.is_empty() && inner.state.outbox_bytes() == 0;
+        if inner.state.is_disconnecting() && written {
+            return Poll::Ready(Ok(()));
+        }
+        let can_read = inner.can_read() || !inner.messages_alive;
+        let max_packet_size = inner.options.max_packet_size;
+        drop(inner);
+
+        let mut progress = false;
+        if can_read {
+            match conn.poll_read(cx, max_packet_size) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(ClientError::ConnectionClosed)),
+                Poll::Ready(Ok(_)) => {
+                    let mut inner = shared.inner.borrow_mut();
+                    loop {
+                        match decode(&mut conn.rbuf, max_packet_size) {
+                            Ok(Some(packet)) => {
+                                debug!(packet = %Describe(&packet), "receive");
+                                if let Err(e) = inner.state.handle(packet, now) {
+                                    inner.dispatch_events(None);
+                                    return Poll::Ready(Err(e));
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                return Poll::Ready(Err(super::ProtocolError::from(e).into()))
+                            }
+                        }
+                    }
+                    inner.dispatch_events(None);
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ClientError::io(e))),
+                Poll::Pending => {}
+            }
+        }
+        let inner = shared.inner.borrow();
+        // Packets left over when the write buffer was full, or publishes the window or the
+        // outbox now has room for: another round, without waiting for a wake-up.
+        if (conn.wbuf.is_empty() && inner.state.outbox_bytes() > 0) || inner.can_pump() {
+            progress = true;
+        }
+        let next = inner.state.next_deadline();
+        drop(inner);
+        if !progress && !deadline.poll(next, cx) {
+            return Poll::Pending;
+        }
+    }
+    // Busy: let the other tasks of this executor run, then come back.
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+/// A packet in one line for `-d` / debug logs, formatted only when the log line is enabled:
+/// the type, identifiers and flags, never payload bytes.
+struct Describe<'a>(&'a Packet);
+
+impl std::fmt::Display for Describe<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Packet::Connect(c) => write!(
+                f,
+                "CONNECT (client id {:?}, clean session {}, keepalive {} s)",
+                c.client_id.as_str(),
+                c.clean_session,
+                c.keep_alive
+            ),
+            Packet::ConnAck(a) => write!(
+                f,
+                "CONNACK (session present {}, code {})",
+                a.session_present, a.code as u8
+            ),
+            Packet::Publish(p) => write!(
+                f,
+                "PUBLISH (d{}, q{}, r{}, m{}, {:?}, {} bytes)",
+                u8::from(p.dup),
+                p.qos as u8,
+                u8::from(p.retain),
+                p.packet_id,
+                p.topic.as_str(),
+                p.payload.len()
+            ),
+            Packet::PubAck(id) => write!(f, "PUBACK (m{id})"),
+            Packet::PubRec(id) => write!(f, "PUBREC (m{id})"),
+            Packet::PubRel(id) => write!(f, "PUBREL (m{id})"),
+            Packet::PubComp(id) => write!(f, "PUBCOMP (m{id})"),
+            Packet::Subscribe(s) => {
+                write!(f, "SUBSCRIBE (m{}", s.packet_id)?;
+                for (filter, qos) in &s.filters {
+                    write!(f, ", {:?} q{}", filter.as_str(), *qos as u8)?;
+                }
+                f.write_str(")")
+            }
+            Packet::SubAck(s) => write!(f, "SUBACK (m{}, {:?})", s.packet_id, s.return_codes),
+            Packet::Unsubscribe(u) => write!(f, "UNSUBSCRIBE (m{}, {:?})", u.packet_id, u.filters),
+            Packet::UnsubAck(id) => write!(f, "UNSUBACK (m{id})"),
+            Packet::PingReq => f.write_str("PINGREQ"),
+            Packet::PingResp => f.write_str("PINGRESP"),
+            Packet::Disconnect => f.write_str("DISCONNECT"),
+        }
+    }
+}

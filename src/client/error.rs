@@ -1,0 +1,164 @@
+//! What can go wrong for a client, as one typed error. Every message says what happened in
+//! words a user can act on (the CLI prints them as they are), and every variant is `Clone`
+//! because one connection failure is reported to every request that was waiting on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::protocol::{ConnectReturnCode, DecodeError, EncodeError, PacketId, PacketType};
+
+/// Why a client operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered CONNACK with a non-zero return code.
+    #[error("connection refused: {} (CONNACK {})", refusal_reason(*.0), *.0 as u8)]
+    Refused(ConnectReturnCode),
+    /// The server sent something the protocol does not allow; the connection was closed.
+    #[error("protocol violation by the server: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The TCP connection could not be opened.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// Reading or writing the socket failed.
+    #[error("I/O error: {0}")]
+    Io(Arc<std::io::Error>),
+    /// The server did not answer in time.
+    #[error("timed out after {} waiting for {waiting_for}", seconds(*.after))]
+    Timeout {
+        waiting_for: &'static str,
+        after: Duration,
+    },
+    /// The server closed the connection.
+    #[error("connection closed by the server")]
+    ConnectionClosed,
+    /// The client was disconnected (by `disconnect`, `abort`, or dropping every handle)
+    /// before the operation completed.
+    #[error("disconnected")]
+    Disconnected,
+    /// The arguments cannot be sent: an invalid topic, a field too long for the wire format,
+    /// or an option out of range. Nothing was sent.
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    /// Every packet identifier (65535) is in use by unacknowledged requests.
+    #[error("all 65535 packet identifiers are in use")]
+    NoPacketId,
+    /// The executor for [`block_on`](super::block_on) could not be started.
+    #[error("cannot start the I/O executor: {0}")]
+    Executor(String),
+}
+
+impl ClientError {
+    pub(crate) fn io(e: std::io::Error) -> ClientError {
+        ClientError::Io(Arc::new(e))
+    }
+
+    pub(crate) fn invalid(what: &'static str, reason: impl ToString) -> ClientError {
+        ClientError::Invalid {
+            what,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl From<EncodeError> for ClientError {
+    fn from(e: EncodeError) -> ClientError {
+        ClientError::invalid("packet", e)
+    }
+}
+
+/// The rule the server broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The bytes were not a valid MQTT packet.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The first packet was not CONNACK (MQTT-3.2.0-1).
+    #[error("expected CONNACK, got {0:?} (MQTT-3.2.0-1)")]
+    ExpectedConnAck(PacketType),
+    /// A packet only clients send (CONNECT, SUBSCRIBE, ...), or a second CONNACK.
+    #[error("unexpected {0:?} from a server")]
+    UnexpectedPacket(PacketType),
+    /// Session present while the client asked for a clean session (MQTT-3.2.2-1).
+    #[error("CONNACK says session present although CleanSession was set (MQTT-3.2.2-1)")]
+    SessionPresentWithCleanSession,
+    /// A SUBACK whose return codes do not match the SUBSCRIBE's filters (MQTT-3.8.4-5).
+    #[error("SUBACK {packet_id} has {got} return codes for {expected} filters (MQTT-3.8.4-5)")]
+    SubAckCount {
+        packet_id: PacketId,
+        expected: usize,
+        got: usize,
+    },
+    /// An acknowledgement of the wrong kind for the request, e.g. PUBACK for a QoS 2 PUBLISH.
+    #[error("{ack:?} for packet {packet_id}, which is waiting for {expected:?}")]
+    WrongAck {
+        ack: PacketType,
+        packet_id: PacketId,
+        expected: PacketType,
+    },
+}
+
+/// The return code in words, as the spec describes it (3.2.2.3).
+pub fn refusal_reason(code: ConnectReturnCode) -> &'static str {
+    match code {
+        ConnectReturnCode::Accepted => "accepted",
+        ConnectReturnCode::UnacceptableProtocolVersion => "unacceptable protocol version",
+        ConnectReturnCode::IdentifierRejected => "identifier rejected",
+        ConnectReturnCode::ServerUnavailable => "server unavailable",
+        ConnectReturnCode::BadUsernameOrPassword => "bad user name or password",
+        ConnectReturnCode::NotAuthorized => "not authorized",
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_say_what_happened() {
+        assert_eq!(
+            ClientError::Refused(ConnectReturnCode::NotAuthorized).to_string(),
+            "connection refused: not authorized (CONNACK 5)"
+        );
+        assert_eq!(
+            ClientError::Timeout {
+                waiting_for: "CONNACK",
+                after: Duration::from_secs(10)
+            }
+            .to_string(),
+            "timed out after 10 s waiting for CONNACK"
+        );
+        assert_eq!(
+            ClientError::Timeout {
+                waiting_for: "PINGRESP",
+                after: Duration::from_millis(1500)
+            }
+            .to_string(),
+            "timed out after 1.5 s waiting for PINGRESP"
+        );
+        assert_eq!(
+            ClientError::from(ProtocolError::Decode(DecodeError::ZeroPacketId)).to_string(),
+            "protocol violation by the server: packet identifier 0 (MQTT-2.3.1-1)"
+        );
+        assert_eq!(
+            ClientError::from(ProtocolError::WrongAck {
+                ack: PacketType::PubAck,
+                packet_id: 7,
+                expected: PacketType::PubRec
+            })
+            .to_string(),
+            "protocol violation by the server: PubAck for packet 7, which is waiting for PubRec"
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! An MQTT 3.1 / 3.1.1 client on glommio.
+//!
+//! Two layers. [`state`] is the protocol without I/O: a state machine that takes packets,
+//! requests and the time and returns packets to send and events (handshake, packet ids,
+//! QoS 1/2 flows in both directions, keepalive, resuming a persistent session). The async
+//! layer around it is a [`Client`] handle (cheap `Clone`, single-threaded, for requests), a
+//! [`Messages`] receiver (incoming PUBLISHes) and one connection task per client that alone
+//! owns the socket, so reads, coalesced writes and timers all happen in one place.
+//!
+//! ```no_run
+//! use surgemq::client::{block_on, Client, ClientOptions};
+//! use surgemq::protocol::QoS;
+//!
+//! block_on(async {
+//!     let (client, mut messages) = Client::connect(ClientOptions::new("127.0.0.1", 1883)).await?;
+//!     client.subscribe(&[("sensors/+/temp", QoS::AtLeastOnce)]).await?;
+//!     client.publish("sensors/7/temp", "21.5", QoS::AtLeastOnce, false).await?;
+//!     let message = messages.recv().await?;
+//!     println!("{} {:?}", message.topic, message.payload);
+//!     client.disconnect().await
+//! })??;
+//! # Ok::<(), surgemq::client::ClientError>(())
+//! ```
+
+mod connection;
+mod error;
+mod handle;
+mod ids;
+mod options;
+mod shared;
+mod signal;
+pub mod state;
+
+use std::future::Future;
+
+pub use error::{refusal_reason, ClientError, ProtocolError};
+pub use handle::{Client, Messages, Publishing};
+pub use options::{generated_client_id, ClientOptions, Will};
+
+/// Memory glommio registers with io_uring for the executor: a client does no file I/O, so
+/// glommio's minimum is plenty.
+const IO_MEMORY: usize = 64 * 1024;
+
+/// Runs `future` to completion on a new glommio executor on this thread, for programs that
+/// are not already inside one (tools, tests, examples). The executor is not pinned to a CPU.
+///
+/// Fails if the executor cannot start, usually because the locked-memory limit
+/// (`ulimit -l`) is below what io_uring needs (512 KiB).
+pub fn block_on<F: Future>(future: F) -> Result<F::Output, ClientError> {
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(IO_MEMORY)
+        .make()
+        .map_err(|e| ClientError::Executor(e.to_string()))?;
+    Ok(executor.run(future))
+}

@@ -1,0 +1,610 @@
+//! The client's protocol state machine, without I/O: it takes packets from the server, requests
+//! from the application and the current time, and answers with packets to send (the outbox)
+//! and events for the application. The async client drives it; the unit tests drive it with
+//! hand-made packets and instants.
+//!
+//! It owns the session as the client sees it:
+//! - the handshake: CONNECT out, CONNACK accepted or refused with its return code;
+//! - packet identifiers: never reused while in use (a bitmap of the 65535 ids);
+//! - outgoing QoS 1/2 PUBLISHes in flight, bounded by the window: PUBACK completes QoS 1;
+//!   PUBREC is answered with PUBREL and PUBCOMP completes QoS 2;
+//! - incoming QoS 2 identifiers between PUBLISH and PUBREL, so a repeated PUBLISH is
+//!   acknowledged again but delivered once (MQTT-4.3.3-2);
+//! - SUBSCRIBE and UNSUBSCRIBE waiting for SUBACK / UNSUBACK;
+//! - keepalive: when a PINGREQ is due and when the server counts as gone;
+//! - resuming: after a reconnect, unacknowledged PUBLISHes (DUP set) and PUBRELs go out again
+//!   first, in their original order (MQTT-4.4.0-1).
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use surgemq::client::state::{ClientState, Event, StateConfig};
+//! use surgemq::client::ClientOptions;
+//! use surgemq::protocol::{ByteStr, ConnAck, ConnectReturnCode, Packet, Publish, QoS};
+//!
+//! let options = ClientOptions::new("localhost", 1883);
+//! let config = StateConfig {
+//!     keep_alive: Duration::from_secs(60),
+//!     ping_timeout: Duration::from_secs(60),
+//!     connect_timeout: Duration::from_secs(10),
+//!     max_inflight: 10,
+//!     clean_session: true,
+//! };
+//! let now = Instant::now();
+//! let mut state = ClientState::new(config, options.connect_packet(), now);
+//! state.connect(now);
+//! assert!(matches!(state.pop_packet(), Some(Packet::Connect(_))));
+//! let accepted = ConnAck { session_present: false, code: ConnectReturnCode::Accepted };
+//! state.handle(Packet::ConnAck(accepted), now)?;
+//! assert_eq!(state.pop_event(), Some(Event::Connected { session_present: false }));
+//!
+//! let message = Publish {
+//!     dup: false,
+//!     qos: QoS::AtLeastOnce,
+//!     retain: false,
+//!     topic: ByteStr::from("a/b"),
+//!     packet_id: 0, // assigned by the state machine
+//!     payload: "hi".into(),
+//! };
+//! let id = state.publish(message, now).expect("window open");
+//! assert!(matches!(state.pop_packet(), Some(Packet::Publish(p)) if p.packet_id == id));
+//! state.handle(Packet::PubAck(id), now)?;
+//! assert_eq!(state.pop_event(), Some(Event::Published(id)));
+//! # Ok::<(), surgemq::client::ClientError>(())
+//! ```
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use ahash::{AHashMap, AHashSet};
+
+use super::error::{ClientError, ProtocolError};
+use super::ids::PacketIds;
+use crate::protocol::{
+    ByteStr, ConnAck, Connect, ConnectReturnCode, Packet, PacketId, PacketType, Publish, QoS,
+    SubAck, Subscribe, SubscribeReturnCode, Unsubscribe,
+};
+
+/// The limits and timers the state machine enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateConfig {
+    /// Idle time after which a PINGREQ is sent; zero turns keepalive off.
+    pub keep_alive: Duration,
+    /// Time allowed for PINGRESP before the server counts as gone.
+    pub ping_timeout: Duration,
+    /// Time allowed for CONNACK after CONNECT.
+    pub connect_timeout: Duration,
+    /// Outgoing QoS 1/2 PUBLISHes in flight at most.
+    pub max_inflight: usize,
+    /// Whether the session ends with the connection (CleanSession = 1).
+    pub clean_session: bool,
+}
+
+/// Something the application should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// CONNACK accepted the connection.
+    Connected {
+        session_present: bool,
+    },
+    /// A message from the server, delivered once (QoS 2 duplicates are filtered out).
+    Message(Publish),
+    /// The server acknowledged a QoS 1 (PUBACK) or QoS 2 (PUBCOMP) publish; its id is free.
+    Published(PacketId),
+    Subscribed {
+        packet_id: PacketId,
+        return_codes: Vec<SubscribeReturnCode>,
+    },
+    Unsubscribed(PacketId),
+    /// The connection was lost and this request will never be acknowledged: a SUBSCRIBE or
+    /// UNSUBSCRIBE, or with a clean session also a PUBLISH.
+    Abandoned(PacketId),
+}
+
+/// `publish` could not take a QoS 1/2 message: the inflight window is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowFull;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No connection: before the first CONNECT, or after the connection was lost.
+    Idle,
+    /// CONNECT sent at this instant, CONNACK not yet received.
+    Connecting(Instant),
+    Connected,
+    /// DISCONNECT sent; the connection is about to close.
+    Disconnecting,
+}
+
+/// Which acknowledgement an outgoing message waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// QoS 1 PUBLISH sent, PUBACK expected.
+    Ack,
+    /// QoS 2 PUBLISH sent, PUBREC expected.
+    Rec,
+    /// PUBREL sent, PUBCOMP expected.
+    Comp,
+}
+
+impl Stage {
+    fn packet_type(self) -> PacketType {
+        match self {
+            Stage::Ack => PacketType::PubAck,
+            Stage::Rec => PacketType::PubRec,
+            Stage::Comp => PacketType::PubComp,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    /// Order of the original send, for resending in that order.
+    seq: u64,
+    publish: Publish,
+    stage: Stage,
+    /// Whether the PUBLISH has been written to a connection (a resend then sets DUP).
+    sent: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    /// SUBSCRIBE with this many filters.
+    Subscribe(usize),
+    Unsubscribe,
+}
+
+pub struct ClientState {
+    config: StateConfig,
+    connect: Connect,
+    phase: Phase,
+    session_present: bool,
+    ids: PacketIds,
+    outgoing: AHashMap<PacketId, Outgoing>,
+    next_seq: u64,
+    incoming_qos2: AHashSet<PacketId>,
+    requests: AHashMap<PacketId, Request>,
+    outbox: VecDeque<Packet>,
+    outbox_bytes: usize,
+    events: VecDeque<Event>,
+    last_sent: Instant,
+    last_received: Instant,
+    ping_sent: Option<Instant>,
+}
+
+impl ClientState {
+    /// A state that will announce `connect` (its CleanSession flag must match the config's).
+    pub fn new(config: StateConfig, connect: Connect, now: Instant) -> ClientState {
+        debug_assert_eq!(config.clean_session, connect.clean_session);
+        ClientState {
+            config,
+            connect,
+            phase: Phase::Idle,
+            session_present: false,
+            ids: PacketIds::default(),
+            outgoing: AHashMap::new(),
+            next_seq: 0,
+            incoming_qos2: AHashSet::new(),
+            requests: AHashMap::new(),
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            events: VecDeque::new(),
+            last_sent: now,
+            last_received: now,
+            ping_sent: None,
+        }
+    }
+
+    /// Starts the handshake on a new connection: CONNECT goes out first.
+    pub fn connect(&mut self, now: Instant) {
+        self.outbox.clear();
+        self.outbox_bytes = 0;
+        self.ping_sent = None;
+        self.last_received = now;
+        self.phase = Phase::Connecting(now);
+        let connect = Packet::Connect(Box::new(self.connect.clone()));
+        self.emit(connect, now);
+    }
+
+    /// Handles one packet from the server.
+    pub fn handle(&mut self, packet: Packet, now: Instant) -> Result<(), ClientError> {
+        self.last_received = now;
+        match self.phase {
+            Phase::Connecting(_) => match packet {
+                Packet::ConnAck(ack) => self.on_connack(ack, now),
+                other => Err(ProtocolError::ExpectedConnAck(other.packet_type()).into()),
+            },
+            Phase::Connected => self.dispatch(packet, now),
+            // After DISCONNECT nothing the server says matters any more.
+            Phase::Idle | Phase::Disconnecting => Ok(()),
+        }
+    }
+
+    fn on_connack(&mut self, ack: ConnAck, now: Instant) -> Result<(), ClientError> {
+        if ack.code != ConnectReturnCode::Accepted {
+            self.phase = Phase::Idle;
+            return Err(ClientError::Refused(ack.code));
+        }
+        if ack.session_present && self.config.clean_session {
+            return Err(ProtocolError::SessionPresentWithCleanSession.into());
+        }
+        self.phase = Phase::Connected;
+        self.session_present = ack.session_present;
+        if !ack.session_present {
+            // The server has no record of the QoS 2 messages we hold ids for: it may reuse
+            // those ids for new messages, which must not be taken for duplicates.
+            self.incoming_qos2.clear();
+        }
+        // Unacknowledged messages go out again whether or not the server kept the session:
+        // if it lost it, sending QoS 1 again is what "at least once" asks for.
+        self.resend(now);
+        self.events.push_back(Event::Connected {
+            session_present: ack.session_present,
+        });
+        Ok(())
+    }
+
+    /// Everything in flight, in original order: PUBLISH again (DUP when it was sent before)
+    /// or PUBREL for those the server has already received.
+    fn resend(&mut self, now: Instant) {
+        let mut order: Vec<(u64, PacketId)> = self
+            .outgoing
+            .values()
+            .map(|o| (o.seq, o.publish.packet_id))
+            .collect();
+        order.sort_unstable();
+        for (_, id) in order {
+            let o = self.outgoing.get_mut(&id).expect("collected above");
+            let packet = match o.stage {
+                Stage::Comp => Packet::PubRel(id),
+                Stage::Ack | Stage::Rec => {
+                    let mut p = o.publish.clone();
+                    p.dup = o.sent;
+                    Packet::Publish(p)
+                }
+            };
+            o.sent = true;
+            self.emit(packet, now);
+        }
+    }
+
+    fn dispatch(&mut self, packet: Packet, now: Instant) -> Result<(), ClientError> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p, now),
+            Packet::PubAck(id) => self.on_ack(id, Stage::Ack)?,
+            Packet::PubRec(id) => match self.outgoing.get_mut(&id) {
+                Some(o) if o.stage == Stage::Ack => {
+                    return Err(wrong_ack(PacketType::PubRec, id, Stage::Ack))
+                }
+                Some(o) => {
+                    o.stage = Stage::Comp;
+                    self.emit(Packet::PubRel(id), now);
+                }
+                // Not ours (any more): PUBREL lets the server finish its side harmlessly.
+                None => self.emit(Packet::PubRel(id), now),
+            },
+            Packet::PubComp(id) => self.on_ack(id, Stage::Comp)?,
+            Packet::PubRel(id) => {
+                // The id is released; PUBCOMP also for an id we do not know (MQTT-4.3.3-2:
+                // the server may resend PUBREL after we already answered it).
+                self.incoming_qos2.remove(&id);
+                self.emit(Packet::PubComp(id), now);
+            }
+            Packet::SubAck(ack) => self.on_suback(ack)?,
+            Packet::UnsubAck(id) => match self.requests.get(&id) {
+                Some(Request::Unsubscribe) => {
+                    self.requests.remove(&id);
+                    self.ids.release(id);
+                    self.events.push_back(Event::Unsubscribed(id));
+                }
+                Some(Request::Subscribe(_)) => {
+                    return Err(ProtocolError::WrongAck {
+                        ack: PacketType::UnsubAck,
+                        packet_id: id,
+                        expected: PacketType::SubAck,
+                    }
+                    .into())
+                }
+                None => {}
+            },
+            Packet::PingResp => self.ping_sent = None,
+            other => return Err(ProtocolError::UnexpectedPacket(other.packet_type()).into()),
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, p: Publish, now: Instant) {
+        match p.qos {
+            QoS::AtMostOnce => self.events.push_back(Event::Message(p)),
+            QoS::AtLeastOnce => {
+                let id = p.packet_id;
+                self.events.push_back(Event::Message(p));
+                self.emit(Packet::PubAck(id), now);
+            }
+            QoS::ExactlyOnce => {
+                let id = p.packet_id;
+                // Delivered on first receipt; a repeat before PUBREL only gets its PUBREC.
+                if self.incoming_qos2.insert(id) {
+                    self.events.push_back(Event::Message(p));
+                }
+                self.emit(Packet::PubRec(id), now);
+            }
+        }
+    }
+
+    /// PUBACK or PUBCOMP: completes the message if it waits for exactly that.
+    fn on_ack(&mut self, id: PacketId, stage: Stage) -> Result<(), ClientError> {
+        match self.outgoing.get(&id) {
+            Some(o) if o.stage == stage => {
+                self.outgoing.remove(&id);
+                self.ids.release(id);
+                self.events.push_back(Event::Published(id));
+                Ok(())
+            }
+            Some(o) => Err(wrong_ack(stage.packet_type(), id, o.stage)),
+            // A late duplicate of an acknowledgement we already had.
+            None => Ok(()),
+        }
+    }
+
+    fn on_suback(&mut self, ack: SubAck) -> Result<(), ClientError> {
+        let id = ack.packet_id;
+        match self.requests.get(&id) {
+            Some(&Request::Subscribe(expected)) => {
+                if ack.return_codes.len() != expected {
+                    return Err(ProtocolError::SubAckCount {
+                        packet_id: id,
+                        expected,
+                        got: ack.return_codes.len(),
+                    }
+                    .into());
+                }
+                self.requests.remove(&id);
+                self.ids.release(id);
+                self.events.push_back(Event::Subscribed {
+                    packet_id: id,
+                    return_codes: ack.return_codes,
+                });
+                Ok(())
+            }
+            Some(Request::Unsubscribe) => Err(ProtocolError::WrongAck {
+                ack: PacketType::SubAck,
+                packet_id: id,
+                expected: PacketType::UnsubAck,
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a QoS 1/2 publish would be taken now.
+    pub fn window_open(&self) -> bool {
+        self.outgoing.len() < self.config.max_inflight && self.ids.in_use() < usize::from(u16::MAX)
+    }
+
+    /// Sends a PUBLISH (its `packet_id` and `dup` are overwritten). QoS 0 is sent only while
+    /// connected (otherwise dropped, as "at most once" allows) and returns id 0. QoS 1/2 takes
+    /// a packet id and a place in the window, and is sent now if connected, else on resume.
+    pub fn publish(&mut self, mut publish: Publish, now: Instant) -> Result<PacketId, WindowFull> {
+        publish.dup = false;
+        if publish.qos == QoS::AtMostOnce {
+            publish.packet_id = 0;
+            if self.phase == Phase::Connected {
+                self.emit(Packet::Publish(publish), now);
+            }
+            return Ok(0);
+        }
+        if !self.window_open() {
+            return Err(WindowFull);
+        }
+        let id = self.ids.allocate().ok_or(WindowFull)?;
+        publish.packet_id = id;
+        let connected = self.phase == Phase::Connected;
+        if connected {
+            self.emit(Packet::Publish(publish.clone()), now);
+        }
+        let stage = if publish.qos == QoS::AtLeastOnce {
+            Stage::Ack
+        } else {
+            Stage::Rec
+        };
+        self.outgoing.insert(
+            id,
+            Outgoing {
+                seq: self.next_seq,
+                publish,
+                stage,
+                sent: connected,
+            },
+        );
+        self.next_seq += 1;
+        Ok(id)
+    }
+
+    /// Sends SUBSCRIBE. Only while connected: a request is not part of the session.
+    pub fn subscribe(
+        &mut self,
+        filters: Vec<(ByteStr, QoS)>,
+        now: Instant,
+    ) -> Result<PacketId, ClientError> {
+        let id = self.request_id()?;
+        self.requests.insert(id, Request::Subscribe(filters.len()));
+        self.emit(
+            Packet::Subscribe(Subscribe {
+                packet_id: id,
+                filters,
+            }),
+            now,
+        );
+        Ok(id)
+    }
+
+    /// Sends UNSUBSCRIBE. Only while connected.
+    pub fn unsubscribe(
+        &mut self,
+        filters: Vec<ByteStr>,
+        now: Instant,
+    ) -> Result<PacketId, ClientError> {
+        let id = self.request_id()?;
+        self.requests.insert(id, Request::Unsubscribe);
+        self.emit(
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id: id,
+                filters,
+            }),
+            now,
+        );
+        Ok(id)
+    }
+
+    fn request_id(&mut self) -> Result<PacketId, ClientError> {
+        if self.phase != Phase::Connected {
+            return Err(ClientError::Disconnected);
+        }
+        self.ids.allocate().ok_or(ClientError::NoPacketId)
+    }
+
+    /// Sends DISCONNECT; the caller closes the connection once it is written. The session
+    /// (messages in flight) is kept for a later `connect` with a persistent session.
+    pub fn disconnect(&mut self, now: Instant) {
+        if self.phase == Phase::Connected {
+            self.emit(Packet::Disconnect, now);
+        }
+        self.phase = Phase::Disconnecting;
+    }
+
+    /// The connection is gone. Unsent packets are dropped; SUBSCRIBE/UNSUBSCRIBE requests are
+    /// abandoned; with a clean session the messages in flight are too.
+    pub fn connection_lost(&mut self) {
+        self.phase = Phase::Idle;
+        self.outbox.clear();
+        self.outbox_bytes = 0;
+        self.ping_sent = None;
+        let mut abandoned: Vec<PacketId> = self.requests.drain().map(|(id, _)| id).collect();
+        if self.config.clean_session {
+            abandoned.extend(self.outgoing.drain().map(|(id, _)| id));
+            self.incoming_qos2.clear();
+        }
+        abandoned.sort_unstable();
+        for id in abandoned {
+            self.ids.release(id);
+            self.events.push_back(Event::Abandoned(id));
+        }
+    }
+
+    /// Checks the timers: the CONNACK deadline, the PINGRESP deadline, and whether a PINGREQ
+    /// is due. A ping is due once either direction has been silent for the keepalive interval:
+    /// the spec needs one after `keep_alive` without sending (MQTT-3.1.2-23), and pinging
+    /// after `keep_alive` without receiving is how a dead server is noticed by a client that
+    /// only sends.
+    pub fn poll(&mut self, now: Instant) -> Result<(), ClientError> {
+        match self.phase {
+            Phase::Connecting(since) if now >= since + self.config.connect_timeout => {
+                Err(ClientError::Timeout {
+                    waiting_for: "CONNACK",
+                    after: self.config.connect_timeout,
+                })
+            }
+            Phase::Connected if !self.config.keep_alive.is_zero() => {
+                match self.ping_sent {
+                    Some(sent) if now >= sent + self.config.ping_timeout => {
+                        return Err(ClientError::Timeout {
+                            waiting_for: "PINGRESP",
+                            after: self.config.ping_timeout,
+                        })
+                    }
+                    Some(_) => {}
+                    None if now >= self.idle_since() + self.config.keep_alive => {
+                        self.ping_sent = Some(now);
+                        self.emit(Packet::PingReq, now);
+                    }
+                    None => {}
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The caller has stopped reading (its application is not taking messages), so a
+    /// PINGRESP may be sitting unread: the PINGRESP deadline starts again from `now`.
+    pub fn hold_ping_deadline(&mut self, now: Instant) {
+        if let Some(sent) = &mut self.ping_sent {
+            *sent = now;
+        }
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.last_sent.min(self.last_received)
+    }
+
+    /// When [`poll`](Self::poll) has something to do next, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Connecting(since) => Some(since + self.config.connect_timeout),
+            Phase::Connected if !self.config.keep_alive.is_zero() => Some(match self.ping_sent {
+                Some(sent) => sent + self.config.ping_timeout,
+                None => self.idle_since() + self.config.keep_alive,
+            }),
+            _ => None,
+        }
+    }
+
+    fn emit(&mut self, packet: Packet, now: Instant) {
+        self.outbox_bytes += packet.encoded_len();
+        self.outbox.push_back(packet);
+        self.last_sent = now;
+    }
+
+    /// The next packet to write.
+    pub fn pop_packet(&mut self) -> Option<Packet> {
+        let p = self.outbox.pop_front()?;
+        self.outbox_bytes -= p.encoded_len();
+        Some(p)
+    }
+
+    /// Encoded size of everything waiting in the outbox.
+    pub fn outbox_bytes(&self) -> usize {
+        self.outbox_bytes
+    }
+
+    pub fn pop_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.phase == Phase::Connected
+    }
+
+    /// Whether DISCONNECT has been queued (or asked for) on this connection.
+    pub fn is_disconnecting(&self) -> bool {
+        self.phase == Phase::Disconnecting
+    }
+
+    /// Whether the last CONNACK said the server had kept the session.
+    pub fn session_present(&self) -> bool {
+        self.session_present
+    }
+
+    /// Outgoing QoS 1/2 messages not yet completed.
+    pub fn inflight(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    /// Incoming QoS 2 messages received but not yet released by PUBREL.
+    pub fn incoming_unreleased(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+}
+
+fn wrong_ack(ack: PacketType, packet_id: PacketId, waiting: Stage) -> ClientError {
+    ProtocolError::WrongAck {
+        ack,
+        packet_id,
+        expected: waiting.packet_type(),
+    }
+    .into()
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

@@ -1,0 +1,623 @@
+//! Unit tests of the client state machine: no sockets, hand-made instants, and the packets it
+//! produces compared byte for byte with what the spec says goes on the wire.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+use crate::protocol::{LastWill, ProtocolLevel};
+
+fn config() -> StateConfig {
+    StateConfig {
+        keep_alive: Duration::from_secs(10),
+        ping_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(3),
+        max_inflight: 10,
+        clean_session: true,
+    }
+}
+
+fn connect_packet(clean_session: bool) -> Connect {
+    Connect {
+        level: ProtocolLevel::V311,
+        clean_session,
+        keep_alive: 10,
+        client_id: ByteStr::from("c"),
+        will: None,
+        username: None,
+        password: None,
+    }
+}
+
+fn state_with(config: StateConfig, t0: Instant) -> ClientState {
+    ClientState::new(config, connect_packet(config.clean_session), t0)
+}
+
+/// A state that has connected at `t0` (CONNECT taken out of the outbox, event consumed).
+fn connected(config: StateConfig, t0: Instant) -> ClientState {
+    let mut s = state_with(config, t0);
+    s.connect(t0);
+    s.handle(connack(false), t0).unwrap();
+    drain(&mut s);
+    assert_eq!(
+        s.pop_event(),
+        Some(Event::Connected {
+            session_present: false
+        })
+    );
+    s
+}
+
+fn connack(session_present: bool) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present,
+        code: ConnectReturnCode::Accepted,
+    })
+}
+
+/// Everything in the outbox, encoded.
+fn drain(s: &mut ClientState) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    while let Some(p) = s.pop_packet() {
+        p.encode(&mut out).unwrap();
+    }
+    assert_eq!(s.outbox_bytes(), 0);
+    out.to_vec()
+}
+
+fn events(s: &mut ClientState) -> Vec<Event> {
+    std::iter::from_fn(|| s.pop_event()).collect()
+}
+
+fn publish(topic: &str, payload: &'static [u8], qos: QoS) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: ByteStr::from(topic),
+        packet_id: 0,
+        payload: Bytes::from_static(payload),
+    }
+}
+
+fn incoming(qos: QoS, id: PacketId, dup: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup,
+        packet_id: id,
+        ..publish("t", b"x", qos)
+    })
+}
+
+#[test]
+fn handshake_sends_connect_and_accepts_connack() {
+    let t0 = Instant::now();
+    let mut s = ClientState::new(
+        StateConfig {
+            clean_session: false,
+            ..config()
+        },
+        Connect {
+            level: ProtocolLevel::V31,
+            clean_session: false,
+            keep_alive: 30,
+            client_id: ByteStr::from("id"),
+            will: Some(LastWill {
+                topic: ByteStr::from("w"),
+                payload: Bytes::from_static(b"bye"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+            }),
+            username: Some(ByteStr::from("u")),
+            password: Some(Bytes::from_static(b"p")),
+        },
+        t0,
+    );
+    assert!(!s.is_connected());
+    s.connect(t0);
+    #[rustfmt::skip]
+    assert_eq!(drain(&mut s), [
+        0x10, 0x1e,                                     // CONNECT, remaining length 30
+        0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', // "MQIsdp"
+        0x03,                                           // level 3
+        0xec,                                           // user, password, will retain, will QoS 1, will; persistent
+        0x00, 0x1e,                                     // keepalive 30
+        0x00, 0x02, b'i', b'd',                         // client id
+        0x00, 0x01, b'w',                               // will topic
+        0x00, 0x03, b'b', b'y', b'e',                   // will message
+        0x00, 0x01, b'u',                               // user name
+        0x00, 0x01, b'p',                               // password
+    ]);
+    s.handle(connack(true), t0).unwrap();
+    assert!(s.is_connected() && s.session_present());
+    assert_eq!(
+        events(&mut s),
+        [Event::Connected {
+            session_present: true
+        }]
+    );
+}
+
+#[test]
+fn refused_connack_is_an_error_with_its_code() {
+    let t0 = Instant::now();
+    let mut s = state_with(config(), t0);
+    s.connect(t0);
+    let refused = Packet::ConnAck(ConnAck {
+        session_present: false,
+        code: ConnectReturnCode::NotAuthorized,
+    });
+    let err = s.handle(refused, t0).unwrap_err();
+    assert!(matches!(
+        err,
+        ClientError::Refused(ConnectReturnCode::NotAuthorized)
+    ));
+    assert!(!s.is_connected());
+}
+
+#[test]
+fn handshake_protocol_violations() {
+    let t0 = Instant::now();
+    let mut s = state_with(config(), t0);
+    s.connect(t0);
+    let err = s.handle(Packet::PingResp, t0).unwrap_err();
+    assert!(matches!(
+        err,
+        ClientError::Protocol(ProtocolError::ExpectedConnAck(PacketType::PingResp))
+    ));
+
+    let mut s = state_with(config(), t0);
+    s.connect(t0);
+    let err = s.handle(connack(true), t0).unwrap_err();
+    assert!(matches!(
+        err,
+        ClientError::Protocol(ProtocolError::SessionPresentWithCleanSession)
+    ));
+
+    let mut s = connected(config(), t0);
+    for p in [
+        connack(false),
+        Packet::PingReq,
+        Packet::Disconnect,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: 1,
+            filters: vec![ByteStr::from("a")],
+        }),
+    ] {
+        let t = p.packet_type();
+        let err = s.handle(p, t0).unwrap_err();
+        assert!(
+            matches!(err, ClientError::Protocol(ProtocolError::UnexpectedPacket(u)) if u == t),
+            "{t:?}"
+        );
+    }
+}
+
+#[test]
+fn connack_deadline() {
+    let t0 = Instant::now();
+    let mut s = state_with(config(), t0);
+    s.connect(t0);
+    assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(3)));
+    s.poll(t0 + Duration::from_millis(2999)).unwrap();
+    let err = s.poll(t0 + Duration::from_secs(3)).unwrap_err();
+    assert_eq!(err.to_string(), "timed out after 3 s waiting for CONNACK");
+}
+
+#[test]
+fn qos1_publish_completes_on_puback() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    assert_eq!(
+        s.publish(publish("a/b", b"hi", QoS::AtLeastOnce), t0),
+        Ok(1)
+    );
+    #[rustfmt::skip]
+    assert_eq!(drain(&mut s), [
+        0x32, 0x09,                   // PUBLISH QoS 1
+        0x00, 0x03, b'a', b'/', b'b', // topic
+        0x00, 0x01,                   // packet id 1
+        b'h', b'i',
+    ]);
+    assert_eq!(s.inflight(), 1);
+    s.handle(Packet::PubAck(1), t0).unwrap();
+    assert_eq!(events(&mut s), [Event::Published(1)]);
+    assert_eq!(s.inflight(), 0);
+    // A late duplicate PUBACK is ignored.
+    s.handle(Packet::PubAck(1), t0).unwrap();
+    assert!(events(&mut s).is_empty());
+    assert!(drain(&mut s).is_empty());
+}
+
+#[test]
+fn qos2_publish_pubrec_pubrel_pubcomp() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    assert_eq!(s.publish(publish("t", b"", QoS::ExactlyOnce), t0), Ok(1));
+    assert_eq!(drain(&mut s), [0x34, 0x05, 0x00, 0x01, b't', 0x00, 0x01]);
+    s.handle(Packet::PubRec(1), t0).unwrap();
+    assert_eq!(drain(&mut s), [0x62, 0x02, 0x00, 0x01]); // PUBREL id 1
+    assert!(events(&mut s).is_empty(), "not complete before PUBCOMP");
+    // A repeated PUBREC gets PUBREL again.
+    s.handle(Packet::PubRec(1), t0).unwrap();
+    assert_eq!(drain(&mut s), [0x62, 0x02, 0x00, 0x01]);
+    s.handle(Packet::PubComp(1), t0).unwrap();
+    assert_eq!(events(&mut s), [Event::Published(1)]);
+    assert_eq!(s.inflight(), 0);
+    // PUBREC for an id we do not know: PUBREL lets the server finish.
+    s.handle(Packet::PubRec(9), t0).unwrap();
+    assert_eq!(drain(&mut s), [0x62, 0x02, 0x00, 0x09]);
+}
+
+#[test]
+fn acknowledgements_of_the_wrong_kind_are_protocol_violations() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.publish(publish("t", b"", QoS::ExactlyOnce), t0).unwrap();
+    let err = s.handle(Packet::PubAck(1), t0).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "protocol violation by the server: PubAck for packet 1, which is waiting for PubRec"
+    );
+    let mut s = connected(config(), t0);
+    s.publish(publish("t", b"", QoS::AtLeastOnce), t0).unwrap();
+    assert!(s.handle(Packet::PubRec(1), t0).is_err());
+    let mut s = connected(config(), t0);
+    s.publish(publish("t", b"", QoS::AtLeastOnce), t0).unwrap();
+    assert!(s.handle(Packet::PubComp(1), t0).is_err());
+}
+
+#[test]
+fn window_limits_qos1_and_qos2_but_not_qos0() {
+    let t0 = Instant::now();
+    let mut s = connected(
+        StateConfig {
+            max_inflight: 2,
+            ..config()
+        },
+        t0,
+    );
+    assert_eq!(s.publish(publish("t", b"", QoS::AtLeastOnce), t0), Ok(1));
+    assert_eq!(s.publish(publish("t", b"", QoS::ExactlyOnce), t0), Ok(2));
+    assert!(!s.window_open());
+    assert_eq!(
+        s.publish(publish("t", b"", QoS::AtLeastOnce), t0),
+        Err(WindowFull)
+    );
+    assert_eq!(s.publish(publish("t", b"x", QoS::AtMostOnce), t0), Ok(0));
+    s.handle(Packet::PubAck(1), t0).unwrap();
+    assert!(s.window_open());
+    assert_eq!(s.publish(publish("t", b"", QoS::AtLeastOnce), t0), Ok(3));
+    #[rustfmt::skip]
+    assert_eq!(drain(&mut s), [
+        0x32, 0x05, 0x00, 0x01, b't', 0x00, 0x01, // QoS 1, id 1
+        0x34, 0x05, 0x00, 0x01, b't', 0x00, 0x02, // QoS 2, id 2
+        0x30, 0x04, 0x00, 0x01, b't', b'x',       // QoS 0, no id
+        0x32, 0x05, 0x00, 0x01, b't', 0x00, 0x03, // QoS 1, id 3
+    ]);
+}
+
+#[test]
+fn ids_in_flight_are_never_reused_even_after_wrapping() {
+    let t0 = Instant::now();
+    let mut s = connected(
+        StateConfig {
+            max_inflight: 65_535,
+            ..config()
+        },
+        t0,
+    );
+    // Id 1 stays in flight while 65534 others come and go, twice around.
+    assert_eq!(s.publish(publish("t", b"", QoS::AtLeastOnce), t0), Ok(1));
+    for round in 0..2 {
+        for expected in 2..=u16::MAX {
+            let id = s.publish(publish("t", b"", QoS::AtLeastOnce), t0).unwrap();
+            assert_eq!(id, expected, "round {round}");
+            s.handle(Packet::PubAck(id), t0).unwrap();
+        }
+    }
+    drain(&mut s);
+    // Fill every id: the window is closed and SUBSCRIBE has no id either.
+    for _ in 2..=u16::MAX {
+        s.publish(publish("t", b"", QoS::AtLeastOnce), t0).unwrap();
+    }
+    assert_eq!(
+        s.publish(publish("t", b"", QoS::AtLeastOnce), t0),
+        Err(WindowFull)
+    );
+    assert!(matches!(
+        s.subscribe(vec![(ByteStr::from("a"), QoS::AtMostOnce)], t0),
+        Err(ClientError::NoPacketId)
+    ));
+    s.handle(Packet::PubAck(1000), t0).unwrap();
+    assert_eq!(
+        s.subscribe(vec![(ByteStr::from("a"), QoS::AtMostOnce)], t0)
+            .unwrap(),
+        1000
+    );
+}
+
+#[test]
+fn incoming_qos0_and_qos1() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.handle(incoming(QoS::AtMostOnce, 0, false), t0).unwrap();
+    s.handle(incoming(QoS::AtLeastOnce, 7, false), t0).unwrap();
+    assert_eq!(drain(&mut s), [0x40, 0x02, 0x00, 0x07]); // PUBACK 7 only
+    let got = events(&mut s);
+    assert_eq!(got.len(), 2);
+    assert!(matches!(&got[1], Event::Message(p) if p.packet_id == 7 && p.qos == QoS::AtLeastOnce));
+}
+
+#[test]
+fn incoming_qos2_is_delivered_exactly_once() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.handle(incoming(QoS::ExactlyOnce, 5, false), t0).unwrap();
+    assert_eq!(drain(&mut s), [0x50, 0x02, 0x00, 0x05]); // PUBREC 5
+    assert_eq!(events(&mut s).len(), 1);
+    // The server did not see our PUBREC and sends the PUBLISH again: PUBREC, no delivery.
+    s.handle(incoming(QoS::ExactlyOnce, 5, true), t0).unwrap();
+    assert_eq!(drain(&mut s), [0x50, 0x02, 0x00, 0x05]);
+    assert!(events(&mut s).is_empty());
+    assert_eq!(s.incoming_unreleased(), 1);
+    s.handle(Packet::PubRel(5), t0).unwrap();
+    assert_eq!(drain(&mut s), [0x70, 0x02, 0x00, 0x05]); // PUBCOMP 5
+    assert_eq!(s.incoming_unreleased(), 0);
+    // A repeated PUBREL is answered again; after release the id carries a new message.
+    s.handle(Packet::PubRel(5), t0).unwrap();
+    assert_eq!(drain(&mut s), [0x70, 0x02, 0x00, 0x05]);
+    s.handle(incoming(QoS::ExactlyOnce, 5, false), t0).unwrap();
+    assert_eq!(events(&mut s).len(), 1);
+}
+
+#[test]
+fn subscribe_and_unsubscribe_resolve_on_their_acks() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    let filters = vec![
+        (ByteStr::from("a/+"), QoS::AtLeastOnce),
+        (ByteStr::from("#"), QoS::ExactlyOnce),
+    ];
+    assert_eq!(s.subscribe(filters, t0).unwrap(), 1);
+    #[rustfmt::skip]
+    assert_eq!(drain(&mut s), [
+        0x82, 0x0c, 0x00, 0x01,
+        0x00, 0x03, b'a', b'/', b'+', 0x01,
+        0x00, 0x01, b'#', 0x02,
+    ]);
+    let codes = vec![
+        SubscribeReturnCode::Success(QoS::AtLeastOnce),
+        SubscribeReturnCode::Failure,
+    ];
+    s.handle(
+        Packet::SubAck(SubAck {
+            packet_id: 1,
+            return_codes: codes.clone(),
+        }),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(
+        events(&mut s),
+        [Event::Subscribed {
+            packet_id: 1,
+            return_codes: codes
+        }]
+    );
+    assert_eq!(s.unsubscribe(vec![ByteStr::from("a/+")], t0).unwrap(), 2);
+    assert_eq!(
+        drain(&mut s),
+        [0xa2, 0x07, 0x00, 0x02, 0x00, 0x03, b'a', b'/', b'+']
+    );
+    // SUBACK for the UNSUBSCRIBE's id is wrong; UNSUBACK is right.
+    let wrong = Packet::SubAck(SubAck {
+        packet_id: 2,
+        return_codes: vec![SubscribeReturnCode::Failure],
+    });
+    assert!(s.handle(wrong, t0).is_err());
+    s.handle(Packet::UnsubAck(2), t0).unwrap();
+    assert_eq!(events(&mut s), [Event::Unsubscribed(2)]);
+}
+
+#[test]
+fn suback_with_the_wrong_number_of_codes_is_a_violation() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.subscribe(vec![(ByteStr::from("a"), QoS::AtMostOnce)], t0)
+        .unwrap();
+    let ack = Packet::SubAck(SubAck {
+        packet_id: 1,
+        return_codes: vec![SubscribeReturnCode::Failure; 2],
+    });
+    let err = s.handle(ack, t0).unwrap_err();
+    assert!(matches!(
+        err,
+        ClientError::Protocol(ProtocolError::SubAckCount {
+            expected: 1,
+            got: 2,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn keepalive_pings_when_idle_and_gives_up_without_pingresp() {
+    let t0 = Instant::now();
+    let s_ = |secs: u64| t0 + Duration::from_secs(secs);
+    let mut s = connected(config(), t0);
+    assert_eq!(s.next_deadline(), Some(s_(10)));
+    s.poll(s_(9)).unwrap();
+    assert!(drain(&mut s).is_empty());
+    s.poll(s_(10)).unwrap();
+    assert_eq!(drain(&mut s), [0xc0, 0x00]); // PINGREQ
+                                             // One ping at a time; the deadline is now the PINGRESP's.
+    s.poll(s_(12)).unwrap();
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.next_deadline(), Some(s_(15)));
+    s.handle(Packet::PingResp, s_(12)).unwrap();
+    // Sent at 10, received at 12: the next ping is due at 20.
+    assert_eq!(s.next_deadline(), Some(s_(20)));
+    s.poll(s_(20)).unwrap();
+    assert_eq!(drain(&mut s), [0xc0, 0x00]);
+    let err = s.poll(s_(25)).unwrap_err();
+    assert_eq!(err.to_string(), "timed out after 5 s waiting for PINGRESP");
+}
+
+#[test]
+fn keepalive_counts_both_directions() {
+    let t0 = Instant::now();
+    let s_ = |secs: u64| t0 + Duration::from_secs(secs);
+    let mut s = connected(config(), t0);
+    // Sending alone does not postpone the ping: the server has been silent since t0.
+    s.publish(publish("t", b"", QoS::AtMostOnce), s_(6))
+        .unwrap();
+    assert_eq!(s.next_deadline(), Some(s_(10)));
+    // Traffic both ways does.
+    s.handle(incoming(QoS::AtMostOnce, 0, false), s_(7))
+        .unwrap();
+    assert_eq!(s.next_deadline(), Some(s_(16)));
+    // Receiving alone does not either (MQTT-3.1.2-23 is about what the client sends).
+    s.handle(incoming(QoS::AtMostOnce, 0, false), s_(15))
+        .unwrap();
+    assert_eq!(s.next_deadline(), Some(s_(16)));
+    // Keepalive 0: never.
+    let mut s = connected(
+        StateConfig {
+            keep_alive: Duration::ZERO,
+            ..config()
+        },
+        t0,
+    );
+    assert_eq!(s.next_deadline(), None);
+    s.poll(s_(100_000)).unwrap();
+    assert!(drain(&mut s).is_empty());
+}
+
+#[test]
+fn persistent_session_resends_in_order_after_reconnect() {
+    let t0 = Instant::now();
+    let persistent = StateConfig {
+        clean_session: false,
+        ..config()
+    };
+    let mut s = connected(persistent, t0);
+    s.publish(publish("a", b"1", QoS::AtLeastOnce), t0).unwrap(); // id 1: unacked
+    s.publish(publish("b", b"2", QoS::ExactlyOnce), t0).unwrap(); // id 2: PUBREC received
+    s.publish(publish("c", b"3", QoS::ExactlyOnce), t0).unwrap(); // id 3: unacked
+    s.publish(publish("d", b"4", QoS::AtLeastOnce), t0).unwrap(); // id 4: acked
+    s.handle(Packet::PubRec(2), t0).unwrap();
+    s.handle(Packet::PubAck(4), t0).unwrap();
+    s.subscribe(vec![(ByteStr::from("x"), QoS::AtMostOnce)], t0)
+        .unwrap(); // id 5
+    s.handle(incoming(QoS::ExactlyOnce, 9, false), t0).unwrap();
+    drain(&mut s);
+    events(&mut s);
+
+    s.connection_lost();
+    // Only the request is abandoned; the session keeps the messages.
+    assert_eq!(events(&mut s), [Event::Abandoned(5)]);
+    // Published while away: queued, not sent, and without DUP when it goes out.
+    s.publish(publish("e", b"5", QoS::AtLeastOnce), t0).unwrap();
+    assert!(s
+        .publish(publish("f", b"", QoS::AtMostOnce), t0)
+        .is_ok_and(|id| id == 0));
+    assert!(drain(&mut s).is_empty());
+
+    s.connect(t0);
+    assert_eq!(drain(&mut s)[0], 0x10);
+    s.handle(connack(true), t0).unwrap();
+    #[rustfmt::skip]
+    assert_eq!(drain(&mut s), [
+        0x3a, 0x06, 0x00, 0x01, b'a', 0x00, 0x01, b'1', // PUBLISH DUP QoS 1, id 1
+        0x62, 0x02, 0x00, 0x02,                         // PUBREL id 2
+        0x3c, 0x06, 0x00, 0x01, b'c', 0x00, 0x03, b'3', // PUBLISH DUP QoS 2, id 3
+        0x32, 0x06, 0x00, 0x01, b'e', 0x00, 0x06, b'5', // PUBLISH QoS 1, id 6 (first send)
+    ]);
+    // The server kept the session: its QoS 2 message 9 is still a duplicate.
+    s.handle(incoming(QoS::ExactlyOnce, 9, true), t0).unwrap();
+    assert_eq!(
+        events(&mut s),
+        [Event::Connected {
+            session_present: true
+        }]
+    );
+}
+
+#[test]
+fn lost_server_session_forgets_incoming_qos2_ids() {
+    let t0 = Instant::now();
+    let persistent = StateConfig {
+        clean_session: false,
+        ..config()
+    };
+    let mut s = connected(persistent, t0);
+    s.handle(incoming(QoS::ExactlyOnce, 9, false), t0).unwrap();
+    s.connection_lost();
+    s.connect(t0);
+    s.handle(connack(false), t0).unwrap();
+    events(&mut s);
+    // Id 9 is a new message now: the server no longer knows the old one.
+    s.handle(incoming(QoS::ExactlyOnce, 9, false), t0).unwrap();
+    assert!(matches!(events(&mut s)[..], [Event::Message(_)]));
+}
+
+#[test]
+fn clean_session_abandons_everything_on_loss() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.publish(publish("a", b"", QoS::AtLeastOnce), t0).unwrap();
+    s.subscribe(vec![(ByteStr::from("x"), QoS::AtMostOnce)], t0)
+        .unwrap();
+    s.publish(publish("a", b"", QoS::ExactlyOnce), t0).unwrap();
+    s.handle(incoming(QoS::ExactlyOnce, 4, false), t0).unwrap();
+    events(&mut s);
+    s.connection_lost();
+    assert_eq!(
+        events(&mut s),
+        [
+            Event::Abandoned(1),
+            Event::Abandoned(2),
+            Event::Abandoned(3)
+        ]
+    );
+    assert_eq!((s.inflight(), s.incoming_unreleased()), (0, 0));
+    assert!(drain(&mut s).is_empty());
+    assert!(matches!(
+        s.subscribe(vec![(ByteStr::from("x"), QoS::AtMostOnce)], t0),
+        Err(ClientError::Disconnected)
+    ));
+    s.connect(t0);
+    s.handle(connack(false), t0).unwrap();
+    assert_eq!(drain(&mut s).len(), 15, "only CONNECT: nothing to resend");
+}
+
+#[test]
+fn disconnect_sends_disconnect_and_ignores_what_follows() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.disconnect(t0);
+    assert_eq!(drain(&mut s), [0xe0, 0x00]);
+    assert!(!s.is_connected());
+    s.handle(incoming(QoS::AtLeastOnce, 1, false), t0).unwrap();
+    assert!(drain(&mut s).is_empty() && events(&mut s).is_empty());
+    assert_eq!(s.next_deadline(), None);
+}
+
+#[test]
+fn ping_deadline_waits_while_the_caller_is_not_reading() {
+    let t0 = Instant::now();
+    let s_ = |secs: u64| t0 + Duration::from_secs(secs);
+    let mut s = connected(config(), t0);
+    s.poll(s_(10)).unwrap();
+    assert_eq!(drain(&mut s), [0xc0, 0x00]);
+    // Not reading from 12 on: the PINGRESP may be unread, so its deadline moves along.
+    s.hold_ping_deadline(s_(14));
+    s.poll(s_(18)).unwrap();
+    assert_eq!(s.next_deadline(), Some(s_(19)));
+    assert!(s.poll(s_(19)).is_err());
+    // Without a ping outstanding there is nothing to hold.
+    let mut s = connected(config(), t0);
+    s.hold_ping_deadline(s_(5));
+    assert_eq!(s.next_deadline(), Some(s_(10)));
+}
