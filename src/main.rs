@@ -37,9 +37,15 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
             // One line naming the flag; clap's usage block after it is noise for a typo.
+            // Clap's first paragraph, on one line: for a missing argument the flag is on the
+            // line after "the following required arguments were not provided:".
             let rendered = e.to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("surgemq: {}", first.trim_start_matches("error: "));
+            let first: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("surgemq: {}", first.join(" ").trim_start_matches("error: "));
             return ExitCode::from(2);
         }
         Err(e) => e.exit(), // --help, --version

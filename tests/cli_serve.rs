@@ -49,6 +49,7 @@ fn bad_flag_values_give_one_line_naming_the_flag() {
         (&["serve", "--listen", "not-an-address"][..], "--listen"),
         (&["serve", "--shards", "many"][..], "--shards"),
         (&["serve", "--no-such-flag"][..], "--no-such-flag"),
+        (&["passwd", "-b"][..], "<FILE>"),
     ] {
         let (ok, err) = stderr_of(args);
         assert!(!ok, "{args:?} should fail");
