@@ -1,0 +1,124 @@
+//! End-to-end tests of the broker's limits: `max_connections` (CONNACK 3 for the extra client,
+//! the others unaffected, room again once one leaves) and `max_packet_size` (the exact
+//! boundary, and an oversize packet closing only its own connection).
+
+mod common;
+
+use common::*;
+use surgemq::broker::BrokerConfig;
+use surgemq::protocol::Packet;
+
+#[test]
+fn max_connections_refuses_extra_clients_with_connack_3() {
+    with_shards(|shards| {
+        let broker = Broker::with_config(BrokerConfig {
+            shards,
+            max_connections: 3,
+            ..test_config()
+        });
+        let (sub_id, pub_id) = broker.ids_apart("full-sub", "full-pub");
+        let mut sub = broker.connect(&sub_id);
+        sub.subscribe(1, &[("full/t", 1)]);
+        let mut publisher = broker.connect(&pub_id);
+        let mut third = broker.connect(&broker.id_on("full-third", shards - 1));
+        third.subscribe(1, &[("full/t", 1)]);
+        // Full: the 4th gets CONNACK 3 (server unavailable), then the connection is closed.
+        // Repeated, so that with 2 shards both shards refuse some.
+        let mut refused = 0;
+        for attempt in 0..4 {
+            let extra = ConnectBuilder::new(&format!("full-extra-{attempt}"));
+            let mut c = broker.connect_expecting(&extra, &[0x20, 0x02, 0x00, 0x03]);
+            c.expect_closed();
+            refused += 1;
+        }
+        // The three keep publishing and receiving at QoS 1.
+        for round in 1..=3u16 {
+            let text = format!("round {round}");
+            publisher.publish1("full/t", text.as_bytes(), false, round);
+            for c in [&mut sub, &mut third] {
+                let (m, frame) = c.next_publish();
+                assert_eq!(frame[0], 0x32);
+                assert_eq!(m.payload, text.as_bytes());
+                c.ack(&m);
+            }
+        }
+        // Once one has left, there is room for a new one (and only one).
+        third.disconnect();
+        let mut fourth = broker.connect(&broker.id_on("full-fourth", shards - 1));
+        fourth.subscribe(1, &[("full/t", 1)]);
+        let mut c = broker.connect_expecting(
+            &ConnectBuilder::new("full-extra-again"),
+            &[0x20, 0x02, 0x00, 0x03],
+        );
+        c.expect_closed();
+        refused += 1;
+        publisher.publish1("full/t", b"after the change", false, 10);
+        for c in [&mut sub, &mut fourth] {
+            let (m, _) = c.next_publish();
+            assert_eq!(m.payload, &b"after the change"[..]);
+            c.ack(&m);
+            c.ping();
+        }
+        let metrics = broker.shutdown();
+        assert_eq!(
+            metrics
+                .iter()
+                .map(|m| m.refused_max_connections)
+                .sum::<u64>(),
+            refused
+        );
+    });
+}
+
+/// A QoS 1 PUBLISH to `topic` that is exactly `size` bytes long, fixed header included.
+fn publish_of_size(topic: &str, size: usize, packet_id: u16) -> Vec<u8> {
+    let overhead = publish(topic, b"", 1, false, false, packet_id).len();
+    // The Remaining Length field grows with the payload; try the lengths it can have.
+    (size.saturating_sub(overhead + 3)..=size - overhead)
+        .map(|n| publish(topic, &vec![b'x'; n], 1, false, false, packet_id))
+        .find(|p| p.len() == size)
+        .expect("some payload length gives the size")
+}
+
+#[test]
+fn max_packet_size_closes_only_the_offending_connection() {
+    with_shards(|shards| {
+        let broker = Broker::with_config(BrokerConfig {
+            shards,
+            max_packet_size: 1024,
+            ..test_config()
+        });
+        let mut healthy = Healthy::new(&broker);
+        let mut sub = broker.connect(&broker.id_on("mps-sub", 0));
+        sub.subscribe(1, &[("mps/t", 1)]);
+        let mut marker_id = 100;
+        for shard in 0..shards {
+            let id = broker.id_on("mps", shard);
+            let mut c = broker.connect(&id);
+            // The limit counts the whole packet: 1024 bytes pass...
+            let exact = publish_of_size("mps/t", 1024, 1);
+            assert_eq!(exact.len(), 1024);
+            c.send(&exact);
+            c.expect_bytes(&puback(1));
+            let (m, _) = sub.next_publish();
+            let Packet::Publish(sent) = parse(&exact) else {
+                unreachable!("a PUBLISH")
+            };
+            assert_eq!(m.payload, sent.payload);
+            sub.ack(&m);
+            // ...1025 bytes close the connection without an answer.
+            c.try_send(&publish_of_size("mps/t", 1025, 2));
+            c.expect_closed();
+            // So does a 2 KiB PUBLISH.
+            let mut c = broker.connect(&id);
+            c.try_send(&publish_of_size("mps/t", 2048, 3));
+            c.expect_closed();
+            // The others are unaffected, and neither oversize message was forwarded.
+            healthy.check();
+            let mut p = broker.connect(&broker.id_on("mps-pub", shard));
+            marker_id += 1;
+            p.publish1("mps/t", b"marker", false, marker_id);
+            assert_eq!(sub.payloads_until(b"marker"), Vec::<Vec<u8>>::new());
+        }
+    });
+}
