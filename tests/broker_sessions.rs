@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::*;
 use surgemq::broker::{BrokerConfig, MetricsSnapshot};
-use surgemq::protocol::Publish;
+use surgemq::protocol::{Packet, Publish};
 
 /// Reconnect rounds: with 2 shards, each reconnect has about even odds of being accepted by
 /// the shard that does not own the session, so 8 rounds all but surely include such moves.
@@ -194,7 +194,170 @@ fn offline_queue_byte_bound_keeps_the_messages_that_fit() {
     });
 }
 
+#[test]
+fn unsubscribe_is_remembered_by_the_stored_session() {
+    with_shards(|shards| {
+        let broker = Broker::start(shards);
+        let (sub_id, pub_id) = broker.ids_apart("unsub-kept", "unsub-kept-pub");
+        let persistent = ConnectBuilder::new(&sub_id).clean(false);
+        let mut s = broker.connect_with(&persistent);
+        s.subscribe(1, &[("kept/a", 1), ("kept/b", 1)]);
+        s.send(&unsubscribe(2, &["kept/a"]));
+        s.expect_bytes(&[0xb0, 0x02, 0x00, 0x02]);
+        s.disconnect();
+        let mut p = broker.connect(&pub_id);
+        let mut witness = Witness::new(&broker, "unsub-kept", 0);
+        p.publish1("kept/a", b"unsubscribed", false, 1);
+        p.publish1("kept/b", b"subscribed", false, 2);
+        witness.settle(&mut p);
+        let mut s = broker.resume(&persistent);
+        p.publish1("kept/b", b"marker", false, 3);
+        assert_eq!(
+            payloads(&s.publishes_until(b"marker")),
+            vec![b"subscribed".to_vec()]
+        );
+        // Still unsubscribed after the resume, too.
+        p.publish1("kept/a", b"unsubscribed", false, 4);
+        p.publish1("kept/b", b"marker", false, 5);
+        assert_eq!(
+            payloads(&s.publishes_until(b"marker")),
+            Vec::<Vec<u8>>::new()
+        );
+    });
+}
+
+#[test]
+fn resuming_does_not_send_retained_messages_again() {
+    // Retained messages go to a subscriber when it subscribes (MQTT-3.3.1-6); a resumed
+    // session has not subscribed again.
+    with_shards(|shards| {
+        let broker = Broker::start(shards);
+        let (sub_id, pub_id) = broker.ids_apart("ret-resume", "ret-resume-pub");
+        let mut p = broker.connect(&pub_id);
+        p.publish1("retres/t", b"retained", true, 1);
+        let persistent = ConnectBuilder::new(&sub_id).clean(false);
+        let mut s = broker.connect_with(&persistent);
+        let frames = s.subscribe_expecting(1, &[("retres/t", 1)], 1);
+        assert_eq!(frames[0][0], 0x33, "retained delivery: {:02x?}", frames[0]);
+        let Packet::Publish(m) = parse(&frames[0]) else {
+            unreachable!("a PUBLISH")
+        };
+        s.ack(&m);
+        s.disconnect();
+        let mut pid = 1;
+        for _ in 0..rounds(shards) {
+            let mut s = broker.resume(&persistent);
+            pid += 1;
+            p.publish1("retres/t", b"marker", false, pid);
+            assert_eq!(
+                payloads(&s.publishes_until(b"marker")),
+                Vec::<Vec<u8>>::new()
+            );
+            s.disconnect();
+        }
+    });
+}
+
+#[test]
+fn mqtt31_client_resumes_its_session_without_a_session_present_flag() {
+    // MQTT 3.1 (MQIsdp, level 3) has no Session Present flag: that CONNACK byte is reserved
+    // and 0, yet the session is resumed.
+    with_shards(|shards| {
+        let broker = Broker::start(shards);
+        let (sub_id, pub_id) = broker.ids_apart("v31-persist", "v31-persist-pub");
+        let persistent = ConnectBuilder::new(&sub_id)
+            .protocol(b"MQIsdp", 3)
+            .clean(false);
+        let mut s = broker.connect_with(&persistent);
+        s.subscribe(1, &[("v31p/t", 1)]);
+        s.disconnect();
+        let mut p = broker.connect(&pub_id);
+        let mut witness = Witness::new(&broker, "v31-persist", 0);
+        let mut pid = 0;
+        for round in 0..rounds(shards) {
+            let text = format!("round {round}: while away");
+            pid += 1;
+            p.publish1("v31p/t", text.as_bytes(), false, pid);
+            witness.settle(&mut p);
+            let mut s = broker.connect_with(&persistent); // 20 02 00 00
+            pid += 1;
+            p.publish1("v31p/t", b"marker", false, pid);
+            assert_eq!(
+                payloads(&s.publishes_until(b"marker")),
+                vec![text.into_bytes()]
+            );
+            s.disconnect();
+        }
+    });
+}
+
 // ----- redelivery of unacknowledged messages -------------------------------------------------
+
+#[test]
+fn resent_and_stored_messages_respect_the_inflight_window() {
+    with_shards(|shards| {
+        let broker = Broker::with_config(BrokerConfig {
+            shards,
+            max_inflight: 2,
+            ..test_config()
+        });
+        let (sub_id, pub_id) = broker.ids_apart("window", "window-pub");
+        let persistent = ConnectBuilder::new(&sub_id).clean(false);
+        let mut s = broker.connect_with(&persistent);
+        s.subscribe(1, &[("window/t", 1)]);
+        s.disconnect();
+        let mut p = broker.connect(&pub_id);
+        let mut witness = Witness::new(&broker, "window", 0);
+        for i in 0..5u16 {
+            p.publish1("window/t", format!("m{i}").as_bytes(), false, i + 1);
+        }
+        witness.settle(&mut p);
+        // Two of the five stored messages fill the window; the client goes away unacknowledged.
+        let mut s = broker.resume(&persistent);
+        let first: Vec<_> = (0..2).map(|_| s.next_publish()).collect();
+        for (i, (m, frame)) in first.iter().enumerate() {
+            let text = format!("m{i}");
+            assert_eq!(
+                *frame,
+                publish("window/t", text.as_bytes(), 1, false, false, m.packet_id)
+            );
+        }
+        s.expect_nothing();
+        s.crash_and_wait();
+        // Both are re-sent first, with DUP; the rest follow one per PUBACK.
+        let mut s = broker.resume(&persistent);
+        for (i, (m, _)) in first.iter().enumerate() {
+            let text = format!("m{i}");
+            s.expect_bytes(&publish(
+                "window/t",
+                text.as_bytes(),
+                1,
+                false,
+                true,
+                m.packet_id,
+            ));
+        }
+        s.expect_nothing();
+        for (i, (m, _)) in first.iter().enumerate() {
+            s.send(&puback(m.packet_id));
+            let (next, frame) = s.next_publish();
+            let text = format!("m{}", i + 2);
+            assert_eq!(
+                frame,
+                publish("window/t", text.as_bytes(), 1, false, false, next.packet_id)
+            );
+            s.ack(&next);
+        }
+        let (last, _) = s.next_publish();
+        assert_eq!(last.payload, &b"m4"[..]);
+        s.ack(&last);
+        p.publish1("window/t", b"marker", false, 6);
+        assert_eq!(
+            payloads(&s.publishes_until(b"marker")),
+            Vec::<Vec<u8>>::new()
+        );
+    });
+}
 
 /// A connected persistent subscriber of `topic` at `qos` (the first connection: no session yet)
 /// with its publisher on the other shard and a witness on the subscriber's shard.
