@@ -4,7 +4,11 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use common::*;
+use surgemq::auth::{AclFile, FileAuthenticator};
 use surgemq::broker::BrokerConfig;
 use surgemq::protocol::Packet;
 
@@ -120,5 +124,65 @@ fn max_packet_size_closes_only_the_offending_connection() {
             p.publish1("mps/t", b"marker", false, marker_id);
             assert_eq!(sub.payloads_until(b"marker"), Vec::<Vec<u8>>::new());
         }
+    });
+}
+
+#[test]
+fn connection_slots_come_back_however_a_connection_ends() {
+    // Every way a connection can end must give its slot back: after each of them has happened
+    // on every shard, two clients still fit in max_connections = 2, and a third does not.
+    with_shards(|shards| {
+        let acl = AclFile::parse("topic readwrite ok/#\n", "test.acl").unwrap();
+        let broker = Broker::with_config(BrokerConfig {
+            shards,
+            max_connections: 2,
+            connect_timeout: Duration::from_millis(300),
+            authenticator: Arc::new(FileAuthenticator {
+                passwords: None,
+                allow_anonymous: true,
+                acl: Some(acl),
+            }),
+            ..test_config()
+        });
+        for shard in 0..shards {
+            let id = broker.id_on("slots", shard);
+            // DISCONNECT.
+            broker.connect(&id).disconnect();
+            // The socket drops.
+            broker.connect(&id).crash_and_wait();
+            // Taken over (both slots in use for a moment).
+            let old = broker.connect(&id);
+            let new = broker.connect(&id);
+            let mut old = old;
+            old.expect_closed();
+            new.disconnect();
+            // Refused by the authenticator: a will to a topic it may not publish to.
+            let refused = ConnectBuilder::new(&id).will("no/x", b"w", 0, false);
+            broker
+                .connect_expecting(&refused, &[0x20, 0x02, 0x00, 0x05])
+                .expect_closed();
+            // Unsupported protocol level: CONNACK 1.
+            let old_level = ConnectBuilder::new(&id).protocol(b"MQTT", 5);
+            broker
+                .connect_expecting(&old_level, &[0x20, 0x02, 0x00, 0x01])
+                .expect_closed();
+            // Protocol violation after CONNECT.
+            let mut c = broker.connect(&id);
+            c.send(&[0x60, 0x02, 0x00, 0x01]); // PUBREL with reserved flags 0000 (MQTT-3.6.1-1)
+            c.expect_closed();
+            // First packet not CONNECT.
+            let mut c = broker.socket();
+            c.send(&[0xc0, 0x00]);
+            c.expect_closed();
+            // No CONNECT within the connect timeout.
+            broker.socket().expect_closed();
+        }
+        let mut a = broker.connect(&broker.id_on("slots-a", 0));
+        let mut b = broker.connect(&broker.id_on("slots-b", shards - 1));
+        let mut c =
+            broker.connect_expecting(&ConnectBuilder::new("slots-c"), &[0x20, 0x02, 0x00, 0x03]);
+        c.expect_closed();
+        a.ping();
+        b.ping();
     });
 }
