@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use surgemq::auth::{AclFile, FileAuthenticator, PasswordFile};
 use surgemq::broker::BrokerConfig;
+use surgemq::protocol::Packet;
 
 // ----- files --------------------------------------------------------------------------------
 
@@ -149,7 +150,8 @@ fn allow_anonymous_accepts_clients_without_a_user_name() {
 
 /// Without a password file, user names are labels the ACL applies to.
 const ACL: &str = "\
-# Anonymous clients: no rules, so nothing is allowed.
+# Anonymous clients: only the tests' witnesses (see common::Witness) may read.
+topic read witness/#
 
 user alice
 topic read sensors/#
@@ -162,6 +164,8 @@ topic write sensors/#
 
 # Everyone with a user name may write to their own command topic.
 pattern write cmd/%u
+# Everyone may write to the witnesses.
+pattern write witness/#
 ";
 
 fn acl_broker(shards: usize) -> Broker {
@@ -227,7 +231,7 @@ fn acl_decides_each_filter_of_a_subscribe() {
             Vec::<Vec<u8>>::new(),
             "alice was refused cmd/#"
         );
-        // An anonymous client has no rules at all.
+        // An anonymous client may read nothing but the witnesses' topics.
         let mut anon = broker.connect(&broker.id_on("acl-anon", shards - 1));
         anon.send(&subscribe(2, &[("sensors/#", 0), ("#", 0)]));
         anon.expect_bytes(&[0x90, 0x04, 0x00, 0x02, 0x80, 0x80]);
@@ -280,6 +284,56 @@ fn will_to_a_topic_the_user_may_not_publish_gets_connack_5() {
         let (m, _) = bob.next_publish();
         assert_eq!(m.payload, &b"alice is gone"[..]);
         bob.ack(&m);
+    });
+}
+
+#[test]
+fn another_user_resuming_a_session_does_not_inherit_its_read_rights() {
+    // The ACL grants reads per user: alice may read sensors/#, bob may not. A persistent
+    // session is found by client id only, so bob can connect with alice's client id; whatever
+    // the broker does then (refuse him, start a fresh session, or keep the session and check
+    // again), the sensor readings must not reach bob through alice's subscription.
+    with_shards(|shards| {
+        let broker = acl_broker(shards);
+        let (shared_id, writer_id) = broker.ids_apart("acl-shared", "acl-writer");
+        let mut alice = broker.connect_with(&user(&shared_id, "alice").clean(false));
+        alice.subscribe(1, &[("sensors/#", 1)]);
+        alice.disconnect();
+        let mut writer = broker.connect_with(&user(&writer_id, "bob"));
+        let mut witness = Witness::new(&broker, "acl-shared", 0);
+        writer.publish1("sensors/kitchen/temp", b"while alice is away", false, 1);
+        witness.settle(&mut writer);
+        let mut bob = broker.socket();
+        bob.send(&user(&shared_id, "bob").clean(false).build());
+        let connack = bob.next_frame();
+        assert_eq!(&connack[..2], &[0x20, 0x02], "CONNACK: {connack:02x?}");
+        if connack[3] != 0x00 {
+            return; // refused: nothing can reach him
+        }
+        // bob may read cmd/#: his own marker ends the check.
+        bob.send(&subscribe(9, &[("cmd/#", 1)]));
+        writer.publish1("sensors/kitchen/temp", b"after bob came", false, 2);
+        writer.publish1("cmd/bob", b"marker", false, 3);
+        let mut got = Vec::new();
+        loop {
+            let frame = bob.next_frame();
+            match parse(&frame) {
+                Packet::SubAck(ack) => assert_eq!(ack.packet_id, 9),
+                Packet::Publish(p) => {
+                    bob.ack(&p);
+                    if &p.payload[..] == b"marker" {
+                        break;
+                    }
+                    got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            got,
+            Vec::<String>::new(),
+            "bob received sensor readings he may not read (CONNACK {connack:02x?})"
+        );
     });
 }
 
