@@ -310,15 +310,20 @@ fn another_user_resuming_a_session_does_not_inherit_its_read_rights() {
         if connack[3] != 0x00 {
             return; // refused: nothing can reach him
         }
-        // bob may read cmd/#: his own marker ends the check.
+        // bob may read cmd/#: once subscribed, his own marker ends the check.
         bob.send(&subscribe(9, &[("cmd/#", 1)]));
-        writer.publish1("sensors/kitchen/temp", b"after bob came", false, 2);
-        writer.publish1("cmd/bob", b"marker", false, 3);
         let mut got = Vec::new();
+        let mut subscribed = false;
         loop {
             let frame = bob.next_frame();
             match parse(&frame) {
-                Packet::SubAck(ack) => assert_eq!(ack.packet_id, 9),
+                Packet::SubAck(_) => {
+                    assert_eq!(frame, [0x90, 0x03, 0x00, 0x09, 0x01]);
+                    assert!(!subscribed, "second SUBACK");
+                    subscribed = true;
+                    writer.publish1("sensors/kitchen/temp", b"after bob came", false, 2);
+                    writer.publish1("cmd/bob", b"marker", false, 3);
+                }
                 Packet::Publish(p) => {
                     bob.ack(&p);
                     if &p.payload[..] == b"marker" {
@@ -445,6 +450,16 @@ fn check_served(port: u16) {
     assert!(
         !wrong.status.success(),
         "a wrong password must fail: {wrong:?}"
+    );
+    // With a password file, clients without a user name are refused unless allowed.
+    let anonymous = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", "sensors/bob/temp", "-m", "anonymous", "-q", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        !anonymous.status.success(),
+        "anonymous must fail: {anonymous:?}"
     );
     let ok = mosquitto_pub(port, "bob", "hunter2", "sensors/bob/temp", "21.5");
     assert!(ok.status.success(), "{ok:?}");
