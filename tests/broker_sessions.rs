@@ -710,3 +710,38 @@ fn takeover_of_a_persistent_session_keeps_it() {
         }
     });
 }
+
+#[test]
+fn persistent_connection_taking_over_a_clean_one_starts_a_new_session() {
+    // The session of a CleanSession = 1 connection is not kept (MQTT-3.1.2-6), so a
+    // CleanSession = 0 connection taking it over finds no session: Session Present 0 and no
+    // subscription; the session it starts is kept from then on.
+    with_shards(|shards| {
+        let broker = Broker::start(shards);
+        let (id, pub_id) = broker.ids_apart("clean-to-persist", "clean-to-persist-pub");
+        let mut p = broker.connect(&pub_id);
+        let persistent = ConnectBuilder::new(&id).clean(false);
+        let mut pid = 0;
+        for round in 0..rounds(shards) {
+            let mut clean = broker.connect(&id);
+            clean.subscribe(1, &[("ctp/old", 1)]);
+            let mut s = broker.connect_with(&persistent); // 20 02 00 00
+            clean.expect_closed();
+            s.subscribe(2, &[("ctp/new", 1)]);
+            pid += 1;
+            p.publish1("ctp/old", b"to the clean session", false, pid);
+            pid += 1;
+            p.publish1("ctp/new", b"marker", false, pid);
+            assert_eq!(
+                payloads(&s.publishes_until(b"marker")),
+                Vec::<Vec<u8>>::new(),
+                "round {round}"
+            );
+            s.disconnect();
+            let s = broker.resume(&persistent);
+            s.disconnect();
+            // Discard it for the next round.
+            broker.connect(&id).disconnect();
+        }
+    });
+}
