@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use surgemq::broker::{self, BrokerConfig, BrokerHandle};
+use surgemq::broker::{self, BrokerConfig, BrokerHandle, MetricsSnapshot};
 use surgemq::protocol::{decode, frame_len, Packet, Publish, QoS};
 
 /// How long a read waits for bytes the broker owes us before the test fails.
@@ -75,6 +75,33 @@ impl Broker {
         // CONNACK, remaining length 2, session present 0, return code 0 (accepted).
         c.expect_bytes(&[0x20, 0x02, 0x00, 0x00]);
         c
+    }
+
+    /// A client that reconnects with CleanSession = 0 and must find its session: CONNACK
+    /// `20 02 01 00` (Session Present 1, accepted; MQTT-3.2.2-2).
+    #[track_caller]
+    pub fn resume(&self, connect: &ConnectBuilder) -> RawClient {
+        self.connect_expecting(connect, &[0x20, 0x02, 0x01, 0x00])
+    }
+
+    /// Sends `connect` on a new socket and expects exactly `connack`.
+    #[track_caller]
+    pub fn connect_expecting(&self, connect: &ConnectBuilder, connack: &[u8]) -> RawClient {
+        let mut c = self.socket();
+        c.send(&connect.build());
+        c.expect_bytes(connack);
+        c
+    }
+
+    /// Stops the broker and returns every shard's final counters.
+    pub fn shutdown(mut self) -> Vec<MetricsSnapshot> {
+        let handle = self.handle.take().expect("broker still running");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(handle.shutdown());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("broker shuts down within 10 s")
     }
 
     /// A client id that starts with `prefix` and whose home is `shard`.
@@ -188,6 +215,32 @@ impl RawClient {
     /// Closes the socket without DISCONNECT (for wills): FIN, then the socket is dropped.
     pub fn drop_connection(self) {
         let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// Sends DISCONNECT and waits until the broker closes the connection: from then on the
+    /// broker is done with it (session detached, or removed when clean).
+    #[track_caller]
+    pub fn disconnect(mut self) {
+        self.send(&[0xe0, 0x00]);
+        self.expect_closed();
+    }
+
+    /// Drops the connection the way a crashed client does (FIN, no DISCONNECT), then waits
+    /// until the broker closes its side, i.e. has finished with the connection. What the broker
+    /// sent meanwhile is returned unread, as a crashed client would never see it.
+    #[track_caller]
+    pub fn crash_and_wait(mut self) -> Vec<u8> {
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let deadline = Instant::now() + READ_TIMEOUT;
+        loop {
+            match self.read_more(deadline) {
+                ReadOutcome::Data => {}
+                ReadOutcome::Closed => return self.buf.to_vec(),
+                ReadOutcome::TimedOut => {
+                    panic!("the broker did not close a connection whose client went away")
+                }
+            }
+        }
     }
 
     /// One read into `buf`, waiting at most until `deadline`.
@@ -357,6 +410,38 @@ impl RawClient {
         }
     }
 
+    /// Like [`RawClient::payloads_until`], but returns every PUBLISH before the marker whole
+    /// (decoded, and its raw bytes), in arrival order. Then finishes the QoS 2 flows still
+    /// open: a PINGREQ round trip, answering the PUBRELs that come before the PINGRESP (a
+    /// PUBLISH there fails the test), so the connection is quiet when this returns.
+    #[track_caller]
+    pub fn publishes_until(&mut self, marker: &[u8]) -> Vec<(Publish, Vec<u8>)> {
+        let mut seen = Vec::new();
+        loop {
+            let frame = self.next_frame();
+            match parse(&frame) {
+                Packet::Publish(p) => {
+                    self.ack(&p);
+                    if &p.payload[..] == marker {
+                        break;
+                    }
+                    seen.push((p, frame));
+                }
+                Packet::PubRel(id) => self.send(&pubcomp(id)),
+                other => panic!("expected PUBLISH, got {other:?} ({frame:02x?})"),
+            }
+        }
+        self.send(&[0xc0, 0x00]);
+        loop {
+            let frame = self.next_frame();
+            match parse(&frame) {
+                Packet::PingResp => return seen,
+                Packet::PubRel(id) => self.send(&pubcomp(id)),
+                other => panic!("expected PUBREL or PINGRESP, got {other:?} ({frame:02x?})"),
+            }
+        }
+    }
+
     /// Sends the acknowledgement a subscriber owes for `p` (none for QoS 0).
     pub fn ack(&mut self, p: &Publish) {
         match p.qos {
@@ -492,6 +577,40 @@ impl Healthy {
     }
 }
 
+/// Proof that a shard has handled everything one publisher published so far: a client homed on
+/// that shard, subscribed to a topic of its own. Messages from one shard to another keep their
+/// order, so once the witness has its message, every earlier message of the same publisher
+/// has reached (been queued for, or been refused by) every session on the witness's shard:
+/// a synchronisation point without sleeping, for sessions that have no connection to read on.
+pub struct Witness {
+    client: RawClient,
+    topic: String,
+    round: u32,
+}
+
+impl Witness {
+    pub fn new(broker: &Broker, name: &str, shard: usize) -> Witness {
+        let mut client = broker.connect(&broker.id_on(&format!("witness-{name}"), shard));
+        let topic = format!("witness/{name}");
+        client.subscribe(1, &[(&topic, 0)]);
+        Witness {
+            client,
+            topic,
+            round: 0,
+        }
+    }
+
+    /// Returns once the witness's shard has handled everything `publisher` sent before.
+    #[track_caller]
+    pub fn settle(&mut self, publisher: &mut RawClient) {
+        self.round += 1;
+        let payload = format!("settled {}", self.round);
+        publisher.publish0(&self.topic, payload.as_bytes(), false);
+        self.client
+            .expect_bytes(&qos0_delivery(&self.topic, payload.as_bytes(), false));
+    }
+}
+
 // ----- byte builders ------------------------------------------------------------------------
 
 /// Remaining Length (2.2.3): 7 bits per byte, least significant first, high bit = more.
@@ -535,6 +654,8 @@ pub struct ConnectBuilder {
     pub keep_alive: u16,
     /// Topic, payload, QoS, retain.
     pub will: Option<(String, Vec<u8>, u8, bool)>,
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
 }
 
 impl ConnectBuilder {
@@ -547,6 +668,8 @@ impl ConnectBuilder {
             clean_session: true,
             keep_alive: 0,
             will: None,
+            username: None,
+            password: None,
         }
     }
 
@@ -562,6 +685,16 @@ impl ConnectBuilder {
 
     pub fn will(mut self, topic: &str, payload: &[u8], qos: u8, retain: bool) -> Self {
         self.will = Some((topic.to_string(), payload.to_vec(), qos, retain));
+        self
+    }
+
+    pub fn username(mut self, username: &str) -> Self {
+        self.username = Some(username.to_string());
+        self
+    }
+
+    pub fn password(mut self, password: &[u8]) -> Self {
+        self.password = Some(password.to_vec());
         self
     }
 
@@ -586,13 +719,25 @@ impl ConnectBuilder {
                 flags |= 0x20; // bit 5: Will Retain
             }
         }
+        if self.username.is_some() {
+            flags |= 0x80; // bit 7: User Name Flag
+        }
+        if self.password.is_some() {
+            flags |= 0x40; // bit 6: Password Flag
+        }
         body.push(flags);
         body.extend_from_slice(&self.keep_alive.to_be_bytes());
-        // Payload (3.1.3): client id, then will topic and will message.
+        // Payload (3.1.3): client id, will topic, will message, user name, password.
         body.extend(field(self.client_id.as_bytes()));
         if let Some((topic, payload, _, _)) = &self.will {
             body.extend(field(topic.as_bytes()));
             body.extend(field(payload));
+        }
+        if let Some(username) = &self.username {
+            body.extend(field(username.as_bytes()));
+        }
+        if let Some(password) = &self.password {
+            body.extend(field(password));
         }
         frame(0x10, &body) // CONNECT: type 1, flags 0
     }
