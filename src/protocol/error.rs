@@ -42,7 +42,7 @@ pub enum DecodeError {
     EmptySubscribe,
     #[error("UNSUBSCRIBE without a topic filter (MQTT-3.10.3-2)")]
     EmptyUnsubscribe,
-    #[error("invalid requested QoS byte {0:#04x} in SUBSCRIBE (MQTT-3-8.3-4)")]
+    #[error("invalid requested QoS byte {0:#04x} in SUBSCRIBE (MQTT-3.8.3-4)")]
     InvalidSubscribeOptions(u8),
     #[error("invalid CONNACK acknowledge flags {0:#04x} (MQTT-3.2.2-1)")]
     InvalidConnAckFlags(u8),
@@ -66,6 +66,14 @@ pub enum EncodeError {
     PacketTooLarge(usize),
     #[error("string or binary field of {0} bytes exceeds 65535 bytes (1.5.3)")]
     FieldTooLong(usize),
-    #[error("QoS 1/2 PUBLISH with packet identifier 0 (MQTT-2.3.1-1)")]
+    /// A QoS 1/2 PUBLISH, an acknowledgement, SUBSCRIBE, SUBACK or UNSUBSCRIBE with packet
+    /// identifier 0.
+    #[error("packet identifier 0 (MQTT-2.3.1-1)")]
     ZeroPacketId,
+    /// SUBSCRIBE or UNSUBSCRIBE without a topic filter, or SUBACK without a return code.
+    #[error("{0:?} without any entry (MQTT-3.8.3-3, MQTT-3.10.3-2)")]
+    EmptyList(PacketType),
+    /// A 3.1.1 CONNECT with a password but no user name.
+    #[error("password without a user name (MQTT-3.1.2-22)")]
+    PasswordWithoutUsername,
 }

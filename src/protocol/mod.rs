@@ -8,10 +8,20 @@
 //! or a [`DecodeError`] naming the rule the peer broke. Errors are final for the connection.
 
 mod bytestr;
+mod codec;
+mod connect;
 mod error;
+mod header;
+mod ping;
+mod publish;
+mod subscribe;
+#[cfg(test)]
+mod testutil;
 
 pub use bytestr::ByteStr;
+pub use codec::{decode, frame_len};
 pub use error::{DecodeError, EncodeError};
+pub use publish::{encode_ack, encode_publish, publish_len};
 
 use bytes::Bytes;
 

@@ -1,0 +1,415 @@
+//! PUBLISH and its acknowledgements (PUBACK, PUBREC, PUBREL, PUBCOMP; UNSUBACK shares their
+//! two-byte shape). This is the per-message path of the broker, so it also owns the hot-path
+//! helpers [`publish_len`] and [`encode_publish`], which write a PUBLISH straight from a topic
+//! and payload slice without building a [`Publish`] per subscriber.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::header::{check_topic_name, malformed, packet_len, put_fixed_header, MAX_FIELD_LEN};
+use super::{ByteStr, DecodeError, EncodeError, PacketId, PacketType, Publish, QoS};
+
+const DUP: u8 = 0b1000;
+const RETAIN: u8 = 0b0001;
+const QOS_SHIFT: u8 = 1;
+
+/// Decodes the body of a PUBLISH whose first-byte `flags` are already checked (QoS is not 3).
+/// Topic and payload are slices of `body`; the only work per byte is one UTF-8 pass and one
+/// scan of the topic.
+#[inline]
+pub(crate) fn decode_publish(flags: u8, mut body: Bytes) -> Result<Publish, DecodeError> {
+    let qos = match (flags >> QOS_SHIFT) & 0b11 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    };
+    let topic_len = match body.get(..2) {
+        Some(b) => usize::from(u16::from_be_bytes([b[0], b[1]])),
+        None => return Err(malformed(PacketType::Publish, "topic name length missing")),
+    };
+    let topic_end = 2 + topic_len;
+    let Some(topic) = body.get(2..topic_end) else {
+        return Err(malformed(
+            PacketType::Publish,
+            "topic name runs past the remaining length",
+        ));
+    };
+    check_topic_name(topic)?;
+    let mut payload_start = topic_end;
+    let mut packet_id = 0;
+    if qos != QoS::AtMostOnce {
+        let Some(b) = body.get(topic_end..topic_end + 2) else {
+            return Err(malformed(
+                PacketType::Publish,
+                "packet identifier runs past the remaining length",
+            ));
+        };
+        packet_id = u16::from_be_bytes([b[0], b[1]]);
+        if packet_id == 0 {
+            return Err(DecodeError::ZeroPacketId);
+        }
+        payload_start += 2;
+    }
+    // SAFETY: check_topic_name verified UTF-8.
+    let topic = unsafe { ByteStr::from_utf8_unchecked(body.slice(2..topic_end)) };
+    bytes::Buf::advance(&mut body, payload_start);
+    Ok(Publish {
+        dup: flags & DUP != 0,
+        qos,
+        retain: flags & RETAIN != 0,
+        topic,
+        packet_id,
+        payload: body,
+    })
+}
+
+#[inline]
+fn publish_remaining_len(topic_len: usize, payload_len: usize, qos: QoS) -> usize {
+    let id_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
+    2 + topic_len + id_len + payload_len
+}
+
+/// Total bytes on the wire of a PUBLISH with this topic length, payload length and QoS:
+/// what [`encode_publish`] will write, so a caller can size a batch buffer once. Meaningless
+/// (but no panic) for sizes `encode_publish` refuses.
+#[inline]
+pub fn publish_len(topic_len: usize, payload_len: usize, qos: QoS) -> usize {
+    packet_len(publish_remaining_len(topic_len, payload_len, qos))
+}
+
+/// Appends a PUBLISH to `dst`, reserving its exact size once. `packet_id` is written for QoS 1
+/// and 2 only and must then be non-zero. The topic is written as given: it is the caller's job
+/// to pass a valid topic name (the broker only forwards topics it has decoded).
+///
+/// Errors (nothing is written): topic longer than 65535 bytes, packet larger than the
+/// Remaining Length can express, or QoS > 0 with packet identifier 0.
+#[inline]
+pub fn encode_publish(
+    dst: &mut BytesMut,
+    topic: &str,
+    payload: &[u8],
+    qos: QoS,
+    retain: bool,
+    dup: bool,
+    packet_id: PacketId,
+) -> Result<(), EncodeError> {
+    if topic.len() > MAX_FIELD_LEN {
+        return Err(EncodeError::FieldTooLong(topic.len()));
+    }
+    if qos != QoS::AtMostOnce && packet_id == 0 {
+        return Err(EncodeError::ZeroPacketId);
+    }
+    let remaining_len = publish_remaining_len(topic.len(), payload.len(), qos);
+    super::header::check_remaining_len(remaining_len)?;
+
+    let mut first = ((PacketType::Publish as u8) << 4) | ((qos as u8) << QOS_SHIFT);
+    if dup {
+        first |= DUP;
+    }
+    if retain {
+        first |= RETAIN;
+    }
+    dst.reserve(packet_len(remaining_len));
+    put_fixed_header(dst, first, remaining_len);
+    dst.put_u16(topic.len() as u16);
+    dst.put_slice(topic.as_bytes());
+    if qos != QoS::AtMostOnce {
+        dst.put_u16(packet_id);
+    }
+    dst.put_slice(payload);
+    Ok(())
+}
+
+impl Publish {
+    /// Bytes this PUBLISH takes on the wire.
+    #[inline]
+    pub fn encoded_len(&self) -> usize {
+        publish_len(self.topic.len(), self.payload.len(), self.qos)
+    }
+
+    /// Appends this PUBLISH to `dst`; see [`encode_publish`]. For QoS 0 `packet_id` is ignored.
+    #[inline]
+    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        encode_publish(
+            dst,
+            &self.topic,
+            &self.payload,
+            self.qos,
+            self.retain,
+            self.dup,
+            self.packet_id,
+        )
+    }
+}
+
+/// The first byte of a two-byte acknowledgement: PUBREL alone has flags 0b0010 (MQTT-3.6.1-1).
+fn ack_first_byte(packet_type: PacketType) -> Option<u8> {
+    match packet_type {
+        PacketType::PubAck | PacketType::PubRec | PacketType::PubComp | PacketType::UnsubAck => {
+            Some((packet_type as u8) << 4)
+        }
+        PacketType::PubRel => Some(((packet_type as u8) << 4) | 0b0010),
+        _ => None,
+    }
+}
+
+/// Appends a PUBACK, PUBREC, PUBREL, PUBCOMP or UNSUBACK (4 bytes) to `dst`. `packet_id`
+/// should be the non-zero identifier being acknowledged; it is written as given.
+///
+/// # Panics
+/// If `packet_type` is not one of those five: that is a bug in the caller, not in the input.
+#[inline]
+pub fn encode_ack(dst: &mut BytesMut, packet_type: PacketType, packet_id: PacketId) {
+    let first = ack_first_byte(packet_type)
+        .unwrap_or_else(|| panic!("encode_ack called with {packet_type:?}"));
+    let id = packet_id.to_be_bytes();
+    dst.put_slice(&[first, 0x02, id[0], id[1]]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{decode_all, decode_err, encode_bytes};
+    use super::super::{decode, Packet};
+    use super::*;
+
+    #[rustfmt::skip]
+    const PUBLISH_QOS0: &[u8] = &[
+        0x30, 0x0a,                   // PUBLISH QoS 0, remaining length 10
+        0x00, 0x03, b'a', b'/', b'b', // topic "a/b"
+        b'h', b'e', b'l', b'l', b'o', // payload "hello" (no packet id at QoS 0)
+    ];
+
+    #[test]
+    fn publish_qos0_both_directions() {
+        let p = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: ByteStr::from("a/b"),
+            packet_id: 0,
+            payload: Bytes::from_static(b"hello"),
+        });
+        assert_eq!(decode_all(PUBLISH_QOS0), vec![p.clone()]);
+        assert_eq!(encode_bytes(&p), PUBLISH_QOS0);
+        assert_eq!(publish_len(3, 5, QoS::AtMostOnce), PUBLISH_QOS0.len());
+    }
+
+    #[test]
+    fn publish_qos1_and_qos2_with_flags_both_directions() {
+        #[rustfmt::skip]
+        let qos1: &[u8] = &[
+            0x33, 0x08,                   // PUBLISH QoS 1 + retain, remaining length 8
+            0x00, 0x03, 0xc3, 0xa9, b'/', // topic "é/" (multi-byte UTF-8)
+            0x12, 0x34,                   // packet id 0x1234
+            0xff,                         // payload
+        ];
+        let p1 = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: ByteStr::from("é/"),
+            packet_id: 0x1234,
+            payload: Bytes::from_static(&[0xff]),
+        });
+        assert_eq!(decode_all(qos1), vec![p1.clone()]);
+        assert_eq!(encode_bytes(&p1), qos1);
+
+        #[rustfmt::skip]
+        let qos2: &[u8] = &[
+            0x3c, 0x05,             // PUBLISH dup + QoS 2, remaining length 5
+            0x00, 0x01, b't',       // topic "t"
+            0x00, 0x01,             // packet id 1, empty payload
+        ];
+        let p2 = Packet::Publish(Publish {
+            dup: true,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: ByteStr::from("t"),
+            packet_id: 1,
+            payload: Bytes::new(),
+        });
+        assert_eq!(decode_all(qos2), vec![p2.clone()]);
+        assert_eq!(encode_bytes(&p2), qos2);
+    }
+
+    #[test]
+    fn publish_topic_and_payload_are_slices_of_the_read_buffer() {
+        let mut buf = BytesMut::from(PUBLISH_QOS0);
+        let base = buf.as_ptr();
+        let Some(Packet::Publish(p)) = decode(&mut buf, 1024).unwrap() else {
+            panic!("not a PUBLISH");
+        };
+        assert_eq!(p.topic.as_ptr(), base.wrapping_add(4));
+        assert_eq!(p.payload.as_ptr(), base.wrapping_add(7));
+    }
+
+    #[test]
+    fn publish_with_two_byte_remaining_length() {
+        let payload = vec![0xab; 200];
+        let mut bytes = vec![
+            0x30, 0xcd, 0x01, // PUBLISH QoS 0, remaining length 205 = 0x4d + 1 * 128
+            0x00, 0x03, b'a', b'/', b'b', // topic "a/b"
+        ];
+        bytes.extend_from_slice(&payload);
+        let p = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: ByteStr::from("a/b"),
+            packet_id: 0,
+            payload: Bytes::from(payload),
+        });
+        assert_eq!(decode_all(&bytes), vec![p.clone()]);
+        assert_eq!(encode_bytes(&p), bytes);
+        assert_eq!(p.encoded_len(), 208);
+    }
+
+    #[test]
+    fn publish_errors() {
+        // empty topic
+        assert_eq!(
+            decode_err(&[0x30, 0x02, 0x00, 0x00]),
+            DecodeError::EmptyTopic
+        );
+        // topic "a/+" and "#"
+        assert_eq!(
+            decode_err(&[0x30, 0x05, 0x00, 0x03, b'a', b'/', b'+']),
+            DecodeError::WildcardInTopicName
+        );
+        assert_eq!(
+            decode_err(&[0x30, 0x03, 0x00, 0x01, b'#']),
+            DecodeError::WildcardInTopicName
+        );
+        // topic "a\0"
+        assert_eq!(
+            decode_err(&[0x30, 0x04, 0x00, 0x02, b'a', 0x00]),
+            DecodeError::NullCharacter
+        );
+        // topic 0xc3 0x28: invalid continuation byte
+        assert_eq!(
+            decode_err(&[0x30, 0x04, 0x00, 0x02, 0xc3, 0x28]),
+            DecodeError::InvalidUtf8
+        );
+        // QoS 1, topic "t", packet id 0
+        assert_eq!(
+            decode_err(&[0x32, 0x05, 0x00, 0x01, b't', 0x00, 0x00]),
+            DecodeError::ZeroPacketId
+        );
+        // topic length 5 but remaining length 3
+        assert!(matches!(
+            decode_err(&[0x30, 0x03, 0x00, 0x05, b't']),
+            DecodeError::MalformedPacket {
+                packet_type: PacketType::Publish,
+                ..
+            }
+        ));
+        // QoS 2, topic "t", one byte of packet id
+        assert!(matches!(
+            decode_err(&[0x34, 0x04, 0x00, 0x01, b't', 0x00]),
+            DecodeError::MalformedPacket {
+                packet_type: PacketType::Publish,
+                ..
+            }
+        ));
+        // remaining length 1: not even a topic length
+        assert!(matches!(
+            decode_err(&[0x30, 0x01, 0x00]),
+            DecodeError::MalformedPacket {
+                packet_type: PacketType::Publish,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn acks_both_directions() {
+        #[rustfmt::skip]
+        let cases: [(&[u8], Packet); 5] = [
+            (&[0x40, 0x02, 0x00, 0x07], Packet::PubAck(7)),       // PUBACK, id 7
+            (&[0x50, 0x02, 0x01, 0x00], Packet::PubRec(256)),     // PUBREC, id 256
+            (&[0x62, 0x02, 0xff, 0xff], Packet::PubRel(65535)),   // PUBREL (flags 0b0010), id 65535
+            (&[0x70, 0x02, 0x00, 0x01], Packet::PubComp(1)),      // PUBCOMP, id 1
+            (&[0xb0, 0x02, 0x12, 0x34], Packet::UnsubAck(0x1234)), // UNSUBACK, id 0x1234
+        ];
+        for (bytes, p) in cases {
+            assert_eq!(decode_all(bytes), vec![p.clone()]);
+            assert_eq!(encode_bytes(&p), bytes);
+            let mut dst = BytesMut::new();
+            let id = match p {
+                Packet::PubAck(id)
+                | Packet::PubRec(id)
+                | Packet::PubRel(id)
+                | Packet::PubComp(id)
+                | Packet::UnsubAck(id) => id,
+                _ => unreachable!(),
+            };
+            encode_ack(&mut dst, p.packet_type(), id);
+            assert_eq!(&dst[..], bytes);
+        }
+    }
+
+    #[test]
+    fn ack_errors() {
+        // PUBACK with packet id 0
+        assert_eq!(
+            decode_err(&[0x40, 0x02, 0x00, 0x00]),
+            DecodeError::ZeroPacketId
+        );
+        // PUBREC with remaining length 3
+        assert!(matches!(
+            decode_err(&[0x50, 0x03, 0x00, 0x01, 0x00]),
+            DecodeError::MalformedPacket {
+                packet_type: PacketType::PubRec,
+                ..
+            }
+        ));
+        // PUBCOMP with remaining length 1
+        assert!(matches!(
+            decode_err(&[0x70, 0x01, 0x01]),
+            DecodeError::MalformedPacket {
+                packet_type: PacketType::PubComp,
+                ..
+            }
+        ));
+        // PUBREL with flags 0b0000 (must be 0b0010)
+        assert_eq!(
+            decode_err(&[0x60, 0x02, 0x00, 0x01]),
+            DecodeError::InvalidFlags {
+                packet_type: PacketType::PubRel,
+                flags: 0
+            }
+        );
+        // encoding an ack with id 0 is refused by Packet::encode
+        assert_eq!(
+            Packet::PubAck(0).encode(&mut BytesMut::new()),
+            Err(EncodeError::ZeroPacketId)
+        );
+    }
+
+    #[test]
+    fn encode_publish_errors_write_nothing() {
+        let mut dst = BytesMut::new();
+        assert_eq!(
+            encode_publish(&mut dst, "t", b"", QoS::AtLeastOnce, false, false, 0),
+            Err(EncodeError::ZeroPacketId)
+        );
+        let long = "x".repeat(65_536);
+        assert_eq!(
+            encode_publish(&mut dst, &long, b"", QoS::AtMostOnce, false, false, 0),
+            Err(EncodeError::FieldTooLong(65_536))
+        );
+        let huge = vec![0u8; crate::protocol::MAX_REMAINING_LENGTH];
+        assert_eq!(
+            encode_publish(&mut dst, "t", &huge, QoS::AtMostOnce, false, false, 0),
+            Err(EncodeError::PacketTooLarge(
+                crate::protocol::MAX_REMAINING_LENGTH + 3
+            ))
+        );
+        assert!(dst.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "encode_ack called with PingReq")]
+    fn encode_ack_refuses_other_types() {
+        encode_ack(&mut BytesMut::new(), PacketType::PingReq, 1);
+    }
+}
