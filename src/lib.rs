@@ -1,4 +1,5 @@
 //! SurgeMQ: a thread-per-core MQTT 3.1/3.1.1 broker and client library.
 
+pub mod broker;
 pub mod protocol;
 pub mod topic;
