@@ -1,5 +1,6 @@
 //! SurgeMQ: a thread-per-core MQTT 3.1/3.1.1 broker and client library.
 
+pub mod bench;
 pub mod broker;
 pub mod protocol;
 pub mod topic;

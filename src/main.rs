@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(cli::serve::ServeArgs),
+    /// Load-test a broker (pair, fan-in, fan-out, mesh) or run the sink.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     cli::init_logging(&cli.log_level);
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
