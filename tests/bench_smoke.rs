@@ -147,3 +147,30 @@ fn setup_failure_is_an_error_not_a_hang() {
     .unwrap_err();
     assert!(err.to_string().starts_with("setup failed"), "{err}");
 }
+
+#[test]
+fn a_run_that_stops_moving_ends_by_itself_and_says_so() {
+    // The sink never delivers anything, so the subscribers' window fills and nothing moves.
+    let sink = bench::start_sink(SinkConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 1,
+    })
+    .expect("sink starts");
+    let started = std::time::Instant::now();
+    let report = bench::run(BenchConfig {
+        window: Some(10),
+        drain: Duration::from_millis(300),
+        ..config(Scenario::FanOut, sink.local_addr().port(), QoS::AtMostOnce)
+    })
+    .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let summary = report.summary();
+    assert_eq!(report.published, 10, "{summary}");
+    assert_eq!(report.missing, 10 * CLIENTS as u64, "{summary}");
+    assert!(
+        report.errors.iter().any(|e| e.starts_with("stalled")),
+        "{summary}"
+    );
+    assert!(report.failed(), "{summary}");
+    sink.shutdown();
+}

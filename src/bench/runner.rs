@@ -90,20 +90,14 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, BenchError> {
     let start_ns = shared.now_ns().max(1);
     shared.start_ns.store(start_ns, Ordering::Release);
     shared.set_phase(Phase::Running);
-    let end_publish_ns = coordinate(&plan, &shared, start_ns);
+    let end = coordinate(&plan, &shared, start_ns);
     shared.set_phase(Phase::Finished);
     let results = join_all(handles);
     if plan.config.progress {
         // Clear the progress line so the summary starts on a clean one.
         eprint!("\r\x1b[K");
     }
-    Ok(build_report(
-        &plan,
-        &shared,
-        results,
-        start_ns,
-        end_publish_ns,
-    ))
+    Ok(build_report(&plan, &shared, results, start_ns, end))
 }
 
 /// Assigns clients to threads round-robin: publishers first, then subscribers, so both
@@ -169,8 +163,16 @@ fn join_all(handles: Vec<glommio::ExecutorJoinHandle<ThreadResult>>) -> Vec<Thre
     handles.into_iter().filter_map(|h| h.join().ok()).collect()
 }
 
-/// Drives the running and draining phases; returns when publishing ended (ns since base).
-fn coordinate(plan: &Plan, shared: &Shared, start_ns: u64) -> u64 {
+/// How the publishing phase ended.
+struct End {
+    /// When publishers were told to stop, or found done (ns since the clock base).
+    publish_ns: u64,
+    /// Publishing stopped because nothing moved for the drain time.
+    stalled: bool,
+}
+
+/// Drives the running and draining phases.
+fn coordinate(plan: &Plan, shared: &Shared, start_ns: u64) -> End {
     let config = &plan.config;
     let started = Instant::now();
     let qos_acks = config.qos != QoS::AtMostOnce;
@@ -178,6 +180,7 @@ fn coordinate(plan: &Plan, shared: &Shared, start_ns: u64) -> u64 {
     let mut last_moved = Instant::now();
     let mut last_totals = shared.totals();
     let mut end_publish_ns = None;
+    let mut stalled = false;
     loop {
         std::thread::sleep(TICK);
         let totals = shared.totals();
@@ -196,6 +199,7 @@ fn coordinate(plan: &Plan, shared: &Shared, start_ns: u64) -> u64 {
             let stuck = last_moved.elapsed() >= config.drain;
             if all_sent || timed_out || stuck {
                 shared.set_phase(Phase::Draining);
+                stalled = stuck && !all_sent && !timed_out;
                 end_publish_ns = Some(shared.now_ns());
                 last_moved = Instant::now();
             }
@@ -205,7 +209,10 @@ fn coordinate(plan: &Plan, shared: &Shared, start_ns: u64) -> u64 {
         // nothing has moved for the drain time.
         let complete = delivered >= shared.expected() && (!qos_acks || acked >= published);
         if complete || last_moved.elapsed() >= config.drain {
-            return end_publish_ns.unwrap_or(start_ns);
+            return End {
+                publish_ns: end_publish_ns.unwrap_or(start_ns),
+                stalled,
+            };
         }
     }
 }
@@ -251,7 +258,7 @@ fn build_report(
     shared: &Shared,
     results: Vec<ThreadResult>,
     start_ns: u64,
-    end_publish_ns: u64,
+    end: End,
 ) -> BenchReport {
     let config = &plan.config;
     let mut histogram = new_histogram();
@@ -299,19 +306,38 @@ fn build_report(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    if end.stalled {
+        errors.push(format!(
+            "stalled: nothing was published or delivered from {:.1} s to {:.1} s; publishing stopped",
+            (end.publish_ns - start_ns).saturating_sub(config.drain.as_nanos() as u64) as f64 / 1e9,
+            (end.publish_ns - start_ns) as f64 / 1e9
+        ));
+    }
     if lost_subscribers > 0 {
         errors.push(format!("{lost_subscribers} subscriber(s) reported nothing"));
     }
-    // Duration runs: the publish interval is the configured one even if the last batch left a
-    // little earlier; message runs: until the last message left.
-    let publish_end = match config.load {
-        Load::Duration(_) => end_publish_ns.max(last_send_ns),
-        Load::Messages(_) => last_send_ns,
+    // Rates are over the time the run was meant to take, not just the part where something
+    // happened: a duration run (or a stalled one) publishes until it was told to stop, and a
+    // broker that went quiet before that gets no credit for the quiet time.
+    let timed = matches!(config.load, Load::Duration(_)) || end.stalled;
+    let publish_end = if timed {
+        end.publish_ns.max(last_send_ns)
+    } else {
+        last_send_ns
+    };
+    let deliver_end = if timed {
+        end.publish_ns.max(last_recv_ns)
+    } else {
+        last_recv_ns
     };
     let secs = |end: u64| (end.saturating_sub(start_ns)) as f64 / 1e9;
     let rate = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
     let publish_secs = secs(publish_end);
-    let deliver_secs = secs(last_recv_ns);
+    let deliver_secs = if subs.is_empty() {
+        0.0
+    } else {
+        secs(deliver_end)
+    };
     BenchReport {
         scenario: config.scenario.name(),
         publishers: plan.publishers,
