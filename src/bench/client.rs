@@ -22,12 +22,12 @@ use futures_lite::Future;
 use glommio::timer::Timer;
 
 use super::config::{Load, Plan};
-use super::conn::{Conn, KEEPALIVE_SECS, MAX_PACKET};
+use super::conn::{Conn, Frame, KEEPALIVE_SECS};
 use super::payload::{self, Header};
 use super::shared::{Local, Phase, Shared};
 use super::tracker::{Arrival, StreamTracker};
 use super::window::{allowance, due, due_at_ns};
-use crate::protocol::{decode, encode_ack, encode_publish, publish_len, Packet, PacketType, QoS};
+use crate::protocol::{encode_ack, encode_publish, publish_len, Packet, PacketType, QoS};
 
 /// Pending output above which a publisher stops encoding until the socket takes some.
 const HIGH_WATER: usize = 64 * 1024;
@@ -398,27 +398,27 @@ impl Client {
     /// Handles every complete packet in the read buffer.
     fn process_input(&mut self, now: u64) -> Result<(), String> {
         let mut histogram = self.local.histogram.borrow_mut();
+        let wbuf = &mut self.conn.wbuf;
         loop {
-            let packet = match decode(&mut self.conn.rbuf, MAX_PACKET) {
-                Ok(Some(packet)) => packet,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(format!("malformed packet from broker: {e}")),
+            let frame = match self.conn.rbuf.next_frame()? {
+                Some(frame) => frame,
+                None => return Ok(()),
             };
-            match packet {
-                Packet::Publish(publish) => {
-                    match publish.qos {
+            let packet = match frame {
+                Frame::Publish {
+                    qos,
+                    packet_id,
+                    payload,
+                } => {
+                    match qos {
                         QoS::AtMostOnce => {}
-                        QoS::AtLeastOnce => {
-                            encode_ack(&mut self.conn.wbuf, PacketType::PubAck, publish.packet_id)
-                        }
-                        QoS::ExactlyOnce => {
-                            encode_ack(&mut self.conn.wbuf, PacketType::PubRec, publish.packet_id)
-                        }
+                        QoS::AtLeastOnce => encode_ack(wbuf, PacketType::PubAck, packet_id),
+                        QoS::ExactlyOnce => encode_ack(wbuf, PacketType::PubRec, packet_id),
                     }
                     let Some(s) = self.subscriber.as_mut() else {
                         return Err("received a PUBLISH without subscribing".into());
                     };
-                    let header = Header::read(&publish.payload)
+                    let header = Header::read(payload)
                         .filter(|h| (h.publisher as usize) < s.r.trackers.len());
                     let Some(h) = header else {
                         s.r.foreign += 1;
@@ -434,14 +434,18 @@ impl Client {
                     }
                     histogram.saturating_record(now.saturating_sub(h.sent_ns));
                     s.r.last_recv_ns = now;
+                    continue;
                 }
+                Frame::Other(packet) => packet,
+            };
+            match packet {
                 Packet::PubAck(_) | Packet::PubComp(_) => {
                     if let Some(p) = self.publisher.as_mut() {
                         p.r.acked += 1;
                     }
                 }
-                Packet::PubRec(id) => encode_ack(&mut self.conn.wbuf, PacketType::PubRel, id),
-                Packet::PubRel(id) => encode_ack(&mut self.conn.wbuf, PacketType::PubComp, id),
+                Packet::PubRec(id) => encode_ack(wbuf, PacketType::PubRel, id),
+                Packet::PubRel(id) => encode_ack(wbuf, PacketType::PubComp, id),
                 Packet::PingResp => {}
                 other => return Err(format!("unexpected {:?} from broker", other.packet_type())),
             }

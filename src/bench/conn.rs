@@ -1,11 +1,14 @@
 //! The load generator's one place that touches a socket: a glommio `TcpStream` with a read
 //! buffer and a write buffer, plus the CONNECT and SUBSCRIBE handshakes.
 //!
-//! Reads land directly in the spare capacity of `rbuf`, so decoded PUBLISH payloads are slices
-//! of what the kernel wrote, never copies. That spare room is handed to `recv` as `&mut [u8]`,
-//! which is only sound for initialised memory: a fresh read buffer is allocated zeroed and is
-//! never grown any other way. Writes send everything the client encoded into `wbuf` (many
-//! PUBLISHes and acks) with as few `send` calls as the socket allows.
+//! Subscribers receive far more than they send (a fan-out subscriber sees every message), so
+//! the receive path is the generator's hot path. The read buffer ([`ReadBuf`]) is one plain,
+//! initialised allocation that `recv` fills directly; frames are found with the codec's
+//! [`frame_len`], and a PUBLISH is read in place (QoS, packet id, payload slice) without
+//! splitting it off into a reference-counted `Bytes` or validating its topic as UTF-8: the
+//! generator only needs the payload header. Any other packet (acks, SUBACK, PINGRESP; a few
+//! bytes each) goes through the full decoder. Writes send everything the client encoded into
+//! `wbuf` (many PUBLISHes and acks) with as few `send` calls as the socket allows.
 
 use std::future::poll_fn;
 use std::io;
@@ -20,25 +23,125 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use crate::protocol::{
-    decode, ByteStr, Connect, ConnectReturnCode, Packet, ProtocolLevel, QoS, Subscribe,
+    decode, frame_len, ByteStr, Connect, ConnectReturnCode, Packet, ProtocolLevel, QoS, Subscribe,
     SubscribeReturnCode,
 };
 
-/// Size of a fresh read buffer: big enough for hundreds of small PUBLISHes per `recv`.
+/// Size of the read buffer: room for hundreds of small PUBLISHes per `recv`.
 const READ_CHUNK: usize = 64 * 1024;
-/// Below this much spare room a read is not worth a syscall; start a fresh buffer.
+/// Below this much free room at the end, move the unread bytes to the front first.
 const MIN_READ_SPACE: usize = 4 * 1024;
 /// Largest packet accepted from the broker.
 pub const MAX_PACKET: usize = 1 << 25;
 /// Keepalive announced in CONNECT; the client pings at half of it.
 pub const KEEPALIVE_SECS: u16 = 60;
 
+/// One complete packet at the front of the read buffer.
+#[derive(Debug)]
+pub enum Frame<'a> {
+    /// A PUBLISH, read in place.
+    Publish {
+        qos: QoS,
+        packet_id: u16,
+        payload: &'a [u8],
+    },
+    /// Anything else, fully decoded.
+    Other(Packet),
+}
+
+/// Bytes read but not yet parsed: `buf[start..end]`. All of `buf` is initialised (it starts
+/// zeroed and only ever grows with zeroes), so handing `buf[end..]` to `recv` is sound.
+pub struct ReadBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Default for ReadBuf {
+    fn default() -> Self {
+        ReadBuf {
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+impl ReadBuf {
+    /// Free room for the next read: moves a partial frame to the front when the tail is short,
+    /// and grows the buffer when a frame announced in its header would not fit.
+    fn spare(&mut self) -> &mut [u8] {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let pending = &self.buf[self.start..self.end];
+        let frame = match frame_len(pending, MAX_PACKET) {
+            Ok(Some(total)) => total,
+            _ => 0,
+        };
+        let need = MIN_READ_SPACE.max(frame.saturating_sub(pending.len()));
+        if self.buf.len() - self.end < need {
+            // Only an incomplete frame is ever left behind, so this copies little.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.buf.len() - self.end < need {
+                self.buf.resize(self.end + need, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// The next complete packet, `Ok(None)` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, String> {
+        let data = &self.buf[self.start..self.end];
+        let total = match frame_len(data, MAX_PACKET) {
+            Ok(Some(total)) if total <= data.len() => total,
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let first = data[0];
+        let frame_start = self.start;
+        self.start += total;
+        if first >> 4 != 3 {
+            let mut packet = BytesMut::from(&self.buf[frame_start..frame_start + total]);
+            return match decode(&mut packet, MAX_PACKET) {
+                Ok(Some(p)) => Ok(Some(Frame::Other(p))),
+                Ok(None) => Err("frame_len and decode disagree".into()),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        let frame = &self.buf[frame_start..frame_start + total];
+        // Skip the fixed header: type byte plus 1-4 bytes of Remaining Length.
+        let header_len = 1 + frame[1..].iter().position(|b| b & 0x80 == 0).unwrap_or(0) + 1;
+        let body = &frame[header_len..];
+        let malformed = || "malformed PUBLISH from broker".to_string();
+        let qos = QoS::from_u8((first >> 1) & 0b11).ok_or_else(malformed)?;
+        let topic_len = usize::from(u16::from_be_bytes([
+            *body.first().ok_or_else(malformed)?,
+            *body.get(1).ok_or_else(malformed)?,
+        ]));
+        let mut at = 2 + topic_len;
+        let mut packet_id = 0;
+        if qos != QoS::AtMostOnce {
+            let id = body.get(at..at + 2).ok_or_else(malformed)?;
+            packet_id = u16::from_be_bytes([id[0], id[1]]);
+            at += 2;
+        }
+        let payload = body.get(at..).ok_or_else(malformed)?;
+        Ok(Some(Frame::Publish {
+            qos,
+            packet_id,
+            payload,
+        }))
+    }
+}
+
 pub struct Conn {
     stream: TcpStream,
-    pub rbuf: BytesMut,
+    pub rbuf: ReadBuf,
     pub wbuf: BytesMut,
-    /// Whether `rbuf`'s spare capacity is known to be initialised (see the module docs).
-    spare_initialised: bool,
 }
 
 impl Conn {
@@ -55,43 +158,17 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         Conn {
             stream,
-            rbuf: BytesMut::new(),
+            rbuf: ReadBuf::default(),
             wbuf: BytesMut::with_capacity(READ_CHUNK),
-            spare_initialised: false,
         }
     }
 
-    /// Makes sure `rbuf` has initialised spare room: at least `MIN_READ_SPACE`, and all of a
-    /// large packet whose header has arrived.
-    fn reserve_read_space(&mut self) {
-        let len = self.rbuf.len();
-        let frame = match crate::protocol::frame_len(&self.rbuf, MAX_PACKET) {
-            Ok(Some(total)) => total,
-            _ => 0,
-        };
-        let want = MIN_READ_SPACE.max(frame.saturating_sub(len));
-        if self.spare_initialised && self.rbuf.capacity() - len >= want {
-            return;
-        }
-        let mut fresh = BytesMut::zeroed(READ_CHUNK.max(len + want));
-        fresh.clear();
-        fresh.extend_from_slice(&self.rbuf);
-        self.rbuf = fresh;
-        self.spare_initialised = true;
-    }
-
-    /// Reads what the socket has into `rbuf`. `Ok(0)`: the broker closed the connection.
+    /// Reads what the socket has into the read buffer. `Ok(0)`: the peer closed.
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.reserve_read_space();
-        let len = self.rbuf.len();
-        let spare = self.rbuf.capacity() - len;
-        // SAFETY: the spare capacity is initialised (see `reserve_read_space`) and belongs to
-        // `rbuf`, which nothing else borrows during the call.
-        let dst = unsafe { std::slice::from_raw_parts_mut(self.rbuf.as_mut_ptr().add(len), spare) };
+        let dst = self.rbuf.spare();
         match Pin::new(&mut self.stream).poll_read(cx, dst) {
             Poll::Ready(Ok(n)) => {
-                // SAFETY: `recv` wrote `n` bytes into the spare capacity.
-                unsafe { self.rbuf.set_len(len + n) };
+                self.rbuf.end += n;
                 Poll::Ready(Ok(n))
             }
             other => other,
@@ -115,13 +192,19 @@ impl Conn {
         poll_fn(|cx| self.poll_flush(cx)).await
     }
 
-    /// The next packet, reading as needed.
+    /// The next packet other than a PUBLISH (there should be none during handshakes).
     pub async fn read_packet(&mut self) -> io::Result<Packet> {
         loop {
-            match decode(&mut self.rbuf, MAX_PACKET) {
-                Ok(Some(p)) => return Ok(p),
+            match self.rbuf.next_frame() {
+                Ok(Some(Frame::Other(p))) => return Ok(p),
+                Ok(Some(Frame::Publish { .. })) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "PUBLISH before the subscription was acknowledged",
+                    ))
+                }
                 Ok(None) => {}
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
             if poll_fn(|cx| self.poll_read(cx)).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
@@ -202,7 +285,7 @@ impl Conn {
                     return;
                 }
                 loop {
-                    self.rbuf.clear();
+                    self.rbuf.start = self.rbuf.end;
                     match poll_fn(|cx| self.poll_read(cx)).await {
                         Ok(0) | Err(_) => return,
                         Ok(_) => {}
@@ -212,5 +295,84 @@ impl Conn {
             glommio::timer::sleep(timeout),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{encode_ack, encode_publish, PacketType};
+
+    fn feed(rb: &mut ReadBuf, bytes: &[u8]) {
+        let spare = rb.spare();
+        spare[..bytes.len()].copy_from_slice(bytes);
+        rb.end += bytes.len();
+    }
+
+    #[test]
+    fn publishes_are_read_in_place_and_other_packets_decoded() {
+        let mut wire = BytesMut::new();
+        encode_publish(&mut wire, "a/b", b"zero", QoS::AtMostOnce, false, false, 0).unwrap();
+        encode_publish(&mut wire, "a/b", b"two", QoS::ExactlyOnce, false, false, 7).unwrap();
+        encode_ack(&mut wire, PacketType::PubAck, 9);
+        // A payload big enough for a two-byte Remaining Length.
+        let big = vec![b'x'; 300];
+        encode_publish(&mut wire, "t", &big, QoS::AtLeastOnce, false, false, 3).unwrap();
+        let mut rb = ReadBuf::default();
+        // Deliver the bytes in awkward pieces: frames must only appear once complete.
+        let mut got = Vec::new();
+        for chunk in wire.chunks(5) {
+            feed(&mut rb, chunk);
+            while let Some(frame) = rb.next_frame().unwrap() {
+                got.push(match frame {
+                    Frame::Publish {
+                        qos,
+                        packet_id,
+                        payload,
+                    } => format!("publish {qos:?} {packet_id} {}", payload.len()),
+                    Frame::Other(p) => format!("{p:?}"),
+                });
+            }
+        }
+        assert_eq!(
+            got,
+            [
+                "publish AtMostOnce 0 4",
+                "publish ExactlyOnce 7 3",
+                "PubAck(9)",
+                "publish AtLeastOnce 3 300",
+            ]
+        );
+        assert_eq!(rb.start, rb.end, "everything consumed");
+    }
+
+    #[test]
+    fn buffer_compacts_and_grows_for_large_frames() {
+        let mut rb = ReadBuf::default();
+        let big = vec![b'y'; 3 * READ_CHUNK];
+        let mut wire = BytesMut::new();
+        encode_publish(&mut wire, "t", b"small", QoS::AtMostOnce, false, false, 0).unwrap();
+        encode_publish(&mut wire, "t", &big, QoS::AtMostOnce, false, false, 0).unwrap();
+        let mut sizes = Vec::new();
+        let mut offset = 0;
+        while offset < wire.len() {
+            let spare = rb.spare();
+            let n = spare.len().min(wire.len() - offset).min(1000);
+            spare[..n].copy_from_slice(&wire[offset..offset + n]);
+            rb.end += n;
+            offset += n;
+            while let Some(Frame::Publish { payload, .. }) = rb.next_frame().unwrap() {
+                sizes.push(payload.len());
+            }
+        }
+        assert_eq!(sizes, [5, 3 * READ_CHUNK]);
+    }
+
+    #[test]
+    fn malformed_publish_is_an_error() {
+        let mut rb = ReadBuf::default();
+        // PUBLISH QoS 1, remaining length 3: topic length 1, topic "a", no room for the id.
+        feed(&mut rb, &[0x32, 0x03, 0x00, 0x01, b'a']);
+        assert!(rb.next_frame().is_err());
     }
 }

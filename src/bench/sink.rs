@@ -18,10 +18,9 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use super::config::{invalid, BenchError};
-use super::conn::{Conn, MAX_PACKET};
+use super::conn::{Conn, Frame};
 use crate::protocol::{
-    decode, encode_ack, ConnAck, ConnectReturnCode, Packet, PacketType, QoS, SubAck,
-    SubscribeReturnCode,
+    encode_ack, ConnAck, ConnectReturnCode, Packet, PacketType, QoS, SubAck, SubscribeReturnCode,
 };
 
 #[derive(Debug, Clone)]
@@ -185,24 +184,25 @@ async fn serve(stream: TcpStream, counters: Arc<Counters>) {
     loop {
         let mut publishes = 0;
         loop {
-            let packet = match decode(&mut conn.rbuf, MAX_PACKET) {
-                Ok(Some(p)) => p,
+            let packet = match conn.rbuf.next_frame() {
+                Ok(Some(Frame::Publish { qos, packet_id, .. })) => {
+                    publishes += 1;
+                    match qos {
+                        QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce => {
+                            encode_ack(&mut conn.wbuf, PacketType::PubAck, packet_id)
+                        }
+                        QoS::ExactlyOnce => {
+                            encode_ack(&mut conn.wbuf, PacketType::PubRec, packet_id)
+                        }
+                    }
+                    continue;
+                }
+                Ok(Some(Frame::Other(p))) => p,
                 Ok(None) => break,
                 Err(_) => return,
             };
             match packet {
-                Packet::Publish(p) => {
-                    publishes += 1;
-                    match p.qos {
-                        QoS::AtMostOnce => {}
-                        QoS::AtLeastOnce => {
-                            encode_ack(&mut conn.wbuf, PacketType::PubAck, p.packet_id)
-                        }
-                        QoS::ExactlyOnce => {
-                            encode_ack(&mut conn.wbuf, PacketType::PubRec, p.packet_id)
-                        }
-                    }
-                }
                 Packet::PubRel(id) => encode_ack(&mut conn.wbuf, PacketType::PubComp, id),
                 Packet::Connect(_) => {
                     let ack = Packet::ConnAck(ConnAck {
