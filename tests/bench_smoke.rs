@@ -174,3 +174,29 @@ fn a_run_that_stops_moving_ends_by_itself_and_says_so() {
     assert!(report.failed(), "{summary}");
     sink.shutdown();
 }
+
+#[test]
+fn bad_flag_values_give_one_line_naming_the_flag() {
+    for (args, flag) in [
+        (&["pair", "--qos", "3"][..], "--qos"),
+        (&["pair", "--size", "3"][..], "--size"),
+        (&["pair", "--clients", "5"][..], "--clients"),
+        (&["fan-in", "--duration", "0"][..], "--duration"),
+        (&["fan-in", "--window", "0"][..], "--window"),
+        (&["fan-out", "--rate", "-5"][..], "--rate"),
+        (&["mesh", "--publishers", "3"][..], "--publishers"),
+        (&["pair", "--threads", "0"][..], "--threads"),
+        (&["pair", "--password", "x"][..], "--password"),
+        (&["sink", "--threads", "0"][..], "--threads"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_surgemq"))
+            .arg("bench")
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+}

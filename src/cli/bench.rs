@@ -59,7 +59,7 @@ struct LoadArgs {
     #[arg(long)]
     window: Option<usize>,
     /// Open loop: total messages per second over all publishers.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     rate: Option<f64>,
     /// Load generator threads [default: number of CPUs].
     #[arg(long)]
