@@ -1,6 +1,7 @@
 //! SurgeMQ: a thread-per-core MQTT 3.1/3.1.1 broker and client library.
 
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod protocol;

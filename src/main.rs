@@ -30,6 +30,8 @@ enum Command {
     Pub(cli::pub_cmd::PubArgs),
     /// Subscribe and print messages (mosquitto_sub's flags).
     Sub(cli::sub_cmd::SubArgs),
+    /// Load-test a broker (pair, fan-in, fan-out, mesh) or run the sink.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Passwd(args) => cli::passwd::run(args),
         Command::Pub(args) => cli::pub_cmd::run(args),
         Command::Sub(args) => cli::sub_cmd::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! Subcommands of the `surgemq` binary. Each turns its flags into a validated configuration and
 //! calls the library; errors come back as one line for the user.
 
+pub mod bench;
 pub mod client_args;
 pub mod config_file;
 pub mod passwd;

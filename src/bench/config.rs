@@ -1,0 +1,527 @@
+//! What a benchmark run is asked to do ([`BenchConfig`]), the checks that turn it into a
+//! [`Plan`] the runner can trust, and the errors a run can end with.
+//!
+//! Every invalid value is reported as `invalid --flag: reason`, naming the command-line flag,
+//! so that the CLI can pass library errors through unchanged.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::protocol::QoS;
+
+use super::payload::HEADER_LEN;
+
+/// The four shapes of traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    /// One publisher, one subscriber, one topic.
+    Pair,
+    /// N publishers each on its own topic, subscribers on a wildcard over all of them.
+    FanIn,
+    /// Publishers on one topic, N subscribers to it.
+    FanOut,
+    /// N clients, each publishing on its own topic and subscribed to all of them (its own too).
+    Mesh,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Pair,
+        Scenario::FanIn,
+        Scenario::FanOut,
+        Scenario::Mesh,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Pair => "pair",
+            Scenario::FanIn => "fan-in",
+            Scenario::FanOut => "fan-out",
+            Scenario::Mesh => "mesh",
+        }
+    }
+}
+
+/// How much each publisher sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// This many messages per publisher.
+    Messages(u64),
+    /// As many as the window or rate allow for this long.
+    Duration(Duration),
+}
+
+/// Clients in a scenario unless told otherwise (the project's standard 20-client runs).
+pub const DEFAULT_CLIENTS: usize = 20;
+/// Default closed-loop window per publisher.
+pub const DEFAULT_WINDOW: usize = 100;
+/// Publisher × subscriber streams allowed in one run (one cache line of shared state each).
+pub const MAX_STREAMS: usize = 1_000_000;
+/// Clients of one role allowed in one run.
+pub const MAX_CLIENTS: usize = 10_000;
+/// Largest `--size`: far beyond any benchmark, well below MQTT's 256 MB limit.
+pub const MAX_SIZE: usize = 16 << 20;
+
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub scenario: Scenario,
+    pub host: String,
+    pub port: u16,
+    /// Publishers (fan-in, fan-out); `None`: the scenario's default.
+    pub publishers: Option<usize>,
+    /// Subscribers (fan-in, fan-out); `None`: the scenario's default.
+    pub subscribers: Option<usize>,
+    /// The scenario's N: publishers of fan-in, subscribers of fan-out, clients of mesh.
+    pub clients: Option<usize>,
+    /// No subscribers at all: measures how fast publishes are accepted.
+    pub publish_only: bool,
+    pub load: Load,
+    /// Payload bytes per message, header included.
+    pub size: usize,
+    pub qos: QoS,
+    /// Outstanding messages per publisher; `None`: [`DEFAULT_WINDOW`] in a closed loop,
+    /// unlimited with `rate`.
+    pub window: Option<usize>,
+    /// Open loop: total messages per second over all publishers.
+    pub rate: Option<f64>,
+    /// Load generator threads (glommio executors).
+    pub threads: usize,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// After publishing ends, how long to wait without progress before counting what is missing.
+    pub drain: Duration,
+    /// Time allowed for all clients to connect and subscribe.
+    pub setup_timeout: Duration,
+    /// Draw a live progress line on stderr.
+    pub progress: bool,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            scenario: Scenario::Pair,
+            host: "127.0.0.1".into(),
+            port: 1883,
+            publishers: None,
+            subscribers: None,
+            clients: None,
+            publish_only: false,
+            load: Load::Messages(100_000),
+            size: 64,
+            qos: QoS::AtMostOnce,
+            window: None,
+            rate: None,
+            threads: crate::broker::available_cpus(),
+            username: None,
+            password: None,
+            drain: Duration::from_secs(5),
+            setup_timeout: Duration::from_secs(10),
+            progress: false,
+        }
+    }
+}
+
+/// Why a run could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("invalid --{flag}: {reason}")]
+    Config { flag: &'static str, reason: String },
+    #[error("cannot resolve {host}:{port}: {reason}")]
+    Resolve {
+        host: String,
+        port: u16,
+        reason: String,
+    },
+    #[error(
+        "locked-memory limit (ulimit -l) is {have_kib} KiB but io_uring needs at least \
+         {need_kib} KiB: raise it, e.g. `ulimit -l {need_kib}`"
+    )]
+    LockedMemory { have_kib: u64, need_kib: u64 },
+    #[error("cannot start load generator thread: {0}")]
+    Thread(String),
+    #[error("setup failed: {0}")]
+    Setup(String),
+}
+
+pub(crate) fn invalid(flag: &'static str, reason: impl Into<String>) -> BenchError {
+    BenchError::Config {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// A validated configuration with everything derived from it.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub config: BenchConfig,
+    pub addr: SocketAddr,
+    pub publishers: usize,
+    pub subscribers: usize,
+    /// Mesh: publisher i and subscriber i share one connection.
+    pub shared_connections: bool,
+    /// Unique per run, so nothing from another run (or a retained message) is counted.
+    pub run_id: String,
+    /// Topic of each publisher.
+    pub topics: Vec<String>,
+    /// What every subscriber subscribes to.
+    pub filter: String,
+    pub window: Option<u64>,
+    /// Messages per second per publisher (open loop).
+    pub rate_per_publisher: Option<f64>,
+}
+
+fn count(flag: &'static str, v: usize, min: usize) -> Result<usize, BenchError> {
+    if v < min || v > MAX_CLIENTS {
+        return Err(invalid(
+            flag,
+            format!("must be between {min} and {MAX_CLIENTS}, got {v}"),
+        ));
+    }
+    Ok(v)
+}
+
+impl BenchConfig {
+    /// Checks every value and derives the run's shape. Errors name the flag.
+    pub fn plan(&self) -> Result<Plan, BenchError> {
+        let (publishers, subscribers) = self.shape()?;
+        let subscribers = if self.publish_only { 0 } else { subscribers };
+        if publishers * subscribers > MAX_STREAMS {
+            return Err(invalid(
+                "clients",
+                format!(
+                    "{publishers} publishers x {subscribers} subscribers is more than \
+                     {MAX_STREAMS} streams"
+                ),
+            ));
+        }
+        match self.load {
+            Load::Messages(0) => return Err(invalid("messages", "must be above 0")),
+            Load::Duration(d) if d.is_zero() || d > Duration::from_secs(86_400) => {
+                return Err(invalid("duration", "must be above 0 and at most 24h"))
+            }
+            _ => {}
+        }
+        if self.size < HEADER_LEN || self.size > MAX_SIZE {
+            return Err(invalid(
+                "size",
+                format!(
+                    "must be between {HEADER_LEN} (the header: publisher, sequence, timestamp) \
+                     and {MAX_SIZE} bytes, got {}",
+                    self.size
+                ),
+            ));
+        }
+        if let Some(w) = self.window {
+            if w == 0 || w > 65_535 {
+                return Err(invalid(
+                    "window",
+                    format!("must be between 1 and 65535, got {w}"),
+                ));
+            }
+        }
+        if let Some(r) = self.rate {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(invalid("rate", format!("must be above 0, got {r}")));
+            }
+        }
+        if self.threads == 0 || self.threads > 256 {
+            return Err(invalid(
+                "threads",
+                format!("must be between 1 and 256, got {}", self.threads),
+            ));
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err(invalid(
+                "password",
+                "needs --username (MQTT 3.1.1 sends no password without a user name)",
+            ));
+        }
+        if self.drain.is_zero() {
+            return Err(invalid("drain", "must be above 0"));
+        }
+        if self.host.is_empty() {
+            return Err(invalid("host", "must not be empty"));
+        }
+        let addr = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| e.to_string())
+            .and_then(|mut a| a.next().ok_or_else(|| "no address".to_string()))
+            .map_err(|reason| BenchError::Resolve {
+                host: self.host.clone(),
+                port: self.port,
+                reason,
+            })?;
+        let run_id = run_id();
+        let prefix = format!("surgemq-bench/{run_id}");
+        let (topics, filter) = match self.scenario {
+            Scenario::Pair | Scenario::FanOut => (
+                vec![format!("{prefix}/t"); publishers],
+                format!("{prefix}/t"),
+            ),
+            Scenario::FanIn | Scenario::Mesh => (
+                (0..publishers).map(|i| format!("{prefix}/{i}")).collect(),
+                format!("{prefix}/+"),
+            ),
+        };
+        let window = match (self.window, self.rate) {
+            (Some(w), _) => Some(w as u64),
+            (None, None) => Some(DEFAULT_WINDOW as u64),
+            (None, Some(_)) => None,
+        };
+        Ok(Plan {
+            config: self.clone(),
+            addr,
+            publishers,
+            subscribers,
+            shared_connections: self.scenario == Scenario::Mesh && subscribers > 0,
+            run_id,
+            topics,
+            filter,
+            window,
+            rate_per_publisher: self.rate.map(|r| r / publishers as f64),
+        })
+    }
+
+    /// Publishers and subscribers of the scenario, from its defaults and the flags that apply.
+    fn shape(&self) -> Result<(usize, usize), BenchError> {
+        let name = self.scenario.name();
+        let refuse = |flag: &'static str, v: Option<usize>, why: &str| match v {
+            Some(_) => Err(invalid(flag, format!("not used by {name}: {why}"))),
+            None => Ok(()),
+        };
+        match self.scenario {
+            Scenario::Pair => {
+                let why = "it has one publisher and one subscriber";
+                refuse("clients", self.clients, why)?;
+                refuse("publishers", self.publishers, why)?;
+                refuse("subscribers", self.subscribers, why)?;
+                Ok((1, 1))
+            }
+            Scenario::FanIn => {
+                if self.clients.is_some() && self.publishers.is_some() {
+                    return Err(invalid(
+                        "clients",
+                        "give --clients or --publishers, not both",
+                    ));
+                }
+                let n = self.clients.or(self.publishers).unwrap_or(DEFAULT_CLIENTS);
+                let flag = if self.clients.is_some() {
+                    "clients"
+                } else {
+                    "publishers"
+                };
+                Ok((
+                    count(flag, n, 1)?,
+                    count("subscribers", self.subscribers.unwrap_or(1), 1)?,
+                ))
+            }
+            Scenario::FanOut => {
+                if self.clients.is_some() && self.subscribers.is_some() {
+                    return Err(invalid(
+                        "clients",
+                        "give --clients or --subscribers, not both",
+                    ));
+                }
+                let n = self.clients.or(self.subscribers).unwrap_or(DEFAULT_CLIENTS);
+                let flag = if self.clients.is_some() {
+                    "clients"
+                } else {
+                    "subscribers"
+                };
+                Ok((
+                    count("publishers", self.publishers.unwrap_or(1), 1)?,
+                    count(flag, n, 1)?,
+                ))
+            }
+            Scenario::Mesh => {
+                let why = "every mesh client both publishes and subscribes; use --clients";
+                refuse("publishers", self.publishers, why)?;
+                refuse("subscribers", self.subscribers, why)?;
+                let n = count("clients", self.clients.unwrap_or(DEFAULT_CLIENTS), 1)?;
+                Ok((n, n))
+            }
+        }
+    }
+}
+
+/// A short id unique to this process and moment: topic prefix and client id stem.
+fn run_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{:x}{:x}{seq:x}",
+        std::process::id(),
+        (nanos as u64) & 0xffff_ffff
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(scenario: Scenario) -> BenchConfig {
+        BenchConfig {
+            scenario,
+            ..Default::default()
+        }
+    }
+
+    fn flag_of(c: BenchConfig) -> &'static str {
+        match c.plan() {
+            Err(BenchError::Config { flag, .. }) => flag,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn scenario_shapes_and_topics() {
+        let p = config(Scenario::Pair).plan().unwrap();
+        assert_eq!((p.publishers, p.subscribers), (1, 1));
+        assert_eq!(p.topics[0], p.filter);
+        let p = config(Scenario::FanIn).plan().unwrap();
+        assert_eq!((p.publishers, p.subscribers), (20, 1));
+        assert!(p.filter.ends_with("/+"));
+        assert_ne!(p.topics[0], p.topics[1]);
+        let p = BenchConfig {
+            clients: Some(5),
+            ..config(Scenario::FanOut)
+        }
+        .plan()
+        .unwrap();
+        assert_eq!((p.publishers, p.subscribers), (1, 5));
+        let p = config(Scenario::Mesh).plan().unwrap();
+        assert_eq!((p.publishers, p.subscribers), (20, 20));
+        assert!(p.shared_connections);
+        let p = BenchConfig {
+            publish_only: true,
+            ..config(Scenario::Mesh)
+        }
+        .plan()
+        .unwrap();
+        assert_eq!((p.publishers, p.subscribers), (20, 0));
+        assert!(!p.shared_connections);
+    }
+
+    #[test]
+    fn runs_get_distinct_topic_prefixes() {
+        let a = config(Scenario::Pair).plan().unwrap();
+        let b = config(Scenario::Pair).plan().unwrap();
+        assert_ne!(a.filter, b.filter);
+    }
+
+    #[test]
+    fn window_and_rate() {
+        let p = config(Scenario::Pair).plan().unwrap();
+        assert_eq!(p.window, Some(DEFAULT_WINDOW as u64));
+        assert_eq!(p.rate_per_publisher, None);
+        let p = BenchConfig {
+            rate: Some(1000.0),
+            clients: Some(4),
+            ..config(Scenario::FanIn)
+        }
+        .plan()
+        .unwrap();
+        assert_eq!(p.window, None, "open loop");
+        assert_eq!(p.rate_per_publisher, Some(250.0));
+    }
+
+    #[test]
+    fn invalid_values_name_their_flag() {
+        let base = config(Scenario::FanIn);
+        let cases: Vec<(BenchConfig, &str)> = vec![
+            (
+                BenchConfig {
+                    clients: Some(2),
+                    ..config(Scenario::Pair)
+                },
+                "clients",
+            ),
+            (
+                BenchConfig {
+                    subscribers: Some(2),
+                    ..config(Scenario::Mesh)
+                },
+                "subscribers",
+            ),
+            (
+                BenchConfig {
+                    clients: Some(0),
+                    ..base.clone()
+                },
+                "clients",
+            ),
+            (
+                BenchConfig {
+                    publishers: Some(0),
+                    ..base.clone()
+                },
+                "publishers",
+            ),
+            (
+                BenchConfig {
+                    load: Load::Messages(0),
+                    ..base.clone()
+                },
+                "messages",
+            ),
+            (
+                BenchConfig {
+                    load: Load::Duration(Duration::ZERO),
+                    ..base.clone()
+                },
+                "duration",
+            ),
+            (
+                BenchConfig {
+                    size: HEADER_LEN - 1,
+                    ..base.clone()
+                },
+                "size",
+            ),
+            (
+                BenchConfig {
+                    window: Some(0),
+                    ..base.clone()
+                },
+                "window",
+            ),
+            (
+                BenchConfig {
+                    rate: Some(-1.0),
+                    ..base.clone()
+                },
+                "rate",
+            ),
+            (
+                BenchConfig {
+                    threads: 0,
+                    ..base.clone()
+                },
+                "threads",
+            ),
+            (
+                BenchConfig {
+                    password: Some("x".into()),
+                    ..base.clone()
+                },
+                "password",
+            ),
+            (
+                BenchConfig {
+                    clients: Some(2000),
+                    ..config(Scenario::Mesh)
+                },
+                "clients",
+            ),
+        ];
+        for (c, flag) in cases {
+            assert_eq!(flag_of(c), flag);
+        }
+        let err = BenchConfig { size: 3, ..base }.plan().unwrap_err();
+        assert!(err.to_string().starts_with("invalid --size: "), "{err}");
+    }
+}

@@ -1,0 +1,378 @@
+//! The load generator's one place that touches a socket: a glommio `TcpStream` with a read
+//! buffer and a write buffer, plus the CONNECT and SUBSCRIBE handshakes.
+//!
+//! Subscribers receive far more than they send (a fan-out subscriber sees every message), so
+//! the receive path is the generator's hot path. The read buffer ([`ReadBuf`]) is one plain,
+//! initialised allocation that `recv` fills directly; frames are found with the codec's
+//! [`frame_len`], and a PUBLISH is read in place (QoS, packet id, payload slice) without
+//! splitting it off into a reference-counted `Bytes` or validating its topic as UTF-8: the
+//! generator only needs the payload header. Any other packet (acks, SUBACK, PINGRESP; a few
+//! bytes each) goes through the full decoder. Writes send everything the client encoded into
+//! `wbuf` (many PUBLISHes and acks) with as few `send` calls as the socket allows.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use futures_lite::future::or;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+
+use crate::protocol::{
+    decode, frame_len, ByteStr, Connect, ConnectReturnCode, Packet, ProtocolLevel, QoS, Subscribe,
+    SubscribeReturnCode,
+};
+
+/// Size of the read buffer: room for hundreds of small PUBLISHes per `recv`.
+const READ_CHUNK: usize = 64 * 1024;
+/// Below this much free room at the end, move the unread bytes to the front first.
+const MIN_READ_SPACE: usize = 4 * 1024;
+/// Largest packet accepted from the broker.
+pub const MAX_PACKET: usize = 1 << 25;
+/// Keepalive announced in CONNECT; the client pings at half of it.
+pub const KEEPALIVE_SECS: u16 = 60;
+
+/// One complete packet at the front of the read buffer.
+#[derive(Debug)]
+pub enum Frame<'a> {
+    /// A PUBLISH, read in place.
+    Publish {
+        qos: QoS,
+        packet_id: u16,
+        payload: &'a [u8],
+    },
+    /// Anything else, fully decoded.
+    Other(Packet),
+}
+
+/// Bytes read but not yet parsed: `buf[start..end]`. All of `buf` is initialised (it starts
+/// zeroed and only ever grows with zeroes), so handing `buf[end..]` to `recv` is sound.
+pub struct ReadBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Default for ReadBuf {
+    fn default() -> Self {
+        ReadBuf {
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+impl ReadBuf {
+    /// Free room for the next read: moves a partial frame to the front when the tail is short,
+    /// and grows the buffer when a frame announced in its header would not fit.
+    fn spare(&mut self) -> &mut [u8] {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let pending = &self.buf[self.start..self.end];
+        let frame = match frame_len(pending, MAX_PACKET) {
+            Ok(Some(total)) => total,
+            _ => 0,
+        };
+        let need = MIN_READ_SPACE.max(frame.saturating_sub(pending.len()));
+        if self.buf.len() - self.end < need {
+            // Only an incomplete frame is ever left behind, so this copies little.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.buf.len() - self.end < need {
+                self.buf.resize(self.end + need, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// The next complete packet, `Ok(None)` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, String> {
+        let data = &self.buf[self.start..self.end];
+        let total = match frame_len(data, MAX_PACKET) {
+            Ok(Some(total)) if total <= data.len() => total,
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let first = data[0];
+        let frame_start = self.start;
+        self.start += total;
+        if first >> 4 != 3 {
+            let mut packet = BytesMut::from(&self.buf[frame_start..frame_start + total]);
+            return match decode(&mut packet, MAX_PACKET) {
+                Ok(Some(p)) => Ok(Some(Frame::Other(p))),
+                Ok(None) => Err("frame_len and decode disagree".into()),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        let frame = &self.buf[frame_start..frame_start + total];
+        // Skip the fixed header: type byte plus 1-4 bytes of Remaining Length.
+        let header_len = 1 + frame[1..].iter().position(|b| b & 0x80 == 0).unwrap_or(0) + 1;
+        let body = &frame[header_len..];
+        let malformed = || "malformed PUBLISH from broker".to_string();
+        let qos = QoS::from_u8((first >> 1) & 0b11).ok_or_else(malformed)?;
+        let topic_len = usize::from(u16::from_be_bytes([
+            *body.first().ok_or_else(malformed)?,
+            *body.get(1).ok_or_else(malformed)?,
+        ]));
+        let mut at = 2 + topic_len;
+        let mut packet_id = 0;
+        if qos != QoS::AtMostOnce {
+            let id = body.get(at..at + 2).ok_or_else(malformed)?;
+            packet_id = u16::from_be_bytes([id[0], id[1]]);
+            at += 2;
+        }
+        let payload = body.get(at..).ok_or_else(malformed)?;
+        Ok(Some(Frame::Publish {
+            qos,
+            packet_id,
+            payload,
+        }))
+    }
+}
+
+pub struct Conn {
+    stream: TcpStream,
+    pub rbuf: ReadBuf,
+    pub wbuf: BytesMut,
+}
+
+impl Conn {
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
+        let stream = TcpStream::connect_timeout(addr, timeout)
+            .await
+            .map_err(io::Error::from)?;
+        Ok(Conn::from_stream(stream))
+    }
+
+    /// Wraps a connected socket (the sink's accepted ones).
+    pub fn from_stream(stream: TcpStream) -> Conn {
+        // Latency matters more than packet count: never let Nagle hold back a small batch.
+        let _ = stream.set_nodelay(true);
+        Conn {
+            stream,
+            rbuf: ReadBuf::default(),
+            wbuf: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    /// Reads what the socket has into the read buffer. `Ok(0)`: the peer closed.
+    pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let dst = self.rbuf.spare();
+        match Pin::new(&mut self.stream).poll_read(cx, dst) {
+            Poll::Ready(Ok(n)) => {
+                self.rbuf.end += n;
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+
+    /// Writes `wbuf` until it is empty or the socket is full.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.wbuf.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.wbuf.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// The next packet other than a PUBLISH (there should be none during handshakes).
+    pub async fn read_packet(&mut self) -> io::Result<Packet> {
+        loop {
+            match self.rbuf.next_frame() {
+                Ok(Some(Frame::Other(p))) => return Ok(p),
+                Ok(Some(Frame::Publish { .. })) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "PUBLISH before the subscription was acknowledged",
+                    ))
+                }
+                Ok(None) => {}
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+            if poll_fn(|cx| self.poll_read(cx)).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// CONNECT with a clean session, then wait for an accepting CONNACK.
+    pub async fn handshake(
+        &mut self,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<(), String> {
+        let connect = Packet::Connect(Box::new(Connect {
+            level: ProtocolLevel::V311,
+            clean_session: true,
+            keep_alive: KEEPALIVE_SECS,
+            client_id: ByteStr::from(client_id),
+            will: None,
+            username: username.map(ByteStr::from),
+            password: password.map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),
+        }));
+        connect.encode(&mut self.wbuf).map_err(|e| e.to_string())?;
+        self.flush().await.map_err(|e| format!("CONNECT: {e}"))?;
+        match self.read_packet().await {
+            Ok(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Accepted => Ok(()),
+            Ok(Packet::ConnAck(ack)) => Err(format!("CONNACK refused: {:?}", ack.code)),
+            Ok(other) => Err(format!("expected CONNACK, got {:?}", other.packet_type())),
+            Err(e) => Err(format!("waiting for CONNACK: {e}")),
+        }
+    }
+
+    /// SUBSCRIBE to one filter and wait for its SUBACK. Anything else arriving first (there
+    /// should be nothing: the topics are new) is an error.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<(), String> {
+        let subscribe = Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![(ByteStr::from(filter), qos)],
+        });
+        subscribe
+            .encode(&mut self.wbuf)
+            .map_err(|e| e.to_string())?;
+        self.flush().await.map_err(|e| format!("SUBSCRIBE: {e}"))?;
+        match self.read_packet().await {
+            Ok(Packet::SubAck(ack)) => match ack.return_codes.first() {
+                Some(SubscribeReturnCode::Success(granted)) if *granted >= qos => Ok(()),
+                Some(SubscribeReturnCode::Success(granted)) => Err(format!(
+                    "SUBACK granted QoS {} instead of {}",
+                    *granted as u8, qos as u8
+                )),
+                _ => Err(format!("SUBACK refused the subscription to {filter}")),
+            },
+            Ok(other) => Err(format!("expected SUBACK, got {:?}", other.packet_type())),
+            Err(e) => Err(format!("waiting for SUBACK: {e}")),
+        }
+    }
+
+    /// Sends DISCONNECT and whatever is still buffered, then closes gracefully, giving up
+    /// after `timeout`.
+    ///
+    /// Closing a socket with unread input makes the kernel send RST instead of FIN, and an RST
+    /// can make the peer discard what it has received but not yet read: the last messages of a
+    /// run would be lost. So: flush, shut down our side, and read until the peer closes.
+    pub async fn close(mut self, timeout: Duration) {
+        let _ = Packet::Disconnect.encode(&mut self.wbuf);
+        let _ = or(
+            async {
+                if self.flush().await.is_err() {
+                    return;
+                }
+                if self
+                    .stream
+                    .shutdown(std::net::Shutdown::Write)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                loop {
+                    self.rbuf.start = self.rbuf.end;
+                    match poll_fn(|cx| self.poll_read(cx)).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            },
+            glommio::timer::sleep(timeout),
+        )
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{encode_ack, encode_publish, PacketType};
+
+    fn feed(rb: &mut ReadBuf, bytes: &[u8]) {
+        let spare = rb.spare();
+        spare[..bytes.len()].copy_from_slice(bytes);
+        rb.end += bytes.len();
+    }
+
+    #[test]
+    fn publishes_are_read_in_place_and_other_packets_decoded() {
+        let mut wire = BytesMut::new();
+        encode_publish(&mut wire, "a/b", b"zero", QoS::AtMostOnce, false, false, 0).unwrap();
+        encode_publish(&mut wire, "a/b", b"two", QoS::ExactlyOnce, false, false, 7).unwrap();
+        encode_ack(&mut wire, PacketType::PubAck, 9);
+        // A payload big enough for a two-byte Remaining Length.
+        let big = vec![b'x'; 300];
+        encode_publish(&mut wire, "t", &big, QoS::AtLeastOnce, false, false, 3).unwrap();
+        let mut rb = ReadBuf::default();
+        // Deliver the bytes in awkward pieces: frames must only appear once complete.
+        let mut got = Vec::new();
+        for chunk in wire.chunks(5) {
+            feed(&mut rb, chunk);
+            while let Some(frame) = rb.next_frame().unwrap() {
+                got.push(match frame {
+                    Frame::Publish {
+                        qos,
+                        packet_id,
+                        payload,
+                    } => format!("publish {qos:?} {packet_id} {}", payload.len()),
+                    Frame::Other(p) => format!("{p:?}"),
+                });
+            }
+        }
+        assert_eq!(
+            got,
+            [
+                "publish AtMostOnce 0 4",
+                "publish ExactlyOnce 7 3",
+                "PubAck(9)",
+                "publish AtLeastOnce 3 300",
+            ]
+        );
+        assert_eq!(rb.start, rb.end, "everything consumed");
+    }
+
+    #[test]
+    fn buffer_compacts_and_grows_for_large_frames() {
+        let mut rb = ReadBuf::default();
+        let big = vec![b'y'; 3 * READ_CHUNK];
+        let mut wire = BytesMut::new();
+        encode_publish(&mut wire, "t", b"small", QoS::AtMostOnce, false, false, 0).unwrap();
+        encode_publish(&mut wire, "t", &big, QoS::AtMostOnce, false, false, 0).unwrap();
+        let mut sizes = Vec::new();
+        let mut offset = 0;
+        while offset < wire.len() {
+            let spare = rb.spare();
+            let n = spare.len().min(wire.len() - offset).min(1000);
+            spare[..n].copy_from_slice(&wire[offset..offset + n]);
+            rb.end += n;
+            offset += n;
+            while let Some(Frame::Publish { payload, .. }) = rb.next_frame().unwrap() {
+                sizes.push(payload.len());
+            }
+        }
+        assert_eq!(sizes, [5, 3 * READ_CHUNK]);
+    }
+
+    #[test]
+    fn malformed_publish_is_an_error() {
+        let mut rb = ReadBuf::default();
+        // PUBLISH QoS 1, remaining length 3: topic length 1, topic "a", no room for the id.
+        feed(&mut rb, &[0x32, 0x03, 0x00, 0x01, b'a']);
+        assert!(rb.next_frame().is_err());
+    }
+}

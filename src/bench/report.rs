@@ -1,0 +1,409 @@
+//! The result of a run ([`BenchReport`]) and the three ways it is shown: the plain summary, one
+//! JSON object (hand-written: a flat object of numbers and a few strings needs no serde), and
+//! the live progress line.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+
+/// Latency percentiles in microseconds, from send timestamp to arrival at a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub mean_us: f64,
+}
+
+impl Latency {
+    /// Percentiles of a histogram recorded in nanoseconds; `None` if it is empty.
+    pub fn from_histogram(h: &Histogram<u64>) -> Option<Latency> {
+        if h.is_empty() {
+            return None;
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Some(Latency {
+            samples: h.len(),
+            p50_us: us(h.value_at_quantile(0.50)),
+            p90_us: us(h.value_at_quantile(0.90)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+            mean_us: h.mean() / 1000.0,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    pub scenario: &'static str,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub qos: u8,
+    pub size: usize,
+    pub threads: usize,
+    /// `None`: open loop.
+    pub window: Option<u64>,
+    /// Open-loop target, msgs/s over all publishers.
+    pub rate: Option<f64>,
+    /// Messages publishers sent.
+    pub published: u64,
+    /// QoS 1/2: messages the broker acknowledged (PUBACK / PUBCOMP).
+    pub acked: u64,
+    /// Messages that should have reached subscribers: each publisher's count times its
+    /// subscribers.
+    pub expected: u64,
+    /// Distinct messages that reached subscribers.
+    pub delivered: u64,
+    pub missing: u64,
+    pub duplicated: u64,
+    /// Arrived after a later message of the same stream (an ordering violation).
+    pub reordered: u64,
+    /// Arrived but not ours (no header, unknown publisher) or beyond what was sent.
+    pub foreign: u64,
+    /// From the start (after every SUBACK) to the last publish.
+    pub publish_secs: f64,
+    /// From the start to the last delivery.
+    pub deliver_secs: f64,
+    pub publish_rate: f64,
+    /// Delivered msgs/s counted at subscribers: the MPS figure.
+    pub deliver_rate: f64,
+    pub latency: Option<Latency>,
+    /// Connection failures and protocol surprises, one line each.
+    pub errors: Vec<String>,
+}
+
+impl BenchReport {
+    /// A run fails when QoS 1/2 messages went missing or a client hit an error.
+    pub fn failed(&self) -> bool {
+        (self.qos > 0 && self.missing > 0) || !self.errors.is_empty()
+    }
+
+    /// Several lines for a person.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let flow = match (self.window, self.rate) {
+            // Nothing comes back to close the loop: publishers write as fast as the socket takes.
+            (_, None) if self.subscribers == 0 && self.qos == 0 => "unthrottled".into(),
+            (Some(w), None) => format!("closed loop, window {w}"),
+            (Some(w), Some(r)) => format!("rate {} msg/s, window {w}", num(r)),
+            (None, Some(r)) => format!("open loop, rate {} msg/s", num(r)),
+            (None, None) => "open loop".into(),
+        };
+        let _ = writeln!(
+            s,
+            "{}: {} pub -> {} sub, QoS {}, {} B payload, {} thread(s), {flow}",
+            self.scenario, self.publishers, self.subscribers, self.qos, self.size, self.threads
+        );
+        let _ = writeln!(
+            s,
+            "published  {:>12}  in {:.3} s  = {:>12} msg/s{}",
+            self.published,
+            self.publish_secs,
+            num(self.publish_rate),
+            if self.qos > 0 {
+                format!("  (acked {})", self.acked)
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            s,
+            "delivered  {:>12}  in {:.3} s  = {:>12} msg/s (MPS)",
+            self.delivered,
+            self.deliver_secs,
+            num(self.deliver_rate)
+        );
+        let _ = writeln!(
+            s,
+            "expected   {:>12}  missing {}  duplicated {}  reordered {}  foreign {}",
+            self.expected, self.missing, self.duplicated, self.reordered, self.foreign
+        );
+        match &self.latency {
+            Some(l) => {
+                let _ = writeln!(
+                    s,
+                    "latency us p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (mean {:.1}, {} samples)",
+                    l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us, l.samples
+                );
+            }
+            None => s.push_str("latency    (no deliveries)\n"),
+        }
+        for e in &self.errors {
+            let _ = writeln!(s, "error: {e}");
+        }
+        if self.failed() {
+            s.push_str("FAILED\n");
+        }
+        s
+    }
+
+    /// One JSON object on one line.
+    pub fn to_json(&self) -> String {
+        let mut o = JsonObject::default();
+        o.str("scenario", self.scenario);
+        o.num("publishers", self.publishers as f64);
+        o.num("subscribers", self.subscribers as f64);
+        o.num("qos", self.qos as f64);
+        o.num("size", self.size as f64);
+        o.num("threads", self.threads as f64);
+        o.opt("window", self.window.map(|w| w as f64));
+        o.opt("rate", self.rate);
+        o.num("published", self.published as f64);
+        o.num("acked", self.acked as f64);
+        o.num("expected", self.expected as f64);
+        o.num("delivered", self.delivered as f64);
+        o.num("missing", self.missing as f64);
+        o.num("duplicated", self.duplicated as f64);
+        o.num("reordered", self.reordered as f64);
+        o.num("foreign", self.foreign as f64);
+        o.num("publish_secs", self.publish_secs);
+        o.num("deliver_secs", self.deliver_secs);
+        o.num("publish_rate", self.publish_rate);
+        o.num("mps", self.deliver_rate);
+        let l = self.latency.as_ref();
+        o.opt("latency_p50_us", l.map(|l| l.p50_us));
+        o.opt("latency_p90_us", l.map(|l| l.p90_us));
+        o.opt("latency_p99_us", l.map(|l| l.p99_us));
+        o.opt("latency_p999_us", l.map(|l| l.p999_us));
+        o.opt("latency_max_us", l.map(|l| l.max_us));
+        o.opt("latency_mean_us", l.map(|l| l.mean_us));
+        o.strs("errors", &self.errors);
+        o.raw("failed", if self.failed() { "true" } else { "false" });
+        o.finish()
+    }
+}
+
+/// The live line: elapsed time, counts and the rates over the last interval.
+pub fn progress_line(
+    elapsed_secs: f64,
+    published: u64,
+    delivered: u64,
+    publish_rate: f64,
+    deliver_rate: f64,
+) -> String {
+    format!(
+        "{elapsed_secs:6.1}s  pub {published:>11} ({:>10}/s)  recv {delivered:>11} ({:>10}/s)",
+        num(publish_rate),
+        num(deliver_rate)
+    )
+}
+
+/// A rate or count for people: no decimals above 100, thousands separated by commas.
+pub fn num(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    if v.abs() < 100.0 {
+        return format!("{v:.1}");
+    }
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if v < 0.0 {
+        out.push('-');
+    }
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[derive(Default)]
+struct JsonObject(String);
+
+impl JsonObject {
+    fn key(&mut self, k: &str) {
+        self.0.push(if self.0.is_empty() { '{' } else { ',' });
+        escape_into(&mut self.0, k);
+        self.0.push(':');
+    }
+    fn raw(&mut self, k: &str, v: &str) {
+        self.key(k);
+        self.0.push_str(v);
+    }
+    fn num(&mut self, k: &str, v: f64) {
+        // JSON has no NaN or infinity.
+        let text = if !v.is_finite() {
+            "null".to_string()
+        } else if v.fract() == 0.0 && v.abs() < 9.0e15 {
+            format!("{}", v as i64)
+        } else {
+            format!("{v:.3}")
+        };
+        self.raw(k, &text);
+    }
+    fn opt(&mut self, k: &str, v: Option<f64>) {
+        match v {
+            Some(v) => self.num(k, v),
+            None => self.raw(k, "null"),
+        }
+    }
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        escape_into(&mut self.0, v);
+    }
+    fn strs(&mut self, k: &str, v: &[String]) {
+        self.key(k);
+        self.0.push('[');
+        for (i, s) in v.iter().enumerate() {
+            if i > 0 {
+                self.0.push(',');
+            }
+            escape_into(&mut self.0, s);
+        }
+        self.0.push(']');
+    }
+    fn finish(mut self) -> String {
+        if self.0.is_empty() {
+            self.0.push('{');
+        }
+        self.0.push('}');
+        self.0
+    }
+}
+
+fn escape_into(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> BenchReport {
+        BenchReport {
+            scenario: "fan-in",
+            publishers: 20,
+            subscribers: 1,
+            qos: 1,
+            size: 64,
+            threads: 2,
+            window: Some(100),
+            rate: None,
+            published: 2_000_000,
+            acked: 2_000_000,
+            expected: 2_000_000,
+            delivered: 2_000_000,
+            missing: 0,
+            duplicated: 0,
+            reordered: 0,
+            foreign: 0,
+            publish_secs: 2.0,
+            deliver_secs: 2.5,
+            publish_rate: 1_000_000.0,
+            deliver_rate: 800_000.0,
+            latency: Some(Latency {
+                samples: 2_000_000,
+                p50_us: 120.0,
+                p90_us: 200.5,
+                p99_us: 450.0,
+                p999_us: 900.0,
+                max_us: 4000.0,
+                mean_us: 130.25,
+            }),
+            errors: vec![],
+        }
+    }
+
+    #[test]
+    fn numbers_for_people() {
+        assert_eq!(num(0.0), "0.0");
+        assert_eq!(num(99.94), "99.9");
+        assert_eq!(num(100.0), "100");
+        assert_eq!(num(1234.4), "1,234");
+        assert_eq!(num(1_234_567.0), "1,234,567");
+        assert_eq!(num(-1_234_567.0), "-1,234,567");
+        assert_eq!(num(f64::NAN), "-");
+    }
+
+    #[test]
+    fn summary_has_the_headline_numbers() {
+        let s = sample().summary();
+        assert!(
+            s.starts_with("fan-in: 20 pub -> 1 sub, QoS 1, 64 B payload"),
+            "{s}"
+        );
+        assert!(s.contains("800,000 msg/s (MPS)"), "{s}");
+        assert!(s.contains("p99 450.0"), "{s}");
+        assert!(!s.contains("FAILED"), "{s}");
+        let failed = BenchReport {
+            missing: 3,
+            ..sample()
+        };
+        assert!(failed.failed());
+        assert!(failed.summary().contains("FAILED"));
+        // Missing QoS 0 messages are a measurement, not a failure.
+        let lossy = BenchReport {
+            qos: 0,
+            missing: 3,
+            ..sample()
+        };
+        assert!(!lossy.failed());
+    }
+
+    #[test]
+    fn json_is_one_flat_object() {
+        let j = sample().to_json();
+        assert!(
+            j.starts_with("{\"scenario\":\"fan-in\",\"publishers\":20,"),
+            "{j}"
+        );
+        assert!(j.contains("\"window\":100,\"rate\":null,"), "{j}");
+        assert!(j.contains("\"mps\":800000,"), "{j}");
+        assert!(j.contains("\"latency_p90_us\":200.500,"), "{j}");
+        assert!(j.ends_with("\"errors\":[],\"failed\":false}"), "{j}");
+        assert!(!j.contains('\n'));
+        let with_error = BenchReport {
+            errors: vec!["client 3: \"closed\"\n".into()],
+            latency: None,
+            ..sample()
+        };
+        let j = with_error.to_json();
+        assert!(j.contains("\"latency_p50_us\":null"), "{j}");
+        assert!(
+            j.contains("\"errors\":[\"client 3: \\\"closed\\\"\\n\"],\"failed\":true}"),
+            "{j}"
+        );
+    }
+
+    #[test]
+    fn latency_from_histogram() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        assert!(Latency::from_histogram(&h).is_none());
+        for us in 1..=1000u64 {
+            h.record(us * 1000).unwrap();
+        }
+        let l = Latency::from_histogram(&h).unwrap();
+        assert_eq!(l.samples, 1000);
+        assert!((l.p50_us - 500.0).abs() < 1.0, "{l:?}");
+        assert!((l.p99_us - 990.0).abs() < 1.0, "{l:?}");
+        assert!((l.max_us - 1000.0).abs() < 1.0, "{l:?}");
+    }
+
+    #[test]
+    fn progress_line_fits_a_terminal() {
+        let line = progress_line(12.34, 1_000_000, 990_000, 250_000.0, 249_000.0);
+        assert!(line.len() < 100, "{line}");
+        assert!(line.contains("250,000/s"), "{line}");
+    }
+}

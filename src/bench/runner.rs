@@ -1,0 +1,394 @@
+//! Running a benchmark: generator threads, the phases of a run, the progress line, and
+//! turning what the clients counted into a [`BenchReport`].
+//!
+//! The calling thread coordinates and never touches a socket. It starts one glommio executor
+//! per `--threads` (not pinned: on a small machine the broker's pinned shards and the generator
+//! share the cores, and the kernel places us better than a fixed choice would), spreads the
+//! clients over them round-robin, waits until every client has connected and subscribed, and
+//! only then starts the clock and lets publishers go. After publishing ends it waits until
+//! everything expected has arrived, or until nothing has moved for `--drain`, so what is
+//! counted as missing really is missing and not merely late.
+
+use std::io::{IsTerminal, Write};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::client::{self, ClientResult, ClientSpec};
+use super::config::{BenchConfig, BenchError, Load, Plan};
+use super::report::{progress_line, BenchReport, Latency};
+use super::shared::{new_histogram, Control, Local, Phase, Shared};
+use crate::protocol::QoS;
+
+/// glommio registers this much memory with io_uring per executor; we do no file I/O.
+const IO_MEMORY: usize = 64 * 1024;
+/// glommio refuses to start an executor below this locked-memory limit.
+const MIN_MEMLOCK: u64 = 512 * 1024;
+/// How often the coordinator looks at the counters.
+const TICK: Duration = Duration::from_millis(10);
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// What one generator thread hands back.
+struct ThreadResult {
+    histogram: hdrhistogram::Histogram<u64>,
+    clients: Vec<ClientResult>,
+}
+
+/// Runs one benchmark to the end and reports what was measured.
+pub fn run(config: BenchConfig) -> Result<BenchReport, BenchError> {
+    let plan = Arc::new(config.plan()?);
+    check_locked_memory()?;
+    let threads = plan.config.threads;
+    let shared = Arc::new(Shared::new(plan.publishers, plan.subscribers, threads));
+    let specs = client_specs(&plan, threads);
+    let total_clients: usize = specs.iter().map(Vec::len).sum();
+
+    let mut handles = Vec::with_capacity(threads);
+    for (t, specs) in specs.into_iter().enumerate() {
+        let (plan, thread_shared) = (plan.clone(), shared.clone());
+        let spawned = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("surgemq-bench-{t}"))
+            .io_memory(IO_MEMORY)
+            .spawn(move || async move { thread_main(t, specs, plan, thread_shared).await });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                shared.set_phase(Phase::Finished);
+                join_all(handles);
+                return Err(BenchError::Thread(e.to_string()));
+            }
+        }
+    }
+
+    // Setup: every client connected and subscribed, or one gave up.
+    let deadline = Instant::now() + plan.config.setup_timeout + Duration::from_secs(1);
+    loop {
+        let ready = shared.ready.load(Ordering::Acquire);
+        let failed = shared.failed.load(Ordering::Acquire);
+        if failed > 0 || Instant::now() > deadline {
+            shared.set_phase(Phase::Finished);
+            join_all(handles);
+            let errors = shared.errors.lock().unwrap_or_else(|e| e.into_inner());
+            let first = errors
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "timed out".into());
+            return Err(BenchError::Setup(format!(
+                "{ready} of {total_clients} clients ready; {failed} failed; first error: {first}"
+            )));
+        }
+        if ready == total_clients {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    let start_ns = shared.now_ns().max(1);
+    shared.start_ns.store(start_ns, Ordering::Release);
+    shared.set_phase(Phase::Running);
+    let end = coordinate(&plan, &shared, start_ns);
+    shared.set_phase(Phase::Finished);
+    let results = join_all(handles);
+    if plan.config.progress {
+        // Clear the progress line so the summary starts on a clean one.
+        eprint!("\r\x1b[K");
+    }
+    Ok(build_report(&plan, &shared, results, start_ns, end))
+}
+
+/// Assigns clients to threads round-robin: publishers first, then subscribers, so both
+/// roles spread evenly.
+fn client_specs(plan: &Plan, threads: usize) -> Vec<Vec<ClientSpec>> {
+    let mut roles: Vec<(Option<usize>, Option<usize>)> = Vec::new();
+    if plan.shared_connections {
+        roles.extend((0..plan.publishers).map(|i| (Some(i), Some(i))));
+    } else {
+        roles.extend((0..plan.publishers).map(|i| (Some(i), None)));
+        roles.extend((0..plan.subscribers).map(|i| (None, Some(i))));
+    }
+    let mut per_thread: Vec<Vec<ClientSpec>> = vec![Vec::new(); threads];
+    for (index, (publisher, subscriber)) in roles.into_iter().enumerate() {
+        let t = index % threads;
+        let slot = per_thread[t].len();
+        per_thread[t].push(ClientSpec {
+            index,
+            slot,
+            publisher,
+            subscriber,
+        });
+    }
+    per_thread
+}
+
+async fn thread_main(
+    thread: usize,
+    specs: Vec<ClientSpec>,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+) -> ThreadResult {
+    let local = Rc::new(Local {
+        thread,
+        control: Control::new(specs.len()),
+        histogram: std::cell::RefCell::new(new_histogram()),
+    });
+    let watcher = {
+        let (local, shared) = (local.clone(), shared.clone());
+        glommio::spawn_local(async move { local.control.watch(&shared).await })
+    };
+    let tasks: Vec<_> = specs
+        .into_iter()
+        .map(|spec| {
+            glommio::spawn_local(client::run(
+                spec,
+                plan.clone(),
+                shared.clone(),
+                local.clone(),
+            ))
+        })
+        .collect();
+    let mut clients = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        clients.push(task.await);
+    }
+    watcher.await;
+    let histogram = local.histogram.replace(new_histogram());
+    ThreadResult { histogram, clients }
+}
+
+fn join_all(handles: Vec<glommio::ExecutorJoinHandle<ThreadResult>>) -> Vec<ThreadResult> {
+    handles.into_iter().filter_map(|h| h.join().ok()).collect()
+}
+
+/// How the publishing phase ended.
+struct End {
+    /// When publishers were told to stop, or found done (ns since the clock base).
+    publish_ns: u64,
+    /// Publishing stopped because nothing moved for the drain time.
+    stalled: bool,
+}
+
+/// Drives the running and draining phases.
+fn coordinate(plan: &Plan, shared: &Shared, start_ns: u64) -> End {
+    let config = &plan.config;
+    let started = Instant::now();
+    let qos_acks = config.qos != QoS::AtMostOnce;
+    let mut progress = Progress::new(config.progress && std::io::stderr().is_terminal());
+    let mut last_moved = Instant::now();
+    let mut last_totals = shared.totals();
+    let mut end_publish_ns = None;
+    let mut stalled = false;
+    loop {
+        std::thread::sleep(TICK);
+        let totals = shared.totals();
+        if totals != last_totals {
+            last_totals = totals;
+            last_moved = Instant::now();
+        }
+        let (published, delivered, acked) = totals;
+        progress.tick(started, published, delivered);
+        let phase = shared.phase();
+        if phase == Phase::Running {
+            let all_sent = shared.publishers_done.load(Ordering::Acquire) >= plan.publishers;
+            let timed_out = matches!(config.load, Load::Duration(d) if started.elapsed() >= d);
+            // A run that stops moving (dead broker, lost subscriber with a full window) must
+            // not hang: treat it as the end of publishing.
+            let stuck = last_moved.elapsed() >= config.drain;
+            if all_sent || timed_out || stuck {
+                shared.set_phase(Phase::Draining);
+                stalled = stuck && !all_sent && !timed_out;
+                end_publish_ns = Some(shared.now_ns());
+                last_moved = Instant::now();
+            }
+            continue;
+        }
+        // Draining: done when everything expected arrived (and was acknowledged), or when
+        // nothing has moved for the drain time.
+        let complete = delivered >= shared.expected() && (!qos_acks || acked >= published);
+        if complete || last_moved.elapsed() >= config.drain {
+            return End {
+                publish_ns: end_publish_ns.unwrap_or(start_ns),
+                stalled,
+            };
+        }
+    }
+}
+
+/// The live progress line on a terminal.
+struct Progress {
+    enabled: bool,
+    last: Instant,
+    last_counts: (u64, u64),
+}
+
+impl Progress {
+    fn new(enabled: bool) -> Progress {
+        Progress {
+            enabled,
+            last: Instant::now(),
+            last_counts: (0, 0),
+        }
+    }
+
+    fn tick(&mut self, started: Instant, published: u64, delivered: u64) {
+        if !self.enabled || self.last.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        let dt = self.last.elapsed().as_secs_f64();
+        let line = progress_line(
+            started.elapsed().as_secs_f64(),
+            published,
+            delivered,
+            (published - self.last_counts.0) as f64 / dt,
+            (delivered - self.last_counts.1) as f64 / dt,
+        );
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r{line}\x1b[K");
+        let _ = err.flush();
+        self.last = Instant::now();
+        self.last_counts = (published, delivered);
+    }
+}
+
+fn build_report(
+    plan: &Plan,
+    shared: &Shared,
+    results: Vec<ThreadResult>,
+    start_ns: u64,
+    end: End,
+) -> BenchReport {
+    let config = &plan.config;
+    let mut histogram = new_histogram();
+    let mut sent = vec![0u64; plan.publishers];
+    let mut published = 0;
+    let mut acked = 0;
+    let mut last_send_ns = start_ns;
+    let mut subs = Vec::new();
+    for t in results {
+        let _ = histogram.add(&t.histogram);
+        for c in t.clients {
+            if let Some(p) = c.publisher {
+                sent[p.index] = p.sent;
+                published += p.sent;
+                acked += p.acked;
+                last_send_ns = last_send_ns.max(p.last_send_ns);
+            }
+            if let Some(s) = c.subscriber {
+                subs.push(s);
+            }
+        }
+    }
+    // A subscriber that never reported (its thread died) lost everything it should have had.
+    let mut expected = 0;
+    let (mut delivered, mut missing, mut duplicated, mut reordered, mut foreign) = (0, 0, 0, 0, 0);
+    let mut last_recv_ns = start_ns;
+    for s in &subs {
+        last_recv_ns = last_recv_ns.max(s.last_recv_ns);
+        foreign += s.foreign;
+        for (p, t) in s.trackers.iter().enumerate() {
+            expected += sent[p];
+            delivered += t.unique().min(sent[p]);
+            missing += t.missing(sent[p]);
+            duplicated += t.duplicates();
+            reordered += t.late();
+            foreign += t.unexpected(sent[p]);
+        }
+    }
+    let lost_subscribers = plan.subscribers - subs.len();
+    let lost: u64 = sent.iter().sum::<u64>() * lost_subscribers as u64;
+    expected += lost;
+    missing += lost;
+    let mut errors = shared
+        .errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if end.stalled {
+        errors.push(format!(
+            "stalled: nothing was published or delivered from {:.1} s to {:.1} s; publishing stopped",
+            (end.publish_ns - start_ns).saturating_sub(config.drain.as_nanos() as u64) as f64 / 1e9,
+            (end.publish_ns - start_ns) as f64 / 1e9
+        ));
+    }
+    if lost_subscribers > 0 {
+        errors.push(format!("{lost_subscribers} subscriber(s) reported nothing"));
+    }
+    // Rates are over the time the run was meant to take, not just the part where something
+    // happened: a duration run (or a stalled one) publishes until it was told to stop, and a
+    // broker that went quiet before that gets no credit for the quiet time.
+    let timed = matches!(config.load, Load::Duration(_)) || end.stalled;
+    let publish_end = if timed {
+        end.publish_ns.max(last_send_ns)
+    } else {
+        last_send_ns
+    };
+    let deliver_end = if timed {
+        end.publish_ns.max(last_recv_ns)
+    } else {
+        last_recv_ns
+    };
+    let secs = |end: u64| (end.saturating_sub(start_ns)) as f64 / 1e9;
+    let rate = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+    let publish_secs = secs(publish_end);
+    let deliver_secs = if subs.is_empty() {
+        0.0
+    } else {
+        secs(deliver_end)
+    };
+    BenchReport {
+        scenario: config.scenario.name(),
+        publishers: plan.publishers,
+        subscribers: plan.subscribers,
+        qos: config.qos as u8,
+        size: config.size,
+        threads: config.threads,
+        window: plan.window,
+        rate: config.rate,
+        published,
+        acked,
+        expected,
+        delivered,
+        missing,
+        duplicated,
+        reordered,
+        foreign,
+        publish_secs,
+        deliver_secs,
+        publish_rate: rate(published, publish_secs),
+        deliver_rate: rate(delivered, deliver_secs),
+        latency: Latency::from_histogram(&histogram),
+        errors,
+    }
+}
+
+/// glommio needs locked memory for its io_uring rings. Raise the soft limit to the hard one if
+/// that is enough; otherwise say what to raise.
+fn check_locked_memory() -> Result<(), BenchError> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0
+        || lim.rlim_cur >= MIN_MEMLOCK
+    {
+        return Ok(());
+    }
+    if lim.rlim_max >= MIN_MEMLOCK {
+        let raised = libc::rlimit {
+            rlim_cur: MIN_MEMLOCK,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
+            return Ok(());
+        }
+    }
+    Err(BenchError::LockedMemory {
+        have_kib: lim.rlim_cur / 1024,
+        need_kib: MIN_MEMLOCK / 1024,
+    })
+}
