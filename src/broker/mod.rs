@@ -10,9 +10,12 @@ pub mod config;
 mod connection;
 pub mod mesh;
 pub mod metrics;
+mod replica;
 mod runtime;
 pub mod session;
+mod session_table;
 mod shard;
+mod shard_tasks;
 mod wire;
 
 pub use config::{available_cpus, BrokerConfig, ConfigError};

@@ -15,7 +15,8 @@ use tracing::{info, warn};
 use super::config::BrokerConfig;
 use super::mesh::{InboxReceiver, Mesh, ShardId, ShardMessage};
 use super::metrics::MetricsSnapshot;
-use super::shard::{drain_inbox, expire_sessions, retry_stalled, Shard};
+use super::shard::Shard;
+use super::shard_tasks::{drain_inbox, expire_sessions, retry_stalled};
 
 /// Memory glommio registers with io_uring per executor. The broker does no file I/O through
 /// glommio's DMA buffers, so the minimum glommio accepts is plenty.

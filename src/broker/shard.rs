@@ -11,20 +11,19 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use tracing::debug;
 
 use super::config::BrokerConfig;
-use super::mesh::{
-    InboxReceiver, Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target,
-};
+use super::mesh::{Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target};
 use super::metrics::Metrics;
+use super::replica::Replica;
 use super::session::{Dropped, Kick, Outbound, Session, SessionLimits};
+use super::session_table::SessionTable;
 use super::wire::{ReadArena, WritePool};
 use crate::protocol::{ByteStr, Connect, QoS, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe};
-use crate::topic::{validate_filter_with_max_levels, SubscriptionTrie, TopicTree};
+use crate::topic::{validate_filter_with_max_levels, TopicTree};
 
 /// The shard that owns `key` (a client id, or a retained topic): the same answer on every
 /// shard and in every run, so tests can place clients on purpose.
@@ -49,77 +48,6 @@ impl Drop for ConnectionPermit {
     }
 }
 
-struct Slot {
-    generation: u32,
-    session: Option<Rc<RefCell<Session>>>,
-}
-
-/// Sessions of this shard, addressable by slot (for deliveries) and by client id (for CONNECT).
-#[derive(Default)]
-struct SessionTable {
-    slots: Vec<Slot>,
-    free: Vec<u32>,
-    by_client: AHashMap<ByteStr, u32>,
-}
-
-impl SessionTable {
-    fn get(&self, slot: u32, generation: u32) -> Option<&Rc<RefCell<Session>>> {
-        let s = self.slots.get(slot as usize)?;
-        if s.generation == generation {
-            s.session.as_ref()
-        } else {
-            None
-        }
-    }
-
-    fn find(&self, client_id: &str) -> Option<Rc<RefCell<Session>>> {
-        let slot = *self.by_client.get(client_id)?;
-        self.slots[slot as usize].session.clone()
-    }
-
-    /// A fresh slot (a new generation if reused) for a session built by `make`.
-    fn insert(
-        &mut self,
-        client_id: ByteStr,
-        make: impl FnOnce(u32, u32) -> Session,
-    ) -> Rc<RefCell<Session>> {
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    session: None,
-                });
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let entry = &mut self.slots[slot as usize];
-        entry.generation = entry.generation.wrapping_add(1);
-        let session = Rc::new(RefCell::new(make(slot, entry.generation)));
-        entry.session = Some(session.clone());
-        self.by_client.insert(client_id, slot);
-        session
-    }
-
-    fn remove(&mut self, id: SubscriberId, client_id: &str) {
-        let Some(entry) = self.slots.get_mut(id.slot as usize) else {
-            return;
-        };
-        if entry.generation != id.generation || entry.session.is_none() {
-            return;
-        }
-        entry.session = None;
-        self.free.push(id.slot);
-        if self.by_client.get(client_id) == Some(&id.slot) {
-            self.by_client.remove(client_id);
-        }
-    }
-
-    fn all(&self) -> impl Iterator<Item = &Rc<RefCell<Session>>> {
-        self.slots.iter().filter_map(|s| s.session.as_ref())
-    }
-}
-
 /// A SUBSCRIBE or UNSUBSCRIBE waiting for the other shards to apply it.
 struct PendingAck {
     subscriber: SubscriberId,
@@ -135,10 +63,10 @@ pub struct Shard {
     pub metrics: Metrics,
     /// Open client sockets of the whole broker.
     open_sockets: Arc<AtomicUsize>,
-    router: RefCell<Router>,
-    trie: RefCell<SubscriptionTrie<SubscriberId, QoS>>,
+    pub(super) router: RefCell<Router>,
+    replica: RefCell<Replica>,
     retained: RefCell<TopicTree<Arc<Message>>>,
-    sessions: RefCell<SessionTable>,
+    pub(super) sessions: RefCell<SessionTable>,
     pending: RefCell<AHashMap<u64, PendingAck>>,
     next_token: Cell<u64>,
     next_conn: Cell<u64>,
@@ -154,9 +82,9 @@ pub struct Shard {
     connection_queue: glommio::TaskQueueHandle,
     stop_waker: RefCell<Option<Waker>>,
     /// Wakes the task that retries flushes while an inbox is full.
-    stall_waker: RefCell<Option<Waker>>,
+    pub(super) stall_waker: RefCell<Option<Waker>>,
     /// Connections waiting for the router to drain below its congestion limit.
-    congestion_waiters: RefCell<Vec<Waker>>,
+    pub(super) congestion_waiters: RefCell<Vec<Waker>>,
 }
 
 impl Shard {
@@ -174,7 +102,7 @@ impl Shard {
             metrics: Metrics::default(),
             open_sockets,
             router: RefCell::new(Router::new(id, mesh)),
-            trie: RefCell::new(SubscriptionTrie::new()),
+            replica: RefCell::new(Replica::default()),
             retained: RefCell::new(TopicTree::new()),
             sessions: RefCell::new(SessionTable::default()),
             pending: RefCell::new(AHashMap::new()),
@@ -285,9 +213,9 @@ impl Shard {
         let client_id = s.client_id.clone();
         drop(s);
         {
-            let mut trie = self.trie.borrow_mut();
+            let mut replica = self.replica.borrow_mut();
             for f in &filters {
-                trie.remove(f, &id);
+                replica.remove(f, &id);
             }
         }
         if !filters.is_empty() && self.shards > 1 {
@@ -318,10 +246,11 @@ impl Shard {
         }
         let mut matches = self.matches.borrow_mut();
         matches.clear();
-        self.trie
-            .borrow()
+        let replica = self.replica.borrow();
+        replica
+            .trie
             .for_each_match(&message.topic, |id, qos| matches.push((*id, *qos)));
-        if matches.len() > 1 {
+        if matches.len() > 1 && replica.may_overlap() {
             // Overlapping subscriptions of one client: keep one entry, the highest QoS.
             matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
             matches.dedup_by_key(|m| m.0);
@@ -547,23 +476,23 @@ impl Shard {
         id: SubscriberId,
         filters: &[(ByteStr, QoS)],
     ) -> Vec<(Arc<Message>, QoS)> {
-        let mut trie = self.trie.borrow_mut();
+        let mut replica = self.replica.borrow_mut();
         let retained = self.retained.borrow();
         let mut found = Vec::new();
         for (filter, qos) in filters {
-            trie.insert(filter, id, *qos);
+            replica.insert(filter, id, *qos);
             retained.for_each_matching(filter, |m| found.push((m.clone(), *qos)));
         }
-        self.metrics.subscriptions.set(trie.len() as u64);
+        self.metrics.subscriptions.set(replica.trie.len() as u64);
         found
     }
 
     fn apply_unsubscribe(&self, id: SubscriberId, filters: &[ByteStr]) {
-        let mut trie = self.trie.borrow_mut();
+        let mut replica = self.replica.borrow_mut();
         for f in filters {
-            trie.remove(f, &id);
+            replica.remove(f, &id);
         }
-        self.metrics.subscriptions.set(trie.len() as u64);
+        self.metrics.subscriptions.set(replica.trie.len() as u64);
     }
 
     // ----- mesh -----------------------------------------------------------------------------
@@ -682,93 +611,5 @@ impl Shard {
 
     pub fn stalls(&self) -> u64 {
         self.router.borrow().stalls
-    }
-}
-
-/// Removes persistent sessions that stayed disconnected longer than `--session-expiry`.
-/// Runs only when an expiry is configured, at a coarse interval.
-pub async fn expire_sessions(shard: Rc<Shard>) {
-    let Some(expiry) = shard.config.session_expiry else {
-        return;
-    };
-    let interval = (expiry / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
-    loop {
-        glommio::timer::sleep(interval).await;
-        let now = Instant::now();
-        let expired: Vec<_> = shard
-            .sessions
-            .borrow()
-            .all()
-            .filter(|s| {
-                s.borrow()
-                    .disconnected_for(now)
-                    .is_some_and(|d| d >= expiry)
-            })
-            .cloned()
-            .collect();
-        for session in expired {
-            debug!(client = %session.borrow().client_id, "session expired");
-            shard.remove_session(&session);
-        }
-        shard.flush();
-    }
-}
-
-/// Drains the shard's inbox. Sleeps on the doorbell when the inbox is empty, so an idle shard
-/// costs nothing; yields after a bounded amount of work so connections keep being served.
-pub async fn drain_inbox(shard: Rc<Shard>, inbox: InboxReceiver) {
-    use futures_lite::AsyncReadExt;
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let mesh = shard.mesh();
-    let InboxReceiver { rx, bell } = inbox;
-    // SAFETY: `bell` is the open, non-blocking read end of the doorbell socketpair, ours alone.
-    let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(bell.into_raw_fd()) };
-    let mut rings = [0u8; 64];
-    loop {
-        let mut handled = 0;
-        while handled < 256 {
-            match rx.try_recv() {
-                Ok(msg) => {
-                    shard.handle(msg);
-                    handled += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        shard.flush();
-        if handled == 256 {
-            glommio::yield_if_needed().await;
-            continue;
-        }
-        if mesh.going_to_sleep(shard.id, &rx) {
-            // Any number of rings (or a stale one) just means: look at the inbox again.
-            if bell.read(&mut rings).await.is_err() {
-                return; // the mesh is gone: the broker is stopping
-            }
-            mesh.awake(shard.id);
-        }
-    }
-}
-
-/// Retries flushing while an inbox is full, and wakes publishers once the backlog is below the
-/// congestion limit. Sleeps when nothing waits, so it costs nothing in the common case.
-pub async fn retry_stalled(shard: Rc<Shard>) {
-    loop {
-        std::future::poll_fn(|cx| {
-            if shard.router.borrow().has_backlog() {
-                Poll::Ready(())
-            } else {
-                *shard.stall_waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await;
-        glommio::timer::sleep(Duration::from_micros(50)).await;
-        shard.flush();
-        if !shard.congested() {
-            for w in shard.congestion_waiters.borrow_mut().drain(..) {
-                w.wake();
-            }
-        }
     }
 }

@@ -1,0 +1,85 @@
+//! A shard's replica of the whole subscription index: every subscriber of every shard, keyed
+//! by [`SubscriberId`], with the QoS granted.
+
+use ahash::AHashMap;
+
+use super::mesh::SubscriberId;
+use crate::protocol::QoS;
+use crate::topic::SubscriptionTrie;
+
+/// The shard's replica of the subscription index, with how many filters each subscriber has
+/// in it: while no subscriber has two, no message can match one subscriber twice and routing
+/// skips de-duplication (which otherwise sorts every message's matches).
+#[derive(Default)]
+pub struct Replica {
+    pub trie: SubscriptionTrie<SubscriberId, QoS>,
+    filters_of: AHashMap<SubscriberId, u32>,
+    with_several_filters: usize,
+}
+
+impl Replica {
+    pub fn insert(&mut self, filter: &str, id: SubscriberId, qos: QoS) {
+        if self.trie.insert(filter, id, qos).is_none() {
+            let count = self.filters_of.entry(id).or_insert(0);
+            *count += 1;
+            if *count == 2 {
+                self.with_several_filters += 1;
+            }
+        }
+    }
+
+    pub fn remove(&mut self, filter: &str, id: &SubscriberId) {
+        if self.trie.remove(filter, id).is_none() {
+            return;
+        }
+        if let Some(count) = self.filters_of.get_mut(id) {
+            *count -= 1;
+            match *count {
+                0 => {
+                    self.filters_of.remove(id);
+                }
+                1 => self.with_several_filters -= 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether some subscriber may match one message through two filters.
+    pub fn may_overlap(&self) -> bool {
+        self.with_several_filters > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::mesh::ShardId;
+
+    fn id(slot: u32) -> SubscriberId {
+        SubscriberId {
+            shard: ShardId(0),
+            slot,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn overlap_is_possible_only_while_a_subscriber_has_two_filters() {
+        let mut r = Replica::default();
+        r.insert("a/+", id(1), QoS::AtMostOnce);
+        r.insert("a/#", id(2), QoS::AtMostOnce);
+        assert!(!r.may_overlap());
+        r.insert("a/+", id(1), QoS::AtLeastOnce); // the same filter again replaces
+        assert!(!r.may_overlap());
+        r.insert("a/#", id(1), QoS::ExactlyOnce);
+        assert!(r.may_overlap());
+        r.remove("a/nothing", &id(1));
+        assert!(r.may_overlap());
+        r.remove("a/+", &id(1));
+        assert!(!r.may_overlap());
+        r.remove("a/#", &id(1));
+        r.remove("a/#", &id(2));
+        assert!(r.filters_of.is_empty());
+        assert!(r.trie.is_empty());
+    }
+}

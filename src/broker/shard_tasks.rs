@@ -1,0 +1,99 @@
+//! The long-running tasks every shard runs besides its connections: draining the inbox,
+//! retrying flushes into full inboxes, and expiring sessions.
+
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::mesh::InboxReceiver;
+use super::shard::Shard;
+
+/// Removes persistent sessions that stayed disconnected longer than `--session-expiry`.
+/// Runs only when an expiry is configured, at a coarse interval.
+pub async fn expire_sessions(shard: Rc<Shard>) {
+    let Some(expiry) = shard.config.session_expiry else {
+        return;
+    };
+    let interval = (expiry / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        glommio::timer::sleep(interval).await;
+        let now = Instant::now();
+        let expired: Vec<_> = shard
+            .sessions
+            .borrow()
+            .all()
+            .filter(|s| {
+                s.borrow()
+                    .disconnected_for(now)
+                    .is_some_and(|d| d >= expiry)
+            })
+            .cloned()
+            .collect();
+        for session in expired {
+            debug!(client = %session.borrow().client_id, "session expired");
+            shard.remove_session(&session);
+        }
+        shard.flush();
+    }
+}
+
+/// Drains the shard's inbox. Sleeps on the doorbell when the inbox is empty, so an idle shard
+/// costs nothing; yields after a bounded amount of work so connections keep being served.
+pub async fn drain_inbox(shard: Rc<Shard>, inbox: InboxReceiver) {
+    use futures_lite::AsyncReadExt;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let mesh = shard.mesh();
+    let InboxReceiver { rx, bell } = inbox;
+    // SAFETY: `bell` is the open, non-blocking read end of the doorbell socketpair, ours alone.
+    let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(bell.into_raw_fd()) };
+    let mut rings = [0u8; 64];
+    loop {
+        let mut handled = 0;
+        while handled < 256 {
+            match rx.try_recv() {
+                Ok(msg) => {
+                    shard.handle(msg);
+                    handled += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        shard.flush();
+        if handled == 256 {
+            glommio::yield_if_needed().await;
+            continue;
+        }
+        if mesh.going_to_sleep(shard.id, &rx) {
+            // Any number of rings (or a stale one) just means: look at the inbox again.
+            if bell.read(&mut rings).await.is_err() {
+                return; // the mesh is gone: the broker is stopping
+            }
+            mesh.awake(shard.id);
+        }
+    }
+}
+
+/// Retries flushing while an inbox is full, and wakes publishers once the backlog is below the
+/// congestion limit. Sleeps when nothing waits, so it costs nothing in the common case.
+pub async fn retry_stalled(shard: Rc<Shard>) {
+    loop {
+        std::future::poll_fn(|cx| {
+            if shard.router.borrow().has_backlog() {
+                Poll::Ready(())
+            } else {
+                *shard.stall_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        glommio::timer::sleep(Duration::from_micros(50)).await;
+        shard.flush();
+        if !shard.congested() {
+            for w in shard.congestion_waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+    }
+}
