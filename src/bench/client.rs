@@ -70,6 +70,9 @@ pub struct ClientResult {
     pub subscriber: Option<SubResult>,
 }
 
+/// How often a publisher with a full window looks at the board even without a wake-up.
+const WINDOW_RECHECK: Duration = Duration::from_millis(1);
+
 struct Publisher {
     r: PubResult,
     topic: String,
@@ -262,6 +265,20 @@ impl Client {
                     // Progress that came before the registration woke nobody: look again.
                     if let Budget::Now(_) = self.budget(now) {
                         return Poll::Ready(Ok(()));
+                    }
+                    // Safety net: a wake-up from a subscriber thread (through glommio's
+                    // cross-thread waker) was seen to get lost, leaving a publisher waiting
+                    // with every message delivered (perf/results/2026-11-22-vm.md). Look
+                    // again after WINDOW_RECHECK whatever happens; in a load generator that
+                    // costs nothing that matters.
+                    if let Some(publisher) = self.publisher.as_mut() {
+                        let timer = publisher
+                            .timer
+                            .get_or_insert_with(|| Timer::new(WINDOW_RECHECK));
+                        timer.reset(WINDOW_RECHECK);
+                        if Pin::new(timer).poll(cx).is_ready() {
+                            return Poll::Ready(Ok(()));
+                        }
                     }
                 }
                 Budget::At(at) => {
