@@ -21,15 +21,29 @@ need_deb() { # need_deb COMMAND PACKAGE
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$2" >/dev/null
 }
 
-need_py() { # need_py MODULE PACKAGE
+need_py() { # need_py MODULE PACKAGE DEBIAN_PACKAGE
   python3 -c "import $1" >/dev/null 2>&1 && return 0
   log "installing PyPI package $2"
-  python3 -m pip install -q "$2"
+  # A Debian-managed Python refuses plain pip installs (PEP 668): then try the flag that
+  # allows it, then Debian's own package.
+  python3 -m pip install -q "$2" 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages "$2" 2>/dev/null || {
+      command -v pip3 >/dev/null 2>&1 || need_deb pip3 python3-pip
+      python3 -m pip install -q --break-system-packages "$2" 2>/dev/null
+    } || need_deb_pkg "$3"
+  python3 -c "import $1" || { echo "cannot install $2" >&2; exit 1; }
+}
+
+need_deb_pkg() { # need_deb_pkg PACKAGE
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  [ "$apt_updated" -eq 1 ] || { $sudo apt-get update -qq; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$1" >/dev/null
 }
 
 need_deb mosquitto_pub mosquitto-clients
 need_deb mosquitto mosquitto
-need_py paho.mqtt "paho-mqtt>=2,<3"
+need_py paho.mqtt "paho-mqtt>=2,<3" python3-paho-mqtt
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
