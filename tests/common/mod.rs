@@ -839,6 +839,15 @@ pub fn qos0_delivery(topic: &str, payload: &[u8], retain: bool) -> Vec<u8> {
 // ----- hostile clients and process measurements -----------------------------------------------
 
 impl RawClient {
+    /// A client over a socket connected elsewhere (e.g. bound to a chosen source address).
+    pub fn from_stream(stream: TcpStream) -> RawClient {
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
     /// The client's end of the connection.
     pub fn local_addr(&self) -> SocketAddr {
         self.stream.local_addr().expect("local address")
