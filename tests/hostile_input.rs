@@ -782,6 +782,7 @@ fn connected_and_silent_with_keepalive_0_stays_open_and_costs_no_cpu() {
     // silent client costs no CPU (no timer spinning for it).
     let _guard = exclusive();
     let brokers: Vec<Broker> = [1, 2].into_iter().map(Broker::start).collect();
+    let mut healthy: Vec<Healthy> = brokers.iter().map(Healthy::new).collect();
     let mut clients = Vec::new();
     for broker in &brokers {
         for i in 0..40 {
@@ -794,11 +795,14 @@ fn connected_and_silent_with_keepalive_0_stays_open_and_costs_no_cpu() {
     std::thread::sleep(Duration::from_millis(2500));
     let cpu = process_cpu_time() - cpu_before;
     let wall = wall.elapsed();
-    println!("80 silent clients on 3 shards: {cpu:?} of CPU in {wall:?}");
+    println!("80 silent clients and 2 healthy pairs on 3 shards: {cpu:?} of CPU in {wall:?}");
     for c in &mut clients {
         // Still open (a close would be seen at once), nothing was sent to it.
         c.expect_open_and_silent(Duration::from_millis(1));
         c.ping();
+    }
+    for h in &mut healthy {
+        h.check();
     }
     assert!(
         cpu < Duration::from_millis(250),
