@@ -304,9 +304,9 @@ fn two_floods(strict_rtt: bool) {
 }
 
 /// The outcomes, in CI. The pinger's round trips are printed and bounded only by its read
-/// timeout (5 s): on a 2-core machine shared with other builds (load average 4 to 8 seen),
-/// with the 8 flooding threads and a debug build of the broker on the same cores, the worst
-/// round trip was 0.2 to 2.2 s, however quickly the broker itself answers.
+/// timeout (5 s): on this 2-core machine they depend on what else runs on it. Measured worst
+/// round trips: 13 to 70 ms with the machine otherwise quiet (load average below 1, debug or
+/// release broker alike), 100 to 850 ms while other builds ran (load average 6 to 8).
 #[test]
 fn ten_thousand_clients_at_once_with_room_for_all_then_for_half() {
     two_floods(false);
@@ -316,7 +316,7 @@ fn ten_thousand_clients_at_once_with_room_for_all_then_for_half() {
 ///
 /// ```text
 /// cargo build --release
-/// SURGEMQ_BIN=$PWD/target/release/surgemq cargo test --release --test flood -- --ignored --nocapture
+/// SURGEMQ_BIN=$PWD/target/release/surgemq cargo test --test flood -- --ignored --nocapture
 /// ```
 #[test]
 #[ignore = "timing: needs a quiet machine and a release broker (see the doc comment)"]
