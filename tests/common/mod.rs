@@ -365,6 +365,39 @@ impl RawClient {
         }
     }
 
+    /// The next complete packet, or `None` when the broker closes the connection first (bytes
+    /// of an incomplete packet left at the close fail the test). Fails on a timeout.
+    #[track_caller]
+    pub fn next_frame_or_close(&mut self) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        loop {
+            match frame_len(&self.buf, MAX_PACKET) {
+                Ok(Some(len)) if self.buf.len() >= len => {
+                    return Some(self.buf.split_to(len).to_vec())
+                }
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "broker sent a malformed packet ({e}): {:02x?}",
+                    &self.buf[..]
+                ),
+            }
+            match self.read_more(deadline) {
+                ReadOutcome::Data => {}
+                ReadOutcome::Closed => {
+                    assert!(
+                        self.buf.is_empty(),
+                        "connection closed in the middle of a packet: {:02x?}",
+                        &self.buf[..]
+                    );
+                    return None;
+                }
+                ReadOutcome::TimedOut => {
+                    panic!("timed out waiting for a packet or the close of the connection")
+                }
+            }
+        }
+    }
+
     /// The raw bytes of the next complete packet.
     #[track_caller]
     pub fn next_frame(&mut self) -> Vec<u8> {
@@ -801,4 +834,127 @@ pub fn pubcomp(id: u16) -> [u8; 4] {
 /// The exact bytes of a PUBLISH the broker sends for QoS 0 (no packet id to guess).
 pub fn qos0_delivery(topic: &str, payload: &[u8], retain: bool) -> Vec<u8> {
     publish(topic, payload, 0, retain, false, 0)
+}
+
+// ----- hostile clients and process measurements -----------------------------------------------
+
+impl RawClient {
+    /// A client over a socket connected elsewhere (e.g. bound to a chosen source address).
+    pub fn from_stream(stream: TcpStream) -> RawClient {
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local address")
+    }
+
+    /// Sends `bytes` in writes of `piece` bytes each (TCP_NODELAY is on, so each write leaves
+    /// as its own segment), pausing `pause` after every `pause_every`-th write.
+    pub fn send_in_pieces(
+        &mut self,
+        bytes: &[u8],
+        piece: usize,
+        pause_every: usize,
+        pause: Duration,
+    ) {
+        for (i, chunk) in bytes.chunks(piece.max(1)).enumerate() {
+            self.send(chunk);
+            if pause_every > 0 && (i + 1) % pause_every == 0 {
+                std::thread::sleep(pause);
+            }
+        }
+    }
+
+    /// Shuts down the client's write side only (the broker reads EOF); reading goes on.
+    pub fn shutdown_write(&self) {
+        self.stream
+            .shutdown(Shutdown::Write)
+            .expect("shutdown(SHUT_WR)");
+    }
+
+    /// Closes the socket with SO_LINGER 0, so the kernel sends RST instead of FIN and drops
+    /// whatever was not sent yet: a client that crashed mid-packet, or a middlebox reset.
+    pub fn reset(self) {
+        let sock = socket2::SockRef::from(&self.stream);
+        sock.set_linger(Some(Duration::ZERO)).expect("SO_LINGER 0");
+        drop(self);
+    }
+}
+
+/// CPU time (user + system, all threads) this process has used so far, from /proc/self/stat.
+/// Its resolution is one clock tick (usually 10 ms).
+pub fn process_cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
+    // The command name (field 2) is in parentheses and may contain spaces: count from after it.
+    let rest = &stat[stat.rfind(')').expect("comm field") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 (utime) and 15 (stime) of proc(5); `rest` starts at field 3.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / per_sec)
+}
+
+/// Resident set size of this process in bytes, from /proc/self/statm.
+pub fn process_rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .expect("resident field")
+        .parse()
+        .unwrap();
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64
+}
+
+/// Protocol errors of all shards by rule text, added up.
+pub fn protocol_errors_by_rule(
+    metrics: &[MetricsSnapshot],
+) -> std::collections::BTreeMap<String, u64> {
+    let mut rules = std::collections::BTreeMap::new();
+    for m in metrics {
+        for (rule, n) in &m.protocol_errors_by_rule {
+            *rules.entry(rule.clone()).or_insert(0) += n;
+        }
+    }
+    rules
+}
+
+/// How many protocol errors of all shards name a rule containing `needle`.
+pub fn protocol_errors_matching(metrics: &[MetricsSnapshot], needle: &str) -> u64 {
+    protocol_errors_by_rule(metrics)
+        .iter()
+        .filter(|(rule, _)| rule.contains(needle))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Raises this process's soft limit of open files to its hard limit; returns the new limit.
+pub fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    lim.rlim_cur
 }

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Memory per idle MQTT connection: SurgeMQ (release build, 2 shards) and, for comparison,
+# Mosquitto. A Python client opens 5,000 and then 15,000 connections in total (CONNECT with
+# keepalive 0, CONNACK 0 checked, then silence), spread over source addresses 127.0.0.2-9;
+# the broker's RSS is read from /proc before and after each step.
+#
+# Writes perf/results/<date>-idle-memory.md (OUT overrides the path) and prints the same.
+# Everything runs on 127.0.0.1 and stops by itself. Usage: scripts/idle-memory.sh
+# Environment: STEPS (default "5000 15000"), OUT, SKIP_MOSQUITTO=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STEPS=${STEPS:-"5000 15000"}
+OUT=${OUT:-perf/results/$(date -u +%Y-%m-%d)-idle-memory.md}
+WORK=$(mktemp -d)
+BROKER_PID=""
+CLIENT_PID=""
+
+cleanup() {
+  [ -n "$CLIENT_PID" ] && kill "$CLIENT_PID" 2>/dev/null || true
+  [ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Each process needs a descriptor per connection (15,000 and a few).
+ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" -lt 16000 ]; then
+  echo "open-file limit $(ulimit -n) is below 16000: cannot hold 15,000 connections" >&2
+  exit 1
+fi
+
+cargo build --release --quiet
+BIN=target/release/surgemq
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# RSS once it has stopped moving (at most 5 s).
+settled_rss_kib() {
+  local last now
+  last=$(rss_kib "$1")
+  for _ in $(seq 1 10); do
+    sleep 0.5
+    now=$(rss_kib "$1")
+    [ "$now" = "$last" ] && break
+    last=$now
+  done
+  echo "$now"
+}
+
+# The idle clients: connect `count` more clients whenever a line "count" arrives on stdin,
+# answer "ready <total>" once every CONNACK 0 is in; exit on "quit" or end of input.
+cat >"$WORK/idle_clients.py" <<'PY'
+import resource, socket, sys, time
+
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+port = int(sys.argv[1])
+socks = []
+
+def connect_packet(client_id):
+    body = b"\x00\x04MQTT\x04\x02\x00\x00" + len(client_id).to_bytes(2, "big") + client_id
+    return b"\x10" + bytes([len(body)]) + body
+
+def add(count):
+    # In batches of 500, each answered before the next: a burst of thousands of connects can
+    # overflow the listen backlog, and the kernel then takes seconds to retry the handshakes.
+    while count > 0:
+        batch = min(count, 500)
+        add_batch(batch)
+        count -= batch
+
+def add_batch(count):
+    start = len(socks)
+    fresh = []
+    for i in range(start, start + count):
+        s = socket.socket()
+        s.bind(("127.0.0.%d" % (2 + i % 8), 0))
+        s.settimeout(60)
+        s.connect(("127.0.0.1", port))
+        s.sendall(connect_packet(b"idle-%d" % i))
+        fresh.append(s)
+    for s in fresh:
+        ack = b""
+        while len(ack) < 4:
+            chunk = s.recv(4 - len(ack))
+            if not chunk:
+                raise SystemExit("connection closed before CONNACK")
+            ack += chunk
+        if ack != b"\x20\x02\x00\x00":
+            raise SystemExit("unexpected CONNACK %r" % ack)
+    socks.extend(fresh)
+
+for line in sys.stdin:
+    line = line.strip()
+    if line == "quit":
+        break
+    t = time.time()
+    add(int(line))
+    print("ready %d %.1f" % (len(socks), time.time() - t), flush=True)
+PY
+
+# measure NAME PID PORT: prints "NAME base_kib step:kib ..." into $WORK/NAME.txt
+measure() {
+  local name=$1 pid=$2 port=$3 total=0 target reply
+  local base
+  base=$(settled_rss_kib "$pid")
+  echo "$name baseline RSS: $base KiB" >&2
+  coproc CLIENTS { python3 "$WORK/idle_clients.py" "$port"; }
+  CLIENT_PID=$CLIENTS_PID
+  local line="$base"
+  for target in $STEPS; do
+    echo $((target - total)) >&"${CLIENTS[1]}"
+    read -r -t 300 reply <&"${CLIENTS[0]}" || { echo "$name: clients did not report" >&2; exit 1; }
+    total=$target
+    local rss
+    rss=$(settled_rss_kib "$pid")
+    echo "$name with $total idle clients ($reply): RSS $rss KiB" >&2
+    line="$line $total:$rss"
+  done
+  echo quit >&"${CLIENTS[1]}"
+  wait "$CLIENT_PID" 2>/dev/null || true
+  CLIENT_PID=""
+  echo "$line" >"$WORK/$name.txt"
+}
+
+# --- SurgeMQ ---
+PORT=$(free_port)
+"$BIN" serve --listen "127.0.0.1:$PORT" --shards 2 --max-connections 100000 --log-level warn &
+BROKER_PID=$!
+for _ in $(seq 1 100); do
+  python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$PORT),1)" 2>/dev/null && break
+  sleep 0.1
+done
+measure surgemq "$BROKER_PID" "$PORT"
+kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=""
+
+# --- Mosquitto ---
+MOSQ_VERSION="not measured"
+if [ "${SKIP_MOSQUITTO:-0}" != 1 ]; then
+  if ! command -v mosquitto >/dev/null; then
+    [ "$(id -u)" -eq 0 ] || { echo "mosquitto missing (apt-get install mosquitto)" >&2; exit 1; }
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+  fi
+  MPORT=$(free_port)
+  {
+    echo "listener $MPORT 127.0.0.1"
+    echo "allow_anonymous true"
+    echo "max_connections -1"
+    echo "persistence false"
+    echo "log_dest none"
+    [ "$(id -u)" -eq 0 ] && echo "user root"
+  } >"$WORK/mosquitto.conf"
+  MOSQ_VERSION=$(mosquitto -h 2>/dev/null | head -1 || true)
+  mosquitto -c "$WORK/mosquitto.conf" &
+  BROKER_PID=$!
+  for _ in $(seq 1 100); do
+    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$MPORT),1)" 2>/dev/null && break
+    sleep 0.1
+  done
+  measure mosquitto "$BROKER_PID" "$MPORT"
+  kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=""
+fi
+
+# --- report ---
+table() { # table NAME
+  local f="$WORK/$1.txt"
+  [ -f "$f" ] || return 0
+  python3 - "$1" "$(cat "$f")" <<'PY'
+import sys
+name, line = sys.argv[1], sys.argv[2].split()
+base = int(line[0])
+print("| %s | baseline | %d KiB | | |" % (name, base))
+prev_n, prev_rss = 0, base
+for step in line[1:]:
+    n, rss = map(int, step.split(":"))
+    per = (rss - base) * 1024 / n
+    marginal = (rss - prev_rss) * 1024 / (n - prev_n)
+    print("| %s | %d idle | %d KiB | %.0f B | %.0f B |" % (name, n, rss, per, marginal))
+    prev_n, prev_rss = n, rss
+PY
+}
+
+{
+  echo "# Idle connection memory, $(date -u +%Y-%m-%d)"
+  echo
+  echo "Branch \`$(git rev-parse --abbrev-ref HEAD)\`, commit \`$(git rev-parse --short HEAD)\`."
+  echo
+  echo "## Command"
+  echo
+  echo "    scripts/idle-memory.sh"
+  echo
+  echo "SurgeMQ: \`$BIN serve --shards 2 --max-connections 100000\` (release profile)."
+  echo "Mosquitto: $MOSQ_VERSION, config \`listener PORT 127.0.0.1\`, \`allow_anonymous true\`,"
+  echo "\`max_connections -1\`, \`persistence false\`, \`log_dest none\` (and \`user root\` as root)."
+  echo "Clients: one Python process, raw sockets bound to 127.0.0.2-9, MQTT 3.1.1 CONNECT with"
+  echo "CleanSession 1 and keepalive 0, CONNACK 0 checked, then idle. RSS is the broker's VmRSS"
+  echo "once two samples 0.5 s apart agree."
+  echo
+  echo "## Machine"
+  echo
+  echo "$(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end."
+  echo
+  echo "## Results"
+  echo
+  echo "| broker | clients | RSS | per connection (from baseline) | per connection (this step) |"
+  echo "|---|---|---|---|---|"
+  table surgemq
+  table mosquitto
+  echo
+  echo "Goal (issue \"Robustness: hostile input, floods and long runs\"): at most 1 KiB per idle"
+  echo "connection for SurgeMQ."
+} >"$OUT"
+cat "$OUT"
+echo
+echo "written to $OUT"
