@@ -714,9 +714,6 @@ fn virtual_size() -> u64 {
 }
 
 #[test]
-#[ignore = "broker bug: Wire::reserve_read_space (src/broker/wire.rs) allocates the whole \
-            announced packet as soon as its header arrives; remove this once it grows with \
-            the bytes received"]
 fn partial_packets_do_not_reserve_what_they_announce() {
     // The checklist's "(limit)" row: never allocate what the peer announced. 200 clients each
     // send a PUBLISH header announcing ~1 MB (under the 1 MiB limit) and 100 bytes of it, three
@@ -952,9 +949,6 @@ fn a_topic_of_10000_levels_closes_by_default_and_is_delivered_without_a_limit() 
 }
 
 #[test]
-#[ignore = "broker bug: the will topic is not checked against --max-topic-levels \
-            (src/broker/connection.rs checks levels only in Client::publish); remove this \
-            once CONNECT checks it too"]
 fn a_will_topic_beyond_max_topic_levels_is_never_published() {
     // --max-topic-levels limits topic names; a will topic is one. A CONNECT carrying a will of
     // 10,000 levels may be refused (closed, or a CONNACK with a non-zero code), but once the
@@ -992,6 +986,12 @@ fn a_will_topic_beyond_max_topic_levels_is_never_published() {
         assert!(
             seen.is_empty(),
             "a will of 10,000 levels was published despite --max-topic-levels 128"
+        );
+        // The scene's watcher (on `watch/#` too) gets the marker, and nothing before it.
+        let watched = scene.watcher.payloads_until(b"marker");
+        assert!(
+            watched.is_empty(),
+            "the watcher saw {watched:?} before the marker"
         );
         scene.finish();
     });
@@ -1237,8 +1237,6 @@ fn mqtt_3_1_client_ids_longer_than_23_bytes_are_accepted() {
 }
 
 #[test]
-#[ignore = "broker bug: serve_accepted (src/broker/connection.rs) assigns an id to an empty \
-            one whatever the protocol level; MQTT 3.1 wants CONNACK 2"]
 fn mqtt_3_1_empty_client_id_is_rejected() {
     // MQTT 3.1 (3.1 spec, CONNECT payload): the client id is 1 to 23 characters, and the
     // server answers CONNACK 2 (identifier rejected) otherwise. Assigning an id to an empty

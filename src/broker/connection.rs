@@ -147,13 +147,21 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
     };
     let mut connect = connect;
     if connect.client_id.is_empty() {
-        if !connect.clean_session {
+        // MQTT 3.1 requires 1 to 23 characters; 3.1.1 allows empty with CleanSession = 1.
+        if !connect.clean_session || connect.level == ProtocolLevel::V31 {
             // MQTT-3.1.3-8: an empty client id needs CleanSession = 1.
             refuse(&shard, &mut wire, ConnectReturnCode::IdentifierRejected).await;
             let reason = CloseReason::Refused(ConnectReturnCode::IdentifierRejected);
             return log_close(&shard, None, &wire, reason);
         }
         connect.client_id = shard.assign_client_id();
+    }
+    if let Some(will) = &connect.will {
+        if too_many_levels(&will.topic, shard.config.max_topic_levels) {
+            let reason =
+                CloseReason::Violation("will topic has more levels than --max-topic-levels");
+            return log_close(&shard, Some(&connect.client_id), &wire, reason);
+        }
     }
     if let Err(code) = authenticate(&shard, &connect, wire.peer) {
         refuse(&shard, &mut wire, code).await;
@@ -195,6 +203,11 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
         }
         Err(e) => debug!("cannot serve a connection: {e}"),
     }
+}
+
+/// Whether a topic name has more levels than allowed (`max` 0: no limit).
+fn too_many_levels(topic: &str, max: usize) -> bool {
+    max > 0 && topic.bytes().filter(|&b| b == b'/').count() >= max
 }
 
 /// Copies the CONNECT fields that live as long as the connection (client id, user name, will)
@@ -512,8 +525,7 @@ impl Client {
     }
 
     fn publish(&mut self, publish: Publish) -> Result<(), CloseReason> {
-        let max_levels = self.shard.config.max_topic_levels;
-        if max_levels > 0 && publish.topic.bytes().filter(|&b| b == b'/').count() >= max_levels {
+        if too_many_levels(&publish.topic, self.shard.config.max_topic_levels) {
             return Err(CloseReason::Violation(
                 "topic name has more levels than --max-topic-levels",
             ));

@@ -127,16 +127,18 @@ impl Wire {
         let _ = self.stream.set_nodelay(true);
     }
 
-    /// Makes sure `rbuf` has initialised spare room to complete the packet it holds: at least
-    /// `MIN_READ_SPACE`, and all of the packet when its header announces more.
+    /// Makes sure `rbuf` has initialised spare room to go on with the packet it holds. Room
+    /// grows with what actually arrived (at most doubling), never to what the header merely
+    /// announces: a peer that announces 256 MiB and sends nothing costs a small buffer.
     fn reserve_read_space(&mut self, max_packet_size: usize) {
         let len = self.rbuf.len();
         let frame = match frame_len(&self.rbuf, max_packet_size) {
             Ok(Some(total)) => total,
             _ => 0,
         };
-        let want = MIN_READ_SPACE.max(frame.saturating_sub(len));
-        if self.spare_initialised && self.rbuf.capacity() - len >= want {
+        let rest_of_frame = frame.saturating_sub(len);
+        let want = MIN_READ_SPACE.max(rest_of_frame.min(READ_CHUNK.max(len)));
+        if self.spare_initialised && self.rbuf.capacity() - len >= MIN_READ_SPACE.min(want) {
             return;
         }
         let mut fresh = BytesMut::zeroed(READ_CHUNK.max(len + want));
