@@ -5,4 +5,5 @@ pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod protocol;
+pub mod sys;
 pub mod topic;

@@ -25,8 +25,6 @@ use crate::protocol::QoS;
 
 /// glommio registers this much memory with io_uring per executor; we do no file I/O.
 const IO_MEMORY: usize = 64 * 1024;
-/// glommio refuses to start an executor below this locked-memory limit.
-const MIN_MEMLOCK: u64 = 512 * 1024;
 /// How often the coordinator looks at the counters.
 const TICK: Duration = Duration::from_millis(10);
 /// How often the progress line is redrawn.
@@ -41,7 +39,10 @@ struct ThreadResult {
 /// Runs one benchmark to the end and reports what was measured.
 pub fn run(config: BenchConfig) -> Result<BenchReport, BenchError> {
     let plan = Arc::new(config.plan()?);
-    check_locked_memory()?;
+    crate::sys::ensure_locked_memory().map_err(|e| BenchError::LockedMemory {
+        have_kib: e.have_kib,
+        need_kib: e.need_kib,
+    })?;
     let threads = plan.config.threads;
     let shared = Arc::new(Shared::new(plan.publishers, plan.subscribers, threads));
     let specs = client_specs(&plan, threads);
@@ -362,33 +363,4 @@ fn build_report(
         latency: Latency::from_histogram(&histogram),
         errors,
     }
-}
-
-/// glommio needs locked memory for its io_uring rings. Raise the soft limit to the hard one if
-/// that is enough; otherwise say what to raise.
-fn check_locked_memory() -> Result<(), BenchError> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0
-        || lim.rlim_cur >= MIN_MEMLOCK
-    {
-        return Ok(());
-    }
-    if lim.rlim_max >= MIN_MEMLOCK {
-        let raised = libc::rlimit {
-            rlim_cur: MIN_MEMLOCK,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
-            return Ok(());
-        }
-    }
-    Err(BenchError::LockedMemory {
-        have_kib: lim.rlim_cur / 1024,
-        need_kib: MIN_MEMLOCK / 1024,
-    })
 }

@@ -86,7 +86,7 @@ pub fn start_sink(config: SinkConfig) -> Result<SinkHandle, BenchError> {
     }
     // Port 0: reserve a concrete port that every thread can bind with SO_REUSEPORT. The
     // reservation never listens, so the kernel hands it no connections.
-    let (addr, _reservation) = reserve(config.listen)
+    let (addr, _reservation) = crate::sys::reserve_port(config.listen)
         .map_err(|e| invalid("port", format!("cannot bind {}: {e}", config.listen)))?;
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::default());
@@ -127,25 +127,6 @@ pub fn start_sink(config: SinkConfig) -> Result<SinkHandle, BenchError> {
         }
     }
     Ok(handle)
-}
-
-fn reserve(addr: SocketAddr) -> std::io::Result<(SocketAddr, Option<socket2::Socket>)> {
-    if addr.port() != 0 {
-        return Ok((addr, None));
-    }
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.set_reuse_port(true)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    let local = socket
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
-    Ok((local, Some(socket)))
 }
 
 async fn sink_thread(

@@ -17,12 +17,11 @@ use super::mesh::{InboxReceiver, Mesh, ShardId, ShardMessage};
 use super::metrics::MetricsSnapshot;
 use super::shard::Shard;
 use super::shard_tasks::{drain_inbox, expire_sessions, retry_stalled};
+use crate::sys::{allowed_cpus, ensure_locked_memory, reserve_port};
 
 /// Memory glommio registers with io_uring per executor. The broker does no file I/O through
 /// glommio's DMA buffers, so the minimum glommio accepts is plenty.
 const IO_MEMORY: usize = 64 * 1024;
-/// glommio refuses to start an executor below this locked-memory limit.
-const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +76,10 @@ impl BrokerHandle {
 /// Starts the broker's shards and returns once every shard listens on every address.
 pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     config.validate()?;
-    check_locked_memory()?;
+    ensure_locked_memory().map_err(|e| StartError::LockedMemory {
+        have_kib: e.have_kib,
+        need_kib: e.need_kib,
+    })?;
     let (addrs, _reservations) = resolve_listen_addrs(&config.listen)?;
     let config = Arc::new(config);
     let shards = config.shards;
@@ -225,81 +227,18 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-/// glommio needs locked memory for its io_uring buffers. Raise the soft limit to the hard one
-/// if that helps; otherwise fail with a message that says what to raise.
-fn check_locked_memory() -> Result<(), StartError> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
-        return Ok(()); // cannot tell; let glommio decide
-    }
-    if lim.rlim_cur >= GLOMMIO_MIN_MEMLOCK {
-        return Ok(());
-    }
-    if lim.rlim_max >= GLOMMIO_MIN_MEMLOCK {
-        let raised = libc::rlimit {
-            rlim_cur: GLOMMIO_MIN_MEMLOCK.max(lim.rlim_cur),
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
-            return Ok(());
-        }
-    }
-    Err(StartError::LockedMemory {
-        have_kib: lim.rlim_cur / 1024,
-        need_kib: GLOMMIO_MIN_MEMLOCK / 1024,
-    })
-}
-
-/// Resolves port 0 to a concrete port that every shard can bind with SO_REUSEPORT. The
-/// reservation sockets are bound but never listen, so the kernel sends them no connections;
-/// they are dropped once the shards listen.
+/// Resolves port 0 to concrete ports (see [`crate::sys::reserve_port`]); the reservations
+/// must live until the shards listen.
 fn resolve_listen_addrs(
     listen: &[SocketAddr],
 ) -> Result<(Vec<SocketAddr>, Vec<socket2::Socket>), StartError> {
     let mut addrs = Vec::with_capacity(listen.len());
     let mut reservations = Vec::new();
     for &addr in listen {
-        if addr.port() != 0 {
-            addrs.push(addr);
-            continue;
-        }
-        let reserve = || -> std::io::Result<(SocketAddr, socket2::Socket)> {
-            let socket = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::STREAM,
-                None,
-            )?;
-            socket.set_reuse_port(true)?;
-            socket.set_reuse_address(true)?;
-            socket.bind(&addr.into())?;
-            let local = socket
-                .local_addr()?
-                .as_socket()
-                .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
-            Ok((local, socket))
-        };
-        let (local, socket) = reserve().map_err(|source| StartError::Listen { addr, source })?;
+        let (local, socket) =
+            reserve_port(addr).map_err(|source| StartError::Listen { addr, source })?;
         addrs.push(local);
-        reservations.push(socket);
+        reservations.extend(socket);
     }
     Ok((addrs, reservations))
-}
-
-/// CPUs this process may run on, in order.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: sched_getaffinity fills the set we own; CPU_ISSET reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .collect()
-    }
 }

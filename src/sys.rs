@@ -1,0 +1,80 @@
+//! Operating-system facilities shared by the broker and the load generator: the locked-memory
+//! limit glommio needs, reserving a port for port 0, and the CPUs this process may use.
+
+use std::net::SocketAddr;
+
+/// glommio refuses to start an executor below this locked-memory limit.
+pub const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
+
+/// The locked-memory limit is below what glommio needs and cannot be raised by this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockedMemoryTooLow {
+    pub have_kib: u64,
+    pub need_kib: u64,
+}
+
+/// glommio needs locked memory for io_uring. Raises the soft limit to the hard one if that is
+/// enough; otherwise reports what there is and what is needed.
+pub fn ensure_locked_memory() -> Result<(), LockedMemoryTooLow> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Ok(()); // cannot tell; let glommio decide
+    }
+    if lim.rlim_cur >= GLOMMIO_MIN_MEMLOCK {
+        return Ok(());
+    }
+    if lim.rlim_max >= GLOMMIO_MIN_MEMLOCK {
+        let raised = libc::rlimit {
+            rlim_cur: GLOMMIO_MIN_MEMLOCK,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
+            return Ok(());
+        }
+    }
+    Err(LockedMemoryTooLow {
+        have_kib: lim.rlim_cur / 1024,
+        need_kib: GLOMMIO_MIN_MEMLOCK / 1024,
+    })
+}
+
+/// Resolves port 0 to a concrete port that every executor can then bind with SO_REUSEPORT.
+/// The returned socket is bound but never listens, so the kernel sends it no connections;
+/// drop it once the executors listen. A non-zero port is returned as is, with no socket.
+pub fn reserve_port(addr: SocketAddr) -> std::io::Result<(SocketAddr, Option<socket2::Socket>)> {
+    if addr.port() != 0 {
+        return Ok((addr, None));
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    let local = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
+    Ok((local, Some(socket)))
+}
+
+/// CPUs this process may run on, in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills the set we own; CPU_ISSET reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
