@@ -1,7 +1,15 @@
 //! Operating-system facilities shared by the broker and the load generator: the locked-memory
-//! limit glommio needs, reserving a port for port 0, and the CPUs this process may use.
+//! limit glommio needs, reserving a port for port 0, the CPUs this process may use, and
+//! writing a whole buffer to a glommio socket.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use futures_lite::AsyncWrite;
+use glommio::net::TcpStream;
 
 /// glommio refuses to start an executor below this locked-memory limit.
 pub const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
@@ -77,4 +85,22 @@ pub fn allowed_cpus() -> Vec<usize> {
             .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
             .collect()
     }
+}
+
+/// Writes `buf` to `stream` until it is empty or the socket is full; what was written leaves
+/// `buf`. Each call is one `send` per chunk the socket takes: callers coalesce packets first.
+pub fn poll_write_all(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while !buf.is_empty() {
+        match Pin::new(&mut *stream).poll_write(cx, buf) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => buf.advance(n),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Poll::Ready(Ok(()))
 }

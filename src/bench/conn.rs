@@ -17,9 +17,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use futures_lite::future::or;
-use futures_lite::{AsyncRead, AsyncWrite};
+use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 
 use crate::protocol::{
@@ -177,15 +177,7 @@ impl Conn {
 
     /// Writes `wbuf` until it is empty or the socket is full.
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.wbuf.is_empty() {
-            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.wbuf.advance(n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(Ok(()))
+        crate::sys::poll_write_all(&mut self.stream, &mut self.wbuf, cx)
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {

@@ -19,8 +19,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
-use futures_lite::{AsyncRead, AsyncWrite};
+use bytes::BytesMut;
+use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 
 use crate::protocol::frame_len;
@@ -192,15 +192,7 @@ impl Wire {
 
     /// Writes `wbuf` until it is empty or the socket is full.
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.wbuf.is_empty() {
-            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.wbuf.advance(n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(Ok(()))
+        crate::sys::poll_write_all(&mut self.stream, &mut self.wbuf, cx)
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {
