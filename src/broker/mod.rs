@@ -7,6 +7,7 @@
 //! other shards in batches. See `shared/design.md` in the project for the data flow.
 
 pub mod config;
+mod connected;
 mod connection;
 pub mod mesh;
 pub mod metrics;

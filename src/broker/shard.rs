@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use ahash::AHashMap;
 use tracing::debug;
@@ -536,7 +536,7 @@ impl Shard {
             ShardMessage::UnsubscribeApplied { token } => self.request_applied(token, Vec::new()),
             ShardMessage::Retain(message) => self.store_retained(&message),
             ShardMessage::Adopt(moved) => {
-                let serve = super::connection::serve_moved(self.clone(), moved);
+                let serve = super::connection::serve_moved(self.clone(), *moved);
                 match glommio::spawn_local_into(serve, self.connection_queue) {
                     Ok(task) => {
                         task.detach();
@@ -567,19 +567,16 @@ impl Shard {
         self.router.borrow().congested()
     }
 
-    /// Resolves once the router is below its congestion limit again.
-    pub async fn uncongested(&self) {
-        std::future::poll_fn(|cx| {
-            if self.congested() {
-                self.congestion_waiters
-                    .borrow_mut()
-                    .push(cx.waker().clone());
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await
+    /// Ready once the router is no longer congested; until then, the task is woken when it is.
+    pub fn poll_uncongested(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.congested() {
+            self.congestion_waiters
+                .borrow_mut()
+                .push(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     }
 
     /// Begins shutdown: connections are told to close, the run loop returns.
