@@ -48,6 +48,10 @@ fn bad_flag_values_give_one_line_naming_the_flag() {
     for (args, flag) in [
         (&["serve", "--listen", "not-an-address"][..], "--listen"),
         (&["serve", "--shards", "many"][..], "--shards"),
+        (
+            &["serve", "--park-idle-after", "soon"][..],
+            "--park-idle-after",
+        ),
         (&["serve", "--no-such-flag"][..], "--no-such-flag"),
         (&["passwd", "-b"][..], "<FILE>"),
     ] {

@@ -62,6 +62,8 @@ pub struct ConnectedClient {
     /// Boxed: most clients have no will, and those that do should not make every task bigger.
     will: Option<Box<LastWill>>,
     keepalive: Option<Keepalive>,
+    /// The parking epoch in which the connection last had input or output (see `parking`).
+    active_epoch: u32,
     phase: Phase,
 }
 
@@ -121,7 +123,18 @@ impl ConnectedClient {
                 timer: Timer::new(limit),
             }
         });
+        // A new connection counts as long idle, so it parks as soon as it has nothing to do
+        // (usually right after the CONNACK): in a flood of connects, each socket's poll request
+        // is freed before the next socket needs one, and the heap never holds them all at once.
+        let active_epoch = match &shard.parking {
+            Some(lot) => {
+                lot.connection_active();
+                lot.epoch().wrapping_sub(2)
+            }
+            None => 0,
+        };
         ConnectedClient {
+            active_epoch,
             _permit: permit,
             shard,
             wire,
@@ -168,7 +181,11 @@ impl ConnectedClient {
                 }
             }
             match self.poll_event(cx) {
-                Poll::Ready(Event::Input | Event::Output) => {}
+                Poll::Ready(Event::Input | Event::Output) => {
+                    if let Some(lot) = &self.shard.parking {
+                        self.active_epoch = lot.epoch();
+                    }
+                }
                 Poll::Ready(Event::Closed(reason)) => return Poll::Ready(reason),
                 Poll::Pending => return Poll::Pending,
             }
@@ -229,7 +246,64 @@ impl ConnectedClient {
         }
         self.wire
             .release_idle_buffers(&mut self.shard.write_pool.borrow_mut());
+        self.park_if_quiet();
         Poll::Pending
+    }
+
+    /// Parks the socket of a connection that had no input or output for a whole parking epoch
+    /// and holds nothing to read or write.
+    fn park_if_quiet(&mut self) {
+        let Some(lot) = &self.shard.parking else {
+            return;
+        };
+        if lot.epoch().wrapping_sub(self.active_epoch) < 2
+            || !self.wire.rbuf.is_empty()
+            || !self.wire.wbuf.is_empty()
+            || self.wire.is_parked()
+        {
+            return;
+        }
+        let mut session = self.session.borrow_mut();
+        match self.wire.park(lot, super::parking::token(session.id)) {
+            Ok(()) => {
+                session.parked = true;
+                add(&self.shard.metrics.parks, 1);
+            }
+            Err(e) => debug!(client = %session.client_id, "connection cannot park: {e}"),
+        }
+    }
+
+    /// Whether a parked connection has a reason to take its socket back: input (or the end of
+    /// it), something to send, a kick, or its keepalive deadline. A parked task can also be
+    /// woken for nothing (glommio completing the cancelled poll of the socket it let go);
+    /// then it stays parked, ready to be woken again.
+    fn must_unpark(&mut self, cx: &mut Context<'_>) -> bool {
+        {
+            let mut session = self.session.borrow_mut();
+            if std::mem::take(&mut session.readable)
+                || session.has_sendable()
+                || session.kicked(self.conn).is_some()
+            {
+                return true;
+            }
+            session.set_waker(cx.waker());
+        }
+        match &mut self.keepalive {
+            Some(keepalive) => Pin::new(&mut keepalive.timer).poll(cx).is_ready(),
+            None => false,
+        }
+    }
+
+    /// Takes a parked socket back into glommio; the normal loop then handles whatever woke it.
+    fn unpark(&mut self) {
+        if let Some(lot) = &self.shard.parking {
+            self.wire.unpark(lot);
+            let mut session = self.session.borrow_mut();
+            session.parked = false;
+            session.readable = false;
+            self.active_epoch = lot.epoch();
+            add(&self.shard.metrics.unparks, 1);
+        }
     }
 
     /// Handles every complete packet in the read buffer.
@@ -374,6 +448,9 @@ impl ConnectedClient {
         }
         let metrics = &self.shard.metrics;
         metrics.connections.set(metrics.connections.get() - 1);
+        if let Some(lot) = &self.shard.parking {
+            lot.connection_ended();
+        }
         let client_id = self.session.borrow().client_id.clone();
         log_close(&self.shard, Some(&client_id), &self.wire, reason);
         self.phase = if self.wire.wbuf.is_empty() {
@@ -391,10 +468,18 @@ impl Future for ConnectedClient {
         let this = self.get_mut();
         loop {
             match &mut this.phase {
-                Phase::Serving | Phase::WaitingForRouter => match this.poll_serve(cx) {
-                    Poll::Ready(reason) => this.finish(reason),
-                    Poll::Pending => return Poll::Pending,
-                },
+                Phase::Serving | Phase::WaitingForRouter => {
+                    if this.wire.is_parked() {
+                        if !this.must_unpark(cx) {
+                            return Poll::Pending;
+                        }
+                        this.unpark();
+                    }
+                    match this.poll_serve(cx) {
+                        Poll::Ready(reason) => this.finish(reason),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
                 Phase::Closing(deadline) => {
                     // Best effort: acknowledgements already encoded still reach a client that
                     // is leaving, unless it stops reading.

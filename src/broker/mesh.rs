@@ -155,6 +155,8 @@ pub enum ShardMessage {
     /// Store (or, with an empty payload, clear) a retained message on its owner shard.
     Retain(Arc<Message>),
     Adopt(Box<MovedConnection>),
+    /// Parked connections whose sockets became readable (tokens from `parking::token`).
+    Readable(Vec<u64>),
     Shutdown,
 }
 

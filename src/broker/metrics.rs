@@ -28,6 +28,9 @@ pub struct Metrics {
     pub refused_max_connections: Cell<u64>,
     pub refused_auth: Cell<u64>,
     pub publishes_denied: Cell<u64>,
+    /// Connections that parked after a quiet spell, and parked ones taken back (see `parking`).
+    pub parks: Cell<u64>,
+    pub unparks: Cell<u64>,
     /// Protocol errors by the rule broken (the error's text, which names the rule).
     pub protocol_errors_by_rule: RefCell<AHashMap<String, u64>>,
 }
@@ -77,6 +80,8 @@ pub struct MetricsSnapshot {
     pub refused_max_connections: u64,
     pub refused_auth: u64,
     pub publishes_denied: u64,
+    pub parks: u64,
+    pub unparks: u64,
     pub mesh_stalls: u64,
 }
 
@@ -108,6 +113,8 @@ impl Metrics {
             refused_max_connections: self.refused_max_connections.get(),
             refused_auth: self.refused_auth.get(),
             publishes_denied: self.publishes_denied.get(),
+            parks: self.parks.get(),
+            unparks: self.unparks.get(),
             mesh_stalls,
         }
     }

@@ -11,6 +11,7 @@ mod connected;
 mod connection;
 pub mod mesh;
 pub mod metrics;
+mod parking;
 mod replica;
 mod runtime;
 pub mod session;

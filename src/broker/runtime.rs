@@ -16,7 +16,7 @@ use super::config::BrokerConfig;
 use super::mesh::{InboxReceiver, Mesh, ShardId, ShardMessage};
 use super::metrics::MetricsSnapshot;
 use super::shard::Shard;
-use super::shard_tasks::{drain_inbox, expire_sessions, retry_stalled};
+use super::shard_tasks::{drain_inbox, expire_sessions, retry_stalled, sweep_idle_connections};
 use crate::sys::{allowed_cpus, ensure_locked_memory, reserve_port};
 
 /// Memory glommio registers with io_uring per executor. The broker does no file I/O through
@@ -188,6 +188,7 @@ async fn run_shard(
     let drain = glommio::spawn_local(drain_inbox(shard.clone(), inbox));
     let stall = glommio::spawn_local(retry_stalled(shard.clone()));
     let expiry = glommio::spawn_local(expire_sessions(shard.clone()));
+    let sweep = glommio::spawn_local(sweep_idle_connections(shard.clone()));
     let accepts: Vec<_> = listeners
         .into_iter()
         .map(|listener| glommio::spawn_local(accept_loop(shard.clone(), listener)))
@@ -204,9 +205,14 @@ async fn run_shard(
         }
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    drop(sweep);
     drop(expiry);
     drop(stall);
     drop(drain);
+    if let Some(lot) = &shard.parking {
+        // The watcher thread must not outlive the shard, even if something still holds it.
+        lot.stop();
+    }
     shard.metrics.snapshot(shard.stalls())
 }
 

@@ -14,7 +14,11 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use ahash::{AHashMap, AHashSet};
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+use std::rc::Rc;
+
+use ahash::AHasher;
 use bytes::BytesMut;
 
 use super::mesh::{Message, SubscriberId};
@@ -81,15 +85,24 @@ pub struct SessionLimits {
     pub queue_qos0: bool,
 }
 
+/// aHash with the process's random keys, stored once instead of in every map: a session exists
+/// per client, and two `AHashMap`s would carry 64 bytes of keys each.
+type Hasher = BuildHasherDefault<AHasher>;
+
 pub struct Session {
     pub client_id: ByteStr,
     pub id: SubscriberId,
     pub clean: bool,
+    /// Whether the attached connection is parked (see `parking`): the sweep leaves it alone.
+    pub parked: bool,
+    /// The parked socket became readable (reported by the shard's epoll watcher).
+    pub readable: bool,
     /// The user the session was opened by; only they may resume it.
     pub username: Option<ByteStr>,
     /// Filter → granted QoS, as the client subscribed.
-    pub subscriptions: AHashMap<ByteStr, QoS>,
-    limits: SessionLimits,
+    pub subscriptions: HashMap<ByteStr, QoS, Hasher>,
+    /// Shared by every session of the shard.
+    limits: Rc<SessionLimits>,
     queue: VecDeque<Outbound>,
     queued_bytes: usize,
     inflight: VecDeque<Inflight>,
@@ -97,7 +110,7 @@ pub struct Session {
     resend: usize,
     last_packet_id: PacketId,
     /// Incoming QoS 2 ids between PUBLISH and PUBREL: a repeated PUBLISH is not forwarded again.
-    incoming_qos2: AHashSet<PacketId>,
+    incoming_qos2: HashSet<PacketId, Hasher>,
     /// The connection currently attached (0: none), and why a previous one must go.
     attached: u64,
     kicked: Option<(u64, Kick)>,
@@ -107,20 +120,27 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(client_id: ByteStr, id: SubscriberId, clean: bool, limits: SessionLimits) -> Self {
+    pub fn new(
+        client_id: ByteStr,
+        id: SubscriberId,
+        clean: bool,
+        limits: Rc<SessionLimits>,
+    ) -> Self {
         Session {
             client_id,
             id,
             clean,
+            parked: false,
+            readable: false,
             username: None,
-            subscriptions: AHashMap::new(),
+            subscriptions: HashMap::default(),
             limits,
             queue: VecDeque::new(),
             queued_bytes: 0,
             inflight: VecDeque::new(),
             resend: 0,
             last_packet_id: 0,
-            incoming_qos2: AHashSet::new(),
+            incoming_qos2: HashSet::default(),
             attached: 0,
             kicked: None,
             waker: None,
@@ -189,7 +209,9 @@ impl Session {
         }
     }
 
-    fn wake(&mut self) {
+    /// Wakes the attached connection's task (to send, to close, or to take a readable parked
+    /// socket back).
+    pub fn wake(&mut self) {
         if let Some(w) = self.waker.take() {
             w.wake();
         }

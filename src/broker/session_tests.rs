@@ -16,7 +16,7 @@ fn session(max_inflight: usize, max_msgs: usize, max_bytes: usize) -> Session {
         max_queued_bytes: max_bytes,
         queue_qos0: false,
     };
-    let mut s = Session::new(ByteStr::from("c"), id, true, limits);
+    let mut s = Session::new(ByteStr::from("c"), id, true, std::rc::Rc::new(limits));
     s.attach(1);
     s
 }
@@ -238,4 +238,12 @@ fn control_packets_keep_their_place_in_the_queue() {
         drain(&mut s),
         [0x30, 0x04, 0x00, 0x01, b't', b'x', 0xb0, 0x02, 0x00, 0x09]
     );
+}
+
+/// One session per client, connected or not: keep it small (see `parking` for the rest of an
+/// idle connection's cost).
+#[test]
+fn a_session_stays_small() {
+    let size = std::mem::size_of::<Session>();
+    assert!(size <= 320, "Session is {size} bytes");
 }

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use ahash::AHashMap;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::config::BrokerConfig;
 use super::mesh::{Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target};
 use super::metrics::Metrics;
+use super::parking::ParkingLot;
 use super::replica::Replica;
 use super::session::{Dropped, Kick, Outbound, Session, SessionLimits};
 use super::session_table::SessionTable;
@@ -85,6 +86,9 @@ pub struct Shard {
     pub(super) stall_waker: RefCell<Option<Waker>>,
     /// Connections waiting for the router to drain below its congestion limit.
     pub(super) congestion_waiters: RefCell<Vec<Waker>>,
+    /// Where idle connections park; None when parking is off or its epoll set failed.
+    pub parking: Option<ParkingLot>,
+    session_limits: Rc<SessionLimits>,
 }
 
 impl Shard {
@@ -95,7 +99,20 @@ impl Shard {
         mesh: Arc<Mesh>,
         open_sockets: Arc<AtomicUsize>,
     ) -> Shard {
+        let parking = config.park_idle_after.and_then(|after| {
+            ParkingLot::new(id, mesh.clone(), after)
+                .map_err(|e| warn!(shard = id.0, "idle connections will not park: {e}"))
+                .ok()
+        });
+        let session_limits = Rc::new(SessionLimits {
+            max_inflight: config.max_inflight,
+            max_queued_messages: config.max_queued_messages,
+            max_queued_bytes: config.max_queued_bytes,
+            queue_qos0: config.queue_qos0,
+        });
         Shard {
+            parking,
+            session_limits,
             id,
             shards: mesh.shards(),
             config,
@@ -178,12 +195,7 @@ impl Shard {
             existing.borrow_mut().kick(Kick::TakenOver);
             self.remove_session(&existing);
         }
-        let limits = SessionLimits {
-            max_inflight: self.config.max_inflight,
-            max_queued_messages: self.config.max_queued_messages,
-            max_queued_bytes: self.config.max_queued_bytes,
-            queue_qos0: self.config.queue_qos0,
-        };
+        let limits = self.session_limits.clone();
         let shard = self.id;
         let session =
             self.sessions
@@ -542,6 +554,17 @@ impl Shard {
                         task.detach();
                     }
                     Err(e) => debug!("cannot serve a moved connection: {e}"),
+                }
+            }
+            ShardMessage::Readable(tokens) => {
+                let sessions = self.sessions.borrow();
+                for token in tokens {
+                    let (slot, generation) = super::parking::slot_of(token);
+                    if let Some(session) = sessions.get(slot, generation) {
+                        let mut session = session.borrow_mut();
+                        session.readable = true;
+                        session.wake();
+                    }
                 }
             }
             ShardMessage::Shutdown => self.stop(),

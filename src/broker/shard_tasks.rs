@@ -1,5 +1,5 @@
 //! The long-running tasks every shard runs besides its connections: draining the inbox,
-//! retrying flushes into full inboxes, and expiring sessions.
+//! retrying flushes into full inboxes, expiring sessions, and the parking sweep.
 
 use std::rc::Rc;
 use std::task::Poll;
@@ -36,6 +36,26 @@ pub async fn expire_sessions(shard: Rc<Shard>) {
             shard.remove_session(&session);
         }
         shard.flush();
+    }
+}
+
+/// Starts a parking epoch every `--park-idle-after` and wakes the unparked connections, so
+/// those that stayed silent through the whole previous epoch park (see `parking`). Sleeps
+/// while every connection is parked, so an idle broker costs nothing.
+pub async fn sweep_idle_connections(shard: Rc<Shard>) {
+    let Some(lot) = &shard.parking else {
+        return;
+    };
+    loop {
+        std::future::poll_fn(|cx| lot.poll_sweep_needed(cx)).await;
+        glommio::timer::sleep(lot.after).await;
+        lot.next_epoch();
+        for session in shard.sessions.borrow().all() {
+            let mut s = session.borrow_mut();
+            if !s.parked {
+                s.wake();
+            }
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use bytes::BytesMut;
 use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 
+use super::parking::ParkingLot;
 use crate::protocol::frame_len;
 
 /// Size of a connection's own read buffer. Packets larger than this get one of their own size.
@@ -76,8 +77,16 @@ impl WritePool {
     }
 }
 
+/// The socket: served by glommio, or parked (see [`super::parking`]).
+enum Socket {
+    Live(TcpStream),
+    Parked(OwnedFd),
+    /// Only for the moment between the two in [`Wire::unpark`].
+    Moving,
+}
+
 pub struct Wire {
-    stream: TcpStream,
+    socket: Socket,
     pub peer: SocketAddr,
     /// Input not yet decoded: empty, or the start of a packet.
     pub rbuf: BytesMut,
@@ -89,7 +98,7 @@ pub struct Wire {
 impl Wire {
     pub fn new(stream: TcpStream, peer: SocketAddr) -> Wire {
         Wire {
-            stream,
+            socket: Socket::Live(stream),
             peer,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
@@ -103,7 +112,7 @@ impl Wire {
         // SAFETY: the descriptor is an open, connected, non-blocking TCP socket that we own.
         let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
         Wire {
-            stream,
+            socket: Socket::Live(stream),
             peer,
             rbuf: leftover,
             wbuf: BytesMut::new(),
@@ -114,8 +123,13 @@ impl Wire {
     /// A second descriptor for the socket, to hand it to another shard. The original closes
     /// when this `Wire` is dropped; the socket lives on through the duplicate.
     pub fn duplicate_fd(&self) -> io::Result<OwnedFd> {
+        let raw = match &self.socket {
+            Socket::Live(stream) => stream.as_raw_fd(),
+            Socket::Parked(fd) => fd.as_raw_fd(),
+            Socket::Moving => return Err(io::Error::other("socket is being unparked")),
+        };
         // SAFETY: fcntl on a descriptor we own; a non-negative result is a new descriptor.
-        let fd = unsafe { libc::fcntl(self.stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        let fd = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 0) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -124,7 +138,41 @@ impl Wire {
     }
 
     pub fn set_nodelay(&self) {
-        let _ = self.stream.set_nodelay(true);
+        if let Socket::Live(stream) = &self.socket {
+            let _ = stream.set_nodelay(true);
+        }
+    }
+
+    pub fn is_parked(&self) -> bool {
+        matches!(self.socket, Socket::Parked(_))
+    }
+
+    /// Parks an idle connection: glommio lets go of the socket (and its poll request), and the
+    /// descriptor waits in the shard's epoll set, reported as `token` once readable. Only for a
+    /// connection with nothing buffered either way. On failure the socket stays live.
+    pub fn park(&mut self, lot: &ParkingLot, token: u64) -> io::Result<()> {
+        debug_assert!(self.rbuf.is_empty() && self.wbuf.is_empty());
+        let Socket::Live(_) = &self.socket else {
+            return Ok(());
+        };
+        let fd = self.duplicate_fd()?;
+        lot.park(fd.as_raw_fd(), token)?;
+        // Dropping the glommio stream closes the original descriptor; the duplicate lives on.
+        self.socket = Socket::Parked(fd);
+        Ok(())
+    }
+
+    /// Serves a parked socket through glommio again.
+    pub fn unpark(&mut self, lot: &ParkingLot) {
+        if let Socket::Parked(_) = &self.socket {
+            let Socket::Parked(fd) = std::mem::replace(&mut self.socket, Socket::Moving) else {
+                unreachable!("checked above");
+            };
+            lot.unpark(fd.as_raw_fd());
+            use std::os::fd::IntoRawFd;
+            // SAFETY: an open, connected, non-blocking TCP socket that we own.
+            self.socket = Socket::Live(unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) });
+        }
     }
 
     /// Makes sure `rbuf` has initialised spare room to go on with the packet it holds. Room
@@ -156,9 +204,13 @@ impl Wire {
         arena: &mut ReadArena,
         max_packet_size: usize,
     ) -> Poll<io::Result<usize>> {
+        let stream = match &mut self.socket {
+            Socket::Live(stream) => stream,
+            _ => return Poll::Ready(Err(io::Error::other("socket read while parked"))),
+        };
         if self.rbuf.is_empty() {
             let chunk = arena.spare();
-            let result = recv_into(&mut self.stream, cx, chunk);
+            let result = recv_into(stream, cx, chunk);
             if let Poll::Ready(Ok(n)) = result {
                 self.rbuf = chunk.split_to(n);
                 self.spare_initialised = false;
@@ -166,7 +218,10 @@ impl Wire {
             return result;
         }
         self.reserve_read_space(max_packet_size);
-        recv_into(&mut self.stream, cx, &mut self.rbuf)
+        let Socket::Live(stream) = &mut self.socket else {
+            unreachable!("checked above");
+        };
+        recv_into(stream, cx, &mut self.rbuf)
     }
 
     /// Lets go of what an idle connection need not hold: an empty read buffer (the memory stays
@@ -192,7 +247,13 @@ impl Wire {
 
     /// Writes `wbuf` until it is empty or the socket is full.
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        crate::sys::poll_write_all(&mut self.stream, &mut self.wbuf, cx)
+        if self.wbuf.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        match &mut self.socket {
+            Socket::Live(stream) => crate::sys::poll_write_all(stream, &mut self.wbuf, cx),
+            _ => Poll::Ready(Err(io::Error::other("socket written while parked"))),
+        }
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {

@@ -20,6 +20,7 @@ const KNOWN_KEYS: &[&str] = &[
     "allow-anonymous",
     "acl-file",
     "spin-us",
+    "park-idle-after",
 ];
 
 #[derive(Debug, Default)]

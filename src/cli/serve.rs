@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// CPU burnt while traffic pauses) [default: 0].
     #[arg(long, value_name = "MICROSECONDS")]
     spin_us: Option<u64>,
+    /// Seconds of silence after which a connection parks (up to twice that): it gives up its
+    /// io_uring poll and waits in an epoll set, which saves memory per idle client; 0 never
+    /// parks [default: 2].
+    #[arg(long, value_name = "SECONDS")]
+    park_idle_after: Option<u64>,
 }
 
 /// Turns flags (and the config file) into a validated broker configuration.
@@ -144,6 +149,11 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         session_expiry: secs(args.session_expiry.or(file.u64("session-expiry")?)),
         authenticator: Arc::new(authenticator),
         spin_before_sleep: Duration::from_micros(pick(args.spin_us, file.u64("spin-us")?, 0)),
+        park_idle_after: match args.park_idle_after.or(file.u64("park-idle-after")?) {
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+            None => defaults.park_idle_after,
+        },
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
