@@ -67,14 +67,12 @@ pub struct ConnectedClient {
     phase: Phase,
 }
 
-/// The keepalive deadline of a client that asked for one (MQTT-3.1.2-24).
+/// The keepalive of a client that asked for one (MQTT-3.1.2-24). The deadline itself waits in
+/// the shard's [`super::keepalive::KeepaliveQueue`], filed once per period, not per packet.
 struct Keepalive {
     /// 1.5 × the keepalive the client asked for.
     limit: Duration,
     last_input: Instant,
-    /// Re-armed only when it fires, not per packet: on expiry the loop checks how long it has
-    /// really been since the last input.
-    timer: Timer,
 }
 
 enum Event {
@@ -117,11 +115,11 @@ impl ConnectedClient {
         add(&shard.metrics.packets_out, 1);
         let keepalive = (keep_alive > 0).then(|| {
             let limit = Duration::from_millis(keep_alive as u64 * 1500);
-            Keepalive {
-                limit,
-                last_input: Instant::now(),
-                timer: Timer::new(limit),
-            }
+            let last_input = Instant::now();
+            shard
+                .keepalives
+                .file(session.borrow().id, last_input + limit);
+            Keepalive { limit, last_input }
         });
         // A new connection counts as long idle, so it parks as soon as it has nothing to do
         // (usually right after the CONNACK): in a flood of connects, each socket's poll request
@@ -235,14 +233,8 @@ impl ConnectedClient {
                 Poll::Pending => {}
             }
         }
-        if let Some(keepalive) = &mut self.keepalive {
-            while Pin::new(&mut keepalive.timer).poll(cx).is_ready() {
-                let idle = keepalive.last_input.elapsed();
-                if idle >= keepalive.limit {
-                    return Poll::Ready(Event::Closed(CloseReason::KeepaliveTimeout));
-                }
-                keepalive.timer.reset(keepalive.limit - idle);
-            }
+        if self.keepalive_expired() {
+            return Poll::Ready(Event::Closed(CloseReason::KeepaliveTimeout));
         }
         self.wire
             .release_idle_buffers(&mut self.shard.write_pool.borrow_mut());
@@ -274,7 +266,7 @@ impl ConnectedClient {
     }
 
     /// Whether a parked connection has a reason to take its socket back: input (or the end of
-    /// it), something to send, a kick, or its keepalive deadline. A parked task can also be
+    /// it), something to send, a kick, or a passed keepalive deadline. A parked task can also be
     /// woken for nothing (glommio completing the cancelled poll of the socket it let go);
     /// then it stays parked, ready to be woken again.
     fn must_unpark(&mut self, cx: &mut Context<'_>) -> bool {
@@ -288,10 +280,31 @@ impl ConnectedClient {
             }
             session.set_waker(cx.waker());
         }
-        match &mut self.keepalive {
-            Some(keepalive) => Pin::new(&mut keepalive.timer).poll(cx).is_ready(),
-            None => false,
+        if self.keepalive_expired() {
+            // Unparked to close: the loop must see the deadline again.
+            self.session.borrow_mut().keepalive_due = true;
+            return true;
         }
+        false
+    }
+
+    /// Whether the keepalive deadline the shard reported has really passed: input since it
+    /// was filed moves it, and the next deadline is filed instead.
+    fn keepalive_expired(&mut self) -> bool {
+        let Some(keepalive) = &self.keepalive else {
+            return false;
+        };
+        let mut session = self.session.borrow_mut();
+        if !std::mem::take(&mut session.keepalive_due) {
+            return false;
+        }
+        if keepalive.last_input.elapsed() >= keepalive.limit {
+            return true;
+        }
+        self.shard
+            .keepalives
+            .file(session.id, keepalive.last_input + keepalive.limit);
+        false
     }
 
     /// Takes a parked socket back into glommio; the normal loop then handles whatever woke it.

@@ -9,6 +9,7 @@
 pub mod config;
 mod connected;
 mod connection;
+mod keepalive;
 pub mod mesh;
 pub mod metrics;
 mod parking;

@@ -13,6 +13,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tracing::{info, warn};
 
 use super::config::BrokerConfig;
+use super::keepalive::watch_keepalives;
 use super::mesh::{InboxReceiver, Mesh, ShardId, ShardMessage};
 use super::metrics::MetricsSnapshot;
 use super::shard::Shard;
@@ -189,6 +190,7 @@ async fn run_shard(
     let stall = glommio::spawn_local(retry_stalled(shard.clone()));
     let expiry = glommio::spawn_local(expire_sessions(shard.clone()));
     let sweep = glommio::spawn_local(sweep_idle_connections(shard.clone()));
+    let keepalives = glommio::spawn_local(watch_keepalives(shard.clone()));
     let accepts: Vec<_> = listeners
         .into_iter()
         .map(|listener| glommio::spawn_local(accept_loop(shard.clone(), listener)))
@@ -205,6 +207,7 @@ async fn run_shard(
         }
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    drop(keepalives);
     drop(sweep);
     drop(expiry);
     drop(stall);

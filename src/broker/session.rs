@@ -97,6 +97,8 @@ pub struct Session {
     pub parked: bool,
     /// The parked socket became readable (reported by the shard's epoll watcher).
     pub readable: bool,
+    /// The connection's keepalive deadline came up in the shard's queue: check it.
+    pub keepalive_due: bool,
     /// The user the session was opened by; only they may resume it.
     pub username: Option<ByteStr>,
     /// Filter → granted QoS, as the client subscribed.
@@ -132,6 +134,7 @@ impl Session {
             clean,
             parked: false,
             readable: false,
+            keepalive_due: false,
             username: None,
             subscriptions: HashMap::default(),
             limits,

@@ -16,6 +16,7 @@ use ahash::AHashMap;
 use tracing::{debug, warn};
 
 use super::config::BrokerConfig;
+use super::keepalive::KeepaliveQueue;
 use super::mesh::{Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target};
 use super::metrics::Metrics;
 use super::parking::ParkingLot;
@@ -89,6 +90,8 @@ pub struct Shard {
     /// Where idle connections park; None when parking is off or its epoll set failed.
     pub parking: Option<ParkingLot>,
     session_limits: Rc<SessionLimits>,
+    /// Keepalive deadlines of this shard's connections.
+    pub keepalives: KeepaliveQueue,
 }
 
 impl Shard {
@@ -113,6 +116,7 @@ impl Shard {
         Shard {
             parking,
             session_limits,
+            keepalives: KeepaliveQueue::default(),
             id,
             shards: mesh.shards(),
             config,
