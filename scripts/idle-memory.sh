@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Memory per idle MQTT connection: SurgeMQ (release build, 2 shards) and, for comparison,
 # Mosquitto. A Python client opens 5,000 and then 15,000 connections in total (CONNECT with
-# keepalive 0, CONNACK 0 checked, then silence), spread over source addresses 127.0.0.2-9;
+# keepalive $KEEPALIVE (default 0), CONNACK 0 checked, then silence), spread over source addresses 127.0.0.2-9;
 # the broker's RSS is read from /proc before and after each step.
 #
 # Writes perf/results/<date>-idle-memory.md (OUT overrides the path) and prints the same.
 # Everything runs on 127.0.0.1 and stops by itself. Usage: scripts/idle-memory.sh
-# Environment: STEPS (default "5000 15000"), OUT, SKIP_MOSQUITTO=1.
+# Environment: STEPS (default "5000 15000"), OUT, SKIP_MOSQUITTO=1, KEEPALIVE (seconds the
+# clients ask for in CONNECT, default 0; they stay silent either way, well within 1.5x of it),
+# SURGEMQ_ARGS (more flags for `surgemq serve`, e.g. "--park-idle-after 0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STEPS=${STEPS:-"5000 15000"}
+KEEPALIVE=${KEEPALIVE:-0}
+SURGEMQ_ARGS=${SURGEMQ_ARGS:-}
 OUT=${OUT:-perf/results/$(date -u +%Y-%m-%d)-idle-memory.md}
 WORK=$(mktemp -d)
 BROKER_PID=""
@@ -61,10 +65,11 @@ import resource, socket, sys, time
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 port = int(sys.argv[1])
+keepalive = int(sys.argv[2]).to_bytes(2, "big")
 socks = []
 
 def connect_packet(client_id):
-    body = b"\x00\x04MQTT\x04\x02\x00\x00" + len(client_id).to_bytes(2, "big") + client_id
+    body = b"\x00\x04MQTT\x04\x02" + keepalive + len(client_id).to_bytes(2, "big") + client_id
     return b"\x10" + bytes([len(body)]) + body
 
 def add(count):
@@ -111,7 +116,7 @@ measure() {
   local base
   base=$(settled_rss_kib "$pid")
   echo "$name baseline RSS: $base KiB" >&2
-  coproc CLIENTS { python3 "$WORK/idle_clients.py" "$port"; }
+  coproc CLIENTS { python3 "$WORK/idle_clients.py" "$port" "$KEEPALIVE"; }
   CLIENT_PID=$CLIENTS_PID
   local line="$base"
   for target in $STEPS; do
@@ -131,7 +136,8 @@ measure() {
 
 # --- SurgeMQ ---
 PORT=$(free_port)
-"$BIN" serve --listen "127.0.0.1:$PORT" --shards 2 --max-connections 100000 --log-level warn &
+# shellcheck disable=SC2086 # SURGEMQ_ARGS is a list of flags
+"$BIN" serve --listen "127.0.0.1:$PORT" --shards 2 --max-connections 100000 --log-level warn $SURGEMQ_ARGS &
 BROKER_PID=$!
 for _ in $(seq 1 100); do
   python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$PORT),1)" 2>/dev/null && break
@@ -193,13 +199,13 @@ PY
   echo
   echo "## Command"
   echo
-  echo "    scripts/idle-memory.sh"
+  echo "    $( [ "$KEEPALIVE" != 0 ] && printf 'KEEPALIVE=%s ' "$KEEPALIVE")$( [ -n "$SURGEMQ_ARGS" ] && printf 'SURGEMQ_ARGS="%s" ' "$SURGEMQ_ARGS")$( [ "${SKIP_MOSQUITTO:-0}" = 1 ] && printf 'SKIP_MOSQUITTO=1 ')scripts/idle-memory.sh"
   echo
-  echo "SurgeMQ: \`$BIN serve --shards 2 --max-connections 100000\` (release profile)."
+  echo "SurgeMQ: \`$BIN serve --shards 2 --max-connections 100000 $SURGEMQ_ARGS\` (release profile)."
   echo "Mosquitto: $MOSQ_VERSION, config \`listener PORT 127.0.0.1\`, \`allow_anonymous true\`,"
   echo "\`max_connections -1\`, \`persistence false\`, \`log_dest none\` (and \`user root\` as root)."
   echo "Clients: one Python process, raw sockets bound to 127.0.0.2-9, MQTT 3.1.1 CONNECT with"
-  echo "CleanSession 1 and keepalive 0, CONNACK 0 checked, then idle. RSS is the broker's VmRSS"
+  echo "CleanSession 1 and keepalive $KEEPALIVE, CONNACK 0 checked, then idle. RSS is the broker's VmRSS"
   echo "once two samples 0.5 s apart agree."
   echo
   echo "## Machine"
