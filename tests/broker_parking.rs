@@ -57,6 +57,29 @@ fn a_parked_subscriber_still_gets_messages_and_answers_pings() {
 }
 
 #[test]
+fn a_subscriber_that_only_receives_does_not_park() {
+    // Epochs of 200 ms: only a gap of 400 ms between messages could let the subscriber park.
+    let broker = Broker::with_config(BrokerConfig {
+        park_idle_after: Some(Duration::from_millis(200)),
+        ..test_config()
+    });
+    let mut sub = broker.connect("receiver");
+    sub.subscribe(1, &[("stream/t", 0)]);
+    let mut publisher = broker.connect("streamer");
+    std::thread::sleep(Duration::from_millis(1000));
+    // Parked by now: the subscriber twice (right after CONNACK, then after SUBACK), the
+    // publisher once (right after CONNACK).
+    for i in 0..75u32 {
+        publisher.publish0("stream/t", &i.to_be_bytes(), false);
+        sub.expect_bytes(&qos0_delivery("stream/t", &i.to_be_bytes(), false));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let metrics = broker.shutdown();
+    // 1.5 s of receiving would have parked (and unparked) it every 400 to 600 ms.
+    assert!(total(&metrics, |m| m.parks) <= 4, "{metrics:#?}");
+}
+
+#[test]
 fn a_parked_client_that_drops_its_socket_publishes_its_will() {
     with_shards(|shards| {
         let broker = parking_broker(shards);

@@ -176,6 +176,12 @@ impl ConnectedClient {
                 if self.wire.wbuf.len() < WRITE_HIGH_WATER {
                     let packets = session.fill(&mut self.wire.wbuf, WRITE_HIGH_WATER);
                     add(&self.shard.metrics.packets_out, packets as u64);
+                    if packets > 0 {
+                        // A subscriber that only receives is busy too: it must not park.
+                        if let Some(lot) = &self.shard.parking {
+                            self.active_epoch = lot.epoch();
+                        }
+                    }
                 }
             }
             match self.poll_event(cx) {
