@@ -267,7 +267,7 @@ pub struct Router {
 /// Messages per batch before it is closed and queued, so one batch never grows without bound.
 const MAX_BATCH: usize = 512;
 /// Messages waiting for a full inbox beyond which the shard stops reading from its publishers.
-const CONGESTION_LIMIT: usize = 64;
+pub(super) const CONGESTION_LIMIT: usize = 64;
 
 impl Router {
     pub fn new(me: ShardId, mesh: Arc<Mesh>) -> Router {

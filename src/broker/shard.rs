@@ -420,6 +420,16 @@ impl Shard {
                 w.wake();
             }
         }
+        // Whichever flush brings the backlog under the limit lets the paused publishers go.
+        // The stall task only runs while a backlog remains: when another flush (the inbox
+        // drain, another connection) empties it first, the stall task never looks again, and
+        // leaving the wake to it stalled a single publisher for good.
+        if !self.congestion_waiters.borrow().is_empty() && !self.congested() {
+            let waiters = std::mem::take(&mut *self.congestion_waiters.borrow_mut());
+            for w in waiters {
+                w.wake();
+            }
+        }
     }
 
     pub fn congested(&self) -> bool {
@@ -467,5 +477,60 @@ impl Shard {
 
     pub fn stalls(&self) -> u64 {
         self.router.borrow().stalls
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::task::Wake;
+
+    use super::*;
+    use crate::broker::mesh::CONGESTION_LIMIT;
+
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The race behind a rare stall of a lone publisher: it paused on congestion, then the
+    /// inbox drain's flush (not the stall task's) sent the whole backlog, and nobody woke it.
+    #[test]
+    fn any_flush_that_ends_the_congestion_wakes_the_paused_publishers() {
+        glommio::LocalExecutorBuilder::default()
+            .make()
+            .unwrap()
+            .run(async {
+                let (mesh, inboxes) = Mesh::new(2).unwrap();
+                let config = Arc::new(BrokerConfig {
+                    park_idle_after: None,
+                    ..BrokerConfig::default()
+                });
+                let shard = Shard::new(ShardId(0), config, mesh.clone(), Arc::default());
+                // Shard 1's inbox is full, and this shard gathers a congesting backlog for it.
+                while mesh.try_send(ShardId(1), ShardMessage::Shutdown).is_ok() {}
+                for _ in 0..CONGESTION_LIMIT {
+                    shard.router_send(ShardId(1), ShardMessage::Shutdown);
+                }
+                shard.flush();
+                assert!(shard.congested());
+
+                let flag = Arc::new(Flag(AtomicBool::new(false)));
+                let waker = Waker::from(flag.clone());
+                let mut cx = Context::from_waker(&waker);
+                assert!(shard.poll_uncongested(&mut cx).is_pending());
+
+                // Shard 1 catches up; the next flush here sends everything.
+                while inboxes[1].rx.try_recv().is_ok() {}
+                shard.flush();
+                assert!(!shard.congested());
+                assert!(
+                    flag.0.load(Ordering::SeqCst),
+                    "the paused publisher was not woken"
+                );
+            });
     }
 }

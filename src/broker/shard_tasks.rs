@@ -95,8 +95,8 @@ pub async fn drain_inbox(shard: Rc<Shard>, inbox: InboxReceiver) {
     }
 }
 
-/// Retries flushing while an inbox is full, and wakes publishers once the backlog is below the
-/// congestion limit. Sleeps when nothing waits, so it costs nothing in the common case.
+/// Retries flushing while an inbox is full (the flush wakes the publishers once the backlog is
+/// below the congestion limit). Sleeps when nothing waits, so it costs nothing in the common case.
 pub async fn retry_stalled(shard: Rc<Shard>) {
     loop {
         std::future::poll_fn(|cx| {
@@ -109,11 +109,7 @@ pub async fn retry_stalled(shard: Rc<Shard>) {
         })
         .await;
         glommio::timer::sleep(Duration::from_micros(50)).await;
+        // Also wakes the paused publishers once the backlog is under the limit.
         shard.flush();
-        if !shard.congested() {
-            for w in shard.congestion_waiters.borrow_mut().drain(..) {
-                w.wake();
-            }
-        }
     }
 }
