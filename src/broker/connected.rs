@@ -42,7 +42,11 @@ const CLOSING_FLUSH: Duration = Duration::from_millis(100);
 
 /// Where a connection is in its life.
 enum Phase {
+    /// At the top of a loop turn: handle the input read so far, flush the router, fill.
     Serving,
+    /// Waiting for an event (input, output, room in the socket, a deadline, a kick). A wake
+    /// resumes here, so a turn's work is done once per event, not once per wake.
+    Waiting,
     /// The shard's router is congested: stop reading until it drains.
     WaitingForRouter,
     /// Ended; the output already encoded gets until the timer to leave.
@@ -118,7 +122,7 @@ impl ConnectedClient {
             let last_input = Instant::now();
             shard
                 .keepalives
-                .file(session.borrow().id, last_input + limit);
+                .connection_started(session.borrow().id, conn, last_input + limit);
             Keepalive { limit, last_input }
         });
         // A new connection counts as long idle, so it parks as soon as it has nothing to do
@@ -147,11 +151,27 @@ impl ConnectedClient {
     /// One loop turn after another until the client must wait or the connection ends.
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         loop {
+            if let Phase::Waiting = self.phase {
+                match self.poll_event(cx) {
+                    Poll::Ready(Event::Input | Event::Output) => {
+                        self.mark_active();
+                        self.phase = Phase::Serving;
+                        // glommio switches tasks only when one returns Pending: a client that
+                        // always has input must still let the others run.
+                        if glommio::executor().need_preempt() {
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Event::Closed(reason)) => return Poll::Ready(reason),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             if let Phase::WaitingForRouter = self.phase {
                 if self.shard.poll_uncongested(cx).is_pending() {
                     return Poll::Pending;
                 }
-                self.phase = Phase::Serving;
             } else {
                 if self.wire.wbuf.capacity() == 0 {
                     self.wire.wbuf = self.shard.write_pool.borrow_mut().take();
@@ -176,29 +196,20 @@ impl ConnectedClient {
                 if self.wire.wbuf.len() < WRITE_HIGH_WATER {
                     let packets = session.fill(&mut self.wire.wbuf, WRITE_HIGH_WATER);
                     add(&self.shard.metrics.packets_out, packets as u64);
+                    drop(session);
                     if packets > 0 {
                         // A subscriber that only receives is busy too: it must not park.
-                        if let Some(lot) = &self.shard.parking {
-                            self.active_epoch = lot.epoch();
-                        }
+                        self.mark_active();
                     }
                 }
             }
-            match self.poll_event(cx) {
-                Poll::Ready(Event::Input | Event::Output) => {
-                    if let Some(lot) = &self.shard.parking {
-                        self.active_epoch = lot.epoch();
-                    }
-                }
-                Poll::Ready(Event::Closed(reason)) => return Poll::Ready(reason),
-                Poll::Pending => return Poll::Pending,
-            }
-            // glommio switches tasks only when one returns Pending: a client that always has
-            // input must still let the others run.
-            if glommio::executor().need_preempt() {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
+            self.phase = Phase::Waiting;
+        }
+    }
+
+    fn mark_active(&mut self) {
+        if let Some(lot) = &self.shard.parking {
+            self.active_epoch = lot.epoch();
         }
     }
 
@@ -307,9 +318,11 @@ impl ConnectedClient {
         if keepalive.last_input.elapsed() >= keepalive.limit {
             return true;
         }
-        self.shard
-            .keepalives
-            .file(session.id, keepalive.last_input + keepalive.limit);
+        self.shard.keepalives.file(
+            session.id,
+            self.conn,
+            keepalive.last_input + keepalive.limit,
+        );
         false
     }
 
@@ -470,6 +483,9 @@ impl ConnectedClient {
         if let Some(lot) = &self.shard.parking {
             lot.connection_ended();
         }
+        if self.keepalive.is_some() {
+            self.shard.keepalives.connection_ended();
+        }
         let client_id = self.session.borrow().client_id.clone();
         log_close(&self.shard, Some(&client_id), &self.wire, reason);
         self.phase = if self.wire.wbuf.is_empty() {
@@ -487,7 +503,7 @@ impl Future for ConnectedClient {
         let this = self.get_mut();
         loop {
             match &mut this.phase {
-                Phase::Serving | Phase::WaitingForRouter => {
+                Phase::Serving | Phase::Waiting | Phase::WaitingForRouter => {
                     if this.wire.is_parked() {
                         if !this.must_unpark(cx) {
                             return Poll::Pending;

@@ -3,12 +3,13 @@
 //!
 //! A glommio timer costs about 130 bytes per connection (its shared state plus an entry in the
 //! reactor's timer tree); most clients ask for a keepalive, so that was a tenth of what an idle
-//! connection cost. Here each connection has one entry of 24 bytes: when it is due, the
+//! connection cost. Here each connection has one entry of 32 bytes: when it is due, the
 //! shard's keepalive task marks the session and wakes the connection, which compares the
 //! deadline with its last input and either closes or files its next deadline. A deadline is
-//! filed once per keepalive period, not per packet.
+//! filed once per keepalive period, not per packet. Entries left by connections that ended
+//! are dropped in bulk once they outnumber the live ones, so churn cannot grow the queue.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;
@@ -22,38 +23,71 @@ use glommio::timer::Timer;
 use super::mesh::SubscriberId;
 use super::shard::Shard;
 
-/// Deadlines, earliest first, each naming a session slot and generation.
+/// A filed deadline: when, and the connection (session slot, generation, connection id).
+type Entry = Reverse<(Instant, u32, u32, u64)>;
+
+/// Entries of ended connections tolerated beyond twice the live ones before a compaction.
+const COMPACT_SLACK: usize = 1024;
+
+/// Deadlines, earliest first. Bounded: a connection files one deadline at a time, and the
+/// entries of ended connections (which cannot be taken out of a heap one by one) are dropped
+/// in a compaction once they outnumber the live connections.
 #[derive(Default)]
 pub struct KeepaliveQueue {
-    deadlines: RefCell<BinaryHeap<Reverse<(Instant, u32, u32)>>>,
-    /// The keepalive task, to be woken when a deadline earlier than all others arrives.
+    deadlines: RefCell<BinaryHeap<Entry>>,
+    /// Connections with a keepalive that have not ended.
+    live: Cell<usize>,
+    /// The keepalive task, to be woken when a deadline earlier than all others arrives, or
+    /// when the queue needs a compaction.
     waker: RefCell<Option<Waker>>,
 }
 
 impl KeepaliveQueue {
-    /// Files the deadline of the connection attached to session `id`.
-    pub fn file(&self, id: SubscriberId, deadline: Instant) {
+    /// A connection with a keepalive starts: it files its first deadline.
+    pub fn connection_started(&self, id: SubscriberId, conn: u64, deadline: Instant) {
+        self.live.set(self.live.get() + 1);
+        self.file(id, conn, deadline);
+    }
+
+    /// A connection with a keepalive ended; its filed deadline is now stale.
+    pub fn connection_ended(&self) {
+        self.live.set(self.live.get().saturating_sub(1));
+    }
+
+    /// Files the next deadline of connection `conn`, attached to session `id`.
+    pub fn file(&self, id: SubscriberId, conn: u64, deadline: Instant) {
         let mut deadlines = self.deadlines.borrow_mut();
         let earliest = deadlines
             .peek()
             .is_none_or(|Reverse((t, ..))| deadline < *t);
-        deadlines.push(Reverse((deadline, id.slot, id.generation)));
-        if earliest {
+        deadlines.push(Reverse((deadline, id.slot, id.generation, conn)));
+        if earliest || self.needs_compaction(deadlines.len()) {
             if let Some(w) = self.waker.borrow_mut().take() {
                 w.wake();
             }
         }
     }
 
+    fn needs_compaction(&self, len: usize) -> bool {
+        len > 2 * self.live.get() + COMPACT_SLACK
+    }
+
+    /// Keeps only the entries for which `live(slot, generation, conn)` holds.
+    fn compact(&self, live: impl Fn(u32, u32, u64) -> bool) {
+        self.deadlines
+            .borrow_mut()
+            .retain(|Reverse((_, slot, generation, conn))| live(*slot, *generation, *conn));
+    }
+
     /// Takes the deadlines that have passed.
-    fn take_due(&self, now: Instant, due: &mut Vec<(u32, u32)>) {
+    fn take_due(&self, now: Instant, due: &mut Vec<(u32, u32, u64)>) {
         let mut deadlines = self.deadlines.borrow_mut();
-        while let Some(Reverse((t, slot, generation))) = deadlines.peek().copied() {
+        while let Some(Reverse((t, slot, generation, conn))) = deadlines.peek().copied() {
             if t > now {
                 break;
             }
             deadlines.pop();
-            due.push((slot, generation));
+            due.push((slot, generation, conn));
         }
     }
 
@@ -68,12 +102,23 @@ pub async fn watch_keepalives(shard: Rc<Shard>) {
     let queue = &shard.keepalives;
     let mut timer: Option<Timer> = None;
     let mut due = Vec::new();
+    // Whether the connection is still the one attached to its session.
+    let attached = |slot, generation, conn| {
+        shard
+            .sessions
+            .borrow()
+            .get(slot, generation)
+            .is_some_and(|s| s.borrow().is_attached(conn))
+    };
     std::future::poll_fn(|cx| loop {
+        if queue.needs_compaction(queue.deadlines.borrow().len()) {
+            queue.compact(attached);
+        }
         queue.take_due(Instant::now(), &mut due);
-        if !due.is_empty() {
-            let sessions = shard.sessions.borrow();
-            for (slot, generation) in due.drain(..) {
-                // A session that ended meanwhile is not found: its entry just expires.
+        for (slot, generation, conn) in due.drain(..) {
+            // The entry of a connection that ended just expires.
+            if attached(slot, generation, conn) {
+                let sessions = shard.sessions.borrow();
                 if let Some(session) = sessions.get(slot, generation) {
                     let mut session = session.borrow_mut();
                     session.keepalive_due = true;
@@ -114,17 +159,35 @@ mod tests {
     fn deadlines_come_due_in_time_order_and_only_once() {
         let q = KeepaliveQueue::default();
         let t0 = Instant::now();
-        q.file(id(1), t0 + Duration::from_secs(30));
-        q.file(id(2), t0 + Duration::from_secs(10));
-        q.file(id(3), t0 + Duration::from_secs(20));
+        q.file(id(1), 11, t0 + Duration::from_secs(30));
+        q.file(id(2), 12, t0 + Duration::from_secs(10));
+        q.file(id(3), 13, t0 + Duration::from_secs(20));
         let mut due = Vec::new();
         q.take_due(t0 + Duration::from_secs(5), &mut due);
         assert!(due.is_empty());
         q.take_due(t0 + Duration::from_secs(20), &mut due);
-        assert_eq!(due, [(2, 7), (3, 7)]);
+        assert_eq!(due, [(2, 7, 12), (3, 7, 13)]);
         assert_eq!(q.earliest(), Some(t0 + Duration::from_secs(30)));
         due.clear();
         q.take_due(t0 + Duration::from_secs(20), &mut due);
         assert!(due.is_empty(), "taken deadlines do not come back");
+    }
+
+    #[test]
+    fn entries_of_ended_connections_are_compacted_away() {
+        let q = KeepaliveQueue::default();
+        let later = Instant::now() + Duration::from_secs(3600);
+        for conn in 0..10 {
+            q.connection_started(id(conn as u32), conn, later);
+        }
+        // Churn: 5,000 connections that start and end, each leaving a stale entry.
+        for conn in 10..5010 {
+            q.connection_started(id(conn as u32), conn, later);
+            q.connection_ended();
+        }
+        assert!(q.needs_compaction(q.deadlines.borrow().len()));
+        q.compact(|_, _, conn| conn < 10);
+        assert_eq!(q.deadlines.borrow().len(), 10);
+        assert!(!q.needs_compaction(q.deadlines.borrow().len()));
     }
 }
