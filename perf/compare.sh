@@ -2,7 +2,8 @@
 # Compares SurgeMQ (--shards 1 and --shards 2) with Mosquitto and rumqttd on this machine:
 # pair, fan-in, fan-out and mesh at QoS 0 plus pair and fan-out at QoS 1, 20 clients, 64-byte
 # payloads, closed loop (window 100), DURATION seconds per run, REPS repetitions. Brokers
-# alternate within each repetition so that a noisy neighbour hurts them all alike. Every broker
+# alternate within each repetition, in an order that rotates from one repetition to the next,
+# so that a noisy neighbour hurts them all alike. Every broker
 # gets the same generator settings. Writes perf/results/<date>-<host>.md (medians and ratios),
 # the raw JSON lines next to it, and an SVG bar chart.
 #
@@ -280,7 +281,13 @@ for rep in $(seq 1 "$REPS"); do
   for case in $CASES; do
     scenario=${case%%:*}
     qos=${case##*:}
-    for broker in "${available[@]}"; do
+    # The order rotates with each repetition: on this machine the run right after another is
+    # often slower, and a fixed order would always hand that to the same broker.
+    order=()
+    for ((k = 0; k < ${#available[@]}; k++)); do
+      order+=("${available[$(( (k + rep - 1) % ${#available[@]} ))]}")
+    done
+    for broker in "${order[@]}"; do
       port=$(free_port)
       log "rep $rep/$REPS  $scenario qos $qos  $broker"
       if ! start_broker "$broker" "$port"; then
