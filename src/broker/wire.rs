@@ -15,7 +15,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -108,7 +108,6 @@ impl Wire {
 
     /// A socket that arrives from another shard, with the bytes read there after CONNECT.
     pub fn adopt(fd: OwnedFd, peer: SocketAddr, leftover: BytesMut) -> Wire {
-        use std::os::fd::IntoRawFd;
         // SAFETY: the descriptor is an open, connected, non-blocking TCP socket that we own.
         let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
         Wire {
@@ -126,7 +125,7 @@ impl Wire {
         let raw = match &self.socket {
             Socket::Live(stream) => stream.as_raw_fd(),
             Socket::Parked(fd) => fd.as_raw_fd(),
-            Socket::Moving => return Err(io::Error::other("socket is being unparked")),
+            Socket::Moving => return Err(not_live()),
         };
         // SAFETY: fcntl on a descriptor we own; a non-negative result is a new descriptor.
         let fd = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 0) };
@@ -164,14 +163,14 @@ impl Wire {
 
     /// Serves a parked socket through glommio again.
     pub fn unpark(&mut self, lot: &ParkingLot) {
-        if let Socket::Parked(_) = &self.socket {
-            let Socket::Parked(fd) = std::mem::replace(&mut self.socket, Socket::Moving) else {
-                unreachable!("checked above");
-            };
-            lot.unpark(fd.as_raw_fd());
-            use std::os::fd::IntoRawFd;
-            // SAFETY: an open, connected, non-blocking TCP socket that we own.
-            self.socket = Socket::Live(unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) });
+        match std::mem::replace(&mut self.socket, Socket::Moving) {
+            Socket::Parked(fd) => {
+                lot.unpark(fd.as_raw_fd());
+                // SAFETY: an open, connected, non-blocking TCP socket that we own.
+                let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+                self.socket = Socket::Live(stream);
+            }
+            live => self.socket = live,
         }
     }
 
@@ -204,11 +203,10 @@ impl Wire {
         arena: &mut ReadArena,
         max_packet_size: usize,
     ) -> Poll<io::Result<usize>> {
-        let stream = match &mut self.socket {
-            Socket::Live(stream) => stream,
-            _ => return Poll::Ready(Err(io::Error::other("socket read while parked"))),
-        };
         if self.rbuf.is_empty() {
+            let Socket::Live(stream) = &mut self.socket else {
+                return Poll::Ready(Err(not_live()));
+            };
             let chunk = arena.spare();
             let result = recv_into(stream, cx, chunk);
             if let Poll::Ready(Ok(n)) = result {
@@ -219,7 +217,7 @@ impl Wire {
         }
         self.reserve_read_space(max_packet_size);
         let Socket::Live(stream) = &mut self.socket else {
-            unreachable!("checked above");
+            return Poll::Ready(Err(not_live()));
         };
         recv_into(stream, cx, &mut self.rbuf)
     }
@@ -252,13 +250,19 @@ impl Wire {
         }
         match &mut self.socket {
             Socket::Live(stream) => crate::sys::poll_write_all(stream, &mut self.wbuf, cx),
-            _ => Poll::Ready(Err(io::Error::other("socket written while parked"))),
+            _ => Poll::Ready(Err(not_live())),
         }
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_flush(cx)).await
     }
+}
+
+/// The connection parks and unparks its socket around reads and writes, so meeting a parked
+/// one here is a bug in the broker; it closes that connection instead of panicking.
+fn not_live() -> io::Error {
+    io::Error::other("socket used while parked")
 }
 
 /// One `recv` into the initialised spare capacity of `buf`.
