@@ -36,11 +36,9 @@ if [ "$(ulimit -n)" -lt 16000 ]; then
 fi
 
 cargo build --release --quiet
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 BIN=target/release/surgemq
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
@@ -139,10 +137,7 @@ PORT=$(free_port)
 # shellcheck disable=SC2086 # SURGEMQ_ARGS is a list of flags
 "$BIN" serve --listen "127.0.0.1:$PORT" --shards 2 --max-connections 100000 --log-level warn $SURGEMQ_ARGS &
 BROKER_PID=$!
-for _ in $(seq 1 100); do
-  python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$PORT),1)" 2>/dev/null && break
-  sleep 0.1
-done
+wait_port "$PORT"
 measure surgemq "$BROKER_PID" "$PORT"
 kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=""
 
@@ -165,10 +160,7 @@ if [ "${SKIP_MOSQUITTO:-0}" != 1 ]; then
   MOSQ_VERSION=$(mosquitto -h 2>/dev/null | head -1 || true)
   mosquitto -c "$WORK/mosquitto.conf" &
   BROKER_PID=$!
-  for _ in $(seq 1 100); do
-    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$MPORT),1)" 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_port "$MPORT"
   measure mosquitto "$BROKER_PID" "$MPORT"
   kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=""
 fi
