@@ -115,17 +115,18 @@ pub async fn watch_keepalives(shard: Rc<Shard>) {
             queue.compact(attached);
         }
         queue.take_due(Instant::now(), &mut due);
+        let sessions = shard.sessions.borrow();
         for (slot, generation, conn) in due.drain(..) {
             // The entry of a connection that ended just expires.
-            if attached(slot, generation, conn) {
-                let sessions = shard.sessions.borrow();
-                if let Some(session) = sessions.get(slot, generation) {
-                    let mut session = session.borrow_mut();
+            if let Some(session) = sessions.get(slot, generation) {
+                let mut session = session.borrow_mut();
+                if session.is_attached(conn) {
                     session.keepalive_due = true;
                     session.wake();
                 }
             }
         }
+        drop(sessions);
         *queue.waker.borrow_mut() = Some(cx.waker().clone());
         let Some(next) = queue.earliest() else {
             timer = None;
