@@ -31,7 +31,7 @@ mod testutil;
 pub use bytestr::ByteStr;
 pub use codec::{decode, frame_len};
 pub use error::{DecodeError, EncodeError};
-pub use publish::{encode_ack, encode_publish, publish_len};
+pub use publish::{encode_ack, encode_publish, publish_len, PublishHeader};
 
 use bytes::Bytes;
 

@@ -92,36 +92,69 @@ pub fn encode_publish(
     dup: bool,
     packet_id: PacketId,
 ) -> Result<(), EncodeError> {
-    if topic.len() > MAX_FIELD_LEN {
-        return Err(EncodeError::FieldTooLong(topic.len()));
-    }
-    if qos != QoS::AtMostOnce && packet_id == 0 {
-        return Err(EncodeError::ZeroPacketId);
-    }
-    let remaining_len = publish_remaining_len(topic.len(), payload.len(), qos);
-    super::header::check_remaining_len(remaining_len)?;
-
-    let mut first = ((PacketType::Publish as u8) << 4) | ((qos as u8) << QOS_SHIFT);
-    if dup {
-        first |= DUP;
-    }
-    if retain {
-        first |= RETAIN;
-    }
-    dst.reserve(packet_len(remaining_len));
-    // The small fields are assembled on the stack and appended in one call: one append per
-    // field costs a call and a bounds check each, which is most of the work for small packets.
-    let mut head = [0u8; 8];
-    let n = fixed_header_bytes(&mut head, first, remaining_len);
-    let head = &mut head[..n + 2];
-    head[n..].copy_from_slice(&(topic.len() as u16).to_be_bytes());
-    dst.extend_from_slice(head);
-    dst.extend_from_slice(topic.as_bytes());
-    if qos != QoS::AtMostOnce {
-        dst.extend_from_slice(&packet_id.to_be_bytes());
-    }
+    let header = PublishHeader {
+        topic,
+        payload_len: payload.len(),
+        qos,
+        retain,
+        dup,
+        packet_id,
+    };
+    header.encode(dst, payload.len())?;
     dst.extend_from_slice(payload);
     Ok(())
+}
+
+/// Everything of a PUBLISH but its payload: for a writer that sends the payload from where it
+/// already is (the broker's large-payload path), after these bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishHeader<'a> {
+    pub topic: &'a str,
+    pub payload_len: usize,
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    /// Written for QoS 1 and 2 only, and must then be non-zero.
+    pub packet_id: PacketId,
+}
+
+impl PublishHeader<'_> {
+    /// Appends the fixed header, topic and packet id, reserving room for them and `then` more
+    /// bytes. Fails, writing nothing, as [`encode_publish`] does.
+    #[inline]
+    pub fn encode(&self, dst: &mut BytesMut, then: usize) -> Result<(), EncodeError> {
+        let topic = self.topic;
+        if topic.len() > MAX_FIELD_LEN {
+            return Err(EncodeError::FieldTooLong(topic.len()));
+        }
+        if self.qos != QoS::AtMostOnce && self.packet_id == 0 {
+            return Err(EncodeError::ZeroPacketId);
+        }
+        let remaining_len = publish_remaining_len(topic.len(), self.payload_len, self.qos);
+        super::header::check_remaining_len(remaining_len)?;
+
+        let mut first = ((PacketType::Publish as u8) << 4) | ((self.qos as u8) << QOS_SHIFT);
+        if self.dup {
+            first |= DUP;
+        }
+        if self.retain {
+            first |= RETAIN;
+        }
+        dst.reserve(packet_len(remaining_len) - self.payload_len + then);
+        // The small fields are assembled on the stack and appended in one call: one append per
+        // field costs a call and a bounds check each, which is most of the work for small
+        // packets.
+        let mut head = [0u8; 8];
+        let n = fixed_header_bytes(&mut head, first, remaining_len);
+        let head = &mut head[..n + 2];
+        head[n..].copy_from_slice(&(topic.len() as u16).to_be_bytes());
+        dst.extend_from_slice(head);
+        dst.extend_from_slice(topic.as_bytes());
+        if self.qos != QoS::AtMostOnce {
+            dst.extend_from_slice(&self.packet_id.to_be_bytes());
+        }
+        Ok(())
+    }
 }
 
 impl Publish {
@@ -409,6 +442,48 @@ mod tests {
                 crate::protocol::MAX_REMAINING_LENGTH + 3
             ))
         );
+        assert!(dst.is_empty());
+    }
+
+    #[test]
+    fn publish_header_is_the_packet_without_its_payload() {
+        let header = PublishHeader {
+            topic: "a/b",
+            payload_len: 3,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            dup: true,
+            packet_id: 0x0102,
+        };
+        let mut dst = BytesMut::new();
+        header.encode(&mut dst, 3).unwrap();
+        // PUBLISH, DUP, QoS 1, RETAIN; remaining length 2 + 3 + 2 + 3; topic; packet id
+        assert_eq!(
+            &dst[..],
+            &[0x3b, 0x0a, 0x00, 0x03, b'a', b'/', b'b', 0x01, 0x02]
+        );
+        assert!(dst.capacity() >= dst.len() + 3);
+        let mut whole = BytesMut::new();
+        encode_publish(
+            &mut whole,
+            "a/b",
+            b"xyz",
+            QoS::AtLeastOnce,
+            true,
+            true,
+            0x0102,
+        )
+        .unwrap();
+        dst.extend_from_slice(b"xyz");
+        assert_eq!(dst, whole);
+        // A payload too large for the Remaining Length fails the header, writing nothing.
+        let huge = PublishHeader {
+            payload_len: crate::protocol::MAX_REMAINING_LENGTH,
+            qos: QoS::AtMostOnce,
+            ..header
+        };
+        let mut dst = BytesMut::new();
+        assert!(huge.encode(&mut dst, 0).is_err());
         assert!(dst.is_empty());
     }
 
