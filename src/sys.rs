@@ -1,9 +1,11 @@
 //! Operating-system facilities shared by the broker and the load generator: the locked-memory
-//! limit glommio needs, reserving a port for port 0, the CPUs this process may use, and
-//! writing a whole buffer to a glommio socket.
+//! limit glommio needs, reserving a port for port 0, the CPUs this process may use, writing a
+//! whole buffer to a glommio socket, and gathering writes (`sendmsg`) that glommio lacks.
 
 use std::io;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -103,4 +105,32 @@ pub fn poll_write_all(
         }
     }
     Poll::Ready(Ok(()))
+}
+
+/// One non-blocking `sendmsg` of `slices`, in order; returns how many bytes the socket took.
+/// A full socket is `ErrorKind::WouldBlock`. glommio's streams write one slice per call, so
+/// slices that live in different places (shared payloads) go out through this instead.
+pub fn send_gathered(fd: BorrowedFd<'_>, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed to have the layout of iovec on Unix.
+    msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = slices.len() as _;
+    loop {
+        // SAFETY: `msg` points at `slices`, which outlive the call; the kernel only reads them.
+        let n = unsafe {
+            libc::sendmsg(
+                fd.as_raw_fd(),
+                &msg,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }

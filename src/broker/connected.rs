@@ -115,7 +115,7 @@ impl ConnectedClient {
             session_present: resumed && level == ProtocolLevel::V311,
             code: ConnectReturnCode::Accepted,
         });
-        let _ = ack.encode(&mut wire.wbuf);
+        let _ = ack.encode(wire.wbuf.encoded());
         add(&shard.metrics.packets_out, 1);
         let keepalive = (keep_alive > 0).then(|| {
             let limit = Duration::from_millis(keep_alive as u64 * 1500);
@@ -173,8 +173,9 @@ impl ConnectedClient {
                     return Poll::Pending;
                 }
             } else {
-                if self.wire.wbuf.capacity() == 0 {
-                    self.wire.wbuf = self.shard.write_pool.borrow_mut().take();
+                if !self.wire.wbuf.has_buffer() {
+                    let buf = self.shard.write_pool.borrow_mut().take();
+                    self.wire.wbuf.set_buffer(buf);
                 }
                 if let Err(reason) = self.process_input() {
                     return Poll::Ready(reason);
@@ -367,7 +368,7 @@ impl ConnectedClient {
         if answers {
             add(&self.shard.metrics.packets_out, 1);
         }
-        let out = &mut self.wire.wbuf;
+        let out = self.wire.wbuf.encoded();
         match packet {
             Packet::Publish(publish) => self.publish(publish)?,
             Packet::PubAck(id) => {
@@ -447,8 +448,8 @@ impl ConnectedClient {
         }
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => encode_ack(&mut self.wire.wbuf, PacketType::PubAck, packet_id),
-            QoS::ExactlyOnce => encode_ack(&mut self.wire.wbuf, PacketType::PubRec, packet_id),
+            QoS::AtLeastOnce => encode_ack(self.wire.wbuf.encoded(), PacketType::PubAck, packet_id),
+            QoS::ExactlyOnce => encode_ack(self.wire.wbuf.encoded(), PacketType::PubRec, packet_id),
         }
         Ok(())
     }

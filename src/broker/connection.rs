@@ -271,7 +271,7 @@ async fn refuse(shard: &Shard, wire: &mut Wire, code: ConnectReturnCode) {
         session_present: false,
         code,
     });
-    let _ = ack.encode(&mut wire.wbuf);
+    let _ = ack.encode(wire.wbuf.encoded());
     add(&shard.metrics.packets_out, 1);
     let _ = wire.flush().await;
 }

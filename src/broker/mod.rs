@@ -12,6 +12,7 @@ mod connection;
 mod keepalive;
 pub mod mesh;
 pub mod metrics;
+pub mod output;
 mod parking;
 mod replica;
 mod runtime;

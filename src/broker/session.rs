@@ -19,11 +19,12 @@ use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
 use ahash::AHasher;
-use bytes::BytesMut;
+use bytes::Bytes;
 
 use super::mesh::{Message, SubscriberId};
+use super::output::OutputQueue;
 use crate::protocol::{
-    encode_ack, encode_publish, ByteStr, Packet, PacketId, PacketType, QoS, SubAck,
+    encode_ack, ByteStr, Packet, PacketId, PacketType, PublishHeader, QoS, SubAck,
 };
 
 /// Why a connection was told to close by someone other than its client.
@@ -83,6 +84,9 @@ pub struct SessionLimits {
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
     pub queue_qos0: bool,
+    /// Payloads of at least this many bytes are sent from the message they arrived in instead
+    /// of being copied into the write buffer (see [`OutputQueue`]); `usize::MAX`: never.
+    pub share_payloads_from: usize,
 }
 
 /// aHash with the process's random keys, stored once instead of in every map: a session exists
@@ -288,15 +292,24 @@ impl Session {
 
     /// Encodes what may be sent now into `out`, until `out` holds `high_water` bytes. Returns
     /// how many packets it wrote.
-    pub fn fill(&mut self, out: &mut BytesMut, high_water: usize) -> usize {
+    pub fn fill(&mut self, out: &mut OutputQueue, high_water: usize) -> usize {
+        let share_from = self.limits.share_payloads_from;
         let mut packets = 0;
         while self.resend > 0 && out.len() < high_water {
             let i = self.inflight.len() - self.resend;
             self.resend -= 1;
             let e = &self.inflight[i];
             match e.state {
-                InflightState::Comp => encode_ack(out, PacketType::PubRel, e.packet_id),
-                _ => write_publish(out, &e.message, e.qos, e.retain, true, e.packet_id),
+                InflightState::Comp => encode_ack(out.encoded(), PacketType::PubRel, e.packet_id),
+                _ => write_publish(
+                    out,
+                    share_from,
+                    &e.message,
+                    e.qos,
+                    e.retain,
+                    true,
+                    e.packet_id,
+                ),
             }
             packets += 1;
         }
@@ -319,11 +332,11 @@ impl Session {
                 } => {
                     self.queued_bytes -= message.payload.len();
                     if qos == QoS::AtMostOnce {
-                        write_publish(out, &message, qos, retain, false, 0);
+                        write_publish(out, share_from, &message, qos, retain, false, 0);
                     } else {
                         let packet_id = next_id(self.last_packet_id);
                         self.last_packet_id = packet_id;
-                        write_publish(out, &message, qos, retain, false, packet_id);
+                        write_publish(out, share_from, &message, qos, retain, false, packet_id);
                         self.inflight.push_back(Inflight {
                             packet_id,
                             message,
@@ -339,9 +352,9 @@ impl Session {
                 }
                 Outbound::SubAck(ack) => {
                     // SUBACK carries at most a few thousand codes; it cannot exceed the limits.
-                    let _ = Packet::SubAck(ack).encode(out);
+                    let _ = Packet::SubAck(ack).encode(out.encoded());
                 }
-                Outbound::UnsubAck(id) => encode_ack(out, PacketType::UnsubAck, id),
+                Outbound::UnsubAck(id) => encode_ack(out.encoded(), PacketType::UnsubAck, id),
             }
         }
         packets
@@ -425,9 +438,36 @@ fn next_id(id: PacketId) -> PacketId {
     }
 }
 
-fn write_publish(out: &mut BytesMut, m: &Message, qos: QoS, retain: bool, dup: bool, id: PacketId) {
+/// Appends a PUBLISH of `m`: copied whole when its payload is small, as a header followed by
+/// the shared payload from `share_from` bytes on.
+fn write_publish(
+    out: &mut OutputQueue,
+    share_from: usize,
+    m: &Message,
+    qos: QoS,
+    retain: bool,
+    dup: bool,
+    packet_id: PacketId,
+) {
+    let header = PublishHeader {
+        topic: &m.topic,
+        payload_len: m.payload.len(),
+        qos,
+        retain,
+        dup,
+        packet_id,
+    };
+    let shared = m.payload.len() >= share_from;
+    let then = if shared { 0 } else { m.payload.len() };
     // Sizes were checked when the message was decoded; encoding cannot fail for them.
-    let _ = encode_publish(out, &m.topic, &m.payload, qos, retain, dup, id);
+    if header.encode(out.encoded(), then).is_err() {
+        return;
+    }
+    if shared {
+        out.push_shared(Bytes::clone(&m.payload));
+    } else {
+        out.encoded().extend_from_slice(&m.payload);
+    }
 }
 
 #[cfg(test)]

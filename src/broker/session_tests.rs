@@ -15,6 +15,7 @@ fn session(max_inflight: usize, max_msgs: usize, max_bytes: usize) -> Session {
         max_queued_messages: max_msgs,
         max_queued_bytes: max_bytes,
         queue_qos0: false,
+        share_payloads_from: usize::MAX,
     };
     let mut s = Session::new(ByteStr::from("c"), id, true, std::rc::Rc::new(limits));
     s.attach(1);
@@ -31,9 +32,19 @@ fn msg(payload: &'static [u8], qos: QoS) -> Arc<Message> {
 }
 
 fn drain(s: &mut Session) -> Vec<u8> {
-    let mut out = BytesMut::new();
+    let mut out = OutputQueue::default();
     s.fill(&mut out, usize::MAX);
-    out.to_vec()
+    written(&mut out)
+}
+
+/// Everything `out` holds, in the order it would be written.
+fn written(out: &mut OutputQueue) -> Vec<u8> {
+    let mut slices = [std::io::IoSlice::new(&[]); 256];
+    let n = out.io_slices(&mut slices);
+    let bytes: Vec<u8> = slices[..n].iter().flat_map(|s| s.to_vec()).collect();
+    assert_eq!(bytes.len(), out.len(), "all of it fits in the slices");
+    out.advance(bytes.len());
+    bytes
 }
 
 #[test]
@@ -237,6 +248,59 @@ fn control_packets_keep_their_place_in_the_queue() {
     assert_eq!(
         drain(&mut s),
         [0x30, 0x04, 0x00, 0x01, b't', b'x', 0xb0, 0x02, 0x00, 0x09]
+    );
+}
+
+#[test]
+fn large_payloads_are_shared_not_copied() {
+    let limits = SessionLimits {
+        max_inflight: 10,
+        max_queued_messages: 10,
+        max_queued_bytes: 1000,
+        queue_qos0: false,
+        share_payloads_from: 4,
+    };
+    let id = SubscriberId {
+        shard: ShardId(0),
+        slot: 0,
+        generation: 1,
+    };
+    let mut s = Session::new(ByteStr::from("c"), id, true, std::rc::Rc::new(limits));
+    s.attach(1);
+    let big = msg(b"LARGE", QoS::AtLeastOnce);
+    s.enqueue(msg(b"abc", QoS::AtMostOnce), QoS::AtMostOnce, false)
+        .unwrap();
+    s.enqueue(big.clone(), QoS::AtMostOnce, false).unwrap();
+    s.enqueue(big.clone(), QoS::AtLeastOnce, true).unwrap();
+    s.enqueue_control(Outbound::UnsubAck(9));
+    let mut out = OutputQueue::default();
+    assert_eq!(s.fill(&mut out, usize::MAX), 4);
+    // Only the small payload and the headers were copied; the large one is referenced twice.
+    assert_eq!(out.encoded().len(), 8 + 5 + 7 + 4);
+    let mut slices = [std::io::IoSlice::new(&[]); 8];
+    let n = out.io_slices(&mut slices);
+    assert!(slices[..n]
+        .iter()
+        .any(|s| s.as_ptr() == big.payload.as_ptr()));
+    assert_eq!(
+        written(&mut out),
+        [
+            0x30, 0x06, 0x00, 0x01, b't', b'a', b'b', b'c', // PUBLISH QoS 0 "abc", copied
+            0x30, 0x08, 0x00, 0x01, b't', // PUBLISH QoS 0 header ...
+            b'L', b'A', b'R', b'G', b'E', // ... and its shared payload
+            0x33, 0x0a, 0x00, 0x01, b't', 0x00, 0x01, // PUBLISH QoS 1 RETAIN id 1 header ...
+            b'L', b'A', b'R', b'G', b'E', // ... and the same payload again
+            0xb0, 0x02, 0x00, 0x09, // UNSUBACK in its place
+        ]
+    );
+    // A resend after reconnect shares it too, with DUP set.
+    s.detach(1);
+    s.attach(2);
+    s.fill(&mut out, usize::MAX);
+    assert_eq!(out.encoded().len(), 7);
+    assert_eq!(
+        written(&mut out),
+        [0x3b, 0x0a, 0x00, 0x01, b't', 0x00, 0x01, b'L', b'A', b'R', b'G', b'E']
     );
 }
 

@@ -19,6 +19,7 @@ use super::config::BrokerConfig;
 use super::keepalive::KeepaliveQueue;
 use super::mesh::{Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target};
 use super::metrics::Metrics;
+use super::output::SHARE_PAYLOADS_FROM;
 use super::parking::ParkingLot;
 use super::replica::Replica;
 use super::session::{Dropped, Kick, Outbound, Session, SessionLimits};
@@ -114,6 +115,7 @@ impl Shard {
             max_queued_messages: config.max_queued_messages,
             max_queued_bytes: config.max_queued_bytes,
             queue_qos0: config.queue_qos0,
+            share_payloads_from: SHARE_PAYLOADS_FROM,
         });
         Shard {
             parking,

@@ -10,19 +10,22 @@
 //! and never grown otherwise, which makes passing it as `&mut [u8]` sound.
 //!
 //! Writes send all of `wbuf` with as few syscalls as the socket allows: the connection
-//! coalesces every packet it owes into `wbuf` before flushing. `wbuf` comes from the shard's
-//! [`WritePool`] when there is something to send and goes back once it is empty.
+//! coalesces every packet it owes into `wbuf` before flushing, one `send` while it holds only
+//! encoded bytes, gathering `sendmsg` calls while it also holds shared payloads (see
+//! [`OutputQueue`]). Its encoding buffer comes from the shard's [`WritePool`] when there is
+//! something to send and goes back once it is empty.
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use futures_lite::AsyncRead;
+use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+use super::output::OutputQueue;
 use super::parking::ParkingLot;
 use crate::protocol::frame_len;
 
@@ -90,7 +93,7 @@ pub struct Wire {
     pub peer: SocketAddr,
     /// Input not yet decoded: empty, or the start of a packet.
     pub rbuf: BytesMut,
-    pub wbuf: BytesMut,
+    pub wbuf: OutputQueue,
     /// Whether `rbuf`'s spare capacity is known to be initialised (see the module docs).
     spare_initialised: bool,
 }
@@ -101,7 +104,7 @@ impl Wire {
             socket: Socket::Live(stream),
             peer,
             rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
+            wbuf: OutputQueue::default(),
             spare_initialised: false,
         }
     }
@@ -114,7 +117,7 @@ impl Wire {
             socket: Socket::Live(stream),
             peer,
             rbuf: leftover,
-            wbuf: BytesMut::new(),
+            wbuf: OutputQueue::default(),
             spare_initialised: false,
         }
     }
@@ -229,8 +232,8 @@ impl Wire {
             self.rbuf = BytesMut::new();
             self.spare_initialised = false;
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
-            pool.give_back(std::mem::take(&mut self.wbuf));
+        if let Some(buf) = self.wbuf.take_buffer_if_idle() {
+            pool.give_back(buf);
         }
     }
 
@@ -248,9 +251,32 @@ impl Wire {
         if self.wbuf.is_empty() {
             return Poll::Ready(Ok(()));
         }
-        match &mut self.socket {
-            Socket::Live(stream) => crate::sys::poll_write_all(stream, &mut self.wbuf, cx),
-            _ => Poll::Ready(Err(not_live())),
+        let Socket::Live(stream) = &mut self.socket else {
+            return Poll::Ready(Err(not_live()));
+        };
+        loop {
+            if !self.wbuf.has_shared() {
+                return crate::sys::poll_write_all(stream, self.wbuf.encoded(), cx);
+            }
+            // SAFETY: the descriptor is open for as long as `stream` is, which outlives the call.
+            let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+            match self.wbuf.send_nonblocking(fd) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+            // The socket is full. glommio's own write of the first slice registers interest
+            // in room (or, should room have appeared since, writes it).
+            let written = {
+                let mut first = [io::IoSlice::new(&[])];
+                self.wbuf.io_slices(&mut first);
+                match Pin::new(&mut *stream).poll_write(cx, &first[0]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            };
+            self.wbuf.advance(written);
         }
     }
 
