@@ -103,12 +103,12 @@ fn fanout(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(3));
     let mut scratch = vec![0u8; 1 << 20];
     for size in SIZES {
-        let message = Arc::new(Message {
-            topic: ByteStr::from("sensors/building-7/floor-3/room-12/camera"),
-            payload: Bytes::from(vec![0x5a; size]),
-            qos: QoS::AtMostOnce,
-            retain: false,
-        });
+        let message = Arc::new(Message::new(
+            ByteStr::from("sensors/building-7/floor-3/room-12/camera"),
+            Bytes::from(vec![0x5a; size]),
+            QoS::AtMostOnce,
+            false,
+        ));
         for (strategy, share_from) in [("copy", usize::MAX), ("share", 0)] {
             let mut subs = subscribers(share_from);
             g.bench_function(BenchmarkId::new(strategy, size), |b| {

@@ -439,12 +439,8 @@ impl ConnectedClient {
                 QoS::ExactlyOnce => self.session.borrow_mut().on_incoming_qos2(packet_id),
             };
         if forward {
-            self.shard.route(Arc::new(Message {
-                topic,
-                payload,
-                qos,
-                retain,
-            }));
+            self.shard
+                .route(Arc::new(Message::new(topic, payload, qos, retain)));
         }
         match qos {
             QoS::AtMostOnce => {}
@@ -465,12 +461,8 @@ impl ConnectedClient {
                     qos,
                     retain,
                 } = *will;
-                self.shard.route(Arc::new(Message {
-                    topic,
-                    payload,
-                    qos,
-                    retain,
-                }));
+                self.shard
+                    .route(Arc::new(Message::new(topic, payload, qos, retain)));
                 self.shard.flush();
             }
         }

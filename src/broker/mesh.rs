@@ -18,12 +18,12 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::protocol::{ByteStr, Connect, QoS};
+use crate::protocol::{encode_publish, ByteStr, Connect, QoS};
 
 /// Index of a shard (one executor, one core).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,18 +53,62 @@ pub struct Message {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// The whole PUBLISH as every subscriber that gets it at QoS 0 as a live forward receives
+    /// it, encoded once by the routing shard when enough of them do (see `Shard::route`).
+    qos0_frame: OnceLock<Bytes>,
 }
 
 impl Message {
+    pub fn new(topic: ByteStr, payload: Bytes, qos: QoS, retain: bool) -> Message {
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            qos0_frame: OnceLock::new(),
+        }
+    }
+
     /// A copy that owns exactly its bytes. Kept for long (retained messages), a `Message` must
     /// not pin the whole read buffer its slices came from.
     pub fn detached(&self) -> Message {
-        Message {
-            topic: ByteStr::from(self.topic.as_str()),
-            payload: Bytes::copy_from_slice(&self.payload),
-            qos: self.qos,
-            retain: self.retain,
-        }
+        Message::new(
+            ByteStr::from(self.topic.as_str()),
+            Bytes::copy_from_slice(&self.payload),
+            self.qos,
+            self.retain,
+        )
+    }
+
+    /// Encodes the QoS 0 live-forward PUBLISH (RETAIN 0, DUP 0) once, for every subscriber
+    /// to copy as it is.
+    pub fn encode_qos0_frame(&self) {
+        self.qos0_frame.get_or_init(|| {
+            let mut frame = BytesMut::new();
+            // Sizes were checked when the message was decoded; encoding cannot fail for them.
+            let _ = encode_publish(
+                &mut frame,
+                &self.topic,
+                &self.payload,
+                QoS::AtMostOnce,
+                false,
+                false,
+                0,
+            );
+            frame.freeze()
+        });
+    }
+
+    /// A message with a frame of the caller's choosing, to see whether a writer uses it.
+    #[cfg(test)]
+    pub fn with_qos0_frame(self, frame: Bytes) -> Message {
+        let _ = self.qos0_frame.set(frame);
+        self
+    }
+
+    /// The frame made by [`Message::encode_qos0_frame`], if it was.
+    pub fn qos0_frame(&self) -> Option<&Bytes> {
+        self.qos0_frame.get()
     }
 }
 
@@ -350,12 +394,12 @@ mod tests {
     use super::*;
 
     fn msg(topic: &str) -> Arc<Message> {
-        Arc::new(Message {
-            topic: ByteStr::from(topic),
-            payload: Bytes::from_static(b"p"),
-            qos: QoS::AtMostOnce,
-            retain: false,
-        })
+        Arc::new(Message::new(
+            ByteStr::from(topic),
+            Bytes::from_static(b"p"),
+            QoS::AtMostOnce,
+            false,
+        ))
     }
 
     fn target(slot: u32) -> Target {

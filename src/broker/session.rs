@@ -449,6 +449,12 @@ fn write_publish(
     dup: bool,
     packet_id: PacketId,
 ) {
+    if qos == QoS::AtMostOnce && !retain {
+        if let Some(frame) = m.qos0_frame() {
+            out.encoded().extend_from_slice(frame);
+            return;
+        }
+    }
     let header = PublishHeader {
         topic: &m.topic,
         payload_len: m.payload.len(),

@@ -23,12 +23,12 @@ fn session(max_inflight: usize, max_msgs: usize, max_bytes: usize) -> Session {
 }
 
 fn msg(payload: &'static [u8], qos: QoS) -> Arc<Message> {
-    Arc::new(Message {
-        topic: ByteStr::from("t"),
-        payload: Bytes::from_static(payload),
+    Arc::new(Message::new(
+        ByteStr::from("t"),
+        Bytes::from_static(payload),
         qos,
-        retain: false,
-    })
+        false,
+    ))
 }
 
 fn drain(s: &mut Session) -> Vec<u8> {
@@ -301,6 +301,43 @@ fn large_payloads_are_shared_not_copied() {
     assert_eq!(
         written(&mut out),
         [0x3b, 0x0a, 0x00, 0x01, b't', 0x00, 0x01, b'L', b'A', b'R', b'G', b'E']
+    );
+}
+
+#[test]
+fn a_message_encoded_once_is_copied_as_is_to_qos0_live_forwards() {
+    let m = Message::new(
+        ByteStr::from("t"),
+        Bytes::from_static(b"hi"),
+        QoS::AtLeastOnce,
+        false,
+    );
+    m.encode_qos0_frame();
+    assert_eq!(
+        m.qos0_frame().unwrap()[..],
+        [0x30, 0x05, 0x00, 0x01, b't', b'h', b'i']
+    );
+    // A sentinel frame shows which deliveries copy the frame and which encode their own.
+    let m = Arc::new(
+        Message::new(
+            ByteStr::from("t"),
+            Bytes::from_static(b"hi"),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .with_qos0_frame(Bytes::from_static(b"FRAME")),
+    );
+    let mut s = session(10, 10, 1000);
+    s.enqueue(m.clone(), QoS::AtMostOnce, false).unwrap();
+    s.enqueue(m.clone(), QoS::AtMostOnce, true).unwrap(); // retained: RETAIN 1, own header
+    s.enqueue(m.clone(), QoS::AtLeastOnce, false).unwrap(); // QoS 1: own packet id
+    assert_eq!(
+        drain(&mut s),
+        [
+            b'F', b'R', b'A', b'M', b'E', //
+            0x31, 0x05, 0x00, 0x01, b't', b'h', b'i', //
+            0x32, 0x07, 0x00, 0x01, b't', 0x00, 0x01, b'h', b'i',
+        ]
     );
 }
 

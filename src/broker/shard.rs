@@ -28,7 +28,26 @@ use super::wire::{ReadArena, WritePool};
 use crate::protocol::{ByteStr, Connect, QoS};
 use crate::topic::TopicTree;
 
+/// A small message going to at least this many subscribers at QoS 0 is encoded once, and each
+/// of them copies the frame: one allocation per message instead of a header per subscriber.
+const ENCODE_ONCE_FROM: usize = 4;
+
 mod subscriptions;
+
+/// Whether `message` should be encoded once for its QoS 0 subscribers among `matches`
+/// (subscriber, granted QoS): when it is small (large payloads are shared, not copied) and
+/// enough of them get it at QoS 0 to pay for the frame's allocation.
+fn worth_encoding_once(message: &Message, matches: &[(SubscriberId, QoS)]) -> bool {
+    if message.payload.len() >= SHARE_PAYLOADS_FROM {
+        return false;
+    }
+    let qos0 = if message.qos == QoS::AtMostOnce {
+        matches.len()
+    } else {
+        matches.iter().filter(|m| m.1 == QoS::AtMostOnce).count()
+    };
+    qos0 >= ENCODE_ONCE_FROM
+}
 
 /// The shard that owns `key` (a client id, or a retained topic): the same answer on every
 /// shard and in every run, so tests can place clients on purpose.
@@ -274,6 +293,9 @@ impl Shard {
             // Overlapping subscriptions of one client: keep one entry, the highest QoS.
             matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
             matches.dedup_by_key(|m| m.0);
+        }
+        if worth_encoding_once(&message, &matches) {
+            message.encode_qos0_frame();
         }
         let mut router = None;
         for &(id, granted) in matches.iter() {
@@ -534,5 +556,37 @@ mod tests {
                     "the paused publisher was not woken"
                 );
             });
+    }
+
+    #[test]
+    fn small_messages_are_encoded_once_for_enough_qos0_subscribers() {
+        let sub = |slot, qos| {
+            let id = SubscriberId {
+                shard: ShardId(0),
+                slot,
+                generation: 1,
+            };
+            (id, qos)
+        };
+        let message = |len, qos| Message::new(ByteStr::from("t"), vec![0; len].into(), qos, false);
+        let qos0: Vec<_> = (0..ENCODE_ONCE_FROM as u32)
+            .map(|i| sub(i, QoS::AtMostOnce))
+            .collect();
+        let qos1: Vec<_> = (0..10).map(|i| sub(i, QoS::AtLeastOnce)).collect();
+        assert!(worth_encoding_once(&message(64, QoS::AtMostOnce), &qos0));
+        // Too few, or too large (shared instead), or QoS 1 for everyone: no frame.
+        assert!(!worth_encoding_once(
+            &message(64, QoS::AtMostOnce),
+            &qos0[1..]
+        ));
+        assert!(!worth_encoding_once(
+            &message(SHARE_PAYLOADS_FROM, QoS::AtMostOnce),
+            &qos0
+        ));
+        assert!(!worth_encoding_once(&message(64, QoS::AtLeastOnce), &qos1));
+        // A QoS 1 message counts the subscribers that get it at QoS 0 (granted 0) ...
+        assert!(worth_encoding_once(&message(64, QoS::AtLeastOnce), &qos0));
+        // ... and a QoS 0 message all of them.
+        assert!(worth_encoding_once(&message(64, QoS::AtMostOnce), &qos1));
     }
 }
