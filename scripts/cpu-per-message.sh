@@ -77,6 +77,11 @@ for name, rs in runs.items():
     failed = sum(1 for _, r in rs if r.get("failed"))
     med[name] = statistics.median(per) if per else float("nan")
     print(f"| {name} | {med[name]:.3f} | {statistics.median(mps) if mps else 0:,.0f} | {failed} |")
+for name, rs in runs.items():
+    for i, (_, r) in enumerate(rs):
+        if r.get("failed"):
+            why = {k: r.get(k) for k in ("missing", "duplicated", "reordered", "errors") if r.get(k)}
+            print(f"\n{name} run {i + 1} failed: {why or 'no report'}")
 names = list(runs)
 if len(names) > 1:
     base = med[names[-1]]

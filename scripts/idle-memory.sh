@@ -40,21 +40,6 @@ cargo build --release --quiet
 source scripts/lib.sh
 BIN=target/release/surgemq
 
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-
-# RSS once it has stopped moving (at most 5 s).
-settled_rss_kib() {
-  local last now
-  last=$(rss_kib "$1")
-  for _ in $(seq 1 10); do
-    sleep 0.5
-    now=$(rss_kib "$1")
-    [ "$now" = "$last" ] && break
-    last=$now
-  done
-  echo "$now"
-}
-
 # The idle clients: connect `count` more clients whenever a line "count" arrives on stdin,
 # answer "ready <total>" once every CONNACK 0 is in; exit on "quit" or end of input.
 cat >"$WORK/idle_clients.py" <<'PY'

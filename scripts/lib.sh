@@ -42,6 +42,24 @@ wait_port() {
   return 1
 }
 
+# rss_kib PID: resident memory of a process (VmRSS), in KiB.
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# settled_rss_kib PID [SAMPLES]: RSS once two samples 0.5 s apart agree, after at most
+# SAMPLES samples (default 10: 5 s).
+settled_rss_kib() {
+  local last now
+  last=$(rss_kib "$1")
+  now=$last
+  for _ in $(seq 1 "${2:-10}"); do
+    sleep 0.5
+    now=$(rss_kib "$1")
+    [ "$now" = "$last" ] && break
+    last=$now
+  done
+  echo "$now"
+}
+
 BROKER_PID=""
 
 # start_surgemq SHARDS PORT

@@ -36,20 +36,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-# RSS once it has stopped moving (at most 10 s).
-settled_rss_kib() {
-  local last now
-  last=$(rss_kib "$1")
-  for _ in $(seq 1 20); do
-    sleep 0.5
-    now=$(rss_kib "$1")
-    [ "$now" = "$last" ] && break
-    last=$now
-  done
-  echo "$now"
-}
-
 # Subscribes SUBSCRIBERS stalled clients, publishes, prints "published", then holds every
 # socket open until its standard input closes.
 cat >"$WORK/stalled.py" <<'PY'
@@ -112,12 +98,12 @@ for entry in "${entries[@]}"; do
   path=${entry#*=}
   port=$(free_port)
   BIN=$path start_surgemq 1 "$port"
-  base=$(settled_rss_kib "$BROKER_PID")
+  base=$(settled_rss_kib "$BROKER_PID" 20)
   coproc CLIENTS { python3 "$WORK/stalled.py" "$port" "$SUBSCRIBERS" "$SIZE" "$MESSAGES"; }
   CLIENT_PID=$CLIENTS_PID
   read -r -t 300 reply <&"${CLIENTS[0]}" || { log "$name: the clients did not report"; exit 1; }
   [ "$reply" = published ] || { log "$name: clients said: $reply"; exit 1; }
-  after=$(settled_rss_kib "$BROKER_PID")
+  after=$(settled_rss_kib "$BROKER_PID" 20)
   log "$name: RSS $base KiB before, $after KiB after"
   kill "$CLIENT_PID" 2>/dev/null || true
   wait "$CLIENT_PID" 2>/dev/null || true
