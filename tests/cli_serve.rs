@@ -145,3 +145,82 @@ fn serves_mqtt_and_stops_on_sigterm_and_sigint_within_a_second() {
         assert!(matches!(client.read(&mut buf), Ok(0) | Err(_)));
     }
 }
+
+/// At the stop, the totals go to the log, and QoS 1/2 messages that a full queue dropped get
+/// a warning naming the limits to raise.
+#[test]
+fn dropped_qos1_messages_are_reported_when_the_broker_stops() {
+    let port = free_port();
+    let mut child = surgemq()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shards",
+            "1",
+            "--max-inflight",
+            "1",
+            "--max-queued-messages",
+            "1",
+            "--log-level",
+            "info",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let connect = |id: u8| {
+        let mut c = wait_for_listener(addr);
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // CONNECT, MQTT 3.1.1, clean session, keepalive 0, client id of one byte.
+        c.write_all(&[
+            0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0, 0, 1, id,
+        ])
+        .unwrap();
+        let mut connack = [0u8; 4];
+        c.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+        c
+    };
+    let mut sub = connect(b's');
+    // SUBSCRIBE id 1 to "t" at QoS 1; SUBACK granting 1. The subscriber never acknowledges.
+    sub.write_all(&[0x82, 0x06, 0, 1, 0, 1, b't', 1]).unwrap();
+    let mut suback = [0u8; 5];
+    sub.read_exact(&mut suback).unwrap();
+    assert_eq!(suback, [0x90, 0x03, 0, 1, 1]);
+    let mut publisher = connect(b'p');
+    // Five QoS 1 PUBLISHes to "t" (ids 1-5, payload "x"), and their five PUBACKs: one goes
+    // in flight, one waits in the queue, the rest find it full.
+    let mut publishes = Vec::new();
+    for id in 1..=5u8 {
+        publishes.extend_from_slice(&[0x32, 0x06, 0, 1, b't', 0, id, b'x']);
+    }
+    publisher.write_all(&publishes).unwrap();
+    let mut pubacks = [0u8; 20];
+    publisher.read_exact(&mut pubacks).unwrap();
+
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let dropped: u64 = log
+        .split("dropped_qos12_queue_full=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no totals in the log:\n{log}"))
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap();
+    assert!((3..=4).contains(&dropped), "dropped {dropped}:\n{log}");
+    assert!(
+        log.contains("QoS 1/2 messages were dropped") && log.contains("--max-queued-messages"),
+        "{log}"
+    );
+}

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use clap::Args;
 use surgemq::auth::{AclFile, FileAuthenticator, PasswordFile};
-use surgemq::broker::{self, BrokerConfig};
-use tracing::info;
+use surgemq::broker::{self, BrokerConfig, MetricsSnapshot};
+use tracing::{info, warn};
 
 use super::config_file::ConfigFile;
 
@@ -181,9 +181,31 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(900));
         std::process::exit(0);
     });
-    handle.shutdown();
-    info!("stopped");
+    log_totals(&handle.shutdown());
     Ok(())
+}
+
+/// The run's totals over all shards. Drops are the bounded queues doing their job, but a QoS
+/// 1/2 message dropped is one a client was promised, so that gets a warning naming the limits.
+fn log_totals(shards: &[MetricsSnapshot]) {
+    let sum = |f: fn(&MetricsSnapshot) -> u64| shards.iter().map(f).sum::<u64>();
+    let dropped_qos12 = sum(|m| m.dropped_queue_full_qos12);
+    info!(
+        connections = sum(|m| m.connections_total),
+        messages_routed = sum(|m| m.messages_routed),
+        dropped_qos0_queue_full = sum(|m| m.dropped_queue_full_qos0),
+        dropped_qos0_offline = sum(|m| m.dropped_offline_qos0),
+        dropped_qos12_queue_full = dropped_qos12,
+        protocol_errors = sum(|m| m.protocol_errors),
+        "stopped"
+    );
+    if dropped_qos12 > 0 {
+        warn!(
+            dropped_qos12,
+            "QoS 1/2 messages were dropped because a session queue was full; raise \
+             --max-queued-messages / --max-queued-bytes if subscribers fall behind"
+        );
+    }
 }
 
 fn stop_signals() -> libc::sigset_t {
