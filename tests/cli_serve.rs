@@ -89,34 +89,45 @@ fn wait_for_listener(addr: SocketAddr) -> TcpStream {
     }
 }
 
+/// `surgemq serve` on 127.0.0.1:`port` with `shards` shards and `extra` flags.
+fn spawn_serve(port: u16, shards: &str, extra: &[&str], stderr: Stdio) -> std::process::Child {
+    surgemq()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shards",
+            shards,
+        ])
+        .args(extra)
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// A connected MQTT 3.1.1 client (clean session), once the broker accepted it with CONNACK 0.
+fn mqtt_connect(port: u16, client_id: &str, keepalive: u16) -> TcpStream {
+    let mut c = wait_for_listener(SocketAddr::from(([127, 0, 0, 1], port)));
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
+    body.extend_from_slice(&keepalive.to_be_bytes());
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut connect = vec![0x10, body.len() as u8];
+    connect.extend_from_slice(&body);
+    c.write_all(&connect).unwrap();
+    let mut connack = [0u8; 4];
+    c.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    c
+}
+
 #[test]
 fn serves_mqtt_and_stops_on_sigterm_and_sigint_within_a_second() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let port = free_port();
-        let mut child = surgemq()
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--shards",
-                "2",
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut client = wait_for_listener(SocketAddr::from(([127, 0, 0, 1], port)));
-        client
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        // CONNECT, MQTT 3.1.1, clean session, keepalive 60, client id "cli".
-        client
-            .write_all(&[
-                0x10, 0x0f, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 3, b'c', b'l', b'i',
-            ])
-            .unwrap();
-        let mut connack = [0u8; 4];
-        client.read_exact(&mut connack).unwrap();
-        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+        let mut child = spawn_serve(port, "2", &[], Stdio::null());
+        let mut client = mqtt_connect(port, "cli", 60);
 
         let sent = Instant::now();
         // SAFETY: kill(2) on our own child's pid.
@@ -151,44 +162,22 @@ fn serves_mqtt_and_stops_on_sigterm_and_sigint_within_a_second() {
 #[test]
 fn dropped_qos1_messages_are_reported_when_the_broker_stops() {
     let port = free_port();
-    let mut child = surgemq()
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--shards",
-            "1",
-            "--max-inflight",
-            "1",
-            "--max-queued-messages",
-            "1",
-            "--log-level",
-            "info",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let connect = |id: u8| {
-        let mut c = wait_for_listener(addr);
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        // CONNECT, MQTT 3.1.1, clean session, keepalive 0, client id of one byte.
-        c.write_all(&[
-            0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0, 0, 1, id,
-        ])
-        .unwrap();
-        let mut connack = [0u8; 4];
-        c.read_exact(&mut connack).unwrap();
-        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
-        c
-    };
-    let mut sub = connect(b's');
+    let limits = [
+        "--max-inflight",
+        "1",
+        "--max-queued-messages",
+        "1",
+        "--log-level",
+        "info",
+    ];
+    let mut child = spawn_serve(port, "1", &limits, Stdio::piped());
+    let mut sub = mqtt_connect(port, "s", 0);
     // SUBSCRIBE id 1 to "t" at QoS 1; SUBACK granting 1. The subscriber never acknowledges.
     sub.write_all(&[0x82, 0x06, 0, 1, 0, 1, b't', 1]).unwrap();
     let mut suback = [0u8; 5];
     sub.read_exact(&mut suback).unwrap();
     assert_eq!(suback, [0x90, 0x03, 0, 1, 1]);
-    let mut publisher = connect(b'p');
+    let mut publisher = mqtt_connect(port, "p", 0);
     // Five QoS 1 PUBLISHes to "t" (ids 1-5, payload "x"), and their five PUBACKs: one goes
     // in flight, one waits in the queue, the rest find it full.
     let mut publishes = Vec::new();
