@@ -38,7 +38,8 @@ mod subscriptions;
 /// (subscriber, granted QoS): when it is small (large payloads are shared, not copied) and
 /// enough of them get it at QoS 0 to pay for the frame's allocation.
 fn worth_encoding_once(message: &Message, matches: &[(SubscriberId, QoS)]) -> bool {
-    if message.payload.len() >= SHARE_PAYLOADS_FROM {
+    // Most messages (pair, fan-in) stop at the first test.
+    if matches.len() < ENCODE_ONCE_FROM || message.payload.len() >= SHARE_PAYLOADS_FROM {
         return false;
     }
     let qos0 = if message.qos == QoS::AtMostOnce {
