@@ -35,11 +35,15 @@ const ENCODE_ONCE_FROM: usize = 4;
 mod subscriptions;
 
 /// Whether `message` should be encoded once for its QoS 0 subscribers among `matches`
-/// (subscriber, granted QoS): when it is small (large payloads are shared, not copied) and
-/// enough of them get it at QoS 0 to pay for the frame's allocation.
-fn worth_encoding_once(message: &Message, matches: &[(SubscriberId, QoS)]) -> bool {
+/// (subscriber, granted QoS): when it is small (payloads from `share_from` bytes on are
+/// shared, not copied) and enough of them get it at QoS 0 to pay for the frame's allocation.
+fn worth_encoding_once(
+    message: &Message,
+    matches: &[(SubscriberId, QoS)],
+    share_from: usize,
+) -> bool {
     // Most messages (pair, fan-in) stop at the first test.
-    if matches.len() < ENCODE_ONCE_FROM || message.payload.len() >= SHARE_PAYLOADS_FROM {
+    if matches.len() < ENCODE_ONCE_FROM || message.payload.len() >= share_from {
         return false;
     }
     let qos0 = if message.qos == QoS::AtMostOnce {
@@ -295,7 +299,7 @@ impl Shard {
             matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
             matches.dedup_by_key(|m| m.0);
         }
-        if worth_encoding_once(&message, &matches) {
+        if worth_encoding_once(&message, &matches, self.session_limits.share_payloads_from) {
             message.encode_qos0_frame();
         }
         let mut router = None;

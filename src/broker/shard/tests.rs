@@ -67,19 +67,37 @@ fn small_messages_are_encoded_once_for_enough_qos0_subscribers() {
         .map(|i| sub(i, QoS::AtMostOnce))
         .collect();
     let qos1: Vec<_> = (0..10).map(|i| sub(i, QoS::AtLeastOnce)).collect();
-    assert!(worth_encoding_once(&message(64, QoS::AtMostOnce), &qos0));
+    assert!(worth_encoding_once(
+        &message(64, QoS::AtMostOnce),
+        &qos0,
+        SHARE_PAYLOADS_FROM
+    ));
     // Too few, or too large (shared instead), or QoS 1 for everyone: no frame.
     assert!(!worth_encoding_once(
         &message(64, QoS::AtMostOnce),
-        &qos0[1..]
+        &qos0[1..],
+        SHARE_PAYLOADS_FROM
     ));
     assert!(!worth_encoding_once(
         &message(SHARE_PAYLOADS_FROM, QoS::AtMostOnce),
-        &qos0
+        &qos0,
+        SHARE_PAYLOADS_FROM
     ));
-    assert!(!worth_encoding_once(&message(64, QoS::AtLeastOnce), &qos1));
+    assert!(!worth_encoding_once(
+        &message(64, QoS::AtLeastOnce),
+        &qos1,
+        SHARE_PAYLOADS_FROM
+    ));
     // A QoS 1 message counts the subscribers that get it at QoS 0 (granted 0) ...
-    assert!(worth_encoding_once(&message(64, QoS::AtLeastOnce), &qos0));
+    assert!(worth_encoding_once(
+        &message(64, QoS::AtLeastOnce),
+        &qos0,
+        SHARE_PAYLOADS_FROM
+    ));
     // ... and a QoS 0 message all of them.
-    assert!(worth_encoding_once(&message(64, QoS::AtMostOnce), &qos1));
+    assert!(worth_encoding_once(
+        &message(64, QoS::AtMostOnce),
+        &qos1,
+        SHARE_PAYLOADS_FROM
+    ));
 }
