@@ -48,6 +48,7 @@ fn subscribers(share_payloads_from: usize) -> Vec<Subscriber> {
         max_queued_bytes: 64 << 20,
         queue_qos0: false,
         share_payloads_from,
+        stall_timeout: std::time::Duration::from_secs(10),
     });
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1,5 +1,6 @@
-//! A subscriber that never reads must cost the broker bounded memory, and must not slow down
-//! or starve anyone else.
+//! A subscriber that never reads must cost the broker bounded memory, and must not starve
+//! anyone else: once it made no progress for `--stall-timeout`, it holds its publishers back
+//! no longer, and what does not fit its queue is dropped for it.
 //!
 //! Kept in its own test binary: it measures the resident memory of the whole test process
 //! (the broker runs in it), which other tests running alongside would distort.
@@ -14,7 +15,7 @@
 mod common;
 
 use std::sync::{Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::*;
 use surgemq::broker::BrokerConfig;
@@ -29,6 +30,9 @@ const WINDOW: usize = 32;
 /// round trip that paces it), the healthy subscriber must PUBACK it, and the slow consumer
 /// accumulates unacknowledged ones in flight.
 const QOS1_EVERY: usize = 16;
+/// The slow consumer holds the publisher back this long (its first QoS 1 message beyond its
+/// queue raises the pressure), then counts as stalled.
+const STALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Resident memory of this process (VmRSS), in bytes.
 fn rss() -> usize {
@@ -80,6 +84,7 @@ fn slow_consumer_run(shards: usize) {
         shards,
         max_queued_messages: 1000,
         max_queued_bytes: MAX_QUEUED_BYTES,
+        stall_timeout: STALL_TIMEOUT,
         ..test_config()
     });
     // Publisher and slow consumer on one shard, the healthy subscriber on the other.
@@ -175,7 +180,17 @@ fn slow_consumer_run(shards: usize) {
         .iter()
         .map(|m| m.dropped_queue_full_qos0 + m.dropped_queue_full_qos12)
         .sum();
-    println!("shards = {shards}: {dropped} messages dropped for the slow consumer");
+    let stalled: u64 = metrics.iter().map(|m| m.subscribers_stalled).sum();
+    let paused: u64 = metrics.iter().map(|m| m.publishers_paused).sum();
+    println!(
+        "shards = {shards}: {dropped} messages dropped for the slow consumer, \
+         {stalled} stall(s), publisher paused {paused} time(s)"
+    );
+    // The slow consumer never reads: found stalled after it held the publisher back (the
+    // first QoS 1 message beyond its queue). Its socket buffers may still take a little
+    // later (the kernel grows them), which counts as progress: it may stall more than once.
+    assert!(stalled >= 1, "{metrics:?}");
+    assert!(paused >= 1, "{metrics:?}");
     // Everything beyond what fits the slow consumer's queue and socket was dropped for it.
     assert!(
         dropped as usize >= messages / 2,

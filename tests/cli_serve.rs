@@ -158,7 +158,8 @@ fn serves_mqtt_and_stops_on_sigterm_and_sigint_within_a_second() {
 }
 
 /// At the stop, the totals go to the log, and QoS 1/2 messages that a full queue dropped get
-/// a warning naming the limits to raise.
+/// a warning naming the limits to raise. A subscriber that reads nothing first holds its
+/// publisher back for `--stall-timeout`, then counts as stalled and loses what does not fit.
 #[test]
 fn dropped_qos1_messages_are_reported_when_the_broker_stops() {
     let port = free_port();
@@ -166,6 +167,8 @@ fn dropped_qos1_messages_are_reported_when_the_broker_stops() {
         "--max-inflight",
         "1",
         "--max-queued-messages",
+        "1",
+        "--stall-timeout",
         "1",
         "--log-level",
         "info",
@@ -178,15 +181,23 @@ fn dropped_qos1_messages_are_reported_when_the_broker_stops() {
     sub.read_exact(&mut suback).unwrap();
     assert_eq!(suback, [0x90, 0x03, 0, 1, 1]);
     let mut publisher = mqtt_connect(port, "p", 0);
-    // Five QoS 1 PUBLISHes to "t" (ids 1-5, payload "x"), and their five PUBACKs: one goes
-    // in flight, one waits in the queue, the rest find it full.
+    // Five QoS 1 PUBLISHes to "t" (ids 1-5, payload "x"), all read at once, and their five
+    // PUBACKs: the first fills the queue, the second goes over the limit and holds the
+    // publisher back (the first then goes in flight, the second waits in the queue); after
+    // the stall timeout the last three find the queue full and are dropped.
     let mut publishes = Vec::new();
     for id in 1..=5u8 {
         publishes.extend_from_slice(&[0x32, 0x06, 0, 1, b't', 0, id, b'x']);
     }
+    let sent = Instant::now();
     publisher.write_all(&publishes).unwrap();
     let mut pubacks = [0u8; 20];
     publisher.read_exact(&mut pubacks).unwrap();
+    let held = sent.elapsed();
+    assert!(
+        held >= Duration::from_millis(900) && held < Duration::from_secs(3),
+        "publisher held back {held:?}, expected about the 1 s stall timeout"
+    );
 
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -207,7 +218,8 @@ fn dropped_qos1_messages_are_reported_when_the_broker_stops() {
         .collect::<String>()
         .parse()
         .unwrap();
-    assert!((3..=4).contains(&dropped), "dropped {dropped}:\n{log}");
+    assert_eq!(dropped, 3, "{log}");
+    assert!(log.contains("subscribers_stalled=1"), "{log}");
     assert!(
         log.contains("QoS 1/2 messages were dropped") && log.contains("--max-queued-messages"),
         "{log}"

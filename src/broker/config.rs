@@ -25,6 +25,10 @@ pub struct BrokerConfig {
     pub max_queued_messages: usize,
     /// Payload bytes waiting in one session's outbound queue; beyond it new messages are dropped.
     pub max_queued_bytes: usize,
+    /// A connected subscriber whose queue is full holds its QoS 1/2 publishers back unless it
+    /// read or acknowledged nothing for this long: then it is stalled and its messages are
+    /// dropped (see `pressure`).
+    pub stall_timeout: Duration,
     /// Topic levels allowed in a topic name or filter; 0 means no limit.
     pub max_topic_levels: usize,
     /// Open client sockets the broker accepts; beyond it new ones are refused.
@@ -55,6 +59,7 @@ impl Default for BrokerConfig {
             max_packet_size: 1 << 20,
             max_queued_messages: 1000,
             max_queued_bytes: 64 << 20,
+            stall_timeout: Duration::from_secs(10),
             max_topic_levels: 128,
             max_connections: 100_000,
             queue_qos0: false,
@@ -120,6 +125,9 @@ impl BrokerConfig {
         }
         if self.max_queued_messages == 0 {
             return Err(ConfigError::new("max-queued-messages", "must be above 0"));
+        }
+        if self.stall_timeout.is_zero() {
+            return Err(ConfigError::new("stall-timeout", "must be above 0"));
         }
         if self.max_connections == 0 {
             return Err(ConfigError::new("max-connections", "must be above 0"));

@@ -10,8 +10,15 @@
 //! router, let the session fill the write buffer, then wait for whichever comes first: input,
 //! messages the session wants sent, room in the socket, the keepalive deadline, or a kick
 //! (takeover, shutdown). Everything owed to the client leaves in one write per turn.
+//!
+//! A client whose QoS 1/2 publish reached a subscriber under pressure (see `pressure`) is held
+//! back: until that subscriber is relieved, its PUBLISH (and every packet whose order matters
+//! relative to them) waits in [`Held`], while its acknowledgements and pings are still read and
+//! handled. A client that both publishes and subscribes must keep draining its own queue while
+//! its publishing waits, or two such clients feeding each other would wait for each other.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -23,9 +30,9 @@ use glommio::timer::Timer;
 use tracing::debug;
 
 use super::connection::{log_close, CloseReason};
-use super::mesh::Message;
+use super::mesh::{Message, SubscriberId};
 use super::metrics::add;
-use super::session::{Kick, Session};
+use super::session::{Ack, Kick, Session};
 use super::shard::{ConnectionPermit, Shard};
 use super::wire::Wire;
 use crate::protocol::{
@@ -39,6 +46,9 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
 /// How long a closing connection may take to deliver the acknowledgements already encoded.
 const CLOSING_FLUSH: Duration = Duration::from_millis(100);
+/// Packets a held-back publisher may have waiting (about, in bytes) before its socket is no
+/// longer read: enough for thousands of small messages in flight, bounded per connection.
+const HELD_LIMIT: usize = 512 * 1024;
 
 /// Where a connection is in its life.
 enum Phase {
@@ -69,6 +79,46 @@ pub struct ConnectedClient {
     /// The parking epoch in which the connection last had input or output (see `parking`).
     active_epoch: u32,
     phase: Phase,
+    /// Set while the client's publishing is held back; boxed, as it is rare.
+    held: Option<Box<Held>>,
+}
+
+/// A publisher held back by a subscriber under pressure, and what it sent meanwhile.
+#[derive(Default)]
+struct Held {
+    /// The subscriber it waits for; None once relieved, while the packets are being handled.
+    waiting_for: Option<SubscriberId>,
+    /// Packets to handle once relieved, in the order they came.
+    packets: VecDeque<Packet>,
+    /// About how many bytes `packets` hold (see [`HELD_LIMIT`]).
+    bytes: usize,
+    /// The client closed its side after these packets: close once they are handled.
+    eof: bool,
+}
+
+impl Held {
+    /// Whether the socket may be read for more (acknowledgements, and packets to hold).
+    fn reads(&self) -> bool {
+        self.bytes < HELD_LIMIT && !self.eof
+    }
+}
+
+/// About the memory a held packet keeps: its topic and payload, or a small constant.
+fn held_size(packet: &Packet) -> usize {
+    match packet {
+        Packet::Publish(p) => p.topic.len() + p.payload.len() + 16,
+        _ => 64,
+    }
+}
+
+/// Packets handled at once even while the client's publishing is held back: they concern
+/// what the broker sends to the client (and pings), not what it publishes, so their order
+/// relative to its PUBLISH packets does not matter.
+fn bypasses_hold(packet: &Packet) -> bool {
+    matches!(
+        packet,
+        Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) | Packet::PingReq
+    )
 }
 
 /// The keepalive of a client that asked for one (MQTT-3.1.2-24). The deadline itself waits in
@@ -145,6 +195,7 @@ impl ConnectedClient {
             will: will.map(Box::new),
             keepalive,
             phase: Phase::Serving,
+            held: None,
         }
     }
 
@@ -191,13 +242,22 @@ impl ConnectedClient {
                 if let Some(kick) = session.kicked(self.conn) {
                     return Poll::Ready(match kick {
                         Kick::TakenOver => CloseReason::TakenOver,
+                        Kick::Continued => {
+                            // The session goes on in the new connection: no will.
+                            self.will = None;
+                            CloseReason::TakenOver
+                        }
                         Kick::Shutdown => CloseReason::Shutdown,
                     });
                 }
                 if self.wire.wbuf.len() < WRITE_HIGH_WATER {
                     let packets = session.fill(&mut self.wire.wbuf, WRITE_HIGH_WATER);
                     add(&self.shard.metrics.packets_out, packets as u64);
+                    let under_pressure = session.under_pressure();
                     drop(session);
+                    if under_pressure {
+                        self.shard.relieve(&self.session);
+                    }
                     if packets > 0 {
                         // A subscriber that only receives is busy too: it must not park.
                         self.mark_active();
@@ -226,6 +286,10 @@ impl ConnectedClient {
         }
         {
             let mut session = self.session.borrow_mut();
+            if self.wire.wbuf.len() < pending_output {
+                // The client reads: a subscriber that stalled is live again.
+                session.note_progress();
+            }
             if session.kicked(self.conn).is_some()
                 || (self.wire.wbuf.len() < WRITE_HIGH_WATER && session.has_sendable())
             {
@@ -233,13 +297,25 @@ impl ConnectedClient {
             }
             session.set_waker(cx.waker());
         }
-        if self.wire.wbuf.len() < READ_PAUSE {
+        if let Some(id) = self.held.as_ref().and_then(|h| h.waiting_for) {
+            if self.shard.pressure.poll_relieved(&id, cx).is_ready() {
+                return Poll::Ready(Event::Input);
+            }
+        }
+        if self.wire.wbuf.len() < READ_PAUSE && self.held.as_ref().is_none_or(|h| h.reads()) {
             let mut arena = self.shard.read_arena.borrow_mut();
             match self
                 .wire
                 .poll_read(cx, &mut arena, self.shard.config.max_packet_size)
             {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Event::Closed(CloseReason::Eof)),
+                Poll::Ready(Ok(0)) => {
+                    if let Some(held) = &mut self.held {
+                        // What the client sent before closing is handled first.
+                        held.eof = true;
+                        return Poll::Ready(Event::Input);
+                    }
+                    return Poll::Ready(Event::Closed(CloseReason::Eof));
+                }
                 Poll::Ready(Ok(n)) => {
                     add(&self.shard.metrics.bytes_in, n as u64);
                     if let Some(keepalive) = &mut self.keepalive {
@@ -267,6 +343,7 @@ impl ConnectedClient {
             return;
         };
         if lot.epoch().wrapping_sub(self.active_epoch) < 2
+            || self.held.is_some()
             || !self.wire.rbuf.is_empty()
             || !self.wire.wbuf.is_empty()
             || self.wire.is_parked()
@@ -339,18 +416,79 @@ impl ConnectedClient {
         }
     }
 
-    /// Handles every complete packet in the read buffer.
+    /// Handles every complete packet in the read buffer (while the client's publishing is
+    /// held back, only those that bypass the hold; the rest wait in [`Held`]).
     fn process_input(&mut self) -> Result<(), CloseReason> {
+        if self.held.is_some() {
+            self.handle_held()?;
+        }
         let max = self.shard.config.max_packet_size;
         loop {
             match decode(&mut self.wire.rbuf, max) {
                 Ok(Some(packet)) => {
                     add(&self.shard.metrics.packets_in, 1);
+                    if let Some(held) = &mut self.held {
+                        if !bypasses_hold(&packet) {
+                            held.bytes += held_size(&packet);
+                            held.packets.push_back(packet);
+                            continue;
+                        }
+                    }
                     self.handle(packet)?
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(CloseReason::Malformed(e)),
             }
+        }
+    }
+
+    /// Handles the held packets once the subscriber they wait for is relieved, until one
+    /// reaches a subscriber under pressure again.
+    fn handle_held(&mut self) -> Result<(), CloseReason> {
+        loop {
+            let Some(held) = &mut self.held else {
+                return Ok(());
+            };
+            if let Some(id) = held.waiting_for {
+                if self.shard.pressure.contains(&id) {
+                    return Ok(());
+                }
+                held.waiting_for = None;
+            }
+            match held.packets.pop_front() {
+                Some(packet) => {
+                    held.bytes -= held_size(&packet);
+                    self.handle(packet)?;
+                }
+                None => {
+                    let eof = held.eof;
+                    self.held = None;
+                    return if eof { Err(CloseReason::Eof) } else { Ok(()) };
+                }
+            }
+        }
+    }
+
+    /// Holds the client's publishing back until `subscriber` is relieved.
+    fn wait_for(&mut self, subscriber: SubscriberId) {
+        add(&self.shard.metrics.publishers_paused, 1);
+        self.held.get_or_insert_with(Box::default).waiting_for = Some(subscriber);
+    }
+
+    /// Closes the connection for an acknowledgement of the wrong kind; ignores one for an id
+    /// not in flight (a late duplicate).
+    fn acknowledged(&self, ack: Ack, what: &str, packet_id: u16) -> Result<(), CloseReason> {
+        match ack {
+            Ack::Done => Ok(()),
+            Ack::NotInFlight => {
+                debug!(client = %self.session.borrow().client_id, packet_id, "{what} for a packet id not in flight: ignored");
+                Ok(())
+            }
+            Ack::WrongKind => Err(CloseReason::Violation(match what {
+                "PUBACK" => "PUBACK for a packet id in flight that is not a QoS 1 delivery waiting for it (MQTT-4.3.2, MQTT-4.3.3)",
+                "PUBREC" => "PUBREC for a packet id in flight that is not a QoS 2 delivery waiting for it (MQTT-4.3.2, MQTT-4.3.3)",
+                _ => "PUBCOMP for a packet id in flight whose PUBREL was not sent (MQTT-4.3.2, MQTT-4.3.3)",
+            })),
         }
     }
 
@@ -372,18 +510,21 @@ impl ConnectedClient {
         match packet {
             Packet::Publish(publish) => self.publish(publish)?,
             Packet::PubAck(id) => {
-                self.session.borrow_mut().on_puback(id);
+                let ack = self.session.borrow_mut().on_puback(id);
+                self.acknowledged(ack, "PUBACK", id)?;
             }
             Packet::PubRec(id) => {
-                self.session.borrow_mut().on_pubrec(id);
-                encode_ack(out, PacketType::PubRel, id);
+                let ack = self.session.borrow_mut().on_pubrec(id);
+                self.acknowledged(ack, "PUBREC", id)?;
+                encode_ack(self.wire.wbuf.encoded(), PacketType::PubRel, id);
             }
             Packet::PubRel(id) => {
                 self.session.borrow_mut().on_pubrel(id);
                 encode_ack(out, PacketType::PubComp, id);
             }
             Packet::PubComp(id) => {
-                self.session.borrow_mut().on_pubcomp(id);
+                let ack = self.session.borrow_mut().on_pubcomp(id);
+                self.acknowledged(ack, "PUBCOMP", id)?;
             }
             Packet::Subscribe(request) => {
                 let username = self.session.borrow().username.clone();
@@ -439,8 +580,10 @@ impl ConnectedClient {
                 QoS::ExactlyOnce => self.session.borrow_mut().on_incoming_qos2(packet_id),
             };
         if forward {
-            self.shard
-                .route(Arc::new(Message::new(topic, payload, qos, retain)));
+            let message = Arc::new(Message::new(topic, payload, qos, retain));
+            if let Some(subscriber) = self.shard.route(message) {
+                self.wait_for(subscriber);
+            }
         }
         match qos {
             QoS::AtMostOnce => {}
@@ -461,12 +604,18 @@ impl ConnectedClient {
                     qos,
                     retain,
                 } = *will;
-                self.shard
+                // Nobody to hold back: the connection is gone.
+                let _ = self
+                    .shard
                     .route(Arc::new(Message::new(topic, payload, qos, retain)));
                 self.shard.flush();
             }
         }
         let detached = self.session.borrow_mut().detach(self.conn);
+        if detached {
+            // An offline session holds nobody back: its queue drops at the limit.
+            self.shard.relieve(&self.session);
+        }
         if detached && self.session.borrow().clean {
             self.shard.remove_session(&self.session);
             self.shard.flush();

@@ -199,6 +199,12 @@ pub enum ShardMessage {
     /// Store (or, with an empty payload, clear) a retained message on its owner shard.
     Retain(Arc<Message>),
     Adopt(Box<MovedConnection>),
+    /// A subscriber's queue went over its limits (`on`), or is relieved: hold back, or let go,
+    /// the publishers that reach it at QoS 1/2 (see `pressure`).
+    Pressure {
+        subscriber: SubscriberId,
+        on: bool,
+    },
     /// Parked connections whose sockets became readable (tokens from `parking::token`).
     Readable(Vec<u64>),
     Shutdown,

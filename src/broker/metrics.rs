@@ -31,6 +31,12 @@ pub struct Metrics {
     /// Connections that parked after a quiet spell, and parked ones taken back (see `parking`).
     pub parks: Cell<u64>,
     pub unparks: Cell<u64>,
+    /// Times a connected subscriber's full queue held its QoS 1/2 publishers back (see
+    /// `pressure`), times a publisher was paused for one, and subscribers found stalled (no
+    /// progress for --stall-timeout with a full queue; their new messages are dropped).
+    pub pressure_raised: Cell<u64>,
+    pub publishers_paused: Cell<u64>,
+    pub subscribers_stalled: Cell<u64>,
     /// Protocol errors by the rule broken (the error's text, which names the rule).
     pub protocol_errors_by_rule: RefCell<AHashMap<String, u64>>,
 }
@@ -82,6 +88,9 @@ pub struct MetricsSnapshot {
     pub publishes_denied: u64,
     pub parks: u64,
     pub unparks: u64,
+    pub pressure_raised: u64,
+    pub publishers_paused: u64,
+    pub subscribers_stalled: u64,
     pub mesh_stalls: u64,
 }
 
@@ -115,6 +124,9 @@ impl Metrics {
             publishes_denied: self.publishes_denied.get(),
             parks: self.parks.get(),
             unparks: self.unparks.get(),
+            pressure_raised: self.pressure_raised.get(),
+            publishers_paused: self.publishers_paused.get(),
+            subscribers_stalled: self.subscribers_stalled.get(),
             mesh_stalls,
         }
     }

@@ -14,6 +14,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod output;
 mod parking;
+mod pressure;
 mod replica;
 mod runtime;
 pub mod session;

@@ -17,7 +17,9 @@ use super::keepalive::watch_keepalives;
 use super::mesh::{InboxReceiver, Mesh, ShardId, ShardMessage};
 use super::metrics::MetricsSnapshot;
 use super::shard::Shard;
-use super::shard_tasks::{drain_inbox, expire_sessions, retry_stalled, sweep_idle_connections};
+use super::shard_tasks::{
+    drain_inbox, expire_sessions, retry_stalled, sweep_idle_connections, watch_stalls,
+};
 use crate::sys::{allowed_cpus, ensure_locked_memory, reserve_port};
 
 /// Memory glommio registers with io_uring per executor. The broker does no file I/O through
@@ -191,6 +193,7 @@ async fn run_shard(
     let expiry = glommio::spawn_local(expire_sessions(shard.clone()));
     let sweep = glommio::spawn_local(sweep_idle_connections(shard.clone()));
     let keepalives = glommio::spawn_local(watch_keepalives(shard.clone()));
+    let stalls = glommio::spawn_local(watch_stalls(shard.clone()));
     let accepts: Vec<_> = listeners
         .into_iter()
         .map(|listener| glommio::spawn_local(accept_loop(shard.clone(), listener)))
@@ -207,6 +210,7 @@ async fn run_shard(
         }
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    drop(stalls);
     drop(keepalives);
     drop(sweep);
     drop(expiry);

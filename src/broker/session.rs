@@ -32,6 +32,10 @@ use crate::protocol::{
 pub enum Kick {
     /// Another connection with the same client id took over (MQTT-3.1.4-2).
     TakenOver,
+    /// Another connection with the same client id took over and continues this persistent
+    /// session (CleanSession = 0 on both): the session lives on, so the old connection's will
+    /// is not published (Mosquitto's behaviour, and MQTT 5's meaning of a continuing session).
+    Continued,
     /// The broker is stopping.
     Shutdown,
 }
@@ -68,13 +72,37 @@ struct Inflight {
     state: InflightState,
 }
 
+/// What an acknowledgement from the client (PUBACK, PUBREC, PUBCOMP) turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// It completed (or, PUBREC, advanced) the flow of a message in flight.
+    Done,
+    /// No message with that id is in flight: a late duplicate, harmless.
+    NotInFlight,
+    /// The id is in flight but waits for another acknowledgement (PUBREC or PUBCOMP for QoS 1,
+    /// PUBACK for QoS 2, PUBACK or PUBREC where PUBCOMP is due): a protocol violation. The
+    /// message stays in flight, owed to a persistent session.
+    WrongKind,
+}
+
 /// Why a message did not make it into the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
-    /// The queue reached its message or byte limit.
+    /// The queue reached its message or byte limit (QoS 0, an offline session, or a subscriber
+    /// that stalled: see [`Session::enqueue`]).
     QueueFull,
     /// QoS 0 for a client that is not connected.
     Offline,
+}
+
+/// How a message went into the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Within the limits.
+    Normally,
+    /// Beyond the limits, for a connected subscriber that keeps reading: the publishers that
+    /// feed it must now wait (the caller raises the pressure, see `pressure`).
+    OverLimit,
 }
 
 /// Limits a session enforces; copied from the broker configuration.
@@ -87,7 +115,15 @@ pub struct SessionLimits {
     /// Payloads of at least this many bytes are sent from the message they arrived in instead
     /// of being copied into the write buffer (see [`OutputQueue`]); `usize::MAX`: never.
     pub share_payloads_from: usize,
+    /// A subscriber with a full queue that neither read nor acknowledged anything for this long
+    /// is stalled: its new messages are dropped instead of holding its publishers back.
+    pub stall_timeout: Duration,
 }
+
+/// Queues over their limits may grow to this many times the limits while their publishers are
+/// being paused (the messages already on their way when the pressure was raised); beyond it even
+/// a live subscriber's QoS 1/2 messages are dropped and counted, so memory stays bounded.
+pub const OVER_LIMIT_FACTOR: usize = 4;
 
 /// aHash with the process's random keys, stored once instead of in every map: a session exists
 /// per client, and two `AHashMap`s would carry 64 bytes of keys each.
@@ -123,6 +159,17 @@ pub struct Session {
     waker: Option<Waker>,
     /// When the last connection went away (for `--session-expiry`).
     detached_at: Option<Instant>,
+    /// The queue went over its limits and the publishers feeding it are told to wait, until it
+    /// is back under half its limits (see `pressure`).
+    pressure: bool,
+    /// Declared stalled by the pressure watch: no progress for `stall_timeout` with a full
+    /// queue. Its new messages are dropped until it makes progress again.
+    stalled: bool,
+    /// The client read (our writes moved) or acknowledged something since the pressure watch
+    /// last looked: a store per event, no clock read on the hot path.
+    progressed: bool,
+    /// When the pressure watch last saw progress.
+    last_progress: Instant,
 }
 
 impl Session {
@@ -152,6 +199,10 @@ impl Session {
             kicked: None,
             waker: None,
             detached_at: None,
+            pressure: false,
+            stalled: false,
+            progressed: false,
+            last_progress: Instant::now(),
         }
     }
 
@@ -159,7 +210,8 @@ impl Session {
     /// resumed session are sent again, first, in their original order (MQTT-4.4.0-1).
     pub fn attach(&mut self, conn: u64) {
         if self.attached != 0 {
-            self.kicked = Some((self.attached, Kick::TakenOver));
+            // Only a stored persistent session is attached while connected (`open_session`).
+            self.kicked = Some((self.attached, Kick::Continued));
             self.wake();
         }
         self.attached = conn;
@@ -226,21 +278,37 @@ impl Session {
 
     /// Queues a message for the client. QoS 0 messages for a disconnected client are dropped
     /// unless `queue_qos0` is set, as in Mosquitto; QoS 1/2 wait for a resumed session.
+    ///
+    /// At its limits the queue drops QoS 0 and refuses everything for an offline session or a
+    /// stalled subscriber. A QoS 1/2 message for a connected subscriber that keeps reading is
+    /// taken beyond the limits instead (up to [`OVER_LIMIT_FACTOR`] times them): it has been
+    /// acknowledged to its publisher, and the answer is to pause the publishers
+    /// ([`Queued::OverLimit`] the first time), not to lose it.
     pub fn enqueue(
         &mut self,
         message: Arc<Message>,
         qos: QoS,
         retain: bool,
-    ) -> Result<(), Dropped> {
+    ) -> Result<Queued, Dropped> {
         let offline = self.attached == 0;
         if offline && qos == QoS::AtMostOnce && !self.limits.queue_qos0 {
             return Err(Dropped::Offline);
         }
         let size = message.payload.len();
-        if self.queue.len() >= self.limits.max_queued_messages
-            || self.queued_bytes + size > self.limits.max_queued_bytes
-        {
-            return Err(Dropped::QueueFull);
+        let mut queued = Queued::Normally;
+        if self.over_limits(0, size) {
+            if offline || qos == QoS::AtMostOnce || self.stalled {
+                return Err(Dropped::QueueFull);
+            }
+            if self.over_limits(OVER_LIMIT_FACTOR - 1, size) {
+                return Err(Dropped::QueueFull);
+            }
+            if !self.pressure {
+                self.pressure = true;
+                self.progressed = false;
+                self.last_progress = Instant::now();
+                queued = Queued::OverLimit;
+            }
         }
         self.queued_bytes += size;
         // Queued for an absent client, the message may wait for hours: it must not pin the
@@ -256,7 +324,60 @@ impl Session {
             retain,
         });
         self.wake();
-        Ok(())
+        Ok(queued)
+    }
+
+    /// Whether one more message of `size` bytes would take the queue past its limits, plus
+    /// `extra` times the limits.
+    fn over_limits(&self, extra: usize, size: usize) -> bool {
+        let l = &self.limits;
+        self.queue.len() >= l.max_queued_messages * (1 + extra)
+            || self.queued_bytes + size > l.max_queued_bytes.saturating_mul(1 + extra)
+    }
+
+    /// Whether the publishers feeding this session are being held back.
+    pub fn under_pressure(&self) -> bool {
+        self.pressure
+    }
+
+    /// Ends the pressure once the queue is back under half its limits (or the subscriber went
+    /// away); returns true when it did, and the caller lets the publishers go.
+    pub fn relieve_pressure(&mut self) -> bool {
+        let l = &self.limits;
+        if self.pressure
+            && (self.attached == 0
+                || (self.queue.len() <= l.max_queued_messages / 2
+                    && self.queued_bytes <= l.max_queued_bytes / 2))
+        {
+            self.pressure = false;
+            return true;
+        }
+        false
+    }
+
+    /// The client read or acknowledged something: a stalled subscriber is live again.
+    pub fn note_progress(&mut self) {
+        self.progressed = true;
+        self.stalled = false;
+    }
+
+    /// The pressure watch's look at a session under pressure: true when it made no progress
+    /// for `stall_timeout` and is now stalled (pressure ended; the caller lets the publishers
+    /// go, and its new messages are dropped until it makes progress again).
+    pub fn check_stalled(&mut self, now: Instant) -> bool {
+        if !self.pressure {
+            return false;
+        }
+        if std::mem::take(&mut self.progressed) {
+            self.last_progress = now;
+            return false;
+        }
+        if now.saturating_duration_since(self.last_progress) < self.limits.stall_timeout {
+            return false;
+        }
+        self.pressure = false;
+        self.stalled = true;
+        true
     }
 
     /// Queues an acknowledgement that became ready later (SUBACK/UNSUBACK after every shard
@@ -360,45 +481,45 @@ impl Session {
         packets
     }
 
-    fn position(&self, packet_id: PacketId, state: InflightState) -> Option<usize> {
-        // Acknowledgements nearly always arrive in order: the match is at the front.
-        self.inflight
-            .iter()
-            .position(|e| e.packet_id == packet_id && e.state == state)
-    }
-
-    /// PUBACK from the client. Unknown ids are ignored (a late duplicate); returns whether the
-    /// id was in flight.
-    pub fn on_puback(&mut self, packet_id: PacketId) -> bool {
-        self.complete(packet_id, InflightState::Ack)
-    }
-
-    /// PUBREC from the client: the caller answers PUBREL (also for an id no longer in flight, so
-    /// the client can finish its side).
-    pub fn on_pubrec(&mut self, packet_id: PacketId) {
-        if let Some(i) = self.position(packet_id, InflightState::Rec) {
+    /// What an acknowledgement from the client refers to, checked against what is in flight.
+    fn acknowledge(&mut self, packet_id: PacketId, expected: InflightState) -> Ack {
+        // Acknowledgements nearly always arrive in order: the match is at the front. Ids in
+        // flight are unique (see `window_open`).
+        let Some(i) = self.inflight.iter().position(|e| e.packet_id == packet_id) else {
+            return Ack::NotInFlight;
+        };
+        if self.inflight[i].state != expected {
+            return Ack::WrongKind;
+        }
+        if expected == InflightState::Rec {
             self.inflight[i].state = InflightState::Comp;
-        }
-    }
-
-    pub fn on_pubcomp(&mut self, packet_id: PacketId) -> bool {
-        self.complete(packet_id, InflightState::Comp)
-    }
-
-    fn complete(&mut self, packet_id: PacketId, state: InflightState) -> bool {
-        match self.position(packet_id, state) {
-            Some(i) => {
-                // Entries still to be re-sent are the last `resend` ones.
-                let resend_from = self.inflight.len() - self.resend;
-                self.inflight.remove(i);
-                if i >= resend_from {
-                    self.resend -= 1;
-                }
-                self.wake();
-                true
+        } else {
+            // Entries still to be re-sent are the last `resend` ones.
+            let resend_from = self.inflight.len() - self.resend;
+            self.inflight.remove(i);
+            if i >= resend_from {
+                self.resend -= 1;
             }
-            None => false,
+            self.wake();
         }
+        self.progressed = true;
+        self.stalled = false;
+        Ack::Done
+    }
+
+    /// PUBACK from the client.
+    pub fn on_puback(&mut self, packet_id: PacketId) -> Ack {
+        self.acknowledge(packet_id, InflightState::Ack)
+    }
+
+    /// PUBREC from the client: the caller answers PUBREL unless it is of the wrong kind (also
+    /// for an id no longer in flight, so the client can finish its side).
+    pub fn on_pubrec(&mut self, packet_id: PacketId) -> Ack {
+        self.acknowledge(packet_id, InflightState::Rec)
+    }
+
+    pub fn on_pubcomp(&mut self, packet_id: PacketId) -> Ack {
+        self.acknowledge(packet_id, InflightState::Comp)
     }
 
     /// Incoming QoS 2 PUBLISH: true when it is new and must be forwarded, false for a

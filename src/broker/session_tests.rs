@@ -3,6 +3,7 @@
 use super::*;
 use crate::broker::mesh::ShardId;
 use bytes::Bytes;
+use std::time::{Duration, Instant};
 
 fn session(max_inflight: usize, max_msgs: usize, max_bytes: usize) -> Session {
     let id = SubscriberId {
@@ -16,6 +17,7 @@ fn session(max_inflight: usize, max_msgs: usize, max_bytes: usize) -> Session {
         max_queued_bytes: max_bytes,
         queue_qos0: false,
         share_payloads_from: usize::MAX,
+        stall_timeout: std::time::Duration::from_secs(10),
     };
     let mut s = Session::new(ByteStr::from("c"), id, true, std::rc::Rc::new(limits));
     s.attach(1);
@@ -102,6 +104,152 @@ fn queue_is_bounded_by_count_and_by_bytes() {
         .unwrap();
 }
 
+fn qos1(s: &mut Session) -> Result<Queued, Dropped> {
+    s.enqueue(msg(b"x", QoS::AtLeastOnce), QoS::AtLeastOnce, false)
+}
+
+#[test]
+fn a_live_subscriber_gets_qos1_beyond_the_limit_and_its_publishers_are_told_to_wait() {
+    let mut s = session(10, 2, 1000);
+    assert_eq!(qos1(&mut s), Ok(Queued::Normally));
+    assert_eq!(qos1(&mut s), Ok(Queued::Normally));
+    assert!(!s.under_pressure());
+    // The third is acknowledged to its publisher already: queued, and the pressure raised once.
+    assert_eq!(qos1(&mut s), Ok(Queued::OverLimit));
+    assert_eq!(qos1(&mut s), Ok(Queued::Normally), "raised once");
+    assert!(s.under_pressure());
+    assert_eq!(s.queued(), 4);
+    // QoS 0 is never pushed back: dropped at the limit.
+    assert_eq!(
+        s.enqueue(msg(b"x", QoS::AtMostOnce), QoS::AtMostOnce, false),
+        Err(Dropped::QueueFull)
+    );
+    assert!(!s.relieve_pressure(), "still over half the limit");
+    drain(&mut s);
+    assert!(s.relieve_pressure());
+    assert!(!s.under_pressure() && !s.relieve_pressure());
+}
+
+#[test]
+fn the_pressure_ends_at_half_the_limit() {
+    let mut s = session(1, 4, 1000);
+    for _ in 0..4 {
+        assert_eq!(qos1(&mut s), Ok(Queued::Normally));
+    }
+    assert_eq!(qos1(&mut s), Ok(Queued::OverLimit));
+    let mut relieved_at = None;
+    for id in 1..=5u16 {
+        drain(&mut s); // one in flight at a time
+        if s.relieve_pressure() {
+            relieved_at = Some(s.queued());
+            break;
+        }
+        assert_eq!(s.on_puback(id), Ack::Done);
+    }
+    assert_eq!(
+        relieved_at,
+        Some(2),
+        "relieved once the queue is at half of 4"
+    );
+}
+
+#[test]
+fn the_byte_limit_pushes_back_too() {
+    let mut s = session(10, 100, 4);
+    assert_eq!(
+        s.enqueue(msg(b"1234", QoS::AtLeastOnce), QoS::AtLeastOnce, false),
+        Ok(Queued::Normally)
+    );
+    assert_eq!(
+        s.enqueue(msg(b"1", QoS::AtLeastOnce), QoS::AtLeastOnce, false),
+        Ok(Queued::OverLimit)
+    );
+}
+
+#[test]
+fn an_offline_session_drops_qos1_at_the_limit() {
+    let mut s = session(10, 2, 1000);
+    s.detach(1);
+    qos1(&mut s).unwrap();
+    qos1(&mut s).unwrap();
+    assert_eq!(qos1(&mut s), Err(Dropped::QueueFull));
+    assert!(!s.under_pressure());
+}
+
+#[test]
+fn over_the_limit_is_bounded_too() {
+    let mut s = session(10, 2, 1000);
+    for _ in 0..2 * OVER_LIMIT_FACTOR {
+        assert!(qos1(&mut s).is_ok());
+    }
+    assert_eq!(qos1(&mut s), Err(Dropped::QueueFull));
+    assert_eq!(s.queued(), 2 * OVER_LIMIT_FACTOR);
+}
+
+#[test]
+fn a_subscriber_without_progress_for_the_stall_timeout_is_stalled_until_it_reads() {
+    let mut s = session(1, 2, 1000);
+    qos1(&mut s).unwrap();
+    qos1(&mut s).unwrap();
+    assert_eq!(qos1(&mut s), Ok(Queued::OverLimit));
+    let start = Instant::now();
+    let timeout = Duration::from_secs(10);
+    assert!(!s.check_stalled(start + timeout / 2));
+    // An acknowledgement is progress: the clock starts again.
+    drain(&mut s);
+    assert_eq!(s.on_puback(1), Ack::Done);
+    let later = start + timeout + Duration::from_secs(1);
+    assert!(!s.check_stalled(later), "progress since the last look");
+    assert!(!s.check_stalled(later + timeout / 2));
+    assert!(
+        s.check_stalled(later + timeout),
+        "no progress for the timeout"
+    );
+    assert!(
+        !s.under_pressure(),
+        "a stalled subscriber holds nobody back"
+    );
+    assert_eq!(
+        qos1(&mut s),
+        Err(Dropped::QueueFull),
+        "and loses its new messages"
+    );
+    // It reads again: live again, and the pressure can be raised again.
+    s.note_progress();
+    assert_eq!(qos1(&mut s), Ok(Queued::OverLimit));
+}
+
+#[test]
+fn acknowledgements_of_the_wrong_kind_are_told_apart_from_unknown_ids() {
+    let mut s = session(10, 10, 1000);
+    qos1(&mut s).unwrap(); // id 1, QoS 1
+    s.enqueue(msg(b"y", QoS::ExactlyOnce), QoS::ExactlyOnce, false)
+        .unwrap(); // id 2, QoS 2
+    drain(&mut s);
+    assert_eq!(s.on_pubrec(1), Ack::WrongKind, "PUBREC for QoS 1");
+    assert_eq!(s.on_pubcomp(1), Ack::WrongKind, "PUBCOMP for QoS 1");
+    assert_eq!(s.on_puback(2), Ack::WrongKind, "PUBACK for QoS 2");
+    assert_eq!(s.on_pubcomp(2), Ack::WrongKind, "PUBCOMP before PUBREC");
+    assert_eq!(s.on_pubrec(2), Ack::Done);
+    assert_eq!(
+        s.on_puback(2),
+        Ack::WrongKind,
+        "PUBACK where PUBCOMP is due"
+    );
+    assert_eq!(
+        s.on_pubrec(2),
+        Ack::WrongKind,
+        "PUBREC where PUBCOMP is due"
+    );
+    assert_eq!(s.on_puback(9), Ack::NotInFlight);
+    assert_eq!(s.on_pubrec(9), Ack::NotInFlight);
+    // Nothing of the wrong kind changed what is owed.
+    assert_eq!(s.inflight(), 2);
+    assert_eq!(s.on_puback(1), Ack::Done);
+    assert_eq!(s.on_pubcomp(2), Ack::Done);
+    assert_eq!(s.inflight(), 0);
+}
+
 #[test]
 fn qos1_window_limits_what_is_in_flight() {
     let mut s = session(2, 10, 1000);
@@ -119,8 +267,8 @@ fn qos1_window_limits_what_is_in_flight() {
     );
     assert_eq!((s.inflight(), s.queued()), (2, 1));
     assert!(!s.has_sendable());
-    assert!(!s.on_puback(7), "unknown id is ignored");
-    assert!(s.on_puback(1));
+    assert_eq!(s.on_puback(7), Ack::NotInFlight, "unknown id is ignored");
+    assert_eq!(s.on_puback(1), Ack::Done);
     assert!(s.has_sendable());
     assert_eq!(
         drain(&mut s),
@@ -145,10 +293,19 @@ fn qos2_outgoing_flow() {
         drain(&mut s),
         [0x34, 0x06, 0x00, 0x01, b't', 0x00, 0x01, b'x']
     );
-    assert!(!s.on_pubcomp(1), "PUBCOMP before PUBREC completes nothing");
+    assert_eq!(
+        s.on_pubcomp(1),
+        Ack::WrongKind,
+        "PUBCOMP before PUBREC completes nothing"
+    );
+    assert_eq!(
+        s.on_puback(1),
+        Ack::WrongKind,
+        "PUBACK for a QoS 2 delivery"
+    );
     s.on_pubrec(1);
     assert_eq!(s.inflight(), 1);
-    assert!(s.on_pubcomp(1));
+    assert_eq!(s.on_pubcomp(1), Ack::Done);
     assert_eq!(s.inflight(), 0);
 }
 
@@ -171,8 +328,8 @@ fn resumed_session_resends_publish_with_dup_and_pubrel_in_order() {
         ]
     );
     // Acknowledging after the resend leaves nothing to resend.
-    assert!(s.on_puback(1));
-    assert!(s.on_pubcomp(2));
+    assert_eq!(s.on_puback(1), Ack::Done);
+    assert_eq!(s.on_pubcomp(2), Ack::Done);
     assert!(!s.has_sendable());
 }
 
@@ -186,7 +343,7 @@ fn ack_before_resend_cancels_that_resend() {
     drain(&mut s);
     s.detach(1);
     s.attach(2);
-    assert!(s.on_puback(1));
+    assert_eq!(s.on_puback(1), Ack::Done);
     assert_eq!(
         drain(&mut s),
         [0x3a, 0x06, 0x00, 0x01, b't', 0x00, 0x02, b'a']
@@ -204,14 +361,14 @@ fn packet_ids_wrap_and_never_reuse_one_in_flight() {
         s.enqueue(msg(b"x", QoS::AtLeastOnce), QoS::AtLeastOnce, false)
             .unwrap();
         drain(&mut s);
-        assert!(s.on_puback(id));
+        assert_eq!(s.on_puback(id), Ack::Done);
     }
     // The next id would be 1 again: it waits until 1 is acknowledged.
     s.enqueue(msg(b"x", QoS::AtLeastOnce), QoS::AtLeastOnce, false)
         .unwrap();
     assert!(!s.has_sendable());
     assert!(drain(&mut s).is_empty());
-    assert!(s.on_puback(1));
+    assert_eq!(s.on_puback(1), Ack::Done);
     assert_eq!(drain(&mut s)[5..7], [0x00, 0x01]);
 }
 
@@ -229,7 +386,8 @@ fn a_new_connection_kicks_the_old_one() {
     let mut s = session(10, 10, 1000);
     assert_eq!(s.kicked(1), None);
     s.attach(2);
-    assert_eq!(s.kicked(1), Some(Kick::TakenOver));
+    // Attached while connected, the session continues (no will for the old connection).
+    assert_eq!(s.kicked(1), Some(Kick::Continued));
     assert_eq!(s.kicked(2), None);
     assert!(
         !s.detach(1),
@@ -259,6 +417,7 @@ fn large_payloads_are_shared_not_copied() {
         max_queued_bytes: 1000,
         queue_qos0: false,
         share_payloads_from: 4,
+        stall_timeout: std::time::Duration::from_secs(10),
     };
     let id = SubscriberId {
         shard: ShardId(0),

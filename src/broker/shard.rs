@@ -18,11 +18,12 @@ use tracing::{debug, warn};
 use super::config::BrokerConfig;
 use super::keepalive::KeepaliveQueue;
 use super::mesh::{Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target};
-use super::metrics::Metrics;
+use super::metrics::{add, Metrics};
 use super::output::SHARE_PAYLOADS_FROM;
 use super::parking::ParkingLot;
+use super::pressure::PressureBoard;
 use super::replica::Replica;
-use super::session::{Dropped, Kick, Outbound, Session, SessionLimits};
+use super::session::{Dropped, Kick, Outbound, Queued, Session, SessionLimits};
 use super::session_table::SessionTable;
 use super::wire::{ReadArena, WritePool};
 use crate::protocol::{ByteStr, Connect, QoS};
@@ -119,6 +120,8 @@ pub struct Shard {
     session_limits: Rc<SessionLimits>,
     /// Keepalive deadlines of this shard's connections.
     pub keepalives: KeepaliveQueue,
+    /// Subscribers whose full queues hold their publishers back (see `pressure`).
+    pub pressure: PressureBoard,
 }
 
 impl Shard {
@@ -140,6 +143,7 @@ impl Shard {
             max_queued_bytes: config.max_queued_bytes,
             queue_qos0: config.queue_qos0,
             share_payloads_from: SHARE_PAYLOADS_FROM,
+            stall_timeout: config.stall_timeout,
         });
         Shard {
             parking,
@@ -166,6 +170,7 @@ impl Shard {
             stop_waker: RefCell::new(None),
             stall_waker: RefCell::new(None),
             congestion_waiters: RefCell::new(Vec::new()),
+            pressure: PressureBoard::default(),
         }
     }
 
@@ -254,8 +259,12 @@ impl Shard {
         let id = s.id;
         let filters: Vec<ByteStr> = s.subscriptions.drain().map(|(f, _)| f).collect();
         s.clear_delivery_state();
+        let relieved = s.relieve_pressure();
         let client_id = s.client_id.clone();
         drop(s);
+        if relieved {
+            self.release_pressure(id);
+        }
         {
             let mut replica = self.replica.borrow_mut();
             for f in &filters {
@@ -284,7 +293,11 @@ impl Shard {
     /// Delivers a message published on this shard (by a client or as a will) to every
     /// subscriber, once per subscriber at the highest granted QoS (MQTT-3.3.5-1), at
     /// min(published, granted) QoS (MQTT-3.3.1-9), with RETAIN clear (live forward).
-    pub fn route(&self, message: Arc<Message>) {
+    ///
+    /// Returns a subscriber under pressure that got the message at QoS 1/2, if any: the
+    /// publisher must then wait for it (see `pressure`).
+    #[must_use = "a publisher that reached a subscriber under pressure must wait for it"]
+    pub fn route(&self, message: Arc<Message>) -> Option<SubscriberId> {
         if message.retain {
             self.retain(&message);
         }
@@ -303,8 +316,11 @@ impl Shard {
             message.encode_qos0_frame();
         }
         let mut router = None;
+        let mut pressured = None;
         for &(id, granted) in matches.iter() {
             let qos = message.qos.min(granted);
+            // Only QoS 1/2 is pushed back; a local delivery may raise the pressure just now.
+            let check_pressure = qos != QoS::AtMostOnce && pressured.is_none();
             if id.shard == self.id {
                 self.deliver_local(id.slot, id.generation, &message, qos, false);
             } else {
@@ -319,10 +335,14 @@ impl Shard {
                     },
                 );
             }
+            if check_pressure && self.pressure.any() && self.pressure.contains(&id) {
+                pressured = Some(id);
+            }
         }
         self.metrics
             .messages_routed
             .set(self.metrics.messages_routed.get() + 1);
+        pressured
     }
 
     fn deliver_local(
@@ -340,7 +360,15 @@ impl Shard {
         };
         let result = session.borrow_mut().enqueue(message.clone(), qos, retain);
         match result {
-            Ok(()) => {}
+            Ok(Queued::Normally) => {}
+            Ok(Queued::OverLimit) => {
+                drop(sessions);
+                self.raise_pressure(SubscriberId {
+                    shard: self.id,
+                    slot,
+                    generation,
+                });
+            }
             Err(Dropped::QueueFull) => self.metrics.count_drop_queue_full(qos),
             Err(Dropped::Offline) => self
                 .metrics
@@ -370,6 +398,39 @@ impl Shard {
             retained.insert(&message.topic, Arc::new(message.detached()));
         }
         self.metrics.retained.set(retained.len() as u64);
+    }
+
+    // ----- pressure -------------------------------------------------------------------------
+
+    /// A subscriber of this shard went over its queue limits while reading: every shard holds
+    /// back the publishers that reach it, and the stall watch starts looking at it.
+    fn raise_pressure(&self, id: SubscriberId) {
+        if !self.pressure.raise(id) {
+            return;
+        }
+        add(&self.metrics.pressure_raised, 1);
+        self.pressure.watch(id);
+        if self.shards > 1 {
+            self.pressure.announce(id, true);
+        }
+    }
+
+    /// The pressure on a subscriber of this shard ended: its publishers everywhere may go on.
+    pub fn release_pressure(&self, id: SubscriberId) {
+        self.pressure.lower(&id);
+        if self.shards > 1 {
+            self.pressure.announce(id, false);
+        }
+    }
+
+    /// Ends the pressure on `session` when its queue drained enough (or it went away).
+    pub fn relieve(&self, session: &RefCell<Session>) {
+        let mut s = session.borrow_mut();
+        if s.under_pressure() && s.relieve_pressure() {
+            let id = s.id;
+            drop(s);
+            self.release_pressure(id);
+        }
     }
 
     // ----- mesh -----------------------------------------------------------------------------
@@ -412,6 +473,13 @@ impl Shard {
             }
             ShardMessage::UnsubscribeApplied { token } => self.request_applied(token, Vec::new()),
             ShardMessage::Retain(message) => self.store_retained(&message),
+            ShardMessage::Pressure { subscriber, on } => {
+                if on {
+                    self.pressure.raise(subscriber);
+                } else {
+                    self.pressure.lower(&subscriber);
+                }
+            }
             ShardMessage::Adopt(moved) => {
                 let serve = super::connection::serve_moved(self.clone(), *moved);
                 match glommio::spawn_local_into(serve, self.connection_queue) {
@@ -443,6 +511,12 @@ impl Shard {
 
     /// Sends what the router gathered. When an inbox is full, the stall task retries.
     pub fn flush(&self) {
+        if let Some(changes) = self.pressure.take_announcements() {
+            let mut router = self.router.borrow_mut();
+            for (subscriber, on) in changes {
+                router.broadcast(|| ShardMessage::Pressure { subscriber, on });
+            }
+        }
         let waiting = self.router.borrow_mut().flush();
         if waiting {
             if let Some(w) = self.stall_waker.borrow_mut().take() {

@@ -1,5 +1,6 @@
 //! The long-running tasks every shard runs besides its connections: draining the inbox,
-//! retrying flushes into full inboxes, expiring sessions, and the parking sweep.
+//! retrying flushes into full inboxes, expiring sessions, the parking sweep, and the watch over
+//! subscribers whose full queues hold publishers back.
 
 use std::rc::Rc;
 use std::task::Poll;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::mesh::InboxReceiver;
+use super::metrics::add;
 use super::shard::Shard;
 
 /// Removes persistent sessions that stayed disconnected longer than `--session-expiry`.
@@ -110,6 +112,35 @@ pub async fn retry_stalled(shard: Rc<Shard>) {
         .await;
         glommio::timer::sleep(Duration::from_micros(50)).await;
         // Also wakes the paused publishers once the backlog is under the limit.
+        shard.flush();
+    }
+}
+
+/// Looks at this shard's subscribers under pressure (see `pressure`) a few times per
+/// `--stall-timeout`: one that made no progress for that long is stalled, and the publishers it
+/// held back go on. Sleeps while no subscriber is under pressure.
+pub async fn watch_stalls(shard: Rc<Shard>) {
+    let tick =
+        (shard.config.stall_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        std::future::poll_fn(|cx| shard.pressure.poll_watch_needed(cx)).await;
+        glommio::timer::sleep(tick).await;
+        let now = Instant::now();
+        for id in shard.pressure.watched() {
+            let session = shard.sessions.borrow().get(id.slot, id.generation).cloned();
+            let stalled = match &session {
+                Some(s) => s.borrow_mut().check_stalled(now),
+                // Gone without being relieved (cannot happen: removal relieves); let go anyway.
+                None => true,
+            };
+            if stalled {
+                if let Some(s) = &session {
+                    debug!(client = %s.borrow().client_id, "subscriber stalled: its publishers go on, its messages are dropped");
+                    add(&shard.metrics.subscribers_stalled, 1);
+                }
+                shard.release_pressure(id);
+            }
+        }
         shard.flush();
     }
 }

@@ -12,6 +12,7 @@ const KNOWN_KEYS: &[&str] = &[
     "max-packet-size",
     "max-queued-messages",
     "max-queued-bytes",
+    "stall-timeout",
     "max-topic-levels",
     "max-connections",
     "queue-qos0",

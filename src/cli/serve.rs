@@ -36,12 +36,18 @@ pub struct ServeArgs {
     /// Largest packet accepted from a client, in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_packet_size: Option<usize>,
-    /// Messages queued per session before new ones are dropped [default: 1000].
+    /// Messages queued per session; beyond it QoS 0 is dropped, and QoS 1/2 holds its
+    /// publishers back while the subscriber reads (dropped when it is offline or stalled)
+    /// [default: 1000].
     #[arg(long)]
     max_queued_messages: Option<usize>,
-    /// Payload bytes queued per session before new messages are dropped [default: 64 MiB].
+    /// Payload bytes queued per session, with the same policy [default: 64 MiB].
     #[arg(long, value_name = "BYTES")]
     max_queued_bytes: Option<usize>,
+    /// Seconds a subscriber with a full queue may read and acknowledge nothing before it
+    /// counts as stalled: its publishers go on and its new messages are dropped [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    stall_timeout: Option<u64>,
     /// Topic levels allowed in a topic name or filter, 0 for no limit [default: 128].
     #[arg(long)]
     max_topic_levels: Option<usize>,
@@ -131,6 +137,8 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             file.usize("max-queued-bytes")?,
             defaults.max_queued_bytes,
         ),
+        stall_timeout: secs(args.stall_timeout.or(file.u64("stall-timeout")?))
+            .unwrap_or(defaults.stall_timeout),
         max_topic_levels: pick(
             args.max_topic_levels,
             file.usize("max-topic-levels")?,
@@ -196,14 +204,17 @@ fn log_totals(shards: &[MetricsSnapshot]) {
         dropped_qos0_queue_full = sum(|m| m.dropped_queue_full_qos0),
         dropped_qos0_offline = sum(|m| m.dropped_offline_qos0),
         dropped_qos12_queue_full = dropped_qos12,
+        publishers_paused = sum(|m| m.publishers_paused),
+        subscribers_stalled = sum(|m| m.subscribers_stalled),
         protocol_errors = sum(|m| m.protocol_errors),
         "stopped"
     );
     if dropped_qos12 > 0 {
         warn!(
             dropped_qos12,
-            "QoS 1/2 messages were dropped because a session queue was full; raise \
-             --max-queued-messages / --max-queued-bytes if subscribers fall behind"
+            "QoS 1/2 messages were dropped because a session queue was full while its client \
+             was offline or stalled; raise --max-queued-messages / --max-queued-bytes / \
+             --stall-timeout if subscribers fall behind"
         );
     }
 }
