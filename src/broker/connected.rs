@@ -92,15 +92,8 @@ struct Held {
     packets: VecDeque<Packet>,
     /// About how many bytes `packets` hold (see [`HELD_LIMIT`]).
     bytes: usize,
-    /// The client closed its side after these packets: close once they are handled.
-    eof: bool,
-}
-
-impl Held {
-    /// Whether the socket may be read for more (acknowledgements, and packets to hold).
-    fn reads(&self) -> bool {
-        self.bytes < HELD_LIMIT && !self.eof
-    }
+    /// The client is gone: the packets are handled now, holding nothing back.
+    closing: bool,
 }
 
 /// About the memory a held packet keeps: its topic and payload, or a small constant.
@@ -302,20 +295,15 @@ impl ConnectedClient {
                 return Poll::Ready(Event::Input);
             }
         }
-        if self.wire.wbuf.len() < READ_PAUSE && self.held.as_ref().is_none_or(|h| h.reads()) {
+        if self.wire.wbuf.len() < READ_PAUSE
+            && self.held.as_ref().is_none_or(|h| h.bytes < HELD_LIMIT)
+        {
             let mut arena = self.shard.read_arena.borrow_mut();
             match self
                 .wire
                 .poll_read(cx, &mut arena, self.shard.config.max_packet_size)
             {
-                Poll::Ready(Ok(0)) => {
-                    if let Some(held) = &mut self.held {
-                        // What the client sent before closing is handled first.
-                        held.eof = true;
-                        return Poll::Ready(Event::Input);
-                    }
-                    return Poll::Ready(Event::Closed(CloseReason::Eof));
-                }
+                Poll::Ready(Ok(0)) => return Poll::Ready(Event::Closed(CloseReason::Eof)),
                 Poll::Ready(Ok(n)) => {
                     add(&self.shard.metrics.bytes_in, n as u64);
                     if let Some(keepalive) = &mut self.keepalive {
@@ -393,7 +381,8 @@ impl ConnectedClient {
         if !std::mem::take(&mut session.keepalive_due) {
             return false;
         }
-        if keepalive.last_input.elapsed() >= keepalive.limit {
+        // A client held back may be blocked on the broker not reading it: not its silence.
+        if keepalive.last_input.elapsed() >= keepalive.limit && self.held.is_none() {
             return true;
         }
         self.shard.keepalives.file(
@@ -461,18 +450,38 @@ impl ConnectedClient {
                     self.handle(packet)?;
                 }
                 None => {
-                    let eof = held.eof;
                     self.held = None;
-                    return if eof { Err(CloseReason::Eof) } else { Ok(()) };
+                    return Ok(());
                 }
             }
         }
     }
 
+    /// The client went away while its publishing was held back: what it sent before is
+    /// handled now, as it would have been without the hold (it holds nobody back any more,
+    /// and a DISCONNECT among it means no will). Returns why the connection ends.
+    fn handle_held_at_close(&mut self, reason: CloseReason) -> CloseReason {
+        let Some(held) = &mut self.held else {
+            return reason;
+        };
+        if !matches!(reason, CloseReason::Eof | CloseReason::Io(_)) {
+            return reason;
+        }
+        held.closing = true;
+        held.waiting_for = None;
+        match self.handle_held() {
+            Ok(()) => reason,
+            Err(ended) => ended,
+        }
+    }
+
     /// Holds the client's publishing back until `subscriber` is relieved.
     fn wait_for(&mut self, subscriber: SubscriberId) {
-        add(&self.shard.metrics.publishers_paused, 1);
-        self.held.get_or_insert_with(Box::default).waiting_for = Some(subscriber);
+        let held = self.held.get_or_insert_with(Box::default);
+        if !held.closing {
+            add(&self.shard.metrics.publishers_paused, 1);
+            held.waiting_for = Some(subscriber);
+        }
     }
 
     /// Closes the connection for an acknowledgement of the wrong kind; ignores one for an id
@@ -596,6 +605,8 @@ impl ConnectedClient {
     /// Ends the connection: the will (unless the client said DISCONNECT), the session (if
     /// clean), the counters and the log line. Output already encoded still gets a moment.
     fn finish(&mut self, reason: CloseReason) {
+        let reason = self.handle_held_at_close(reason);
+        self.held = None;
         if reason.publishes_will() {
             if let Some(will) = self.will.take() {
                 let LastWill {

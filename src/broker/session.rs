@@ -120,10 +120,13 @@ pub struct SessionLimits {
     pub stall_timeout: Duration,
 }
 
-/// Queues over their limits may grow to this many times the limits while their publishers are
-/// being paused (the messages already on their way when the pressure was raised); beyond it even
-/// a live subscriber's QoS 1/2 messages are dropped and counted, so memory stays bounded.
-pub const OVER_LIMIT_FACTOR: usize = 4;
+/// How far beyond its limits a live subscriber's queue may grow while its publishers are being
+/// paused: by what they had already sent when the pressure reached them (a few reads each; a
+/// publisher on another shard learns of it a cross-shard hop later), which does not depend on
+/// the configured limits. Beyond this even a live subscriber's QoS 1/2 messages are dropped
+/// and counted: the last bound on memory, not a policy.
+pub const OVERSHOOT_MESSAGES: usize = 65_536;
+pub const OVERSHOOT_BYTES: usize = 64 << 20;
 
 /// aHash with the process's random keys, stored once instead of in every map: a session exists
 /// per client, and two `AHashMap`s would carry 64 bytes of keys each.
@@ -281,7 +284,7 @@ impl Session {
     ///
     /// At its limits the queue drops QoS 0 and refuses everything for an offline session or a
     /// stalled subscriber. A QoS 1/2 message for a connected subscriber that keeps reading is
-    /// taken beyond the limits instead (up to [`OVER_LIMIT_FACTOR`] times them): it has been
+    /// taken beyond the limits instead (by up to [`OVERSHOOT_MESSAGES`]): it has been
     /// acknowledged to its publisher, and the answer is to pause the publishers
     /// ([`Queued::OverLimit`] the first time), not to lose it.
     pub fn enqueue(
@@ -296,11 +299,11 @@ impl Session {
         }
         let size = message.payload.len();
         let mut queued = Queued::Normally;
-        if self.over_limits(0, size) {
+        if self.over_limits(0, 0, size) {
             if offline || qos == QoS::AtMostOnce || self.stalled {
                 return Err(Dropped::QueueFull);
             }
-            if self.over_limits(OVER_LIMIT_FACTOR - 1, size) {
+            if self.over_limits(OVERSHOOT_MESSAGES, OVERSHOOT_BYTES, size) {
                 return Err(Dropped::QueueFull);
             }
             if !self.pressure {
@@ -327,12 +330,12 @@ impl Session {
         Ok(queued)
     }
 
-    /// Whether one more message of `size` bytes would take the queue past its limits, plus
-    /// `extra` times the limits.
-    fn over_limits(&self, extra: usize, size: usize) -> bool {
+    /// Whether one more message of `size` bytes would take the queue past its limits plus
+    /// `messages` and `bytes`.
+    fn over_limits(&self, messages: usize, bytes: usize, size: usize) -> bool {
         let l = &self.limits;
-        self.queue.len() >= l.max_queued_messages * (1 + extra)
-            || self.queued_bytes + size > l.max_queued_bytes.saturating_mul(1 + extra)
+        self.queue.len() >= l.max_queued_messages.saturating_add(messages)
+            || self.queued_bytes + size > l.max_queued_bytes.saturating_add(bytes)
     }
 
     /// Whether the publishers feeding this session are being held back.

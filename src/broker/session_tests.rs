@@ -178,12 +178,28 @@ fn an_offline_session_drops_qos1_at_the_limit() {
 
 #[test]
 fn over_the_limit_is_bounded_too() {
-    let mut s = session(10, 2, 1000);
-    for _ in 0..2 * OVER_LIMIT_FACTOR {
+    let mut s = session(10, 2, usize::MAX / 2);
+    for _ in 0..2 + OVERSHOOT_MESSAGES {
         assert!(qos1(&mut s).is_ok());
     }
     assert_eq!(qos1(&mut s), Err(Dropped::QueueFull));
-    assert_eq!(s.queued(), 2 * OVER_LIMIT_FACTOR);
+    assert_eq!(s.queued(), 2 + OVERSHOOT_MESSAGES);
+    // And in bytes.
+    let mut s = session(10, 100, 10);
+    let big = Arc::new(Message::new(
+        ByteStr::from("t"),
+        Bytes::from(vec![0u8; OVERSHOOT_BYTES]),
+        QoS::AtLeastOnce,
+        false,
+    ));
+    assert_eq!(
+        s.enqueue(big.clone(), QoS::AtLeastOnce, false),
+        Ok(Queued::OverLimit)
+    );
+    assert_eq!(
+        s.enqueue(big, QoS::AtLeastOnce, false),
+        Err(Dropped::QueueFull)
+    );
 }
 
 #[test]

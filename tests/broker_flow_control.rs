@@ -1,0 +1,391 @@
+//! Flow control over raw sockets: a QoS 1/2 message the broker acknowledged reaches every
+//! connected subscriber that keeps reading, however deep its publisher's pipeline, because the
+//! broker holds the publisher back instead of dropping (see `src/broker/pressure.rs`). Each
+//! test runs with 1 shard and with 2, publisher and subscriber homed apart.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use surgemq::broker::{BrokerConfig, MetricsSnapshot};
+use surgemq::protocol::{Packet, QoS};
+
+/// Small queues, so a burst of a few hundred messages overflows them many times over.
+fn small_queues(shards: usize) -> BrokerConfig {
+    BrokerConfig {
+        shards,
+        max_inflight: 5,
+        max_queued_messages: 10,
+        ..test_config()
+    }
+}
+
+fn total(metrics: &[MetricsSnapshot], f: fn(&MetricsSnapshot) -> u64) -> u64 {
+    metrics.iter().map(f).sum()
+}
+
+/// The queues overflowed (so without push-back messages would have been dropped), and with
+/// one shard the publisher was held back. With two, whether a publisher is still sending when
+/// the pressure reaches its shard (a hop later) is a matter of timing: a burst may be routed
+/// whole before, and the queue drained after.
+#[track_caller]
+fn assert_pushed_back(shards: usize, metrics: &[MetricsSnapshot]) {
+    assert!(total(metrics, |m| m.pressure_raised) > 0, "{metrics:?}");
+    if shards == 1 {
+        assert!(total(metrics, |m| m.publishers_paused) > 0, "{metrics:?}");
+    }
+}
+
+/// `n` QoS 1 PUBLISHes to `topic`, ids 1..=n, payload "<prefix> <i>", as one burst.
+fn qos1_burst(topic: &str, prefix: &str, n: u16) -> Vec<u8> {
+    qos1_bursts(topic, prefix, n, n as usize).concat()
+}
+
+/// The same messages in bursts of `per_burst` whole packets.
+fn qos1_bursts(topic: &str, prefix: &str, n: u16, per_burst: usize) -> Vec<Vec<u8>> {
+    let ids: Vec<u16> = (1..=n).collect();
+    ids.chunks(per_burst)
+        .map(|ids| {
+            ids.iter()
+                .flat_map(|&i| {
+                    publish(
+                        topic,
+                        format!("{prefix} {i}").as_bytes(),
+                        1,
+                        false,
+                        false,
+                        i,
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Reads until `publishes` messages and `pubacks` PUBACKs arrived, acknowledging each message
+/// as it comes (after a pause every `slow_every` messages, to read slower than the publisher).
+/// Returns the payloads in arrival order.
+#[track_caller]
+fn read_and_ack(
+    c: &mut RawClient,
+    publishes: usize,
+    pubacks: usize,
+    slow_every: usize,
+) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut acks = 0;
+    while payloads.len() < publishes || acks < pubacks {
+        let frame = c.next_frame();
+        match parse(&frame) {
+            Packet::Publish(p) => {
+                assert_eq!(p.qos, QoS::AtLeastOnce, "{frame:02x?}");
+                c.ack(&p);
+                payloads.push(String::from_utf8(p.payload.to_vec()).unwrap());
+                if slow_every > 0 && payloads.len() % slow_every == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Packet::PubAck(_) => acks += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    payloads
+}
+
+/// A publisher whose pipeline stays deep for a while: `n` QoS 1 messages in bursts of 50, one
+/// burst every few milliseconds, sent from its own thread while the test reads elsewhere.
+/// (A single burst would be routed whole before a subscriber on another shard could say its
+/// queue is full: the pressure reaches a publisher on another shard a hop later.)
+fn paced_publisher<'s>(
+    s: &'s std::thread::Scope<'s, '_>,
+    mut publisher: RawClient,
+    topic: &'static str,
+    prefix: &'static str,
+    n: u16,
+) -> std::thread::ScopedJoinHandle<'s, RawClient> {
+    s.spawn(move || {
+        for burst in qos1_bursts(topic, prefix, n, 50) {
+            publisher.send(&burst);
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        publisher
+    })
+}
+
+fn expected(prefix: &str, n: u16) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix} {i}")).collect()
+}
+
+#[test]
+fn a_reading_subscriber_gets_every_qos1_message_of_a_deep_pipeline() {
+    with_shards(|shards| {
+        let broker = Broker::with_config(small_queues(shards));
+        let (sub_id, pub_id) = broker.ids_apart("fc-sub", "fc-pub");
+        let mut sub = broker.connect(&sub_id);
+        sub.subscribe(1, &[("fc/t", 1)]);
+        let publisher = broker.connect(&pub_id);
+        // 2,000 messages, far more in flight than a queue of 10 holds: without push-back all
+        // but a few dozen would be dropped.
+        const N: u16 = 2000;
+        let mut publisher = std::thread::scope(|s| {
+            let publisher = paced_publisher(s, publisher, "fc/t", "m", N);
+            let got = read_and_ack(&mut sub, N as usize, 0, 50);
+            assert_eq!(got, expected("m", N), "every message, in order");
+            publisher.join().unwrap()
+        });
+        // Every PUBLISH was acknowledged to the publisher, in order.
+        for i in 1..=N {
+            publisher.expect_bytes(&puback(i));
+        }
+        let metrics = broker.shutdown();
+        assert_eq!(total(&metrics, |m| m.dropped_queue_full_qos12), 0);
+        assert_pushed_back(shards, &metrics);
+    });
+}
+
+#[test]
+fn two_clients_feeding_each_other_do_not_wait_for_each_other() {
+    // Each publishes a burst to the other and reads only afterwards. Both queues overflow, so
+    // both publishers are held back; each must still have its PUBACKs for the messages it
+    // receives read, or neither queue would ever drain (until the stall timeout dropped).
+    with_shards(|shards| {
+        let broker = Broker::with_config(small_queues(shards));
+        let (a_id, b_id) = broker.ids_apart("fc-a", "fc-b");
+        let mut a = broker.connect(&a_id);
+        a.subscribe(1, &[("to/a", 1)]);
+        let mut b = broker.connect(&b_id);
+        b.subscribe(1, &[("to/b", 1)]);
+        const N: u16 = 1000;
+        let start = Instant::now();
+        // Each sends in bursts of 50 and reads (and acknowledges) what came meanwhile.
+        let run = |mut c: RawClient, to: &str, from: &str| {
+            let mut got = Vec::new();
+            let mut acks = 0;
+            for burst in qos1_bursts(to, from, N, 50) {
+                c.send(&burst);
+                while let Some(frame) = c.next_frame_within(Duration::from_millis(2)) {
+                    match parse(&frame) {
+                        Packet::Publish(p) => {
+                            c.ack(&p);
+                            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+                        }
+                        Packet::PubAck(_) => acks += 1,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+            got.extend(read_and_ack(
+                &mut c,
+                N as usize - got.len(),
+                N as usize - acks,
+                0,
+            ));
+            got
+        };
+        std::thread::scope(|s| {
+            let a = s.spawn(move || run(a, "to/b", "from a"));
+            let b = s.spawn(move || run(b, "to/a", "from b"));
+            assert_eq!(a.join().unwrap(), expected("from b", N));
+            assert_eq!(b.join().unwrap(), expected("from a", N));
+        });
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "took {:?}: the clients waited for each other",
+            start.elapsed()
+        );
+        let metrics = broker.shutdown();
+        assert_eq!(total(&metrics, |m| m.dropped_queue_full_qos12), 0);
+        assert_eq!(total(&metrics, |m| m.subscribers_stalled), 0);
+        assert_pushed_back(shards, &metrics);
+    });
+}
+
+/// Connects the three clients of the hold tests and sends a burst that overflows the slow
+/// subscriber's queue, then one more QoS 1 message once the pressure has surely reached the
+/// publisher's shard (a publisher on another shard hears of it a hop later): from that message
+/// on, the publisher is held back. Returns (slow subscriber, other subscriber, publisher).
+fn hold_a_publisher(broker: &Broker, will: bool) -> (RawClient, RawClient, RawClient) {
+    let (sub_id, pub_id) = broker.ids_apart("fc-slow", "fc-held");
+    // The subscriber whose queue overflows reads only later.
+    let mut slow = broker.connect(&sub_id);
+    slow.subscribe(1, &[("fc/slow", 1)]);
+    // Another one sees the publisher's QoS 0 messages and its will, if any.
+    let mut other = broker.connect(&broker.id_on("fc-other", 0));
+    other.subscribe(1, &[("fc/other/#", 0), ("fc/will", 0)]);
+    let mut connect = ConnectBuilder::new(&pub_id);
+    if will {
+        connect = connect.will("fc/will", b"gone", 0, false);
+    }
+    let mut publisher = broker.connect_with(&connect);
+    publisher.send(&qos1_burst("fc/slow", "m", 100));
+    std::thread::sleep(Duration::from_millis(300));
+    publisher.send(&publish("fc/slow", b"m 101", 1, false, false, 101));
+    // QoS 0 messages to the other subscriber: behind the held QoS 1 message, they wait too.
+    for i in 1..=3 {
+        publisher.send(&publish(
+            &format!("fc/other/{i}"),
+            b"after",
+            0,
+            false,
+            false,
+            0,
+        ));
+    }
+    (slow, other, publisher)
+}
+
+#[test]
+fn a_held_publishers_later_packets_keep_their_order_and_its_disconnect_waits_for_them() {
+    with_shards(|shards| {
+        let broker = Broker::with_config(small_queues(shards));
+        let (mut slow, mut other, mut publisher) = hold_a_publisher(&broker, true);
+        publisher.send(&[0xe0, 0x00]); // DISCONNECT, and the socket stays open
+        other.expect_nothing();
+        // The slow subscriber reads: everything arrives, then the held packets are handled.
+        let got = read_and_ack(&mut slow, 101, 0, 0);
+        assert_eq!(got, expected("m", 101));
+        for i in 1..=3 {
+            other.expect_bytes(&qos0_delivery(&format!("fc/other/{i}"), b"after", false));
+        }
+        for i in 1..=101 {
+            publisher.expect_bytes(&puback(i));
+        }
+        publisher.expect_closed();
+        // The DISCONNECT was handled after the messages: no will.
+        other.expect_nothing();
+        let metrics = broker.shutdown();
+        assert_eq!(total(&metrics, |m| m.dropped_queue_full_qos12), 0);
+        assert_eq!(total(&metrics, |m| m.dropped_queue_full_qos0), 0);
+    });
+}
+
+#[test]
+fn a_held_publisher_that_goes_away_has_what_it_sent_handled_first() {
+    with_shards(|shards| {
+        let broker = Broker::with_config(small_queues(shards));
+        let (mut slow, mut other, publisher) = hold_a_publisher(&broker, true);
+        other.expect_nothing();
+        // Gone without DISCONNECT: its QoS 0 messages go out now (it holds nobody back any
+        // more), then its will.
+        publisher.drop_connection();
+        for i in 1..=3 {
+            other.expect_bytes(&qos0_delivery(&format!("fc/other/{i}"), b"after", false));
+        }
+        other.expect_bytes(&qos0_delivery("fc/will", b"gone", false));
+        // Nothing it was acknowledged for is lost.
+        let got = read_and_ack(&mut slow, 101, 0, 0);
+        assert_eq!(got, expected("m", 101));
+        let metrics = broker.shutdown();
+        assert_eq!(total(&metrics, |m| m.dropped_queue_full_qos12), 0);
+    });
+}
+
+#[test]
+fn a_subscriber_that_stops_reading_holds_its_publisher_back_only_for_the_stall_timeout() {
+    with_shards(|shards| {
+        let stall = Duration::from_millis(500);
+        let broker = Broker::with_config(BrokerConfig {
+            stall_timeout: stall,
+            ..small_queues(shards)
+        });
+        let (sub_id, pub_id) = broker.ids_apart("fc-stuck", "fc-pub2");
+        let mut stuck = broker.connect(&sub_id);
+        stuck.subscribe(1, &[("fc/both", 1)]);
+        let mut healthy = broker.connect(&broker.id_on("fc-healthy", 0));
+        healthy.subscribe(1, &[("fc/both", 1)]);
+        let publisher = broker.connect(&pub_id);
+        const N: u16 = 1000;
+        let start = Instant::now();
+        let (got, took, mut publisher) = std::thread::scope(|s| {
+            let publisher = paced_publisher(s, publisher, "fc/both", "m", N);
+            // The healthy subscriber gets everything, the stuck one never reads.
+            let got = read_and_ack(&mut healthy, N as usize, 0, 0);
+            (got, start.elapsed(), publisher.join().unwrap())
+        });
+        assert_eq!(got, expected("m", N));
+        for i in 1..=N {
+            publisher.expect_bytes(&puback(i));
+        }
+        assert!(
+            took >= stall && took < stall * 4 + Duration::from_secs(1),
+            "held back {took:?} for a stall timeout of {stall:?}"
+        );
+        // What the stuck subscriber got: its inflight window and its queue, the rest dropped.
+        let metrics = broker.shutdown();
+        assert_eq!(total(&metrics, |m| m.subscribers_stalled), 1, "{metrics:?}");
+        let dropped = total(&metrics, |m| m.dropped_queue_full_qos12);
+        assert!(
+            (N as u64 / 2..=N as u64 - 15).contains(&dropped),
+            "dropped {dropped}: {metrics:?}"
+        );
+        drop(stuck);
+    });
+}
+
+#[test]
+fn a_stalled_subscriber_that_reads_again_is_live_again() {
+    with_shards(|shards| {
+        let stall = Duration::from_millis(300);
+        let broker = Broker::with_config(BrokerConfig {
+            stall_timeout: stall,
+            ..small_queues(shards)
+        });
+        let (sub_id, pub_id) = broker.ids_apart("fc-nap", "fc-pub3");
+        let mut sub = broker.connect(&sub_id);
+        sub.subscribe(1, &[("fc/nap", 1)]);
+        let publisher = broker.connect(&pub_id);
+        // First burst: the subscriber naps through the stall timeout, and loses the overflow.
+        let mut publisher = std::thread::scope(|s| {
+            paced_publisher(s, publisher, "fc/nap", "first", 300)
+                .join()
+                .unwrap()
+        });
+        for i in 1..=300 {
+            publisher.expect_bytes(&puback(i));
+        }
+        // It reads what it was sent and what was queued (window 5 + queue 10 + the messages
+        // taken beyond the limit before the stall).
+        let mut first = 0;
+        while let Some(frame) = sub.next_frame_within(Duration::from_millis(500)) {
+            let Packet::Publish(p) = parse(&frame) else {
+                panic!("{frame:02x?}")
+            };
+            sub.ack(&p);
+            first += 1;
+        }
+        assert!((15..200).contains(&first), "got {first} of the first burst");
+        // Reading made it live again: the second burst reaches it whole.
+        publisher.send(&qos1_burst("fc/nap", "second", 300));
+        let got = read_and_ack(&mut sub, 300, 0, 20);
+        assert_eq!(got, expected("second", 300));
+        let metrics = broker.shutdown();
+        assert_eq!(total(&metrics, |m| m.subscribers_stalled), 1, "{metrics:?}");
+        assert_eq!(
+            total(&metrics, |m| m.dropped_queue_full_qos12),
+            300 - first as u64
+        );
+    });
+}
+
+#[test]
+fn qos0_is_dropped_at_the_limit_and_never_holds_a_publisher_back() {
+    with_shards(|shards| {
+        let broker = Broker::with_config(small_queues(shards));
+        let (sub_id, pub_id) = broker.ids_apart("fc-q0", "fc-pub0");
+        let mut sub = broker.connect(&sub_id);
+        sub.subscribe(1, &[("fc/q0", 0)]);
+        let mut publisher = broker.connect(&pub_id);
+        // A subscriber granted QoS 0 gets QoS 1 messages at QoS 0: no push-back either.
+        let burst: Vec<u8> = (1..=2000u16)
+            .flat_map(|i| publish("fc/q0", &[0u8; 2048], 1, false, false, i))
+            .collect();
+        publisher.send(&burst);
+        for i in 1..=2000 {
+            publisher.expect_bytes(&puback(i));
+        }
+        drop(sub);
+        let metrics = broker.shutdown();
+        assert_eq!(total(&metrics, |m| m.publishers_paused), 0, "{metrics:?}");
+    });
+}
