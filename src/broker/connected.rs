@@ -18,7 +18,6 @@
 //! its publishing waits, or two such clients feeding each other would wait for each other.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -30,14 +29,13 @@ use glommio::timer::Timer;
 use tracing::debug;
 
 use super::connection::{log_close, CloseReason};
-use super::mesh::{Message, SubscriberId};
+use super::mesh::Message;
 use super::metrics::add;
-use super::session::{Ack, Kick, Session};
+use super::session::{Kick, Session};
 use super::shard::{ConnectionPermit, Shard};
 use super::wire::Wire;
 use crate::protocol::{
-    decode, encode_ack, ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PacketType,
-    ProtocolLevel, Publish, QoS,
+    decode, ConnAck, Connect, ConnectReturnCode, LastWill, Packet, ProtocolLevel,
 };
 
 /// Bytes of pending output above which the session stops filling the write buffer.
@@ -46,9 +44,11 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
 /// How long a closing connection may take to deliver the acknowledgements already encoded.
 const CLOSING_FLUSH: Duration = Duration::from_millis(100);
-/// Packets a held-back publisher may have waiting (about, in bytes) before its socket is no
-/// longer read: enough for thousands of small messages in flight, bounded per connection.
-const HELD_LIMIT: usize = 512 * 1024;
+
+mod held;
+mod packets;
+
+use held::Held;
 
 /// Where a connection is in its life.
 enum Phase {
@@ -81,37 +81,6 @@ pub struct ConnectedClient {
     phase: Phase,
     /// Set while the client's publishing is held back; boxed, as it is rare.
     held: Option<Box<Held>>,
-}
-
-/// A publisher held back by a subscriber under pressure, and what it sent meanwhile.
-#[derive(Default)]
-struct Held {
-    /// The subscriber it waits for; None once relieved, while the packets are being handled.
-    waiting_for: Option<SubscriberId>,
-    /// Packets to handle once relieved, in the order they came.
-    packets: VecDeque<Packet>,
-    /// About how many bytes `packets` hold (see [`HELD_LIMIT`]).
-    bytes: usize,
-    /// The client is gone: the packets are handled now, holding nothing back.
-    closing: bool,
-}
-
-/// About the memory a held packet keeps: its topic and payload, or a small constant.
-fn held_size(packet: &Packet) -> usize {
-    match packet {
-        Packet::Publish(p) => p.topic.len() + p.payload.len() + 16,
-        _ => 64,
-    }
-}
-
-/// Packets handled at once even while the client's publishing is held back: they concern
-/// what the broker sends to the client (and pings), not what it publishes, so their order
-/// relative to its PUBLISH packets does not matter.
-fn bypasses_hold(packet: &Packet) -> bool {
-    matches!(
-        packet,
-        Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) | Packet::PingReq
-    )
 }
 
 /// The keepalive of a client that asked for one (MQTT-3.1.2-24). The deadline itself waits in
@@ -290,14 +259,12 @@ impl ConnectedClient {
             }
             session.set_waker(cx.waker());
         }
-        if let Some(id) = self.held.as_ref().and_then(|h| h.waiting_for) {
+        if let Some(id) = self.held.as_ref().and_then(|h| h.waiting_for()) {
             if self.shard.pressure.poll_relieved(&id, cx).is_ready() {
                 return Poll::Ready(Event::Input);
             }
         }
-        if self.wire.wbuf.len() < READ_PAUSE
-            && self.held.as_ref().is_none_or(|h| h.bytes < HELD_LIMIT)
-        {
+        if self.wire.wbuf.len() < READ_PAUSE && self.held.as_ref().is_none_or(|h| h.reads_more()) {
             let mut arena = self.shard.read_arena.borrow_mut();
             match self
                 .wire
@@ -416,190 +383,18 @@ impl ConnectedClient {
             match decode(&mut self.wire.rbuf, max) {
                 Ok(Some(packet)) => {
                     add(&self.shard.metrics.packets_in, 1);
-                    if let Some(held) = &mut self.held {
-                        if !bypasses_hold(&packet) {
-                            held.bytes += held_size(&packet);
-                            held.packets.push_back(packet);
-                            continue;
-                        }
+                    let packet = match &mut self.held {
+                        Some(held) => held.hold(packet),
+                        None => Some(packet),
+                    };
+                    if let Some(packet) = packet {
+                        self.handle(packet)?
                     }
-                    self.handle(packet)?
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(CloseReason::Malformed(e)),
             }
         }
-    }
-
-    /// Handles the held packets once the subscriber they wait for is relieved, until one
-    /// reaches a subscriber under pressure again.
-    fn handle_held(&mut self) -> Result<(), CloseReason> {
-        loop {
-            let Some(held) = &mut self.held else {
-                return Ok(());
-            };
-            if let Some(id) = held.waiting_for {
-                if self.shard.pressure.contains(&id) {
-                    return Ok(());
-                }
-                held.waiting_for = None;
-            }
-            match held.packets.pop_front() {
-                Some(packet) => {
-                    held.bytes -= held_size(&packet);
-                    self.handle(packet)?;
-                }
-                None => {
-                    self.held = None;
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    /// The client went away while its publishing was held back: what it sent before is
-    /// handled now, as it would have been without the hold (it holds nobody back any more,
-    /// and a DISCONNECT among it means no will). Returns why the connection ends.
-    fn handle_held_at_close(&mut self, reason: CloseReason) -> CloseReason {
-        let Some(held) = &mut self.held else {
-            return reason;
-        };
-        if !matches!(reason, CloseReason::Eof | CloseReason::Io(_)) {
-            return reason;
-        }
-        held.closing = true;
-        held.waiting_for = None;
-        match self.handle_held() {
-            Ok(()) => reason,
-            Err(ended) => ended,
-        }
-    }
-
-    /// Holds the client's publishing back until `subscriber` is relieved.
-    fn wait_for(&mut self, subscriber: SubscriberId) {
-        let held = self.held.get_or_insert_with(Box::default);
-        if !held.closing {
-            add(&self.shard.metrics.publishers_paused, 1);
-            held.waiting_for = Some(subscriber);
-        }
-    }
-
-    /// Closes the connection for an acknowledgement of the wrong kind; ignores one for an id
-    /// not in flight (a late duplicate).
-    fn acknowledged(&self, ack: Ack, what: &str, packet_id: u16) -> Result<(), CloseReason> {
-        match ack {
-            Ack::Done => Ok(()),
-            Ack::NotInFlight => {
-                debug!(client = %self.session.borrow().client_id, packet_id, "{what} for a packet id not in flight: ignored");
-                Ok(())
-            }
-            Ack::WrongKind => Err(CloseReason::Violation(match what {
-                "PUBACK" => "PUBACK for a packet id in flight that is not a QoS 1 delivery waiting for it (MQTT-4.3.2, MQTT-4.3.3)",
-                "PUBREC" => "PUBREC for a packet id in flight that is not a QoS 2 delivery waiting for it (MQTT-4.3.2, MQTT-4.3.3)",
-                _ => "PUBCOMP for a packet id in flight whose PUBREL was not sent (MQTT-4.3.2, MQTT-4.3.3)",
-            })),
-        }
-    }
-
-    fn handle(&mut self, packet: Packet) -> Result<(), CloseReason> {
-        let answers = matches!(
-            packet,
-            Packet::PubRec(_)
-                | Packet::PubRel(_)
-                | Packet::PingReq
-                | Packet::Publish(Publish {
-                    qos: QoS::AtLeastOnce | QoS::ExactlyOnce,
-                    ..
-                })
-        );
-        if answers {
-            add(&self.shard.metrics.packets_out, 1);
-        }
-        let out = self.wire.wbuf.encoded();
-        match packet {
-            Packet::Publish(publish) => self.publish(publish)?,
-            Packet::PubAck(id) => {
-                let ack = self.session.borrow_mut().on_puback(id);
-                self.acknowledged(ack, "PUBACK", id)?;
-            }
-            Packet::PubRec(id) => {
-                let ack = self.session.borrow_mut().on_pubrec(id);
-                self.acknowledged(ack, "PUBREC", id)?;
-                encode_ack(self.wire.wbuf.encoded(), PacketType::PubRel, id);
-            }
-            Packet::PubRel(id) => {
-                self.session.borrow_mut().on_pubrel(id);
-                encode_ack(out, PacketType::PubComp, id);
-            }
-            Packet::PubComp(id) => {
-                let ack = self.session.borrow_mut().on_pubcomp(id);
-                self.acknowledged(ack, "PUBCOMP", id)?;
-            }
-            Packet::Subscribe(request) => {
-                let username = self.session.borrow().username.clone();
-                self.shard
-                    .subscribe(&self.session, request, username.as_deref())
-            }
-            Packet::Unsubscribe(request) => self.shard.unsubscribe(&self.session, request),
-            Packet::PingReq => {
-                let _ = Packet::PingResp.encode(out);
-            }
-            Packet::Disconnect => return Err(CloseReason::Disconnect),
-            Packet::Connect(_) => {
-                return Err(CloseReason::Violation("second CONNECT (MQTT-3.1.0-2)"))
-            }
-            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                return Err(CloseReason::Violation(
-                    "client sent a packet only a server may send",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn publish(&mut self, publish: Publish) -> Result<(), CloseReason> {
-        if super::connection::too_many_levels(&publish.topic, self.shard.config.max_topic_levels) {
-            return Err(CloseReason::Violation(
-                "topic name has more levels than --max-topic-levels",
-            ));
-        }
-        let Publish {
-            qos,
-            retain,
-            topic,
-            packet_id,
-            payload,
-            ..
-        } = publish;
-        let auth = &self.shard.config.authenticator;
-        let allowed = !auth.checks_topics() || {
-            let session = self.session.borrow();
-            auth.can_publish(session.username.as_deref(), &session.client_id, &topic)
-        };
-        if !allowed {
-            // Acknowledged as the protocol requires, but not forwarded.
-            debug!(client = %self.session.borrow().client_id, topic = %topic, "publish denied by the ACL");
-            let c = &self.shard.metrics.publishes_denied;
-            c.set(c.get() + 1);
-        }
-        let forward = allowed
-            && match qos {
-                QoS::AtMostOnce | QoS::AtLeastOnce => true,
-                // MQTT-4.3.3: a repeated PUBLISH before PUBREL is acknowledged, not forwarded again.
-                QoS::ExactlyOnce => self.session.borrow_mut().on_incoming_qos2(packet_id),
-            };
-        if forward {
-            let message = Arc::new(Message::new(topic, payload, qos, retain));
-            if let Some(subscriber) = self.shard.route(message) {
-                self.wait_for(subscriber);
-            }
-        }
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => encode_ack(self.wire.wbuf.encoded(), PacketType::PubAck, packet_id),
-            QoS::ExactlyOnce => encode_ack(self.wire.wbuf.encoded(), PacketType::PubRec, packet_id),
-        }
-        Ok(())
     }
 
     /// Ends the connection: the will (unless the client said DISCONNECT), the session (if

@@ -1,0 +1,136 @@
+//! What each packet from a connected client does: publishes are authorised, routed and
+//! acknowledged, acknowledgements are checked against what is in flight (one of the wrong kind
+//! closes the connection), subscriptions go to the shard.
+
+use std::sync::Arc;
+
+use tracing::debug;
+
+use super::{CloseReason, ConnectedClient};
+use crate::broker::mesh::Message;
+use crate::broker::metrics::add;
+use crate::broker::session::Ack;
+use crate::protocol::{encode_ack, Packet, PacketType, Publish, QoS};
+
+impl ConnectedClient {
+    /// Closes the connection for an acknowledgement of the wrong kind; ignores one for an id
+    /// not in flight (a late duplicate).
+    fn acknowledged(&self, ack: Ack, what: &str, packet_id: u16) -> Result<(), CloseReason> {
+        match ack {
+            Ack::Done => Ok(()),
+            Ack::NotInFlight => {
+                debug!(client = %self.session.borrow().client_id, packet_id, "{what} for a packet id not in flight: ignored");
+                Ok(())
+            }
+            Ack::WrongKind => Err(CloseReason::Violation(match what {
+                "PUBACK" => "PUBACK for a packet id in flight that is not a QoS 1 delivery waiting for it (MQTT-4.3.2, MQTT-4.3.3)",
+                "PUBREC" => "PUBREC for a packet id in flight that is not a QoS 2 delivery waiting for it (MQTT-4.3.2, MQTT-4.3.3)",
+                _ => "PUBCOMP for a packet id in flight whose PUBREL was not sent (MQTT-4.3.2, MQTT-4.3.3)",
+            })),
+        }
+    }
+
+    pub(super) fn handle(&mut self, packet: Packet) -> Result<(), CloseReason> {
+        let answers = matches!(
+            packet,
+            Packet::PubRec(_)
+                | Packet::PubRel(_)
+                | Packet::PingReq
+                | Packet::Publish(Publish {
+                    qos: QoS::AtLeastOnce | QoS::ExactlyOnce,
+                    ..
+                })
+        );
+        if answers {
+            add(&self.shard.metrics.packets_out, 1);
+        }
+        let out = self.wire.wbuf.encoded();
+        match packet {
+            Packet::Publish(publish) => self.publish(publish)?,
+            Packet::PubAck(id) => {
+                let ack = self.session.borrow_mut().on_puback(id);
+                self.acknowledged(ack, "PUBACK", id)?;
+            }
+            Packet::PubRec(id) => {
+                let ack = self.session.borrow_mut().on_pubrec(id);
+                self.acknowledged(ack, "PUBREC", id)?;
+                encode_ack(self.wire.wbuf.encoded(), PacketType::PubRel, id);
+            }
+            Packet::PubRel(id) => {
+                self.session.borrow_mut().on_pubrel(id);
+                encode_ack(out, PacketType::PubComp, id);
+            }
+            Packet::PubComp(id) => {
+                let ack = self.session.borrow_mut().on_pubcomp(id);
+                self.acknowledged(ack, "PUBCOMP", id)?;
+            }
+            Packet::Subscribe(request) => {
+                let username = self.session.borrow().username.clone();
+                self.shard
+                    .subscribe(&self.session, request, username.as_deref())
+            }
+            Packet::Unsubscribe(request) => self.shard.unsubscribe(&self.session, request),
+            Packet::PingReq => {
+                let _ = Packet::PingResp.encode(out);
+            }
+            Packet::Disconnect => return Err(CloseReason::Disconnect),
+            Packet::Connect(_) => {
+                return Err(CloseReason::Violation("second CONNECT (MQTT-3.1.0-2)"))
+            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                return Err(CloseReason::Violation(
+                    "client sent a packet only a server may send",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, publish: Publish) -> Result<(), CloseReason> {
+        if crate::broker::connection::too_many_levels(
+            &publish.topic,
+            self.shard.config.max_topic_levels,
+        ) {
+            return Err(CloseReason::Violation(
+                "topic name has more levels than --max-topic-levels",
+            ));
+        }
+        let Publish {
+            qos,
+            retain,
+            topic,
+            packet_id,
+            payload,
+            ..
+        } = publish;
+        let auth = &self.shard.config.authenticator;
+        let allowed = !auth.checks_topics() || {
+            let session = self.session.borrow();
+            auth.can_publish(session.username.as_deref(), &session.client_id, &topic)
+        };
+        if !allowed {
+            // Acknowledged as the protocol requires, but not forwarded.
+            debug!(client = %self.session.borrow().client_id, topic = %topic, "publish denied by the ACL");
+            let c = &self.shard.metrics.publishes_denied;
+            c.set(c.get() + 1);
+        }
+        let forward = allowed
+            && match qos {
+                QoS::AtMostOnce | QoS::AtLeastOnce => true,
+                // MQTT-4.3.3: a repeated PUBLISH before PUBREL is acknowledged, not forwarded again.
+                QoS::ExactlyOnce => self.session.borrow_mut().on_incoming_qos2(packet_id),
+            };
+        if forward {
+            let message = Arc::new(Message::new(topic, payload, qos, retain));
+            if let Some(subscriber) = self.shard.route(message) {
+                self.wait_for(subscriber);
+            }
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => encode_ack(self.wire.wbuf.encoded(), PacketType::PubAck, packet_id),
+            QoS::ExactlyOnce => encode_ack(self.wire.wbuf.encoded(), PacketType::PubRec, packet_id),
+        }
+        Ok(())
+    }
+}
