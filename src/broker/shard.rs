@@ -423,13 +423,16 @@ impl Shard {
         }
     }
 
-    /// Ends the pressure on `session` when its queue drained enough (or it went away).
+    /// Ends the pressure on `session` when its queue drained enough (or it went away). The
+    /// other shards hear of it at once: nothing else may flush this shard's router for a while,
+    /// and their publishers wait until they do.
     pub fn relieve(&self, session: &RefCell<Session>) {
         let mut s = session.borrow_mut();
         if s.under_pressure() && s.relieve_pressure() {
             let id = s.id;
             drop(s);
             self.release_pressure(id);
+            self.flush();
         }
     }
 
