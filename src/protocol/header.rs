@@ -28,7 +28,7 @@ impl FixedHeader {
 }
 
 /// Checks the first byte of a packet: type known, reserved flag bits as the spec fixes them.
-/// Only PUBLISH has free flags, and even there QoS 3 is malformed.
+/// Only PUBLISH has free flags, and even there QoS 3 and DUP at QoS 0 are malformed.
 #[inline]
 pub(crate) fn check_first_byte(byte: u8) -> Result<(PacketType, u8), DecodeError> {
     let flags = byte & 0x0f;
@@ -38,6 +38,11 @@ pub(crate) fn check_first_byte(byte: u8) -> Result<(PacketType, u8), DecodeError
         3 => {
             if flags & 0b0110 == 0b0110 {
                 return Err(DecodeError::InvalidQoS);
+            }
+            // DUP says "this may be a resend of an unacknowledged PUBLISH", which a QoS 0
+            // PUBLISH can never be.
+            if flags & 0b1110 == 0b1000 {
+                return Err(DecodeError::DupAtQoS0);
             }
             return Ok((PacketType::Publish, flags));
         }
@@ -209,27 +214,50 @@ pub(crate) fn put_field(dst: &mut BytesMut, data: &[u8]) {
     dst.put_slice(data);
 }
 
-/// Checks the MQTT string rules beyond what `ByteStr` guarantees: no U+0000 (MQTT-1.5.3-2),
-/// and for topic names no wildcard characters (MQTT-3.3.2-2). Scanning bytes is enough because
-/// in UTF-8 an ASCII byte never occurs inside a multi-byte sequence.
+/// Checks the MQTT string rules beyond what `ByteStr` guarantees: no U+0000 and no control
+/// character U+0001..U+001F, U+007F..U+009F (MQTT-1.5.3-2), and for topic names no wildcard
+/// characters (MQTT-3.3.2-2). `bytes` is well-formed UTF-8 already, so scanning bytes is enough:
+/// an ASCII byte never occurs inside a multi-byte sequence, and U+0080..U+009F are exactly the
+/// two-byte sequences 0xC2 0x80..0x9F.
 #[inline]
 fn check_special_chars(bytes: &[u8], topic_name: bool) -> Result<(), DecodeError> {
     // The scan is branch-free with a byte accumulator so that it vectorizes: an early-exit
-    // byte loop was most of the cost of decoding a PUBLISH. Only a string that breaks a rule
-    // takes the second loop, which names the first offending byte.
+    // byte loop was most of the cost of decoding a PUBLISH. It flags every 0xC2 lead byte
+    // (U+0080..U+00BF) rather than looking at the byte after it; only a string with a flagged
+    // byte takes the second loop, which decides and names the first offending character.
     let found = if topic_name {
         bytes.iter().fold(0u8, |acc, &b| {
-            acc | u8::from(b == 0) | u8::from(b == b'+') | u8::from(b == b'#')
+            acc | u8::from(b < 0x20)
+                | u8::from(b == 0x7f)
+                | u8::from(b == 0xc2)
+                | u8::from(b == b'+')
+                | u8::from(b == b'#')
         })
     } else {
-        bytes.iter().fold(0u8, |acc, &b| acc | u8::from(b == 0))
+        bytes.iter().fold(0u8, |acc, &b| {
+            acc | u8::from(b < 0x20) | u8::from(b == 0x7f) | u8::from(b == 0xc2)
+        })
     } != 0;
     if !found {
         return Ok(());
     }
-    for &b in bytes {
+    first_special_char(bytes, topic_name)
+}
+
+/// The slow half of [`check_special_chars`]: the error for the first offending character.
+#[cold]
+#[inline(never)]
+fn first_special_char(bytes: &[u8], topic_name: bool) -> Result<(), DecodeError> {
+    for (i, &b) in bytes.iter().enumerate() {
         match b {
             0 => return Err(DecodeError::NullCharacter),
+            0x01..=0x1f | 0x7f => return Err(DecodeError::ControlCharacter(u32::from(b))),
+            0xc2 => {
+                // Valid UTF-8, so a continuation byte follows: U+0080 + its low 6 bits.
+                if let Some(&next @ 0x80..=0x9f) = bytes.get(i + 1) {
+                    return Err(DecodeError::ControlCharacter(u32::from(next)));
+                }
+            }
             b'+' | b'#' if topic_name => return Err(DecodeError::WildcardInTopicName),
             _ => {}
         }
@@ -238,7 +266,7 @@ fn check_special_chars(bytes: &[u8], topic_name: bool) -> Result<(), DecodeError
 }
 
 /// Validates an MQTT string: well-formed UTF-8 (`from_utf8` rejects encoded surrogates and
-/// overlong forms, MQTT-1.5.3-1) without U+0000.
+/// overlong forms, MQTT-1.5.3-1) without U+0000 or control characters (MQTT-1.5.3-2).
 #[inline]
 pub(crate) fn check_string(bytes: &[u8]) -> Result<(), DecodeError> {
     std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
@@ -409,8 +437,12 @@ mod tests {
         );
         // PUBLISH with QoS bits 0b11
         assert_eq!(decode_err(&[0x36]), DecodeError::InvalidQoS);
+        // PUBLISH with DUP at QoS 0, with and without RETAIN (MQTT-3.3.1-2)
+        assert_eq!(decode_err(&[0x38]), DecodeError::DupAtQoS0);
+        assert_eq!(decode_err(&[0x39]), DecodeError::DupAtQoS0);
+        assert_eq!(frame_len(&[0x38], 100), Err(DecodeError::DupAtQoS0));
         // PUBLISH with every other flag combination is accepted at the header level
-        for flags in [0x0, 0x1, 0x2, 0x3, 0x4, 0x5, 0x8, 0x9, 0xa, 0xb, 0xc, 0xd] {
+        for flags in [0x0, 0x1, 0x2, 0x3, 0x4, 0x5, 0xa, 0xb, 0xc, 0xd] {
             assert_eq!(frame_len(&[0x30 | flags, 0x05], 100), Ok(Some(7)));
         }
     }
@@ -485,6 +517,60 @@ mod tests {
         assert_eq!(check_topic_name("é/€".as_bytes()), Ok(()));
         assert_eq!(
             check_topic_name(b"a/#"),
+            Err(DecodeError::WildcardInTopicName)
+        );
+    }
+
+    #[test]
+    fn control_characters_close_in_strings_and_topic_names() {
+        use DecodeError::ControlCharacter;
+        // MQTT-1.5.3-2: U+0001..U+001F and U+007F are single bytes; U+0080..U+009F are
+        // 0xC2 0x80..0xC2 0x9F. Each is refused wherever it sits, in both kinds of field.
+        #[rustfmt::skip]
+        let bad: [(&[u8], u32); 10] = [
+            (b"\x01", 0x01),
+            (b"a\tb", 0x09),                // TAB
+            (b"a/b\n", 0x0a),               // LF at the end
+            (b"\x1b[31m", 0x1b),            // an ANSI escape
+            (b"\x1f", 0x1f),
+            (b"a\x7f", 0x7f),               // DEL
+            (&[b'a', 0xc2, 0x80], 0x80),     // U+0080
+            (&[0xc2, 0x85, b'z'], 0x85),     // U+0085 NEXT LINE
+            (&[0xc3, 0xa9, 0xc2, 0x9b], 0x9b), // "é" then U+009B
+            (&[0xc2, 0x9f], 0x9f),           // U+009F, the last one
+        ];
+        for (bytes, cp) in bad {
+            assert_eq!(
+                check_string(bytes),
+                Err(ControlCharacter(cp)),
+                "{bytes:02x?}"
+            );
+            assert_eq!(
+                check_topic_name(bytes),
+                Err(ControlCharacter(cp)),
+                "{bytes:02x?}"
+            );
+        }
+        // The neighbours pass: space, '~', U+00A0, U+00BF (0xC2 lead bytes that are not
+        // controls), and multi-byte characters whose continuation bytes lie in 0x80..0x9F.
+        #[rustfmt::skip]
+        let good: [&[u8]; 6] = [
+            b" ~",
+            &[0xc2, 0xa0],                   // U+00A0 NO-BREAK SPACE
+            &[0xc2, 0xbf, b'/', 0xc2, 0xb0], // U+00BF, '/', U+00B0 DEGREE SIGN
+            &[0xe2, 0x82, 0xac],             // U+20AC EURO SIGN: 0x82 is a continuation
+            &[0xc4, 0x80],                   // U+0100: continuation 0x80 after another lead
+            &[0xf0, 0x9f, 0x98, 0x80],       // U+1F600
+        ];
+        for bytes in good {
+            assert_eq!(check_string(bytes), Ok(()), "{bytes:02x?}");
+            assert_eq!(check_topic_name(bytes), Ok(()), "{bytes:02x?}");
+        }
+        // The first offending character is the one named.
+        assert_eq!(check_string(b"\x02\0"), Err(ControlCharacter(2)));
+        assert_eq!(check_string(b"\0\x02"), Err(DecodeError::NullCharacter));
+        assert_eq!(
+            check_topic_name(b"+\x02"),
             Err(DecodeError::WildcardInTopicName)
         );
     }

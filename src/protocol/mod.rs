@@ -144,8 +144,8 @@ pub struct Publish {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
     pub packet_id: PacketId,
-    /// At least one (MQTT-3.8.3-3). Filters are well-formed UTF-8 but their wildcard syntax is
-    /// not checked here: the broker answers an invalid filter with 0x80 for that filter alone.
+    /// At least one (MQTT-3.8.3-3). Each filter is a valid, non-empty topic filter
+    /// (MQTT-4.7.3-1, MQTT-4.7.1-2/-3): the decoder refuses the packet otherwise.
     pub filters: Vec<(ByteStr, QoS)>,
 }
 
@@ -166,7 +166,7 @@ pub struct SubAck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsubscribe {
     pub packet_id: PacketId,
-    /// At least one (MQTT-3.10.3-2).
+    /// At least one (MQTT-3.10.3-2), each a valid, non-empty topic filter as in SUBSCRIBE.
     pub filters: Vec<ByteStr>,
 }
 
