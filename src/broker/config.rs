@@ -25,7 +25,9 @@ pub struct BrokerConfig {
     pub max_queued_messages: usize,
     /// Payload bytes waiting in one session's outbound queue; beyond it new messages are dropped.
     pub max_queued_bytes: usize,
-    /// Topic levels allowed in a topic name or filter; 0 means no limit.
+    /// Topic levels allowed in a topic name or filter; 0 (the default) means no limit, so the
+    /// depth is bounded only by the 65,535-byte string (65,536 levels): every walk over levels
+    /// is a loop, so depth costs memory in proportion to the packet, never stack.
     pub max_topic_levels: usize,
     /// Open client sockets the broker accepts; beyond it new ones are refused.
     pub max_connections: usize,
@@ -55,7 +57,7 @@ impl Default for BrokerConfig {
             max_packet_size: 1 << 20,
             max_queued_messages: 1000,
             max_queued_bytes: 64 << 20,
-            max_topic_levels: 128,
+            max_topic_levels: 0,
             max_connections: 100_000,
             queue_qos0: false,
             session_expiry: None,

@@ -42,7 +42,7 @@ pub struct ServeArgs {
     /// Payload bytes queued per session before new messages are dropped [default: 64 MiB].
     #[arg(long, value_name = "BYTES")]
     max_queued_bytes: Option<usize>,
-    /// Topic levels allowed in a topic name or filter, 0 for no limit [default: 128].
+    /// Topic levels allowed in a topic name or filter, 0 for no limit [default: 0].
     #[arg(long)]
     max_topic_levels: Option<usize>,
     /// Open client connections accepted; more are refused with CONNACK 3 [default: 100000].

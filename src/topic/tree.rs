@@ -363,4 +363,30 @@ mod tests {
             .join()
             .unwrap();
     }
+
+    #[test]
+    fn the_deepest_topic_of_empty_levels_does_not_overflow_the_stack() {
+        std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(|| {
+                // 65,535 '/': 65,536 empty levels, the deepest valid topic name.
+                let deepest = "/".repeat(65_535);
+                let mut t = TopicTree::new();
+                t.insert(&deepest, "deepest");
+                t.insert("/", "shallow");
+                assert_eq!(t.node_count(), 65_537);
+                assert_eq!(t.get(&deepest), Some(&"deepest"));
+                assert_eq!(matching(&t, &deepest), vec!["deepest"]);
+                assert_eq!(matching(&t, "#"), vec!["deepest", "shallow"]);
+                assert_eq!(matching(&t, &("/".repeat(65_534) + "#")), vec!["deepest"]);
+                assert_eq!(matching(&t, "/+"), vec!["shallow"]);
+                assert_eq!(t.remove(&deepest), Some("deepest"));
+                assert_eq!(t.node_count(), 3);
+                t.insert(&deepest, "deepest");
+                drop(t);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 }

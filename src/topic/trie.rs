@@ -10,9 +10,11 @@
 //! and reported whenever the walk reaches the parent. Empty nodes are pruned on removal, so the
 //! trie's size follows the live subscriptions, not the history of them.
 //!
-//! Filters come from clients, and a valid one can have 32768 levels. Insert, remove, match and
-//! drop are therefore loops, never recursion over the depth, so a deep filter cannot overflow
-//! an executor thread's stack. (The broker's `--max-topic-levels` bounds the depth anyway.)
+//! Filters come from clients, and a valid one can have 65,536 levels (65,535 `/`, all levels
+//! empty). The broker sets no depth limit by default (`--max-topic-levels` is 0), so insert,
+//! remove, match and drop are loops, never recursion over the depth: a deep filter cannot
+//! overflow an executor thread's stack, and the extra memory a walk needs (the pending `+`
+//! branches) is at most one entry per level of the topic, so it is bounded by the packet.
 
 use super::split_multi_level;
 use super::subscribers::Subscribers;
