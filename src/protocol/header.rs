@@ -1,10 +1,11 @@
 //! The fixed header (packet type and flags byte, variable-length Remaining Length) and the
 //! primitive field codecs shared by every packet family: big-endian `u16`, length-prefixed
-//! binary data and MQTT strings. Everything here checks bounds itself and turns a field that
+//! binary data and MQTT strings (whose contents `strings` checks). Everything here checks bounds itself and turns a field that
 //! runs past the body into `MalformedPacket`, so hostile input cannot make a packet module panic.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::strings::{check_string, check_topic_name};
 use super::{ByteStr, DecodeError, EncodeError, PacketType};
 
 /// The largest value a length-prefixed field can have (1.5.2, 1.5.3).
@@ -212,76 +213,6 @@ pub(crate) fn put_fixed_header(dst: &mut BytesMut, first_byte: u8, remaining_len
 pub(crate) fn put_field(dst: &mut BytesMut, data: &[u8]) {
     dst.put_u16(data.len() as u16);
     dst.put_slice(data);
-}
-
-/// Checks the MQTT string rules beyond what `ByteStr` guarantees: no U+0000 and no control
-/// character U+0001..U+001F, U+007F..U+009F (MQTT-1.5.3-2), and for topic names no wildcard
-/// characters (MQTT-3.3.2-2). `bytes` is well-formed UTF-8 already, so scanning bytes is enough:
-/// an ASCII byte never occurs inside a multi-byte sequence, and U+0080..U+009F are exactly the
-/// two-byte sequences 0xC2 0x80..0x9F.
-#[inline]
-fn check_special_chars(bytes: &[u8], topic_name: bool) -> Result<(), DecodeError> {
-    // The scan is branch-free with a byte accumulator so that it vectorizes: an early-exit
-    // byte loop was most of the cost of decoding a PUBLISH. It flags every 0xC2 lead byte
-    // (U+0080..U+00BF) rather than looking at the byte after it; only a string with a flagged
-    // byte takes the second loop, which decides and names the first offending character.
-    let found = if topic_name {
-        bytes.iter().fold(0u8, |acc, &b| {
-            acc | u8::from(b < 0x20)
-                | u8::from(b == 0x7f)
-                | u8::from(b == 0xc2)
-                | u8::from(b == b'+')
-                | u8::from(b == b'#')
-        })
-    } else {
-        bytes.iter().fold(0u8, |acc, &b| {
-            acc | u8::from(b < 0x20) | u8::from(b == 0x7f) | u8::from(b == 0xc2)
-        })
-    } != 0;
-    if !found {
-        return Ok(());
-    }
-    first_special_char(bytes, topic_name)
-}
-
-/// The slow half of [`check_special_chars`]: the error for the first offending character.
-#[cold]
-#[inline(never)]
-fn first_special_char(bytes: &[u8], topic_name: bool) -> Result<(), DecodeError> {
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            0 => return Err(DecodeError::NullCharacter),
-            0x01..=0x1f | 0x7f => return Err(DecodeError::ControlCharacter(u32::from(b))),
-            0xc2 => {
-                // Valid UTF-8, so a continuation byte follows: U+0080 + its low 6 bits.
-                if let Some(&next @ 0x80..=0x9f) = bytes.get(i + 1) {
-                    return Err(DecodeError::ControlCharacter(u32::from(next)));
-                }
-            }
-            b'+' | b'#' if topic_name => return Err(DecodeError::WildcardInTopicName),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Validates an MQTT string: well-formed UTF-8 (`from_utf8` rejects encoded surrogates and
-/// overlong forms, MQTT-1.5.3-1) without U+0000 or control characters (MQTT-1.5.3-2).
-#[inline]
-pub(crate) fn check_string(bytes: &[u8]) -> Result<(), DecodeError> {
-    std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-    check_special_chars(bytes, false)
-}
-
-/// Validates a topic name as it appears in PUBLISH or as a will topic: a valid string,
-/// non-empty (MQTT-4.7.3-1) and free of `+` and `#`.
-#[inline]
-pub(crate) fn check_topic_name(bytes: &[u8]) -> Result<(), DecodeError> {
-    if bytes.is_empty() {
-        return Err(DecodeError::EmptyTopic);
-    }
-    std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-    check_special_chars(bytes, true)
 }
 
 #[cold]
@@ -499,79 +430,6 @@ mod tests {
         assert_eq!(
             decode(&mut buf, 10),
             Err(DecodeError::PacketTooLarge { size: 11, max: 10 })
-        );
-    }
-
-    #[test]
-    fn string_checks() {
-        assert_eq!(check_string(b""), Ok(()));
-        assert_eq!(check_string("a/+/#/é€😀".as_bytes()), Ok(()));
-        assert_eq!(check_string(b"a\0"), Err(DecodeError::NullCharacter));
-        // U+DFFF encoded as UTF-8 (a surrogate), and an overlong '/'
-        assert_eq!(
-            check_string(&[0xed, 0xbf, 0xbf]),
-            Err(DecodeError::InvalidUtf8)
-        );
-        assert_eq!(check_string(&[0xc0, 0xaf]), Err(DecodeError::InvalidUtf8));
-        assert_eq!(check_topic_name(b""), Err(DecodeError::EmptyTopic));
-        assert_eq!(check_topic_name("é/€".as_bytes()), Ok(()));
-        assert_eq!(
-            check_topic_name(b"a/#"),
-            Err(DecodeError::WildcardInTopicName)
-        );
-    }
-
-    #[test]
-    fn control_characters_close_in_strings_and_topic_names() {
-        use DecodeError::ControlCharacter;
-        // MQTT-1.5.3-2: U+0001..U+001F and U+007F are single bytes; U+0080..U+009F are
-        // 0xC2 0x80..0xC2 0x9F. Each is refused wherever it sits, in both kinds of field.
-        #[rustfmt::skip]
-        let bad: [(&[u8], u32); 10] = [
-            (b"\x01", 0x01),
-            (b"a\tb", 0x09),                // TAB
-            (b"a/b\n", 0x0a),               // LF at the end
-            (b"\x1b[31m", 0x1b),            // an ANSI escape
-            (b"\x1f", 0x1f),
-            (b"a\x7f", 0x7f),               // DEL
-            (&[b'a', 0xc2, 0x80], 0x80),     // U+0080
-            (&[0xc2, 0x85, b'z'], 0x85),     // U+0085 NEXT LINE
-            (&[0xc3, 0xa9, 0xc2, 0x9b], 0x9b), // "é" then U+009B
-            (&[0xc2, 0x9f], 0x9f),           // U+009F, the last one
-        ];
-        for (bytes, cp) in bad {
-            assert_eq!(
-                check_string(bytes),
-                Err(ControlCharacter(cp)),
-                "{bytes:02x?}"
-            );
-            assert_eq!(
-                check_topic_name(bytes),
-                Err(ControlCharacter(cp)),
-                "{bytes:02x?}"
-            );
-        }
-        // The neighbours pass: space, '~', U+00A0, U+00BF (0xC2 lead bytes that are not
-        // controls), and multi-byte characters whose continuation bytes lie in 0x80..0x9F.
-        #[rustfmt::skip]
-        let good: [&[u8]; 6] = [
-            b" ~",
-            &[0xc2, 0xa0],                   // U+00A0 NO-BREAK SPACE
-            &[0xc2, 0xbf, b'/', 0xc2, 0xb0], // U+00BF, '/', U+00B0 DEGREE SIGN
-            &[0xe2, 0x82, 0xac],             // U+20AC EURO SIGN: 0x82 is a continuation
-            &[0xc4, 0x80],                   // U+0100: continuation 0x80 after another lead
-            &[0xf0, 0x9f, 0x98, 0x80],       // U+1F600
-        ];
-        for bytes in good {
-            assert_eq!(check_string(bytes), Ok(()), "{bytes:02x?}");
-            assert_eq!(check_topic_name(bytes), Ok(()), "{bytes:02x?}");
-        }
-        // The first offending character is the one named.
-        assert_eq!(check_string(b"\x02\0"), Err(ControlCharacter(2)));
-        assert_eq!(check_string(b"\0\x02"), Err(DecodeError::NullCharacter));
-        assert_eq!(
-            check_topic_name(b"+\x02"),
-            Err(DecodeError::WildcardInTopicName)
         );
     }
 }

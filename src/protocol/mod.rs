@@ -13,9 +13,10 @@
 //! writes PUBLISH and acknowledgements from slices with [`encode_publish`], [`publish_len`] and
 //! [`encode_ack`], without building a packet value per subscriber.
 //!
-//! Layout: `header` (fixed header, Remaining Length, field readers and writers), `connect`
-//! (CONNECT, CONNACK), `publish` (PUBLISH and the two-byte acks), `subscribe` (SUBSCRIBE,
-//! SUBACK, UNSUBSCRIBE), `ping` (PINGREQ, PINGRESP, DISCONNECT) and `codec` (the entry points).
+//! Layout: `header` (fixed header, Remaining Length, field readers and writers), `strings`
+//! (the rules for string contents), `connect` (CONNECT, CONNACK), `publish` (PUBLISH and the
+//! two-byte acks), `subscribe` (SUBSCRIBE, SUBACK, UNSUBSCRIBE), `ping` (PINGREQ, PINGRESP,
+//! DISCONNECT) and `codec` (the entry points).
 
 mod bytestr;
 mod codec;
@@ -24,6 +25,7 @@ mod error;
 mod header;
 mod ping;
 mod publish;
+mod strings;
 mod subscribe;
 #[cfg(test)]
 mod testutil;

@@ -5,7 +5,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::header::{check_topic_name, fixed_header_bytes, malformed, packet_len, MAX_FIELD_LEN};
+use super::header::{fixed_header_bytes, malformed, packet_len, MAX_FIELD_LEN};
+use super::strings::check_topic_name;
 use super::{ByteStr, DecodeError, EncodeError, PacketId, PacketType, Publish, QoS};
 
 const DUP: u8 = 0b1000;
