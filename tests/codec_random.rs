@@ -54,6 +54,24 @@ fn id(rng: &mut Rng) -> u16 {
 
 const ALPHABET: &[&str] = &["a", "b", "/", "é", "€", "😀", "z", "0", "+", "#", " "];
 
+/// A valid topic filter: levels from the alphabet without wildcards, or `+`, and maybe a last
+/// `#` level (MQTT-4.7.1-2/-3); never empty (MQTT-4.7.3-1).
+fn filter(rng: &mut Rng) -> ByteStr {
+    let mut levels: Vec<String> = (0..rng.below(4))
+        .map(|_| {
+            if rng.chance(25) {
+                "+".to_string()
+            } else {
+                string(rng, true).replace('/', "")
+            }
+        })
+        .collect();
+    if levels.is_empty() || rng.chance(25) {
+        levels.push("#".to_string());
+    }
+    ByteStr::from(levels.join("/"))
+}
+
 fn string(rng: &mut Rng, topic_name: bool) -> ByteStr {
     let len = usize::from(topic_name) + rng.below(6);
     let mut s = String::new();
@@ -114,7 +132,8 @@ fn valid_packet(rng: &mut Rng) -> Packet {
             // Mostly small, sometimes past 127 bytes for a two-byte remaining length.
             let max_payload = if rng.chance(10) { 200 } else { 12 };
             Packet::Publish(Publish {
-                dup: rng.chance(20),
+                // DUP at QoS 0 is malformed (MQTT-3.3.1-2).
+                dup: qos != QoS::AtMostOnce && rng.chance(20),
                 qos,
                 retain: rng.chance(20),
                 topic: string(rng, true),
@@ -129,7 +148,7 @@ fn valid_packet(rng: &mut Rng) -> Packet {
         7 => Packet::Subscribe(Subscribe {
             packet_id: id(rng),
             filters: (0..1 + rng.below(3))
-                .map(|_| (string(rng, false), qos(rng)))
+                .map(|_| (filter(rng), qos(rng)))
                 .collect(),
         }),
         8 => Packet::SubAck(SubAck {
@@ -146,7 +165,7 @@ fn valid_packet(rng: &mut Rng) -> Packet {
         }),
         9 => Packet::Unsubscribe(Unsubscribe {
             packet_id: id(rng),
-            filters: (0..1 + rng.below(3)).map(|_| string(rng, false)).collect(),
+            filters: (0..1 + rng.below(3)).map(|_| filter(rng)).collect(),
         }),
         10 => Packet::UnsubAck(id(rng)),
         11 => Packet::PingReq,
@@ -201,6 +220,7 @@ fn error_name(e: &DecodeError) -> &'static str {
         DecodeError::ReservedPacketType(_) => "ReservedPacketType",
         DecodeError::InvalidFlags { .. } => "InvalidFlags",
         DecodeError::InvalidQoS => "InvalidQoS",
+        DecodeError::DupAtQoS0 => "DupAtQoS0",
         DecodeError::ZeroPacketId => "ZeroPacketId",
         DecodeError::InvalidProtocolName(_) => "InvalidProtocolName",
         DecodeError::UnsupportedProtocolLevel(_) => "UnsupportedProtocolLevel",
@@ -210,8 +230,11 @@ fn error_name(e: &DecodeError) -> &'static str {
         DecodeError::PasswordWithoutUsername => "PasswordWithoutUsername",
         DecodeError::InvalidUtf8 => "InvalidUtf8",
         DecodeError::NullCharacter => "NullCharacter",
+        DecodeError::ControlCharacter(_) => "ControlCharacter",
         DecodeError::EmptyTopic => "EmptyTopic",
         DecodeError::WildcardInTopicName => "WildcardInTopicName",
+        DecodeError::EmptyTopicFilter => "EmptyTopicFilter",
+        DecodeError::InvalidTopicFilter(_) => "InvalidTopicFilter",
         DecodeError::EmptySubscribe => "EmptySubscribe",
         DecodeError::EmptyUnsubscribe => "EmptyUnsubscribe",
         DecodeError::InvalidSubscribeOptions(_) => "InvalidSubscribeOptions",

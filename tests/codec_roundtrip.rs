@@ -26,9 +26,10 @@ fn packet_id() -> impl Strategy<Value = u16> {
     1..=u16::MAX
 }
 
-/// Any MQTT string: any char but U+0000, ASCII and multi-byte (2, 3 and 4-byte) mixed.
+/// Any MQTT string: any char but U+0000 and the control characters (MQTT-1.5.3-2), ASCII and
+/// multi-byte (2, 3 and 4-byte) mixed.
 fn any_string() -> impl Strategy<Value = ByteStr> {
-    "[^\u{0}]{0,24}".prop_map(ByteStr::from)
+    "[^\u{0}-\u{1f}\u{7f}-\u{9f}]{0,24}".prop_map(ByteStr::from)
 }
 
 /// A valid topic name: non-empty, no wildcards, no U+0000; with levels and multi-byte chars.
@@ -36,12 +37,17 @@ fn topic_name() -> impl Strategy<Value = ByteStr> {
     "[a-zA-Z0-9_ é€😀/-]{1,40}".prop_map(ByteStr::from)
 }
 
-/// A topic filter as the decoder accepts it: anything without U+0000, wildcards included.
+/// A topic filter as the decoder accepts it (MQTT-4.7.1-2/-3, MQTT-4.7.3-1): levels that are
+/// `+` or free of wildcards, then maybe a last `#` level.
 fn topic_filter() -> impl Strategy<Value = ByteStr> {
-    prop_oneof![
-        "[a-z0-9é€😀/+#]{0,30}".prop_map(ByteStr::from),
-        any_string(),
-    ]
+    let level = prop_oneof![Just("+".to_string()), "[a-z0-9é€😀 ]{0,4}"];
+    (vec(level, 0..6), any::<bool>()).prop_filter_map("empty filter", |(mut levels, multi)| {
+        if multi {
+            levels.push("#".to_string());
+        }
+        let filter = levels.join("/");
+        (!filter.is_empty()).then(|| ByteStr::from(filter))
+    })
 }
 
 fn binary(max: usize) -> impl Strategy<Value = Bytes> {
@@ -112,7 +118,8 @@ fn publish() -> impl Strategy<Value = Publish> {
         binary(4096),
     )
         .prop_map(|(dup, qos, retain, topic, id, payload)| Publish {
-            dup,
+            // DUP at QoS 0 is malformed (MQTT-3.3.1-2).
+            dup: dup && qos != QoS::AtMostOnce,
             qos,
             retain,
             topic,

@@ -77,6 +77,7 @@ const TOPICS: [&str; 10] = [
     "ü/ñ",
     "x/y/z/w",
 ];
+/// The last two are malformed (MQTT-4.7.1-2, MQTT-4.7.3-1) and close the connection.
 const FILTERS: [&str; 12] = [
     "#", "a/#", "a/+", "+/+", "+", "fuzz/#", "$SYS/#", "a/b/c", "/#", "+/b/#", "a/#/b", "",
 ];

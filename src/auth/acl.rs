@@ -365,4 +365,36 @@ pattern read users/%u/inbox
         assert!(!filters_overlap("#", "$SYS/x"));
         assert!(filters_overlap("$SYS/#", "$SYS/x"));
     }
+
+    #[test]
+    fn the_deepest_filters_and_topics_are_checked_without_recursion() {
+        // 65,535 '/' (65,536 empty levels) as topic and filter, against rules that make every
+        // check walk all the levels; on a small stack, so recursion over levels would fail.
+        std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(|| {
+                let deepest = "/".repeat(65_535);
+                let read = format!("{}#", "+/".repeat(32_767));
+                let deny = format!("{}x", "/".repeat(65_534));
+                let text = format!("topic read {read}\ntopic write {deepest}\ntopic deny {deny}\n");
+                let acl = AclFile::parse(&text, "deep.acl").expect("a valid ACL");
+                assert!(acl.can_publish(None, "c", &deepest));
+                assert!(!acl.can_publish(None, "c", &deny));
+                assert!(acl.can_subscribe(None, "c", &deepest));
+                let overlapping = format!("{}+", "/".repeat(65_534));
+                assert!(
+                    !acl.can_subscribe(None, "c", &overlapping),
+                    "overlaps the deny"
+                );
+                assert!(
+                    !acl.can_subscribe(None, "c", "a"),
+                    "too shallow for the read rule"
+                );
+                assert!(filters_overlap(&deepest, &read));
+                assert!(filter_covers(&read, &deepest));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 }

@@ -29,7 +29,9 @@ pub struct BrokerConfig {
     /// read or acknowledged nothing for this long: then it is stalled and its messages are
     /// dropped (see `pressure`).
     pub stall_timeout: Duration,
-    /// Topic levels allowed in a topic name or filter; 0 means no limit.
+    /// Topic levels allowed in a topic name or filter; 0 (the default) means no limit, so the
+    /// depth is bounded only by the 65,535-byte string (65,536 levels): every walk over levels
+    /// is a loop, so depth costs memory in proportion to the packet, never stack.
     pub max_topic_levels: usize,
     /// Open client sockets the broker accepts; beyond it new ones are refused.
     pub max_connections: usize,
@@ -60,7 +62,7 @@ impl Default for BrokerConfig {
             max_queued_messages: 1000,
             max_queued_bytes: 64 << 20,
             stall_timeout: Duration::from_secs(10),
-            max_topic_levels: 128,
+            max_topic_levels: 0,
             max_connections: 100_000,
             queue_qos0: false,
             session_expiry: None,

@@ -48,7 +48,7 @@ pub struct ServeArgs {
     /// counts as stalled: its publishers go on and its new messages are dropped [default: 10].
     #[arg(long, value_name = "SECONDS")]
     stall_timeout: Option<u64>,
-    /// Topic levels allowed in a topic name or filter, 0 for no limit [default: 128].
+    /// Topic levels allowed in a topic name or filter, 0 for no limit [default: 0].
     #[arg(long)]
     max_topic_levels: Option<usize>,
     /// Open client connections accepted; more are refused with CONNACK 3 [default: 100000].

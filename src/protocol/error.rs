@@ -16,6 +16,8 @@ pub enum DecodeError {
     InvalidFlags { packet_type: PacketType, flags: u8 },
     #[error("PUBLISH with QoS 3 (MQTT-3.3.1-4)")]
     InvalidQoS,
+    #[error("PUBLISH with DUP set at QoS 0 (MQTT-3.3.1-2)")]
+    DupAtQoS0,
     #[error("packet identifier 0 (MQTT-2.3.1-1)")]
     ZeroPacketId,
     #[error("protocol name {0:?} is neither \"MQTT\" nor \"MQIsdp\" (MQTT-3.1.2-1)")]
@@ -34,10 +36,22 @@ pub enum DecodeError {
     InvalidUtf8,
     #[error("string contains U+0000 (MQTT-1.5.3-2)")]
     NullCharacter,
+    /// U+0001..U+001F or U+007F..U+009F: the spec lets a receiver close on these, and we do,
+    /// as Mosquitto does, so no control character reaches a log, a topic tree or a subscriber.
+    #[error("string contains the control character U+{0:04X} (MQTT-1.5.3-2)")]
+    ControlCharacter(u32),
     #[error("empty topic name (MQTT-4.7.3-1)")]
     EmptyTopic,
     #[error("wildcard in a topic name (MQTT-3.3.2-2)")]
     WildcardInTopicName,
+    #[error("empty topic filter (MQTT-4.7.3-1)")]
+    EmptyTopicFilter,
+    /// A wildcard that is not alone in its level, or a `#` that is not the last level. The
+    /// standard has the sender break a MUST here, and a protocol violation closes the
+    /// connection (4.8) rather than earning a SUBACK 0x80 (which is left for refusals by the
+    /// broker: ACL, level limit).
+    #[error("invalid topic filter: {0}")]
+    InvalidTopicFilter(crate::topic::TopicError),
     #[error("SUBSCRIBE without a topic filter (MQTT-3.8.3-3)")]
     EmptySubscribe,
     #[error("UNSUBSCRIBE without a topic filter (MQTT-3.10.3-2)")]

@@ -1,10 +1,11 @@
 //! The fixed header (packet type and flags byte, variable-length Remaining Length) and the
 //! primitive field codecs shared by every packet family: big-endian `u16`, length-prefixed
-//! binary data and MQTT strings. Everything here checks bounds itself and turns a field that
+//! binary data and MQTT strings (whose contents `strings` checks). Everything here checks bounds itself and turns a field that
 //! runs past the body into `MalformedPacket`, so hostile input cannot make a packet module panic.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::strings::{check_string, check_topic_name};
 use super::{ByteStr, DecodeError, EncodeError, PacketType};
 
 /// The largest value a length-prefixed field can have (1.5.2, 1.5.3).
@@ -28,7 +29,7 @@ impl FixedHeader {
 }
 
 /// Checks the first byte of a packet: type known, reserved flag bits as the spec fixes them.
-/// Only PUBLISH has free flags, and even there QoS 3 is malformed.
+/// Only PUBLISH has free flags, and even there QoS 3 and DUP at QoS 0 are malformed.
 #[inline]
 pub(crate) fn check_first_byte(byte: u8) -> Result<(PacketType, u8), DecodeError> {
     let flags = byte & 0x0f;
@@ -38,6 +39,11 @@ pub(crate) fn check_first_byte(byte: u8) -> Result<(PacketType, u8), DecodeError
         3 => {
             if flags & 0b0110 == 0b0110 {
                 return Err(DecodeError::InvalidQoS);
+            }
+            // DUP says "this may be a resend of an unacknowledged PUBLISH", which a QoS 0
+            // PUBLISH can never be.
+            if flags & 0b1110 == 0b1000 {
+                return Err(DecodeError::DupAtQoS0);
             }
             return Ok((PacketType::Publish, flags));
         }
@@ -209,53 +215,6 @@ pub(crate) fn put_field(dst: &mut BytesMut, data: &[u8]) {
     dst.put_slice(data);
 }
 
-/// Checks the MQTT string rules beyond what `ByteStr` guarantees: no U+0000 (MQTT-1.5.3-2),
-/// and for topic names no wildcard characters (MQTT-3.3.2-2). Scanning bytes is enough because
-/// in UTF-8 an ASCII byte never occurs inside a multi-byte sequence.
-#[inline]
-fn check_special_chars(bytes: &[u8], topic_name: bool) -> Result<(), DecodeError> {
-    // The scan is branch-free with a byte accumulator so that it vectorizes: an early-exit
-    // byte loop was most of the cost of decoding a PUBLISH. Only a string that breaks a rule
-    // takes the second loop, which names the first offending byte.
-    let found = if topic_name {
-        bytes.iter().fold(0u8, |acc, &b| {
-            acc | u8::from(b == 0) | u8::from(b == b'+') | u8::from(b == b'#')
-        })
-    } else {
-        bytes.iter().fold(0u8, |acc, &b| acc | u8::from(b == 0))
-    } != 0;
-    if !found {
-        return Ok(());
-    }
-    for &b in bytes {
-        match b {
-            0 => return Err(DecodeError::NullCharacter),
-            b'+' | b'#' if topic_name => return Err(DecodeError::WildcardInTopicName),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Validates an MQTT string: well-formed UTF-8 (`from_utf8` rejects encoded surrogates and
-/// overlong forms, MQTT-1.5.3-1) without U+0000.
-#[inline]
-pub(crate) fn check_string(bytes: &[u8]) -> Result<(), DecodeError> {
-    std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-    check_special_chars(bytes, false)
-}
-
-/// Validates a topic name as it appears in PUBLISH or as a will topic: a valid string,
-/// non-empty (MQTT-4.7.3-1) and free of `+` and `#`.
-#[inline]
-pub(crate) fn check_topic_name(bytes: &[u8]) -> Result<(), DecodeError> {
-    if bytes.is_empty() {
-        return Err(DecodeError::EmptyTopic);
-    }
-    std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-    check_special_chars(bytes, true)
-}
-
 #[cold]
 #[inline(never)]
 pub(crate) fn malformed(packet_type: PacketType, detail: &'static str) -> DecodeError {
@@ -409,8 +368,12 @@ mod tests {
         );
         // PUBLISH with QoS bits 0b11
         assert_eq!(decode_err(&[0x36]), DecodeError::InvalidQoS);
+        // PUBLISH with DUP at QoS 0, with and without RETAIN (MQTT-3.3.1-2)
+        assert_eq!(decode_err(&[0x38]), DecodeError::DupAtQoS0);
+        assert_eq!(decode_err(&[0x39]), DecodeError::DupAtQoS0);
+        assert_eq!(frame_len(&[0x38], 100), Err(DecodeError::DupAtQoS0));
         // PUBLISH with every other flag combination is accepted at the header level
-        for flags in [0x0, 0x1, 0x2, 0x3, 0x4, 0x5, 0x8, 0x9, 0xa, 0xb, 0xc, 0xd] {
+        for flags in [0x0, 0x1, 0x2, 0x3, 0x4, 0x5, 0xa, 0xb, 0xc, 0xd] {
             assert_eq!(frame_len(&[0x30 | flags, 0x05], 100), Ok(Some(7)));
         }
     }
@@ -467,25 +430,6 @@ mod tests {
         assert_eq!(
             decode(&mut buf, 10),
             Err(DecodeError::PacketTooLarge { size: 11, max: 10 })
-        );
-    }
-
-    #[test]
-    fn string_checks() {
-        assert_eq!(check_string(b""), Ok(()));
-        assert_eq!(check_string("a/+/#/é€😀".as_bytes()), Ok(()));
-        assert_eq!(check_string(b"a\0"), Err(DecodeError::NullCharacter));
-        // U+DFFF encoded as UTF-8 (a surrogate), and an overlong '/'
-        assert_eq!(
-            check_string(&[0xed, 0xbf, 0xbf]),
-            Err(DecodeError::InvalidUtf8)
-        );
-        assert_eq!(check_string(&[0xc0, 0xaf]), Err(DecodeError::InvalidUtf8));
-        assert_eq!(check_topic_name(b""), Err(DecodeError::EmptyTopic));
-        assert_eq!(check_topic_name("é/€".as_bytes()), Ok(()));
-        assert_eq!(
-            check_topic_name(b"a/#"),
-            Err(DecodeError::WildcardInTopicName)
         );
     }
 }

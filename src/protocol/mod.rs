@@ -13,9 +13,10 @@
 //! writes PUBLISH and acknowledgements from slices with [`encode_publish`], [`publish_len`] and
 //! [`encode_ack`], without building a packet value per subscriber.
 //!
-//! Layout: `header` (fixed header, Remaining Length, field readers and writers), `connect`
-//! (CONNECT, CONNACK), `publish` (PUBLISH and the two-byte acks), `subscribe` (SUBSCRIBE,
-//! SUBACK, UNSUBSCRIBE), `ping` (PINGREQ, PINGRESP, DISCONNECT) and `codec` (the entry points).
+//! Layout: `header` (fixed header, Remaining Length, field readers and writers), `strings`
+//! (the rules for string contents), `connect` (CONNECT, CONNACK), `publish` (PUBLISH and the
+//! two-byte acks), `subscribe` (SUBSCRIBE, SUBACK, UNSUBSCRIBE), `ping` (PINGREQ, PINGRESP,
+//! DISCONNECT) and `codec` (the entry points).
 
 mod bytestr;
 mod codec;
@@ -24,6 +25,7 @@ mod error;
 mod header;
 mod ping;
 mod publish;
+mod strings;
 mod subscribe;
 #[cfg(test)]
 mod testutil;
@@ -144,8 +146,8 @@ pub struct Publish {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
     pub packet_id: PacketId,
-    /// At least one (MQTT-3.8.3-3). Filters are well-formed UTF-8 but their wildcard syntax is
-    /// not checked here: the broker answers an invalid filter with 0x80 for that filter alone.
+    /// At least one (MQTT-3.8.3-3). Each filter is a valid, non-empty topic filter
+    /// (MQTT-4.7.3-1, MQTT-4.7.1-2/-3): the decoder refuses the packet otherwise.
     pub filters: Vec<(ByteStr, QoS)>,
 }
 
@@ -166,7 +168,7 @@ pub struct SubAck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsubscribe {
     pub packet_id: PacketId,
-    /// At least one (MQTT-3.10.3-2).
+    /// At least one (MQTT-3.10.3-2), each a valid, non-empty topic filter as in SUBSCRIBE.
     pub filters: Vec<ByteStr>,
 }
 

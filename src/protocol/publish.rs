@@ -5,7 +5,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::header::{check_topic_name, fixed_header_bytes, malformed, packet_len, MAX_FIELD_LEN};
+use super::header::{fixed_header_bytes, malformed, packet_len, MAX_FIELD_LEN};
+use super::strings::check_topic_name;
 use super::{ByteStr, DecodeError, EncodeError, PacketId, PacketType, Publish, QoS};
 
 const DUP: u8 = 0b1000;
@@ -321,6 +322,20 @@ mod tests {
         assert_eq!(
             decode_err(&[0x30, 0x04, 0x00, 0x02, b'a', 0x00]),
             DecodeError::NullCharacter
+        );
+        // topic "a\r" and "a" U+009F: control characters (MQTT-1.5.3-2)
+        assert_eq!(
+            decode_err(&[0x30, 0x04, 0x00, 0x02, b'a', b'\r']),
+            DecodeError::ControlCharacter(0x0d)
+        );
+        assert_eq!(
+            decode_err(&[0x30, 0x05, 0x00, 0x03, b'a', 0xc2, 0x9f]),
+            DecodeError::ControlCharacter(0x9f)
+        );
+        // DUP at QoS 0, topic "a/b", payload "x" (MQTT-3.3.1-2)
+        assert_eq!(
+            decode_err(&[0x38, 0x06, 0x00, 0x03, b'a', b'/', b'b', b'x']),
+            DecodeError::DupAtQoS0
         );
         // topic 0xc3 0x28: invalid continuation byte
         assert_eq!(

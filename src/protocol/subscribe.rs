@@ -10,8 +10,10 @@ use super::header::{
     Reader,
 };
 use super::{
-    DecodeError, EncodeError, PacketType, QoS, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe,
+    ByteStr, DecodeError, EncodeError, PacketType, QoS, SubAck, Subscribe, SubscribeReturnCode,
+    Unsubscribe,
 };
+use crate::topic::TopicError;
 
 /// Counts the length-prefixed strings in `body` (after the packet id), each followed by
 /// `trailer` bytes, checking only that they tile the body exactly.
@@ -41,6 +43,19 @@ fn count_entries(
     Ok(n)
 }
 
+/// A length-prefixed topic filter of SUBSCRIBE or UNSUBSCRIBE: a valid string, non-empty
+/// (MQTT-4.7.3-1) and with its wildcards where MQTT-4.7.1-2/-3 allow them. A filter breaking
+/// these is a malformed packet, so the connection closes; only the broker's own refusals (ACL,
+/// level limit) are answered with SUBACK 0x80.
+fn topic_filter(r: &mut Reader) -> Result<ByteStr, DecodeError> {
+    let filter = r.string("topic filter runs past the remaining length")?;
+    match crate::topic::validate_filter(&filter) {
+        Ok(()) => Ok(filter),
+        Err(TopicError::Empty) => Err(DecodeError::EmptyTopicFilter),
+        Err(e) => Err(DecodeError::InvalidTopicFilter(e)),
+    }
+}
+
 pub(crate) fn decode_subscribe(body: Bytes) -> Result<Subscribe, DecodeError> {
     let mut r = Reader::new(PacketType::Subscribe, body);
     let packet_id = r.packet_id()?;
@@ -50,8 +65,7 @@ pub(crate) fn decode_subscribe(body: Bytes) -> Result<Subscribe, DecodeError> {
     }
     let mut filters = Vec::with_capacity(n);
     for _ in 0..n {
-        // Wildcard syntax is the broker's business: it answers 0x80 for that filter alone.
-        let filter = r.string("topic filter runs past the remaining length")?;
+        let filter = topic_filter(&mut r)?;
         let options = r.u8("requested QoS missing")?;
         let qos = match options {
             0 => QoS::AtMostOnce,
@@ -73,7 +87,7 @@ pub(crate) fn decode_unsubscribe(body: Bytes) -> Result<Unsubscribe, DecodeError
     }
     let mut filters = Vec::with_capacity(n);
     for _ in 0..n {
-        filters.push(r.string("topic filter runs past the remaining length")?);
+        filters.push(topic_filter(&mut r)?);
     }
     Ok(Unsubscribe { packet_id, filters })
 }
@@ -205,7 +219,7 @@ pub(crate) fn encode_suback(s: &SubAck, dst: &mut BytesMut) -> Result<(), Encode
 #[cfg(test)]
 mod tests {
     use super::super::testutil::{decode_all, decode_err, encode_bytes};
-    use super::super::{ByteStr, Packet};
+    use super::super::Packet;
     use super::*;
 
     fn filter(s: &str) -> ByteStr {
@@ -235,22 +249,71 @@ mod tests {
     }
 
     #[test]
-    fn subscribe_keeps_filters_the_broker_must_refuse() {
+    fn malformed_filters_close_in_subscribe_and_unsubscribe() {
+        use TopicError::*;
         #[rustfmt::skip]
-        let bytes: &[u8] = &[
-            0x82, 0x0a,                   // SUBSCRIBE, remaining length 10
-            0x00, 0x01,                   // packet id 1
-            0x00, 0x00, 0x00,             // empty filter, QoS 0: the broker answers 0x80
-            0x00, 0x02, b'a', b'#', 0x01, // "a#": bad wildcard syntax, the broker answers 0x80
+        let subscribes: [(&[u8], DecodeError); 6] = [
+            // SUBSCRIBE id 1: empty filter, QoS 0 (MQTT-4.7.3-1)
+            (&[0x82, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00], DecodeError::EmptyTopicFilter),
+            // "ok" QoS 1, then an empty filter QoS 0: one bad filter spoils the packet
+            (&[0x82, 0x0a, 0x00, 0x01, 0x00, 0x02, b'o', b'k', 0x01, 0x00, 0x00, 0x00],
+             DecodeError::EmptyTopicFilter),
+            // "a#" (MQTT-4.7.1-2)
+            (&[0x82, 0x07, 0x00, 0x01, 0x00, 0x02, b'a', b'#', 0x01],
+             DecodeError::InvalidTopicFilter(MisplacedMultiLevelWildcard)),
+            // "#/a"
+            (&[0x82, 0x08, 0x00, 0x01, 0x00, 0x03, b'#', b'/', b'a', 0x00],
+             DecodeError::InvalidTopicFilter(MisplacedMultiLevelWildcard)),
+            // "a+" (MQTT-4.7.1-3)
+            (&[0x82, 0x07, 0x00, 0x01, 0x00, 0x02, b'a', b'+', 0x00],
+             DecodeError::InvalidTopicFilter(MisplacedSingleLevelWildcard)),
+            // "a\n" (MQTT-1.5.3-2)
+            (&[0x82, 0x07, 0x00, 0x01, 0x00, 0x02, b'a', b'\n', 0x00],
+             DecodeError::ControlCharacter(0x0a)),
         ];
-        let p = Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![
-                (filter(""), QoS::AtMostOnce),
-                (filter("a#"), QoS::AtLeastOnce),
-            ],
-        });
-        assert_eq!(decode_all(bytes), vec![p]);
+        for (bytes, want) in subscribes {
+            assert_eq!(decode_err(bytes), want, "{bytes:02x?}");
+        }
+        #[rustfmt::skip]
+        let unsubscribes: [(&[u8], DecodeError); 4] = [
+            // UNSUBSCRIBE id 1: empty filter
+            (&[0xa2, 0x04, 0x00, 0x01, 0x00, 0x00], DecodeError::EmptyTopicFilter),
+            // "a/#", then an empty filter
+            (&[0xa2, 0x09, 0x00, 0x01, 0x00, 0x03, b'a', b'/', b'#', 0x00, 0x00],
+             DecodeError::EmptyTopicFilter),
+            // "a/#/b"
+            (&[0xa2, 0x09, 0x00, 0x01, 0x00, 0x05, b'a', b'/', b'#', b'/', b'b'],
+             DecodeError::InvalidTopicFilter(MisplacedMultiLevelWildcard)),
+            // U+0085 (0xC2 0x85)
+            (&[0xa2, 0x06, 0x00, 0x01, 0x00, 0x02, 0xc2, 0x85],
+             DecodeError::ControlCharacter(0x85)),
+        ];
+        for (bytes, want) in unsubscribes {
+            assert_eq!(decode_err(bytes), want, "{bytes:02x?}");
+        }
+    }
+
+    #[test]
+    fn the_deepest_filters_decode() {
+        // 65,535 '/' is a valid filter of 65,536 empty levels, and so is 32,767 "+/" and a
+        // "#": the codec has no opinion on depth.
+        for filter in ["/".repeat(65_535), "+/".repeat(32_767) + "#"] {
+            let p = Packet::Subscribe(Subscribe {
+                packet_id: 1,
+                filters: vec![(ByteStr::from(filter.as_str()), QoS::ExactlyOnce)],
+            });
+            let bytes = encode_bytes(&p);
+            assert_eq!(
+                &bytes[..8],
+                &[0x82, 0x84, 0x80, 0x04, 0x00, 0x01, 0xff, 0xff]
+            );
+            assert_eq!(decode_all(&bytes), vec![p]);
+            let u = Packet::Unsubscribe(Unsubscribe {
+                packet_id: 1,
+                filters: vec![ByteStr::from(filter.as_str())],
+            });
+            assert_eq!(decode_all(&encode_bytes(&u)), vec![u]);
+        }
     }
 
     #[test]
@@ -357,15 +420,15 @@ mod tests {
     fn unsubscribe_both_directions() {
         #[rustfmt::skip]
         let bytes: &[u8] = &[
-            0xa2, 0x0b,                         // UNSUBSCRIBE (flags 0b0010), remaining length 11
+            0xa2, 0x0d,                         // UNSUBSCRIBE (flags 0b0010), remaining length 13
             0x00, 0x02,                         // packet id 2
             0x00, 0x03, b'a', b'/', b'#',       // filter "a/#"
-            0x00, 0x00,                         // empty filter (decoded; the broker decides)
-            0x00, 0x00,                         // another empty filter
+            0x00, 0x01, b'+',                   // filter "+"
+            0x00, 0x01, b'/',                   // filter "/"
         ];
         let p = Packet::Unsubscribe(Unsubscribe {
             packet_id: 2,
-            filters: vec![filter("a/#"), filter(""), filter("")],
+            filters: vec![filter("a/#"), filter("+"), filter("/")],
         });
         assert_eq!(decode_all(bytes), vec![p.clone()]);
         assert_eq!(encode_bytes(&p), bytes);

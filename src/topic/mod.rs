@@ -11,6 +11,7 @@
 //!   built for matching speed.
 //! - [`TopicTree`] answers "which retained messages does this new filter match?".
 
+mod children;
 mod matching;
 mod subscribers;
 mod tree;

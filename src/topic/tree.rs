@@ -7,8 +7,8 @@
 //! children only (names have no wildcards), and the wildcards are in the query instead. Empty
 //! branches are pruned on removal, and every walk is a loop, not recursion over the depth.
 
+use super::children::Children;
 use super::split_multi_level;
-use ahash::AHashMap;
 use smallvec::SmallVec;
 use std::fmt;
 
@@ -23,14 +23,14 @@ pub struct TopicTree<V> {
 }
 
 struct TreeNode<V> {
-    children: AHashMap<Box<str>, TreeNode<V>>,
+    children: Children<TreeNode<V>>,
     value: Option<V>,
 }
 
 impl<V> Default for TreeNode<V> {
     fn default() -> Self {
         TreeNode {
-            children: AHashMap::new(),
+            children: Children::None,
             value: None,
         }
     }
@@ -42,9 +42,10 @@ impl<V> Drop for TreeNode<V> {
         if self.children.is_empty() {
             return;
         }
-        let mut pending: Vec<TreeNode<V>> = self.children.drain().map(|(_, c)| c).collect();
+        let mut pending = Vec::new();
+        self.children.drain_into(&mut pending);
         while let Some(mut node) = pending.pop() {
-            pending.extend(node.children.drain().map(|(_, c)| c));
+            node.children.drain_into(&mut pending);
         }
     }
 }
@@ -77,11 +78,7 @@ impl<V> TopicTree<V> {
     pub fn insert(&mut self, topic: &str, value: V) -> Option<V> {
         let mut node = &mut self.root;
         for level in topic.split('/') {
-            // Looked up before inserting so that an existing level costs no key allocation.
-            if !node.children.contains_key(level) {
-                node.children.insert(level.into(), TreeNode::default());
-            }
-            node = node.children.get_mut(level).expect("inserted above");
+            node = node.children.get_or_insert_with(level, TreeNode::default);
         }
         let old = node.value.replace(value);
         self.len += usize::from(old.is_none());
@@ -135,9 +132,6 @@ impl<V> TopicTree<V> {
         parent
             .children
             .remove(levels.next().expect("cut is within the path"));
-        if parent.children.len() * 4 <= parent.children.capacity() {
-            parent.children.shrink_to_fit();
-        }
     }
 
     /// Calls `f` with the value of every topic that `filter` matches, in no particular order.
@@ -357,6 +351,32 @@ mod tests {
                 assert_eq!(t.remove(&deep), Some("deep"));
                 assert_eq!(t.node_count(), 1);
                 t.insert(&deep, "deep");
+                drop(t);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn the_deepest_topic_of_empty_levels_does_not_overflow_the_stack() {
+        std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(|| {
+                // 65,535 '/': 65,536 empty levels, the deepest valid topic name.
+                let deepest = "/".repeat(65_535);
+                let mut t = TopicTree::new();
+                t.insert(&deepest, "deepest");
+                t.insert("/", "shallow");
+                assert_eq!(t.node_count(), 65_537);
+                assert_eq!(t.get(&deepest), Some(&"deepest"));
+                assert_eq!(matching(&t, &deepest), vec!["deepest"]);
+                assert_eq!(matching(&t, "#"), vec!["deepest", "shallow"]);
+                assert_eq!(matching(&t, &("/".repeat(65_534) + "#")), vec!["deepest"]);
+                assert_eq!(matching(&t, "/+"), vec!["shallow"]);
+                assert_eq!(t.remove(&deepest), Some("deepest"));
+                assert_eq!(t.node_count(), 3);
+                t.insert(&deepest, "deepest");
                 drop(t);
             })
             .unwrap()

@@ -1,7 +1,8 @@
 //! The subscription trie: every (topic filter, subscriber) pair on one core, and the hot-path
 //! question "which subscriptions match this topic name?". Each core keeps its own replica and
-//! asks it for every PUBLISH, so matching is built to do as little as possible: one hash lookup
-//! per literal level, a pointer check for `+`, a list walk for `#`, and no heap allocation
+//! asks it for every PUBLISH, so matching is built to do as little as possible: one lookup per
+//! literal level (a string compare for a node's only child, a hash lookup among several; see
+//! `children.rs`), a pointer check for `+`, a list walk for `#`, and no heap allocation
 //! (the walk's to-do list lives on the stack unless more than 16 `+` branches are pending).
 //!
 //! One node per filter level. A node keeps its `+` child apart from its literal children, so a
@@ -10,13 +11,15 @@
 //! and reported whenever the walk reaches the parent. Empty nodes are pruned on removal, so the
 //! trie's size follows the live subscriptions, not the history of them.
 //!
-//! Filters come from clients, and a valid one can have 32768 levels. Insert, remove, match and
-//! drop are therefore loops, never recursion over the depth, so a deep filter cannot overflow
-//! an executor thread's stack. (The broker's `--max-topic-levels` bounds the depth anyway.)
+//! Filters come from clients, and a valid one can have 65,536 levels (65,535 `/`, all levels
+//! empty). The broker sets no depth limit by default (`--max-topic-levels` is 0), so insert,
+//! remove, match and drop are loops, never recursion over the depth: a deep filter cannot
+//! overflow an executor thread's stack, and the extra memory a walk needs (the pending `+`
+//! branches) is at most one entry per level of the topic, so it is bounded by the packet.
 
+use super::children::Children;
 use super::split_multi_level;
 use super::subscribers::Subscribers;
-use ahash::AHashMap;
 use smallvec::SmallVec;
 use std::fmt;
 use std::hash::Hash;
@@ -35,7 +38,7 @@ pub struct SubscriptionTrie<K, V> {
 
 struct Node<K, V> {
     /// Children for literal levels, looked up with the topic's level text.
-    literal: AHashMap<Box<str>, Node<K, V>>,
+    literal: Children<Node<K, V>>,
     /// The child for a `+` level.
     plus: Option<Box<Node<K, V>>>,
     /// Subscriptions whose filter ends at this node.
@@ -47,7 +50,7 @@ struct Node<K, V> {
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
         Node {
-            literal: AHashMap::new(),
+            literal: Children::None,
             plus: None,
             exact: Subscribers::default(),
             multi: Subscribers::default(),
@@ -76,12 +79,7 @@ impl<K, V> Node<K, V> {
         if level == "+" {
             return self.plus.get_or_insert_with(Box::default);
         }
-        // `entry` would allocate the key even when the child exists; subscribing to an
-        // existing filter is the common case.
-        if !self.literal.contains_key(level) {
-            self.literal.insert(level.into(), Node::default());
-        }
-        self.literal.get_mut(level).expect("inserted above")
+        self.literal.get_or_insert_with(level, Node::default)
     }
 
     fn remove_child(&mut self, level: &str) {
@@ -89,11 +87,6 @@ impl<K, V> Node<K, V> {
             self.plus = None;
         } else {
             self.literal.remove(level);
-            // A map never gives memory back by itself; a node that once had 100k children
-            // would keep their table forever.
-            if self.literal.len() * 4 <= self.literal.capacity() {
-                self.literal.shrink_to_fit();
-            }
         }
     }
 
@@ -106,7 +99,7 @@ impl<K, V> Node<K, V> {
     }
 
     fn move_children_to(&mut self, pending: &mut Vec<Node<K, V>>) {
-        pending.extend(self.literal.drain().map(|(_, child)| child));
+        self.literal.drain_into(pending);
         if let Some(plus) = self.plus.take() {
             pending.push(*plus);
         }

@@ -229,10 +229,58 @@ fn fan_out_of_100k_subscribers_on_one_filter() {
     assert_eq!(matches(&t, "news/all"), vec![(0, 1)]);
 }
 
+/// Runs `f` on a thread with a 128 KiB stack, so that any recursion over a topic's depth
+/// fails in this test rather than on an executor thread in production.
+fn on_a_small_stack(f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(128 * 1024)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn deepest_valid_filters_do_not_overflow_the_stack() {
+    on_a_small_stack(|| {
+        // 65,535 '/' is a valid filter of 65,536 empty levels, the deepest there is; the
+        // deepest `#` filter has 65,535 levels and the deepest all-`+` filter 32,768.
+        let deepest = "/".repeat(65_535);
+        let deepest_multi = "/".repeat(65_534) + "#";
+        let pluses = "+/".repeat(32_767) + "+";
+        assert!([&deepest, &deepest_multi, &pluses]
+            .iter()
+            .all(|f| f.len() == 65_535 && crate::topic::validate_filter(f).is_ok()));
+        let mut t = SubscriptionTrie::new();
+        t.insert(&deepest, 1u8, ());
+        t.insert(&deepest_multi, 2, ());
+        t.insert(&pluses, 3, ());
+        t.insert("#", 4, ());
+        // The root, 65,536 empty levels (the `#` filter's node is on that path), 32,768 `+`.
+        assert_eq!(t.node_count(), 1 + 65_536 + 32_768);
+        assert_eq!(t.get(&deepest, &1), Some(&()));
+        assert_eq!(matches(&t, &deepest), vec![(1, ()), (2, ()), (4, ())]);
+        assert_eq!(matches(&t, &"/".repeat(32_767)), vec![(3, ()), (4, ())]);
+        // 32,768 levels match the `+` filter, 32,769 do not.
+        assert_eq!(matches(&t, &"a/".repeat(32_767)), vec![(3, ()), (4, ())]);
+        assert_eq!(matches(&t, &"a/".repeat(32_768)), vec![(4, ())]);
+        assert_eq!(t.remove(&deepest, &1), Some(()));
+        // The `#` filter's node, 65,534 empty levels down, keeps its path.
+        assert_eq!(t.node_count(), 1 + 65_534 + 32_768);
+        assert_eq!(t.remove(&pluses, &3), Some(()));
+        assert_eq!(t.remove(&deepest_multi, &2), Some(()));
+        assert_eq!(t.remove("#", &4), Some(()));
+        assert_eq!((t.len(), t.node_count()), (0, 1));
+        // And dropping a deep trie.
+        t.insert(&deepest, 1u8, ());
+        t.insert(&pluses, 3, ());
+        drop(t);
+    });
+}
+
 #[test]
 fn deepest_valid_filter_does_not_overflow_the_stack() {
-    // 32768 levels is the most a 65535-byte filter can have. Run on a thread with a small
-    // stack so that any recursion over the depth would fail here, not in production.
+    // 32,768 non-empty levels: the deepest filter whose levels all have a name.
     std::thread::Builder::new()
         .stack_size(128 * 1024)
         .spawn(|| {

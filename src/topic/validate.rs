@@ -133,6 +133,8 @@ mod tests {
     fn filters() {
         let long_ok = "+/".repeat(MAX_TOPIC_LEN / 2) + "#";
         assert_eq!(long_ok.len(), MAX_TOPIC_LEN);
+        // 65,536 empty levels, the deepest filter there is.
+        let deepest = "/".repeat(MAX_TOPIC_LEN);
         let too_long = "a".repeat(MAX_TOPIC_LEN + 1);
         let table: &[(&str, Result<(), TopicError>)] = &[
             ("a", Ok(())),
@@ -150,6 +152,7 @@ mod tests {
             ("$SYS/#", Ok(())),
             ("/", Ok(())),
             (&long_ok, Ok(())),
+            (&deepest, Ok(())),
             ("", Err(Empty)),
             (&too_long, Err(TooLong)),
             ("a/\0", Err(NullCharacter)),
