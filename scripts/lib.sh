@@ -70,18 +70,24 @@ start_surgemq() {
   wait_port "$2"
 }
 
-stop_broker() {
-  [ -n "$BROKER_PID" ] || return 0
-  if kill -0 "$BROKER_PID" 2>/dev/null; then
-    kill -TERM "$BROKER_PID" 2>/dev/null || true
+# stop_pid PID [TENTHS]: SIGTERM, then SIGKILL if it is still there after TENTHS tenths of a
+# second (default 50), and reap it.
+stop_pid() {
+  if kill -0 "$1" 2>/dev/null; then
+    kill -TERM "$1" 2>/dev/null || true
     local i
-    for i in $(seq 1 50); do
-      kill -0 "$BROKER_PID" 2>/dev/null || break
+    for i in $(seq 1 "${2:-50}"); do
+      kill -0 "$1" 2>/dev/null || break
       sleep 0.1
     done
-    kill -KILL "$BROKER_PID" 2>/dev/null || true
+    kill -KILL "$1" 2>/dev/null || true
   fi
-  wait "$BROKER_PID" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+stop_broker() {
+  [ -n "$BROKER_PID" ] || return 0
+  stop_pid "$BROKER_PID"
   BROKER_PID=""
 }
 

@@ -56,14 +56,7 @@ BENCH_PID=""
 stop_subscriber() {
   [ -n "$SUB_PID" ] || return 0
   kill -CONT "$SUB_PID" 2>/dev/null || true
-  kill -TERM "$SUB_PID" 2>/dev/null || true
-  local i
-  for i in $(seq 1 10); do
-    kill -0 "$SUB_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$SUB_PID" 2>/dev/null || true
-  wait "$SUB_PID" 2>/dev/null || true
+  stop_pid "$SUB_PID" 10
   SUB_PID=""
 }
 cleanup() {

@@ -82,41 +82,6 @@ fn assert_protocol_errors(metrics: &[MetricsSnapshot], n: u64) {
     );
 }
 
-/// CONNECT (3.1.1, CleanSession) with raw client id, will topic, user name and password bytes.
-fn raw_connect(
-    client_id: &[u8],
-    will_topic: Option<&[u8]>,
-    username: Option<&[u8]>,
-    password: Option<&[u8]>,
-) -> Vec<u8> {
-    let mut body = field(b"MQTT");
-    body.push(4);
-    let mut flags = 0x02;
-    if will_topic.is_some() {
-        flags |= 0x04;
-    }
-    if username.is_some() {
-        flags |= 0x80;
-    }
-    if password.is_some() {
-        flags |= 0x40;
-    }
-    body.push(flags);
-    body.extend_from_slice(&[0, 0]); // keepalive 0
-    body.extend(field(client_id));
-    if let Some(topic) = will_topic {
-        body.extend(field(topic));
-        body.extend(field(b"will"));
-    }
-    if let Some(user) = username {
-        body.extend(field(user));
-    }
-    if let Some(password) = password {
-        body.extend(field(password));
-    }
-    frame(0x10, &body)
-}
-
 /// SUBSCRIBE id 1 with raw filters, each at QoS 0.
 fn raw_subscribe(filters: &[&[u8]]) -> Vec<u8> {
     let mut body = vec![0, 1];

@@ -32,31 +32,6 @@ fn exclusive() -> RwLockWriteGuard<'static, ()> {
 
 // ----- byte builders for fields the common builders cannot express ---------------------------
 
-/// CONNECT (3.1.1, CleanSession) with raw client id, will topic and user name bytes, so that
-/// invalid UTF-8 and U+0000 can be put anywhere.
-fn raw_connect(client_id: &[u8], will_topic: Option<&[u8]>, username: Option<&[u8]>) -> Vec<u8> {
-    let mut body = field(b"MQTT");
-    body.push(4);
-    let mut flags = 0x02;
-    if will_topic.is_some() {
-        flags |= 0x04;
-    }
-    if username.is_some() {
-        flags |= 0x80;
-    }
-    body.push(flags);
-    body.extend_from_slice(&[0, 0]); // keepalive 0
-    body.extend(field(client_id));
-    if let Some(topic) = will_topic {
-        body.extend(field(topic));
-        body.extend(field(b"will"));
-    }
-    if let Some(user) = username {
-        body.extend(field(user));
-    }
-    frame(0x10, &body)
-}
-
 /// QoS 0 PUBLISH with a raw topic.
 fn raw_publish(topic: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut body = field(topic);
@@ -363,14 +338,14 @@ const BAD_UTF8: [&[u8]; 6] = [
 fn bad_string_everywhere(scene: &mut Scene, what: &str, bad: &[u8]) -> u64 {
     let mut prefixed = b"watch/".to_vec();
     prefixed.extend_from_slice(bad);
-    scene.first_packet_closes(&format!("{what} client id"), &raw_connect(bad, None, None));
+    scene.first_packet_closes(&format!("{what} client id"), &raw_connect(bad, None, None, None));
     scene.first_packet_closes(
         &format!("{what} will topic"),
-        &raw_connect(b"willutf", Some(&prefixed), None),
+        &raw_connect(b"willutf", Some(&prefixed), None, None),
     );
     scene.first_packet_closes(
         &format!("{what} user name"),
-        &raw_connect(b"userutf", None, Some(bad)),
+        &raw_connect(b"userutf", None, Some(bad), None),
     );
     scene.closes_after_connect(&format!("{what} topic"), &raw_publish(&prefixed, b"x"));
     scene.closes_after_connect(&format!("{what} filter"), &raw_subscribe(&prefixed));
