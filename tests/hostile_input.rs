@@ -338,7 +338,10 @@ const BAD_UTF8: [&[u8]; 6] = [
 fn bad_string_everywhere(scene: &mut Scene, what: &str, bad: &[u8]) -> u64 {
     let mut prefixed = b"watch/".to_vec();
     prefixed.extend_from_slice(bad);
-    scene.first_packet_closes(&format!("{what} client id"), &raw_connect(bad, None, None, None));
+    scene.first_packet_closes(
+        &format!("{what} client id"),
+        &raw_connect(bad, None, None, None),
+    );
     scene.first_packet_closes(
         &format!("{what} will topic"),
         &raw_connect(b"willutf", Some(&prefixed), None, None),
