@@ -5,5 +5,6 @@ pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod protocol;
+pub mod store;
 pub mod sys;
 pub mod topic;
