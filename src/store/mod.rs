@@ -8,12 +8,14 @@
 pub mod frame;
 pub mod lock;
 pub mod scan;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 
 pub use frame::{decode_frame, encode_frame, Frame};
 pub use lock::DataDirLock;
 pub use scan::{scan, Damaged, Scanned, TornTail};
+pub use writer::{LogWriter, Position};
 
 /// Why the store cannot go on, naming the file (and the offset) concerned.
 #[derive(Debug, thiserror::Error)]

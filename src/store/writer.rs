@@ -1,0 +1,309 @@
+//! Appending to a shard's log with group commit, through io_uring (glommio's DMA files):
+//! records are appended to memory at once and get a position; one commit task writes
+//! whatever has gathered and syncs it (`fdatasync`) in one go, and everyone waiting for a
+//! position at or below the synced end is woken. So the disk sees one sync per batch, not one
+//! per record, and nothing blocks the executor.
+//!
+//! O_DIRECT writes go in whole aligned blocks. The last block is usually only partly filled:
+//! it stays in memory and is written again, with what was added since, by the next commit.
+//! Rewriting it puts the same bytes over its durable part, so a torn rewrite can only hurt
+//! the new records after them, which `scan` then cuts off as a torn tail. The zeros that pad
+//! a block read back as the end of the log.
+//!
+//! A failed write or sync (a full disk, an I/O error) keeps everything in memory, is logged
+//! once, and is retried; positions after it are not reported durable meanwhile, so whoever
+//! waits for them (a publisher's acknowledgement) waits, and nothing is lost or reported
+//! falsely as on disk.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use glommio::io::{DmaFile, OpenOptions};
+use tracing::{error, info};
+
+use super::frame::encode_frame;
+use super::StoreError;
+
+/// How long a failed commit waits before it tries again.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+
+/// A position in a log: the byte offset just past a record. A record is durable once the
+/// log's durable position reaches its own.
+pub type Position = u64;
+
+/// A log open for appending. Shared by the shard's tasks (`Rc`); see the module docs.
+pub struct LogWriter {
+    file: DmaFile,
+    path: PathBuf,
+    align: u64,
+    /// Bytes from `base` to the end of what was appended: the partial block already on disk,
+    /// then everything not yet written.
+    pending: RefCell<BytesMut>,
+    /// Offset of `pending[0]` in the file, a multiple of `align`.
+    base: Cell<u64>,
+    /// End of everything appended, and of everything known to be on disk.
+    appended: Cell<Position>,
+    durable: Cell<Position>,
+    /// Tasks waiting for a position to become durable.
+    waiters: RefCell<Vec<(Position, Waker)>>,
+    /// The commit task, asleep while nothing waits to be written.
+    committer: RefCell<Option<Waker>>,
+    /// Whether the last commit failed (its error is logged once, not per retry).
+    failing: Cell<bool>,
+    commits: Cell<u64>,
+}
+
+impl LogWriter {
+    /// Opens (or creates) the log at `path` for appending after its first `valid_len` bytes:
+    /// what [`super::read_log`] found intact. Must run on a glommio executor.
+    pub async fn open(path: &Path, valid_len: u64) -> Result<Rc<LogWriter>, StoreError> {
+        let io = |e: glommio::GlommioError<()>| StoreError::io(path, std::io::Error::from(e));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .dma_open(path)
+            .await
+            .map_err(io)?;
+        let align = file.alignment();
+        let base = file.align_down(valid_len);
+        let mut pending = BytesMut::new();
+        if valid_len > base {
+            let block = file
+                .read_at_aligned(base, align as usize)
+                .await
+                .map_err(io)?;
+            pending.extend_from_slice(&block[..(valid_len - base) as usize]);
+        }
+        Ok(Rc::new(LogWriter {
+            file,
+            path: path.to_path_buf(),
+            align,
+            pending: RefCell::new(pending),
+            base: Cell::new(base),
+            appended: Cell::new(valid_len),
+            durable: Cell::new(valid_len),
+            waiters: RefCell::new(Vec::new()),
+            committer: RefCell::new(None),
+            failing: Cell::new(false),
+            commits: Cell::new(0),
+        }))
+    }
+
+    /// Appends a record; returns the position it is durable at (see [`LogWriter::poll_durable`]).
+    pub fn append(&self, kind: u8, body: &[u8]) -> Position {
+        let mut pending = self.pending.borrow_mut();
+        let before = pending.len();
+        encode_frame(&mut pending, kind, body);
+        let end = self.appended.get() + (pending.len() - before) as u64;
+        self.appended.set(end);
+        if let Some(w) = self.committer.borrow_mut().take() {
+            w.wake();
+        }
+        end
+    }
+
+    /// Ready once everything up to `position` is on disk.
+    pub fn poll_durable(&self, position: Position, cx: &mut Context<'_>) -> Poll<()> {
+        if self.durable.get() >= position {
+            return Poll::Ready(());
+        }
+        self.waiters
+            .borrow_mut()
+            .push((position, cx.waker().clone()));
+        Poll::Pending
+    }
+
+    /// Resolves once everything up to `position` is on disk.
+    pub async fn durable(&self, position: Position) {
+        std::future::poll_fn(|cx| self.poll_durable(position, cx)).await
+    }
+
+    pub fn durable_position(&self) -> Position {
+        self.durable.get()
+    }
+
+    /// Commits (write + sync) so far.
+    pub fn commits(&self) -> u64 {
+        self.commits.get()
+    }
+
+    /// The commit task: writes and syncs whatever gathered, one batch at a time, forever.
+    pub async fn run(self: Rc<Self>) {
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.appended.get() > self.durable.get() {
+                    Poll::Ready(())
+                } else {
+                    *self.committer.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            match self.commit().await {
+                Ok(()) => {
+                    if self.failing.replace(false) {
+                        info!(log = %self.path.display(), "log writes succeed again");
+                    }
+                }
+                Err(e) => {
+                    if !self.failing.replace(true) {
+                        error!(log = %self.path.display(), "cannot write the log, acknowledgements wait until it works again: {e}");
+                    }
+                    glommio::timer::sleep(RETRY_AFTER).await;
+                }
+            }
+        }
+    }
+
+    /// Writes everything appended so far (in whole blocks) and syncs it.
+    async fn commit(&self) -> std::io::Result<()> {
+        let end = self.appended.get();
+        let base = self.base.get();
+        let len = (end - base) as usize;
+        let mut buf = self
+            .file
+            .alloc_dma_buffer(self.file.align_up(len as u64) as usize);
+        {
+            let bytes = buf.as_bytes_mut();
+            bytes[..len].copy_from_slice(&self.pending.borrow()[..len]);
+            bytes[len..].fill(0);
+        }
+        let written = self.file.write_at(buf, base).await?;
+        if written < len {
+            return Err(std::io::Error::other(format!(
+                "short write: {written} of {len} bytes"
+            )));
+        }
+        self.file.fdatasync().await?;
+        self.commits.set(self.commits.get() + 1);
+        // Whole blocks are done; the partial last one stays to be written again.
+        let done = self.file.align_down(end) - base;
+        self.pending.borrow_mut().advance(done as usize);
+        self.base.set(base + done);
+        self.durable.set(end);
+        let mut waiters = self.waiters.borrow_mut();
+        waiters.retain(|(position, waker)| {
+            if *position <= end {
+                waker.wake_by_ref();
+                false
+            } else {
+                true
+            }
+        });
+        Ok(())
+    }
+
+    pub fn alignment(&self) -> u64 {
+        self.align
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::read_log;
+    use glommio::LocalExecutorBuilder;
+
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "surgemq-writer-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ))
+    }
+
+    /// Runs `f` on a glommio executor of its own.
+    fn on_executor<F, Fut>(f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        LocalExecutorBuilder::default()
+            .spawn(f)
+            .expect("executor starts")
+            .join()
+            .expect("executor ends");
+    }
+
+    fn records(path: &Path) -> Vec<(u8, Vec<u8>)> {
+        let mut got = Vec::new();
+        read_log(path, |_, kind, body| got.push((kind, body.to_vec()))).unwrap();
+        got
+    }
+
+    #[test]
+    fn records_are_durable_in_few_commits_and_read_back_in_order() {
+        let path = temp_path("group");
+        let p = path.clone();
+        on_executor(move || async move {
+            let log = LogWriter::open(&p, 0).await.unwrap();
+            let task = glommio::spawn_local(log.clone().run());
+            let mut last = 0;
+            for i in 0..1000u32 {
+                last = log.append((i % 7) as u8, format!("record {i}").as_bytes());
+            }
+            log.durable(last).await;
+            assert_eq!(log.durable_position(), last);
+            // A thousand records, appended in one go: a handful of commits, not one each.
+            assert!(log.commits() <= 3, "{} commits", log.commits());
+            drop(task);
+        });
+        let got = records(&path);
+        assert_eq!(got.len(), 1000);
+        assert_eq!(got[999], ((999 % 7) as u8, b"record 999".to_vec()));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_reopened_log_goes_on_after_its_last_record_inside_a_partial_block() {
+        let path = temp_path("reopen");
+        for round in 0..3u8 {
+            let p = path.clone();
+            let valid = if round == 0 {
+                0
+            } else {
+                read_log(&path, |_, _, _| {}).unwrap().valid_len as u64
+            };
+            on_executor(move || async move {
+                let log = LogWriter::open(&p, valid).await.unwrap();
+                let task = glommio::spawn_local(log.clone().run());
+                let mut last = 0;
+                for i in 0..10u8 {
+                    last = log.append(round, &[i; 100]);
+                    // One commit per record here: the partial block is written again each time.
+                    log.durable(last).await;
+                }
+                assert_eq!(log.durable_position(), last);
+                drop(task);
+            });
+        }
+        let got = records(&path);
+        assert_eq!(got.len(), 30);
+        for (n, (kind, body)) in got.iter().enumerate() {
+            assert_eq!(*kind as usize, n / 10);
+            assert_eq!(body, &vec![(n % 10) as u8; 100]);
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn nothing_is_durable_before_its_commit() {
+        let path = temp_path("order");
+        let p = path.clone();
+        on_executor(move || async move {
+            let log = LogWriter::open(&p, 0).await.unwrap();
+            let position = log.append(1, b"not yet");
+            assert_eq!(log.durable_position(), 0, "no commit task has run");
+            let task = glommio::spawn_local(log.clone().run());
+            log.durable(position).await;
+            assert_eq!(log.commits(), 1);
+            drop(task);
+        });
+        let _ = std::fs::remove_file(&path);
+    }
+}
