@@ -55,6 +55,8 @@ pub struct LogWriter {
     /// Whether the last commit failed (its error is logged once, not per retry).
     failing: Cell<bool>,
     commits: Cell<u64>,
+    /// Commits still to fail with ENOSPC before writing (see [`LogWriter::inject_full_disk`]).
+    injected_failures: Cell<u32>,
 }
 
 impl LogWriter {
@@ -91,6 +93,7 @@ impl LogWriter {
             committer: RefCell::new(None),
             failing: Cell::new(false),
             commits: Cell::new(0),
+            injected_failures: Cell::new(0),
         }))
     }
 
@@ -160,8 +163,23 @@ impl LogWriter {
         }
     }
 
+    /// Fault injection: the next `commits` commits fail as on a full disk (ENOSPC), before
+    /// anything is written; the commit task then retries as it would for a real one.
+    pub fn inject_full_disk(&self, commits: u32) {
+        self.injected_failures.set(commits);
+    }
+
+    /// Whether the last commit failed and the log is waiting to retry.
+    pub fn is_failing(&self) -> bool {
+        self.failing.get()
+    }
+
     /// Writes everything appended so far (in whole blocks) and syncs it.
     async fn commit(&self) -> std::io::Result<()> {
+        if let Some(left) = self.injected_failures.get().checked_sub(1) {
+            self.injected_failures.set(left);
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         let end = self.appended.get();
         let base = self.base.get();
         let len = (end - base) as usize;
@@ -288,6 +306,38 @@ mod tests {
             assert_eq!(*kind as usize, n / 10);
             assert_eq!(body, &vec![(n % 10) as u8; 100]);
         }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_full_disk_holds_durability_back_loses_nothing_and_recovers_by_itself() {
+        let path = temp_path("enospc");
+        let p = path.clone();
+        on_executor(move || async move {
+            let log = LogWriter::open(&p, 0).await.unwrap();
+            let task = glommio::spawn_local(log.clone().run());
+            let first = log.append(1, b"before");
+            log.durable(first).await;
+            log.inject_full_disk(3);
+            let second = log.append(2, b"while the disk is full");
+            // Three failed commits, 100 ms apart: not durable for a while, and says so.
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            assert!(log.is_failing());
+            assert_eq!(log.durable_position(), first);
+            let third = log.append(3, b"appended meanwhile");
+            let start = std::time::Instant::now();
+            log.durable(third).await;
+            assert!(
+                start.elapsed() >= Duration::from_millis(150),
+                "{:?}",
+                start.elapsed()
+            );
+            assert!(!log.is_failing(), "recovered");
+            assert!(log.durable_position() >= second);
+            drop(task);
+        });
+        let kinds: Vec<u8> = records(&path).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(kinds, [1, 2, 3]);
         let _ = std::fs::remove_file(&path);
     }
 
