@@ -1,19 +1,24 @@
-//! Durable state (issue 13, in progress): the pieces of the on-disk format that every later
-//! part builds on. Each shard will own one append-only log of framed records ([`frame`]),
-//! read back at start by [`scan`] (torn tails cut off, damage refused with its offset), in a
-//! data directory that one broker at a time may use ([`lock`]). Nothing here touches the
-//! broker yet: `--data-dir` does not exist until sessions, queues and retained messages are
-//! written and acknowledgements wait for them.
+//! Durable state (issue 13, in progress): the on-disk format and its pieces, tested on their
+//! own. Each shard will own one append-only log of framed records ([`frame`]) saying what
+//! changed ([`record`]), appended with group commit ([`writer`]), read back at start by
+//! [`scan`] (torn tails cut off, damage refused with its offset) and added up into what to
+//! restore ([`image`]), in a data directory one broker at a time may use ([`lock`]). Nothing
+//! here touches the broker yet: `--data-dir` does not exist until sessions, queues and retained
+//! messages are written and acknowledgements wait for them.
 
 pub mod frame;
+pub mod image;
 pub mod lock;
+pub mod record;
 pub mod scan;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
 
 pub use frame::{decode_frame, encode_frame, Frame};
+pub use image::{Image, Inconsistent, StoredInflight, StoredMessage, StoredSession};
 pub use lock::DataDirLock;
+pub use record::{Record, RecordError};
 pub use scan::{scan, Damaged, Scanned, TornTail};
 pub use writer::{LogWriter, Position};
 

@@ -1,0 +1,342 @@
+//! What a shard's log adds up to: the persistent sessions and retained messages to restore at
+//! start, rebuilt by applying its [`Record`]s in order. Pure: records in, state out; the
+//! broker turns the image into live sessions (issue 13's next part).
+//!
+//! A record that does not fit the state before it (a message sent that was never queued, a
+//! session never begun) cannot come from a log this broker wrote whole; it is an error naming
+//! the record, so the start stops instead of restoring something half right.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+use super::record::Record;
+use crate::protocol::{ByteStr, PacketId, QoS};
+
+/// A message as a session holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub topic: ByteStr,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// A message sent and not yet completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredInflight {
+    pub packet_id: PacketId,
+    pub message: StoredMessage,
+    /// PUBREC came: the message is delivered, and a PUBREL (not the PUBLISH) is owed.
+    pub received: bool,
+}
+
+/// One persistent session as the log left it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoredSession {
+    pub client_id: ByteStr,
+    pub username: Option<ByteStr>,
+    pub subscriptions: BTreeMap<ByteStr, QoS>,
+    /// Sent and unacknowledged, in the order they went out (resent first, MQTT-4.4.0-1).
+    pub inflight: VecDeque<StoredInflight>,
+    /// Waiting to be sent, in order.
+    pub queue: VecDeque<StoredMessage>,
+    /// Incoming QoS 2 ids between PUBLISH and PUBREL.
+    pub incoming_qos2: BTreeSet<PacketId>,
+    /// When its connection went away (ms since the Unix epoch), if it has none.
+    pub detached_at_ms: Option<u64>,
+}
+
+/// A shard's durable state.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Image {
+    pub sessions: BTreeMap<u64, StoredSession>,
+    pub retained: BTreeMap<ByteStr, (Bytes, QoS)>,
+    /// Above every session number the log used: where new ones start.
+    pub next_session: u64,
+}
+
+/// A record that does not fit the state before it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record does not fit the log before it: {0}")]
+pub struct Inconsistent(pub String);
+
+impl Image {
+    pub fn apply(&mut self, record: Record) -> Result<(), Inconsistent> {
+        match record {
+            Record::SessionBegan {
+                session,
+                client_id,
+                username,
+            } => {
+                self.next_session = self.next_session.max(session + 1);
+                let stored = StoredSession {
+                    client_id,
+                    username,
+                    ..StoredSession::default()
+                };
+                if self.sessions.insert(session, stored).is_some() {
+                    return Err(Inconsistent(format!("session {session} began twice")));
+                }
+            }
+            Record::SessionEnded { session } => {
+                self.sessions
+                    .remove(&session)
+                    .ok_or_else(|| unknown(session))?;
+            }
+            Record::Subscribed {
+                session,
+                filter,
+                qos,
+            } => {
+                self.session(session)?.subscriptions.insert(filter, qos);
+            }
+            Record::Unsubscribed { session, filter } => {
+                self.session(session)?.subscriptions.remove(&filter);
+            }
+            Record::Queued {
+                session,
+                seq,
+                topic,
+                payload,
+                qos,
+                retain,
+            } => self.session(session)?.queue.push_back(StoredMessage {
+                seq,
+                topic,
+                payload,
+                qos,
+                retain,
+            }),
+            Record::Sent {
+                session,
+                seq,
+                packet_id,
+            } => {
+                let s = self.session(session)?;
+                let at = s.queue.iter().position(|m| m.seq == seq).ok_or_else(|| {
+                    Inconsistent(format!(
+                        "session {session}: message {seq} sent, never queued"
+                    ))
+                })?;
+                let message = s.queue.remove(at).expect("found");
+                s.inflight.push_back(StoredInflight {
+                    packet_id,
+                    message,
+                    received: false,
+                });
+            }
+            Record::Received { session, packet_id } => {
+                let s = self.session(session)?;
+                let entry = inflight(s, session, packet_id)?;
+                s.inflight[entry].received = true;
+            }
+            Record::Completed { session, packet_id } => {
+                let s = self.session(session)?;
+                let entry = inflight(s, session, packet_id)?;
+                s.inflight.remove(entry);
+            }
+            Record::IncomingQos2 { session, packet_id } => {
+                self.session(session)?.incoming_qos2.insert(packet_id);
+            }
+            Record::Released { session, packet_id } => {
+                self.session(session)?.incoming_qos2.remove(&packet_id);
+            }
+            Record::Detached { session, at_ms } => {
+                self.session(session)?.detached_at_ms = Some(at_ms)
+            }
+            Record::Attached { session } => self.session(session)?.detached_at_ms = None,
+            Record::Retained {
+                topic,
+                payload,
+                qos,
+            } => {
+                self.retained.insert(topic, (payload, qos));
+            }
+            Record::RetainCleared { topic } => {
+                self.retained.remove(&topic);
+            }
+        }
+        Ok(())
+    }
+
+    fn session(&mut self, session: u64) -> Result<&mut StoredSession, Inconsistent> {
+        self.sessions
+            .get_mut(&session)
+            .ok_or_else(|| unknown(session))
+    }
+}
+
+fn unknown(session: u64) -> Inconsistent {
+    Inconsistent(format!("session {session} was never begun (or ended)"))
+}
+
+fn inflight(s: &StoredSession, session: u64, packet_id: PacketId) -> Result<usize, Inconsistent> {
+    s.inflight
+        .iter()
+        .position(|e| e.packet_id == packet_id)
+        .ok_or_else(|| {
+            Inconsistent(format!(
+                "session {session}: packet id {packet_id} not in flight"
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> ByteStr {
+        ByteStr::from(v)
+    }
+
+    fn queued(seq: u64, qos: QoS) -> Record {
+        Record::Queued {
+            session: 1,
+            seq,
+            topic: s("t"),
+            payload: Bytes::from(format!("m{seq}")),
+            qos,
+            retain: false,
+        }
+    }
+
+    fn image(records: Vec<Record>) -> Result<Image, Inconsistent> {
+        let mut image = Image::default();
+        for r in records {
+            image.apply(r)?;
+        }
+        Ok(image)
+    }
+
+    fn began(session: u64) -> Record {
+        Record::SessionBegan {
+            session,
+            client_id: s(&format!("c{session}")),
+            username: None,
+        }
+    }
+
+    #[test]
+    fn a_session_replays_to_what_is_still_owed_in_order() {
+        let image = image(vec![
+            began(1),
+            Record::Subscribed {
+                session: 1,
+                filter: s("t"),
+                qos: QoS::ExactlyOnce,
+            },
+            queued(1, QoS::AtLeastOnce),
+            queued(2, QoS::ExactlyOnce),
+            queued(3, QoS::ExactlyOnce),
+            queued(4, QoS::AtLeastOnce),
+            Record::Sent {
+                session: 1,
+                seq: 1,
+                packet_id: 10,
+            },
+            Record::Sent {
+                session: 1,
+                seq: 2,
+                packet_id: 11,
+            },
+            Record::Sent {
+                session: 1,
+                seq: 3,
+                packet_id: 12,
+            },
+            // 1 (QoS 1) is done; 2 (QoS 2) got PUBREC: a PUBREL is owed, not the PUBLISH.
+            Record::Completed {
+                session: 1,
+                packet_id: 10,
+            },
+            Record::Received {
+                session: 1,
+                packet_id: 11,
+            },
+            Record::IncomingQos2 {
+                session: 1,
+                packet_id: 5,
+            },
+            Record::Detached {
+                session: 1,
+                at_ms: 1000,
+            },
+        ])
+        .unwrap();
+        let session = &image.sessions[&1];
+        assert_eq!(session.client_id, s("c1"));
+        assert_eq!(session.subscriptions[&s("t")], QoS::ExactlyOnce);
+        let inflight: Vec<(u16, u64, bool)> = session
+            .inflight
+            .iter()
+            .map(|e| (e.packet_id, e.message.seq, e.received))
+            .collect();
+        assert_eq!(inflight, [(11, 2, true), (12, 3, false)]);
+        let queue: Vec<u64> = session.queue.iter().map(|m| m.seq).collect();
+        assert_eq!(queue, [4]);
+        assert_eq!(session.incoming_qos2, BTreeSet::from([5]));
+        assert_eq!(session.detached_at_ms, Some(1000));
+        assert_eq!(image.next_session, 2);
+    }
+
+    #[test]
+    fn an_ended_session_leaves_nothing_and_its_number_is_not_reused() {
+        let image = image(vec![
+            began(1),
+            queued(1, QoS::AtLeastOnce),
+            began(2),
+            Record::SessionEnded { session: 1 },
+        ])
+        .unwrap();
+        assert_eq!(image.sessions.keys().copied().collect::<Vec<_>>(), [2]);
+        assert_eq!(image.next_session, 3);
+    }
+
+    #[test]
+    fn retained_messages_are_set_replaced_and_cleared() {
+        let retained = |topic: &str, payload: &'static [u8]| Record::Retained {
+            topic: s(topic),
+            payload: Bytes::from_static(payload),
+            qos: QoS::AtLeastOnce,
+        };
+        let image = image(vec![
+            retained("a", b"1"),
+            retained("b", b"1"),
+            retained("a", b"2"),
+            Record::RetainCleared { topic: s("b") },
+        ])
+        .unwrap();
+        assert_eq!(
+            image.retained,
+            BTreeMap::from([(s("a"), (Bytes::from_static(b"2"), QoS::AtLeastOnce))])
+        );
+    }
+
+    #[test]
+    fn records_that_do_not_fit_are_errors() {
+        assert!(
+            image(vec![queued(1, QoS::AtLeastOnce)]).is_err(),
+            "no session"
+        );
+        assert!(image(vec![began(1), began(1)]).is_err(), "began twice");
+        assert!(image(vec![
+            began(1),
+            Record::Sent {
+                session: 1,
+                seq: 9,
+                packet_id: 1
+            }
+        ])
+        .is_err());
+        assert!(image(vec![
+            began(1),
+            Record::Completed {
+                session: 1,
+                packet_id: 1
+            }
+        ])
+        .is_err());
+    }
+}

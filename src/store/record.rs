@@ -1,0 +1,509 @@
+//! What a shard's log says, one [`Record`] per change of durable state, and its bytes (the body
+//! of a [`super::frame`]). Sessions are named by a number the shard gives each persistent
+//! session when it begins (`session`), not by client id, so the records a busy session writes
+//! per message stay small; the client id is written once, when the session begins.
+//!
+//! Fixed-width little-endian integers, strings with a u16 length (MQTT's own limit), payloads
+//! with a u32 length. Pure: no I/O; a body that does not parse is an error naming the kind,
+//! never a panic.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::protocol::{ByteStr, PacketId, QoS};
+
+/// A change of durable state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A persistent session began (CleanSession = 0 and none was stored).
+    SessionBegan {
+        session: u64,
+        client_id: ByteStr,
+        username: Option<ByteStr>,
+    },
+    /// The session ended (a clean session took its client id, or it expired): all it held goes.
+    SessionEnded {
+        session: u64,
+    },
+    Subscribed {
+        session: u64,
+        filter: ByteStr,
+        qos: QoS,
+    },
+    Unsubscribed {
+        session: u64,
+        filter: ByteStr,
+    },
+    /// A message queued for the session; `seq` numbers the session's messages in order.
+    Queued {
+        session: u64,
+        seq: u64,
+        topic: ByteStr,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+    },
+    /// The queued message `seq` went out with `packet_id`: in flight from now on.
+    Sent {
+        session: u64,
+        seq: u64,
+        packet_id: PacketId,
+    },
+    /// PUBREC for `packet_id`: the message is delivered, a PUBREL is owed until PUBCOMP.
+    Received {
+        session: u64,
+        packet_id: PacketId,
+    },
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for `packet_id`: nothing more is owed for it.
+    Completed {
+        session: u64,
+        packet_id: PacketId,
+    },
+    /// An incoming QoS 2 PUBLISH was taken (and forwarded): a repeat is not forwarded again.
+    IncomingQos2 {
+        session: u64,
+        packet_id: PacketId,
+    },
+    /// Its PUBREL came: the id may be used for a new message.
+    Released {
+        session: u64,
+        packet_id: PacketId,
+    },
+    /// The session's connection went away at this time (milliseconds since the Unix epoch),
+    /// for `--session-expiry`; a later `Attached` cancels it.
+    Detached {
+        session: u64,
+        at_ms: u64,
+    },
+    Attached {
+        session: u64,
+    },
+    /// The retained message of a topic this shard owns.
+    Retained {
+        topic: ByteStr,
+        payload: Bytes,
+        qos: QoS,
+    },
+    RetainCleared {
+        topic: ByteStr,
+    },
+}
+
+/// A record body that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("unknown record kind {0}")]
+    UnknownKind(u8),
+    #[error("record kind {0}: body cut short")]
+    Short(u8),
+    #[error("record kind {0}: bytes left over after the body")]
+    Trailing(u8),
+    #[error("record kind {0}: a string is not UTF-8")]
+    NotUtf8(u8),
+    #[error("record kind {0}: QoS {1} is not 0, 1 or 2")]
+    BadQoS(u8, u8),
+}
+
+mod kind {
+    pub const SESSION_BEGAN: u8 = 1;
+    pub const SESSION_ENDED: u8 = 2;
+    pub const SUBSCRIBED: u8 = 3;
+    pub const UNSUBSCRIBED: u8 = 4;
+    pub const QUEUED: u8 = 5;
+    pub const SENT: u8 = 6;
+    pub const RECEIVED: u8 = 7;
+    pub const COMPLETED: u8 = 8;
+    pub const INCOMING_QOS2: u8 = 9;
+    pub const RELEASED: u8 = 10;
+    pub const DETACHED: u8 = 11;
+    pub const ATTACHED: u8 = 12;
+    pub const RETAINED: u8 = 13;
+    pub const RETAIN_CLEARED: u8 = 14;
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    out.put_u16_le(s.len() as u16);
+    out.put_slice(s.as_bytes());
+}
+
+impl Record {
+    /// The record's kind, and its body appended to `out`.
+    pub fn encode(&self, out: &mut BytesMut) -> u8 {
+        use kind::*;
+        match self {
+            Record::SessionBegan {
+                session,
+                client_id,
+                username,
+            } => {
+                out.put_u64_le(*session);
+                put_str(out, client_id);
+                match username {
+                    Some(u) => {
+                        out.put_u8(1);
+                        put_str(out, u);
+                    }
+                    None => out.put_u8(0),
+                }
+                SESSION_BEGAN
+            }
+            Record::SessionEnded { session } => {
+                out.put_u64_le(*session);
+                SESSION_ENDED
+            }
+            Record::Subscribed {
+                session,
+                filter,
+                qos,
+            } => {
+                out.put_u64_le(*session);
+                put_str(out, filter);
+                out.put_u8(*qos as u8);
+                SUBSCRIBED
+            }
+            Record::Unsubscribed { session, filter } => {
+                out.put_u64_le(*session);
+                put_str(out, filter);
+                UNSUBSCRIBED
+            }
+            Record::Queued {
+                session,
+                seq,
+                topic,
+                payload,
+                qos,
+                retain,
+            } => {
+                out.put_u64_le(*session);
+                out.put_u64_le(*seq);
+                put_str(out, topic);
+                out.put_u8(*qos as u8 | (*retain as u8) << 4);
+                out.put_u32_le(payload.len() as u32);
+                out.put_slice(payload);
+                QUEUED
+            }
+            Record::Sent {
+                session,
+                seq,
+                packet_id,
+            } => {
+                out.put_u64_le(*session);
+                out.put_u64_le(*seq);
+                out.put_u16_le(*packet_id);
+                SENT
+            }
+            Record::Received { session, packet_id } => {
+                id_record(out, *session, *packet_id, RECEIVED)
+            }
+            Record::Completed { session, packet_id } => {
+                id_record(out, *session, *packet_id, COMPLETED)
+            }
+            Record::IncomingQos2 { session, packet_id } => {
+                id_record(out, *session, *packet_id, INCOMING_QOS2)
+            }
+            Record::Released { session, packet_id } => {
+                id_record(out, *session, *packet_id, RELEASED)
+            }
+            Record::Detached { session, at_ms } => {
+                out.put_u64_le(*session);
+                out.put_u64_le(*at_ms);
+                DETACHED
+            }
+            Record::Attached { session } => {
+                out.put_u64_le(*session);
+                ATTACHED
+            }
+            Record::Retained {
+                topic,
+                payload,
+                qos,
+            } => {
+                put_str(out, topic);
+                out.put_u8(*qos as u8);
+                out.put_u32_le(payload.len() as u32);
+                out.put_slice(payload);
+                RETAINED
+            }
+            Record::RetainCleared { topic } => {
+                put_str(out, topic);
+                RETAIN_CLEARED
+            }
+        }
+    }
+
+    /// Parses a record body of `kind`. Strings and payloads share `body`'s memory.
+    pub fn decode(kind: u8, body: Bytes) -> Result<Record, RecordError> {
+        use kind::*;
+        let mut r = Reader { kind, body };
+        let record = match kind {
+            SESSION_BEGAN => Record::SessionBegan {
+                session: r.u64()?,
+                client_id: r.str()?,
+                username: match r.u8()? {
+                    0 => None,
+                    _ => Some(r.str()?),
+                },
+            },
+            SESSION_ENDED => Record::SessionEnded { session: r.u64()? },
+            SUBSCRIBED => Record::Subscribed {
+                session: r.u64()?,
+                filter: r.str()?,
+                qos: r.qos()?,
+            },
+            UNSUBSCRIBED => Record::Unsubscribed {
+                session: r.u64()?,
+                filter: r.str()?,
+            },
+            QUEUED => {
+                let session = r.u64()?;
+                let seq = r.u64()?;
+                let topic = r.str()?;
+                let flags = r.u8()?;
+                let qos = QoS::from_u8(flags & 0x0f).ok_or(RecordError::BadQoS(kind, flags))?;
+                Record::Queued {
+                    session,
+                    seq,
+                    topic,
+                    qos,
+                    retain: flags & 0x10 != 0,
+                    payload: r.payload()?,
+                }
+            }
+            SENT => Record::Sent {
+                session: r.u64()?,
+                seq: r.u64()?,
+                packet_id: r.u16()?,
+            },
+            RECEIVED => Record::Received {
+                session: r.u64()?,
+                packet_id: r.u16()?,
+            },
+            COMPLETED => Record::Completed {
+                session: r.u64()?,
+                packet_id: r.u16()?,
+            },
+            INCOMING_QOS2 => Record::IncomingQos2 {
+                session: r.u64()?,
+                packet_id: r.u16()?,
+            },
+            RELEASED => Record::Released {
+                session: r.u64()?,
+                packet_id: r.u16()?,
+            },
+            DETACHED => Record::Detached {
+                session: r.u64()?,
+                at_ms: r.u64()?,
+            },
+            ATTACHED => Record::Attached { session: r.u64()? },
+            RETAINED => Record::Retained {
+                topic: r.str()?,
+                qos: r.qos()?,
+                payload: r.payload()?,
+            },
+            RETAIN_CLEARED => Record::RetainCleared { topic: r.str()? },
+            other => return Err(RecordError::UnknownKind(other)),
+        };
+        if r.body.has_remaining() {
+            return Err(RecordError::Trailing(kind));
+        }
+        Ok(record)
+    }
+}
+
+fn id_record(out: &mut BytesMut, session: u64, packet_id: PacketId, kind: u8) -> u8 {
+    out.put_u64_le(session);
+    out.put_u16_le(packet_id);
+    kind
+}
+
+/// Reads a body front to back; every read checks the length first.
+struct Reader {
+    kind: u8,
+    body: Bytes,
+}
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), RecordError> {
+        if self.body.remaining() < n {
+            Err(RecordError::Short(self.kind))
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self) -> Result<u8, RecordError> {
+        self.need(1)?;
+        Ok(self.body.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, RecordError> {
+        self.need(2)?;
+        Ok(self.body.get_u16_le())
+    }
+    fn u64(&mut self) -> Result<u64, RecordError> {
+        self.need(8)?;
+        Ok(self.body.get_u64_le())
+    }
+    fn qos(&mut self) -> Result<QoS, RecordError> {
+        let v = self.u8()?;
+        QoS::from_u8(v).ok_or(RecordError::BadQoS(self.kind, v))
+    }
+    fn str(&mut self) -> Result<ByteStr, RecordError> {
+        let len = self.u16()? as usize;
+        self.need(len)?;
+        ByteStr::from_utf8(self.body.split_to(len)).map_err(|_| RecordError::NotUtf8(self.kind))
+    }
+    fn payload(&mut self) -> Result<Bytes, RecordError> {
+        let len = self.u32()? as usize;
+        self.need(len)?;
+        Ok(self.body.split_to(len))
+    }
+    fn u32(&mut self) -> Result<u32, RecordError> {
+        self.need(4)?;
+        Ok(self.body.get_u32_le())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> ByteStr {
+        ByteStr::from(v)
+    }
+
+    fn every_kind() -> Vec<Record> {
+        vec![
+            Record::SessionBegan {
+                session: 7,
+                client_id: s("sensor-1"),
+                username: Some(s("alice")),
+            },
+            Record::SessionBegan {
+                session: 8,
+                client_id: s(""),
+                username: None,
+            },
+            Record::SessionEnded { session: 7 },
+            Record::Subscribed {
+                session: 7,
+                filter: s("a/+/#"),
+                qos: QoS::ExactlyOnce,
+            },
+            Record::Unsubscribed {
+                session: 7,
+                filter: s("a/+/#"),
+            },
+            Record::Queued {
+                session: 7,
+                seq: 1 << 40,
+                topic: s("a/b"),
+                payload: Bytes::from_static(b"\x00payload\xff"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+            },
+            Record::Sent {
+                session: 7,
+                seq: 3,
+                packet_id: 65535,
+            },
+            Record::Received {
+                session: 7,
+                packet_id: 1,
+            },
+            Record::Completed {
+                session: 7,
+                packet_id: 2,
+            },
+            Record::IncomingQos2 {
+                session: 7,
+                packet_id: 3,
+            },
+            Record::Released {
+                session: 7,
+                packet_id: 4,
+            },
+            Record::Detached {
+                session: 7,
+                at_ms: 1_764_480_000_000,
+            },
+            Record::Attached { session: 7 },
+            Record::Retained {
+                topic: s("r/t"),
+                payload: Bytes::from_static(b"on"),
+                qos: QoS::AtMostOnce,
+            },
+            Record::RetainCleared { topic: s("r/t") },
+        ]
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for record in every_kind() {
+            let mut body = BytesMut::new();
+            let kind = record.encode(&mut body);
+            assert_eq!(Record::decode(kind, body.freeze()), Ok(record));
+        }
+    }
+
+    #[test]
+    fn a_queued_message_in_bytes() {
+        let mut body = BytesMut::new();
+        let kind = Record::Queued {
+            session: 1,
+            seq: 2,
+            topic: s("t"),
+            payload: Bytes::from_static(b"hi"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+        }
+        .encode(&mut body);
+        assert_eq!(kind, 5);
+        #[rustfmt::skip]
+        let expected = [
+            1, 0, 0, 0, 0, 0, 0, 0, // session 1
+            2, 0, 0, 0, 0, 0, 0, 0, // seq 2
+            1, 0, b't',             // topic "t"
+            0x12,                   // QoS 2, retain
+            2, 0, 0, 0, b'h', b'i', // payload "hi"
+        ];
+        assert_eq!(&body[..], &expected);
+    }
+
+    #[test]
+    fn every_cut_body_is_an_error_not_a_panic() {
+        for record in every_kind() {
+            let mut body = BytesMut::new();
+            let kind = record.encode(&mut body);
+            for cut in 0..body.len() {
+                let short = Bytes::copy_from_slice(&body[..cut]);
+                assert!(
+                    Record::decode(kind, short).is_err(),
+                    "{record:?} cut at {cut}"
+                );
+            }
+            let mut long = body.to_vec();
+            long.push(0);
+            assert_eq!(
+                Record::decode(kind, Bytes::from(long)),
+                Err(RecordError::Trailing(kind))
+            );
+        }
+    }
+
+    #[test]
+    fn bad_kinds_qos_and_strings_are_errors() {
+        assert_eq!(
+            Record::decode(99, Bytes::new()),
+            Err(RecordError::UnknownKind(99))
+        );
+        let mut body = vec![1, 0, 0, 0, 0, 0, 0, 0, 1, 0, b'f', 3];
+        assert_eq!(
+            Record::decode(3, Bytes::from(body.clone())),
+            Err(RecordError::BadQoS(3, 3))
+        );
+        body[10] = 0xff;
+        body[11] = 1;
+        assert_eq!(
+            Record::decode(3, Bytes::from(body)),
+            Err(RecordError::NotUtf8(3))
+        );
+    }
+}
