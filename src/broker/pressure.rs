@@ -98,7 +98,12 @@ impl PressureBoard {
 
     /// A subscriber of this shard came under pressure: the stall watch must look at it.
     pub fn watch(&self, id: SubscriberId) {
-        self.own.borrow_mut().push(id);
+        let mut own = self.own.borrow_mut();
+        // Raised, relieved and raised again before the watch looked: once is enough.
+        if !own.contains(&id) {
+            own.push(id);
+        }
+        drop(own);
         if let Some(w) = self.watch_waker.borrow_mut().take() {
             w.wake();
         }
@@ -184,6 +189,11 @@ mod tests {
             "the sleeping watch is woken"
         );
         board.raise(id(2)); // another shard's subscriber: not watched here
+        assert_eq!(board.watched(), vec![id(1)]);
+        // Relieved and raised again before the watch looked: watched once.
+        board.lower(&id(1));
+        board.raise(id(1));
+        board.watch(id(1));
         assert_eq!(board.watched(), vec![id(1)]);
         board.lower(&id(1));
         assert!(board.watched().is_empty());
