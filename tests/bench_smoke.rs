@@ -206,3 +206,40 @@ fn bad_flag_values_give_one_line_naming_the_flag() {
         assert!(err.contains(flag), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn persistent_subscribers_get_everything_and_leave_no_session_behind() {
+    let broker = broker::start(BrokerConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        shards: 2,
+        ..Default::default()
+    })
+    .expect("broker starts");
+    let port = broker.local_addrs()[0].port();
+    for (scenario, pubs, subs) in [(Scenario::Pair, 1, 1), (Scenario::FanOut, 1, CLIENTS)] {
+        let report = bench::run(BenchConfig {
+            persistent: true,
+            ..config(scenario, port, QoS::AtLeastOnce)
+        })
+        .unwrap();
+        assert!(report.persistent);
+        assert!(
+            report.summary().contains("persistent sub"),
+            "{}",
+            report.summary()
+        );
+        check(&report, pubs, subs as u64);
+    }
+    let metrics = broker.shutdown();
+    let total =
+        |f: fn(&surgemq::broker::MetricsSnapshot) -> u64| metrics.iter().map(f).sum::<u64>();
+    // Each persistent subscriber came back once with a clean session to remove its own.
+    let clients = (1 + 1) + (1 + CLIENTS as u64);
+    let subscribers = 1 + CLIENTS as u64;
+    assert_eq!(total(|m| m.connections_total), clients + subscribers);
+    assert_eq!(
+        total(|m| m.sessions),
+        0,
+        "no session left behind: {metrics:?}"
+    );
+}

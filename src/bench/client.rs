@@ -131,13 +131,10 @@ pub async fn run(
     .await;
     let conn = match setup {
         Some(Ok(conn)) => conn,
-        Some(Err(e)) => return failed_setup(spec, &shared, e),
+        Some(Err(e)) => return failed_setup(spec, &plan, &shared, e).await,
         None => {
-            return failed_setup(
-                spec,
-                &shared,
-                format!("no SUBACK/CONNACK within {timeout:?}"),
-            )
+            let e = format!("no SUBACK/CONNACK within {timeout:?}");
+            return failed_setup(spec, &plan, &shared, e).await;
         }
     };
     shared.ready.fetch_add(1, Ordering::AcqRel);
@@ -145,7 +142,9 @@ pub async fn run(
     if let Err(e) = client.run().await {
         client.shared.error(format!("client {}: {e}", spec.index));
     }
-    client.finish().await
+    let result = client.finish().await;
+    remove_session(&plan, spec).await;
+    result
 }
 
 async fn setup(spec: ClientSpec, plan: &Plan) -> Result<Conn, String> {
@@ -153,8 +152,9 @@ async fn setup(spec: ClientSpec, plan: &Plan) -> Result<Conn, String> {
     let mut conn = Conn::connect(plan.addr, c.setup_timeout)
         .await
         .map_err(|e| format!("connect to {}: {e}", plan.addr))?;
-    let id = format!("smqb-{}-{}", plan.run_id, spec.index);
-    conn.handshake(&id, c.username.as_deref(), c.password.as_deref())
+    let id = client_id(plan, spec);
+    let clean = !persistent_session(plan, spec);
+    conn.handshake(&id, clean, c.username.as_deref(), c.password.as_deref())
         .await?;
     if spec.subscriber.is_some() {
         conn.subscribe(&plan.filter, c.qos).await?;
@@ -162,12 +162,44 @@ async fn setup(spec: ClientSpec, plan: &Plan) -> Result<Conn, String> {
     Ok(conn)
 }
 
-fn failed_setup(spec: ClientSpec, shared: &Shared, e: String) -> ClientResult {
+fn client_id(plan: &Plan, spec: ClientSpec) -> String {
+    format!("smqb-{}-{}", plan.run_id, spec.index)
+}
+
+/// Subscribers of a `--persistent` run keep a session on the broker.
+fn persistent_session(plan: &Plan, spec: ClientSpec) -> bool {
+    plan.config.persistent && spec.subscriber.is_some()
+}
+
+/// Removes a persistent session the run left on the broker: a clean CONNECT takes it over and
+/// ends it (MQTT-3.1.2-6), then DISCONNECT. Best effort, within 2 s: the counts are taken.
+async fn remove_session(plan: &Plan, spec: ClientSpec) {
+    if !persistent_session(plan, spec) {
+        return;
+    }
+    let c = &plan.config;
+    let id = client_id(plan, spec);
+    let remove = async {
+        let Ok(mut conn) = Conn::connect(plan.addr, c.setup_timeout).await else {
+            return;
+        };
+        let clean = conn
+            .handshake(&id, true, c.username.as_deref(), c.password.as_deref())
+            .await;
+        if clean.is_ok() {
+            conn.close(Duration::from_secs(1)).await;
+        }
+    };
+    or(remove, glommio::timer::sleep(Duration::from_secs(2))).await;
+}
+
+async fn failed_setup(spec: ClientSpec, plan: &Plan, shared: &Shared, e: String) -> ClientResult {
     shared.error(format!("client {}: {e}", spec.index));
     shared.failed.fetch_add(1, Ordering::AcqRel);
     if spec.publisher.is_some() {
         shared.publishers_done.fetch_add(1, Ordering::AcqRel);
     }
+    remove_session(plan, spec).await;
     ClientResult::default()
 }
 

@@ -75,6 +75,8 @@ pub struct BenchConfig {
     pub clients: Option<usize>,
     /// No subscribers at all: measures how fast publishes are accepted.
     pub publish_only: bool,
+    /// Subscribers use persistent sessions (CleanSession = 0), removed again at the end.
+    pub persistent: bool,
     pub load: Load,
     /// Payload bytes per message, header included.
     pub size: usize,
@@ -106,6 +108,7 @@ impl Default for BenchConfig {
             subscribers: None,
             clients: None,
             publish_only: false,
+            persistent: false,
             load: Load::Messages(100_000),
             size: 64,
             qos: QoS::AtMostOnce,

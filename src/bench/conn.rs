@@ -204,16 +204,17 @@ impl Conn {
         }
     }
 
-    /// CONNECT with a clean session, then wait for an accepting CONNACK.
+    /// CONNECT (CleanSession as `clean`), then wait for an accepting CONNACK.
     pub async fn handshake(
         &mut self,
         client_id: &str,
+        clean: bool,
         username: Option<&str>,
         password: Option<&str>,
     ) -> Result<(), String> {
         let connect = Packet::Connect(Box::new(Connect {
             level: ProtocolLevel::V311,
-            clean_session: true,
+            clean_session: clean,
             keep_alive: KEEPALIVE_SECS,
             client_id: ByteStr::from(client_id),
             will: None,

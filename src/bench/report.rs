@@ -49,6 +49,8 @@ pub struct BenchReport {
     pub window: Option<u64>,
     /// Open-loop target, msgs/s over all publishers.
     pub rate: Option<f64>,
+    /// Subscribers had persistent sessions (CleanSession = 0).
+    pub persistent: bool,
     /// Messages publishers sent.
     pub published: u64,
     /// QoS 1/2: messages the broker acknowledged (PUBACK / PUBCOMP).
@@ -95,8 +97,14 @@ impl BenchReport {
         };
         let _ = writeln!(
             s,
-            "{}: {} pub -> {} sub, QoS {}, {} B payload, {} thread(s), {flow}",
-            self.scenario, self.publishers, self.subscribers, self.qos, self.size, self.threads
+            "{}: {} pub -> {} {}sub, QoS {}, {} B payload, {} thread(s), {flow}",
+            self.scenario,
+            self.publishers,
+            self.subscribers,
+            if self.persistent { "persistent " } else { "" },
+            self.qos,
+            self.size,
+            self.threads
         );
         let _ = writeln!(
             s,
@@ -152,6 +160,7 @@ impl BenchReport {
         o.num("threads", self.threads as f64);
         o.opt("window", self.window.map(|w| w as f64));
         o.opt("rate", self.rate);
+        o.raw("persistent", if self.persistent { "true" } else { "false" });
         o.num("published", self.published as f64);
         o.num("acked", self.acked as f64);
         o.num("expected", self.expected as f64);
@@ -298,6 +307,7 @@ mod tests {
             qos: 1,
             size: 64,
             threads: 2,
+            persistent: false,
             window: Some(100),
             rate: None,
             published: 2_000_000,

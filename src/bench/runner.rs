@@ -348,6 +348,7 @@ fn build_report(
         threads: config.threads,
         window: plan.window,
         rate: config.rate,
+        persistent: config.persistent,
         published,
         acked,
         expected,

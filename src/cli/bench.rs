@@ -75,6 +75,10 @@ struct LoadArgs {
     /// Only publishers: measures how fast publishes are accepted (e.g. against `bench sink`).
     #[arg(long)]
     publish_only: bool,
+    /// Subscribers connect with persistent sessions (CleanSession = 0), as devices that must
+    /// not miss messages do; their sessions are removed at the end (a clean reconnect).
+    #[arg(long)]
+    persistent: bool,
     /// After publishing, wait at most this long without progress before counting missing.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     drain: Duration,
@@ -162,6 +166,7 @@ impl LoadArgs {
             subscribers: self.subscribers,
             clients: self.clients,
             publish_only: self.publish_only,
+            persistent: self.persistent,
             load,
             size: self.size,
             qos: QoS::from_u8(self.qos).unwrap_or_default(),
