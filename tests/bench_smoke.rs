@@ -24,6 +24,18 @@ fn config(scenario: Scenario, port: u16, qos: QoS) -> BenchConfig {
     }
 }
 
+/// A broker with 2 shards on a free port of 127.0.0.1, and that port.
+fn start_broker() -> (broker::BrokerHandle, u16) {
+    let broker = broker::start(BrokerConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        shards: 2,
+        ..Default::default()
+    })
+    .expect("broker starts");
+    let port = broker.local_addrs()[0].port();
+    (broker, port)
+}
+
 fn check(report: &BenchReport, publishers: u64, subscribers: u64) {
     let mut summary = report.summary();
     if report.missing > 0 {
@@ -59,13 +71,7 @@ fn check(report: &BenchReport, publishers: u64, subscribers: u64) {
 
 #[test]
 fn every_scenario_delivers_everything_at_qos_0_and_1() {
-    let broker = broker::start(BrokerConfig {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        shards: 2,
-        ..Default::default()
-    })
-    .expect("broker starts");
-    let port = broker.local_addrs()[0].port();
+    let (broker, port) = start_broker();
     let n = CLIENTS as u64;
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
         for (scenario, pubs, subs) in [
@@ -84,13 +90,7 @@ fn every_scenario_delivers_everything_at_qos_0_and_1() {
 
 #[test]
 fn qos_2_and_duration_runs_complete() {
-    let broker = broker::start(BrokerConfig {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        shards: 2,
-        ..Default::default()
-    })
-    .expect("broker starts");
-    let port = broker.local_addrs()[0].port();
+    let (broker, port) = start_broker();
     let report = bench::run(config(Scenario::FanOut, port, QoS::ExactlyOnce)).unwrap();
     check(&report, 1, CLIENTS as u64);
     let report = bench::run(BenchConfig {
@@ -209,13 +209,7 @@ fn bad_flag_values_give_one_line_naming_the_flag() {
 
 #[test]
 fn persistent_subscribers_get_everything_and_leave_no_session_behind() {
-    let broker = broker::start(BrokerConfig {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        shards: 2,
-        ..Default::default()
-    })
-    .expect("broker starts");
-    let port = broker.local_addrs()[0].port();
+    let (broker, port) = start_broker();
     for (scenario, pubs, subs) in [(Scenario::Pair, 1, 1), (Scenario::FanOut, 1, CLIENTS)] {
         let report = bench::run(BenchConfig {
             persistent: true,
