@@ -1,13 +1,15 @@
 //! Durable state (issue 13, in progress): the on-disk format and its pieces, tested on their
 //! own. Each shard will own one append-only log of framed records ([`frame`]) saying what
 //! changed ([`record`]), appended with group commit ([`writer`]), read back at start by
-//! [`scan`] (torn tails cut off, damage refused with its offset) and added up into what to
-//! restore ([`image`]), in a data directory one broker at a time may use ([`lock`]). Nothing
+//! [`scan`] (torn tails cut off, damage refused with its offset), added up into what to
+//! restore ([`image`]) and dealt out to the shards that own it now ([`load`]), in a data
+//! directory one broker at a time may use ([`lock`]). Nothing
 //! here touches the broker yet: `--data-dir` does not exist until sessions, queues and retained
 //! messages are written and acknowledgements wait for them.
 
 pub mod frame;
 pub mod image;
+pub mod load;
 pub mod lock;
 pub mod record;
 pub mod scan;
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use frame::{decode_frame, encode_frame, Frame};
 pub use image::{Image, Inconsistent, StoredInflight, StoredMessage, StoredSession};
+pub use load::{load_dir, load_log, log_path};
 pub use lock::DataDirLock;
 pub use record::{Record, RecordError};
 pub use scan::{scan, Damaged, Scanned, TornTail};
@@ -32,6 +35,12 @@ pub enum StoreError {
     },
     #[error("{path}: {damage}; move the file away (or truncate it at that offset) to start without what follows")]
     Damaged { path: PathBuf, damage: Damaged },
+    #[error("{path}: record at offset {offset}: {why}; move the file away (or truncate it at that offset) to start without what follows")]
+    Record {
+        path: PathBuf,
+        offset: usize,
+        why: String,
+    },
     #[error("data directory {dir} is in use by another broker{}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Locked { dir: PathBuf, pid: Option<u32> },
 }
