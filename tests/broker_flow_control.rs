@@ -386,6 +386,12 @@ fn qos0_is_dropped_at_the_limit_and_never_holds_a_publisher_back() {
         }
         drop(sub);
         let metrics = broker.shutdown();
+        // The queue did overflow (so push-back had its chance), and QoS 0 was dropped instead.
+        assert!(
+            total(&metrics, |m| m.dropped_queue_full_qos0) > 0,
+            "{metrics:?}"
+        );
+        assert_eq!(total(&metrics, |m| m.pressure_raised), 0, "{metrics:?}");
         assert_eq!(total(&metrics, |m| m.publishers_paused), 0, "{metrics:?}");
     });
 }
