@@ -259,12 +259,10 @@ impl Shard {
         let id = s.id;
         let filters: Vec<ByteStr> = s.subscriptions.drain().map(|(f, _)| f).collect();
         s.clear_delivery_state();
-        let relieved = s.relieve_pressure();
         let client_id = s.client_id.clone();
         drop(s);
-        if relieved {
-            self.release_pressure(id);
-        }
+        // An emptied queue holds nobody back.
+        self.relieve(session);
         {
             let mut replica = self.replica.borrow_mut();
             for f in &filters {

@@ -115,9 +115,14 @@ impl LogWriter {
         if self.durable.get() >= position {
             return Poll::Ready(());
         }
-        self.waiters
-            .borrow_mut()
-            .push((position, cx.waker().clone()));
+        let mut waiters = self.waiters.borrow_mut();
+        // A task polled again for the same position waits once, not once per poll.
+        if !waiters
+            .iter()
+            .any(|(p, w)| *p == position && w.will_wake(cx.waker()))
+        {
+            waiters.push((position, cx.waker().clone()));
+        }
         Poll::Pending
     }
 
