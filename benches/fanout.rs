@@ -65,6 +65,7 @@ fn subscribers(share_payloads_from: usize) -> Vec<Subscriber> {
             tx.set_nodelay(true).unwrap();
             rx.set_nonblocking(true).unwrap();
             let id = SubscriberId {
+                durable: false,
                 shard: ShardId(0),
                 slot: i as u32,
                 generation: 1,

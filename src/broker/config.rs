@@ -49,6 +49,12 @@ pub struct BrokerConfig {
     /// Connections silent this long (up to twice as long) park: they give up their glommio
     /// socket and wait in an epoll set, which saves memory per idle client. None never parks.
     pub park_idle_after: Option<Duration>,
+    /// Where persistent sessions, their messages and retained messages are kept across
+    /// restarts and crashes; None keeps everything in memory only.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// With a data directory: 0 acknowledges only what is on disk; more syncs at most this
+    /// often and acknowledges at once, so a crash may lose the last interval.
+    pub sync_interval: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -69,6 +75,8 @@ impl Default for BrokerConfig {
             authenticator: Arc::new(FileAuthenticator::allow_all()),
             spin_before_sleep: Duration::ZERO,
             park_idle_after: Some(Duration::from_secs(2)),
+            data_dir: None,
+            sync_interval: Duration::ZERO,
         }
     }
 }
@@ -148,6 +156,20 @@ impl BrokerConfig {
         }
         if self.max_queued_bytes == 0 {
             return Err(ConfigError::new("max-queued-bytes", "must be above 0"));
+        }
+        if let Some(dir) = &self.data_dir {
+            if dir.exists() && !dir.is_dir() {
+                return Err(ConfigError::new(
+                    "data-dir",
+                    format!("{} exists and is not a directory", dir.display()),
+                ));
+            }
+        }
+        if self.sync_interval > Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "sync-interval-ms",
+                "must be at most 60000 (60 s)",
+            ));
         }
         Ok(())
     }

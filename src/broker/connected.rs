@@ -45,9 +45,11 @@ const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
 /// How long a closing connection may take to deliver the acknowledgements already encoded.
 const CLOSING_FLUSH: Duration = Duration::from_millis(100);
 
+mod acks;
 mod held;
 mod packets;
 
+use acks::DurableAcks;
 use held::Held;
 
 /// Where a connection is in its life.
@@ -81,6 +83,8 @@ pub struct ConnectedClient {
     phase: Phase,
     /// Set while the client's publishing is held back; boxed, as it is rare.
     held: Option<Box<Held>>,
+    /// Acknowledgements waiting for the disk (with `--data-dir`).
+    acks: Option<Box<DurableAcks>>,
 }
 
 /// The keepalive of a client that asked for one (MQTT-3.1.2-24). The deadline itself waits in
@@ -158,6 +162,7 @@ impl ConnectedClient {
             keepalive,
             phase: Phase::Serving,
             held: None,
+            acks: None,
         }
     }
 
@@ -193,6 +198,7 @@ impl ConnectedClient {
                 if let Err(reason) = self.process_input() {
                     return Poll::Ready(reason);
                 }
+                self.release_acks(None);
                 self.shard.flush();
                 if self.shard.congested() {
                     self.phase = Phase::WaitingForRouter;
@@ -214,6 +220,11 @@ impl ConnectedClient {
                 }
                 if self.wire.wbuf.len() < WRITE_HIGH_WATER {
                     let packets = session.fill(&mut self.wire.wbuf, WRITE_HIGH_WATER);
+                    if let (Some(journal), Some(n)) = (self.shard.journal(), session.stored_as()) {
+                        for (seq, packet_id) in session.take_sent() {
+                            journal.sent(n, seq, packet_id);
+                        }
+                    }
                     add(&self.shard.metrics.packets_out, packets as u64);
                     let under_pressure = session.under_pressure();
                     drop(session);
@@ -228,6 +239,17 @@ impl ConnectedClient {
             }
             self.phase = Phase::Waiting;
         }
+    }
+
+    /// Moves the acknowledgements whose data is durable into the write buffer; returns how
+    /// many. With `cx`, the task is woken when more may be.
+    fn release_acks(&mut self, cx: Option<&mut Context<'_>>) -> usize {
+        let Some(acks) = &mut self.acks else {
+            return 0;
+        };
+        let released = acks.release(&self.shard, self.wire.wbuf.encoded(), cx);
+        add(&self.shard.metrics.packets_out, released as u64);
+        released
     }
 
     fn mark_active(&mut self) {
@@ -264,7 +286,16 @@ impl ConnectedClient {
                 return Poll::Ready(Event::Input);
             }
         }
-        if self.wire.wbuf.len() < READ_PAUSE && self.held.as_ref().is_none_or(|h| h.reads_more()) {
+        if self.release_acks(Some(cx)) > 0 {
+            return Poll::Ready(Event::Output);
+        }
+        if self.wire.wbuf.len() < READ_PAUSE
+            && self.held.as_ref().is_none_or(|h| h.reads_more())
+            && self
+                .acks
+                .as_ref()
+                .is_none_or(|a| a.len() < acks::MAX_WAITING)
+        {
             let mut arena = self.shard.read_arena.borrow_mut();
             match self
                 .wire
@@ -299,6 +330,7 @@ impl ConnectedClient {
         };
         if lot.epoch().wrapping_sub(self.active_epoch) < 2
             || self.held.is_some()
+            || self.acks.as_ref().is_some_and(|a| !a.is_empty())
             || !self.wire.rbuf.is_empty()
             || !self.wire.wbuf.is_empty()
             || self.wire.is_parked()
@@ -410,7 +442,7 @@ impl ConnectedClient {
                     qos,
                     retain,
                 } = *will;
-                // Nobody to hold back: the connection is gone.
+                // Nobody to hold back and nobody to acknowledge: the connection is gone.
                 let _ = self
                     .shard
                     .route(Arc::new(Message::new(topic, payload, qos, retain)));
@@ -419,6 +451,13 @@ impl ConnectedClient {
         }
         let detached = self.session.borrow_mut().detach(self.conn);
         if detached {
+            let at_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.shard
+                .journal_session(&self.session.borrow(), |session| {
+                    crate::store::Record::Detached { session, at_ms }
+                });
             // An offline session holds nobody back: its queue drops at the limit.
             self.shard.relieve(&self.session);
         }

@@ -150,6 +150,7 @@ mod tests {
 
     fn id(slot: u32) -> SubscriberId {
         SubscriberId {
+            durable: false,
             shard: ShardId(0),
             slot,
             generation: 7,

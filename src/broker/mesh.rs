@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::protocol::{encode_publish, ByteStr, Connect, QoS};
 
 /// Index of a shard (one executor, one core).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ShardId(pub u16);
 
 impl ShardId {
@@ -40,6 +40,10 @@ impl ShardId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SubscriberId {
     pub shard: ShardId,
+    /// Whether what the session is sent is written to its shard's log (a persistent session
+    /// with `--data-dir`): a publisher's acknowledgement then waits for that shard's disk.
+    /// Fixed for the session's life; it sits in padding, so the id stays 12 bytes.
+    pub durable: bool,
     pub slot: u32,
     pub generation: u32,
 }
@@ -127,6 +131,19 @@ pub struct DeliveryBatch {
     /// Each message with the end index (exclusive) of its targets in `targets`.
     pub messages: Vec<(Arc<Message>, u32)>,
     pub targets: Vec<Target>,
+    /// Where it stands among the numbered messages of its sender (see [`Numbered`]).
+    pub numbered: Numbered,
+}
+
+/// The place of a message among those one shard sent another that may have to be made
+/// durable (deliveries and retained messages): numbered 1, 2, ... per sender and destination,
+/// so the destination confirms durability with one number (see `durability`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Numbered {
+    pub origin: ShardId,
+    pub number: u64,
+    /// A publisher waits for this one: the destination must say when it is durable.
+    pub needs_ack: bool,
 }
 
 impl DeliveryBatch {
@@ -197,7 +214,13 @@ pub enum ShardMessage {
         token: u64,
     },
     /// Store (or, with an empty payload, clear) a retained message on its owner shard.
-    Retain(Arc<Message>),
+    Retain(Arc<Message>, Numbered),
+    /// Everything `from` was sent by this shard up to number `upto` (see [`Numbered`]) is
+    /// durable on `from`.
+    Durable {
+        from: ShardId,
+        upto: u64,
+    },
     Adopt(Box<MovedConnection>),
     /// A subscriber's queue went over its limits (`on`), or is relieved: hold back, or let go,
     /// the publishers that reach it at QoS 1/2 (see `pressure`).
@@ -309,6 +332,8 @@ pub struct Router {
     me: ShardId,
     mesh: Arc<Mesh>,
     open: Vec<DeliveryBatch>,
+    /// Numbered messages sent to each destination so far (see [`Numbered`]).
+    numbered: Vec<u64>,
     backlog: Vec<VecDeque<ShardMessage>>,
     /// Count of flushes that found an inbox full.
     pub stalls: u64,
@@ -326,6 +351,7 @@ impl Router {
             me,
             mesh,
             open: (0..n).map(|_| DeliveryBatch::default()).collect(),
+            numbered: vec![0; n],
             backlog: (0..n).map(|_| VecDeque::new()).collect(),
             stalls: 0,
         }
@@ -335,22 +361,56 @@ impl Router {
         &self.mesh
     }
 
-    pub fn deliver(&mut self, to: ShardId, message: &Arc<Message>, target: Target) {
-        let batch = &mut self.open[to.index()];
+    /// Adds a delivery to the batch for `to`; returns the batch's number. With `needs_ack`,
+    /// `to` will say when the batch is durable.
+    pub fn deliver(
+        &mut self,
+        to: ShardId,
+        message: &Arc<Message>,
+        target: Target,
+        needs_ack: bool,
+    ) -> u64 {
+        let i = to.index();
+        let number = self.numbered[i] + 1;
+        let batch = &mut self.open[i];
         batch.push(message, target);
+        batch.numbered.needs_ack |= needs_ack;
         if batch.len() >= MAX_BATCH {
-            let full = std::mem::take(batch);
-            self.backlog[to.index()].push_back(ShardMessage::Deliver(full));
+            self.close_batch(i);
         }
+        number
+    }
+
+    /// Queues the open batch for `i`, numbered.
+    fn close_batch(&mut self, i: usize) {
+        if self.open[i].is_empty() {
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.open[i]);
+        self.numbered[i] += 1;
+        batch.numbered.origin = self.me;
+        batch.numbered.number = self.numbered[i];
+        self.backlog[i].push_back(ShardMessage::Deliver(batch));
+    }
+
+    /// Sends a retained message to the shard that owns its topic; returns its number.
+    pub fn retain(&mut self, to: ShardId, message: Arc<Message>, needs_ack: bool) -> u64 {
+        let i = to.index();
+        self.close_batch(i);
+        self.numbered[i] += 1;
+        let numbered = Numbered {
+            origin: self.me,
+            number: self.numbered[i],
+            needs_ack,
+        };
+        self.backlog[i].push_back(ShardMessage::Retain(message, numbered));
+        numbered.number
     }
 
     /// Queues a control message behind any deliveries already gathered for `to`, keeping order.
     pub fn send(&mut self, to: ShardId, msg: ShardMessage) {
         let i = to.index();
-        if !self.open[i].is_empty() {
-            let batch = std::mem::take(&mut self.open[i]);
-            self.backlog[i].push_back(ShardMessage::Deliver(batch));
-        }
+        self.close_batch(i);
         self.backlog[i].push_back(msg);
     }
 
@@ -368,10 +428,7 @@ impl Router {
     pub fn flush(&mut self) -> bool {
         let mut waiting = false;
         for i in 0..self.open.len() {
-            if !self.open[i].is_empty() {
-                let batch = std::mem::take(&mut self.open[i]);
-                self.backlog[i].push_back(ShardMessage::Deliver(batch));
-            }
+            self.close_batch(i);
             let to = ShardId(i as u16);
             while let Some(msg) = self.backlog[i].pop_front() {
                 if let Err(msg) = self.mesh.try_send(to, msg) {
@@ -445,7 +502,7 @@ mod tests {
         let mut router = Router::new(ShardId(0), mesh);
         let m = msg("t");
         for i in 0..(INBOX_CAPACITY + 10) as u32 {
-            router.deliver(ShardId(1), &m, target(i));
+            router.deliver(ShardId(1), &m, target(i), false);
             router.flush();
         }
         assert!(router.has_backlog());

@@ -9,6 +9,8 @@
 pub mod config;
 mod connected;
 mod connection;
+mod durability;
+mod journal;
 mod keepalive;
 pub mod mesh;
 pub mod metrics;
@@ -16,6 +18,7 @@ pub mod output;
 mod parking;
 mod pressure;
 mod replica;
+mod restore;
 mod runtime;
 pub mod session;
 mod session_table;

@@ -231,6 +231,7 @@ mod tests {
     #[test]
     fn tokens_round_trip_slot_and_generation() {
         let id = SubscriberId {
+            durable: false,
             shard: ShardId(3),
             slot: 70_000,
             generation: 0xdead_beef,

@@ -16,9 +16,11 @@ use super::config::BrokerConfig;
 use super::keepalive::watch_keepalives;
 use super::mesh::{InboxReceiver, Mesh, ShardId, ShardMessage};
 use super::metrics::MetricsSnapshot;
+use super::restore::{final_sync, prepare, restore, Startup};
 use super::shard::Shard;
 use super::shard_tasks::{
-    drain_inbox, expire_sessions, retry_stalled, sweep_idle_connections, watch_stalls,
+    confirm_durable, drain_inbox, expire_sessions, retry_stalled, sweep_idle_connections,
+    watch_stalls,
 };
 use crate::sys::{allowed_cpus, ensure_locked_memory, reserve_port};
 
@@ -43,6 +45,8 @@ pub enum StartError {
     },
     #[error("cannot start shard {shard}: {reason}")]
     Executor { shard: usize, reason: String },
+    #[error("--data-dir: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// A running broker. Dropping it does not stop it; call [`BrokerHandle::shutdown`].
@@ -50,6 +54,8 @@ pub struct BrokerHandle {
     addrs: Vec<SocketAddr>,
     mesh: Arc<Mesh>,
     executors: Vec<ExecutorJoinHandle<MetricsSnapshot>>,
+    /// With `--data-dir`: holds the directory's lock until the broker is gone.
+    _startup: Option<Arc<Startup>>,
 }
 
 impl BrokerHandle {
@@ -86,6 +92,10 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     let (addrs, _reservations) = resolve_listen_addrs(&config.listen)?;
     let config = Arc::new(config);
     let shards = config.shards;
+    let startup = match &config.data_dir {
+        Some(dir) => Some(prepare(dir, shards)?),
+        None => None,
+    };
     let (mesh, inboxes) = Mesh::new(shards).map_err(|e| StartError::Executor {
         shard: 0,
         reason: format!("cannot create the shard doorbells: {e}"),
@@ -100,6 +110,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         let shard_addrs = addrs.clone();
         let ready = ready_tx.clone();
         let shard_sockets = open_sockets.clone();
+        let shard_startup = startup.clone();
         let placement = match cpus.get(i % cpus.len().max(1)) {
             Some(&cpu) => Placement::Fixed(cpu),
             None => Placement::Unbound,
@@ -115,7 +126,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                     shard_mesh,
                     shard_sockets,
                 ));
-                run_shard(shard, inbox, &shard_addrs, ready).await
+                run_shard(shard, inbox, &shard_addrs, shard_startup, ready).await
             });
         match spawned {
             Ok(handle) => executors.push(handle),
@@ -124,6 +135,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                     addrs,
                     mesh,
                     executors,
+                    _startup: None,
                 };
                 handle.shutdown();
                 return Err(StartError::Executor {
@@ -138,6 +150,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         addrs,
         mesh,
         executors,
+        _startup: startup,
     };
     for _ in 0..shards {
         match ready_rx.recv() {
@@ -170,8 +183,22 @@ async fn run_shard(
     shard: Rc<Shard>,
     inbox: InboxReceiver,
     addrs: &[SocketAddr],
+    startup: Option<Arc<Startup>>,
     ready: mpsc::Sender<Result<(), StartError>>,
 ) -> MetricsSnapshot {
+    if let Some(startup) = &startup {
+        if let Err(e) = restore(&shard, startup).await {
+            let _ = ready.send(Err(e.into()));
+            return MetricsSnapshot::default();
+        }
+        if super::restore::failed(startup) {
+            let _ = ready.send(Err(StartError::Executor {
+                shard: shard.id.index(),
+                reason: "another shard could not restore its part of --data-dir".into(),
+            }));
+            return MetricsSnapshot::default();
+        }
+    }
     let mut listeners = Vec::with_capacity(addrs.len());
     for &addr in addrs {
         match TcpListener::bind(addr) {
@@ -194,6 +221,7 @@ async fn run_shard(
     let sweep = glommio::spawn_local(sweep_idle_connections(shard.clone()));
     let keepalives = glommio::spawn_local(watch_keepalives(shard.clone()));
     let stalls = glommio::spawn_local(watch_stalls(shard.clone()));
+    let durable = glommio::spawn_local(confirm_durable(shard.clone()));
     let accepts: Vec<_> = listeners
         .into_iter()
         .map(|listener| glommio::spawn_local(accept_loop(shard.clone(), listener)))
@@ -210,6 +238,8 @@ async fn run_shard(
         }
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    final_sync(&shard).await;
+    drop(durable);
     drop(stalls);
     drop(keepalives);
     drop(sweep);

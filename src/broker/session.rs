@@ -49,6 +49,8 @@ pub enum Outbound {
         message: Arc<Message>,
         qos: QoS,
         retain: bool,
+        /// The message's number in the session's journal (see [`Session::stored_as`]).
+        seq: u64,
     },
     SubAck(SubAck),
     UnsubAck(PacketId),
@@ -72,6 +74,7 @@ struct Inflight {
     qos: QoS,
     retain: bool,
     state: InflightState,
+    seq: u64,
 }
 
 /// What an acknowledgement from the client (PUBACK, PUBREC, PUBCOMP) turned out to be.
@@ -105,6 +108,26 @@ pub enum Queued {
     /// Beyond the limits, for a connected subscriber that keeps reading: the publishers that
     /// feed it must now wait (the caller raises the pressure, see `pressure`).
     OverLimit,
+}
+
+/// One piece of a session's durable state, for a fresh journal (see
+/// [`Session::for_each_stored`]).
+pub enum StoredItem<'a> {
+    Inflight {
+        message: &'a Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        seq: u64,
+        packet_id: PacketId,
+        received: bool,
+    },
+    Queued {
+        message: &'a Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        seq: u64,
+    },
+    IncomingQos2(PacketId),
 }
 
 /// Limits a session enforces; copied from the broker configuration.
@@ -175,6 +198,20 @@ pub struct Session {
     progressed: bool,
     /// When the pressure watch last saw progress.
     last_progress: Instant,
+    /// Set when the session is written to its shard's journal (a persistent session with
+    /// `--data-dir`; see `journal`). Boxed: most sessions are not.
+    stored: Option<Box<Stored>>,
+}
+
+/// A journalled session's bookkeeping.
+#[derive(Debug)]
+struct Stored {
+    /// The session's number in its shard's journal.
+    number: u64,
+    /// The journal number of the next message queued.
+    next_seq: u64,
+    /// QoS 1/2 messages `fill` sent since the caller last took them, (seq, packet id).
+    sent: Vec<(u64, PacketId)>,
 }
 
 impl Session {
@@ -208,6 +245,127 @@ impl Session {
             stalled: false,
             progressed: false,
             last_progress: Instant::now(),
+            stored: None,
+        }
+    }
+
+    /// The session's number in its shard's journal, if it is written there.
+    pub fn stored_as(&self) -> Option<u64> {
+        self.stored.as_ref().map(|s| s.number)
+    }
+
+    /// From now on the session is written to the journal as session `number` (or, None, no
+    /// longer).
+    pub fn set_stored_as(&mut self, number: Option<u64>) {
+        self.stored = number.map(|number| {
+            Box::new(Stored {
+                number,
+                next_seq: 1,
+                sent: Vec::new(),
+            })
+        });
+    }
+
+    /// A persistent session as the journal kept it (see `store::StoredSession`): offline,
+    /// its unacknowledged messages to be sent again first, with DUP, then its queue.
+    pub fn restore(
+        id: SubscriberId,
+        limits: Rc<SessionLimits>,
+        stored_as: u64,
+        stored: crate::store::StoredSession,
+        detached_at: Instant,
+    ) -> Session {
+        let mut s = Session::new(stored.client_id, id, false, limits);
+        s.username = stored.username;
+        s.subscriptions = stored.subscriptions.into_iter().collect();
+        s.set_stored_as(Some(stored_as));
+        s.detached_at = Some(detached_at);
+        let mut next_seq = 1;
+        let message = |m: &crate::store::StoredMessage| {
+            Arc::new(Message::new(
+                m.topic.clone(),
+                m.payload.clone(),
+                m.qos,
+                m.retain,
+            ))
+        };
+        for f in &stored.inflight {
+            let state = match (f.message.qos, f.received) {
+                (QoS::ExactlyOnce, true) => InflightState::Comp,
+                (QoS::ExactlyOnce, false) => InflightState::Rec,
+                _ => InflightState::Ack,
+            };
+            s.inflight.push_back(Inflight {
+                packet_id: f.packet_id,
+                message: message(&f.message),
+                qos: f.message.qos,
+                retain: f.message.retain,
+                state,
+                seq: f.message.seq,
+            });
+            s.last_packet_id = f.packet_id;
+            next_seq = next_seq.max(f.message.seq + 1);
+        }
+        for m in &stored.queue {
+            s.queued_bytes += m.payload.len();
+            s.queue.push_back(Outbound::Publish {
+                message: message(m),
+                qos: m.qos,
+                retain: m.retain,
+                seq: m.seq,
+            });
+            next_seq = next_seq.max(m.seq + 1);
+        }
+        if let Some(stored) = &mut s.stored {
+            stored.next_seq = next_seq;
+        }
+        s.incoming_qos2 = stored.incoming_qos2.into_iter().collect();
+        s
+    }
+
+    /// The journal number given to the last message queued (0 for a session not journalled).
+    pub fn last_seq(&self) -> u64 {
+        self.stored.as_ref().map_or(0, |s| s.next_seq - 1)
+    }
+
+    /// The (seq, packet id) of QoS 1/2 messages sent since the last call, for the journal.
+    pub fn take_sent(&mut self) -> impl Iterator<Item = (u64, PacketId)> + '_ {
+        self.stored.iter_mut().flat_map(|s| s.sent.drain(..))
+    }
+
+    /// The session as the journal would have it: what a fresh log must begin with. Messages in
+    /// flight come first, in the order sent, then the queue; QoS 0 is not kept.
+    pub fn for_each_stored(&self, mut each: impl FnMut(StoredItem<'_>)) {
+        for f in &self.inflight {
+            each(StoredItem::Inflight {
+                message: &f.message,
+                qos: f.qos,
+                retain: f.retain,
+                seq: f.seq,
+                packet_id: f.packet_id,
+                received: f.state == InflightState::Comp,
+            });
+        }
+        for item in &self.queue {
+            if let Outbound::Publish {
+                message,
+                qos,
+                retain,
+                seq,
+            } = item
+            {
+                if *qos != QoS::AtMostOnce {
+                    each(StoredItem::Queued {
+                        message,
+                        qos: *qos,
+                        retain: *retain,
+                        seq: *seq,
+                    });
+                }
+            }
+        }
+        for id in &self.incoming_qos2 {
+            each(StoredItem::IncomingQos2(*id));
         }
     }
 
@@ -323,10 +481,18 @@ impl Session {
         } else {
             message
         };
+        let seq = match &mut self.stored {
+            Some(stored) => {
+                stored.next_seq += 1;
+                stored.next_seq - 1
+            }
+            None => 0,
+        };
         self.queue.push_back(Outbound::Publish {
             message,
             qos,
             retain,
+            seq,
         });
         self.wake();
         Ok(queued)
@@ -402,6 +568,7 @@ impl Session {
                     message,
                     qos,
                     retain,
+                    seq,
                 } => {
                     self.queued_bytes -= message.payload.len();
                     if qos == QoS::AtMostOnce {
@@ -410,7 +577,11 @@ impl Session {
                         let packet_id = next_id(self.last_packet_id);
                         self.last_packet_id = packet_id;
                         write_publish(out, share_from, &message, qos, retain, false, packet_id);
+                        if let Some(stored) = &mut self.stored {
+                            stored.sent.push((seq, packet_id));
+                        }
                         self.inflight.push_back(Inflight {
+                            seq,
                             packet_id,
                             message,
                             qos,
@@ -480,9 +651,10 @@ impl Session {
         self.incoming_qos2.insert(packet_id)
     }
 
-    /// PUBREL: the id may be used for a new message from now on.
-    pub fn on_pubrel(&mut self, packet_id: PacketId) {
-        self.incoming_qos2.remove(&packet_id);
+    /// PUBREL: the id may be used for a new message from now on. Returns whether it was
+    /// waiting for its PUBREL.
+    pub fn on_pubrel(&mut self, packet_id: PacketId) -> bool {
+        self.incoming_qos2.remove(&packet_id)
     }
 
     /// Forgets everything a clean session does not keep past its connection.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 fn session(max_inflight: usize, max_msgs: usize, max_bytes: usize) -> Session {
     let id = SubscriberId {
+        durable: false,
         shard: ShardId(0),
         slot: 0,
         generation: 1,
@@ -436,6 +437,7 @@ fn large_payloads_are_shared_not_copied() {
         stall_timeout: std::time::Duration::from_secs(10),
     };
     let id = SubscriberId {
+        durable: false,
         shard: ShardId(0),
         slot: 0,
         generation: 1,

@@ -16,6 +16,8 @@ use ahash::AHashMap;
 use tracing::{debug, warn};
 
 use super::config::BrokerConfig;
+use super::durability::{Durability, Ticket};
+use super::journal::Journal;
 use super::keepalive::KeepaliveQueue;
 use super::mesh::{Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target};
 use super::metrics::{add, Metrics};
@@ -27,6 +29,7 @@ use super::session::{Dropped, Kick, Outbound, Queued, Session, SessionLimits};
 use super::session_table::SessionTable;
 use super::wire::{ReadArena, WritePool};
 use crate::protocol::{ByteStr, Connect, QoS};
+use crate::store::{Position, Record};
 use crate::topic::TopicTree;
 
 /// A small message going to at least this many subscribers at QoS 0 is encoded once, and each
@@ -122,6 +125,24 @@ pub struct Shard {
     pub keepalives: KeepaliveQueue,
     /// Subscribers whose full queues hold their publishers back (see `pressure`).
     pub pressure: PressureBoard,
+    /// The shard's log, with `--data-dir` (set once at start, see `restore`).
+    pub journal: std::cell::OnceCell<Journal>,
+    /// Acknowledgements waiting for other shards' disks, and this shard's answers to them.
+    pub durability: Durability,
+    /// SUBACK/UNSUBACK tokens (see `pending`) waiting for the journal to reach a position.
+    pub(super) durable_requests: RefCell<std::collections::VecDeque<(Position, u64)>>,
+    pub(super) durable_requests_waker: RefCell<Option<Waker>>,
+}
+
+/// What routing a message did (see [`Shard::route`]).
+#[must_use = "a publisher that reached a subscriber under pressure must wait for it"]
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// A subscriber under pressure that got the message at QoS 1/2, if any: the publisher
+    /// must then wait for it (see `pressure`).
+    pub pressured: Option<SubscriberId>,
+    /// What must be durable before the message is acknowledged (with `--data-dir`).
+    pub ticket: Ticket,
 }
 
 impl Shard {
@@ -145,12 +166,13 @@ impl Shard {
             share_payloads_from: SHARE_PAYLOADS_FROM,
             stall_timeout: config.stall_timeout,
         });
+        let shards = mesh.shards();
         Shard {
             parking,
             session_limits,
             keepalives: KeepaliveQueue::default(),
             id,
-            shards: mesh.shards(),
+            shards,
             config,
             metrics: Metrics::default(),
             open_sockets,
@@ -171,6 +193,80 @@ impl Shard {
             stall_waker: RefCell::new(None),
             congestion_waiters: RefCell::new(Vec::new()),
             pressure: PressureBoard::default(),
+            journal: std::cell::OnceCell::new(),
+            durability: Durability::new(shards),
+            durable_requests: RefCell::new(std::collections::VecDeque::new()),
+            durable_requests_waker: RefCell::new(None),
+        }
+    }
+
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.get()
+    }
+
+    /// Whether everything `ticket` names is durable; when not, the task is woken once more of
+    /// it may be.
+    pub fn poll_ticket(&self, ticket: &Ticket, cx: &mut std::task::Context<'_>) -> bool {
+        if ticket.local > 0 {
+            if let Some(journal) = self.journal() {
+                if journal.poll_durable(ticket.local, cx).is_pending() {
+                    return false;
+                }
+            }
+        }
+        ticket
+            .remote
+            .iter()
+            .all(|&(shard, number)| self.durability.poll_confirmed(shard, number, cx).is_ready())
+    }
+
+    /// Whether everything `ticket` names is durable.
+    pub fn ticket_ready(&self, ticket: &Ticket) -> bool {
+        let local = ticket.local == 0 || self.journal().is_none_or(|j| j.is_durable(ticket.local));
+        local
+            && ticket
+                .remote
+                .iter()
+                .all(|&(shard, number)| self.durability.is_confirmed(shard, number))
+    }
+
+    /// Whether acknowledgements wait for the disk: with `--data-dir`, unless
+    /// `--sync-interval-ms` traded that away.
+    pub fn acks_wait_for_disk(&self) -> bool {
+        self.journal().is_some() && self.config.sync_interval.is_zero()
+    }
+
+    /// The log position an acknowledgement must wait for after what was just appended: 0 when
+    /// nothing was appended since `before` (or acknowledgements do not wait).
+    pub fn appended_since(&self, before: Position) -> Position {
+        match self.journal() {
+            Some(j) if j.appended() > before && self.acks_wait_for_disk() => j.appended(),
+            _ => 0,
+        }
+    }
+
+    /// The end of the journal now (0 without one).
+    pub fn journal_end(&self) -> Position {
+        self.journal().map_or(0, |j| j.appended())
+    }
+
+    /// Appends `record` when `session` is journalled; returns the position an answer to it
+    /// must wait for (0 when none must).
+    pub fn journal_session(
+        &self,
+        session: &Session,
+        record: impl FnOnce(u64) -> Record,
+    ) -> Position {
+        match (self.journal(), session.stored_as()) {
+            (Some(j), Some(n)) => {
+                let at = j.append(&record(n));
+                if self.acks_wait_for_disk() {
+                    at
+                } else {
+                    0
+                }
+            }
+            _ => 0,
         }
     }
 
@@ -227,6 +323,7 @@ impl Shard {
                 && existing.borrow().username == connect.username;
             if keep {
                 existing.borrow_mut().attach(conn);
+                self.journal_session(&existing.borrow(), |session| Record::Attached { session });
                 return (existing, true);
             }
             existing.borrow_mut().kick(Kick::TakenOver);
@@ -234,18 +331,32 @@ impl Shard {
         }
         let limits = self.session_limits.clone();
         let shard = self.id;
+        let stored_as = match self.journal() {
+            Some(j) if !connect.clean_session => {
+                let session = j.new_session();
+                j.append(&Record::SessionBegan {
+                    session,
+                    client_id: connect.client_id.clone(),
+                    username: connect.username.clone(),
+                });
+                Some(session)
+            }
+            _ => None,
+        };
         let session =
             self.sessions
                 .borrow_mut()
                 .insert(connect.client_id.clone(), |slot, generation| {
                     let id = SubscriberId {
                         shard,
+                        durable: stored_as.is_some(),
                         slot,
                         generation,
                     };
                     let mut session =
                         Session::new(connect.client_id.clone(), id, connect.clean_session, limits);
                     session.username = connect.username.clone();
+                    session.set_stored_as(stored_as);
                     session
                 });
         session.borrow_mut().attach(conn);
@@ -257,6 +368,8 @@ impl Shard {
     pub fn remove_session(&self, session: &Rc<RefCell<Session>>) {
         let mut s = session.borrow_mut();
         let id = s.id;
+        self.journal_session(&s, |session| Record::SessionEnded { session });
+        s.set_stored_as(None);
         let filters: Vec<ByteStr> = s.subscriptions.drain().map(|(f, _)| f).collect();
         s.clear_delivery_state();
         let client_id = s.client_id.clone();
@@ -292,12 +405,13 @@ impl Shard {
     /// subscriber, once per subscriber at the highest granted QoS (MQTT-3.3.5-1), at
     /// min(published, granted) QoS (MQTT-3.3.1-9), with RETAIN clear (live forward).
     ///
-    /// Returns a subscriber under pressure that got the message at QoS 1/2, if any: the
-    /// publisher must then wait for it (see `pressure`).
-    #[must_use = "a publisher that reached a subscriber under pressure must wait for it"]
-    pub fn route(&self, message: Arc<Message>) -> Option<SubscriberId> {
+    /// Returns what the publisher must wait for: a subscriber under pressure, and (with
+    /// `--data-dir`) what must be durable before its acknowledgement.
+    pub fn route(&self, message: Arc<Message>) -> Routed {
+        let mut routed = Routed::default();
+        let before = self.journal_end();
         if message.retain {
-            self.retain(&message);
+            self.retain(&message, &mut routed.ticket);
         }
         let mut matches = self.matches.borrow_mut();
         matches.clear();
@@ -323,7 +437,8 @@ impl Shard {
                 self.deliver_local(id.slot, id.generation, &message, qos, false);
             } else {
                 let router = router.get_or_insert_with(|| self.router.borrow_mut());
-                router.deliver(
+                let needs_ack = id.durable && qos != QoS::AtMostOnce && self.acks_wait_for_disk();
+                let number = router.deliver(
                     id.shard,
                     &message,
                     Target {
@@ -331,7 +446,11 @@ impl Shard {
                         generation: id.generation,
                         qos,
                     },
+                    needs_ack,
                 );
+                if needs_ack {
+                    routed.ticket.add_remote(id.shard, number);
+                }
             }
             if check_pressure && self.pressure.any() && self.pressure.contains(&id) {
                 pressured = Some(id);
@@ -340,7 +459,9 @@ impl Shard {
         self.metrics
             .messages_routed
             .set(self.metrics.messages_routed.get() + 1);
-        pressured
+        routed.pressured = pressured;
+        routed.ticket.local = self.appended_since(before);
+        routed
     }
 
     fn deliver_local(
@@ -356,16 +477,20 @@ impl Shard {
             // The subscriber went away while the message travelled.
             return;
         };
-        let result = session.borrow_mut().enqueue(message.clone(), qos, retain);
+        let mut s = session.borrow_mut();
+        let result = s.enqueue(message.clone(), qos, retain);
+        if let (Ok(_), Some(stored_as), Some(journal)) = (result, s.stored_as(), self.journal()) {
+            if qos != QoS::AtMostOnce {
+                journal.queued(stored_as, s.last_seq(), message, qos, retain);
+            }
+        }
+        let id = s.id;
+        drop(s);
         match result {
             Ok(Queued::Normally) => {}
             Ok(Queued::OverLimit) => {
                 drop(sessions);
-                self.raise_pressure(SubscriberId {
-                    shard: self.id,
-                    slot,
-                    generation,
-                });
+                self.raise_pressure(id);
             }
             Err(Dropped::QueueFull) => self.metrics.count_drop_queue_full(qos),
             Err(Dropped::Offline) => self
@@ -375,20 +500,41 @@ impl Shard {
         }
     }
 
-    /// Sends a retained message to the shard that owns its topic.
-    fn retain(&self, message: &Arc<Message>) {
+    /// Sends a retained message to the shard that owns its topic (with `--data-dir`, the
+    /// publisher's acknowledgement waits for that shard's log: `ticket`).
+    fn retain(&self, message: &Arc<Message>, ticket: &mut Ticket) {
         let owner = home_shard(&message.topic, self.shards);
         if owner == self.id {
             self.store_retained(message);
         } else {
-            self.router
+            let needs_ack = self.acks_wait_for_disk();
+            let number = self
+                .router
                 .borrow_mut()
-                .send(owner, ShardMessage::Retain(message.clone()));
+                .retain(owner, message.clone(), needs_ack);
+            if needs_ack {
+                ticket.add_remote(owner, number);
+            }
         }
+    }
+
+    /// A retained message from the data directory (already in the journal).
+    pub(super) fn restore_retained(&self, message: Message) {
+        let mut retained = self.retained.borrow_mut();
+        let topic = message.topic.clone();
+        retained.insert(&topic, Arc::new(message));
+        self.metrics.retained.set(retained.len() as u64);
+    }
+
+    pub(super) fn session_limits(&self) -> Rc<SessionLimits> {
+        self.session_limits.clone()
     }
 
     /// Stores or clears (empty payload, MQTT-3.3.1-10/-11) the retained message of a topic.
     fn store_retained(&self, message: &Message) {
+        if let Some(journal) = self.journal() {
+            journal.retained(message);
+        }
         let mut retained = self.retained.borrow_mut();
         if message.payload.is_empty() {
             retained.remove(&message.topic);
@@ -445,6 +591,7 @@ impl Shard {
                         self.deliver_local(t.slot, t.generation, message, t.qos, false);
                     }
                 }
+                self.handled_numbered(batch.numbered);
             }
             ShardMessage::Subscribe {
                 subscriber,
@@ -473,7 +620,11 @@ impl Shard {
                 }
             }
             ShardMessage::UnsubscribeApplied { token } => self.request_applied(token, Vec::new()),
-            ShardMessage::Retain(message) => self.store_retained(&message),
+            ShardMessage::Retain(message, numbered) => {
+                self.store_retained(&message);
+                self.handled_numbered(numbered);
+            }
+            ShardMessage::Durable { from, upto } => self.durability.confirmed_by(from, upto),
             ShardMessage::Pressure { subscriber, on } => {
                 if on {
                     self.pressure.raise(subscriber);
@@ -505,6 +656,15 @@ impl Shard {
         }
     }
 
+    /// A numbered message from another shard was handled: it is confirmed once what it wrote
+    /// here is durable (see `durability`).
+    fn handled_numbered(&self, numbered: super::mesh::Numbered) {
+        if let Some(j) = self.journal() {
+            self.durability
+                .handled(numbered, j.appended(), j.writer().durable_position());
+        }
+    }
+
     /// Queues a message for another shard; it leaves with the next flush.
     pub fn router_send(&self, to: ShardId, msg: ShardMessage) {
         self.router.borrow_mut().send(to, msg);
@@ -512,6 +672,13 @@ impl Shard {
 
     /// Sends what the router gathered. When an inbox is full, the stall task retries.
     pub fn flush(&self) {
+        if self.journal().is_some() {
+            let mut router = self.router.borrow_mut();
+            let me = self.id;
+            self.durability.take_announcements(|origin, upto| {
+                router.send(origin, ShardMessage::Durable { from: me, upto });
+            });
+        }
         if let Some(changes) = self.pressure.take_announcements() {
             let mut router = self.router.borrow_mut();
             for (subscriber, on) in changes {

@@ -144,3 +144,45 @@ pub async fn watch_stalls(shard: Rc<Shard>) {
         shard.flush();
     }
 }
+
+/// With `--data-dir`: waits for the journal on behalf of what waits for it without a task of
+/// its own: other shards' messages to confirm (see `durability`) and SUBACK/UNSUBACK replies.
+/// Sleeps while nothing waits.
+pub async fn confirm_durable(shard: Rc<Shard>) {
+    let Some(journal) = shard.journal() else {
+        return;
+    };
+    loop {
+        let position = std::future::poll_fn(|cx| {
+            let request = shard.durable_requests.borrow().front().map(|r| r.0);
+            if request.is_none() {
+                *shard.durable_requests_waker.borrow_mut() = Some(cx.waker().clone());
+            }
+            let oldest = shard.durability.poll_oldest(cx);
+            match (request, oldest) {
+                (Some(a), Poll::Ready(b)) => Poll::Ready(a.min(b)),
+                (Some(a), Poll::Pending) => Poll::Ready(a),
+                (None, Poll::Ready(b)) => Poll::Ready(b),
+                (None, Poll::Pending) => Poll::Pending,
+            }
+        })
+        .await;
+        journal.writer().durable(position).await;
+        let durable = journal.writer().durable_position();
+        shard.durability.advance(durable);
+        loop {
+            let token = {
+                let mut requests = shard.durable_requests.borrow_mut();
+                match requests.front() {
+                    Some(&(at, token)) if at <= durable => {
+                        requests.pop_front();
+                        token
+                    }
+                    _ => break,
+                }
+            };
+            shard.request_applied(token, Vec::new());
+        }
+        shard.flush();
+    }
+}

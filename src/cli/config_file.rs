@@ -22,6 +22,8 @@ const KNOWN_KEYS: &[&str] = &[
     "acl-file",
     "spin-us",
     "park-idle-after",
+    "data-dir",
+    "sync-interval-ms",
 ];
 
 #[derive(Debug, Default)]

@@ -38,10 +38,11 @@ pub struct ServeArgs {
     max_packet_size: Option<usize>,
     /// Messages queued per session; beyond it QoS 0 is dropped, and QoS 1/2 holds its
     /// publishers back while the subscriber reads (dropped when it is offline or stalled)
-    /// [default: 1000].
+    /// [default: 1000; 1000000 with --data-dir].
     #[arg(long)]
     max_queued_messages: Option<usize>,
-    /// Payload bytes queued per session, with the same policy [default: 64 MiB].
+    /// Payload bytes queued per session, with the same policy [default: 64 MiB; 1 GiB with
+    /// --data-dir].
     #[arg(long, value_name = "BYTES")]
     max_queued_bytes: Option<usize>,
     /// Seconds a subscriber with a full queue may read and acknowledge nothing before it
@@ -78,7 +79,24 @@ pub struct ServeArgs {
     /// parks [default: 2].
     #[arg(long, value_name = "SECONDS")]
     park_idle_after: Option<u64>,
+    /// Keep persistent sessions (CleanSession = 0), their subscriptions and queued QoS 1/2
+    /// messages, and retained messages in this directory, across restarts and crashes. A QoS
+    /// 1/2 publish is then acknowledged only once it is on disk. Raises the queue defaults to
+    /// 1000000 messages and 1 GiB per session [default: keep everything in memory only].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// With --data-dir: sync the log at most every N ms and acknowledge without waiting for
+    /// the disk. Faster, but a crash (of the host; kill -9 of the broker alone is fine once
+    /// the write left it) may lose what was acknowledged in the last N ms; 0 waits for the
+    /// disk before every acknowledgement [default: 0].
+    #[arg(long, value_name = "MS")]
+    sync_interval_ms: Option<u64>,
 }
+
+/// Queue limits per session with --data-dir, where queued messages are kept on disk too and
+/// a full queue means an acknowledged message is dropped.
+const PERSISTENT_MAX_QUEUED_MESSAGES: usize = 1_000_000;
+const PERSISTENT_MAX_QUEUED_BYTES: usize = 1 << 30;
 
 /// Turns flags (and the config file) into a validated broker configuration.
 pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
@@ -93,6 +111,11 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         file.listen()?.unwrap_or(defaults.listen)
     };
     let secs = |v: Option<u64>| v.map(Duration::from_secs);
+    let data_dir = args.data_dir.or(file.path("data-dir")?);
+    let (default_queued_messages, default_queued_bytes) = match data_dir {
+        Some(_) => (PERSISTENT_MAX_QUEUED_MESSAGES, PERSISTENT_MAX_QUEUED_BYTES),
+        None => (defaults.max_queued_messages, defaults.max_queued_bytes),
+    };
     let password_file = args.password_file.or(file.path("password-file")?);
     let acl_file = args.acl_file.or(file.path("acl-file")?);
     let allow_anonymous = args
@@ -130,12 +153,12 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         max_queued_messages: pick(
             args.max_queued_messages,
             file.usize("max-queued-messages")?,
-            defaults.max_queued_messages,
+            default_queued_messages,
         ),
         max_queued_bytes: pick(
             args.max_queued_bytes,
             file.usize("max-queued-bytes")?,
-            defaults.max_queued_bytes,
+            default_queued_bytes,
         ),
         stall_timeout: secs(args.stall_timeout.or(file.u64("stall-timeout")?))
             .unwrap_or(defaults.stall_timeout),
@@ -162,6 +185,12 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             Some(s) => Some(Duration::from_secs(s)),
             None => defaults.park_idle_after,
         },
+        data_dir,
+        sync_interval: Duration::from_millis(pick(
+            args.sync_interval_ms,
+            file.u64("sync-interval-ms")?,
+            0,
+        )),
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)

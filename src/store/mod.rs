@@ -1,11 +1,11 @@
-//! Durable state (issue 13, in progress): the on-disk format and its pieces, tested on their
-//! own. Each shard will own one append-only log of framed records ([`frame`]) saying what
-//! changed ([`record`]), appended with group commit ([`writer`]), read back at start by
-//! [`scan`] (torn tails cut off, damage refused with its offset), added up into what to
-//! restore ([`image`]) and dealt out to the shards that own it now ([`load`]), in a data
-//! directory one broker at a time may use ([`lock`]). Nothing
-//! here touches the broker yet: `--data-dir` does not exist until sessions, queues and retained
-//! messages are written and acknowledgements wait for them.
+//! Durable state (`--data-dir`): the on-disk format and its pieces, free of broker types so
+//! each is tested on its own. Each shard owns one append-only log of framed records
+//! ([`frame`]) saying what changed ([`record`]), appended with group commit ([`writer`]), read
+//! back at start by [`scan`] (torn tails cut off, damage refused with its offset), added up
+//! into what to restore ([`image`]) and dealt out to the shards that own it now ([`load`]), in
+//! a data directory one broker at a time may use ([`lock`]). The broker side is
+//! `broker::journal` (what is written when), `broker::durability` (acknowledgements that wait
+//! for it) and `broker::restore` (start-up).
 
 pub mod frame;
 pub mod image;

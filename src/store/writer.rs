@@ -57,6 +57,8 @@ pub struct LogWriter {
     commits: Cell<u64>,
     /// Commits still to fail with ENOSPC before writing (see [`LogWriter::inject_full_disk`]).
     injected_failures: Cell<u32>,
+    /// Pause after each commit (see [`LogWriter::set_commit_interval`]).
+    commit_interval: Cell<Duration>,
 }
 
 impl LogWriter {
@@ -94,6 +96,7 @@ impl LogWriter {
             failing: Cell::new(false),
             commits: Cell::new(0),
             injected_failures: Cell::new(0),
+            commit_interval: Cell::new(Duration::ZERO),
         }))
     }
 
@@ -135,6 +138,17 @@ impl LogWriter {
         self.durable.get()
     }
 
+    /// The end of everything appended so far.
+    pub fn appended_position(&self) -> Position {
+        self.appended.get()
+    }
+
+    /// Makes the commit task wait this long after each commit, so more gathers per sync
+    /// (`--sync-interval-ms`: acknowledgements then do not wait for the disk at all).
+    pub fn set_commit_interval(&self, interval: Duration) {
+        self.commit_interval.set(interval);
+    }
+
     /// Commits (write + sync) so far.
     pub fn commits(&self) -> u64 {
         self.commits.get()
@@ -156,6 +170,10 @@ impl LogWriter {
                 Ok(()) => {
                     if self.failing.replace(false) {
                         info!(log = %self.path.display(), "log writes succeed again");
+                    }
+                    let pause = self.commit_interval.get();
+                    if !pause.is_zero() {
+                        glommio::timer::sleep(pause).await;
                     }
                 }
                 Err(e) => {

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use tracing::debug;
 
 use super::{CloseReason, ConnectedClient};
+use crate::broker::durability::Ticket;
 use crate::broker::mesh::Message;
 use crate::broker::metrics::add;
 use crate::broker::session::Ack;
-use crate::protocol::{encode_ack, Packet, PacketType, Publish, QoS};
+use crate::protocol::{encode_ack, Packet, PacketId, PacketType, Publish, QoS};
+use crate::store::Record;
 
 impl ConnectedClient {
     /// Closes the connection for an acknowledgement of the wrong kind; ignores one for an id
@@ -30,39 +32,74 @@ impl ConnectedClient {
         }
     }
 
+    /// Sends an acknowledgement once `ticket` is durable, after those already waiting.
+    fn ack_when_durable(&mut self, kind: PacketType, id: PacketId, ticket: Ticket) {
+        let waiting = self.acks.as_ref().is_some_and(|a| !a.is_empty());
+        if !waiting && self.shard.ticket_ready(&ticket) {
+            encode_ack(self.wire.wbuf.encoded(), kind, id);
+            add(&self.shard.metrics.packets_out, 1);
+        } else {
+            self.acks
+                .get_or_insert_with(Box::default)
+                .push(kind, id, ticket);
+        }
+    }
+
+    /// Journals `record` for a persistent session (with `--data-dir`); returns its position.
+    fn journal(&self, record: impl FnOnce(u64) -> Record) -> u64 {
+        self.shard.journal_session(&self.session.borrow(), record)
+    }
+
     pub(super) fn handle(&mut self, packet: Packet) -> Result<(), CloseReason> {
-        let answers = matches!(
-            packet,
-            Packet::PubRec(_)
-                | Packet::PubRel(_)
-                | Packet::PingReq
-                | Packet::Publish(Publish {
-                    qos: QoS::AtLeastOnce | QoS::ExactlyOnce,
-                    ..
-                })
-        );
+        // PUBACK/PUBREC/PUBREL are counted as they leave (they may wait for the disk).
+        let answers = matches!(packet, Packet::PubRel(_) | Packet::PingReq);
         if answers {
             add(&self.shard.metrics.packets_out, 1);
         }
-        let out = self.wire.wbuf.encoded();
         match packet {
             Packet::Publish(publish) => self.publish(publish)?,
             Packet::PubAck(id) => {
                 let ack = self.session.borrow_mut().on_puback(id);
                 self.acknowledged(ack, "PUBACK", id)?;
+                if ack == Ack::Done {
+                    self.journal(|session| Record::Completed {
+                        session,
+                        packet_id: id,
+                    });
+                }
             }
             Packet::PubRec(id) => {
                 let ack = self.session.borrow_mut().on_pubrec(id);
                 self.acknowledged(ack, "PUBREC", id)?;
-                encode_ack(self.wire.wbuf.encoded(), PacketType::PubRel, id);
+                // The PUBREL waits until the delivery is on disk: a restart must not send the
+                // PUBLISH again to a client that may have completed it.
+                let mut ticket = Ticket::default();
+                if ack == Ack::Done {
+                    ticket.local = self.journal(|session| Record::Received {
+                        session,
+                        packet_id: id,
+                    });
+                }
+                self.ack_when_durable(PacketType::PubRel, id, ticket);
             }
             Packet::PubRel(id) => {
-                self.session.borrow_mut().on_pubrel(id);
-                encode_ack(out, PacketType::PubComp, id);
+                if self.session.borrow_mut().on_pubrel(id) {
+                    self.journal(|session| Record::Released {
+                        session,
+                        packet_id: id,
+                    });
+                }
+                encode_ack(self.wire.wbuf.encoded(), PacketType::PubComp, id);
             }
             Packet::PubComp(id) => {
                 let ack = self.session.borrow_mut().on_pubcomp(id);
                 self.acknowledged(ack, "PUBCOMP", id)?;
+                if ack == Ack::Done {
+                    self.journal(|session| Record::Completed {
+                        session,
+                        packet_id: id,
+                    });
+                }
             }
             Packet::Subscribe(request) => {
                 let username = self.session.borrow().username.clone();
@@ -71,7 +108,7 @@ impl ConnectedClient {
             }
             Packet::Unsubscribe(request) => self.shard.unsubscribe(&self.session, request),
             Packet::PingReq => {
-                let _ = Packet::PingResp.encode(out);
+                let _ = Packet::PingResp.encode(self.wire.wbuf.encoded());
             }
             Packet::Disconnect => return Err(CloseReason::Disconnect),
             Packet::Connect(_) => {
@@ -114,22 +151,34 @@ impl ConnectedClient {
             let c = &self.shard.metrics.publishes_denied;
             c.set(c.get() + 1);
         }
+        let before = self.shard.journal_end();
         let forward = allowed
             && match qos {
                 QoS::AtMostOnce | QoS::AtLeastOnce => true,
                 // MQTT-4.3.3: a repeated PUBLISH before PUBREL is acknowledged, not forwarded again.
-                QoS::ExactlyOnce => self.session.borrow_mut().on_incoming_qos2(packet_id),
+                QoS::ExactlyOnce => {
+                    let new = self.session.borrow_mut().on_incoming_qos2(packet_id);
+                    if new {
+                        self.journal(|session| Record::IncomingQos2 { session, packet_id });
+                    }
+                    new
+                }
             };
+        let mut ticket = Ticket::default();
         if forward {
             let message = Arc::new(Message::new(topic, payload, qos, retain));
-            if let Some(subscriber) = self.shard.route(message) {
+            let routed = self.shard.route(message);
+            if let Some(subscriber) = routed.pressured {
                 self.wait_for(subscriber);
             }
+            ticket = routed.ticket;
         }
+        // Everything this publish wrote here, the incoming QoS 2 id included.
+        ticket.local = self.shard.appended_since(before);
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => encode_ack(self.wire.wbuf.encoded(), PacketType::PubAck, packet_id),
-            QoS::ExactlyOnce => encode_ack(self.wire.wbuf.encoded(), PacketType::PubRec, packet_id),
+            QoS::AtLeastOnce => self.ack_when_durable(PacketType::PubAck, packet_id, ticket),
+            QoS::ExactlyOnce => self.ack_when_durable(PacketType::PubRec, packet_id, ticket),
         }
         Ok(())
     }

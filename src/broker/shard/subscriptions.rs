@@ -12,6 +12,7 @@ use tracing::debug;
 use crate::broker::mesh::{Message, ShardMessage, SubscriberId};
 use crate::broker::session::{Outbound, Session};
 use crate::protocol::{ByteStr, QoS, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe};
+use crate::store::{Position, Record};
 use crate::topic::validate_filter_with_max_levels;
 
 impl Shard {
@@ -56,16 +57,36 @@ impl Shard {
                 }
             }
         }
+        let durable_at = {
+            let s = session.borrow();
+            let mut at = 0;
+            for (filter, qos) in &accepted {
+                at = self.journal_session(&s, |session| Record::Subscribed {
+                    session,
+                    filter: filter.clone(),
+                    qos: *qos,
+                });
+            }
+            at
+        };
         let retained = self.apply_subscribe(id, &accepted);
         let reply = Outbound::SubAck(SubAck {
             packet_id: request.packet_id,
             return_codes: codes,
         });
-        if self.shards == 1 || accepted.is_empty() {
+        let others = if accepted.is_empty() {
+            0
+        } else {
+            self.shards - 1
+        };
+        if others == 0 && durable_at == 0 {
             self.finish_request(id, reply, retained);
             return;
         }
-        let token = self.pending_request(id, reply, retained);
+        let token = self.pending_request(id, reply, retained, others, durable_at);
+        if others == 0 {
+            return;
+        }
         let filters: Arc<[(ByteStr, QoS)]> = accepted.into();
         self.router
             .borrow_mut()
@@ -78,20 +99,30 @@ impl Shard {
 
     pub fn unsubscribe(&self, session: &Rc<RefCell<Session>>, request: Unsubscribe) {
         let id;
+        let mut durable_at = 0;
         {
             let mut s = session.borrow_mut();
             id = s.id;
             for f in &request.filters {
-                s.subscriptions.remove(f.as_str());
+                if s.subscriptions.remove(f.as_str()).is_some() {
+                    durable_at = self.journal_session(&s, |session| Record::Unsubscribed {
+                        session,
+                        filter: ByteStr::from(f.as_str()),
+                    });
+                }
             }
         }
         self.apply_unsubscribe(id, &request.filters);
         let reply = Outbound::UnsubAck(request.packet_id);
-        if self.shards == 1 {
+        let others = self.shards - 1;
+        if others == 0 && durable_at == 0 {
             self.finish_request(id, reply, Vec::new());
             return;
         }
-        let token = self.pending_request(id, reply, Vec::new());
+        let token = self.pending_request(id, reply, Vec::new(), others, durable_at);
+        if others == 0 {
+            return;
+        }
         let filters: Arc<[ByteStr]> = request.filters.into();
         self.router
             .borrow_mut()
@@ -102,27 +133,44 @@ impl Shard {
             });
     }
 
+    /// Files a reply that waits for `others` shards to apply a request and, when
+    /// `durable_at` is not 0, for the journal to be durable up to it.
     fn pending_request(
         &self,
         subscriber: SubscriberId,
         reply: Outbound,
         retained: Vec<(Arc<Message>, QoS)>,
+        others: usize,
+        durable_at: Position,
     ) -> u64 {
         let token = self.next_token.get();
         self.next_token.set(token + 1);
+        let waits_for_disk = durable_at > 0;
         self.pending.borrow_mut().insert(
             token,
             PendingAck {
                 subscriber,
-                remaining: self.shards - 1,
+                remaining: others + waits_for_disk as usize,
                 reply,
                 retained,
             },
         );
+        if waits_for_disk {
+            self.durable_requests
+                .borrow_mut()
+                .push_back((durable_at, token));
+            if let Some(w) = self.durable_requests_waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
         token
     }
 
-    pub(super) fn request_applied(&self, token: u64, retained: Vec<(Arc<Message>, QoS)>) {
+    pub(in crate::broker) fn request_applied(
+        &self,
+        token: u64,
+        retained: Vec<(Arc<Message>, QoS)>,
+    ) {
         let done = {
             let mut pending = self.pending.borrow_mut();
             let Some(p) = pending.get_mut(&token) else {
@@ -159,7 +207,7 @@ impl Shard {
 
     /// Adds the subscriptions to this replica; returns the retained messages this shard owns
     /// that match them, with the granted QoS.
-    pub(super) fn apply_subscribe(
+    pub(in crate::broker) fn apply_subscribe(
         &self,
         id: SubscriberId,
         filters: &[(ByteStr, QoS)],

@@ -56,6 +56,7 @@ fn any_flush_that_ends_the_congestion_wakes_the_paused_publishers() {
 fn small_messages_are_encoded_once_for_enough_qos0_subscribers() {
     let sub = |slot, qos| {
         let id = SubscriberId {
+            durable: false,
             shard: ShardId(0),
             slot,
             generation: 1,

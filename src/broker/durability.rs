@@ -1,0 +1,242 @@
+//! Acknowledgements that wait for the disk (with `--data-dir`), across shards.
+//!
+//! A QoS 1/2 publish may be written on several shards: the publisher's own (queues of its
+//! local persistent subscribers, a retained topic it owns) and those it sends deliveries or a
+//! retained message to. Its PUBACK/PUBREC waits for a [`Ticket`]: a position in the local log
+//! and, per other shard, the number of the message it sent there (see `mesh::Numbered`).
+//!
+//! A destination shard writes what a numbered message asks for while handling it, notes the
+//! end of its log at that moment, and once that end is durable confirms the number back to the
+//! sender, coalesced into one `ShardMessage::Durable` per sender per flush. Numbers and log
+//! positions only grow, so "durable up to N" covers every message before N too. Only messages a
+//! publisher waits for (`needs_ack`) cause a confirmation to be sent; the others just move the
+//! number along.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::task::{Context, Poll, Waker};
+
+use smallvec::SmallVec;
+
+use super::mesh::{Numbered, ShardId};
+use crate::store::Position;
+
+/// What an acknowledgement waits for: everything up to `local` in this shard's log, and each
+/// `(shard, number)` confirmed by that shard.
+#[derive(Debug, Default, Clone)]
+pub struct Ticket {
+    pub local: Position,
+    pub remote: SmallVec<[(ShardId, u64); 2]>,
+}
+
+impl Ticket {
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.local == 0 && self.remote.is_empty()
+    }
+
+    /// Adds "message `number` sent to `shard`"; a later number to one shard covers earlier ones.
+    pub fn add_remote(&mut self, shard: ShardId, number: u64) {
+        match self.remote.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, n)) => *n = (*n).max(number),
+            None => self.remote.push((shard, number)),
+        }
+    }
+}
+
+/// A numbered message this shard handled whose records are not durable yet.
+struct Unconfirmed {
+    numbered: Numbered,
+    position: Position,
+}
+
+/// Both sides of the confirmations; see the module docs.
+pub struct Durability {
+    /// Per destination shard: the highest number it confirmed durable.
+    confirmed: Vec<Cell<u64>>,
+    /// Connections waiting for a confirmation.
+    waiters: RefCell<Vec<Waker>>,
+    /// Handled here, waiting for this shard's log, in the order handled.
+    unconfirmed: RefCell<VecDeque<Unconfirmed>>,
+    /// Per sender: the highest number handled here and durable.
+    durable_for: Vec<Cell<u64>>,
+    /// Per sender: a confirmation it waits for is due.
+    announce: Vec<Cell<bool>>,
+    /// The task that waits for the log on behalf of `unconfirmed`.
+    watcher: RefCell<Option<Waker>>,
+}
+
+impl Durability {
+    pub fn new(shards: usize) -> Durability {
+        Durability {
+            confirmed: (0..shards).map(|_| Cell::new(0)).collect(),
+            waiters: RefCell::new(Vec::new()),
+            unconfirmed: RefCell::new(VecDeque::new()),
+            durable_for: (0..shards).map(|_| Cell::new(0)).collect(),
+            announce: (0..shards).map(|_| Cell::new(false)).collect(),
+            watcher: RefCell::new(None),
+        }
+    }
+
+    // ----- the sender's side ----------------------------------------------------------------
+
+    /// `from` confirmed everything up to `upto`.
+    pub fn confirmed_by(&self, from: ShardId, upto: u64) {
+        let c = &self.confirmed[from.index()];
+        if upto > c.get() {
+            c.set(upto);
+            for w in self.waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Ready once `shard` confirmed `number`.
+    pub fn poll_confirmed(&self, shard: ShardId, number: u64, cx: &mut Context<'_>) -> Poll<()> {
+        if self.confirmed[shard.index()].get() >= number {
+            return Poll::Ready(());
+        }
+        let mut waiters = self.waiters.borrow_mut();
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    pub fn is_confirmed(&self, shard: ShardId, number: u64) -> bool {
+        self.confirmed[shard.index()].get() >= number
+    }
+
+    // ----- the destination's side -----------------------------------------------------------
+
+    /// A numbered message was handled; what it wrote ends at `appended`, the log is durable up
+    /// to `durable`.
+    pub fn handled(&self, numbered: Numbered, appended: Position, durable: Position) {
+        if appended <= durable {
+            // Everything handled before is durable too: positions only grow.
+            self.advance(durable);
+            self.confirm(numbered);
+            return;
+        }
+        self.unconfirmed.borrow_mut().push_back(Unconfirmed {
+            numbered,
+            position: appended,
+        });
+        if let Some(w) = self.watcher.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// The log is durable up to `durable`: confirms what that covers.
+    pub fn advance(&self, durable: Position) {
+        loop {
+            let next = {
+                let mut unconfirmed = self.unconfirmed.borrow_mut();
+                match unconfirmed.front() {
+                    Some(u) if u.position <= durable => unconfirmed.pop_front(),
+                    _ => None,
+                }
+            };
+            match next {
+                Some(u) => self.confirm(u.numbered),
+                None => return,
+            }
+        }
+    }
+
+    fn confirm(&self, numbered: Numbered) {
+        let i = numbered.origin.index();
+        self.durable_for[i].set(numbered.number);
+        if numbered.needs_ack {
+            self.announce[i].set(true);
+        }
+    }
+
+    /// The log position the oldest unconfirmed message waits for; the watcher task sleeps
+    /// until there is one.
+    pub fn poll_oldest(&self, cx: &mut Context<'_>) -> Poll<Position> {
+        match self.unconfirmed.borrow().front() {
+            Some(u) => Poll::Ready(u.position),
+            None => {
+                *self.watcher.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The confirmations due, per sender: (sender, durable up to).
+    pub fn take_announcements(&self, mut each: impl FnMut(ShardId, u64)) {
+        for (i, due) in self.announce.iter().enumerate() {
+            if due.replace(false) {
+                each(ShardId(i as u16), self.durable_for[i].get());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbered(origin: u16, number: u64, needs_ack: bool) -> Numbered {
+        Numbered {
+            origin: ShardId(origin),
+            number,
+            needs_ack,
+        }
+    }
+
+    fn announced(d: &Durability) -> Vec<(u16, u64)> {
+        let mut out = Vec::new();
+        d.take_announcements(|s, n| out.push((s.0, n)));
+        out
+    }
+
+    #[test]
+    fn a_message_that_wrote_nothing_new_is_confirmed_at_once() {
+        let d = Durability::new(2);
+        d.handled(numbered(1, 1, true), 100, 100);
+        assert_eq!(announced(&d), [(1, 1)]);
+        assert_eq!(announced(&d), [], "announced once");
+    }
+
+    #[test]
+    fn confirmations_wait_for_the_log_and_cover_earlier_numbers() {
+        let d = Durability::new(3);
+        d.handled(numbered(1, 1, true), 10, 0);
+        d.handled(numbered(2, 1, false), 20, 0);
+        d.handled(numbered(1, 2, false), 30, 0);
+        assert_eq!(announced(&d), []);
+        d.advance(25);
+        // Shard 2's message needed no answer; shard 1's first did.
+        assert_eq!(announced(&d), [(1, 1)]);
+        d.advance(30);
+        assert_eq!(announced(&d), [], "number 2 needed no answer");
+        d.handled(numbered(1, 3, true), 30, 30);
+        assert_eq!(announced(&d), [(1, 3)]);
+    }
+
+    #[test]
+    fn a_sender_waits_until_the_number_is_confirmed() {
+        let d = Durability::new(2);
+        let waker = futures_lite::future::block_on(std::future::poll_fn(|cx| {
+            Poll::Ready(cx.waker().clone())
+        }));
+        let mut cx = Context::from_waker(&waker);
+        assert!(d.poll_confirmed(ShardId(1), 2, &mut cx).is_pending());
+        d.confirmed_by(ShardId(1), 1);
+        assert!(d.poll_confirmed(ShardId(1), 2, &mut cx).is_pending());
+        d.confirmed_by(ShardId(1), 3);
+        assert!(d.poll_confirmed(ShardId(1), 2, &mut cx).is_ready());
+    }
+
+    #[test]
+    fn tickets_keep_the_highest_number_per_shard() {
+        let mut t = Ticket::default();
+        assert!(t.is_empty());
+        t.add_remote(ShardId(1), 4);
+        t.add_remote(ShardId(1), 6);
+        t.add_remote(ShardId(2), 1);
+        assert_eq!(t.remote.as_slice(), [(ShardId(1), 6), (ShardId(2), 1)]);
+    }
+}

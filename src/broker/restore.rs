@@ -1,0 +1,313 @@
+//! Starting with `--data-dir`: the state the logs kept becomes live again before the first
+//! client is accepted, and the logs are rewritten compacted.
+//!
+//! The directory holds `lock` (one broker at a time), `CURRENT` (the generation in use) and
+//! `gen-G/shard-N.log`. At start the broker loads generation G with whatever shard count wrote
+//! it ([`crate::store::load_dir`] deals sessions and retained topics out to the shards that own
+//! them now), and each shard writes what it got as the first records of a fresh log in
+//! generation G + 1, then keeps appending there. Once every shard's fresh log is durable,
+//! `CURRENT` is switched (write, sync, rename, sync the directory) and G is removed. A crash
+//! before the switch leaves G as it was; the half-written G + 1 is removed by the next start.
+//!
+//! The shards meet twice at a [`Barrier`], blocking their threads, which is fine because
+//! nothing else runs yet: once when every fresh log is durable (then shard 0 switches
+//! `CURRENT`), once more before any of them reads the others' restored subscriptions into its
+//! trie replica. A shard that failed still meets the others, so none waits forever.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tracing::{info, warn};
+
+use super::journal::Journal;
+use super::mesh::{Message, SubscriberId};
+use super::session::Session;
+use super::shard::{home_shard, Shard};
+use crate::protocol::{ByteStr, QoS};
+use crate::store::{
+    load_dir, log_path, DataDirLock, Image, LogWriter, Record, StoreError, StoredSession,
+};
+
+/// How long a stopping shard waits for its log to be durable.
+const FINAL_SYNC: Duration = Duration::from_secs(5);
+
+/// What the shards share while they restore; made by [`prepare`].
+pub struct Startup {
+    dir: PathBuf,
+    new: u64,
+    images: Mutex<Vec<Option<Image>>>,
+    subscriptions: Mutex<Vec<Vec<(SubscriberId, ByteStr, QoS)>>>,
+    barrier: Barrier,
+    failed: AtomicBool,
+    /// Held for the broker's life.
+    _lock: DataDirLock,
+}
+
+/// Locks the data directory and loads it (on the caller's thread, before the shards start).
+pub fn prepare(dir: &Path, shards: usize) -> Result<Arc<Startup>, StoreError> {
+    let lock = DataDirLock::acquire(dir)?;
+    let old = read_current(dir)?;
+    let images = match old {
+        Some(generation) => load_dir(&generation_dir(dir, generation), shards, |key| {
+            home_shard(key, shards).index()
+        })?,
+        None => (0..shards).map(|_| Image::default()).collect(),
+    };
+    let new = old.map_or(1, |g| g + 1);
+    // Left by a start that crashed before switching to it: nothing there was acknowledged.
+    remove_generations_except(dir, old);
+    let new_dir = generation_dir(dir, new);
+    std::fs::create_dir_all(&new_dir).map_err(|e| StoreError::io(&new_dir, e))?;
+    let (sessions, retained) = images.iter().fold((0, 0), |(s, r), i| {
+        (s + i.sessions.len(), r + i.retained.len())
+    });
+    info!(dir = %dir.display(), generation = ?old, sessions, retained, "data directory loaded");
+    Ok(Arc::new(Startup {
+        dir: dir.to_path_buf(),
+        new,
+        images: Mutex::new(images.into_iter().map(Some).collect()),
+        subscriptions: Mutex::new(vec![Vec::new(); shards]),
+        barrier: Barrier::new(shards),
+        failed: AtomicBool::new(false),
+        _lock: lock,
+    }))
+}
+
+fn generation_dir(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("gen-{generation}"))
+}
+
+fn read_current(dir: &Path) -> Result<Option<u64>, StoreError> {
+    let path = dir.join("CURRENT");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| StoreError::Record {
+                path,
+                offset: 0,
+                why: format!("{:?} is not a generation number", text.trim()),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(&path, e)),
+    }
+}
+
+/// Points `CURRENT` at `generation`, crash-safely: a new file synced, renamed over the old
+/// one, and the rename synced with the directory.
+fn write_current(dir: &Path, generation: u64) -> Result<(), StoreError> {
+    let tmp = dir.join("CURRENT.tmp");
+    let path = dir.join("CURRENT");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, format!("{generation}\n").as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| StoreError::io(&path, e))
+}
+
+/// Removes every `gen-*` directory but `keep`'s (best effort: what is left is only disk use).
+fn remove_generations_except(dir: &Path, keep: Option<u64>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let generation = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("gen-"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if generation.is_some() && generation != keep {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                warn!(path = %entry.path().display(), "cannot remove an old generation: {e}");
+            }
+        }
+    }
+}
+
+/// Restores this shard's part of the data directory and starts its journal; see the module
+/// docs. Every shard must call it, also after something failed.
+pub async fn restore(shard: &Shard, startup: &Startup) -> Result<(), StoreError> {
+    let result = restore_own(shard, startup).await;
+    if result.is_err() {
+        startup.failed.store(true, Ordering::SeqCst);
+    }
+    startup.barrier.wait();
+    let mut switched = Ok(());
+    if shard.id.index() == 0 && !startup.failed.load(Ordering::SeqCst) {
+        switched = write_current(&startup.dir, startup.new);
+        match &switched {
+            Ok(()) => remove_generations_except(&startup.dir, Some(startup.new)),
+            Err(_) => startup.failed.store(true, Ordering::SeqCst),
+        }
+    }
+    startup.barrier.wait();
+    result?;
+    switched?;
+    if startup.failed.load(Ordering::SeqCst) {
+        // Another shard said why; this one just does not start.
+        return Ok(());
+    }
+    let all = startup.subscriptions.lock().expect("not poisoned").clone();
+    for list in all {
+        for (id, filter, qos) in list {
+            shard.apply_subscribe(id, &[(filter, qos)]);
+        }
+    }
+    Ok(())
+}
+
+/// Whether the start failed on some shard (see [`restore`]).
+pub fn failed(startup: &Startup) -> bool {
+    startup.failed.load(Ordering::SeqCst)
+}
+
+async fn restore_own(shard: &Shard, startup: &Startup) -> Result<(), StoreError> {
+    let i = shard.id.index();
+    let image = startup.images.lock().expect("not poisoned")[i]
+        .take()
+        .unwrap_or_default();
+    let path = log_path(&generation_dir(&startup.dir, startup.new), i);
+    let writer = LogWriter::open(&path, 0).await?;
+    writer.set_commit_interval(shard.config.sync_interval);
+    glommio::spawn_local(writer.clone().run()).detach();
+    let journal = Journal::new(writer.clone(), 0);
+    let now_ms = unix_ms();
+    let now = Instant::now();
+    let mut subscriptions = Vec::new();
+    for (_, stored) in image.sessions {
+        let n = journal.new_session();
+        write_session(&journal, n, &stored, now_ms);
+        let detached_at = stored
+            .detached_at_ms
+            .and_then(|at| now.checked_sub(Duration::from_millis(now_ms.saturating_sub(at))))
+            .unwrap_or(now);
+        let session = shard.restore_session(n, stored, detached_at);
+        let s = session.borrow();
+        for (filter, qos) in &s.subscriptions {
+            subscriptions.push((s.id, filter.clone(), *qos));
+        }
+    }
+    for (topic, (payload, qos)) in image.retained {
+        journal.append(&Record::Retained {
+            topic: topic.clone(),
+            payload: payload.clone(),
+            qos,
+        });
+        shard.restore_retained(Message::new(topic, payload, qos, true));
+    }
+    writer.durable(journal.appended()).await;
+    let _ = shard.journal.set(journal);
+    startup.subscriptions.lock().expect("not poisoned")[i] = subscriptions;
+    Ok(())
+}
+
+/// The records that make a fresh log hold `stored` as session `n`.
+fn write_session(journal: &Journal, n: u64, stored: &StoredSession, now_ms: u64) {
+    journal.append(&Record::SessionBegan {
+        session: n,
+        client_id: stored.client_id.clone(),
+        username: stored.username.clone(),
+    });
+    for (filter, qos) in &stored.subscriptions {
+        journal.append(&Record::Subscribed {
+            session: n,
+            filter: filter.clone(),
+            qos: *qos,
+        });
+    }
+    let queued = |m: &crate::store::StoredMessage| Record::Queued {
+        session: n,
+        seq: m.seq,
+        topic: m.topic.clone(),
+        payload: Bytes::clone(&m.payload),
+        qos: m.qos,
+        retain: m.retain,
+    };
+    for f in &stored.inflight {
+        journal.append(&queued(&f.message));
+        journal.append(&Record::Sent {
+            session: n,
+            seq: f.message.seq,
+            packet_id: f.packet_id,
+        });
+        if f.received {
+            journal.append(&Record::Received {
+                session: n,
+                packet_id: f.packet_id,
+            });
+        }
+    }
+    for m in &stored.queue {
+        journal.append(&queued(m));
+    }
+    for id in &stored.incoming_qos2 {
+        journal.append(&Record::IncomingQos2 {
+            session: n,
+            packet_id: *id,
+        });
+    }
+    journal.append(&Record::Detached {
+        session: n,
+        at_ms: stored.detached_at_ms.unwrap_or(now_ms),
+    });
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// At stop: waits (bounded) for everything the journal was given to be on disk.
+pub async fn final_sync(shard: &Shard) {
+    let Some(journal) = shard.journal() else {
+        return;
+    };
+    let end = journal.appended();
+    let synced = glommio::timer::timeout(FINAL_SYNC, async {
+        journal.writer().durable(end).await;
+        Ok(())
+    })
+    .await;
+    if synced.is_err() {
+        warn!(
+            shard = shard.id.0,
+            "the log could not be synced before stopping"
+        );
+    }
+}
+
+impl Shard {
+    /// Makes a stored session live again (offline), numbered `n` in the journal.
+    pub(super) fn restore_session(
+        &self,
+        n: u64,
+        stored: StoredSession,
+        detached_at: Instant,
+    ) -> std::rc::Rc<std::cell::RefCell<Session>> {
+        let limits = self.session_limits();
+        let shard = self.id;
+        let client_id = stored.client_id.clone();
+        let session = self
+            .sessions
+            .borrow_mut()
+            .insert(client_id, |slot, generation| {
+                let id = SubscriberId {
+                    shard,
+                    durable: true,
+                    slot,
+                    generation,
+                };
+                Session::restore(id, limits, n, stored, detached_at)
+            });
+        self.metrics.sessions.set(self.metrics.sessions.get() + 1);
+        session
+    }
+}
