@@ -60,4 +60,9 @@ if [ -x scripts/interop.sh ]; then
   scripts/interop.sh
 fi
 
+if [ -x scripts/crash-test.sh ]; then
+  log "crash test (--data-dir, five kill -9s, paho)"
+  scripts/crash-test.sh
+fi
+
 log "all tests passed"

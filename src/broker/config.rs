@@ -55,6 +55,10 @@ pub struct BrokerConfig {
     /// With a data directory: 0 acknowledges only what is on disk; more syncs at most this
     /// often and acknowledges at once, so a crash may lose the last interval.
     pub sync_interval: Duration,
+    /// Fault injection for tests: while above 0, log commits fail as on a full disk (ENOSPC),
+    /// each failure counting it down. None in normal use.
+    #[doc(hidden)]
+    pub full_disk_fault: Option<Arc<std::sync::atomic::AtomicU32>>,
 }
 
 impl Default for BrokerConfig {
@@ -77,6 +81,7 @@ impl Default for BrokerConfig {
             park_idle_after: Some(Duration::from_secs(2)),
             data_dir: None,
             sync_interval: Duration::ZERO,
+            full_disk_fault: None,
         }
     }
 }

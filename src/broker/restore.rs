@@ -203,6 +203,9 @@ async fn restore_own(shard: &Shard, startup: &Startup) -> Result<(), StoreError>
         shard.restore_retained(Message::new(topic, payload, qos, true));
     }
     writer.durable(journal.appended()).await;
+    if let Some(counter) = &shard.config.full_disk_fault {
+        writer.use_fault_counter(counter.clone());
+    }
     let _ = shard.journal.set(journal);
     startup.subscriptions.lock().expect("not poisoned")[i] = subscriptions;
     Ok(())

@@ -191,6 +191,7 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             file.u64("sync-interval-ms")?,
             0,
         )),
+        full_disk_fault: None,
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)

@@ -18,6 +18,8 @@
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -56,7 +58,7 @@ pub struct LogWriter {
     failing: Cell<bool>,
     commits: Cell<u64>,
     /// Commits still to fail with ENOSPC before writing (see [`LogWriter::inject_full_disk`]).
-    injected_failures: Cell<u32>,
+    injected_failures: RefCell<Arc<AtomicU32>>,
     /// Pause after each commit (see [`LogWriter::set_commit_interval`]).
     commit_interval: Cell<Duration>,
 }
@@ -95,7 +97,7 @@ impl LogWriter {
             committer: RefCell::new(None),
             failing: Cell::new(false),
             commits: Cell::new(0),
-            injected_failures: Cell::new(0),
+            injected_failures: RefCell::new(Arc::new(AtomicU32::new(0))),
             commit_interval: Cell::new(Duration::ZERO),
         }))
     }
@@ -189,7 +191,15 @@ impl LogWriter {
     /// Fault injection: the next `commits` commits fail as on a full disk (ENOSPC), before
     /// anything is written; the commit task then retries as it would for a real one.
     pub fn inject_full_disk(&self, commits: u32) {
-        self.injected_failures.set(commits);
+        self.injected_failures
+            .borrow()
+            .store(commits, Ordering::Relaxed);
+    }
+
+    /// Fault injection from another thread (a test driving a whole broker): commits fail as
+    /// on a full disk while `counter` is above 0, each failure counting it down.
+    pub fn use_fault_counter(&self, counter: Arc<AtomicU32>) {
+        *self.injected_failures.borrow_mut() = counter;
     }
 
     /// Whether the last commit failed and the log is waiting to retry.
@@ -199,8 +209,9 @@ impl LogWriter {
 
     /// Writes everything appended so far (in whole blocks) and syncs it.
     async fn commit(&self) -> std::io::Result<()> {
-        if let Some(left) = self.injected_failures.get().checked_sub(1) {
-            self.injected_failures.set(left);
+        let injected = self.injected_failures.borrow().clone();
+        if let Some(left) = injected.load(Ordering::Relaxed).checked_sub(1) {
+            injected.store(left, Ordering::Relaxed);
             return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
         }
         let end = self.appended.get();
