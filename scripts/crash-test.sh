@@ -120,7 +120,7 @@ else
   fi
   # The data directory does not exist yet: the first start creates it. The offline queue must
   # hold every message of the run (the default limit, 1000, would drop them, acknowledged).
-  BROKER="$BIN serve --listen 127.0.0.1:$PORT --shards {shards} --data-dir $DATA --max-queued-messages 1000000"
+  BROKER="$BIN serve --listen 127.0.0.1:$PORT --shards {shards} --data-dir $DATA --max-queued-messages 1000000 --compact-after-bytes 262144"
 fi
 echo "crash-test: $BROKER"
 

@@ -59,6 +59,10 @@ pub struct BrokerConfig {
     /// each failure counting it down. None in normal use.
     #[doc(hidden)]
     pub full_disk_fault: Option<Arc<std::sync::atomic::AtomicU32>>,
+    /// A shard's log is compacted once it holds this many bytes and at least twice what its
+    /// last compaction kept (see `compaction`). Tests lower it.
+    #[doc(hidden)]
+    pub compact_after_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -82,6 +86,7 @@ impl Default for BrokerConfig {
             data_dir: None,
             sync_interval: Duration::ZERO,
             full_disk_fault: None,
+            compact_after_bytes: 64 << 20,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! session ends with its connection, and QoS 0 carries no promise.
 
 use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
@@ -19,7 +20,13 @@ use crate::protocol::{ByteStr, PacketId, QoS};
 use crate::store::{LogWriter, Position, Record};
 
 pub struct Journal {
-    writer: Rc<LogWriter>,
+    /// The log appended to now.
+    writer: RefCell<Rc<LogWriter>>,
+    /// The log before the last compaction and where it ended, until all of it is durable
+    /// (see `compaction`).
+    previous: RefCell<Option<(Position, Rc<LogWriter>)>>,
+    /// Where the log lives (a compaction writes its successor next to it).
+    path: PathBuf,
     /// Reused for each record's body.
     scratch: RefCell<BytesMut>,
     /// The number the next persistent session gets (see [`Record`]).
@@ -27,24 +34,45 @@ pub struct Journal {
 }
 
 impl Journal {
-    pub fn new(writer: Rc<LogWriter>, next_session: u64) -> Journal {
+    pub fn new(writer: Rc<LogWriter>, path: PathBuf, next_session: u64) -> Journal {
         Journal {
-            writer,
+            writer: RefCell::new(writer),
+            previous: RefCell::new(None),
+            path,
             scratch: RefCell::new(BytesMut::with_capacity(256)),
             next_session: Cell::new(next_session),
         }
     }
 
-    pub fn writer(&self) -> &Rc<LogWriter> {
-        &self.writer
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Appends `record`; returns the position it is durable at.
     pub fn append(&self, record: &Record) -> Position {
+        self.append_to(&self.writer.borrow(), record)
+    }
+
+    /// Appends `record` to `writer` (a compaction's next log, before the switch).
+    pub fn append_to(&self, writer: &LogWriter, record: &Record) -> Position {
         let mut body = self.scratch.borrow_mut();
         body.clear();
         let kind = record.encode(&mut body);
-        self.writer.append(kind, &body)
+        writer.append(kind, &body)
+    }
+
+    /// From now on records go to `next` (a compacted log whose positions start where this one's
+    /// end); the old log is kept until all of it is durable ([`Journal::drop_previous`]).
+    pub fn switch_to(&self, next: Rc<LogWriter>) {
+        let old = std::mem::replace(&mut *self.writer.borrow_mut(), next);
+        *self.previous.borrow_mut() = Some((old.appended_position(), old));
+    }
+
+    /// Forgets the previous log (all of it durable) and ends its commit task.
+    pub fn drop_previous(&self) {
+        if let Some((_, old)) = self.previous.borrow_mut().take() {
+            old.retire();
+        }
     }
 
     /// A number for a new persistent session.
@@ -56,15 +84,40 @@ impl Journal {
 
     /// The end of everything appended: durable once [`Journal::poll_durable`] says so.
     pub fn appended(&self) -> Position {
-        self.writer.appended_position()
+        self.writer.borrow().appended_position()
     }
 
+    /// Ready once everything up to `position` is durable, across a compaction's switch: the
+    /// previous log must be durable up to where it ended too.
     pub fn poll_durable(&self, position: Position, cx: &mut Context<'_>) -> Poll<()> {
-        self.writer.poll_durable(position, cx)
+        if let Some((end, old)) = &*self.previous.borrow() {
+            if old.poll_durable(position.min(*end), cx).is_pending() {
+                return Poll::Pending;
+            }
+            if position <= *end {
+                return Poll::Ready(());
+            }
+        }
+        self.writer.borrow().poll_durable(position, cx)
+    }
+
+    /// Resolves once everything up to `position` is durable.
+    pub async fn durable(&self, position: Position) {
+        std::future::poll_fn(|cx| self.poll_durable(position, cx)).await
+    }
+
+    /// Everything up to here is durable.
+    pub fn durable_position(&self) -> Position {
+        if let Some((end, old)) = &*self.previous.borrow() {
+            if old.durable_position() < *end {
+                return old.durable_position();
+            }
+        }
+        self.writer.borrow().durable_position()
     }
 
     pub fn is_durable(&self, position: Position) -> bool {
-        self.writer.durable_position() >= position
+        self.durable_position() >= position
     }
 
     // ----- the records, by event ------------------------------------------------------------

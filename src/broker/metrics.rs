@@ -37,6 +37,8 @@ pub struct Metrics {
     pub pressure_raised: Cell<u64>,
     pub publishers_paused: Cell<u64>,
     pub subscribers_stalled: Cell<u64>,
+    /// Times the shard's log was compacted (with `--data-dir`, see `compaction`).
+    pub compactions: Cell<u64>,
     /// Protocol errors by the rule broken (the error's text, which names the rule).
     pub protocol_errors_by_rule: RefCell<AHashMap<String, u64>>,
 }
@@ -91,6 +93,7 @@ pub struct MetricsSnapshot {
     pub pressure_raised: u64,
     pub publishers_paused: u64,
     pub subscribers_stalled: u64,
+    pub compactions: u64,
     pub mesh_stalls: u64,
 }
 
@@ -127,6 +130,7 @@ impl Metrics {
             pressure_raised: self.pressure_raised.get(),
             publishers_paused: self.publishers_paused.get(),
             subscribers_stalled: self.subscribers_stalled.get(),
+            compactions: self.compactions.get(),
             mesh_stalls,
         }
     }

@@ -177,7 +177,7 @@ async fn restore_own(shard: &Shard, startup: &Startup) -> Result<(), StoreError>
     let writer = LogWriter::open(&path, 0).await?;
     writer.set_commit_interval(shard.config.sync_interval);
     glommio::spawn_local(writer.clone().run()).detach();
-    let journal = Journal::new(writer.clone(), 0);
+    let journal = Journal::new(writer.clone(), path.clone(), 0);
     let now_ms = unix_ms();
     let now = Instant::now();
     let mut subscriptions = Vec::new();
@@ -275,7 +275,7 @@ pub async fn final_sync(shard: &Shard) {
     };
     let end = journal.appended();
     let synced = glommio::timer::timeout(FINAL_SYNC, async {
-        journal.writer().durable(end).await;
+        journal.durable(end).await;
         Ok(())
     })
     .await;

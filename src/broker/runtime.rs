@@ -222,6 +222,7 @@ async fn run_shard(
     let keepalives = glommio::spawn_local(watch_keepalives(shard.clone()));
     let stalls = glommio::spawn_local(watch_stalls(shard.clone()));
     let durable = glommio::spawn_local(confirm_durable(shard.clone()));
+    let compaction = glommio::spawn_local(super::compaction::compact_journal(shard.clone()));
     let accepts: Vec<_> = listeners
         .into_iter()
         .map(|listener| glommio::spawn_local(accept_loop(shard.clone(), listener)))
@@ -238,6 +239,7 @@ async fn run_shard(
         }
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    drop(compaction);
     final_sync(&shard).await;
     drop(durable);
     drop(stalls);

@@ -98,7 +98,7 @@ pub struct Shard {
     open_sockets: Arc<AtomicUsize>,
     pub(super) router: RefCell<Router>,
     replica: RefCell<Replica>,
-    retained: RefCell<TopicTree<Arc<Message>>>,
+    pub(super) retained: RefCell<TopicTree<Arc<Message>>>,
     pub(super) sessions: RefCell<SessionTable>,
     pending: RefCell<AHashMap<u64, PendingAck>>,
     next_token: Cell<u64>,
@@ -661,7 +661,7 @@ impl Shard {
     fn handled_numbered(&self, numbered: super::mesh::Numbered) {
         if let Some(j) = self.journal() {
             self.durability
-                .handled(numbered, j.appended(), j.writer().durable_position());
+                .handled(numbered, j.appended(), j.durable_position());
         }
     }
 

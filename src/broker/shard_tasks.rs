@@ -167,8 +167,8 @@ pub async fn confirm_durable(shard: Rc<Shard>) {
             }
         })
         .await;
-        journal.writer().durable(position).await;
-        let durable = journal.writer().durable_position();
+        journal.durable(position).await;
+        let durable = journal.durable_position();
         shard.durability.advance(durable);
         loop {
             let token = {

@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// disk before every acknowledgement [default: 0].
     #[arg(long, value_name = "MS")]
     sync_interval_ms: Option<u64>,
+    /// With --data-dir: compact a shard's log once it holds this many bytes (and twice what
+    /// its last compaction kept). For tests that want compactions often [default: 64 MiB].
+    #[arg(long, value_name = "BYTES", hide = true)]
+    compact_after_bytes: Option<u64>,
 }
 
 /// Queue limits per session with --data-dir, where queued messages are kept on disk too and
@@ -191,7 +195,10 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             file.u64("sync-interval-ms")?,
             0,
         )),
-        full_disk_fault: None,
+        compact_after_bytes: args
+            .compact_after_bytes
+            .unwrap_or(defaults.compact_after_bytes),
+        ..defaults
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -236,6 +243,7 @@ fn log_totals(shards: &[MetricsSnapshot]) {
         dropped_qos12_queue_full = dropped_qos12,
         publishers_paused = sum(|m| m.publishers_paused),
         subscribers_stalled = sum(|m| m.subscribers_stalled),
+        log_compactions = sum(|m| m.compactions),
         protocol_errors = sum(|m| m.protocol_errors),
         "stopped"
     );

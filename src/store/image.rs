@@ -157,6 +157,7 @@ impl Image {
             Record::RetainCleared { topic } => {
                 self.retained.remove(&topic);
             }
+            Record::SnapshotEnd => {}
         }
         Ok(())
     }

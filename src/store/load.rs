@@ -61,6 +61,35 @@ pub fn load_log(path: &Path) -> Result<Image, StoreError> {
     }
 }
 
+/// Finishes or undoes compactions a crash interrupted: a compacted log (`shard-N.log.next`)
+/// replaces its predecessor when its snapshot is whole (its `SnapshotEnd` record is there;
+/// anything acknowledged after the switch to it came after that record), and is removed
+/// otherwise (then nothing after the switch was acknowledged, and the old log has it all).
+pub fn settle_compactions(dir: &Path) -> Result<(), StoreError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| StoreError::io(dir, e))?.path();
+        let is_next = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("shard-") && n.ends_with(".log.next"));
+        if !is_next {
+            continue;
+        }
+        let mut whole = false;
+        read_log(&path, |_, kind, _| {
+            whole |= kind == super::record::kind::SNAPSHOT_END;
+        })?;
+        let settled = if whole {
+            std::fs::rename(&path, path.with_extension(""))
+        } else {
+            std::fs::remove_file(&path)
+        };
+        settled.map_err(|e| StoreError::io(&path, e))?;
+    }
+    Ok(())
+}
+
 /// Loads every shard log of `dir` and deals its state out to `shards` shards: `home` names
 /// the shard that owns a client id or a topic.
 pub fn load_dir(
@@ -68,6 +97,7 @@ pub fn load_dir(
     shards: usize,
     home: impl Fn(&str) -> usize,
 ) -> Result<Vec<Image>, StoreError> {
+    settle_compactions(dir)?;
     let mut out: Vec<Image> = (0..shards).map(|_| Image::default()).collect();
     for path in log_files(dir)? {
         let image = load_log(&path)?;
@@ -192,6 +222,40 @@ mod tests {
         assert!(images
             .iter()
             .all(|i| i.sessions.is_empty() && i.retained.is_empty()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_compaction_cut_short_is_undone_and_a_whole_one_finished() {
+        let clients = |images: &[Image]| -> Vec<String> {
+            images[0]
+                .sessions
+                .values()
+                .map(|s| s.client_id.to_string())
+                .collect()
+        };
+        // The old log has "old"; the successor's snapshot has "kept", then "later" after it.
+        let dir = temp_dir("compaction-whole");
+        write_log(&log_path(&dir, 0), &[began(0, "old")]);
+        let next = log_path(&dir, 0).with_extension("log.next");
+        write_log(
+            &next,
+            &[began(0, "kept"), Record::SnapshotEnd, began(1, "later")],
+        );
+        assert_eq!(
+            clients(&load_dir(&dir, 1, |_| 0).unwrap()),
+            ["kept", "later"]
+        );
+        assert!(!next.exists(), "the successor took the old log's name");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // Without its SnapshotEnd the successor never counted: removed, the old log is used.
+        let dir = temp_dir("compaction-cut");
+        write_log(&log_path(&dir, 0), &[began(0, "old")]);
+        let next = log_path(&dir, 0).with_extension("log.next");
+        write_log(&next, &[began(0, "half")]);
+        assert_eq!(clients(&load_dir(&dir, 1, |_| 0).unwrap()), ["old"]);
+        assert!(!next.exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

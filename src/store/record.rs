@@ -86,6 +86,9 @@ pub enum Record {
     RetainCleared {
         topic: ByteStr,
     },
+    /// Ends the snapshot a compacted log begins with: a compacted log without it was cut
+    /// short by a crash and is not used (see `broker::compaction`).
+    SnapshotEnd,
 }
 
 /// A record body that does not parse.
@@ -103,7 +106,7 @@ pub enum RecordError {
     BadQoS(u8, u8),
 }
 
-mod kind {
+pub(crate) mod kind {
     pub const SESSION_BEGAN: u8 = 1;
     pub const SESSION_ENDED: u8 = 2;
     pub const SUBSCRIBED: u8 = 3;
@@ -118,6 +121,7 @@ mod kind {
     pub const ATTACHED: u8 = 12;
     pub const RETAINED: u8 = 13;
     pub const RETAIN_CLEARED: u8 = 14;
+    pub const SNAPSHOT_END: u8 = 15;
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -227,6 +231,7 @@ impl Record {
                 put_str(out, topic);
                 RETAIN_CLEARED
             }
+            Record::SnapshotEnd => SNAPSHOT_END,
         }
     }
 
@@ -300,6 +305,7 @@ impl Record {
                 payload: r.payload()?,
             },
             RETAIN_CLEARED => Record::RetainCleared { topic: r.str()? },
+            SNAPSHOT_END => Record::SnapshotEnd,
             other => return Err(RecordError::UnknownKind(other)),
         };
         if r.body.has_remaining() {
@@ -431,6 +437,7 @@ mod tests {
                 qos: QoS::AtMostOnce,
             },
             Record::RetainCleared { topic: s("r/t") },
+            Record::SnapshotEnd,
         ]
     }
 

@@ -33,8 +33,10 @@ use super::StoreError;
 /// How long a failed commit waits before it tries again.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
 
-/// A position in a log: the byte offset just past a record. A record is durable once the
-/// log's durable position reaches its own.
+/// A position in a shard's journal: the byte offset just past a record, counted from the
+/// `origin` of the file it is in (0 for a log opened at start; where the previous log ended for
+/// one begun by compaction, so positions keep growing across files). A record is durable once
+/// the log's durable position reaches its own.
 pub type Position = u64;
 
 /// A log open for appending. Shared by the shard's tasks (`Rc`); see the module docs.
@@ -47,6 +49,10 @@ pub struct LogWriter {
     pending: RefCell<BytesMut>,
     /// Offset of `pending[0]` in the file, a multiple of `align`.
     base: Cell<u64>,
+    /// The position of the file's first byte (see [`Position`]).
+    origin: Cell<Position>,
+    /// Set by [`LogWriter::retire`]: the commit task ends once everything is durable.
+    retired: Cell<bool>,
     /// End of everything appended, and of everything known to be on disk.
     appended: Cell<Position>,
     durable: Cell<Position>,
@@ -91,6 +97,8 @@ impl LogWriter {
             align,
             pending: RefCell::new(pending),
             base: Cell::new(base),
+            origin: Cell::new(0),
+            retired: Cell::new(false),
             appended: Cell::new(valid_len),
             durable: Cell::new(valid_len),
             waiters: RefCell::new(Vec::new()),
@@ -100,6 +108,23 @@ impl LogWriter {
             injected_failures: RefCell::new(Arc::new(AtomicU32::new(0))),
             commit_interval: Cell::new(Duration::ZERO),
         }))
+    }
+
+    /// Makes the positions of a log that has nothing in it yet start at `origin`.
+    pub fn set_origin(&self, origin: Position) {
+        assert_eq!(self.appended.get(), 0, "the log is not empty");
+        assert!(self.pending.borrow().is_empty(), "the log is not empty");
+        self.origin.set(origin);
+        self.appended.set(origin);
+        self.durable.set(origin);
+    }
+
+    /// Nothing more will be appended: the commit task ends once all is durable.
+    pub fn retire(&self) {
+        self.retired.set(true);
+        if let Some(w) = self.committer.borrow_mut().take() {
+            w.wake();
+        }
     }
 
     /// Appends a record; returns the position it is durable at (see [`LogWriter::poll_durable`]).
@@ -156,18 +181,24 @@ impl LogWriter {
         self.commits.get()
     }
 
-    /// The commit task: writes and syncs whatever gathered, one batch at a time, forever.
+    /// The commit task: writes and syncs whatever gathered, one batch at a time, until the
+    /// log is retired and all of it is durable.
     pub async fn run(self: Rc<Self>) {
         loop {
-            std::future::poll_fn(|cx| {
+            let more = std::future::poll_fn(|cx| {
                 if self.appended.get() > self.durable.get() {
-                    Poll::Ready(())
+                    Poll::Ready(true)
+                } else if self.retired.get() {
+                    Poll::Ready(false)
                 } else {
                     *self.committer.borrow_mut() = Some(cx.waker().clone());
                     Poll::Pending
                 }
             })
             .await;
+            if !more {
+                return;
+            }
             match self.commit().await {
                 Ok(()) => {
                     if self.failing.replace(false) {
@@ -215,8 +246,9 @@ impl LogWriter {
             return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
         }
         let end = self.appended.get();
+        let end_offset = end - self.origin.get();
         let base = self.base.get();
-        let len = (end - base) as usize;
+        let len = (end_offset - base) as usize;
         let mut buf = self
             .file
             .alloc_dma_buffer(self.file.align_up(len as u64) as usize);
@@ -234,7 +266,7 @@ impl LogWriter {
         self.file.fdatasync().await?;
         self.commits.set(self.commits.get() + 1);
         // Whole blocks are done; the partial last one stays to be written again.
-        let done = self.file.align_down(end) - base;
+        let done = self.file.align_down(end_offset) - base;
         self.pending.borrow_mut().advance(done as usize);
         self.base.set(base + done);
         self.durable.set(end);

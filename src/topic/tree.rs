@@ -185,6 +185,17 @@ impl<V> TopicTree<V> {
         }
     }
 
+    /// Calls `f` with every value, `$` topics included, in no particular order.
+    pub fn for_each(&self, mut f: impl FnMut(&V)) {
+        let mut stack = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            if let Some(v) = &node.value {
+                f(v);
+            }
+            stack.extend(node.children.values());
+        }
+    }
+
     /// The number of nodes, the root included; an empty tree has 1. For tests of pruning.
     #[doc(hidden)]
     pub fn node_count(&self) -> usize {

@@ -1,0 +1,190 @@
+//! Keeping a shard's log from growing without bound (with `--data-dir`): once the log holds
+//! at least `compact_after_bytes` and twice what its last snapshot held, the shard writes its
+//! live durable state (persistent sessions with their subscriptions, messages in flight and
+//! queued, incoming QoS 2 ids; retained messages) as the first records of a successor log,
+//! `shard-N.log.next`, ends it with `SnapshotEnd`, and from that moment appends there. Nothing
+//! awaits between taking the snapshot and the switch, so the snapshot is exactly the state the
+//! old log adds up to at its end; positions go on growing in the new log, so nobody waiting
+//! for one notices the switch (see `journal`).
+//!
+//! Once the snapshot is durable, the successor is renamed over the old log (and the directory
+//! synced). A crash before that leaves both files: a start uses the successor if its
+//! `SnapshotEnd` made it to disk (everything acknowledged after the switch lies behind it) and
+//! removes it otherwise (see `store::load::settle_compactions`).
+//!
+//! The snapshot is encoded in one go on the shard's thread: a pause proportional to the
+//! state kept (about 100 ms per 1,000,000 queued messages), once per doubling of the log.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, warn};
+
+use super::journal::Journal;
+use super::session::StoredItem;
+use super::shard::Shard;
+use crate::store::{LogWriter, Record, StoreError};
+
+/// How often a shard looks at the size of its log.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How long to wait after a compaction failed before trying again.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// The shard task that compacts its log when it has grown enough; see the module docs.
+pub async fn compact_journal(shard: Rc<Shard>) {
+    let Some(journal) = shard.journal() else {
+        return;
+    };
+    let min = shard.config.compact_after_bytes;
+    // The current log: where its positions start and what its snapshot held.
+    let mut start = 0;
+    let mut kept = journal.appended();
+    loop {
+        glommio::timer::sleep(CHECK_EVERY).await;
+        if journal.appended() - start < min.max(2 * kept) {
+            continue;
+        }
+        let began = Instant::now();
+        match compact(&shard, journal).await {
+            Ok((origin, size)) => {
+                debug!(shard = shard.id.0, log = %journal.path().display(), kept = size, replaced = origin - start, took = ?began.elapsed(), "log compacted");
+                start = origin;
+                kept = size;
+                shard
+                    .metrics
+                    .compactions
+                    .set(shard.metrics.compactions.get() + 1);
+            }
+            Err(e) => {
+                warn!(
+                    shard = shard.id.0,
+                    "log compaction failed, the log keeps growing until it works: {e}"
+                );
+                glommio::timer::sleep(RETRY_AFTER).await;
+            }
+        }
+    }
+}
+
+/// Switches the journal to a compacted successor log; returns where its positions start and
+/// how many bytes its snapshot took.
+async fn compact(shard: &Shard, journal: &Journal) -> Result<(u64, u64), StoreError> {
+    let path = journal.path().to_path_buf();
+    let next_path = path.with_extension("log.next");
+    // Left by a compaction that failed: never switched to, nothing in it counts.
+    let _ = std::fs::remove_file(&next_path);
+    let next = LogWriter::open(&next_path, 0).await?;
+    // From here to the switch nothing awaits: the snapshot is the state at this very point.
+    let origin = journal.appended();
+    next.set_origin(origin);
+    next.set_commit_interval(shard.config.sync_interval);
+    if let Some(counter) = &shard.config.full_disk_fault {
+        next.use_fault_counter(counter.clone());
+    }
+    shard.write_snapshot(journal, &next);
+    let end = journal.append_to(&next, &Record::SnapshotEnd);
+    journal.switch_to(next.clone());
+    glommio::spawn_local(next.clone().run()).detach();
+
+    next.durable(end).await;
+    let renamed = std::fs::rename(&next_path, &path).and_then(|()| match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    });
+    // Not renamed, the successor is still used by the next start (its snapshot is whole).
+    renamed.map_err(|e| StoreError::io(&path, e))?;
+    journal.durable(origin).await;
+    journal.drop_previous();
+    Ok((origin, end - origin))
+}
+
+impl Shard {
+    /// Appends this shard's durable state to `to`, as records a fresh log begins with.
+    fn write_snapshot(&self, journal: &Journal, to: &LogWriter) {
+        let put = |record: Record| {
+            journal.append_to(to, &record);
+        };
+        let now = Instant::now();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for session in self.sessions.borrow().all() {
+            let s = session.borrow();
+            let Some(n) = s.stored_as() else {
+                continue;
+            };
+            put(Record::SessionBegan {
+                session: n,
+                client_id: s.client_id.clone(),
+                username: s.username.clone(),
+            });
+            for (filter, qos) in &s.subscriptions {
+                put(Record::Subscribed {
+                    session: n,
+                    filter: filter.clone(),
+                    qos: *qos,
+                });
+            }
+            s.for_each_stored(|item| match item {
+                StoredItem::Inflight {
+                    message,
+                    qos,
+                    retain,
+                    seq,
+                    packet_id,
+                    received,
+                } => {
+                    put(Record::Queued {
+                        session: n,
+                        seq,
+                        topic: message.topic.clone(),
+                        payload: message.payload.clone(),
+                        qos,
+                        retain,
+                    });
+                    put(Record::Sent {
+                        session: n,
+                        seq,
+                        packet_id,
+                    });
+                    if received {
+                        put(Record::Received {
+                            session: n,
+                            packet_id,
+                        });
+                    }
+                }
+                StoredItem::Queued {
+                    message,
+                    qos,
+                    retain,
+                    seq,
+                } => put(Record::Queued {
+                    session: n,
+                    seq,
+                    topic: message.topic.clone(),
+                    payload: message.payload.clone(),
+                    qos,
+                    retain,
+                }),
+                StoredItem::IncomingQos2(packet_id) => put(Record::IncomingQos2 {
+                    session: n,
+                    packet_id,
+                }),
+            });
+            if let Some(away) = s.disconnected_for(now) {
+                put(Record::Detached {
+                    session: n,
+                    at_ms: now_ms.saturating_sub(away.as_millis() as u64),
+                });
+            }
+        }
+        self.retained.borrow().for_each(|m| {
+            put(Record::Retained {
+                topic: m.topic.clone(),
+                payload: m.payload.clone(),
+                qos: m.qos,
+            })
+        });
+    }
+}
