@@ -85,10 +85,10 @@ pub struct ServeArgs {
     /// 1000000 messages and 1 GiB per session [default: keep everything in memory only].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// With --data-dir: sync the log at most every N ms and acknowledge without waiting for
-    /// the disk. Faster, but a crash (of the host; kill -9 of the broker alone is fine once
-    /// the write left it) may lose what was acknowledged in the last N ms; 0 waits for the
-    /// disk before every acknowledgement [default: 0].
+    /// With --data-dir: write and sync the log at most every N ms and acknowledge without
+    /// waiting for the disk. Faster, but a crash (kill -9 included) may lose about what was
+    /// acknowledged in the last N ms; 0 waits for the disk before every acknowledgement
+    /// [default: 0].
     #[arg(long, value_name = "MS")]
     sync_interval_ms: Option<u64>,
     /// With --data-dir: compact a shard's log once it holds this many bytes (and twice what
