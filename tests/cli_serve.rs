@@ -224,4 +224,11 @@ fn dropped_qos1_messages_are_reported_when_the_broker_stops() {
         log.contains("QoS 1/2 messages were dropped") && log.contains("--max-queued-messages"),
         "{log}"
     );
+    // The session that lost them is named once, when the first was dropped.
+    let named: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("messages for this session are dropped"))
+        .collect();
+    assert_eq!(named.len(), 1, "{log}");
+    assert!(named[0].contains("client=s"), "{log}");
 }

@@ -172,6 +172,12 @@ impl Shard {
                     packet_id,
                 }),
             });
+            if s.last_packet_id() != 0 {
+                put(Record::LastPacketId {
+                    session: n,
+                    packet_id: s.last_packet_id(),
+                });
+            }
             if let Some(away) = s.disconnected_for(now) {
                 put(Record::Detached {
                     session: n,

@@ -247,6 +247,12 @@ fn write_session(journal: &Journal, n: u64, stored: &StoredSession, now_ms: u64)
             });
         }
     }
+    if stored.last_packet_id != 0 {
+        journal.append(&Record::LastPacketId {
+            session: n,
+            packet_id: stored.last_packet_id,
+        });
+    }
     for m in &stored.queue {
         journal.append(&queued(m));
     }

@@ -163,6 +163,8 @@ pub struct Session {
     pub clean: bool,
     /// Whether the attached connection is parked (see `parking`): the sweep leaves it alone.
     pub parked: bool,
+    /// A QoS 1/2 message was dropped at a full queue and that was logged (once per session).
+    pub warned_full: bool,
     /// The parked socket became readable (reported by the shard's epoll watcher).
     pub readable: bool,
     /// The connection's keepalive deadline came up in the shard's queue: check it.
@@ -226,6 +228,7 @@ impl Session {
             id,
             clean,
             parked: false,
+            warned_full: false,
             readable: false,
             keepalive_due: false,
             username: None,
@@ -319,8 +322,16 @@ impl Session {
         if let Some(stored) = &mut s.stored {
             stored.next_seq = next_seq;
         }
+        if stored.last_packet_id != 0 {
+            s.last_packet_id = stored.last_packet_id;
+        }
         s.incoming_qos2 = stored.incoming_qos2.into_iter().collect();
         s
+    }
+
+    /// The packet id given to the last outgoing QoS 1/2 message (0: none yet).
+    pub fn last_packet_id(&self) -> PacketId {
+        self.last_packet_id
     }
 
     /// The journal number given to the last message queued (0 for a session not journalled).

@@ -525,3 +525,61 @@ fn a_session_stays_small() {
     let size = std::mem::size_of::<Session>();
     assert!(size <= 320, "Session is {size} bytes");
 }
+
+/// A session the journal kept: its message in flight goes again first, with DUP and its packet
+/// id (PUBREL where its PUBREC came), then the queue, numbered on from the last id it used
+/// even though that message completed: a message sent just before a crash, whose `Sent` was
+/// not yet on disk, gets the same id again and a QoS 2 receiver takes it as the repeat it is.
+#[test]
+fn a_restored_session_resends_in_order_and_numbers_on_from_its_last_id() {
+    use crate::store::{StoredInflight, StoredMessage, StoredSession};
+    let stored_msg = |seq: u64, qos: QoS| StoredMessage {
+        seq,
+        topic: ByteStr::from("t"),
+        payload: Bytes::from_static(b"m"),
+        qos,
+        retain: false,
+    };
+    let stored = StoredSession {
+        client_id: ByteStr::from("c"),
+        inflight: [
+            StoredInflight {
+                packet_id: 7,
+                message: stored_msg(1, QoS::AtLeastOnce),
+                received: false,
+            },
+            StoredInflight {
+                packet_id: 8,
+                message: stored_msg(2, QoS::ExactlyOnce),
+                received: true,
+            },
+        ]
+        .into(),
+        queue: [stored_msg(3, QoS::ExactlyOnce)].into(),
+        last_packet_id: 41,
+        ..StoredSession::default()
+    };
+    let limits = session(10, 10, 1000).limits.clone();
+    let id = SubscriberId {
+        durable: true,
+        shard: ShardId(0),
+        slot: 0,
+        generation: 1,
+    };
+    let mut s = Session::restore(id, limits, 5, stored, Instant::now());
+    assert_eq!((s.stored_as(), s.queued(), s.inflight()), (Some(5), 1, 2));
+    s.attach(2);
+    assert_eq!(
+        drain(&mut s),
+        [
+            0x3a, 0x06, 0x00, 0x01, b't', 0x00, 0x07, b'm', // PUBLISH QoS 1 DUP, id 7
+            0x62, 0x02, 0x00, 0x08, // PUBREL 8
+            0x34, 0x06, 0x00, 0x01, b't', 0x00, 0x2a, b'm', // PUBLISH QoS 2, id 42
+        ]
+    );
+    assert_eq!(s.take_sent().collect::<Vec<_>>(), [(3, 42)]);
+    // The next message queued is numbered after the restored ones.
+    s.enqueue(msg(b"n", QoS::AtLeastOnce), QoS::AtLeastOnce, false)
+        .unwrap();
+    assert_eq!(s.last_seq(), 4);
+}

@@ -484,6 +484,11 @@ impl Shard {
                 journal.queued(stored_as, s.last_seq(), message, qos, retain);
             }
         }
+        if result == Err(Dropped::QueueFull) && qos != QoS::AtMostOnce && !s.warned_full {
+            // An acknowledged message lost: say so once per session, by name.
+            s.warned_full = true;
+            warn!(client = %s.client_id, queued = s.queued(), "QoS 1/2 messages for this session are dropped: its queue is full (--max-queued-messages / --max-queued-bytes) and it is offline or not reading; logged once per session, counted in dropped_queue_full_qos12");
+        }
         let id = s.id;
         drop(s);
         match result {

@@ -46,6 +46,8 @@ pub struct StoredSession {
     pub incoming_qos2: BTreeSet<PacketId>,
     /// When its connection went away (ms since the Unix epoch), if it has none.
     pub detached_at_ms: Option<u64>,
+    /// The last packet id given to an outgoing message (0: none yet).
+    pub last_packet_id: PacketId,
 }
 
 /// A shard's durable state.
@@ -121,6 +123,7 @@ impl Image {
                     ))
                 })?;
                 let message = s.queue.remove(at).expect("found");
+                s.last_packet_id = packet_id;
                 s.inflight.push_back(StoredInflight {
                     packet_id,
                     message,
@@ -158,6 +161,9 @@ impl Image {
                 self.retained.remove(&topic);
             }
             Record::SnapshotEnd => {}
+            Record::LastPacketId { session, packet_id } => {
+                self.session(session)?.last_packet_id = packet_id
+            }
         }
         Ok(())
     }

@@ -86,6 +86,14 @@ pub enum Record {
     RetainCleared {
         topic: ByteStr,
     },
+    /// The last packet id the session gave an outgoing message, for a log that no longer has
+    /// that message's `Sent` (it completed): ids go on from there after a restart, so a
+    /// message sent but not yet recorded as sent gets its id again (a QoS 2 receiver then
+    /// takes it for the repeat it is, MQTT-4.3.3-2).
+    LastPacketId {
+        session: u64,
+        packet_id: PacketId,
+    },
     /// Ends the snapshot a compacted log begins with: a compacted log without it was cut
     /// short by a crash and is not used (see `broker::compaction`).
     SnapshotEnd,
@@ -122,6 +130,7 @@ pub(crate) mod kind {
     pub const RETAINED: u8 = 13;
     pub const RETAIN_CLEARED: u8 = 14;
     pub const SNAPSHOT_END: u8 = 15;
+    pub const LAST_PACKET_ID: u8 = 16;
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -232,6 +241,9 @@ impl Record {
                 RETAIN_CLEARED
             }
             Record::SnapshotEnd => SNAPSHOT_END,
+            Record::LastPacketId { session, packet_id } => {
+                id_record(out, *session, *packet_id, LAST_PACKET_ID)
+            }
         }
     }
 
@@ -306,6 +318,10 @@ impl Record {
             },
             RETAIN_CLEARED => Record::RetainCleared { topic: r.str()? },
             SNAPSHOT_END => Record::SnapshotEnd,
+            LAST_PACKET_ID => Record::LastPacketId {
+                session: r.u64()?,
+                packet_id: r.u16()?,
+            },
             other => return Err(RecordError::UnknownKind(other)),
         };
         if r.body.has_remaining() {
@@ -438,6 +454,10 @@ mod tests {
             },
             Record::RetainCleared { topic: s("r/t") },
             Record::SnapshotEnd,
+            Record::LastPacketId {
+                session: 7,
+                packet_id: 65535,
+            },
         ]
     }
 
