@@ -12,6 +12,12 @@
 # - retained churn: 2,000 retained topics set and cleared at random, and a client that
 #   subscribes to all of them and unsubscribes again, over and over.
 #
+# With PERSIST=1 the broker runs with --data-dir (in the temporary directory), the report also
+# samples the data directory's size, and the plateau check covers it too: persistent sessions
+# and retained topics churn, so the logs only stay bounded if compaction keeps up.
+# COMPACT_AFTER=BYTES (default 64 MiB, the broker's own) compacts sooner, to see several
+# compactions in a short soak.
+#
 # Everything runs on 127.0.0.1 and stops by itself. Not part of CI.
 # Usage: DURATION=120 scripts/soak.sh     OUT=file also writes the report there.
 set -euo pipefail
@@ -35,7 +41,14 @@ cargo build --release --quiet
 BIN=target/release/surgemq
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$BIN" serve --listen "127.0.0.1:$PORT" --shards 2 --log-level warn &
+DATA=""
+PERSIST_ARGS=()
+if [ "${PERSIST:-0}" = 1 ]; then
+  DATA="$WORK/data"
+  PERSIST_ARGS=(--data-dir "$DATA")
+  [ -n "${COMPACT_AFTER:-}" ] && PERSIST_ARGS+=(--compact-after-bytes "$COMPACT_AFTER")
+fi
+"$BIN" serve --listen "127.0.0.1:$PORT" --shards 2 --log-level warn "${PERSIST_ARGS[@]}" &
 BROKER_PID=$!
 for _ in $(seq 1 100); do
   python3 -c "import socket; socket.create_connection(('127.0.0.1',$PORT),1)" 2>/dev/null && break
@@ -47,6 +60,18 @@ import os, random, sys, threading, time
 import paho.mqtt.client as mqtt
 
 port, broker_pid, duration, interval = (int(a) for a in sys.argv[1:5])
+data_dir = sys.argv[5] if len(sys.argv) > 5 else ""
+
+def disk_kib():
+    """KiB in the broker's data directory (0 without one)."""
+    total = 0
+    for root, _, files in os.walk(data_dir or "/nonexistent"):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass  # a compaction renamed it meanwhile
+    return total // 1024
 stop = threading.Event()
 lock = threading.Lock()
 stats = {
@@ -213,19 +238,21 @@ for t in threads:
 
 samples = []
 start = time.time()
-print("%6s %10s %8s %10s %10s %8s %6s %6s %8s %8s" % (
+disk = []
+print("%6s %10s %8s %10s %10s %8s %6s %6s %8s %8s %9s" % (
     "time_s", "rss_kib", "cpu_s", "published", "received", "gaps", "dupes", "reord",
-    "churn", "retained"), flush=True)
+    "churn", "retained", "disk_kib"), flush=True)
 def sample():
     t = time.time() - start
     rss = rss_kib()
     samples.append((t, rss))
+    disk.append(disk_kib())
     with lock:
         s = dict(stats)
-    print("%6.0f %10d %8.1f %10d %10d %8d %6d %6d %8d %8d" % (
+    print("%6.0f %10d %8.1f %10d %10d %8d %6d %6d %8d %8d %9d" % (
         t, rss, cpu_s(), s["published"], s["received"], s["gaps"], s["dupes"],
-        s["reordered"], s["churn_connects"], s["retained_set"] + s["retained_cleared"]),
-        flush=True)
+        s["reordered"], s["churn_connects"], s["retained_set"] + s["retained_cleared"],
+        disk[-1]), flush=True)
 
 sample()
 while time.time() - start < duration:
@@ -247,6 +274,15 @@ print("RSS: start %d KiB, peak %d KiB, end %d KiB; middle third max %d KiB, last
       % (samples[0][1], max(r for _, r in samples), samples[-1][1], max(middle), max(last)))
 print("plateau: %s (last third's max %s 10 %% of the middle third's)"
       % ("yes" if ok else "NO", "within" if ok else "more than"))
+if data_dir:
+    d_middle = disk[n // 3: 2 * n // 3] or [disk[0]]
+    d_last = disk[2 * n // 3:]
+    # Compaction is a sawtooth: compare peaks, with room for one more tooth.
+    d_ok = max(d_last) <= 1.5 * max(d_middle) + 1024
+    print("disk: peak %d KiB, end %d KiB; middle third max %d KiB, last third max %d KiB; "
+          "plateau: %s" % (max(disk), disk[-1], max(d_middle), max(d_last),
+                           "yes" if d_ok else "NO"))
+    ok = ok and d_ok
 problems = s["gaps"] + s["reordered"] + s["dupes"]
 print("delivery: %s" % ("no gaps, duplicates or reordering at QoS 1/2" if problems == 0 else
       "%d gaps, %d duplicates, %d reordered" % (s["gaps"], s["dupes"], s["reordered"])))
@@ -255,11 +291,11 @@ PY
 
 REPORT="$WORK/report.txt"
 {
-  echo "soak: DURATION=$DURATION INTERVAL=$INTERVAL, broker $BIN serve --shards 2 (pid $BROKER_PID), port $PORT"
+  echo "soak: DURATION=$DURATION INTERVAL=$INTERVAL, broker $BIN serve --shards 2 ${PERSIST_ARGS[*]} (pid $BROKER_PID), port $PORT"
   echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) at the start"
 } | tee "$REPORT"
 set +e
-python3 -u "$WORK/soak.py" "$PORT" "$BROKER_PID" "$DURATION" "$INTERVAL" 2>&1 | tee -a "$REPORT"
+python3 -u "$WORK/soak.py" "$PORT" "$BROKER_PID" "$DURATION" "$INTERVAL" "$DATA" 2>&1 | tee -a "$REPORT"
 status=${PIPESTATUS[0]}
 set -e
 

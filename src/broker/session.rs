@@ -22,6 +22,10 @@ use ahash::AHasher;
 use bytes::Bytes;
 
 mod flow;
+mod stored;
+
+use stored::Stored;
+pub use stored::StoredItem;
 
 use super::mesh::{Message, SubscriberId};
 use super::output::OutputQueue;
@@ -110,26 +114,6 @@ pub enum Queued {
     OverLimit,
 }
 
-/// One piece of a session's durable state, for a fresh journal (see
-/// [`Session::for_each_stored`]).
-pub enum StoredItem<'a> {
-    Inflight {
-        message: &'a Arc<Message>,
-        qos: QoS,
-        retain: bool,
-        seq: u64,
-        packet_id: PacketId,
-        received: bool,
-    },
-    Queued {
-        message: &'a Arc<Message>,
-        qos: QoS,
-        retain: bool,
-        seq: u64,
-    },
-    IncomingQos2(PacketId),
-}
-
 /// Limits a session enforces; copied from the broker configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
@@ -205,17 +189,6 @@ pub struct Session {
     stored: Option<Box<Stored>>,
 }
 
-/// A journalled session's bookkeeping.
-#[derive(Debug)]
-struct Stored {
-    /// The session's number in its shard's journal.
-    number: u64,
-    /// The journal number of the next message queued.
-    next_seq: u64,
-    /// QoS 1/2 messages `fill` sent since the caller last took them, (seq, packet id).
-    sent: Vec<(u64, PacketId)>,
-}
-
 impl Session {
     pub fn new(
         client_id: ByteStr,
@@ -249,134 +222,6 @@ impl Session {
             progressed: false,
             last_progress: Instant::now(),
             stored: None,
-        }
-    }
-
-    /// The session's number in its shard's journal, if it is written there.
-    pub fn stored_as(&self) -> Option<u64> {
-        self.stored.as_ref().map(|s| s.number)
-    }
-
-    /// From now on the session is written to the journal as session `number` (or, None, no
-    /// longer).
-    pub fn set_stored_as(&mut self, number: Option<u64>) {
-        self.stored = number.map(|number| {
-            Box::new(Stored {
-                number,
-                next_seq: 1,
-                sent: Vec::new(),
-            })
-        });
-    }
-
-    /// A persistent session as the journal kept it (see `store::StoredSession`): offline,
-    /// its unacknowledged messages to be sent again first, with DUP, then its queue.
-    pub fn restore(
-        id: SubscriberId,
-        limits: Rc<SessionLimits>,
-        stored_as: u64,
-        stored: crate::store::StoredSession,
-        detached_at: Instant,
-    ) -> Session {
-        let mut s = Session::new(stored.client_id, id, false, limits);
-        s.username = stored.username;
-        s.subscriptions = stored.subscriptions.into_iter().collect();
-        s.set_stored_as(Some(stored_as));
-        s.detached_at = Some(detached_at);
-        let mut next_seq = 1;
-        let message = |m: &crate::store::StoredMessage| {
-            Arc::new(Message::new(
-                m.topic.clone(),
-                m.payload.clone(),
-                m.qos,
-                m.retain,
-            ))
-        };
-        for f in &stored.inflight {
-            let state = match (f.message.qos, f.received) {
-                (QoS::ExactlyOnce, true) => InflightState::Comp,
-                (QoS::ExactlyOnce, false) => InflightState::Rec,
-                _ => InflightState::Ack,
-            };
-            s.inflight.push_back(Inflight {
-                packet_id: f.packet_id,
-                message: message(&f.message),
-                qos: f.message.qos,
-                retain: f.message.retain,
-                state,
-                seq: f.message.seq,
-            });
-            s.last_packet_id = f.packet_id;
-            next_seq = next_seq.max(f.message.seq + 1);
-        }
-        for m in &stored.queue {
-            s.queued_bytes += m.payload.len();
-            s.queue.push_back(Outbound::Publish {
-                message: message(m),
-                qos: m.qos,
-                retain: m.retain,
-                seq: m.seq,
-            });
-            next_seq = next_seq.max(m.seq + 1);
-        }
-        if let Some(stored) = &mut s.stored {
-            stored.next_seq = next_seq;
-        }
-        if stored.last_packet_id != 0 {
-            s.last_packet_id = stored.last_packet_id;
-        }
-        s.incoming_qos2 = stored.incoming_qos2.into_iter().collect();
-        s
-    }
-
-    /// The packet id given to the last outgoing QoS 1/2 message (0: none yet).
-    pub fn last_packet_id(&self) -> PacketId {
-        self.last_packet_id
-    }
-
-    /// The journal number given to the last message queued (0 for a session not journalled).
-    pub fn last_seq(&self) -> u64 {
-        self.stored.as_ref().map_or(0, |s| s.next_seq - 1)
-    }
-
-    /// The (seq, packet id) of QoS 1/2 messages sent since the last call, for the journal.
-    pub fn take_sent(&mut self) -> impl Iterator<Item = (u64, PacketId)> + '_ {
-        self.stored.iter_mut().flat_map(|s| s.sent.drain(..))
-    }
-
-    /// The session as the journal would have it: what a fresh log must begin with. Messages in
-    /// flight come first, in the order sent, then the queue; QoS 0 is not kept.
-    pub fn for_each_stored(&self, mut each: impl FnMut(StoredItem<'_>)) {
-        for f in &self.inflight {
-            each(StoredItem::Inflight {
-                message: &f.message,
-                qos: f.qos,
-                retain: f.retain,
-                seq: f.seq,
-                packet_id: f.packet_id,
-                received: f.state == InflightState::Comp,
-            });
-        }
-        for item in &self.queue {
-            if let Outbound::Publish {
-                message,
-                qos,
-                retain,
-                seq,
-            } = item
-            {
-                if *qos != QoS::AtMostOnce {
-                    each(StoredItem::Queued {
-                        message,
-                        qos: *qos,
-                        retain: *retain,
-                        seq: *seq,
-                    });
-                }
-            }
-        }
-        for id in &self.incoming_qos2 {
-            each(StoredItem::IncomingQos2(*id));
         }
     }
 

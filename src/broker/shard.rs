@@ -20,7 +20,7 @@ use super::durability::{Durability, Ticket};
 use super::journal::Journal;
 use super::keepalive::KeepaliveQueue;
 use super::mesh::{Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target};
-use super::metrics::{add, Metrics};
+use super::metrics::Metrics;
 use super::output::SHARE_PAYLOADS_FROM;
 use super::parking::ParkingLot;
 use super::pressure::PressureBoard;
@@ -36,6 +36,9 @@ use crate::topic::TopicTree;
 /// of them copies the frame: one allocation per message instead of a header per subscriber.
 const ENCODE_ONCE_FROM: usize = 4;
 
+mod durable;
+mod pressure;
+mod retained;
 mod subscriptions;
 
 /// Whether `message` should be encoded once for its QoS 0 subscribers among `matches`
@@ -200,74 +203,8 @@ impl Shard {
         }
     }
 
-    pub fn journal(&self) -> Option<&Journal> {
-        self.journal.get()
-    }
-
-    /// Whether everything `ticket` names is durable; when not, the task is woken once more of
-    /// it may be.
-    pub fn poll_ticket(&self, ticket: &Ticket, cx: &mut std::task::Context<'_>) -> bool {
-        if ticket.local > 0 {
-            if let Some(journal) = self.journal() {
-                if journal.poll_durable(ticket.local, cx).is_pending() {
-                    return false;
-                }
-            }
-        }
-        ticket
-            .remote
-            .iter()
-            .all(|&(shard, number)| self.durability.poll_confirmed(shard, number, cx).is_ready())
-    }
-
-    /// Whether everything `ticket` names is durable.
-    pub fn ticket_ready(&self, ticket: &Ticket) -> bool {
-        let local = ticket.local == 0 || self.journal().is_none_or(|j| j.is_durable(ticket.local));
-        local
-            && ticket
-                .remote
-                .iter()
-                .all(|&(shard, number)| self.durability.is_confirmed(shard, number))
-    }
-
-    /// Whether acknowledgements wait for the disk: with `--data-dir`, unless
-    /// `--sync-interval-ms` traded that away.
-    pub fn acks_wait_for_disk(&self) -> bool {
-        self.journal().is_some() && self.config.sync_interval.is_zero()
-    }
-
-    /// The log position an acknowledgement must wait for after what was just appended: 0 when
-    /// nothing was appended since `before` (or acknowledgements do not wait).
-    pub fn appended_since(&self, before: Position) -> Position {
-        match self.journal() {
-            Some(j) if j.appended() > before && self.acks_wait_for_disk() => j.appended(),
-            _ => 0,
-        }
-    }
-
-    /// The end of the journal now (0 without one).
-    pub fn journal_end(&self) -> Position {
-        self.journal().map_or(0, |j| j.appended())
-    }
-
-    /// Appends `record` when `session` is journalled; returns the position an answer to it
-    /// must wait for (0 when none must).
-    pub fn journal_session(
-        &self,
-        session: &Session,
-        record: impl FnOnce(u64) -> Record,
-    ) -> Position {
-        match (self.journal(), session.stored_as()) {
-            (Some(j), Some(n)) => {
-                let at = j.append(&record(n));
-                if self.acks_wait_for_disk() {
-                    at
-                } else {
-                    0
-                }
-            }
-            _ => 0,
-        }
+    pub(super) fn session_limits(&self) -> Rc<SessionLimits> {
+        self.session_limits.clone()
     }
 
     pub fn mesh(&self) -> Arc<Mesh> {
@@ -502,86 +439,6 @@ impl Shard {
                 .metrics
                 .dropped_offline_qos0
                 .set(self.metrics.dropped_offline_qos0.get() + 1),
-        }
-    }
-
-    /// Sends a retained message to the shard that owns its topic (with `--data-dir`, the
-    /// publisher's acknowledgement waits for that shard's log: `ticket`).
-    fn retain(&self, message: &Arc<Message>, ticket: &mut Ticket) {
-        let owner = home_shard(&message.topic, self.shards);
-        if owner == self.id {
-            self.store_retained(message);
-        } else {
-            let needs_ack = self.acks_wait_for_disk();
-            let number = self
-                .router
-                .borrow_mut()
-                .retain(owner, message.clone(), needs_ack);
-            if needs_ack {
-                ticket.add_remote(owner, number);
-            }
-        }
-    }
-
-    /// A retained message from the data directory (already in the journal).
-    pub(super) fn restore_retained(&self, message: Message) {
-        let mut retained = self.retained.borrow_mut();
-        let topic = message.topic.clone();
-        retained.insert(&topic, Arc::new(message));
-        self.metrics.retained.set(retained.len() as u64);
-    }
-
-    pub(super) fn session_limits(&self) -> Rc<SessionLimits> {
-        self.session_limits.clone()
-    }
-
-    /// Stores or clears (empty payload, MQTT-3.3.1-10/-11) the retained message of a topic.
-    fn store_retained(&self, message: &Message) {
-        if let Some(journal) = self.journal() {
-            journal.retained(message);
-        }
-        let mut retained = self.retained.borrow_mut();
-        if message.payload.is_empty() {
-            retained.remove(&message.topic);
-        } else {
-            retained.insert(&message.topic, Arc::new(message.detached()));
-        }
-        self.metrics.retained.set(retained.len() as u64);
-    }
-
-    // ----- pressure -------------------------------------------------------------------------
-
-    /// A subscriber of this shard went over its queue limits while reading: every shard holds
-    /// back the publishers that reach it, and the stall watch starts looking at it.
-    fn raise_pressure(&self, id: SubscriberId) {
-        if !self.pressure.raise(id) {
-            return;
-        }
-        add(&self.metrics.pressure_raised, 1);
-        self.pressure.watch(id);
-        if self.shards > 1 {
-            self.pressure.announce(id, true);
-        }
-    }
-
-    /// The pressure on a subscriber of this shard ended: its publishers everywhere may go on.
-    pub fn release_pressure(&self, id: SubscriberId) {
-        self.pressure.lower(&id);
-        if self.shards > 1 {
-            self.pressure.announce(id, false);
-        }
-    }
-
-    /// Ends the pressure on `session` when its queue drained enough (or it went away). The
-    /// other shards hear of it at once: nothing else may flush this shard's router for a while,
-    /// and their publishers wait until they do.
-    pub fn relieve(&self, session: &RefCell<Session>) {
-        let mut s = session.borrow_mut();
-        if s.under_pressure() && s.relieve_pressure() {
-            let id = s.id;
-            drop(s);
-            self.release_pressure(id);
-            self.flush();
         }
     }
 
