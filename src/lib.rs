@@ -8,3 +8,4 @@ pub mod protocol;
 pub mod store;
 pub mod sys;
 pub mod topic;
+pub mod transport;
