@@ -7,12 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{Authenticator, FileAuthenticator};
+use crate::transport::{Listener, TlsFiles};
 
 /// Everything `surgemq serve` can be told.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// Addresses every shard listens on (SO_REUSEPORT spreads connections over the shards).
-    pub listen: Vec<SocketAddr>,
+    /// Addresses every shard listens on (SO_REUSEPORT spreads connections over the shards),
+    /// each with its transport: MQTT, MQTT over TLS, WebSockets, WebSockets over TLS.
+    pub listen: Vec<Listener>,
+    /// Certificate and key of the TLS listeners (`mqtts://`, `wss://`), and the CAs of client
+    /// certificates.
+    pub tls: Option<TlsFiles>,
     /// Number of shards (executors), each pinned to a CPU.
     pub shards: usize,
     /// How long a new socket may take to send CONNECT.
@@ -68,7 +73,8 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883)).into()],
+            tls: None,
             shards: available_cpus(),
             connect_timeout: Duration::from_secs(10),
             max_inflight: 100,
@@ -115,6 +121,14 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
             return Err(ConfigError::new("listen", "at least one address is needed"));
+        }
+        if let Some(l) = self.listen.iter().find(|l| l.transport.uses_tls()) {
+            if self.tls.is_none() {
+                return Err(ConfigError::new(
+                    "cert",
+                    format!("the TLS listener {l} needs --cert and --key"),
+                ));
+            }
         }
         if self.shards == 0 || self.shards > MAX_SHARDS {
             return Err(ConfigError::new(

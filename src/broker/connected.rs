@@ -331,8 +331,7 @@ impl ConnectedClient {
         if lot.epoch().wrapping_sub(self.active_epoch) < 2
             || self.held.is_some()
             || self.acks.as_ref().is_some_and(|a| !a.is_empty())
-            || !self.wire.rbuf.is_empty()
-            || !self.wire.wbuf.is_empty()
+            || !self.wire.holds_nothing()
             || self.wire.is_parked()
         {
             return;
@@ -475,7 +474,8 @@ impl ConnectedClient {
         }
         let client_id = self.session.borrow().client_id.clone();
         log_close(&self.shard, Some(&client_id), &self.wire, reason);
-        self.phase = if self.wire.wbuf.is_empty() {
+        self.wire.say_goodbye();
+        self.phase = if !self.wire.has_output() {
             Phase::Done
         } else {
             Phase::Closing(Timer::new(CLOSING_FLUSH))

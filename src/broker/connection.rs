@@ -12,6 +12,7 @@ use glommio::net::TcpStream;
 use tracing::debug;
 
 use super::connected::ConnectedClient;
+use super::listeners::ListenerSpec;
 use super::mesh::{MovedConnection, ShardMessage};
 use super::metrics::add;
 use super::shard::{home_shard, Shard};
@@ -80,12 +81,19 @@ impl CloseReason {
 
 /// Serves a socket accepted on this shard: reads CONNECT, then either serves the client here
 /// or hands the socket to the client id's home shard.
-pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
+pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<ListenerSpec>) {
     let peer = match stream.peer_addr() {
         Ok(peer) => peer,
         Err(_) => return,
     };
-    let mut wire = Wire::new(stream, peer);
+    let layered = match spec.layer() {
+        Ok(layered) => layered,
+        Err(e) => {
+            debug!(%peer, "cannot start TLS for a connection: {e}");
+            return;
+        }
+    };
+    let mut wire = Wire::new(stream, peer, layered);
     let Some(permit) = shard.admit() else {
         // Full: say so (CONNACK 3, server unavailable) without waiting for CONNECT, and close.
         let reason = CloseReason::Refused(ConnectReturnCode::ServerUnavailable);
@@ -173,6 +181,7 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
             peer: wire.peer,
             connect,
             leftover: std::mem::take(&mut wire.rbuf),
+            transport: wire.take_layered(),
         };
         shard.router_send(home, ShardMessage::Adopt(Box::new(moved)));
         shard.flush();
@@ -243,8 +252,9 @@ pub fn serve_moved(shard: Rc<Shard>, moved: MovedConnection) -> ConnectedClient 
         peer,
         connect,
         leftover,
+        transport,
     } = moved;
-    let wire = Wire::adopt(fd, peer, leftover);
+    let wire = Wire::adopt(fd, peer, leftover, transport);
     ConnectedClient::new(shard, wire, connect, permit)
 }
 

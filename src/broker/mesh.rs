@@ -187,6 +187,8 @@ pub struct MovedConnection {
     pub peer: SocketAddr,
     pub connect: Box<Connect>,
     pub leftover: BytesMut,
+    /// TLS / WebSocket state (None for plain TCP).
+    pub transport: Option<Box<super::wire::Layered>>,
 }
 
 /// Everything one shard tells another.

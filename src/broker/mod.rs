@@ -13,6 +13,7 @@ mod connection;
 mod durability;
 mod journal;
 mod keepalive;
+mod listeners;
 pub mod mesh;
 pub mod metrics;
 pub mod output;

@@ -7,13 +7,13 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::StreamExt;
 use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::config::BrokerConfig;
 use super::keepalive::watch_keepalives;
+use super::listeners::{accept_loop, ListenerSpec, TlsSettings};
 use super::mesh::{InboxReceiver, Mesh, ShardId, ShardMessage};
 use super::metrics::MetricsSnapshot;
 use super::restore::{final_sync, prepare, restore, Startup};
@@ -23,6 +23,7 @@ use super::shard_tasks::{
     watch_stalls,
 };
 use crate::sys::{allowed_cpus, ensure_locked_memory, reserve_port};
+use crate::transport::Transport;
 
 /// Memory glommio registers with io_uring per executor. The broker does no file I/O through
 /// glommio's DMA buffers, so the minimum glommio accepts is plenty.
@@ -47,6 +48,8 @@ pub enum StartError {
     Executor { shard: usize, reason: String },
     #[error("--data-dir: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::transport::TlsError),
 }
 
 /// A running broker. Dropping it does not stop it; call [`BrokerHandle::shutdown`].
@@ -56,12 +59,22 @@ pub struct BrokerHandle {
     executors: Vec<ExecutorJoinHandle<MetricsSnapshot>>,
     /// With `--data-dir`: holds the directory's lock until the broker is gone.
     _startup: Option<Arc<Startup>>,
+    tls: Option<Arc<TlsSettings>>,
 }
 
 impl BrokerHandle {
     /// The addresses the broker listens on, with the ports the OS chose for port 0.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Reads the TLS certificate, key and CA files again (SIGHUP): new connections use them,
+    /// open ones are not touched. On an error the old ones stay in use.
+    pub fn reload_tls(&self) -> Result<(), crate::transport::TlsError> {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Stops accepting, closes every connection, waits for the shards to finish and returns
@@ -89,7 +102,12 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         have_kib: e.have_kib,
         need_kib: e.need_kib,
     })?;
-    let (addrs, _reservations) = resolve_listen_addrs(&config.listen)?;
+    let listen: Vec<SocketAddr> = config.listen.iter().map(|l| l.addr).collect();
+    let (addrs, _reservations) = resolve_listen_addrs(&listen)?;
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(TlsSettings::load(files)?)),
+        None => None,
+    };
     let config = Arc::new(config);
     let shards = config.shards;
     let startup = match &config.data_dir {
@@ -111,6 +129,12 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         let ready = ready_tx.clone();
         let shard_sockets = open_sockets.clone();
         let shard_startup = startup.clone();
+        let shard_listeners: Vec<(SocketAddr, Transport)> = shard_addrs
+            .iter()
+            .zip(&config.listen)
+            .map(|(addr, l)| (*addr, l.transport.clone()))
+            .collect();
+        let shard_tls = tls.clone();
         let placement = match cpus.get(i % cpus.len().max(1)) {
             Some(&cpu) => Placement::Fixed(cpu),
             None => Placement::Unbound,
@@ -126,7 +150,17 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                     shard_mesh,
                     shard_sockets,
                 ));
-                run_shard(shard, inbox, &shard_addrs, shard_startup, ready).await
+                let listeners = shard_listeners
+                    .into_iter()
+                    .map(|(addr, transport)| {
+                        let spec = ListenerSpec {
+                            transport,
+                            tls: shard_tls.clone(),
+                        };
+                        (addr, Rc::new(spec))
+                    })
+                    .collect();
+                run_shard(shard, inbox, listeners, shard_startup, ready).await
             });
         match spawned {
             Ok(handle) => executors.push(handle),
@@ -136,6 +170,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                     mesh,
                     executors,
                     _startup: None,
+                    tls: None,
                 };
                 handle.shutdown();
                 return Err(StartError::Executor {
@@ -151,6 +186,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         mesh,
         executors,
         _startup: startup,
+        tls,
     };
     for _ in 0..shards {
         match ready_rx.recv() {
@@ -182,7 +218,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
 async fn run_shard(
     shard: Rc<Shard>,
     inbox: InboxReceiver,
-    addrs: &[SocketAddr],
+    addrs: Vec<(SocketAddr, Rc<ListenerSpec>)>,
     startup: Option<Arc<Startup>>,
     ready: mpsc::Sender<Result<(), StartError>>,
 ) -> MetricsSnapshot {
@@ -200,9 +236,9 @@ async fn run_shard(
         }
     }
     let mut listeners = Vec::with_capacity(addrs.len());
-    for &addr in addrs {
+    for (addr, spec) in addrs {
         match TcpListener::bind(addr) {
-            Ok(l) => listeners.push(l),
+            Ok(l) => listeners.push((l, spec)),
             Err(e) => {
                 let _ = ready.send(Err(StartError::Listen {
                     addr,
@@ -225,7 +261,7 @@ async fn run_shard(
     let compaction = glommio::spawn_local(super::compaction::compact_journal(shard.clone()));
     let accepts: Vec<_> = listeners
         .into_iter()
-        .map(|listener| glommio::spawn_local(accept_loop(shard.clone(), listener)))
+        .map(|(listener, spec)| glommio::spawn_local(accept_loop(shard.clone(), listener, spec)))
         .collect();
     let _ = ready.send(Ok(()));
     drop(ready);
@@ -253,23 +289,6 @@ async fn run_shard(
         lot.stop();
     }
     shard.metrics.snapshot(shard.stalls())
-}
-
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    let mut incoming = listener.incoming();
-    while let Some(stream) = incoming.next().await {
-        match stream {
-            Ok(stream) => {
-                glommio::spawn_local(super::connection::serve_accepted(shard.clone(), stream))
-                    .detach();
-            }
-            Err(e) => {
-                // EMFILE and friends: keep accepting once resources free up.
-                warn!(shard = shard.id.0, "accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
 }
 
 /// Resolves port 0 to concrete ports (see [`crate::sys::reserve_port`]); the reservations

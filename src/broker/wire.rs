@@ -14,6 +14,11 @@
 //! encoded bytes, gathering `sendmsg` calls while it also holds shared payloads (see
 //! [`OutputQueue`]). Its encoding buffer comes from the shard's [`WritePool`] when there is
 //! something to send and goes back once it is empty.
+//!
+//! A TLS or WebSocket connection has a [`Layered`] transport under `rbuf` and `wbuf` (see
+//! `transport`): socket bytes are read into its own buffer and turned into MQTT bytes in
+//! `rbuf`; `wbuf` is turned into socket bytes at most 16 KiB at a time, so what waits for a
+//! slow socket stays bounded as with TCP. Nothing above this file knows the difference.
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,6 +33,7 @@ use glommio::net::TcpStream;
 use super::output::OutputQueue;
 use super::parking::ParkingLot;
 use crate::protocol::frame_len;
+use crate::transport::Layer;
 
 /// Size of a connection's own read buffer. Packets larger than this get one of their own size.
 const READ_CHUNK: usize = 16 * 1024;
@@ -88,6 +94,44 @@ enum Socket {
     Moving,
 }
 
+/// How much of `wbuf` a layered transport wraps at a time.
+const LAYER_CHUNK: usize = 16 * 1024;
+
+/// A TLS or WebSocket transport with its socket-side buffers (see the module docs). It moves
+/// with its connection to another shard.
+pub struct Layered {
+    layer: Layer,
+    /// Bytes read from the socket (spare capacity initialised, as for `rbuf`).
+    raw_in: BytesMut,
+    /// Bytes for the socket.
+    raw_out: BytesMut,
+    /// Part of `wbuf` gathered into one piece to wrap.
+    gather: BytesMut,
+    /// The peer ended the transport: reported as the end of input.
+    closed: bool,
+}
+
+impl std::fmt::Debug for Layered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layered")
+            .field("handshaking", &self.layer.handshaking())
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Layered {
+    pub fn new(layer: Layer) -> Box<Layered> {
+        Box::new(Layered {
+            layer,
+            raw_in: BytesMut::new(),
+            raw_out: BytesMut::new(),
+            gather: BytesMut::new(),
+            closed: false,
+        })
+    }
+}
+
 pub struct Wire {
     socket: Socket,
     pub peer: SocketAddr,
@@ -96,21 +140,30 @@ pub struct Wire {
     pub wbuf: OutputQueue,
     /// Whether `rbuf`'s spare capacity is known to be initialised (see the module docs).
     spare_initialised: bool,
+    /// TLS or WebSockets; None for plain TCP.
+    layered: Option<Box<Layered>>,
 }
 
 impl Wire {
-    pub fn new(stream: TcpStream, peer: SocketAddr) -> Wire {
+    pub fn new(stream: TcpStream, peer: SocketAddr, layered: Option<Box<Layered>>) -> Wire {
         Wire {
             socket: Socket::Live(stream),
             peer,
             rbuf: BytesMut::new(),
             wbuf: OutputQueue::default(),
             spare_initialised: false,
+            layered,
         }
     }
 
-    /// A socket that arrives from another shard, with the bytes read there after CONNECT.
-    pub fn adopt(fd: OwnedFd, peer: SocketAddr, leftover: BytesMut) -> Wire {
+    /// A socket that arrives from another shard, with the bytes read there after CONNECT and
+    /// its transport's state.
+    pub fn adopt(
+        fd: OwnedFd,
+        peer: SocketAddr,
+        leftover: BytesMut,
+        layered: Option<Box<Layered>>,
+    ) -> Wire {
         // SAFETY: the descriptor is an open, connected, non-blocking TCP socket that we own.
         let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
         Wire {
@@ -119,6 +172,44 @@ impl Wire {
             rbuf: leftover,
             wbuf: OutputQueue::default(),
             spare_initialised: false,
+            layered,
+        }
+    }
+
+    /// The transport's state, to move the connection to another shard.
+    pub fn take_layered(&mut self) -> Option<Box<Layered>> {
+        self.layered.take()
+    }
+
+    /// Whether nothing is buffered either way, the transport's own state included: the
+    /// connection may park.
+    pub fn holds_nothing(&self) -> bool {
+        self.rbuf.is_empty()
+            && self.wbuf.is_empty()
+            && self
+                .layered
+                .as_ref()
+                .is_none_or(|l| l.raw_out.is_empty() && !l.closed && l.layer.is_idle())
+    }
+
+    /// Whether anything still waits to be written.
+    pub fn has_output(&self) -> bool {
+        !self.wbuf.is_empty() || self.layered.as_ref().is_some_and(|l| !l.raw_out.is_empty())
+    }
+
+    /// Ends the transport its own way (a WebSocket close frame, a TLS close_notify), queued
+    /// behind what is already owed.
+    pub fn say_goodbye(&mut self) {
+        if let Some(l) = &mut self.layered {
+            if !l.closed {
+                // MQTT bytes still owed go first.
+                while !self.wbuf.is_empty() {
+                    if wrap_some(l, &mut self.wbuf).is_err() {
+                        break;
+                    }
+                }
+                l.layer.close(&mut l.raw_out);
+            }
         }
     }
 
@@ -206,6 +297,9 @@ impl Wire {
         arena: &mut ReadArena,
         max_packet_size: usize,
     ) -> Poll<io::Result<usize>> {
+        if self.layered.is_some() {
+            return self.poll_read_layered(cx);
+        }
         if self.rbuf.is_empty() {
             let Socket::Live(stream) = &mut self.socket else {
                 return Poll::Ready(Err(not_live()));
@@ -225,12 +319,71 @@ impl Wire {
         recv_into(stream, cx, &mut self.rbuf)
     }
 
+    /// Reads through the transport layer until it yields MQTT bytes (a read may carry only
+    /// handshake records, or a ping). What the layer owes the peer is written on the way.
+    fn poll_read_layered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Wire {
+            socket,
+            rbuf,
+            layered,
+            spare_initialised,
+            ..
+        } = self;
+        let Socket::Live(stream) = socket else {
+            return Poll::Ready(Err(not_live()));
+        };
+        let l = layered.as_mut().expect("called for a layered wire");
+        loop {
+            if l.closed {
+                return Poll::Ready(Ok(0));
+            }
+            // A full socket wakes this task once it has room; meanwhile reading goes on.
+            if let Poll::Ready(Err(e)) = write_out(stream, cx, &mut l.raw_out) {
+                return Poll::Ready(Err(e));
+            }
+            if l.raw_in.capacity() == 0 {
+                l.raw_in = BytesMut::zeroed(READ_CHUNK);
+                l.raw_in.clear();
+            }
+            match recv_into(stream, cx, &mut l.raw_in) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(_)) => {}
+                other => return other,
+            }
+            let before = rbuf.len();
+            let got = l.layer.ingest(&l.raw_in, rbuf, &mut l.raw_out);
+            // Cleared, not freed: the spare capacity stays initialised for the next read.
+            l.raw_in.clear();
+            *spare_initialised = false;
+            match got {
+                Ok(got) => l.closed = got.closed,
+                Err(e) => {
+                    // The peer's last words (an alert, an HTTP error), if the socket takes them.
+                    let _ = write_out(stream, cx, &mut l.raw_out);
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
+            }
+            let produced = rbuf.len() - before;
+            if produced > 0 {
+                return Poll::Ready(Ok(produced));
+            }
+        }
+    }
+
     /// Lets go of what an idle connection need not hold: an empty read buffer (the memory stays
     /// only while decoded messages use it) and an empty write buffer (back to the pool).
     pub fn release_idle_buffers(&mut self, pool: &mut WritePool) {
         if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
             self.rbuf = BytesMut::new();
             self.spare_initialised = false;
+        }
+        if let Some(l) = &mut self.layered {
+            if l.raw_out.is_empty() {
+                l.raw_out = BytesMut::new();
+            }
+            l.raw_in = BytesMut::new();
+            l.gather = BytesMut::new();
+            l.layer.release_buffers();
         }
         if let Some(buf) = self.wbuf.take_buffer_if_idle() {
             pool.give_back(buf);
@@ -248,6 +401,25 @@ impl Wire {
 
     /// Writes `wbuf` until it is empty or the socket is full.
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(l) = &mut self.layered {
+            let Socket::Live(stream) = &mut self.socket else {
+                return Poll::Ready(Err(not_live()));
+            };
+            loop {
+                if l.raw_out.is_empty() {
+                    if self.wbuf.is_empty() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    if let Err(e) = wrap_some(l, &mut self.wbuf) {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                match write_out(stream, cx, &mut l.raw_out) {
+                    Poll::Ready(Ok(())) => {}
+                    other => return other,
+                }
+            }
+        }
         if self.wbuf.is_empty() {
             return Poll::Ready(Ok(()));
         }
@@ -289,6 +461,42 @@ impl Wire {
 /// one here is a bug in the broker; it closes that connection instead of panicking.
 fn not_live() -> io::Error {
     io::Error::other("socket used while parked")
+}
+
+/// Wraps up to [`LAYER_CHUNK`] bytes of `wbuf` (at least one whole piece of it) for the
+/// socket, into `raw_out`.
+fn wrap_some(l: &mut Layered, wbuf: &mut OutputQueue) -> io::Result<()> {
+    let mut slices = [io::IoSlice::new(&[]); 64];
+    let n = wbuf.io_slices(&mut slices);
+    l.gather.clear();
+    for slice in &slices[..n] {
+        if !l.gather.is_empty() && l.gather.len() + slice.len() > LAYER_CHUNK {
+            break;
+        }
+        l.gather.extend_from_slice(slice);
+    }
+    let taken = l.gather.len();
+    let wrapped = l.layer.emit(&l.gather, &mut l.raw_out);
+    wbuf.advance(taken);
+    wrapped.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Writes `out` to the socket until it is empty (Ready) or the socket is full (Pending).
+fn write_out(
+    stream: &mut TcpStream,
+    cx: &mut Context<'_>,
+    out: &mut BytesMut,
+) -> Poll<io::Result<()>> {
+    use bytes::Buf;
+    while !out.is_empty() {
+        match Pin::new(&mut *stream).poll_write(cx, out) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => out.advance(n),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// One `recv` into the initialised spare capacity of `buf`.

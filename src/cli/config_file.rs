@@ -1,8 +1,8 @@
 //! The optional TOML configuration file of `surgemq serve`. Keys are the flags' names; values
 //! are checked for type and range here so a mistake is reported as one line naming the key.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use surgemq::transport::Listener;
 
 const KNOWN_KEYS: &[&str] = &[
     "listen",
@@ -24,6 +24,10 @@ const KNOWN_KEYS: &[&str] = &[
     "park-idle-after",
     "data-dir",
     "sync-interval-ms",
+    "cert",
+    "key",
+    "ca-file",
+    "require-certificate",
 ];
 
 #[derive(Debug, Default)]
@@ -88,9 +92,9 @@ impl ConfigFile {
         }
     }
 
-    pub fn listen(&self) -> Result<Option<Vec<SocketAddr>>, String> {
-        let expected = "an address string or a list of them, like \"127.0.0.1:1883\"";
-        let one = |v: &toml::Value| -> Result<SocketAddr, String> {
+    pub fn listen(&self) -> Result<Option<Vec<Listener>>, String> {
+        let expected = "an address string or a list of them, like \"127.0.0.1:1883\" or \"wss://0.0.0.0:8081/mqtt\"";
+        let one = |v: &toml::Value| -> Result<Listener, String> {
             v.as_str()
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| self.bad("listen", expected))

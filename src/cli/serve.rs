@@ -4,7 +4,6 @@
 //! is the flag's name without dashes in front, e.g. `max-inflight = 200`); flags override the
 //! file. Any bad value ends start-up with one line naming the flag or key.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use surgemq::auth::{AclFile, FileAuthenticator, PasswordFile};
 use surgemq::broker::{self, BrokerConfig, MetricsSnapshot};
+use surgemq::transport::{Listener, TlsFiles};
 use tracing::{info, warn};
 
 use super::config_file::ConfigFile;
@@ -21,9 +21,23 @@ pub struct ServeArgs {
     /// TOML file with any of the settings below (flags override it).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to listen on (repeatable) [default: 127.0.0.1:1883].
-    #[arg(long = "listen", value_name = "ADDR")]
-    listen: Vec<SocketAddr>,
+    /// Address to listen on (repeatable): ADDR:PORT or mqtt://ADDR:PORT for MQTT,
+    /// mqtts://ADDR:PORT for MQTT over TLS, ws://ADDR:PORT/PATH for WebSockets, wss://... for
+    /// WebSockets over TLS (PATH defaults to /mqtt) [default: 127.0.0.1:1883].
+    #[arg(long = "listen", value_name = "URL")]
+    listen: Vec<Listener>,
+    /// PEM certificate chain of the mqtts:// and wss:// listeners (re-read on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// PEM private key of that certificate (re-read on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// PEM CA certificates that sign client certificates: a client may present one.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// With --ca-file: refuse TLS clients without a certificate it signed [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    require_certificate: Option<bool>,
     /// Number of shards (executors, one per core) [default: the CPUs this process may use].
     #[arg(long)]
     shards: Option<usize>,
@@ -109,6 +123,7 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         None => ConfigFile::default(),
     };
     let defaults = BrokerConfig::default();
+    let tls = tls_files(&args, &file)?;
     let listen = if !args.listen.is_empty() {
         args.listen
     } else {
@@ -141,6 +156,7 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
     };
     let config = BrokerConfig {
         listen,
+        tls,
         shards: pick(args.shards, file.usize("shards")?, defaults.shards),
         connect_timeout: secs(args.connect_timeout.or(file.u64("connect-timeout")?))
             .unwrap_or(defaults.connect_timeout),
@@ -204,6 +220,34 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
     Ok(config)
 }
 
+/// The TLS files, when --cert or --key (or their keys) are given: both must be.
+fn tls_files(args: &ServeArgs, file: &ConfigFile) -> Result<Option<TlsFiles>, String> {
+    let cert = args.cert.clone().or(file.path("cert")?);
+    let key = args.key.clone().or(file.path("key")?);
+    let ca_file = args.ca_file.clone().or(file.path("ca-file")?);
+    let require_certificate = pick(
+        args.require_certificate,
+        file.bool("require-certificate")?,
+        false,
+    );
+    match (cert, key) {
+        (None, None) if ca_file.is_none() && !require_certificate => Ok(None),
+        (Some(cert), Some(key)) => {
+            if require_certificate && ca_file.is_none() {
+                return Err("invalid --require-certificate: needs --ca-file".into());
+            }
+            Ok(Some(TlsFiles {
+                cert,
+                key,
+                ca_file,
+                require_certificate,
+            }))
+        }
+        (_, None) => Err("invalid --key: TLS needs both --cert and --key".into()),
+        (None, _) => Err("invalid --cert: TLS needs both --cert and --key".into()),
+    }
+}
+
 /// The flag if given, else the file's value, else the default.
 fn pick<T>(flag: Option<T>, from_file: Option<T>, default: T) -> T {
     flag.or(from_file).unwrap_or(default)
@@ -218,8 +262,17 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
     let handle = broker::start(config).map_err(|e| e.to_string())?;
     let mut signal = 0;
-    // SAFETY: sigwait with a valid set and an out-pointer we own.
-    unsafe { libc::sigwait(&signals, &mut signal) };
+    loop {
+        // SAFETY: sigwait with a valid set and an out-pointer we own.
+        unsafe { libc::sigwait(&signals, &mut signal) };
+        if signal != libc::SIGHUP {
+            break;
+        }
+        // New TLS connections get the files as they are now; a bad file keeps the old ones.
+        if let Err(e) = handle.reload_tls() {
+            warn!("SIGHUP: TLS files not reloaded, the previous ones stay in use: {e}");
+        }
+    }
     info!(signal, "stopping");
     // Whatever happens, exit promptly: a stop must never hang.
     std::thread::spawn(|| {
@@ -264,6 +317,7 @@ fn stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }

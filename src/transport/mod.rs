@@ -155,6 +155,29 @@ impl Layer {
         }
     }
 
+    /// A client's layer: TLS (if given) under a WebSocket upgrade to `ws = (host, path)` (if
+    /// given). Returns the layer and the first bytes to send (the TLS ClientHello, or the
+    /// upgrade request); MQTT bytes may be emitted at once, they follow the handshakes.
+    pub fn client(
+        tls: Option<rustls::ClientConnection>,
+        ws: Option<(&str, &str)>,
+    ) -> Result<(Layer, BytesMut), TransportError> {
+        let mut request = BytesMut::new();
+        let codec = ws.map(|(host, path)| WsCodec::client(host, path, &mut request));
+        let mut layer = Layer::new(tls.map(Into::into), codec);
+        let mut first = BytesMut::new();
+        match &mut layer.tls {
+            Some(tls) => {
+                tls.writer().write_all(&request)?;
+                while tls.wants_write() {
+                    tls.write_tls(&mut (&mut first).writer())?;
+                }
+            }
+            None => first = request,
+        }
+        Ok((layer, first))
+    }
+
     pub fn tls(&self) -> Option<&rustls::Connection> {
         self.tls.as_ref()
     }

@@ -31,6 +31,8 @@ const MAX_PACKET: usize = 1 << 20;
 pub struct Broker {
     handle: Option<BrokerHandle>,
     pub addr: SocketAddr,
+    /// Every listener's address, in the order of the configuration's `listen`.
+    pub addrs: Vec<SocketAddr>,
     pub shards: usize,
 }
 
@@ -48,9 +50,11 @@ impl Broker {
         let shards = config.shards;
         let handle = broker::start(config).expect("broker starts");
         let addr = handle.local_addrs()[0];
+        let addrs = handle.local_addrs().to_vec();
         Broker {
             handle: Some(handle),
             addr,
+            addrs,
             shards,
         }
     }
