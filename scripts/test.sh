@@ -43,6 +43,7 @@ need_deb_pkg() { # need_deb_pkg PACKAGE
 
 need_deb mosquitto_pub mosquitto-clients
 need_deb mosquitto mosquitto
+need_deb openssl openssl
 need_py paho.mqtt "paho-mqtt>=2,<3" python3-paho-mqtt
 
 log "cargo fmt --check"
@@ -58,6 +59,11 @@ cargo test --doc
 if [ -x scripts/interop.sh ]; then
   log "interop (mosquitto clients, paho-mqtt)"
   scripts/interop.sh
+fi
+
+if [ -x scripts/interop-tls.sh ]; then
+  log "interop over TLS and WebSockets (mosquitto clients, paho-mqtt)"
+  scripts/interop-tls.sh
 fi
 
 if [ -x scripts/crash-test.sh ]; then

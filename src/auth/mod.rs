@@ -21,6 +21,9 @@ pub struct Credentials<'a> {
     pub password: Option<&'a [u8]>,
     pub client_id: &'a str,
     pub peer: SocketAddr,
+    /// The user name is the subject of a client certificate the TLS handshake verified
+    /// (`--use-identity-as-username`): there is no password to check.
+    pub certified: bool,
 }
 
 /// The answer to a CONNECT.
@@ -77,6 +80,7 @@ impl FileAuthenticator {
 impl Authenticator for FileAuthenticator {
     fn authenticate(&self, c: &Credentials<'_>) -> AuthDecision {
         match (c.username, &self.passwords) {
+            (Some(_), _) if c.certified => AuthDecision::Allow,
             (None, _) if self.allow_anonymous => AuthDecision::Allow,
             (None, _) => AuthDecision::NotAuthorized,
             (Some(user), Some(file)) => {
@@ -118,6 +122,7 @@ mod tests {
             password: pass,
             client_id: "c",
             peer: "127.0.0.1:1".parse().unwrap(),
+            certified: false,
         }
     }
 

@@ -155,7 +155,24 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
             return log_close(&shard, Some(&connect.client_id), &wire, reason);
         }
     }
-    if let Err(code) = authenticate(&shard, &connect, wire.peer) {
+    let mut certified = false;
+    if spec.identity_as_username {
+        // Mosquitto's rule: the certificate's CN is the user name, whatever CONNECT said; a
+        // client without one is not authorized.
+        match wire.peer_identity() {
+            Some(cn) => {
+                connect.username = Some(ByteStr::from(cn));
+                connect.password = None;
+                certified = true;
+            }
+            None => {
+                refuse(&shard, &mut wire, ConnectReturnCode::NotAuthorized).await;
+                let reason = CloseReason::Refused(ConnectReturnCode::NotAuthorized);
+                return log_close(&shard, Some(&connect.client_id), &wire, reason);
+            }
+        }
+    }
+    if let Err(code) = authenticate(&shard, &connect, wire.peer, certified) {
         refuse(&shard, &mut wire, code).await;
         let c = &shard.metrics.refused_auth;
         c.set(c.get() + 1);
@@ -222,6 +239,7 @@ fn authenticate(
     shard: &Shard,
     connect: &Connect,
     peer: std::net::SocketAddr,
+    certified: bool,
 ) -> Result<(), ConnectReturnCode> {
     let auth = &shard.config.authenticator;
     let username = connect.username.as_deref();
@@ -230,6 +248,7 @@ fn authenticate(
         password: connect.password.as_deref(),
         client_id: &connect.client_id,
         peer,
+        certified,
     });
     match decision {
         AuthDecision::Allow => {}

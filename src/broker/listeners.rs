@@ -51,6 +51,8 @@ impl TlsSettings {
 pub struct ListenerSpec {
     pub transport: Transport,
     pub tls: Option<Arc<TlsSettings>>,
+    /// The CN of a TLS client's certificate is its user name (`--use-identity-as-username`).
+    pub identity_as_username: bool,
 }
 
 impl ListenerSpec {

@@ -135,6 +135,10 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             .map(|(addr, l)| (*addr, l.transport.clone()))
             .collect();
         let shard_tls = tls.clone();
+        let shard_identity_as_username = config
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.use_identity_as_username);
         let placement = match cpus.get(i % cpus.len().max(1)) {
             Some(&cpu) => Placement::Fixed(cpu),
             None => Placement::Unbound,
@@ -153,9 +157,12 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                 let listeners = shard_listeners
                     .into_iter()
                     .map(|(addr, transport)| {
+                        let identity_as_username =
+                            transport.uses_tls() && shard_identity_as_username;
                         let spec = ListenerSpec {
                             transport,
                             tls: shard_tls.clone(),
+                            identity_as_username,
                         };
                         (addr, Rc::new(spec))
                     })

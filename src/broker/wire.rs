@@ -176,6 +176,11 @@ impl Wire {
         }
     }
 
+    /// The subject CN of the client's TLS certificate, if it presented one.
+    pub fn peer_identity(&self) -> Option<String> {
+        self.layered.as_ref()?.layer.peer_identity()
+    }
+
     /// The transport's state, to move the connection to another shard.
     pub fn take_layered(&mut self) -> Option<Box<Layered>> {
         self.layered.take()

@@ -28,6 +28,7 @@ const KNOWN_KEYS: &[&str] = &[
     "key",
     "ca-file",
     "require-certificate",
+    "use-identity-as-username",
 ];
 
 #[derive(Debug, Default)]

@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// With --ca-file: refuse TLS clients without a certificate it signed [default: false].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     require_certificate: Option<bool>,
+    /// On TLS listeners, a client certificate's subject CN is the client's user name (for the
+    /// ACL; no password is checked); clients without one are refused [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    use_identity_as_username: Option<bool>,
     /// Number of shards (executors, one per core) [default: the CPUs this process may use].
     #[arg(long)]
     shards: Option<usize>,
@@ -230,17 +234,28 @@ fn tls_files(args: &ServeArgs, file: &ConfigFile) -> Result<Option<TlsFiles>, St
         file.bool("require-certificate")?,
         false,
     );
+    let use_identity_as_username = pick(
+        args.use_identity_as_username,
+        file.bool("use-identity-as-username")?,
+        false,
+    );
     match (cert, key) {
-        (None, None) if ca_file.is_none() && !require_certificate => Ok(None),
+        (None, None) if ca_file.is_none() && !require_certificate && !use_identity_as_username => {
+            Ok(None)
+        }
         (Some(cert), Some(key)) => {
             if require_certificate && ca_file.is_none() {
                 return Err("invalid --require-certificate: needs --ca-file".into());
+            }
+            if use_identity_as_username && ca_file.is_none() {
+                return Err("invalid --use-identity-as-username: needs --ca-file".into());
             }
             Ok(Some(TlsFiles {
                 cert,
                 key,
                 ca_file,
                 require_certificate,
+                use_identity_as_username,
             }))
         }
         (_, None) => Err("invalid --key: TLS needs both --cert and --key".into()),

@@ -182,6 +182,12 @@ impl Layer {
         self.tls.as_ref()
     }
 
+    /// The subject CN of the certificate the peer presented (and TLS verified), if any.
+    pub fn peer_identity(&self) -> Option<String> {
+        let cert = self.tls.as_ref()?.peer_certificates()?.first()?;
+        tls::common_name(cert)
+    }
+
     /// Whether the transport's own handshake (TLS, WebSocket upgrade) is still going on.
     pub fn handshaking(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.is_handshaking())
@@ -271,10 +277,19 @@ impl Layer {
             None => app,
         };
         match &mut self.tls {
+            // rustls takes at most its buffer limit (64 KiB) at a time: encrypt piece by piece.
             Some(tls) => {
-                tls.writer().write_all(framed)?;
-                while tls.wants_write() {
-                    tls.write_tls(&mut out.writer())?;
+                let mut rest = framed;
+                while !rest.is_empty() {
+                    let taken = tls.writer().write(rest)?;
+                    rest = &rest[taken..];
+                    let drained = tls.wants_write();
+                    while tls.wants_write() {
+                        tls.write_tls(&mut out.writer())?;
+                    }
+                    if taken == 0 && !drained {
+                        return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+                    }
                 }
             }
             None => out.extend_from_slice(framed),

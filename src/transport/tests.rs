@@ -125,6 +125,23 @@ fn mqtt_bytes_cross_every_transport() {
 }
 
 #[test]
+fn messages_larger_than_rustls_buffers_cross_tls() {
+    for ws in [false, true] {
+        let (mut server, mut client, first) = pair(true, ws, &format!("big{ws}"));
+        pump(&mut server, &mut client, first);
+        let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let mut to_client = BytesMut::new();
+        server.emit(&big, &mut to_client).unwrap();
+        let mut got = BytesMut::new();
+        client
+            .ingest(&to_client, &mut got, &mut BytesMut::new())
+            .unwrap();
+        assert_eq!(got.len(), big.len(), "wss: {ws}");
+        assert!(got[..] == big[..], "wss: {ws}");
+    }
+}
+
+#[test]
 fn plaintext_on_a_tls_layer_is_an_error_not_a_panic() {
     let (mut server, _, _) = pair(true, false, "plain-on-tls");
     let mut out = BytesMut::new();

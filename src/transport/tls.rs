@@ -38,6 +38,9 @@ pub struct TlsFiles {
     pub ca_file: Option<PathBuf>,
     /// Refuse clients without a certificate signed by `ca_file`.
     pub require_certificate: bool,
+    /// A client certificate's subject CN becomes the client's user name (for authentication
+    /// and ACLs), as Mosquitto's `use_identity_as_username`; no password is checked for it.
+    pub use_identity_as_username: bool,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -137,6 +140,13 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
         path: PathBuf::from(host),
         why: format!("not a valid server name: {e}"),
     })
+}
+
+/// The subject common name (CN) of a DER certificate, if it has one.
+pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 /// `insecure`: signatures are still checked (the handshake needs them), the certificate not.
