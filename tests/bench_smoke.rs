@@ -237,3 +237,71 @@ fn persistent_subscribers_get_everything_and_leave_no_session_behind() {
         "no session left behind: {metrics:?}"
     );
 }
+
+#[test]
+fn offline_subscribers_drain_everything_after_reconnecting_in_memory_and_on_disk() {
+    let dir = std::env::temp_dir().join(format!("surgemq-bench-offline-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for data_dir in [None, Some(dir.clone())] {
+        let broker = broker::start(BrokerConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            shards: 2,
+            // Everything a run publishes is queued at once for an offline session.
+            max_queued_messages: 100_000,
+            data_dir: data_dir.clone(),
+            ..Default::default()
+        })
+        .expect("broker starts");
+        let port = broker.local_addrs()[0].port();
+        for (scenario, qos, pubs, subs) in [
+            (Scenario::Pair, QoS::AtLeastOnce, 1, 1),
+            (Scenario::FanIn, QoS::AtLeastOnce, CLIENTS as u64, 1),
+            (Scenario::FanOut, QoS::ExactlyOnce, 1, CLIENTS as u64),
+        ] {
+            let report = bench::run(BenchConfig {
+                persistent: true,
+                offline: true,
+                ..config(scenario, port, qos)
+            })
+            .unwrap_or_else(|e| panic!("{scenario:?} {data_dir:?}: {e}"));
+            let summary = format!("{data_dir:?}\n{}", report.summary());
+            assert!(report.offline && report.persistent, "{summary}");
+            assert!(report.errors.is_empty(), "{summary}");
+            assert_eq!(report.published, pubs * MESSAGES, "{summary}");
+            assert_eq!(report.acked, report.published, "{summary}");
+            assert_eq!(report.expected, pubs * subs * MESSAGES, "{summary}");
+            assert_eq!(report.delivered, report.expected, "{summary}");
+            assert_eq!(report.missing, 0, "{summary}");
+            assert_eq!(report.duplicated, 0, "{summary}");
+            assert_eq!(report.reordered, 0, "{summary}");
+            assert_eq!(report.foreign, 0, "{summary}");
+            assert!(report.latency.is_none(), "{summary}");
+            assert!(report.publish_rate > 0.0, "{summary}");
+            assert!(report.deliver_rate > 0.0, "{summary}");
+            assert!(report.to_json().contains("\"offline\":true"), "{summary}");
+            assert!(!report.failed(), "{summary}");
+        }
+        let metrics = broker.shutdown();
+        let sessions: u64 = metrics.iter().map(|m| m.sessions).sum();
+        assert_eq!(sessions, 0, "no session left behind: {metrics:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn offline_without_persistent_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_surgemq"))
+        .args(["bench", "pair", "--offline", "--qos", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--persistent"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_surgemq"))
+        .args(["bench", "mesh", "--persistent", "--offline"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("invalid --offline"), "{err}");
+}

@@ -53,6 +53,7 @@ pub struct PubResult {
     pub sent: u64,
     pub acked: u64,
     pub last_send_ns: u64,
+    pub last_ack_ns: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -104,12 +105,15 @@ enum Budget {
     Done,
 }
 
-struct Client {
+pub(super) struct Client {
     spec: ClientSpec,
     shared: Arc<Shared>,
     local: Rc<Local>,
     conn: Conn,
     qos: QoS,
+    /// `--offline`: subscribers are away while publishers run, so the window counts only
+    /// acknowledgements, and a message's age at arrival is no latency.
+    offline: bool,
     start_ns: u64,
     publisher: Option<Publisher>,
     subscriber: Option<Subscriber>,
@@ -123,6 +127,9 @@ pub async fn run(
     shared: Arc<Shared>,
     local: Rc<Local>,
 ) -> ClientResult {
+    if plan.config.offline && spec.subscriber.is_some() {
+        return super::offline::run_subscriber(spec, plan, shared, local).await;
+    }
     let timeout = plan.config.setup_timeout;
     let setup = or(async { Some(setup(spec, &plan).await) }, async {
         glommio::timer::sleep(timeout).await;
@@ -147,7 +154,7 @@ pub async fn run(
     result
 }
 
-async fn setup(spec: ClientSpec, plan: &Plan) -> Result<Conn, String> {
+pub(super) async fn setup(spec: ClientSpec, plan: &Plan) -> Result<Conn, String> {
     let c = &plan.config;
     let mut conn = Conn::connect(plan.addr, c.setup_timeout)
         .await
@@ -162,7 +169,7 @@ async fn setup(spec: ClientSpec, plan: &Plan) -> Result<Conn, String> {
     Ok(conn)
 }
 
-fn client_id(plan: &Plan, spec: ClientSpec) -> String {
+pub(super) fn client_id(plan: &Plan, spec: ClientSpec) -> String {
     format!("smqb-{}-{}", plan.run_id, spec.index)
 }
 
@@ -173,7 +180,7 @@ fn persistent_session(plan: &Plan, spec: ClientSpec) -> bool {
 
 /// Removes a persistent session the run left on the broker: a clean CONNECT takes it over and
 /// ends it (MQTT-3.1.2-6), then DISCONNECT. Best effort, within 2 s: the counts are taken.
-async fn remove_session(plan: &Plan, spec: ClientSpec) {
+pub(super) async fn remove_session(plan: &Plan, spec: ClientSpec) {
     if !persistent_session(plan, spec) {
         return;
     }
@@ -193,7 +200,12 @@ async fn remove_session(plan: &Plan, spec: ClientSpec) {
     or(remove, glommio::timer::sleep(Duration::from_secs(2))).await;
 }
 
-async fn failed_setup(spec: ClientSpec, plan: &Plan, shared: &Shared, e: String) -> ClientResult {
+pub(super) async fn failed_setup(
+    spec: ClientSpec,
+    plan: &Plan,
+    shared: &Shared,
+    e: String,
+) -> ClientResult {
     shared.error(format!("client {}: {e}", spec.index));
     shared.failed.fetch_add(1, Ordering::AcqRel);
     if spec.publisher.is_some() {
@@ -204,7 +216,7 @@ async fn failed_setup(spec: ClientSpec, plan: &Plan, shared: &Shared, e: String)
 }
 
 impl Client {
-    fn new(
+    pub(super) fn new(
         spec: ClientSpec,
         plan: &Plan,
         shared: Arc<Shared>,
@@ -243,6 +255,7 @@ impl Client {
         Client {
             spec,
             qos: c.qos,
+            offline: c.offline,
             shared,
             local,
             conn,
@@ -253,7 +266,7 @@ impl Client {
         }
     }
 
-    async fn run(&mut self) -> Result<(), String> {
+    pub(super) async fn run(&mut self) -> Result<(), String> {
         loop {
             let phase = self.local.control.phase();
             if phase == Phase::Finished {
@@ -269,7 +282,7 @@ impl Client {
                     }
                     self.publish(now);
                 }
-                Phase::Draining => self.stop_publishing(),
+                Phase::Draining | Phase::Reconnecting => self.stop_publishing(),
                 _ => {}
             }
             self.report_publishes();
@@ -360,7 +373,10 @@ impl Client {
         };
         let acked = (self.qos != QoS::AtMostOnce).then_some(p.r.acked);
         if let Some(w) = p.window {
-            let delivered = self.shared.board.min_progress(p.r.index);
+            let delivered = match self.offline {
+                true => None,
+                false => self.shared.board.min_progress(p.r.index),
+            };
             n = n.min(allowance(p.r.sent, acked, delivered, w));
         } else if let Some(acked) = acked {
             n = n.min(MAX_UNACKED.saturating_sub(p.r.sent - acked));
@@ -481,7 +497,9 @@ impl Client {
                         s.is_dirty[p] = true;
                         s.dirty.push(p);
                     }
-                    histogram.saturating_record(now.saturating_sub(h.sent_ns));
+                    if !self.offline {
+                        histogram.saturating_record(now.saturating_sub(h.sent_ns));
+                    }
                     s.r.last_recv_ns = now;
                     continue;
                 }
@@ -491,6 +509,7 @@ impl Client {
                 Packet::PubAck(_) | Packet::PubComp(_) => {
                     if let Some(p) = self.publisher.as_mut() {
                         p.r.acked += 1;
+                        p.r.last_ack_ns = now;
                     }
                 }
                 Packet::PubRec(id) => encode_ack(wbuf, PacketType::PubRel, id),
@@ -543,7 +562,7 @@ impl Client {
         p.reported = (sent, acked);
     }
 
-    async fn finish(mut self) -> ClientResult {
+    pub(super) async fn finish(mut self) -> ClientResult {
         // Whatever arrived with the last read still counts.
         let now = self.shared.now_ns();
         let _ = self.process_input(now);

@@ -77,6 +77,10 @@ pub struct BenchConfig {
     pub publish_only: bool,
     /// Subscribers use persistent sessions (CleanSession = 0), removed again at the end.
     pub persistent: bool,
+    /// Needs `persistent`: subscribers subscribe and disconnect before publishing starts,
+    /// publishers run the whole load against their offline sessions (the window counts only
+    /// acknowledgements), then subscribers reconnect and drain what the broker kept.
+    pub offline: bool,
     pub load: Load,
     /// Payload bytes per message, header included.
     pub size: usize,
@@ -109,6 +113,7 @@ impl Default for BenchConfig {
             clients: None,
             publish_only: false,
             persistent: false,
+            offline: false,
             load: Load::Messages(100_000),
             size: 64,
             qos: QoS::AtMostOnce,
@@ -188,6 +193,7 @@ impl BenchConfig {
     pub fn plan(&self) -> Result<Plan, BenchError> {
         let (publishers, subscribers) = self.shape()?;
         let subscribers = if self.publish_only { 0 } else { subscribers };
+        self.check_offline()?;
         if publishers * subscribers > MAX_STREAMS {
             return Err(invalid(
                 "clients",
@@ -283,6 +289,33 @@ impl BenchConfig {
             window,
             rate_per_publisher: self.rate.map(|r| r / publishers as f64),
         })
+    }
+
+    /// `--offline` needs sessions that outlive a connection, and subscribers on connections of
+    /// their own.
+    fn check_offline(&self) -> Result<(), BenchError> {
+        if !self.offline {
+            return Ok(());
+        }
+        if !self.persistent {
+            return Err(invalid(
+                "offline",
+                "needs --persistent (only a persistent session keeps messages while away)",
+            ));
+        }
+        if self.publish_only {
+            return Err(invalid(
+                "offline",
+                "needs subscribers to drain; not with --publish-only",
+            ));
+        }
+        if self.scenario == Scenario::Mesh {
+            return Err(invalid(
+                "offline",
+                "not used by mesh: its clients publish and subscribe on one connection",
+            ));
+        }
+        Ok(())
     }
 
     /// Publishers and subscribers of the scenario, from its defaults and the flags that apply.
@@ -526,5 +559,24 @@ mod tests {
         }
         let err = BenchConfig { size: 3, ..base }.plan().unwrap_err();
         assert!(err.to_string().starts_with("invalid --size: "), "{err}");
+    }
+
+    #[test]
+    fn offline_needs_persistent_sessions_of_their_own() {
+        let offline = |c: BenchConfig| BenchConfig { offline: true, ..c };
+        let persistent = |s| BenchConfig {
+            persistent: true,
+            ..config(s)
+        };
+        assert_eq!(flag_of(offline(config(Scenario::Pair))), "offline");
+        assert_eq!(flag_of(offline(persistent(Scenario::Mesh))), "offline");
+        let publish_only = BenchConfig {
+            publish_only: true,
+            ..persistent(Scenario::FanIn)
+        };
+        assert_eq!(flag_of(offline(publish_only)), "offline");
+        for s in [Scenario::Pair, Scenario::FanIn, Scenario::FanOut] {
+            offline(persistent(s)).plan().unwrap();
+        }
     }
 }

@@ -204,14 +204,15 @@ impl Conn {
         }
     }
 
-    /// CONNECT (CleanSession as `clean`), then wait for an accepting CONNACK.
+    /// CONNECT (CleanSession as `clean`), then wait for an accepting CONNACK; `Ok(true)` when
+    /// it says the broker had a session for this client id (Session Present).
     pub async fn handshake(
         &mut self,
         client_id: &str,
         clean: bool,
         username: Option<&str>,
         password: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let connect = Packet::Connect(Box::new(Connect {
             level: ProtocolLevel::V311,
             clean_session: clean,
@@ -224,7 +225,9 @@ impl Conn {
         connect.encode(&mut self.wbuf).map_err(|e| e.to_string())?;
         self.flush().await.map_err(|e| format!("CONNECT: {e}"))?;
         match self.read_packet().await {
-            Ok(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Accepted => Ok(()),
+            Ok(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Accepted => {
+                Ok(ack.session_present)
+            }
             Ok(Packet::ConnAck(ack)) => Err(format!("CONNACK refused: {:?}", ack.code)),
             Ok(other) => Err(format!("expected CONNACK, got {:?}", other.packet_type())),
             Err(e) => Err(format!("waiting for CONNACK: {e}")),

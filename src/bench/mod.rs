@@ -24,6 +24,7 @@
 mod client;
 mod config;
 mod conn;
+mod offline;
 pub mod payload;
 pub mod report;
 mod runner;

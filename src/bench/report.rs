@@ -51,6 +51,11 @@ pub struct BenchReport {
     pub rate: Option<f64>,
     /// Subscribers had persistent sessions (CleanSession = 0).
     pub persistent: bool,
+    /// `--offline`: subscribers were away while publishers ran, then reconnected and drained.
+    /// `publish_secs` then runs to the last acknowledgement and `publish_rate` counts
+    /// acknowledged messages (QoS 1/2); `deliver_secs` and `deliver_rate` are the drain, from
+    /// the call to reconnect to the last message received; there is no latency.
+    pub offline: bool,
     /// Messages publishers sent.
     pub published: u64,
     /// QoS 1/2: messages the broker acknowledged (PUBACK / PUBCOMP).
@@ -97,33 +102,48 @@ impl BenchReport {
         };
         let _ = writeln!(
             s,
-            "{}: {} pub -> {} {}sub, QoS {}, {} B payload, {} thread(s), {flow}",
+            "{}: {} pub -> {} {}{}sub, QoS {}, {} B payload, {} thread(s), {flow}",
             self.scenario,
             self.publishers,
             self.subscribers,
             if self.persistent { "persistent " } else { "" },
+            if self.offline { "offline " } else { "" },
             self.qos,
             self.size,
             self.threads
         );
+        let (published, delivered) = match (self.offline, self.qos > 0) {
+            (true, true) => ("acked     ", "drained   "),
+            (true, false) => ("published ", "drained   "),
+            (false, _) => ("published ", "delivered "),
+        };
         let _ = writeln!(
             s,
-            "published  {:>12}  in {:.3} s  = {:>12} msg/s{}",
-            self.published,
+            "{published} {:>12}  in {:.3} s  = {:>12} msg/s{}",
+            if self.offline && self.qos > 0 {
+                self.acked
+            } else {
+                self.published
+            },
             self.publish_secs,
             num(self.publish_rate),
-            if self.qos > 0 {
-                format!("  (acked {})", self.acked)
-            } else {
-                String::new()
+            match (self.offline, self.qos > 0) {
+                (_, false) => String::new(),
+                (false, true) => format!("  (acked {})", self.acked),
+                (true, true) => format!("  (published {})", self.published),
             }
         );
         let _ = writeln!(
             s,
-            "delivered  {:>12}  in {:.3} s  = {:>12} msg/s (MPS)",
+            "{delivered} {:>12}  in {:.3} s  = {:>12} msg/s {}",
             self.delivered,
             self.deliver_secs,
-            num(self.deliver_rate)
+            num(self.deliver_rate),
+            if self.offline {
+                "(after reconnecting)"
+            } else {
+                "(MPS)"
+            }
         );
         let _ = writeln!(
             s,
@@ -138,6 +158,7 @@ impl BenchReport {
                     l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us, l.samples
                 );
             }
+            None if self.offline => s.push_str("latency    (not measured offline)\n"),
             None => s.push_str("latency    (no deliveries)\n"),
         }
         for e in &self.errors {
@@ -161,6 +182,7 @@ impl BenchReport {
         o.opt("window", self.window.map(|w| w as f64));
         o.opt("rate", self.rate);
         o.raw("persistent", if self.persistent { "true" } else { "false" });
+        o.raw("offline", if self.offline { "true" } else { "false" });
         o.num("published", self.published as f64);
         o.num("acked", self.acked as f64);
         o.num("expected", self.expected as f64);
@@ -308,6 +330,7 @@ mod tests {
             size: 64,
             threads: 2,
             persistent: false,
+            offline: false,
             window: Some(100),
             rate: None,
             published: 2_000_000,
@@ -394,6 +417,26 @@ mod tests {
             j.contains("\"errors\":[\"client 3: \\\"closed\\\"\\n\"],\"failed\":true}"),
             "{j}"
         );
+    }
+
+    #[test]
+    fn offline_runs_say_acked_and_drained() {
+        let r = BenchReport {
+            persistent: true,
+            offline: true,
+            latency: None,
+            ..sample()
+        };
+        let s = r.summary();
+        assert!(s.contains("1 persistent offline sub"), "{s}");
+        let line = |start: &str| s.lines().find(|l| l.starts_with(start)).unwrap_or("");
+        assert!(line("acked ").contains("2000000  in 2.000 s"), "{s}");
+        assert!(line("drained ").contains("2000000  in 2.500 s"), "{s}");
+        assert!(s.contains("(after reconnecting)"), "{s}");
+        assert!(s.contains("not measured offline"), "{s}");
+        let j = r.to_json();
+        assert!(j.contains("\"persistent\":true,\"offline\":true,"), "{j}");
+        assert!(sample().to_json().contains("\"offline\":false,"));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! clients over them round-robin, waits until every client has connected and subscribed, and
 //! only then starts the clock and lets publishers go. After publishing ends it waits until
 //! everything expected has arrived, or until nothing has moved for `--drain`, so what is
-//! counted as missing really is missing and not merely late.
+//! counted as missing really is missing and not merely late. With `--offline` (see
+//! [`super::offline`]) the subscribers are away until every publish is acknowledged; then
+//! the coordinator calls them back ([`Phase::Reconnecting`]) and waits for them the same way.
 
 use std::io::{IsTerminal, Write};
 use std::rc::Rc;
@@ -170,6 +172,8 @@ struct End {
     publish_ns: u64,
     /// Publishing stopped because nothing moved for the drain time.
     stalled: bool,
+    /// `--offline`: when the subscribers were told to reconnect (ns since the clock base).
+    reconnect_ns: Option<u64>,
 }
 
 /// Drives the running and draining phases.
@@ -182,6 +186,7 @@ fn coordinate(plan: &Plan, shared: &Shared, start_ns: u64) -> End {
     let mut last_totals = shared.totals();
     let mut end_publish_ns = None;
     let mut stalled = false;
+    let mut reconnect_ns = None;
     loop {
         std::thread::sleep(TICK);
         let totals = shared.totals();
@@ -206,13 +211,24 @@ fn coordinate(plan: &Plan, shared: &Shared, start_ns: u64) -> End {
             }
             continue;
         }
-        // Draining: done when everything expected arrived (and was acknowledged), or when
-        // nothing has moved for the drain time.
+        if phase == Phase::Draining && config.offline {
+            // Nobody receives yet: once the broker has acknowledged everything (or stopped
+            // moving), call the subscribers back.
+            if !qos_acks || acked >= published || last_moved.elapsed() >= config.drain {
+                shared.set_phase(Phase::Reconnecting);
+                reconnect_ns = Some(shared.now_ns());
+                last_moved = Instant::now();
+            }
+            continue;
+        }
+        // Draining (offline: reconnected): done when everything expected arrived (and was
+        // acknowledged), or when nothing has moved for the drain time.
         let complete = delivered >= shared.expected() && (!qos_acks || acked >= published);
         if complete || last_moved.elapsed() >= config.drain {
             return End {
                 publish_ns: end_publish_ns.unwrap_or(start_ns),
                 stalled,
+                reconnect_ns,
             };
         }
     }
@@ -267,6 +283,7 @@ fn build_report(
     let mut published = 0;
     let mut acked = 0;
     let mut last_send_ns = start_ns;
+    let mut last_ack_ns = start_ns;
     let mut subs = Vec::new();
     for t in results {
         let _ = histogram.add(&t.histogram);
@@ -276,6 +293,7 @@ fn build_report(
                 published += p.sent;
                 acked += p.acked;
                 last_send_ns = last_send_ns.max(p.last_send_ns);
+                last_ack_ns = last_ack_ns.max(p.last_ack_ns);
             }
             if let Some(s) = c.subscriber {
                 subs.push(s);
@@ -333,12 +351,22 @@ fn build_report(
     };
     let secs = |end: u64| (end.saturating_sub(start_ns)) as f64 / 1e9;
     let rate = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
-    let publish_secs = secs(publish_end);
-    let deliver_secs = if subs.is_empty() {
+    let mut publish_secs = secs(publish_end);
+    let mut deliver_secs = if subs.is_empty() {
         0.0
     } else {
         secs(deliver_end)
     };
+    let mut publish_rate = rate(published, publish_secs);
+    if let Some(reconnect_ns) = end.reconnect_ns {
+        // Offline: publishing lasts until the broker acknowledged the last message, and the
+        // rate counts what it acknowledged; delivery is the drain after reconnecting.
+        if config.qos != QoS::AtMostOnce {
+            publish_secs = secs(publish_end.max(last_ack_ns));
+            publish_rate = rate(acked, publish_secs);
+        }
+        deliver_secs = last_recv_ns.saturating_sub(reconnect_ns) as f64 / 1e9;
+    }
     BenchReport {
         scenario: config.scenario.name(),
         publishers: plan.publishers,
@@ -349,6 +377,7 @@ fn build_report(
         window: plan.window,
         rate: config.rate,
         persistent: config.persistent,
+        offline: config.offline,
         published,
         acked,
         expected,
@@ -359,7 +388,7 @@ fn build_report(
         foreign,
         publish_secs,
         deliver_secs,
-        publish_rate: rate(published, publish_secs),
+        publish_rate,
         deliver_rate: rate(delivered, deliver_secs),
         latency: Latency::from_histogram(&histogram),
         errors,

@@ -27,8 +27,10 @@ pub enum Phase {
     Running = 1,
     /// Publishers stop; subscribers keep receiving what is still on its way.
     Draining = 2,
+    /// `--offline`: every publish is acknowledged; subscribers reconnect and drain.
+    Reconnecting = 3,
     /// Everyone disconnects.
-    Finished = 3,
+    Finished = 4,
 }
 
 impl Phase {
@@ -37,6 +39,7 @@ impl Phase {
             0 => Phase::Setup,
             1 => Phase::Running,
             2 => Phase::Draining,
+            3 => Phase::Reconnecting,
             _ => Phase::Finished,
         }
     }

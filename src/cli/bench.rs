@@ -79,6 +79,11 @@ struct LoadArgs {
     /// not miss messages do; their sessions are removed at the end (a clean reconnect).
     #[arg(long)]
     persistent: bool,
+    /// With --persistent: subscribers subscribe and disconnect, publishers run the whole load
+    /// (the window counts the broker's acknowledgements), then subscribers reconnect and drain
+    /// what was kept. Reports the acknowledged publish rate and the drain rate.
+    #[arg(long, requires = "persistent")]
+    offline: bool,
     /// After publishing, wait at most this long without progress before counting missing.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     drain: Duration,
@@ -167,6 +172,7 @@ impl LoadArgs {
             clients: self.clients,
             publish_only: self.publish_only,
             persistent: self.persistent,
+            offline: self.offline,
             load,
             size: self.size,
             qos: QoS::from_u8(self.qos).unwrap_or_default(),
