@@ -3,16 +3,15 @@
 //! and the WebSocket upgrade's host and path. Plain TCP needs nothing: no layer at all.
 //! Cheap to clone and `Send`, so a load generator can build one and share it across threads.
 
-use std::io::Write;
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use rustls::pki_types::ServerName;
 
 use super::error::ClientError;
 use super::options::ClientOptions;
 use super::tls::TlsOptions;
-use crate::transport::{Layer, Transport, WsCodec};
+use crate::transport::{Layer, Transport};
 
 #[derive(Clone)]
 pub(crate) struct Dialer {
@@ -61,33 +60,24 @@ impl Dialer {
     }
 
     /// A fresh layer for a new connection, and the first bytes to send on it: the TLS
-    /// ClientHello, or the WebSocket upgrade request when there is no TLS. Over TLS the
-    /// upgrade request waits inside rustls until the handshake is done.
+    /// ClientHello, or the WebSocket upgrade request when there is no TLS (over TLS the
+    /// upgrade request waits inside rustls until the handshake is done).
     pub fn layer(&self) -> Result<(Layer, BytesMut), ClientError> {
-        let mut upgrade = BytesMut::new();
-        let ws = self
-            .ws
-            .as_ref()
-            .map(|(host, path)| WsCodec::client(host, path, &mut upgrade));
-        let Some((config, name)) = &self.tls else {
-            return Ok((Layer::new(None, ws), upgrade));
+        let tls = match &self.tls {
+            Some((config, name)) => {
+                let mut tls = rustls::ClientConnection::new(config.clone(), name.clone())
+                    .map_err(ClientError::Tls)?;
+                // `Layer::emit` hands rustls a whole write buffer at once (up to the
+                // connection's high-water mark plus one packet, which may be large) and drains
+                // it right after; with rustls' default 64 KiB limit a bigger write is cut
+                // short (WriteZero).
+                tls.set_buffer_limit(None);
+                Some(tls)
+            }
+            None => None,
         };
-        let mut tls = rustls::ClientConnection::new(config.clone(), name.clone())
-            .map_err(ClientError::Tls)?;
-        // `Layer::emit` hands rustls a whole write buffer at once (up to the connection's
-        // high-water mark plus one packet, which may be large) and drains it right after;
-        // with rustls' default 64 KiB limit a bigger write would be cut short.
-        tls.set_buffer_limit(None);
-        let mut first = BytesMut::new();
-        if !upgrade.is_empty() {
-            // Buffered by rustls (far below its limit) and sent once the handshake is done.
-            tls.writer().write_all(&upgrade).map_err(ClientError::io)?;
-        }
-        while tls.wants_write() {
-            tls.write_tls(&mut (&mut first).writer())
-                .map_err(ClientError::io)?;
-        }
-        Ok((Layer::new(Some(tls.into()), ws), first))
+        let ws = self.ws.as_ref().map(|(h, p)| (h.as_str(), p.as_str()));
+        Ok(Layer::client(tls, ws)?)
     }
 }
 
