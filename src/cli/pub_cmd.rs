@@ -12,7 +12,7 @@ use surgemq::client::{block_on, Client, ClientError};
 use surgemq::protocol::QoS;
 use surgemq::topic::validate_topic_name;
 
-use super::client_args::{qos, ConnectArgs};
+use super::client_args::{error_line, qos, ConnectArgs};
 
 #[derive(Args, Debug)]
 #[command(disable_help_flag = true)]
@@ -23,8 +23,8 @@ use super::client_args::{qos, ConnectArgs};
 pub struct PubArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// Topic to publish to (required).
-    #[arg(short = 't', long)]
+    /// Topic to publish to (required, unless -L gives it).
+    #[arg(short = 't', long, conflicts_with = "url")]
     topic: Option<String>,
     /// Message to publish.
     #[arg(short = 'm', long)]
@@ -57,7 +57,10 @@ enum Source {
 
 pub fn run(args: PubArgs) -> Result<(), String> {
     // Checked here rather than by clap, whose message for a missing flag spans two lines.
-    let topic = args.topic.ok_or("-t/--topic is required")?;
+    let topic = match args.connect.url_topic()? {
+        Some(topic) => topic,
+        None => args.topic.ok_or("-t/--topic (or -L/--url) is required")?,
+    };
     validate_topic_name(&topic).map_err(|e| format!("invalid -t/--topic: {e}"))?;
     if args.message.is_none()
         && args.file.is_none()
@@ -92,8 +95,8 @@ pub fn run(args: PubArgs) -> Result<(), String> {
         }
         client.disconnect().await
     })
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
+    .map_err(|e| error_line(&e))?
+    .map_err(|e| error_line(&e))
 }
 
 /// Publishes every line of standard input, pipelined: publishes are queued as lines arrive

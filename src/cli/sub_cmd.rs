@@ -12,7 +12,7 @@ use surgemq::client::{block_on, Client, ClientOptions};
 use surgemq::protocol::{Publish, QoS, SubscribeReturnCode};
 use surgemq::topic::validate_filter;
 
-use super::client_args::{qos, ConnectArgs};
+use super::client_args::{error_line, qos, ConnectArgs};
 
 /// mosquitto_sub's exit status when `-W` expires (MOSQ_ERR_TIMEOUT).
 const TIMED_OUT_STATUS: i32 = 27;
@@ -22,7 +22,7 @@ const TIMED_OUT_STATUS: i32 = 27;
 pub struct SubArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// Topic filter to subscribe to (repeatable, at least one).
+    /// Topic filter to subscribe to (repeatable; at least one, here or in -L).
     #[arg(short = 't', long)]
     topic: Vec<String>,
     /// Maximum quality of service of the subscriptions.
@@ -50,10 +50,13 @@ enum Outcome {
     TimedOut,
 }
 
-pub fn run(args: SubArgs) -> Result<(), String> {
+pub fn run(mut args: SubArgs) -> Result<(), String> {
+    if let Some(topic) = args.connect.url_topic()? {
+        args.topic.push(topic);
+    }
     // Checked here rather than by clap, whose message for a missing flag spans two lines.
     if args.topic.is_empty() {
-        return Err("-t/--topic is required".into());
+        return Err("-t/--topic (or -L/--url) is required".into());
     }
     for f in &args.topic {
         validate_filter(f).map_err(|e| format!("invalid -t/--topic {f:?}: {e}"))?;
@@ -62,7 +65,7 @@ pub fn run(args: SubArgs) -> Result<(), String> {
     let deadline = args
         .timeout
         .map(|s| Instant::now() + Duration::from_secs(s));
-    match block_on(subscribe_and_print(options, &args, deadline)).map_err(|e| e.to_string())?? {
+    match block_on(subscribe_and_print(options, &args, deadline)).map_err(|e| error_line(&e))?? {
         Outcome::Done => Ok(()),
         Outcome::TimedOut => {
             eprintln!("surgemq: timed out after {} s", args.timeout.unwrap_or(0));
@@ -80,7 +83,7 @@ async fn subscribe_and_print(
     let Some(connected) = within(deadline, Client::connect(options)).await else {
         return Ok(Outcome::TimedOut);
     };
-    let (client, mut messages) = connected.map_err(|e| e.to_string())?;
+    let (client, mut messages) = connected.map_err(|e| error_line(&e))?;
     let qos = qos(args.qos);
     let filters: Vec<(&str, QoS)> = args.topic.iter().map(|t| (t.as_str(), qos)).collect();
     let Some(granted) = within(deadline, client.subscribe(&filters)).await else {

@@ -1,9 +1,16 @@
 //! The connection task: the one place the client touches its socket. It opens the TCP
-//! connection, then loops: write what the state machine has queued (every packet owed,
-//! coalesced into one buffer, one flush), read what the server sent (straight into a
-//! `BytesMut` that decoded messages then slice, no copies), feed it to the state machine, and
-//! sleep until the socket, a handle or the keepalive timer wakes it. When the connection is
-//! lost it either ends the client or, with `reconnect_interval`, opens a new one and resumes.
+//! connection (for TLS and WebSockets, then runs the transport's handshake through a sans-IO
+//! [`Layer`] before CONNECT), then loops: write what the state machine has queued (every
+//! packet owed, coalesced into one buffer, one flush), read what the server sent (straight
+//! into a `BytesMut` that decoded messages then slice, no copies), feed it to the state
+//! machine, and sleep until the socket, a handle or the keepalive timer wakes it. When the
+//! connection is lost it either ends the client or, with `reconnect_interval`, opens a new
+//! one (handshake included) and resumes.
+//!
+//! Plain TCP has no layer: reads land in the packet buffer and packets are written from the
+//! write buffer, as before. With a layer, socket bytes are read into a buffer of their own and
+//! the layer appends the MQTT bytes to the packet buffer; the write buffer is wrapped (frames,
+//! records) into the layer's output before it goes to the socket.
 
 use std::future::Future;
 use std::io;
@@ -14,15 +21,17 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use futures_lite::{AsyncRead, AsyncWrite};
+use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use tracing::{debug, warn};
 
+use super::dial::Dialer;
 use super::error::ClientError;
 use super::options::ClientOptions;
 use super::shared::{Shared, Shutdown};
 use crate::protocol::{decode, frame_len, Packet};
+use crate::transport::Layer;
 
 /// Read buffer allocation size; packets larger than this get a buffer of their own size.
 const READ_CHUNK: usize = 64 * 1024;
@@ -32,6 +41,10 @@ const MIN_READ_SPACE: usize = 2048;
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Loop rounds with progress before the task yields to the others on its executor.
 const ROUNDS_PER_YIELD: usize = 64;
+/// Socket reads under a transport layer: a TLS record is at most 16 KiB and some.
+const LAYER_READ: usize = 32 * 1024;
+/// How long a TLS close_notify or WebSocket close frame may take to leave.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Opens a TCP connection to the first address of `host:port` that accepts one.
 pub(crate) async fn open_tcp(options: &ClientOptions) -> Result<TcpStream, ClientError> {
@@ -60,23 +73,138 @@ pub(crate) async fn open_tcp(options: &ClientOptions) -> Result<TcpStream, Clien
     Err(fail(last))
 }
 
+/// Opens a connection ready for CONNECT: TCP, then the transport's handshake (TLS, the
+/// WebSocket upgrade) in what is left of `connect_timeout`.
+pub(crate) async fn open(options: &ClientOptions, dialer: &Dialer) -> Result<Conn, ClientError> {
+    let started = Instant::now();
+    let stream = open_tcp(options).await?;
+    if !dialer.layered() {
+        return Ok(Conn::new(stream, None));
+    }
+    let (layer, first) = dialer.layer()?;
+    let mut conn = Conn::new(
+        stream,
+        Some(Box::new(Layered {
+            layer,
+            raw: vec![0; LAYER_READ],
+            out: first,
+            closed: false,
+        })),
+    );
+    let left = options.connect_timeout.saturating_sub(started.elapsed());
+    let handshake = async { Some(conn.handshake(options.max_packet_size).await) };
+    let expired = async {
+        glommio::timer::sleep(left).await;
+        None
+    };
+    match handshake.or(expired).await {
+        Some(Ok(())) => {
+            debug!(
+                transport = options.transport.scheme(),
+                "transport handshake done"
+            );
+            Ok(conn)
+        }
+        Some(Err(e)) => Err(e),
+        None => Err(ClientError::Timeout {
+            waiting_for: conn.handshake_step(),
+            after: options.connect_timeout,
+        }),
+    }
+}
+
+/// A transport layer and its socket-side buffers.
+pub(crate) struct Layered {
+    layer: Layer,
+    /// Socket bytes read, before the layer takes them.
+    raw: Vec<u8>,
+    /// Bytes for the socket (handshake, records, frames), written before anything else.
+    out: BytesMut,
+    /// The server ended the transport (TLS close_notify or WebSocket close).
+    closed: bool,
+}
+
 /// The socket and its two buffers.
-struct Conn {
+pub(crate) struct Conn {
     stream: TcpStream,
-    /// Received bytes not yet decoded: empty, or the start of a packet. Its spare capacity is
-    /// always initialised memory (allocated zeroed, never grown otherwise), which is what makes
-    /// handing it to `recv` as `&mut [u8]` sound.
+    /// Received bytes not yet decoded: empty, or the start of a packet. On plain TCP its spare
+    /// capacity is always initialised memory (allocated zeroed, never grown otherwise), which
+    /// is what makes handing it to `recv` as `&mut [u8]` sound; under a layer it is never
+    /// handed to `recv`, only appended to.
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// TLS, WebSockets or both; None for plain TCP.
+    layer: Option<Box<Layered>>,
 }
 
 impl Conn {
-    fn new(stream: TcpStream) -> Conn {
+    fn new(stream: TcpStream, layer: Option<Box<Layered>>) -> Conn {
         Conn {
             stream,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::with_capacity(WRITE_HIGH_WATER),
+            layer,
         }
+    }
+
+    /// Bytes queued and not yet written to the socket.
+    fn unwritten(&self) -> usize {
+        self.wbuf.len() + self.layer.as_ref().map_or(0, |l| l.out.len())
+    }
+
+    /// Whether the server ended the transport (with the MQTT bytes before it decoded).
+    fn transport_closed(&self) -> bool {
+        self.layer.as_ref().is_some_and(|l| l.closed)
+    }
+
+    /// Runs the transport's handshake until MQTT may flow.
+    async fn handshake(&mut self, max_packet_size: usize) -> Result<(), ClientError> {
+        std::future::poll_fn(|cx| loop {
+            if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if !self.layer.as_ref().is_some_and(|l| l.layer.handshaking()) {
+                return Poll::Ready(Ok(()));
+            }
+            match self.poll_read(cx, max_packet_size) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(ClientError::io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("connection closed during the {}", self.handshake_step()),
+                    ))))
+                }
+                Poll::Ready(Ok(_)) if self.transport_closed() => {
+                    return Poll::Ready(Err(ClientError::ConnectionClosed))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// What the handshake is waiting for, for errors.
+    fn handshake_step(&self) -> &'static str {
+        match self.layer.as_ref().and_then(|l| l.layer.tls()) {
+            Some(tls) if tls.is_handshaking() => "TLS handshake",
+            _ => "WebSocket upgrade",
+        }
+    }
+
+    /// Says goodbye the transport's way (TLS close_notify, WebSocket close frame), briefly.
+    async fn goodbye(&mut self) {
+        let Some(l) = &mut self.layer else {
+            return;
+        };
+        l.layer.close(&mut l.out);
+        let flush = async {
+            let _ = std::future::poll_fn(|cx| self.poll_flush(cx)).await;
+        };
+        let expired = async {
+            glommio::timer::sleep(GOODBYE_TIMEOUT).await;
+        };
+        flush.or(expired).await;
     }
 
     /// Makes room to read: at least `MIN_READ_SPACE`, and the whole packet once its header
@@ -97,11 +225,25 @@ impl Conn {
         self.rbuf = fresh;
     }
 
+    /// Reads from the socket; the count is of socket bytes (0: the server closed it), the
+    /// MQTT bytes are in `rbuf`.
     fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
         max_packet_size: usize,
-    ) -> Poll<io::Result<usize>> {
+    ) -> Poll<Result<usize, ClientError>> {
+        if let Some(l) = &mut self.layer {
+            return match Pin::new(&mut self.stream).poll_read(cx, &mut l.raw) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(n)) => {
+                    let got = l.layer.ingest(&l.raw[..n], &mut self.rbuf, &mut l.out)?;
+                    l.closed |= got.closed;
+                    Poll::Ready(Ok(n))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(ClientError::io(e))),
+                Poll::Pending => Poll::Pending,
+            };
+        }
         self.reserve_read_space(max_packet_size);
         let len = self.rbuf.len();
         let spare = self.rbuf.capacity() - len;
@@ -114,17 +256,38 @@ impl Conn {
                 unsafe { self.rbuf.set_len(len + n) };
                 Poll::Ready(Ok(n))
             }
-            other => other,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(ClientError::io(e))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
-    /// Writes `wbuf` until it is empty or the socket is full.
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Writes `wbuf` (through the layer, if any) until it is empty or the socket is full.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
+        if let Some(l) = &mut self.layer {
+            if !self.wbuf.is_empty() {
+                l.layer.emit(&self.wbuf, &mut l.out)?;
+                self.wbuf.clear();
+            }
+            while !l.out.is_empty() {
+                match Pin::new(&mut self.stream).poll_write(cx, &l.out) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(ClientError::io(io::ErrorKind::WriteZero.into())))
+                    }
+                    Poll::Ready(Ok(n)) => l.out.advance(n),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(ClientError::io(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            l.out.clear();
+            return Poll::Ready(Ok(()));
+        }
         while !self.wbuf.is_empty() {
             match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(ClientError::io(io::ErrorKind::WriteZero.into())))
+                }
                 Poll::Ready(Ok(n)) => self.wbuf.advance(n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ClientError::io(e))),
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -169,14 +332,16 @@ impl Deadline {
 
 /// Runs the client until it is finished: disconnected, dropped, or the connection lost for
 /// good. The state machine has not sent CONNECT yet.
-pub(crate) async fn run(shared: Rc<Shared>, stream: TcpStream) {
-    let mut conn = Conn::new(stream);
+pub(crate) async fn run(shared: Rc<Shared>, mut conn: Conn, dialer: Dialer) {
     shared.inner.borrow_mut().state.connect(Instant::now());
     let mut deadline = Deadline::default();
     loop {
         let result = std::future::poll_fn(|cx| drive(&shared, &mut conn, &mut deadline, cx)).await;
         let reason = match result {
-            Ok(()) => ClientError::Disconnected,
+            Ok(()) => {
+                conn.goodbye().await;
+                ClientError::Disconnected
+            }
             Err(e) => e,
         };
         drop(conn);
@@ -193,8 +358,8 @@ pub(crate) async fn run(shared: Rc<Shared>, stream: TcpStream) {
                 return;
             }
             let options = shared.inner.borrow().options.clone();
-            match open_tcp(&options).await {
-                Ok(stream) => break Conn::new(stream),
+            match open(&options, &dialer).await {
+                Ok(conn) => break conn,
                 Err(e) => warn!(error = %e, "reconnect failed; trying again in {interval:?}"),
             }
         };
@@ -260,7 +425,7 @@ fn drive(
             return Poll::Ready(Err(e));
         }
         inner.pump(now);
-        while conn.wbuf.len() < WRITE_HIGH_WATER {
+        while conn.unwritten() < WRITE_HIGH_WATER {
             let Some(packet) = inner.state.pop_packet() else {
                 break;
             };
@@ -274,10 +439,10 @@ fn drive(
         drop(inner);
 
         if let Poll::Ready(Err(e)) = conn.poll_flush(cx) {
-            return Poll::Ready(Err(ClientError::io(e)));
+            return Poll::Ready(Err(e));
         }
         let inner = shared.inner.borrow();
-        let written = conn.wbuf.is_empty() && inner.state.outbox_bytes() == 0;
+        let written = conn.unwritten() == 0 && inner.state.outbox_bytes() == 0;
         if inner.state.is_disconnecting() && written {
             return Poll::Ready(Ok(()));
         }
@@ -307,16 +472,19 @@ fn drive(
                         }
                     }
                     inner.dispatch_events(None);
+                    if conn.transport_closed() {
+                        return Poll::Ready(Err(ClientError::ConnectionClosed));
+                    }
                     progress = true;
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(ClientError::io(e))),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
         }
         let inner = shared.inner.borrow();
         // Packets left over when the write buffer was full, or publishes the window or the
         // outbox now has room for: another round, without waiting for a wake-up.
-        if (conn.wbuf.is_empty() && inner.state.outbox_bytes() > 0) || inner.can_pump() {
+        if (conn.unwritten() == 0 && inner.state.outbox_bytes() > 0) || inner.can_pump() {
             progress = true;
         }
         let next = inner.state.next_deadline();

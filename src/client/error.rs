@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::protocol::{ConnectReturnCode, DecodeError, EncodeError, PacketId, PacketType};
+use crate::transport::{TransportError, WsError};
 
 /// Why a client operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -23,6 +24,14 @@ pub enum ClientError {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// TLS failed: the server's certificate is not trusted or not valid for its name, the
+    /// server refused the client's certificate (or its absence), no TLS version in common, or
+    /// a broken record later on.
+    #[error("TLS error: {0}")]
+    Tls(rustls::Error),
+    /// The server refused the WebSocket upgrade, or broke the WebSocket protocol.
+    #[error(transparent)]
+    WebSocket(WsError),
     /// Reading or writing the socket failed.
     #[error("I/O error: {0}")]
     Io(Arc<std::io::Error>),
@@ -60,6 +69,16 @@ impl ClientError {
         ClientError::Invalid {
             what,
             reason: reason.to_string(),
+        }
+    }
+}
+
+impl From<TransportError> for ClientError {
+    fn from(e: TransportError) -> ClientError {
+        match e {
+            TransportError::Tls(e) => ClientError::Tls(e),
+            TransportError::Ws(e) => ClientError::WebSocket(e),
+            TransportError::Io(e) => ClientError::io(e),
         }
     }
 }

@@ -11,7 +11,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_lite::Stream;
 
-use super::connection::{open_tcp, run};
+use super::connection::{open, run};
+use super::dial::Dialer;
 use super::error::ClientError;
 use super::options::ClientOptions;
 use super::shared::{Pending, Shared, Shutdown};
@@ -31,15 +32,19 @@ pub struct Client {
 }
 
 impl Client {
-    /// Opens the TCP connection, sends CONNECT and waits for CONNACK. Must be called on a
-    /// glommio executor (see [`block_on`](super::block_on)); the connection's task runs there.
+    /// Opens the connection (TCP, then TLS and the WebSocket upgrade if the transport has
+    /// them), sends CONNECT and waits for CONNACK. Must be called on a glommio executor (see
+    /// [`block_on`](super::block_on)); the connection's task runs there.
     ///
-    /// Errors: invalid options, the TCP connection failing ([`ClientError::Connect`]), the
-    /// server refusing ([`ClientError::Refused`] with the CONNACK code), or no CONNACK in
-    /// `connect_timeout`.
+    /// Errors: invalid options or TLS files ([`ClientError::Invalid`]), the TCP connection
+    /// failing ([`ClientError::Connect`]), TLS failing ([`ClientError::Tls`], e.g. an untrusted
+    /// server certificate), the WebSocket upgrade refused ([`ClientError::WebSocket`]), the
+    /// server refusing ([`ClientError::Refused`] with the CONNACK code), or no handshake or
+    /// CONNACK in `connect_timeout`.
     pub async fn connect(options: ClientOptions) -> Result<(Client, Messages), ClientError> {
         options.validate()?;
-        let stream = open_tcp(&options).await?;
+        let dialer = Dialer::new(&options)?;
+        let conn = open(&options, &dialer).await?;
         let keep_alive = options.keep_alive_interval();
         let config = StateConfig {
             keep_alive,
@@ -56,7 +61,7 @@ impl Client {
         let messages = Messages {
             shared: shared.clone(),
         };
-        glommio::spawn_local(run(shared, stream)).detach();
+        glommio::spawn_local(run(shared, conn, dialer)).detach();
         connected_rx.await?;
         Ok((client, messages))
     }

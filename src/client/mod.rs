@@ -7,6 +7,10 @@
 //! [`Messages`] receiver (incoming PUBLISHes) and one connection task per client that alone
 //! owns the socket, so reads, coalesced writes and timers all happen in one place.
 //!
+//! Under MQTT: TCP by default, or TLS, WebSockets or WebSockets over TLS
+//! ([`ClientOptions::transport`], [`TlsOptions`]), through the sans-IO
+//! [`transport`](crate::transport) layer.
+//!
 //! ```no_run
 //! use surgemq::client::{block_on, Client, ClientOptions};
 //! use surgemq::protocol::QoS;
@@ -23,6 +27,7 @@
 //! ```
 
 mod connection;
+pub(crate) mod dial;
 mod error;
 mod handle;
 mod ids;
@@ -30,12 +35,15 @@ mod options;
 mod shared;
 mod signal;
 pub mod state;
+mod tls;
 
 use std::future::Future;
 
+pub use crate::transport::Transport;
 pub use error::{refusal_reason, ClientError, ProtocolError};
 pub use handle::{Client, Messages, Publishing};
 pub use options::{generated_client_id, ClientOptions, Will};
+pub use tls::{TlsOptions, TlsVersion};
 
 /// Memory glommio registers with io_uring for the executor: a client does no file I/O, so
 /// glommio's minimum is plenty.

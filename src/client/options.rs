@@ -7,8 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::error::ClientError;
+use super::tls::TlsOptions;
 use crate::protocol::{ByteStr, Connect, LastWill, ProtocolLevel, QoS};
 use crate::topic::validate_topic_name;
+use crate::transport::Transport;
 
 fn invalid(what: &'static str, reason: impl ToString) -> ClientError {
     ClientError::invalid(what, reason)
@@ -37,10 +39,33 @@ pub struct Will {
 /// };
 /// assert!(options.validate().is_ok());
 /// ```
+///
+/// TLS and WebSockets are a matter of `transport` and `tls`:
+///
+/// ```
+/// use surgemq::client::{ClientOptions, TlsOptions, Transport};
+///
+/// let options = ClientOptions {
+///     transport: Transport::Wss { path: "/mqtt".into() },
+///     tls: TlsOptions {
+///         ca_file: Some("ca.pem".into()),
+///         ..TlsOptions::default()
+///     },
+///     ..ClientOptions::new("broker.example.com", 443)
+/// };
+/// assert!(options.validate().is_ok());
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub host: String,
     pub port: u16,
+    /// What runs under MQTT: TCP (`Transport::Mqtt`, the default), TLS (`Mqtts`), WebSockets
+    /// upgraded on a path (`Ws`) or WebSockets over TLS (`Wss`). The TLS handshake and the
+    /// WebSocket upgrade happen before CONNECT, again on every reconnect.
+    pub transport: Transport,
+    /// How TLS checks the server and proves the client, for `Mqtts` and `Wss` (setting any of
+    /// it for another transport is an error: it would silently go unencrypted).
+    pub tls: TlsOptions,
     /// Up to 23 characters for MQTT 3.1. May be empty for 3.1.1 with a clean session; the
     /// server then assigns one. [`ClientOptions::new`] generates a unique one.
     pub client_id: String,
@@ -56,7 +81,9 @@ pub struct ClientOptions {
     pub protocol: ProtocolLevel,
     /// QoS 1/2 publishes sent but not yet acknowledged; beyond it `publish` waits.
     pub max_inflight: u16,
-    /// Time allowed for the TCP connect, and again for the CONNACK.
+    /// Time allowed for opening the connection (the TCP connect to each address, and the TLS
+    /// handshake and WebSocket upgrade within the same time from the start), and again for
+    /// the CONNACK.
     pub connect_timeout: Duration,
     /// How long to wait for PINGRESP before the server is considered gone. `None`: the
     /// keepalive interval.
@@ -82,6 +109,8 @@ impl ClientOptions {
         ClientOptions {
             host: host.into(),
             port,
+            transport: Transport::Mqtt,
+            tls: TlsOptions::default(),
             client_id: generated_client_id(),
             clean_session: true,
             keep_alive: 60,
@@ -104,6 +133,7 @@ impl ClientOptions {
         if self.host.is_empty() {
             return Err(invalid("host", "empty"));
         }
+        self.validate_transport()?;
         if self.client_id.contains('\0') {
             return Err(invalid("client id", "contains U+0000"));
         }
@@ -172,6 +202,49 @@ impl ClientOptions {
         if self.reconnect_interval == Some(Duration::ZERO) {
             return Err(invalid("reconnect interval", "must be above 0"));
         }
+        Ok(())
+    }
+
+    /// The transport's share of `validate`: names that go into an HTTP head or a TLS
+    /// ClientHello, and TLS settings that only make sense with TLS.
+    fn validate_transport(&self) -> Result<(), ClientError> {
+        if let Some(path) = self.transport.ws_path() {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    "websocket path",
+                    format!("{path:?}: must start with / and hold no spaces or control characters"),
+                ));
+            }
+            if self
+                .host
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(invalid("host", "contains spaces or control characters"));
+            }
+        }
+        if !self.transport.uses_tls() {
+            if self.tls.is_set() {
+                return Err(invalid(
+                    "tls",
+                    format!(
+                        "TLS options set for a {}:// connection, which does not use TLS",
+                        self.transport.scheme()
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        if self.tls.config.is_none() {
+            match (&self.tls.cert, &self.tls.key) {
+                (Some(_), None) => {
+                    return Err(invalid("tls key", "a client certificate needs its key"))
+                }
+                (None, Some(_)) => return Err(invalid("tls cert", "a key needs its certificate")),
+                _ => {}
+            }
+        }
+        self.tls.server_name(&self.host)?;
         Ok(())
     }
 
@@ -300,5 +373,136 @@ mod tests {
         };
         o.validate().unwrap();
         assert_eq!(o.connect_packet().password.as_deref(), Some(&b"p"[..]));
+    }
+
+    #[test]
+    fn transport_options_are_checked() {
+        use super::super::tls::TlsVersion;
+        let base = ClientOptions::new("localhost", 8883);
+        let ca = TlsOptions {
+            ca_file: Some("ca.pem".into()),
+            ..TlsOptions::default()
+        };
+        let ws = |path: &str| Transport::Ws { path: path.into() };
+        let ok = [
+            ClientOptions {
+                transport: Transport::Mqtts,
+                ..base.clone()
+            },
+            ClientOptions {
+                transport: Transport::Wss {
+                    path: "/mqtt".into(),
+                },
+                tls: ca.clone(),
+                ..base.clone()
+            },
+            ClientOptions {
+                transport: ws("/a/b?x=1"),
+                ..base.clone()
+            },
+            ClientOptions {
+                host: "::1".into(),
+                transport: Transport::Mqtts,
+                tls: TlsOptions {
+                    version: Some(TlsVersion::Tls13),
+                    ..TlsOptions::default()
+                },
+                ..base.clone()
+            },
+        ];
+        for o in ok {
+            o.validate().unwrap_or_else(|e| panic!("{o:?}: {e}"));
+        }
+        let bad = [
+            // TLS settings where there is no TLS: it would go unencrypted.
+            (
+                ClientOptions {
+                    tls: ca.clone(),
+                    ..base.clone()
+                },
+                "tls",
+            ),
+            (
+                ClientOptions {
+                    transport: ws("/mqtt"),
+                    tls: TlsOptions {
+                        insecure: true,
+                        ..TlsOptions::default()
+                    },
+                    ..base.clone()
+                },
+                "tls",
+            ),
+            (
+                ClientOptions {
+                    transport: Transport::Mqtts,
+                    tls: TlsOptions {
+                        cert: Some("c.pem".into()),
+                        ..TlsOptions::default()
+                    },
+                    ..base.clone()
+                },
+                "tls key",
+            ),
+            (
+                ClientOptions {
+                    transport: Transport::Mqtts,
+                    tls: TlsOptions {
+                        key: Some("k.pem".into()),
+                        ..TlsOptions::default()
+                    },
+                    ..base.clone()
+                },
+                "tls cert",
+            ),
+            (
+                ClientOptions {
+                    transport: Transport::Mqtts,
+                    tls: TlsOptions {
+                        server_name: Some("not a name".into()),
+                        ..TlsOptions::default()
+                    },
+                    ..base.clone()
+                },
+                "tls server_name",
+            ),
+            (
+                ClientOptions {
+                    host: "bad host".into(),
+                    transport: Transport::Mqtts,
+                    ..base.clone()
+                },
+                "host",
+            ),
+            (
+                ClientOptions {
+                    transport: ws("mqtt"),
+                    ..base.clone()
+                },
+                "websocket path",
+            ),
+            (
+                ClientOptions {
+                    transport: ws("/mqtt\r\nX-Injected: 1"),
+                    ..base.clone()
+                },
+                "websocket path",
+            ),
+            (
+                ClientOptions {
+                    host: "evil\r\nX: 1".into(),
+                    transport: ws("/mqtt"),
+                    ..base.clone()
+                },
+                "host",
+            ),
+        ];
+        for (options, what) in bad {
+            let err = options.validate().unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid {what}:")),
+                "{what}: {err}"
+            );
+        }
     }
 }
