@@ -43,7 +43,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 PAGE_DIR=$ROOT/tests/browser
-BIN=$ROOT/target/debug/surgemq
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/surgemq
 SCHEMES=${SCHEMES:-ws wss}
 PAGE_TIMEOUT_MS=${PAGE_TIMEOUT_MS:-20000}
 BIG_BYTES=${BIG_BYTES:-200000}
@@ -83,7 +83,7 @@ have=$(node -p 'try { require(process.argv[1]).version } catch { "" }' \
   "$PAGE_DIR/node_modules/mqtt/package.json" 2>/dev/null || true)
 if [ "$have" != "$pinned" ] || [ ! -f "$PAGE_DIR/node_modules/mqtt/dist/mqtt.min.js" ]; then
   log "npm ci in tests/browser (mqtt $pinned)"
-  (cd "$PAGE_DIR" && timeout 600 npm ci --no-audit --no-fund --loglevel=error)
+  (cd "$PAGE_DIR" && timeout 600 npm ci --no-audit --no-fund --loglevel=error) >&2
 fi
 
 log "cargo build --bin surgemq"
