@@ -71,4 +71,9 @@ if [ -x scripts/crash-test.sh ]; then
   scripts/crash-test.sh
 fi
 
+if [ -x scripts/browser-test.sh ]; then
+  log "browser test (MQTT.js in headless Chromium, ws:// and wss://)"
+  scripts/browser-test.sh
+fi
+
 log "all tests passed"
