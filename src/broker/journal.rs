@@ -31,6 +31,8 @@ pub struct Journal {
     scratch: RefCell<BytesMut>,
     /// The number the next persistent session gets (see [`Record`]).
     next_session: Cell<u64>,
+    /// Commits of the logs before the last compaction switched logs.
+    earlier_commits: Cell<u64>,
 }
 
 impl Journal {
@@ -41,6 +43,7 @@ impl Journal {
             path,
             scratch: RefCell::new(BytesMut::with_capacity(256)),
             next_session: Cell::new(next_session),
+            earlier_commits: Cell::new(0),
         }
     }
 
@@ -65,6 +68,8 @@ impl Journal {
     /// end); the old log is kept until all of it is durable ([`Journal::drop_previous`]).
     pub fn switch_to(&self, next: Rc<LogWriter>) {
         let old = std::mem::replace(&mut *self.writer.borrow_mut(), next);
+        self.earlier_commits
+            .set(self.earlier_commits.get() + old.commits());
         *self.previous.borrow_mut() = Some((old.appended_position(), old));
     }
 
@@ -104,6 +109,11 @@ impl Journal {
     /// Resolves once everything up to `position` is durable.
     pub async fn durable(&self, position: Position) {
         std::future::poll_fn(|cx| self.poll_durable(position, cx)).await
+    }
+
+    /// Commits since start, across compactions.
+    pub fn commits(&self) -> u64 {
+        self.earlier_commits.get() + self.writer.borrow().commits()
     }
 
     /// Everything up to here is durable.

@@ -39,6 +39,11 @@ pub struct Metrics {
     pub subscribers_stalled: Cell<u64>,
     /// Times the shard's log was compacted (with `--data-dir`, see `compaction`).
     pub compactions: Cell<u64>,
+    /// Log commits (writes made durable), and durability confirmations this shard sent to
+    /// and received from others (see `durability`).
+    pub log_commits: Cell<u64>,
+    pub confirmations_sent: Cell<u64>,
+    pub confirmations_received: Cell<u64>,
     /// Protocol errors by the rule broken (the error's text, which names the rule).
     pub protocol_errors_by_rule: RefCell<AHashMap<String, u64>>,
 }
@@ -94,6 +99,9 @@ pub struct MetricsSnapshot {
     pub publishers_paused: u64,
     pub subscribers_stalled: u64,
     pub compactions: u64,
+    pub log_commits: u64,
+    pub confirmations_sent: u64,
+    pub confirmations_received: u64,
     pub mesh_stalls: u64,
 }
 
@@ -131,6 +139,9 @@ impl Metrics {
             publishers_paused: self.publishers_paused.get(),
             subscribers_stalled: self.subscribers_stalled.get(),
             compactions: self.compactions.get(),
+            log_commits: self.log_commits.get(),
+            confirmations_sent: self.confirmations_sent.get(),
+            confirmations_received: self.confirmations_received.get(),
             mesh_stalls,
         }
     }

@@ -291,6 +291,7 @@ pub async fn final_sync(shard: &Shard) {
             "the log could not be synced before stopping"
         );
     }
+    shard.metrics.log_commits.set(journal.commits());
 }
 
 impl Shard {

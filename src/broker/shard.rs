@@ -20,7 +20,7 @@ use super::durability::{Durability, Ticket};
 use super::journal::Journal;
 use super::keepalive::KeepaliveQueue;
 use super::mesh::{Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target};
-use super::metrics::Metrics;
+use super::metrics::{add, Metrics};
 use super::output::SHARE_PAYLOADS_FROM;
 use super::parking::ParkingLot;
 use super::pressure::PressureBoard;
@@ -486,7 +486,10 @@ impl Shard {
                 self.store_retained(&message);
                 self.handled_numbered(numbered);
             }
-            ShardMessage::Durable { from, upto } => self.durability.confirmed_by(from, upto),
+            ShardMessage::Durable { from, upto } => {
+                add(&self.metrics.confirmations_received, 1);
+                self.durability.confirmed_by(from, upto)
+            }
             ShardMessage::Pressure { subscriber, on } => {
                 if on {
                     self.pressure.raise(subscriber);
@@ -537,7 +540,9 @@ impl Shard {
         if self.journal().is_some() {
             let mut router = self.router.borrow_mut();
             let me = self.id;
+            let sent = &self.metrics.confirmations_sent;
             self.durability.take_announcements(|origin, upto| {
+                add(sent, 1);
                 router.send(origin, ShardMessage::Durable { from: me, upto });
             });
         }

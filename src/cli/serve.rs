@@ -312,6 +312,8 @@ fn log_totals(shards: &[MetricsSnapshot]) {
         publishers_paused = sum(|m| m.publishers_paused),
         subscribers_stalled = sum(|m| m.subscribers_stalled),
         log_compactions = sum(|m| m.compactions),
+        log_commits = sum(|m| m.log_commits),
+        confirmations = sum(|m| m.confirmations_sent),
         protocol_errors = sum(|m| m.protocol_errors),
         "stopped"
     );
