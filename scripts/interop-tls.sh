@@ -24,7 +24,7 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
   local pid
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do { kill -9 "$pid" && wait "$pid"; } 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -214,7 +214,29 @@ else
   report "a client certificate from another CA is refused" 0
 fi
 
-for name in main mtls; do
+# --- [[listener]] tables in the config file: each TLS listener with its own certificate ------
+L1=$(free_port)
+L2=$(free_port)
+cat >"$WORK/listeners.toml" <<TOML
+[[listener]]
+url = "mqtts://$HOST:$L1"
+cert = "server.crt"
+key = "server.key"
+
+[[listener]]
+url = "mqtts://$HOST:$L2"
+cert = "server2.crt"
+key = "server2.key"
+TOML
+start_broker files "$L1" --config "$WORK/listeners.toml"
+if tpub -p "$L1" --cafile "$WORK/ca.crt" -t f/1 -m a && tpub -p "$L2" --cafile "$WORK/otherca.crt" -t f/2 -m b &&
+  ! tpub -p "$L2" --cafile "$WORK/ca.crt" -t f/3 -m c 2>/dev/null; then
+  report "config file: each [[listener]] serves its own certificate" 0
+else
+  report "config file: each [[listener]] serves its own certificate" 1
+fi
+
+for name in main mtls files; do
   pid_var="PID_$name"
   if kill -0 "${!pid_var}" 2>/dev/null; then
     report "broker $name still running" 0
@@ -223,7 +245,7 @@ for name in main mtls; do
   fi
 done
 if [ "$FAILED" -ne 0 ]; then
-  for name in main mtls; do
+  for name in main mtls files; do
     echo "--- $name.log (last 20 lines)"
     tail -n 20 "$WORK/$name.log"
   done

@@ -122,13 +122,15 @@ impl BrokerConfig {
         if self.listen.is_empty() {
             return Err(ConfigError::new("listen", "at least one address is needed"));
         }
-        if let Some(l) = self.listen.iter().find(|l| l.transport.uses_tls()) {
-            if self.tls.is_none() {
-                return Err(ConfigError::new(
-                    "cert",
-                    format!("the TLS listener {l} needs --cert and --key"),
-                ));
-            }
+        let without = self
+            .listen
+            .iter()
+            .find(|l| l.transport.uses_tls() && l.tls.is_none() && self.tls.is_none());
+        if let Some(l) = without {
+            return Err(ConfigError::new(
+                "cert",
+                format!("the TLS listener {l} needs --cert and --key"),
+            ));
         }
         if self.shards == 0 || self.shards > MAX_SHARDS {
             return Err(ConfigError::new(

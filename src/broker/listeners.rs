@@ -42,6 +42,10 @@ impl TlsSettings {
         Ok(())
     }
 
+    pub fn identity_as_username(&self) -> bool {
+        self.files.use_identity_as_username
+    }
+
     fn current(&self) -> Arc<ServerConfig> {
         self.current.read().expect("not poisoned").clone()
     }

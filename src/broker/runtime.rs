@@ -59,7 +59,7 @@ pub struct BrokerHandle {
     executors: Vec<ExecutorJoinHandle<MetricsSnapshot>>,
     /// With `--data-dir`: holds the directory's lock until the broker is gone.
     _startup: Option<Arc<Startup>>,
-    tls: Option<Arc<TlsSettings>>,
+    tls: Vec<Option<Arc<TlsSettings>>>,
 }
 
 impl BrokerHandle {
@@ -71,10 +71,10 @@ impl BrokerHandle {
     /// Reads the TLS certificate, key and CA files again (SIGHUP): new connections use them,
     /// open ones are not touched. On an error the old ones stay in use.
     pub fn reload_tls(&self) -> Result<(), crate::transport::TlsError> {
-        match &self.tls {
-            Some(tls) => tls.reload(),
-            None => Ok(()),
+        for tls in self.tls.iter().flatten() {
+            tls.reload()?;
         }
+        Ok(())
     }
 
     /// Stops accepting, closes every connection, waits for the shards to finish and returns
@@ -104,10 +104,14 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     })?;
     let listen: Vec<SocketAddr> = config.listen.iter().map(|l| l.addr).collect();
     let (addrs, _reservations) = resolve_listen_addrs(&listen)?;
-    let tls = match &config.tls {
-        Some(files) => Some(Arc::new(TlsSettings::load(files)?)),
-        None => None,
-    };
+    // One set of TLS settings per TLS listener: its own, or the broker's.
+    let mut tls = Vec::with_capacity(config.listen.len());
+    for l in &config.listen {
+        tls.push(match l.tls.as_ref().or(config.tls.as_ref()) {
+            Some(files) if l.transport.uses_tls() => Some(Arc::new(TlsSettings::load(files)?)),
+            _ => None,
+        });
+    }
     let config = Arc::new(config);
     let shards = config.shards;
     let startup = match &config.data_dir {
@@ -129,16 +133,12 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         let ready = ready_tx.clone();
         let shard_sockets = open_sockets.clone();
         let shard_startup = startup.clone();
-        let shard_listeners: Vec<(SocketAddr, Transport)> = shard_addrs
+        let shard_listeners: Vec<(SocketAddr, Transport, Option<Arc<TlsSettings>>)> = shard_addrs
             .iter()
             .zip(&config.listen)
-            .map(|(addr, l)| (*addr, l.transport.clone()))
+            .zip(&tls)
+            .map(|((addr, l), tls)| (*addr, l.transport.clone(), tls.clone()))
             .collect();
-        let shard_tls = tls.clone();
-        let shard_identity_as_username = config
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.use_identity_as_username);
         let placement = match cpus.get(i % cpus.len().max(1)) {
             Some(&cpu) => Placement::Fixed(cpu),
             None => Placement::Unbound,
@@ -156,12 +156,12 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                 ));
                 let listeners = shard_listeners
                     .into_iter()
-                    .map(|(addr, transport)| {
+                    .map(|(addr, transport, tls)| {
                         let identity_as_username =
-                            transport.uses_tls() && shard_identity_as_username;
+                            tls.as_ref().is_some_and(|t| t.identity_as_username());
                         let spec = ListenerSpec {
                             transport,
-                            tls: shard_tls.clone(),
+                            tls,
                             identity_as_username,
                         };
                         (addr, Rc::new(spec))
@@ -177,7 +177,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                     mesh,
                     executors,
                     _startup: None,
-                    tls: None,
+                    tls: Vec::new(),
                 };
                 handle.shutdown();
                 return Err(StartError::Executor {

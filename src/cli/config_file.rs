@@ -2,7 +2,7 @@
 //! are checked for type and range here so a mistake is reported as one line naming the key.
 
 use std::path::{Path, PathBuf};
-use surgemq::transport::Listener;
+use surgemq::transport::{Listener, TlsFiles};
 
 const KNOWN_KEYS: &[&str] = &[
     "listen",
@@ -24,6 +24,17 @@ const KNOWN_KEYS: &[&str] = &[
     "park-idle-after",
     "data-dir",
     "sync-interval-ms",
+    "cert",
+    "key",
+    "ca-file",
+    "require-certificate",
+    "use-identity-as-username",
+    "listener",
+];
+
+/// Keys of a `[[listener]]` table: its URL and its own TLS settings.
+const LISTENER_KEYS: &[&str] = &[
+    "url",
     "cert",
     "key",
     "ca-file",
@@ -93,6 +104,53 @@ impl ConfigFile {
         }
     }
 
+    /// The `[[listener]]` tables: each a URL with, optionally, its own TLS settings.
+    pub fn listeners(&self) -> Result<Vec<Listener>, String> {
+        let Some(value) = self.table.get("listener") else {
+            return Ok(Vec::new());
+        };
+        let Some(tables) = value.as_array() else {
+            return Err(self.bad("listener", "an array of tables ([[listener]])"));
+        };
+        let mut out = Vec::with_capacity(tables.len());
+        for (i, t) in tables.iter().enumerate() {
+            let Some(table) = t.as_table() else {
+                return Err(self.bad("listener", "an array of tables ([[listener]])"));
+            };
+            let one = ConfigFile {
+                origin: format!("{} [[listener]] #{}", self.origin, i + 1),
+                table: table.clone(),
+                dir: self.dir.clone(),
+            };
+            if let Some(key) = table.keys().find(|k| !LISTENER_KEYS.contains(&k.as_str())) {
+                return Err(format!("{}: unknown key `{key}`", one.origin));
+            }
+            let mut listener: Listener = match table.get("url").and_then(|v| v.as_str()) {
+                Some(url) => url
+                    .parse()
+                    .map_err(|e| format!("{}: key `url`: {e}", one.origin))?,
+                None => return Err(one.bad("url", "a listener URL like \"mqtts://0.0.0.0:8883\"")),
+            };
+            let cert = one.path("cert")?;
+            let key = one.path("key")?;
+            listener.tls = match (cert, key) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert,
+                    key,
+                    ca_file: one.path("ca-file")?,
+                    require_certificate: one.bool("require-certificate")?.unwrap_or(false),
+                    use_identity_as_username: one
+                        .bool("use-identity-as-username")?
+                        .unwrap_or(false),
+                }),
+                _ => return Err(one.bad("cert", "given with `key` (both or neither)")),
+            };
+            out.push(listener);
+        }
+        Ok(out)
+    }
+
     pub fn listen(&self) -> Result<Option<Vec<Listener>>, String> {
         let expected = "an address string or a list of them, like \"127.0.0.1:1883\" or \"wss://0.0.0.0:8081/mqtt\"";
         let one = |v: &toml::Value| -> Result<Listener, String> {
@@ -113,6 +171,35 @@ impl ConfigFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listener_tables_have_their_own_tls() {
+        let f = parse(
+            "[[listener]]\nurl = \"mqtts://0.0.0.0:8883\"\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+             ca-file = \"ca.pem\"\nrequire-certificate = true\n\
+             [[listener]]\nurl = \"ws://0.0.0.0:8080/mqtt\"\n",
+        )
+        .unwrap();
+        let l = f.listeners().unwrap();
+        assert_eq!(l.len(), 2);
+        let tls = l[0].tls.as_ref().unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/etc/surgemq/a.pem"));
+        assert!(tls.require_certificate && !tls.use_identity_as_username);
+        assert_eq!(l[1].tls, None);
+        let err = parse("[[listener]]\nurl = \"mqtts://1.2.3.4:1\"\ncert = \"a\"\n")
+            .unwrap()
+            .listeners()
+            .unwrap_err();
+        assert!(
+            err.contains("[[listener]] #1") && err.contains("`cert`"),
+            "{err}"
+        );
+        let err = parse("[[listener]]\nurl = \"mqtt://1.2.3.4:1\"\nport = 3\n")
+            .unwrap()
+            .listeners()
+            .unwrap_err();
+        assert!(err.contains("unknown key `port`"), "{err}");
+    }
 
     fn parse(text: &str) -> Result<ConfigFile, String> {
         ConfigFile::parse(text, "broker.toml", PathBuf::from("/etc/surgemq"))

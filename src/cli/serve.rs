@@ -131,7 +131,13 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
     let listen = if !args.listen.is_empty() {
         args.listen
     } else {
-        file.listen()?.unwrap_or(defaults.listen)
+        let mut listen = file.listen()?.unwrap_or_default();
+        listen.extend(file.listeners()?);
+        if listen.is_empty() {
+            defaults.listen
+        } else {
+            listen
+        }
     };
     let secs = |v: Option<u64>| v.map(Duration::from_secs);
     let data_dir = args.data_dir.or(file.path("data-dir")?);

@@ -58,6 +58,9 @@ impl Transport {
 pub struct Listener {
     pub addr: SocketAddr,
     pub transport: Transport,
+    /// This listener's own TLS settings (a `[[listener]]` table of the config file); None
+    /// uses the broker's (`--cert`, `--key`, ...).
+    pub tls: Option<TlsFiles>,
 }
 
 impl From<SocketAddr> for Listener {
@@ -65,6 +68,7 @@ impl From<SocketAddr> for Listener {
         Listener {
             addr,
             transport: Transport::Mqtt,
+            tls: None,
         }
     }
 }
@@ -113,7 +117,11 @@ impl FromStr for Listener {
                 "{s:?}: only ws:// and wss:// listeners have a path"
             ));
         }
-        Ok(Listener { addr, transport })
+        Ok(Listener {
+            addr,
+            transport,
+            tls: None,
+        })
     }
 }
 

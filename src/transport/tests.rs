@@ -177,7 +177,8 @@ fn listeners_parse_from_urls_and_bare_addresses() {
             addr: "[::1]:8081".parse().unwrap(),
             transport: Transport::Wss {
                 path: "/x/y".into()
-            }
+            },
+            tls: None,
         }
     );
     assert_eq!(
