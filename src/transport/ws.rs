@@ -28,6 +28,11 @@ pub enum WsError {
     Refused { status: u16, why: &'static str },
     #[error("WebSocket handshake failed: {0}")]
     Handshake(&'static str),
+    /// The server answered the upgrade with another status (404 for a wrong path, ...).
+    #[error(
+        "WebSocket handshake failed: the server answered HTTP {0}, not 101 Switching Protocols"
+    )]
+    Status(u16),
     #[error("WebSocket protocol error: {0} (RFC 6455)")]
     Protocol(&'static str),
 }
@@ -396,10 +401,10 @@ fn check_answer(head: &[u8], key: &str) -> Result<Option<usize>, WsError> {
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(WsError::Handshake("the answer is not HTTP")),
     };
-    if response.code != Some(101) {
-        return Err(WsError::Handshake(
-            "the server did not switch protocols (101)",
-        ));
+    match response.code {
+        Some(101) => {}
+        Some(code) => return Err(WsError::Status(code)),
+        None => return Err(WsError::Handshake("the answer has no status")),
     }
     let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
     if header(response.headers, "sec-websocket-accept") != Some(expected.as_bytes()) {

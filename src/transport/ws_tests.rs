@@ -174,6 +174,22 @@ fn protocol_errors_close() {
 }
 
 #[test]
+fn a_client_is_told_the_status_of_a_refused_upgrade() {
+    let mut out = BytesMut::new();
+    let mut client = WsCodec::client("localhost", "/wrong", &mut out);
+    let mut server = WsCodec::server("/mqtt");
+    let mut answer = BytesMut::new();
+    assert!(server
+        .ingest(&mut out, &mut BytesMut::new(), &mut answer)
+        .is_err());
+    let err = client
+        .ingest(&mut answer, &mut BytesMut::new(), &mut BytesMut::new())
+        .unwrap_err();
+    assert_eq!(err, WsError::Status(404));
+    assert!(err.to_string().contains("HTTP 404"), "{err}");
+}
+
+#[test]
 fn a_client_and_a_server_talk() {
     let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
     let mut client = WsCodec::client("localhost", "/mqtt", &mut to_server);
