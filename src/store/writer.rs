@@ -305,15 +305,18 @@ impl LogWriter {
         self.align
     }
 
-    /// Makes sure the file extends (with zeros, synced) at least to `end`, a chunk ahead.
+    /// Makes sure the file extends (with zeros, synced) a chunk beyond `end`, where the
+    /// commit about to be written ends.
     async fn reserve(&self, end: u64) -> std::io::Result<()> {
         let reserved = self.reserved.get();
         if end <= reserved {
             return Ok(());
         }
         let chunk = (reserved / 4).clamp(RESERVE_MIN, RESERVE_MAX);
-        let target = self.file.align_up(end.max(reserved + chunk));
-        let mut at = reserved;
+        let target = self.file.align_up(end + chunk);
+        // Zeros only beyond what this commit writes: the blocks it covers get their data
+        // directly (a bulk commit, such as a snapshot, is not written twice).
+        let mut at = end;
         while at < target {
             let len = (target - at).min(ZERO_WRITE);
             let mut zeros = self.file.alloc_dma_buffer(len as usize);
