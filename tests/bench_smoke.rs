@@ -1,12 +1,17 @@
 //! End-to-end: the load generator against an in-process broker, every scenario at QoS 0 and 1
 //! with small counts. Nothing may go missing or arrive twice, and the report must add up. Also
-//! the generator against its own sink, publish-only.
+//! the generator against its own sink, publish-only, and every scenario over TLS, WebSockets
+//! and WebSockets over TLS (certificates made at test time).
 
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use surgemq::bench::{self, BenchConfig, BenchReport, Load, Scenario, SinkConfig};
 use surgemq::broker::{self, BrokerConfig};
+use surgemq::client::{TlsOptions, Transport};
 use surgemq::protocol::QoS;
+use surgemq::transport::TlsFiles;
 
 const MESSAGES: u64 = 2_000;
 const CLIENTS: usize = 4;
@@ -194,6 +199,8 @@ fn bad_flag_values_give_one_line_naming_the_flag() {
         (&["pair", "--threads", "0"][..], "--threads"),
         (&["pair", "--password", "x"][..], "--password"),
         (&["sink", "--threads", "0"][..], "--threads"),
+        (&["pair", "--cafile", "ca.pem"][..], "--tls"),
+        (&["pair", "--ws", "mqtt"][..], "--ws"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_surgemq"))
             .arg("bench")
@@ -304,4 +311,151 @@ fn offline_without_persistent_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("invalid --offline"), "{err}");
+}
+
+/// A self-signed certificate for 127.0.0.1 (and localhost) made for this run, and its key.
+fn test_cert(name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("surgemq-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+#[test]
+fn every_scenario_over_tls_ws_and_wss() {
+    let (cert, key) = test_cert("transports");
+    let broker = broker::start(BrokerConfig {
+        listen: [
+            "mqtts://127.0.0.1:0",
+            "ws://127.0.0.1:0/mqtt",
+            "wss://127.0.0.1:0/mqtt",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect(),
+        tls: Some(TlsFiles {
+            cert: cert.clone(),
+            key,
+            ..TlsFiles::default()
+        }),
+        shards: 2,
+        ..Default::default()
+    })
+    .expect("broker starts");
+    let addrs = broker.local_addrs().to_vec();
+    let ws = || "/mqtt".to_string();
+    let n = CLIENTS as u64;
+    for (transport, port) in [
+        (Transport::Mqtts, addrs[0].port()),
+        (Transport::Ws { path: ws() }, addrs[1].port()),
+        (Transport::Wss { path: ws() }, addrs[2].port()),
+    ] {
+        let tls = TlsOptions {
+            ca_file: transport.uses_tls().then(|| cert.clone()),
+            ..TlsOptions::default()
+        };
+        for (scenario, qos, pubs, subs) in [
+            (Scenario::Pair, QoS::AtLeastOnce, 1, 1),
+            (Scenario::FanIn, QoS::AtMostOnce, n, 1),
+            (Scenario::FanOut, QoS::AtLeastOnce, 1, n),
+            (Scenario::Mesh, QoS::ExactlyOnce, n, n),
+        ] {
+            let report = bench::run(BenchConfig {
+                transport: transport.clone(),
+                tls: tls.clone(),
+                ..config(scenario, port, qos)
+            })
+            .unwrap_or_else(|e| panic!("{transport:?} {scenario:?}: {e}"));
+            assert_eq!(report.transport, transport.scheme());
+            assert!(
+                report
+                    .to_json()
+                    .contains(&format!("\"transport\":\"{}\"", transport.scheme())),
+                "{}",
+                report.to_json()
+            );
+            check(&report, pubs, subs);
+        }
+    }
+    // A persistent subscriber over TLS: its session removed at the end over TLS too.
+    let report = bench::run(BenchConfig {
+        transport: Transport::Mqtts,
+        tls: TlsOptions {
+            ca_file: Some(cert.clone()),
+            ..TlsOptions::default()
+        },
+        persistent: true,
+        ..config(Scenario::Pair, addrs[0].port(), QoS::AtLeastOnce)
+    })
+    .unwrap();
+    check(&report, 1, 1);
+    let metrics = broker.shutdown();
+    assert_eq!(metrics.iter().map(|m| m.sessions).sum::<u64>(), 0);
+    let _ = std::fs::remove_dir_all(cert.parent().unwrap());
+}
+
+#[test]
+fn tls_mistakes_are_reported_not_hung() {
+    let (cert, key) = test_cert("mistakes");
+    let broker = broker::start(BrokerConfig {
+        listen: vec!["mqtts://127.0.0.1:0".parse().unwrap()],
+        tls: Some(TlsFiles {
+            cert: cert.clone(),
+            key,
+            ..TlsFiles::default()
+        }),
+        shards: 1,
+        ..Default::default()
+    })
+    .expect("broker starts");
+    let port = broker.local_addrs()[0].port();
+    let base = config(Scenario::Pair, port, QoS::AtMostOnce);
+    // A CA file that is not there: refused before anything connects, naming the flag.
+    let err = bench::run(BenchConfig {
+        transport: Transport::Mqtts,
+        tls: TlsOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..TlsOptions::default()
+        },
+        ..base.clone()
+    })
+    .unwrap_err();
+    assert!(err.to_string().starts_with("invalid --cafile"), "{err}");
+    // A certificate the client does not trust (checked against the system's CAs): a setup
+    // error, or a refusal up front on a system without CA certificates.
+    let err = bench::run(BenchConfig {
+        transport: Transport::Mqtts,
+        setup_timeout: Duration::from_secs(3),
+        ..base.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("setup failed") || err.starts_with("invalid --tls"),
+        "{err}"
+    );
+    // --insecure takes it anyway.
+    let report = bench::run(BenchConfig {
+        transport: Transport::Mqtts,
+        tls: TlsOptions {
+            insecure: true,
+            ..TlsOptions::default()
+        },
+        ..base.clone()
+    })
+    .unwrap();
+    check(&report, 1, 1);
+    // Plain MQTT at a TLS port: a setup error, not a hang.
+    let err = bench::run(BenchConfig {
+        setup_timeout: Duration::from_secs(3),
+        ..base
+    })
+    .unwrap_err();
+    assert!(err.to_string().starts_with("setup failed"), "{err}");
+    broker.shutdown();
+    let _ = std::fs::remove_dir_all(cert.parent().unwrap());
 }

@@ -156,7 +156,7 @@ pub async fn run(
 
 pub(super) async fn setup(spec: ClientSpec, plan: &Plan) -> Result<Conn, String> {
     let c = &plan.config;
-    let mut conn = Conn::connect(plan.addr, c.setup_timeout)
+    let mut conn = Conn::connect(plan.addr, c.setup_timeout, plan.dial.as_ref())
         .await
         .map_err(|e| format!("connect to {}: {e}", plan.addr))?;
     let id = client_id(plan, spec);
@@ -187,7 +187,8 @@ pub(super) async fn remove_session(plan: &Plan, spec: ClientSpec) {
     let c = &plan.config;
     let id = client_id(plan, spec);
     let remove = async {
-        let Ok(mut conn) = Conn::connect(plan.addr, c.setup_timeout).await else {
+        let Ok(mut conn) = Conn::connect(plan.addr, c.setup_timeout, plan.dial.as_ref()).await
+        else {
             return;
         };
         let clean = conn
@@ -300,7 +301,7 @@ impl Client {
             return Poll::Ready(Ok(()));
         }
         self.local.control.register(self.spec.slot, cx.waker());
-        if phase == Phase::Running && self.conn.wbuf.len() < HIGH_WATER {
+        if phase == Phase::Running && self.conn.pending() < HIGH_WATER {
             let now = self.shared.now_ns();
             match self.budget(now) {
                 Budget::Now(_) => return Poll::Ready(Ok(())),
@@ -404,7 +405,7 @@ impl Client {
             return;
         };
         let len = publish_len(p.topic.len(), p.payload.len(), self.qos);
-        let room = (HIGH_WATER.saturating_sub(self.conn.wbuf.len()) / len) as u64 + 1;
+        let room = (HIGH_WATER.saturating_sub(self.conn.pending()) / len) as u64 + 1;
         let n = n.min(room).min(MAX_BATCH);
         self.conn.wbuf.reserve(n as usize * len);
         for _ in 0..n {

@@ -7,8 +7,12 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::client::dial::Dialer;
+use crate::client::{ClientError, TlsOptions};
 use crate::protocol::QoS;
+use crate::transport::Transport;
 
+use super::conn::Dial;
 use super::payload::HEADER_LEN;
 
 /// The four shapes of traffic.
@@ -67,6 +71,11 @@ pub struct BenchConfig {
     pub scenario: Scenario,
     pub host: String,
     pub port: u16,
+    /// What the clients speak under MQTT: TCP (the default), TLS, WebSockets or both.
+    pub transport: Transport,
+    /// With TLS: how the broker's certificate is checked (`ca_file`, `insecure`; the default
+    /// is the operating system's CA certificates and the host's name).
+    pub tls: TlsOptions,
     /// Publishers (fan-in, fan-out); `None`: the scenario's default.
     pub publishers: Option<usize>,
     /// Subscribers (fan-in, fan-out); `None`: the scenario's default.
@@ -108,6 +117,8 @@ impl Default for BenchConfig {
             scenario: Scenario::Pair,
             host: "127.0.0.1".into(),
             port: 1883,
+            transport: Transport::Mqtt,
+            tls: TlsOptions::default(),
             publishers: None,
             subscribers: None,
             clients: None,
@@ -176,6 +187,8 @@ pub struct Plan {
     pub window: Option<u64>,
     /// Messages per second per publisher (open loop).
     pub rate_per_publisher: Option<f64>,
+    /// TLS and WebSocket settings, read once per run; None for plain TCP.
+    pub(crate) dial: Option<Dial>,
 }
 
 fn count(flag: &'static str, v: usize, min: usize) -> Result<usize, BenchError> {
@@ -260,6 +273,7 @@ impl BenchConfig {
                 port: self.port,
                 reason,
             })?;
+        let dial = self.dial()?;
         let run_id = run_id();
         let prefix = format!("surgemq-bench/{run_id}");
         let (topics, filter) = match self.scenario {
@@ -288,7 +302,44 @@ impl BenchConfig {
             filter,
             window,
             rate_per_publisher: self.rate.map(|r| r / publishers as f64),
+            dial,
         })
+    }
+
+    /// The dialer of a TLS or WebSocket run (the CA file is read here, once), None for TCP.
+    fn dial(&self) -> Result<Option<Dial>, BenchError> {
+        if !self.transport.uses_tls() && (self.tls.ca_file.is_some() || self.tls.insecure) {
+            let flag = if self.tls.insecure {
+                "insecure"
+            } else {
+                "cafile"
+            };
+            return Err(invalid(flag, "needs --tls"));
+        }
+        if let Some(path) = self.transport.ws_path() {
+            if !path.starts_with('/') {
+                return Err(invalid(
+                    "ws",
+                    format!("the path must start with '/', got {path:?}"),
+                ));
+            }
+        }
+        if self.transport == Transport::Mqtt {
+            return Ok(None);
+        }
+        let dialer = Dialer::for_target(&self.host, self.port, &self.transport, &self.tls)
+            .map_err(|e| {
+                let flag = if self.tls.ca_file.is_some() {
+                    "cafile"
+                } else {
+                    "tls"
+                };
+                match e {
+                    ClientError::Invalid { reason, .. } => invalid(flag, reason),
+                    other => invalid(flag, other.to_string()),
+                }
+            })?;
+        Ok(Some(Dial(dialer)))
     }
 
     /// `--offline` needs sessions that outlive a connection, and subscribers on connections of

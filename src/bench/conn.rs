@@ -1,6 +1,14 @@
 //! The load generator's one place that touches a socket: a glommio `TcpStream` with a read
 //! buffer and a write buffer, plus the CONNECT and SUBSCRIBE handshakes.
 //!
+//! Under TLS and WebSockets (`--tls`, `--ws`) a connection also has a [`Layer`] from the
+//! client library's [`Dialer`] (the same sans-IO layer the broker and the client use): the
+//! transport's handshake runs before CONNECT, socket bytes are read into a buffer of their own
+//! and the MQTT bytes the layer yields are copied into the read buffer, and the write buffer
+//! is wrapped (frames, records) into the layer's output before it goes to the socket. Plain TCP
+//! has no layer and keeps the paths below as they are: `recv` straight into the read buffer,
+//! `send` straight from the write buffer.
+//!
 //! Subscribers receive far more than they send (a fan-out subscriber sees every message), so
 //! the receive path is the generator's hot path. The read buffer ([`ReadBuf`]) is one plain,
 //! initialised allocation that `recv` fills directly; frames are found with the codec's
@@ -22,10 +30,12 @@ use futures_lite::future::or;
 use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 
+use crate::client::dial::Dialer;
 use crate::protocol::{
     decode, frame_len, ByteStr, Connect, ConnectReturnCode, Packet, ProtocolLevel, QoS, Subscribe,
     SubscribeReturnCode,
 };
+use crate::transport::Layer;
 
 /// Size of the read buffer: room for hundreds of small PUBLISHes per `recv`.
 const READ_CHUNK: usize = 64 * 1024;
@@ -35,6 +45,8 @@ const MIN_READ_SPACE: usize = 4 * 1024;
 pub const MAX_PACKET: usize = 1 << 25;
 /// Keepalive announced in CONNECT; the client pings at half of it.
 pub const KEEPALIVE_SECS: u16 = 60;
+/// Socket reads under a transport layer: room for a few TLS records (16 KiB and some each).
+const LAYER_READ: usize = 64 * 1024;
 
 /// One complete packet at the front of the read buffer.
 #[derive(Debug)]
@@ -93,6 +105,25 @@ impl ReadBuf {
         &mut self.buf[self.end..]
     }
 
+    /// Appends bytes a transport layer decoded (TLS, WebSockets), compacting or growing as
+    /// needed.
+    fn append(&mut self, data: &[u8]) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.buf.len() - self.end < data.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.buf.len() - self.end < data.len() {
+                self.buf.resize(self.end + data.len(), 0);
+            }
+        }
+        self.buf[self.end..self.end + data.len()].copy_from_slice(data);
+        self.end += data.len();
+    }
+
     /// The next complete packet, `Ok(None)` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, String> {
         let data = &self.buf[self.start..self.end];
@@ -138,18 +169,64 @@ impl ReadBuf {
     }
 }
 
+/// How a run's clients open their connections: plain TCP (no dialer), or TLS and/or
+/// WebSockets through the client library's [`Dialer`] (TLS settings read once per run).
+#[derive(Clone)]
+pub struct Dial(pub(crate) Dialer);
+
+impl std::fmt::Debug for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dial(..)")
+    }
+}
+
+/// A TLS or WebSocket transport under a connection, with its socket-side buffers.
+struct Layered {
+    layer: Layer,
+    /// Socket bytes read, before the layer takes them.
+    raw: Vec<u8>,
+    /// MQTT bytes the layer yielded, on their way into the read buffer.
+    plain: BytesMut,
+    /// Bytes for the socket (handshake, records, frames), written before anything else.
+    out: BytesMut,
+}
+
+fn layer_error(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
 pub struct Conn {
     stream: TcpStream,
     pub rbuf: ReadBuf,
     pub wbuf: BytesMut,
+    /// TLS, WebSockets or both; None for plain TCP.
+    layer: Option<Box<Layered>>,
 }
 
 impl Conn {
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
+    /// TCP, then (with a layered `dial`) the transport's handshake: ready for CONNECT.
+    pub async fn connect(
+        addr: SocketAddr,
+        timeout: Duration,
+        dial: Option<&Dial>,
+    ) -> io::Result<Conn> {
         let stream = TcpStream::connect_timeout(addr, timeout)
             .await
             .map_err(io::Error::from)?;
-        Ok(Conn::from_stream(stream))
+        let mut conn = Conn::from_stream(stream);
+        if let Some(Dial(dialer)) = dial {
+            if dialer.layered() {
+                let (layer, first) = dialer.layer().map_err(layer_error)?;
+                conn.layer = Some(Box::new(Layered {
+                    layer,
+                    raw: vec![0; LAYER_READ],
+                    plain: BytesMut::new(),
+                    out: first,
+                }));
+                conn.transport_handshake().await?;
+            }
+        }
+        Ok(conn)
     }
 
     /// Wraps a connected socket (the sink's accepted ones).
@@ -160,11 +237,59 @@ impl Conn {
             stream,
             rbuf: ReadBuf::default(),
             wbuf: BytesMut::with_capacity(READ_CHUNK),
+            layer: None,
         }
     }
 
-    /// Reads what the socket has into the read buffer. `Ok(0)`: the peer closed.
+    /// Sends the layer's first bytes and reads until its handshake (TLS, WebSocket upgrade)
+    /// is done.
+    async fn transport_handshake(&mut self) -> io::Result<()> {
+        loop {
+            self.flush().await?;
+            let Some(l) = &self.layer else {
+                return Ok(());
+            };
+            if !l.layer.handshaking() {
+                return Ok(());
+            }
+            let step = match l.layer.tls() {
+                Some(tls) if tls.is_handshaking() => "TLS handshake",
+                _ => "WebSocket upgrade",
+            };
+            if poll_fn(|cx| self.poll_read(cx)).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("connection closed during the {step}"),
+                ));
+            }
+        }
+    }
+
+    /// Bytes encoded or wrapped and not yet written to the socket.
+    pub fn pending(&self) -> usize {
+        self.wbuf.len() + self.layer.as_ref().map_or(0, |l| l.out.len())
+    }
+
+    /// Reads what the socket has into the read buffer. `Ok(0)`: the peer closed (for a
+    /// layered transport also: it ended the transport, a TLS close_notify or a WebSocket
+    /// close frame; the MQTT bytes before it are in the read buffer).
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if let Some(l) = &mut self.layer {
+            return match Pin::new(&mut self.stream).poll_read(cx, &mut l.raw) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(n)) => {
+                    let got = l.layer.ingest(&l.raw[..n], &mut l.plain, &mut l.out);
+                    self.rbuf.append(&l.plain);
+                    l.plain.clear();
+                    match got {
+                        Ok(got) if got.closed => Poll::Ready(Ok(0)),
+                        Ok(_) => Poll::Ready(Ok(n)),
+                        Err(e) => Poll::Ready(Err(layer_error(e))),
+                    }
+                }
+                other => other,
+            };
+        }
         let dst = self.rbuf.spare();
         match Pin::new(&mut self.stream).poll_read(cx, dst) {
             Poll::Ready(Ok(n)) => {
@@ -175,9 +300,16 @@ impl Conn {
         }
     }
 
-    /// Writes `wbuf` until it is empty or the socket is full.
+    /// Writes `wbuf` (wrapped by the layer, if any) until it is empty or the socket is full.
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        crate::sys::poll_write_all(&mut self.stream, &mut self.wbuf, cx)
+        let Some(l) = &mut self.layer else {
+            return crate::sys::poll_write_all(&mut self.stream, &mut self.wbuf, cx);
+        };
+        if !self.wbuf.is_empty() {
+            l.layer.emit(&self.wbuf, &mut l.out).map_err(layer_error)?;
+            self.wbuf.clear();
+        }
+        crate::sys::poll_write_all(&mut self.stream, &mut l.out, cx)
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {
@@ -272,6 +404,13 @@ impl Conn {
                 if self.flush().await.is_err() {
                     return;
                 }
+                // The transport's goodbye: a WebSocket close frame, a TLS close_notify.
+                if let Some(l) = &mut self.layer {
+                    l.layer.close(&mut l.out);
+                    if self.flush().await.is_err() {
+                        return;
+                    }
+                }
                 if self
                     .stream
                     .shutdown(std::net::Shutdown::Write)
@@ -339,6 +478,42 @@ mod tests {
                 "publish AtLeastOnce 3 300",
             ]
         );
+        assert_eq!(rb.start, rb.end, "everything consumed");
+    }
+
+    #[test]
+    fn appended_bytes_come_out_as_the_same_frames() {
+        // What a transport layer hands over: arbitrary slices, sometimes larger than the buffer.
+        let mut wire = BytesMut::new();
+        for i in 0..2_000u16 {
+            encode_publish(
+                &mut wire,
+                "t/x",
+                &[7; 40],
+                QoS::AtLeastOnce,
+                false,
+                false,
+                i + 1,
+            )
+            .unwrap();
+        }
+        let big = vec![b'z'; 2 * READ_CHUNK];
+        encode_publish(&mut wire, "t", &big, QoS::AtMostOnce, false, false, 0).unwrap();
+        let mut rb = ReadBuf::default();
+        let (mut ids, mut sizes) = (Vec::new(), Vec::new());
+        for chunk in wire.chunks(40_000) {
+            rb.append(chunk);
+            while let Some(Frame::Publish {
+                packet_id, payload, ..
+            }) = rb.next_frame().unwrap()
+            {
+                ids.push(packet_id);
+                sizes.push(payload.len());
+            }
+        }
+        assert_eq!(ids.len(), 2_001);
+        assert!(ids[..2_000].iter().copied().eq(1..=2_000));
+        assert_eq!(sizes[2_000], big.len());
         assert_eq!(rb.start, rb.end, "everything consumed");
     }
 

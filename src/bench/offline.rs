@@ -108,7 +108,7 @@ pub async fn run_subscriber(
 /// the subscription and the queued messages), which starts coming right after the CONNACK.
 async fn reconnect(spec: ClientSpec, plan: &Plan) -> Result<Conn, String> {
     let c = &plan.config;
-    let mut conn = Conn::connect(plan.addr, c.setup_timeout)
+    let mut conn = Conn::connect(plan.addr, c.setup_timeout, plan.dial.as_ref())
         .await
         .map_err(|e| format!("reconnect to {}: {e}", plan.addr))?;
     let id = client_id(plan, spec);

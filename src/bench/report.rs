@@ -40,6 +40,8 @@ impl Latency {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchReport {
     pub scenario: &'static str,
+    /// What the clients spoke under MQTT: "mqtt" (TCP), "mqtts", "ws" or "wss".
+    pub transport: &'static str,
     pub publishers: usize,
     pub subscribers: usize,
     pub qos: u8,
@@ -102,8 +104,12 @@ impl BenchReport {
         };
         let _ = writeln!(
             s,
-            "{}: {} pub -> {} {}{}sub, QoS {}, {} B payload, {} thread(s), {flow}",
+            "{}{}: {} pub -> {} {}{}sub, QoS {}, {} B payload, {} thread(s), {flow}",
             self.scenario,
+            match self.transport {
+                "mqtt" | "" => String::new(),
+                other => format!(" over {other}"),
+            },
             self.publishers,
             self.subscribers,
             if self.persistent { "persistent " } else { "" },
@@ -183,6 +189,7 @@ impl BenchReport {
         o.opt("rate", self.rate);
         o.raw("persistent", if self.persistent { "true" } else { "false" });
         o.raw("offline", if self.offline { "true" } else { "false" });
+        o.str("transport", self.transport);
         o.num("published", self.published as f64);
         o.num("acked", self.acked as f64);
         o.num("expected", self.expected as f64);
@@ -324,6 +331,7 @@ mod tests {
     fn sample() -> BenchReport {
         BenchReport {
             scenario: "fan-in",
+            transport: "mqtt",
             publishers: 20,
             subscribers: 1,
             qos: 1,

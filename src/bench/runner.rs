@@ -369,6 +369,7 @@ fn build_report(
     }
     BenchReport {
         scenario: config.scenario.name(),
+        transport: config.transport.scheme(),
         publishers: plan.publishers,
         subscribers: plan.subscribers,
         qos: config.qos as u8,

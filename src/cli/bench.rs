@@ -4,10 +4,12 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use surgemq::bench::{self, BenchConfig, Load, Scenario, SinkConfig};
+use surgemq::client::{TlsOptions, Transport};
 use surgemq::protocol::QoS;
 
 #[derive(Args, Debug)]
@@ -72,6 +74,20 @@ struct LoadArgs {
     username: Option<String>,
     #[arg(long)]
     password: Option<String>,
+    /// MQTT over TLS (mqtts://), or with --ws WebSockets over TLS (wss://). The broker's
+    /// certificate must be valid for --host (an IP address needs an IP SAN).
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: PEM CA certificates that sign the broker's certificate [default: the
+    /// system's CA certificates].
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    cafile: Option<PathBuf>,
+    /// With --tls: accept any certificate (measuring only: no protection at all).
+    #[arg(long, requires = "tls", conflicts_with = "cafile")]
+    insecure: bool,
+    /// MQTT over WebSockets (ws://, or wss:// with --tls), upgrading on this path (e.g. /mqtt).
+    #[arg(long, value_name = "PATH")]
+    ws: Option<String>,
     /// Only publishers: measures how fast publishes are accepted (e.g. against `bench sink`).
     #[arg(long)]
     publish_only: bool,
@@ -163,10 +179,22 @@ impl LoadArgs {
             (Some(n), None) => Load::Messages(n),
             (None, None) => Load::Messages(100_000),
         };
+        let transport = match (self.tls, self.ws) {
+            (false, None) => Transport::Mqtt,
+            (true, None) => Transport::Mqtts,
+            (false, Some(path)) => Transport::Ws { path },
+            (true, Some(path)) => Transport::Wss { path },
+        };
         BenchConfig {
             scenario,
             host: self.host,
             port: self.port,
+            transport,
+            tls: TlsOptions {
+                ca_file: self.cafile,
+                insecure: self.insecure,
+                ..TlsOptions::default()
+            },
             publishers: self.publishers,
             subscribers: self.subscribers,
             clients: self.clients,
