@@ -257,7 +257,8 @@ PY
   echo
   echo "    $( [ "$KEEPALIVE" != 0 ] && printf 'KEEPALIVE=%s ' "$KEEPALIVE")$( [ -n "$SURGEMQ_ARGS" ] && printf 'SURGEMQ_ARGS="%s" ' "$SURGEMQ_ARGS")$( [ "${SKIP_MOSQUITTO:-0}" = 1 ] && printf 'SKIP_MOSQUITTO=1 ')$( [ "$TRANSPORT" != tcp ] && printf 'TRANSPORT=%s ' "$TRANSPORT")scripts/idle-memory.sh"
   echo
-  echo "SurgeMQ: \`$BIN serve --listen ${SURGEMQ_LISTEN[*]//$WORK\//} --shards 2 --max-connections 100000 $SURGEMQ_ARGS\` (release profile)."
+  shown=${SURGEMQ_LISTEN[*]//$WORK\//}
+  echo "SurgeMQ: \`$BIN serve --listen ${shown//@PORT@/PORT} --shards 2 --max-connections 100000 $SURGEMQ_ARGS\` (release profile)."
   echo "Mosquitto: $MOSQ_VERSION, config \`listener PORT 127.0.0.1\`, \`allow_anonymous true\`,"
   echo "\`max_connections -1\`, \`persistence false\`, \`log_dest none\` (and \`user root\` as root)."
   case $TRANSPORT in
