@@ -150,8 +150,9 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
 }
 
 /// `insecure`: signatures are still checked (the handshake needs them), the certificate not.
+/// Shared with the client library's own TLS settings.
 #[derive(Debug)]
-struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
+pub struct AcceptAnyServer(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for AcceptAnyServer {
     fn verify_server_cert(
