@@ -89,20 +89,84 @@ fn wait_for_listener(addr: SocketAddr) -> TcpStream {
     }
 }
 
+/// A `surgemq serve` child that is killed when the test ends, failed or not, so that a
+/// failing test leaves no broker behind.
+struct Served(std::process::Child);
+
+impl std::ops::Deref for Served {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `surgemq serve` on 127.0.0.1:`port` with `shards` shards and `extra` flags.
-fn spawn_serve(port: u16, shards: &str, extra: &[&str], stderr: Stdio) -> std::process::Child {
-    surgemq()
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--shards",
-            shards,
-        ])
-        .args(extra)
-        .stderr(stderr)
-        .spawn()
-        .unwrap()
+fn spawn_serve(port: u16, shards: &str, extra: &[&str], stderr: Stdio) -> Served {
+    Served(
+        surgemq()
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--shards",
+                shards,
+            ])
+            .args(extra)
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits for the child to exit, failing the test after `limit`.
+fn exit_within(child: &mut Served, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < limit, "still running after {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A port another process holds makes the start fail at once with one line naming the
+/// address, even when other shards and addresses came up first (it once hung forever,
+/// waiting to stop a shard that had already given up).
+#[test]
+fn a_taken_port_is_a_one_line_error_not_a_hang() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    for shards in ["1", "2"] {
+        let free = free_port();
+        let mut child = spawn_serve(free, shards, &["--listen", &taken_addr], Stdio::piped());
+        let status = exit_within(&mut child, Duration::from_secs(5));
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(!status.success(), "{shards} shards: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(&taken_addr), "names the address: {err}");
+    }
 }
 
 /// A connected MQTT 3.1.1 client (clean session), once the broker accepted it with CONNACK 0.

@@ -250,6 +250,15 @@ pub struct InboxReceiver {
     pub bell: OwnedFd,
 }
 
+/// Why [`Mesh::try_send`] did not deliver.
+#[derive(Debug)]
+pub enum Refused {
+    /// The inbox is full; here is the message back, to send again later.
+    Full(ShardMessage),
+    /// The shard has stopped and will never read its inbox again.
+    Stopped,
+}
+
 /// The inboxes of all shards, shared by every shard.
 pub struct Mesh {
     inboxes: Vec<Inbox>,
@@ -286,8 +295,10 @@ impl Mesh {
         self.inboxes.len()
     }
 
-    /// Sends or hands the message back when the inbox is full. Rings the doorbell on success.
-    pub fn try_send(&self, to: ShardId, msg: ShardMessage) -> Result<(), ShardMessage> {
+    /// Sends, or says why not: the inbox is full (the message comes back, to retry) or its shard
+    /// has stopped (a shard that failed at start, or one already shut down), when retrying
+    /// would never succeed. Rings the doorbell on success.
+    pub fn try_send(&self, to: ShardId, msg: ShardMessage) -> Result<(), Refused> {
         let inbox = &self.inboxes[to.index()];
         match inbox.tx.try_send(msg) {
             Ok(()) => {
@@ -302,7 +313,8 @@ impl Mesh {
                 }
                 Ok(())
             }
-            Err(TrySendError::Full(msg)) | Err(TrySendError::Disconnected(msg)) => Err(msg),
+            Err(TrySendError::Full(msg)) => Err(Refused::Full(msg)),
+            Err(TrySendError::Disconnected(_)) => Err(Refused::Stopped),
         }
     }
 
@@ -433,11 +445,19 @@ impl Router {
             self.close_batch(i);
             let to = ShardId(i as u16);
             while let Some(msg) = self.backlog[i].pop_front() {
-                if let Err(msg) = self.mesh.try_send(to, msg) {
-                    self.backlog[i].push_front(msg);
-                    self.stalls += 1;
-                    waiting = true;
-                    break;
+                match self.mesh.try_send(to, msg) {
+                    Ok(()) => {}
+                    Err(Refused::Full(msg)) => {
+                        self.backlog[i].push_front(msg);
+                        self.stalls += 1;
+                        waiting = true;
+                        break;
+                    }
+                    // Only while the broker stops: nobody is left to deliver to.
+                    Err(Refused::Stopped) => {
+                        self.backlog[i].clear();
+                        break;
+                    }
                 }
             }
         }

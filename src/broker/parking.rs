@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::mesh::{Mesh, ShardId, ShardMessage, SubscriberId};
+use super::mesh::{Mesh, Refused, ShardId, ShardMessage, SubscriberId};
 
 /// The epoll token of the watcher's stop signal; connection tokens are session slots and
 /// generations (see [`token`]), and a slot of `u32::MAX` never exists.
@@ -192,7 +192,10 @@ fn watch(epoll: OwnedFd, shard: ShardId, mesh: Arc<Mesh>, stopping: Arc<AtomicBo
         }
         let mut msg = ShardMessage::Readable(tokens);
         // A full inbox drains within microseconds unless the shard is stopping.
-        while let Err(back) = mesh.try_send(shard, msg) {
+        while let Err(refused) = mesh.try_send(shard, msg) {
+            let Refused::Full(back) = refused else {
+                return;
+            };
             if stopping.load(Ordering::Acquire) {
                 return;
             }

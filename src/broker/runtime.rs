@@ -14,7 +14,7 @@ use tracing::info;
 use super::config::BrokerConfig;
 use super::keepalive::watch_keepalives;
 use super::listeners::{accept_loop, ListenerSpec, TlsSettings};
-use super::mesh::{InboxReceiver, Mesh, ShardId, ShardMessage};
+use super::mesh::{InboxReceiver, Mesh, Refused, ShardId, ShardMessage};
 use super::metrics::MetricsSnapshot;
 use super::restore::{final_sync, prepare, restore, Startup};
 use super::shard::Shard;
@@ -82,8 +82,9 @@ impl BrokerHandle {
     pub fn shutdown(self) -> Vec<MetricsSnapshot> {
         for i in 0..self.mesh.shards() {
             let mut msg = ShardMessage::Shutdown;
-            // A full inbox drains within microseconds; the broker is stopping, so just wait.
-            while let Err(back) = self.mesh.try_send(ShardId(i as u16), msg) {
+            // A full inbox drains within microseconds; the broker is stopping, so just wait. A
+            // shard that already stopped (it failed at start) needs no message.
+            while let Err(Refused::Full(back)) = self.mesh.try_send(ShardId(i as u16), msg) {
                 msg = back;
                 std::thread::sleep(Duration::from_millis(1));
             }
