@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use surgemq::broker::{BrokerConfig, MetricsSnapshot};
-use surgemq::protocol::{Packet, QoS};
+use surgemq::protocol::{Ack, Packet, QoS};
 
 /// Small queues, so a burst of a few hundred messages overflows them many times over.
 fn small_queues(shards: usize) -> BrokerConfig {
@@ -86,7 +86,7 @@ fn read_and_ack(
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
-            Packet::PubAck(_) => acks += 1,
+            Packet::PubAck(Ack { packet_id: _, .. }) => acks += 1,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -170,7 +170,7 @@ fn two_clients_feeding_each_other_do_not_wait_for_each_other() {
                             c.ack(&p);
                             got.push(String::from_utf8(p.payload.to_vec()).unwrap());
                         }
-                        Packet::PubAck(_) => acks += 1,
+                        Packet::PubAck(Ack { packet_id: _, .. }) => acks += 1,
                         other => panic!("unexpected {other:?}"),
                     }
                 }

@@ -265,7 +265,7 @@ fn reconnect_to_a_server_without_the_session_subscribes_again() {
             .subscribe(&[("a/+", QoS::AtLeastOnce), ("x", QoS::ExactlyOnce)])
             .await
             .unwrap();
-        assert_eq!(codes[1], surgemq::protocol::SubscribeReturnCode::Failure);
+        assert_eq!(codes[1], surgemq::protocol::SubscribeReturnCode::FAILURE);
         let m = messages.recv().await.unwrap();
         assert_eq!((&*m.topic, &m.payload[..]), ("a/b", &b"hi"[..]));
         client.disconnect().await.unwrap();

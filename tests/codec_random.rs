@@ -5,7 +5,8 @@
 //! nothing when it asks for more, agree with `frame_len`, and only return packets that
 //! re-encode to something it decodes back to the same packet.
 //!
-//! The seed is printed; rerun a failure with `SURGEMQ_CODEC_SEED=<seed> cargo test --test
+//! Half the frames are fed as MQTT 3.1.1, half as MQTT 5 (whose templates carry properties and
+//! reason codes). The seed is printed; rerun a failure with `SURGEMQ_CODEC_SEED=<seed> cargo test --test
 //! codec_random`. `SURGEMQ_CODEC_FRAMES` changes the number of frames.
 
 use std::collections::BTreeMap;
@@ -13,8 +14,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use surgemq::protocol::{
-    decode, frame_len, ByteStr, ConnAck, Connect, ConnectReturnCode, DecodeError, LastWill, Packet,
-    PacketType, ProtocolLevel, Publish, QoS, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe,
+    decode, frame_len, Ack, Auth, ByteStr, ConnAck, Connect, DecodeError, Disconnect, LastWill,
+    Packet, PacketType, Properties, ProtocolLevel, Publish, QoS, ReasonCode, RetainHandling,
+    SubAck, Subscribe, SubscribeReturnCode, UnsubAck, Unsubscribe,
 };
 
 const DEFAULT_FRAMES: u64 = 1_000_000;
@@ -111,21 +113,24 @@ fn valid_packet(rng: &mut Rng) -> Packet {
                     payload: binary(rng, 8),
                     qos: qos(rng),
                     retain: rng.chance(50),
+                    properties: None,
                 }),
                 username,
                 password,
+                properties: None,
             }))
         }
         1 => Packet::ConnAck(ConnAck {
             session_present: rng.chance(50),
             code: [
-                ConnectReturnCode::Accepted,
-                ConnectReturnCode::UnacceptableProtocolVersion,
-                ConnectReturnCode::IdentifierRejected,
-                ConnectReturnCode::ServerUnavailable,
-                ConnectReturnCode::BadUsernameOrPassword,
-                ConnectReturnCode::NotAuthorized,
+                ReasonCode::SUCCESS,
+                ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                ReasonCode::SERVER_UNAVAILABLE,
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                ReasonCode::NOT_AUTHORIZED,
             ][rng.below(6)],
+            properties: None,
         }),
         2 => {
             let qos = qos(rng);
@@ -139,38 +144,177 @@ fn valid_packet(rng: &mut Rng) -> Packet {
                 topic: string(rng, true),
                 packet_id: if qos == QoS::AtMostOnce { 0 } else { id(rng) },
                 payload: binary(rng, max_payload),
+                properties: None,
             })
         }
-        3 => Packet::PubAck(id(rng)),
-        4 => Packet::PubRec(id(rng)),
-        5 => Packet::PubRel(id(rng)),
-        6 => Packet::PubComp(id(rng)),
+        3 => Packet::PubAck(Ack::new(id(rng))),
+        4 => Packet::PubRec(Ack::new(id(rng))),
+        5 => Packet::PubRel(Ack::new(id(rng))),
+        6 => Packet::PubComp(Ack::new(id(rng))),
         7 => Packet::Subscribe(Subscribe {
             packet_id: id(rng),
             filters: (0..1 + rng.below(3))
-                .map(|_| (filter(rng), qos(rng)))
+                .map(|_| (filter(rng), qos(rng).into()))
                 .collect(),
+            properties: None,
         }),
         8 => Packet::SubAck(SubAck {
             packet_id: id(rng),
             return_codes: (0..1 + rng.below(3))
                 .map(|_| {
                     if rng.chance(25) {
-                        SubscribeReturnCode::Failure
+                        SubscribeReturnCode::FAILURE
                     } else {
                         SubscribeReturnCode::Success(qos(rng))
                     }
                 })
                 .collect(),
+            properties: None,
         }),
         9 => Packet::Unsubscribe(Unsubscribe {
             packet_id: id(rng),
             filters: (0..1 + rng.below(3)).map(|_| filter(rng)).collect(),
+            properties: None,
         }),
-        10 => Packet::UnsubAck(id(rng)),
+        10 => Packet::UnsubAck(UnsubAck::new(id(rng))),
         11 => Packet::PingReq,
         12 => Packet::PingResp,
-        _ => Packet::Disconnect,
+        _ => Packet::Disconnect(Disconnect::NORMAL),
+    }
+}
+
+/// Some MQTT 5 properties: user properties and those of `extra` (a packet's own).
+fn v5_properties(
+    rng: &mut Rng,
+    extra: impl FnOnce(&mut Rng, &mut Properties),
+) -> Option<Box<Properties>> {
+    if rng.chance(30) {
+        return None;
+    }
+    let mut p = Properties::default();
+    for _ in 0..rng.below(3) {
+        p.user_properties
+            .push((string(rng, false), string(rng, false)));
+    }
+    extra(rng, &mut p);
+    (p != Properties::default()).then(|| Box::new(p))
+}
+
+fn reason(rng: &mut Rng, codes: &[u8]) -> ReasonCode {
+    ReasonCode(codes[rng.below(codes.len())])
+}
+
+/// A random valid MQTT 5 packet: a 3.1.1 one given what MQTT 5 adds to its type.
+fn valid_packet_v5(rng: &mut Rng) -> Packet {
+    let reason_string = |rng: &mut Rng, p: &mut Properties| {
+        if rng.chance(50) {
+            p.reason_string = Some(string(rng, false));
+        }
+    };
+    match valid_packet(rng) {
+        Packet::Connect(mut c) => {
+            c.level = ProtocolLevel::V5;
+            c.properties = v5_properties(rng, |rng, p| {
+                p.session_expiry_interval = rng.chance(50).then(|| rng.next() as u32);
+                p.receive_maximum = rng.chance(50).then(|| 1 + rng.below(65535) as u16);
+                p.authentication_method = rng.chance(20).then(|| string(rng, false));
+            });
+            if let Some(w) = &mut c.will {
+                w.properties = v5_properties(rng, |rng, p| {
+                    p.will_delay_interval = rng.chance(50).then(|| rng.byte().into());
+                    p.payload_format_utf8 = rng.chance(50).then(|| rng.chance(50));
+                });
+            }
+            Packet::Connect(c)
+        }
+        Packet::ConnAck(mut a) => {
+            a.code = reason(rng, &[0x00, 0x80, 0x84, 0x87, 0x8c, 0x97, 0x9f]);
+            a.properties = v5_properties(rng, |rng, p| {
+                p.maximum_qos = rng.chance(50).then_some(QoS::AtLeastOnce);
+                p.topic_alias_maximum = rng.chance(50).then(|| rng.byte().into());
+                p.assigned_client_identifier = rng.chance(30).then(|| string(rng, false));
+            });
+            Packet::ConnAck(a)
+        }
+        Packet::Publish(mut p) => {
+            p.properties = v5_properties(rng, |rng, props| {
+                props.message_expiry_interval = rng.chance(50).then(|| rng.byte().into());
+                props.topic_alias = rng.chance(30).then(|| 1 + rng.byte() as u16);
+                props.content_type = rng.chance(30).then(|| string(rng, false));
+                props.correlation_data = rng.chance(30).then(|| binary(rng, 6));
+                if rng.chance(30) {
+                    props
+                        .subscription_identifiers
+                        .push(1 + rng.below(1 << 20) as u32);
+                }
+            });
+            Packet::Publish(p)
+        }
+        Packet::PubAck(a) | Packet::PubRec(a) if rng.chance(50) => Packet::PubRec(Ack {
+            reason: reason(rng, &[0x00, 0x10, 0x80, 0x87, 0x97]),
+            properties: v5_properties(rng, reason_string),
+            ..a
+        }),
+        Packet::PubRel(a) | Packet::PubComp(a) => Packet::PubComp(Ack {
+            reason: reason(rng, &[0x00, 0x92]),
+            properties: v5_properties(rng, reason_string),
+            ..a
+        }),
+        Packet::Subscribe(mut s) => {
+            for (_, o) in &mut s.filters {
+                o.no_local = rng.chance(50);
+                o.retain_as_published = rng.chance(50);
+                o.retain_handling = [
+                    RetainHandling::SendAtSubscribe,
+                    RetainHandling::SendIfNew,
+                    RetainHandling::DoNotSend,
+                ][rng.below(3)];
+            }
+            s.properties = v5_properties(rng, |rng, p| {
+                if rng.chance(50) {
+                    p.subscription_identifiers.push(1 + rng.below(1000) as u32);
+                }
+            });
+            Packet::Subscribe(s)
+        }
+        Packet::SubAck(mut s) => {
+            for c in &mut s.return_codes {
+                if *c == SubscribeReturnCode::FAILURE && rng.chance(50) {
+                    *c = SubscribeReturnCode::Failure(reason(
+                        rng,
+                        &[0x87, 0x8f, 0x97, 0x9e, 0xa1, 0xa2],
+                    ));
+                }
+            }
+            s.properties = v5_properties(rng, reason_string);
+            Packet::SubAck(s)
+        }
+        Packet::Unsubscribe(mut u) => {
+            u.properties = v5_properties(rng, |_, _| {});
+            Packet::Unsubscribe(u)
+        }
+        Packet::UnsubAck(u) => Packet::UnsubAck(UnsubAck {
+            reasons: (0..1 + rng.below(3))
+                .map(|_| reason(rng, &[0x00, 0x11, 0x80, 0x87]))
+                .collect(),
+            properties: v5_properties(rng, reason_string),
+            ..u
+        }),
+        Packet::Disconnect(_) if rng.chance(50) => Packet::Auth(Auth {
+            reason: reason(rng, &[0x00, 0x18, 0x19]),
+            properties: v5_properties(rng, |rng, p| {
+                p.authentication_method = Some(string(rng, false));
+                p.authentication_data = rng.chance(50).then(|| binary(rng, 8));
+            }),
+        }),
+        Packet::Disconnect(_) => Packet::Disconnect(Disconnect {
+            reason: reason(rng, &[0x00, 0x04, 0x81, 0x82, 0x8e, 0x93, 0x94, 0x97]),
+            properties: v5_properties(rng, |rng, p| {
+                p.session_expiry_interval = rng.chance(50).then(|| rng.byte().into());
+                reason_string(rng, p);
+            }),
+        }),
+        other => other,
     }
 }
 
@@ -242,17 +386,31 @@ fn error_name(e: &DecodeError) -> &'static str {
         DecodeError::InvalidConnectReturnCode(_) => "InvalidConnectReturnCode",
         DecodeError::InvalidSubAckReturnCode(_) => "InvalidSubAckReturnCode",
         DecodeError::MalformedPacket { .. } => "MalformedPacket",
+        DecodeError::InvalidReasonCode { .. } => "InvalidReasonCode",
+        DecodeError::MalformedVarInt(_) => "MalformedVarInt",
+        DecodeError::UnknownProperty(_) => "UnknownProperty",
+        DecodeError::PropertyNotAllowed { .. } => "PropertyNotAllowed",
+        DecodeError::DuplicateProperty(_) => "DuplicateProperty",
+        DecodeError::InvalidPropertyValue { .. } => "InvalidPropertyValue",
+        DecodeError::TopicAliasZero => "TopicAliasZero",
+        DecodeError::EmptyTopicWithoutAlias => "EmptyTopicWithoutAlias",
+        DecodeError::ReservedSubscriptionOptions(_) => "ReservedSubscriptionOptions",
+        DecodeError::InvalidRetainHandling => "InvalidRetainHandling",
     }
 }
 
 /// A decoded packet must encode, and decode back to itself from exactly those bytes.
-fn check_reencode(p: &Packet, seed: u64, frame_no: u64) {
+fn check_reencode(p: &Packet, level: ProtocolLevel, seed: u64, frame_no: u64) {
     let mut out = BytesMut::new();
-    if let Err(e) = p.encode(&mut out) {
+    if let Err(e) = p.encode(&mut out, level) {
         panic!("seed {seed} frame {frame_no}: decoded {p:?} does not encode: {e}");
     }
-    assert_eq!(out.len(), p.encoded_len(), "seed {seed} frame {frame_no}");
-    match decode(&mut out, usize::MAX) {
+    assert_eq!(
+        out.len(),
+        p.encoded_len(level),
+        "seed {seed} frame {frame_no}"
+    );
+    match decode(&mut out, usize::MAX, level) {
         Ok(Some(ref q)) if q == p && out.is_empty() => {}
         other => panic!("seed {seed} frame {frame_no}: {p:?} re-decodes as {other:?}"),
     }
@@ -267,7 +425,7 @@ struct Stats {
 }
 
 /// Feeds one frame to `decode` in random chunks and checks every invariant on the way.
-fn feed(rng: &mut Rng, frame: &[u8], seed: u64, stats: &mut Stats) {
+fn feed(rng: &mut Rng, frame: &[u8], level: ProtocolLevel, seed: u64, stats: &mut Stats) {
     let max = match rng.below(4) {
         0 => 1 + rng.below(64),
         1 => frame.len(),
@@ -287,8 +445,8 @@ fn feed(rng: &mut Rng, frame: &[u8], seed: u64, stats: &mut Stats) {
         fed += chunk;
         loop {
             let before = buf.len();
-            let header = frame_len(&buf, max);
-            match decode(&mut buf, max) {
+            let header = frame_len(&buf, max, level);
+            match decode(&mut buf, max, level) {
                 Ok(Some(p)) => {
                     assert_eq!(
                         header,
@@ -296,7 +454,7 @@ fn feed(rng: &mut Rng, frame: &[u8], seed: u64, stats: &mut Stats) {
                         "seed {seed} frame {}: frame_len disagrees with decode",
                         stats.frames
                     );
-                    check_reencode(&p, seed, stats.frames);
+                    check_reencode(&p, level, seed, stats.frames);
                     *stats.decoded.entry(type_name(p.packet_type())).or_default() += 1;
                 }
                 Ok(None) => {
@@ -348,6 +506,7 @@ fn type_name(t: PacketType) -> &'static str {
         PacketType::PingReq => "PINGREQ",
         PacketType::PingResp => "PINGRESP",
         PacketType::Disconnect => "DISCONNECT",
+        PacketType::Auth => "AUTH",
     }
 }
 
@@ -365,13 +524,21 @@ fn random_and_mutated_frames_never_break_the_decoder() {
     println!("codec_random: seed {seed} (rerun with SURGEMQ_CODEC_SEED={seed}), {frames} frames");
     let mut rng = Rng(seed.max(1));
 
-    let templates: Vec<Vec<u8>> = (0..512)
-        .map(|_| {
-            let p = valid_packet(&mut rng);
-            let mut b = BytesMut::new();
-            p.encode(&mut b).unwrap();
-            b.to_vec()
-        })
+    let template = |rng: &mut Rng, level: ProtocolLevel| {
+        let p = if level.is_v5() {
+            valid_packet_v5(rng)
+        } else {
+            valid_packet(rng)
+        };
+        let mut b = BytesMut::new();
+        p.encode(&mut b, level).unwrap();
+        b.to_vec()
+    };
+    let templates_v3: Vec<Vec<u8>> = (0..512)
+        .map(|_| template(&mut rng, ProtocolLevel::V311))
+        .collect();
+    let templates_v5: Vec<Vec<u8>> = (0..512)
+        .map(|_| template(&mut rng, ProtocolLevel::V5))
         .collect();
 
     let start = Instant::now();
@@ -379,6 +546,11 @@ fn random_and_mutated_frames_never_break_the_decoder() {
     let mut frame = Vec::with_capacity(1024);
     while stats.frames < frames {
         frame.clear();
+        let (level, templates) = if rng.chance(50) {
+            (ProtocolLevel::V5, &templates_v5)
+        } else {
+            (ProtocolLevel::V311, &templates_v3)
+        };
         if rng.chance(15) {
             let len = rng.below(48);
             frame.extend((0..len).map(|_| rng.byte()));
@@ -386,10 +558,10 @@ fn random_and_mutated_frames_never_break_the_decoder() {
             frame.extend_from_slice(&templates[rng.below(templates.len())]);
             // Some frames stay valid, which checks the happy path under random chunking.
             for _ in 0..rng.below(4) {
-                mutate(&mut rng, &mut frame, &templates);
+                mutate(&mut rng, &mut frame, templates);
             }
         }
-        feed(&mut rng, &frame, seed, &mut stats);
+        feed(&mut rng, &frame, level, seed, &mut stats);
         stats.frames += 1;
         stats.bytes += frame.len() as u64;
     }
@@ -405,12 +577,12 @@ fn random_and_mutated_frames_never_break_the_decoder() {
     if frames >= DEFAULT_FRAMES {
         assert_eq!(
             stats.decoded.len(),
-            14,
+            15,
             "packet types decoded: {:?}",
             stats.decoded
         );
         assert!(
-            stats.errors.len() >= 20,
+            stats.errors.len() >= 28,
             "error variants hit: {:?}",
             stats.errors
         );

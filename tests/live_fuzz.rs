@@ -21,8 +21,8 @@ use bytes::{Bytes, BytesMut};
 use common::*;
 use surgemq::broker::BrokerConfig;
 use surgemq::protocol::{
-    ByteStr, ConnAck, Connect, ConnectReturnCode, LastWill, Packet, ProtocolLevel, Publish, QoS,
-    SubAck, Subscribe, SubscribeReturnCode, Unsubscribe,
+    Ack, ByteStr, ConnAck, Connect, Disconnect, LastWill, Packet, ProtocolLevel, Publish, QoS,
+    ReasonCode, SubAck, Subscribe, SubscribeReturnCode, UnsubAck, Unsubscribe,
 };
 
 const THREADS: usize = 16;
@@ -122,6 +122,7 @@ fn valid_connect(rng: &mut Rng) -> Packet {
         },
         qos: qos(rng),
         retain: rng.chance(20),
+        properties: None,
     });
     Packet::Connect(Box::new(Connect {
         level,
@@ -136,6 +137,7 @@ fn valid_connect(rng: &mut Rng) -> Packet {
         will,
         username,
         password,
+        properties: None,
     }))
 }
 
@@ -150,21 +152,23 @@ fn valid_packet(rng: &mut Rng) -> Packet {
             1 => Packet::ConnAck(ConnAck {
                 session_present: rng.chance(50),
                 code: *rng.pick(&[
-                    ConnectReturnCode::Accepted,
-                    ConnectReturnCode::IdentifierRejected,
-                    ConnectReturnCode::NotAuthorized,
+                    ReasonCode::SUCCESS,
+                    ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                    ReasonCode::NOT_AUTHORIZED,
                 ]),
+                properties: None,
             }),
             2 => Packet::SubAck(SubAck {
                 packet_id: packet_id(rng),
                 return_codes: vec![SubscribeReturnCode::Success(QoS::AtLeastOnce)],
+                properties: None,
             }),
-            3 => Packet::UnsubAck(packet_id(rng)),
+            3 => Packet::UnsubAck(UnsubAck::new(packet_id(rng))),
             _ => Packet::PingResp,
         };
     }
     if roll < 8 {
-        return Packet::Disconnect;
+        return Packet::Disconnect(Disconnect::NORMAL);
     }
     match rng.below(10) {
         0..=3 => {
@@ -185,28 +189,31 @@ fn valid_packet(rng: &mut Rng) -> Packet {
                     packet_id(rng)
                 },
                 payload: Bytes::from(rng.bytes(payload_len)),
+                properties: None,
             })
         }
-        4 => Packet::PubAck(packet_id(rng)),
-        5 => Packet::PubRec(packet_id(rng)),
+        4 => Packet::PubAck(Ack::new(packet_id(rng))),
+        5 => Packet::PubRec(Ack::new(packet_id(rng))),
         6 => {
             if rng.chance(50) {
-                Packet::PubRel(packet_id(rng))
+                Packet::PubRel(Ack::new(packet_id(rng)))
             } else {
-                Packet::PubComp(packet_id(rng))
+                Packet::PubComp(Ack::new(packet_id(rng)))
             }
         }
         7 => Packet::Subscribe(Subscribe {
             packet_id: packet_id(rng),
             filters: (0..1 + rng.below(4))
-                .map(|_| (ByteStr::from(*rng.pick(&FILTERS)), qos(rng)))
+                .map(|_| (ByteStr::from(*rng.pick(&FILTERS)), qos(rng).into()))
                 .collect(),
+            properties: None,
         }),
         8 => Packet::Unsubscribe(Unsubscribe {
             packet_id: packet_id(rng),
             filters: (0..1 + rng.below(3))
                 .map(|_| ByteStr::from(*rng.pick(&FILTERS)))
                 .collect(),
+            properties: None,
         }),
         _ => Packet::PingReq,
     }
@@ -215,7 +222,7 @@ fn valid_packet(rng: &mut Rng) -> Packet {
 fn encode(packet: &Packet) -> Vec<u8> {
     let mut buf = BytesMut::new();
     packet
-        .encode(&mut buf)
+        .encode(&mut buf, ProtocolLevel::V311)
         .unwrap_or_else(|e| panic!("the encoder refused a valid packet {packet:?}: {e}"));
     buf.to_vec()
 }

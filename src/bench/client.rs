@@ -22,6 +22,7 @@ use futures_lite::Future;
 use glommio::timer::Timer;
 
 use super::config::{Load, Plan};
+use super::conn::LEVEL;
 use super::conn::{Conn, Frame, KEEPALIVE_SECS};
 use super::payload::{self, Header};
 use super::shared::{Local, Phase, Shared};
@@ -351,7 +352,7 @@ impl Client {
         if Pin::new(&mut self.ping).poll(cx).is_ready() {
             // Subscribers send nothing else; without this the broker's keepalive would end
             // a long run.
-            let _ = Packet::PingReq.encode(&mut self.conn.wbuf);
+            let _ = Packet::PingReq.encode(&mut self.conn.wbuf, LEVEL);
             self.ping
                 .reset(Duration::from_secs(KEEPALIVE_SECS as u64 / 2));
             return Poll::Ready(Ok(()));
@@ -513,8 +514,8 @@ impl Client {
                         p.r.last_ack_ns = now;
                     }
                 }
-                Packet::PubRec(id) => encode_ack(wbuf, PacketType::PubRel, id),
-                Packet::PubRel(id) => encode_ack(wbuf, PacketType::PubComp, id),
+                Packet::PubRec(rec) => encode_ack(wbuf, PacketType::PubRel, rec.packet_id),
+                Packet::PubRel(rel) => encode_ack(wbuf, PacketType::PubComp, rel.packet_id),
                 Packet::PingResp => {}
                 other => return Err(format!("unexpected {:?} from broker", other.packet_type())),
             }

@@ -32,8 +32,8 @@ use glommio::net::TcpStream;
 
 use crate::client::dial::Dialer;
 use crate::protocol::{
-    decode, frame_len, ByteStr, Connect, ConnectReturnCode, Packet, ProtocolLevel, QoS, Subscribe,
-    SubscribeReturnCode,
+    decode, frame_len, ByteStr, Connect, Disconnect, Packet, ProtocolLevel, QoS, ReasonCode,
+    Subscribe, SubscribeReturnCode,
 };
 use crate::transport::Layer;
 
@@ -45,6 +45,8 @@ const MIN_READ_SPACE: usize = 4 * 1024;
 pub const MAX_PACKET: usize = 1 << 25;
 /// Keepalive announced in CONNECT; the client pings at half of it.
 pub const KEEPALIVE_SECS: u16 = 60;
+/// The protocol level the load generator speaks.
+pub const LEVEL: ProtocolLevel = ProtocolLevel::V311;
 /// Socket reads under a transport layer: room for a few TLS records (16 KiB and some each).
 const LAYER_READ: usize = 64 * 1024;
 
@@ -88,7 +90,7 @@ impl ReadBuf {
             self.end = 0;
         }
         let pending = &self.buf[self.start..self.end];
-        let frame = match frame_len(pending, MAX_PACKET) {
+        let frame = match frame_len(pending, MAX_PACKET, LEVEL) {
             Ok(Some(total)) => total,
             _ => 0,
         };
@@ -127,7 +129,7 @@ impl ReadBuf {
     /// The next complete packet, `Ok(None)` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, String> {
         let data = &self.buf[self.start..self.end];
-        let total = match frame_len(data, MAX_PACKET) {
+        let total = match frame_len(data, MAX_PACKET, LEVEL) {
             Ok(Some(total)) if total <= data.len() => total,
             Ok(_) => return Ok(None),
             Err(e) => return Err(e.to_string()),
@@ -137,7 +139,7 @@ impl ReadBuf {
         self.start += total;
         if first >> 4 != 3 {
             let mut packet = BytesMut::from(&self.buf[frame_start..frame_start + total]);
-            return match decode(&mut packet, MAX_PACKET) {
+            return match decode(&mut packet, MAX_PACKET, LEVEL) {
                 Ok(Some(p)) => Ok(Some(Frame::Other(p))),
                 Ok(None) => Err("frame_len and decode disagree".into()),
                 Err(e) => Err(e.to_string()),
@@ -353,13 +355,14 @@ impl Conn {
             will: None,
             username: username.map(ByteStr::from),
             password: password.map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),
+            properties: None,
         }));
-        connect.encode(&mut self.wbuf).map_err(|e| e.to_string())?;
+        connect
+            .encode(&mut self.wbuf, LEVEL)
+            .map_err(|e| e.to_string())?;
         self.flush().await.map_err(|e| format!("CONNECT: {e}"))?;
         match self.read_packet().await {
-            Ok(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Accepted => {
-                Ok(ack.session_present)
-            }
+            Ok(Packet::ConnAck(ack)) if ack.code == ReasonCode::SUCCESS => Ok(ack.session_present),
             Ok(Packet::ConnAck(ack)) => Err(format!("CONNACK refused: {:?}", ack.code)),
             Ok(other) => Err(format!("expected CONNACK, got {:?}", other.packet_type())),
             Err(e) => Err(format!("waiting for CONNACK: {e}")),
@@ -371,10 +374,11 @@ impl Conn {
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<(), String> {
         let subscribe = Packet::Subscribe(Subscribe {
             packet_id: 1,
-            filters: vec![(ByteStr::from(filter), qos)],
+            filters: vec![(ByteStr::from(filter), qos.into())],
+            properties: None,
         });
         subscribe
-            .encode(&mut self.wbuf)
+            .encode(&mut self.wbuf, LEVEL)
             .map_err(|e| e.to_string())?;
         self.flush().await.map_err(|e| format!("SUBSCRIBE: {e}"))?;
         match self.read_packet().await {
@@ -398,7 +402,7 @@ impl Conn {
     /// can make the peer discard what it has received but not yet read: the last messages of a
     /// run would be lost. So: flush, shut down our side, and read until the peer closes.
     pub async fn close(mut self, timeout: Duration) {
-        let _ = Packet::Disconnect.encode(&mut self.wbuf);
+        let _ = Packet::Disconnect(Disconnect::NORMAL).encode(&mut self.wbuf, LEVEL);
         let _ = or(
             async {
                 if self.flush().await.is_err() {
@@ -474,7 +478,7 @@ mod tests {
             [
                 "publish AtMostOnce 0 4",
                 "publish ExactlyOnce 7 3",
-                "PubAck(9)",
+                "PubAck(Ack { packet_id: 9, reason: ReasonCode(0x00 success), properties: None })",
                 "publish AtLeastOnce 3 300",
             ]
         );

@@ -18,9 +18,10 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use super::config::{invalid, BenchError};
+use super::conn::LEVEL;
 use super::conn::{Conn, Frame};
 use crate::protocol::{
-    encode_ack, ConnAck, ConnectReturnCode, Packet, PacketType, QoS, SubAck, SubscribeReturnCode,
+    encode_ack, ConnAck, Packet, PacketType, QoS, ReasonCode, SubAck, SubscribeReturnCode,
 };
 
 #[derive(Debug, Clone)]
@@ -184,13 +185,12 @@ async fn serve(stream: TcpStream, counters: Arc<Counters>) {
                 Err(_) => return,
             };
             match packet {
-                Packet::PubRel(id) => encode_ack(&mut conn.wbuf, PacketType::PubComp, id),
+                Packet::PubRel(rel) => {
+                    encode_ack(&mut conn.wbuf, PacketType::PubComp, rel.packet_id)
+                }
                 Packet::Connect(_) => {
-                    let ack = Packet::ConnAck(ConnAck {
-                        session_present: false,
-                        code: ConnectReturnCode::Accepted,
-                    });
-                    let _ = ack.encode(&mut conn.wbuf);
+                    let ack = Packet::ConnAck(ConnAck::new(false, ReasonCode::SUCCESS));
+                    let _ = ack.encode(&mut conn.wbuf, LEVEL);
                 }
                 Packet::Subscribe(s) => {
                     let ack = Packet::SubAck(SubAck {
@@ -198,18 +198,19 @@ async fn serve(stream: TcpStream, counters: Arc<Counters>) {
                         return_codes: s
                             .filters
                             .iter()
-                            .map(|(_, qos)| SubscribeReturnCode::Success(*qos))
+                            .map(|(_, options)| SubscribeReturnCode::Success(options.qos))
                             .collect(),
+                        properties: None,
                     });
-                    let _ = ack.encode(&mut conn.wbuf);
+                    let _ = ack.encode(&mut conn.wbuf, LEVEL);
                 }
                 Packet::Unsubscribe(u) => {
                     encode_ack(&mut conn.wbuf, PacketType::UnsubAck, u.packet_id)
                 }
                 Packet::PingReq => {
-                    let _ = Packet::PingResp.encode(&mut conn.wbuf);
+                    let _ = Packet::PingResp.encode(&mut conn.wbuf, LEVEL);
                 }
-                Packet::Disconnect => {
+                Packet::Disconnect(_) => {
                     counters.publishes.fetch_add(publishes, Ordering::Relaxed);
                     let _ = conn.flush().await;
                     return;

@@ -34,9 +34,7 @@ use super::metrics::add;
 use super::session::{Kick, Session};
 use super::shard::{ConnectionPermit, Shard};
 use super::wire::Wire;
-use crate::protocol::{
-    decode, ConnAck, Connect, ConnectReturnCode, LastWill, Packet, ProtocolLevel,
-};
+use crate::protocol::{decode, ConnAck, Connect, LastWill, Packet, ProtocolLevel, ReasonCode};
 
 /// Bytes of pending output above which the session stops filling the write buffer.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
@@ -126,12 +124,12 @@ impl ConnectedClient {
             ..
         } = *connect;
         debug!(client = %session.borrow().client_id, peer = %wire.peer, shard = shard.id.0, resumed, "client connected");
-        let ack = Packet::ConnAck(ConnAck {
-            // MQTT 3.1 has no Session Present flag: the byte is reserved there.
-            session_present: resumed && level == ProtocolLevel::V311,
-            code: ConnectReturnCode::Accepted,
-        });
-        let _ = ack.encode(wire.wbuf.encoded());
+        // MQTT 3.1 has no Session Present flag: the byte is reserved there.
+        let ack = Packet::ConnAck(ConnAck::new(
+            resumed && level == ProtocolLevel::V311,
+            ReasonCode::SUCCESS,
+        ));
+        let _ = ack.encode(wire.wbuf.encoded(), level);
         add(&shard.metrics.packets_out, 1);
         let keepalive = (keep_alive > 0).then(|| {
             let limit = Duration::from_millis(keep_alive as u64 * 1500);
@@ -411,7 +409,7 @@ impl ConnectedClient {
         }
         let max = self.shard.config.max_packet_size;
         loop {
-            match decode(&mut self.wire.rbuf, max) {
+            match decode(&mut self.wire.rbuf, max, ProtocolLevel::V311) {
                 Ok(Some(packet)) => {
                     add(&self.shard.metrics.packets_in, 1);
                     let packet = match &mut self.held {
@@ -440,6 +438,7 @@ impl ConnectedClient {
                     payload,
                     qos,
                     retain,
+                    ..
                 } = *will;
                 // Nobody to hold back and nobody to acknowledge: the connection is gone.
                 let _ = self

@@ -19,7 +19,7 @@ use super::shard::{home_shard, Shard};
 use super::wire::Wire;
 use crate::auth::{AuthDecision, Credentials};
 use crate::protocol::{
-    decode, ByteStr, ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, ProtocolLevel,
+    decode, ByteStr, ConnAck, Connect, DecodeError, Packet, ProtocolLevel, ReasonCode,
 };
 
 /// Why a connection ended; logged once per connection.
@@ -38,7 +38,7 @@ pub enum CloseReason {
     TakenOver,
     Shutdown,
     /// CONNACK with a non-zero return code was sent.
-    Refused(ConnectReturnCode),
+    Refused(ReasonCode),
 }
 
 impl fmt::Display for CloseReason {
@@ -58,7 +58,7 @@ impl fmt::Display for CloseReason {
             }
             CloseReason::Shutdown => f.write_str("broker shutting down"),
             CloseReason::Refused(code) => {
-                write!(f, "connection refused with CONNACK {}", *code as u8)
+                write!(f, "connection refused with CONNACK {code}")
             }
         }
     }
@@ -96,9 +96,9 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
     let mut wire = Wire::new(stream, peer, layered);
     let Some(permit) = shard.admit() else {
         // Full: say so (CONNACK 3, server unavailable) without waiting for CONNECT, and close.
-        let reason = CloseReason::Refused(ConnectReturnCode::ServerUnavailable);
+        let reason = CloseReason::Refused(ReasonCode::SERVER_UNAVAILABLE);
         let _ = or(
-            refuse(&shard, &mut wire, ConnectReturnCode::ServerUnavailable),
+            refuse(&shard, &mut wire, ReasonCode::SERVER_UNAVAILABLE),
             async {
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             },
@@ -119,6 +119,12 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
     .await;
     let connect = match first {
         None => return log_close(&shard, None, &wire, CloseReason::ConnectTimeout),
+        // MQTT 5 is decoded but not served yet: refused as an unknown level was before.
+        Some(Ok(Packet::Connect(connect))) if connect.level.is_v5() => {
+            refuse(&shard, &mut wire, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION).await;
+            let reason = CloseReason::Malformed(DecodeError::UnsupportedProtocolLevel(5));
+            return log_close(&shard, None, &wire, reason);
+        }
         Some(Ok(Packet::Connect(connect))) => connect,
         Some(Ok(_)) => {
             let reason = CloseReason::Violation("first packet is not CONNECT (MQTT-3.1.0-1)");
@@ -126,12 +132,7 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
         }
         Some(Err(CloseReason::Malformed(DecodeError::UnsupportedProtocolLevel(level)))) => {
             // MQTT-3.1.2-2: answer CONNACK 1, then close.
-            refuse(
-                &shard,
-                &mut wire,
-                ConnectReturnCode::UnacceptableProtocolVersion,
-            )
-            .await;
+            refuse(&shard, &mut wire, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION).await;
             let reason = CloseReason::Malformed(DecodeError::UnsupportedProtocolLevel(level));
             return log_close(&shard, None, &wire, reason);
         }
@@ -142,8 +143,8 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
         // MQTT 3.1 requires 1 to 23 characters; 3.1.1 allows empty with CleanSession = 1.
         if !connect.clean_session || connect.level == ProtocolLevel::V31 {
             // MQTT-3.1.3-8: an empty client id needs CleanSession = 1.
-            refuse(&shard, &mut wire, ConnectReturnCode::IdentifierRejected).await;
-            let reason = CloseReason::Refused(ConnectReturnCode::IdentifierRejected);
+            refuse(&shard, &mut wire, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
+            let reason = CloseReason::Refused(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
             return log_close(&shard, None, &wire, reason);
         }
         connect.client_id = shard.assign_client_id();
@@ -166,8 +167,8 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
                 certified = true;
             }
             None => {
-                refuse(&shard, &mut wire, ConnectReturnCode::NotAuthorized).await;
-                let reason = CloseReason::Refused(ConnectReturnCode::NotAuthorized);
+                refuse(&shard, &mut wire, ReasonCode::NOT_AUTHORIZED).await;
+                let reason = CloseReason::Refused(ReasonCode::NOT_AUTHORIZED);
                 return log_close(&shard, Some(&connect.client_id), &wire, reason);
             }
         }
@@ -240,7 +241,7 @@ fn authenticate(
     connect: &Connect,
     peer: std::net::SocketAddr,
     certified: bool,
-) -> Result<(), ConnectReturnCode> {
+) -> Result<(), ReasonCode> {
     let auth = &shard.config.authenticator;
     let username = connect.username.as_deref();
     let decision = auth.authenticate(&Credentials {
@@ -252,12 +253,12 @@ fn authenticate(
     });
     match decision {
         AuthDecision::Allow => {}
-        AuthDecision::BadCredentials => return Err(ConnectReturnCode::BadUsernameOrPassword),
-        AuthDecision::NotAuthorized => return Err(ConnectReturnCode::NotAuthorized),
+        AuthDecision::BadCredentials => return Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
+        AuthDecision::NotAuthorized => return Err(ReasonCode::NOT_AUTHORIZED),
     }
     if let Some(will) = &connect.will {
         if auth.checks_topics() && !auth.can_publish(username, &connect.client_id, &will.topic) {
-            return Err(ConnectReturnCode::NotAuthorized);
+            return Err(ReasonCode::NOT_AUTHORIZED);
         }
     }
     Ok(())
@@ -279,7 +280,7 @@ pub fn serve_moved(shard: Rc<Shard>, moved: MovedConnection) -> ConnectedClient 
 
 async fn read_packet(shard: &Shard, wire: &mut Wire, max: usize) -> Result<Packet, CloseReason> {
     loop {
-        match decode(&mut wire.rbuf, max) {
+        match decode(&mut wire.rbuf, max, ProtocolLevel::V311) {
             Ok(Some(p)) => {
                 add(&shard.metrics.packets_in, 1);
                 return Ok(p);
@@ -295,12 +296,9 @@ async fn read_packet(shard: &Shard, wire: &mut Wire, max: usize) -> Result<Packe
     }
 }
 
-async fn refuse(shard: &Shard, wire: &mut Wire, code: ConnectReturnCode) {
-    let ack = Packet::ConnAck(ConnAck {
-        session_present: false,
-        code,
-    });
-    let _ = ack.encode(wire.wbuf.encoded());
+async fn refuse(shard: &Shard, wire: &mut Wire, code: ReasonCode) {
+    let ack = Packet::ConnAck(ConnAck::new(false, code));
+    let _ = ack.encode(wire.wbuf.encoded(), ProtocolLevel::V311);
     add(&shard.metrics.packets_out, 1);
     let _ = wire.flush().await;
 }

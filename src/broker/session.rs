@@ -30,7 +30,7 @@ pub use stored::StoredItem;
 use super::mesh::{Message, SubscriberId};
 use super::output::OutputQueue;
 use crate::protocol::{
-    encode_ack, ByteStr, Packet, PacketId, PacketType, PublishHeader, QoS, SubAck,
+    encode_ack, ByteStr, Packet, PacketId, PacketType, ProtocolLevel, PublishHeader, QoS, SubAck,
 };
 
 /// Why a connection was told to close by someone other than its client.
@@ -452,7 +452,7 @@ impl Session {
                 }
                 Outbound::SubAck(ack) => {
                     // SUBACK carries at most a few thousand codes; it cannot exceed the limits.
-                    let _ = Packet::SubAck(ack).encode(out.encoded());
+                    let _ = Packet::SubAck(ack).encode(out.encoded(), ProtocolLevel::V311);
                 }
                 Outbound::UnsubAck(id) => encode_ack(out.encoded(), PacketType::UnsubAck, id),
             }
@@ -563,6 +563,7 @@ fn write_publish(
         retain,
         dup,
         packet_id,
+        properties: None,
     };
     let shared = m.payload.len() >= share_from;
     let then = if shared { 0 } else { m.payload.len() };

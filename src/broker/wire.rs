@@ -32,7 +32,7 @@ use glommio::net::TcpStream;
 
 use super::output::OutputQueue;
 use super::parking::ParkingLot;
-use crate::protocol::frame_len;
+use crate::protocol::{frame_len, ProtocolLevel};
 use crate::transport::Layer;
 
 /// Size of a connection's own read buffer. Packets larger than this get one of their own size.
@@ -278,7 +278,9 @@ impl Wire {
     /// announces: a peer that announces 256 MiB and sends nothing costs a small buffer.
     fn reserve_read_space(&mut self, max_packet_size: usize) {
         let len = self.rbuf.len();
-        let frame = match frame_len(&self.rbuf, max_packet_size) {
+        // Only the size matters here, and MQTT 5's rules are the looser ones: the decoder
+        // checks the connection's own level.
+        let frame = match frame_len(&self.rbuf, max_packet_size, ProtocolLevel::V5) {
             Ok(Some(total)) => total,
             _ => 0,
         };

@@ -94,7 +94,7 @@ async fn subscribe_and_print(
     let refused: Vec<&str> = filters
         .iter()
         .zip(&granted)
-        .filter(|(_, code)| **code == SubscribeReturnCode::Failure)
+        .filter(|(_, code)| **code == SubscribeReturnCode::FAILURE)
         .map(|((f, _), _)| *f)
         .collect();
     if refused.len() == filters.len() {

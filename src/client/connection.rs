@@ -30,7 +30,7 @@ use super::dial::Dialer;
 use super::error::ClientError;
 use super::options::ClientOptions;
 use super::shared::{Shared, Shutdown};
-use crate::protocol::{decode, frame_len, Packet};
+use crate::protocol::{decode, frame_len, Packet, ProtocolLevel};
 use crate::transport::Layer;
 
 /// Read buffer allocation size; packets larger than this get a buffer of their own size.
@@ -211,7 +211,8 @@ impl Conn {
     /// says how big it is. Only the start of one packet is ever copied, into a fresh buffer.
     fn reserve_read_space(&mut self, max_packet_size: usize) {
         let len = self.rbuf.len();
-        let frame = frame_len(&self.rbuf, max_packet_size)
+        // Only the size matters here; MQTT 5's header rules are the looser ones.
+        let frame = frame_len(&self.rbuf, max_packet_size, ProtocolLevel::V5)
             .ok()
             .flatten()
             .unwrap_or(0);
@@ -373,7 +374,7 @@ fn reconnect_interval(shared: &Shared, reason: &ClientError) -> Option<Duration>
     let inner = shared.inner.borrow();
     let interval = inner.options.reconnect_interval?;
     if inner.first_connack_pending()
-        || matches!(reason, ClientError::Refused(_) | ClientError::Disconnected)
+        || matches!(reason, ClientError::Refused(..) | ClientError::Disconnected)
         || inner.shutdown != Shutdown::None
         || !inner.has_users()
     {
@@ -430,7 +431,7 @@ fn drive(
                 break;
             };
             debug!(packet = %Describe(&packet), "send");
-            if let Err(e) = packet.encode(&mut conn.wbuf) {
+            if let Err(e) = packet.encode(&mut conn.wbuf, inner.state.level()) {
                 // Everything queued was checked by the handles; this is a bug, not input.
                 return Poll::Ready(Err(e.into()));
             }
@@ -457,7 +458,7 @@ fn drive(
                 Poll::Ready(Ok(_)) => {
                     let mut inner = shared.inner.borrow_mut();
                     loop {
-                        match decode(&mut conn.rbuf, max_packet_size) {
+                        match decode(&mut conn.rbuf, max_packet_size, inner.state.level()) {
                             Ok(Some(packet)) => {
                                 debug!(packet = %Describe(&packet), "receive");
                                 if let Err(e) = inner.state.handle(packet, now) {
@@ -515,7 +516,7 @@ impl std::fmt::Display for Describe<'_> {
             Packet::ConnAck(a) => write!(
                 f,
                 "CONNACK (session present {}, code {})",
-                a.session_present, a.code as u8
+                a.session_present, a.code
             ),
             Packet::Publish(p) => write!(
                 f,
@@ -527,23 +528,24 @@ impl std::fmt::Display for Describe<'_> {
                 p.topic.as_str(),
                 p.payload.len()
             ),
-            Packet::PubAck(id) => write!(f, "PUBACK (m{id})"),
-            Packet::PubRec(id) => write!(f, "PUBREC (m{id})"),
-            Packet::PubRel(id) => write!(f, "PUBREL (m{id})"),
-            Packet::PubComp(id) => write!(f, "PUBCOMP (m{id})"),
+            Packet::PubAck(a) => write!(f, "PUBACK (m{}, {})", a.packet_id, a.reason),
+            Packet::PubRec(a) => write!(f, "PUBREC (m{}, {})", a.packet_id, a.reason),
+            Packet::PubRel(a) => write!(f, "PUBREL (m{}, {})", a.packet_id, a.reason),
+            Packet::PubComp(a) => write!(f, "PUBCOMP (m{}, {})", a.packet_id, a.reason),
             Packet::Subscribe(s) => {
                 write!(f, "SUBSCRIBE (m{}", s.packet_id)?;
-                for (filter, qos) in &s.filters {
-                    write!(f, ", {:?} q{}", filter.as_str(), *qos as u8)?;
+                for (filter, options) in &s.filters {
+                    write!(f, ", {:?} q{}", filter.as_str(), options.qos as u8)?;
                 }
                 f.write_str(")")
             }
             Packet::SubAck(s) => write!(f, "SUBACK (m{}, {:?})", s.packet_id, s.return_codes),
             Packet::Unsubscribe(u) => write!(f, "UNSUBSCRIBE (m{}, {:?})", u.packet_id, u.filters),
-            Packet::UnsubAck(id) => write!(f, "UNSUBACK (m{id})"),
+            Packet::UnsubAck(u) => write!(f, "UNSUBACK (m{}, {:?})", u.packet_id, u.reasons),
             Packet::PingReq => f.write_str("PINGREQ"),
             Packet::PingResp => f.write_str("PINGRESP"),
-            Packet::Disconnect => f.write_str("DISCONNECT"),
+            Packet::Disconnect(d) => write!(f, "DISCONNECT ({})", d.reason),
+            Packet::Auth(a) => write!(f, "AUTH ({})", a.reason),
         }
     }
 }

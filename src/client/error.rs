@@ -5,15 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::protocol::{ConnectReturnCode, DecodeError, EncodeError, PacketId, PacketType};
+use crate::protocol::{DecodeError, EncodeError, PacketId, PacketType, ProtocolLevel, ReasonCode};
 use crate::transport::{TransportError, WsError};
 
 /// Why a client operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    /// The server answered CONNACK with a non-zero return code.
-    #[error("connection refused: {} (CONNACK {})", refusal_reason(*.0), *.0 as u8)]
-    Refused(ConnectReturnCode),
+    /// The server answered CONNACK with a refusal: the reason, and the code as it was on the
+    /// wire (a 3.1.1 return code, or the MQTT 5 reason code).
+    #[error("connection refused: {} (CONNACK {})", refusal_reason(*.0), wire_code(*.0, *.1))]
+    Refused(ReasonCode, ProtocolLevel),
     /// The server sent something the protocol does not allow; the connection was closed.
     #[error("protocol violation by the server: {0}")]
     Protocol(#[from] ProtocolError),
@@ -120,15 +121,24 @@ pub enum ProtocolError {
     },
 }
 
-/// The return code in words, as the spec describes it (3.2.2.3).
-pub fn refusal_reason(code: ConnectReturnCode) -> &'static str {
+/// The return code in words, as the spec describes it (3.2.2.3 for the five of 3.1.1, 2.4
+/// for the rest of MQTT 5's).
+pub fn refusal_reason(code: ReasonCode) -> &'static str {
     match code {
-        ConnectReturnCode::Accepted => "accepted",
-        ConnectReturnCode::UnacceptableProtocolVersion => "unacceptable protocol version",
-        ConnectReturnCode::IdentifierRejected => "identifier rejected",
-        ConnectReturnCode::ServerUnavailable => "server unavailable",
-        ConnectReturnCode::BadUsernameOrPassword => "bad user name or password",
-        ConnectReturnCode::NotAuthorized => "not authorized",
+        ReasonCode::SUCCESS => "accepted",
+        ReasonCode::UNSUPPORTED_PROTOCOL_VERSION => "unacceptable protocol version",
+        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID => "identifier rejected",
+        other => other.description(),
+    }
+}
+
+/// The CONNACK code as the server sent it: a 3.1.1 return code in decimal, an MQTT 5 reason
+/// code in hex.
+fn wire_code(code: ReasonCode, level: ProtocolLevel) -> String {
+    if level.is_v5() {
+        format!("{:#04x}", code.0)
+    } else {
+        code.to_v3_connack().to_string()
     }
 }
 
@@ -147,7 +157,7 @@ mod tests {
     #[test]
     fn messages_say_what_happened() {
         assert_eq!(
-            ClientError::Refused(ConnectReturnCode::NotAuthorized).to_string(),
+            ClientError::Refused(ReasonCode::NOT_AUTHORIZED, ProtocolLevel::V311).to_string(),
             "connection refused: not authorized (CONNACK 5)"
         );
         assert_eq!(

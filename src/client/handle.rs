@@ -122,6 +122,7 @@ impl Client {
             topic: ByteStr::from(topic),
             packet_id: 0,
             payload,
+            properties: None,
         };
         let (tx, rx) = oneshot();
         inner.submit(publish, tx, Instant::now());

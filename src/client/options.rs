@@ -138,6 +138,13 @@ impl ClientOptions {
             return Err(invalid("client id", "contains U+0000"));
         }
         match self.protocol {
+            // The codec speaks MQTT 5; the client's session logic does not yet.
+            ProtocolLevel::V5 => {
+                return Err(invalid(
+                    "protocol",
+                    "MQTT 5 is not supported by the client yet",
+                ));
+            }
             // 3.1 (section 3.1, Client Identifier): 1 to 23 characters.
             ProtocolLevel::V31 if self.client_id.is_empty() => {
                 return Err(invalid("client id", "MQTT 3.1 needs a non-empty client id"));
@@ -260,9 +267,11 @@ impl ClientOptions {
                 payload: w.payload.clone(),
                 qos: w.qos,
                 retain: w.retain,
+                properties: None,
             }),
             username: self.username.as_deref().map(ByteStr::from),
             password: self.password.clone(),
+            properties: None,
         }
     }
 

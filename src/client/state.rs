@@ -19,7 +19,7 @@
 //! use std::time::{Duration, Instant};
 //! use surgemq::client::state::{ClientState, Event, StateConfig};
 //! use surgemq::client::ClientOptions;
-//! use surgemq::protocol::{ByteStr, ConnAck, ConnectReturnCode, Packet, Publish, QoS};
+//! use surgemq::protocol::{ByteStr, ConnAck, ReasonCode, Packet, Publish, QoS};
 //!
 //! let options = ClientOptions::new("localhost", 1883);
 //! let config = StateConfig {
@@ -33,7 +33,7 @@
 //! let mut state = ClientState::new(config, options.connect_packet(), now);
 //! state.connect(now);
 //! assert!(matches!(state.pop_packet(), Some(Packet::Connect(_))));
-//! let accepted = ConnAck { session_present: false, code: ConnectReturnCode::Accepted };
+//! let accepted = ConnAck { session_present: false, code: ReasonCode::SUCCESS };
 //! state.handle(Packet::ConnAck(accepted), now)?;
 //! assert_eq!(state.pop_event(), Some(Event::Connected { session_present: false }));
 //!
@@ -47,7 +47,7 @@
 //! };
 //! let id = state.publish(message, now).expect("window open");
 //! assert!(matches!(state.pop_packet(), Some(Packet::Publish(p)) if p.packet_id == id));
-//! state.handle(Packet::PubAck(id), now)?;
+//! state.handle(Packet::PubAck(Ack::new(id)), now)?;
 //! assert_eq!(state.pop_event(), Some(Event::Published(id)));
 //! # Ok::<(), surgemq::client::ClientError>(())
 //! ```
@@ -60,8 +60,8 @@ use ahash::{AHashMap, AHashSet};
 use super::error::{ClientError, ProtocolError};
 use super::ids::PacketIds;
 use crate::protocol::{
-    ByteStr, ConnAck, Connect, ConnectReturnCode, Packet, PacketId, PacketType, Publish, QoS,
-    SubAck, Subscribe, SubscribeReturnCode, Unsubscribe,
+    Ack, ByteStr, ConnAck, Connect, Disconnect, Packet, PacketId, PacketType, ProtocolLevel,
+    Publish, QoS, ReasonCode, SubAck, Subscribe, SubscribeReturnCode, UnsubAck, Unsubscribe,
 };
 
 /// The limits and timers the state machine enforces.
@@ -194,6 +194,11 @@ impl ClientState {
         }
     }
 
+    /// The protocol level this client speaks (the one its CONNECT announces).
+    pub fn level(&self) -> ProtocolLevel {
+        self.connect.level
+    }
+
     /// Starts the handshake on a new connection: CONNECT goes out first.
     pub fn connect(&mut self, now: Instant) {
         self.outbox.clear();
@@ -220,9 +225,9 @@ impl ClientState {
     }
 
     fn on_connack(&mut self, ack: ConnAck, now: Instant) -> Result<(), ClientError> {
-        if ack.code != ConnectReturnCode::Accepted {
+        if ack.code != ReasonCode::SUCCESS {
             self.phase = Phase::Idle;
-            return Err(ClientError::Refused(ack.code));
+            return Err(ClientError::Refused(ack.code, self.connect.level));
         }
         if ack.session_present && self.config.clean_session {
             return Err(ProtocolError::SessionPresentWithCleanSession.into());
@@ -255,7 +260,7 @@ impl ClientState {
         for (_, id) in order {
             let o = self.outgoing.get_mut(&id).expect("collected above");
             let packet = match o.stage {
-                Stage::Comp => Packet::PubRel(id),
+                Stage::Comp => Packet::PubRel(Ack::new(id)),
                 Stage::Ack | Stage::Rec => {
                     let mut p = o.publish.clone();
                     p.dup = o.sent;
@@ -270,27 +275,27 @@ impl ClientState {
     fn dispatch(&mut self, packet: Packet, now: Instant) -> Result<(), ClientError> {
         match packet {
             Packet::Publish(p) => self.on_publish(p, now),
-            Packet::PubAck(id) => self.on_ack(id, Stage::Ack)?,
-            Packet::PubRec(id) => match self.outgoing.get_mut(&id) {
+            Packet::PubAck(Ack { packet_id: id, .. }) => self.on_ack(id, Stage::Ack)?,
+            Packet::PubRec(Ack { packet_id: id, .. }) => match self.outgoing.get_mut(&id) {
                 Some(o) if o.stage == Stage::Ack => {
                     return Err(wrong_ack(PacketType::PubRec, id, Stage::Ack))
                 }
                 Some(o) => {
                     o.stage = Stage::Comp;
-                    self.emit(Packet::PubRel(id), now);
+                    self.emit(Packet::PubRel(Ack::new(id)), now);
                 }
                 // Not ours (any more): PUBREL lets the server finish its side harmlessly.
-                None => self.emit(Packet::PubRel(id), now),
+                None => self.emit(Packet::PubRel(Ack::new(id)), now),
             },
-            Packet::PubComp(id) => self.on_ack(id, Stage::Comp)?,
-            Packet::PubRel(id) => {
+            Packet::PubComp(Ack { packet_id: id, .. }) => self.on_ack(id, Stage::Comp)?,
+            Packet::PubRel(Ack { packet_id: id, .. }) => {
                 // The id is released; PUBCOMP also for an id we do not know (MQTT-4.3.3-2:
                 // the server may resend PUBREL after we already answered it).
                 self.incoming_qos2.remove(&id);
-                self.emit(Packet::PubComp(id), now);
+                self.emit(Packet::PubComp(Ack::new(id)), now);
             }
             Packet::SubAck(ack) => self.on_suback(ack)?,
-            Packet::UnsubAck(id) => match self.requests.get(&id) {
+            Packet::UnsubAck(UnsubAck { packet_id: id, .. }) => match self.requests.get(&id) {
                 Some(Request::Unsubscribe) => {
                     self.requests.remove(&id);
                     self.ids.release(id);
@@ -318,7 +323,7 @@ impl ClientState {
             QoS::AtLeastOnce => {
                 let id = p.packet_id;
                 self.events.push_back(Event::Message(p));
-                self.emit(Packet::PubAck(id), now);
+                self.emit(Packet::PubAck(Ack::new(id)), now);
             }
             QoS::ExactlyOnce => {
                 let id = p.packet_id;
@@ -326,7 +331,7 @@ impl ClientState {
                 if self.incoming_qos2.insert(id) {
                     self.events.push_back(Event::Message(p));
                 }
-                self.emit(Packet::PubRec(id), now);
+                self.emit(Packet::PubRec(Ack::new(id)), now);
             }
         }
     }
@@ -431,7 +436,8 @@ impl ClientState {
         self.emit(
             Packet::Subscribe(Subscribe {
                 packet_id: id,
-                filters,
+                filters: filters.into_iter().map(|(f, q)| (f, q.into())).collect(),
+                properties: None,
             }),
             now,
         );
@@ -450,6 +456,7 @@ impl ClientState {
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: id,
                 filters,
+                properties: None,
             }),
             now,
         );
@@ -467,7 +474,7 @@ impl ClientState {
     /// (messages in flight) is kept for a later `connect` with a persistent session.
     pub fn disconnect(&mut self, now: Instant) {
         if self.phase == Phase::Connected {
-            self.emit(Packet::Disconnect, now);
+            self.emit(Packet::Disconnect(Disconnect::NORMAL), now);
         }
         self.phase = Phase::Disconnecting;
     }
@@ -550,7 +557,7 @@ impl ClientState {
     }
 
     fn emit(&mut self, packet: Packet, now: Instant) {
-        self.outbox_bytes += packet.encoded_len();
+        self.outbox_bytes += packet.encoded_len(self.level());
         self.outbox.push_back(packet);
         self.last_sent = now;
     }
@@ -558,7 +565,7 @@ impl ClientState {
     /// The next packet to write.
     pub fn pop_packet(&mut self) -> Option<Packet> {
         let p = self.outbox.pop_front()?;
-        self.outbox_bytes -= p.encoded_len();
+        self.outbox_bytes -= p.encoded_len(self.level());
         Some(p)
     }
 

@@ -27,6 +27,7 @@ fn connect_packet(clean_session: bool) -> Connect {
         will: None,
         username: None,
         password: None,
+        properties: None,
     }
 }
 
@@ -52,7 +53,8 @@ fn connected(config: StateConfig, t0: Instant) -> ClientState {
 fn connack(session_present: bool) -> Packet {
     Packet::ConnAck(ConnAck {
         session_present,
-        code: ConnectReturnCode::Accepted,
+        code: ReasonCode::SUCCESS,
+        properties: None,
     })
 }
 
@@ -60,7 +62,7 @@ fn connack(session_present: bool) -> Packet {
 fn drain(s: &mut ClientState) -> Vec<u8> {
     let mut out = BytesMut::new();
     while let Some(p) = s.pop_packet() {
-        p.encode(&mut out).unwrap();
+        p.encode(&mut out, ProtocolLevel::V311).unwrap();
     }
     assert_eq!(s.outbox_bytes(), 0);
     out.to_vec()
@@ -78,6 +80,7 @@ fn publish(topic: &str, payload: &'static [u8], qos: QoS) -> Publish {
         topic: ByteStr::from(topic),
         packet_id: 0,
         payload: Bytes::from_static(payload),
+        properties: None,
     }
 }
 
@@ -107,9 +110,11 @@ fn handshake_sends_connect_and_accepts_connack() {
                 payload: Bytes::from_static(b"bye"),
                 qos: QoS::AtLeastOnce,
                 retain: true,
+                properties: None,
             }),
             username: Some(ByteStr::from("u")),
             password: Some(Bytes::from_static(b"p")),
+            properties: None,
         },
         t0,
     );
@@ -145,12 +150,13 @@ fn refused_connack_is_an_error_with_its_code() {
     s.connect(t0);
     let refused = Packet::ConnAck(ConnAck {
         session_present: false,
-        code: ConnectReturnCode::NotAuthorized,
+        code: ReasonCode::NOT_AUTHORIZED,
+        properties: None,
     });
     let err = s.handle(refused, t0).unwrap_err();
     assert!(matches!(
         err,
-        ClientError::Refused(ConnectReturnCode::NotAuthorized)
+        ClientError::Refused(ReasonCode::NOT_AUTHORIZED, _)
     ));
     assert!(!s.is_connected());
 }
@@ -178,10 +184,11 @@ fn handshake_protocol_violations() {
     for p in [
         connack(false),
         Packet::PingReq,
-        Packet::Disconnect,
+        Packet::Disconnect(Disconnect::NORMAL),
         Packet::Unsubscribe(Unsubscribe {
             packet_id: 1,
             filters: vec![ByteStr::from("a")],
+            properties: None,
         }),
     ] {
         let t = p.packet_type();
@@ -220,11 +227,11 @@ fn qos1_publish_completes_on_puback() {
         b'h', b'i',
     ]);
     assert_eq!(s.inflight(), 1);
-    s.handle(Packet::PubAck(1), t0).unwrap();
+    s.handle(Packet::PubAck(Ack::new(1)), t0).unwrap();
     assert_eq!(events(&mut s), [Event::Published(1)]);
     assert_eq!(s.inflight(), 0);
     // A late duplicate PUBACK is ignored.
-    s.handle(Packet::PubAck(1), t0).unwrap();
+    s.handle(Packet::PubAck(Ack::new(1)), t0).unwrap();
     assert!(events(&mut s).is_empty());
     assert!(drain(&mut s).is_empty());
 }
@@ -235,17 +242,17 @@ fn qos2_publish_pubrec_pubrel_pubcomp() {
     let mut s = connected(config(), t0);
     assert_eq!(s.publish(publish("t", b"", QoS::ExactlyOnce), t0), Ok(1));
     assert_eq!(drain(&mut s), [0x34, 0x05, 0x00, 0x01, b't', 0x00, 0x01]);
-    s.handle(Packet::PubRec(1), t0).unwrap();
+    s.handle(Packet::PubRec(Ack::new(1)), t0).unwrap();
     assert_eq!(drain(&mut s), [0x62, 0x02, 0x00, 0x01]); // PUBREL id 1
     assert!(events(&mut s).is_empty(), "not complete before PUBCOMP");
     // A repeated PUBREC gets PUBREL again.
-    s.handle(Packet::PubRec(1), t0).unwrap();
+    s.handle(Packet::PubRec(Ack::new(1)), t0).unwrap();
     assert_eq!(drain(&mut s), [0x62, 0x02, 0x00, 0x01]);
-    s.handle(Packet::PubComp(1), t0).unwrap();
+    s.handle(Packet::PubComp(Ack::new(1)), t0).unwrap();
     assert_eq!(events(&mut s), [Event::Published(1)]);
     assert_eq!(s.inflight(), 0);
     // PUBREC for an id we do not know: PUBREL lets the server finish.
-    s.handle(Packet::PubRec(9), t0).unwrap();
+    s.handle(Packet::PubRec(Ack::new(9)), t0).unwrap();
     assert_eq!(drain(&mut s), [0x62, 0x02, 0x00, 0x09]);
 }
 
@@ -254,17 +261,17 @@ fn acknowledgements_of_the_wrong_kind_are_protocol_violations() {
     let t0 = Instant::now();
     let mut s = connected(config(), t0);
     s.publish(publish("t", b"", QoS::ExactlyOnce), t0).unwrap();
-    let err = s.handle(Packet::PubAck(1), t0).unwrap_err();
+    let err = s.handle(Packet::PubAck(Ack::new(1)), t0).unwrap_err();
     assert_eq!(
         err.to_string(),
         "protocol violation by the server: PubAck for packet 1, which is waiting for PubRec"
     );
     let mut s = connected(config(), t0);
     s.publish(publish("t", b"", QoS::AtLeastOnce), t0).unwrap();
-    assert!(s.handle(Packet::PubRec(1), t0).is_err());
+    assert!(s.handle(Packet::PubRec(Ack::new(1)), t0).is_err());
     let mut s = connected(config(), t0);
     s.publish(publish("t", b"", QoS::AtLeastOnce), t0).unwrap();
-    assert!(s.handle(Packet::PubComp(1), t0).is_err());
+    assert!(s.handle(Packet::PubComp(Ack::new(1)), t0).is_err());
 }
 
 #[test]
@@ -285,7 +292,7 @@ fn window_limits_qos1_and_qos2_but_not_qos0() {
         Err(WindowFull)
     );
     assert_eq!(s.publish(publish("t", b"x", QoS::AtMostOnce), t0), Ok(0));
-    s.handle(Packet::PubAck(1), t0).unwrap();
+    s.handle(Packet::PubAck(Ack::new(1)), t0).unwrap();
     assert!(s.window_open());
     assert_eq!(s.publish(publish("t", b"", QoS::AtLeastOnce), t0), Ok(3));
     #[rustfmt::skip]
@@ -313,7 +320,7 @@ fn ids_in_flight_are_never_reused_even_after_wrapping() {
         for expected in 2..=u16::MAX {
             let id = s.publish(publish("t", b"", QoS::AtLeastOnce), t0).unwrap();
             assert_eq!(id, expected, "round {round}");
-            s.handle(Packet::PubAck(id), t0).unwrap();
+            s.handle(Packet::PubAck(Ack::new(id)), t0).unwrap();
         }
     }
     drain(&mut s);
@@ -329,7 +336,7 @@ fn ids_in_flight_are_never_reused_even_after_wrapping() {
         s.subscribe(vec![(ByteStr::from("a"), QoS::AtMostOnce)], t0),
         Err(ClientError::NoPacketId)
     ));
-    s.handle(Packet::PubAck(1000), t0).unwrap();
+    s.handle(Packet::PubAck(Ack::new(1000)), t0).unwrap();
     assert_eq!(
         s.subscribe(vec![(ByteStr::from("a"), QoS::AtMostOnce)], t0)
             .unwrap(),
@@ -361,11 +368,11 @@ fn incoming_qos2_is_delivered_exactly_once() {
     assert_eq!(drain(&mut s), [0x50, 0x02, 0x00, 0x05]);
     assert!(events(&mut s).is_empty());
     assert_eq!(s.incoming_unreleased(), 1);
-    s.handle(Packet::PubRel(5), t0).unwrap();
+    s.handle(Packet::PubRel(Ack::new(5)), t0).unwrap();
     assert_eq!(drain(&mut s), [0x70, 0x02, 0x00, 0x05]); // PUBCOMP 5
     assert_eq!(s.incoming_unreleased(), 0);
     // A repeated PUBREL is answered again; after release the id carries a new message.
-    s.handle(Packet::PubRel(5), t0).unwrap();
+    s.handle(Packet::PubRel(Ack::new(5)), t0).unwrap();
     assert_eq!(drain(&mut s), [0x70, 0x02, 0x00, 0x05]);
     s.handle(incoming(QoS::ExactlyOnce, 5, false), t0).unwrap();
     assert_eq!(events(&mut s).len(), 1);
@@ -388,12 +395,13 @@ fn subscribe_and_unsubscribe_resolve_on_their_acks() {
     ]);
     let codes = vec![
         SubscribeReturnCode::Success(QoS::AtLeastOnce),
-        SubscribeReturnCode::Failure,
+        SubscribeReturnCode::FAILURE,
     ];
     s.handle(
         Packet::SubAck(SubAck {
             packet_id: 1,
             return_codes: codes.clone(),
+            properties: None,
         }),
         t0,
     )
@@ -413,10 +421,11 @@ fn subscribe_and_unsubscribe_resolve_on_their_acks() {
     // SUBACK for the UNSUBSCRIBE's id is wrong; UNSUBACK is right.
     let wrong = Packet::SubAck(SubAck {
         packet_id: 2,
-        return_codes: vec![SubscribeReturnCode::Failure],
+        return_codes: vec![SubscribeReturnCode::FAILURE],
+        properties: None,
     });
     assert!(s.handle(wrong, t0).is_err());
-    s.handle(Packet::UnsubAck(2), t0).unwrap();
+    s.handle(Packet::UnsubAck(UnsubAck::new(2)), t0).unwrap();
     assert_eq!(events(&mut s), [Event::Unsubscribed(2)]);
 }
 
@@ -428,7 +437,8 @@ fn suback_with_the_wrong_number_of_codes_is_a_violation() {
         .unwrap();
     let ack = Packet::SubAck(SubAck {
         packet_id: 1,
-        return_codes: vec![SubscribeReturnCode::Failure; 2],
+        return_codes: vec![SubscribeReturnCode::FAILURE; 2],
+        properties: None,
     });
     let err = s.handle(ack, t0).unwrap_err();
     assert!(matches!(
@@ -506,8 +516,8 @@ fn persistent_session_resends_in_order_after_reconnect() {
     s.publish(publish("b", b"2", QoS::ExactlyOnce), t0).unwrap(); // id 2: PUBREC received
     s.publish(publish("c", b"3", QoS::ExactlyOnce), t0).unwrap(); // id 3: unacked
     s.publish(publish("d", b"4", QoS::AtLeastOnce), t0).unwrap(); // id 4: acked
-    s.handle(Packet::PubRec(2), t0).unwrap();
-    s.handle(Packet::PubAck(4), t0).unwrap();
+    s.handle(Packet::PubRec(Ack::new(2)), t0).unwrap();
+    s.handle(Packet::PubAck(Ack::new(4)), t0).unwrap();
     s.subscribe(vec![(ByteStr::from("x"), QoS::AtMostOnce)], t0)
         .unwrap(); // id 5
     s.handle(incoming(QoS::ExactlyOnce, 9, false), t0).unwrap();

@@ -6,18 +6,22 @@
 use bytes::{Buf, BytesMut};
 
 use super::connect::{
-    connect_remaining_len, decode_connack, decode_connect, encode_connack, encode_connect,
+    connack_remaining_len, connect_remaining_len, decode_connack, decode_connect, encode_connack,
+    encode_connect,
 };
+use super::disconnect::{decode_reason_packet, encode_reason_packet, reason_packet_remaining_len};
 use super::header::{packet_len, parse_fixed_header};
 use super::ping::encode_empty;
-use super::publish::{decode_publish, encode_ack};
+use super::publish::{ack_remaining_len, decode_ack, decode_publish, encode_ack_packet};
 use super::subscribe::{
-    decode_suback, decode_subscribe, decode_unsubscribe, encode_suback, encode_subscribe,
-    encode_unsubscribe, suback_remaining_len, subscribe_remaining_len, unsubscribe_remaining_len,
+    decode_suback, decode_subscribe, decode_unsuback, decode_unsubscribe, encode_suback,
+    encode_subscribe, encode_unsuback, encode_unsubscribe, suback_remaining_len,
+    subscribe_remaining_len, unsuback_remaining_len, unsubscribe_remaining_len,
 };
-use super::{DecodeError, EncodeError, Packet, PacketType};
+use super::{Ack, DecodeError, Disconnect, EncodeError, Packet, PacketType, ProtocolLevel};
 
-/// Decodes the packet at the front of `buf`.
+/// Decodes the packet at the front of `buf`, as sent on a connection of protocol `level` (the
+/// level only matters after CONNECT: CONNECT says its own).
 ///
 /// - `Ok(None)`: the packet is not complete yet; nothing was consumed. Read more and call again.
 /// - `Ok(Some(packet))`: exactly that packet's bytes were split off the front of `buf`; its
@@ -29,8 +33,12 @@ use super::{DecodeError, EncodeError, Packet, PacketType};
 /// `max_packet_size`, a wrong size for a fixed-size packet) are reported as soon as the bytes
 /// that show them are there, without waiting for the body. `decode` never reserves memory in
 /// `buf`, whatever length the peer announces.
-pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packet>, DecodeError> {
-    let Some(h) = parse_fixed_header(buf, max_packet_size)? else {
+pub fn decode(
+    buf: &mut BytesMut,
+    max_packet_size: usize,
+    level: ProtocolLevel,
+) -> Result<Option<Packet>, DecodeError> {
+    let Some(h) = parse_fixed_header(buf, max_packet_size, level)? else {
         return Ok(None);
     };
     let total = h.total_len();
@@ -38,53 +46,82 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
         return Ok(None);
     }
     let hl = h.header_len;
-    // The fixed-size packets were checked to have exactly their size, so their bytes are read
-    // in place and nothing is split or reference-counted for them.
+    let v5 = level.is_v5();
+    // The short fixed-size packets are read in place, so nothing is split or
+    // reference-counted for them: every 3.1.1 ack, and MQTT 5 acks without reason or
+    // properties (the common case).
     let packet = match h.packet_type {
         PacketType::PubAck
         | PacketType::PubRec
         | PacketType::PubRel
         | PacketType::PubComp
-        | PacketType::UnsubAck => {
+        | PacketType::UnsubAck
+            if h.remaining_len == 2 && !(v5 && h.packet_type == PacketType::UnsubAck) =>
+        {
             let id = u16::from_be_bytes([buf[hl], buf[hl + 1]]);
             buf.advance(total);
             if id == 0 {
                 return Err(DecodeError::ZeroPacketId);
             }
+            let ack = Ack::new(id);
             match h.packet_type {
-                PacketType::PubAck => Packet::PubAck(id),
-                PacketType::PubRec => Packet::PubRec(id),
-                PacketType::PubRel => Packet::PubRel(id),
-                PacketType::PubComp => Packet::PubComp(id),
-                _ => Packet::UnsubAck(id),
+                PacketType::PubAck => Packet::PubAck(ack),
+                PacketType::PubRec => Packet::PubRec(ack),
+                PacketType::PubRel => Packet::PubRel(ack),
+                PacketType::PubComp => Packet::PubComp(ack),
+                _ => Packet::UnsubAck(super::UnsubAck::new(id)),
             }
         }
-        PacketType::ConnAck => {
+        PacketType::ConnAck if !v5 => {
             let ack = decode_connack(buf[hl], buf[hl + 1]);
             buf.advance(total);
             Packet::ConnAck(ack?)
         }
-        PacketType::PingReq | PacketType::PingResp | PacketType::Disconnect => {
+        PacketType::PingReq | PacketType::PingResp => {
             buf.advance(total);
             match h.packet_type {
                 PacketType::PingReq => Packet::PingReq,
-                PacketType::PingResp => Packet::PingResp,
-                _ => Packet::Disconnect,
+                _ => Packet::PingResp,
             }
         }
-        PacketType::Publish
-        | PacketType::Connect
-        | PacketType::Subscribe
-        | PacketType::SubAck
-        | PacketType::Unsubscribe => {
+        PacketType::Disconnect if h.remaining_len == 0 => {
+            buf.advance(total);
+            Packet::Disconnect(Disconnect::NORMAL)
+        }
+        // 3.15.2.1: no reason code means 0x00 success.
+        PacketType::Auth if h.remaining_len == 0 => {
+            buf.advance(total);
+            Packet::Auth(super::Auth {
+                reason: super::ReasonCode::SUCCESS,
+                properties: None,
+            })
+        }
+        _ => {
             buf.advance(hl);
             let body = buf.split_to(h.remaining_len).freeze();
-            match h.packet_type {
-                PacketType::Publish => Packet::Publish(decode_publish(h.flags, body)?),
+            let t = h.packet_type;
+            match t {
+                PacketType::Publish => Packet::Publish(decode_publish(h.flags, body, level)?),
                 PacketType::Connect => Packet::Connect(Box::new(decode_connect(body)?)),
-                PacketType::Subscribe => Packet::Subscribe(decode_subscribe(body)?),
-                PacketType::SubAck => Packet::SubAck(decode_suback(body)?),
-                _ => Packet::Unsubscribe(decode_unsubscribe(body)?),
+                PacketType::ConnAck => Packet::ConnAck(super::connect::decode_connack_v5(body)?),
+                PacketType::PubAck => Packet::PubAck(decode_ack(t, body)?),
+                PacketType::PubRec => Packet::PubRec(decode_ack(t, body)?),
+                PacketType::PubRel => Packet::PubRel(decode_ack(t, body)?),
+                PacketType::PubComp => Packet::PubComp(decode_ack(t, body)?),
+                PacketType::Subscribe => Packet::Subscribe(decode_subscribe(body, level)?),
+                PacketType::SubAck => Packet::SubAck(decode_suback(body, level)?),
+                PacketType::Unsubscribe => Packet::Unsubscribe(decode_unsubscribe(body, level)?),
+                PacketType::UnsubAck => Packet::UnsubAck(decode_unsuback(body)?),
+                PacketType::Disconnect => {
+                    let (reason, properties) = decode_reason_packet(t, body)?;
+                    Packet::Disconnect(Disconnect { reason, properties })
+                }
+                PacketType::Auth => {
+                    let (reason, properties) = decode_reason_packet(t, body)?;
+                    Packet::Auth(super::Auth { reason, properties })
+                }
+                // Handled above: fixed size, in place.
+                PacketType::PingReq | PacketType::PingResp => unreachable!(),
             }
         }
     };
@@ -94,62 +131,76 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
 /// Parses only the fixed header at the front of `buf`: `Ok(Some(total_len))` (fixed header
 /// plus Remaining Length) once the whole fixed header is there, so a reader can size its
 /// buffer; `Ok(None)` before that. Returns the same header-level errors as [`decode`], as early.
-pub fn frame_len(buf: &[u8], max_packet_size: usize) -> Result<Option<usize>, DecodeError> {
-    Ok(parse_fixed_header(buf, max_packet_size)?.map(|h| h.total_len()))
+pub fn frame_len(
+    buf: &[u8],
+    max_packet_size: usize,
+    level: ProtocolLevel,
+) -> Result<Option<usize>, DecodeError> {
+    Ok(parse_fixed_header(buf, max_packet_size, level)?.map(|h| h.total_len()))
 }
 
 impl Packet {
-    /// Bytes [`Packet::encode`] will append, computed without writing. For a packet that
-    /// `encode` refuses the value is meaningless but computing it does not panic.
-    pub fn encoded_len(&self) -> usize {
+    /// Bytes [`Packet::encode`] will append for protocol `level`, computed without writing.
+    /// For a packet that `encode` refuses the value is meaningless but computing it does not
+    /// panic.
+    pub fn encoded_len(&self, level: ProtocolLevel) -> usize {
+        let v5 = level.is_v5();
         match self {
-            Packet::Publish(p) => p.encoded_len(),
+            Packet::Publish(p) => p.encoded_len(level),
             Packet::Connect(c) => packet_len(connect_remaining_len(c)),
-            Packet::ConnAck(_)
-            | Packet::PubAck(_)
-            | Packet::PubRec(_)
-            | Packet::PubRel(_)
-            | Packet::PubComp(_)
-            | Packet::UnsubAck(_) => 4,
-            Packet::Subscribe(s) => packet_len(subscribe_remaining_len(s)),
-            Packet::SubAck(s) => packet_len(suback_remaining_len(s)),
-            Packet::Unsubscribe(u) => packet_len(unsubscribe_remaining_len(u)),
-            Packet::PingReq | Packet::PingResp | Packet::Disconnect => 2,
+            Packet::ConnAck(a) => packet_len(connack_remaining_len(a, v5)),
+            Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+                packet_len(ack_remaining_len(a, v5))
+            }
+            Packet::UnsubAck(u) => packet_len(unsuback_remaining_len(u, v5)),
+            Packet::Subscribe(s) => packet_len(subscribe_remaining_len(s, v5)),
+            Packet::SubAck(s) => packet_len(suback_remaining_len(s, v5)),
+            Packet::Unsubscribe(u) => packet_len(unsubscribe_remaining_len(u, v5)),
+            Packet::PingReq | Packet::PingResp => 2,
+            Packet::Disconnect(d) => {
+                packet_len(reason_packet_remaining_len(d.reason, &d.properties, v5))
+            }
+            Packet::Auth(a) => packet_len(reason_packet_remaining_len(a.reason, &a.properties, v5)),
         }
     }
 
-    /// Appends the packet to `dst`, reserving its exact size once. On error nothing is written.
+    /// Appends the packet to `dst` as protocol `level` has it, reserving its exact size once.
+    /// On error nothing is written. (CONNECT is written as its own `level` says.)
+    ///
+    /// For 3.1/3.1.1 the MQTT 5 fields are left out: properties, the reason codes of acks and
+    /// DISCONNECT; a CONNACK or SUBACK refusal becomes the closest 3.1.1 return code. AUTH
+    /// cannot be sent to a 3.1.1 peer at all.
     ///
     /// Refused: a string or binary field over 65535 bytes, a body over
     /// [`MAX_REMAINING_LENGTH`](super::MAX_REMAINING_LENGTH), packet identifier 0 where one is
     /// sent, an empty SUBSCRIBE/UNSUBSCRIBE/SUBACK list, and a 3.1.1 CONNECT with a password
     /// but no user name: all things the peer would have to reject. String contents (topic
     /// syntax, U+0000) are not checked: `ByteStr` is UTF-8, the rest is the caller's business.
-    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+    pub fn encode(&self, dst: &mut BytesMut, level: ProtocolLevel) -> Result<(), EncodeError> {
+        let v5 = level.is_v5();
         match self {
-            Packet::Publish(p) => p.encode(dst),
+            Packet::Publish(p) => p.encode(dst, level),
             Packet::Connect(c) => encode_connect(c, dst),
-            Packet::ConnAck(a) => {
-                encode_connack(a, dst);
-                Ok(())
+            Packet::ConnAck(a) => encode_connack(a, dst, v5),
+            Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+                encode_ack_packet(dst, self.packet_type(), a, v5)
             }
-            Packet::PubAck(id)
-            | Packet::PubRec(id)
-            | Packet::PubRel(id)
-            | Packet::PubComp(id)
-            | Packet::UnsubAck(id) => {
-                if *id == 0 {
-                    return Err(EncodeError::ZeroPacketId);
-                }
-                encode_ack(dst, self.packet_type(), *id);
-                Ok(())
-            }
-            Packet::Subscribe(s) => encode_subscribe(s, dst),
-            Packet::SubAck(s) => encode_suback(s, dst),
-            Packet::Unsubscribe(u) => encode_unsubscribe(u, dst),
-            Packet::PingReq | Packet::PingResp | Packet::Disconnect => {
+            Packet::UnsubAck(u) => encode_unsuback(u, dst, v5),
+            Packet::Subscribe(s) => encode_subscribe(s, dst, v5),
+            Packet::SubAck(s) => encode_suback(s, dst, v5),
+            Packet::Unsubscribe(u) => encode_unsubscribe(u, dst, v5),
+            Packet::PingReq | Packet::PingResp => {
                 encode_empty(dst, self.packet_type());
                 Ok(())
+            }
+            Packet::Disconnect(d) => {
+                encode_reason_packet(dst, PacketType::Disconnect, d.reason, &d.properties, v5)
+            }
+            Packet::Auth(a) => {
+                if !v5 {
+                    return Err(EncodeError::NotInV3(PacketType::Auth));
+                }
+                encode_reason_packet(dst, PacketType::Auth, a.reason, &a.properties, v5)
             }
         }
     }
@@ -158,7 +209,7 @@ impl Packet {
 #[cfg(test)]
 mod tests {
     use super::super::testutil::encode_bytes;
-    use super::super::{ByteStr, Publish, QoS};
+    use super::super::{ByteStr, Publish, QoS, UnsubAck};
     use super::*;
     use bytes::Bytes;
 
@@ -178,6 +229,7 @@ mod tests {
             topic: ByteStr::from("a/b"),
             packet_id: 5,
             payload: Bytes::from_static(b"hi"),
+            properties: None,
         })
     }
 
@@ -187,7 +239,7 @@ mod tests {
         for (i, &b) in PUBLISH_QOS1.iter().enumerate() {
             buf.extend_from_slice(&[b]);
             let before = buf.len();
-            let r = decode(&mut buf, 1024).unwrap();
+            let r = decode(&mut buf, 1024, ProtocolLevel::V311).unwrap();
             if i + 1 < PUBLISH_QOS1.len() {
                 assert_eq!(r, None, "after {} bytes", i + 1);
                 assert_eq!(buf.len(), before, "nothing consumed");
@@ -196,7 +248,7 @@ mod tests {
                 } else {
                     Some(PUBLISH_QOS1.len())
                 };
-                assert_eq!(frame_len(&buf, 1024), Ok(expect));
+                assert_eq!(frame_len(&buf, 1024, ProtocolLevel::V311), Ok(expect));
             } else {
                 assert_eq!(r, Some(publish_qos1()));
                 assert!(buf.is_empty());
@@ -210,11 +262,17 @@ mod tests {
         buf.extend_from_slice(&[
             0x40, 0x02, 0x00, 0x05, // PUBACK, packet id 5
         ]);
-        assert_eq!(decode(&mut buf, 1024), Ok(Some(publish_qos1())));
+        assert_eq!(
+            decode(&mut buf, 1024, ProtocolLevel::V311),
+            Ok(Some(publish_qos1()))
+        );
         assert_eq!(&buf[..], &[0x40, 0x02, 0x00, 0x05]);
-        assert_eq!(decode(&mut buf, 1024), Ok(Some(Packet::PubAck(5))));
+        assert_eq!(
+            decode(&mut buf, 1024, ProtocolLevel::V311),
+            Ok(Some(Packet::PubAck(Ack::new(5))))
+        );
         assert!(buf.is_empty());
-        assert_eq!(decode(&mut buf, 1024), Ok(None));
+        assert_eq!(decode(&mut buf, 1024, ProtocolLevel::V311), Ok(None));
     }
 
     #[test]
@@ -224,7 +282,7 @@ mod tests {
         buf.extend_from_slice(&[0x30, 0xff, 0xff, 0xff, 0x7f]);
         let cap = buf.capacity();
         assert_eq!(
-            decode(&mut buf, 1 << 20),
+            decode(&mut buf, 1 << 20, ProtocolLevel::V311),
             Err(DecodeError::PacketTooLarge {
                 size: 268_435_460,
                 max: 1 << 20
@@ -232,7 +290,11 @@ mod tests {
         );
         assert_eq!(buf.capacity(), cap);
         assert_eq!(
-            frame_len(&[0x30, 0xff, 0xff, 0xff, 0x7f], 1 << 20),
+            frame_len(
+                &[0x30, 0xff, 0xff, 0xff, 0x7f],
+                1 << 20,
+                ProtocolLevel::V311
+            ),
             Err(DecodeError::PacketTooLarge {
                 size: 268_435_460,
                 max: 1 << 20
@@ -246,8 +308,11 @@ mod tests {
         let mut buf = BytesMut::with_capacity(8);
         buf.extend_from_slice(&[0x30, 0xe8, 0x07]);
         let cap = buf.capacity();
-        assert_eq!(decode(&mut buf, 1 << 20), Ok(None));
-        assert_eq!(frame_len(&buf, 1 << 20), Ok(Some(1003)));
+        assert_eq!(decode(&mut buf, 1 << 20, ProtocolLevel::V311), Ok(None));
+        assert_eq!(
+            frame_len(&buf, 1 << 20, ProtocolLevel::V311),
+            Ok(Some(1003))
+        );
         assert_eq!((buf.len(), buf.capacity()), (3, cap));
     }
 
@@ -255,21 +320,26 @@ mod tests {
     fn every_packet_type_round_trips_through_encode_and_decode() {
         let packets = [
             publish_qos1(),
-            Packet::PubAck(1),
-            Packet::PubRec(2),
-            Packet::PubRel(3),
-            Packet::PubComp(4),
-            Packet::UnsubAck(5),
+            Packet::PubAck(Ack::new(1)),
+            Packet::PubRec(Ack::new(2)),
+            Packet::PubRel(Ack::new(3)),
+            Packet::PubComp(Ack::new(4)),
+            Packet::UnsubAck(UnsubAck::new(5)),
             Packet::PingReq,
             Packet::PingResp,
-            Packet::Disconnect,
+            Packet::Disconnect(Disconnect::NORMAL),
         ];
         let mut buf = BytesMut::new();
         for p in &packets {
             buf.extend_from_slice(&encode_bytes(p));
         }
         for p in &packets {
-            assert_eq!(decode(&mut buf, 1024).unwrap().as_ref(), Some(p));
+            assert_eq!(
+                decode(&mut buf, 1024, ProtocolLevel::V311)
+                    .unwrap()
+                    .as_ref(),
+                Some(p)
+            );
         }
         assert!(buf.is_empty());
     }

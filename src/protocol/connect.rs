@@ -1,15 +1,20 @@
 //! CONNECT and CONNACK: the session handshake. Owns the protocol name/level negotiation
-//! (MQTT 3.1 "MQIsdp"/3 and MQTT 3.1.1 "MQTT"/4), the connect flags and their consistency
-//! rules, and the payload fields that depend on them (will, user name, password).
+//! (MQTT 3.1 "MQIsdp"/3, MQTT 3.1.1 "MQTT"/4 and MQTT 5 "MQTT"/5), the connect flags and their
+//! consistency rules, and the payload fields that depend on them (will, user name, password),
+//! with MQTT 5's connect and will properties.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::header::{
     check_field_len, check_remaining_len, packet_len, put_field, put_fixed_header, Reader,
 };
+use super::properties::{
+    check_properties, decode_properties, properties_len, put_properties, PropertyContext,
+};
+use super::reason;
 use super::{
-    ConnAck, Connect, ConnectReturnCode, DecodeError, EncodeError, LastWill, PacketType,
-    ProtocolLevel, QoS,
+    ConnAck, Connect, DecodeError, EncodeError, LastWill, PacketType, ProtocolLevel, QoS,
+    ReasonCode,
 };
 
 const USERNAME: u8 = 0x80;
@@ -27,9 +32,9 @@ pub(crate) fn decode_connect(body: Bytes) -> Result<Connect, DecodeError> {
 
     let name = r.field_slice("protocol name runs past the remaining length")?;
     // The name is compared as bytes: an unknown name is refused whatever its encoding.
-    let expected_level = match r.slice(name) {
-        b"MQTT" => ProtocolLevel::V311,
-        b"MQIsdp" => ProtocolLevel::V31,
+    let mqtt = match r.slice(name) {
+        b"MQTT" => true,
+        b"MQIsdp" => false,
         other => {
             return Err(DecodeError::InvalidProtocolName(
                 String::from_utf8_lossy(other).into_owned(),
@@ -37,12 +42,14 @@ pub(crate) fn decode_connect(body: Bytes) -> Result<Connect, DecodeError> {
         }
     };
     let level_byte = r.u8("protocol level missing")?;
-    // A known name with the other version's level is still a version we do not speak: the
-    // broker answers it with CONNACK 0x01 rather than dropping the connection.
-    if level_byte != expected_level.level() {
-        return Err(DecodeError::UnsupportedProtocolLevel(level_byte));
-    }
-    let level = expected_level;
+    // A known name with another version's level is still a version we do not speak: the
+    // broker answers it with CONNACK 0x01 (0x84 in MQTT 5) rather than dropping the connection.
+    let level = match (mqtt, level_byte) {
+        (true, 4) => ProtocolLevel::V311,
+        (true, 5) => ProtocolLevel::V5,
+        (false, 3) => ProtocolLevel::V31,
+        _ => return Err(DecodeError::UnsupportedProtocolLevel(level_byte)),
+    };
 
     let flags = r.u8("connect flags missing")?;
     if flags & RESERVED != 0 {
@@ -63,8 +70,18 @@ pub(crate) fn decode_connect(body: Bytes) -> Result<Connect, DecodeError> {
     }
 
     let keep_alive = r.u16("keep alive missing")?;
+    let properties = if level.is_v5() {
+        decode_properties(&mut r, PropertyContext::Packet(PacketType::Connect))?
+    } else {
+        None
+    };
     let client_id = r.string("client identifier runs past the remaining length")?;
     let will = if will_flag {
+        let properties = if level.is_v5() {
+            decode_properties(&mut r, PropertyContext::Will)?
+        } else {
+            None
+        };
         let topic = r.topic_name("will topic runs past the remaining length")?;
         let payload = r.binary("will message runs past the remaining length")?;
         Some(LastWill {
@@ -72,6 +89,7 @@ pub(crate) fn decode_connect(body: Bytes) -> Result<Connect, DecodeError> {
             payload,
             qos: will_qos,
             retain: will_retain,
+            properties,
         })
     } else {
         None
@@ -96,34 +114,54 @@ pub(crate) fn decode_connect(body: Bytes) -> Result<Connect, DecodeError> {
         will,
         username,
         password,
+        properties,
     })
 }
 
-/// Decodes the two body bytes of a CONNACK.
+/// Decodes the two body bytes of a 3.1/3.1.1 CONNACK.
 pub(crate) fn decode_connack(flags: u8, code: u8) -> Result<ConnAck, DecodeError> {
     if flags & !0x01 != 0 {
         return Err(DecodeError::InvalidConnAckFlags(flags));
     }
-    let code = match code {
-        0 => ConnectReturnCode::Accepted,
-        1 => ConnectReturnCode::UnacceptableProtocolVersion,
-        2 => ConnectReturnCode::IdentifierRejected,
-        3 => ConnectReturnCode::ServerUnavailable,
-        4 => ConnectReturnCode::BadUsernameOrPassword,
-        5 => ConnectReturnCode::NotAuthorized,
-        other => return Err(DecodeError::InvalidConnectReturnCode(other)),
-    };
+    let code =
+        ReasonCode::from_v3_connack(code).ok_or(DecodeError::InvalidConnectReturnCode(code))?;
+    Ok(ConnAck::new(flags & 0x01 != 0, code))
+}
+
+/// Decodes the body of an MQTT 5 CONNACK: flags, reason code, properties.
+pub(crate) fn decode_connack_v5(body: Bytes) -> Result<ConnAck, DecodeError> {
+    let mut r = Reader::new(PacketType::ConnAck, body);
+    let flags = r.u8("acknowledge flags missing")?;
+    if flags & !0x01 != 0 {
+        return Err(DecodeError::InvalidConnAckFlags(flags));
+    }
+    let code = r.u8("reason code missing")?;
+    if !reason::allowed(PacketType::ConnAck, code) {
+        return Err(DecodeError::InvalidReasonCode {
+            packet_type: PacketType::ConnAck,
+            code,
+        });
+    }
+    let properties = decode_properties(&mut r, PropertyContext::Packet(PacketType::ConnAck))?;
+    r.finish("bytes left over after the CONNACK properties")?;
     Ok(ConnAck {
         session_present: flags & 0x01 != 0,
-        code,
+        code: ReasonCode(code),
+        properties,
     })
 }
 
 /// Body length of a CONNECT, computed from the field lengths as they are (unchecked).
 pub(crate) fn connect_remaining_len(c: &Connect) -> usize {
     let mut len = 2 + c.level.name().len() + 1 + 1 + 2 + 2 + c.client_id.len();
+    if c.level.is_v5() {
+        len += properties_len(&c.properties);
+    }
     if let Some(w) = &c.will {
         len += 2 + w.topic.len() + 2 + w.payload.len();
+        if c.level.is_v5() {
+            len += properties_len(&w.properties);
+        }
     }
     if let Some(u) = &c.username {
         len += 2 + u.len();
@@ -148,6 +186,13 @@ pub(crate) fn encode_connect(c: &Connect, dst: &mut BytesMut) -> Result<(), Enco
     }
     if c.password.is_some() && c.username.is_none() && c.level == ProtocolLevel::V311 {
         return Err(EncodeError::PasswordWithoutUsername);
+    }
+    let v5 = c.level.is_v5();
+    if v5 {
+        check_properties(&c.properties)?;
+        if let Some(w) = &c.will {
+            check_properties(&w.properties)?;
+        }
     }
     let remaining_len = connect_remaining_len(c);
     check_remaining_len(remaining_len)?;
@@ -175,8 +220,14 @@ pub(crate) fn encode_connect(c: &Connect, dst: &mut BytesMut) -> Result<(), Enco
     dst.put_u8(c.level.level());
     dst.put_u8(flags);
     dst.put_u16(c.keep_alive);
+    if v5 {
+        put_properties(dst, &c.properties);
+    }
     put_field(dst, c.client_id.as_bytes());
     if let Some(w) = &c.will {
+        if v5 {
+            put_properties(dst, &w.properties);
+        }
         put_field(dst, w.topic.as_bytes());
         put_field(dst, &w.payload);
     }
@@ -189,11 +240,34 @@ pub(crate) fn encode_connect(c: &Connect, dst: &mut BytesMut) -> Result<(), Enco
     Ok(())
 }
 
-pub(crate) fn encode_connack(ack: &ConnAck, dst: &mut BytesMut) {
-    dst.reserve(4);
-    put_fixed_header(dst, (PacketType::ConnAck as u8) << 4, 2);
+pub(crate) fn connack_remaining_len(ack: &ConnAck, v5: bool) -> usize {
+    if v5 {
+        2 + properties_len(&ack.properties)
+    } else {
+        2
+    }
+}
+
+pub(crate) fn encode_connack(
+    ack: &ConnAck,
+    dst: &mut BytesMut,
+    v5: bool,
+) -> Result<(), EncodeError> {
+    if v5 {
+        check_properties(&ack.properties)?;
+    }
+    let remaining_len = connack_remaining_len(ack, v5);
+    check_remaining_len(remaining_len)?;
+    dst.reserve(packet_len(remaining_len));
+    put_fixed_header(dst, (PacketType::ConnAck as u8) << 4, remaining_len);
     dst.put_u8(u8::from(ack.session_present));
-    dst.put_u8(ack.code as u8);
+    if v5 {
+        dst.put_u8(ack.code.0);
+        put_properties(dst, &ack.properties);
+    } else {
+        dst.put_u8(ack.code.to_v3_connack());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -213,9 +287,11 @@ mod tests {
                 payload: Bytes::from_static(&[0xde, 0xad]),
                 qos: QoS::AtLeastOnce,
                 retain: true,
+                properties: None,
             }),
             username: Some(ByteStr::from("user")),
             password: Some(Bytes::from_static(&[0x01, 0x02])),
+            properties: None,
         }
     }
 
@@ -238,7 +314,7 @@ mod tests {
         let p = Packet::Connect(Box::new(connect_v311_full()));
         assert_eq!(decode_all(CONNECT_V311_FULL), vec![p.clone()]);
         assert_eq!(encode_bytes(&p), CONNECT_V311_FULL);
-        assert_eq!(p.encoded_len(), CONNECT_V311_FULL.len());
+        assert_eq!(p.encoded_len(ProtocolLevel::V311), CONNECT_V311_FULL.len());
     }
 
     #[rustfmt::skip]
@@ -261,6 +337,7 @@ mod tests {
             will: None,
             username: None,
             password: None,
+            properties: None,
         }));
         assert_eq!(decode_all(CONNECT_V31_MINIMAL), vec![p.clone()]);
         assert_eq!(encode_bytes(&p), CONNECT_V31_MINIMAL);
@@ -287,6 +364,7 @@ mod tests {
             will: None,
             username: None,
             password: Some(Bytes::from_static(b"pwd")),
+            properties: None,
         }));
         assert_eq!(decode_all(CONNECT_V31_PASSWORD_ONLY), vec![p.clone()]);
         assert_eq!(encode_bytes(&p), CONNECT_V31_PASSWORD_ONLY);
@@ -297,7 +375,9 @@ mod tests {
         let mut buf = BytesMut::from(CONNECT_V311_FULL);
         let start = buf.as_ptr() as usize;
         let end = start + buf.len();
-        let Some(Packet::Connect(c)) = super::super::decode(&mut buf, 1024).unwrap() else {
+        let Some(Packet::Connect(c)) =
+            super::super::decode(&mut buf, 1024, ProtocolLevel::V311).unwrap()
+        else {
             panic!("not a CONNECT");
         };
         let inside = |p: *const u8| (start..end).contains(&(p as usize));
@@ -325,10 +405,10 @@ mod tests {
             decode_err(&connect_with(b"MQTX", 4, 0x02, &[])),
             DecodeError::InvalidProtocolName("MQTX".into())
         );
-        // "MQTT" with level 5, 3, and "MQIsdp" with level 4
+        // "MQTT" with level 6, 3, and "MQIsdp" with level 4
         assert_eq!(
-            decode_err(&connect_with(b"MQTT", 5, 0x02, &[])),
-            DecodeError::UnsupportedProtocolLevel(5)
+            decode_err(&connect_with(b"MQTT", 6, 0x02, &[])),
+            DecodeError::UnsupportedProtocolLevel(6)
         );
         assert_eq!(
             decode_err(&connect_with(b"MQTT", 3, 0x02, &[])),
@@ -422,20 +502,20 @@ mod tests {
                 0x20, 0x02, // CONNACK, remaining length 2
                 0x01,       // session present
                 0x00,       // accepted
-            ], ConnAck { session_present: true, code: ConnectReturnCode::Accepted }),
+            ], ConnAck { session_present: true, code: ReasonCode::SUCCESS, properties: None }),
             (&[
                 0x20, 0x02, // CONNACK, remaining length 2
                 0x00,       // no session
                 0x01,       // unacceptable protocol version
-            ], ConnAck { session_present: false, code: ConnectReturnCode::UnacceptableProtocolVersion }),
+            ], ConnAck { session_present: false, code: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, properties: None }),
             (&[
                 0x20, 0x02, // CONNACK, remaining length 2
                 0x00,       // no session
                 0x05,       // not authorized
-            ], ConnAck { session_present: false, code: ConnectReturnCode::NotAuthorized }),
+            ], ConnAck { session_present: false, code: ReasonCode::NOT_AUTHORIZED, properties: None }),
         ];
         for (bytes, ack) in cases {
-            assert_eq!(decode_all(bytes), vec![Packet::ConnAck(ack)]);
+            assert_eq!(decode_all(bytes), vec![Packet::ConnAck(ack.clone())]);
             assert_eq!(encode_bytes(&Packet::ConnAck(ack)), bytes);
         }
     }
@@ -468,14 +548,140 @@ mod tests {
         c.username = None;
         let mut dst = BytesMut::new();
         assert_eq!(
-            Packet::Connect(Box::new(c.clone())).encode(&mut dst),
+            Packet::Connect(Box::new(c.clone())).encode(&mut dst, ProtocolLevel::V311),
             Err(EncodeError::PasswordWithoutUsername)
         );
         c.username = Some(ByteStr::from("x".repeat(65_536)));
         assert_eq!(
-            Packet::Connect(Box::new(c)).encode(&mut dst),
+            Packet::Connect(Box::new(c)).encode(&mut dst, ProtocolLevel::V311),
             Err(EncodeError::FieldTooLong(65_536))
         );
         assert!(dst.is_empty());
+    }
+
+    #[rustfmt::skip]
+    const CONNECT_V5: &[u8] = &[
+        0x10, 0x29,                     // CONNECT, remaining length 41
+        0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+        0x05,                           // protocol level 5
+        0x46,                           // flags: password (no user name: allowed in 5), will QoS 0, will, clean start
+        0x00, 0x1e,                     // keep alive 30 s
+        0x08,                           // properties: 8 bytes
+        0x11, 0x00, 0x00, 0x0e, 0x10,   // session expiry 3600 s
+        0x21, 0x00, 0x0a,               // receive maximum 10
+        0x00, 0x01, b'c',               // client id "c"
+        0x07,                           // will properties: 7 bytes
+        0x01, 0x01,                     // payload format: UTF-8
+        0x18, 0x00, 0x00, 0x00, 0x05,   // will delay 5 s
+        0x00, 0x01, b'w',               // will topic "w"
+        0x00, 0x02, b'h', b'i',         // will payload "hi"
+        0x00, 0x02, b'p', b'w',         // password "pw"
+    ];
+
+    #[test]
+    fn connect_v5_both_directions() {
+        let p = Packet::Connect(Box::new(Connect {
+            level: ProtocolLevel::V5,
+            clean_session: true,
+            keep_alive: 30,
+            client_id: ByteStr::from("c"),
+            will: Some(LastWill {
+                topic: ByteStr::from("w"),
+                payload: Bytes::from_static(b"hi"),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                properties: Some(Box::new(crate::protocol::Properties {
+                    will_delay_interval: Some(5),
+                    payload_format_utf8: Some(true),
+                    ..Default::default()
+                })),
+            }),
+            username: None,
+            password: Some(Bytes::from_static(b"pw")),
+            properties: Some(Box::new(crate::protocol::Properties {
+                session_expiry_interval: Some(3600),
+                receive_maximum: Some(10),
+                ..Default::default()
+            })),
+        }));
+        // CONNECT says its own level, whatever the connection's is so far.
+        assert_eq!(decode_all(CONNECT_V5), vec![p.clone()]);
+        assert_eq!(encode_bytes(&p), CONNECT_V5);
+    }
+
+    #[test]
+    fn connect_v5_errors() {
+        // level 5, clean start, keep alive 60, then a property block with Topic Alias (a
+        // PUBLISH property) before client id "a"
+        let body = [0x03, 0x23, 0x00, 0x01, 0x00, 0x01, b'a'];
+        let mut bytes = vec![
+            0x10,
+            10 + body.len() as u8,
+            0,
+            4,
+            b'M',
+            b'Q',
+            b'T',
+            b'T',
+            5,
+            0x02,
+            0,
+            60,
+        ];
+        bytes.extend_from_slice(&body);
+        assert_eq!(
+            decode_err(&bytes),
+            DecodeError::PropertyNotAllowed {
+                id: 0x23,
+                context: crate::protocol::PropertyContext::Packet(PacketType::Connect)
+            }
+        );
+        // The same with a property length that runs past the packet
+        let mut short = bytes.clone();
+        short[12] = 0x40;
+        assert!(matches!(
+            decode_err(&short),
+            DecodeError::MalformedPacket { .. }
+        ));
+    }
+
+    #[test]
+    fn connack_v5_both_directions() {
+        use super::super::testutil::{decode_all_v5, decode_err_v5, encode_bytes_v5};
+        #[rustfmt::skip]
+        let cases: [(&[u8], ConnAck); 2] = [
+            // CONNACK, session present, success, properties: receive maximum 20, topic alias maximum 10
+            (&[0x20, 0x09, 0x01, 0x00, 0x06, 0x21, 0x00, 0x14, 0x22, 0x00, 0x0a], ConnAck {
+                session_present: true,
+                code: ReasonCode::SUCCESS,
+                properties: Some(Box::new(crate::protocol::Properties {
+                    receive_maximum: Some(20),
+                    topic_alias_maximum: Some(10),
+                    ..Default::default()
+                })),
+            }),
+            // CONNACK, 0x8c bad authentication method, no properties
+            (&[0x20, 0x03, 0x00, 0x8c, 0x00], ConnAck::new(false, ReasonCode::BAD_AUTHENTICATION_METHOD)),
+        ];
+        for (bytes, ack) in cases {
+            assert_eq!(decode_all_v5(bytes), vec![Packet::ConnAck(ack.clone())]);
+            assert_eq!(encode_bytes_v5(&Packet::ConnAck(ack)), bytes);
+        }
+        // The same refusal for a 3.1.1 client is return code 4 (bad user name or password).
+        assert_eq!(
+            encode_bytes(&Packet::ConnAck(ConnAck::new(
+                false,
+                ReasonCode::BAD_AUTHENTICATION_METHOD
+            ))),
+            [0x20, 0x02, 0x00, 0x04]
+        );
+        // 0x10 is no CONNACK reason code
+        assert_eq!(
+            decode_err_v5(&[0x20, 0x03, 0x00, 0x10, 0x00]),
+            DecodeError::InvalidReasonCode {
+                packet_type: PacketType::ConnAck,
+                code: 0x10
+            }
+        );
     }
 }

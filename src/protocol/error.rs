@@ -1,7 +1,9 @@
-//! Codec errors. Each decode error names the rule the peer broke, with the MQTT 3.1.1 normative
-//! statement id where the standard has one, so a log line says exactly why a connection closed.
+//! Codec errors. Each decode error names the rule the peer broke, with the normative statement
+//! id (3.1.1, or MQTT 5.0 where the rule is MQTT 5's) or the section where the standard has
+//! none, so a log line says exactly why a connection closed; [`DecodeError::reason_code`] gives
+//! the reason an MQTT 5 DISCONNECT names for it.
 
-use super::PacketType;
+use super::{PacketType, PropertyContext, ReasonCode};
 
 /// Why a byte stream is not a valid MQTT packet. Every variant is fatal for the connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +66,28 @@ pub enum DecodeError {
     InvalidConnectReturnCode(u8),
     #[error("invalid SUBACK return code {0:#04x} (MQTT-3.9.3-2)")]
     InvalidSubAckReturnCode(u8),
+    #[error("{packet_type:?} with reason code {code:#04x}, which it may not carry (MQTT 5.0 2.4)")]
+    InvalidReasonCode { packet_type: PacketType, code: u8 },
+    #[error("variable byte integer in {0:?} uses more than 4 bytes (MQTT 5.0 1.5.5)")]
+    MalformedVarInt(PacketType),
+    #[error("unknown property identifier {0:#04x} (MQTT 5.0 2.2.2.2)")]
+    UnknownProperty(u32),
+    #[error("{} ({id:#04x}) is not allowed in {context:?} (MQTT 5.0 2.2.2.2)", super::property_name(*.id))]
+    PropertyNotAllowed { id: u8, context: PropertyContext },
+    #[error("{} ({:#04x}) included more than once (MQTT 5.0 2.2.2.2)", super::property_name(*.0), .0)]
+    DuplicateProperty(u8),
+    #[error("{} ({id:#04x}) has the invalid value {value} (MQTT 5.0 3)", super::property_name(*.id))]
+    InvalidPropertyValue { id: u8, value: u32 },
+    #[error("Topic Alias 0 (MQTT-3.3.2-8)")]
+    TopicAliasZero,
+    #[error(
+        "PUBLISH with an empty topic name and no Topic Alias (MQTT-3.3.2-1, MQTT 5.0 3.3.2.3.4)"
+    )]
+    EmptyTopicWithoutAlias,
+    #[error("reserved bits set in subscription options {0:#04x} (MQTT-3.8.3-5)")]
+    ReservedSubscriptionOptions(u8),
+    #[error("Retain Handling 3 in subscription options (MQTT 5.0 3.8.3.1)")]
+    InvalidRetainHandling,
     /// The fields of the variable header and payload need more bytes than the Remaining Length
     /// announced, or leave bytes over where the packet has no room for them.
     #[error("{packet_type:?} body does not match its remaining length: {detail}")]
@@ -71,6 +95,30 @@ pub enum DecodeError {
         packet_type: PacketType,
         detail: &'static str,
     },
+}
+
+impl DecodeError {
+    /// The reason code an MQTT 5 receiver sends in its DISCONNECT for this error (MQTT 5.0
+    /// 4.13): 0x95 for a packet over the maximum size, 0x94 for Topic Alias 0, 0x82 for a rule
+    /// about what a well-formed packet may say (a repeated property, a forbidden value), 0x81
+    /// for everything about the bytes themselves.
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            DecodeError::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
+            DecodeError::TopicAliasZero => ReasonCode::TOPIC_ALIAS_INVALID,
+            DecodeError::DuplicateProperty(_)
+            | DecodeError::InvalidPropertyValue { .. }
+            | DecodeError::EmptyTopicWithoutAlias
+            | DecodeError::InvalidRetainHandling
+            | DecodeError::ZeroPacketId
+            | DecodeError::UnsupportedProtocolLevel(_) => ReasonCode::PROTOCOL_ERROR,
+            DecodeError::WildcardInTopicName => ReasonCode::TOPIC_NAME_INVALID,
+            DecodeError::EmptyTopicFilter | DecodeError::InvalidTopicFilter(_) => {
+                ReasonCode::TOPIC_FILTER_INVALID
+            }
+            _ => ReasonCode::MALFORMED_PACKET,
+        }
+    }
 }
 
 /// Why a packet cannot be encoded. Only possible for values that the wire format cannot carry.
@@ -90,4 +138,9 @@ pub enum EncodeError {
     /// A 3.1.1 CONNECT with a password but no user name.
     #[error("password without a user name (MQTT-3.1.2-22)")]
     PasswordWithoutUsername,
+    #[error("subscription identifier {0} outside 1 to 268,435,455 (MQTT 5.0 3.8.2.1.2)")]
+    InvalidSubscriptionIdentifier(u32),
+    /// Properties, reason codes or AUTH where the protocol level has no place for them.
+    #[error("{0:?} cannot be sent to an MQTT 3.1/3.1.1 peer")]
+    NotInV3(PacketType),
 }

@@ -6,7 +6,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::strings::{check_string, check_topic_name};
-use super::{ByteStr, DecodeError, EncodeError, PacketType};
+use super::{ByteStr, DecodeError, EncodeError, PacketType, ProtocolLevel};
 
 /// The largest value a length-prefixed field can have (1.5.2, 1.5.3).
 pub(crate) const MAX_FIELD_LEN: usize = u16::MAX as usize;
@@ -30,8 +30,12 @@ impl FixedHeader {
 
 /// Checks the first byte of a packet: type known, reserved flag bits as the spec fixes them.
 /// Only PUBLISH has free flags, and even there QoS 3 and DUP at QoS 0 are malformed.
+/// AUTH (15) is reserved before MQTT 5.
 #[inline]
-pub(crate) fn check_first_byte(byte: u8) -> Result<(PacketType, u8), DecodeError> {
+pub(crate) fn check_first_byte(
+    byte: u8,
+    level: ProtocolLevel,
+) -> Result<(PacketType, u8), DecodeError> {
     let flags = byte & 0x0f;
     let packet_type = match byte >> 4 {
         1 => PacketType::Connect,
@@ -58,6 +62,7 @@ pub(crate) fn check_first_byte(byte: u8) -> Result<(PacketType, u8), DecodeError
         12 => PacketType::PingReq,
         13 => PacketType::PingResp,
         14 => PacketType::Disconnect,
+        15 if level.is_v5() => PacketType::Auth,
         t => return Err(DecodeError::ReservedPacketType(t)),
     };
     let expected = match packet_type {
@@ -71,8 +76,16 @@ pub(crate) fn check_first_byte(byte: u8) -> Result<(PacketType, u8), DecodeError
 }
 
 /// The Remaining Length a packet type must have when its size is fixed by the spec, so a
-/// PINGREQ announcing a megabyte is refused before a single body byte is buffered.
-fn fixed_remaining_len(packet_type: PacketType) -> Option<usize> {
+/// PINGREQ announcing a megabyte is refused before a single body byte is buffered. MQTT 5
+/// gives the acknowledgements, CONNACK and DISCONNECT optional reason codes and properties,
+/// so only the pings keep a fixed size there.
+fn fixed_remaining_len(packet_type: PacketType, level: ProtocolLevel) -> Option<usize> {
+    if level.is_v5() {
+        return match packet_type {
+            PacketType::PingReq | PacketType::PingResp => Some(0),
+            _ => None,
+        };
+    }
     match packet_type {
         PacketType::ConnAck
         | PacketType::PubAck
@@ -92,11 +105,12 @@ fn fixed_remaining_len(packet_type: PacketType) -> Option<usize> {
 pub(crate) fn parse_fixed_header(
     buf: &[u8],
     max_packet_size: usize,
+    level: ProtocolLevel,
 ) -> Result<Option<FixedHeader>, DecodeError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
-    let (packet_type, flags) = check_first_byte(first)?;
+    let (packet_type, flags) = check_first_byte(first, level)?;
 
     let mut remaining_len = 0usize;
     let mut header_len = 0usize;
@@ -122,7 +136,7 @@ pub(crate) fn parse_fixed_header(
             max: max_packet_size,
         });
     }
-    if let Some(fixed) = fixed_remaining_len(packet_type) {
+    if let Some(fixed) = fixed_remaining_len(packet_type, level) {
         if remaining_len != fixed {
             return Err(DecodeError::MalformedPacket {
                 packet_type,
@@ -208,6 +222,29 @@ pub(crate) fn put_fixed_header(dst: &mut BytesMut, first_byte: u8, remaining_len
     dst.extend_from_slice(&head[..n]);
 }
 
+/// The largest value a Variable Byte Integer can hold (MQTT 5.0 1.5.5).
+pub(crate) const MAX_VARINT: u32 = 268_435_455;
+
+/// Bytes a Variable Byte Integer takes for `v`.
+#[inline]
+pub(crate) const fn varint_len(v: usize) -> usize {
+    remaining_len_bytes(v)
+}
+
+/// Writes a Variable Byte Integer. The caller has checked `v <= MAX_VARINT`.
+#[inline]
+pub(crate) fn put_varint(dst: &mut BytesMut, mut v: usize) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            dst.put_u8(b);
+            return;
+        }
+        dst.put_u8(b | 0x80);
+    }
+}
+
 /// Writes a 2-byte length prefix and the bytes. The caller has checked the length.
 #[inline]
 pub(crate) fn put_field(dst: &mut BytesMut, data: &[u8]) {
@@ -247,6 +284,11 @@ impl Reader {
 
     pub fn is_empty(&self) -> bool {
         self.pos == self.body.len()
+    }
+
+    /// Bytes read so far.
+    pub fn position(&self) -> usize {
+        self.pos
     }
 
     pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
@@ -294,6 +336,11 @@ impl Reader {
         &self.body
     }
 
+    /// The whole body as `Bytes`, to slice fields out of without copying.
+    pub fn whole_bytes(&self) -> &Bytes {
+        &self.body
+    }
+
     /// The bytes of a range returned by [`Reader::field_slice`].
     pub fn slice(&self, (start, end): (usize, usize)) -> &[u8] {
         &self.body[start..end]
@@ -321,6 +368,44 @@ impl Reader {
         Ok(unsafe { ByteStr::from_utf8_unchecked(self.body.slice(start..end)) })
     }
 
+    /// A Variable Byte Integer (MQTT 5.0 1.5.5): 1 to 4 bytes, 7 bits each.
+    pub fn varint(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        let mut value = 0u32;
+        for i in 0..4 {
+            let b = self.u8(what)?;
+            value |= u32::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(DecodeError::MalformedVarInt(self.packet_type))
+    }
+
+    /// The next `len` bytes as a reader of their own (a property block), for a decoder that
+    /// must not read past them.
+    pub fn sub(&mut self, len: usize, what: &'static str) -> Result<Reader, DecodeError> {
+        if len > self.remaining() {
+            return Err(malformed(self.packet_type, what));
+        }
+        let start = self.pos;
+        self.pos += len;
+        Ok(Reader::new(
+            self.packet_type,
+            self.body.slice(start..start + len),
+        ))
+    }
+
+    /// The rest of the body, consumed (a PUBLISH payload).
+    pub fn rest(&mut self) -> Bytes {
+        let rest = self.body.slice(self.pos..);
+        self.pos = self.body.len();
+        rest
+    }
+
+    pub fn packet_type(&self) -> PacketType {
+        self.packet_type
+    }
+
     /// Fails if bytes are left over after the last field of a packet that has no room for them.
     pub fn finish(&self, what: &'static str) -> Result<(), DecodeError> {
         if self.is_empty() {
@@ -343,7 +428,7 @@ mod tests {
         assert_eq!(decode_err(&[0x00]), DecodeError::ReservedPacketType(0));
         assert_eq!(decode_err(&[0xf0]), DecodeError::ReservedPacketType(15));
         assert_eq!(
-            frame_len(&[0xf0], 100),
+            frame_len(&[0xf0], 100, ProtocolLevel::V311),
             Err(DecodeError::ReservedPacketType(15))
         );
     }
@@ -360,7 +445,7 @@ mod tests {
         );
         // SUBSCRIBE with flags 0b0000
         assert_eq!(
-            frame_len(&[0x80], 100),
+            frame_len(&[0x80], 100, ProtocolLevel::V311),
             Err(DecodeError::InvalidFlags {
                 packet_type: PacketType::Subscribe,
                 flags: 0
@@ -371,10 +456,16 @@ mod tests {
         // PUBLISH with DUP at QoS 0, with and without RETAIN (MQTT-3.3.1-2)
         assert_eq!(decode_err(&[0x38]), DecodeError::DupAtQoS0);
         assert_eq!(decode_err(&[0x39]), DecodeError::DupAtQoS0);
-        assert_eq!(frame_len(&[0x38], 100), Err(DecodeError::DupAtQoS0));
+        assert_eq!(
+            frame_len(&[0x38], 100, ProtocolLevel::V311),
+            Err(DecodeError::DupAtQoS0)
+        );
         // PUBLISH with every other flag combination is accepted at the header level
         for flags in [0x0, 0x1, 0x2, 0x3, 0x4, 0x5, 0xa, 0xb, 0xc, 0xd] {
-            assert_eq!(frame_len(&[0x30 | flags, 0x05], 100), Ok(Some(7)));
+            assert_eq!(
+                frame_len(&[0x30 | flags, 0x05], 100, ProtocolLevel::V311),
+                Ok(Some(7))
+            );
         }
     }
 
@@ -392,7 +483,9 @@ mod tests {
             (&[0x30, 0xff, 0xff, 0xff, 0x7f], 268_435_455),   // 4 bytes, maximum
         ];
         for (bytes, len) in cases {
-            let h = parse_fixed_header(bytes, usize::MAX).unwrap().unwrap();
+            let h = parse_fixed_header(bytes, usize::MAX, ProtocolLevel::V311)
+                .unwrap()
+                .unwrap();
             assert_eq!((h.header_len, h.remaining_len), (bytes.len(), len));
             assert_eq!(remaining_len_bytes(len), bytes.len() - 1);
             let mut out = BytesMut::new();
@@ -400,7 +493,10 @@ mod tests {
             assert_eq!(&out[..], bytes);
             // every proper prefix needs more bytes
             for cut in 0..bytes.len() {
-                assert_eq!(parse_fixed_header(&bytes[..cut], usize::MAX), Ok(None));
+                assert_eq!(
+                    parse_fixed_header(&bytes[..cut], usize::MAX, ProtocolLevel::V311),
+                    Ok(None)
+                );
             }
         }
     }
@@ -411,24 +507,30 @@ mod tests {
         let bytes = [0x30, 0xff, 0xff, 0xff, 0xff];
         assert_eq!(decode_err(&bytes), DecodeError::MalformedRemainingLength);
         assert_eq!(
-            frame_len(&bytes, usize::MAX),
+            frame_len(&bytes, usize::MAX, ProtocolLevel::V311),
             Err(DecodeError::MalformedRemainingLength)
         );
         // three continuation bytes: still waiting
-        assert_eq!(frame_len(&bytes[..4], usize::MAX), Ok(None));
+        assert_eq!(
+            frame_len(&bytes[..4], usize::MAX, ProtocolLevel::V311),
+            Ok(None)
+        );
     }
 
     #[test]
     fn packet_too_large_counts_the_fixed_header() {
         // PUBLISH, remaining length 9: 11 bytes in all
-        assert_eq!(frame_len(&[0x30, 0x09], 11), Ok(Some(11)));
         assert_eq!(
-            frame_len(&[0x30, 0x09], 10),
+            frame_len(&[0x30, 0x09], 11, ProtocolLevel::V311),
+            Ok(Some(11))
+        );
+        assert_eq!(
+            frame_len(&[0x30, 0x09], 10, ProtocolLevel::V311),
             Err(DecodeError::PacketTooLarge { size: 11, max: 10 })
         );
         let mut buf = BytesMut::from(&[0x30u8, 0x09][..]);
         assert_eq!(
-            decode(&mut buf, 10),
+            decode(&mut buf, 10, ProtocolLevel::V311),
             Err(DecodeError::PacketTooLarge { size: 11, max: 10 })
         );
     }

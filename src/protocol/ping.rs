@@ -15,7 +15,7 @@ pub(crate) fn encode_empty(dst: &mut BytesMut, packet_type: PacketType) {
 #[cfg(test)]
 mod tests {
     use super::super::testutil::{decode_all, decode_err, encode_bytes};
-    use super::super::{DecodeError, Packet};
+    use super::super::{DecodeError, Disconnect, Packet, ProtocolLevel};
     use super::*;
 
     #[test]
@@ -24,12 +24,12 @@ mod tests {
         let cases: [(&[u8], Packet); 3] = [
             (&[0xc0, 0x00], Packet::PingReq),    // PINGREQ, remaining length 0
             (&[0xd0, 0x00], Packet::PingResp),   // PINGRESP, remaining length 0
-            (&[0xe0, 0x00], Packet::Disconnect), // DISCONNECT, remaining length 0
+            (&[0xe0, 0x00], Packet::Disconnect(Disconnect::NORMAL)), // DISCONNECT, remaining length 0
         ];
         for (bytes, p) in cases {
             assert_eq!(decode_all(bytes), vec![p.clone()]);
             assert_eq!(encode_bytes(&p), bytes);
-            assert_eq!(p.encoded_len(), 2);
+            assert_eq!(p.encoded_len(ProtocolLevel::V311), 2);
         }
     }
 

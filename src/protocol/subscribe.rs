@@ -1,7 +1,9 @@
-//! SUBSCRIBE, SUBACK and UNSUBSCRIBE: the packets that carry lists. Their vectors are sized
-//! by a first pass over the actual entries in the received body, never by a length the peer
-//! announced, so memory follows bytes that really arrived. UNSUBACK has the two-byte ack
-//! shape and lives with the other acks in `publish.rs`.
+//! SUBSCRIBE, SUBACK, UNSUBSCRIBE and UNSUBACK: the packets that carry lists. Their vectors
+//! are sized by a first pass over the actual entries in the received body, never by a length
+//! the peer announced, so memory follows bytes that really arrived. In MQTT 5 each has a
+//! property block after its packet id, SUBSCRIBE an options byte per filter, and SUBACK and
+//! UNSUBACK a reason code per filter. A 3.1.1 UNSUBACK has the two-byte ack shape and is read
+//! in place by `codec.rs`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -9,20 +11,24 @@ use super::header::{
     check_field_len, check_remaining_len, malformed, packet_len, put_field, put_fixed_header,
     Reader,
 };
+use super::properties::{
+    check_properties, decode_properties, properties_len, put_properties, PropertyContext,
+};
+use super::reason;
 use super::{
-    ByteStr, DecodeError, EncodeError, PacketType, QoS, SubAck, Subscribe, SubscribeReturnCode,
-    Unsubscribe,
+    ByteStr, DecodeError, EncodeError, PacketType, ProtocolLevel, QoS, ReasonCode, RetainHandling,
+    SubAck, Subscribe, SubscribeReturnCode, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use crate::topic::TopicError;
 
-/// Counts the length-prefixed strings in `body` (after the packet id), each followed by
-/// `trailer` bytes, checking only that they tile the body exactly.
+/// Counts the length-prefixed strings in `body` from `pos`, each followed by `trailer` bytes,
+/// checking only that they tile the body exactly.
 fn count_entries(
     packet_type: PacketType,
     body: &[u8],
+    mut pos: usize,
     trailer: usize,
 ) -> Result<usize, DecodeError> {
-    let mut pos = 2;
     let mut n = 0;
     while pos < body.len() {
         let Some(len) = body.get(pos..pos + 2) else {
@@ -56,32 +62,97 @@ fn topic_filter(r: &mut Reader) -> Result<ByteStr, DecodeError> {
     }
 }
 
-pub(crate) fn decode_subscribe(body: Bytes) -> Result<Subscribe, DecodeError> {
+/// The property block after the packet id, for MQTT 5 only.
+fn properties_of(
+    r: &mut Reader,
+    level: ProtocolLevel,
+) -> Result<Option<Box<super::Properties>>, DecodeError> {
+    if level.is_v5() {
+        let t = r.packet_type();
+        decode_properties(r, PropertyContext::Packet(t))
+    } else {
+        Ok(None)
+    }
+}
+
+/// The options byte of a SUBSCRIBE entry: 3.1.1 allows only the QoS (MQTT-3.8.3-4); MQTT 5
+/// adds No Local, Retain As Published and Retain Handling and reserves bits 6-7 (MQTT-3.8.3-5).
+fn subscription_options(byte: u8, v5: bool) -> Result<SubscriptionOptions, DecodeError> {
+    let qos = match byte & 0b11 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        _ => return Err(DecodeError::InvalidSubscribeOptions(byte)),
+    };
+    if !v5 {
+        if byte & !0b11 != 0 {
+            return Err(DecodeError::InvalidSubscribeOptions(byte));
+        }
+        return Ok(qos.into());
+    }
+    if byte & 0xc0 != 0 {
+        return Err(DecodeError::ReservedSubscriptionOptions(byte));
+    }
+    let retain_handling = match (byte >> 4) & 0b11 {
+        0 => RetainHandling::SendAtSubscribe,
+        1 => RetainHandling::SendIfNew,
+        2 => RetainHandling::DoNotSend,
+        _ => return Err(DecodeError::InvalidRetainHandling),
+    };
+    Ok(SubscriptionOptions {
+        qos,
+        no_local: byte & 0b0100 != 0,
+        retain_as_published: byte & 0b1000 != 0,
+        retain_handling,
+    })
+}
+
+fn options_byte(o: &SubscriptionOptions, v5: bool) -> u8 {
+    let mut b = o.qos as u8;
+    if v5 {
+        if o.no_local {
+            b |= 0b0100;
+        }
+        if o.retain_as_published {
+            b |= 0b1000;
+        }
+        b |= (o.retain_handling as u8) << 4;
+    }
+    b
+}
+
+pub(crate) fn decode_subscribe(
+    body: Bytes,
+    level: ProtocolLevel,
+) -> Result<Subscribe, DecodeError> {
     let mut r = Reader::new(PacketType::Subscribe, body);
     let packet_id = r.packet_id()?;
-    let n = count_entries(PacketType::Subscribe, r.whole(), 1)?;
+    let properties = properties_of(&mut r, level)?;
+    let n = count_entries(PacketType::Subscribe, r.whole(), r.position(), 1)?;
     if n == 0 {
         return Err(DecodeError::EmptySubscribe);
     }
     let mut filters = Vec::with_capacity(n);
     for _ in 0..n {
         let filter = topic_filter(&mut r)?;
-        let options = r.u8("requested QoS missing")?;
-        let qos = match options {
-            0 => QoS::AtMostOnce,
-            1 => QoS::AtLeastOnce,
-            2 => QoS::ExactlyOnce,
-            _ => return Err(DecodeError::InvalidSubscribeOptions(options)),
-        };
-        filters.push((filter, qos));
+        let options = subscription_options(r.u8("subscription options missing")?, level.is_v5())?;
+        filters.push((filter, options));
     }
-    Ok(Subscribe { packet_id, filters })
+    Ok(Subscribe {
+        packet_id,
+        filters,
+        properties,
+    })
 }
 
-pub(crate) fn decode_unsubscribe(body: Bytes) -> Result<Unsubscribe, DecodeError> {
+pub(crate) fn decode_unsubscribe(
+    body: Bytes,
+    level: ProtocolLevel,
+) -> Result<Unsubscribe, DecodeError> {
     let mut r = Reader::new(PacketType::Unsubscribe, body);
     let packet_id = r.packet_id()?;
-    let n = count_entries(PacketType::Unsubscribe, r.whole(), 0)?;
+    let properties = properties_of(&mut r, level)?;
+    let n = count_entries(PacketType::Unsubscribe, r.whole(), r.position(), 0)?;
     if n == 0 {
         return Err(DecodeError::EmptyUnsubscribe);
     }
@@ -89,12 +160,17 @@ pub(crate) fn decode_unsubscribe(body: Bytes) -> Result<Unsubscribe, DecodeError
     for _ in 0..n {
         filters.push(topic_filter(&mut r)?);
     }
-    Ok(Unsubscribe { packet_id, filters })
+    Ok(Unsubscribe {
+        packet_id,
+        filters,
+        properties,
+    })
 }
 
-pub(crate) fn decode_suback(body: Bytes) -> Result<SubAck, DecodeError> {
+pub(crate) fn decode_suback(body: Bytes, level: ProtocolLevel) -> Result<SubAck, DecodeError> {
     let mut r = Reader::new(PacketType::SubAck, body);
     let packet_id = r.packet_id()?;
+    let properties = properties_of(&mut r, level)?;
     if r.is_empty() {
         return Err(malformed(PacketType::SubAck, "no return codes"));
     }
@@ -105,30 +181,76 @@ pub(crate) fn decode_suback(body: Bytes) -> Result<SubAck, DecodeError> {
             0 => SubscribeReturnCode::Success(QoS::AtMostOnce),
             1 => SubscribeReturnCode::Success(QoS::AtLeastOnce),
             2 => SubscribeReturnCode::Success(QoS::ExactlyOnce),
-            0x80 => SubscribeReturnCode::Failure,
+            0x80 => SubscribeReturnCode::FAILURE,
+            other if level.is_v5() && reason::allowed(PacketType::SubAck, other) => {
+                SubscribeReturnCode::Failure(ReasonCode(other))
+            }
             other => return Err(DecodeError::InvalidSubAckReturnCode(other)),
         });
     }
     Ok(SubAck {
         packet_id,
         return_codes,
+        properties,
     })
 }
 
-pub(crate) fn subscribe_remaining_len(s: &Subscribe) -> usize {
-    2 + s
-        .filters
-        .iter()
-        .map(|(f, _)| 2 + f.len() + 1)
-        .sum::<usize>()
+/// MQTT 5 UNSUBACK: packet id, properties, one reason code per filter.
+pub(crate) fn decode_unsuback(body: Bytes) -> Result<UnsubAck, DecodeError> {
+    let mut r = Reader::new(PacketType::UnsubAck, body);
+    let packet_id = r.packet_id()?;
+    let properties = decode_properties(&mut r, PropertyContext::Packet(PacketType::UnsubAck))?;
+    if r.is_empty() {
+        return Err(malformed(PacketType::UnsubAck, "no reason codes"));
+    }
+    let mut reasons = Vec::with_capacity(r.remaining());
+    while !r.is_empty() {
+        let code = r.u8("reason code missing")?;
+        if !reason::allowed(PacketType::UnsubAck, code) {
+            return Err(DecodeError::InvalidReasonCode {
+                packet_type: PacketType::UnsubAck,
+                code,
+            });
+        }
+        reasons.push(ReasonCode(code));
+    }
+    Ok(UnsubAck {
+        packet_id,
+        reasons,
+        properties,
+    })
 }
 
-pub(crate) fn unsubscribe_remaining_len(u: &Unsubscribe) -> usize {
-    2 + u.filters.iter().map(|f| 2 + f.len()).sum::<usize>()
+fn v5_properties_len(props: &Option<Box<super::Properties>>, v5: bool) -> usize {
+    if v5 {
+        properties_len(props)
+    } else {
+        0
+    }
 }
 
-pub(crate) fn suback_remaining_len(s: &SubAck) -> usize {
-    2 + s.return_codes.len()
+pub(crate) fn subscribe_remaining_len(s: &Subscribe, v5: bool) -> usize {
+    2 + v5_properties_len(&s.properties, v5)
+        + s.filters
+            .iter()
+            .map(|(f, _)| 2 + f.len() + 1)
+            .sum::<usize>()
+}
+
+pub(crate) fn unsubscribe_remaining_len(u: &Unsubscribe, v5: bool) -> usize {
+    2 + v5_properties_len(&u.properties, v5) + u.filters.iter().map(|f| 2 + f.len()).sum::<usize>()
+}
+
+pub(crate) fn suback_remaining_len(s: &SubAck, v5: bool) -> usize {
+    2 + v5_properties_len(&s.properties, v5) + s.return_codes.len()
+}
+
+pub(crate) fn unsuback_remaining_len(u: &UnsubAck, v5: bool) -> usize {
+    if v5 {
+        2 + properties_len(&u.properties) + u.reasons.len()
+    } else {
+        2
+    }
 }
 
 /// Checks what every list packet needs before anything is written.
@@ -147,11 +269,33 @@ fn check_list(
     check_remaining_len(remaining_len)
 }
 
-pub(crate) fn encode_subscribe(s: &Subscribe, dst: &mut BytesMut) -> Result<(), EncodeError> {
+fn put_v5_properties(dst: &mut BytesMut, props: &Option<Box<super::Properties>>, v5: bool) {
+    if v5 {
+        put_properties(dst, props);
+    }
+}
+
+fn check_v5_properties(
+    props: &Option<Box<super::Properties>>,
+    v5: bool,
+) -> Result<(), EncodeError> {
+    if v5 {
+        check_properties(props)
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn encode_subscribe(
+    s: &Subscribe,
+    dst: &mut BytesMut,
+    v5: bool,
+) -> Result<(), EncodeError> {
     for (f, _) in &s.filters {
         check_field_len(f.len())?;
     }
-    let remaining_len = subscribe_remaining_len(s);
+    check_v5_properties(&s.properties, v5)?;
+    let remaining_len = subscribe_remaining_len(s, v5);
     check_list(
         PacketType::Subscribe,
         s.packet_id,
@@ -165,18 +309,24 @@ pub(crate) fn encode_subscribe(s: &Subscribe, dst: &mut BytesMut) -> Result<(), 
         remaining_len,
     );
     dst.put_u16(s.packet_id);
-    for (f, qos) in &s.filters {
+    put_v5_properties(dst, &s.properties, v5);
+    for (f, options) in &s.filters {
         put_field(dst, f.as_bytes());
-        dst.put_u8(*qos as u8);
+        dst.put_u8(options_byte(options, v5));
     }
     Ok(())
 }
 
-pub(crate) fn encode_unsubscribe(u: &Unsubscribe, dst: &mut BytesMut) -> Result<(), EncodeError> {
+pub(crate) fn encode_unsubscribe(
+    u: &Unsubscribe,
+    dst: &mut BytesMut,
+    v5: bool,
+) -> Result<(), EncodeError> {
     for f in &u.filters {
         check_field_len(f.len())?;
     }
-    let remaining_len = unsubscribe_remaining_len(u);
+    check_v5_properties(&u.properties, v5)?;
+    let remaining_len = unsubscribe_remaining_len(u, v5);
     check_list(
         PacketType::Unsubscribe,
         u.packet_id,
@@ -190,14 +340,16 @@ pub(crate) fn encode_unsubscribe(u: &Unsubscribe, dst: &mut BytesMut) -> Result<
         remaining_len,
     );
     dst.put_u16(u.packet_id);
+    put_v5_properties(dst, &u.properties, v5);
     for f in &u.filters {
         put_field(dst, f.as_bytes());
     }
     Ok(())
 }
 
-pub(crate) fn encode_suback(s: &SubAck, dst: &mut BytesMut) -> Result<(), EncodeError> {
-    let remaining_len = suback_remaining_len(s);
+pub(crate) fn encode_suback(s: &SubAck, dst: &mut BytesMut, v5: bool) -> Result<(), EncodeError> {
+    check_v5_properties(&s.properties, v5)?;
+    let remaining_len = suback_remaining_len(s, v5);
     check_list(
         PacketType::SubAck,
         s.packet_id,
@@ -207,11 +359,45 @@ pub(crate) fn encode_suback(s: &SubAck, dst: &mut BytesMut) -> Result<(), Encode
     dst.reserve(packet_len(remaining_len));
     put_fixed_header(dst, (PacketType::SubAck as u8) << 4, remaining_len);
     dst.put_u16(s.packet_id);
+    put_v5_properties(dst, &s.properties, v5);
     for code in &s.return_codes {
         dst.put_u8(match code {
             SubscribeReturnCode::Success(qos) => *qos as u8,
-            SubscribeReturnCode::Failure => 0x80,
+            SubscribeReturnCode::Failure(reason) if v5 => reason.0,
+            SubscribeReturnCode::Failure(_) => 0x80,
         });
+    }
+    Ok(())
+}
+
+/// A 3.1.1 UNSUBACK is the identifier alone; an MQTT 5 one has properties and a reason per
+/// filter (at least one).
+pub(crate) fn encode_unsuback(
+    u: &UnsubAck,
+    dst: &mut BytesMut,
+    v5: bool,
+) -> Result<(), EncodeError> {
+    if u.packet_id == 0 {
+        return Err(EncodeError::ZeroPacketId);
+    }
+    if !v5 {
+        super::publish::encode_ack(dst, PacketType::UnsubAck, u.packet_id);
+        return Ok(());
+    }
+    check_properties(&u.properties)?;
+    let remaining_len = unsuback_remaining_len(u, v5);
+    check_list(
+        PacketType::UnsubAck,
+        u.packet_id,
+        u.reasons.len(),
+        remaining_len,
+    )?;
+    dst.reserve(packet_len(remaining_len));
+    put_fixed_header(dst, (PacketType::UnsubAck as u8) << 4, remaining_len);
+    dst.put_u16(u.packet_id);
+    put_properties(dst, &u.properties);
+    for r in &u.reasons {
+        dst.put_u8(r.0);
     }
     Ok(())
 }
@@ -239,10 +425,11 @@ mod tests {
         let p = Packet::Subscribe(Subscribe {
             packet_id: 10,
             filters: vec![
-                (filter("a/+"), QoS::AtLeastOnce),
-                (filter("#"), QoS::ExactlyOnce),
-                (filter("é"), QoS::AtMostOnce),
+                (filter("a/+"), QoS::AtLeastOnce.into()),
+                (filter("#"), QoS::ExactlyOnce.into()),
+                (filter("é"), QoS::AtMostOnce.into()),
             ],
+            properties: None,
         });
         assert_eq!(decode_all(bytes), vec![p.clone()]);
         assert_eq!(encode_bytes(&p), bytes);
@@ -300,7 +487,8 @@ mod tests {
         for filter in ["/".repeat(65_535), "+/".repeat(32_767) + "#"] {
             let p = Packet::Subscribe(Subscribe {
                 packet_id: 1,
-                filters: vec![(ByteStr::from(filter.as_str()), QoS::ExactlyOnce)],
+                filters: vec![(ByteStr::from(filter.as_str()), QoS::ExactlyOnce.into())],
+                properties: None,
             });
             let bytes = encode_bytes(&p);
             assert_eq!(
@@ -311,6 +499,7 @@ mod tests {
             let u = Packet::Unsubscribe(Unsubscribe {
                 packet_id: 1,
                 filters: vec![ByteStr::from(filter.as_str())],
+                properties: None,
             });
             assert_eq!(decode_all(&encode_bytes(&u)), vec![u]);
         }
@@ -387,8 +576,9 @@ mod tests {
                 SubscribeReturnCode::Success(QoS::AtMostOnce),
                 SubscribeReturnCode::Success(QoS::AtLeastOnce),
                 SubscribeReturnCode::Success(QoS::ExactlyOnce),
-                SubscribeReturnCode::Failure,
+                SubscribeReturnCode::FAILURE,
             ],
+            properties: None,
         });
         assert_eq!(decode_all(bytes), vec![p.clone()]);
         assert_eq!(encode_bytes(&p), bytes);
@@ -429,6 +619,7 @@ mod tests {
         let p = Packet::Unsubscribe(Unsubscribe {
             packet_id: 2,
             filters: vec![filter("a/#"), filter("+"), filter("/")],
+            properties: None,
         });
         assert_eq!(decode_all(bytes), vec![p.clone()]);
         assert_eq!(encode_bytes(&p), bytes);
@@ -470,24 +661,137 @@ mod tests {
         let empty = Packet::Subscribe(Subscribe {
             packet_id: 1,
             filters: vec![],
+            properties: None,
         });
         assert_eq!(
-            empty.encode(&mut dst),
+            empty.encode(&mut dst, ProtocolLevel::V311),
             Err(EncodeError::EmptyList(PacketType::Subscribe))
         );
         let zero = Packet::Unsubscribe(Unsubscribe {
             packet_id: 0,
             filters: vec![filter("a")],
+            properties: None,
         });
-        assert_eq!(zero.encode(&mut dst), Err(EncodeError::ZeroPacketId));
+        assert_eq!(
+            zero.encode(&mut dst, ProtocolLevel::V311),
+            Err(EncodeError::ZeroPacketId)
+        );
         let empty_ack = Packet::SubAck(SubAck {
             packet_id: 1,
             return_codes: vec![],
+            properties: None,
         });
         assert_eq!(
-            empty_ack.encode(&mut dst),
+            empty_ack.encode(&mut dst, ProtocolLevel::V311),
             Err(EncodeError::EmptyList(PacketType::SubAck))
         );
         assert!(dst.is_empty());
+    }
+
+    #[test]
+    fn subscribe_v5_both_directions() {
+        use super::super::testutil::{decode_all_v5, decode_err_v5, encode_bytes_v5};
+        #[rustfmt::skip]
+        let bytes: &[u8] = &[
+            0x82, 0x0d,                   // SUBSCRIBE, remaining length 13
+            0x00, 0x05,                   // packet id 5
+            0x02, 0x0b, 0x07,             // properties: subscription identifier 7
+            0x00, 0x01, b'a', 0x2e,       // "a": QoS 2, no local, retain as published, retain handling 2
+            0x00, 0x01, b'#', 0x11,       // "#": QoS 1, retain handling 1
+        ];
+        let p = Packet::Subscribe(Subscribe {
+            packet_id: 5,
+            filters: vec![
+                (
+                    filter("a"),
+                    SubscriptionOptions {
+                        qos: QoS::ExactlyOnce,
+                        no_local: true,
+                        retain_as_published: true,
+                        retain_handling: RetainHandling::DoNotSend,
+                    },
+                ),
+                (
+                    filter("#"),
+                    SubscriptionOptions {
+                        qos: QoS::AtLeastOnce,
+                        retain_handling: RetainHandling::SendIfNew,
+                        ..SubscriptionOptions::default()
+                    },
+                ),
+            ],
+            properties: Some(Box::new(crate::protocol::Properties {
+                subscription_identifiers: smallvec::smallvec![7],
+                ..Default::default()
+            })),
+        });
+        assert_eq!(decode_all_v5(bytes), vec![p.clone()]);
+        assert_eq!(encode_bytes_v5(&p), bytes);
+        // The options byte of 3.1.1 is the QoS alone: 0x2e there is malformed.
+        assert_eq!(
+            decode_err(&[0x82, 0x06, 0x00, 0x05, 0x00, 0x01, b'a', 0x2e]),
+            DecodeError::InvalidSubscribeOptions(0x2e)
+        );
+        // MQTT 5: reserved bits 6-7 (MQTT-3.8.3-5) and Retain Handling 3
+        assert_eq!(
+            decode_err_v5(&[0x82, 0x07, 0x00, 0x05, 0x00, 0x00, 0x01, b'a', 0x41]),
+            DecodeError::ReservedSubscriptionOptions(0x41)
+        );
+        assert_eq!(
+            decode_err_v5(&[0x82, 0x07, 0x00, 0x05, 0x00, 0x00, 0x01, b'a', 0x30]),
+            DecodeError::InvalidRetainHandling
+        );
+    }
+
+    #[test]
+    fn suback_and_unsuback_v5_both_directions() {
+        use super::super::testutil::{decode_all_v5, decode_err_v5, encode_bytes_v5};
+        #[rustfmt::skip]
+        let suback: &[u8] = &[
+            0x90, 0x06,             // SUBACK, remaining length 6
+            0x00, 0x05,             // packet id 5
+            0x00,                   // no properties
+            0x01, 0x87, 0xa2,       // granted 1, not authorized, wildcards not supported
+        ];
+        let p = Packet::SubAck(SubAck {
+            packet_id: 5,
+            return_codes: vec![
+                SubscribeReturnCode::Success(QoS::AtLeastOnce),
+                SubscribeReturnCode::Failure(ReasonCode::NOT_AUTHORIZED),
+                SubscribeReturnCode::Failure(ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED),
+            ],
+            properties: None,
+        });
+        assert_eq!(decode_all_v5(suback), vec![p.clone()]);
+        assert_eq!(encode_bytes_v5(&p), suback);
+        // To a 3.1.1 client every refusal is 0x80.
+        assert_eq!(encode_bytes(&p), [0x90, 0x05, 0x00, 0x05, 0x01, 0x80, 0x80]);
+        // 0x87 is no 3.1.1 SUBACK code
+        assert_eq!(
+            decode_err(&[0x90, 0x03, 0x00, 0x05, 0x87]),
+            DecodeError::InvalidSubAckReturnCode(0x87)
+        );
+
+        #[rustfmt::skip]
+        let unsuback: &[u8] = &[
+            0xb0, 0x05,             // UNSUBACK, remaining length 5
+            0x00, 0x06,             // packet id 6
+            0x00,                   // no properties
+            0x00, 0x11,             // success, no subscription existed
+        ];
+        let p = Packet::UnsubAck(UnsubAck {
+            packet_id: 6,
+            reasons: vec![ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED],
+            properties: None,
+        });
+        assert_eq!(decode_all_v5(unsuback), vec![p.clone()]);
+        assert_eq!(encode_bytes_v5(&p), unsuback);
+        // To a 3.1.1 client: the identifier alone.
+        assert_eq!(encode_bytes(&p), [0xb0, 0x02, 0x00, 0x06]);
+        // An MQTT 5 UNSUBACK needs its reason codes.
+        assert!(matches!(
+            decode_err_v5(&[0xb0, 0x02, 0x00, 0x06]),
+            DecodeError::MalformedPacket { .. }
+        ));
     }
 }

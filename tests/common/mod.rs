@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use surgemq::broker::{self, BrokerConfig, BrokerHandle, MetricsSnapshot};
-use surgemq::protocol::{decode, frame_len, Packet, Publish, QoS};
+use surgemq::protocol::{decode, frame_len, Ack, Packet, ProtocolLevel, Publish, QoS};
 
 /// How long a read waits for bytes the broker owes us before the test fails.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -348,7 +348,7 @@ impl RawClient {
     pub fn next_frame_within(&mut self, within: Duration) -> Option<Vec<u8>> {
         let deadline = Instant::now() + within;
         loop {
-            match frame_len(&self.buf, MAX_PACKET) {
+            match frame_len(&self.buf, MAX_PACKET, ProtocolLevel::V5) {
                 Ok(Some(len)) if self.buf.len() >= len => {
                     return Some(self.buf.split_to(len).to_vec())
                 }
@@ -375,7 +375,7 @@ impl RawClient {
     pub fn next_frame_or_close(&mut self) -> Option<Vec<u8>> {
         let deadline = Instant::now() + READ_TIMEOUT;
         loop {
-            match frame_len(&self.buf, MAX_PACKET) {
+            match frame_len(&self.buf, MAX_PACKET, ProtocolLevel::V5) {
                 Ok(Some(len)) if self.buf.len() >= len => {
                     return Some(self.buf.split_to(len).to_vec())
                 }
@@ -415,6 +415,21 @@ impl RawClient {
         parse(&self.next_frame())
     }
 
+    /// The next packet of an MQTT 5 connection, decoded with the crate's codec.
+    #[track_caller]
+    pub fn next_packet_v5(&mut self) -> Packet {
+        parse_at(&self.next_frame(), ProtocolLevel::V5)
+    }
+
+    /// The next packet of an MQTT 5 connection, which must be a PUBLISH.
+    #[track_caller]
+    pub fn next_publish_v5(&mut self) -> Publish {
+        match self.next_packet_v5() {
+            Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
     /// The next packet, which must be a PUBLISH; returns it with its raw bytes.
     #[track_caller]
     pub fn next_publish(&mut self) -> (Publish, Vec<u8>) {
@@ -441,7 +456,7 @@ impl RawClient {
                     }
                     seen.push(p.payload.to_vec());
                 }
-                Packet::PubRel(id) => self.send(&pubcomp(id)),
+                Packet::PubRel(Ack { packet_id: id, .. }) => self.send(&pubcomp(id)),
                 other => panic!("expected PUBLISH, got {other:?} ({frame:02x?})"),
             }
         }
@@ -464,7 +479,7 @@ impl RawClient {
                     }
                     seen.push((p, frame));
                 }
-                Packet::PubRel(id) => self.send(&pubcomp(id)),
+                Packet::PubRel(Ack { packet_id: id, .. }) => self.send(&pubcomp(id)),
                 other => panic!("expected PUBLISH, got {other:?} ({frame:02x?})"),
             }
         }
@@ -473,7 +488,7 @@ impl RawClient {
             let frame = self.next_frame();
             match parse(&frame) {
                 Packet::PingResp => return seen,
-                Packet::PubRel(id) => self.send(&pubcomp(id)),
+                Packet::PubRel(Ack { packet_id: id, .. }) => self.send(&pubcomp(id)),
                 other => panic!("expected PUBREL or PINGRESP, got {other:?} ({frame:02x?})"),
             }
         }
@@ -568,11 +583,17 @@ impl RawClient {
     }
 }
 
-/// Decodes one whole frame with the crate's codec.
+/// Decodes one whole frame with the crate's codec, as MQTT 3.1.1.
 #[track_caller]
 pub fn parse(frame: &[u8]) -> Packet {
+    parse_at(frame, ProtocolLevel::V311)
+}
+
+/// Decodes one whole frame with the crate's codec at `level`.
+#[track_caller]
+pub fn parse_at(frame: &[u8], level: ProtocolLevel) -> Packet {
     let mut buf = BytesMut::from(frame);
-    match decode(&mut buf, MAX_PACKET) {
+    match decode(&mut buf, MAX_PACKET, level) {
         Ok(Some(p)) if buf.is_empty() => p,
         other => panic!("cannot decode broker packet {frame:02x?}: {other:?}"),
     }
@@ -693,6 +714,10 @@ pub struct ConnectBuilder {
     pub will: Option<(String, Vec<u8>, u8, bool)>,
     pub username: Option<String>,
     pub password: Option<Vec<u8>>,
+    /// MQTT 5 (level 5 only): the CONNECT's property bytes, without their length.
+    pub properties: Vec<u8>,
+    /// MQTT 5: the will's property bytes, without their length.
+    pub will_properties: Vec<u8>,
 }
 
 impl ConnectBuilder {
@@ -707,7 +732,23 @@ impl ConnectBuilder {
             will: None,
             username: None,
             password: None,
+            properties: Vec::new(),
+            will_properties: Vec::new(),
         }
+    }
+
+    /// An MQTT 5 CONNECT ("MQTT", level 5; Clean Start = 1) with these property bytes.
+    pub fn v5(client_id: &str, properties: &[u8]) -> ConnectBuilder {
+        ConnectBuilder {
+            level: 5,
+            properties: properties.to_vec(),
+            ..ConnectBuilder::new(client_id)
+        }
+    }
+
+    pub fn will_properties(mut self, properties: &[u8]) -> Self {
+        self.will_properties = properties.to_vec();
+        self
     }
 
     pub fn clean(mut self, clean: bool) -> Self {
@@ -764,9 +805,17 @@ impl ConnectBuilder {
         }
         body.push(flags);
         body.extend_from_slice(&self.keep_alive.to_be_bytes());
+        if self.level == 5 {
+            body.extend(remaining_length(self.properties.len()));
+            body.extend_from_slice(&self.properties);
+        }
         // Payload (3.1.3): client id, will topic, will message, user name, password.
         body.extend(field(self.client_id.as_bytes()));
         if let Some((topic, payload, _, _)) = &self.will {
+            if self.level == 5 {
+                body.extend(remaining_length(self.will_properties.len()));
+                body.extend_from_slice(&self.will_properties);
+            }
             body.extend(field(topic.as_bytes()));
             body.extend(field(payload));
         }

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use bytes::BytesMut;
-use surgemq::protocol::frame_len;
+use surgemq::protocol::{frame_len, ProtocolLevel};
 
 /// How long a reader may wait for the next packet the broker owes it: liveness only.
 pub const LIVENESS: Duration = Duration::from_secs(20);
@@ -233,7 +233,7 @@ impl SmallWindowClient {
     /// The next complete frame already read, if any.
     #[track_caller]
     pub fn take_frame(&mut self) -> Option<Vec<u8>> {
-        match frame_len(&self.buf, MAX_FRAME) {
+        match frame_len(&self.buf, MAX_FRAME, ProtocolLevel::V311) {
             Ok(Some(len)) if self.buf.len() >= len => Some(self.buf.split_to(len).to_vec()),
             Ok(_) => None,
             Err(e) => panic!(

@@ -11,7 +11,9 @@ use crate::broker::durability::Ticket;
 use crate::broker::mesh::Message;
 use crate::broker::metrics::add;
 use crate::broker::session::Ack;
-use crate::protocol::{encode_ack, Packet, PacketId, PacketType, Publish, QoS};
+use crate::protocol::{
+    self, encode_ack, Packet, PacketId, PacketType, ProtocolLevel, Publish, QoS,
+};
 use crate::store::Record;
 
 impl ConnectedClient {
@@ -58,7 +60,7 @@ impl ConnectedClient {
         }
         match packet {
             Packet::Publish(publish) => self.publish(publish)?,
-            Packet::PubAck(id) => {
+            Packet::PubAck(protocol::Ack { packet_id: id, .. }) => {
                 let ack = self.session.borrow_mut().on_puback(id);
                 self.acknowledged(ack, "PUBACK", id)?;
                 if ack == Ack::Done {
@@ -68,7 +70,7 @@ impl ConnectedClient {
                     });
                 }
             }
-            Packet::PubRec(id) => {
+            Packet::PubRec(protocol::Ack { packet_id: id, .. }) => {
                 let ack = self.session.borrow_mut().on_pubrec(id);
                 self.acknowledged(ack, "PUBREC", id)?;
                 // The PUBREL waits until the delivery is on disk: a restart must not send the
@@ -82,7 +84,7 @@ impl ConnectedClient {
                 }
                 self.ack_when_durable(PacketType::PubRel, id, ticket);
             }
-            Packet::PubRel(id) => {
+            Packet::PubRel(protocol::Ack { packet_id: id, .. }) => {
                 if self.session.borrow_mut().on_pubrel(id) {
                     self.journal(|session| Record::Released {
                         session,
@@ -91,7 +93,7 @@ impl ConnectedClient {
                 }
                 encode_ack(self.wire.wbuf.encoded(), PacketType::PubComp, id);
             }
-            Packet::PubComp(id) => {
+            Packet::PubComp(protocol::Ack { packet_id: id, .. }) => {
                 let ack = self.session.borrow_mut().on_pubcomp(id);
                 self.acknowledged(ack, "PUBCOMP", id)?;
                 if ack == Ack::Done {
@@ -108,9 +110,12 @@ impl ConnectedClient {
             }
             Packet::Unsubscribe(request) => self.shard.unsubscribe(&self.session, request),
             Packet::PingReq => {
-                let _ = Packet::PingResp.encode(self.wire.wbuf.encoded());
+                let _ = Packet::PingResp.encode(self.wire.wbuf.encoded(), ProtocolLevel::V311);
             }
-            Packet::Disconnect => return Err(CloseReason::Disconnect),
+            Packet::Disconnect(_) => return Err(CloseReason::Disconnect),
+            Packet::Auth(_) => {
+                return Err(CloseReason::Violation("AUTH on an MQTT 3.1.1 connection"));
+            }
             Packet::Connect(_) => {
                 return Err(CloseReason::Violation("second CONNECT (MQTT-3.1.0-2)"))
             }

@@ -33,7 +33,8 @@ impl Shard {
         {
             let mut s = session.borrow_mut();
             id = s.id;
-            for (filter, qos) in request.filters {
+            for (filter, options) in request.filters {
+                let qos = options.qos;
                 // Kept for the session's life: its own bytes, not a slice of the read buffer.
                 let filter = ByteStr::from(filter.as_str());
                 let allowed = match validate_filter_with_max_levels(&filter, max_levels) {
@@ -53,7 +54,7 @@ impl Shard {
                         s.subscriptions.insert(filter.clone(), qos);
                         accepted.push((filter, qos));
                     }
-                    Err(()) => codes.push(SubscribeReturnCode::Failure),
+                    Err(()) => codes.push(SubscribeReturnCode::FAILURE),
                 }
             }
         }
@@ -73,6 +74,7 @@ impl Shard {
         let reply = Outbound::SubAck(SubAck {
             packet_id: request.packet_id,
             return_codes: codes,
+            properties: None,
         });
         let others = if accepted.is_empty() {
             0
