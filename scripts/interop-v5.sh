@@ -86,7 +86,7 @@ if [ "$MODE" = surgemq ]; then
   BIN=target/debug/surgemq
 fi
 
-WORK=$(mktemp -d)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/interop-v5.XXXXXX")
 BROKER_PID=""
 cleanup() {
   if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then

@@ -765,6 +765,7 @@ def topic_alias_from_client(c):
     reason = r2.expect_disconnect_then_close("empty topic with an unset alias")
     if reason < 0x80:
         raise Failed(f"DISCONNECT reason {reason:#x} for an unset alias, want >= 0x80")
+    print(f"  topic_alias_from_client: DISCONNECT {reason:#x} for an unset alias")
 
     # An alias above the announced maximum: 0x94 Topic Alias invalid (3.3.2.3.4).
     r3 = c(Raw())
