@@ -61,6 +61,11 @@ if [ -x scripts/interop.sh ]; then
   scripts/interop.sh
 fi
 
+if [ -x scripts/interop-v5.sh ]; then
+  log "MQTT 5 interop (paho-mqtt MQTTv5, mosquitto clients -V 5)"
+  scripts/interop-v5.sh
+fi
+
 if [ -x scripts/interop-tls.sh ]; then
   log "interop over TLS and WebSockets (mosquitto clients, paho-mqtt)"
   scripts/interop-tls.sh

@@ -162,7 +162,7 @@ fn connection_slots_come_back_however_a_connection_ends() {
                 .connect_expecting(&refused, &[0x20, 0x02, 0x00, 0x05])
                 .expect_closed();
             // Unsupported protocol level: CONNACK 1.
-            let old_level = ConnectBuilder::new(&id).protocol(b"MQTT", 5);
+            let old_level = ConnectBuilder::new(&id).protocol(b"MQTT", 6);
             broker
                 .connect_expecting(&old_level, &[0x20, 0x02, 0x00, 0x01])
                 .expect_closed();

@@ -61,7 +61,7 @@ fn unsupported_protocol_level_gets_connack_1_then_close() {
     with_shards(|shards| {
         let broker = Broker::start(shards);
         let cases: [(&[u8], u8); 5] = [
-            (b"MQTT", 5),
+            (b"MQTT", 7),
             (b"MQTT", 3),
             (b"MQTT", 6),
             (b"MQTT", 0),

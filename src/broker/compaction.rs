@@ -118,11 +118,11 @@ impl Shard {
                 client_id: s.client_id.clone(),
                 username: s.username.clone(),
             });
-            for (filter, qos) in &s.subscriptions {
+            for (filter, grant) in &s.subscriptions {
                 put(Record::Subscribed {
                     session: n,
                     filter: filter.clone(),
-                    qos: *qos,
+                    qos: grant.qos,
                 });
             }
             s.for_each_stored(|item| match item {

@@ -26,6 +26,11 @@ pub struct BrokerConfig {
     pub max_inflight: usize,
     /// Largest packet accepted from a client, fixed header included.
     pub max_packet_size: usize,
+    /// MQTT 5 Receive Maximum announced to clients: QoS 1/2 PUBLISHes a client may have
+    /// unacknowledged at once; more closes its connection with 0x93.
+    pub receive_maximum: u16,
+    /// MQTT 5 Topic Alias Maximum announced to clients: the aliases each may set; 0 allows none.
+    pub max_topic_alias: u16,
     /// Messages waiting in one session's outbound queue; beyond it new messages are dropped.
     pub max_queued_messages: usize,
     /// Payload bytes waiting in one session's outbound queue; beyond it new messages are dropped.
@@ -79,6 +84,8 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             max_inflight: 100,
             max_packet_size: 1 << 20,
+            receive_maximum: 65_535,
+            max_topic_alias: 10,
             max_queued_messages: 1000,
             max_queued_bytes: 64 << 20,
             stall_timeout: Duration::from_secs(10),
@@ -140,6 +147,12 @@ impl BrokerConfig {
         }
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::new("connect-timeout", "must be above 0"));
+        }
+        if self.receive_maximum == 0 {
+            return Err(ConfigError::new(
+                "receive-maximum",
+                "must be between 1 and 65535, got 0",
+            ));
         }
         if self.max_inflight == 0 || self.max_inflight > 65_535 {
             return Err(ConfigError::new(

@@ -34,7 +34,9 @@ use super::metrics::add;
 use super::session::{Kick, Session};
 use super::shard::{ConnectionPermit, Shard};
 use super::wire::Wire;
-use crate::protocol::{decode, ConnAck, Connect, LastWill, Packet, ProtocolLevel, ReasonCode};
+use crate::protocol::{
+    decode, ConnAck, Connect, Disconnect, LastWill, Packet, ProtocolLevel, ReasonCode,
+};
 
 /// Bytes of pending output above which the session stops filling the write buffer.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
@@ -46,9 +48,12 @@ const CLOSING_FLUSH: Duration = Duration::from_millis(100);
 mod acks;
 mod held;
 mod packets;
+mod v5;
 
 use acks::DurableAcks;
 use held::Held;
+pub use v5::session_expiry;
+use v5::V5Connection;
 
 /// Where a connection is in its life.
 enum Phase {
@@ -73,6 +78,10 @@ pub struct ConnectedClient {
     wire: Wire,
     session: Rc<RefCell<Session>>,
     conn: u64,
+    /// The client's protocol level: how its packets are read and ours written.
+    level: ProtocolLevel,
+    /// What an MQTT 5 connection adds (topic aliases, limits); None for 3.1/3.1.1.
+    v5: Option<Box<V5Connection>>,
     /// Boxed: most clients have no will, and those that do should not make every task bigger.
     will: Option<Box<LastWill>>,
     keepalive: Option<Keepalive>,
@@ -102,14 +111,25 @@ enum Event {
 impl ConnectedClient {
     /// Opens (or resumes) the client's session and queues the CONNACK; the returned future
     /// serves the client until the connection ends.
+    /// `assigned`: the broker chose the client id (the client sent none); an MQTT 5 client
+    /// is told which.
     pub fn new(
         shard: Rc<Shard>,
         mut wire: Wire,
         connect: Box<Connect>,
         permit: ConnectionPermit,
+        assigned: bool,
     ) -> ConnectedClient {
         let conn = shard.next_connection_id();
         let (session, resumed) = shard.open_session(&connect, conn);
+        let v5 = connect
+            .level
+            .is_v5()
+            .then(|| Box::new(V5Connection::new(&shard.config, &connect)));
+        let connack_properties = connect.level.is_v5().then(|| {
+            let assigned = assigned.then_some(&connect.client_id);
+            v5::connack_properties(&shard.config, &connect, assigned)
+        });
         let metrics = &shard.metrics;
         metrics.connections.set(metrics.connections.get() + 1);
         metrics
@@ -125,10 +145,11 @@ impl ConnectedClient {
         } = *connect;
         debug!(client = %session.borrow().client_id, peer = %wire.peer, shard = shard.id.0, resumed, "client connected");
         // MQTT 3.1 has no Session Present flag: the byte is reserved there.
-        let ack = Packet::ConnAck(ConnAck::new(
-            resumed && level == ProtocolLevel::V311,
-            ReasonCode::SUCCESS,
-        ));
+        let ack = Packet::ConnAck(ConnAck {
+            session_present: resumed && level != ProtocolLevel::V31,
+            code: ReasonCode::SUCCESS,
+            properties: connack_properties,
+        });
         let _ = ack.encode(wire.wbuf.encoded(), level);
         add(&shard.metrics.packets_out, 1);
         let keepalive = (keep_alive > 0).then(|| {
@@ -156,6 +177,8 @@ impl ConnectedClient {
             wire,
             session,
             conn,
+            level,
+            v5,
             will: will.map(Box::new),
             keepalive,
             phase: Phase::Serving,
@@ -224,6 +247,12 @@ impl ConnectedClient {
                         }
                     }
                     add(&self.shard.metrics.packets_out, packets as u64);
+                    let discarded = session.take_discarded();
+                    if discarded != Default::default() {
+                        let m = &self.shard.metrics;
+                        add(&m.dropped_too_large, u64::from(discarded.too_large));
+                        add(&m.dropped_expired, u64::from(discarded.expired));
+                    }
                     let under_pressure = session.under_pressure();
                     drop(session);
                     if under_pressure {
@@ -409,7 +438,7 @@ impl ConnectedClient {
         }
         let max = self.shard.config.max_packet_size;
         loop {
-            match decode(&mut self.wire.rbuf, max, ProtocolLevel::V311) {
+            match decode(&mut self.wire.rbuf, max, self.level) {
                 Ok(Some(packet)) => {
                     add(&self.shard.metrics.packets_in, 1);
                     let packet = match &mut self.held {
@@ -426,11 +455,44 @@ impl ConnectedClient {
         }
     }
 
+    /// MQTT 5 Will Delay Interval: the will goes out once `delay` has passed, or the session
+    /// expired if that comes first, unless the client connected again to this session
+    /// meanwhile (MQTT-3.1.3-9 of 5.0).
+    fn publish_will_later(&self, message: Message, delay: Duration) {
+        let (id, left_at, expiry) = {
+            let s = self.session.borrow();
+            (s.id, s.detached_since(), s.expiry())
+        };
+        let wait = expiry.map_or(delay, |e| delay.min(e));
+        let shard = self.shard.clone();
+        let task = glommio::spawn_local(async move {
+            glommio::timer::sleep(wait).await;
+            let still_away = match shard.sessions.borrow().get(id.slot, id.generation) {
+                Some(s) => s.borrow().detached_since() == left_at,
+                // The session ended: that sends the will too.
+                None => true,
+            };
+            if still_away {
+                let _ = shard.route(Arc::new(message), Some(id));
+                shard.flush();
+            }
+        });
+        task.detach();
+    }
+
     /// Ends the connection: the will (unless the client said DISCONNECT), the session (if
     /// clean), the counters and the log line. Output already encoded still gets a moment.
     fn finish(&mut self, reason: CloseReason) {
         let reason = self.handle_held_at_close(reason);
         self.held = None;
+        if self.v5.is_some() {
+            if let Some(code) = v5::disconnect_reason(&reason) {
+                // MQTT 5: say why before closing (MQTT-4.13.1-1).
+                let goodbye = Packet::Disconnect(Disconnect::with_reason(code));
+                let _ = goodbye.encode(self.wire.wbuf.encoded(), self.level);
+            }
+        }
+        let mut delayed_will = None;
         if reason.publishes_will() {
             if let Some(will) = self.will.take() {
                 let LastWill {
@@ -438,16 +500,28 @@ impl ConnectedClient {
                     payload,
                     qos,
                     retain,
-                    ..
+                    properties,
                 } = *will;
-                // Nobody to hold back and nobody to acknowledge: the connection is gone.
-                let _ = self
-                    .shard
-                    .route(Arc::new(Message::new(topic, payload, qos, retain)));
-                self.shard.flush();
+                let delay = properties
+                    .as_ref()
+                    .and_then(|p| p.will_delay_interval)
+                    .unwrap_or(0);
+                let message = Message::new(topic, payload, qos, retain)
+                    .with_v5(v5::message_part(properties.as_deref(), Instant::now()));
+                if delay > 0 && !self.session.borrow().clean {
+                    delayed_will = Some((message, Duration::from_secs(u64::from(delay))));
+                } else {
+                    // Nobody to hold back and nobody to acknowledge: the connection is gone.
+                    let publisher = self.session.borrow().id;
+                    let _ = self.shard.route(Arc::new(message), Some(publisher));
+                    self.shard.flush();
+                }
             }
         }
         let detached = self.session.borrow_mut().detach(self.conn);
+        if let (true, Some((message, delay))) = (detached, delayed_will) {
+            self.publish_will_later(message, delay);
+        }
         if detached {
             let at_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -25,14 +25,20 @@ use crate::protocol::{
 /// Why a connection ended; logged once per connection.
 #[derive(Debug)]
 pub enum CloseReason {
-    /// The client sent DISCONNECT: the will is discarded.
+    /// The client sent DISCONNECT (MQTT 5: with reason 0x00): the will is discarded.
     Disconnect,
+    /// An MQTT 5 client sent DISCONNECT with another reason (0x04 asks for the will): the
+    /// will is published.
+    DisconnectWithWill(ReasonCode),
     /// The peer closed the socket without DISCONNECT.
     Eof,
     Io(io::Error),
     Malformed(DecodeError),
     /// A well-formed packet that breaks a protocol rule.
     Violation(&'static str),
+    /// A well-formed MQTT 5 packet that breaks a rule with a reason code of its own (topic
+    /// alias invalid, receive maximum exceeded, ...), sent in the broker's DISCONNECT.
+    Violation5(ReasonCode, &'static str),
     ConnectTimeout,
     KeepaliveTimeout,
     TakenOver,
@@ -45,10 +51,16 @@ impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CloseReason::Disconnect => f.write_str("client sent DISCONNECT"),
+            CloseReason::DisconnectWithWill(code) => {
+                write!(f, "client sent DISCONNECT {code}: the will is published")
+            }
             CloseReason::Eof => f.write_str("peer closed the connection without DISCONNECT"),
             CloseReason::Io(e) => write!(f, "I/O error: {e}"),
             CloseReason::Malformed(e) => write!(f, "malformed packet: {e}"),
             CloseReason::Violation(rule) => write!(f, "protocol violation: {rule}"),
+            CloseReason::Violation5(code, rule) => {
+                write!(f, "protocol violation ({code}): {rule}")
+            }
             CloseReason::ConnectTimeout => f.write_str("no CONNECT within the connect timeout"),
             CloseReason::KeepaliveTimeout => f.write_str(
                 "keepalive timeout: nothing received for 1.5 x keepalive (MQTT-3.1.2-24)",
@@ -75,7 +87,10 @@ impl CloseReason {
     }
 
     fn counts_as_protocol_error(&self) -> bool {
-        matches!(self, CloseReason::Malformed(_) | CloseReason::Violation(_))
+        matches!(
+            self,
+            CloseReason::Malformed(_) | CloseReason::Violation(_) | CloseReason::Violation5(..)
+        )
     }
 }
 
@@ -98,7 +113,12 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
         // Full: say so (CONNACK 3, server unavailable) without waiting for CONNECT, and close.
         let reason = CloseReason::Refused(ReasonCode::SERVER_UNAVAILABLE);
         let _ = or(
-            refuse(&shard, &mut wire, ReasonCode::SERVER_UNAVAILABLE),
+            refuse(
+                &shard,
+                &mut wire,
+                ReasonCode::SERVER_UNAVAILABLE,
+                ProtocolLevel::V311,
+            ),
             async {
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             },
@@ -119,12 +139,6 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
     .await;
     let connect = match first {
         None => return log_close(&shard, None, &wire, CloseReason::ConnectTimeout),
-        // MQTT 5 is decoded but not served yet: refused as an unknown level was before.
-        Some(Ok(Packet::Connect(connect))) if connect.level.is_v5() => {
-            refuse(&shard, &mut wire, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION).await;
-            let reason = CloseReason::Malformed(DecodeError::UnsupportedProtocolLevel(5));
-            return log_close(&shard, None, &wire, reason);
-        }
         Some(Ok(Packet::Connect(connect))) => connect,
         Some(Ok(_)) => {
             let reason = CloseReason::Violation("first packet is not CONNECT (MQTT-3.1.0-1)");
@@ -132,22 +146,43 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
         }
         Some(Err(CloseReason::Malformed(DecodeError::UnsupportedProtocolLevel(level)))) => {
             // MQTT-3.1.2-2: answer CONNACK 1, then close.
-            refuse(&shard, &mut wire, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION).await;
+            let code = ReasonCode::UNSUPPORTED_PROTOCOL_VERSION;
+            refuse(&shard, &mut wire, code, ProtocolLevel::V311).await;
             let reason = CloseReason::Malformed(DecodeError::UnsupportedProtocolLevel(level));
             return log_close(&shard, None, &wire, reason);
         }
         Some(Err(reason)) => return log_close(&shard, None, &wire, reason),
     };
     let mut connect = connect;
+    let level = connect.level;
+    if connect
+        .properties
+        .as_ref()
+        .is_some_and(|p| p.authentication_method.is_some())
+    {
+        // Enhanced authentication (AUTH) is not offered: MQTT 5.0 4.12.
+        let code = ReasonCode::BAD_AUTHENTICATION_METHOD;
+        refuse(&shard, &mut wire, code, level).await;
+        return log_close(&shard, None, &wire, CloseReason::Refused(code));
+    }
+    let mut assigned = false;
     if connect.client_id.is_empty() {
-        // MQTT 3.1 requires 1 to 23 characters; 3.1.1 allows empty with CleanSession = 1.
-        if !connect.clean_session || connect.level == ProtocolLevel::V31 {
+        // MQTT 3.1 requires 1 to 23 characters; 3.1.1 allows empty with CleanSession = 1;
+        // MQTT 5 always allows it and says the id it assigned (MQTT-3.1.3-7 of 5.0).
+        if !level.is_v5() && (!connect.clean_session || level == ProtocolLevel::V31) {
             // MQTT-3.1.3-8: an empty client id needs CleanSession = 1.
-            refuse(&shard, &mut wire, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
+            refuse(
+                &shard,
+                &mut wire,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                level,
+            )
+            .await;
             let reason = CloseReason::Refused(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
             return log_close(&shard, None, &wire, reason);
         }
         connect.client_id = shard.assign_client_id();
+        assigned = true;
     }
     if let Some(will) = &connect.will {
         if too_many_levels(&will.topic, shard.config.max_topic_levels) {
@@ -167,14 +202,14 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
                 certified = true;
             }
             None => {
-                refuse(&shard, &mut wire, ReasonCode::NOT_AUTHORIZED).await;
+                refuse(&shard, &mut wire, ReasonCode::NOT_AUTHORIZED, level).await;
                 let reason = CloseReason::Refused(ReasonCode::NOT_AUTHORIZED);
                 return log_close(&shard, Some(&connect.client_id), &wire, reason);
             }
         }
     }
     if let Err(code) = authenticate(&shard, &connect, wire.peer, certified) {
-        refuse(&shard, &mut wire, code).await;
+        refuse(&shard, &mut wire, code, level).await;
         let c = &shard.metrics.refused_auth;
         c.set(c.get() + 1);
         return log_close(
@@ -207,7 +242,7 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
     }
     // A task of its own: the CONNECT phase's state is freed now instead of staying inside the
     // future of every connection for its whole life.
-    let serve = ConnectedClient::new(shard.clone(), wire, connect, permit);
+    let serve = ConnectedClient::new(shard.clone(), wire, connect, permit, assigned);
     match glommio::spawn_local_into(serve, shard.connection_queue()) {
         Ok(task) => {
             task.detach();
@@ -231,6 +266,9 @@ fn keep_only_what_lasts(connect: &mut Connect) {
     if let Some(will) = &mut connect.will {
         will.topic = ByteStr::from(will.topic.as_str());
         will.payload = bytes::Bytes::copy_from_slice(&will.payload);
+        if let Some(p) = &mut will.properties {
+            **p = p.detached();
+        }
     }
 }
 
@@ -275,7 +313,7 @@ pub fn serve_moved(shard: Rc<Shard>, moved: MovedConnection) -> ConnectedClient 
         transport,
     } = moved;
     let wire = Wire::adopt(fd, peer, leftover, transport);
-    ConnectedClient::new(shard, wire, connect, permit)
+    ConnectedClient::new(shard, wire, connect, permit, false)
 }
 
 async fn read_packet(shard: &Shard, wire: &mut Wire, max: usize) -> Result<Packet, CloseReason> {
@@ -296,9 +334,10 @@ async fn read_packet(shard: &Shard, wire: &mut Wire, max: usize) -> Result<Packe
     }
 }
 
-async fn refuse(shard: &Shard, wire: &mut Wire, code: ReasonCode) {
+/// CONNACK with a refusal, in the client's protocol level, then the close.
+async fn refuse(shard: &Shard, wire: &mut Wire, code: ReasonCode, level: ProtocolLevel) {
     let ack = Packet::ConnAck(ConnAck::new(false, code));
-    let _ = ack.encode(wire.wbuf.encoded(), ProtocolLevel::V311);
+    let _ = ack.encode(wire.wbuf.encoded(), level);
     add(&shard.metrics.packets_out, 1);
     let _ = wire.flush().await;
 }

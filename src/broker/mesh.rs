@@ -19,6 +19,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -57,9 +58,24 @@ pub struct Message {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
-    /// The whole PUBLISH as every subscriber that gets it at QoS 0 as a live forward receives
-    /// it, encoded once by the routing shard when enough of them do (see `Shard::route`).
+    /// What MQTT 5 adds, when the publisher sent any property a subscriber is given; `None`
+    /// for every 3.1.1 message and most MQTT 5 ones, so they pay one pointer.
+    pub v5: Option<Box<V5Message>>,
+    /// The whole PUBLISH as every 3.1.1 subscriber that gets it at QoS 0 as a live forward
+    /// receives it, encoded once by the routing shard when enough of them do (see
+    /// `Shard::route`).
     qos0_frame: OnceLock<Bytes>,
+}
+
+/// The MQTT 5 part of a message: the properties forwarded to MQTT 5 subscribers unchanged
+/// (MQTT-3.3.2-18 keeps User Properties in order) and the Message Expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V5Message {
+    /// Payload Format Indicator, Content Type, Response Topic, Correlation Data and User
+    /// Properties, encoded once (without the property length); empty if none.
+    pub properties: Bytes,
+    /// When the Message Expiry Interval runs out; a subscriber is sent what is left of it.
+    pub expires_at: Option<Instant>,
 }
 
 impl Message {
@@ -69,8 +85,15 @@ impl Message {
             payload,
             qos,
             retain,
+            v5: None,
             qos0_frame: OnceLock::new(),
         }
+    }
+
+    /// The message with its MQTT 5 part.
+    pub fn with_v5(mut self, v5: Option<Box<V5Message>>) -> Message {
+        self.v5 = v5;
+        self
     }
 
     /// A copy that owns exactly its bytes. Kept for long (retained messages), a `Message` must
@@ -82,6 +105,20 @@ impl Message {
             self.qos,
             self.retain,
         )
+        .with_v5(self.v5.as_ref().map(|v5| {
+            Box::new(V5Message {
+                properties: Bytes::copy_from_slice(&v5.properties),
+                expires_at: v5.expires_at,
+            })
+        }))
+    }
+
+    /// Whether the Message Expiry Interval has run out.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.v5
+            .as_ref()
+            .and_then(|v5| v5.expires_at)
+            .is_some_and(|at| at <= now)
     }
 
     /// Encodes the QoS 0 live-forward PUBLISH (RETAIN 0, DUP 0) once, for every subscriber
@@ -116,12 +153,49 @@ impl Message {
     }
 }
 
+/// What a subscription grants its subscriber, as the subscription trie stores it: the QoS
+/// and MQTT 5's options that matter when a message is routed. 8 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Grant {
+    pub qos: QoS,
+    /// MQTT 5 No Local: never sent to the client that published it (MQTT-3.8.3-3).
+    pub no_local: bool,
+    /// MQTT 5 Retain As Published: live forwards keep the publisher's RETAIN flag
+    /// (MQTT-3.3.1-12, -13).
+    pub retain_as_published: bool,
+    /// MQTT 5 Subscription Identifier, returned with every message the subscription matches
+    /// (MQTT-3.3.4-3); 0: none.
+    pub subscription_id: u32,
+}
+
+impl From<QoS> for Grant {
+    fn from(qos: QoS) -> Grant {
+        Grant {
+            qos,
+            ..Grant::default()
+        }
+    }
+}
+
+/// One filter of a SUBSCRIBE as every shard applies it.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub filter: ByteStr,
+    pub grant: Grant,
+    /// Whether the retained messages it matches are sent now (MQTT 5 Retain Handling).
+    pub send_retained: bool,
+}
+
 /// A delivery target on the destination shard.
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
     pub slot: u32,
     pub generation: u32,
     pub qos: QoS,
+    /// The RETAIN flag the subscriber is sent.
+    pub retain: bool,
+    /// The Subscription Identifier it is sent (0: none).
+    pub subscription_id: u32,
 }
 
 /// Messages for one destination shard, with their targets there, in publish order. Flat
@@ -199,12 +273,12 @@ pub enum ShardMessage {
     /// retained messages you own that match.
     Subscribe {
         subscriber: SubscriberId,
-        filters: Arc<[(ByteStr, QoS)]>,
+        filters: Arc<[Subscription]>,
         token: u64,
     },
     SubscribeApplied {
         token: u64,
-        retained: Vec<(Arc<Message>, QoS)>,
+        retained: Vec<(Arc<Message>, Grant)>,
     },
     /// Remove these subscriptions; answer `UnsubscribeApplied` when a token is given.
     Unsubscribe {
@@ -492,6 +566,8 @@ mod tests {
             slot,
             generation: 0,
             qos: QoS::AtMostOnce,
+            retain: false,
+            subscription_id: 0,
         }
     }
 

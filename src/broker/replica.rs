@@ -1,10 +1,9 @@
 //! A shard's replica of the whole subscription index: every subscriber of every shard, keyed
-//! by [`SubscriberId`], with the QoS granted.
+//! by [`SubscriberId`], with what each subscription grants ([`Grant`]: QoS and MQTT 5 options).
 
 use ahash::AHashMap;
 
-use super::mesh::SubscriberId;
-use crate::protocol::QoS;
+use super::mesh::{Grant, SubscriberId};
 use crate::topic::SubscriptionTrie;
 
 /// The shard's replica of the subscription index, with how many filters each subscriber has
@@ -12,14 +11,14 @@ use crate::topic::SubscriptionTrie;
 /// skips de-duplication (which otherwise sorts every message's matches).
 #[derive(Default)]
 pub struct Replica {
-    pub trie: SubscriptionTrie<SubscriberId, QoS>,
+    pub trie: SubscriptionTrie<SubscriberId, Grant>,
     filters_of: AHashMap<SubscriberId, u32>,
     with_several_filters: usize,
 }
 
 impl Replica {
-    pub fn insert(&mut self, filter: &str, id: SubscriberId, qos: QoS) {
-        if self.trie.insert(filter, id, qos).is_none() {
+    pub fn insert(&mut self, filter: &str, id: SubscriberId, grant: Grant) {
+        if self.trie.insert(filter, id, grant).is_none() {
             let count = self.filters_of.entry(id).or_insert(0);
             *count += 1;
             if *count == 2 {
@@ -54,6 +53,7 @@ impl Replica {
 mod tests {
     use super::*;
     use crate::broker::mesh::ShardId;
+    use crate::protocol::QoS;
 
     fn id(slot: u32) -> SubscriberId {
         SubscriberId {
@@ -67,12 +67,12 @@ mod tests {
     #[test]
     fn overlap_is_possible_only_while_a_subscriber_has_two_filters() {
         let mut r = Replica::default();
-        r.insert("a/+", id(1), QoS::AtMostOnce);
-        r.insert("a/#", id(2), QoS::AtMostOnce);
+        r.insert("a/+", id(1), QoS::AtMostOnce.into());
+        r.insert("a/#", id(2), QoS::AtMostOnce.into());
         assert!(!r.may_overlap());
-        r.insert("a/+", id(1), QoS::AtLeastOnce); // the same filter again replaces
+        r.insert("a/+", id(1), QoS::AtLeastOnce.into()); // the same filter again replaces
         assert!(!r.may_overlap());
-        r.insert("a/#", id(1), QoS::ExactlyOnce);
+        r.insert("a/#", id(1), QoS::ExactlyOnce.into());
         assert!(r.may_overlap());
         r.remove("a/nothing", &id(1));
         assert!(r.may_overlap());

@@ -23,10 +23,10 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::journal::Journal;
-use super::mesh::{Message, SubscriberId};
+use super::mesh::{Grant, Message, SubscriberId, Subscription};
 use super::session::Session;
 use super::shard::{home_shard, Shard};
-use crate::protocol::{ByteStr, QoS};
+use crate::protocol::ByteStr;
 use crate::store::{
     load_dir, log_path, DataDirLock, Image, LogWriter, Record, StoreError, StoredSession,
 };
@@ -39,7 +39,7 @@ pub struct Startup {
     dir: PathBuf,
     new: u64,
     images: Mutex<Vec<Option<Image>>>,
-    subscriptions: Mutex<Vec<Vec<(SubscriberId, ByteStr, QoS)>>>,
+    subscriptions: Mutex<Vec<Vec<(SubscriberId, ByteStr, Grant)>>>,
     barrier: Barrier,
     failed: AtomicBool,
     /// Held for the broker's life.
@@ -156,8 +156,13 @@ pub async fn restore(shard: &Shard, startup: &Startup) -> Result<(), StoreError>
     }
     let all = startup.subscriptions.lock().expect("not poisoned").clone();
     for list in all {
-        for (id, filter, qos) in list {
-            shard.apply_subscribe(id, &[(filter, qos)]);
+        for (id, filter, grant) in list {
+            let subscription = Subscription {
+                filter,
+                grant,
+                send_retained: false,
+            };
+            shard.apply_subscribe(id, std::slice::from_ref(&subscription));
         }
     }
     Ok(())
@@ -315,7 +320,11 @@ impl Shard {
                     slot,
                     generation,
                 };
-                Session::restore(id, limits, n, stored, detached_at)
+                let mut s = Session::restore(id, limits, n, stored, detached_at);
+                // MQTT 5 expiry intervals are not journaled yet: restored sessions get the
+                // broker's.
+                s.set_expiry(self.config.session_expiry);
+                s
             });
         self.metrics.sessions.set(self.metrics.sessions.get() + 1);
         session

@@ -27,10 +27,13 @@ mod stored;
 use stored::Stored;
 pub use stored::StoredItem;
 
-use super::mesh::{Message, SubscriberId};
+use smallvec::SmallVec;
+
+use super::mesh::{Grant, Message, SubscriberId};
 use super::output::OutputQueue;
 use crate::protocol::{
-    encode_ack, ByteStr, Packet, PacketId, PacketType, ProtocolLevel, PublishHeader, QoS, SubAck,
+    encode_ack, publish_len, ByteStr, Packet, PacketId, PacketType, ProtocolLevel, PublishHeader,
+    QoS, SubAck, UnsubAck,
 };
 
 /// Why a connection was told to close by someone other than its client.
@@ -55,9 +58,41 @@ pub enum Outbound {
         retain: bool,
         /// The message's number in the session's journal (see [`Session::stored_as`]).
         seq: u64,
+        /// MQTT 5 Subscription Identifier to send it with; 0: none.
+        subscription_id: u32,
     },
     SubAck(SubAck),
-    UnsubAck(PacketId),
+    UnsubAck(UnsubAck),
+}
+
+/// What the attached client said in CONNECT that bounds what it is sent: its protocol level
+/// and, in MQTT 5, its Receive Maximum and Maximum Packet Size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    pub level: ProtocolLevel,
+    /// QoS 1/2 messages in flight to it at once (MQTT-3.3.4-7), besides `--max-inflight`.
+    pub receive_maximum: u16,
+    /// Larger PUBLISHes are not sent to it but dropped and counted (MQTT-3.1.2-24 of 5.0).
+    pub max_packet_size: u32,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            level: ProtocolLevel::V311,
+            receive_maximum: u16::MAX,
+            max_packet_size: u32::MAX,
+        }
+    }
+}
+
+/// Messages `fill` discarded instead of sending, for the shard's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Discarded {
+    /// Larger than the client's Maximum Packet Size.
+    pub too_large: u32,
+    /// Their Message Expiry Interval ran out while they waited.
+    pub expired: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +114,7 @@ struct Inflight {
     retain: bool,
     state: InflightState,
     seq: u64,
+    subscription_id: u32,
 }
 
 /// What an acknowledgement from the client (PUBACK, PUBREC, PUBCOMP) turned out to be.
@@ -155,8 +191,8 @@ pub struct Session {
     pub keepalive_due: bool,
     /// The user the session was opened by; only they may resume it.
     pub username: Option<ByteStr>,
-    /// Filter → granted QoS, as the client subscribed.
-    pub subscriptions: HashMap<ByteStr, QoS, Hasher>,
+    /// Filter → what it grants, as the client subscribed.
+    pub subscriptions: HashMap<ByteStr, Grant, Hasher>,
     /// Shared by every session of the shard.
     limits: Rc<SessionLimits>,
     queue: VecDeque<Outbound>,
@@ -187,6 +223,13 @@ pub struct Session {
     /// Set when the session is written to its shard's journal (a persistent session with
     /// `--data-dir`; see `journal`). Boxed: most sessions are not.
     stored: Option<Box<Stored>>,
+    /// The attached (or last) client's level and limits.
+    pub peer: PeerLimits,
+    /// Seconds the session outlives its connection; `u32::MAX`: until removed otherwise.
+    /// MQTT 5's Session Expiry Interval, or `--session-expiry` for 3.1.1 persistent sessions.
+    expiry_secs: u32,
+    /// What `fill` discarded since the connection last took the counts.
+    discarded: Discarded,
 }
 
 impl Session {
@@ -222,7 +265,40 @@ impl Session {
             progressed: false,
             last_progress: Instant::now(),
             stored: None,
+            peer: PeerLimits::default(),
+            expiry_secs: u32::MAX,
+            discarded: Discarded::default(),
         }
+    }
+
+    /// What `fill` discarded since the last call, and resets the counts.
+    pub fn take_discarded(&mut self) -> Discarded {
+        std::mem::take(&mut self.discarded)
+    }
+
+    /// When the last connection went away; None while one is attached.
+    pub fn detached_since(&self) -> Option<Instant> {
+        self.detached_at
+    }
+
+    /// How long the session outlives its connection (None: no limit).
+    pub fn expiry(&self) -> Option<Duration> {
+        (self.expiry_secs != u32::MAX).then(|| Duration::from_secs(u64::from(self.expiry_secs)))
+    }
+
+    /// Sets how long the session outlives its connection (None: no limit).
+    pub fn set_expiry(&mut self, expiry: Option<Duration>) {
+        self.expiry_secs = expiry.map_or(u32::MAX, |d| {
+            d.as_secs().min(u64::from(u32::MAX - 1)) as u32
+        });
+    }
+
+    /// Whether the session has been disconnected longer than its expiry.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expiry_secs != u32::MAX
+            && self
+                .disconnected_for(now)
+                .is_some_and(|away| away >= Duration::from_secs(u64::from(self.expiry_secs)))
     }
 
     /// Attaches connection `conn`, telling any previous one to go. Unacknowledged messages of a
@@ -309,6 +385,18 @@ impl Session {
         qos: QoS,
         retain: bool,
     ) -> Result<Queued, Dropped> {
+        self.enqueue_as(message, qos, retain, 0)
+    }
+
+    /// [`Session::enqueue`] for a subscription with an MQTT 5 Subscription Identifier (0:
+    /// none), which the client is sent with the message.
+    pub fn enqueue_as(
+        &mut self,
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_id: u32,
+    ) -> Result<Queued, Dropped> {
         let offline = self.attached == 0;
         if offline && qos == QoS::AtMostOnce && !self.limits.queue_qos0 {
             return Err(Dropped::Offline);
@@ -349,6 +437,7 @@ impl Session {
             qos,
             retain,
             seq,
+            subscription_id,
         });
         self.wake();
         Ok(queued)
@@ -374,7 +463,12 @@ impl Session {
     }
 
     fn window_open(&self) -> bool {
-        if self.inflight.len() >= self.limits.max_inflight {
+        if self.inflight.len()
+            >= self
+                .limits
+                .max_inflight
+                .min(usize::from(self.peer.receive_maximum))
+        {
             return false;
         }
         // Ids are handed out in sequence, so the only id the next one can collide with is the
@@ -389,6 +483,9 @@ impl Session {
     /// how many packets it wrote.
     pub fn fill(&mut self, out: &mut OutputQueue, high_water: usize) -> usize {
         let share_from = self.limits.share_payloads_from;
+        let peer = self.peer;
+        // Read once per fill, and only when a message expires.
+        let mut now = None;
         let mut packets = 0;
         while self.resend > 0 && out.len() < high_water {
             let i = self.inflight.len() - self.resend;
@@ -396,15 +493,21 @@ impl Session {
             let e = &self.inflight[i];
             match e.state {
                 InflightState::Comp => encode_ack(out.encoded(), PacketType::PubRel, e.packet_id),
-                _ => write_publish(
-                    out,
-                    share_from,
-                    &e.message,
-                    e.qos,
-                    e.retain,
-                    true,
-                    e.packet_id,
-                ),
+                _ => {
+                    // Sent before, so within the limits; an expired one is finished anyway
+                    // (onward delivery had started).
+                    let props = v5_properties(&peer, &e.message, e.subscription_id, &mut now);
+                    write_publish(
+                        out,
+                        share_from,
+                        &e.message,
+                        e.qos,
+                        e.retain,
+                        true,
+                        e.packet_id,
+                        props.as_deref(),
+                    )
+                }
             }
             packets += 1;
         }
@@ -425,19 +528,61 @@ impl Session {
                     qos,
                     retain,
                     seq,
+                    subscription_id,
                 } => {
                     self.queued_bytes -= message.payload.len();
+                    if message
+                        .v5
+                        .as_ref()
+                        .is_some_and(|v5| v5.expires_at.is_some())
+                        && message.expired(*now.get_or_insert_with(Instant::now))
+                    {
+                        // MQTT-3.3.2-5: not sent once its expiry interval has passed.
+                        // (A journaled copy stays queued in the log until the next restart or
+                        // compaction: MQTT 5 state is not journaled yet.)
+                        self.discarded.expired += 1;
+                        packets -= 1;
+                        continue;
+                    }
+                    let props = v5_properties(&peer, &message, subscription_id, &mut now);
+                    let size = publish_len(message.topic.len(), message.payload.len(), qos)
+                        + props.as_ref().map_or(0, |p| p.len() + 4);
+                    if size > peer.max_packet_size as usize {
+                        // MQTT-3.1.2-25 (5.0): never sent beyond the client's maximum.
+                        self.discarded.too_large += 1;
+                        packets -= 1;
+                        continue;
+                    }
                     if qos == QoS::AtMostOnce {
-                        write_publish(out, share_from, &message, qos, retain, false, 0);
+                        write_publish(
+                            out,
+                            share_from,
+                            &message,
+                            qos,
+                            retain,
+                            false,
+                            0,
+                            props.as_deref(),
+                        );
                     } else {
                         let packet_id = next_id(self.last_packet_id);
                         self.last_packet_id = packet_id;
-                        write_publish(out, share_from, &message, qos, retain, false, packet_id);
+                        write_publish(
+                            out,
+                            share_from,
+                            &message,
+                            qos,
+                            retain,
+                            false,
+                            packet_id,
+                            props.as_deref(),
+                        );
                         if let Some(stored) = &mut self.stored {
                             stored.sent.push((seq, packet_id));
                         }
                         self.inflight.push_back(Inflight {
                             seq,
+                            subscription_id,
                             packet_id,
                             message,
                             qos,
@@ -452,9 +597,11 @@ impl Session {
                 }
                 Outbound::SubAck(ack) => {
                     // SUBACK carries at most a few thousand codes; it cannot exceed the limits.
-                    let _ = Packet::SubAck(ack).encode(out.encoded(), ProtocolLevel::V311);
+                    let _ = Packet::SubAck(ack).encode(out.encoded(), peer.level);
                 }
-                Outbound::UnsubAck(id) => encode_ack(out.encoded(), PacketType::UnsubAck, id),
+                Outbound::UnsubAck(ack) => {
+                    let _ = Packet::UnsubAck(ack).encode(out.encoded(), peer.level);
+                }
             }
         }
         packets
@@ -507,6 +654,15 @@ impl Session {
         self.incoming_qos2.insert(packet_id)
     }
 
+    /// Incoming QoS 2 messages between PUBLISH and PUBREL (they count against MQTT 5's
+    /// Receive Maximum), and whether `packet_id` is one of them.
+    pub fn incoming_qos2(&self, packet_id: PacketId) -> (usize, bool) {
+        (
+            self.incoming_qos2.len(),
+            self.incoming_qos2.contains(&packet_id),
+        )
+    }
+
     /// PUBREL: the id may be used for a new message from now on. Returns whether it was
     /// waiting for its PUBREL.
     pub fn on_pubrel(&mut self, packet_id: PacketId) -> bool {
@@ -539,8 +695,50 @@ fn next_id(id: PacketId) -> PacketId {
     }
 }
 
+/// The property block an MQTT 5 client is sent with `m` (without its length): what is left of
+/// the Message Expiry Interval (MQTT-3.3.2-6), then the forwarded properties. `None` for a
+/// 3.1.1 client, which gets no block at all.
+fn v5_properties(
+    peer: &PeerLimits,
+    m: &Message,
+    subscription_id: u32,
+    now: &mut Option<Instant>,
+) -> Option<SmallVec<[u8; 64]>> {
+    if !peer.level.is_v5() {
+        return None;
+    }
+    let mut props = SmallVec::new();
+    if subscription_id != 0 {
+        props.push(0x0B);
+        let mut v = subscription_id;
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                props.push(b);
+                break;
+            }
+            props.push(b | 0x80);
+        }
+    }
+    if let Some(v5) = &m.v5 {
+        if let Some(at) = v5.expires_at {
+            let now = *now.get_or_insert_with(Instant::now);
+            let left = at.saturating_duration_since(now);
+            // Rounded up: a message with 0.4 s left is not sent as already expired.
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            props.push(0x02);
+            props.extend_from_slice(&(secs.min(u64::from(u32::MAX)) as u32).to_be_bytes());
+        }
+        props.extend_from_slice(&v5.properties);
+    }
+    Some(props)
+}
+
 /// Appends a PUBLISH of `m`: copied whole when its payload is small, as a header followed by
-/// the shared payload from `share_from` bytes on.
+/// the shared payload from `share_from` bytes on. `properties` is the MQTT 5 property block
+/// (None for 3.1.1).
+#[allow(clippy::too_many_arguments)]
 fn write_publish(
     out: &mut OutputQueue,
     share_from: usize,
@@ -549,8 +747,9 @@ fn write_publish(
     retain: bool,
     dup: bool,
     packet_id: PacketId,
+    properties: Option<&[u8]>,
 ) {
-    if qos == QoS::AtMostOnce && !retain {
+    if qos == QoS::AtMostOnce && !retain && properties.is_none() {
         if let Some(frame) = m.qos0_frame() {
             out.encoded().extend_from_slice(frame);
             return;
@@ -563,7 +762,7 @@ fn write_publish(
         retain,
         dup,
         packet_id,
-        properties: None,
+        properties,
     };
     let shared = m.payload.len() >= share_from;
     let then = if shared { 0 } else { m.payload.len() };

@@ -16,16 +16,17 @@ use ahash::AHashMap;
 use tracing::{debug, warn};
 
 use super::config::BrokerConfig;
+use super::connected::session_expiry;
 use super::durability::{Durability, Ticket};
 use super::journal::Journal;
 use super::keepalive::KeepaliveQueue;
-use super::mesh::{Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target};
+use super::mesh::{Grant, Mesh, Message, Router, ShardId, ShardMessage, SubscriberId, Target};
 use super::metrics::{add, Metrics};
 use super::output::SHARE_PAYLOADS_FROM;
 use super::parking::ParkingLot;
 use super::pressure::PressureBoard;
 use super::replica::Replica;
-use super::session::{Dropped, Kick, Outbound, Queued, Session, SessionLimits};
+use super::session::{Dropped, Kick, Outbound, PeerLimits, Queued, Session, SessionLimits};
 use super::session_table::SessionTable;
 use super::wire::{ReadArena, WritePool};
 use crate::protocol::{ByteStr, Connect, QoS};
@@ -46,7 +47,7 @@ mod subscriptions;
 /// shared, not copied) and enough of them get it at QoS 0 to pay for the frame's allocation.
 fn worth_encoding_once(
     message: &Message,
-    matches: &[(SubscriberId, QoS)],
+    matches: &[(SubscriberId, Grant)],
     share_from: usize,
 ) -> bool {
     // Most messages (pair, fan-in) stop at the first test.
@@ -56,9 +57,24 @@ fn worth_encoding_once(
     let qos0 = if message.qos == QoS::AtMostOnce {
         matches.len()
     } else {
-        matches.iter().filter(|m| m.1 == QoS::AtMostOnce).count()
+        matches
+            .iter()
+            .filter(|m| m.1.qos == QoS::AtMostOnce)
+            .count()
     };
     qos0 >= ENCODE_ONCE_FROM
+}
+
+/// What a CONNECT says that bounds what its client is sent (see [`PeerLimits`]).
+fn peer_limits(connect: &Connect) -> PeerLimits {
+    let props = connect.properties.as_deref();
+    PeerLimits {
+        level: connect.level,
+        receive_maximum: props.and_then(|p| p.receive_maximum).unwrap_or(u16::MAX),
+        max_packet_size: props
+            .and_then(|p| p.maximum_packet_size)
+            .unwrap_or(u32::MAX),
+    }
 }
 
 /// The shard that owns `key` (a client id, or a retained topic): the same answer on every
@@ -89,7 +105,7 @@ struct PendingAck {
     subscriber: SubscriberId,
     remaining: usize,
     reply: Outbound,
-    retained: Vec<(Arc<Message>, QoS)>,
+    retained: Vec<(Arc<Message>, Grant)>,
 }
 
 pub struct Shard {
@@ -112,7 +128,7 @@ pub struct Shard {
     /// Write buffers of idle connections, for reuse.
     pub write_pool: RefCell<WritePool>,
     /// Reused by `route` for the matches of one message.
-    matches: RefCell<Vec<(SubscriberId, QoS)>>,
+    matches: RefCell<Vec<(SubscriberId, Grant)>>,
     stopping: Cell<bool>,
     /// The task queue connections run in (the drain task has its own, latency-sensitive one).
     connection_queue: glommio::TaskQueueHandle,
@@ -146,6 +162,8 @@ pub struct Routed {
     pub pressured: Option<SubscriberId>,
     /// What must be durable before the message is acknowledged (with `--data-dir`).
     pub ticket: Ticket,
+    /// How many subscriptions it reached (an MQTT 5 publisher hears 0x10 when none did).
+    pub matched: usize,
 }
 
 impl Shard {
@@ -250,16 +268,41 @@ impl Shard {
 
     /// The session for a new connection `conn` of `connect.client_id`, and whether a stored one
     /// was resumed (Session Present). An existing connection of that client id is told to go.
+    ///
+    /// 3.1.1: CleanSession = 1 starts a session that ends with the connection; 0 resumes a
+    /// stored one or starts one kept for `--session-expiry`. MQTT 5: Clean Start = 1 discards
+    /// what is stored, and the Session Expiry Interval says how long the session outlives the
+    /// connection (0: it ends with it).
     pub fn open_session(&self, connect: &Connect, conn: u64) -> (Rc<RefCell<Session>>, bool) {
+        let v5 = connect.level.is_v5();
+        let (ends_with_connection, expiry) = if v5 {
+            let asked = connect
+                .properties
+                .as_ref()
+                .and_then(|p| p.session_expiry_interval)
+                .unwrap_or(0);
+            (asked == 0, session_expiry(&self.config, asked))
+        } else {
+            (connect.clean_session, self.config.session_expiry)
+        };
+        let peer = peer_limits(connect);
         let existing = self.sessions.borrow().find(&connect.client_id);
         if let Some(existing) = existing {
             // A stored session is resumed only by the user it belongs to: its subscriptions
-            // were authorized for that user, and another must not inherit them.
+            // were authorized for that user, and another must not inherit them. An MQTT 5
+            // client resumes even a session that was to end with its connection, while that
+            // connection is still there (MQTT-3.1.2-5 of 5.0).
             let keep = !connect.clean_session
-                && !existing.borrow().clean
+                && (v5 || !existing.borrow().clean)
                 && existing.borrow().username == connect.username;
             if keep {
-                existing.borrow_mut().attach(conn);
+                {
+                    let mut s = existing.borrow_mut();
+                    s.attach(conn);
+                    s.clean = ends_with_connection;
+                    s.set_expiry(expiry);
+                    s.peer = peer;
+                }
                 self.journal_session(&existing.borrow(), |session| Record::Attached { session });
                 return (existing, true);
             }
@@ -269,7 +312,7 @@ impl Shard {
         let limits = self.session_limits.clone();
         let shard = self.id;
         let stored_as = match self.journal() {
-            Some(j) if !connect.clean_session => {
+            Some(j) if !ends_with_connection => {
                 let session = j.new_session();
                 j.append(&Record::SessionBegan {
                     session,
@@ -291,8 +334,10 @@ impl Shard {
                         generation,
                     };
                     let mut session =
-                        Session::new(connect.client_id.clone(), id, connect.clean_session, limits);
+                        Session::new(connect.client_id.clone(), id, ends_with_connection, limits);
                     session.username = connect.username.clone();
+                    session.set_expiry(expiry);
+                    session.peer = peer;
                     session.set_stored_as(stored_as);
                     session
                 });
@@ -340,11 +385,14 @@ impl Shard {
 
     /// Delivers a message published on this shard (by a client or as a will) to every
     /// subscriber, once per subscriber at the highest granted QoS (MQTT-3.3.5-1), at
-    /// min(published, granted) QoS (MQTT-3.3.1-9), with RETAIN clear (live forward).
+    /// min(published, granted) QoS (MQTT-3.3.1-9), with RETAIN clear (live forward) unless
+    /// the subscription says Retain As Published. An MQTT 5 client's overlapping subscriptions
+    /// with different Subscription Identifiers get a copy each, with its identifier
+    /// (MQTT-3.3.4-5); a No Local subscription of `publisher` gets nothing (MQTT-3.8.3-3).
     ///
     /// Returns what the publisher must wait for: a subscriber under pressure, and (with
     /// `--data-dir`) what must be durable before its acknowledgement.
-    pub fn route(&self, message: Arc<Message>) -> Routed {
+    pub fn route(&self, message: Arc<Message>, publisher: Option<SubscriberId>) -> Routed {
         let mut routed = Routed::default();
         let before = self.journal_end();
         if message.retain {
@@ -355,23 +403,41 @@ impl Shard {
         let replica = self.replica.borrow();
         replica
             .trie
-            .for_each_match(&message.topic, |id, qos| matches.push((*id, *qos)));
+            .for_each_match(&message.topic, |id, grant| matches.push((*id, *grant)));
         if matches.len() > 1 && replica.may_overlap() {
-            // Overlapping subscriptions of one client: keep one entry, the highest QoS.
-            matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            matches.dedup_by_key(|m| m.0);
+            // Overlapping subscriptions of one client: keep one entry per Subscription
+            // Identifier (one in all for 3.1.1), the highest QoS.
+            matches.sort_unstable_by(|a, b| {
+                (a.0, a.1.subscription_id)
+                    .cmp(&(b.0, b.1.subscription_id))
+                    .then(b.1.qos.cmp(&a.1.qos))
+            });
+            matches.dedup_by_key(|m| (m.0, m.1.subscription_id));
         }
+        if let Some(publisher) = publisher {
+            matches.retain(|(id, grant)| !(grant.no_local && *id == publisher));
+        }
+        routed.matched = matches.len();
         if worth_encoding_once(&message, &matches, self.session_limits.share_payloads_from) {
             message.encode_qos0_frame();
         }
         let mut router = None;
         let mut pressured = None;
         for &(id, granted) in matches.iter() {
-            let qos = message.qos.min(granted);
+            let qos = message.qos.min(granted.qos);
+            let retain = granted.retain_as_published && message.retain;
+            let subscription_id = granted.subscription_id;
             // Only QoS 1/2 is pushed back; a local delivery may raise the pressure just now.
             let check_pressure = qos != QoS::AtMostOnce && pressured.is_none();
             if id.shard == self.id {
-                self.deliver_local(id.slot, id.generation, &message, qos, false);
+                let target = Target {
+                    slot: id.slot,
+                    generation: id.generation,
+                    qos,
+                    retain,
+                    subscription_id,
+                };
+                self.deliver_local(target, &message);
             } else {
                 let router = router.get_or_insert_with(|| self.router.borrow_mut());
                 let needs_ack = id.durable && qos != QoS::AtMostOnce && self.acks_wait_for_disk();
@@ -382,6 +448,8 @@ impl Shard {
                         slot: id.slot,
                         generation: id.generation,
                         qos,
+                        retain,
+                        subscription_id,
                     },
                     needs_ack,
                 );
@@ -401,21 +469,15 @@ impl Shard {
         routed
     }
 
-    fn deliver_local(
-        &self,
-        slot: u32,
-        generation: u32,
-        message: &Arc<Message>,
-        qos: QoS,
-        retain: bool,
-    ) {
+    fn deliver_local(&self, target: Target, message: &Arc<Message>) {
+        let Target { qos, retain, .. } = target;
         let sessions = self.sessions.borrow();
-        let Some(session) = sessions.get(slot, generation) else {
+        let Some(session) = sessions.get(target.slot, target.generation) else {
             // The subscriber went away while the message travelled.
             return;
         };
         let mut s = session.borrow_mut();
-        let result = s.enqueue(message.clone(), qos, retain);
+        let result = s.enqueue_as(message.clone(), qos, retain, target.subscription_id);
         if let (Ok(_), Some(stored_as), Some(journal)) = (result, s.stored_as(), self.journal()) {
             if qos != QoS::AtMostOnce {
                 journal.queued(stored_as, s.last_seq(), message, qos, retain);
@@ -450,7 +512,7 @@ impl Shard {
             ShardMessage::Deliver(batch) => {
                 for (message, targets) in batch.iter() {
                     for t in targets {
-                        self.deliver_local(t.slot, t.generation, message, t.qos, false);
+                        self.deliver_local(*t, message);
                     }
                 }
                 self.handled_numbered(batch.numbered);

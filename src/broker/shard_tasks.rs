@@ -12,25 +12,28 @@ use super::mesh::InboxReceiver;
 use super::metrics::add;
 use super::shard::Shard;
 
-/// Removes persistent sessions that stayed disconnected longer than `--session-expiry`.
-/// Runs only when an expiry is configured, at a coarse interval.
+/// Removes sessions that stayed disconnected longer than their expiry: an MQTT 5 client's
+/// Session Expiry Interval, `--session-expiry` for 3.1.1 persistent sessions. Looks once a
+/// second (or more often for a shorter `--session-expiry`); a shard without sessions only
+/// wakes.
 pub async fn expire_sessions(shard: Rc<Shard>) {
-    let Some(expiry) = shard.config.session_expiry else {
-        return;
-    };
-    let interval = (expiry / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let interval = shard
+        .config
+        .session_expiry
+        .map_or(Duration::from_secs(1), |e| {
+            (e / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
+        });
     loop {
         glommio::timer::sleep(interval).await;
+        if shard.metrics.sessions.get() == 0 {
+            continue;
+        }
         let now = Instant::now();
         let expired: Vec<_> = shard
             .sessions
             .borrow()
             .all()
-            .filter(|s| {
-                s.borrow()
-                    .disconnected_for(now)
-                    .is_some_and(|d| d >= expiry)
-            })
+            .filter(|s| s.borrow().expired(now))
             .cloned()
             .collect();
         for session in expired {

@@ -10,6 +10,8 @@ const KNOWN_KEYS: &[&str] = &[
     "connect-timeout",
     "max-inflight",
     "max-packet-size",
+    "receive-maximum",
+    "max-topic-alias",
     "max-queued-messages",
     "max-queued-bytes",
     "stall-timeout",
@@ -81,6 +83,13 @@ impl ConfigFile {
             None => Ok(None),
             Some(toml::Value::Integer(i)) if *i >= 0 => Ok(Some(*i as u64)),
             Some(_) => Err(self.bad(key, "a non-negative integer")),
+        }
+    }
+
+    pub fn u16(&self, key: &str) -> Result<Option<u16>, String> {
+        match self.u64(key)? {
+            Some(v) if v > u64::from(u16::MAX) => Err(self.bad(key, "an integer up to 65535")),
+            v => Ok(v.map(|v| v as u16)),
         }
     }
 

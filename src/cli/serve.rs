@@ -54,6 +54,14 @@ pub struct ServeArgs {
     /// Largest packet accepted from a client, in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_packet_size: Option<usize>,
+    /// MQTT 5 Receive Maximum: QoS 1/2 publishes a client may have unacknowledged at once
+    /// [default: 65535].
+    #[arg(long, value_name = "N")]
+    receive_maximum: Option<u16>,
+    /// MQTT 5 Topic Alias Maximum: topic aliases each client may set; 0 allows none
+    /// [default: 10].
+    #[arg(long, value_name = "N")]
+    max_topic_alias: Option<u16>,
     /// Messages queued per session; beyond it QoS 0 is dropped, and QoS 1/2 holds its
     /// publishers back while the subscriber reads (dropped when it is offline or stalled)
     /// [default: 1000; 1000000 with --data-dir].
@@ -179,6 +187,16 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             args.max_packet_size,
             file.usize("max-packet-size")?,
             defaults.max_packet_size,
+        ),
+        receive_maximum: pick(
+            args.receive_maximum,
+            file.u16("receive-maximum")?,
+            defaults.receive_maximum,
+        ),
+        max_topic_alias: pick(
+            args.max_topic_alias,
+            file.u16("max-topic-alias")?,
+            defaults.max_topic_alias,
         ),
         max_queued_messages: pick(
             args.max_queued_messages,
@@ -315,6 +333,8 @@ fn log_totals(shards: &[MetricsSnapshot]) {
         dropped_qos0_queue_full = sum(|m| m.dropped_queue_full_qos0),
         dropped_qos0_offline = sum(|m| m.dropped_offline_qos0),
         dropped_qos12_queue_full = dropped_qos12,
+        dropped_too_large = sum(|m| m.dropped_too_large),
+        dropped_expired = sum(|m| m.dropped_expired),
         publishers_paused = sum(|m| m.publishers_paused),
         subscribers_stalled = sum(|m| m.subscribers_stalled),
         log_compactions = sum(|m| m.compactions),

@@ -45,7 +45,7 @@ pub use bytestr::ByteStr;
 pub use codec::{decode, frame_len};
 pub use error::{DecodeError, EncodeError};
 pub use properties::{property_name, Properties, PropertyContext};
-pub use publish::{encode_ack, encode_publish, publish_len, PublishHeader};
+pub use publish::{encode_ack, encode_ack_reason, encode_publish, publish_len, PublishHeader};
 pub use reason::ReasonCode;
 
 use bytes::Bytes;

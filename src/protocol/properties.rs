@@ -400,6 +400,34 @@ impl Properties {
             + opt_len(&self.shared_subscription_available, 1)
     }
 
+    /// A copy that owns its bytes: decoded properties are slices of the packet they came in,
+    /// and one kept for long (a will's) must not pin the buffer that packet was read into.
+    pub fn detached(&self) -> Properties {
+        fn string(s: &Option<ByteStr>) -> Option<ByteStr> {
+            s.as_ref().map(|s| ByteStr::from(s.as_str()))
+        }
+        fn binary(b: &Option<Bytes>) -> Option<Bytes> {
+            b.as_ref().map(|b| Bytes::copy_from_slice(b))
+        }
+        Properties {
+            content_type: string(&self.content_type),
+            response_topic: string(&self.response_topic),
+            correlation_data: binary(&self.correlation_data),
+            assigned_client_identifier: string(&self.assigned_client_identifier),
+            authentication_method: string(&self.authentication_method),
+            authentication_data: binary(&self.authentication_data),
+            response_information: string(&self.response_information),
+            server_reference: string(&self.server_reference),
+            reason_string: string(&self.reason_string),
+            user_properties: self
+                .user_properties
+                .iter()
+                .map(|(k, v)| (ByteStr::from(k.as_str()), ByteStr::from(v.as_str())))
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// Refuses what the wire cannot carry: a string over 65,535 bytes, a subscription
     /// identifier of 0 or over 268,435,455, a property block the length cannot express.
     pub(crate) fn check(&self) -> Result<(), EncodeError> {

@@ -379,6 +379,27 @@ pub fn encode_ack(dst: &mut BytesMut, packet_type: PacketType, packet_id: Packet
     dst.put_slice(&[first, 0x02, id[0], id[1]]);
 }
 
+/// Appends an MQTT 5 PUBACK, PUBREC, PUBREL or PUBCOMP with a reason code and no properties
+/// (5 bytes), or the two-byte form for a success, which means the same.
+///
+/// # Panics
+/// If `packet_type` is not one of those four or UNSUBACK, as [`encode_ack`].
+#[inline]
+pub fn encode_ack_reason(
+    dst: &mut BytesMut,
+    packet_type: PacketType,
+    packet_id: PacketId,
+    reason: ReasonCode,
+) {
+    if reason == ReasonCode::SUCCESS {
+        return encode_ack(dst, packet_type, packet_id);
+    }
+    let first = ack_first_byte(packet_type)
+        .unwrap_or_else(|| panic!("encode_ack_reason called with {packet_type:?}"));
+    let id = packet_id.to_be_bytes();
+    dst.put_slice(&[first, 0x03, id[0], id[1], reason.0]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testutil::{decode_all, decode_err, encode_bytes};

@@ -8,7 +8,7 @@ use std::task::Context;
 
 use crate::broker::durability::Ticket;
 use crate::broker::shard::Shard;
-use crate::protocol::{encode_ack, PacketId, PacketType};
+use crate::protocol::{encode_ack_reason, PacketId, PacketType, ReasonCode};
 
 /// Acknowledgements waiting beyond which the connection stops reading: a client that
 /// publishes without waiting for its acknowledgements must not queue them without bound.
@@ -16,7 +16,7 @@ pub const MAX_WAITING: usize = 65_536;
 
 #[derive(Default)]
 pub struct DurableAcks {
-    waiting: VecDeque<(PacketType, PacketId, Ticket)>,
+    waiting: VecDeque<(PacketType, PacketId, ReasonCode, Ticket)>,
 }
 
 impl DurableAcks {
@@ -28,8 +28,8 @@ impl DurableAcks {
         self.waiting.len()
     }
 
-    pub fn push(&mut self, kind: PacketType, id: PacketId, ticket: Ticket) {
-        self.waiting.push_back((kind, id, ticket));
+    pub fn push(&mut self, kind: PacketType, id: PacketId, reason: ReasonCode, ticket: Ticket) {
+        self.waiting.push_back((kind, id, reason, ticket));
     }
 
     /// Encodes into `out` the acknowledgements whose tickets are durable, in order; returns
@@ -41,7 +41,7 @@ impl DurableAcks {
         mut cx: Option<&mut Context<'_>>,
     ) -> usize {
         let mut released = 0;
-        while let Some((kind, id, ticket)) = self.waiting.front() {
+        while let Some((kind, id, reason, ticket)) = self.waiting.front() {
             let ready = match cx.as_deref_mut() {
                 Some(cx) => shard.poll_ticket(ticket, cx),
                 None => shard.ticket_ready(ticket),
@@ -49,7 +49,7 @@ impl DurableAcks {
             if !ready {
                 break;
             }
-            encode_ack(out, *kind, *id);
+            encode_ack_reason(out, *kind, *id, *reason);
             self.waiting.pop_front();
             released += 1;
         }

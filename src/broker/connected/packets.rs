@@ -1,18 +1,21 @@
 //! What each packet from a connected client does: publishes are authorised, routed and
-//! acknowledged, acknowledgements are checked against what is in flight (one of the wrong kind
-//! closes the connection), subscriptions go to the shard.
+//! acknowledged (with an MQTT 5 reason code where one says more than success),
+//! acknowledgements are checked against what is in flight (one of the wrong kind closes the
+//! connection), subscriptions go to the shard.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::debug;
 
+use super::v5::{message_part, session_expiry};
 use super::{CloseReason, ConnectedClient};
 use crate::broker::durability::Ticket;
 use crate::broker::mesh::Message;
 use crate::broker::metrics::add;
 use crate::broker::session::Ack;
 use crate::protocol::{
-    self, encode_ack, Packet, PacketId, PacketType, ProtocolLevel, Publish, QoS,
+    self, encode_ack, encode_ack_reason, Packet, PacketId, PacketType, Publish, QoS, ReasonCode,
 };
 use crate::store::Record;
 
@@ -34,16 +37,28 @@ impl ConnectedClient {
         }
     }
 
-    /// Sends an acknowledgement once `ticket` is durable, after those already waiting.
-    fn ack_when_durable(&mut self, kind: PacketType, id: PacketId, ticket: Ticket) {
+    /// Sends an acknowledgement once `ticket` is durable, after those already waiting. The
+    /// reason code goes to MQTT 5 clients only (3.1.1 acks have none).
+    fn ack_when_durable(
+        &mut self,
+        kind: PacketType,
+        id: PacketId,
+        reason: ReasonCode,
+        ticket: Ticket,
+    ) {
+        let reason = if self.v5.is_some() {
+            reason
+        } else {
+            ReasonCode::SUCCESS
+        };
         let waiting = self.acks.as_ref().is_some_and(|a| !a.is_empty());
         if !waiting && self.shard.ticket_ready(&ticket) {
-            encode_ack(self.wire.wbuf.encoded(), kind, id);
+            encode_ack_reason(self.wire.wbuf.encoded(), kind, id, reason);
             add(&self.shard.metrics.packets_out, 1);
         } else {
             self.acks
                 .get_or_insert_with(Box::default)
-                .push(kind, id, ticket);
+                .push(kind, id, reason, ticket);
         }
     }
 
@@ -70,6 +85,23 @@ impl ConnectedClient {
                     });
                 }
             }
+            Packet::PubRec(rec) if !rec.reason.is_success() => {
+                // MQTT 5: a PUBREC refusal ends the exchange; no PUBREL (MQTT 5.0 4.3.3).
+                let id = rec.packet_id;
+                let ack = self.session.borrow_mut().on_pubrec(id);
+                self.acknowledged(ack, "PUBREC", id)?;
+                if ack == Ack::Done {
+                    self.session.borrow_mut().on_pubcomp(id);
+                    self.journal(|session| Record::Received {
+                        session,
+                        packet_id: id,
+                    });
+                    self.journal(|session| Record::Completed {
+                        session,
+                        packet_id: id,
+                    });
+                }
+            }
             Packet::PubRec(protocol::Ack { packet_id: id, .. }) => {
                 let ack = self.session.borrow_mut().on_pubrec(id);
                 self.acknowledged(ack, "PUBREC", id)?;
@@ -82,7 +114,7 @@ impl ConnectedClient {
                         packet_id: id,
                     });
                 }
-                self.ack_when_durable(PacketType::PubRel, id, ticket);
+                self.ack_when_durable(PacketType::PubRel, id, ReasonCode::SUCCESS, ticket);
             }
             Packet::PubRel(protocol::Ack { packet_id: id, .. }) => {
                 if self.session.borrow_mut().on_pubrel(id) {
@@ -110,11 +142,36 @@ impl ConnectedClient {
             }
             Packet::Unsubscribe(request) => self.shard.unsubscribe(&self.session, request),
             Packet::PingReq => {
-                let _ = Packet::PingResp.encode(self.wire.wbuf.encoded(), ProtocolLevel::V311);
+                let _ = Packet::PingResp.encode(self.wire.wbuf.encoded(), self.level);
             }
-            Packet::Disconnect(_) => return Err(CloseReason::Disconnect),
+            Packet::Disconnect(d) => {
+                if let Some(v5) = &self.v5 {
+                    let expiry = d
+                        .properties
+                        .as_ref()
+                        .and_then(|p| p.session_expiry_interval);
+                    if let Some(expiry) = expiry {
+                        if v5.connect_session_expiry == 0 && expiry != 0 {
+                            return Err(CloseReason::Violation(
+                                "DISCONNECT sets a Session Expiry Interval where CONNECT's was 0 (MQTT-3.14.2-2)",
+                            ));
+                        }
+                        let mut s = self.session.borrow_mut();
+                        s.set_expiry(session_expiry(&self.shard.config, expiry));
+                        s.clean = expiry == 0;
+                    }
+                    if d.reason != ReasonCode::NORMAL_DISCONNECTION {
+                        // Every reason but 0x00 keeps the will (MQTT-3.14.4-3).
+                        return Err(CloseReason::DisconnectWithWill(d.reason));
+                    }
+                }
+                return Err(CloseReason::Disconnect);
+            }
             Packet::Auth(_) => {
-                return Err(CloseReason::Violation("AUTH on an MQTT 3.1.1 connection"));
+                // Enhanced authentication is not offered, so no exchange is under way.
+                return Err(CloseReason::Violation(
+                    "AUTH without an Authentication Method in CONNECT (MQTT 5.0 4.12)",
+                ));
             }
             Packet::Connect(_) => {
                 return Err(CloseReason::Violation("second CONNECT (MQTT-3.1.0-2)"))
@@ -128,7 +185,42 @@ impl ConnectedClient {
         Ok(())
     }
 
-    fn publish(&mut self, publish: Publish) -> Result<(), CloseReason> {
+    fn publish(&mut self, mut publish: Publish) -> Result<(), CloseReason> {
+        let mut v5_part = None;
+        if let Some(v5) = &mut self.v5 {
+            v5.resolve_topic(&mut publish)?;
+            let props = publish.properties.as_deref();
+            if props.is_some_and(|p| !p.subscription_identifiers.is_empty()) {
+                return Err(CloseReason::Violation(
+                    "PUBLISH from a client with a Subscription Identifier (MQTT-3.3.4-6)",
+                ));
+            }
+            if publish.qos != QoS::AtMostOnce {
+                let (qos2, known) = self.session.borrow().incoming_qos2(publish.packet_id);
+                let waiting = self.acks.as_ref().map_or(0, |a| a.len());
+                if qos2 + waiting >= v5.receive_maximum && !known {
+                    return Err(CloseReason::Violation5(
+                        ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                        "more unacknowledged QoS 1/2 PUBLISHes than the Receive Maximum (MQTT-3.3.4-9)",
+                    ));
+                }
+            }
+            if props.is_some_and(|p| p.payload_format_utf8 == Some(true))
+                && std::str::from_utf8(&publish.payload).is_err()
+            {
+                // MQTT 5.0 3.3.2.3.2: refused with 0x99, not forwarded.
+                let code = ReasonCode::PAYLOAD_FORMAT_INVALID;
+                let rule = "Payload Format Indicator 1 with a payload that is not UTF-8";
+                let kind = match publish.qos {
+                    QoS::AtMostOnce => return Err(CloseReason::Violation5(code, rule)),
+                    QoS::AtLeastOnce => PacketType::PubAck,
+                    QoS::ExactlyOnce => PacketType::PubRec,
+                };
+                self.ack_when_durable(kind, publish.packet_id, code, Ticket::default());
+                return Ok(());
+            }
+            v5_part = message_part(props, Instant::now());
+        }
         if crate::broker::connection::too_many_levels(
             &publish.topic,
             self.shard.config.max_topic_levels,
@@ -170,20 +262,33 @@ impl ConnectedClient {
                 }
             };
         let mut ticket = Ticket::default();
+        let mut reason = if allowed {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::NOT_AUTHORIZED
+        };
         if forward {
-            let message = Arc::new(Message::new(topic, payload, qos, retain));
-            let routed = self.shard.route(message);
+            let message = Message::new(topic, payload, qos, retain).with_v5(v5_part);
+            let publisher = self.session.borrow().id;
+            let routed = self.shard.route(Arc::new(message), Some(publisher));
             if let Some(subscriber) = routed.pressured {
                 self.wait_for(subscriber);
             }
             ticket = routed.ticket;
+            if routed.matched == 0 {
+                reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+            }
         }
         // Everything this publish wrote here, the incoming QoS 2 id included.
         ticket.local = self.shard.appended_since(before);
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.ack_when_durable(PacketType::PubAck, packet_id, ticket),
-            QoS::ExactlyOnce => self.ack_when_durable(PacketType::PubRec, packet_id, ticket),
+            QoS::AtLeastOnce => {
+                self.ack_when_durable(PacketType::PubAck, packet_id, reason, ticket)
+            }
+            QoS::ExactlyOnce => {
+                self.ack_when_durable(PacketType::PubRec, packet_id, reason, ticket)
+            }
         }
         Ok(())
     }

@@ -69,7 +69,11 @@ impl Session {
     ) -> Session {
         let mut s = Session::new(stored.client_id, id, false, limits);
         s.username = stored.username;
-        s.subscriptions = stored.subscriptions.into_iter().collect();
+        s.subscriptions = stored
+            .subscriptions
+            .into_iter()
+            .map(|(filter, qos)| (filter, qos.into()))
+            .collect();
         s.set_stored_as(Some(stored_as));
         s.detached_at = Some(detached_at);
         let mut next_seq = 1;
@@ -94,6 +98,7 @@ impl Session {
                 retain: f.message.retain,
                 state,
                 seq: f.message.seq,
+                subscription_id: 0,
             });
             s.last_packet_id = f.packet_id;
             next_seq = next_seq.max(f.message.seq + 1);
@@ -105,6 +110,7 @@ impl Session {
                 qos: m.qos,
                 retain: m.retain,
                 seq: m.seq,
+                subscription_id: 0,
             });
             next_seq = next_seq.max(m.seq + 1);
         }
@@ -152,6 +158,7 @@ impl Session {
                 qos,
                 retain,
                 seq,
+                ..
             } = item
             {
                 if *qos != QoS::AtMostOnce {

@@ -5,13 +5,17 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::{PendingAck, Shard};
 use tracing::debug;
 
-use crate::broker::mesh::{Message, ShardMessage, SubscriberId};
+use crate::broker::mesh::{Grant, Message, ShardMessage, SubscriberId, Subscription, Target};
 use crate::broker::session::{Outbound, Session};
-use crate::protocol::{ByteStr, QoS, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe};
+use crate::protocol::{
+    ByteStr, ReasonCode, RetainHandling, SubAck, Subscribe, SubscribeReturnCode, UnsubAck,
+    Unsubscribe,
+};
 use crate::store::{Position, Record};
 use crate::topic::validate_filter_with_max_levels;
 
@@ -27,45 +31,66 @@ impl Shard {
         let max_levels = self.config.max_topic_levels;
         let auth = &self.config.authenticator;
         let check_acl = auth.checks_topics();
+        let v5 = session.borrow().peer.level.is_v5();
+        let subscription_id = request
+            .properties
+            .as_ref()
+            .and_then(|p| p.subscription_identifiers.first().copied())
+            .unwrap_or(0);
         let mut codes = Vec::with_capacity(request.filters.len());
-        let mut accepted: Vec<(ByteStr, QoS)> = Vec::with_capacity(request.filters.len());
+        let mut accepted: Vec<Subscription> = Vec::with_capacity(request.filters.len());
         let id;
         {
             let mut s = session.borrow_mut();
             id = s.id;
             for (filter, options) in request.filters {
-                let qos = options.qos;
                 // Kept for the session's life: its own bytes, not a slice of the read buffer.
                 let filter = ByteStr::from(filter.as_str());
-                let allowed = match validate_filter_with_max_levels(&filter, max_levels) {
-                    Ok(()) if check_acl && !auth.can_subscribe(username, &s.client_id, &filter) => {
-                        debug!(client = %s.client_id, filter = %filter, "subscription refused by the ACL");
-                        Err(())
-                    }
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        debug!(client = %s.client_id, filter = %filter, "subscription refused: {e}");
-                        Err(())
-                    }
+                let refused = if v5 && filter.starts_with("$share/") {
+                    // Shared subscriptions come with issue 16; announced as unavailable.
+                    Some(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+                } else if let Err(e) = validate_filter_with_max_levels(&filter, max_levels) {
+                    debug!(client = %s.client_id, filter = %filter, "subscription refused: {e}");
+                    Some(ReasonCode::TOPIC_FILTER_INVALID)
+                } else if check_acl && !auth.can_subscribe(username, &s.client_id, &filter) {
+                    debug!(client = %s.client_id, filter = %filter, "subscription refused by the ACL");
+                    Some(ReasonCode::NOT_AUTHORIZED)
+                } else {
+                    None
                 };
-                match allowed {
-                    Ok(()) => {
-                        codes.push(SubscribeReturnCode::Success(qos));
-                        s.subscriptions.insert(filter.clone(), qos);
-                        accepted.push((filter, qos));
-                    }
-                    Err(()) => codes.push(SubscribeReturnCode::FAILURE),
+                if let Some(reason) = refused {
+                    // 3.1.1 has only 0x80; the codec writes that for any refusal there.
+                    codes.push(SubscribeReturnCode::Failure(reason));
+                    continue;
                 }
+                let grant = Grant {
+                    qos: options.qos,
+                    no_local: options.no_local,
+                    retain_as_published: options.retain_as_published,
+                    subscription_id,
+                };
+                codes.push(SubscribeReturnCode::Success(options.qos));
+                let existed = s.subscriptions.insert(filter.clone(), grant).is_some();
+                let send_retained = match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+                accepted.push(Subscription {
+                    filter,
+                    grant,
+                    send_retained,
+                });
             }
         }
         let durable_at = {
             let s = session.borrow();
             let mut at = 0;
-            for (filter, qos) in &accepted {
+            for sub in &accepted {
                 at = self.journal_session(&s, |session| Record::Subscribed {
                     session,
-                    filter: filter.clone(),
-                    qos: *qos,
+                    filter: sub.filter.clone(),
+                    qos: sub.grant.qos,
                 });
             }
             at
@@ -89,7 +114,7 @@ impl Shard {
         if others == 0 {
             return;
         }
-        let filters: Arc<[(ByteStr, QoS)]> = accepted.into();
+        let filters: Arc<[Subscription]> = accepted.into();
         self.router
             .borrow_mut()
             .broadcast(|| ShardMessage::Subscribe {
@@ -99,23 +124,39 @@ impl Shard {
             });
     }
 
+    /// Removes subscriptions on every shard; the UNSUBACK is queued once all have. An MQTT 5
+    /// client hears, per filter, whether it had that subscription (0x00) or not (0x11).
     pub fn unsubscribe(&self, session: &Rc<RefCell<Session>>, request: Unsubscribe) {
         let id;
         let mut durable_at = 0;
+        let mut reasons = Vec::new();
         {
             let mut s = session.borrow_mut();
             id = s.id;
+            let v5 = s.peer.level.is_v5();
             for f in &request.filters {
-                if s.subscriptions.remove(f.as_str()).is_some() {
+                let existed = s.subscriptions.remove(f.as_str()).is_some();
+                if existed {
                     durable_at = self.journal_session(&s, |session| Record::Unsubscribed {
                         session,
                         filter: ByteStr::from(f.as_str()),
                     });
                 }
+                if v5 {
+                    reasons.push(if existed {
+                        ReasonCode::SUCCESS
+                    } else {
+                        ReasonCode::NO_SUBSCRIPTION_EXISTED
+                    });
+                }
             }
         }
         self.apply_unsubscribe(id, &request.filters);
-        let reply = Outbound::UnsubAck(request.packet_id);
+        let reply = Outbound::UnsubAck(UnsubAck {
+            packet_id: request.packet_id,
+            reasons,
+            properties: None,
+        });
         let others = self.shards - 1;
         if others == 0 && durable_at == 0 {
             self.finish_request(id, reply, Vec::new());
@@ -141,7 +182,7 @@ impl Shard {
         &self,
         subscriber: SubscriberId,
         reply: Outbound,
-        retained: Vec<(Arc<Message>, QoS)>,
+        retained: Vec<(Arc<Message>, Grant)>,
         others: usize,
         durable_at: Position,
     ) -> u64 {
@@ -171,7 +212,7 @@ impl Shard {
     pub(in crate::broker) fn request_applied(
         &self,
         token: u64,
-        retained: Vec<(Arc<Message>, QoS)>,
+        retained: Vec<(Arc<Message>, Grant)>,
     ) {
         let done = {
             let mut pending = self.pending.borrow_mut();
@@ -195,15 +236,26 @@ impl Shard {
         &self,
         id: SubscriberId,
         reply: Outbound,
-        retained: Vec<(Arc<Message>, QoS)>,
+        retained: Vec<(Arc<Message>, Grant)>,
     ) {
         let Some(session) = self.sessions.borrow().get(id.slot, id.generation).cloned() else {
             return;
         };
         session.borrow_mut().enqueue_control(reply);
+        let now = Instant::now();
         for (message, granted) in retained {
-            let qos = message.qos.min(granted);
-            self.deliver_local(id.slot, id.generation, &message, qos, true);
+            if message.expired(now) {
+                continue;
+            }
+            // Sent because of the subscription: RETAIN 1 (MQTT-3.3.1-8).
+            let target = Target {
+                slot: id.slot,
+                generation: id.generation,
+                qos: message.qos.min(granted.qos),
+                retain: true,
+                subscription_id: granted.subscription_id,
+            };
+            self.deliver_local(target, &message);
         }
     }
 
@@ -212,14 +264,16 @@ impl Shard {
     pub(in crate::broker) fn apply_subscribe(
         &self,
         id: SubscriberId,
-        filters: &[(ByteStr, QoS)],
-    ) -> Vec<(Arc<Message>, QoS)> {
+        filters: &[Subscription],
+    ) -> Vec<(Arc<Message>, Grant)> {
         let mut replica = self.replica.borrow_mut();
         let retained = self.retained.borrow();
         let mut found = Vec::new();
-        for (filter, qos) in filters {
-            replica.insert(filter, id, *qos);
-            retained.for_each_matching(filter, |m| found.push((m.clone(), *qos)));
+        for sub in filters {
+            replica.insert(&sub.filter, id, sub.grant);
+            if sub.send_retained {
+                retained.for_each_matching(&sub.filter, |m| found.push((m.clone(), sub.grant)));
+            }
         }
         self.metrics.subscriptions.set(replica.trie.len() as u64);
         found

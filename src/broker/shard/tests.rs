@@ -61,7 +61,7 @@ fn small_messages_are_encoded_once_for_enough_qos0_subscribers() {
             slot,
             generation: 1,
         };
-        (id, qos)
+        (id, crate::broker::mesh::Grant::from(qos))
     };
     let message = |len, qos| Message::new(ByteStr::from("t"), vec![0; len].into(), qos, false);
     let qos0: Vec<_> = (0..ENCODE_ONCE_FROM as u32)
