@@ -14,7 +14,9 @@
 # Everything runs on 127.0.0.1 and stops by itself. Usage: scripts/idle-memory.sh
 # Environment: STEPS (default "5000 15000"), OUT, SKIP_MOSQUITTO=1, KEEPALIVE (seconds the
 # clients ask for in CONNECT, default 0; they stay silent either way, well within 1.5x of it),
-# SURGEMQ_ARGS (more flags for `surgemq serve`, e.g. "--park-idle-after 0"), TRANSPORT.
+# SURGEMQ_ARGS (more flags for `surgemq serve`, e.g. "--park-idle-after 0"), TRANSPORT,
+# SURGEMQ_BIN (a surgemq binary to measure instead of building target/release/surgemq: for
+# before/after runs of two builds, interleaved).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,10 +48,14 @@ if [ "$(ulimit -n)" -lt 16000 ]; then
   exit 1
 fi
 
-cargo build --release --quiet
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
-BIN=target/release/surgemq
+if [ -n "${SURGEMQ_BIN:-}" ]; then
+  BIN=$SURGEMQ_BIN
+else
+  cargo build --release --quiet
+  BIN=target/release/surgemq
+fi
 
 # TLS: a CA and a server certificate for 127.0.0.1 signed by it (rustls refuses a CA
 # certificate as the server's own: basicConstraints CA:FALSE).
@@ -255,7 +261,7 @@ PY
   echo
   echo "## Command"
   echo
-  echo "    $( [ "$KEEPALIVE" != 0 ] && printf 'KEEPALIVE=%s ' "$KEEPALIVE")$( [ -n "$SURGEMQ_ARGS" ] && printf 'SURGEMQ_ARGS="%s" ' "$SURGEMQ_ARGS")$( [ "${SKIP_MOSQUITTO:-0}" = 1 ] && printf 'SKIP_MOSQUITTO=1 ')$( [ "$TRANSPORT" != tcp ] && printf 'TRANSPORT=%s ' "$TRANSPORT")scripts/idle-memory.sh"
+  echo "    $( [ "$KEEPALIVE" != 0 ] && printf 'KEEPALIVE=%s ' "$KEEPALIVE")$( [ -n "$SURGEMQ_ARGS" ] && printf 'SURGEMQ_ARGS="%s" ' "$SURGEMQ_ARGS")$( [ "${SKIP_MOSQUITTO:-0}" = 1 ] && printf 'SKIP_MOSQUITTO=1 ')$( [ "$TRANSPORT" != tcp ] && printf 'TRANSPORT=%s ' "$TRANSPORT")$( [ -n "${SURGEMQ_BIN:-}" ] && printf 'SURGEMQ_BIN=%s ' "$SURGEMQ_BIN")scripts/idle-memory.sh"
   echo
   shown=${SURGEMQ_LISTEN[*]//$WORK\//}
   echo "SurgeMQ: \`$BIN serve --listen ${shown//@PORT@/PORT} --shards 2 --max-connections 100000 $SURGEMQ_ARGS\` (release profile)."

@@ -145,7 +145,9 @@ pub struct Ingested {
 
 /// One connection's transport state; see the module docs.
 pub struct Layer {
-    tls: Option<rustls::Connection>,
+    /// Boxed: rustls' connection is over 1 KiB inline, which a WebSocket-only connection would
+    /// otherwise carry empty for as long as it lives.
+    tls: Option<Box<rustls::Connection>>,
     ws: Option<WsCodec>,
     /// TLS plaintext the WebSocket codec has not taken yet (wss), or socket bytes (ws).
     between: BytesMut,
@@ -156,7 +158,7 @@ pub struct Layer {
 impl Layer {
     pub fn new(tls: Option<rustls::Connection>, ws: Option<WsCodec>) -> Layer {
         Layer {
-            tls,
+            tls: tls.map(Box::new),
             ws,
             between: BytesMut::new(),
             framed: BytesMut::new(),
@@ -187,7 +189,7 @@ impl Layer {
     }
 
     pub fn tls(&self) -> Option<&rustls::Connection> {
-        self.tls.as_ref()
+        self.tls.as_deref()
     }
 
     /// The subject CN of the certificate the peer presented (and TLS verified), if any.

@@ -195,3 +195,14 @@ fn listeners_parse_from_urls_and_bare_addresses() {
     }
     let _ = Arc::new(());
 }
+
+/// A WebSocket-only connection pays nothing for TLS: rustls' connection (over 1 KiB) is boxed,
+/// not held inline in every `Layer` (see perf/results/2026-11-30-idle-memory-boxed-tls.md).
+#[test]
+fn layer_holds_no_tls_state_inline() {
+    let layer = std::mem::size_of::<Layer>();
+    let inline_tls = std::mem::size_of::<rustls::Connection>();
+    eprintln!("Layer: {layer} B, rustls::Connection: {inline_tls} B");
+    assert!(layer < inline_tls, "Layer is {layer} B");
+    assert!(layer <= 256, "Layer is {layer} B");
+}
