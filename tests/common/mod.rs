@@ -1047,3 +1047,108 @@ pub fn raw_connect(
     }
     frame(0x10, &body)
 }
+
+// ----- MQTT 5 -------------------------------------------------------------------------------
+
+/// The CONNACK properties the broker announces to every MQTT 5 client with the default
+/// configuration, in the order it writes them (by property id).
+pub const CONNACK_V5_PROPERTIES: [u8; 15] = [
+    0x21, 0xff, 0xff, // Receive Maximum 65535
+    0x22, 0x00, 0x0a, // Topic Alias Maximum 10
+    0x27, 0x00, 0x10, 0x00, 0x00, // Maximum Packet Size 1048576
+    0x29, 0x01, // Subscription Identifier Available 1
+    0x2a, 0x00, // Shared Subscription Available 0
+];
+
+/// The CONNACK accepting an MQTT 5 client with the default configuration:
+/// `20 12 sp 00 0f` and [`CONNACK_V5_PROPERTIES`].
+pub fn connack_v5(session_present: bool) -> Vec<u8> {
+    let mut body = vec![u8::from(session_present), 0x00]; // flags, reason 0x00 Success
+    body.extend(remaining_length(CONNACK_V5_PROPERTIES.len()));
+    body.extend_from_slice(&CONNACK_V5_PROPERTIES);
+    frame(0x20, &body)
+}
+
+/// MQTT 5 PUBLISH (5.0 3.3): like [`publish`] (DUP 0), with a property block between the packet
+/// id and the payload.
+pub fn publish_v5(
+    topic: &str,
+    payload: &[u8],
+    qos: u8,
+    retain: bool,
+    id: u16,
+    properties: &[u8],
+) -> Vec<u8> {
+    let first = 0x30 | (qos << 1) | u8::from(retain);
+    let mut body = field(topic.as_bytes());
+    if qos > 0 {
+        body.extend_from_slice(&id.to_be_bytes());
+    }
+    body.extend(remaining_length(properties.len()));
+    body.extend_from_slice(properties);
+    body.extend_from_slice(payload);
+    frame(first, &body)
+}
+
+/// MQTT 5 SUBSCRIBE (5.0 3.8): `82`, packet id, property block, then (filter, subscription
+/// options byte) pairs; the options byte is QoS (bits 1-0), No Local (bit 2), Retain As
+/// Published (bit 3) and Retain Handling (bits 5-4).
+pub fn subscribe_v5(packet_id: u16, properties: &[u8], filters: &[(&str, u8)]) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    body.extend(remaining_length(properties.len()));
+    body.extend_from_slice(properties);
+    for (filter, options) in filters {
+        body.extend(field(filter.as_bytes()));
+        body.push(*options);
+    }
+    frame(0x82, &body)
+}
+
+/// MQTT 5 SUBACK without properties: `90`, packet id, property length 0, reason codes.
+pub fn suback_v5(packet_id: u16, codes: &[u8]) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    body.push(0x00); // property length 0
+    body.extend_from_slice(codes);
+    frame(0x90, &body)
+}
+
+/// MQTT 5 UNSUBSCRIBE (5.0 3.10): `a2`, packet id, property length 0, filters.
+pub fn unsubscribe_v5(packet_id: u16, filters: &[&str]) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    body.push(0x00); // property length 0
+    for filter in filters {
+        body.extend(field(filter.as_bytes()));
+    }
+    frame(0xa2, &body)
+}
+
+impl Broker {
+    /// An MQTT 5 client the broker must accept with exactly [`connack_v5`]`(false)`.
+    #[track_caller]
+    pub fn connect_v5(&self, connect: &ConnectBuilder) -> RawClient {
+        self.connect_expecting(connect, &connack_v5(false))
+    }
+
+    /// An MQTT 5 client (Clean Start 0) that must find its session: [`connack_v5`]`(true)`.
+    #[track_caller]
+    pub fn resume_v5(&self, connect: &ConnectBuilder) -> RawClient {
+        self.connect_expecting(connect, &connack_v5(true))
+    }
+}
+
+impl RawClient {
+    /// MQTT 5 SUBSCRIBE without properties; expects the SUBACK granting each filter the QoS
+    /// of its options byte.
+    #[track_caller]
+    pub fn subscribe_v5(&mut self, packet_id: u16, filters: &[(&str, u8)]) {
+        self.subscribe_v5_with(packet_id, &[], filters);
+    }
+
+    /// [`RawClient::subscribe_v5`] with SUBSCRIBE properties (a Subscription Identifier).
+    #[track_caller]
+    pub fn subscribe_v5_with(&mut self, packet_id: u16, properties: &[u8], filters: &[(&str, u8)]) {
+        self.send(&subscribe_v5(packet_id, properties, filters));
+        let codes: Vec<u8> = filters.iter().map(|&(_, options)| options & 0x03).collect();
+        self.expect_bytes(&suback_v5(packet_id, &codes));
+    }
+}
