@@ -93,6 +93,36 @@ fn every_scenario_delivers_everything_at_qos_0_and_1() {
     broker.shutdown();
 }
 
+/// `surgemq bench -V 5`: every client speaks MQTT 5 (the broker answers in kind, and the
+/// generator reads the property block of every PUBLISH), at every QoS, persistent sessions
+/// too (Session Expiry instead of CleanSession).
+#[test]
+fn mqtt5_runs_deliver_everything() {
+    let (broker, port) = start_broker();
+    let n = CLIENTS as u64;
+    for (scenario, qos, pubs, subs) in [
+        (Scenario::Pair, QoS::AtMostOnce, 1, 1),
+        (Scenario::FanOut, QoS::AtLeastOnce, 1, n),
+        (Scenario::FanIn, QoS::ExactlyOnce, n, 1),
+    ] {
+        let report = bench::run(BenchConfig {
+            protocol: surgemq::protocol::ProtocolLevel::V5,
+            ..config(scenario, port, qos)
+        })
+        .unwrap_or_else(|e| panic!("{scenario:?} QoS {qos:?}: {e}"));
+        assert_eq!(report.protocol, "5");
+        check(&report, pubs, subs);
+    }
+    let report = bench::run(BenchConfig {
+        protocol: surgemq::protocol::ProtocolLevel::V5,
+        persistent: true,
+        ..config(Scenario::Pair, port, QoS::AtLeastOnce)
+    })
+    .unwrap();
+    check(&report, 1, 1);
+    broker.shutdown();
+}
+
 #[test]
 fn qos_2_and_duration_runs_complete() {
     let (broker, port) = start_broker();

@@ -693,10 +693,6 @@ fn v5_will_delay_interval_delays_the_will_and_a_reconnect_cancels_it() {
 }
 
 #[test]
-#[ignore = "broker bug: a delayed will is sent only when the Will Delay Interval (2 s) has \
-            passed, although a Clean Start 1 reconnect (after a crash or by takeover) ended the \
-            session at once: MQTT 5.0 3.1.3.2.2 says the will waits for the delay or the end \
-            of the session, whichever happens first"]
 fn v5_delayed_will_is_sent_when_clean_start_ends_the_session() {
     // MQTT 5.0 3.1.3.2.2 and 3.1.4 (non-normative): Clean Start 1 ends the old session, so
     // its delayed will goes out then, not at the end of the delay.
@@ -712,12 +708,15 @@ fn v5_delayed_will_is_sent_when_clean_start_ends_the_session() {
         let will = publish_v5("ended/t", b"ended", 0, false, 0, &[]);
         // After a crash.
         broker.connect_v5(&client).crash_and_wait();
-        let _fresh = broker.connect_v5(&ConnectBuilder::v5(&id, &[])); // Clean Start 1
+        let fresh = broker.connect_v5(&ConnectBuilder::v5(&id, &[])); // Clean Start 1
         assert_eq!(
             s.next_frame_within(Duration::from_millis(1000)),
             Some(will.clone()),
             "the will, well before the 2 s delay"
         );
+        // Its session (expiry 0) ends with it; with it still connected, Clean Start 0 would
+        // resume it (Session Present 1).
+        fresh.disconnect();
         // By takeover.
         let mut old = broker.connect_v5(&client);
         let _fresh = broker.connect_v5(&ConnectBuilder::v5(&id, &[]));

@@ -439,9 +439,6 @@ fn messages_above_the_clients_maximum_packet_size_are_dropped() {
 }
 
 #[test]
-#[ignore = "broker bug: to a client with Maximum Packet Size 30, PUBLISHes of 28, 29 and 30 \
-            bytes are dropped (only 27 arrives): Session::fill reckons the size as publish_len + \
-            properties + 4, 3 bytes more than the property length's 1 byte (MQTT-3.1.2-24 of 5.0)"]
 fn a_message_of_exactly_the_clients_maximum_packet_size_is_delivered() {
     // MQTT-3.1.2-24 of 5.0 forbids packets *exceeding* the Maximum Packet Size: one of
     // exactly 30 bytes must be sent.

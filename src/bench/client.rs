@@ -22,13 +22,14 @@ use futures_lite::Future;
 use glommio::timer::Timer;
 
 use super::config::{Load, Plan};
-use super::conn::LEVEL;
 use super::conn::{Conn, Frame, KEEPALIVE_SECS};
 use super::payload::{self, Header};
 use super::shared::{Local, Phase, Shared};
 use super::tracker::{Arrival, StreamTracker};
 use super::window::{allowance, due, due_at_ns};
-use crate::protocol::{encode_ack, encode_publish, publish_len, Packet, PacketType, QoS};
+use crate::protocol::{
+    encode_ack, encode_publish, publish_len, Packet, PacketType, PublishHeader, QoS,
+};
 
 /// Pending output above which a publisher stops encoding until the socket takes some.
 const HIGH_WATER: usize = 64 * 1024;
@@ -160,6 +161,7 @@ pub(super) async fn setup(spec: ClientSpec, plan: &Plan) -> Result<Conn, String>
     let mut conn = Conn::connect(plan.addr, c.setup_timeout, plan.dial.as_ref())
         .await
         .map_err(|e| format!("connect to {}: {e}", plan.addr))?;
+    conn.rbuf.level = c.protocol;
     let id = client_id(plan, spec);
     let clean = !persistent_session(plan, spec);
     conn.handshake(&id, clean, c.username.as_deref(), c.password.as_deref())
@@ -192,6 +194,7 @@ pub(super) async fn remove_session(plan: &Plan, spec: ClientSpec) {
         else {
             return;
         };
+        conn.rbuf.level = c.protocol;
         let clean = conn
             .handshake(&id, true, c.username.as_deref(), c.password.as_deref())
             .await;
@@ -352,7 +355,7 @@ impl Client {
         if Pin::new(&mut self.ping).poll(cx).is_ready() {
             // Subscribers send nothing else; without this the broker's keepalive would end
             // a long run.
-            let _ = Packet::PingReq.encode(&mut self.conn.wbuf, LEVEL);
+            let _ = Packet::PingReq.encode(&mut self.conn.wbuf, self.conn.rbuf.level);
             self.ping
                 .reset(Duration::from_secs(KEEPALIVE_SECS as u64 / 2));
             return Poll::Ready(Ok(()));
@@ -405,7 +408,9 @@ impl Client {
         let Some(p) = self.publisher.as_mut() else {
             return;
         };
-        let len = publish_len(p.topic.len(), p.payload.len(), self.qos);
+        let v5 = self.conn.rbuf.level.is_v5();
+        // MQTT 5: one more byte, the empty property block.
+        let len = publish_len(p.topic.len(), p.payload.len(), self.qos) + usize::from(v5);
         let room = (HIGH_WATER.saturating_sub(self.conn.pending()) / len) as u64 + 1;
         let n = n.min(room).min(MAX_BATCH);
         self.conn.wbuf.reserve(n as usize * len);
@@ -429,16 +434,31 @@ impl Client {
                 p.next_id = p.next_id.checked_add(1).unwrap_or(1);
                 p.next_id
             };
-            encode_publish(
-                &mut self.conn.wbuf,
-                &p.topic,
-                &p.payload,
-                self.qos,
-                false,
-                false,
-                id,
-            )
-            .expect("topic and size were validated");
+            if v5 {
+                PublishHeader {
+                    topic: &p.topic,
+                    payload_len: p.payload.len(),
+                    qos: self.qos,
+                    retain: false,
+                    dup: false,
+                    packet_id: id,
+                    properties: Some(&[]),
+                }
+                .encode(&mut self.conn.wbuf, p.payload.len())
+                .expect("topic and size were validated");
+                self.conn.wbuf.extend_from_slice(&p.payload);
+            } else {
+                encode_publish(
+                    &mut self.conn.wbuf,
+                    &p.topic,
+                    &p.payload,
+                    self.qos,
+                    false,
+                    false,
+                    id,
+                )
+                .expect("topic and size were validated");
+            }
             p.r.sent += 1;
         }
         p.r.last_send_ns = now;

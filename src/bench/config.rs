@@ -94,6 +94,8 @@ pub struct BenchConfig {
     /// Payload bytes per message, header included.
     pub size: usize,
     pub qos: QoS,
+    /// MQTT 3.1.1 (the default) or 5: every client's protocol level.
+    pub protocol: crate::protocol::ProtocolLevel,
     /// Outstanding messages per publisher; `None`: [`DEFAULT_WINDOW`] in a closed loop,
     /// unlimited with `rate`.
     pub window: Option<usize>,
@@ -128,6 +130,7 @@ impl Default for BenchConfig {
             load: Load::Messages(100_000),
             size: 64,
             qos: QoS::AtMostOnce,
+            protocol: crate::protocol::ProtocolLevel::V311,
             window: None,
             rate: None,
             threads: crate::broker::available_cpus(),

@@ -45,8 +45,6 @@ const MIN_READ_SPACE: usize = 4 * 1024;
 pub const MAX_PACKET: usize = 1 << 25;
 /// Keepalive announced in CONNECT; the client pings at half of it.
 pub const KEEPALIVE_SECS: u16 = 60;
-/// The protocol level the load generator speaks.
-pub const LEVEL: ProtocolLevel = ProtocolLevel::V311;
 /// Socket reads under a transport layer: room for a few TLS records (16 KiB and some each).
 const LAYER_READ: usize = 64 * 1024;
 
@@ -69,6 +67,8 @@ pub struct ReadBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// How packets are read: an MQTT 5 PUBLISH has a property block before its payload.
+    pub level: ProtocolLevel,
 }
 
 impl Default for ReadBuf {
@@ -77,6 +77,7 @@ impl Default for ReadBuf {
             buf: vec![0; READ_CHUNK],
             start: 0,
             end: 0,
+            level: ProtocolLevel::V311,
         }
     }
 }
@@ -90,7 +91,7 @@ impl ReadBuf {
             self.end = 0;
         }
         let pending = &self.buf[self.start..self.end];
-        let frame = match frame_len(pending, MAX_PACKET, LEVEL) {
+        let frame = match frame_len(pending, MAX_PACKET, self.level) {
             Ok(Some(total)) => total,
             _ => 0,
         };
@@ -129,7 +130,7 @@ impl ReadBuf {
     /// The next complete packet, `Ok(None)` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, String> {
         let data = &self.buf[self.start..self.end];
-        let total = match frame_len(data, MAX_PACKET, LEVEL) {
+        let total = match frame_len(data, MAX_PACKET, self.level) {
             Ok(Some(total)) if total <= data.len() => total,
             Ok(_) => return Ok(None),
             Err(e) => return Err(e.to_string()),
@@ -139,7 +140,7 @@ impl ReadBuf {
         self.start += total;
         if first >> 4 != 3 {
             let mut packet = BytesMut::from(&self.buf[frame_start..frame_start + total]);
-            return match decode(&mut packet, MAX_PACKET, LEVEL) {
+            return match decode(&mut packet, MAX_PACKET, self.level) {
                 Ok(Some(p)) => Ok(Some(Frame::Other(p))),
                 Ok(None) => Err("frame_len and decode disagree".into()),
                 Err(e) => Err(e.to_string()),
@@ -161,6 +162,19 @@ impl ReadBuf {
             let id = body.get(at..at + 2).ok_or_else(malformed)?;
             packet_id = u16::from_be_bytes([id[0], id[1]]);
             at += 2;
+        }
+        if self.level.is_v5() {
+            // Skip the property block: its Variable Byte Integer length, then the properties.
+            let mut len = 0usize;
+            for i in 0..4 {
+                let b = *body.get(at).ok_or_else(malformed)?;
+                at += 1;
+                len |= usize::from(b & 0x7f) << (7 * i);
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            at += len;
         }
         let payload = body.get(at..).ok_or_else(malformed)?;
         Ok(Some(Frame::Publish {
@@ -338,8 +352,9 @@ impl Conn {
         }
     }
 
-    /// CONNECT (CleanSession as `clean`), then wait for an accepting CONNACK; `Ok(true)` when
-    /// it says the broker had a session for this client id (Session Present).
+    /// CONNECT (CleanSession as `clean`; in MQTT 5 Clean Start, and a session that never
+    /// expires unless `clean`), then wait for an accepting CONNACK; `Ok(true)` when it says
+    /// the broker had a session for this client id (Session Present).
     pub async fn handshake(
         &mut self,
         client_id: &str,
@@ -347,18 +362,25 @@ impl Conn {
         username: Option<&str>,
         password: Option<&str>,
     ) -> Result<bool, String> {
+        let level = self.rbuf.level;
+        let properties = (level.is_v5() && !clean).then(|| {
+            Box::new(crate::protocol::Properties {
+                session_expiry_interval: Some(u32::MAX),
+                ..Default::default()
+            })
+        });
         let connect = Packet::Connect(Box::new(Connect {
-            level: ProtocolLevel::V311,
+            level,
             clean_session: clean,
             keep_alive: KEEPALIVE_SECS,
             client_id: ByteStr::from(client_id),
             will: None,
             username: username.map(ByteStr::from),
             password: password.map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),
-            properties: None,
+            properties,
         }));
         connect
-            .encode(&mut self.wbuf, LEVEL)
+            .encode(&mut self.wbuf, self.rbuf.level)
             .map_err(|e| e.to_string())?;
         self.flush().await.map_err(|e| format!("CONNECT: {e}"))?;
         match self.read_packet().await {
@@ -378,7 +400,7 @@ impl Conn {
             properties: None,
         });
         subscribe
-            .encode(&mut self.wbuf, LEVEL)
+            .encode(&mut self.wbuf, self.rbuf.level)
             .map_err(|e| e.to_string())?;
         self.flush().await.map_err(|e| format!("SUBSCRIBE: {e}"))?;
         match self.read_packet().await {
@@ -402,7 +424,7 @@ impl Conn {
     /// can make the peer discard what it has received but not yet read: the last messages of a
     /// run would be lost. So: flush, shut down our side, and read until the peer closes.
     pub async fn close(mut self, timeout: Duration) {
-        let _ = Packet::Disconnect(Disconnect::NORMAL).encode(&mut self.wbuf, LEVEL);
+        let _ = Packet::Disconnect(Disconnect::NORMAL).encode(&mut self.wbuf, self.rbuf.level);
         let _ = or(
             async {
                 if self.flush().await.is_err() {

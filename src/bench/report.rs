@@ -42,6 +42,8 @@ pub struct BenchReport {
     pub scenario: &'static str,
     /// What the clients spoke under MQTT: "mqtt" (TCP), "mqtts", "ws" or "wss".
     pub transport: &'static str,
+    /// "3.1.1" or "5".
+    pub protocol: &'static str,
     pub publishers: usize,
     pub subscribers: usize,
     pub qos: u8,
@@ -104,12 +106,13 @@ impl BenchReport {
         };
         let _ = writeln!(
             s,
-            "{}{}: {} pub -> {} {}{}sub, QoS {}, {} B payload, {} thread(s), {flow}",
+            "{}{}{}: {} pub -> {} {}{}sub, QoS {}, {} B payload, {} thread(s), {flow}",
             self.scenario,
             match self.transport {
                 "mqtt" | "" => String::new(),
                 other => format!(" over {other}"),
             },
+            if self.protocol == "5" { ", MQTT 5" } else { "" },
             self.publishers,
             self.subscribers,
             if self.persistent { "persistent " } else { "" },
@@ -190,6 +193,7 @@ impl BenchReport {
         o.raw("persistent", if self.persistent { "true" } else { "false" });
         o.raw("offline", if self.offline { "true" } else { "false" });
         o.str("transport", self.transport);
+        o.str("protocol", self.protocol);
         o.num("published", self.published as f64);
         o.num("acked", self.acked as f64);
         o.num("expected", self.expected as f64);
@@ -332,6 +336,7 @@ mod tests {
         BenchReport {
             scenario: "fan-in",
             transport: "mqtt",
+            protocol: "3.1.1",
             publishers: 20,
             subscribers: 1,
             qos: 1,

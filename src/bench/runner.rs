@@ -370,6 +370,11 @@ fn build_report(
     BenchReport {
         scenario: config.scenario.name(),
         transport: config.transport.scheme(),
+        protocol: if config.protocol.is_v5() {
+            "5"
+        } else {
+            "3.1.1"
+        },
         publishers: plan.publishers,
         subscribers: plan.subscribers,
         qos: config.qos as u8,

@@ -18,7 +18,6 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use super::config::{invalid, BenchError};
-use super::conn::LEVEL;
 use super::conn::{Conn, Frame};
 use crate::protocol::{
     encode_ack, ConnAck, Packet, PacketType, QoS, ReasonCode, SubAck, SubscribeReturnCode,
@@ -188,9 +187,10 @@ async fn serve(stream: TcpStream, counters: Arc<Counters>) {
                 Packet::PubRel(rel) => {
                     encode_ack(&mut conn.wbuf, PacketType::PubComp, rel.packet_id)
                 }
-                Packet::Connect(_) => {
+                Packet::Connect(c) => {
+                    conn.rbuf.level = c.level;
                     let ack = Packet::ConnAck(ConnAck::new(false, ReasonCode::SUCCESS));
-                    let _ = ack.encode(&mut conn.wbuf, LEVEL);
+                    let _ = ack.encode(&mut conn.wbuf, conn.rbuf.level);
                 }
                 Packet::Subscribe(s) => {
                     let ack = Packet::SubAck(SubAck {
@@ -202,13 +202,13 @@ async fn serve(stream: TcpStream, counters: Arc<Counters>) {
                             .collect(),
                         properties: None,
                     });
-                    let _ = ack.encode(&mut conn.wbuf, LEVEL);
+                    let _ = ack.encode(&mut conn.wbuf, conn.rbuf.level);
                 }
                 Packet::Unsubscribe(u) => {
                     encode_ack(&mut conn.wbuf, PacketType::UnsubAck, u.packet_id)
                 }
                 Packet::PingReq => {
-                    let _ = Packet::PingResp.encode(&mut conn.wbuf, LEVEL);
+                    let _ = Packet::PingResp.encode(&mut conn.wbuf, conn.rbuf.level);
                 }
                 Packet::Disconnect(_) => {
                     counters.publishes.fetch_add(publishes, Ordering::Relaxed);

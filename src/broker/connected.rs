@@ -458,22 +458,24 @@ impl ConnectedClient {
     /// MQTT 5 Will Delay Interval: the will goes out once `delay` has passed, or the session
     /// expired if that comes first, unless the client connected again to this session
     /// meanwhile (MQTT-3.1.3-9 of 5.0).
+    /// The will waits in the shard's `delayed_wills`: a resumed session takes it out, an
+    /// ended one sends it at once, and otherwise this connection's timer sends it.
     fn publish_will_later(&self, message: Message, delay: Duration) {
-        let (id, left_at, expiry) = {
-            let s = self.session.borrow();
-            (s.id, s.detached_since(), s.expiry())
-        };
-        let wait = expiry.map_or(delay, |e| delay.min(e));
+        let id = self.session.borrow().id;
+        let conn = self.conn;
+        self.shard
+            .delayed_wills
+            .borrow_mut()
+            .insert(id, (conn, message));
         let shard = self.shard.clone();
         let task = glommio::spawn_local(async move {
-            glommio::timer::sleep(wait).await;
-            let still_away = match shard.sessions.borrow().get(id.slot, id.generation) {
-                Some(s) => s.borrow().detached_since() == left_at,
-                // The session ended: that sends the will too.
-                None => true,
-            };
-            if still_away {
-                let _ = shard.route(Arc::new(message), Some(id));
+            glommio::timer::sleep(delay).await;
+            let mut wills = shard.delayed_wills.borrow_mut();
+            // Still this connection's will: not resumed, ended or replaced since.
+            if wills.get(&id).is_some_and(|(c, _)| *c == conn) {
+                let (_, will) = wills.remove(&id).expect("checked");
+                drop(wills);
+                let _ = shard.route(Arc::new(will), Some(id));
                 shard.flush();
             }
         });
@@ -508,7 +510,17 @@ impl ConnectedClient {
                     .unwrap_or(0);
                 let message = Message::new(topic, payload, qos, retain)
                     .with_v5(v5::message_part(properties.as_deref(), Instant::now()));
-                if delay > 0 && !self.session.borrow().clean {
+                // A session that ends now (clean, or taken over by a Clean Start) sends its
+                // will now: the delay lasts at most as long as the session.
+                let id = self.session.borrow().id;
+                let session_lives = !self.session.borrow().clean
+                    && self
+                        .shard
+                        .sessions
+                        .borrow()
+                        .get(id.slot, id.generation)
+                        .is_some();
+                if delay > 0 && session_lives {
                     delayed_will = Some((message, Duration::from_secs(u64::from(delay))));
                 } else {
                     // Nobody to hold back and nobody to acknowledge: the connection is gone.

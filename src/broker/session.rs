@@ -32,8 +32,8 @@ use smallvec::SmallVec;
 use super::mesh::{Grant, Message, SubscriberId};
 use super::output::OutputQueue;
 use crate::protocol::{
-    encode_ack, publish_len, ByteStr, Packet, PacketId, PacketType, ProtocolLevel, PublishHeader,
-    QoS, SubAck, UnsubAck,
+    encode_ack, ByteStr, Packet, PacketId, PacketType, ProtocolLevel, PublishHeader, QoS, SubAck,
+    UnsubAck,
 };
 
 /// Why a connection was told to close by someone other than its client.
@@ -545,8 +545,18 @@ impl Session {
                         continue;
                     }
                     let props = v5_properties(&peer, &message, subscription_id, &mut now);
-                    let size = publish_len(message.topic.len(), message.payload.len(), qos)
-                        + props.as_ref().map_or(0, |p| p.len() + 4);
+                    // Exactly what will be written (the packet id's presence, the property
+                    // length's bytes): a packet of exactly the maximum is allowed.
+                    let size = PublishHeader {
+                        topic: &message.topic,
+                        payload_len: message.payload.len(),
+                        qos,
+                        retain,
+                        dup: false,
+                        packet_id: 1,
+                        properties: props.as_deref(),
+                    }
+                    .encoded_len();
                     if size > peer.max_packet_size as usize {
                         // MQTT-3.1.2-25 (5.0): never sent beyond the client's maximum.
                         self.discarded.too_large += 1;

@@ -151,6 +151,10 @@ pub struct Shard {
     /// SUBACK/UNSUBACK tokens (see `pending`) waiting for the journal to reach a position.
     pub(super) durable_requests: RefCell<std::collections::VecDeque<(Position, u64)>>,
     pub(super) durable_requests_waker: RefCell<Option<Waker>>,
+    /// MQTT 5 wills waiting for their Will Delay Interval, by session, with the connection
+    /// that left them: sent when the delay ends or the session does, dropped when the client
+    /// resumes the session (see `ConnectedClient::publish_will_later`).
+    pub(super) delayed_wills: RefCell<AHashMap<SubscriberId, (u64, Message)>>,
 }
 
 /// What routing a message did (see [`Shard::route`]).
@@ -206,6 +210,7 @@ impl Shard {
             next_conn: Cell::new(1),
             next_client_id: Cell::new(1),
             matches: RefCell::new(Vec::new()),
+            delayed_wills: RefCell::new(AHashMap::new()),
             read_arena: RefCell::new(ReadArena::default()),
             write_pool: RefCell::new(WritePool::default()),
             stopping: Cell::new(false),
@@ -296,6 +301,10 @@ impl Shard {
                 && (v5 || !existing.borrow().clean)
                 && existing.borrow().username == connect.username;
             if keep {
+                // Back before its Will Delay Interval ran out: the will is not sent.
+                self.delayed_wills
+                    .borrow_mut()
+                    .remove(&existing.borrow().id);
                 {
                     let mut s = existing.borrow_mut();
                     s.attach(conn);
@@ -346,10 +355,15 @@ impl Shard {
         (session, false)
     }
 
-    /// Ends a session: its subscriptions leave every replica, its slot is freed.
+    /// Ends a session: its subscriptions leave every replica, its slot is freed, and a will
+    /// still waiting for its delay goes out now (MQTT 5.0 3.1.3.2.2).
     pub fn remove_session(&self, session: &Rc<RefCell<Session>>) {
+        let id = session.borrow().id;
+        let will = self.delayed_wills.borrow_mut().remove(&id);
+        if let Some((_, will)) = will {
+            let _ = self.route(Arc::new(will), None);
+        }
         let mut s = session.borrow_mut();
-        let id = s.id;
         self.journal_session(&s, |session| Record::SessionEnded { session });
         s.set_stored_as(None);
         let filters: Vec<ByteStr> = s.subscriptions.drain().map(|(f, _)| f).collect();

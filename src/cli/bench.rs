@@ -57,6 +57,9 @@ struct LoadArgs {
     /// QoS of publishes and subscriptions.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     qos: u8,
+    /// MQTT version every client speaks: 311 (also mqttv311) or 5 (also mqttv5).
+    #[arg(short = 'V', long = "protocol-version", default_value = "311", value_parser = parse_version)]
+    protocol_version: surgemq::protocol::ProtocolLevel,
     /// Messages each publisher may have outstanding [default: 100; none with --rate].
     #[arg(long)]
     window: Option<usize>,
@@ -204,6 +207,7 @@ impl LoadArgs {
             load,
             size: self.size,
             qos: QoS::from_u8(self.qos).unwrap_or_default(),
+            protocol: self.protocol_version,
             window: self.window,
             rate: self.rate,
             threads: self.threads.unwrap_or_else(surgemq::broker::available_cpus),
@@ -262,6 +266,15 @@ fn stop_signals() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         set
+    }
+}
+
+/// `-V`: 311 / mqttv311 or 5 / mqttv5 (mosquitto_pub's spellings).
+fn parse_version(s: &str) -> Result<surgemq::protocol::ProtocolLevel, String> {
+    match s {
+        "311" | "mqttv311" => Ok(surgemq::protocol::ProtocolLevel::V311),
+        "5" | "mqttv5" => Ok(surgemq::protocol::ProtocolLevel::V5),
+        other => Err(format!("{other:?} is not 311 or 5")),
     }
 }
 
