@@ -65,6 +65,9 @@ pub struct Message {
     /// receives it, encoded once by the routing shard when enough of them do (see
     /// `Shard::route`).
     qos0_frame: OnceLock<Bytes>,
+    /// The same for MQTT 5 subscribers (with the forwarded properties), made by the first one
+    /// that needs it once the 3.1.1 frame says sharing is worth it.
+    qos0_frame_v5: OnceLock<Bytes>,
 }
 
 /// The MQTT 5 part of a message: the properties forwarded to MQTT 5 subscribers unchanged
@@ -87,6 +90,7 @@ impl Message {
             retain,
             v5: None,
             qos0_frame: OnceLock::new(),
+            qos0_frame_v5: OnceLock::new(),
         }
     }
 
@@ -150,6 +154,35 @@ impl Message {
     /// The frame made by [`Message::encode_qos0_frame`], if it was.
     pub fn qos0_frame(&self) -> Option<&Bytes> {
         self.qos0_frame.get()
+    }
+
+    /// The properties every MQTT 5 subscriber is sent (before its own: a Subscription
+    /// Identifier, the Message Expiry left).
+    pub fn forwarded_properties(&self) -> &[u8] {
+        self.v5.as_ref().map_or(&[], |v5| &v5.properties[..])
+    }
+
+    /// The QoS 0 live-forward PUBLISH for MQTT 5 subscribers that get exactly the forwarded
+    /// properties, shared like the 3.1.1 one when that one was made (see
+    /// [`Message::encode_qos0_frame`]); None when it was not.
+    pub fn qos0_frame_v5(&self) -> Option<&Bytes> {
+        self.qos0_frame.get()?;
+        Some(self.qos0_frame_v5.get_or_init(|| {
+            let mut frame = BytesMut::new();
+            let header = crate::protocol::PublishHeader {
+                topic: &self.topic,
+                payload_len: self.payload.len(),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                dup: false,
+                packet_id: 0,
+                properties: Some(self.forwarded_properties()),
+            };
+            // Sizes were checked when the message was decoded; encoding cannot fail for them.
+            let _ = header.encode(&mut frame, self.payload.len());
+            frame.extend_from_slice(&self.payload);
+            frame.freeze()
+        }))
     }
 }
 

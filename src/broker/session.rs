@@ -759,8 +759,14 @@ fn write_publish(
     packet_id: PacketId,
     properties: Option<&[u8]>,
 ) {
-    if qos == QoS::AtMostOnce && !retain && properties.is_none() {
-        if let Some(frame) = m.qos0_frame() {
+    if qos == QoS::AtMostOnce && !retain {
+        let frame = match properties {
+            None => m.qos0_frame(),
+            Some(p) if p == m.forwarded_properties() => m.qos0_frame_v5(),
+            // Its own Subscription Identifier or Message Expiry.
+            Some(_) => None,
+        };
+        if let Some(frame) = frame {
             out.encoded().extend_from_slice(frame);
             return;
         }

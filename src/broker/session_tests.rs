@@ -518,6 +518,49 @@ fn a_message_encoded_once_is_copied_as_is_to_qos0_live_forwards() {
     );
 }
 
+/// MQTT 5 subscribers share a frame of their own (with the forwarded properties) when the
+/// 3.1.1 one was made; one with a Subscription Identifier encodes its own PUBLISH.
+#[test]
+fn mqtt5_subscribers_share_a_qos0_frame_with_the_forwarded_properties() {
+    let v5 = crate::broker::mesh::V5Message {
+        // User Property k=v
+        properties: Bytes::from_static(&[0x26, 0x00, 0x01, b'k', 0x00, 0x01, b'v']),
+        expires_at: None,
+    };
+    let m = Arc::new(
+        Message::new(
+            ByteStr::from("t"),
+            Bytes::from_static(b"hi"),
+            QoS::AtMostOnce,
+            false,
+        )
+        .with_v5(Some(Box::new(v5))),
+    );
+    // Not worth sharing (no 3.1.1 frame): no v5 frame either.
+    assert!(m.qos0_frame_v5().is_none());
+    m.encode_qos0_frame();
+    #[rustfmt::skip]
+    let expected: &[u8] = &[
+        0x30, 0x0d, 0x00, 0x01, b't',                 // PUBLISH QoS 0, topic "t"
+        0x07, 0x26, 0x00, 0x01, b'k', 0x00, 0x01, b'v', // properties: User Property k=v
+        b'h', b'i',
+    ];
+    assert_eq!(&m.qos0_frame_v5().unwrap()[..], expected);
+    let mut s = session(10, 10, 1000);
+    s.peer.level = crate::protocol::ProtocolLevel::V5;
+    s.enqueue(m.clone(), QoS::AtMostOnce, false).unwrap();
+    s.enqueue_as(m.clone(), QoS::AtMostOnce, false, 5).unwrap();
+    let out = drain(&mut s);
+    assert_eq!(&out[..expected.len()], expected);
+    #[rustfmt::skip]
+    assert_eq!(&out[expected.len()..], &[
+        0x30, 0x0f, 0x00, 0x01, b't',
+        0x09, 0x0b, 0x05,                               // Subscription Identifier 5 first
+        0x26, 0x00, 0x01, b'k', 0x00, 0x01, b'v',
+        b'h', b'i',
+    ]);
+}
+
 /// One session per client, connected or not: keep it small (see `parking` for the rest of an
 /// idle connection's cost). MQTT 5 added 24 bytes (the client's limits, the expiry, the
 /// discard counts) to the 320 of 3.1.1.
