@@ -61,12 +61,13 @@ pub struct Message {
     /// What MQTT 5 adds, when the publisher sent any property a subscriber is given; `None`
     /// for every 3.1.1 message and most MQTT 5 ones, so they pay one pointer.
     pub v5: Option<Box<V5Message>>,
+    /// Set by the routing shard when enough subscribers get the message at QoS 0 as a live
+    /// forward that encoding it once per protocol version pays (see `Shard::route`).
+    share_qos0: AtomicBool,
     /// The whole PUBLISH as every 3.1.1 subscriber that gets it at QoS 0 as a live forward
-    /// receives it, encoded once by the routing shard when enough of them do (see
-    /// `Shard::route`).
+    /// receives it, made by the first one that needs it once sharing pays.
     qos0_frame: OnceLock<Bytes>,
-    /// The same for MQTT 5 subscribers (with the forwarded properties), made by the first one
-    /// that needs it once the 3.1.1 frame says sharing is worth it.
+    /// The same for MQTT 5 subscribers, with the forwarded properties.
     qos0_frame_v5: OnceLock<Bytes>,
 }
 
@@ -89,6 +90,7 @@ impl Message {
             qos,
             retain,
             v5: None,
+            share_qos0: AtomicBool::new(false),
             qos0_frame: OnceLock::new(),
             qos0_frame_v5: OnceLock::new(),
         }
@@ -125,10 +127,28 @@ impl Message {
             .is_some_and(|at| at <= now)
     }
 
-    /// Encodes the QoS 0 live-forward PUBLISH (RETAIN 0, DUP 0) once, for every subscriber
-    /// to copy as it is.
+    /// Says that QoS 0 live forwards share one encoded PUBLISH per protocol version: each is
+    /// made by the first subscriber that needs it, so a fan-out to 3.1.1 clients only does
+    /// not encode an MQTT 5 one, nor the other way round.
+    pub fn share_qos0_frames(&self) {
+        self.share_qos0.store(true, Ordering::Relaxed);
+    }
+
+    /// [`Message::share_qos0_frames`], with the 3.1.1 frame made now.
     pub fn encode_qos0_frame(&self) {
-        self.qos0_frame.get_or_init(|| {
+        self.share_qos0_frames();
+        let _ = self.qos0_frame();
+    }
+
+    /// The QoS 0 live-forward PUBLISH (RETAIN 0, DUP 0) for 3.1.1 subscribers, when shared.
+    pub fn qos0_frame(&self) -> Option<&Bytes> {
+        if let Some(frame) = self.qos0_frame.get() {
+            return Some(frame);
+        }
+        if !self.share_qos0.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(self.qos0_frame.get_or_init(|| {
             let mut frame = BytesMut::new();
             // Sizes were checked when the message was decoded; encoding cannot fail for them.
             let _ = encode_publish(
@@ -141,7 +161,7 @@ impl Message {
                 0,
             );
             frame.freeze()
-        });
+        }))
     }
 
     /// A message with a frame of the caller's choosing, to see whether a writer uses it.
@@ -151,11 +171,6 @@ impl Message {
         self
     }
 
-    /// The frame made by [`Message::encode_qos0_frame`], if it was.
-    pub fn qos0_frame(&self) -> Option<&Bytes> {
-        self.qos0_frame.get()
-    }
-
     /// The properties every MQTT 5 subscriber is sent (before its own: a Subscription
     /// Identifier, the Message Expiry left).
     pub fn forwarded_properties(&self) -> &[u8] {
@@ -163,10 +178,11 @@ impl Message {
     }
 
     /// The QoS 0 live-forward PUBLISH for MQTT 5 subscribers that get exactly the forwarded
-    /// properties, shared like the 3.1.1 one when that one was made (see
-    /// [`Message::encode_qos0_frame`]); None when it was not.
+    /// properties, when shared (see [`Message::share_qos0_frames`]).
     pub fn qos0_frame_v5(&self) -> Option<&Bytes> {
-        self.qos0_frame.get()?;
+        if !self.share_qos0.load(Ordering::Relaxed) {
+            return None;
+        }
         Some(self.qos0_frame_v5.get_or_init(|| {
             let mut frame = BytesMut::new();
             let header = crate::protocol::PublishHeader {

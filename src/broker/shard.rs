@@ -433,7 +433,7 @@ impl Shard {
         }
         routed.matched = matches.len();
         if worth_encoding_once(&message, &matches, self.session_limits.share_payloads_from) {
-            message.encode_qos0_frame();
+            message.share_qos0_frames();
         }
         let mut router = None;
         let mut pressured = None;
