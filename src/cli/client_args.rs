@@ -285,12 +285,12 @@ impl ConnectArgs {
         let will = match &self.will_topic {
             Some(topic) => {
                 validate_topic_name(topic).map_err(|e| format!("invalid --will-topic: {e}"))?;
-                Some(Will {
-                    topic: topic.clone(),
-                    payload: Bytes::from(self.will_payload.clone().unwrap_or_default()),
-                    qos: qos(self.will_qos),
-                    retain: self.will_retain,
-                })
+                Some(Will::new(
+                    topic.clone(),
+                    Bytes::from(self.will_payload.clone().unwrap_or_default()),
+                    qos(self.will_qos),
+                    self.will_retain,
+                ))
             }
             None => None,
         };

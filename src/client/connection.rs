@@ -92,7 +92,12 @@ pub(crate) async fn open(options: &ClientOptions, dialer: &Dialer) -> Result<Con
         })),
     );
     let left = options.connect_timeout.saturating_sub(started.elapsed());
-    let handshake = async { Some(conn.handshake(options.max_packet_size).await) };
+    let handshake = async {
+        Some(
+            conn.handshake(options.incoming_packet_limit() as usize)
+                .await,
+        )
+    };
     let expired = async {
         glommio::timer::sleep(left).await;
         None
@@ -369,12 +374,16 @@ pub(crate) async fn run(shared: Rc<Shared>, mut conn: Conn, dialer: Dialer) {
 }
 
 /// How long to wait before reconnecting, or None when the client should end: no reconnect
-/// configured, never connected, refused, or the application asked to stop.
+/// configured, never connected, refused, the session taken over by another connection, or
+/// the application asked to stop.
 fn reconnect_interval(shared: &Shared, reason: &ClientError) -> Option<Duration> {
     let inner = shared.inner.borrow();
     let interval = inner.options.reconnect_interval?;
     if inner.first_connack_pending()
         || matches!(reason, ClientError::Refused(..) | ClientError::Disconnected)
+        // Another connection took the session over: taking it back would start a duel.
+        || matches!(reason, ClientError::ServerDisconnect { reason, .. }
+            if *reason == crate::protocol::ReasonCode::SESSION_TAKEN_OVER)
         || inner.shutdown != Shutdown::None
         || !inner.has_users()
     {
@@ -448,7 +457,7 @@ fn drive(
             return Poll::Ready(Ok(()));
         }
         let can_read = inner.can_read() || !inner.messages_alive;
-        let max_packet_size = inner.options.max_packet_size;
+        let max_packet_size = inner.options.incoming_packet_limit() as usize;
         drop(inner);
 
         let mut progress = false;

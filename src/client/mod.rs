@@ -1,4 +1,4 @@
-//! An MQTT 3.1 / 3.1.1 client on glommio.
+//! An MQTT 3.1 / 3.1.1 / 5 client on glommio.
 //!
 //! Two layers. [`state`] is the protocol without I/O: a state machine that takes packets,
 //! requests and the time and returns packets to send and events (handshake, packet ids,
@@ -40,9 +40,9 @@ mod tls;
 use std::future::Future;
 
 pub use crate::transport::Transport;
-pub use error::{refusal_reason, ClientError, ProtocolError};
+pub use error::{packet_name, refusal_reason, ClientError, ProtocolError};
 pub use handle::{Client, Messages, Publishing};
-pub use options::{generated_client_id, ClientOptions, Will};
+pub use options::{generated_client_id, ClientOptions, Will, WillProperties};
 pub use tls::{TlsOptions, TlsVersion};
 
 /// Memory glommio registers with io_uring for the executor: a client does no file I/O, so
