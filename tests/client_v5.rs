@@ -186,7 +186,10 @@ fn session_expiry_resumes(addr: SocketAddr, tag: &str) {
             "expiry 60 still held when this connected"
         );
         c.disconnect().await.unwrap();
-        // ... so nothing is left to resume.
+        // ... so nothing is left to resume. Our broker may see the new CONNECT (on another
+        // shard) before it has ended the old connection's session: the client closed the
+        // socket after DISCONNECT without waiting, so give the broker a moment.
+        glommio::timer::sleep(Duration::from_millis(200)).await;
         let (c, _) = connect(keeper(false, None)).await;
         assert!(
             !c.session_present(),
