@@ -2,7 +2,8 @@
 //! Mosquitto: user properties and other PUBLISH properties end to end, PUBACK 0x10 as a
 //! success, session expiry and resuming, assigned client identifiers, No Local,
 //! subscription identifiers, a session taken over (server DISCONNECT 0x8e), refusals by an ACL
-//! (PUBACK / SUBACK 0x87), and Mosquitto's Server Keep Alive.
+//! (PUBACK / SUBACK 0x87), a will with properties sent by DISCONNECT 0x04, and Mosquitto's
+//! Server Keep Alive, Maximum QoS, Retain Available and Receive Maximum.
 
 mod client_util;
 
@@ -14,7 +15,7 @@ use client_util::mosquitto::Mosquitto;
 use client_util::{recv, recv_within, run};
 use surgemq::auth::{AclFile, FileAuthenticator};
 use surgemq::broker::{self, BrokerConfig, BrokerHandle};
-use surgemq::client::{Client, ClientError, ClientOptions, Messages};
+use surgemq::client::{Client, ClientError, ClientOptions, Messages, Will, WillProperties};
 use surgemq::protocol::{
     ByteStr, PacketType, Properties, ProtocolLevel, QoS, ReasonCode, RetainHandling,
     SubscribeReturnCode, SubscriptionOptions,
@@ -263,6 +264,50 @@ fn no_local_and_retain_handling(addr: SocketAddr, tag: &str) {
     });
 }
 
+/// MQTT 5 will: DISCONNECT 0x04 "with will message" publishes it, with its properties; a
+/// normal DISCONNECT does not.
+fn will_on_disconnect_with_will(addr: SocketAddr, tag: &str) {
+    run(LIMIT, async {
+        let topic = format!("{tag}/will5");
+        let (watcher, mut inbox) = connect(v5(addr, &format!("{tag}-watch5"))).await;
+        watcher
+            .subscribe(&[(topic.as_str(), QoS::AtLeastOnce)])
+            .await
+            .unwrap();
+        let with_will = |id: &str| {
+            let mut will = Will::new(topic.clone(), format!("{id} left"), QoS::AtLeastOnce, false);
+            will.properties = WillProperties {
+                content_type: Some("text/plain".into()),
+                user_properties: vec![("why".into(), "test".into())],
+                ..WillProperties::default()
+            };
+            ClientOptions {
+                will: Some(will),
+                ..v5(addr, id)
+            }
+        };
+        let (polite, _) = connect(with_will(&format!("{tag}-polite5"))).await;
+        polite.disconnect().await.unwrap();
+        let (leaving, _) = connect(with_will(&format!("{tag}-leaving5"))).await;
+        leaving
+            .disconnect_with(
+                ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
+                Properties::default(),
+            )
+            .await
+            .unwrap();
+        let m = recv(&mut inbox).await;
+        assert_eq!(m.payload, format!("{tag}-leaving5 left"));
+        let p = m.properties.expect("will properties");
+        assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(p.user_properties, [(s("why"), s("test"))]);
+        assert!(recv_within(&mut inbox, Duration::from_millis(300))
+            .await
+            .is_none());
+        watcher.disconnect().await.unwrap();
+    });
+}
+
 /// A second connection with the same client id takes the session over: the first learns
 /// it from the server's DISCONNECT 0x8e. Mosquitto 2.0.11 closes the old connection without
 /// a DISCONNECT (`disconnect_sent: false`): then it is only the end of the connection.
@@ -431,6 +476,18 @@ fn no_local_and_retain_handling_on_mosquitto() {
 }
 
 #[test]
+fn will_on_disconnect_with_will_on_our_broker() {
+    let b = Broker::start();
+    will_on_disconnect_with_will(b.addr(), "b");
+}
+
+#[test]
+fn will_on_disconnect_with_will_on_mosquitto() {
+    let m = Mosquitto::start();
+    will_on_disconnect_with_will(m.addr, "m");
+}
+
+#[test]
 fn session_taken_over_on_our_broker() {
     let b = Broker::start();
     session_taken_over(b.addr(), "b", true);
@@ -484,6 +541,46 @@ fn server_keep_alive_from_mosquitto() {
             c.server_properties().and_then(|p| p.server_keep_alive),
             Some(10)
         );
+        c.disconnect().await.unwrap();
+    });
+}
+
+/// Mosquitto's limits reach the client in CONNACK: Maximum QoS and Retain Available make
+/// publish_with refuse what the server would disconnect for, and Receive Maximum
+/// (max_inflight_messages) caps the window of a pipelined burst.
+#[test]
+fn server_limits_from_mosquitto() {
+    let m = Mosquitto::start_with(
+        "allow_anonymous true\nmax_qos 1\nretain_available false\nmax_inflight_messages 2\n",
+    );
+    run(LIMIT, async {
+        let (c, mut inbox) = connect(v5(m.addr, "limits")).await;
+        let server = c.server_properties().expect("CONNACK properties");
+        assert_eq!(server.maximum_qos, Some(QoS::AtLeastOnce));
+        assert_eq!(server.retain_available, Some(false));
+        assert_eq!(server.receive_maximum, Some(2));
+        let e = c
+            .publish("t", "x", QoS::ExactlyOnce, false)
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "invalid qos: the server's Maximum QoS is 1");
+        let e = c
+            .publish("t", "x", QoS::AtMostOnce, true)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().starts_with("invalid retain:"), "{e}");
+        c.subscribe(&[("burst", QoS::AtLeastOnce)]).await.unwrap();
+        let acks: Vec<_> = (0..50)
+            .map(|i| c.publish("burst", i.to_string(), QoS::AtLeastOnce, false))
+            .collect();
+        assert!(c.inflight() <= 2, "{}", c.inflight());
+        for ack in acks {
+            ack.await.unwrap();
+        }
+        for i in 0..50 {
+            assert_eq!(recv(&mut inbox).await.payload, i.to_string());
+        }
+        assert!(c.is_connected());
         c.disconnect().await.unwrap();
     });
 }

@@ -176,6 +176,22 @@ impl Client {
                 "the PUBLISH does not fit in an MQTT packet",
             )));
         }
+        if let Some(server) = inner.state.connack_properties() {
+            // What the server said it cannot take would end the connection (MQTT-3.2.2-11,
+            // -14): refused here instead, naming the limit.
+            if let Some(max) = server.maximum_qos.filter(|&max| qos > max) {
+                return Publishing::done(Err(ClientError::invalid(
+                    "qos",
+                    format!("the server's Maximum QoS is {}", max as u8),
+                )));
+            }
+            if retain && server.retain_available == Some(false) {
+                return Publishing::done(Err(ClientError::invalid(
+                    "retain",
+                    "the server does not keep retained messages (Retain Available 0)",
+                )));
+            }
+        }
         if let Some(max) = inner.state.server_maximum_packet_size() {
             if len > max as usize {
                 return Publishing::done(Err(ClientError::invalid(
@@ -310,6 +326,51 @@ impl Client {
             ClientError::Disconnected => Ok(()),
             other => Err(other),
         }
+    }
+
+    /// MQTT 5: [`disconnect`](Self::disconnect) with a reason code and properties, e.g.
+    /// `ReasonCode::DISCONNECT_WITH_WILL_MESSAGE` (0x04: the server publishes the will) or a
+    /// Session Expiry Interval that replaces CONNECT's (not above 0 if CONNECT's was 0,
+    /// MQTT-3.14.2-2). Properties: Session Expiry Interval, Reason String, User Property.
+    pub async fn disconnect_with(
+        &self,
+        reason: ReasonCode,
+        properties: Properties,
+    ) -> Result<(), ClientError> {
+        let allowed = Properties {
+            session_expiry_interval: properties.session_expiry_interval,
+            reason_string: properties.reason_string.clone(),
+            user_properties: properties.user_properties.clone(),
+            ..Properties::default()
+        };
+        let invalid = |why: &str| Err(ClientError::invalid("disconnect", why));
+        {
+            let inner = self.shared.inner.borrow();
+            let level = inner.state.level();
+            if !level.is_v5()
+                && (reason != ReasonCode::NORMAL_DISCONNECTION
+                    || properties != Properties::default())
+            {
+                return invalid("a reason code and properties need MQTT 5");
+            }
+            if allowed != properties {
+                return invalid("DISCONNECT carries only Session Expiry Interval, Reason String and User Property");
+            }
+            if !matches!(reason.0, 0x00 | 0x04 | 0x80..=0x83 | 0x87 | 0x89 | 0x8B | 0x8D..=0x90 | 0x93..=0xA2)
+            {
+                return invalid("not a reason code a client's DISCONNECT may carry");
+            }
+            let connected_without_expiry = inner.options.session_expiry.unwrap_or(0) == 0;
+            if connected_without_expiry && properties.session_expiry_interval.is_some_and(|s| s > 0)
+            {
+                return invalid("a session expiry above 0 after CONNECT's 0 (MQTT-3.14.2-2)");
+            }
+            check_strings(&properties)?;
+        }
+        let properties = (properties != Properties::default()).then(|| Box::new(properties));
+        self.shared.inner.borrow_mut().goodbye =
+            Some(crate::protocol::Disconnect { reason, properties });
+        self.disconnect().await
     }
 
     /// Closes the connection without DISCONNECT, as a network failure would, so the server
@@ -469,7 +530,8 @@ fn check_strings(p: &Properties) -> Result<(), ClientError> {
         .iter()
         .flat_map(|(k, v)| [k, v])
         .chain(&p.content_type)
-        .chain(&p.response_topic);
+        .chain(&p.response_topic)
+        .chain(&p.reason_string);
     for s in strings {
         if s.len() > 65_535 || s.contains('\0') {
             return Err(ClientError::invalid(

@@ -89,6 +89,8 @@ pub(crate) struct Inner {
     /// Live `Client` handles.
     pub handles: usize,
     pub shutdown: Shutdown,
+    /// The DISCONNECT a graceful shutdown sends (MQTT 5 `disconnect_with`); normal if None.
+    pub goodbye: Option<crate::protocol::Disconnect>,
     io_waker: Option<Waker>,
     /// Set when the connection task has ended, with the reason.
     pub closed: Option<ClientError>,
@@ -114,6 +116,7 @@ impl Shared {
                 messages_alive: true,
                 handles: 0,
                 shutdown: Shutdown::None,
+                goodbye: None,
                 io_waker: None,
                 closed: None,
                 close_waiters: Vec::new(),

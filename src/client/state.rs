@@ -162,6 +162,9 @@ struct Outgoing {
     stage: Stage,
     /// Whether the PUBLISH has been written to a connection (a resend then sets DUP).
     sent: bool,
+    /// Whether it is in flight on the current connection (PUBLISH or PUBREL sent on it):
+    /// what the server's Receive Maximum counts.
+    on_wire: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +202,8 @@ pub struct ClientState {
     session_present: bool,
     ids: PacketIds,
     outgoing: AHashMap<PacketId, Outgoing>,
+    /// Entries of `outgoing` that are `on_wire`.
+    on_wire: usize,
     next_seq: u64,
     incoming_qos2: AHashSet<PacketId>,
     requests: AHashMap<PacketId, Request>,
@@ -230,6 +235,7 @@ impl ClientState {
             session_present: false,
             ids: PacketIds::default(),
             outgoing: AHashMap::new(),
+            on_wire: 0,
             next_seq: 0,
             incoming_qos2: AHashSet::new(),
             requests: AHashMap::new(),
@@ -331,17 +337,29 @@ impl ClientState {
         }
     }
 
-    /// Everything in flight, in original order: PUBLISH again (DUP when it was sent before)
-    /// or PUBREL for those the server has already received.
+    /// Everything in flight not yet sent on this connection, in original order, as far as
+    /// the window (the server's Receive Maximum) allows: PUBLISH again (DUP when it was sent
+    /// before) or PUBREL for those the server has already received. What does not fit goes
+    /// out as acknowledgements make room.
     fn resend(&mut self, now: Instant) {
+        let window = self.window();
+        if self.on_wire >= window || self.on_wire == self.outgoing.len() {
+            return;
+        }
         let mut order: Vec<(u64, PacketId)> = self
             .outgoing
             .values()
+            .filter(|o| !o.on_wire)
             .map(|o| (o.seq, o.publish.packet_id))
             .collect();
         order.sort_unstable();
         for (_, id) in order {
+            if self.on_wire >= window {
+                break;
+            }
+            self.on_wire += 1;
             let o = self.outgoing.get_mut(&id).expect("collected above");
+            o.on_wire = true;
             let packet = match o.stage {
                 Stage::Comp => Packet::PubRel(Ack::new(id)),
                 Stage::Ack | Stage::Rec => {
@@ -358,14 +376,14 @@ impl ClientState {
     fn dispatch(&mut self, packet: Packet, now: Instant) -> Result<(), ClientError> {
         match packet {
             Packet::Publish(p) => self.on_publish(p, now)?,
-            Packet::PubAck(ack) => self.on_ack(ack, Stage::Ack)?,
+            Packet::PubAck(ack) => self.on_ack(ack, Stage::Ack, now)?,
             Packet::PubRec(ack) => match self.outgoing.get_mut(&ack.packet_id) {
                 Some(o) if o.stage == Stage::Ack => {
                     return Err(wrong_ack(PacketType::PubRec, ack.packet_id, Stage::Ack))
                 }
                 // A refusal ends the QoS 2 flow here: no PUBREL (4.3.3).
                 Some(o) if o.stage == Stage::Rec && !ack.reason.is_success() => {
-                    self.on_ack(ack, Stage::Rec)?
+                    self.on_ack(ack, Stage::Rec, now)?
                 }
                 Some(o) => {
                     let id = ack.packet_id;
@@ -378,7 +396,7 @@ impl ClientState {
                 }
                 None => {}
             },
-            Packet::PubComp(ack) => self.on_ack(ack, Stage::Comp)?,
+            Packet::PubComp(ack) => self.on_ack(ack, Stage::Comp, now)?,
             Packet::PubRel(Ack { packet_id: id, .. }) => {
                 // The id is released; PUBCOMP also for an id we do not know (MQTT-4.3.3-2:
                 // the server may resend PUBREL after we already answered it).
@@ -480,10 +498,13 @@ impl ClientState {
 
     /// PUBACK, PUBCOMP or a refusing PUBREC: completes the message if it waits for exactly
     /// that, successfully or (a reason code of 0x80 or above) not.
-    fn on_ack(&mut self, ack: Ack, stage: Stage) -> Result<(), ClientError> {
+    fn on_ack(&mut self, ack: Ack, stage: Stage, now: Instant) -> Result<(), ClientError> {
         let id = ack.packet_id;
         match self.outgoing.get(&id) {
             Some(o) if o.stage == stage => {
+                if o.on_wire {
+                    self.on_wire -= 1;
+                }
                 self.outgoing.remove(&id);
                 self.ids.release(id);
                 let event = if ack.reason.is_success() {
@@ -497,6 +518,10 @@ impl ClientState {
                     }
                 };
                 self.events.push_back(event);
+                if self.phase == Phase::Connected {
+                    // Room for one held back by the server's Receive Maximum, if any.
+                    self.resend(now);
+                }
                 Ok(())
             }
             Some(o) => Err(wrong_ack(stage.packet_type(), id, o.stage)),
@@ -564,8 +589,10 @@ impl ClientState {
         }
         let id = self.ids.allocate().ok_or(WindowFull)?;
         publish.packet_id = id;
-        let connected = self.phase == Phase::Connected;
+        // Not while resends wait for room: this one must not overtake them.
+        let connected = self.phase == Phase::Connected && self.on_wire == self.outgoing.len();
         if connected {
+            self.on_wire += 1;
             self.emit(Packet::Publish(publish.clone()), now);
         }
         let stage = if publish.qos == QoS::AtLeastOnce {
@@ -580,6 +607,7 @@ impl ClientState {
                 publish,
                 stage,
                 sent: connected,
+                on_wire: connected,
             },
         );
         self.next_seq += 1;
@@ -657,8 +685,13 @@ impl ClientState {
     /// Sends DISCONNECT; the caller closes the connection once it is written. The session
     /// (messages in flight) is kept for a later `connect` with a persistent session.
     pub fn disconnect(&mut self, now: Instant) {
+        self.disconnect_with(Disconnect::NORMAL, now)
+    }
+
+    /// Sends this DISCONNECT (MQTT 5: a reason code and properties; 3.1.1 writes neither).
+    pub fn disconnect_with(&mut self, disconnect: Disconnect, now: Instant) {
         if self.phase == Phase::Connected {
-            self.emit(Packet::Disconnect(Disconnect::NORMAL), now);
+            self.emit(Packet::Disconnect(disconnect), now);
         }
         self.phase = Phase::Disconnecting;
     }
@@ -671,6 +704,10 @@ impl ClientState {
         self.outbox_bytes = 0;
         self.ping_sent = None;
         self.aliases.clear();
+        self.on_wire = 0;
+        for o in self.outgoing.values_mut() {
+            o.on_wire = false;
+        }
         let mut abandoned: Vec<PacketId> = self.requests.drain().map(|(id, _)| id).collect();
         if self.config.clean_session {
             abandoned.extend(self.outgoing.drain().map(|(id, _)| id));

@@ -1095,3 +1095,57 @@ fn v5_incoming_topic_aliases_are_resolved() {
         "{e}"
     );
 }
+
+#[test]
+fn v5_resends_only_what_the_servers_receive_maximum_allows() {
+    let t0 = Instant::now();
+    let options = ClientOptions {
+        session_expiry: Some(60),
+        ..v5_options()
+    };
+    let mut s = v5_state(&options, t0);
+    s.connect(t0);
+    drain_v5(&mut s);
+    s.handle(v5(&[0x20, 0x03, 0x00, 0x00, 0x00]), t0).unwrap();
+    events(&mut s);
+    let ids: Vec<PacketId> = (0..3)
+        .map(|_| s.publish(publish("t", b"x", QoS::AtLeastOnce), t0).unwrap())
+        .collect();
+    drain_v5(&mut s);
+    s.connection_lost();
+    s.connect(t0);
+    drain_v5(&mut s);
+    // Receive Maximum 2 this time: two go out again, the third once one is acknowledged.
+    s.handle(v5(&[0x20, 0x06, 0x01, 0x00, 0x03, 0x21, 0x00, 0x02]), t0)
+        .unwrap();
+    let dup = |id: PacketId| [0x3a, 0x07, 0x00, 0x01, b't', 0x00, id as u8, 0x00, b'x'];
+    let again = drain_v5(&mut s);
+    assert_eq!(again, [dup(ids[0]), dup(ids[1])].concat());
+    assert!(!s.window_open());
+    s.handle(v5(&[0x40, 0x02, 0x00, ids[0] as u8]), t0).unwrap();
+    // The third, DUP set: it was sent on the old connection.
+    assert_eq!(drain_v5(&mut s), dup(ids[2]));
+    s.handle(v5(&[0x40, 0x02, 0x00, ids[1] as u8]), t0).unwrap();
+    s.handle(v5(&[0x40, 0x02, 0x00, ids[2] as u8]), t0).unwrap();
+    assert_eq!(drain_v5(&mut s), [] as [u8; 0]);
+    assert_eq!(
+        events(&mut s)
+            .into_iter()
+            .filter(|e| matches!(e, Event::Published(_)))
+            .count(),
+        3
+    );
+    assert!(s.window_open());
+}
+
+#[test]
+fn v5_disconnect_with_a_reason() {
+    let t0 = Instant::now();
+    let mut s = v5_connected(t0);
+    s.disconnect_with(
+        Disconnect::with_reason(ReasonCode::DISCONNECT_WITH_WILL_MESSAGE),
+        t0,
+    );
+    assert_eq!(drain_v5(&mut s), [0xe0, 0x01, 0x04]);
+    assert!(s.is_disconnecting());
+}
