@@ -1,7 +1,9 @@
 //! `surgemq pub` and `surgemq sub` as users run them, next to Mosquitto's `mosquitto_pub` and
 //! `mosquitto_sub`, in both directions, against Mosquitto and against our broker: QoS 0/1/2,
 //! retained messages, `-l` lines, `-n`, `-f`, `-C`, `-W` and its exit status, `-v` output,
-//! wills, persistent sessions, MQTT 3.1, and the one-line error of a refused connection.
+//! wills, persistent sessions, MQTT 3.1, and the one-line error of a refused connection;
+//! MQTT 5 (`-V 5`): user properties with `-D` and `--properties`, session expiry with `-x`,
+//! and the one-line errors of PUBACK / SUBACK refusals.
 //!
 //! Subscribers run with `-d` so the test knows when SUBACK has arrived before publishing.
 //! Every child process is killed when its guard drops, also when a test fails.
@@ -151,10 +153,14 @@ struct OurBroker(Option<BrokerHandle>);
 
 impl OurBroker {
     fn start() -> OurBroker {
+        OurBroker::start_with(BrokerConfig::default())
+    }
+
+    fn start_with(config: BrokerConfig) -> OurBroker {
         let handle = broker::start(BrokerConfig {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             shards: 2,
-            ..Default::default()
+            ..config
         })
         .unwrap();
         OurBroker(Some(handle))
@@ -504,4 +510,211 @@ fn persistent_session_and_mqtt_31() {
     let (status, out, _) = old.finish(Duration::from_secs(5));
     assert!(status.success());
     assert_eq!(out, ["cli/31 old"]);
+}
+
+/// MQTT 5 user properties through the CLI: `surgemq pub -V 5 -D publish user-property` to
+/// `surgemq sub -V 5 --properties` (printed as mosquitto_sub's %P prints them, key:value
+/// pairs after the payload) and to `mosquitto_sub -F '%t %p %P'`, and `mosquitto_pub -V 5 -D`
+/// to `surgemq sub`.
+fn user_properties_v5(addr: SocketAddr) {
+    let sub = Running::spawn(&mut surgemq(
+        addr,
+        &[
+            "sub",
+            "-V",
+            "5",
+            "-t",
+            "cli5/#",
+            "-v",
+            "--properties",
+            "-q",
+            "1",
+            "-C",
+            "3",
+            "-d",
+        ],
+    ));
+    sub.wait_for(false, "SUBACK");
+    let theirs = Running::spawn(&mut mosquitto_tool(
+        "mosquitto_sub",
+        addr,
+        &["-V", "5", "-t", "cli5/a", "-C", "1", "-F", "%t %p %P", "-d"],
+    ));
+    theirs.wait_for(true, "received SUBACK");
+    run_ok(
+        &mut surgemq(
+            addr,
+            &[
+                "pub",
+                "-V",
+                "5",
+                "-t",
+                "cli5/a",
+                "-m",
+                "hi",
+                "-q",
+                "1",
+                "-D",
+                "publish",
+                "user-property",
+                "k",
+                "v",
+                "-D",
+                "publish",
+                "user-property",
+                "k2",
+                "v 2",
+                "-D",
+                "publish",
+                "content-type",
+                "text/plain",
+            ],
+        ),
+        None,
+    );
+    run_ok(
+        &mut surgemq(
+            addr,
+            &["pub", "-V", "mqttv5", "-t", "cli5/b", "-m", "plain"],
+        ),
+        None,
+    );
+    run_ok(
+        &mut mosquitto_tool(
+            "mosquitto_pub",
+            addr,
+            &[
+                "-V",
+                "5",
+                "-t",
+                "cli5/c",
+                "-m",
+                "from mosquitto",
+                "-q",
+                "1",
+                "-D",
+                "publish",
+                "user-property",
+                "who",
+                "them",
+            ],
+        ),
+        None,
+    );
+    let (status, out, err) = sub.finish(Duration::from_secs(5));
+    assert!(status.success(), "{err:?}");
+    assert_eq!(
+        sorted(out),
+        [
+            "cli5/a hi k:v k2:v 2",
+            "cli5/b plain",
+            "cli5/c from mosquitto who:them"
+        ]
+    );
+    let (status, out, err) = theirs.finish(Duration::from_secs(5));
+    assert!(status.success(), "{err:?}");
+    assert_eq!(messages_only(out), ["cli5/a hi k:v k2:v 2"]);
+}
+
+#[test]
+fn user_properties_v5_on_our_broker() {
+    let b = OurBroker::start();
+    user_properties_v5(b.addr());
+}
+
+#[test]
+fn user_properties_v5_on_mosquitto() {
+    let m = Mosquitto::start();
+    user_properties_v5(m.addr);
+}
+
+/// `-V 5 -c -x 60`: the session outlives the subscriber, and what was published meanwhile
+/// arrives when it comes back.
+#[test]
+fn session_expiry_v5() {
+    let b = OurBroker::start();
+    let persistent = [
+        "sub",
+        "-V",
+        "5",
+        "-c",
+        "-i",
+        "cli5-persist",
+        "-x",
+        "60",
+        "-q",
+        "1",
+        "-t",
+        "cli5/p",
+        "-v",
+    ];
+    let first = Running::spawn(&mut surgemq(
+        b.addr(),
+        &[&persistent[..], &["-W", "1"]].concat(),
+    ));
+    assert_eq!(first.finish(Duration::from_secs(5)).0.code(), Some(27));
+    run_ok(
+        &mut surgemq(
+            b.addr(),
+            &["pub", "-V", "5", "-t", "cli5/p", "-q", "1", "-m", "queued"],
+        ),
+        None,
+    );
+    let back = Running::spawn(&mut surgemq(
+        b.addr(),
+        &[&persistent[..], &["-C", "1"]].concat(),
+    ));
+    let (status, out, err) = back.finish(Duration::from_secs(5));
+    assert!(status.success(), "{err:?}");
+    assert_eq!(out, ["cli5/p queued"]);
+}
+
+/// A broker's MQTT 5 refusals come out as one line naming the reason code.
+#[test]
+fn v5_refusals_give_one_line() {
+    use std::sync::Arc;
+    use surgemq::auth::{AclFile, FileAuthenticator};
+    let b = OurBroker::start_with(BrokerConfig {
+        authenticator: Arc::new(FileAuthenticator {
+            passwords: None,
+            allow_anonymous: true,
+            acl: Some(AclFile::parse("topic readwrite open/#\n", "test acl").unwrap()),
+        }),
+        ..BrokerConfig::default()
+    });
+    let refusals: [(&[&str], &str); 3] = [
+        (
+            &["pub", "-V", "5", "-q", "1", "-t", "closed/x", "-m", "x"],
+            "surgemq: PUBACK 0x87 not authorized",
+        ),
+        (
+            &["pub", "-V", "5", "-q", "2", "-t", "closed/x", "-m", "x"],
+            "surgemq: PUBREC 0x87 not authorized",
+        ),
+        (
+            &["sub", "-V", "5", "-t", "closed/#"],
+            "surgemq: the broker refused every subscription (SUBACK 0x87 not authorized)",
+        ),
+    ];
+    for (args, expected) in refusals {
+        let (status, out, err) =
+            Running::spawn(&mut surgemq(b.addr(), args)).finish(Duration::from_secs(5));
+        assert_eq!(status.code(), Some(1), "{args:?}: {err:?}");
+        assert!(out.is_empty());
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert!(err[0].starts_with(expected), "{args:?}: {err:?}");
+    }
+    // Unknown -D commands and identifiers are refused before connecting, in one line.
+    let (status, _, err) = Running::spawn(&mut surgemq(
+        b.addr(),
+        &[
+            "pub", "-V", "5", "-t", "open/x", "-m", "x", "-D", "publish", "colour", "red",
+        ],
+    ))
+    .finish(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        err,
+        ["surgemq: invalid -D publish colour red: unknown property identifier"]
+    );
 }

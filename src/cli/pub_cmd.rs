@@ -1,6 +1,7 @@
 //! `surgemq pub`: publish one message (`-m`, `-f`, `-s`, `-n`) or one message per line of
 //! standard input (`-l`), with `mosquitto_pub`'s flags, then disconnect. At QoS 1/2 it exits
-//! only once the broker has acknowledged every message.
+//! only once the broker has acknowledged every message. With `-V 5`, `-D publish ...` sets the
+//! PUBLISH properties, and a broker's refusal (PUBACK/PUBREC 0x80 and above) is an error.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, Read};
@@ -9,10 +10,10 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use clap::{ArgGroup, Args};
 use surgemq::client::{block_on, Client, ClientError};
-use surgemq::protocol::QoS;
+use surgemq::protocol::{Properties, QoS};
 use surgemq::topic::validate_topic_name;
 
-use super::client_args::{error_line, qos, ConnectArgs};
+use super::client_args::{error_line, qos, ConnectArgs, PropertyCommand};
 
 #[derive(Args, Debug)]
 #[command(disable_help_flag = true)]
@@ -69,6 +70,10 @@ pub fn run(args: PubArgs) -> Result<(), String> {
         return Err("a message is required: -m, -f, -l, -s or -n".into());
     }
     let options = args.connect.options()?;
+    let properties = args
+        .connect
+        .properties("pub", &[PropertyCommand::Publish])?
+        .publish;
     let source = if let Some(m) = args.message {
         Source::One(Bytes::from(m))
     } else if let Some(path) = &args.file {
@@ -90,8 +95,12 @@ pub fn run(args: PubArgs) -> Result<(), String> {
     block_on(async move {
         let (client, _messages) = Client::connect(options).await?;
         match source {
-            Source::One(payload) => client.publish(&topic, payload, qos, retain).await?,
-            Source::Lines => publish_lines(&client, &topic, qos, retain).await?,
+            Source::One(payload) => {
+                client
+                    .publish_with(&topic, payload, qos, retain, properties)
+                    .await?
+            }
+            Source::Lines => publish_lines(&client, &topic, qos, retain, &properties).await?,
         }
         client.disconnect().await
     })
@@ -107,6 +116,7 @@ async fn publish_lines(
     topic: &str,
     qos: QoS,
     retain: bool,
+    properties: &Properties,
 ) -> Result<(), ClientError> {
     let mut outstanding = VecDeque::new();
     loop {
@@ -114,7 +124,7 @@ async fn publish_lines(
         let Some(line) = line.map_err(ClientError::Io)? else {
             break;
         };
-        outstanding.push_back(client.publish(topic, line, qos, retain));
+        outstanding.push_back(client.publish_with(topic, line, qos, retain, properties.clone()));
         // Bounded: beyond a few windows' worth, wait for the oldest before reading on.
         if outstanding.len() > 1024 {
             outstanding.pop_front().expect("not empty").await?;

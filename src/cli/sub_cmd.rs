@@ -1,6 +1,8 @@
 //! `surgemq sub`: subscribe to topic filters and print each message as it arrives, with
 //! `mosquitto_sub`'s flags: `-v` prints "topic payload", `-C` stops after a count, `-W` stops
-//! after a time and then exits with status 27, as mosquitto_sub does.
+//! after a time and then exits with status 27, as mosquitto_sub does. MQTT 5 (`-V 5`) adds
+//! mosquitto_sub's `--nl`, `--rap`, `--rh` and `-D subscribe ...`, and `--properties` prints
+//! a message's user properties after its payload.
 
 use std::future::Future;
 use std::io::Write;
@@ -8,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures_lite::FutureExt;
-use surgemq::client::{block_on, Client, ClientOptions};
-use surgemq::protocol::{Publish, QoS, SubscribeReturnCode};
+use surgemq::client::{block_on, Client, ClientError, ClientOptions};
+use surgemq::protocol::{Properties, Publish, RetainHandling, SubscriptionOptions};
 use surgemq::topic::validate_filter;
 
-use super::client_args::{error_line, qos, ConnectArgs};
+use super::client_args::{error_line, qos, ConnectArgs, PropertyCommand};
 
 /// mosquitto_sub's exit status when `-W` expires (MOSQ_ERR_TIMEOUT).
 const TIMED_OUT_STATUS: i32 = 27;
@@ -43,6 +45,20 @@ pub struct SubArgs {
     /// Do not print a newline after each message.
     #[arg(short = 'N', long = "no-eol")]
     no_eol: bool,
+    /// MQTT 5 No Local: do not receive the messages this client publishes.
+    #[arg(long = "nl")]
+    no_local: bool,
+    /// MQTT 5 Retain As Published: keep the retain flag of forwarded messages.
+    #[arg(long = "rap")]
+    retain_as_published: bool,
+    /// MQTT 5 Retain Handling: 0 send retained messages at subscribe, 1 only for a new
+    /// subscription, 2 never.
+    #[arg(long = "rh", value_name = "N", value_parser = clap::value_parser!(u8).range(0..=2))]
+    retain_handling: Option<u8>,
+    /// MQTT 5: print each message's user properties after its payload, as key:value pairs
+    /// separated by spaces (as mosquitto_sub's %P).
+    #[arg(long = "properties")]
+    properties: bool,
 }
 
 enum Outcome {
@@ -62,10 +78,27 @@ pub fn run(mut args: SubArgs) -> Result<(), String> {
         validate_filter(f).map_err(|e| format!("invalid -t/--topic {f:?}: {e}"))?;
     }
     let options = args.connect.options()?;
+    let v5_only = [
+        (args.no_local, "--nl"),
+        (args.retain_as_published, "--rap"),
+        (args.retain_handling.is_some(), "--rh"),
+        (args.properties, "--properties"),
+    ];
+    if let Some((_, flag)) = v5_only.iter().find(|(set, _)| *set) {
+        if !options.protocol.is_v5() {
+            return Err(format!("{flag} needs MQTT 5 (-V 5)"));
+        }
+    }
+    let properties = args
+        .connect
+        .properties("sub", &[PropertyCommand::Subscribe])?
+        .subscribe;
     let deadline = args
         .timeout
         .map(|s| Instant::now() + Duration::from_secs(s));
-    match block_on(subscribe_and_print(options, &args, deadline)).map_err(|e| error_line(&e))?? {
+    match block_on(subscribe_and_print(options, &args, properties, deadline))
+        .map_err(|e| error_line(&e))??
+    {
         Outcome::Done => Ok(()),
         Outcome::TimedOut => {
             eprintln!("surgemq: timed out after {} s", args.timeout.unwrap_or(0));
@@ -78,31 +111,47 @@ pub fn run(mut args: SubArgs) -> Result<(), String> {
 async fn subscribe_and_print(
     options: ClientOptions,
     args: &SubArgs,
+    properties: Properties,
     deadline: Option<Instant>,
 ) -> Result<Outcome, String> {
     let Some(connected) = within(deadline, Client::connect(options)).await else {
         return Ok(Outcome::TimedOut);
     };
     let (client, mut messages) = connected.map_err(|e| error_line(&e))?;
-    let qos = qos(args.qos);
-    let filters: Vec<(&str, QoS)> = args.topic.iter().map(|t| (t.as_str(), qos)).collect();
-    let Some(granted) = within(deadline, client.subscribe(&filters)).await else {
+    let subscription = SubscriptionOptions {
+        qos: qos(args.qos),
+        no_local: args.no_local,
+        retain_as_published: args.retain_as_published,
+        retain_handling: match args.retain_handling {
+            Some(1) => RetainHandling::SendIfNew,
+            Some(2) => RetainHandling::DoNotSend,
+            _ => RetainHandling::SendAtSubscribe,
+        },
+    };
+    let filters: Vec<(&str, SubscriptionOptions)> = args
+        .topic
+        .iter()
+        .map(|t| (t.as_str(), subscription))
+        .collect();
+    let subscribing = client.subscribe_with(&filters, properties);
+    let Some(granted) = within(deadline, subscribing).await else {
         let _ = client.disconnect().await;
         return Ok(Outcome::TimedOut);
     };
     let granted = granted.map_err(|e| e.to_string())?;
-    let refused: Vec<&str> = filters
+    // Each refusal with its reason: "SUBACK 0x87 not authorized".
+    let refused: Vec<(&str, ClientError)> = filters
         .iter()
         .zip(&granted)
-        .filter(|(_, code)| **code == SubscribeReturnCode::FAILURE)
-        .map(|((f, _), _)| *f)
+        .filter_map(|((f, _), code)| Some((*f, ClientError::refused_subscription(*code)?)))
         .collect();
     if refused.len() == filters.len() {
         let _ = client.disconnect().await;
-        return Err("the broker refused every subscription (SUBACK 0x80)".into());
+        let (_, why) = &refused[0];
+        return Err(format!("the broker refused every subscription ({why})"));
     }
-    for f in refused {
-        eprintln!("surgemq: the broker refused the subscription to {f} (SUBACK 0x80)");
+    for (f, why) in refused {
+        eprintln!("surgemq: the broker refused the subscription to {f} ({why})");
     }
     let mut printed = 0u64;
     loop {
@@ -151,6 +200,12 @@ fn print(message: &Publish, args: &SubArgs) -> std::io::Result<()> {
         }
     }
     out.write_all(&message.payload)?;
+    if args.properties {
+        let user = message.properties.as_ref().map(|p| &p.user_properties);
+        for (k, v) in user.into_iter().flatten() {
+            write!(out, " {k}:{v}")?;
+        }
+    }
     if !args.no_eol {
         out.write_all(b"\n")?;
     }

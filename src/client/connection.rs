@@ -30,7 +30,7 @@ use super::dial::Dialer;
 use super::error::ClientError;
 use super::options::ClientOptions;
 use super::shared::{Shared, Shutdown};
-use crate::protocol::{decode, frame_len, Packet, ProtocolLevel};
+use crate::protocol::{decode, frame_len, Disconnect, Packet, ProtocolLevel};
 use crate::transport::Layer;
 
 /// Read buffer allocation size; packets larger than this get a buffer of their own size.
@@ -92,7 +92,12 @@ pub(crate) async fn open(options: &ClientOptions, dialer: &Dialer) -> Result<Con
         })),
     );
     let left = options.connect_timeout.saturating_sub(started.elapsed());
-    let handshake = async { Some(conn.handshake(options.max_packet_size).await) };
+    let handshake = async {
+        Some(
+            conn.handshake(options.incoming_packet_limit() as usize)
+                .await,
+        )
+    };
     let expired = async {
         glommio::timer::sleep(left).await;
         None
@@ -369,12 +374,16 @@ pub(crate) async fn run(shared: Rc<Shared>, mut conn: Conn, dialer: Dialer) {
 }
 
 /// How long to wait before reconnecting, or None when the client should end: no reconnect
-/// configured, never connected, refused, or the application asked to stop.
+/// configured, never connected, refused, the session taken over by another connection, or
+/// the application asked to stop.
 fn reconnect_interval(shared: &Shared, reason: &ClientError) -> Option<Duration> {
     let inner = shared.inner.borrow();
     let interval = inner.options.reconnect_interval?;
     if inner.first_connack_pending()
         || matches!(reason, ClientError::Refused(..) | ClientError::Disconnected)
+        // Another connection took the session over: taking it back would start a duel.
+        || matches!(reason, ClientError::ServerDisconnect { reason, .. }
+            if *reason == crate::protocol::ReasonCode::SESSION_TAKEN_OVER)
         || inner.shutdown != Shutdown::None
         || !inner.has_users()
     {
@@ -416,7 +425,10 @@ fn drive(
         }
         match inner.shutdown {
             Shutdown::Abort => return Poll::Ready(Ok(())),
-            Shutdown::Graceful if !inner.state.is_disconnecting() => inner.state.disconnect(now),
+            Shutdown::Graceful if !inner.state.is_disconnecting() => {
+                let goodbye = inner.goodbye.take().unwrap_or(Disconnect::NORMAL);
+                inner.state.disconnect_with(goodbye, now)
+            }
             _ => {}
         }
         if !inner.can_read() && inner.messages_alive {
@@ -448,7 +460,7 @@ fn drive(
             return Poll::Ready(Ok(()));
         }
         let can_read = inner.can_read() || !inner.messages_alive;
-        let max_packet_size = inner.options.max_packet_size;
+        let max_packet_size = inner.options.incoming_packet_limit() as usize;
         drop(inner);
 
         let mut progress = false;
@@ -506,6 +518,17 @@ struct Describe<'a>(&'a Packet);
 impl std::fmt::Display for Describe<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
+            Packet::Connect(c) if c.level.is_v5() => write!(
+                f,
+                "CONNECT (MQTT 5, client id {:?}, clean start {}, keepalive {} s, session expiry {} s)",
+                c.client_id.as_str(),
+                c.clean_session,
+                c.keep_alive,
+                c.properties
+                    .as_ref()
+                    .and_then(|p| p.session_expiry_interval)
+                    .unwrap_or(0)
+            ),
             Packet::Connect(c) => write!(
                 f,
                 "CONNECT (client id {:?}, clean session {}, keepalive {} s)",
@@ -515,18 +538,21 @@ impl std::fmt::Display for Describe<'_> {
             ),
             Packet::ConnAck(a) => write!(
                 f,
-                "CONNACK (session present {}, code {})",
-                a.session_present, a.code
+                "CONNACK (session present {}, code {}{})",
+                a.session_present,
+                a.code,
+                Props(&a.properties)
             ),
             Packet::Publish(p) => write!(
                 f,
-                "PUBLISH (d{}, q{}, r{}, m{}, {:?}, {} bytes)",
+                "PUBLISH (d{}, q{}, r{}, m{}, {:?}, {} bytes{})",
                 u8::from(p.dup),
                 p.qos as u8,
                 u8::from(p.retain),
                 p.packet_id,
                 p.topic.as_str(),
-                p.payload.len()
+                p.payload.len(),
+                Props(&p.properties)
             ),
             Packet::PubAck(a) => write!(f, "PUBACK (m{}, {})", a.packet_id, a.reason),
             Packet::PubRec(a) => write!(f, "PUBREC (m{}, {})", a.packet_id, a.reason),
@@ -544,8 +570,26 @@ impl std::fmt::Display for Describe<'_> {
             Packet::UnsubAck(u) => write!(f, "UNSUBACK (m{}, {:?})", u.packet_id, u.reasons),
             Packet::PingReq => f.write_str("PINGREQ"),
             Packet::PingResp => f.write_str("PINGRESP"),
-            Packet::Disconnect(d) => write!(f, "DISCONNECT ({})", d.reason),
+            Packet::Disconnect(d) => write!(f, "DISCONNECT ({}{})", d.reason, Props(&d.properties)),
             Packet::Auth(a) => write!(f, "AUTH ({})", a.reason),
         }
+    }
+}
+
+/// ", N properties" after a packet that has some (MQTT 5), for debug lines.
+struct Props<'a>(&'a Option<Box<crate::protocol::Properties>>);
+
+impl std::fmt::Display for Props<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(p) = self.0 else {
+            return Ok(());
+        };
+        if let Some(r) = &p.reason_string {
+            write!(f, ", reason string {:?}", r.as_str())?;
+        }
+        if !p.user_properties.is_empty() {
+            write!(f, ", {} user properties", p.user_properties.len())?;
+        }
+        Ok(())
     }
 }

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::protocol::{DecodeError, EncodeError, PacketId, PacketType, ProtocolLevel, ReasonCode};
+use crate::protocol::{
+    DecodeError, EncodeError, PacketId, PacketType, ProtocolLevel, ReasonCode, SubscribeReturnCode,
+};
 use crate::transport::{TransportError, WsError};
 
 /// Why a client operation failed.
@@ -45,6 +47,22 @@ pub enum ClientError {
     /// The server closed the connection.
     #[error("connection closed by the server")]
     ConnectionClosed,
+    /// The server ended an MQTT 5 connection with DISCONNECT: its reason code and, if it
+    /// gave one, its Reason String.
+    #[error("server sent DISCONNECT {reason}{}", detail(.reason_string))]
+    ServerDisconnect {
+        reason: ReasonCode,
+        reason_string: Option<String>,
+    },
+    /// The server refused a request with an MQTT 5 reason code of 0x80 or above: a PUBLISH
+    /// (PUBACK, PUBREC or PUBCOMP) or a subscription (SUBACK). The connection stays up.
+    #[error("{} {reason}{}", packet_name(*.ack), detail(.reason_string))]
+    Rejected {
+        /// The acknowledgement that carried the refusal.
+        ack: PacketType,
+        reason: ReasonCode,
+        reason_string: Option<String>,
+    },
     /// The client was disconnected (by `disconnect`, `abort`, or dropping every handle)
     /// before the operation completed.
     #[error("disconnected")]
@@ -64,6 +82,19 @@ pub enum ClientError {
 impl ClientError {
     pub(crate) fn io(e: std::io::Error) -> ClientError {
         ClientError::Io(Arc::new(e))
+    }
+
+    /// The error a SUBACK refusal stands for ("SUBACK 0x87 not authorized"); `None` for a
+    /// granted QoS.
+    pub fn refused_subscription(code: SubscribeReturnCode) -> Option<ClientError> {
+        match code {
+            SubscribeReturnCode::Success(_) => None,
+            SubscribeReturnCode::Failure(reason) => Some(ClientError::Rejected {
+                ack: PacketType::SubAck,
+                reason,
+                reason_string: None,
+            }),
+        }
     }
 
     pub(crate) fn invalid(what: &'static str, reason: impl ToString) -> ClientError {
@@ -112,6 +143,17 @@ pub enum ProtocolError {
         expected: usize,
         got: usize,
     },
+    /// An UNSUBACK whose reason codes do not match the UNSUBSCRIBE's filters
+    /// (MQTT-3.11.3-1).
+    #[error("UNSUBACK {packet_id} has {got} reason codes for {expected} filters (MQTT-3.11.3-1)")]
+    UnsubAckCount {
+        packet_id: PacketId,
+        expected: usize,
+        got: usize,
+    },
+    /// An MQTT 5 PUBLISH with a Topic Alias the client did not allow or has not been told.
+    #[error("PUBLISH with topic alias {alias}: {why} (MQTT-3.3.2-7, -8, -9)")]
+    TopicAlias { alias: u16, why: &'static str },
     /// An acknowledgement of the wrong kind for the request, e.g. PUBACK for a QoS 2 PUBLISH.
     #[error("{ack:?} for packet {packet_id}, which is waiting for {expected:?}")]
     WrongAck {
@@ -139,6 +181,35 @@ fn wire_code(code: ReasonCode, level: ProtocolLevel) -> String {
         format!("{:#04x}", code.0)
     } else {
         code.to_v3_connack().to_string()
+    }
+}
+
+/// ": reason string" when the server gave one.
+fn detail(reason_string: &Option<String>) -> String {
+    match reason_string {
+        Some(s) => format!(": {s}"),
+        None => String::new(),
+    }
+}
+
+/// The packet's name as the spec writes it (PUBACK, SUBACK, ...).
+pub fn packet_name(t: PacketType) -> &'static str {
+    match t {
+        PacketType::Connect => "CONNECT",
+        PacketType::ConnAck => "CONNACK",
+        PacketType::Publish => "PUBLISH",
+        PacketType::PubAck => "PUBACK",
+        PacketType::PubRec => "PUBREC",
+        PacketType::PubRel => "PUBREL",
+        PacketType::PubComp => "PUBCOMP",
+        PacketType::Subscribe => "SUBSCRIBE",
+        PacketType::SubAck => "SUBACK",
+        PacketType::Unsubscribe => "UNSUBSCRIBE",
+        PacketType::UnsubAck => "UNSUBACK",
+        PacketType::PingReq => "PINGREQ",
+        PacketType::PingResp => "PINGRESP",
+        PacketType::Disconnect => "DISCONNECT",
+        PacketType::Auth => "AUTH",
     }
 }
 
@@ -188,6 +259,27 @@ mod tests {
             })
             .to_string(),
             "protocol violation by the server: PubAck for packet 7, which is waiting for PubRec"
+        );
+        assert_eq!(
+            ClientError::ServerDisconnect {
+                reason: ReasonCode::SESSION_TAKEN_OVER,
+                reason_string: None
+            }
+            .to_string(),
+            "server sent DISCONNECT 0x8e session taken over"
+        );
+        assert_eq!(
+            ClientError::Rejected {
+                ack: PacketType::PubAck,
+                reason: ReasonCode::NOT_AUTHORIZED,
+                reason_string: Some("no".into())
+            }
+            .to_string(),
+            "PUBACK 0x87 not authorized: no"
+        );
+        assert_eq!(
+            ClientError::Refused(ReasonCode::BANNED, ProtocolLevel::V5).to_string(),
+            "connection refused: banned (CONNACK 0x8a)"
         );
     }
 }

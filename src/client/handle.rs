@@ -15,11 +15,12 @@ use super::connection::{open, run};
 use super::dial::Dialer;
 use super::error::ClientError;
 use super::options::ClientOptions;
-use super::shared::{Pending, Shared, Shutdown};
+use super::shared::{Pending, Shared, Shutdown, Subscription};
 use super::signal::{oneshot, Receiver};
 use super::state::{ClientState, StateConfig};
 use crate::protocol::{
-    publish_len, ByteStr, Publish, QoS, SubscribeReturnCode, MAX_REMAINING_LENGTH,
+    publish_len, ByteStr, Properties, ProtocolLevel, Publish, QoS, ReasonCode, SubscribeReturnCode,
+    SubscriptionOptions, MAX_REMAINING_LENGTH,
 };
 use crate::topic::{validate_filter, validate_topic_name};
 
@@ -51,7 +52,7 @@ impl Client {
             ping_timeout: options.ping_timeout.unwrap_or(keep_alive),
             connect_timeout: options.connect_timeout,
             max_inflight: usize::from(options.max_inflight),
-            clean_session: options.clean_session,
+            clean_session: !options.session_persists(),
         };
         let state = ClientState::new(config, options.connect_packet(), Instant::now());
         let (connected_tx, connected_rx) = oneshot();
@@ -101,6 +102,45 @@ impl Client {
         qos: QoS,
         retain: bool,
     ) -> Publishing {
+        self.publish_with(topic, payload, qos, retain, Properties::default())
+    }
+
+    /// [`publish`](Self::publish) with MQTT 5 properties: Payload Format Indicator, Message
+    /// Expiry Interval, Content Type, Response Topic, Correlation Data and User Property
+    /// (others are refused: the server sets Subscription Identifiers, and the client sends
+    /// no Topic Alias). On a 3.1/3.1.1 connection only empty properties are accepted.
+    ///
+    /// A QoS 1/2 publish the server refuses (PUBACK or PUBREC with a reason code of 0x80 or
+    /// above) fails with [`ClientError::Rejected`]; 0x10 "no matching subscribers" is success.
+    ///
+    /// ```no_run
+    /// # use surgemq::client::{block_on, Client, ClientOptions};
+    /// use surgemq::protocol::{ByteStr, Properties, ProtocolLevel, QoS};
+    /// # block_on(async {
+    /// let options = ClientOptions {
+    ///     protocol: ProtocolLevel::V5,
+    ///     ..ClientOptions::new("127.0.0.1", 1883)
+    /// };
+    /// let (client, _) = Client::connect(options).await?;
+    /// let properties = Properties {
+    ///     content_type: Some(ByteStr::from("text/plain")),
+    ///     user_properties: vec![(ByteStr::from("unit"), ByteStr::from("celsius"))],
+    ///     ..Properties::default()
+    /// };
+    /// client
+    ///     .publish_with("sensors/7/temp", "21.5", QoS::AtLeastOnce, false, properties)
+    ///     .await?;
+    /// # Ok::<(), surgemq::client::ClientError>(())
+    /// # });
+    /// ```
+    pub fn publish_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+        properties: Properties,
+    ) -> Publishing {
         let payload = payload.into();
         if let Err(e) = validate_topic_name(topic) {
             return Publishing::done(Err(ClientError::invalid("topic", e)));
@@ -115,6 +155,11 @@ impl Client {
         if let Some(e) = &inner.closed {
             return Publishing::done(Err(e.clone()));
         }
+        let level = inner.state.level();
+        let properties = match publish_properties(properties, level) {
+            Ok(p) => p,
+            Err(e) => return Publishing::done(Err(e)),
+        };
         let publish = Publish {
             dup: false,
             qos,
@@ -122,38 +167,120 @@ impl Client {
             topic: ByteStr::from(topic),
             packet_id: 0,
             payload,
-            properties: None,
+            properties,
         };
+        let len = publish.encoded_len(level);
+        if len > MAX_REMAINING_LENGTH + 5 {
+            return Publishing::done(Err(ClientError::invalid(
+                "properties",
+                "the PUBLISH does not fit in an MQTT packet",
+            )));
+        }
+        if let Some(server) = inner.state.connack_properties() {
+            // What the server said it cannot take would end the connection (MQTT-3.2.2-11,
+            // -14): refused here instead, naming the limit.
+            if let Some(max) = server.maximum_qos.filter(|&max| qos > max) {
+                return Publishing::done(Err(ClientError::invalid(
+                    "qos",
+                    format!("the server's Maximum QoS is {}", max as u8),
+                )));
+            }
+            if retain && server.retain_available == Some(false) {
+                return Publishing::done(Err(ClientError::invalid(
+                    "retain",
+                    "the server does not keep retained messages (Retain Available 0)",
+                )));
+            }
+        }
+        if let Some(max) = inner.state.server_maximum_packet_size() {
+            if len > max as usize {
+                return Publishing::done(Err(ClientError::invalid(
+                    "payload",
+                    format!("a {len}-byte PUBLISH exceeds the server's Maximum Packet Size {max}"),
+                )));
+            }
+        }
         let (tx, rx) = oneshot();
         inner.submit(publish, tx, Instant::now());
         Publishing(Stage::Waiting(rx))
     }
 
     /// Subscribes to topic filters with their maximum QoS; resolves on SUBACK with one return
-    /// code per filter: the QoS granted, or `Failure`.
+    /// code per filter: the QoS granted, or `Failure` with the reason (always 0x80 in 3.1.1;
+    /// [`ClientError::refused_subscription`] turns it into an error naming the reason).
     pub async fn subscribe<S: AsRef<str>>(
         &self,
         filters: &[(S, QoS)],
     ) -> Result<Vec<SubscribeReturnCode>, ClientError> {
+        let filters: Vec<(&str, SubscriptionOptions)> = filters
+            .iter()
+            .map(|(f, q)| (f.as_ref(), SubscriptionOptions::from(*q)))
+            .collect();
+        self.subscribe_with(&filters, Properties::default()).await
+    }
+
+    /// [`subscribe`](Self::subscribe) with MQTT 5 subscription options (No Local, Retain As
+    /// Published, Retain Handling) and SUBSCRIBE properties: a Subscription Identifier
+    /// (`subscription_identifiers`, at most one, 1 to 268435455; messages matching these
+    /// filters then carry it) and User Property. On a 3.1/3.1.1 connection only the QoS of
+    /// the options may be set.
+    pub async fn subscribe_with<S: AsRef<str>>(
+        &self,
+        filters: &[(S, SubscriptionOptions)],
+        properties: Properties,
+    ) -> Result<Vec<SubscribeReturnCode>, ClientError> {
         if filters.is_empty() {
             return Err(ClientError::invalid("subscribe", "no topic filter"));
         }
+        let level = self.protocol();
         let mut list = Vec::with_capacity(filters.len());
-        for (f, qos) in filters {
+        for (f, options) in filters {
             let f = f.as_ref();
             validate_filter(f).map_err(|e| ClientError::invalid("topic filter", e))?;
-            list.push((ByteStr::from(f), *qos));
+            if !level.is_v5() && *options != SubscriptionOptions::from(options.qos) {
+                return Err(ClientError::invalid(
+                    "subscription options",
+                    "No Local, Retain As Published and Retain Handling need MQTT 5",
+                ));
+            }
+            if options.no_local && f.starts_with("$share/") {
+                return Err(ClientError::invalid(
+                    "subscription options",
+                    "No Local on a shared subscription (MQTT-3.8.3-4)",
+                ));
+            }
+            list.push((ByteStr::from(f), *options));
         }
+        let properties = request_properties(properties, level, true)?;
         let (tx, rx) = oneshot();
         self.request(|inner, now| {
-            let id = inner.state.subscribe(list.clone(), now)?;
-            Ok((id, Pending::Subscribe(tx, list)))
+            let id = inner
+                .state
+                .subscribe_with(list.clone(), properties.clone(), now)?;
+            let asked = Subscription {
+                filters: list,
+                properties,
+            };
+            Ok((id, Pending::Subscribe(tx, asked)))
         })?;
         rx.await
     }
 
     /// Unsubscribes from topic filters; resolves on UNSUBACK.
     pub async fn unsubscribe<S: AsRef<str>>(&self, filters: &[S]) -> Result<(), ClientError> {
+        self.unsubscribe_with(filters, Properties::default())
+            .await
+            .map(drop)
+    }
+
+    /// [`unsubscribe`](Self::unsubscribe) with MQTT 5 properties (User Property only);
+    /// resolves on UNSUBACK with its reason code for each filter (MQTT 5: e.g. 0x11 "no
+    /// subscription existed", 0x87 "not authorized"; 3.1/3.1.1: success for each).
+    pub async fn unsubscribe_with<S: AsRef<str>>(
+        &self,
+        filters: &[S],
+        properties: Properties,
+    ) -> Result<Vec<ReasonCode>, ClientError> {
         if filters.is_empty() {
             return Err(ClientError::invalid("unsubscribe", "no topic filter"));
         }
@@ -163,9 +290,12 @@ impl Client {
             validate_filter(f).map_err(|e| ClientError::invalid("topic filter", e))?;
             list.push(ByteStr::from(f));
         }
+        let properties = request_properties(properties, self.protocol(), false)?;
         let (tx, rx) = oneshot();
         self.request(|inner, now| {
-            let id = inner.state.unsubscribe(list.clone(), now)?;
+            let id = inner
+                .state
+                .unsubscribe_with(list.clone(), properties, now)?;
             Ok((id, Pending::Unsubscribe(tx, list)))
         })?;
         rx.await
@@ -196,6 +326,51 @@ impl Client {
             ClientError::Disconnected => Ok(()),
             other => Err(other),
         }
+    }
+
+    /// MQTT 5: [`disconnect`](Self::disconnect) with a reason code and properties, e.g.
+    /// `ReasonCode::DISCONNECT_WITH_WILL_MESSAGE` (0x04: the server publishes the will) or a
+    /// Session Expiry Interval that replaces CONNECT's (not above 0 if CONNECT's was 0,
+    /// MQTT-3.14.2-2). Properties: Session Expiry Interval, Reason String, User Property.
+    pub async fn disconnect_with(
+        &self,
+        reason: ReasonCode,
+        properties: Properties,
+    ) -> Result<(), ClientError> {
+        let allowed = Properties {
+            session_expiry_interval: properties.session_expiry_interval,
+            reason_string: properties.reason_string.clone(),
+            user_properties: properties.user_properties.clone(),
+            ..Properties::default()
+        };
+        let invalid = |why: &str| Err(ClientError::invalid("disconnect", why));
+        {
+            let inner = self.shared.inner.borrow();
+            let level = inner.state.level();
+            if !level.is_v5()
+                && (reason != ReasonCode::NORMAL_DISCONNECTION
+                    || properties != Properties::default())
+            {
+                return invalid("a reason code and properties need MQTT 5");
+            }
+            if allowed != properties {
+                return invalid("DISCONNECT carries only Session Expiry Interval, Reason String and User Property");
+            }
+            if !matches!(reason.0, 0x00 | 0x04 | 0x80..=0x83 | 0x87 | 0x89 | 0x8B | 0x8D..=0x90 | 0x93..=0xA2)
+            {
+                return invalid("not a reason code a client's DISCONNECT may carry");
+            }
+            let connected_without_expiry = inner.options.session_expiry.unwrap_or(0) == 0;
+            if connected_without_expiry && properties.session_expiry_interval.is_some_and(|s| s > 0)
+            {
+                return invalid("a session expiry above 0 after CONNECT's 0 (MQTT-3.14.2-2)");
+            }
+            check_strings(&properties)?;
+        }
+        let properties = (properties != Properties::default()).then(|| Box::new(properties));
+        self.shared.inner.borrow_mut().goodbye =
+            Some(crate::protocol::Disconnect { reason, properties });
+        self.disconnect().await
     }
 
     /// Closes the connection without DISCONNECT, as a network failure would, so the server
@@ -238,6 +413,150 @@ impl Client {
     /// QoS 1/2 messages sent and not yet acknowledged.
     pub fn inflight(&self) -> usize {
         self.shared.inner.borrow().state.inflight()
+    }
+
+    /// The protocol version this client speaks.
+    pub fn protocol(&self) -> ProtocolLevel {
+        self.shared.inner.borrow().state.level()
+    }
+
+    /// The client identifier the server assigned (MQTT 5, when the client id was empty).
+    pub fn assigned_client_id(&self) -> Option<String> {
+        let inner = self.shared.inner.borrow();
+        inner.state.assigned_client_id().map(str::to_string)
+    }
+
+    /// The properties of the server's last CONNACK (MQTT 5): its limits (Receive Maximum,
+    /// Maximum Packet Size, Maximum QoS, Retain Available, ...), Server Keep Alive, Assigned
+    /// Client Identifier, user properties. `None` for 3.1/3.1.1 or a CONNACK without any.
+    pub fn server_properties(&self) -> Option<Properties> {
+        let inner = self.shared.inner.borrow();
+        inner.state.connack_properties().cloned()
+    }
+
+    /// The keepalive in force: `keep_alive`, or the server's Server Keep Alive (MQTT 5).
+    pub fn keep_alive(&self) -> std::time::Duration {
+        self.shared.inner.borrow().state.keep_alive()
+    }
+}
+
+/// The properties a client may publish, checked; `None` when empty.
+fn publish_properties(
+    properties: Properties,
+    level: ProtocolLevel,
+) -> Result<Option<Box<Properties>>, ClientError> {
+    if properties == Properties::default() {
+        return Ok(None);
+    }
+    if !level.is_v5() {
+        return Err(ClientError::invalid(
+            "properties",
+            format!("PUBLISH properties need MQTT 5, not {}", version(level)),
+        ));
+    }
+    let allowed = Properties {
+        payload_format_utf8: properties.payload_format_utf8,
+        message_expiry_interval: properties.message_expiry_interval,
+        content_type: properties.content_type.clone(),
+        response_topic: properties.response_topic.clone(),
+        correlation_data: properties.correlation_data.clone(),
+        user_properties: properties.user_properties.clone(),
+        ..Properties::default()
+    };
+    if allowed != properties {
+        return Err(ClientError::invalid(
+            "properties",
+            "a client publishes only Payload Format Indicator, Message Expiry Interval, \
+             Content Type, Response Topic, Correlation Data and User Property",
+        ));
+    }
+    if let Some(t) = &properties.response_topic {
+        validate_topic_name(t).map_err(|e| ClientError::invalid("response topic", e))?;
+    }
+    check_strings(&properties)?;
+    Ok(Some(Box::new(properties)))
+}
+
+/// SUBSCRIBE (`subscribe`: Subscription Identifier allowed) or UNSUBSCRIBE properties,
+/// checked; `None` when empty.
+fn request_properties(
+    properties: Properties,
+    level: ProtocolLevel,
+    subscribe: bool,
+) -> Result<Option<Box<Properties>>, ClientError> {
+    if properties == Properties::default() {
+        return Ok(None);
+    }
+    if !level.is_v5() {
+        return Err(ClientError::invalid(
+            "properties",
+            format!("properties need MQTT 5, not {}", version(level)),
+        ));
+    }
+    let ids = &properties.subscription_identifiers;
+    let allowed = Properties {
+        subscription_identifiers: if subscribe {
+            ids.clone()
+        } else {
+            Default::default()
+        },
+        user_properties: properties.user_properties.clone(),
+        ..Properties::default()
+    };
+    if allowed != properties {
+        return Err(ClientError::invalid(
+            "properties",
+            if subscribe {
+                "SUBSCRIBE carries only a Subscription Identifier and User Property"
+            } else {
+                "UNSUBSCRIBE carries only User Property"
+            },
+        ));
+    }
+    if ids.len() > 1 || ids.iter().any(|&id| id == 0 || id > 268_435_455) {
+        return Err(ClientError::invalid(
+            "subscription identifier",
+            "one, from 1 to 268435455",
+        ));
+    }
+    check_strings(&properties)?;
+    Ok(Some(Box::new(properties)))
+}
+
+/// Strings and binary fields that fit their 2-byte length and hold no U+0000.
+fn check_strings(p: &Properties) -> Result<(), ClientError> {
+    let strings = p
+        .user_properties
+        .iter()
+        .flat_map(|(k, v)| [k, v])
+        .chain(&p.content_type)
+        .chain(&p.response_topic)
+        .chain(&p.reason_string);
+    for s in strings {
+        if s.len() > 65_535 || s.contains('\0') {
+            return Err(ClientError::invalid(
+                "properties",
+                "a string longer than 65535 bytes or with U+0000",
+            ));
+        }
+    }
+    if p.correlation_data
+        .as_ref()
+        .is_some_and(|d| d.len() > 65_535)
+    {
+        return Err(ClientError::invalid(
+            "correlation data",
+            "longer than 65535 bytes",
+        ));
+    }
+    Ok(())
+}
+
+fn version(level: ProtocolLevel) -> &'static str {
+    match level {
+        ProtocolLevel::V31 => "3.1",
+        ProtocolLevel::V311 => "3.1.1",
+        ProtocolLevel::V5 => "5",
     }
 }
 

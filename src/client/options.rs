@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::error::ClientError;
 use super::tls::TlsOptions;
-use crate::protocol::{ByteStr, Connect, LastWill, ProtocolLevel, QoS};
+use crate::protocol::{ByteStr, Connect, LastWill, Properties, ProtocolLevel, QoS};
 use crate::topic::validate_topic_name;
 use crate::transport::Transport;
 
@@ -24,6 +24,80 @@ pub struct Will {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5 will properties; ignored by 3.1 and 3.1.1.
+    pub properties: WillProperties,
+}
+
+impl Will {
+    /// A will without MQTT 5 properties.
+    pub fn new(
+        topic: impl Into<String>,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+    ) -> Will {
+        Will {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain,
+            properties: WillProperties::default(),
+        }
+    }
+}
+
+/// The MQTT 5 properties of a will (3.1.3.2). All optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WillProperties {
+    /// Seconds the server waits after the connection ends before publishing the will.
+    pub delay_interval: Option<u32>,
+    /// Seconds the will message lives once published.
+    pub message_expiry_interval: Option<u32>,
+    /// The payload is UTF-8 text (true) or unspecified bytes (false).
+    pub payload_format_utf8: Option<bool>,
+    pub content_type: Option<String>,
+    /// A topic name (no wildcards).
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: Vec<(String, String)>,
+}
+
+impl WillProperties {
+    fn to_properties(&self) -> Option<Box<Properties>> {
+        let p = Properties {
+            will_delay_interval: self.delay_interval,
+            message_expiry_interval: self.message_expiry_interval,
+            payload_format_utf8: self.payload_format_utf8,
+            content_type: self.content_type.as_deref().map(ByteStr::from),
+            response_topic: self.response_topic.as_deref().map(ByteStr::from),
+            correlation_data: self.correlation_data.clone(),
+            user_properties: pairs(&self.user_properties),
+            ..Properties::default()
+        };
+        (p != Properties::default()).then(|| Box::new(p))
+    }
+}
+
+fn pairs(list: &[(String, String)]) -> Vec<(ByteStr, ByteStr)> {
+    list.iter()
+        .map(|(k, v)| (ByteStr::from(k.as_str()), ByteStr::from(v.as_str())))
+        .collect()
+}
+
+/// A UTF-8 string field: at most 65535 bytes, no U+0000.
+fn check_string(what: &'static str, s: &str) -> Result<(), ClientError> {
+    if s.len() > 65_535 || s.contains('\0') {
+        return Err(invalid(what, "longer than 65535 bytes or contains U+0000"));
+    }
+    Ok(())
+}
+
+fn check_pairs(what: &'static str, list: &[(String, String)]) -> Result<(), ClientError> {
+    for (k, v) in list {
+        check_string(what, k)?;
+        check_string(what, v)?;
+    }
+    Ok(())
 }
 
 /// How to connect and what to announce in CONNECT. Start from [`ClientOptions::new`] and
@@ -77,8 +151,29 @@ pub struct ClientOptions {
     pub username: Option<String>,
     pub password: Option<Bytes>,
     pub will: Option<Will>,
-    /// MQTT 3.1 ("MQIsdp", level 3) or 3.1.1 ("MQTT", level 4).
+    /// MQTT 3.1 ("MQIsdp", level 3), 3.1.1 ("MQTT", level 4) or 5 ("MQTT", level 5).
     pub protocol: ProtocolLevel,
+    /// MQTT 5 Session Expiry Interval, seconds (0xFFFFFFFF: never). In MQTT 5
+    /// `clean_session` is Clean Start: a session that outlives the connection needs an
+    /// expiry above 0, with `clean_session: false` to resume it. `None` (or 0): the session
+    /// ends with the connection. Ignored by 3.1 and 3.1.1.
+    pub session_expiry: Option<u32>,
+    /// MQTT 5 Receive Maximum: QoS 1/2 messages the server may have in flight towards this
+    /// client (1 to 65535; the server's default is 65535). Ignored by 3.1 and 3.1.1.
+    pub receive_maximum: Option<u16>,
+    /// MQTT 5 Maximum Packet Size announced to the server, which then does not send larger
+    /// packets; it also lowers `max_packet_size`. `None`: `max_packet_size` is announced.
+    /// Ignored by 3.1 and 3.1.1.
+    pub maximum_packet_size: Option<u32>,
+    /// MQTT 5 Topic Alias Maximum: how many topic aliases the server may use towards this
+    /// client (the client resolves them). `None` or 0: none. Ignored by 3.1 and 3.1.1.
+    pub topic_alias_maximum: Option<u16>,
+    /// MQTT 5 user properties of CONNECT, in order. Ignored by 3.1 and 3.1.1.
+    pub user_properties: Vec<(String, String)>,
+    /// MQTT 5 Request Problem Information (server default: true). Ignored by 3.1 and 3.1.1.
+    pub request_problem_information: Option<bool>,
+    /// MQTT 5 Request Response Information (server default: false). Ignored by 3.1 and 3.1.1.
+    pub request_response_information: Option<bool>,
     /// QoS 1/2 publishes sent but not yet acknowledged; beyond it `publish` waits.
     pub max_inflight: u16,
     /// Time allowed for opening the connection (the TCP connect to each address, and the TLS
@@ -118,6 +213,13 @@ impl ClientOptions {
             password: None,
             will: None,
             protocol: ProtocolLevel::V311,
+            session_expiry: None,
+            receive_maximum: None,
+            maximum_packet_size: None,
+            topic_alias_maximum: None,
+            user_properties: Vec::new(),
+            request_problem_information: None,
+            request_response_information: None,
             max_inflight: 100,
             connect_timeout: Duration::from_secs(10),
             ping_timeout: None,
@@ -138,13 +240,6 @@ impl ClientOptions {
             return Err(invalid("client id", "contains U+0000"));
         }
         match self.protocol {
-            // The codec speaks MQTT 5; the client's session logic does not yet.
-            ProtocolLevel::V5 => {
-                return Err(invalid(
-                    "protocol",
-                    "MQTT 5 is not supported by the client yet",
-                ));
-            }
             // 3.1 (section 3.1, Client Identifier): 1 to 23 characters.
             ProtocolLevel::V31 if self.client_id.is_empty() => {
                 return Err(invalid("client id", "MQTT 3.1 needs a non-empty client id"));
@@ -190,6 +285,31 @@ impl ClientOptions {
             if w.payload.len() > 65_535 {
                 return Err(invalid("will payload", "longer than 65535 bytes"));
             }
+            if self.protocol.is_v5() {
+                let p = &w.properties;
+                if let Some(t) = &p.response_topic {
+                    validate_topic_name(t).map_err(|e| invalid("will response topic", e))?;
+                }
+                if let Some(t) = &p.content_type {
+                    check_string("will content type", t)?;
+                }
+                if p.correlation_data
+                    .as_ref()
+                    .is_some_and(|d| d.len() > 65_535)
+                {
+                    return Err(invalid("will correlation data", "longer than 65535 bytes"));
+                }
+                check_pairs("will user property", &p.user_properties)?;
+            }
+        }
+        if self.protocol.is_v5() {
+            if self.receive_maximum == Some(0) {
+                return Err(invalid("receive maximum", "must be at least 1"));
+            }
+            if self.maximum_packet_size == Some(0) {
+                return Err(invalid("maximum packet size", "must be at least 1"));
+            }
+            check_pairs("user property", &self.user_properties)?;
         }
         if self.max_inflight == 0 {
             return Err(invalid("max inflight", "must be at least 1"));
@@ -257,6 +377,7 @@ impl ClientOptions {
 
     /// The CONNECT packet these options describe.
     pub fn connect_packet(&self) -> Connect {
+        let v5 = self.protocol.is_v5();
         Connect {
             level: self.protocol,
             clean_session: self.clean_session,
@@ -267,11 +388,50 @@ impl ClientOptions {
                 payload: w.payload.clone(),
                 qos: w.qos,
                 retain: w.retain,
-                properties: None,
+                properties: if v5 {
+                    w.properties.to_properties()
+                } else {
+                    None
+                },
             }),
             username: self.username.as_deref().map(ByteStr::from),
             password: self.password.clone(),
-            properties: None,
+            properties: if v5 { self.connect_properties() } else { None },
+        }
+    }
+
+    /// The MQTT 5 properties of CONNECT; `None` when there are none.
+    fn connect_properties(&self) -> Option<Box<Properties>> {
+        let p = Properties {
+            session_expiry_interval: self.session_expiry.filter(|&s| s > 0),
+            receive_maximum: self.receive_maximum,
+            maximum_packet_size: Some(self.incoming_packet_limit()),
+            topic_alias_maximum: self.topic_alias_maximum.filter(|&m| m > 0),
+            user_properties: pairs(&self.user_properties),
+            request_problem_information: self.request_problem_information,
+            request_response_information: self.request_response_information,
+            ..Properties::default()
+        };
+        Some(Box::new(p))
+    }
+
+    /// The largest packet the client accepts from the server: `max_packet_size`, lowered by
+    /// `maximum_packet_size` for MQTT 5.
+    pub fn incoming_packet_limit(&self) -> u32 {
+        let limit = u32::try_from(self.max_packet_size).unwrap_or(u32::MAX);
+        match self.maximum_packet_size {
+            Some(m) if self.protocol.is_v5() => limit.min(m),
+            _ => limit,
+        }
+    }
+
+    /// Whether the session outlives the connection: not CleanSession for 3.1/3.1.1, a
+    /// Session Expiry Interval above 0 for MQTT 5.
+    pub fn session_persists(&self) -> bool {
+        if self.protocol.is_v5() {
+            self.session_expiry.unwrap_or(0) > 0
+        } else {
+            !self.clean_session
         }
     }
 
@@ -342,12 +502,7 @@ mod tests {
             ),
             (
                 ClientOptions {
-                    will: Some(Will {
-                        topic: "a/#".into(),
-                        payload: Bytes::new(),
-                        qos: QoS::AtMostOnce,
-                        retain: false,
-                    }),
+                    will: Some(Will::new("a/#", Bytes::new(), QoS::AtMostOnce, false)),
                     ..base.clone()
                 },
                 "will topic",

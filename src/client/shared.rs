@@ -18,7 +18,10 @@ use super::error::ClientError;
 use super::options::ClientOptions;
 use super::signal::Sender;
 use super::state::{ClientState, Event};
-use crate::protocol::{ByteStr, PacketId, Publish, QoS, SubscribeReturnCode};
+use crate::protocol::{
+    ByteStr, PacketId, Properties, Publish, QoS, ReasonCode, SubscribeReturnCode,
+    SubscriptionOptions,
+};
 
 /// Encoded bytes the outbox may hold before publishes wait: what "queued for writing" means
 /// for QoS 0, and what keeps a publishing loop from outrunning the socket.
@@ -41,15 +44,25 @@ struct WaitingPublish {
 
 pub(crate) enum Pending {
     Publish(Sender<()>),
-    /// With the filters asked for, to remember the ones granted.
-    Subscribe(Sender<Vec<SubscribeReturnCode>>, Vec<(ByteStr, QoS)>),
-    Unsubscribe(Sender<()>, Vec<ByteStr>),
+    /// With the filters asked for and the SUBSCRIBE's properties, to remember the ones
+    /// granted.
+    Subscribe(Sender<Vec<SubscribeReturnCode>>, Subscription),
+    Unsubscribe(Sender<Vec<ReasonCode>>, Vec<ByteStr>),
+}
+
+/// Filters subscribed together: the options of each, the properties (Subscription
+/// Identifier, User Property) of their SUBSCRIBE.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscription {
+    pub filters: Vec<(ByteStr, SubscriptionOptions)>,
+    pub properties: Option<Box<Properties>>,
 }
 
 impl Pending {
     fn fail(self, reason: ClientError) {
         match self {
-            Pending::Publish(tx) | Pending::Unsubscribe(tx, _) => tx.send(Err(reason)),
+            Pending::Publish(tx) => tx.send(Err(reason)),
+            Pending::Unsubscribe(tx, _) => tx.send(Err(reason)),
             Pending::Subscribe(tx, _) => tx.send(Err(reason)),
         }
     }
@@ -63,9 +76,10 @@ pub(crate) struct Inner {
     waiting: VecDeque<WaitingPublish>,
     /// Futures waiting for an acknowledgement, by packet id.
     pending: AHashMap<PacketId, Pending>,
-    /// Filters the server granted (and that were not unsubscribed since), in order: sent
-    /// again after a reconnect to a server that kept no session.
-    subscriptions: Vec<(ByteStr, QoS)>,
+    /// Filters the server granted (and that were not unsubscribed since), in order, with the
+    /// properties of their SUBSCRIBE: sent again after a reconnect to a server that kept no
+    /// session.
+    subscriptions: Vec<(ByteStr, SubscriptionOptions, Option<Box<Properties>>)>,
     /// Resolves `Client::connect` on the first CONNACK (with session present).
     connected: Option<Sender<bool>>,
     messages: VecDeque<Publish>,
@@ -75,6 +89,8 @@ pub(crate) struct Inner {
     /// Live `Client` handles.
     pub handles: usize,
     pub shutdown: Shutdown,
+    /// The DISCONNECT a graceful shutdown sends (MQTT 5 `disconnect_with`); normal if None.
+    pub goodbye: Option<crate::protocol::Disconnect>,
     io_waker: Option<Waker>,
     /// Set when the connection task has ended, with the reason.
     pub closed: Option<ClientError>,
@@ -100,6 +116,7 @@ impl Shared {
                 messages_alive: true,
                 handles: 0,
                 shutdown: Shutdown::None,
+                goodbye: None,
                 io_waker: None,
                 closed: None,
                 close_waiters: Vec::new(),
@@ -171,24 +188,51 @@ impl Inner {
                         }
                     }
                 }
-                Event::Published(id) | Event::Unsubscribed(id) => match self.pending.remove(&id) {
-                    Some(Pending::Publish(tx)) => tx.send(Ok(())),
-                    Some(Pending::Unsubscribe(tx, filters)) => {
-                        self.subscriptions.retain(|(f, _)| !filters.contains(f));
+                Event::Published(id) => {
+                    if let Some(Pending::Publish(tx)) = self.pending.remove(&id) {
                         tx.send(Ok(()));
                     }
-                    Some(Pending::Subscribe(tx, _)) => tx.send(Err(ClientError::Disconnected)),
-                    None => {}
-                },
+                }
+                Event::Rejected {
+                    packet_id,
+                    ack,
+                    reason,
+                    reason_string,
+                } => {
+                    if let Some(Pending::Publish(tx)) = self.pending.remove(&packet_id) {
+                        tx.send(Err(ClientError::Rejected {
+                            ack,
+                            reason,
+                            reason_string,
+                        }));
+                    }
+                }
+                Event::Unsubscribed { packet_id, reasons } => {
+                    if let Some(Pending::Unsubscribe(tx, filters)) = self.pending.remove(&packet_id)
+                    {
+                        for (filter, reason) in filters.iter().zip(&reasons) {
+                            if reason.is_success() {
+                                self.subscriptions.retain(|(f, _, _)| f != filter);
+                            }
+                        }
+                        tx.send(Ok(reasons));
+                    }
+                }
                 Event::Subscribed {
                     packet_id,
                     return_codes,
                 } => {
-                    if let Some(Pending::Subscribe(tx, filters)) = self.pending.remove(&packet_id) {
-                        for ((filter, qos), code) in filters.into_iter().zip(&return_codes) {
+                    if let Some(Pending::Subscribe(tx, asked)) = self.pending.remove(&packet_id) {
+                        for ((filter, options), code) in
+                            asked.filters.into_iter().zip(&return_codes)
+                        {
                             if let SubscribeReturnCode::Success(_) = code {
-                                self.subscriptions.retain(|(f, _)| *f != filter);
-                                self.subscriptions.push((filter, qos));
+                                self.subscriptions.retain(|(f, _, _)| *f != filter);
+                                self.subscriptions.push((
+                                    filter,
+                                    options,
+                                    asked.properties.clone(),
+                                ));
                             }
                         }
                         tx.send(Ok(return_codes));
@@ -211,9 +255,29 @@ impl Inner {
         if session_present || self.subscriptions.is_empty() {
             return;
         }
-        let filters = self.subscriptions.clone();
-        if let Err(e) = self.state.subscribe(filters, Instant::now()) {
-            tracing::warn!(error = %e, "cannot subscribe again after reconnecting");
+        // One SUBSCRIBE for the filters subscribed without properties, one for each of the
+        // others (a Subscription Identifier belongs to its SUBSCRIBE).
+        let mut plain = Vec::new();
+        let mut with_properties = Vec::new();
+        for (filter, options, properties) in &self.subscriptions {
+            match properties {
+                None => plain.push((filter.clone(), *options)),
+                Some(p) => {
+                    with_properties.push((vec![(filter.clone(), *options)], Some(p.clone())))
+                }
+            }
+        }
+        let requests = (!plain.is_empty())
+            .then_some((plain, None))
+            .into_iter()
+            .chain(with_properties);
+        for (filters, properties) in requests {
+            if let Err(e) = self
+                .state
+                .subscribe_with(filters, properties, Instant::now())
+            {
+                tracing::warn!(error = %e, "cannot subscribe again after reconnecting");
+            }
         }
     }
 

@@ -12,6 +12,10 @@
 //!   acknowledged again but delivered once (MQTT-4.3.3-2);
 //! - SUBSCRIBE and UNSUBSCRIBE waiting for SUBACK / UNSUBACK;
 //! - keepalive: when a PINGREQ is due and when the server counts as gone;
+//! - MQTT 5: the server's CONNACK limits (Receive Maximum caps the window, Server Keep Alive
+//!   replaces the keepalive, Assigned Client Identifier is kept for resuming), acknowledgements
+//!   with failure reason codes ([`Event::Rejected`]), incoming topic aliases, and a server's
+//!   DISCONNECT as [`ClientError::ServerDisconnect`];
 //! - resuming: after a reconnect, unacknowledged PUBLISHes (DUP set) and PUBRELs go out again
 //!   first, in their original order (MQTT-4.4.0-1).
 //!
@@ -19,7 +23,7 @@
 //! use std::time::{Duration, Instant};
 //! use surgemq::client::state::{ClientState, Event, StateConfig};
 //! use surgemq::client::ClientOptions;
-//! use surgemq::protocol::{ByteStr, ConnAck, ReasonCode, Packet, Publish, QoS};
+//! use surgemq::protocol::{Ack, ByteStr, ConnAck, ReasonCode, Packet, Publish, QoS};
 //!
 //! let options = ClientOptions::new("localhost", 1883);
 //! let config = StateConfig {
@@ -33,7 +37,7 @@
 //! let mut state = ClientState::new(config, options.connect_packet(), now);
 //! state.connect(now);
 //! assert!(matches!(state.pop_packet(), Some(Packet::Connect(_))));
-//! let accepted = ConnAck { session_present: false, code: ReasonCode::SUCCESS };
+//! let accepted = ConnAck::new(false, ReasonCode::SUCCESS);
 //! state.handle(Packet::ConnAck(accepted), now)?;
 //! assert_eq!(state.pop_event(), Some(Event::Connected { session_present: false }));
 //!
@@ -44,6 +48,7 @@
 //!     topic: ByteStr::from("a/b"),
 //!     packet_id: 0, // assigned by the state machine
 //!     payload: "hi".into(),
+//!     properties: None,
 //! };
 //! let id = state.publish(message, now).expect("window open");
 //! assert!(matches!(state.pop_packet(), Some(Packet::Publish(p)) if p.packet_id == id));
@@ -60,8 +65,9 @@ use ahash::{AHashMap, AHashSet};
 use super::error::{ClientError, ProtocolError};
 use super::ids::PacketIds;
 use crate::protocol::{
-    Ack, ByteStr, ConnAck, Connect, Disconnect, Packet, PacketId, PacketType, ProtocolLevel,
-    Publish, QoS, ReasonCode, SubAck, Subscribe, SubscribeReturnCode, UnsubAck, Unsubscribe,
+    Ack, ByteStr, ConnAck, Connect, Disconnect, Packet, PacketId, PacketType, Properties,
+    ProtocolLevel, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscribeReturnCode,
+    SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 
 /// The limits and timers the state machine enforces.
@@ -75,7 +81,8 @@ pub struct StateConfig {
     pub connect_timeout: Duration,
     /// Outgoing QoS 1/2 PUBLISHes in flight at most.
     pub max_inflight: usize,
-    /// Whether the session ends with the connection (CleanSession = 1).
+    /// Whether the session ends with the connection: CleanSession = 1 in 3.1/3.1.1, a
+    /// Session Expiry Interval of 0 in MQTT 5 (where CONNECT's flag is Clean Start).
     pub clean_session: bool,
 }
 
@@ -83,18 +90,29 @@ pub struct StateConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// CONNACK accepted the connection.
-    Connected {
-        session_present: bool,
-    },
+    Connected { session_present: bool },
     /// A message from the server, delivered once (QoS 2 duplicates are filtered out).
     Message(Publish),
     /// The server acknowledged a QoS 1 (PUBACK) or QoS 2 (PUBCOMP) publish; its id is free.
+    /// MQTT 5 success codes other than 0 (0x10 no matching subscribers) count as success.
     Published(PacketId),
+    /// MQTT 5: the server refused a QoS 1/2 publish with a reason code of 0x80 or above in
+    /// PUBACK, PUBREC (no PUBREL follows) or PUBCOMP; its id is free.
+    Rejected {
+        packet_id: PacketId,
+        ack: PacketType,
+        reason: ReasonCode,
+        reason_string: Option<String>,
+    },
     Subscribed {
         packet_id: PacketId,
         return_codes: Vec<SubscribeReturnCode>,
     },
-    Unsubscribed(PacketId),
+    /// UNSUBACK, with one reason per filter (all success for 3.1/3.1.1, which have none).
+    Unsubscribed {
+        packet_id: PacketId,
+        reasons: Vec<ReasonCode>,
+    },
     /// The connection was lost and this request will never be acknowledged: a SUBSCRIBE or
     /// UNSUBSCRIBE, or with a clean session also a PUBLISH.
     Abandoned(PacketId),
@@ -144,22 +162,48 @@ struct Outgoing {
     stage: Stage,
     /// Whether the PUBLISH has been written to a connection (a resend then sets DUP).
     sent: bool,
+    /// Whether it is in flight on the current connection (PUBLISH or PUBREL sent on it):
+    /// what the server's Receive Maximum counts.
+    on_wire: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Request {
     /// SUBSCRIBE with this many filters.
     Subscribe(usize),
-    Unsubscribe,
+    /// UNSUBSCRIBE with this many filters.
+    Unsubscribe(usize),
+}
+
+/// What the server's MQTT 5 CONNACK said about this connection; the defaults are the spec's
+/// for a CONNACK without properties (and what a 3.1.1 server implies).
+#[derive(Debug, Clone, Default)]
+struct ServerLimits {
+    /// Receive Maximum: QoS 1/2 publishes the server takes in flight (65535 when absent).
+    receive_maximum: Option<u16>,
+    maximum_packet_size: Option<u32>,
+    topic_alias_maximum: Option<u16>,
+    properties: Option<Box<Properties>>,
 }
 
 pub struct ClientState {
+    /// The limits in force on this connection: `configured`, with the server's keepalive.
     config: StateConfig,
+    configured: StateConfig,
+    server: ServerLimits,
+    /// Set by an MQTT 5 CONNACK's Assigned Client Identifier.
+    assigned_client_id: Option<ByteStr>,
+    /// Topic Alias Maximum this client announced (0: none).
+    alias_maximum: u16,
+    /// Topic aliases the server has set on this connection.
+    aliases: AHashMap<u16, ByteStr>,
     connect: Connect,
     phase: Phase,
     session_present: bool,
     ids: PacketIds,
     outgoing: AHashMap<PacketId, Outgoing>,
+    /// Entries of `outgoing` that are `on_wire`.
+    on_wire: usize,
     next_seq: u64,
     incoming_qos2: AHashSet<PacketId>,
     requests: AHashMap<PacketId, Request>,
@@ -174,14 +218,24 @@ pub struct ClientState {
 impl ClientState {
     /// A state that will announce `connect` (its CleanSession flag must match the config's).
     pub fn new(config: StateConfig, connect: Connect, now: Instant) -> ClientState {
-        debug_assert_eq!(config.clean_session, connect.clean_session);
+        debug_assert!(connect.level.is_v5() || config.clean_session == connect.clean_session);
+        let alias_maximum = match &connect.properties {
+            Some(p) if connect.level.is_v5() => p.topic_alias_maximum.unwrap_or(0),
+            _ => 0,
+        };
         ClientState {
             config,
+            configured: config,
+            server: ServerLimits::default(),
+            assigned_client_id: None,
+            alias_maximum,
+            aliases: AHashMap::new(),
             connect,
             phase: Phase::Idle,
             session_present: false,
             ids: PacketIds::default(),
             outgoing: AHashMap::new(),
+            on_wire: 0,
             next_seq: 0,
             incoming_qos2: AHashSet::new(),
             requests: AHashMap::new(),
@@ -204,6 +258,7 @@ impl ClientState {
         self.outbox.clear();
         self.outbox_bytes = 0;
         self.ping_sent = None;
+        self.aliases.clear();
         self.last_received = now;
         self.phase = Phase::Connecting(now);
         let connect = Packet::Connect(Box::new(self.connect.clone()));
@@ -216,6 +271,7 @@ impl ClientState {
         match self.phase {
             Phase::Connecting(_) => match packet {
                 Packet::ConnAck(ack) => self.on_connack(ack, now),
+                Packet::Disconnect(d) if self.level().is_v5() => Err(server_disconnect(d)),
                 other => Err(ProtocolError::ExpectedConnAck(other.packet_type()).into()),
             },
             Phase::Connected => self.dispatch(packet, now),
@@ -229,8 +285,13 @@ impl ClientState {
             self.phase = Phase::Idle;
             return Err(ClientError::Refused(ack.code, self.connect.level));
         }
-        if ack.session_present && self.config.clean_session {
+        if ack.session_present && self.connect.clean_session {
             return Err(ProtocolError::SessionPresentWithCleanSession.into());
+        }
+        self.config = self.configured;
+        self.server = ServerLimits::default();
+        if self.level().is_v5() {
+            self.apply_connack_properties(ack.properties);
         }
         self.phase = Phase::Connected;
         self.session_present = ack.session_present;
@@ -248,17 +309,57 @@ impl ClientState {
         Ok(())
     }
 
-    /// Everything in flight, in original order: PUBLISH again (DUP when it was sent before)
-    /// or PUBREL for those the server has already received.
+    /// What an MQTT 5 CONNACK says about the connection.
+    fn apply_connack_properties(&mut self, properties: Option<Box<Properties>>) {
+        if let Some(p) = &properties {
+            self.server.receive_maximum = p.receive_maximum;
+            self.server.maximum_packet_size = p.maximum_packet_size;
+            self.server.topic_alias_maximum = p.topic_alias_maximum;
+            if let Some(id) = &p.assigned_client_identifier {
+                // Resuming the session later needs the identifier it belongs to.
+                self.assigned_client_id = Some(id.clone());
+                self.connect.client_id = id.clone();
+            }
+            if let Some(secs) = p.server_keep_alive {
+                // 3.2.2.3.14: the client MUST use the server's value instead of its own.
+                let keep_alive = Duration::from_secs(u64::from(secs));
+                self.config.keep_alive = keep_alive;
+                if !keep_alive.is_zero() {
+                    self.config.ping_timeout = self.config.ping_timeout.min(keep_alive);
+                }
+            }
+        }
+        self.server.properties = properties;
+        // A session that outlives the connection is resumed, not started again, when the
+        // connection is opened again.
+        if !self.config.clean_session {
+            self.connect.clean_session = false;
+        }
+    }
+
+    /// Everything in flight not yet sent on this connection, in original order, as far as
+    /// the window (the server's Receive Maximum) allows: PUBLISH again (DUP when it was sent
+    /// before) or PUBREL for those the server has already received. What does not fit goes
+    /// out as acknowledgements make room.
     fn resend(&mut self, now: Instant) {
+        let window = self.window();
+        if self.on_wire >= window || self.on_wire == self.outgoing.len() {
+            return;
+        }
         let mut order: Vec<(u64, PacketId)> = self
             .outgoing
             .values()
+            .filter(|o| !o.on_wire)
             .map(|o| (o.seq, o.publish.packet_id))
             .collect();
         order.sort_unstable();
         for (_, id) in order {
+            if self.on_wire >= window {
+                break;
+            }
+            self.on_wire += 1;
             let o = self.outgoing.get_mut(&id).expect("collected above");
+            o.on_wire = true;
             let packet = match o.stage {
                 Stage::Comp => Packet::PubRel(Ack::new(id)),
                 Stage::Ack | Stage::Rec => {
@@ -274,20 +375,28 @@ impl ClientState {
 
     fn dispatch(&mut self, packet: Packet, now: Instant) -> Result<(), ClientError> {
         match packet {
-            Packet::Publish(p) => self.on_publish(p, now),
-            Packet::PubAck(Ack { packet_id: id, .. }) => self.on_ack(id, Stage::Ack)?,
-            Packet::PubRec(Ack { packet_id: id, .. }) => match self.outgoing.get_mut(&id) {
+            Packet::Publish(p) => self.on_publish(p, now)?,
+            Packet::PubAck(ack) => self.on_ack(ack, Stage::Ack, now)?,
+            Packet::PubRec(ack) => match self.outgoing.get_mut(&ack.packet_id) {
                 Some(o) if o.stage == Stage::Ack => {
-                    return Err(wrong_ack(PacketType::PubRec, id, Stage::Ack))
+                    return Err(wrong_ack(PacketType::PubRec, ack.packet_id, Stage::Ack))
+                }
+                // A refusal ends the QoS 2 flow here: no PUBREL (4.3.3).
+                Some(o) if o.stage == Stage::Rec && !ack.reason.is_success() => {
+                    self.on_ack(ack, Stage::Rec, now)?
                 }
                 Some(o) => {
+                    let id = ack.packet_id;
                     o.stage = Stage::Comp;
                     self.emit(Packet::PubRel(Ack::new(id)), now);
                 }
                 // Not ours (any more): PUBREL lets the server finish its side harmlessly.
-                None => self.emit(Packet::PubRel(Ack::new(id)), now),
+                None if ack.reason.is_success() => {
+                    self.emit(Packet::PubRel(Ack::new(ack.packet_id)), now)
+                }
+                None => {}
             },
-            Packet::PubComp(Ack { packet_id: id, .. }) => self.on_ack(id, Stage::Comp)?,
+            Packet::PubComp(ack) => self.on_ack(ack, Stage::Comp, now)?,
             Packet::PubRel(Ack { packet_id: id, .. }) => {
                 // The id is released; PUBCOMP also for an id we do not know (MQTT-4.3.3-2:
                 // the server may resend PUBREL after we already answered it).
@@ -295,11 +404,31 @@ impl ClientState {
                 self.emit(Packet::PubComp(Ack::new(id)), now);
             }
             Packet::SubAck(ack) => self.on_suback(ack)?,
-            Packet::UnsubAck(UnsubAck { packet_id: id, .. }) => match self.requests.get(&id) {
-                Some(Request::Unsubscribe) => {
+            Packet::UnsubAck(UnsubAck {
+                packet_id: id,
+                reasons,
+                ..
+            }) => match self.requests.get(&id) {
+                Some(&Request::Unsubscribe(expected)) => {
+                    let reasons = if self.level().is_v5() {
+                        if reasons.len() != expected {
+                            return Err(ProtocolError::UnsubAckCount {
+                                packet_id: id,
+                                expected,
+                                got: reasons.len(),
+                            }
+                            .into());
+                        }
+                        reasons
+                    } else {
+                        vec![ReasonCode::SUCCESS; expected]
+                    };
                     self.requests.remove(&id);
                     self.ids.release(id);
-                    self.events.push_back(Event::Unsubscribed(id));
+                    self.events.push_back(Event::Unsubscribed {
+                        packet_id: id,
+                        reasons,
+                    });
                 }
                 Some(Request::Subscribe(_)) => {
                     return Err(ProtocolError::WrongAck {
@@ -312,12 +441,42 @@ impl ClientState {
                 None => {}
             },
             Packet::PingResp => self.ping_sent = None,
+            Packet::Disconnect(d) if self.level().is_v5() => {
+                self.phase = Phase::Idle;
+                return Err(server_disconnect(d));
+            }
             other => return Err(ProtocolError::UnexpectedPacket(other.packet_type()).into()),
         }
         Ok(())
     }
 
-    fn on_publish(&mut self, p: Publish, now: Instant) {
+    /// An MQTT 5 PUBLISH's topic alias: set (topic given) or used (topic empty).
+    fn resolve_alias(&mut self, p: &mut Publish) -> Result<(), ClientError> {
+        let Some(alias) = p.properties.as_ref().and_then(|pr| pr.topic_alias) else {
+            return Ok(());
+        };
+        if alias == 0 || alias > self.alias_maximum {
+            let why = "above the Topic Alias Maximum the client announced";
+            return Err(ProtocolError::TopicAlias { alias, why }.into());
+        }
+        if p.topic.is_empty() {
+            match self.aliases.get(&alias) {
+                Some(topic) => p.topic = topic.clone(),
+                None => {
+                    let why = "not set on this connection";
+                    return Err(ProtocolError::TopicAlias { alias, why }.into());
+                }
+            }
+        } else {
+            self.aliases.insert(alias, p.topic.clone());
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, mut p: Publish, now: Instant) -> Result<(), ClientError> {
+        if self.level().is_v5() {
+            self.resolve_alias(&mut p)?;
+        }
         match p.qos {
             QoS::AtMostOnce => self.events.push_back(Event::Message(p)),
             QoS::AtLeastOnce => {
@@ -334,15 +493,35 @@ impl ClientState {
                 self.emit(Packet::PubRec(Ack::new(id)), now);
             }
         }
+        Ok(())
     }
 
-    /// PUBACK or PUBCOMP: completes the message if it waits for exactly that.
-    fn on_ack(&mut self, id: PacketId, stage: Stage) -> Result<(), ClientError> {
+    /// PUBACK, PUBCOMP or a refusing PUBREC: completes the message if it waits for exactly
+    /// that, successfully or (a reason code of 0x80 or above) not.
+    fn on_ack(&mut self, ack: Ack, stage: Stage, now: Instant) -> Result<(), ClientError> {
+        let id = ack.packet_id;
         match self.outgoing.get(&id) {
             Some(o) if o.stage == stage => {
+                if o.on_wire {
+                    self.on_wire -= 1;
+                }
                 self.outgoing.remove(&id);
                 self.ids.release(id);
-                self.events.push_back(Event::Published(id));
+                let event = if ack.reason.is_success() {
+                    Event::Published(id)
+                } else {
+                    Event::Rejected {
+                        packet_id: id,
+                        ack: stage.packet_type(),
+                        reason: ack.reason,
+                        reason_string: reason_string(&ack.properties),
+                    }
+                };
+                self.events.push_back(event);
+                if self.phase == Phase::Connected {
+                    // Room for one held back by the server's Receive Maximum, if any.
+                    self.resend(now);
+                }
                 Ok(())
             }
             Some(o) => Err(wrong_ack(stage.packet_type(), id, o.stage)),
@@ -371,7 +550,7 @@ impl ClientState {
                 });
                 Ok(())
             }
-            Some(Request::Unsubscribe) => Err(ProtocolError::WrongAck {
+            Some(Request::Unsubscribe(_)) => Err(ProtocolError::WrongAck {
                 ack: PacketType::SubAck,
                 packet_id: id,
                 expected: PacketType::UnsubAck,
@@ -381,9 +560,16 @@ impl ClientState {
         }
     }
 
-    /// Whether a QoS 1/2 publish would be taken now.
+    /// Whether a QoS 1/2 publish would be taken now: below `max_inflight` and below the
+    /// server's Receive Maximum.
     pub fn window_open(&self) -> bool {
-        self.outgoing.len() < self.config.max_inflight && self.ids.in_use() < usize::from(u16::MAX)
+        self.outgoing.len() < self.window() && self.ids.in_use() < usize::from(u16::MAX)
+    }
+
+    /// QoS 1/2 publishes allowed in flight on this connection.
+    pub fn window(&self) -> usize {
+        let server = self.server.receive_maximum.map_or(usize::MAX, usize::from);
+        self.config.max_inflight.min(server)
     }
 
     /// Sends a PUBLISH (its `packet_id` and `dup` are overwritten). QoS 0 is sent only while
@@ -403,8 +589,10 @@ impl ClientState {
         }
         let id = self.ids.allocate().ok_or(WindowFull)?;
         publish.packet_id = id;
-        let connected = self.phase == Phase::Connected;
+        // Not while resends wait for room: this one must not overtake them.
+        let connected = self.phase == Phase::Connected && self.on_wire == self.outgoing.len();
         if connected {
+            self.on_wire += 1;
             self.emit(Packet::Publish(publish.clone()), now);
         }
         let stage = if publish.qos == QoS::AtLeastOnce {
@@ -419,6 +607,7 @@ impl ClientState {
                 publish,
                 stage,
                 sent: connected,
+                on_wire: connected,
             },
         );
         self.next_seq += 1;
@@ -431,13 +620,25 @@ impl ClientState {
         filters: Vec<(ByteStr, QoS)>,
         now: Instant,
     ) -> Result<PacketId, ClientError> {
+        let filters = filters.into_iter().map(|(f, q)| (f, q.into())).collect();
+        self.subscribe_with(filters, None, now)
+    }
+
+    /// Sends SUBSCRIBE with MQTT 5 subscription options and properties (Subscription
+    /// Identifier, User Property); 3.1/3.1.1 send the QoS alone.
+    pub fn subscribe_with(
+        &mut self,
+        filters: Vec<(ByteStr, SubscriptionOptions)>,
+        properties: Option<Box<Properties>>,
+        now: Instant,
+    ) -> Result<PacketId, ClientError> {
         let id = self.request_id()?;
         self.requests.insert(id, Request::Subscribe(filters.len()));
         self.emit(
             Packet::Subscribe(Subscribe {
                 packet_id: id,
-                filters: filters.into_iter().map(|(f, q)| (f, q.into())).collect(),
-                properties: None,
+                filters,
+                properties,
             }),
             now,
         );
@@ -450,13 +651,24 @@ impl ClientState {
         filters: Vec<ByteStr>,
         now: Instant,
     ) -> Result<PacketId, ClientError> {
+        self.unsubscribe_with(filters, None, now)
+    }
+
+    /// Sends UNSUBSCRIBE with MQTT 5 properties (User Property).
+    pub fn unsubscribe_with(
+        &mut self,
+        filters: Vec<ByteStr>,
+        properties: Option<Box<Properties>>,
+        now: Instant,
+    ) -> Result<PacketId, ClientError> {
         let id = self.request_id()?;
-        self.requests.insert(id, Request::Unsubscribe);
+        self.requests
+            .insert(id, Request::Unsubscribe(filters.len()));
         self.emit(
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: id,
                 filters,
-                properties: None,
+                properties,
             }),
             now,
         );
@@ -473,8 +685,13 @@ impl ClientState {
     /// Sends DISCONNECT; the caller closes the connection once it is written. The session
     /// (messages in flight) is kept for a later `connect` with a persistent session.
     pub fn disconnect(&mut self, now: Instant) {
+        self.disconnect_with(Disconnect::NORMAL, now)
+    }
+
+    /// Sends this DISCONNECT (MQTT 5: a reason code and properties; 3.1.1 writes neither).
+    pub fn disconnect_with(&mut self, disconnect: Disconnect, now: Instant) {
         if self.phase == Phase::Connected {
-            self.emit(Packet::Disconnect(Disconnect::NORMAL), now);
+            self.emit(Packet::Disconnect(disconnect), now);
         }
         self.phase = Phase::Disconnecting;
     }
@@ -486,6 +703,11 @@ impl ClientState {
         self.outbox.clear();
         self.outbox_bytes = 0;
         self.ping_sent = None;
+        self.aliases.clear();
+        self.on_wire = 0;
+        for o in self.outgoing.values_mut() {
+            o.on_wire = false;
+        }
         let mut abandoned: Vec<PacketId> = self.requests.drain().map(|(id, _)| id).collect();
         if self.config.clean_session {
             abandoned.extend(self.outgoing.drain().map(|(id, _)| id));
@@ -600,6 +822,46 @@ impl ClientState {
     /// Incoming QoS 2 messages received but not yet released by PUBREL.
     pub fn incoming_unreleased(&self) -> usize {
         self.incoming_qos2.len()
+    }
+
+    /// The client identifier the server assigned (MQTT 5 CONNACK), if it did.
+    pub fn assigned_client_id(&self) -> Option<&str> {
+        self.assigned_client_id.as_ref().map(ByteStr::as_str)
+    }
+
+    /// The properties of the last MQTT 5 CONNACK.
+    pub fn connack_properties(&self) -> Option<&Properties> {
+        self.server.properties.as_deref()
+    }
+
+    /// The server's Maximum Packet Size (MQTT 5 CONNACK), if it set one.
+    pub fn server_maximum_packet_size(&self) -> Option<u32> {
+        self.server.maximum_packet_size
+    }
+
+    /// The server's Topic Alias Maximum (MQTT 5 CONNACK; 0 when absent). The client sends
+    /// no topic aliases itself.
+    pub fn server_topic_alias_maximum(&self) -> u16 {
+        self.server.topic_alias_maximum.unwrap_or(0)
+    }
+
+    /// The keepalive in force: the configured one, or the server's Server Keep Alive.
+    pub fn keep_alive(&self) -> Duration {
+        self.config.keep_alive
+    }
+}
+
+fn reason_string(properties: &Option<Box<Properties>>) -> Option<String> {
+    properties
+        .as_ref()
+        .and_then(|p| p.reason_string.as_ref())
+        .map(|s| s.as_str().to_string())
+}
+
+fn server_disconnect(d: Disconnect) -> ClientError {
+    ClientError::ServerDisconnect {
+        reason: d.reason,
+        reason_string: reason_string(&d.properties),
     }
 }
 

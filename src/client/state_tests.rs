@@ -426,7 +426,13 @@ fn subscribe_and_unsubscribe_resolve_on_their_acks() {
     });
     assert!(s.handle(wrong, t0).is_err());
     s.handle(Packet::UnsubAck(UnsubAck::new(2)), t0).unwrap();
-    assert_eq!(events(&mut s), [Event::Unsubscribed(2)]);
+    assert_eq!(
+        events(&mut s),
+        [Event::Unsubscribed {
+            packet_id: 2,
+            reasons: vec![ReasonCode::SUCCESS]
+        }]
+    );
 }
 
 #[test]
@@ -630,4 +636,516 @@ fn ping_deadline_waits_while_the_caller_is_not_reading() {
     let mut s = connected(config(), t0);
     s.hold_ping_deadline(s_(5));
     assert_eq!(s.next_deadline(), Some(s_(10)));
+}
+
+// MQTT 5: the same state machine, packets encoded and decoded at level 5.
+
+use crate::client::options::{ClientOptions, Will, WillProperties};
+use crate::protocol::decode;
+
+/// Everything in the outbox, encoded at MQTT 5.
+fn drain_v5(s: &mut ClientState) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    while let Some(p) = s.pop_packet() {
+        p.encode(&mut out, ProtocolLevel::V5).unwrap();
+    }
+    assert_eq!(s.outbox_bytes(), 0);
+    out.to_vec()
+}
+
+/// One packet from the server, decoded from its wire bytes at MQTT 5.
+fn v5(bytes: &[u8]) -> Packet {
+    let mut buf = BytesMut::from(bytes);
+    let p = decode(&mut buf, 1 << 20, ProtocolLevel::V5)
+        .unwrap()
+        .expect("a whole packet");
+    assert!(buf.is_empty(), "one packet: {bytes:02x?}");
+    p
+}
+
+fn v5_options() -> ClientOptions {
+    ClientOptions {
+        client_id: "c".into(),
+        keep_alive: 10,
+        protocol: ProtocolLevel::V5,
+        max_packet_size: 1024,
+        ..ClientOptions::new("h", 1)
+    }
+}
+
+fn v5_state(options: &ClientOptions, t0: Instant) -> ClientState {
+    let config = StateConfig {
+        clean_session: !options.session_persists(),
+        ..config()
+    };
+    ClientState::new(config, options.connect_packet(), t0)
+}
+
+/// A v5 state connected by a CONNACK without properties.
+fn v5_connected(t0: Instant) -> ClientState {
+    let mut s = v5_state(&v5_options(), t0);
+    s.connect(t0);
+    drain_v5(&mut s);
+    s.handle(v5(&[0x20, 0x03, 0x00, 0x00, 0x00]), t0).unwrap();
+    assert_eq!(
+        events(&mut s),
+        [Event::Connected {
+            session_present: false
+        }]
+    );
+    s
+}
+
+#[test]
+fn v5_options_are_valid_and_v3_ignores_them() {
+    let o = ClientOptions {
+        session_expiry: Some(60),
+        ..v5_options()
+    };
+    o.validate().unwrap();
+    assert!(o.session_persists());
+    assert!(!ClientOptions {
+        session_expiry: Some(0),
+        ..v5_options()
+    }
+    .session_persists());
+    // 3.1.1: no properties on the wire whatever the v5 fields say.
+    let v3 = ClientOptions {
+        protocol: ProtocolLevel::V311,
+        user_properties: vec![("k".into(), "v".into())],
+        ..o
+    };
+    assert!(v3.connect_packet().properties.is_none());
+    let bad = ClientOptions {
+        receive_maximum: Some(0),
+        ..v5_options()
+    };
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .starts_with("invalid receive maximum:"));
+}
+
+#[test]
+fn v5_connect_carries_its_properties_and_the_will_properties() {
+    let t0 = Instant::now();
+    let options = ClientOptions {
+        session_expiry: Some(60),
+        receive_maximum: Some(5),
+        topic_alias_maximum: Some(4),
+        user_properties: vec![("k".into(), "v".into())],
+        will: Some(Will {
+            properties: WillProperties {
+                delay_interval: Some(5),
+                payload_format_utf8: Some(true),
+                ..WillProperties::default()
+            },
+            ..Will::new("w", "bye", QoS::AtMostOnce, false)
+        }),
+        ..v5_options()
+    };
+    options.validate().unwrap();
+    let mut s = v5_state(&options, t0);
+    s.connect(t0);
+    #[rustfmt::skip]
+    assert_eq!(drain_v5(&mut s), [
+        0x10, 0x35,                                 // CONNECT, remaining length 53
+        0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05,   // "MQTT" level 5
+        0x06,                                       // will, clean start
+        0x00, 0x0a,                                 // keepalive 10
+        0x17,                                       // properties, 23 bytes:
+        0x11, 0x00, 0x00, 0x00, 0x3c,               //   session expiry 60
+        0x21, 0x00, 0x05,                           //   receive maximum 5
+        0x22, 0x00, 0x04,                           //   topic alias maximum 4
+        0x26, 0x00, 0x01, b'k', 0x00, 0x01, b'v',   //   user property k=v
+        0x27, 0x00, 0x00, 0x04, 0x00,               //   maximum packet size 1024
+        0x00, 0x01, b'c',                           // client id
+        0x07,                                       // will properties, 7 bytes:
+        0x01, 0x01,                                 //   payload format: UTF-8
+        0x18, 0x00, 0x00, 0x00, 0x05,               //   will delay 5
+        0x00, 0x01, b'w',                           // will topic
+        0x00, 0x03, b'b', b'y', b'e',               // will payload
+    ]);
+}
+
+#[test]
+fn v5_connack_limits_assigned_id_and_server_keep_alive() {
+    let t0 = Instant::now();
+    let options = ClientOptions {
+        client_id: String::new(),
+        session_expiry: Some(60),
+        ..v5_options()
+    };
+    options.validate().unwrap();
+    let mut s = v5_state(&options, t0);
+    s.connect(t0);
+    drain_v5(&mut s);
+    #[rustfmt::skip]
+    let connack = v5(&[
+        0x20, 0x19, 0x00, 0x00, 0x16,
+        0x12, 0x00, 0x05, b's', b'r', b'v', b'-', b'1', // assigned client id
+        0x13, 0x00, 0x05,                               // server keep alive 5
+        0x21, 0x00, 0x02,                               // receive maximum 2
+        0x22, 0x00, 0x03,                               // topic alias maximum 3
+        0x27, 0x00, 0x00, 0x00, 0x64,                   // maximum packet size 100
+    ]);
+    s.handle(connack, t0).unwrap();
+    assert_eq!(s.assigned_client_id(), Some("srv-1"));
+    assert_eq!(s.keep_alive(), Duration::from_secs(5));
+    assert_eq!(s.server_maximum_packet_size(), Some(100));
+    assert_eq!(s.server_topic_alias_maximum(), 3);
+    assert_eq!(s.connack_properties().unwrap().receive_maximum, Some(2));
+    // The server's keepalive, not the client's 10 s.
+    assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(5)));
+    // Receive Maximum 2 caps the window of 10.
+    assert_eq!(s.window(), 2);
+    s.publish(publish("t", b"1", QoS::AtLeastOnce), t0).unwrap();
+    s.publish(publish("t", b"2", QoS::ExactlyOnce), t0).unwrap();
+    assert!(!s.window_open());
+    assert_eq!(
+        s.publish(publish("t", b"3", QoS::AtLeastOnce), t0),
+        Err(WindowFull)
+    );
+    // The next connection resumes the session under the assigned id, without Clean Start.
+    s.connection_lost();
+    s.connect(t0);
+    let connect = drain_v5(&mut s);
+    assert_eq!(
+        &connect[8..11],
+        [0x05, 0x00, 0x00],
+        "level 5, no Clean Start"
+    );
+    let id = [0x00, 0x05, b's', b'r', b'v', b'-', b'1'];
+    assert!(connect.windows(id.len()).any(|w| w == id), "{connect:02x?}");
+    // A CONNACK without properties restores the client's own keepalive and window.
+    s.handle(v5(&[0x20, 0x03, 0x01, 0x00, 0x00]), t0).unwrap();
+    assert_eq!(s.keep_alive(), Duration::from_secs(10));
+    assert_eq!(s.window(), 10);
+}
+
+#[test]
+fn v5_refused_connack_keeps_its_reason_code() {
+    let t0 = Instant::now();
+    let mut s = v5_state(&v5_options(), t0);
+    s.connect(t0);
+    let e = s
+        .handle(v5(&[0x20, 0x03, 0x00, 0x8a, 0x00]), t0)
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        ClientError::Refused(ReasonCode::BANNED, ProtocolLevel::V5)
+    ));
+    assert_eq!(e.to_string(), "connection refused: banned (CONNACK 0x8a)");
+}
+
+#[test]
+fn v5_puback_failure_completes_the_publish_with_its_reason() {
+    let t0 = Instant::now();
+    let mut s = v5_connected(t0);
+    let id = s.publish(publish("t", b"x", QoS::AtLeastOnce), t0).unwrap();
+    drain_v5(&mut s);
+    // PUBACK 0x87 with Reason String "no".
+    #[rustfmt::skip]
+    let puback = v5(&[0x40, 0x09, 0x00, id as u8, 0x87, 0x05, 0x1f, 0x00, 0x02, b'n', b'o']);
+    s.handle(puback, t0).unwrap();
+    let rejected = Event::Rejected {
+        packet_id: id,
+        ack: PacketType::PubAck,
+        reason: ReasonCode::NOT_AUTHORIZED,
+        reason_string: Some("no".into()),
+    };
+    assert_eq!(events(&mut s), [rejected]);
+    assert_eq!(s.inflight(), 0);
+    // 0x10 "no matching subscribers" is a success.
+    let id = s.publish(publish("t", b"y", QoS::AtLeastOnce), t0).unwrap();
+    drain_v5(&mut s);
+    s.handle(v5(&[0x40, 0x03, 0x00, id as u8, 0x10]), t0)
+        .unwrap();
+    assert_eq!(events(&mut s), [Event::Published(id)]);
+    assert!(s.is_connected());
+}
+
+#[test]
+fn v5_pubrec_failure_ends_the_qos2_flow_without_pubrel() {
+    let t0 = Instant::now();
+    let mut s = v5_connected(t0);
+    let id = s.publish(publish("t", b"x", QoS::ExactlyOnce), t0).unwrap();
+    drain_v5(&mut s);
+    s.handle(v5(&[0x50, 0x03, 0x00, id as u8, 0x97]), t0)
+        .unwrap();
+    assert_eq!(
+        drain_v5(&mut s),
+        [] as [u8; 0],
+        "no PUBREL after a refusing PUBREC"
+    );
+    assert_eq!(
+        events(&mut s),
+        [Event::Rejected {
+            packet_id: id,
+            ack: PacketType::PubRec,
+            reason: ReasonCode::QUOTA_EXCEEDED,
+            reason_string: None,
+        }]
+    );
+    // A successful PUBREC still gets its PUBREL (at level 5: id only, reason 0 implied).
+    let id = s.publish(publish("t", b"y", QoS::ExactlyOnce), t0).unwrap();
+    drain_v5(&mut s);
+    s.handle(v5(&[0x50, 0x02, 0x00, id as u8]), t0).unwrap();
+    assert_eq!(drain_v5(&mut s), [0x62, 0x02, 0x00, id as u8]);
+    s.handle(v5(&[0x70, 0x02, 0x00, id as u8]), t0).unwrap();
+    assert_eq!(events(&mut s), [Event::Published(id)]);
+}
+
+#[test]
+fn v5_server_disconnect_is_an_error_naming_the_reason() {
+    let t0 = Instant::now();
+    let mut s = v5_connected(t0);
+    let e = s.handle(v5(&[0xe0, 0x01, 0x8e]), t0).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "server sent DISCONNECT 0x8e session taken over"
+    );
+    assert!(!s.is_connected());
+    // With a Reason String.
+    let mut s = v5_connected(t0);
+    #[rustfmt::skip]
+    let d = v5(&[0xe0, 0x08, 0x8b, 0x06, 0x1f, 0x00, 0x03, b'b', b'y', b'e']);
+    let e = s.handle(d, t0).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "server sent DISCONNECT 0x8b server shutting down: bye"
+    );
+    // 3.1.1 servers never send DISCONNECT.
+    let mut s = connected(config(), t0);
+    let e = s
+        .handle(Packet::Disconnect(Disconnect::NORMAL), t0)
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        ClientError::Protocol(ProtocolError::UnexpectedPacket(PacketType::Disconnect))
+    ));
+}
+
+#[test]
+fn v5_subscribe_options_and_suback_and_unsuback_reasons() {
+    let t0 = Instant::now();
+    let mut s = v5_connected(t0);
+    let options = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: true,
+        retain_as_published: true,
+        retain_handling: crate::protocol::RetainHandling::DoNotSend,
+    };
+    let properties = Properties {
+        subscription_identifiers: [7].into_iter().collect(),
+        ..Properties::default()
+    };
+    let id = s
+        .subscribe_with(
+            vec![
+                (ByteStr::from("a"), options),
+                (ByteStr::from("b"), QoS::AtMostOnce.into()),
+            ],
+            Some(Box::new(properties)),
+            t0,
+        )
+        .unwrap();
+    #[rustfmt::skip]
+    assert_eq!(drain_v5(&mut s), [
+        0x82, 0x0d, 0x00, id as u8,
+        0x02, 0x0b, 0x07,           // subscription identifier 7
+        0x00, 0x01, b'a', 0x2d,     // QoS 1, No Local, Retain As Published, Retain Handling 2
+        0x00, 0x01, b'b', 0x00,
+    ]);
+    s.handle(v5(&[0x90, 0x05, 0x00, id as u8, 0x00, 0x01, 0x87]), t0)
+        .unwrap();
+    let codes = vec![
+        SubscribeReturnCode::Success(QoS::AtLeastOnce),
+        SubscribeReturnCode::Failure(ReasonCode::NOT_AUTHORIZED),
+    ];
+    assert_eq!(
+        events(&mut s),
+        [Event::Subscribed {
+            packet_id: id,
+            return_codes: codes.clone()
+        }]
+    );
+    assert!(ClientError::refused_subscription(codes[0]).is_none());
+    assert_eq!(
+        ClientError::refused_subscription(codes[1])
+            .unwrap()
+            .to_string(),
+        "SUBACK 0x87 not authorized"
+    );
+
+    let id = s
+        .unsubscribe(vec![ByteStr::from("a"), ByteStr::from("c")], t0)
+        .unwrap();
+    assert_eq!(
+        drain_v5(&mut s),
+        [0xa2, 0x09, 0x00, id as u8, 0x00, 0x00, 0x01, b'a', 0x00, 0x01, b'c']
+    );
+    s.handle(v5(&[0xb0, 0x05, 0x00, id as u8, 0x00, 0x00, 0x11]), t0)
+        .unwrap();
+    assert_eq!(
+        events(&mut s),
+        [Event::Unsubscribed {
+            packet_id: id,
+            reasons: vec![ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED]
+        }]
+    );
+    // One reason for two filters is a protocol violation.
+    let id = s
+        .unsubscribe(vec![ByteStr::from("a"), ByteStr::from("c")], t0)
+        .unwrap();
+    let e = s
+        .handle(v5(&[0xb0, 0x04, 0x00, id as u8, 0x00, 0x00]), t0)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("1 reason codes for 2 filters"),
+        "{e}"
+    );
+}
+
+#[test]
+fn v5_publish_properties_go_out_and_come_in() {
+    let t0 = Instant::now();
+    let mut s = v5_connected(t0);
+    let out = Publish {
+        properties: Some(Box::new(Properties {
+            user_properties: vec![(ByteStr::from("k"), ByteStr::from("v"))],
+            ..Properties::default()
+        })),
+        ..publish("t", b"x", QoS::AtMostOnce)
+    };
+    s.publish(out, t0).unwrap();
+    #[rustfmt::skip]
+    assert_eq!(drain_v5(&mut s), [
+        0x30, 0x0c, 0x00, 0x01, b't',
+        0x07, 0x26, 0x00, 0x01, b'k', 0x00, 0x01, b'v',
+        b'x',
+    ]);
+    #[rustfmt::skip]
+    let incoming = v5(&[
+        0x30, 0x0e, 0x00, 0x01, b't',
+        0x09, 0x03, 0x00, 0x06, b't', b'e', b'x', b't', b'/', b'p',
+        b'x',
+    ]);
+    s.handle(incoming, t0).unwrap();
+    let [Event::Message(m)] = &events(&mut s)[..] else {
+        panic!("one message")
+    };
+    assert_eq!(
+        m.properties.as_ref().unwrap().content_type.as_deref(),
+        Some("text/p")
+    );
+}
+
+#[test]
+fn v5_incoming_topic_aliases_are_resolved() {
+    let t0 = Instant::now();
+    let options = ClientOptions {
+        topic_alias_maximum: Some(2),
+        ..v5_options()
+    };
+    let mut s = v5_state(&options, t0);
+    s.connect(t0);
+    drain_v5(&mut s);
+    s.handle(v5(&[0x20, 0x03, 0x00, 0x00, 0x00]), t0).unwrap();
+    events(&mut s);
+    // Alias 2 set with topic "a/b", then used with an empty topic.
+    s.handle(
+        v5(&[
+            0x30, 0x0a, 0x00, 0x03, b'a', b'/', b'b', 0x03, 0x23, 0x00, 0x02, b'1',
+        ]),
+        t0,
+    )
+    .unwrap();
+    s.handle(
+        v5(&[0x30, 0x07, 0x00, 0x00, 0x03, 0x23, 0x00, 0x02, b'2']),
+        t0,
+    )
+    .unwrap();
+    let topics: Vec<String> = events(&mut s)
+        .into_iter()
+        .map(|e| match e {
+            Event::Message(m) => format!("{} {:?}", m.topic.as_str(), m.payload),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(topics, ["a/b b\"1\"", "a/b b\"2\""]);
+    // Unknown alias, and an alias above the maximum the client announced.
+    let e = s
+        .handle(
+            v5(&[0x30, 0x07, 0x00, 0x00, 0x03, 0x23, 0x00, 0x01, b'3']),
+            t0,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("not set on this connection"), "{e}");
+    let mut s = v5_connected(t0);
+    let e = s
+        .handle(
+            v5(&[0x30, 0x08, 0x00, 0x01, b'a', 0x03, 0x23, 0x00, 0x01, b'1']),
+            t0,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("above the Topic Alias Maximum"),
+        "{e}"
+    );
+}
+
+#[test]
+fn v5_resends_only_what_the_servers_receive_maximum_allows() {
+    let t0 = Instant::now();
+    let options = ClientOptions {
+        session_expiry: Some(60),
+        ..v5_options()
+    };
+    let mut s = v5_state(&options, t0);
+    s.connect(t0);
+    drain_v5(&mut s);
+    s.handle(v5(&[0x20, 0x03, 0x00, 0x00, 0x00]), t0).unwrap();
+    events(&mut s);
+    let ids: Vec<PacketId> = (0..3)
+        .map(|_| s.publish(publish("t", b"x", QoS::AtLeastOnce), t0).unwrap())
+        .collect();
+    drain_v5(&mut s);
+    s.connection_lost();
+    s.connect(t0);
+    drain_v5(&mut s);
+    // Receive Maximum 2 this time: two go out again, the third once one is acknowledged.
+    s.handle(v5(&[0x20, 0x06, 0x01, 0x00, 0x03, 0x21, 0x00, 0x02]), t0)
+        .unwrap();
+    let dup = |id: PacketId| [0x3a, 0x07, 0x00, 0x01, b't', 0x00, id as u8, 0x00, b'x'];
+    let again = drain_v5(&mut s);
+    assert_eq!(again, [dup(ids[0]), dup(ids[1])].concat());
+    assert!(!s.window_open());
+    s.handle(v5(&[0x40, 0x02, 0x00, ids[0] as u8]), t0).unwrap();
+    // The third, DUP set: it was sent on the old connection.
+    assert_eq!(drain_v5(&mut s), dup(ids[2]));
+    s.handle(v5(&[0x40, 0x02, 0x00, ids[1] as u8]), t0).unwrap();
+    s.handle(v5(&[0x40, 0x02, 0x00, ids[2] as u8]), t0).unwrap();
+    assert_eq!(drain_v5(&mut s), [] as [u8; 0]);
+    assert_eq!(
+        events(&mut s)
+            .into_iter()
+            .filter(|e| matches!(e, Event::Published(_)))
+            .count(),
+        3
+    );
+    assert!(s.window_open());
+}
+
+#[test]
+fn v5_disconnect_with_a_reason() {
+    let t0 = Instant::now();
+    let mut s = v5_connected(t0);
+    s.disconnect_with(
+        Disconnect::with_reason(ReasonCode::DISCONNECT_WITH_WILL_MESSAGE),
+        t0,
+    );
+    assert_eq!(drain_v5(&mut s), [0xe0, 0x01, 0x04]);
+    assert!(s.is_disconnecting());
 }

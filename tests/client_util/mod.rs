@@ -172,12 +172,12 @@ pub fn will_on_abort_only(addr: SocketAddr, tag: &str) {
             .await
             .unwrap();
         let with_will = |id: &str| ClientOptions {
-            will: Some(Will {
-                topic: topic.clone(),
-                payload: Bytes::from(format!("{id} is gone")),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-            }),
+            will: Some(Will::new(
+                topic.clone(),
+                Bytes::from(format!("{id} is gone")),
+                QoS::AtLeastOnce,
+                false,
+            )),
             ..options(addr, id)
         };
         let (polite, _) = Client::connect(with_will(&format!("{tag}-polite")))
