@@ -19,7 +19,7 @@ fn start_serve_stop(shards: usize) -> Result<(), String> {
     })
     .map_err(|e| format!("start: {e}"))?;
     let addr = handle.local_addrs()[0];
-    for level in [5u8, 3] {
+    for level in [6u8, 3] {
         let mut c = RawClient::open(addr);
         c.send(&ConnectBuilder::new("lvl").protocol(b"MQTT", level).build());
         c.expect_bytes(&[0x20, 0x02, 0x00, 0x01]);
