@@ -85,6 +85,7 @@ fn main() -> Result<(), String> {
             session,
             filter: ByteStr::from(format!("fill/{i}/#")),
             qos: QoS::AtLeastOnce,
+            extras: Default::default(),
         })?;
         let topic = ByteStr::from(format!("fill/{i}/t"));
         for seq in 1..=args.messages {
@@ -95,6 +96,7 @@ fn main() -> Result<(), String> {
                 payload: payload(i, seq, args.size),
                 qos: QoS::AtLeastOnce,
                 retain: false,
+                extras: Default::default(),
             })?;
         }
         log.write(&Record::Detached {

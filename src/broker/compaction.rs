@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, warn};
 
-use super::journal::Journal;
+use super::journal::{message_extras, Journal};
 use super::session::StoredItem;
 use super::shard::Shard;
 use crate::store::{LogWriter, Record, StoreError};
@@ -118,11 +118,15 @@ impl Shard {
                 client_id: s.client_id.clone(),
                 username: s.username.clone(),
             });
+            if let Some(secs) = s.own_expiry_secs() {
+                put(Record::SessionExpiry { session: n, secs });
+            }
             for (filter, grant) in &s.subscriptions {
                 put(Record::Subscribed {
                     session: n,
                     filter: filter.clone(),
                     qos: grant.qos,
+                    extras: grant.stored_extras(),
                 });
             }
             s.for_each_stored(|item| match item {
@@ -133,6 +137,7 @@ impl Shard {
                     seq,
                     packet_id,
                     received,
+                    subscription_id,
                 } => {
                     put(Record::Queued {
                         session: n,
@@ -141,6 +146,7 @@ impl Shard {
                         payload: message.payload.clone(),
                         qos,
                         retain,
+                        extras: message_extras(message, subscription_id),
                     });
                     put(Record::Sent {
                         session: n,
@@ -159,6 +165,7 @@ impl Shard {
                     qos,
                     retain,
                     seq,
+                    subscription_id,
                 } => put(Record::Queued {
                     session: n,
                     seq,
@@ -166,6 +173,7 @@ impl Shard {
                     payload: message.payload.clone(),
                     qos,
                     retain,
+                    extras: message_extras(message, subscription_id),
                 }),
                 StoredItem::IncomingQos2(packet_id) => put(Record::IncomingQos2 {
                     session: n,
@@ -190,6 +198,7 @@ impl Shard {
                 topic: m.topic.clone(),
                 payload: m.payload.clone(),
                 qos: m.qos,
+                extras: message_extras(m, 0),
             })
         });
     }

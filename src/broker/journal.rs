@@ -12,12 +12,13 @@ use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 
-use super::mesh::Message;
+use super::mesh::{Message, V5Message};
 use crate::protocol::{ByteStr, PacketId, QoS};
-use crate::store::{LogWriter, Position, Record};
+use crate::store::{LogWriter, MessageExtras, Position, Record};
 
 pub struct Journal {
     /// The log appended to now.
@@ -132,7 +133,15 @@ impl Journal {
 
     // ----- the records, by event ------------------------------------------------------------
 
-    pub fn queued(&self, session: u64, seq: u64, message: &Message, qos: QoS, retain: bool) {
+    pub fn queued(
+        &self,
+        session: u64,
+        seq: u64,
+        message: &Message,
+        qos: QoS,
+        retain: bool,
+        subscription_id: u32,
+    ) {
         self.append(&Record::Queued {
             session,
             seq,
@@ -140,6 +149,7 @@ impl Journal {
             payload: message.payload.clone(),
             qos,
             retain,
+            extras: message_extras(message, subscription_id),
         });
     }
 
@@ -161,7 +171,52 @@ impl Journal {
                 topic: message.topic.clone(),
                 payload: message.payload.clone(),
                 qos: message.qos,
+                extras: message_extras(message, 0),
             })
         }
     }
+}
+
+/// What MQTT 5 adds to a message, as the log keeps it (None for a 3.1.1 one): its forwarded
+/// properties, its expiry on the wall clock, the Subscription Identifier it goes out with.
+pub(crate) fn message_extras(
+    message: &Message,
+    subscription_id: u32,
+) -> Option<Box<MessageExtras>> {
+    if message.v5.is_none() && subscription_id == 0 {
+        return None;
+    }
+    let v5 = message.v5.as_deref();
+    Some(Box::new(MessageExtras {
+        properties: v5.map(|v| v.properties.clone()).unwrap_or_default(),
+        expires_at_ms: v5.and_then(|v| v.expires_at).map(|at| {
+            let left = at.saturating_duration_since(Instant::now());
+            unix_ms() + left.as_millis() as u64
+        }),
+        subscription_id,
+    }))
+}
+
+/// The MQTT 5 part of a restored message, and its Subscription Identifier.
+pub(crate) fn restored_v5(extras: Option<&MessageExtras>) -> (Option<Box<V5Message>>, u32) {
+    let Some(e) = extras else {
+        return (None, 0);
+    };
+    let expires_at = e.expires_at_ms.map(|ms| {
+        let left = Duration::from_millis(ms.saturating_sub(unix_ms()));
+        Instant::now() + left
+    });
+    let v5 = (!e.properties.is_empty() || expires_at.is_some()).then(|| {
+        Box::new(V5Message {
+            properties: e.properties.clone(),
+            expires_at,
+        })
+    });
+    (v5, e.subscription_id)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -217,6 +217,27 @@ pub struct Grant {
     pub subscription_id: u32,
 }
 
+impl Grant {
+    /// A subscription as the log keeps it.
+    pub fn from_stored(qos: QoS, extras: crate::store::SubscriptionExtras) -> Grant {
+        Grant {
+            qos,
+            no_local: extras.no_local,
+            retain_as_published: extras.retain_as_published,
+            subscription_id: extras.subscription_id,
+        }
+    }
+
+    /// What the log keeps beside the QoS.
+    pub fn stored_extras(&self) -> crate::store::SubscriptionExtras {
+        crate::store::SubscriptionExtras {
+            no_local: self.no_local,
+            retain_as_published: self.retain_as_published,
+            subscription_id: self.subscription_id,
+        }
+    }
+}
+
 impl From<QoS> for Grant {
     fn from(qos: QoS) -> Grant {
         Grant {

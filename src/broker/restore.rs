@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use super::journal::Journal;
+use super::journal::{restored_v5, Journal};
 use super::mesh::{Grant, Message, SubscriberId, Subscription};
 use super::session::Session;
 use super::shard::{home_shard, Shard};
@@ -199,13 +199,19 @@ async fn restore_own(shard: &Shard, startup: &Startup) -> Result<(), StoreError>
             subscriptions.push((s.id, filter.clone(), *qos));
         }
     }
-    for (topic, (payload, qos)) in image.retained {
+    for (topic, (payload, qos, extras)) in image.retained {
+        let (v5, _) = restored_v5(extras.as_deref());
+        let message = Message::new(topic, payload, qos, true).with_v5(v5);
+        if message.expired(now) {
+            continue;
+        }
         journal.append(&Record::Retained {
-            topic: topic.clone(),
-            payload: payload.clone(),
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
             qos,
+            extras,
         });
-        shard.restore_retained(Message::new(topic, payload, qos, true));
+        shard.restore_retained(message);
     }
     writer.durable(journal.appended()).await;
     if let Some(counter) = &shard.config.full_disk_fault {
@@ -223,11 +229,15 @@ fn write_session(journal: &Journal, n: u64, stored: &StoredSession, now_ms: u64)
         client_id: stored.client_id.clone(),
         username: stored.username.clone(),
     });
-    for (filter, qos) in &stored.subscriptions {
+    if let Some(secs) = stored.expiry_secs {
+        journal.append(&Record::SessionExpiry { session: n, secs });
+    }
+    for (filter, (qos, extras)) in &stored.subscriptions {
         journal.append(&Record::Subscribed {
             session: n,
             filter: filter.clone(),
             qos: *qos,
+            extras: *extras,
         });
     }
     let queued = |m: &crate::store::StoredMessage| Record::Queued {
@@ -237,6 +247,7 @@ fn write_session(journal: &Journal, n: u64, stored: &StoredSession, now_ms: u64)
         payload: Bytes::clone(&m.payload),
         qos: m.qos,
         retain: m.retain,
+        extras: m.extras.clone(),
     };
     for f in &stored.inflight {
         journal.append(&queued(&f.message));
@@ -320,10 +331,13 @@ impl Shard {
                     slot,
                     generation,
                 };
+                let own = stored.expiry_secs;
                 let mut s = Session::restore(id, limits, n, stored, detached_at);
-                // MQTT 5 expiry intervals are not journaled yet: restored sessions get the
-                // broker's.
-                s.set_expiry(self.config.session_expiry);
+                // An MQTT 5 session's own expiry, or the broker's.
+                match own {
+                    Some(secs) => s.set_expiry(Some(Duration::from_secs(u64::from(secs)))),
+                    None => s.set_expiry(self.config.session_expiry),
+                }
                 s
             });
         self.metrics.sessions.set(self.metrics.sessions.get() + 1);

@@ -286,6 +286,12 @@ impl Session {
         (self.expiry_secs != u32::MAX).then(|| Duration::from_secs(u64::from(self.expiry_secs)))
     }
 
+    /// The session's expiry when it is not the broker's `--session-expiry` default (an MQTT 5
+    /// client's own), for the log; None otherwise.
+    pub fn own_expiry_secs(&self) -> Option<u32> {
+        self.peer.level.is_v5().then_some(self.expiry_secs)
+    }
+
     /// Sets how long the session outlives its connection (None: no limit).
     pub fn set_expiry(&mut self, expiry: Option<Duration>) {
         self.expiry_secs = expiry.map_or(u32::MAX, |d| {
@@ -538,8 +544,8 @@ impl Session {
                         && message.expired(*now.get_or_insert_with(Instant::now))
                     {
                         // MQTT-3.3.2-5: not sent once its expiry interval has passed.
-                        // (A journaled copy stays queued in the log until the next restart or
-                        // compaction: MQTT 5 state is not journaled yet.)
+                        // (A journaled copy stays in the log until the next compaction; after
+                        // a restart it is found expired again: the log keeps its expiry.)
                         self.discarded.expired += 1;
                         packets -= 1;
                         continue;

@@ -583,6 +583,7 @@ fn a_restored_session_resends_in_order_and_numbers_on_from_its_last_id() {
         payload: Bytes::from_static(b"m"),
         qos,
         retain: false,
+        extras: Default::default(),
     };
     let stored = StoredSession {
         client_id: ByteStr::from("c"),

@@ -313,6 +313,7 @@ impl Shard {
                     s.peer = peer;
                 }
                 self.journal_session(&existing.borrow(), |session| Record::Attached { session });
+                self.journal_expiry(&existing.borrow());
                 return (existing, true);
             }
             existing.borrow_mut().kick(Kick::TakenOver);
@@ -351,8 +352,16 @@ impl Shard {
                     session
                 });
         session.borrow_mut().attach(conn);
+        self.journal_expiry(&session.borrow());
         self.metrics.sessions.set(self.metrics.sessions.get() + 1);
         (session, false)
+    }
+
+    /// Journals an MQTT 5 session's own expiry (with `--data-dir`), so a restart keeps it.
+    pub fn journal_expiry(&self, session: &Session) {
+        if let Some(secs) = session.own_expiry_secs() {
+            self.journal_session(session, |session| Record::SessionExpiry { session, secs });
+        }
     }
 
     /// Ends a session: its subscriptions leave every replica, its slot is freed, and a will
@@ -494,7 +503,14 @@ impl Shard {
         let result = s.enqueue_as(message.clone(), qos, retain, target.subscription_id);
         if let (Ok(_), Some(stored_as), Some(journal)) = (result, s.stored_as(), self.journal()) {
             if qos != QoS::AtMostOnce {
-                journal.queued(stored_as, s.last_seq(), message, qos, retain);
+                journal.queued(
+                    stored_as,
+                    s.last_seq(),
+                    message,
+                    qos,
+                    retain,
+                    target.subscription_id,
+                );
             }
         }
         if result == Err(Dropped::QueueFull) && qos != QoS::AtMostOnce && !s.warned_full {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
-use super::record::Record;
+use super::record::{MessageExtras, Record, SubscriptionExtras};
 use crate::protocol::{ByteStr, PacketId, QoS};
 
 /// A message as a session holds it.
@@ -21,6 +21,8 @@ pub struct StoredMessage {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5's properties, expiry and Subscription Identifier, if it had any.
+    pub extras: Option<Box<MessageExtras>>,
 }
 
 /// A message sent and not yet completed.
@@ -37,7 +39,9 @@ pub struct StoredInflight {
 pub struct StoredSession {
     pub client_id: ByteStr,
     pub username: Option<ByteStr>,
-    pub subscriptions: BTreeMap<ByteStr, QoS>,
+    pub subscriptions: BTreeMap<ByteStr, (QoS, SubscriptionExtras)>,
+    /// MQTT 5 Session Expiry Interval in seconds, if the session has one of its own.
+    pub expiry_secs: Option<u32>,
     /// Sent and unacknowledged, in the order they went out (resent first, MQTT-4.4.0-1).
     pub inflight: VecDeque<StoredInflight>,
     /// Waiting to be sent, in order.
@@ -54,7 +58,7 @@ pub struct StoredSession {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Image {
     pub sessions: BTreeMap<u64, StoredSession>,
-    pub retained: BTreeMap<ByteStr, (Bytes, QoS)>,
+    pub retained: BTreeMap<ByteStr, (Bytes, QoS, Option<Box<MessageExtras>>)>,
     /// Above every session number the log used: where new ones start.
     pub next_session: u64,
 }
@@ -91,8 +95,11 @@ impl Image {
                 session,
                 filter,
                 qos,
+                extras,
             } => {
-                self.session(session)?.subscriptions.insert(filter, qos);
+                self.session(session)?
+                    .subscriptions
+                    .insert(filter, (qos, extras));
             }
             Record::Unsubscribed { session, filter } => {
                 self.session(session)?.subscriptions.remove(&filter);
@@ -104,12 +111,14 @@ impl Image {
                 payload,
                 qos,
                 retain,
+                extras,
             } => self.session(session)?.queue.push_back(StoredMessage {
                 seq,
                 topic,
                 payload,
                 qos,
                 retain,
+                extras,
             }),
             Record::Sent {
                 session,
@@ -154,8 +163,12 @@ impl Image {
                 topic,
                 payload,
                 qos,
+                extras,
             } => {
-                self.retained.insert(topic, (payload, qos));
+                self.retained.insert(topic, (payload, qos, extras));
+            }
+            Record::SessionExpiry { session, secs } => {
+                self.session(session)?.expiry_secs = (secs != u32::MAX).then_some(secs);
             }
             Record::RetainCleared { topic } => {
                 self.retained.remove(&topic);
@@ -206,6 +219,7 @@ mod tests {
             payload: Bytes::from(format!("m{seq}")),
             qos,
             retain: false,
+            extras: Default::default(),
         }
     }
 
@@ -233,6 +247,7 @@ mod tests {
                 session: 1,
                 filter: s("t"),
                 qos: QoS::ExactlyOnce,
+                extras: Default::default(),
             },
             queued(1, QoS::AtLeastOnce),
             queued(2, QoS::ExactlyOnce),
@@ -274,7 +289,7 @@ mod tests {
         .unwrap();
         let session = &image.sessions[&1];
         assert_eq!(session.client_id, s("c1"));
-        assert_eq!(session.subscriptions[&s("t")], QoS::ExactlyOnce);
+        assert_eq!(session.subscriptions[&s("t")].0, QoS::ExactlyOnce);
         let inflight: Vec<(u16, u64, bool)> = session
             .inflight
             .iter()
@@ -307,6 +322,7 @@ mod tests {
             topic: s(topic),
             payload: Bytes::from_static(payload),
             qos: QoS::AtLeastOnce,
+            extras: Default::default(),
         };
         let image = image(vec![
             retained("a", b"1"),
@@ -317,7 +333,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             image.retained,
-            BTreeMap::from([(s("a"), (Bytes::from_static(b"2"), QoS::AtLeastOnce))])
+            BTreeMap::from([(s("a"), (Bytes::from_static(b"2"), QoS::AtLeastOnce, None))])
         );
     }
 

@@ -154,6 +154,7 @@ mod tests {
             topic: ByteStr::from(topic),
             payload: Bytes::from_static(b"r"),
             qos: QoS::AtLeastOnce,
+            extras: Default::default(),
         }
     }
 

@@ -21,7 +21,7 @@ pub use frame::{decode_frame, encode_frame, Frame};
 pub use image::{Image, Inconsistent, StoredInflight, StoredMessage, StoredSession};
 pub use load::{load_dir, load_log, log_path};
 pub use lock::DataDirLock;
-pub use record::{Record, RecordError};
+pub use record::{MessageExtras, Record, RecordError, SubscriptionExtras};
 pub use scan::{scan, Damaged, Scanned, TornTail};
 pub use writer::{LogWriter, Position};
 

@@ -11,7 +11,29 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::protocol::{ByteStr, PacketId, QoS};
 
+/// What MQTT 5 adds to a subscription (all off for 3.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SubscriptionExtras {
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    /// 0: none.
+    pub subscription_id: u32,
+}
+
+/// What MQTT 5 adds to a message: its forwarded properties (encoded, without their length),
+/// when it expires (ms since the Unix epoch), and for a queued one the Subscription
+/// Identifier it is sent with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageExtras {
+    pub properties: Bytes,
+    pub expires_at_ms: Option<u64>,
+    pub subscription_id: u32,
+}
+
 /// A change of durable state.
+///
+/// MQTT 5's additions ride as optional trailers on `Subscribed`, `Queued` and `Retained`
+/// (written only when there is something to say), so logs written before them read the same.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// A persistent session began (CleanSession = 0 and none was stored).
@@ -28,6 +50,7 @@ pub enum Record {
         session: u64,
         filter: ByteStr,
         qos: QoS,
+        extras: SubscriptionExtras,
     },
     Unsubscribed {
         session: u64,
@@ -41,6 +64,7 @@ pub enum Record {
         payload: Bytes,
         qos: QoS,
         retain: bool,
+        extras: Option<Box<MessageExtras>>,
     },
     /// The queued message `seq` went out with `packet_id`: in flight from now on.
     Sent {
@@ -82,6 +106,13 @@ pub enum Record {
         topic: ByteStr,
         payload: Bytes,
         qos: QoS,
+        extras: Option<Box<MessageExtras>>,
+    },
+    /// How long the session outlives its connection, in seconds (MQTT 5's Session Expiry
+    /// Interval); `u32::MAX`: the broker's `--session-expiry`. Absent: the same.
+    SessionExpiry {
+        session: u64,
+        secs: u32,
     },
     RetainCleared {
         topic: ByteStr,
@@ -131,6 +162,16 @@ pub(crate) mod kind {
     pub const RETAIN_CLEARED: u8 = 14;
     pub const SNAPSHOT_END: u8 = 15;
     pub const LAST_PACKET_ID: u8 = 16;
+    pub const SESSION_EXPIRY: u8 = 17;
+}
+
+fn put_message_extras(out: &mut BytesMut, extras: &Option<Box<MessageExtras>>) {
+    if let Some(e) = extras {
+        out.put_u32_le(e.subscription_id);
+        out.put_u64_le(e.expires_at_ms.unwrap_or(0));
+        out.put_u32_le(e.properties.len() as u32);
+        out.put_slice(&e.properties);
+    }
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -167,10 +208,17 @@ impl Record {
                 session,
                 filter,
                 qos,
+                extras,
             } => {
                 out.put_u64_le(*session);
                 put_str(out, filter);
                 out.put_u8(*qos as u8);
+                if *extras != SubscriptionExtras::default() {
+                    out.put_u8(
+                        u8::from(extras.no_local) | u8::from(extras.retain_as_published) << 1,
+                    );
+                    out.put_u32_le(extras.subscription_id);
+                }
                 SUBSCRIBED
             }
             Record::Unsubscribed { session, filter } => {
@@ -185,6 +233,7 @@ impl Record {
                 payload,
                 qos,
                 retain,
+                extras,
             } => {
                 out.put_u64_le(*session);
                 out.put_u64_le(*seq);
@@ -192,6 +241,7 @@ impl Record {
                 out.put_u8(*qos as u8 | (*retain as u8) << 4);
                 out.put_u32_le(payload.len() as u32);
                 out.put_slice(payload);
+                put_message_extras(out, extras);
                 QUEUED
             }
             Record::Sent {
@@ -229,12 +279,19 @@ impl Record {
                 topic,
                 payload,
                 qos,
+                extras,
             } => {
                 put_str(out, topic);
                 out.put_u8(*qos as u8);
                 out.put_u32_le(payload.len() as u32);
                 out.put_slice(payload);
+                put_message_extras(out, extras);
                 RETAINED
+            }
+            Record::SessionExpiry { session, secs } => {
+                out.put_u64_le(*session);
+                out.put_u32_le(*secs);
+                SESSION_EXPIRY
             }
             Record::RetainCleared { topic } => {
                 put_str(out, topic);
@@ -265,6 +322,16 @@ impl Record {
                 session: r.u64()?,
                 filter: r.str()?,
                 qos: r.qos()?,
+                extras: if r.body.has_remaining() {
+                    let flags = r.u8()?;
+                    SubscriptionExtras {
+                        no_local: flags & 1 != 0,
+                        retain_as_published: flags & 2 != 0,
+                        subscription_id: r.u32()?,
+                    }
+                } else {
+                    SubscriptionExtras::default()
+                },
             },
             UNSUBSCRIBED => Record::Unsubscribed {
                 session: r.u64()?,
@@ -283,6 +350,7 @@ impl Record {
                     qos,
                     retain: flags & 0x10 != 0,
                     payload: r.payload()?,
+                    extras: r.message_extras()?,
                 }
             }
             SENT => Record::Sent {
@@ -315,6 +383,11 @@ impl Record {
                 topic: r.str()?,
                 qos: r.qos()?,
                 payload: r.payload()?,
+                extras: r.message_extras()?,
+            },
+            SESSION_EXPIRY => Record::SessionExpiry {
+                session: r.u64()?,
+                secs: r.u32()?,
             },
             RETAIN_CLEARED => Record::RetainCleared { topic: r.str()? },
             SNAPSHOT_END => Record::SnapshotEnd,
@@ -381,6 +454,19 @@ impl Reader {
         self.need(4)?;
         Ok(self.body.get_u32_le())
     }
+    /// The MQTT 5 trailer of a message record, if the body goes on.
+    fn message_extras(&mut self) -> Result<Option<Box<MessageExtras>>, RecordError> {
+        if !self.body.has_remaining() {
+            return Ok(None);
+        }
+        let subscription_id = self.u32()?;
+        let expires_at_ms = self.u64()?;
+        Ok(Some(Box::new(MessageExtras {
+            subscription_id,
+            expires_at_ms: (expires_at_ms != 0).then_some(expires_at_ms),
+            properties: self.payload()?,
+        })))
+    }
 }
 
 #[cfg(test)]
@@ -393,6 +479,43 @@ mod tests {
 
     fn every_kind() -> Vec<Record> {
         vec![
+            Record::Subscribed {
+                session: 7,
+                filter: s("v5/#"),
+                qos: QoS::AtLeastOnce,
+                extras: SubscriptionExtras {
+                    no_local: true,
+                    retain_as_published: false,
+                    subscription_id: 268_435_455,
+                },
+            },
+            Record::Queued {
+                session: 7,
+                seq: 3,
+                topic: s("v5/t"),
+                payload: Bytes::from_static(b"p"),
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                extras: Some(Box::new(MessageExtras {
+                    properties: Bytes::from_static(&[0x26, 0, 1, b'k', 0, 1, b'v']),
+                    expires_at_ms: Some(1_700_000_000_000),
+                    subscription_id: 9,
+                })),
+            },
+            Record::Retained {
+                topic: s("v5/r"),
+                payload: Bytes::from_static(b"r"),
+                qos: QoS::AtMostOnce,
+                extras: Some(Box::new(MessageExtras {
+                    properties: Bytes::new(),
+                    expires_at_ms: Some(5),
+                    subscription_id: 0,
+                })),
+            },
+            Record::SessionExpiry {
+                session: 7,
+                secs: 3600,
+            },
             Record::SessionBegan {
                 session: 7,
                 client_id: s("sensor-1"),
@@ -408,6 +531,7 @@ mod tests {
                 session: 7,
                 filter: s("a/+/#"),
                 qos: QoS::ExactlyOnce,
+                extras: Default::default(),
             },
             Record::Unsubscribed {
                 session: 7,
@@ -420,6 +544,7 @@ mod tests {
                 payload: Bytes::from_static(b"\x00payload\xff"),
                 qos: QoS::AtLeastOnce,
                 retain: true,
+                extras: Default::default(),
             },
             Record::Sent {
                 session: 7,
@@ -451,6 +576,7 @@ mod tests {
                 topic: s("r/t"),
                 payload: Bytes::from_static(b"on"),
                 qos: QoS::AtMostOnce,
+                extras: Default::default(),
             },
             Record::RetainCleared { topic: s("r/t") },
             Record::SnapshotEnd,
@@ -480,6 +606,7 @@ mod tests {
             payload: Bytes::from_static(b"hi"),
             qos: QoS::ExactlyOnce,
             retain: true,
+            extras: Default::default(),
         }
         .encode(&mut body);
         assert_eq!(kind, 5);
@@ -494,6 +621,17 @@ mod tests {
         assert_eq!(&body[..], &expected);
     }
 
+    /// The record as a log from before MQTT 5's trailers has it.
+    fn without_extras(r: &Record) -> Record {
+        let mut r = r.clone();
+        match &mut r {
+            Record::Subscribed { extras, .. } => *extras = SubscriptionExtras::default(),
+            Record::Queued { extras, .. } | Record::Retained { extras, .. } => *extras = None,
+            _ => {}
+        }
+        r
+    }
+
     #[test]
     fn every_cut_body_is_an_error_not_a_panic() {
         for record in every_kind() {
@@ -501,16 +639,17 @@ mod tests {
             let kind = record.encode(&mut body);
             for cut in 0..body.len() {
                 let short = Bytes::copy_from_slice(&body[..cut]);
-                assert!(
-                    Record::decode(kind, short).is_err(),
-                    "{record:?} cut at {cut}"
-                );
+                match Record::decode(kind, short) {
+                    Err(_) => {}
+                    // Cut exactly before the MQTT 5 trailer: a record as older logs wrote it.
+                    Ok(r) => assert_eq!(r, without_extras(&record), "{record:?} cut at {cut}"),
+                }
             }
             let mut long = body.to_vec();
             long.push(0);
-            assert_eq!(
-                Record::decode(kind, Bytes::from(long)),
-                Err(RecordError::Trailing(kind))
+            assert!(
+                Record::decode(kind, Bytes::from(long)).is_err(),
+                "{record:?} with a byte more"
             );
         }
     }

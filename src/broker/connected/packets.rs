@@ -156,9 +156,14 @@ impl ConnectedClient {
                                 "DISCONNECT sets a Session Expiry Interval where CONNECT's was 0 (MQTT-3.14.2-2)",
                             ));
                         }
-                        let mut s = self.session.borrow_mut();
-                        s.set_expiry(session_expiry(&self.shard.config, expiry));
-                        s.clean = expiry == 0;
+                        {
+                            let mut s = self.session.borrow_mut();
+                            s.set_expiry(session_expiry(&self.shard.config, expiry));
+                            s.clean = expiry == 0;
+                        }
+                        if expiry != 0 {
+                            self.shard.journal_expiry(&self.session.borrow());
+                        }
                     }
                     if d.reason != ReasonCode::NORMAL_DISCONNECTION {
                         // Every reason but 0x00 keeps the will (MQTT-3.14.4-3).

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Inflight, InflightState, Outbound, Session, SessionLimits};
-use crate::broker::mesh::{Message, SubscriberId};
+use crate::broker::journal::restored_v5;
+use crate::broker::mesh::{Grant, Message, SubscriberId};
 use crate::protocol::{PacketId, QoS};
 use std::rc::Rc;
 
@@ -20,12 +21,14 @@ pub enum StoredItem<'a> {
         seq: u64,
         packet_id: PacketId,
         received: bool,
+        subscription_id: u32,
     },
     Queued {
         message: &'a Arc<Message>,
         qos: QoS,
         retain: bool,
         seq: u64,
+        subscription_id: u32,
     },
     IncomingQos2(PacketId),
 }
@@ -72,19 +75,16 @@ impl Session {
         s.subscriptions = stored
             .subscriptions
             .into_iter()
-            .map(|(filter, qos)| (filter, qos.into()))
+            .map(|(filter, (qos, extras))| (filter, Grant::from_stored(qos, extras)))
             .collect();
         s.set_stored_as(Some(stored_as));
         s.detached_at = Some(detached_at);
         let mut next_seq = 1;
         let message = |m: &crate::store::StoredMessage| {
-            Arc::new(Message::new(
-                m.topic.clone(),
-                m.payload.clone(),
-                m.qos,
-                m.retain,
-            ))
+            let (v5, _) = restored_v5(m.extras.as_deref());
+            Arc::new(Message::new(m.topic.clone(), m.payload.clone(), m.qos, m.retain).with_v5(v5))
         };
+        let subscription_id = |m: &crate::store::StoredMessage| restored_v5(m.extras.as_deref()).1;
         for f in &stored.inflight {
             let state = match (f.message.qos, f.received) {
                 (QoS::ExactlyOnce, true) => InflightState::Comp,
@@ -98,7 +98,7 @@ impl Session {
                 retain: f.message.retain,
                 state,
                 seq: f.message.seq,
-                subscription_id: 0,
+                subscription_id: subscription_id(&f.message),
             });
             s.last_packet_id = f.packet_id;
             next_seq = next_seq.max(f.message.seq + 1);
@@ -110,7 +110,7 @@ impl Session {
                 qos: m.qos,
                 retain: m.retain,
                 seq: m.seq,
-                subscription_id: 0,
+                subscription_id: subscription_id(m),
             });
             next_seq = next_seq.max(m.seq + 1);
         }
@@ -150,6 +150,7 @@ impl Session {
                 seq: f.seq,
                 packet_id: f.packet_id,
                 received: f.state == InflightState::Comp,
+                subscription_id: f.subscription_id,
             });
         }
         for item in &self.queue {
@@ -158,7 +159,7 @@ impl Session {
                 qos,
                 retain,
                 seq,
-                ..
+                subscription_id,
             } = item
             {
                 if *qos != QoS::AtMostOnce {
@@ -167,6 +168,7 @@ impl Session {
                         qos: *qos,
                         retain: *retain,
                         seq: *seq,
+                        subscription_id: *subscription_id,
                     });
                 }
             }

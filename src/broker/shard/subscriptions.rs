@@ -91,6 +91,7 @@ impl Shard {
                     session,
                     filter: sub.filter.clone(),
                     qos: sub.grant.qos,
+                    extras: sub.grant.stored_extras(),
                 });
             }
             at

@@ -1,0 +1,129 @@
+//! MQTT 5 state across a crash (`surgemq serve --data-dir`, SIGKILL, start again): a
+//! session's own Session Expiry Interval, its subscriptions' options and Subscription
+//! Identifiers, and the properties and expiry of its queued and retained messages come back as
+//! they were, not as 3.1.1 defaults.
+
+mod common;
+mod persistence;
+
+use std::time::Duration;
+
+use common::*;
+use persistence::*;
+use surgemq::protocol::Packet;
+
+/// Clean Start 0 with a Session Expiry Interval of `secs`.
+fn v5_session(client_id: &str, secs: u32) -> ConnectBuilder {
+    let mut props = vec![0x11]; // Session Expiry Interval
+    props.extend_from_slice(&secs.to_be_bytes());
+    ConnectBuilder::v5(client_id, &props).clean(false)
+}
+
+#[rustfmt::skip]
+const MESSAGE_PROPERTIES: &[u8] = &[
+    0x02, 0x00, 0x00, 0x0e, 0x10,             // Message Expiry Interval 3600 s
+    0x26, 0x00, 0x01, b'a', 0x00, 0x01, b'1', // User Property a=1
+];
+
+#[test]
+fn mqtt5_session_options_and_message_properties_survive_sigkill() {
+    let dir = TestDir::new("v5-state");
+    let data = dir.data();
+    let server = Server::start(&dir, 2, Some(&data));
+    let keeper = v5_session(&id_on_shard("k5", 0, 2), 3600);
+    let pub_id = id_on_shard("p5", 1, 2);
+
+    let mut k = server.connect_expecting(&keeper, &connack_v5(false));
+    // Subscription Identifier 7; QoS 1, No Local, Retain As Published.
+    k.send(&subscribe_v5(
+        1,
+        &[0x0b, 0x07],
+        &[("v5/t", 0x01 | 0x04 | 0x08)],
+    ));
+    k.expect_bytes(&suback_v5(1, &[0x01]));
+    k.disconnect();
+    let mut p = server.connect_expecting(&ConnectBuilder::v5(&pub_id, &[]), &connack_v5(false));
+    p.send(&publish_v5(
+        "v5/t",
+        b"queued",
+        1,
+        false,
+        1,
+        MESSAGE_PROPERTIES,
+    ));
+    p.expect_bytes(&[0x40, 0x02, 0x00, 0x01]); // PUBACK: a subscriber (offline) matched
+    p.send(&publish_v5("v5/r", b"kept", 1, true, 2, MESSAGE_PROPERTIES));
+    p.expect_bytes(&[0x40, 0x03, 0x00, 0x02, 0x10]); // retained, no subscriber
+    server.stop(Stop::Kill);
+
+    let server = Server::start(&dir, 2, Some(&data));
+    let mut k = server.connect_expecting(&keeper, &connack_v5(true));
+    let m = k.next_publish_v5();
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("v5/t", &b"queued"[..]));
+    let props = m
+        .properties
+        .expect("the queued message kept its properties");
+    assert_eq!(&props.subscription_identifiers[..], &[7]);
+    assert_eq!(props.user_properties, vec![("a".into(), "1".into())]);
+    let left = props.message_expiry_interval.expect("and its expiry");
+    assert!((3500..=3600).contains(&left), "expiry left: {left}");
+    k.send(&puback(m.packet_id));
+
+    // No Local came back: its own message does not return to it; another client's does,
+    // with the Subscription Identifier.
+    k.send(&publish_v5("v5/t", b"own", 0, false, 0, &[]));
+    k.expect_open_and_silent(Duration::from_millis(300));
+    let mut p = server.connect_expecting(&ConnectBuilder::v5(&pub_id, &[]), &connack_v5(false));
+    p.send(&publish_v5("v5/t", b"other", 0, false, 0, &[]));
+    assert_eq!(
+        k.next_frame(),
+        publish_v5("v5/t", b"other", 0, false, 0, &[0x0b, 0x07])
+    );
+
+    // The retained message kept its properties (and what is left of its expiry).
+    let mut r = server.connect_expecting(&ConnectBuilder::v5("r5", &[]), &connack_v5(false));
+    r.send(&subscribe_v5(1, &[], &[("v5/r", 0x00)]));
+    r.expect_bytes(&suback_v5(1, &[0x00]));
+    let Packet::Publish(retained) = r.next_packet_v5() else {
+        panic!("expected the retained PUBLISH")
+    };
+    assert!(retained.retain);
+    let props = retained.properties.expect("retained properties");
+    assert_eq!(props.user_properties, vec![("a".into(), "1".into())]);
+    assert!(props.message_expiry_interval.is_some_and(|s| s <= 3600));
+    k.disconnect();
+    p.disconnect();
+    r.disconnect();
+    server.stop(Stop::Term);
+}
+
+/// A session's own Session Expiry Interval (2 s) holds after a crash: the restarted broker
+/// removes it 2 s after its client left, where the broker's default (no `--session-expiry`)
+/// would keep it forever.
+#[test]
+fn mqtt5_session_expiry_survives_sigkill() {
+    let dir = TestDir::new("v5-expiry");
+    let data = dir.data();
+    let server = Server::start(&dir, 1, Some(&data));
+    let short = v5_session("short5", 2);
+    let long = v5_session("long5", 3600);
+    let mut s = server.connect_expecting(&short, &connack_v5(false));
+    s.subscribe_v5(1, &[("x/#", 0x01)]);
+    s.disconnect();
+    let mut l = server.connect_expecting(&long, &connack_v5(false));
+    l.subscribe_v5(1, &[("y/#", 0x01)]);
+    l.disconnect();
+    server.stop(Stop::Kill);
+
+    let server = Server::start(&dir, 1, Some(&data));
+    std::thread::sleep(Duration::from_millis(3500));
+    // Gone: Session Present 0.
+    server
+        .connect_expecting(&short, &connack_v5(false))
+        .disconnect();
+    // Still there.
+    server
+        .connect_expecting(&long, &connack_v5(true))
+        .disconnect();
+    server.stop(Stop::Term);
+}
