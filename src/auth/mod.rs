@@ -3,7 +3,9 @@
 //! [`Authenticator`] decides at CONNECT (user name, password, client id, peer address → allow,
 //! CONNACK 4 or CONNACK 5) and, once connected, which topics a client may publish to and which
 //! filters it may subscribe to. Embedders plug in their own; [`FileAuthenticator`] is the
-//! built-in one, reading Mosquitto's password and ACL files.
+//! built-in one, reading Mosquitto's password and ACL files. An authenticator may also offer
+//! MQTT 5 enhanced authentication ([`Authenticator::start_exchange`]): challenge and response
+//! steps over AUTH packets, at CONNECT and again whenever the client re-authenticates.
 
 pub mod acl;
 pub mod passwd;
@@ -36,10 +38,42 @@ pub enum AuthDecision {
     NotAuthorized,
 }
 
+/// One step of MQTT 5 enhanced authentication (MQTT 5.0 4.12), as the authenticator answers
+/// the client's Authentication Data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStep {
+    /// Send the client this Authentication Data (AUTH 0x18 Continue authentication) and hand
+    /// its answer to the next step.
+    Continue(Vec<u8>),
+    /// Authenticated, with Authentication Data for the client (in CONNACK, or AUTH 0x00 after
+    /// a re-authentication) if any.
+    Success(Option<Vec<u8>>),
+    /// Refused: CONNACK 0x87 (or, re-authenticating, DISCONNECT 0x87) not authorized.
+    Fail,
+}
+
+/// One client's enhanced-authentication exchange in progress.
+pub trait AuthExchange: Debug {
+    /// The client's Authentication Data (None when it sent none); the answer says what next.
+    fn step(&mut self, data: Option<&[u8]>) -> AuthStep;
+}
+
 /// Decides who may connect and what they may do. Called on the shard that serves the client;
 /// implementations are shared by all shards, hence `Send + Sync`.
 pub trait Authenticator: Send + Sync + Debug {
     fn authenticate(&self, credentials: &Credentials<'_>) -> AuthDecision;
+
+    /// Starts MQTT 5 enhanced authentication with `method`, the Authentication Method of
+    /// CONNECT (or of an AUTH 0x19 re-authentication). None: the method is not offered, and
+    /// the client gets CONNACK 0x8C bad authentication method. A client that completes the
+    /// exchange is authenticated: [`Authenticator::authenticate`] is not asked.
+    fn start_exchange(
+        &self,
+        _method: &str,
+        _credentials: &Credentials<'_>,
+    ) -> Option<Box<dyn AuthExchange>> {
+        None
+    }
 
     /// Whether a PUBLISH to `topic` is accepted. A refused one is acknowledged and dropped.
     fn can_publish(&self, _username: Option<&str>, _client_id: &str, _topic: &str) -> bool {

@@ -5,7 +5,9 @@
 use std::fmt;
 use std::io;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use futures_lite::future::or;
 use glommio::net::TcpStream;
@@ -17,9 +19,10 @@ use super::mesh::{MovedConnection, ShardMessage};
 use super::metrics::add;
 use super::shard::{home_shard, Shard};
 use super::wire::Wire;
-use crate::auth::{AuthDecision, Credentials};
+use crate::auth::{AuthDecision, AuthStep, Credentials};
 use crate::protocol::{
-    decode, ByteStr, ConnAck, Connect, DecodeError, Packet, ProtocolLevel, ReasonCode,
+    decode, Auth, ByteStr, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolLevel,
+    ReasonCode,
 };
 
 /// Why a connection ended; logged once per connection.
@@ -155,16 +158,6 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
     };
     let mut connect = connect;
     let level = connect.level;
-    if connect
-        .properties
-        .as_ref()
-        .is_some_and(|p| p.authentication_method.is_some())
-    {
-        // Enhanced authentication (AUTH) is not offered: MQTT 5.0 4.12.
-        let code = ReasonCode::BAD_AUTHENTICATION_METHOD;
-        refuse(&shard, &mut wire, code, level).await;
-        return log_close(&shard, None, &wire, CloseReason::Refused(code));
-    }
     let mut assigned = false;
     if connect.client_id.is_empty() {
         // MQTT 3.1 requires 1 to 23 characters; 3.1.1 allows empty with CleanSession = 1;
@@ -208,7 +201,15 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
             }
         }
     }
-    if let Err(code) = authenticate(&shard, &connect, wire.peer, certified) {
+    let method = connect
+        .properties
+        .as_ref()
+        .and_then(|p| p.authentication_method.clone());
+    let decided = match method {
+        Some(method) => enhanced_auth(&shard, &mut wire, &mut connect, &method, certified).await,
+        None => authenticate(&shard, &connect, wire.peer, certified),
+    };
+    if let Err(code) = decided {
         refuse(&shard, &mut wire, code, level).await;
         let c = &shard.metrics.refused_auth;
         c.set(c.get() + 1);
@@ -272,6 +273,90 @@ fn keep_only_what_lasts(connect: &mut Connect) {
     }
 }
 
+/// MQTT 5 enhanced authentication at CONNECT (MQTT 5.0 4.12): the authenticator's challenges
+/// go out as AUTH 0x18 and the client's answers come back the same way, within the connect
+/// timeout, until it says yes or no. On success the CONNECT's Authentication Data is replaced
+/// by the authenticator's last word, which the CONNACK carries. The will topic is checked as
+/// for any client.
+async fn enhanced_auth(
+    shard: &Shard,
+    wire: &mut Wire,
+    connect: &mut Connect,
+    method: &ByteStr,
+    certified: bool,
+) -> Result<(), ReasonCode> {
+    let auth = &shard.config.authenticator;
+    let credentials = Credentials {
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        client_id: &connect.client_id,
+        peer: wire.peer,
+        certified,
+    };
+    let Some(mut exchange) = auth.start_exchange(method, &credentials) else {
+        return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
+    };
+    let mut data = connect
+        .properties
+        .as_ref()
+        .and_then(|p| p.authentication_data.clone());
+    let deadline = Instant::now() + shard.config.connect_timeout;
+    let server_data = loop {
+        match exchange.step(data.as_deref()) {
+            AuthStep::Success(server_data) => break server_data,
+            AuthStep::Fail => return Err(ReasonCode::NOT_AUTHORIZED),
+            AuthStep::Continue(challenge) => {
+                let ask = Packet::Auth(Auth {
+                    reason: ReasonCode::CONTINUE_AUTHENTICATION,
+                    properties: Some(Box::new(Properties {
+                        authentication_method: Some(method.clone()),
+                        authentication_data: Some(Bytes::from(challenge)),
+                        ..Properties::default()
+                    })),
+                });
+                let _ = ask.encode(wire.wbuf.encoded(), ProtocolLevel::V5);
+                add(&shard.metrics.packets_out, 1);
+                if wire.flush().await.is_err() {
+                    return Err(ReasonCode::UNSPECIFIED_ERROR);
+                }
+                let max = shard.config.max_packet_size;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let answer = or(
+                    async { Some(read_packet_at(shard, wire, max, ProtocolLevel::V5).await) },
+                    async {
+                        glommio::timer::sleep(left).await;
+                        None
+                    },
+                )
+                .await;
+                data = match answer {
+                    Some(Ok(Packet::Auth(a)))
+                        if a.reason == ReasonCode::CONTINUE_AUTHENTICATION
+                            && a.properties
+                                .as_ref()
+                                .and_then(|p| p.authentication_method.as_ref())
+                                == Some(method) =>
+                    {
+                        a.properties.and_then(|p| p.authentication_data)
+                    }
+                    // Anything else in the middle of the exchange, or nothing in time.
+                    _ => return Err(ReasonCode::PROTOCOL_ERROR),
+                };
+            }
+        }
+    };
+    if let Some(p) = &mut connect.properties {
+        p.authentication_data = server_data.map(Bytes::from);
+    }
+    if let Some(will) = &connect.will {
+        let username = connect.username.as_deref();
+        if auth.checks_topics() && !auth.can_publish(username, &connect.client_id, &will.topic) {
+            return Err(ReasonCode::NOT_AUTHORIZED);
+        }
+    }
+    Ok(())
+}
+
 /// Asks the authenticator about a CONNECT; a will topic the client may not publish to is
 /// refused as not authorized, rather than accepted and silently dropped later.
 fn authenticate(
@@ -317,8 +402,17 @@ pub fn serve_moved(shard: Rc<Shard>, moved: MovedConnection) -> ConnectedClient 
 }
 
 async fn read_packet(shard: &Shard, wire: &mut Wire, max: usize) -> Result<Packet, CloseReason> {
+    read_packet_at(shard, wire, max, ProtocolLevel::V311).await
+}
+
+async fn read_packet_at(
+    shard: &Shard,
+    wire: &mut Wire,
+    max: usize,
+    level: ProtocolLevel,
+) -> Result<Packet, CloseReason> {
     loop {
-        match decode(&mut wire.rbuf, max, ProtocolLevel::V311) {
+        match decode(&mut wire.rbuf, max, level) {
             Ok(Some(p)) => {
                 add(&shard.metrics.packets_in, 1);
                 return Ok(p);

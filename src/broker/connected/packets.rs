@@ -172,12 +172,7 @@ impl ConnectedClient {
                 }
                 return Err(CloseReason::Disconnect);
             }
-            Packet::Auth(_) => {
-                // Enhanced authentication is not offered, so no exchange is under way.
-                return Err(CloseReason::Violation(
-                    "AUTH without an Authentication Method in CONNECT (MQTT 5.0 4.12)",
-                ));
-            }
+            Packet::Auth(a) => self.reauthenticate(a)?,
             Packet::Connect(_) => {
                 return Err(CloseReason::Violation("second CONNECT (MQTT-3.1.0-2)"))
             }
@@ -187,6 +182,84 @@ impl ConnectedClient {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// MQTT 5 re-authentication (MQTT 5.0 4.12.1): AUTH 0x19 starts an exchange with the
+    /// method the client connected with, AUTH 0x18 answers the broker's challenge; the broker
+    /// ends it with AUTH 0x00, or DISCONNECT 0x87 when the authenticator says no.
+    fn reauthenticate(&mut self, a: protocol::Auth) -> Result<(), CloseReason> {
+        let Some(v5) = &mut self.v5 else {
+            return Err(CloseReason::Violation("AUTH on an MQTT 3.1.1 connection"));
+        };
+        let Some(method) = v5.auth_method.clone() else {
+            return Err(CloseReason::Violation(
+                "AUTH without an Authentication Method in CONNECT (MQTT-4.12.0-7)",
+            ));
+        };
+        let props = a.properties.as_deref();
+        if props.and_then(|p| p.authentication_method.as_ref()) != Some(&method) {
+            return Err(CloseReason::Violation(
+                "AUTH with another Authentication Method than CONNECT's (MQTT-4.12.1-1)",
+            ));
+        }
+        let data = props.and_then(|p| p.authentication_data.as_deref());
+        let step = match (a.reason, v5.reauth.as_mut()) {
+            (ReasonCode::RE_AUTHENTICATE, None) => {
+                let session = self.session.borrow();
+                let credentials = crate::auth::Credentials {
+                    username: session.username.as_deref(),
+                    password: None,
+                    client_id: &session.client_id,
+                    peer: self.wire.peer,
+                    certified: false,
+                };
+                let exchange = self
+                    .shard
+                    .config
+                    .authenticator
+                    .start_exchange(&method, &credentials);
+                drop(session);
+                let Some(exchange) = exchange else {
+                    return Err(CloseReason::Violation5(
+                        ReasonCode::BAD_AUTHENTICATION_METHOD,
+                        "re-authentication with a method the authenticator no longer offers",
+                    ));
+                };
+                v5.reauth.insert(exchange).step(data)
+            }
+            (ReasonCode::CONTINUE_AUTHENTICATION, Some(exchange)) => exchange.step(data),
+            _ => {
+                return Err(CloseReason::Violation(
+                    "AUTH out of turn: 0x19 starts a re-authentication, 0x18 continues one (MQTT 5.0 4.12)",
+                ))
+            }
+        };
+        let (reason, data) = match step {
+            crate::auth::AuthStep::Continue(challenge) => {
+                (ReasonCode::CONTINUE_AUTHENTICATION, Some(challenge))
+            }
+            crate::auth::AuthStep::Success(data) => {
+                v5.reauth = None;
+                (ReasonCode::SUCCESS, data)
+            }
+            crate::auth::AuthStep::Fail => {
+                return Err(CloseReason::Violation5(
+                    ReasonCode::NOT_AUTHORIZED,
+                    "re-authentication refused by the authenticator",
+                ))
+            }
+        };
+        let reply = Packet::Auth(protocol::Auth {
+            reason,
+            properties: Some(Box::new(protocol::Properties {
+                authentication_method: Some(method),
+                authentication_data: data.map(bytes::Bytes::from),
+                ..Default::default()
+            })),
+        });
+        let _ = reply.encode(self.wire.wbuf.encoded(), self.level);
+        add(&self.shard.metrics.packets_out, 1);
         Ok(())
     }
 

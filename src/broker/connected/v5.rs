@@ -23,6 +23,11 @@ pub(super) struct V5Connection {
     pub connect_session_expiry: u32,
     /// The broker's Receive Maximum: incoming QoS 1/2 PUBLISHes not yet acknowledged.
     pub receive_maximum: usize,
+    /// The Authentication Method the client authenticated with, if enhanced authentication:
+    /// a re-authentication must use the same (MQTT-4.12.1-1 of 5.0).
+    pub auth_method: Option<ByteStr>,
+    /// A re-authentication in progress.
+    pub reauth: Option<Box<dyn crate::auth::AuthExchange>>,
 }
 
 impl V5Connection {
@@ -32,6 +37,12 @@ impl V5Connection {
             max_alias: config.max_topic_alias,
             connect_session_expiry: requested_session_expiry(connect),
             receive_maximum: usize::from(config.receive_maximum),
+            auth_method: connect
+                .properties
+                .as_ref()
+                .and_then(|p| p.authentication_method.as_ref())
+                .map(|m| ByteStr::from(m.as_str())),
+            reauth: None,
         }
     }
 
@@ -102,6 +113,15 @@ pub(super) fn connack_properties(
         // Said only when the broker changed what the client asked for.
         session_expiry_interval: (asked != 0 && granted_secs != asked).then_some(granted_secs),
         assigned_client_identifier: assigned_client_id.cloned(),
+        // Enhanced authentication: the method, and the authenticator's last word.
+        authentication_method: connect
+            .properties
+            .as_ref()
+            .and_then(|p| p.authentication_method.clone()),
+        authentication_data: connect
+            .properties
+            .as_ref()
+            .and_then(|p| p.authentication_data.clone()),
         receive_maximum: Some(config.receive_maximum),
         topic_alias_maximum: Some(config.max_topic_alias),
         maximum_packet_size: u32::try_from(config.max_packet_size).ok(),
