@@ -14,11 +14,16 @@ pub struct Replica {
     pub trie: SubscriptionTrie<SubscriberId, Grant>,
     filters_of: AHashMap<SubscriberId, u32>,
     with_several_filters: usize,
+    /// Subscriptions with MQTT 5's No Local: while there are none, routing skips the check.
+    no_local: usize,
 }
 
 impl Replica {
     pub fn insert(&mut self, filter: &str, id: SubscriberId, grant: Grant) {
-        if self.trie.insert(filter, id, grant).is_none() {
+        let old = self.trie.insert(filter, id, grant);
+        self.no_local += usize::from(grant.no_local);
+        self.no_local -= usize::from(old.is_some_and(|g| g.no_local));
+        if old.is_none() {
             let count = self.filters_of.entry(id).or_insert(0);
             *count += 1;
             if *count == 2 {
@@ -28,9 +33,10 @@ impl Replica {
     }
 
     pub fn remove(&mut self, filter: &str, id: &SubscriberId) {
-        if self.trie.remove(filter, id).is_none() {
+        let Some(old) = self.trie.remove(filter, id) else {
             return;
-        }
+        };
+        self.no_local -= usize::from(old.no_local);
         if let Some(count) = self.filters_of.get_mut(id) {
             *count -= 1;
             match *count {
@@ -41,6 +47,11 @@ impl Replica {
                 _ => {}
             }
         }
+    }
+
+    /// Whether some subscription says No Local.
+    pub fn has_no_local(&self) -> bool {
+        self.no_local > 0
     }
 
     /// Whether some subscriber may match one message through two filters.

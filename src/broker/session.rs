@@ -552,18 +552,21 @@ impl Session {
                     }
                     let props = v5_properties(&peer, &message, subscription_id, &mut now);
                     // Exactly what will be written (the packet id's presence, the property
-                    // length's bytes): a packet of exactly the maximum is allowed.
-                    let size = PublishHeader {
-                        topic: &message.topic,
-                        payload_len: message.payload.len(),
-                        qos,
-                        retain,
-                        dup: false,
-                        packet_id: 1,
-                        properties: props.as_deref(),
-                    }
-                    .encoded_len();
-                    if size > peer.max_packet_size as usize {
+                    // length's bytes): a packet of exactly the maximum is allowed. Only MQTT 5
+                    // clients announce a maximum.
+                    let too_large = peer.max_packet_size != u32::MAX
+                        && PublishHeader {
+                            topic: &message.topic,
+                            payload_len: message.payload.len(),
+                            qos,
+                            retain,
+                            dup: false,
+                            packet_id: 1,
+                            properties: props.as_deref(),
+                        }
+                        .encoded_len()
+                            > peer.max_packet_size as usize;
+                    if too_large {
                         // MQTT-3.1.2-25 (5.0): never sent beyond the client's maximum.
                         self.discarded.too_large += 1;
                         packets -= 1;

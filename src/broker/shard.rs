@@ -437,7 +437,7 @@ impl Shard {
             });
             matches.dedup_by_key(|m| (m.0, m.1.subscription_id));
         }
-        if let Some(publisher) = publisher {
+        if let (Some(publisher), true) = (publisher, replica.has_no_local()) {
             matches.retain(|(id, grant)| !(grant.no_local && *id == publisher));
         }
         routed.matched = matches.len();
