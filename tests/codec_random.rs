@@ -15,8 +15,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use surgemq::protocol::{
     decode, frame_len, Ack, Auth, ByteStr, ConnAck, Connect, DecodeError, Disconnect, LastWill,
-    Packet, PacketType, Properties, ProtocolLevel, Publish, QoS, ReasonCode, RetainHandling,
-    SubAck, Subscribe, SubscribeReturnCode, UnsubAck, Unsubscribe,
+    Packet, Properties, ProtocolLevel, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    SubscribeReturnCode, UnsubAck, Unsubscribe,
 };
 
 const DEFAULT_FRAMES: u64 = 1_000_000;
@@ -455,7 +455,7 @@ fn feed(rng: &mut Rng, frame: &[u8], level: ProtocolLevel, seed: u64, stats: &mu
                         stats.frames
                     );
                     check_reencode(&p, level, seed, stats.frames);
-                    *stats.decoded.entry(type_name(p.packet_type())).or_default() += 1;
+                    *stats.decoded.entry(p.packet_type().name()).or_default() += 1;
                 }
                 Ok(None) => {
                     assert_eq!(buf.len(), before, "seed {seed}: Ok(None) consumed bytes");
@@ -487,26 +487,6 @@ fn feed(rng: &mut Rng, frame: &[u8], level: ProtocolLevel, seed: u64, stats: &mu
             buf.capacity(),
             frame.len()
         );
-    }
-}
-
-fn type_name(t: PacketType) -> &'static str {
-    match t {
-        PacketType::Connect => "CONNECT",
-        PacketType::ConnAck => "CONNACK",
-        PacketType::Publish => "PUBLISH",
-        PacketType::PubAck => "PUBACK",
-        PacketType::PubRec => "PUBREC",
-        PacketType::PubRel => "PUBREL",
-        PacketType::PubComp => "PUBCOMP",
-        PacketType::Subscribe => "SUBSCRIBE",
-        PacketType::SubAck => "SUBACK",
-        PacketType::Unsubscribe => "UNSUBSCRIBE",
-        PacketType::UnsubAck => "UNSUBACK",
-        PacketType::PingReq => "PINGREQ",
-        PacketType::PingResp => "PINGRESP",
-        PacketType::Disconnect => "DISCONNECT",
-        PacketType::Auth => "AUTH",
     }
 }
 

@@ -56,7 +56,7 @@ pub enum ClientError {
     },
     /// The server refused a request with an MQTT 5 reason code of 0x80 or above: a PUBLISH
     /// (PUBACK, PUBREC or PUBCOMP) or a subscription (SUBACK). The connection stays up.
-    #[error("{} {reason}{}", packet_name(*.ack), detail(.reason_string))]
+    #[error("{} {reason}{}", .ack.name(), detail(.reason_string))]
     Rejected {
         /// The acknowledgement that carried the refusal.
         ack: PacketType,
@@ -189,27 +189,6 @@ fn detail(reason_string: &Option<String>) -> String {
     match reason_string {
         Some(s) => format!(": {s}"),
         None => String::new(),
-    }
-}
-
-/// The packet's name as the spec writes it (PUBACK, SUBACK, ...).
-pub fn packet_name(t: PacketType) -> &'static str {
-    match t {
-        PacketType::Connect => "CONNECT",
-        PacketType::ConnAck => "CONNACK",
-        PacketType::Publish => "PUBLISH",
-        PacketType::PubAck => "PUBACK",
-        PacketType::PubRec => "PUBREC",
-        PacketType::PubRel => "PUBREL",
-        PacketType::PubComp => "PUBCOMP",
-        PacketType::Subscribe => "SUBSCRIBE",
-        PacketType::SubAck => "SUBACK",
-        PacketType::Unsubscribe => "UNSUBSCRIBE",
-        PacketType::UnsubAck => "UNSUBACK",
-        PacketType::PingReq => "PINGREQ",
-        PacketType::PingResp => "PINGRESP",
-        PacketType::Disconnect => "DISCONNECT",
-        PacketType::Auth => "AUTH",
     }
 }
 

@@ -74,7 +74,7 @@ mod tls;
 use std::future::Future;
 
 pub use crate::transport::Transport;
-pub use error::{packet_name, refusal_reason, ClientError, ProtocolError};
+pub use error::{refusal_reason, ClientError, ProtocolError};
 pub use handle::{Client, Messages, Publishing};
 pub use options::{generated_client_id, ClientOptions, Will, WillProperties};
 pub use tls::{TlsOptions, TlsVersion};
