@@ -1,7 +1,9 @@
 //! DISCONNECT and AUTH: the packets that are only a reason code and properties. A 3.1.1
 //! DISCONNECT has neither (Remaining Length 0, read in place by `codec.rs`); in MQTT 5 both
 //! fields are optional: Remaining Length 0 means reason 0x00 and no properties, 1 means a
-//! reason without properties (3.14.2.1, 3.15.2.1).
+//! reason without properties (3.14.2.1, 3.15.2.1). MQTT 5's PUBACK, PUBREC, PUBREL and
+//! PUBCOMP end with the same optional tail after their packet id, so `publish.rs` reads and
+//! writes it with [`read_reason_tail`], [`reason_tail_len`] and [`put_reason_tail`].
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -17,7 +19,15 @@ pub(crate) fn decode_reason_packet(
     packet_type: PacketType,
     body: Bytes,
 ) -> Result<(ReasonCode, Option<Box<Properties>>), DecodeError> {
-    let mut r = Reader::new(packet_type, body);
+    read_reason_tail(&mut Reader::new(packet_type, body))
+}
+
+/// Reads the rest of a body as a reason code (one the packet type allows), then properties if
+/// any bytes are left.
+pub(crate) fn read_reason_tail(
+    r: &mut Reader,
+) -> Result<(ReasonCode, Option<Box<Properties>>), DecodeError> {
+    let packet_type = r.packet_type();
     let code = r.u8("reason code missing")?;
     if !reason::allowed(packet_type, code) {
         return Err(DecodeError::InvalidReasonCode { packet_type, code });
@@ -25,7 +35,7 @@ pub(crate) fn decode_reason_packet(
     let properties = if r.is_empty() {
         None
     } else {
-        decode_properties(&mut r, PropertyContext::Packet(packet_type))?
+        decode_properties(r, PropertyContext::Packet(packet_type))?
     };
     r.finish("bytes left over after the properties")?;
     Ok((ReasonCode(code), properties))
@@ -38,10 +48,34 @@ pub(crate) fn reason_packet_remaining_len(
     properties: &Option<Box<Properties>>,
     v5: bool,
 ) -> usize {
-    match (v5, reason == ReasonCode::SUCCESS, properties.is_some()) {
-        (false, _, _) | (true, true, false) => 0,
-        (true, false, false) => 1,
-        (true, _, true) => 1 + properties_len(properties),
+    if v5 {
+        reason_tail_len(reason, properties)
+    } else {
+        0
+    }
+}
+
+/// Bytes of the optional reason code and properties: none for a success without properties,
+/// the reason alone without properties.
+pub(crate) fn reason_tail_len(reason: ReasonCode, properties: &Option<Box<Properties>>) -> usize {
+    match (reason == ReasonCode::SUCCESS, properties.is_some()) {
+        (true, false) => 0,
+        (false, false) => 1,
+        (_, true) => 1 + properties_len(properties),
+    }
+}
+
+/// Writes the tail [`reason_tail_len`] sized. The caller has run `check_properties`.
+pub(crate) fn put_reason_tail(
+    dst: &mut BytesMut,
+    reason: ReasonCode,
+    properties: &Option<Box<Properties>>,
+) {
+    if reason_tail_len(reason, properties) > 0 {
+        dst.put_u8(reason.0);
+        if properties.is_some() {
+            put_properties(dst, properties);
+        }
     }
 }
 
@@ -59,11 +93,8 @@ pub(crate) fn encode_reason_packet(
     check_remaining_len(remaining_len)?;
     dst.reserve(packet_len(remaining_len));
     put_fixed_header(dst, (packet_type as u8) << 4, remaining_len);
-    if remaining_len > 0 {
-        dst.put_u8(reason.0);
-        if properties.is_some() {
-            put_properties(dst, properties);
-        }
+    if v5 {
+        put_reason_tail(dst, reason, properties);
     }
     Ok(())
 }

@@ -5,14 +5,12 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::disconnect::{put_reason_tail, read_reason_tail, reason_tail_len};
 use super::header::{
     check_remaining_len, fixed_header_bytes, malformed, packet_len, put_fixed_header, put_varint,
     varint_len, Reader, MAX_FIELD_LEN,
 };
-use super::properties::{
-    check_properties, decode_properties, properties_len, put_properties, PropertyContext,
-};
-use super::reason;
+use super::properties::{check_properties, decode_properties, properties_len, PropertyContext};
 use super::strings::check_topic_name;
 use super::{
     Ack, ByteStr, DecodeError, EncodeError, PacketId, PacketType, ProtocolLevel, Publish, QoS,
@@ -298,19 +296,10 @@ impl Publish {
 pub(crate) fn decode_ack(packet_type: PacketType, body: Bytes) -> Result<Ack, DecodeError> {
     let mut r = Reader::new(packet_type, body);
     let packet_id = r.packet_id()?;
-    let code = r.u8("reason code missing")?;
-    if !reason::allowed(packet_type, code) {
-        return Err(DecodeError::InvalidReasonCode { packet_type, code });
-    }
-    let properties = if r.is_empty() {
-        None
-    } else {
-        decode_properties(&mut r, PropertyContext::Packet(packet_type))?
-    };
-    r.finish("bytes left over after the properties")?;
+    let (reason, properties) = read_reason_tail(&mut r)?;
     Ok(Ack {
         packet_id,
-        reason: ReasonCode(code),
+        reason,
         properties,
     })
 }
@@ -318,12 +307,10 @@ pub(crate) fn decode_ack(packet_type: PacketType, body: Bytes) -> Result<Ack, De
 /// Body bytes of an ack: the shortest form that says everything (MQTT 5 leaves out a success
 /// reason without properties, and empty properties).
 pub(crate) fn ack_remaining_len(a: &Ack, v5: bool) -> usize {
-    if !v5 || (a.reason == ReasonCode::SUCCESS && a.properties.is_none()) {
-        2
-    } else if a.properties.is_none() {
-        3
+    if v5 {
+        2 + reason_tail_len(a.reason, &a.properties)
     } else {
-        3 + properties_len(&a.properties)
+        2
     }
 }
 
@@ -348,10 +335,7 @@ pub(crate) fn encode_ack_packet(
     dst.reserve(packet_len(remaining_len));
     put_fixed_header(dst, first, remaining_len);
     dst.put_u16(a.packet_id);
-    dst.put_u8(a.reason.0);
-    if a.properties.is_some() {
-        put_properties(dst, &a.properties);
-    }
+    put_reason_tail(dst, a.reason, &a.properties);
     Ok(())
 }
 
