@@ -440,19 +440,32 @@ impl Client {
     }
 }
 
+/// Whether `properties` has anything to send: false when empty, an error when it has but the
+/// connection is not MQTT 5.
+fn any_v5_properties(
+    properties: &Properties,
+    level: ProtocolLevel,
+    what: &str,
+) -> Result<bool, ClientError> {
+    if *properties == Properties::default() {
+        return Ok(false);
+    }
+    if !level.is_v5() {
+        return Err(ClientError::invalid(
+            "properties",
+            format!("{what}properties need MQTT 5, not {}", version(level)),
+        ));
+    }
+    Ok(true)
+}
+
 /// The properties a client may publish, checked; `None` when empty.
 fn publish_properties(
     properties: Properties,
     level: ProtocolLevel,
 ) -> Result<Option<Box<Properties>>, ClientError> {
-    if properties == Properties::default() {
+    if !any_v5_properties(&properties, level, "PUBLISH ")? {
         return Ok(None);
-    }
-    if !level.is_v5() {
-        return Err(ClientError::invalid(
-            "properties",
-            format!("PUBLISH properties need MQTT 5, not {}", version(level)),
-        ));
     }
     let allowed = Properties {
         payload_format_utf8: properties.payload_format_utf8,
@@ -484,14 +497,8 @@ fn request_properties(
     level: ProtocolLevel,
     subscribe: bool,
 ) -> Result<Option<Box<Properties>>, ClientError> {
-    if properties == Properties::default() {
+    if !any_v5_properties(&properties, level, "")? {
         return Ok(None);
-    }
-    if !level.is_v5() {
-        return Err(ClientError::invalid(
-            "properties",
-            format!("properties need MQTT 5, not {}", version(level)),
-        ));
     }
     let ids = &properties.subscription_identifiers;
     let allowed = Properties {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use crate::broker::config::BrokerConfig;
 use crate::broker::connection::CloseReason;
@@ -154,8 +154,9 @@ pub(super) fn message_part(props: Option<&Properties>, now: Instant) -> Option<B
     let mut encoded = BytesMut::with_capacity(forwarded.body_len());
     forwarded.encode_body(&mut encoded);
     Some(Box::new(V5Message {
-        // Its own bytes: a queued or retained message must not pin the read buffer.
-        properties: Bytes::copy_from_slice(&encoded),
+        // Its own allocation, not a slice of the read buffer: a queued or retained message
+        // must not pin it.
+        properties: encoded.freeze(),
         expires_at,
     }))
 }
