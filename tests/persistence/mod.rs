@@ -88,6 +88,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port of 127.0.0.1, kept bound (SO_REUSEPORT, not listening) by the returned socket.
+/// The broker binds it too (it sets SO_REUSEPORT), while no other test can be handed it: with
+/// a port that was merely free a moment ago, two brokers of tests running side by side could
+/// both bind it, and the kernel would spread one test's connections over both.
+pub fn reserved_port() -> (u16, socket2::Socket) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    socket.set_reuse_port(true).expect("SO_REUSEPORT");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind 127.0.0.1:0");
+    let port = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("an IP socket")
+        .port();
+    (port, socket)
+}
+
 pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
 }
@@ -191,6 +211,8 @@ pub enum Stop {
 pub struct Server {
     pub proc: Proc,
     pub addr: SocketAddr,
+    /// Holds the port for this broker alone (see [`reserved_port`]).
+    _port: socket2::Socket,
 }
 
 /// `--shards N` and, when given, `--data-dir DIR`.
@@ -218,7 +240,8 @@ impl Server {
         args: &[String],
         configure: impl FnOnce(&mut Command),
     ) -> Server {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (port, reservation) = reserved_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut all = vec!["--listen".to_string(), addr.to_string()];
         all.extend_from_slice(args);
         let mut proc = Proc::serve(dir, &all, configure);
@@ -231,7 +254,11 @@ impl Server {
                 );
             }
             if TcpStream::connect(addr).is_ok() {
-                return Server { proc, addr };
+                return Server {
+                    proc,
+                    addr,
+                    _port: reservation,
+                };
             }
             assert!(
                 started.elapsed() < START_TIMEOUT,
