@@ -127,3 +127,54 @@ fn mqtt5_session_expiry_survives_sigkill() {
         .disconnect();
     server.stop(Stop::Term);
 }
+
+/// A session that was to end with its connection (Session Expiry Interval 0), resumed by a
+/// connection that asks it to outlive the connection, becomes persistent from then on: its
+/// subscription, its unacknowledged message and what is queued while it is away survive a
+/// crash. (Before, it stayed unjournalled and a restart forgot it.)
+#[test]
+fn a_session_resumed_to_outlive_its_connection_becomes_persistent() {
+    let dir = TestDir::new("v5-promoted");
+    let data = dir.data();
+    let server = Server::start(&dir, 2, Some(&data));
+    let id = id_on_shard("promoted5", 0, 2);
+    let pub_id = id_on_shard("pub5", 1, 2);
+
+    let mut first = server.connect_expecting(&ConnectBuilder::v5(&id, &[]), &connack_v5(false));
+    first.send(&subscribe_v5(1, &[], &[("race/t", 0x01)]));
+    first.expect_bytes(&suback_v5(1, &[0x01]));
+    let mut p = server.connect_expecting(&ConnectBuilder::v5(&pub_id, &[]), &connack_v5(false));
+    p.send(&publish_v5("race/t", b"unacked", 1, false, 1, &[]));
+    p.expect_bytes(&[0x40, 0x02, 0x00, 0x01]);
+    let m = first.next_publish_v5();
+    assert_eq!(&m.payload[..], b"unacked"); // and never acknowledged
+
+    // Taken over (no DISCONNECT from the first): the session is resumed, now to outlive
+    // its connection by an hour.
+    let keeper = v5_session(&id, 3600);
+    let mut second = server.connect_expecting(&keeper, &connack_v5(true));
+    let m = second.next_publish_v5();
+    assert_eq!((&m.payload[..], m.dup), (&b"unacked"[..], true));
+    second.disconnect();
+    drop(first);
+    p.send(&publish_v5("race/t", b"queued", 1, false, 2, &[]));
+    p.expect_bytes(&[0x40, 0x02, 0x00, 0x02]);
+    server.stop(Stop::Kill);
+
+    let server = Server::start(&dir, 2, Some(&data));
+    let mut back = server.connect_expecting(&keeper, &connack_v5(true));
+    let m = back.next_publish_v5();
+    assert_eq!((&m.payload[..], m.dup), (&b"unacked"[..], true));
+    back.send(&puback(m.packet_id));
+    let m = back.next_publish_v5();
+    assert_eq!(&m.payload[..], b"queued");
+    back.send(&puback(m.packet_id));
+    // And the subscription itself came back.
+    let mut p = server.connect_expecting(&ConnectBuilder::v5(&pub_id, &[]), &connack_v5(false));
+    p.send(&publish_v5("race/t", b"live", 1, false, 3, &[]));
+    p.expect_bytes(&[0x40, 0x02, 0x00, 0x03]);
+    assert_eq!(&back.next_publish_v5().payload[..], b"live");
+    back.disconnect();
+    p.disconnect();
+    server.stop(Stop::Term);
+}

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, warn};
 
 use super::journal::{message_extras, Journal};
-use super::session::StoredItem;
+use super::session::{Session, StoredItem};
 use super::shard::Shard;
 use crate::store::{LogWriter, Record, StoreError};
 
@@ -110,87 +110,8 @@ impl Shard {
             .map_or(0, |d| d.as_millis() as u64);
         for session in self.sessions.borrow().all() {
             let s = session.borrow();
-            let Some(n) = s.stored_as() else {
-                continue;
-            };
-            put(Record::SessionBegan {
-                session: n,
-                client_id: s.client_id.clone(),
-                username: s.username.clone(),
-            });
-            if let Some(secs) = s.own_expiry_secs() {
-                put(Record::SessionExpiry { session: n, secs });
-            }
-            for (filter, grant) in &s.subscriptions {
-                put(Record::Subscribed {
-                    session: n,
-                    filter: filter.clone(),
-                    qos: grant.qos,
-                    extras: grant.stored_extras(),
-                });
-            }
-            s.for_each_stored(|item| match item {
-                StoredItem::Inflight {
-                    message,
-                    qos,
-                    retain,
-                    seq,
-                    packet_id,
-                    received,
-                    subscription_id,
-                } => {
-                    put(Record::Queued {
-                        session: n,
-                        seq,
-                        topic: message.topic.clone(),
-                        payload: message.payload.clone(),
-                        qos,
-                        retain,
-                        extras: message_extras(message, subscription_id),
-                    });
-                    put(Record::Sent {
-                        session: n,
-                        seq,
-                        packet_id,
-                    });
-                    if received {
-                        put(Record::Received {
-                            session: n,
-                            packet_id,
-                        });
-                    }
-                }
-                StoredItem::Queued {
-                    message,
-                    qos,
-                    retain,
-                    seq,
-                    subscription_id,
-                } => put(Record::Queued {
-                    session: n,
-                    seq,
-                    topic: message.topic.clone(),
-                    payload: message.payload.clone(),
-                    qos,
-                    retain,
-                    extras: message_extras(message, subscription_id),
-                }),
-                StoredItem::IncomingQos2(packet_id) => put(Record::IncomingQos2 {
-                    session: n,
-                    packet_id,
-                }),
-            });
-            if s.last_packet_id() != 0 {
-                put(Record::LastPacketId {
-                    session: n,
-                    packet_id: s.last_packet_id(),
-                });
-            }
-            if let Some(away) = s.disconnected_for(now) {
-                put(Record::Detached {
-                    session: n,
-                    at_ms: now_ms.saturating_sub(away.as_millis() as u64),
-                });
+            if let Some(n) = s.stored_as() {
+                session_records(&s, n, now, now_ms, put);
             }
         }
         self.retained.borrow().for_each(|m| {
@@ -200,6 +121,96 @@ impl Shard {
                 qos: m.qos,
                 extras: message_extras(m, 0),
             })
+        });
+    }
+}
+
+/// The records that rebuild stored session `n` as it is now: what a snapshot holds for it, and
+/// what a session begins its journaling with when it becomes persistent while live.
+pub(super) fn session_records(
+    s: &Session,
+    n: u64,
+    now: Instant,
+    now_ms: u64,
+    mut put: impl FnMut(Record),
+) {
+    put(Record::SessionBegan {
+        session: n,
+        client_id: s.client_id.clone(),
+        username: s.username.clone(),
+    });
+    if let Some(secs) = s.own_expiry_secs() {
+        put(Record::SessionExpiry { session: n, secs });
+    }
+    for (filter, grant) in &s.subscriptions {
+        put(Record::Subscribed {
+            session: n,
+            filter: filter.clone(),
+            qos: grant.qos,
+            extras: grant.stored_extras(),
+        });
+    }
+    s.for_each_stored(|item| match item {
+        StoredItem::Inflight {
+            message,
+            qos,
+            retain,
+            seq,
+            packet_id,
+            received,
+            subscription_id,
+        } => {
+            put(Record::Queued {
+                session: n,
+                seq,
+                topic: message.topic.clone(),
+                payload: message.payload.clone(),
+                qos,
+                retain,
+                extras: message_extras(message, subscription_id),
+            });
+            put(Record::Sent {
+                session: n,
+                seq,
+                packet_id,
+            });
+            if received {
+                put(Record::Received {
+                    session: n,
+                    packet_id,
+                });
+            }
+        }
+        StoredItem::Queued {
+            message,
+            qos,
+            retain,
+            seq,
+            subscription_id,
+        } => put(Record::Queued {
+            session: n,
+            seq,
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
+            qos,
+            retain,
+            extras: message_extras(message, subscription_id),
+        }),
+        StoredItem::IncomingQos2(packet_id) => put(Record::IncomingQos2 {
+            session: n,
+            packet_id,
+        }),
+    });
+    if s.last_packet_id() != 0 {
+        put(Record::LastPacketId {
+            session: n,
+            packet_id: s.last_packet_id(),
+        });
+    }
+    if let Some(away) = s.disconnected_for(now) {
+        put(Record::Detached {
+            session: n,
+            at_ms: now_ms.saturating_sub(away.as_millis() as u64),
         });
     }
 }

@@ -43,7 +43,8 @@ pub struct SubscriberId {
     pub shard: ShardId,
     /// Whether what the session is sent is written to its shard's log (a persistent session
     /// with `--data-dir`): a publisher's acknowledgement then waits for that shard's disk.
-    /// Fixed for the session's life; it sits in padding, so the id stays 12 bytes.
+    /// Set when the session starts (or, resumed to outlive its connection, becomes persistent:
+    /// `Shard::make_durable`); it sits in padding, so the id stays 12 bytes.
     pub durable: bool,
     pub slot: u32,
     pub generation: u32,

@@ -312,6 +312,9 @@ impl Shard {
                     s.set_expiry(expiry);
                     s.peer = peer;
                 }
+                if !ends_with_connection {
+                    self.make_durable(&existing);
+                }
                 self.journal_session(&existing.borrow(), |session| Record::Attached { session });
                 self.journal_expiry(&existing.borrow());
                 return (existing, true);

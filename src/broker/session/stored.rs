@@ -61,6 +61,29 @@ impl Session {
         });
     }
 
+    /// A live session that was not journalled starts being written as session `number`. Its
+    /// QoS 1/2 messages get journal numbers now, in order (they had none), so the records
+    /// written from here on can name them.
+    pub fn begin_storing(&mut self, number: u64) {
+        self.set_stored_as(Some(number));
+        let mut next = 1;
+        for f in &mut self.inflight {
+            f.seq = next;
+            next += 1;
+        }
+        for item in &mut self.queue {
+            if let Outbound::Publish { qos, seq, .. } = item {
+                if *qos != QoS::AtMostOnce {
+                    *seq = next;
+                    next += 1;
+                }
+            }
+        }
+        if let Some(stored) = &mut self.stored {
+            stored.next_seq = next;
+        }
+    }
+
     /// A persistent session as the journal kept it (see `store::StoredSession`): offline,
     /// its unacknowledged messages to be sent again first, with DUP, then its queue.
     pub fn restore(

@@ -1,12 +1,19 @@
 //! The shard's side of `--data-dir`: its journal, and whether what an acknowledgement waits
 //! for (a [`Ticket`]) is durable yet, here and on the other shards (see `durability`).
 
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Context;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::Shard;
+use crate::broker::compaction::session_records;
 use crate::broker::durability::Ticket;
 use crate::broker::journal::Journal;
+use crate::broker::mesh::{ShardMessage, Subscription};
 use crate::broker::session::Session;
+use crate::protocol::ByteStr;
 use crate::store::{Position, Record};
 
 impl Shard {
@@ -77,6 +84,73 @@ impl Shard {
                 }
             }
             _ => 0,
+        }
+    }
+
+    /// With `--data-dir`, a live session that was not journalled (an MQTT 5 session that was
+    /// to end with its connection) becomes persistent: a connection resumed it asking it to
+    /// outlive the connection (MQTT-3.1.2-5 of 5.0). It is written to the journal as a fresh
+    /// log would hold it, and takes the durable form of its id on every replica, so publishers
+    /// on other shards wait for its disk as they do for any persistent session.
+    pub(super) fn make_durable(&self, session: &Rc<RefCell<Session>>) {
+        let Some(journal) = self.journal() else {
+            return;
+        };
+        if session.borrow().stored_as().is_some() {
+            return;
+        }
+        let number = journal.new_session();
+        let (old, grants) = {
+            let mut s = session.borrow_mut();
+            s.begin_storing(number);
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            session_records(&s, number, Instant::now(), now_ms, |record| {
+                journal.append(&record);
+            });
+            let old = s.id;
+            s.id.durable = true;
+            let grants: Vec<Subscription> = s
+                .subscriptions
+                .iter()
+                .map(|(filter, grant)| Subscription {
+                    filter: filter.clone(),
+                    grant: *grant,
+                    send_retained: false,
+                })
+                .collect();
+            (old, grants)
+        };
+        let new = session.borrow().id;
+        if session.borrow().under_pressure() {
+            self.release_pressure(old);
+            self.raise_pressure(new);
+        }
+        if grants.is_empty() {
+            return;
+        }
+        let filters: Arc<[ByteStr]> = grants.iter().map(|g| g.filter.clone()).collect();
+        self.apply_unsubscribe(old, &filters);
+        self.apply_subscribe(new, &grants);
+        if self.shards > 1 {
+            // One channel per shard keeps the two in order: nothing on another shard sees
+            // the session without a subscription in between.
+            let grants: Arc<[Subscription]> = grants.into();
+            let token = self.next_token.get();
+            self.next_token.set(token + 1);
+            let mut router = self.router.borrow_mut();
+            router.broadcast(|| ShardMessage::Unsubscribe {
+                subscriber: old,
+                filters: filters.clone(),
+                token: None,
+            });
+            // Nobody waits for this token: its answers find no pending request.
+            router.broadcast(|| ShardMessage::Subscribe {
+                subscriber: new,
+                filters: grants.clone(),
+                token,
+            });
         }
     }
 }
