@@ -31,6 +31,13 @@ pub struct BrokerConfig {
     pub receive_maximum: u16,
     /// MQTT 5 Topic Alias Maximum announced to clients: the aliases each may set; 0 allows none.
     pub max_topic_alias: u16,
+    /// The longest keepalive a client may use, in seconds; 0: any, including none. As in
+    /// Mosquitto's `max_keepalive`: an MQTT 5 client asking for more (or for none) is told to
+    /// use this one (Server Keep Alive), a 3.1/3.1.1 client is refused (CONNACK 2).
+    pub max_keepalive: u16,
+    /// MQTT 5 Response Information sent to a client that requests it, with `%c` replaced by
+    /// its client id (a topic prefix for its responses, say); None sends none.
+    pub response_information: Option<String>,
     /// Messages waiting in one session's outbound queue; beyond it new messages are dropped.
     pub max_queued_messages: usize,
     /// Payload bytes waiting in one session's outbound queue; beyond it new messages are dropped.
@@ -86,6 +93,8 @@ impl Default for BrokerConfig {
             max_packet_size: 1 << 20,
             receive_maximum: 65_535,
             max_topic_alias: 10,
+            max_keepalive: 0,
+            response_information: None,
             max_queued_messages: 1000,
             max_queued_bytes: 64 << 20,
             stall_timeout: Duration::from_secs(10),

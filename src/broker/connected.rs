@@ -152,6 +152,11 @@ impl ConnectedClient {
         });
         let _ = ack.encode(wire.wbuf.encoded(), level);
         add(&shard.metrics.packets_out, 1);
+        // MQTT 5: the client now uses the Server Keep Alive the CONNACK told it (MQTT-3.2.2-21).
+        let keep_alive = match level.is_v5() {
+            true => v5::server_keep_alive(&shard.config, keep_alive).unwrap_or(keep_alive),
+            false => keep_alive,
+        };
         let keepalive = (keep_alive > 0).then(|| {
             let limit = Duration::from_millis(keep_alive as u64 * 1500);
             let last_input = Instant::now();
@@ -490,8 +495,11 @@ impl ConnectedClient {
         if self.v5.is_some() {
             if let Some(code) = v5::disconnect_reason(&reason) {
                 // MQTT 5: say why before closing (MQTT-4.13.1-1).
-                let goodbye = Packet::Disconnect(Disconnect::with_reason(code));
-                let _ = goodbye.encode(self.wire.wbuf.encoded(), self.level);
+                let mut goodbye = Disconnect::with_reason(code);
+                let v5 = self.v5.as_deref().expect("checked above");
+                let max_size = self.session.borrow().peer.max_packet_size;
+                goodbye.properties = v5.problem_text(&reason, max_size);
+                let _ = Packet::Disconnect(goodbye).encode(self.wire.wbuf.encoded(), self.level);
             }
         }
         let mut delayed_will = None;

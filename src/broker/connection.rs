@@ -21,8 +21,8 @@ use super::shard::{home_shard, Shard};
 use super::wire::Wire;
 use crate::auth::{AuthDecision, AuthStep, Credentials};
 use crate::protocol::{
-    decode, Auth, ByteStr, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolLevel,
-    ReasonCode,
+    declared_level, decode, Auth, ByteStr, ConnAck, Connect, DecodeError, Packet, Properties,
+    ProtocolLevel, ReasonCode,
 };
 
 /// Why a connection ended; logged once per connection.
@@ -132,8 +132,9 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
     wire.set_nodelay();
     let max = shard.config.max_packet_size;
     let timeout = shard.config.connect_timeout;
+    let mut declared = None;
     let first = or(
-        async { Some(read_packet(&shard, &mut wire, max).await) },
+        async { Some(read_packet(&shard, &mut wire, max, &mut declared).await) },
         async {
             glommio::timer::sleep(timeout).await;
             None
@@ -154,7 +155,13 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
             let reason = CloseReason::Malformed(DecodeError::UnsupportedProtocolLevel(level));
             return log_close(&shard, None, &wire, reason);
         }
-        Some(Err(reason)) => return log_close(&shard, None, &wire, reason),
+        Some(Err(reason)) => {
+            // An MQTT 5 client hears why its CONNECT was refused (5.0 4.13.1).
+            if let Some(code) = connect_refusal_v5(&reason, declared) {
+                refuse(&shard, &mut wire, code, ProtocolLevel::V5).await;
+            }
+            return log_close(&shard, None, &wire, reason);
+        }
     };
     let mut connect = connect;
     let level = connect.level;
@@ -176,6 +183,19 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
         }
         connect.client_id = shard.assign_client_id();
         assigned = true;
+    }
+    let max_keepalive = shard.config.max_keepalive;
+    if !level.is_v5()
+        && max_keepalive > 0
+        && (connect.keep_alive == 0 || connect.keep_alive > max_keepalive)
+    {
+        // 3.1.1 has no way to tell the client another keepalive: refused as Mosquitto's
+        // max_keepalive does (an MQTT 5 client is told the Server Keep Alive instead).
+        debug!(client = %connect.client_id, keep_alive = connect.keep_alive, max_keepalive, "refused: keepalive 0 or above --max-keepalive");
+        let code = ReasonCode::CLIENT_IDENTIFIER_NOT_VALID;
+        refuse(&shard, &mut wire, code, level).await;
+        let reason = CloseReason::Refused(code);
+        return log_close(&shard, Some(&connect.client_id), &wire, reason);
     }
     if let Some(will) = &connect.will {
         if too_many_levels(&will.topic, shard.config.max_topic_levels) {
@@ -401,8 +421,26 @@ pub fn serve_moved(shard: Rc<Shard>, moved: MovedConnection) -> ConnectedClient 
     ConnectedClient::new(shard, wire, connect, permit, false)
 }
 
-async fn read_packet(shard: &Shard, wire: &mut Wire, max: usize) -> Result<Packet, CloseReason> {
-    read_packet_at(shard, wire, max, ProtocolLevel::V311).await
+/// Reads the first packet. When it cannot be decoded, `declared` says which protocol level the
+/// CONNECT in it declared, so an MQTT 5 client can be told why in its own version.
+async fn read_packet(
+    shard: &Shard,
+    wire: &mut Wire,
+    max: usize,
+    declared: &mut Option<ProtocolLevel>,
+) -> Result<Packet, CloseReason> {
+    loop {
+        *declared = declared_level(&wire.rbuf);
+        match decode(&mut wire.rbuf, max, ProtocolLevel::V311) {
+            Ok(Some(p)) => {
+                add(&shard.metrics.packets_in, 1);
+                return Ok(p);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(CloseReason::Malformed(e)),
+        }
+        read_more(shard, wire, max).await?;
+    }
 }
 
 async fn read_packet_at(
@@ -420,12 +458,36 @@ async fn read_packet_at(
             Ok(None) => {}
             Err(e) => return Err(CloseReason::Malformed(e)),
         }
-        match wire.read(&shard.read_arena, max).await {
-            Ok(0) => return Err(CloseReason::Eof),
-            Ok(n) => add(&shard.metrics.bytes_in, n as u64),
-            Err(e) => return Err(CloseReason::Io(e)),
-        }
+        read_more(shard, wire, max).await?;
     }
+}
+
+async fn read_more(shard: &Shard, wire: &mut Wire, max: usize) -> Result<(), CloseReason> {
+    match wire.read(&shard.read_arena, max).await {
+        Ok(0) => Err(CloseReason::Eof),
+        Ok(n) => {
+            add(&shard.metrics.bytes_in, n as u64);
+            Ok(())
+        }
+        Err(e) => Err(CloseReason::Io(e)),
+    }
+}
+
+/// The CONNACK reason for an MQTT 5 CONNECT that could not be decoded, or None when the client did not declare MQTT 5. CONNACK has room for fewer codes
+/// than DISCONNECT: what it has no code for is 0x81 Malformed Packet or 0x82 Protocol Error.
+fn connect_refusal_v5(reason: &CloseReason, declared: Option<ProtocolLevel>) -> Option<ReasonCode> {
+    let CloseReason::Malformed(e) = reason else {
+        return None;
+    };
+    if declared != Some(ProtocolLevel::V5) {
+        return None;
+    }
+    Some(match e.reason_code() {
+        code @ (ReasonCode::PACKET_TOO_LARGE
+        | ReasonCode::TOPIC_NAME_INVALID
+        | ReasonCode::PROTOCOL_ERROR) => code,
+        _ => ReasonCode::MALFORMED_PACKET,
+    })
 }
 
 /// CONNACK with a refusal, in the client's protocol level, then the close.

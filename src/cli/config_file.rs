@@ -12,6 +12,8 @@ const KNOWN_KEYS: &[&str] = &[
     "max-packet-size",
     "receive-maximum",
     "max-topic-alias",
+    "max-keepalive",
+    "response-information",
     "max-queued-messages",
     "max-queued-bytes",
     "stall-timeout",
@@ -102,6 +104,14 @@ impl ConfigFile {
             None => Ok(None),
             Some(toml::Value::Boolean(b)) => Ok(Some(*b)),
             Some(_) => Err(self.bad(key, "true or false")),
+        }
+    }
+
+    pub fn string(&self, key: &str) -> Result<Option<String>, String> {
+        match self.table.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(self.bad(key, "a string")),
         }
     }
 

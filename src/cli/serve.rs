@@ -62,6 +62,15 @@ pub struct ServeArgs {
     /// [default: 10].
     #[arg(long, value_name = "N")]
     max_topic_alias: Option<u16>,
+    /// Longest keepalive a client may use, in seconds: an MQTT 5 client asking for more (or
+    /// none) is told to use this (Server Keep Alive), a 3.1.1 client is refused with CONNACK 2,
+    /// as Mosquitto's max_keepalive does; 0 allows any [default: 0].
+    #[arg(long, value_name = "SECONDS")]
+    max_keepalive: Option<u16>,
+    /// MQTT 5 Response Information for clients that request it; `%c` is replaced by the client
+    /// id (e.g. "responses/%c/") [default: none].
+    #[arg(long, value_name = "TEXT")]
+    response_information: Option<String>,
     /// Messages queued per session; beyond it QoS 0 is dropped, and QoS 1/2 holds its
     /// publishers back while the subscriber reads (dropped when it is offline or stalled)
     /// [default: 1000; 1000000 with --data-dir].
@@ -198,6 +207,15 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             file.u16("max-topic-alias")?,
             defaults.max_topic_alias,
         ),
+        max_keepalive: pick(
+            args.max_keepalive,
+            file.u16("max-keepalive")?,
+            defaults.max_keepalive,
+        ),
+        response_information: match args.response_information {
+            Some(text) => Some(text),
+            None => file.string("response-information")?,
+        },
         max_queued_messages: pick(
             args.max_queued_messages,
             file.usize("max-queued-messages")?,

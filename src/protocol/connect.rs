@@ -25,6 +25,26 @@ const WILL: u8 = 0x04;
 const CLEAN_SESSION: u8 = 0x02;
 const RESERVED: u8 = 0x01;
 
+/// The protocol level a CONNECT at the start of `buf` declares ("MQTT" or "MQIsdp", then the
+/// level byte), read without decoding the rest. A broker answers a CONNECT it cannot decode in
+/// the client's own version: MQTT 5 clients hear CONNACK 0x81 or 0x82 (5.0 4.13.1).
+pub fn declared_level(buf: &[u8]) -> Option<ProtocolLevel> {
+    if buf.first()? >> 4 != PacketType::Connect as u8 {
+        return None;
+    }
+    // Skip the remaining length (1 to 4 bytes, the last without its continuation bit).
+    let len_bytes = buf[1..].iter().take(4).position(|b| b & 0x80 == 0)? + 1;
+    let rest = &buf[1 + len_bytes..];
+    let name_len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+    let name = rest.get(2..2 + name_len)?;
+    match (name, *rest.get(2 + name_len)?) {
+        (b"MQTT", 4) => Some(ProtocolLevel::V311),
+        (b"MQTT", 5) => Some(ProtocolLevel::V5),
+        (b"MQIsdp", 3) => Some(ProtocolLevel::V31),
+        _ => None,
+    }
+}
+
 /// Decodes the body of a CONNECT. The order of checks follows the wire order, so the first
 /// rule broken is the one reported.
 pub(crate) fn decode_connect(body: Bytes) -> Result<Connect, DecodeError> {
@@ -275,6 +295,32 @@ mod tests {
     use super::super::testutil::{decode_all, decode_err, encode_bytes};
     use super::super::{ByteStr, Packet};
     use super::*;
+
+    #[test]
+    fn declared_level_reads_only_the_name_and_level() {
+        // An MQTT 5 CONNECT cut off right after the level byte: still recognised.
+        assert_eq!(
+            declared_level(&[0x10, 0x20, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05]),
+            Some(ProtocolLevel::V5)
+        );
+        // A two-byte remaining length.
+        assert_eq!(
+            declared_level(&[0x10, 0x80, 0x01, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04]),
+            Some(ProtocolLevel::V311)
+        );
+        assert_eq!(
+            declared_level(&[0x10, 0x10, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03]),
+            Some(ProtocolLevel::V31)
+        );
+        // Not a CONNECT; unknown level; cut short.
+        assert_eq!(declared_level(&[0x30, 0x02, 0x00, 0x00]), None);
+        assert_eq!(
+            declared_level(&[0x10, 0x20, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06]),
+            None
+        );
+        assert_eq!(declared_level(&[0x10, 0x20, 0x00, 0x04, b'M', b'Q']), None);
+        assert_eq!(declared_level(&[0x10, 0x80, 0x80, 0x80, 0x80]), None);
+    }
 
     fn connect_v311_full() -> Connect {
         Connect {

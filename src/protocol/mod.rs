@@ -43,6 +43,7 @@ mod testutil;
 
 pub use bytestr::ByteStr;
 pub use codec::{decode, frame_len};
+pub use connect::declared_level;
 pub use error::{DecodeError, EncodeError};
 pub use properties::{property_name, Properties, PropertyContext};
 pub use publish::{encode_ack, encode_ack_reason, encode_publish, publish_len, PublishHeader};

@@ -402,6 +402,33 @@ impl RawClient {
         }
     }
 
+    /// Asserts the next packet is the broker's MQTT 5 DISCONNECT with `reason` and at most a
+    /// Reason String (what rule was broken, free text) as property, then that the connection
+    /// closes. Returns the Reason String.
+    #[track_caller]
+    pub fn expect_disconnect_v5(&mut self, reason: u8) -> Option<String> {
+        let frame = self
+            .next_frame_or_close()
+            .unwrap_or_else(|| panic!("closed without DISCONNECT {reason:#04x}"));
+        let mut buf = bytes::BytesMut::from(&frame[..]);
+        let packet = surgemq::protocol::decode(&mut buf, MAX_PACKET, ProtocolLevel::V5);
+        let Ok(Some(surgemq::protocol::Packet::Disconnect(d))) = packet else {
+            panic!("expected DISCONNECT {reason:#04x}, got {frame:02x?}");
+        };
+        assert_eq!(d.reason.0, reason, "DISCONNECT reason in {frame:02x?}");
+        let text = d.properties.and_then(|p| {
+            let text = p.reason_string.clone();
+            let only_text = surgemq::protocol::Properties {
+                reason_string: text.clone(),
+                ..Default::default()
+            };
+            assert_eq!(*p, only_text, "DISCONNECT properties: only a Reason String");
+            text.map(|t| t.as_str().to_string())
+        });
+        self.expect_closed();
+        text
+    }
+
     /// The raw bytes of the next complete packet.
     #[track_caller]
     pub fn next_frame(&mut self) -> Vec<u8> {

@@ -28,6 +28,8 @@ pub(super) struct V5Connection {
     pub auth_method: Option<ByteStr>,
     /// A re-authentication in progress.
     pub reauth: Option<Box<dyn crate::auth::AuthExchange>>,
+    /// The client did not turn Request Problem Information off (3.1.2.11.7).
+    problem_information: bool,
 }
 
 impl V5Connection {
@@ -43,7 +45,39 @@ impl V5Connection {
                 .and_then(|p| p.authentication_method.as_ref())
                 .map(|m| ByteStr::from(m.as_str())),
             reauth: None,
+            problem_information: connect
+                .properties
+                .as_ref()
+                .and_then(|p| p.request_problem_information)
+                .unwrap_or(true),
         }
+    }
+
+    /// A Reason String for the broker's DISCONNECT when the client broke a rule: which one, as
+    /// the broker's log says it. Only for a client that wants problem information, and only
+    /// when it keeps the packet within the client's Maximum Packet Size (MQTT-3.14.2-3).
+    pub fn problem_text(
+        &self,
+        reason: &CloseReason,
+        max_packet_size: u32,
+    ) -> Option<Box<Properties>> {
+        let is_problem = matches!(
+            reason,
+            CloseReason::Malformed(_) | CloseReason::Violation(_) | CloseReason::Violation5(..)
+        );
+        if !self.problem_information || !is_problem {
+            return None;
+        }
+        let text = reason.to_string();
+        // Fixed header (up to 5), reason code, property length (up to 4), the string.
+        let size = 5 + 1 + 4 + 3 + text.len();
+        if size > max_packet_size as usize {
+            return None;
+        }
+        Some(Box::new(Properties {
+            reason_string: Some(ByteStr::from(text.as_str())),
+            ..Properties::default()
+        }))
     }
 
     /// Gives an aliased PUBLISH its topic, or records the alias a PUBLISH sets
@@ -129,8 +163,30 @@ pub(super) fn connack_properties(
         subscription_identifier_available: Some(true),
         // Issue 16.
         shared_subscription_available: Some(false),
+        server_keep_alive: server_keep_alive(config, connect.keep_alive),
+        response_information: response_information(config, connect),
         ..Properties::default()
     })
+}
+
+/// The keepalive the broker makes an MQTT 5 client use instead of its own (Server Keep Alive,
+/// MQTT-3.2.2-21), when `--max-keepalive` is below what it asked for or it asked for none.
+pub(super) fn server_keep_alive(config: &BrokerConfig, asked: u16) -> Option<u16> {
+    let max = config.max_keepalive;
+    (max > 0 && (asked == 0 || asked > max)).then_some(max)
+}
+
+/// Response Information for a client that asked for it (3.1.2.11.7), when the broker has one.
+fn response_information(config: &BrokerConfig, connect: &Connect) -> Option<ByteStr> {
+    let asked = connect
+        .properties
+        .as_ref()
+        .and_then(|p| p.request_response_information)
+        .unwrap_or(false);
+    let text = config.response_information.as_deref().filter(|_| asked)?;
+    Some(ByteStr::from(
+        text.replace("%c", connect.client_id.as_str()).as_str(),
+    ))
 }
 
 /// The MQTT 5 part of a message published with `props`: the properties its subscribers are
