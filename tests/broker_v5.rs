@@ -64,7 +64,7 @@ fn v5_connack_announces_the_broker_limits() {
             0x22, 0x00, 0x0a, // Topic Alias Maximum 10
             0x27, 0x00, 0x10, 0x00, 0x00, // Maximum Packet Size 1048576
             0x29, 0x01, // Subscription Identifier Available 1
-            0x2a, 0x00, // Shared Subscription Available 0
+            0x2a, 0x01, // Shared Subscription Available 1
         ]);
         c.ping();
         // The same from the home shard of every client id (the connection may move).
@@ -363,26 +363,32 @@ fn acl_broker(shards: usize) -> Broker {
 
 #[test]
 fn v5_suback_reason_codes_for_refused_filters() {
-    // MQTT 5.0 3.9.3: 0x87 Not authorized, 0x8F Topic Filter invalid, 0x9E Shared
-    // Subscriptions not supported (announced as such in CONNACK); 3.1.1 has only 0x80.
+    // MQTT 5.0 3.9.3: 0x87 Not authorized, 0x8F Topic Filter invalid; 3.1.1 has only 0x80.
+    // A shared subscription's ACL is the filter's after `$share/{group}/`, and a group name
+    // that is empty makes the filter invalid (MQTT-4.8.2-1); one with a wildcard is not even
+    // a well-formed filter (DISCONNECT 0x8F, like `a+/b`).
     with_shards(|shards| {
         let broker = acl_broker(shards);
         let filters = [
-            ("ok/t", 0x01),        // allowed: granted QoS 1
-            ("no/t", 0x01),        // not in the ACL
-            ("ok/a/b/c", 0x00),    // 4 levels, above max_topic_levels 3
-            ("$share/g/ok", 0x01), // shared subscription
+            ("ok/t", 0x01),          // allowed: granted QoS 1
+            ("no/t", 0x01),          // not in the ACL
+            ("ok/a/b/c", 0x00),      // 4 levels, above max_topic_levels 3
+            ("$share/g/ok/t", 0x01), // shared subscription, allowed
+            ("$share/g/no/t", 0x01), // shared, not in the ACL
+            ("$share//ok/t", 0x01),  // empty group name
         ];
         let mut c = broker.connect_v5(&ConnectBuilder::v5(&broker.id_on("v5-suback", 0), &[]));
         c.send(&subscribe_v5(1, &[], &filters));
         c.expect_bytes(&[
-            0x90, 0x07, // SUBACK, remaining length 7
+            0x90, 0x09, // SUBACK, remaining length 9
             0x00, 0x01, // packet id 1
             0x00, // property length 0
             0x01, // ok/t: granted QoS 1
             0x87, // no/t: 0x87 Not authorized
             0x8f, // ok/a/b/c: 0x8F Topic Filter invalid
-            0x9e, // $share/g/ok: 0x9E Shared Subscriptions not supported
+            0x01, // $share/g/ok/t: granted QoS 1
+            0x87, // $share/g/no/t: 0x87 Not authorized
+            0x8f, // $share//ok/t: 0x8F Topic Filter invalid
         ]);
         c.ping();
         let mut old = broker.connect(&broker.id_on("v311-suback", shards - 1));
@@ -567,7 +573,7 @@ fn v5_receive_maximum_exceeded_gets_disconnect_0x93() {
             0x22, 0x00, 0x0a, // Topic Alias Maximum 10
             0x27, 0x00, 0x10, 0x00, 0x00, // Maximum Packet Size 1048576
             0x29, 0x01, // Subscription Identifier Available 1
-            0x2a, 0x00, // Shared Subscription Available 0
+            0x2a, 0x01, // Shared Subscription Available 1
         ];
         let id = broker.id_on("v5-rm", shards - 1);
         // Request Problem Information 0: the DISCONNECT says no more than its reason code.

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::shared::ShareStrategy;
 use crate::auth::{Authenticator, FileAuthenticator};
 use crate::transport::{Listener, TlsFiles};
 
@@ -35,6 +36,8 @@ pub struct BrokerConfig {
     /// Mosquitto's `max_keepalive`: an MQTT 5 client asking for more (or for none) is told to
     /// use this one (Server Keep Alive), a 3.1/3.1.1 client is refused (CONNACK 2).
     pub max_keepalive: u16,
+    /// How a shared subscription's member is chosen for each message.
+    pub shared_strategy: ShareStrategy,
     /// MQTT 5 Response Information sent to a client that requests it, with `%c` replaced by
     /// its client id (a topic prefix for its responses, say); None sends none.
     pub response_information: Option<String>,
@@ -95,6 +98,7 @@ impl Default for BrokerConfig {
             max_topic_alias: 10,
             max_keepalive: 0,
             response_information: None,
+            shared_strategy: ShareStrategy::RoundRobin,
             max_queued_messages: 1000,
             max_queued_bytes: 64 << 20,
             stall_timeout: Duration::from_secs(10),

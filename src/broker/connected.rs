@@ -552,6 +552,10 @@ impl ConnectedClient {
                 });
             // An offline session holds nobody back: its queue drops at the limit.
             self.shard.relieve(&self.session);
+            if !self.session.borrow().clean {
+                // Kept for its client: its groups' messages go to members that are online.
+                self.shard.announce_presence(&self.session, false);
+            }
         }
         if detached && self.session.borrow().clean {
             self.shard.remove_session(&self.session);

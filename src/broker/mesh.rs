@@ -24,6 +24,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::shared::ShareTag;
 use crate::protocol::{encode_publish, ByteStr, Connect, QoS};
 
 /// Index of a shard (one executor, one core).
@@ -276,6 +277,9 @@ pub struct DeliveryBatch {
     /// Each message with the end index (exclusive) of its targets in `targets`.
     pub messages: Vec<(Arc<Message>, u32)>,
     pub targets: Vec<Target>,
+    /// The targets reached through a shared subscription: (index in `targets`, group), in
+    /// index order. Empty (no allocation) for everything else.
+    pub shared: Vec<(u32, ShareTag)>,
     /// Where it stands among the numbered messages of its sender (see [`Numbered`]).
     pub numbered: Numbered,
 }
@@ -374,6 +378,11 @@ pub enum ShardMessage {
     Pressure {
         subscriber: SubscriberId,
         on: bool,
+    },
+    /// A member of a shared subscription went offline or came back (see `shared`).
+    Presence {
+        subscriber: SubscriberId,
+        online: bool,
     },
     /// Parked connections whose sockets became readable (tokens from `parking::token`).
     Readable(Vec<u64>),
@@ -529,9 +538,25 @@ impl Router {
         target: Target,
         needs_ack: bool,
     ) -> u64 {
+        self.deliver_tagged(to, message, target, needs_ack, None)
+    }
+
+    /// [`Router::deliver`] of a message that goes to `target` through a shared subscription:
+    /// where `target` cannot take it, another member of the group is tried.
+    pub fn deliver_tagged(
+        &mut self,
+        to: ShardId,
+        message: &Arc<Message>,
+        target: Target,
+        needs_ack: bool,
+        share: Option<ShareTag>,
+    ) -> u64 {
         let i = to.index();
         let number = self.numbered[i] + 1;
         let batch = &mut self.open[i];
+        if let Some(tag) = share {
+            batch.shared.push((batch.targets.len() as u32, tag));
+        }
         batch.push(message, target);
         batch.numbered.needs_ack |= needs_ack;
         if batch.len() >= MAX_BATCH {

@@ -28,6 +28,12 @@ pub struct Metrics {
     /// and messages whose Message Expiry Interval ran out while they were queued.
     pub dropped_too_large: Cell<u64>,
     pub dropped_expired: Cell<u64>,
+    /// Messages given to a shared subscription's member (see `shared`), given again to
+    /// another member when the first could not take them, and dropped because no member of
+    /// the group could.
+    pub shared_delivered: Cell<u64>,
+    pub shared_redispatched: Cell<u64>,
+    pub dropped_shared: Cell<u64>,
     pub protocol_errors: Cell<u64>,
     pub refused_max_connections: Cell<u64>,
     pub refused_auth: Cell<u64>,
@@ -94,6 +100,9 @@ pub struct MetricsSnapshot {
     pub dropped_offline_qos0: u64,
     pub dropped_too_large: u64,
     pub dropped_expired: u64,
+    pub shared_delivered: u64,
+    pub shared_redispatched: u64,
+    pub dropped_shared: u64,
     pub protocol_errors: u64,
     pub protocol_errors_by_rule: Vec<(String, u64)>,
     pub refused_max_connections: u64,
@@ -136,6 +145,9 @@ impl Metrics {
             dropped_offline_qos0: self.dropped_offline_qos0.get(),
             dropped_too_large: self.dropped_too_large.get(),
             dropped_expired: self.dropped_expired.get(),
+            shared_delivered: self.shared_delivered.get(),
+            shared_redispatched: self.shared_redispatched.get(),
+            dropped_shared: self.dropped_shared.get(),
             protocol_errors: self.protocol_errors.get(),
             protocol_errors_by_rule: by_rule,
             refused_max_connections: self.refused_max_connections.get(),

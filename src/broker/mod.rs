@@ -26,6 +26,7 @@ pub mod session;
 mod session_table;
 mod shard;
 mod shard_tasks;
+pub mod shared;
 mod wire;
 
 pub use config::{available_cpus, BrokerConfig, ConfigError};

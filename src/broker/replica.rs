@@ -1,10 +1,12 @@
 //! A shard's replica of the whole subscription index: every subscriber of every shard, keyed
 //! by [`SubscriberId`], with what each subscription grants ([`Grant`]: QoS and MQTT 5 options).
+//! Shared subscriptions (`$share/...`) go to their own index, [`SharedIndex`].
 
 use ahash::AHashMap;
 
 use super::mesh::{Grant, SubscriberId};
-use crate::topic::SubscriptionTrie;
+use super::shared::SharedIndex;
+use crate::topic::{parse_shared, SubscriptionTrie};
 
 /// The shard's replica of the subscription index, with how many filters each subscriber has
 /// in it: while no subscriber has two, no message can match one subscriber twice and routing
@@ -16,10 +18,17 @@ pub struct Replica {
     with_several_filters: usize,
     /// Subscriptions with MQTT 5's No Local: while there are none, routing skips the check.
     no_local: usize,
+    /// Shared subscriptions: while there are none, routing does not look.
+    pub shared: SharedIndex,
 }
 
 impl Replica {
+    /// `filter` was validated (a shared one included) before it got here.
     pub fn insert(&mut self, filter: &str, id: SubscriberId, grant: Grant) {
+        if let Some(Ok(shared)) = parse_shared(filter) {
+            self.shared.insert(filter, shared, id, grant);
+            return;
+        }
         let old = self.trie.insert(filter, id, grant);
         self.no_local += usize::from(grant.no_local);
         self.no_local -= usize::from(old.is_some_and(|g| g.no_local));
@@ -33,6 +42,12 @@ impl Replica {
     }
 
     pub fn remove(&mut self, filter: &str, id: &SubscriberId) {
+        if let Some(shared) = parse_shared(filter) {
+            if let Ok(shared) = shared {
+                self.shared.remove(shared, id);
+            }
+            return;
+        }
         let Some(old) = self.trie.remove(filter, id) else {
             return;
         };
@@ -47,6 +62,11 @@ impl Replica {
                 _ => {}
             }
         }
+    }
+
+    /// Subscriptions, shared ones included.
+    pub fn len(&self) -> usize {
+        self.trie.len() + self.shared.len()
     }
 
     /// Whether some subscription says No Local.

@@ -163,6 +163,10 @@ pub async fn restore(shard: &Shard, startup: &Startup) -> Result<(), StoreError>
                 send_retained: false,
             };
             shard.apply_subscribe(id, std::slice::from_ref(&subscription));
+            if crate::topic::is_shared(&subscription.filter) {
+                // Restored sessions are offline until their clients come back.
+                shard.presence(id, false);
+            }
         }
     }
     Ok(())

@@ -22,8 +22,10 @@ use ahash::AHasher;
 use bytes::Bytes;
 
 mod flow;
+mod shared;
 mod stored;
 
+pub use shared::Unreceived;
 use stored::Stored;
 pub use stored::StoredItem;
 
@@ -31,6 +33,7 @@ use smallvec::SmallVec;
 
 use super::mesh::{Grant, Message, SubscriberId};
 use super::output::OutputQueue;
+use super::shared::ShareKey;
 use crate::protocol::{
     encode_ack, ByteStr, Packet, PacketId, PacketType, ProtocolLevel, PublishHeader, QoS, SubAck,
     UnsubAck,
@@ -60,6 +63,9 @@ pub enum Outbound {
         seq: u64,
         /// MQTT 5 Subscription Identifier to send it with; 0: none.
         subscription_id: u32,
+        /// The shared subscription it came through: if the session ends before the client
+        /// has it, it goes to another member of the group.
+        share: Option<Arc<ShareKey>>,
     },
     SubAck(SubAck),
     UnsubAck(UnsubAck),
@@ -115,6 +121,7 @@ struct Inflight {
     state: InflightState,
     seq: u64,
     subscription_id: u32,
+    share: Option<Arc<ShareKey>>,
 }
 
 /// What an acknowledgement from the client (PUBACK, PUBREC, PUBCOMP) turned out to be.
@@ -403,6 +410,19 @@ impl Session {
         retain: bool,
         subscription_id: u32,
     ) -> Result<Queued, Dropped> {
+        self.enqueue_shared(message, qos, retain, subscription_id, None)
+    }
+
+    /// [`Session::enqueue_as`] for a message that came through the shared subscription
+    /// `share` (None: not shared).
+    pub fn enqueue_shared(
+        &mut self,
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_id: u32,
+        share: Option<Arc<ShareKey>>,
+    ) -> Result<Queued, Dropped> {
         let offline = self.attached == 0;
         if offline && qos == QoS::AtMostOnce && !self.limits.queue_qos0 {
             return Err(Dropped::Offline);
@@ -444,6 +464,7 @@ impl Session {
             retain,
             seq,
             subscription_id,
+            share,
         });
         self.wake();
         Ok(queued)
@@ -535,6 +556,7 @@ impl Session {
                     retain,
                     seq,
                     subscription_id,
+                    share,
                 } => {
                     self.queued_bytes -= message.payload.len();
                     if message
@@ -602,6 +624,7 @@ impl Session {
                         self.inflight.push_back(Inflight {
                             seq,
                             subscription_id,
+                            share,
                             packet_id,
                             message,
                             qos,

@@ -28,6 +28,7 @@ use super::pressure::PressureBoard;
 use super::replica::Replica;
 use super::session::{Dropped, Kick, Outbound, PeerLimits, Queued, Session, SessionLimits};
 use super::session_table::SessionTable;
+use super::shared::ShareKey;
 use super::wire::{ReadArena, WritePool};
 use crate::protocol::{ByteStr, Connect, QoS};
 use crate::store::{Position, Record};
@@ -40,6 +41,7 @@ const ENCODE_ONCE_FROM: usize = 4;
 mod durable;
 mod pressure;
 mod retained;
+mod shared;
 mod subscriptions;
 
 /// Whether `message` should be encoded once for its QoS 0 subscribers among `matches`
@@ -316,6 +318,7 @@ impl Shard {
                     self.make_durable(&existing);
                 }
                 self.journal_session(&existing.borrow(), |session| Record::Attached { session });
+                self.announce_presence(&existing, true);
                 self.journal_expiry(&existing.borrow());
                 return (existing, true);
             }
@@ -379,6 +382,7 @@ impl Shard {
         self.journal_session(&s, |session| Record::SessionEnded { session });
         s.set_stored_as(None);
         let filters: Vec<ByteStr> = s.subscriptions.drain().map(|(f, _)| f).collect();
+        let unreceived = s.take_shared_unreceived();
         s.clear_delivery_state();
         let client_id = s.client_id.clone();
         drop(s);
@@ -404,6 +408,9 @@ impl Shard {
         self.sessions.borrow_mut().remove(id, &client_id);
         if before {
             self.metrics.sessions.set(self.metrics.sessions.get() - 1);
+        }
+        if !unreceived.is_empty() {
+            self.give_back_shared(id, unreceived);
         }
     }
 
@@ -487,23 +494,45 @@ impl Shard {
                 pressured = Some(id);
             }
         }
+        drop(router);
+        routed.pressured = pressured;
+        if !replica.shared.is_empty() {
+            self.route_shared(&message, &replica, &mut routed);
+        }
         self.metrics
             .messages_routed
             .set(self.metrics.messages_routed.get() + 1);
-        routed.pressured = pressured;
         routed.ticket.local = self.appended_since(before);
         routed
     }
 
     fn deliver_local(&self, target: Target, message: &Arc<Message>) {
+        self.enqueue_local(target, message, None);
+    }
+
+    /// Queues `message` for a session of this shard; false when it could not be queued. A
+    /// message for a shared subscription (`share`) that could not is not counted as dropped
+    /// here: the caller tries another member of the group.
+    fn enqueue_local(
+        &self,
+        target: Target,
+        message: &Arc<Message>,
+        share: Option<&Arc<ShareKey>>,
+    ) -> bool {
         let Target { qos, retain, .. } = target;
         let sessions = self.sessions.borrow();
         let Some(session) = sessions.get(target.slot, target.generation) else {
             // The subscriber went away while the message travelled.
-            return;
+            return false;
         };
         let mut s = session.borrow_mut();
-        let result = s.enqueue_as(message.clone(), qos, retain, target.subscription_id);
+        let result = s.enqueue_shared(
+            message.clone(),
+            qos,
+            retain,
+            target.subscription_id,
+            share.cloned(),
+        );
         if let (Ok(_), Some(stored_as), Some(journal)) = (result, s.stored_as(), self.journal()) {
             if qos != QoS::AtMostOnce {
                 journal.queued(
@@ -515,6 +544,9 @@ impl Shard {
                     target.subscription_id,
                 );
             }
+        }
+        if result.is_err() && share.is_some() {
+            return false;
         }
         if result == Err(Dropped::QueueFull) && qos != QoS::AtMostOnce && !s.warned_full {
             // An acknowledged message lost: say so once per session, by name.
@@ -535,6 +567,7 @@ impl Shard {
                 .dropped_offline_qos0
                 .set(self.metrics.dropped_offline_qos0.get() + 1),
         }
+        result.is_ok()
     }
 
     // ----- mesh -----------------------------------------------------------------------------
@@ -543,9 +576,15 @@ impl Shard {
     pub fn handle(self: &Rc<Self>, msg: ShardMessage) {
         match msg {
             ShardMessage::Deliver(batch) => {
+                let mut shared = batch.shared.iter().peekable();
+                let mut index = 0;
                 for (message, targets) in batch.iter() {
                     for t in targets {
-                        self.deliver_local(*t, message);
+                        match shared.next_if(|(i, _)| *i == index) {
+                            Some((_, tag)) => self.deliver_local_shared(*t, message, tag.clone()),
+                            None => self.deliver_local(*t, message),
+                        }
+                        index += 1;
                     }
                 }
                 self.handled_numbered(batch.numbered);
@@ -612,6 +651,7 @@ impl Shard {
                     }
                 }
             }
+            ShardMessage::Presence { subscriber, online } => self.presence(subscriber, online),
             ShardMessage::Shutdown => self.stop(),
         }
     }

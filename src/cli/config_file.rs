@@ -13,6 +13,7 @@ const KNOWN_KEYS: &[&str] = &[
     "receive-maximum",
     "max-topic-alias",
     "max-keepalive",
+    "shared-strategy",
     "response-information",
     "max-queued-messages",
     "max-queued-bytes",
@@ -112,6 +113,16 @@ impl ConfigFile {
             None => Ok(None),
             Some(toml::Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(self.bad(key, "a string")),
+        }
+    }
+
+    /// A string that must be one of `allowed`.
+    pub fn choice(&self, key: &str, allowed: &[&str]) -> Result<Option<String>, String> {
+        match self.string(key)? {
+            Some(s) if !allowed.contains(&s.as_str()) => {
+                Err(self.bad(key, &format!("one of {}", allowed.join(", "))))
+            }
+            s => Ok(s),
         }
     }
 
@@ -243,6 +254,24 @@ password-file = "users.pw"
             f.path("password-file").unwrap(),
             Some(PathBuf::from("/etc/surgemq/users.pw"))
         );
+    }
+
+    #[test]
+    fn strings_and_choices() {
+        let f = parse("response-information = \"r/%c/\"\nshared-strategy = \"fastest\"\n").unwrap();
+        assert_eq!(
+            f.string("response-information").unwrap().as_deref(),
+            Some("r/%c/")
+        );
+        let err = f
+            .choice("shared-strategy", &["round-robin", "random"])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "broker.toml: key `shared-strategy` must be one of round-robin, random"
+        );
+        assert!(f.string("shards").unwrap().is_none());
+        assert!(parse("shards = 2\n").unwrap().string("shards").is_err());
     }
 
     #[test]

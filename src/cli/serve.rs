@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Args;
 use surgemq::auth::{AclFile, FileAuthenticator, PasswordFile};
+use surgemq::broker::shared::ShareStrategy;
 use surgemq::broker::{self, BrokerConfig, MetricsSnapshot};
 use surgemq::transport::{Listener, TlsFiles};
 use tracing::{info, warn};
@@ -67,6 +68,11 @@ pub struct ServeArgs {
     /// as Mosquitto's max_keepalive does; 0 allows any [default: 0].
     #[arg(long, value_name = "SECONDS")]
     max_keepalive: Option<u16>,
+    /// How a shared subscription ($share/GROUP/FILTER) picks the member for each message:
+    /// round-robin over the whole group, random, local-first (members on the publishing core
+    /// first) or hash-topic (one topic, one member) [default: round-robin].
+    #[arg(long, value_name = "STRATEGY", value_parser = clap::builder::PossibleValuesParser::new(ShareStrategy::NAMES))]
+    shared_strategy: Option<String>,
     /// MQTT 5 Response Information for clients that request it; `%c` is replaced by the client
     /// id (e.g. "responses/%c/") [default: none].
     #[arg(long, value_name = "TEXT")]
@@ -212,6 +218,11 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             file.u16("max-keepalive")?,
             defaults.max_keepalive,
         ),
+        shared_strategy: args
+            .shared_strategy
+            .or(file.choice("shared-strategy", &ShareStrategy::NAMES)?)
+            .and_then(|name| ShareStrategy::parse(&name))
+            .unwrap_or(defaults.shared_strategy),
         response_information: match args.response_information {
             Some(text) => Some(text),
             None => file.string("response-information")?,
@@ -353,6 +364,9 @@ fn log_totals(shards: &[MetricsSnapshot]) {
         dropped_qos12_queue_full = dropped_qos12,
         dropped_too_large = sum(|m| m.dropped_too_large),
         dropped_expired = sum(|m| m.dropped_expired),
+        shared_delivered = sum(|m| m.shared_delivered),
+        shared_redispatched = sum(|m| m.shared_redispatched),
+        dropped_shared = sum(|m| m.dropped_shared),
         publishers_paused = sum(|m| m.publishers_paused),
         subscribers_stalled = sum(|m| m.subscribers_stalled),
         log_compactions = sum(|m| m.compactions),

@@ -10,15 +10,18 @@
 //! - [`SubscriptionTrie`] answers "who is subscribed to this topic?" for every PUBLISH, so it is
 //!   built for matching speed.
 //! - [`TopicTree`] answers "which retained messages does this new filter match?".
+//! - [`parse_shared`] takes a shared subscription (`$share/{group}/{filter}`) apart.
 
 mod children;
 mod matching;
+mod shared;
 mod subscribers;
 mod tree;
 mod trie;
 mod validate;
 
 pub use matching::filter_matches;
+pub use shared::{is_shared, parse_shared, validate_any_filter, SharedFilter, SHARE_PREFIX};
 pub use tree::TopicTree;
 pub use trie::SubscriptionTrie;
 pub use validate::{
@@ -44,6 +47,8 @@ pub enum TopicError {
     MisplacedMultiLevelWildcard,
     #[error("'+' is not alone in its level (MQTT-4.7.1-3)")]
     MisplacedSingleLevelWildcard,
+    #[error("shared subscription without a group name of its own, one holding '+' or '#', or without a filter after it (MQTT-4.8.2-1, MQTT-4.8.2-2)")]
+    InvalidShareName,
     #[error("{levels} topic levels exceed the limit of {max}")]
     TooManyLevels { levels: usize, max: usize },
 }

@@ -53,6 +53,10 @@ impl<K: Eq + Hash + Clone, V> Subscribers<K, V> {
         self.position(key).map(|i| &self.entries[i].1)
     }
 
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.position(key).map(|i| &mut self.entries[i].1)
+    }
+
     /// Adds the entry, or replaces the value of the entry for `key` and returns the old value.
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
         if let Some(i) = self.position(&key) {

@@ -276,6 +276,20 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
         }
     }
 
+    /// The value stored for (filter, key), to change in place.
+    pub fn get_mut(&mut self, filter: &str, key: &K) -> Option<&mut V> {
+        let (path, multi) = filter_path(filter);
+        let mut node = &mut self.root;
+        for level in path {
+            node = node.child_mut(level)?;
+        }
+        if multi {
+            node.multi.get_mut(key)
+        } else {
+            node.exact.get_mut(key)
+        }
+    }
+
     /// Calls `f` once for every (filter, key) entry whose filter matches `topic`. A key
     /// subscribed through several matching filters is reported once per filter; the caller
     /// picks the one that applies (e.g. the highest QoS). The order is unspecified.

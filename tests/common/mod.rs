@@ -1084,7 +1084,7 @@ pub const CONNACK_V5_PROPERTIES: [u8; 15] = [
     0x22, 0x00, 0x0a, // Topic Alias Maximum 10
     0x27, 0x00, 0x10, 0x00, 0x00, // Maximum Packet Size 1048576
     0x29, 0x01, // Subscription Identifier Available 1
-    0x2a, 0x00, // Shared Subscription Available 0
+    0x2a, 0x01, // Shared Subscription Available 1
 ];
 
 /// The CONNACK accepting an MQTT 5 client with the default configuration:

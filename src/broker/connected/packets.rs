@@ -136,6 +136,15 @@ impl ConnectedClient {
                 }
             }
             Packet::Subscribe(request) => {
+                let no_local_shared = request
+                    .filters
+                    .iter()
+                    .any(|(f, o)| o.no_local && crate::topic::is_shared(f));
+                if no_local_shared {
+                    return Err(CloseReason::Violation(
+                        "No Local on a shared subscription (MQTT-3.8.3-4)",
+                    ));
+                }
                 let username = self.session.borrow().username.clone();
                 self.shard
                     .subscribe(&self.session, request, username.as_deref())

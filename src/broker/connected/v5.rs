@@ -161,8 +161,8 @@ pub(super) fn connack_properties(
         maximum_packet_size: u32::try_from(config.max_packet_size).ok(),
         // Retain, QoS 2 and wildcards are available: left out, as the defaults say so.
         subscription_identifier_available: Some(true),
-        // Issue 16.
-        shared_subscription_available: Some(false),
+        // Said although 1 is the default: clients and people reading a capture see it.
+        shared_subscription_available: Some(true),
         server_keep_alive: server_keep_alive(config, connect.keep_alive),
         response_information: response_information(config, connect),
         ..Properties::default()

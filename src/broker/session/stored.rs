@@ -122,6 +122,7 @@ impl Session {
                 state,
                 seq: f.message.seq,
                 subscription_id: subscription_id(&f.message),
+                share: None,
             });
             s.last_packet_id = f.packet_id;
             next_seq = next_seq.max(f.message.seq + 1);
@@ -134,6 +135,7 @@ impl Session {
                 retain: m.retain,
                 seq: m.seq,
                 subscription_id: subscription_id(m),
+                share: None,
             });
             next_seq = next_seq.max(m.seq + 1);
         }
@@ -183,6 +185,7 @@ impl Session {
                 retain,
                 seq,
                 subscription_id,
+                ..
             } = item
             {
                 if *qos != QoS::AtMostOnce {

@@ -17,7 +17,7 @@ use crate::protocol::{
     Unsubscribe,
 };
 use crate::store::{Position, Record};
-use crate::topic::validate_filter_with_max_levels;
+use crate::topic::{is_shared, parse_shared, validate_any_filter};
 
 impl Shard {
     /// Applies a SUBSCRIBE on every shard; the SUBACK (then the retained messages that match)
@@ -31,7 +31,6 @@ impl Shard {
         let max_levels = self.config.max_topic_levels;
         let auth = &self.config.authenticator;
         let check_acl = auth.checks_topics();
-        let v5 = session.borrow().peer.level.is_v5();
         let subscription_id = request
             .properties
             .as_ref()
@@ -46,13 +45,15 @@ impl Shard {
             for (filter, options) in request.filters {
                 // Kept for the session's life: its own bytes, not a slice of the read buffer.
                 let filter = ByteStr::from(filter.as_str());
-                let refused = if v5 && filter.starts_with("$share/") {
-                    // Shared subscriptions come with issue 16; announced as unavailable.
-                    Some(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
-                } else if let Err(e) = validate_filter_with_max_levels(&filter, max_levels) {
+                // A shared subscription's ACL applies to the filter after `$share/{group}/`.
+                let matching = match parse_shared(&filter) {
+                    Some(Ok(shared)) => shared.filter,
+                    _ => &filter,
+                };
+                let refused = if let Err(e) = validate_any_filter(&filter, max_levels) {
                     debug!(client = %s.client_id, filter = %filter, "subscription refused: {e}");
                     Some(ReasonCode::TOPIC_FILTER_INVALID)
-                } else if check_acl && !auth.can_subscribe(username, &s.client_id, &filter) {
+                } else if check_acl && !auth.can_subscribe(username, &s.client_id, matching) {
                     debug!(client = %s.client_id, filter = %filter, "subscription refused by the ACL");
                     Some(ReasonCode::NOT_AUTHORIZED)
                 } else {
@@ -71,11 +72,13 @@ impl Shard {
                 };
                 codes.push(SubscribeReturnCode::Success(options.qos));
                 let existed = s.subscriptions.insert(filter.clone(), grant).is_some();
-                let send_retained = match options.retain_handling {
-                    RetainHandling::SendAtSubscribe => true,
-                    RetainHandling::SendIfNew => !existed,
-                    RetainHandling::DoNotSend => false,
-                };
+                // Retained messages are not sent on a shared subscription (MQTT 5.0 4.8.2).
+                let send_retained = !is_shared(&filter)
+                    && match options.retain_handling {
+                        RetainHandling::SendAtSubscribe => true,
+                        RetainHandling::SendIfNew => !existed,
+                        RetainHandling::DoNotSend => false,
+                    };
                 accepted.push(Subscription {
                     filter,
                     grant,
@@ -276,7 +279,7 @@ impl Shard {
                 retained.for_each_matching(&sub.filter, |m| found.push((m.clone(), sub.grant)));
             }
         }
-        self.metrics.subscriptions.set(replica.trie.len() as u64);
+        self.metrics.subscriptions.set(replica.len() as u64);
         found
     }
 
@@ -285,6 +288,6 @@ impl Shard {
         for f in filters {
             replica.remove(f, &id);
         }
-        self.metrics.subscriptions.set(replica.trie.len() as u64);
+        self.metrics.subscriptions.set(replica.len() as u64);
     }
 }

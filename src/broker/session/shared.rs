@@ -1,0 +1,53 @@
+//! The session's side of shared subscriptions: what it holds for a group and has not yet got
+//! to its client goes to another member when the session ends (MQTT 5.0 4.8.2).
+
+use std::sync::Arc;
+
+use super::{InflightState, Outbound, Session};
+use crate::broker::mesh::Message;
+use crate::broker::shared::ShareKey;
+
+/// A message a member gives back to its group.
+pub struct Unreceived {
+    pub message: Arc<Message>,
+    pub share: Arc<ShareKey>,
+}
+
+impl Session {
+    /// Takes out every message that came through a shared subscription and that the client
+    /// does not have yet: queued, or sent and not acknowledged (QoS 1) or not received
+    /// (QoS 2 without PUBREC). A QoS 2 message the client has (PUBREC sent) stays: giving it
+    /// to another member would deliver it twice.
+    pub fn take_shared_unreceived(&mut self) -> Vec<Unreceived> {
+        let mut taken = Vec::new();
+        self.inflight.retain_mut(|f| {
+            if f.state == InflightState::Comp {
+                return true;
+            }
+            match f.share.take() {
+                Some(share) => {
+                    taken.push(Unreceived {
+                        message: f.message.clone(),
+                        share,
+                    });
+                    false
+                }
+                None => true,
+            }
+        });
+        let mut bytes = 0;
+        self.queue.retain_mut(|item| match item {
+            Outbound::Publish { message, share, .. } if share.is_some() => {
+                bytes += message.payload.len();
+                taken.push(Unreceived {
+                    message: message.clone(),
+                    share: share.take().expect("checked"),
+                });
+                false
+            }
+            _ => true,
+        });
+        self.queued_bytes -= bytes;
+        taken
+    }
+}

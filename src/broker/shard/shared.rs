@@ -1,0 +1,185 @@
+//! Shared subscriptions on the shard (see `broker::shared` for the design): one member per
+//! matching group for each routed message, another member when the chosen one cannot take it,
+//! the messages of a member whose session ends given back to its group, and the announcement
+//! of members going offline and coming back.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+use tracing::debug;
+
+use super::{Routed, Shard};
+use crate::broker::mesh::{Grant, Message, ShardMessage, SubscriberId, Target};
+use crate::broker::metrics::add;
+use crate::broker::replica::Replica;
+use crate::broker::session::{Session, Unreceived};
+use crate::broker::shared::{Availability, ShareKey, ShareTag};
+use crate::protocol::QoS;
+use crate::topic::is_shared;
+
+/// A member is busy while its queue is full and its publishers are held back for it.
+impl Availability for crate::broker::pressure::PressureBoard {
+    fn busy(&self, id: &SubscriberId) -> bool {
+        self.any() && self.contains(id)
+    }
+}
+
+impl Shard {
+    /// The shared-subscription part of `route`: the message goes to one member of every group
+    /// whose filter matches its topic.
+    pub(super) fn route_shared(
+        &self,
+        message: &Arc<Message>,
+        replica: &Replica,
+        routed: &mut Routed,
+    ) {
+        let mut picks: SmallVec<[(Arc<ShareKey>, SubscriberId, Grant); 4]> = SmallVec::new();
+        replica.shared.for_each_pick(
+            &message.topic,
+            self.config.shared_strategy,
+            self.id,
+            &self.pressure,
+            |key, id, grant| picks.push((key.clone(), id, grant)),
+        );
+        routed.matched += picks.len();
+        for (key, id, grant) in picks {
+            let tag = ShareTag { key, hops: 0 };
+            self.deliver_shared(message, id, grant, tag, Some(routed));
+        }
+    }
+
+    /// Delivers `message` to the member `id` of the group in `tag`, here or on its shard.
+    fn deliver_shared(
+        &self,
+        message: &Arc<Message>,
+        id: SubscriberId,
+        grant: Grant,
+        tag: ShareTag,
+        routed: Option<&mut Routed>,
+    ) {
+        add(&self.metrics.shared_delivered, 1);
+        let qos = message.qos.min(grant.qos);
+        let target = Target {
+            slot: id.slot,
+            generation: id.generation,
+            qos,
+            retain: grant.retain_as_published && message.retain,
+            subscription_id: grant.subscription_id,
+        };
+        if id.shard == self.id {
+            self.deliver_local_shared(target, message, tag);
+            return;
+        }
+        let needs_ack = id.durable && qos != QoS::AtMostOnce && self.acks_wait_for_disk();
+        let number = self.router.borrow_mut().deliver_tagged(
+            id.shard,
+            message,
+            target,
+            needs_ack,
+            Some(tag),
+        );
+        if let Some(routed) = routed {
+            if needs_ack {
+                routed.ticket.add_remote(id.shard, number);
+            }
+            if qos != QoS::AtMostOnce && routed.pressured.is_none() && self.pressure.busy(&id) {
+                // Every member is busy: the publisher waits for this one, as for any subscriber.
+                routed.pressured = Some(id);
+            }
+        }
+    }
+
+    /// Queues a shared delivery for a session of this shard, or, when it cannot take it,
+    /// gives it to another member of the group.
+    pub(super) fn deliver_local_shared(
+        &self,
+        target: Target,
+        message: &Arc<Message>,
+        tag: ShareTag,
+    ) {
+        if self.enqueue_local(target, message, Some(&tag.key)) {
+            return;
+        }
+        let failed = SubscriberId {
+            shard: self.id,
+            durable: false,
+            slot: target.slot,
+            generation: target.generation,
+        };
+        self.share_again(message, tag, failed);
+    }
+
+    /// Gives `message` to another member of its group than `failed`, which could not take it;
+    /// each member is tried at most once, then the message is dropped and counted.
+    fn share_again(&self, message: &Arc<Message>, tag: ShareTag, failed: SubscriberId) {
+        let next = {
+            let replica = self.replica.borrow();
+            // `failed` may have left the group already (its session ended).
+            let members = replica.shared.members(&tag.key);
+            if usize::from(tag.hops) >= members {
+                None
+            } else {
+                replica.shared.pick_again(
+                    &tag.key,
+                    &message.topic,
+                    self.config.shared_strategy,
+                    self.id,
+                    &self.pressure,
+                    failed,
+                )
+            }
+        };
+        let Some((id, grant)) = next else {
+            debug!(group = %tag.key.full, topic = %message.topic, "no member of the shared subscription could take the message: dropped");
+            add(&self.metrics.dropped_shared, 1);
+            return;
+        };
+        add(&self.metrics.shared_redispatched, 1);
+        let tag = ShareTag {
+            key: tag.key,
+            hops: tag.hops.saturating_add(1),
+        };
+        self.deliver_shared(message, id, grant, tag, None);
+    }
+
+    /// A session that ends gives its group the messages it held for it that its client does
+    /// not have (MQTT 5.0 4.8.2). Called once its subscriptions left this shard's replica.
+    pub(super) fn give_back_shared(&self, id: SubscriberId, taken: Vec<Unreceived>) {
+        for Unreceived { message, share } in taken {
+            let tag = ShareTag {
+                key: share,
+                hops: 0,
+            };
+            self.share_again(&message, tag, id);
+        }
+    }
+
+    /// Tells every shard that `session`, a member of some shared subscription, went offline
+    /// or came back, so publishers skip it while others can take its messages.
+    pub(in crate::broker) fn announce_presence(&self, session: &RefCell<Session>, online: bool) {
+        let s = session.borrow();
+        if !s.subscriptions.keys().any(|f| is_shared(f)) {
+            return;
+        }
+        let id = s.id;
+        drop(s);
+        self.replica.borrow_mut().shared.set_online(id, online);
+        if self.shards > 1 {
+            self.router
+                .borrow_mut()
+                .broadcast(|| ShardMessage::Presence {
+                    subscriber: id,
+                    online,
+                });
+        }
+    }
+
+    /// Handles another shard's [`ShardMessage::Presence`].
+    pub(in crate::broker) fn presence(&self, subscriber: SubscriberId, online: bool) {
+        self.replica
+            .borrow_mut()
+            .shared
+            .set_online(subscriber, online);
+    }
+}

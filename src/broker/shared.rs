@@ -1,0 +1,434 @@
+//! Shared subscriptions (`$share/{group}/{filter}`, MQTT 5.0 4.8.2) on a thread-per-core
+//! broker: which member of a group gets a message.
+//!
+//! Every shard's replica holds every group with all its members, wherever they live, so the
+//! shard a message is published on picks the member itself, without asking anyone: one
+//! member per matching group, besides the normal subscribers. Each shard keeps its own
+//! round-robin position per group, so each publishing shard spreads its messages evenly and
+//! so do all of them together. Members are kept sorted by id, so every shard sees a group in
+//! the same order (what `hash-topic` needs to send a topic to one member from every shard).
+//!
+//! A member is skipped while another can take the message: when it is offline (its shard
+//! announces it, see `ShardMessage::Presence`) or its queue is full while it reads (the
+//! pressure every shard already knows). A delivery that still fails where the member lives
+//! (its session just ended, or its queue is full) is tried again there on another member,
+//! at most once per member ([`ShareTag::hops`]); see `shard::shared`.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use ahash::{AHashMap, AHashSet};
+
+use super::mesh::{Grant, ShardId, SubscriberId};
+use crate::protocol::ByteStr;
+use crate::topic::{SharedFilter, SubscriptionTrie};
+
+/// How a group's member is chosen for each message (`--shared-strategy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ShareStrategy {
+    /// In turn, over the whole group wherever its members live.
+    #[default]
+    RoundRobin,
+    /// At random.
+    Random,
+    /// In turn among the members on the publishing shard (no cross-core hop), the others when
+    /// none of them can take it.
+    LocalFirst,
+    /// By a hash of the topic: one topic stays with one member, in order.
+    HashTopic,
+}
+
+impl ShareStrategy {
+    pub const NAMES: [&'static str; 4] = ["round-robin", "random", "local-first", "hash-topic"];
+
+    pub fn parse(name: &str) -> Option<ShareStrategy> {
+        Some(match name {
+            "round-robin" => ShareStrategy::RoundRobin,
+            "random" => ShareStrategy::Random,
+            "local-first" => ShareStrategy::LocalFirst,
+            "hash-topic" => ShareStrategy::HashTopic,
+            _ => return None,
+        })
+    }
+}
+
+/// A shared subscription as its members subscribed it: `$share/{group}/{filter}`. Messages
+/// queued for a member carry it, so they can go to another member if this one leaves.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ShareKey {
+    pub full: ByteStr,
+}
+
+impl ShareKey {
+    fn parts(&self) -> SharedFilter<'_> {
+        match crate::topic::parse_shared(&self.full) {
+            Some(Ok(parts)) => parts,
+            _ => unreachable!("a ShareKey is made from a valid shared filter"),
+        }
+    }
+}
+
+/// What travels with a message delivered through a shared subscription: the group, and how
+/// many members already failed to take it.
+#[derive(Debug, Clone)]
+pub struct ShareTag {
+    pub key: Arc<ShareKey>,
+    pub hops: u8,
+}
+
+/// One group on one filter, as a shard's replica holds it.
+struct ShareGroup {
+    key: Arc<ShareKey>,
+    /// Sorted by id: every shard sees the same order.
+    members: Vec<(SubscriberId, Grant)>,
+    /// Where this shard's round robin goes on.
+    next: Cell<usize>,
+}
+
+/// What a shard must know of a member to choose it: whether it can take a message now.
+pub trait Availability {
+    fn busy(&self, id: &SubscriberId) -> bool;
+}
+
+/// A shard's replica of every shared subscription.
+pub struct SharedIndex {
+    groups: SubscriptionTrie<ByteStr, ShareGroup>,
+    /// Members whose session is offline.
+    offline: AHashSet<SubscriberId>,
+    /// Groups each member is in.
+    memberships_of: AHashMap<SubscriberId, u32>,
+    memberships: usize,
+    random: Cell<u64>,
+}
+
+impl Default for SharedIndex {
+    fn default() -> Self {
+        SharedIndex {
+            groups: SubscriptionTrie::new(),
+            offline: AHashSet::new(),
+            memberships_of: AHashMap::new(),
+            memberships: 0,
+            random: Cell::new(0x9E37_79B9_7F4A_7C15),
+        }
+    }
+}
+
+/// The same on every shard, so `hash-topic` sends a topic to the same member from all.
+const TOPIC_HASH: ahash::RandomState = ahash::RandomState::with_seeds(1, 2, 3, 4);
+
+impl SharedIndex {
+    pub fn is_empty(&self) -> bool {
+        self.memberships == 0
+    }
+
+    /// Memberships over all groups.
+    pub fn len(&self) -> usize {
+        self.memberships
+    }
+
+    /// Adds `id` to the group `shared` names (or updates its grant); `full` is the filter as
+    /// subscribed.
+    pub fn insert(&mut self, full: &str, shared: SharedFilter<'_>, id: SubscriberId, grant: Grant) {
+        let group = ByteStr::from(shared.group);
+        if self.groups.get(shared.filter, &group).is_none() {
+            self.groups.insert(
+                shared.filter,
+                group.clone(),
+                ShareGroup {
+                    key: Arc::new(ShareKey {
+                        full: ByteStr::from(full),
+                    }),
+                    members: Vec::new(),
+                    next: Cell::new(0),
+                },
+            );
+        }
+        let g = self
+            .groups
+            .get_mut(shared.filter, &group)
+            .expect("inserted above");
+        match g.members.binary_search_by_key(&id, |m| m.0) {
+            Ok(i) => g.members[i].1 = grant,
+            Err(i) => {
+                g.members.insert(i, (id, grant));
+                self.memberships += 1;
+                *self.memberships_of.entry(id).or_default() += 1;
+            }
+        }
+    }
+
+    /// Removes `id` from the group; returns its grant if it was a member.
+    pub fn remove(&mut self, shared: SharedFilter<'_>, id: &SubscriberId) -> Option<Grant> {
+        let group = ByteStr::from(shared.group);
+        let g = self.groups.get_mut(shared.filter, &group)?;
+        let i = g.members.binary_search_by_key(id, |m| m.0).ok()?;
+        let (_, grant) = g.members.remove(i);
+        self.memberships -= 1;
+        if g.members.is_empty() {
+            self.groups.remove(shared.filter, &group);
+        }
+        if let Some(n) = self.memberships_of.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                // No longer a member anywhere: nothing to remember about it.
+                self.memberships_of.remove(id);
+                self.offline.remove(id);
+            }
+        }
+        Some(grant)
+    }
+
+    /// A member's session went offline (or came back). Only members are remembered.
+    pub fn set_online(&mut self, id: SubscriberId, online: bool) {
+        if online {
+            self.offline.remove(&id);
+        } else if self.memberships_of.contains_key(&id) {
+            self.offline.insert(id);
+        }
+    }
+
+    /// Calls `f` with the member chosen in every group whose filter matches `topic`.
+    pub fn for_each_pick(
+        &self,
+        topic: &str,
+        strategy: ShareStrategy,
+        here: ShardId,
+        availability: &impl Availability,
+        mut f: impl FnMut(&Arc<ShareKey>, SubscriberId, Grant),
+    ) {
+        self.groups.for_each_match(topic, |_, group| {
+            if let Some((id, grant)) = self.pick(group, topic, strategy, here, availability, None) {
+                f(&group.key, id, grant);
+            }
+        });
+    }
+
+    /// Another member of `key`'s group than `failed`, for a message it could not take; None
+    /// when the group has no other member (here).
+    pub fn pick_again(
+        &self,
+        key: &ShareKey,
+        topic: &str,
+        strategy: ShareStrategy,
+        here: ShardId,
+        availability: &impl Availability,
+        failed: SubscriberId,
+    ) -> Option<(SubscriberId, Grant)> {
+        let parts = key.parts();
+        let group = self.groups.get(parts.filter, &ByteStr::from(parts.group))?;
+        self.pick(group, topic, strategy, here, availability, Some(failed))
+    }
+
+    /// The members of `key`'s group (0 when it has none here).
+    pub fn members(&self, key: &ShareKey) -> usize {
+        let parts = key.parts();
+        self.groups
+            .get(parts.filter, &ByteStr::from(parts.group))
+            .map_or(0, |g| g.members.len())
+    }
+
+    fn pick(
+        &self,
+        group: &ShareGroup,
+        topic: &str,
+        strategy: ShareStrategy,
+        here: ShardId,
+        availability: &impl Availability,
+        exclude: Option<SubscriberId>,
+    ) -> Option<(SubscriberId, Grant)> {
+        let members = &group.members;
+        let n = members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = match strategy {
+            ShareStrategy::RoundRobin | ShareStrategy::LocalFirst => group.next.get() % n,
+            ShareStrategy::Random => (self.next_random() % n as u64) as usize,
+            ShareStrategy::HashTopic => (TOPIC_HASH.hash_one(topic) % n as u64) as usize,
+        };
+        let in_turn = (0..n).map(|i| (start + i) % n);
+        // The one that failed, whatever its id says of durability (a target does not carry it).
+        let eligible = |i: &usize| {
+            let m = &members[*i].0;
+            exclude
+                .is_none_or(|x| (x.shard, x.slot, x.generation) != (m.shard, m.slot, m.generation))
+        };
+        let usable = |i: &usize| {
+            let id = &members[*i].0;
+            eligible(i) && !self.offline.contains(id) && !availability.busy(id)
+        };
+        let chosen = match strategy {
+            ShareStrategy::LocalFirst => in_turn
+                .clone()
+                .find(|i| members[*i].0.shard == here && usable(i)),
+            _ => None,
+        }
+        .or_else(|| in_turn.clone().find(usable))
+        // Nobody can take it now: the one whose turn it is queues it (or, offline and
+        // persistent, keeps it for later).
+        .or_else(|| in_turn.clone().find(eligible))?;
+        if matches!(
+            strategy,
+            ShareStrategy::RoundRobin | ShareStrategy::LocalFirst
+        ) {
+            group.next.set(chosen + 1);
+        }
+        Some(members[chosen])
+    }
+
+    fn next_random(&self) -> u64 {
+        // xorshift64: enough to spread messages; nothing depends on it being unpredictable.
+        let mut x = self.random.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random.set(x);
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::QoS;
+    use crate::topic::parse_shared;
+
+    fn id(shard: u16, slot: u32) -> SubscriberId {
+        SubscriberId {
+            shard: ShardId(shard),
+            durable: false,
+            slot,
+            generation: 1,
+        }
+    }
+
+    struct Busy(Vec<SubscriberId>);
+    impl Availability for Busy {
+        fn busy(&self, id: &SubscriberId) -> bool {
+            self.0.contains(id)
+        }
+    }
+
+    fn index(members: &[SubscriberId]) -> SharedIndex {
+        let mut index = SharedIndex::default();
+        let full = "$share/g/a/#";
+        let parts = parse_shared(full).unwrap().unwrap();
+        for m in members {
+            index.insert(full, parts, *m, QoS::AtLeastOnce.into());
+        }
+        index
+    }
+
+    fn picks(
+        index: &SharedIndex,
+        topic: &str,
+        strategy: ShareStrategy,
+        busy: &Busy,
+        count: usize,
+    ) -> Vec<SubscriberId> {
+        let mut got = Vec::new();
+        for _ in 0..count {
+            index.for_each_pick(topic, strategy, ShardId(0), busy, |key, id, _| {
+                assert_eq!(key.full.as_str(), "$share/g/a/#");
+                got.push(id);
+            });
+        }
+        got
+    }
+
+    #[test]
+    fn round_robin_takes_members_in_turn_and_skips_busy_and_offline_ones() {
+        let (a, b, c) = (id(0, 1), id(1, 1), id(1, 2));
+        let mut index = index(&[c, a, b]);
+        assert_eq!(index.len(), 3);
+        let none = Busy(vec![]);
+        assert_eq!(
+            picks(&index, "a/x", ShareStrategy::RoundRobin, &none, 6),
+            [a, b, c, a, b, c]
+        );
+        assert_eq!(
+            picks(&index, "a/x", ShareStrategy::RoundRobin, &Busy(vec![b]), 4),
+            [a, c, a, c]
+        );
+        index.set_online(c, false);
+        assert_eq!(
+            picks(&index, "a/x", ShareStrategy::RoundRobin, &Busy(vec![b]), 2),
+            [a, a]
+        );
+        // When nobody can take it, the member whose turn it is gets it anyway.
+        let all = Busy(vec![a, b]);
+        assert_eq!(
+            picks(&index, "a/x", ShareStrategy::RoundRobin, &all, 1).len(),
+            1
+        );
+        // Topics the filter does not match pick nobody.
+        assert!(picks(&index, "b/x", ShareStrategy::RoundRobin, &none, 1).is_empty());
+    }
+
+    #[test]
+    fn local_first_prefers_members_on_the_publishing_shard() {
+        let (a, b, c) = (id(0, 1), id(1, 1), id(0, 2));
+        let index = index(&[a, b, c]);
+        let none = Busy(vec![]);
+        assert_eq!(
+            picks(&index, "a/x", ShareStrategy::LocalFirst, &none, 4),
+            [a, c, a, c]
+        );
+        assert_eq!(
+            picks(
+                &index,
+                "a/x",
+                ShareStrategy::LocalFirst,
+                &Busy(vec![a, c]),
+                2
+            ),
+            [b, b]
+        );
+    }
+
+    #[test]
+    fn hash_topic_keeps_a_topic_on_one_member_and_random_spreads() {
+        let members: Vec<_> = (0..4u16).map(|i| id(i % 2, u32::from(i))).collect();
+        let index = index(&members);
+        let none = Busy(vec![]);
+        let mut owners = AHashSet::new();
+        for t in 0..64 {
+            let topic = format!("a/{t}");
+            let got = picks(&index, &topic, ShareStrategy::HashTopic, &none, 3);
+            assert!(got.iter().all(|m| *m == got[0]), "{topic}: {got:?}");
+            owners.insert(got[0]);
+        }
+        assert_eq!(owners.len(), 4, "64 topics spread over all members");
+        let got = picks(&index, "a/x", ShareStrategy::Random, &none, 400);
+        for m in &members {
+            let share = got.iter().filter(|g| *g == m).count();
+            assert!((50..150).contains(&share), "{m:?} got {share} of 400");
+        }
+    }
+
+    #[test]
+    fn pick_again_excludes_the_member_that_failed_and_remove_empties_the_group() {
+        let (a, b) = (id(0, 1), id(1, 1));
+        let mut index = index(&[a, b]);
+        let key = ShareKey {
+            full: ByteStr::from("$share/g/a/#"),
+        };
+        let none = Busy(vec![]);
+        for _ in 0..3 {
+            let again =
+                index.pick_again(&key, "a/x", ShareStrategy::RoundRobin, ShardId(0), &none, a);
+            assert_eq!(again.map(|m| m.0), Some(b));
+        }
+        let parts = parse_shared("$share/g/a/#").unwrap().unwrap();
+        assert!(index.remove(parts, &b).is_some());
+        assert!(index.remove(parts, &b).is_none());
+        assert_eq!(
+            index.pick_again(&key, "a/x", ShareStrategy::RoundRobin, ShardId(0), &none, a),
+            None
+        );
+        assert_eq!(index.members(&key), 1);
+        index.remove(parts, &a);
+        assert!(index.is_empty());
+        assert_eq!(index.members(&key), 0);
+    }
+}
