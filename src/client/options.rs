@@ -560,6 +560,47 @@ mod tests {
     }
 
     #[test]
+    fn enhanced_authentication_is_mqtt_5_and_goes_into_connect() {
+        use crate::client::auth::{AuthChallenge, EnhancedAuth};
+        let auth = |method: &str| {
+            EnhancedAuth::new(
+                method,
+                Some(Bytes::from_static(b"first")),
+                |_: &AuthChallenge| Ok(Bytes::new()),
+            )
+        };
+        let v5 = ClientOptions {
+            protocol: ProtocolLevel::V5,
+            authentication: Some(auth("SCRAM-SHA-256")),
+            ..ClientOptions::new("h", 1)
+        };
+        v5.validate().unwrap();
+        let p = v5.connect_packet().properties.unwrap();
+        assert_eq!(p.authentication_method.as_deref(), Some("SCRAM-SHA-256"));
+        assert_eq!(p.authentication_data.as_deref(), Some(&b"first"[..]));
+        let cases = [
+            (
+                ClientOptions {
+                    protocol: ProtocolLevel::V311,
+                    ..v5.clone()
+                },
+                "authentication",
+            ),
+            (
+                ClientOptions {
+                    authentication: Some(auth("")),
+                    ..v5.clone()
+                },
+                "authentication method",
+            ),
+        ];
+        for (options, what) in cases {
+            let err = options.validate().unwrap_err().to_string();
+            assert!(err.starts_with(&format!("invalid {what}:")), "{err}");
+        }
+    }
+
+    #[test]
     fn v31_allows_a_password_alone() {
         let o = ClientOptions {
             protocol: ProtocolLevel::V31,

@@ -70,10 +70,11 @@ use super::error::{ClientError, ProtocolError};
 use super::ids::PacketIds;
 use crate::protocol::{
     Ack, ByteStr, ConnAck, Connect, Disconnect, Packet, PacketId, PacketType, Properties,
-    ProtocolLevel, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscribeReturnCode,
-    SubscriptionOptions, UnsubAck, Unsubscribe,
+    ProtocolLevel, Publish, QoS, ReasonCode, SubscribeReturnCode,
 };
 
+#[path = "state_requests.rs"]
+mod requests;
 #[path = "state_v5.rs"]
 mod v5;
 
@@ -394,42 +395,7 @@ impl ClientState {
                 self.emit(Packet::PubComp(Ack::new(id)), now);
             }
             Packet::SubAck(ack) => self.on_suback(ack)?,
-            Packet::UnsubAck(UnsubAck {
-                packet_id: id,
-                reasons,
-                ..
-            }) => match self.requests.get(&id) {
-                Some(&Request::Unsubscribe(expected)) => {
-                    let reasons = if self.level().is_v5() {
-                        if reasons.len() != expected {
-                            return Err(ProtocolError::UnsubAckCount {
-                                packet_id: id,
-                                expected,
-                                got: reasons.len(),
-                            }
-                            .into());
-                        }
-                        reasons
-                    } else {
-                        vec![ReasonCode::SUCCESS; expected]
-                    };
-                    self.requests.remove(&id);
-                    self.ids.release(id);
-                    self.events.push_back(Event::Unsubscribed {
-                        packet_id: id,
-                        reasons,
-                    });
-                }
-                Some(Request::Subscribe(_)) => {
-                    return Err(ProtocolError::WrongAck {
-                        ack: PacketType::UnsubAck,
-                        packet_id: id,
-                        expected: PacketType::SubAck,
-                    }
-                    .into())
-                }
-                None => {}
-            },
+            Packet::UnsubAck(ack) => self.on_unsuback(ack)?,
             Packet::PingResp => self.ping_sent = None,
             Packet::Auth(a) if self.level().is_v5() => self.on_auth(a, now)?,
             Packet::Disconnect(d) if self.level().is_v5() => {
@@ -501,36 +467,6 @@ impl ClientState {
         }
     }
 
-    fn on_suback(&mut self, ack: SubAck) -> Result<(), ClientError> {
-        let id = ack.packet_id;
-        match self.requests.get(&id) {
-            Some(&Request::Subscribe(expected)) => {
-                if ack.return_codes.len() != expected {
-                    return Err(ProtocolError::SubAckCount {
-                        packet_id: id,
-                        expected,
-                        got: ack.return_codes.len(),
-                    }
-                    .into());
-                }
-                self.requests.remove(&id);
-                self.ids.release(id);
-                self.events.push_back(Event::Subscribed {
-                    packet_id: id,
-                    return_codes: ack.return_codes,
-                });
-                Ok(())
-            }
-            Some(Request::Unsubscribe(_)) => Err(ProtocolError::WrongAck {
-                ack: PacketType::SubAck,
-                packet_id: id,
-                expected: PacketType::UnsubAck,
-            }
-            .into()),
-            None => Ok(()),
-        }
-    }
-
     /// Whether a QoS 1/2 publish would be taken now: below `max_inflight` and below the
     /// server's Receive Maximum.
     pub fn window_open(&self) -> bool {
@@ -588,74 +524,6 @@ impl ClientState {
         );
         self.next_seq += 1;
         Ok(id)
-    }
-
-    /// Sends SUBSCRIBE. Only while connected: a request is not part of the session.
-    pub fn subscribe(
-        &mut self,
-        filters: Vec<(ByteStr, QoS)>,
-        now: Instant,
-    ) -> Result<PacketId, ClientError> {
-        let filters = filters.into_iter().map(|(f, q)| (f, q.into())).collect();
-        self.subscribe_with(filters, None, now)
-    }
-
-    /// Sends SUBSCRIBE with MQTT 5 subscription options and properties (Subscription
-    /// Identifier, User Property); 3.1/3.1.1 send the QoS alone.
-    pub fn subscribe_with(
-        &mut self,
-        filters: Vec<(ByteStr, SubscriptionOptions)>,
-        properties: Option<Box<Properties>>,
-        now: Instant,
-    ) -> Result<PacketId, ClientError> {
-        let id = self.request_id()?;
-        self.requests.insert(id, Request::Subscribe(filters.len()));
-        self.emit(
-            Packet::Subscribe(Subscribe {
-                packet_id: id,
-                filters,
-                properties,
-            }),
-            now,
-        );
-        Ok(id)
-    }
-
-    /// Sends UNSUBSCRIBE. Only while connected.
-    pub fn unsubscribe(
-        &mut self,
-        filters: Vec<ByteStr>,
-        now: Instant,
-    ) -> Result<PacketId, ClientError> {
-        self.unsubscribe_with(filters, None, now)
-    }
-
-    /// Sends UNSUBSCRIBE with MQTT 5 properties (User Property).
-    pub fn unsubscribe_with(
-        &mut self,
-        filters: Vec<ByteStr>,
-        properties: Option<Box<Properties>>,
-        now: Instant,
-    ) -> Result<PacketId, ClientError> {
-        let id = self.request_id()?;
-        self.requests
-            .insert(id, Request::Unsubscribe(filters.len()));
-        self.emit(
-            Packet::Unsubscribe(Unsubscribe {
-                packet_id: id,
-                filters,
-                properties,
-            }),
-            now,
-        );
-        Ok(id)
-    }
-
-    fn request_id(&mut self) -> Result<PacketId, ClientError> {
-        if self.phase != Phase::Connected {
-            return Err(ClientError::Disconnected);
-        }
-        self.ids.allocate().ok_or(ClientError::NoPacketId)
     }
 
     /// Sends DISCONNECT; the caller closes the connection once it is written. The session

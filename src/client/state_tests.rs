@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::*;
-use crate::protocol::{LastWill, ProtocolLevel};
+use crate::protocol::{
+    LastWill, ProtocolLevel, SubAck, SubscriptionOptions, UnsubAck, Unsubscribe,
+};
 
 pub(super) fn config() -> StateConfig {
     StateConfig {
