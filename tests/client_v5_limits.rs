@@ -395,3 +395,57 @@ fn a_message_sent_again_after_a_reconnect_has_its_expiry_lowered_or_is_dropped()
     });
     server.join().unwrap();
 }
+
+/// Publishes made while the connection is down wait for the next one: there, one with
+/// Message Expiry Interval 30 goes out with the time it waited (about 1.2 s) taken off, and
+/// one with 1 s has expired and fails without being sent.
+#[test]
+fn a_message_waiting_for_the_connection_has_its_expiry_lowered_or_is_dropped() {
+    let (addr, server) = serve(vec![
+        Box::new(|s| {
+            assert_eq!(read_packet(s)[0], 0x10, "CONNECT");
+            s.write_all(&connack(false, &[])).unwrap();
+            // Closed at once.
+        }),
+        Box::new(|s| {
+            assert_eq!(read_packet(s)[0], 0x10, "CONNECT again");
+            s.write_all(&connack(false, &[])).unwrap();
+            let p = read_packet(s);
+            assert_eq!(p[0], 0x32, "QoS 1 PUBLISH");
+            assert_eq!(&p[2..5], [0x00, 0x01, b'l']);
+            assert_eq!(p[7..11], [0x05, 0x02, 0x00, 0x00]);
+            assert!((28..=29).contains(&p[12]), "{} s left of 30", p[12]);
+            let id = [p[5], p[6]];
+            s.write_all(&[0x40, 0x02, id[0], id[1]]).unwrap();
+            assert_eq!(
+                read_packet(s),
+                [0xe0, 0x00],
+                "DISCONNECT, nothing before it"
+            );
+        }),
+    ]);
+    run(LIMIT, async {
+        let options = ClientOptions {
+            reconnect_interval: Some(Duration::from_millis(1200)),
+            ..scripted(addr)
+        };
+        let (c, _inbox) = Client::connect(options).await.unwrap();
+        while c.is_connected() {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        let with_expiry = |secs| Properties {
+            message_expiry_interval: Some(secs),
+            ..Properties::default()
+        };
+        let long = c.publish_with("l", "x", QoS::AtLeastOnce, false, with_expiry(30));
+        let short = c.publish_with("s", "x", QoS::AtLeastOnce, false, with_expiry(1));
+        long.await.expect("sent on the new connection");
+        let e = short.await.unwrap_err();
+        assert!(
+            matches!(e, ClientError::MessageExpired { interval: 1 }),
+            "{e}"
+        );
+        c.disconnect().await.unwrap();
+    });
+    server.join().unwrap();
+}

@@ -63,7 +63,6 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use ahash::{AHashMap, AHashSet};
-
 use bytes::Bytes;
 
 use super::error::{ClientError, ProtocolError};
@@ -266,7 +265,6 @@ impl ClientState {
         self.emit(connect, now);
     }
 
-    /// Handles one packet from the server.
     /// Handles one packet from the server. An error ends the connection; for a violation of
     /// MQTT 5 a DISCONNECT naming it is queued first (see [`fail`](Self::fail)).
     pub fn handle(&mut self, packet: Packet, now: Instant) -> Result<(), ClientError> {
