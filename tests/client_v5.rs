@@ -2,7 +2,8 @@
 //! Mosquitto: user properties and other PUBLISH properties end to end, PUBACK 0x10 as a
 //! success, session expiry and resuming, assigned client identifiers, No Local,
 //! subscription identifiers, a session taken over (server DISCONNECT 0x8e), refusals by an ACL
-//! (PUBACK / SUBACK 0x87), a will with properties sent by DISCONNECT 0x04, and Mosquitto's
+//! (PUBACK / SUBACK 0x87), a will with properties sent by DISCONNECT 0x04, the session
+//! expiry DISCONNECT sets, and Mosquitto's
 //! Server Keep Alive, Maximum QoS, Retain Available and Receive Maximum.
 
 mod client_util;
@@ -308,6 +309,64 @@ fn will_on_disconnect_with_will(addr: SocketAddr, tag: &str) {
     });
 }
 
+/// DISCONNECT's Session Expiry Interval replaces CONNECT's: a session announced for 60 s
+/// ends with the connection when DISCONNECT says 0. A client that connected with 0 may not
+/// raise it at DISCONNECT (MQTT-3.14.2-2): refused before anything is sent.
+fn session_expiry_set_by_disconnect(addr: SocketAddr, tag: &str) {
+    run(LIMIT, async {
+        let id = format!("{tag}-shortened");
+        let options = |clean_session| ClientOptions {
+            clean_session,
+            session_expiry: Some(60),
+            ..v5(addr, &id)
+        };
+        let (c, _) = connect(options(true)).await;
+        c.subscribe(&[(format!("{tag}/shortened").as_str(), QoS::AtLeastOnce)])
+            .await
+            .unwrap();
+        c.disconnect_with(
+            ReasonCode::NORMAL_DISCONNECTION,
+            Properties {
+                session_expiry_interval: Some(0),
+                ..Properties::default()
+            },
+        )
+        .await
+        .unwrap();
+        // Our broker may see the new CONNECT (on another shard) before it has ended the old
+        // connection's session.
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        let (c, _) = connect(options(false)).await;
+        assert!(!c.session_present(), "DISCONNECT's expiry 0 ended it");
+        // Kept this time, with the expiry of CONNECT.
+        c.disconnect().await.unwrap();
+        let (c, _) = connect(options(false)).await;
+        assert!(c.session_present());
+        c.disconnect_with(
+            ReasonCode::NORMAL_DISCONNECTION,
+            Properties {
+                session_expiry_interval: Some(0),
+                ..Properties::default()
+            },
+        )
+        .await
+        .unwrap();
+
+        let (c, _) = connect(v5(addr, &format!("{tag}-no-expiry"))).await;
+        let raise = Properties {
+            session_expiry_interval: Some(60),
+            ..Properties::default()
+        };
+        let e = c
+            .disconnect_with(ReasonCode::NORMAL_DISCONNECTION, raise)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("MQTT-3.14.2-2"), "{e}");
+        assert!(c.is_connected());
+        c.disconnect().await.unwrap();
+    });
+}
+
 /// A second connection with the same client id takes the session over: the first learns
 /// it from the server's DISCONNECT 0x8e. Mosquitto 2.0.11 closes the old connection without
 /// a DISCONNECT (`disconnect_sent: false`): then it is only the end of the connection.
@@ -485,6 +544,18 @@ fn will_on_disconnect_with_will_on_our_broker() {
 fn will_on_disconnect_with_will_on_mosquitto() {
     let m = Mosquitto::start();
     will_on_disconnect_with_will(m.addr, "m");
+}
+
+#[test]
+fn session_expiry_set_by_disconnect_on_our_broker() {
+    let b = Broker::start();
+    session_expiry_set_by_disconnect(b.addr(), "b");
+}
+
+#[test]
+fn session_expiry_set_by_disconnect_on_mosquitto() {
+    let m = Mosquitto::start();
+    session_expiry_set_by_disconnect(m.addr, "m");
 }
 
 #[test]

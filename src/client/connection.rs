@@ -348,7 +348,10 @@ pub(crate) async fn run(shared: Rc<Shared>, mut conn: Conn, dialer: Dialer) {
                 conn.goodbye().await;
                 ClientError::Disconnected
             }
-            Err(e) => e,
+            Err(e) => {
+                say_why(&shared, &mut conn, &e).await;
+                e
+            }
         };
         drop(conn);
         let Some(interval) = reconnect_interval(&shared, &reason) else {
@@ -371,6 +374,35 @@ pub(crate) async fn run(shared: Rc<Shared>, mut conn: Conn, dialer: Dialer) {
         };
         shared.inner.borrow_mut().state.connect(Instant::now());
     }
+}
+
+/// Before closing for `error`: an MQTT 5 DISCONNECT naming the violation (0x93, 0x95, ...)
+/// when there is one to send, with whatever else was queued before it, written within
+/// `GOODBYE_TIMEOUT`.
+async fn say_why(shared: &Shared, conn: &mut Conn, error: &ClientError) {
+    if error.disconnect_reason().is_none() || !shared.inner.borrow().state.level().is_v5() {
+        return;
+    }
+    {
+        let mut inner = shared.inner.borrow_mut();
+        // Already done by the state machine for what it found wrong; not for the decoder.
+        inner.state.fail(error, Instant::now());
+        let level = inner.state.level();
+        while let Some(packet) = inner.state.pop_packet() {
+            debug!(packet = %Describe(&packet), "send");
+            let _ = packet.encode(&mut conn.wbuf, level);
+        }
+    }
+    if conn.unwritten() == 0 {
+        return;
+    }
+    let flush = async {
+        let _ = std::future::poll_fn(|cx| conn.poll_flush(cx)).await;
+    };
+    let expired = async {
+        glommio::timer::sleep(GOODBYE_TIMEOUT).await;
+    };
+    flush.or(expired).await;
 }
 
 /// How long to wait before reconnecting, or None when the client should end: no reconnect

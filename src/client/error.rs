@@ -77,6 +77,15 @@ pub enum ClientError {
     /// The executor for [`block_on`](super::block_on) could not be started.
     #[error("cannot start the I/O executor: {0}")]
     Executor(String),
+    /// MQTT 5 enhanced authentication: the client's responder gave up (it could not answer a
+    /// challenge, or did not accept the server's final data). The client sent DISCONNECT
+    /// 0x80 and closed the connection.
+    #[error("enhanced authentication {method:?} abandoned by the client: {reason}")]
+    AuthAborted { method: String, reason: String },
+    /// MQTT 5: the publish waited longer than its Message Expiry Interval (for the
+    /// connection, or for room under the server's Receive Maximum) and was dropped unsent.
+    #[error("message expired before it could be sent (Message Expiry Interval {interval} s)")]
+    MessageExpired { interval: u32 },
 }
 
 impl ClientError {
@@ -94,6 +103,16 @@ impl ClientError {
                 reason,
                 reason_string: None,
             }),
+        }
+    }
+
+    /// The reason code of the DISCONNECT an MQTT 5 client sends before closing the
+    /// connection for this error (4.13); `None` when it just closes.
+    pub fn disconnect_reason(&self) -> Option<ReasonCode> {
+        match self {
+            ClientError::Protocol(e) => Some(e.reason_code()),
+            ClientError::AuthAborted { .. } => Some(ReasonCode::UNSPECIFIED_ERROR),
+            _ => None,
         }
     }
 
@@ -161,6 +180,31 @@ pub enum ProtocolError {
         packet_id: PacketId,
         expected: PacketType,
     },
+    /// More unacknowledged QoS 1/2 PUBLISHes from the server than the client's Receive
+    /// Maximum allows; the client closes with DISCONNECT 0x93.
+    #[error(
+        "more than the client's Receive Maximum of {maximum} unacknowledged QoS 1/2 PUBLISHes \
+         (MQTT-3.3.4-9)"
+    )]
+    ReceiveMaximumExceeded { maximum: u16 },
+    /// An enhanced-authentication rule broken: AUTH without being asked for, with another
+    /// method, or with a reason code out of place.
+    #[error("{why}")]
+    Auth { why: &'static str },
+}
+
+impl ProtocolError {
+    /// The reason code of the client's DISCONNECT for this violation (MQTT 5.0 4.13): 0x95
+    /// for a packet above the client's Maximum Packet Size, 0x93 for its Receive Maximum
+    /// exceeded, 0x94 for a bad topic alias, 0x81 for malformed bytes, 0x82 for the rest.
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            ProtocolError::Decode(e) => e.reason_code(),
+            ProtocolError::ReceiveMaximumExceeded { .. } => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+            ProtocolError::TopicAlias { .. } => ReasonCode::TOPIC_ALIAS_INVALID,
+            _ => ReasonCode::PROTOCOL_ERROR,
+        }
+    }
 }
 
 /// The return code in words, as the spec describes it (3.2.2.3 for the five of 3.1.1, 2.4

@@ -54,7 +54,13 @@ impl Client {
             max_inflight: usize::from(options.max_inflight),
             clean_session: !options.session_persists(),
         };
-        let state = ClientState::new(config, options.connect_packet(), Instant::now());
+        let mut state = ClientState::new(config, options.connect_packet(), Instant::now());
+        if options.protocol.is_v5() {
+            state = state.with_outgoing_aliases(options.outgoing_topic_aliases.unwrap_or(0));
+            if let Some(auth) = &options.authentication {
+                state = state.with_authentication(auth.clone());
+            }
+        }
         let (connected_tx, connected_rx) = oneshot();
         let shared = Rc::new(Shared::new(state, options, connected_tx));
         // Made before waiting, so that dropping this future also ends the connection.
@@ -107,8 +113,15 @@ impl Client {
 
     /// [`publish`](Self::publish) with MQTT 5 properties: Payload Format Indicator, Message
     /// Expiry Interval, Content Type, Response Topic, Correlation Data and User Property
-    /// (others are refused: the server sets Subscription Identifiers, and the client sends
-    /// no Topic Alias). On a 3.1/3.1.1 connection only empty properties are accepted.
+    /// (others are refused: the server sets Subscription Identifiers, and Topic Aliases are
+    /// the client's business, see [`ClientOptions::outgoing_topic_aliases`]). On a 3.1/3.1.1
+    /// connection only empty properties are accepted.
+    ///
+    /// MQTT 5 limits of the server: a PUBLISH above its Maximum Packet Size is refused here
+    /// ([`ClientError::Invalid`]) rather than sent; QoS 1/2 publishes beyond its Receive
+    /// Maximum wait for acknowledgements to make room. A message that waits (for room, or for
+    /// a reconnect) goes out with its Message Expiry Interval lowered by the time waited, or
+    /// fails with [`ClientError::MessageExpired`] once that has run out.
     ///
     /// A QoS 1/2 publish the server refuses (PUBACK or PUBREC with a reason code of 0x80 or
     /// above) fails with [`ClientError::Rejected`]; 0x10 "no matching subscribers" is success.
@@ -371,6 +384,25 @@ impl Client {
         self.shared.inner.borrow_mut().goodbye =
             Some(crate::protocol::Disconnect { reason, properties });
         self.disconnect().await
+    }
+
+    /// MQTT 5 re-authentication (4.12.1): sends AUTH 0x19 with the Authentication Method of
+    /// [`ClientOptions::authentication`] and `data`, answers the server's challenges through
+    /// its responder, and resolves with the server's Authentication Data on its AUTH 0x00.
+    /// Other traffic goes on meanwhile. A server that refuses ends the connection: the error
+    /// is then its DISCONNECT ([`ClientError::ServerDisconnect`], e.g. 0x87 not authorized).
+    pub async fn reauthenticate(&self, data: Option<Bytes>) -> Result<Option<Bytes>, ClientError> {
+        let (tx, rx) = oneshot();
+        {
+            let mut inner = self.shared.inner.borrow_mut();
+            if let Some(e) = &inner.closed {
+                return Err(e.clone());
+            }
+            inner.state.reauthenticate(data, Instant::now())?;
+            inner.reauth = Some(tx);
+            inner.wake_io();
+        }
+        rx.await
     }
 
     /// Closes the connection without DISCONNECT, as a network failure would, so the server

@@ -12,7 +12,10 @@
 //! [`Client::publish_with`] and come in on each message (`Publish::properties`), subscription
 //! options and identifiers with [`Client::subscribe_with`], and the server's refusals are
 //! errors naming their reason code ([`ClientError::Rejected`],
-//! [`ClientError::ServerDisconnect`]).
+//! [`ClientError::ServerDisconnect`]). Enhanced authentication is an [`EnhancedAuth`] in the
+//! options (and [`Client::reauthenticate`]); the client keeps to the server's Receive Maximum
+//! and Maximum Packet Size, holds the server to its own (DISCONNECT 0x93 / 0x95), and can
+//! send repeated topics as topic aliases ([`ClientOptions::outgoing_topic_aliases`]).
 //!
 //! ```no_run
 //! use surgemq::client::{block_on, Client, ClientOptions};
@@ -60,6 +63,7 @@
 //! # Ok::<(), surgemq::client::ClientError>(())
 //! ```
 
+mod auth;
 mod connection;
 pub(crate) mod dial;
 mod error;
@@ -74,6 +78,7 @@ mod tls;
 use std::future::Future;
 
 pub use crate::transport::Transport;
+pub use auth::{AuthChallenge, AuthResponder, EnhancedAuth};
 pub use error::{refusal_reason, ClientError, ProtocolError};
 pub use handle::{Client, Messages, Publishing};
 pub use options::{generated_client_id, ClientOptions, Will, WillProperties};

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use super::auth::EnhancedAuth;
 use super::error::ClientError;
 use super::tls::TlsOptions;
 use crate::protocol::{ByteStr, Connect, LastWill, Properties, ProtocolLevel, QoS};
@@ -168,12 +169,21 @@ pub struct ClientOptions {
     /// MQTT 5 Topic Alias Maximum: how many topic aliases the server may use towards this
     /// client (the client resolves them). `None` or 0: none. Ignored by 3.1 and 3.1.1.
     pub topic_alias_maximum: Option<u16>,
+    /// MQTT 5 topic aliases the client may use towards the server, to send repeated topics
+    /// as a 2-byte alias: at most this many, and no more than the server's Topic Alias
+    /// Maximum (none if its CONNACK has none). The least recently used topic gives up its
+    /// alias when a new topic needs one. `None` or 0: the client sends whole topics.
+    /// Ignored by 3.1 and 3.1.1.
+    pub outgoing_topic_aliases: Option<u16>,
     /// MQTT 5 user properties of CONNECT, in order. Ignored by 3.1 and 3.1.1.
     pub user_properties: Vec<(String, String)>,
     /// MQTT 5 Request Problem Information (server default: true). Ignored by 3.1 and 3.1.1.
     pub request_problem_information: Option<bool>,
     /// MQTT 5 Request Response Information (server default: false). Ignored by 3.1 and 3.1.1.
     pub request_response_information: Option<bool>,
+    /// MQTT 5 enhanced authentication: the Authentication Method and Data of CONNECT and the
+    /// responder answering the server's challenges (see [`EnhancedAuth`]). MQTT 5 only.
+    pub authentication: Option<EnhancedAuth>,
     /// QoS 1/2 publishes sent but not yet acknowledged; beyond it `publish` waits.
     pub max_inflight: u16,
     /// Time allowed for opening the connection (the TCP connect to each address, and the TLS
@@ -217,9 +227,11 @@ impl ClientOptions {
             receive_maximum: None,
             maximum_packet_size: None,
             topic_alias_maximum: None,
+            outgoing_topic_aliases: None,
             user_properties: Vec::new(),
             request_problem_information: None,
             request_response_information: None,
+            authentication: None,
             max_inflight: 100,
             connect_timeout: Duration::from_secs(10),
             ping_timeout: None,
@@ -310,6 +322,20 @@ impl ClientOptions {
                 return Err(invalid("maximum packet size", "must be at least 1"));
             }
             check_pairs("user property", &self.user_properties)?;
+            if let Some(auth) = &self.authentication {
+                if auth.method.is_empty() {
+                    return Err(invalid("authentication method", "empty"));
+                }
+                check_string("authentication method", &auth.method)?;
+                if auth.data.as_ref().is_some_and(|d| d.len() > 65_535) {
+                    return Err(invalid("authentication data", "longer than 65535 bytes"));
+                }
+            }
+        } else if self.authentication.is_some() {
+            return Err(invalid(
+                "authentication",
+                "enhanced authentication needs MQTT 5",
+            ));
         }
         if self.max_inflight == 0 {
             return Err(invalid("max inflight", "must be at least 1"));
@@ -410,6 +436,11 @@ impl ClientOptions {
             user_properties: pairs(&self.user_properties),
             request_problem_information: self.request_problem_information,
             request_response_information: self.request_response_information,
+            authentication_method: self
+                .authentication
+                .as_ref()
+                .map(|a| ByteStr::from(a.method.as_str())),
+            authentication_data: self.authentication.as_ref().and_then(|a| a.data.clone()),
             ..Properties::default()
         };
         Some(Box::new(p))
@@ -520,6 +551,47 @@ mod tests {
                     ..base.clone()
                 },
                 "host",
+            ),
+        ];
+        for (options, what) in cases {
+            let err = options.validate().unwrap_err().to_string();
+            assert!(err.starts_with(&format!("invalid {what}:")), "{err}");
+        }
+    }
+
+    #[test]
+    fn enhanced_authentication_is_mqtt_5_and_goes_into_connect() {
+        use crate::client::auth::{AuthChallenge, EnhancedAuth};
+        let auth = |method: &str| {
+            EnhancedAuth::new(
+                method,
+                Some(Bytes::from_static(b"first")),
+                |_: &AuthChallenge| Ok(Bytes::new()),
+            )
+        };
+        let v5 = ClientOptions {
+            protocol: ProtocolLevel::V5,
+            authentication: Some(auth("SCRAM-SHA-256")),
+            ..ClientOptions::new("h", 1)
+        };
+        v5.validate().unwrap();
+        let p = v5.connect_packet().properties.unwrap();
+        assert_eq!(p.authentication_method.as_deref(), Some("SCRAM-SHA-256"));
+        assert_eq!(p.authentication_data.as_deref(), Some(&b"first"[..]));
+        let cases = [
+            (
+                ClientOptions {
+                    protocol: ProtocolLevel::V311,
+                    ..v5.clone()
+                },
+                "authentication",
+            ),
+            (
+                ClientOptions {
+                    authentication: Some(auth("")),
+                    ..v5.clone()
+                },
+                "authentication method",
             ),
         ];
         for (options, what) in cases {

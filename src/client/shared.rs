@@ -13,11 +13,12 @@ use std::task::Waker;
 use std::time::Instant;
 
 use ahash::AHashMap;
+use bytes::Bytes;
 
 use super::error::ClientError;
 use super::options::ClientOptions;
 use super::signal::Sender;
-use super::state::{ClientState, Event};
+use super::state::{remaining_expiry, ClientState, Event};
 use crate::protocol::{
     ByteStr, PacketId, Properties, Publish, QoS, ReasonCode, SubscribeReturnCode,
     SubscriptionOptions,
@@ -40,6 +41,8 @@ pub(crate) enum Shutdown {
 struct WaitingPublish {
     publish: Publish,
     done: Sender<()>,
+    /// When it was submitted: its Message Expiry Interval runs from then.
+    since: Instant,
 }
 
 pub(crate) enum Pending {
@@ -91,6 +94,8 @@ pub(crate) struct Inner {
     pub shutdown: Shutdown,
     /// The DISCONNECT a graceful shutdown sends (MQTT 5 `disconnect_with`); normal if None.
     pub goodbye: Option<crate::protocol::Disconnect>,
+    /// Resolves `Client::reauthenticate` with the server's AUTH 0x00 data.
+    pub reauth: Option<Sender<Option<Bytes>>>,
     io_waker: Option<Waker>,
     /// Set when the connection task has ended, with the reason.
     pub closed: Option<ClientError>,
@@ -117,6 +122,7 @@ impl Shared {
                 handles: 0,
                 shutdown: Shutdown::None,
                 goodbye: None,
+                reauth: None,
                 io_waker: None,
                 closed: None,
                 close_waiters: Vec::new(),
@@ -128,7 +134,11 @@ impl Shared {
 impl Inner {
     /// Queues a publish behind those already waiting and lets through what fits.
     pub fn submit(&mut self, publish: Publish, done: Sender<()>, now: Instant) {
-        self.waiting.push_back(WaitingPublish { publish, done });
+        self.waiting.push_back(WaitingPublish {
+            publish,
+            done,
+            since: now,
+        });
         self.pump(now);
         self.wake_io();
     }
@@ -148,7 +158,18 @@ impl Inner {
             {
                 break;
             }
-            let w = self.waiting.pop_front().expect("front exists");
+            let mut w = self.waiting.pop_front().expect("front exists");
+            if let Some(p) = &mut w.publish.properties {
+                if let Some(interval) = p.message_expiry_interval {
+                    match remaining_expiry(interval, now.saturating_duration_since(w.since)) {
+                        Some(left) => p.message_expiry_interval = Some(left),
+                        None => {
+                            w.done.send(Err(ClientError::MessageExpired { interval }));
+                            continue;
+                        }
+                    }
+                }
+            }
             match self.state.publish(w.publish, now) {
                 Ok(0) => w.done.send(Ok(())),
                 Ok(id) => {
@@ -238,6 +259,19 @@ impl Inner {
                         tx.send(Ok(return_codes));
                     }
                 }
+                Event::Expired {
+                    packet_id,
+                    interval,
+                } => {
+                    if let Some(p) = self.pending.remove(&packet_id) {
+                        p.fail(ClientError::MessageExpired { interval });
+                    }
+                }
+                Event::Reauthenticated(data) => {
+                    if let Some(tx) = self.reauth.take() {
+                        tx.send(Ok(data));
+                    }
+                }
                 Event::Abandoned(id) => {
                     let reason = lost.cloned().unwrap_or(ClientError::Disconnected);
                     if let Some(p) = self.pending.remove(&id) {
@@ -285,6 +319,9 @@ impl Inner {
     pub fn connection_lost(&mut self, reason: &ClientError) {
         self.state.connection_lost();
         self.dispatch_events(Some(reason));
+        if let Some(tx) = self.reauth.take() {
+            tx.send(Err(reason.clone()));
+        }
     }
 
     /// The client is finished: every waiter learns why, and so does `Messages` once it has
@@ -299,6 +336,9 @@ impl Inner {
             w.done.send(Err(reason.clone()));
         }
         if let Some(tx) = self.connected.take() {
+            tx.send(Err(reason.clone()));
+        }
+        if let Some(tx) = self.reauth.take() {
             tx.send(Err(reason.clone()));
         }
         self.closed = Some(reason);

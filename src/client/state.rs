@@ -14,8 +14,10 @@
 //! - keepalive: when a PINGREQ is due and when the server counts as gone;
 //! - MQTT 5: the server's CONNACK limits (Receive Maximum caps the window, Server Keep Alive
 //!   replaces the keepalive, Assigned Client Identifier is kept for resuming), acknowledgements
-//!   with failure reason codes ([`Event::Rejected`]), incoming topic aliases, and a server's
-//!   DISCONNECT as [`ClientError::ServerDisconnect`];
+//!   with failure reason codes ([`Event::Rejected`]), topic aliases both ways, the client's own
+//!   Receive Maximum, enhanced authentication, Message Expiry of late messages, and a server's
+//!   DISCONNECT as [`ClientError::ServerDisconnect`] (the details are in the `state_v5.rs`
+//!   part of this module);
 //! - resuming: after a reconnect, unacknowledged PUBLISHes (DUP set) and PUBRELs go out again
 //!   first, in their original order (MQTT-4.4.0-1).
 //!
@@ -61,14 +63,21 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use ahash::{AHashMap, AHashSet};
+use bytes::Bytes;
 
 use super::error::{ClientError, ProtocolError};
 use super::ids::PacketIds;
 use crate::protocol::{
     Ack, ByteStr, ConnAck, Connect, Disconnect, Packet, PacketId, PacketType, Properties,
-    ProtocolLevel, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscribeReturnCode,
-    SubscriptionOptions, UnsubAck, Unsubscribe,
+    ProtocolLevel, Publish, QoS, ReasonCode, SubscribeReturnCode,
 };
+
+#[path = "state_requests.rs"]
+mod requests;
+#[path = "state_v5.rs"]
+mod v5;
+
+pub use v5::remaining_expiry;
 
 /// The limits and timers the state machine enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +125,13 @@ pub enum Event {
     /// The connection was lost and this request will never be acknowledged: a SUBSCRIBE or
     /// UNSUBSCRIBE, or with a clean session also a PUBLISH.
     Abandoned(PacketId),
+    /// MQTT 5: a QoS 1/2 publish waited (for a reconnect, or for room under the server's
+    /// Receive Maximum) longer than its Message Expiry Interval and was dropped unsent; its id
+    /// is free.
+    Expired { packet_id: PacketId, interval: u32 },
+    /// MQTT 5: the server's AUTH 0x00 ended a re-authentication successfully, with its
+    /// Authentication Data if any.
+    Reauthenticated(Option<Bytes>),
 }
 
 /// `publish` could not take a QoS 1/2 message: the inflight window is full.
@@ -165,6 +181,8 @@ struct Outgoing {
     /// Whether it is in flight on the current connection (PUBLISH or PUBREL sent on it):
     /// what the server's Receive Maximum counts.
     on_wire: bool,
+    /// When `publish` took it: what its Message Expiry Interval counts from.
+    queued_at: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,28 +193,12 @@ enum Request {
     Unsubscribe(usize),
 }
 
-/// What the server's MQTT 5 CONNACK said about this connection; the defaults are the spec's
-/// for a CONNACK without properties (and what a 3.1.1 server implies).
-#[derive(Debug, Clone, Default)]
-struct ServerLimits {
-    /// Receive Maximum: QoS 1/2 publishes the server takes in flight (65535 when absent).
-    receive_maximum: Option<u16>,
-    maximum_packet_size: Option<u32>,
-    topic_alias_maximum: Option<u16>,
-    properties: Option<Box<Properties>>,
-}
-
 pub struct ClientState {
     /// The limits in force on this connection: `configured`, with the server's keepalive.
     config: StateConfig,
     configured: StateConfig,
-    server: ServerLimits,
-    /// Set by an MQTT 5 CONNACK's Assigned Client Identifier.
-    assigned_client_id: Option<ByteStr>,
-    /// Topic Alias Maximum this client announced (0: none).
-    alias_maximum: u16,
-    /// Topic aliases the server has set on this connection.
-    aliases: AHashMap<u16, ByteStr>,
+    /// Everything MQTT 5 only.
+    v5: v5::V5,
     connect: Connect,
     phase: Phase,
     session_present: bool,
@@ -219,17 +221,14 @@ impl ClientState {
     /// A state that will announce `connect` (its CleanSession flag must match the config's).
     pub fn new(config: StateConfig, connect: Connect, now: Instant) -> ClientState {
         debug_assert!(connect.level.is_v5() || config.clean_session == connect.clean_session);
-        let alias_maximum = match &connect.properties {
-            Some(p) if connect.level.is_v5() => p.topic_alias_maximum.unwrap_or(0),
-            _ => 0,
-        };
+        let properties = connect
+            .properties
+            .as_deref()
+            .filter(|_| connect.level.is_v5());
         ClientState {
             config,
             configured: config,
-            server: ServerLimits::default(),
-            assigned_client_id: None,
-            alias_maximum,
-            aliases: AHashMap::new(),
+            v5: v5::V5::new(properties),
             connect,
             phase: Phase::Idle,
             session_present: false,
@@ -257,27 +256,37 @@ impl ClientState {
     pub fn connect(&mut self, now: Instant) {
         self.outbox.clear();
         self.outbox_bytes = 0;
+        self.v5.unsent_acks = 0;
         self.ping_sent = None;
-        self.aliases.clear();
+        self.v5.aliases.clear();
         self.last_received = now;
         self.phase = Phase::Connecting(now);
         let connect = Packet::Connect(Box::new(self.connect.clone()));
         self.emit(connect, now);
     }
 
-    /// Handles one packet from the server.
+    /// Handles one packet from the server. An error ends the connection; for a violation of
+    /// MQTT 5 a DISCONNECT naming it is queued first (see [`fail`](Self::fail)).
     pub fn handle(&mut self, packet: Packet, now: Instant) -> Result<(), ClientError> {
         self.last_received = now;
-        match self.phase {
+        let result = match self.phase {
             Phase::Connecting(_) => match packet {
                 Packet::ConnAck(ack) => self.on_connack(ack, now),
-                Packet::Disconnect(d) if self.level().is_v5() => Err(server_disconnect(d)),
+                Packet::Auth(a) if self.level().is_v5() => self.on_auth(a, now),
+                Packet::Disconnect(d) if self.level().is_v5() => {
+                    self.phase = Phase::Idle;
+                    Err(server_disconnect(d))
+                }
                 other => Err(ProtocolError::ExpectedConnAck(other.packet_type()).into()),
             },
             Phase::Connected => self.dispatch(packet, now),
             // After DISCONNECT nothing the server says matters any more.
             Phase::Idle | Phase::Disconnecting => Ok(()),
+        };
+        if let Err(e) = &result {
+            self.fail(e, now);
         }
+        result
     }
 
     fn on_connack(&mut self, ack: ConnAck, now: Instant) -> Result<(), ClientError> {
@@ -288,8 +297,11 @@ impl ClientState {
         if ack.session_present && self.connect.clean_session {
             return Err(ProtocolError::SessionPresentWithCleanSession.into());
         }
+        if self.level().is_v5() {
+            self.check_connack_auth(&ack)?;
+        }
         self.config = self.configured;
-        self.server = ServerLimits::default();
+        self.v5.server = Default::default();
         if self.level().is_v5() {
             self.apply_connack_properties(ack.properties);
         }
@@ -307,34 +319,6 @@ impl ClientState {
             session_present: ack.session_present,
         });
         Ok(())
-    }
-
-    /// What an MQTT 5 CONNACK says about the connection.
-    fn apply_connack_properties(&mut self, properties: Option<Box<Properties>>) {
-        if let Some(p) = &properties {
-            self.server.receive_maximum = p.receive_maximum;
-            self.server.maximum_packet_size = p.maximum_packet_size;
-            self.server.topic_alias_maximum = p.topic_alias_maximum;
-            if let Some(id) = &p.assigned_client_identifier {
-                // Resuming the session later needs the identifier it belongs to.
-                self.assigned_client_id = Some(id.clone());
-                self.connect.client_id = id.clone();
-            }
-            if let Some(secs) = p.server_keep_alive {
-                // 3.2.2.3.14: the client MUST use the server's value instead of its own.
-                let keep_alive = Duration::from_secs(u64::from(secs));
-                self.config.keep_alive = keep_alive;
-                if !keep_alive.is_zero() {
-                    self.config.ping_timeout = self.config.ping_timeout.min(keep_alive);
-                }
-            }
-        }
-        self.server.properties = properties;
-        // A session that outlives the connection is resumed, not started again, when the
-        // connection is opened again.
-        if !self.config.clean_session {
-            self.connect.clean_session = false;
-        }
     }
 
     /// Everything in flight not yet sent on this connection, in original order, as far as
@@ -357,19 +341,24 @@ impl ClientState {
             if self.on_wire >= window {
                 break;
             }
+            let stage = self.outgoing[&id].stage;
+            let publish = match stage {
+                Stage::Comp => None,
+                // Dropped instead when its Message Expiry Interval has run out.
+                Stage::Ack | Stage::Rec => match self.fresh_copy(id, now) {
+                    Some(p) => Some(p),
+                    None => continue,
+                },
+            };
             self.on_wire += 1;
             let o = self.outgoing.get_mut(&id).expect("collected above");
             o.on_wire = true;
-            let packet = match o.stage {
-                Stage::Comp => Packet::PubRel(Ack::new(id)),
-                Stage::Ack | Stage::Rec => {
-                    let mut p = o.publish.clone();
-                    p.dup = o.sent;
-                    Packet::Publish(p)
-                }
-            };
+            let dup = o.sent;
             o.sent = true;
-            self.emit(packet, now);
+            match publish {
+                None => self.emit(Packet::PubRel(Ack::new(id)), now),
+                Some(p) => self.emit_publish(Publish { dup, ..p }, now),
+            }
         }
     }
 
@@ -404,43 +393,9 @@ impl ClientState {
                 self.emit(Packet::PubComp(Ack::new(id)), now);
             }
             Packet::SubAck(ack) => self.on_suback(ack)?,
-            Packet::UnsubAck(UnsubAck {
-                packet_id: id,
-                reasons,
-                ..
-            }) => match self.requests.get(&id) {
-                Some(&Request::Unsubscribe(expected)) => {
-                    let reasons = if self.level().is_v5() {
-                        if reasons.len() != expected {
-                            return Err(ProtocolError::UnsubAckCount {
-                                packet_id: id,
-                                expected,
-                                got: reasons.len(),
-                            }
-                            .into());
-                        }
-                        reasons
-                    } else {
-                        vec![ReasonCode::SUCCESS; expected]
-                    };
-                    self.requests.remove(&id);
-                    self.ids.release(id);
-                    self.events.push_back(Event::Unsubscribed {
-                        packet_id: id,
-                        reasons,
-                    });
-                }
-                Some(Request::Subscribe(_)) => {
-                    return Err(ProtocolError::WrongAck {
-                        ack: PacketType::UnsubAck,
-                        packet_id: id,
-                        expected: PacketType::SubAck,
-                    }
-                    .into())
-                }
-                None => {}
-            },
+            Packet::UnsubAck(ack) => self.on_unsuback(ack)?,
             Packet::PingResp => self.ping_sent = None,
+            Packet::Auth(a) if self.level().is_v5() => self.on_auth(a, now)?,
             Packet::Disconnect(d) if self.level().is_v5() => {
                 self.phase = Phase::Idle;
                 return Err(server_disconnect(d));
@@ -450,32 +405,12 @@ impl ClientState {
         Ok(())
     }
 
-    /// An MQTT 5 PUBLISH's topic alias: set (topic given) or used (topic empty).
-    fn resolve_alias(&mut self, p: &mut Publish) -> Result<(), ClientError> {
-        let Some(alias) = p.properties.as_ref().and_then(|pr| pr.topic_alias) else {
-            return Ok(());
-        };
-        if alias == 0 || alias > self.alias_maximum {
-            let why = "above the Topic Alias Maximum the client announced";
-            return Err(ProtocolError::TopicAlias { alias, why }.into());
-        }
-        if p.topic.is_empty() {
-            match self.aliases.get(&alias) {
-                Some(topic) => p.topic = topic.clone(),
-                None => {
-                    let why = "not set on this connection";
-                    return Err(ProtocolError::TopicAlias { alias, why }.into());
-                }
-            }
-        } else {
-            self.aliases.insert(alias, p.topic.clone());
-        }
-        Ok(())
-    }
-
     fn on_publish(&mut self, mut p: Publish, now: Instant) -> Result<(), ClientError> {
         if self.level().is_v5() {
             self.resolve_alias(&mut p)?;
+            if p.qos != QoS::AtMostOnce {
+                self.check_receive_maximum(p.packet_id)?;
+            }
         }
         match p.qos {
             QoS::AtMostOnce => self.events.push_back(Event::Message(p)),
@@ -530,36 +465,6 @@ impl ClientState {
         }
     }
 
-    fn on_suback(&mut self, ack: SubAck) -> Result<(), ClientError> {
-        let id = ack.packet_id;
-        match self.requests.get(&id) {
-            Some(&Request::Subscribe(expected)) => {
-                if ack.return_codes.len() != expected {
-                    return Err(ProtocolError::SubAckCount {
-                        packet_id: id,
-                        expected,
-                        got: ack.return_codes.len(),
-                    }
-                    .into());
-                }
-                self.requests.remove(&id);
-                self.ids.release(id);
-                self.events.push_back(Event::Subscribed {
-                    packet_id: id,
-                    return_codes: ack.return_codes,
-                });
-                Ok(())
-            }
-            Some(Request::Unsubscribe(_)) => Err(ProtocolError::WrongAck {
-                ack: PacketType::SubAck,
-                packet_id: id,
-                expected: PacketType::UnsubAck,
-            }
-            .into()),
-            None => Ok(()),
-        }
-    }
-
     /// Whether a QoS 1/2 publish would be taken now: below `max_inflight` and below the
     /// server's Receive Maximum.
     pub fn window_open(&self) -> bool {
@@ -568,7 +473,11 @@ impl ClientState {
 
     /// QoS 1/2 publishes allowed in flight on this connection.
     pub fn window(&self) -> usize {
-        let server = self.server.receive_maximum.map_or(usize::MAX, usize::from);
+        let server = self
+            .v5
+            .server
+            .receive_maximum
+            .map_or(usize::MAX, usize::from);
         self.config.max_inflight.min(server)
     }
 
@@ -580,7 +489,7 @@ impl ClientState {
         if publish.qos == QoS::AtMostOnce {
             publish.packet_id = 0;
             if self.phase == Phase::Connected {
-                self.emit(Packet::Publish(publish), now);
+                self.emit_publish(publish, now);
             }
             return Ok(0);
         }
@@ -593,7 +502,7 @@ impl ClientState {
         let connected = self.phase == Phase::Connected && self.on_wire == self.outgoing.len();
         if connected {
             self.on_wire += 1;
-            self.emit(Packet::Publish(publish.clone()), now);
+            self.emit_publish(publish.clone(), now);
         }
         let stage = if publish.qos == QoS::AtLeastOnce {
             Stage::Ack
@@ -608,78 +517,11 @@ impl ClientState {
                 stage,
                 sent: connected,
                 on_wire: connected,
+                queued_at: now,
             },
         );
         self.next_seq += 1;
         Ok(id)
-    }
-
-    /// Sends SUBSCRIBE. Only while connected: a request is not part of the session.
-    pub fn subscribe(
-        &mut self,
-        filters: Vec<(ByteStr, QoS)>,
-        now: Instant,
-    ) -> Result<PacketId, ClientError> {
-        let filters = filters.into_iter().map(|(f, q)| (f, q.into())).collect();
-        self.subscribe_with(filters, None, now)
-    }
-
-    /// Sends SUBSCRIBE with MQTT 5 subscription options and properties (Subscription
-    /// Identifier, User Property); 3.1/3.1.1 send the QoS alone.
-    pub fn subscribe_with(
-        &mut self,
-        filters: Vec<(ByteStr, SubscriptionOptions)>,
-        properties: Option<Box<Properties>>,
-        now: Instant,
-    ) -> Result<PacketId, ClientError> {
-        let id = self.request_id()?;
-        self.requests.insert(id, Request::Subscribe(filters.len()));
-        self.emit(
-            Packet::Subscribe(Subscribe {
-                packet_id: id,
-                filters,
-                properties,
-            }),
-            now,
-        );
-        Ok(id)
-    }
-
-    /// Sends UNSUBSCRIBE. Only while connected.
-    pub fn unsubscribe(
-        &mut self,
-        filters: Vec<ByteStr>,
-        now: Instant,
-    ) -> Result<PacketId, ClientError> {
-        self.unsubscribe_with(filters, None, now)
-    }
-
-    /// Sends UNSUBSCRIBE with MQTT 5 properties (User Property).
-    pub fn unsubscribe_with(
-        &mut self,
-        filters: Vec<ByteStr>,
-        properties: Option<Box<Properties>>,
-        now: Instant,
-    ) -> Result<PacketId, ClientError> {
-        let id = self.request_id()?;
-        self.requests
-            .insert(id, Request::Unsubscribe(filters.len()));
-        self.emit(
-            Packet::Unsubscribe(Unsubscribe {
-                packet_id: id,
-                filters,
-                properties,
-            }),
-            now,
-        );
-        Ok(id)
-    }
-
-    fn request_id(&mut self) -> Result<PacketId, ClientError> {
-        if self.phase != Phase::Connected {
-            return Err(ClientError::Disconnected);
-        }
-        self.ids.allocate().ok_or(ClientError::NoPacketId)
     }
 
     /// Sends DISCONNECT; the caller closes the connection once it is written. The session
@@ -702,8 +544,9 @@ impl ClientState {
         self.phase = Phase::Idle;
         self.outbox.clear();
         self.outbox_bytes = 0;
+        self.v5.unsent_acks = 0;
         self.ping_sent = None;
-        self.aliases.clear();
+        self.v5.aliases.clear();
         self.on_wire = 0;
         for o in self.outgoing.values_mut() {
             o.on_wire = false;
@@ -779,6 +622,7 @@ impl ClientState {
     }
 
     fn emit(&mut self, packet: Packet, now: Instant) {
+        self.count_ack(&packet, true);
         self.outbox_bytes += packet.encoded_len(self.level());
         self.outbox.push_back(packet);
         self.last_sent = now;
@@ -787,6 +631,7 @@ impl ClientState {
     /// The next packet to write.
     pub fn pop_packet(&mut self) -> Option<Packet> {
         let p = self.outbox.pop_front()?;
+        self.count_ack(&p, false);
         self.outbox_bytes -= p.encoded_len(self.level());
         Some(p)
     }
@@ -826,23 +671,23 @@ impl ClientState {
 
     /// The client identifier the server assigned (MQTT 5 CONNACK), if it did.
     pub fn assigned_client_id(&self) -> Option<&str> {
-        self.assigned_client_id.as_ref().map(ByteStr::as_str)
+        self.v5.assigned_client_id.as_ref().map(ByteStr::as_str)
     }
 
     /// The properties of the last MQTT 5 CONNACK.
     pub fn connack_properties(&self) -> Option<&Properties> {
-        self.server.properties.as_deref()
+        self.v5.server.properties.as_deref()
     }
 
     /// The server's Maximum Packet Size (MQTT 5 CONNACK), if it set one.
     pub fn server_maximum_packet_size(&self) -> Option<u32> {
-        self.server.maximum_packet_size
+        self.v5.server.maximum_packet_size
     }
 
-    /// The server's Topic Alias Maximum (MQTT 5 CONNACK; 0 when absent). The client sends
-    /// no topic aliases itself.
+    /// The server's Topic Alias Maximum (MQTT 5 CONNACK; 0 when absent): the most topic
+    /// aliases the client may use, if it wants to (`with_outgoing_aliases`).
     pub fn server_topic_alias_maximum(&self) -> u16 {
-        self.server.topic_alias_maximum.unwrap_or(0)
+        self.v5.server.topic_alias_maximum.unwrap_or(0)
     }
 
     /// The keepalive in force: the configured one, or the server's Server Keep Alive.

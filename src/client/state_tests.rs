@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::*;
-use crate::protocol::{LastWill, ProtocolLevel};
+use crate::protocol::{
+    LastWill, ProtocolLevel, SubAck, SubscriptionOptions, UnsubAck, Unsubscribe,
+};
 
-fn config() -> StateConfig {
+pub(super) fn config() -> StateConfig {
     StateConfig {
         keep_alive: Duration::from_secs(10),
         ping_timeout: Duration::from_secs(5),
@@ -68,11 +70,11 @@ fn drain(s: &mut ClientState) -> Vec<u8> {
     out.to_vec()
 }
 
-fn events(s: &mut ClientState) -> Vec<Event> {
+pub(super) fn events(s: &mut ClientState) -> Vec<Event> {
     std::iter::from_fn(|| s.pop_event()).collect()
 }
 
-fn publish(topic: &str, payload: &'static [u8], qos: QoS) -> Publish {
+pub(super) fn publish(topic: &str, payload: &'static [u8], qos: QoS) -> Publish {
     Publish {
         dup: false,
         qos,
@@ -644,7 +646,7 @@ use crate::client::options::{ClientOptions, Will, WillProperties};
 use crate::protocol::decode;
 
 /// Everything in the outbox, encoded at MQTT 5.
-fn drain_v5(s: &mut ClientState) -> Vec<u8> {
+pub(super) fn drain_v5(s: &mut ClientState) -> Vec<u8> {
     let mut out = BytesMut::new();
     while let Some(p) = s.pop_packet() {
         p.encode(&mut out, ProtocolLevel::V5).unwrap();
@@ -654,7 +656,7 @@ fn drain_v5(s: &mut ClientState) -> Vec<u8> {
 }
 
 /// One packet from the server, decoded from its wire bytes at MQTT 5.
-fn v5(bytes: &[u8]) -> Packet {
+pub(super) fn v5(bytes: &[u8]) -> Packet {
     let mut buf = BytesMut::from(bytes);
     let p = decode(&mut buf, 1 << 20, ProtocolLevel::V5)
         .unwrap()
@@ -663,7 +665,7 @@ fn v5(bytes: &[u8]) -> Packet {
     p
 }
 
-fn v5_options() -> ClientOptions {
+pub(super) fn v5_options() -> ClientOptions {
     ClientOptions {
         client_id: "c".into(),
         keep_alive: 10,
@@ -673,7 +675,7 @@ fn v5_options() -> ClientOptions {
     }
 }
 
-fn v5_state(options: &ClientOptions, t0: Instant) -> ClientState {
+pub(super) fn v5_state(options: &ClientOptions, t0: Instant) -> ClientState {
     let config = StateConfig {
         clean_session: !options.session_persists(),
         ..config()
@@ -682,7 +684,7 @@ fn v5_state(options: &ClientOptions, t0: Instant) -> ClientState {
 }
 
 /// A v5 state connected by a CONNACK without properties.
-fn v5_connected(t0: Instant) -> ClientState {
+pub(super) fn v5_connected(t0: Instant) -> ClientState {
     let mut s = v5_state(&v5_options(), t0);
     s.connect(t0);
     drain_v5(&mut s);
