@@ -53,32 +53,22 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-missing() {
-  echo "interop-shared: $1 is missing; install $2 (scripts/test.sh installs it)" >&2
+require python3 "python3"
+require timeout "coreutils"
+require mosquitto_pub "the Debian package mosquitto-clients"
+if ! python3 -c 'import paho.mqtt.client, paho.mqtt.properties' >/dev/null 2>&1; then
+  echo "interop-shared: the Python module paho.mqtt is missing; install the PyPI package" \
+    "'paho-mqtt>=2,<3' (scripts/test.sh installs it)" >&2
   exit 2
-}
-command -v python3 >/dev/null 2>&1 || missing python3 "python3"
-command -v timeout >/dev/null 2>&1 || missing timeout "coreutils"
-command -v mosquitto_pub >/dev/null 2>&1 || missing mosquitto_pub "the Debian package mosquitto-clients"
-python3 -c 'import paho.mqtt.client, paho.mqtt.properties' >/dev/null 2>&1 ||
-  missing "the Python module paho.mqtt" "the PyPI package 'paho-mqtt>=2,<3'"
+fi
 if [ "$MODE" = mosquitto ]; then
-  command -v mosquitto >/dev/null 2>&1 || missing mosquitto "the Debian package mosquitto"
+  require mosquitto "the Debian package mosquitto"
 else
-  command -v cargo >/dev/null 2>&1 || missing cargo "a Rust toolchain"
+  require cargo "a Rust toolchain"
 fi
 
 # Reject unknown check names before starting anything.
-if [ "$ONLY" != all ]; then
-  known=$(python3 "$CHECKS" --list)
-  for name in ${ONLY//,/ }; do
-    if ! grep -qx -- "$name" <<<"$known"; then
-      echo "interop-shared: unknown check '$name'; known checks:" >&2
-      echo "$known" >&2
-      exit 2
-    fi
-  done
-fi
+check_names "$CHECKS" "$ONLY"
 
 if [ "$MODE" = surgemq ]; then
   # Up to date already when `cargo test` ran before; then this is a no-op.
@@ -116,16 +106,7 @@ EOF
   BROKER_PID=$!
 }
 
-# Start the broker; retry with another port if the chosen one was taken in between.
-for attempt in 1 2 3; do
-  PORT=$(free_port)
-  start_broker "$PORT"
-  if wait_port "$PORT" && kill -0 "$BROKER_PID" 2>/dev/null; then break; fi
-  stop_broker
-  log "interop-shared: broker did not start on port $PORT (attempt $attempt):"
-  cat "$WORK/broker.log" >&2
-done
-if [ -z "$BROKER_PID" ]; then
+if ! start_on_free_port start_broker "$WORK/broker.log"; then
   echo "interop-shared: cannot start the $MODE broker" >&2
   exit 1
 fi
@@ -142,45 +123,6 @@ else
 fi
 echo "checks: $ONLY ($([ "$MODE" = surgemq ] && echo "strict: the spec's answers" || echo "departures from the spec recorded as DIFF"))"
 
-PASSED=0 FAILED=0 DIFFS=0 SKIPPED=0
-report() { # report NAME STATUS [DETAIL]
-  if [ "$2" -eq 0 ]; then
-    PASSED=$((PASSED + 1))
-    echo "PASS $1"
-  else
-    FAILED=$((FAILED + 1))
-    echo "FAIL $1${3:+: $3}"
-  fi
-}
-
-# --- the checks -------------------------------------------------------------------------------
 # All 7 take about 15 s against a working broker; every wait inside has its own timeout.
-out="$WORK/checks.out"
-status=0
-timeout 150 python3 "$CHECKS" "${args[@]}" "$ONLY" >"$out" 2>&1 || status=$?
-while IFS= read -r line; do
-  case "$line" in
-    "PASS "*) report "${line#PASS }" 0 ;;
-    "FAIL "*) report "${line#FAIL }" 1 ;;
-    "DIFF "*) DIFFS=$((DIFFS + 1)) && echo "$line" ;;
-    "SKIP "*) SKIPPED=$((SKIPPED + 1)) && echo "$line" ;;
-    *) echo "  $line" ;;
-  esac
-done <"$out"
-if [ "$status" -ne 0 ] && ! grep -q '^FAIL ' "$out"; then
-  report "$CHECKS" 1 "exited with status $status$([ "$status" -eq 124 ] && echo ' (timeout)')"
-fi
-
-# --- the broker survived all of it -----------------------------------------------------------
-if kill -0 "$BROKER_PID" 2>/dev/null; then
-  report "broker still running" 0
-else
-  report "broker still running" 1 "it exited: see the log below"
-fi
-
-if [ "$FAILED" -ne 0 ]; then
-  echo "broker log (last 40 lines):"
-  tail -n 40 "$WORK/broker.log"
-fi
-echo "$PASSED passed, $FAILED failed$([ "$DIFFS" -gt 0 ] && echo ", $DIFFS differ from the spec (recorded)")$([ "$SKIPPED" -gt 0 ] && echo ", $SKIPPED skipped")"
-[ "$FAILED" -eq 0 ]
+run_checker 150 "$WORK/checks.out" "$CHECKS" "${args[@]}" "$ONLY"
+finish_checks "$WORK/broker.log"
