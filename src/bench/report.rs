@@ -219,7 +219,11 @@ impl BenchReport {
                     g.per_member.len(),
                     g.per_member
                         .iter()
-                        .map(|&n| num(n as f64))
+                        .map(|&n| if n < 100 {
+                            n.to_string()
+                        } else {
+                            num(n as f64)
+                        })
                         .collect::<Vec<_>>()
                         .join(" / ")
                 ),
@@ -496,6 +500,17 @@ mod tests {
             "{twice:?}"
         );
         assert!(twice.summary().contains("FAILED"));
+        let skewed = BenchReport {
+            group: Some(GroupShare::new("g", vec![0, 12, 1_188])),
+            ..r.clone()
+        };
+        assert!(
+            skewed
+                .summary()
+                .contains("min 0.0%  max 99.0%  (3 members: 0 / 12 / 1,188)"),
+            "{}",
+            skewed.summary()
+        );
         let nothing = BenchReport {
             group: Some(GroupShare::new("g", vec![0, 0])),
             ..r
