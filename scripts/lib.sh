@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Shared by the load scripts (scripts/{pair,fan-in,fan-out,mesh,matrix}.sh) and perf/compare.sh:
-# build the release binary, pick a free loopback port, start and stop a broker, run one bench
-# scenario with the defaults every script uses. Everything here listens and connects on
+# Shared by the load scripts (scripts/{pair,fan-in,fan-out,mesh,matrix}.sh), perf/compare.sh and
+# scripts/interop-shared.sh: build the release binary, pick a free loopback port, start and stop
+# a broker, run one bench scenario with the defaults every script uses; for checks, stop when a
+# tool is missing and count PASS/FAIL lines. Everything here listens and connects on
 # 127.0.0.1 only, and every process it starts is bounded in time and killed on exit.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +19,28 @@ DURATION=${DURATION:-10}
 MESSAGES=${MESSAGES:-}
 
 log() { printf '== %s\n' "$*" >&2; }
+
+# require CMD WHAT: stops the script (status 2) with a clear message when CMD is not installed;
+# WHAT says what to install.
+require() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "$(basename "$0" .sh): $1 is missing; install $2 (scripts/test.sh installs it)" >&2
+  exit 2
+}
+
+PASSED=0
+FAILED=0
+# report NAME STATUS [DETAIL]: one "PASS NAME" or "FAIL NAME: DETAIL" line (STATUS 0 passes),
+# counted in PASSED and FAILED.
+report() {
+  if [ "$2" -eq 0 ]; then
+    PASSED=$((PASSED + 1))
+    echo "PASS $1"
+  else
+    FAILED=$((FAILED + 1))
+    echo "FAIL $1${3:+: $3}"
+  fi
+}
 
 build_release() {
   # cargo itself decides whether anything needs rebuilding; this is quick when nothing does.
@@ -129,4 +152,80 @@ scenario_main() {
   run_bench "$scenario" "$port" "$@" || status=$?
   stop_broker
   return "$status"
+}
+
+# --- interop checks: a Python checker against a broker ----------------------------------------
+
+# check_names CHECKER ONLY: stops (status 2), listing the known checks, when ONLY (NAME[,NAME...]
+# or "all") names one that the Python CHECKER's --list does not.
+check_names() {
+  [ "$2" != all ] || return 0
+  local known name
+  known=$(python3 "$1" --list)
+  for name in ${2//,/ }; do
+    if ! grep -qx -- "$name" <<<"$known"; then
+      echo "$(basename "$0" .sh): unknown check '$name'; known checks:" >&2
+      echo "$known" >&2
+      exit 2
+    fi
+  done
+}
+
+# start_on_free_port START LOG: calls START PORT (which starts a broker in the background and
+# sets BROKER_PID) on a free port until something listens there, trying another port (taken in
+# between) up to 3 times; sets PORT. Prints LOG after a failed attempt. False if all failed.
+start_on_free_port() {
+  local attempt
+  for attempt in 1 2 3; do
+    PORT=$(free_port)
+    "$1" "$PORT"
+    if wait_port "$PORT" && kill -0 "$BROKER_PID" 2>/dev/null; then return 0; fi
+    stop_broker
+    log "the broker did not start on port $PORT (attempt $attempt):"
+    cat "$2" >&2
+  done
+  return 1
+}
+
+DIFFS=0
+SKIPPED=0
+# run_checker LIMIT OUT CHECKER ARGS...: runs the Python checker under `timeout LIMIT`, its
+# output in OUT, and reports its lines: PASS/FAIL counted with report(), DIFF (differs from the
+# spec, recorded) and SKIP counted in DIFFS and SKIPPED, anything else indented. A checker that
+# failed without a FAIL line (crashed, timed out) is a failure of its own.
+run_checker() {
+  local limit=$1 out=$2 checker=$3 status=0 line
+  shift 3
+  timeout "$limit" python3 "$checker" "$@" >"$out" 2>&1 || status=$?
+  while IFS= read -r line; do
+    case "$line" in
+      "PASS "*) report "${line#PASS }" 0 ;;
+      "FAIL "*) report "${line#FAIL }" 1 ;;
+      "DIFF "*) DIFFS=$((DIFFS + 1)) && echo "$line" ;;
+      "SKIP "*) SKIPPED=$((SKIPPED + 1)) && echo "$line" ;;
+      *) echo "  $line" ;;
+    esac
+  done <"$out"
+  if [ "$status" -ne 0 ] && ! grep -q '^FAIL ' "$out"; then
+    report "$checker" 1 "exited with status $status$([ "$status" -eq 124 ] && echo ' (timeout)')"
+  fi
+}
+
+# finish_checks LOG: reports whether the broker (BROKER_PID) survived, shows the end of its LOG
+# if anything failed, prints the totals; false if anything failed.
+finish_checks() {
+  if kill -0 "$BROKER_PID" 2>/dev/null; then
+    report "broker still running" 0
+  else
+    report "broker still running" 1 "it exited: see the log below"
+  fi
+  if [ "$FAILED" -ne 0 ]; then
+    echo "broker log (last 40 lines):"
+    tail -n 40 "$1"
+  fi
+  local extra=""
+  [ "$DIFFS" -eq 0 ] || extra+=", $DIFFS differ from the spec (recorded)"
+  [ "$SKIPPED" -eq 0 ] || extra+=", $SKIPPED skipped"
+  echo "$PASSED passed, $FAILED failed$extra"
+  [ "$FAILED" -eq 0 ]
 }

@@ -30,7 +30,7 @@ enum Command {
     Pub(cli::pub_cmd::PubArgs),
     /// Subscribe and print messages (mosquitto_sub's flags).
     Sub(cli::sub_cmd::SubArgs),
-    /// Load-test a broker (pair, fan-in, fan-out, mesh) or run the sink.
+    /// Load-test a broker (pair, fan-in, fan-out, mesh, shared) or run the sink.
     Bench(cli::bench::BenchArgs),
 }
 

@@ -1,7 +1,8 @@
 //! End-to-end: the load generator against an in-process broker, every scenario at QoS 0 and 1
 //! with small counts. Nothing may go missing or arrive twice, and the report must add up. Also
 //! the generator against its own sink, publish-only, and every scenario over TLS, WebSockets
-//! and WebSockets over TLS (certificates made at test time).
+//! and WebSockets over TLS (certificates made at test time). `shared` runs against a real
+//! Mosquitto (skipped, saying so, when the `mosquitto` binary is not installed).
 
 use std::time::Duration;
 
@@ -10,8 +11,13 @@ use std::path::PathBuf;
 use surgemq::bench::{self, BenchConfig, BenchReport, Load, Scenario, SinkConfig};
 use surgemq::broker::{self, BrokerConfig};
 use surgemq::client::{TlsOptions, Transport};
-use surgemq::protocol::QoS;
+use surgemq::protocol::{ProtocolLevel, QoS};
 use surgemq::transport::TlsFiles;
+
+#[path = "client_util/mosquitto.rs"]
+#[allow(dead_code)] // start() is for the client tests
+mod mosquitto_util;
+use mosquitto_util::Mosquitto;
 
 const MESSAGES: u64 = 2_000;
 const CLIENTS: usize = 4;
@@ -231,6 +237,8 @@ fn bad_flag_values_give_one_line_naming_the_flag() {
         (&["sink", "--threads", "0"][..], "--threads"),
         (&["pair", "--cafile", "ca.pem"][..], "--tls"),
         (&["pair", "--ws", "mqtt"][..], "--ws"),
+        (&["shared", "--group", "a/b"][..], "--group"),
+        (&["fan-in", "--group", "g"][..], "--group"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_surgemq"))
             .arg("bench")
@@ -488,4 +496,90 @@ fn tls_mistakes_are_reported_not_hung() {
     assert!(err.to_string().starts_with("setup failed"), "{err}");
     broker.shutdown();
     let _ = std::fs::remove_dir_all(cert.parent().unwrap());
+}
+
+/// The Debian `mosquitto` on a free port (tests/client_util's guard); `None`, saying why, when
+/// it is not installed. No queue or in-flight limit below the generator's window (compare.sh's
+/// settings): with Mosquitto's defaults QoS 2 messages are dropped under this load.
+fn mosquitto(test: &str) -> Option<Mosquitto> {
+    if std::process::Command::new("mosquitto")
+        .arg("-h")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED {test}: no mosquitto binary (Debian package mosquitto)");
+        return None;
+    }
+    Some(Mosquitto::start_with(
+        "allow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 100\n",
+    ))
+}
+
+/// `bench shared` against Mosquitto's shared subscriptions, from 3.1.1 and MQTT 5 members:
+/// every message reaches the group exactly once, spread over all members.
+#[test]
+fn shared_group_gets_everything_once_from_mosquitto() {
+    let Some(mosquitto) = mosquitto("shared_group_gets_everything_once_from_mosquitto") else {
+        return;
+    };
+    let n = CLIENTS as u64;
+    for (protocol, qos) in [
+        (ProtocolLevel::V311, QoS::AtMostOnce),
+        (ProtocolLevel::V311, QoS::AtLeastOnce),
+        (ProtocolLevel::V5, QoS::AtLeastOnce),
+        (ProtocolLevel::V5, QoS::ExactlyOnce),
+    ] {
+        let report = bench::run(BenchConfig {
+            subscribers: Some(CLIENTS),
+            group: Some("smoke".into()),
+            protocol,
+            ..config(Scenario::Shared, mosquitto.addr.port(), qos)
+        })
+        .unwrap_or_else(|e| panic!("{protocol:?} {qos:?}: {e}"));
+        let summary = report.summary();
+        // Each message once: what fan-in's check expects of one subscriber.
+        check(&report, n, 1);
+        let group = report
+            .group
+            .as_ref()
+            .expect("a shared run reports its group");
+        assert_eq!(group.name, "smoke", "{summary}");
+        assert_eq!(group.per_member.len(), CLIENTS, "{summary}");
+        assert_eq!(
+            group.per_member.iter().sum::<u64>(),
+            n * MESSAGES,
+            "{summary}"
+        );
+        let (min, max) = group.range_pct.expect("shares");
+        assert!(min >= 15.0 && max <= 35.0, "{summary}");
+        assert!(summary.contains("share      per member min"), "{summary}");
+        assert!(report
+            .to_json()
+            .contains("\"group\":\"smoke\",\"share_min_pct\""));
+    }
+}
+
+/// A broker that never delivers to the group (the sink, like a broker that takes $share/... for
+/// a plain filter) fails the run and says why, at QoS 0 too.
+#[test]
+fn shared_run_that_reaches_nobody_says_so() {
+    let sink = bench::start_sink(SinkConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 1,
+    })
+    .expect("sink starts");
+    let report = bench::run(BenchConfig {
+        drain: Duration::from_millis(300),
+        ..config(Scenario::Shared, sink.local_addr().port(), QoS::AtMostOnce)
+    })
+    .unwrap();
+    let summary = report.summary();
+    assert_eq!(report.delivered, 0, "{summary}");
+    assert!(report.failed(), "{summary}");
+    assert!(summary.contains("the group received none"), "{summary}");
+    assert!(
+        summary.contains("(the group received nothing)"),
+        "{summary}"
+    );
+    sink.shutdown();
 }

@@ -25,7 +25,7 @@ use super::config::{Load, Plan};
 use super::conn::{Conn, Frame, KEEPALIVE_SECS};
 use super::payload::{self, Header};
 use super::shared::{Local, Phase, Shared};
-use super::tracker::{Arrival, StreamTracker};
+use super::tracker::SubResult;
 use super::window::{allowance, due, due_at_ns};
 use crate::protocol::{
     encode_ack, encode_publish, publish_len, Packet, PacketType, PublishHeader, QoS,
@@ -56,15 +56,6 @@ pub struct PubResult {
     pub acked: u64,
     pub last_send_ns: u64,
     pub last_ack_ns: u64,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct SubResult {
-    pub index: usize,
-    /// One per publisher, by publisher index.
-    pub trackers: Vec<StreamTracker>,
-    pub foreign: u64,
-    pub last_recv_ns: u64,
 }
 
 #[derive(Debug, Default)]
@@ -248,11 +239,7 @@ impl Client {
             reported: (0, 0),
         });
         let subscriber = spec.subscriber.map(|index| Subscriber {
-            r: SubResult {
-                index,
-                trackers: vec![StreamTracker::new(); plan.publishers],
-                ..Default::default()
-            },
+            r: SubResult::new(index, plan),
             dirty: Vec::new(),
             is_dirty: vec![false; plan.publishers],
             delivered_unreported: 0,
@@ -380,7 +367,7 @@ impl Client {
         if let Some(w) = p.window {
             let delivered = match self.offline {
                 true => None,
-                false => self.shared.board.min_progress(p.r.index),
+                false => self.shared.board.delivered(p.r.index),
             };
             n = n.min(allowance(p.r.sent, acked, delivered, w));
         } else if let Some(acked) = acked {
@@ -505,14 +492,14 @@ impl Client {
                     let Some(s) = self.subscriber.as_mut() else {
                         return Err("received a PUBLISH without subscribing".into());
                     };
-                    let header = Header::read(payload)
-                        .filter(|h| (h.publisher as usize) < s.r.trackers.len());
+                    let header =
+                        Header::read(payload).filter(|h| (h.publisher as usize) < s.r.publishers());
                     let Some(h) = header else {
                         s.r.foreign += 1;
                         continue;
                     };
                     let p = h.publisher as usize;
-                    if s.r.trackers[p].record(h.seq) != Arrival::Duplicate {
+                    if s.r.record(p, h.seq) {
                         s.delivered_unreported += 1;
                     }
                     if !s.is_dirty[p] {
@@ -550,9 +537,8 @@ impl Client {
         };
         for p in s.dirty.drain(..) {
             s.is_dirty[p] = false;
-            self.shared
-                .board
-                .advance(p, s.r.index, s.r.trackers[p].progress());
+            let (progress, received) = s.r.progress(p);
+            self.shared.board.advance(p, s.r.index, progress, received);
         }
         if s.delivered_unreported > 0 {
             self.shared.threads[self.local.thread]

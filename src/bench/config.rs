@@ -14,37 +14,8 @@ use crate::transport::Transport;
 
 use super::conn::Dial;
 use super::payload::HEADER_LEN;
-
-/// The four shapes of traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scenario {
-    /// One publisher, one subscriber, one topic.
-    Pair,
-    /// N publishers each on its own topic, subscribers on a wildcard over all of them.
-    FanIn,
-    /// Publishers on one topic, N subscribers to it.
-    FanOut,
-    /// N clients, each publishing on its own topic and subscribed to all of them (its own too).
-    Mesh,
-}
-
-impl Scenario {
-    pub const ALL: [Scenario; 4] = [
-        Scenario::Pair,
-        Scenario::FanIn,
-        Scenario::FanOut,
-        Scenario::Mesh,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Scenario::Pair => "pair",
-            Scenario::FanIn => "fan-in",
-            Scenario::FanOut => "fan-out",
-            Scenario::Mesh => "mesh",
-        }
-    }
-}
+pub use super::scenario::Scenario;
+use super::scenario::{check_group, DEFAULT_GROUP};
 
 /// How much each publisher sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +51,11 @@ pub struct BenchConfig {
     pub publishers: Option<usize>,
     /// Subscribers (fan-in, fan-out); `None`: the scenario's default.
     pub subscribers: Option<usize>,
-    /// The scenario's N: publishers of fan-in, subscribers of fan-out, clients of mesh.
+    /// The scenario's N: publishers of fan-in and shared, subscribers of fan-out, clients of
+    /// mesh.
     pub clients: Option<usize>,
+    /// `shared`: the subscribers' group name (`$share/{group}/...`); `None`: "bench".
+    pub group: Option<String>,
     /// No subscribers at all: measures how fast publishes are accepted.
     pub publish_only: bool,
     /// Subscribers use persistent sessions (CleanSession = 0), removed again at the end.
@@ -124,6 +98,7 @@ impl Default for BenchConfig {
             publishers: None,
             subscribers: None,
             clients: None,
+            group: None,
             publish_only: false,
             persistent: false,
             offline: false,
@@ -192,16 +167,6 @@ pub struct Plan {
     pub rate_per_publisher: Option<f64>,
     /// TLS and WebSocket settings, read once per run; None for plain TCP.
     pub(crate) dial: Option<Dial>,
-}
-
-fn count(flag: &'static str, v: usize, min: usize) -> Result<usize, BenchError> {
-    if v < min || v > MAX_CLIENTS {
-        return Err(invalid(
-            flag,
-            format!("must be between {min} and {MAX_CLIENTS}, got {v}"),
-        ));
-    }
-    Ok(v)
 }
 
 impl BenchConfig {
@@ -279,16 +244,9 @@ impl BenchConfig {
         let dial = self.dial()?;
         let run_id = run_id();
         let prefix = format!("surgemq-bench/{run_id}");
-        let (topics, filter) = match self.scenario {
-            Scenario::Pair | Scenario::FanOut => (
-                vec![format!("{prefix}/t"); publishers],
-                format!("{prefix}/t"),
-            ),
-            Scenario::FanIn | Scenario::Mesh => (
-                (0..publishers).map(|i| format!("{prefix}/{i}")).collect(),
-                format!("{prefix}/+"),
-            ),
-        };
+        let group = self.group.as_deref().unwrap_or(DEFAULT_GROUP);
+        check_group(group)?;
+        let (topics, filter) = self.scenario.topics(&prefix, publishers, group);
         let window = match (self.window, self.rate) {
             (Some(w), _) => Some(w as u64),
             (None, None) => Some(DEFAULT_WINDOW as u64),
@@ -344,94 +302,6 @@ impl BenchConfig {
             })?;
         Ok(Some(Dial(dialer)))
     }
-
-    /// `--offline` needs sessions that outlive a connection, and subscribers on connections of
-    /// their own.
-    fn check_offline(&self) -> Result<(), BenchError> {
-        if !self.offline {
-            return Ok(());
-        }
-        if !self.persistent {
-            return Err(invalid(
-                "offline",
-                "needs --persistent (only a persistent session keeps messages while away)",
-            ));
-        }
-        if self.publish_only {
-            return Err(invalid(
-                "offline",
-                "needs subscribers to drain; not with --publish-only",
-            ));
-        }
-        if self.scenario == Scenario::Mesh {
-            return Err(invalid(
-                "offline",
-                "not used by mesh: its clients publish and subscribe on one connection",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Publishers and subscribers of the scenario, from its defaults and the flags that apply.
-    fn shape(&self) -> Result<(usize, usize), BenchError> {
-        let name = self.scenario.name();
-        let refuse = |flag: &'static str, v: Option<usize>, why: &str| match v {
-            Some(_) => Err(invalid(flag, format!("not used by {name}: {why}"))),
-            None => Ok(()),
-        };
-        match self.scenario {
-            Scenario::Pair => {
-                let why = "it has one publisher and one subscriber";
-                refuse("clients", self.clients, why)?;
-                refuse("publishers", self.publishers, why)?;
-                refuse("subscribers", self.subscribers, why)?;
-                Ok((1, 1))
-            }
-            Scenario::FanIn => {
-                if self.clients.is_some() && self.publishers.is_some() {
-                    return Err(invalid(
-                        "clients",
-                        "give --clients or --publishers, not both",
-                    ));
-                }
-                let n = self.clients.or(self.publishers).unwrap_or(DEFAULT_CLIENTS);
-                let flag = if self.clients.is_some() {
-                    "clients"
-                } else {
-                    "publishers"
-                };
-                Ok((
-                    count(flag, n, 1)?,
-                    count("subscribers", self.subscribers.unwrap_or(1), 1)?,
-                ))
-            }
-            Scenario::FanOut => {
-                if self.clients.is_some() && self.subscribers.is_some() {
-                    return Err(invalid(
-                        "clients",
-                        "give --clients or --subscribers, not both",
-                    ));
-                }
-                let n = self.clients.or(self.subscribers).unwrap_or(DEFAULT_CLIENTS);
-                let flag = if self.clients.is_some() {
-                    "clients"
-                } else {
-                    "subscribers"
-                };
-                Ok((
-                    count("publishers", self.publishers.unwrap_or(1), 1)?,
-                    count(flag, n, 1)?,
-                ))
-            }
-            Scenario::Mesh => {
-                let why = "every mesh client both publishes and subscribes; use --clients";
-                refuse("publishers", self.publishers, why)?;
-                refuse("subscribers", self.subscribers, why)?;
-                let n = count("clients", self.clients.unwrap_or(DEFAULT_CLIENTS), 1)?;
-                Ok((n, n))
-            }
-        }
-    }
 }
 
 /// A short id unique to this process and moment: topic prefix and client id stem.
@@ -450,17 +320,18 @@ fn run_id() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn config(scenario: Scenario) -> BenchConfig {
+    pub(in crate::bench) fn config(scenario: Scenario) -> BenchConfig {
         BenchConfig {
             scenario,
             ..Default::default()
         }
     }
 
-    fn flag_of(c: BenchConfig) -> &'static str {
+    /// The flag a config error names; panics when the config is accepted.
+    pub(in crate::bench) fn flag_of(c: BenchConfig) -> &'static str {
         match c.plan() {
             Err(BenchError::Config { flag, .. }) => flag,
             other => panic!("expected a config error, got {other:?}"),

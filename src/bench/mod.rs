@@ -1,5 +1,5 @@
 //! The load generator behind `surgemq bench`: MQTT clients that publish and subscribe in the
-//! shapes SurgeMQ is measured with (pair, fan-in, fan-out, mesh), speaking the protocol with
+//! shapes SurgeMQ is measured with (pair, fan-in, fan-out, mesh, shared), speaking the protocol with
 //! our own codec over glommio sockets, and a report of throughput, completeness and latency.
 //!
 //! The generator is thread-per-core like the broker, so that with fewer than 100 clients it is
@@ -24,10 +24,13 @@
 mod client;
 mod config;
 mod conn;
+pub mod group;
+mod json;
 mod offline;
 pub mod payload;
 pub mod report;
 mod runner;
+mod scenario;
 mod shared;
 pub mod sink;
 pub mod tracker;
@@ -36,4 +39,5 @@ pub mod window;
 pub use config::{BenchConfig, BenchError, Load, Plan, Scenario, DEFAULT_CLIENTS, DEFAULT_WINDOW};
 pub use report::{BenchReport, Latency};
 pub use runner::run;
+pub use scenario::{DEFAULT_GROUP, DEFAULT_SHARED};
 pub use sink::{start_sink, SinkConfig, SinkHandle, SinkStats};

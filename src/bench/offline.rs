@@ -23,12 +23,12 @@ use std::time::Duration;
 use futures_lite::future::or;
 
 use super::client::{
-    client_id, failed_setup, remove_session, setup, Client, ClientResult, ClientSpec, SubResult,
+    client_id, failed_setup, remove_session, setup, Client, ClientResult, ClientSpec,
 };
 use super::config::Plan;
 use super::conn::Conn;
 use super::shared::{Local, Phase, Shared};
-use super::tracker::StreamTracker;
+use super::tracker::SubResult;
 
 /// How long a subscriber waits for the broker to close its connection after DISCONNECT.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -92,11 +92,7 @@ pub async fn run_subscriber(
             // Nothing was received: every message of every stream counts as missing.
             ClientResult {
                 publisher: None,
-                subscriber: spec.subscriber.map(|index| SubResult {
-                    index,
-                    trackers: vec![StreamTracker::new(); plan.publishers],
-                    ..Default::default()
-                }),
+                subscriber: spec.subscriber.map(|index| SubResult::new(index, &plan)),
             }
         }
     };

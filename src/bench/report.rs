@@ -1,10 +1,11 @@
 //! The result of a run ([`BenchReport`]) and the three ways it is shown: the plain summary, one
-//! JSON object (hand-written: a flat object of numbers and a few strings needs no serde), and
-//! the live progress line.
+//! JSON object (written with [`super::json`]), and the live progress line.
 
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
+
+use super::json::JsonObject;
 
 /// Latency percentiles in microseconds, from send timestamp to arrival at a subscriber.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,6 +35,28 @@ impl Latency {
             max_us: us(h.max()),
             mean_us: h.mean() / 1000.0,
         })
+    }
+}
+
+/// A shared-subscription run: the group, and how the broker spread the messages over it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupShare {
+    /// The group's name (`$share/{name}/...`).
+    pub name: String,
+    /// Messages each member that reported received (distinct ones), by member.
+    pub per_member: Vec<u64>,
+    /// The smallest and largest member's share of the messages, in percent; `None` when the
+    /// group received nothing.
+    pub range_pct: Option<(f64, f64)>,
+}
+
+impl GroupShare {
+    pub fn new(name: &str, per_member: Vec<u64>) -> GroupShare {
+        GroupShare {
+            name: name.to_string(),
+            range_pct: super::group::share_range(&per_member),
+            per_member,
+        }
     }
 }
 
@@ -83,14 +106,39 @@ pub struct BenchReport {
     /// Delivered msgs/s counted at subscribers: the MPS figure.
     pub deliver_rate: f64,
     pub latency: Option<Latency>,
+    /// `shared`: the subscribers' group. `expected` is then each message once, and a message
+    /// that reached two members (or one twice) is `duplicated`.
+    pub group: Option<GroupShare>,
     /// Connection failures and protocol surprises, one line each.
     pub errors: Vec<String>,
 }
 
 impl BenchReport {
-    /// A run fails when QoS 1/2 messages went missing or a client hit an error.
+    /// A run fails when QoS 1/2 messages went missing, a client hit an error, or (shared) a
+    /// message reached the group more than once.
     pub fn failed(&self) -> bool {
-        (self.qos > 0 && self.missing > 0) || !self.errors.is_empty()
+        (self.qos > 0 && self.missing > 0)
+            || (self.group.is_some() && self.duplicated > 0)
+            || !self.errors.is_empty()
+    }
+
+    /// Why [`BenchReport::failed`], in a few words; `None` when it did not fail.
+    pub fn failure(&self) -> Option<String> {
+        if self.qos > 0 && self.missing > 0 {
+            Some(format!(
+                "{} QoS {} message(s) missing",
+                self.missing, self.qos
+            ))
+        } else if self.group.is_some() && self.duplicated > 0 {
+            Some(format!(
+                "{} message(s) reached the shared subscription group more than once",
+                self.duplicated
+            ))
+        } else if !self.errors.is_empty() {
+            Some(format!("{} client error(s)", self.errors.len()))
+        } else {
+            None
+        }
     }
 
     /// Several lines for a person.
@@ -106,7 +154,7 @@ impl BenchReport {
         };
         let _ = writeln!(
             s,
-            "{}{}{}: {} pub -> {} {}{}sub, QoS {}, {} B payload, {} thread(s), {flow}",
+            "{}{}{}: {} pub -> {} {}{}sub{}, QoS {}, {} B payload, {} thread(s), {flow}",
             self.scenario,
             match self.transport {
                 "mqtt" | "" => String::new(),
@@ -117,6 +165,10 @@ impl BenchReport {
             self.subscribers,
             if self.persistent { "persistent " } else { "" },
             if self.offline { "offline " } else { "" },
+            match &self.group {
+                Some(g) => format!(" in group {:?}", g.name),
+                None => String::new(),
+            },
             self.qos,
             self.size,
             self.threads
@@ -159,6 +211,25 @@ impl BenchReport {
             "expected   {:>12}  missing {}  duplicated {}  reordered {}  foreign {}",
             self.expected, self.missing, self.duplicated, self.reordered, self.foreign
         );
+        if let Some(g) = &self.group {
+            let _ = match g.range_pct {
+                Some((min, max)) => writeln!(
+                    s,
+                    "share      per member min {min:.1}%  max {max:.1}%  ({} members: {})",
+                    g.per_member.len(),
+                    g.per_member
+                        .iter()
+                        .map(|&n| if n < 100 {
+                            n.to_string()
+                        } else {
+                            num(n as f64)
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                ),
+                None => writeln!(s, "share      (the group received nothing)"),
+            };
+        }
         match &self.latency {
             Some(l) => {
                 let _ = writeln!(
@@ -213,6 +284,12 @@ impl BenchReport {
         o.opt("latency_p999_us", l.map(|l| l.p999_us));
         o.opt("latency_max_us", l.map(|l| l.max_us));
         o.opt("latency_mean_us", l.map(|l| l.mean_us));
+        if let Some(g) = &self.group {
+            o.str("group", &g.name);
+            o.opt("share_min_pct", g.range_pct.map(|r| r.0));
+            o.opt("share_max_pct", g.range_pct.map(|r| r.1));
+            o.nums("per_member", &g.per_member);
+        }
         o.strs("errors", &self.errors);
         o.raw("failed", if self.failed() { "true" } else { "false" });
         o.finish()
@@ -256,78 +333,6 @@ pub fn num(v: f64) -> String {
     out
 }
 
-#[derive(Default)]
-struct JsonObject(String);
-
-impl JsonObject {
-    fn key(&mut self, k: &str) {
-        self.0.push(if self.0.is_empty() { '{' } else { ',' });
-        escape_into(&mut self.0, k);
-        self.0.push(':');
-    }
-    fn raw(&mut self, k: &str, v: &str) {
-        self.key(k);
-        self.0.push_str(v);
-    }
-    fn num(&mut self, k: &str, v: f64) {
-        // JSON has no NaN or infinity.
-        let text = if !v.is_finite() {
-            "null".to_string()
-        } else if v.fract() == 0.0 && v.abs() < 9.0e15 {
-            format!("{}", v as i64)
-        } else {
-            format!("{v:.3}")
-        };
-        self.raw(k, &text);
-    }
-    fn opt(&mut self, k: &str, v: Option<f64>) {
-        match v {
-            Some(v) => self.num(k, v),
-            None => self.raw(k, "null"),
-        }
-    }
-    fn str(&mut self, k: &str, v: &str) {
-        self.key(k);
-        escape_into(&mut self.0, v);
-    }
-    fn strs(&mut self, k: &str, v: &[String]) {
-        self.key(k);
-        self.0.push('[');
-        for (i, s) in v.iter().enumerate() {
-            if i > 0 {
-                self.0.push(',');
-            }
-            escape_into(&mut self.0, s);
-        }
-        self.0.push(']');
-    }
-    fn finish(mut self) -> String {
-        if self.0.is_empty() {
-            self.0.push('{');
-        }
-        self.0.push('}');
-        self.0
-    }
-}
-
-fn escape_into(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +372,7 @@ mod tests {
                 max_us: 4000.0,
                 mean_us: 130.25,
             }),
+            group: None,
             errors: vec![],
         }
     }
@@ -450,6 +456,67 @@ mod tests {
         let j = r.to_json();
         assert!(j.contains("\"persistent\":true,\"offline\":true,"), "{j}");
         assert!(sample().to_json().contains("\"offline\":false,"));
+    }
+
+    #[test]
+    fn shared_runs_show_the_group_and_its_shares() {
+        let r = BenchReport {
+            scenario: "shared",
+            subscribers: 4,
+            group: Some(GroupShare::new(
+                "bench",
+                vec![400_000, 600_000, 500_000, 500_000],
+            )),
+            ..sample()
+        };
+        let s = r.summary();
+        assert!(
+            s.starts_with("shared: 20 pub -> 4 sub in group \"bench\", QoS 1"),
+            "{s}"
+        );
+        assert!(
+            s.contains("share      per member min 20.0%  max 30.0%  (4 members: 400,000 / "),
+            "{s}"
+        );
+        assert!(!r.failed(), "{s}");
+        let j = r.to_json();
+        assert!(
+            j.contains(
+                "\"group\":\"bench\",\"share_min_pct\":20,\"share_max_pct\":30,\
+                 \"per_member\":[400000,600000,500000,500000],\"errors\""
+            ),
+            "{j}"
+        );
+        assert!(!sample().to_json().contains("share_"));
+        // Exactly once across the group: a duplicate fails the run, at QoS 0 too.
+        let twice = BenchReport {
+            qos: 0,
+            duplicated: 1,
+            ..r.clone()
+        };
+        assert!(twice.failed());
+        assert!(
+            twice.failure().unwrap().contains("more than once"),
+            "{twice:?}"
+        );
+        assert!(twice.summary().contains("FAILED"));
+        let skewed = BenchReport {
+            group: Some(GroupShare::new("g", vec![0, 12, 1_188])),
+            ..r.clone()
+        };
+        assert!(
+            skewed
+                .summary()
+                .contains("min 0.0%  max 99.0%  (3 members: 0 / 12 / 1,188)"),
+            "{}",
+            skewed.summary()
+        );
+        let nothing = BenchReport {
+            group: Some(GroupShare::new("g", vec![0, 0])),
+            ..r
+        };
+        assert!(nothing.summary().contains("(the group received nothing)"));
+        assert!(nothing.to_json().contains("\"share_min_pct\":null"));
     }
 
     #[test]

@@ -21,8 +21,11 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::client::{self, ClientResult, ClientSpec};
 use super::config::{BenchConfig, BenchError, Load, Plan};
-use super::report::{progress_line, BenchReport, Latency};
+use super::group::{self, SeqSet, Tally};
+use super::report::{progress_line, BenchReport, GroupShare, Latency};
+use super::scenario::DEFAULT_GROUP;
 use super::shared::{new_histogram, Control, Local, Phase, Shared};
+use super::tracker::SubResult;
 use crate::protocol::QoS;
 
 /// glommio registers this much memory with io_uring per executor; we do no file I/O.
@@ -46,7 +49,13 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, BenchError> {
         need_kib: e.need_kib,
     })?;
     let threads = plan.config.threads;
-    let shared = Arc::new(Shared::new(plan.publishers, plan.subscribers, threads));
+    let group = plan.config.scenario.is_shared();
+    let shared = Arc::new(Shared::new(
+        plan.publishers,
+        plan.subscribers,
+        threads,
+        group,
+    ));
     let specs = client_specs(&plan, threads);
     let total_clients: usize = specs.iter().map(Vec::len).sum();
 
@@ -300,26 +309,30 @@ fn build_report(
             }
         }
     }
-    // A subscriber that never reported (its thread died) lost everything it should have had.
-    let mut expected = 0;
-    let (mut delivered, mut missing, mut duplicated, mut reordered, mut foreign) = (0, 0, 0, 0, 0);
     let mut last_recv_ns = start_ns;
     for s in &subs {
         last_recv_ns = last_recv_ns.max(s.last_recv_ns);
-        foreign += s.foreign;
-        for (p, t) in s.trackers.iter().enumerate() {
-            expected += sent[p];
-            delivered += t.unique().min(sent[p]);
-            missing += t.missing(sent[p]);
-            duplicated += t.duplicates();
-            reordered += t.late();
-            foreign += t.unexpected(sent[p]);
-        }
     }
     let lost_subscribers = plan.subscribers - subs.len();
-    let lost: u64 = sent.iter().sum::<u64>() * lost_subscribers as u64;
-    expected += lost;
-    missing += lost;
+    let (mut tally, expected, group) = match config.scenario.is_shared() {
+        true => {
+            let sets: Vec<&[SeqSet]> = subs.iter().map(|s| s.received.as_slice()).collect();
+            let tally = group::tally(&sent, &sets);
+            let name = config.group.as_deref().unwrap_or(DEFAULT_GROUP);
+            let share = GroupShare::new(name, tally.per_member.clone());
+            let expected = if plan.subscribers > 0 {
+                tally.delivered + tally.missing
+            } else {
+                0
+            };
+            (tally, expected, Some(share))
+        }
+        false => {
+            let (tally, expected) = each_subscriber(&sent, &subs, lost_subscribers);
+            (tally, expected, None)
+        }
+    };
+    tally.foreign += subs.iter().map(|s| s.foreign).sum::<u64>();
     let mut errors = shared
         .errors
         .lock()
@@ -334,6 +347,14 @@ fn build_report(
     }
     if lost_subscribers > 0 {
         errors.push(format!("{lost_subscribers} subscriber(s) reported nothing"));
+    }
+    if group.is_some() && subs.len() == plan.subscribers && published > 0 && tally.delivered == 0 {
+        // At QoS 0 missing messages are a measurement, but none at all is a broker that took
+        // the $share/... filter for a plain one (or dropped everything).
+        errors.push(format!(
+            "the group received none of the {published} messages: does the broker support \
+             shared subscriptions ($share/...)?"
+        ));
     }
     // Rates are over the time the run was meant to take, not just the part where something
     // happened: a duration run (or a stalled one) publishes until it was told to stop, and a
@@ -387,16 +408,37 @@ fn build_report(
         published,
         acked,
         expected,
-        delivered,
-        missing,
-        duplicated,
-        reordered,
-        foreign,
+        delivered: tally.delivered,
+        missing: tally.missing,
+        duplicated: tally.duplicated,
+        reordered: tally.reordered,
+        foreign: tally.foreign,
         publish_secs,
         deliver_secs,
         publish_rate,
-        deliver_rate: rate(delivered, deliver_secs),
+        deliver_rate: rate(tally.delivered, deliver_secs),
         latency: Latency::from_histogram(&histogram),
+        group,
         errors,
     }
+}
+
+/// Counts when every subscriber should receive every message, and how many that makes. A
+/// subscriber that never reported (its thread died) lost everything it should have had.
+fn each_subscriber(sent: &[u64], subs: &[SubResult], lost_subscribers: usize) -> (Tally, u64) {
+    let mut t = Tally::default();
+    let mut expected = 0;
+    for s in subs {
+        for (p, tracker) in s.trackers.iter().enumerate() {
+            expected += sent[p];
+            t.delivered += tracker.unique().min(sent[p]);
+            t.missing += tracker.missing(sent[p]);
+            t.duplicated += tracker.duplicates();
+            t.reordered += tracker.late();
+            t.foreign += tracker.unexpected(sent[p]);
+        }
+    }
+    let lost: u64 = sent.iter().sum::<u64>() * lost_subscribers as u64;
+    t.missing += lost;
+    (t, expected + lost)
 }

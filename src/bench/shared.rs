@@ -78,7 +78,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(publishers: usize, subscribers: usize, threads: usize) -> Shared {
+    /// `group`: the subscribers share one subscription (each message reaches one of them).
+    pub fn new(publishers: usize, subscribers: usize, threads: usize, group: bool) -> Shared {
         Shared {
             base: Instant::now(),
             phase: AtomicU8::new(Phase::Setup as u8),
@@ -86,7 +87,10 @@ impl Shared {
             ready: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
             publishers_done: AtomicUsize::new(0),
-            board: Board::new(publishers, subscribers),
+            board: match group {
+                true => Board::new_group(publishers, subscribers),
+                false => Board::new(publishers, subscribers),
+            },
             threads: (0..threads).map(|_| Padded::default()).collect(),
             errors: Mutex::new(Vec::new()),
         }
@@ -127,9 +131,10 @@ impl Shared {
     }
 
     /// Messages subscribers should have received by now: what each publisher sent, times the
-    /// subscribers (every subscriber of a scenario matches every publisher).
+    /// subscribers (every subscriber of a scenario matches every publisher), or once for a
+    /// shared-subscription group.
     pub fn expected(&self) -> u64 {
-        let subs = self.board.subscribers() as u64;
+        let subs = self.board.copies() as u64;
         (0..self.board.publishers())
             .map(|p| self.board.slot(p).sent.load(Ordering::Relaxed) * subs)
             .sum()

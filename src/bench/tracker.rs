@@ -8,8 +8,14 @@
 //! is not mistaken for a duplicate, but the list is bounded: when it is full the oldest gap is
 //! forgotten (a late arrival there then counts as a duplicate). Memory per stream stays a few
 //! dozen bytes whatever happens on the wire.
+//!
+//! [`SubResult`] is what one subscriber counted over all its streams: a tracker per publisher,
+//! or, as a member of a shared-subscription group, a [`SeqSet`] per publisher.
 
 use smallvec::SmallVec;
+
+use super::config::Plan;
+use super::group::SeqSet;
 
 /// Gap ranges remembered per stream before the oldest is forgotten.
 pub const MAX_GAPS: usize = 32;
@@ -120,6 +126,58 @@ impl StreamTracker {
     /// message from an earlier run with the same numbering).
     pub fn unexpected(&self, published: u64) -> u64 {
         self.unique.saturating_sub(published)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SubResult {
+    pub index: usize,
+    /// One per publisher, by publisher index (empty for a shared-subscription member).
+    pub trackers: Vec<StreamTracker>,
+    /// A shared-subscription member: what it received, one set per publisher (else empty).
+    pub received: Vec<SeqSet>,
+    pub foreign: u64,
+    pub last_recv_ns: u64,
+}
+
+impl SubResult {
+    /// A subscriber that has received nothing yet: a tracker per publisher, or a set per
+    /// publisher for a shared-subscription member.
+    pub fn new(index: usize, plan: &Plan) -> SubResult {
+        let n = plan.publishers;
+        let group = plan.config.scenario.is_shared();
+        SubResult {
+            index,
+            trackers: vec![StreamTracker::new(); if group { 0 } else { n }],
+            received: vec![SeqSet::new(); if group { n } else { 0 }],
+            ..Default::default()
+        }
+    }
+
+    /// Publishers whose messages this subscriber can count.
+    pub fn publishers(&self) -> usize {
+        self.trackers.len().max(self.received.len())
+    }
+
+    /// Counts one arrival; true unless this subscriber already had the message.
+    #[inline]
+    pub fn record(&mut self, publisher: usize, seq: u64) -> bool {
+        let arrival = match self.received.get_mut(publisher) {
+            Some(set) => set.record(seq),
+            None => self.trackers[publisher].record(seq),
+        };
+        arrival != Arrival::Duplicate
+    }
+
+    /// How far a stream got, and (for a group member) how many of its messages arrived.
+    pub fn progress(&self, publisher: usize) -> (u64, u64) {
+        match self.received.get(publisher) {
+            Some(set) => (set.progress(), set.unique()),
+            None => {
+                let t = &self.trackers[publisher];
+                (t.progress(), t.unique())
+            }
+        }
     }
 }
 

@@ -12,6 +12,13 @@
 //! Progress is "highest sequence seen + 1", so a message the broker dropped (QoS 0) still
 //! counts as no longer outstanding once a later one arrived: a lossy stream keeps moving
 //! instead of stalling the publisher forever.
+//!
+//! A shared-subscription group ([`Board::new_group`]) receives each message once, in parts:
+//! a member's progress says nothing about messages dealt to another member. Its members also
+//! post how many of the publisher's messages they received, and what the group has done is
+//! the larger of two lower bounds: the sum of those counts (exact without loss), and the least
+//! progress over the members (every message below it reached its member or was lost, since
+//! each member receives its part in order; it keeps a lossy QoS 0 run moving).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Waker;
@@ -40,7 +47,13 @@ pub struct Board {
     publishers: usize,
     subscribers: usize,
     progress: Box<[Padded<AtomicU64>]>,
+    /// A group's board: messages each member received per publisher (else empty).
+    counts: Box<[Padded<AtomicU64>]>,
     slots: Box<[Padded<PublisherSlot>]>,
+}
+
+fn padded_zeros(n: usize) -> Box<[Padded<AtomicU64>]> {
+    (0..n).map(|_| Padded::default()).collect()
 }
 
 impl Board {
@@ -48,10 +61,26 @@ impl Board {
         Board {
             publishers,
             subscribers,
-            progress: (0..publishers * subscribers)
-                .map(|_| Padded::default())
-                .collect(),
+            progress: padded_zeros(publishers * subscribers),
+            counts: padded_zeros(0),
             slots: (0..publishers).map(|_| Padded::default()).collect(),
+        }
+    }
+
+    /// The board of a shared-subscription group of `members`: each message reaches one.
+    pub fn new_group(publishers: usize, members: usize) -> Board {
+        Board {
+            counts: padded_zeros(publishers * members),
+            ..Board::new(publishers, members)
+        }
+    }
+
+    /// Copies of each message the subscribers should receive: one per subscriber, or one for a
+    /// whole group.
+    pub fn copies(&self) -> usize {
+        match self.counts.is_empty() {
+            true => self.subscribers,
+            false => self.subscribers.min(1),
         }
     }
 
@@ -67,12 +96,15 @@ impl Board {
         &self.slots[publisher].0
     }
 
-    /// Publishes a subscriber's progress on one stream and wakes the publisher if it waits.
+    /// Publishes a subscriber's progress on one stream (and, in a group, how many of its
+    /// messages the member received) and wakes the publisher if it waits.
     #[inline]
-    pub fn advance(&self, publisher: usize, subscriber: usize, progress: u64) {
-        self.progress[publisher * self.subscribers + subscriber]
-            .0
-            .store(progress, Ordering::Release);
+    pub fn advance(&self, publisher: usize, subscriber: usize, progress: u64, received: u64) {
+        let i = publisher * self.subscribers + subscriber;
+        if let Some(count) = self.counts.get(i) {
+            count.0.store(received, Ordering::Release);
+        }
+        self.progress[i].0.store(progress, Ordering::Release);
         let slot = self.slot(publisher);
         // The plain load keeps the common case (publisher not waiting) free of a write.
         if slot.waiting.load(Ordering::Acquire) && slot.waiting.swap(false, Ordering::AcqRel) {
@@ -80,11 +112,23 @@ impl Board {
         }
     }
 
-    /// The least progress over all of this publisher's subscribers; `None` with no subscribers.
+    /// How many of this publisher's messages are no longer outstanding at the subscribers: the
+    /// least progress over them, or for a group the larger of that and the sum of the members'
+    /// counts; `None` with no subscribers.
     #[inline]
-    pub fn min_progress(&self, publisher: usize) -> Option<u64> {
-        let row = &self.progress[publisher * self.subscribers..][..self.subscribers];
-        row.iter().map(|p| p.0.load(Ordering::Acquire)).min()
+    pub fn delivered(&self, publisher: usize) -> Option<u64> {
+        let row = publisher * self.subscribers..(publisher + 1) * self.subscribers;
+        let least = self.progress[row.clone()]
+            .iter()
+            .map(|p| p.0.load(Ordering::Acquire))
+            .min();
+        match self.counts.get(row) {
+            Some(counts) if !counts.is_empty() => {
+                let sum = counts.iter().map(|c| c.0.load(Ordering::Acquire)).sum();
+                least.map(|least| least.max(sum))
+            }
+            _ => least,
+        }
     }
 
     /// Registers the publisher's waker for the next [`Board::advance`] on any of its streams.
@@ -161,16 +205,43 @@ mod tests {
     }
 
     #[test]
-    fn min_progress_over_subscribers() {
+    fn least_progress_over_subscribers() {
         let board = Board::new(2, 3);
-        assert_eq!(board.min_progress(0), Some(0));
-        board.advance(0, 0, 10);
-        board.advance(0, 1, 7);
-        board.advance(0, 2, 12);
-        board.advance(1, 1, 99);
-        assert_eq!(board.min_progress(0), Some(7));
-        assert_eq!(board.min_progress(1), Some(0));
-        assert_eq!(Board::new(1, 0).min_progress(0), None);
+        assert_eq!(board.delivered(0), Some(0));
+        assert_eq!(board.copies(), 3);
+        board.advance(0, 0, 10, 10);
+        board.advance(0, 1, 7, 7);
+        board.advance(0, 2, 12, 12);
+        board.advance(1, 1, 99, 99);
+        assert_eq!(board.delivered(0), Some(7));
+        assert_eq!(board.delivered(1), Some(0));
+        assert_eq!(Board::new(1, 0).delivered(0), None);
+    }
+
+    #[test]
+    fn a_group_counts_what_its_members_received_together() {
+        let board = Board::new_group(2, 3);
+        assert_eq!(board.copies(), 1);
+        assert_eq!(board.delivered(0), Some(0));
+        // Round-robin over 3 members: 0..30 dealt, 10 each; member 2 is behind (got 8).
+        board.advance(0, 0, 28, 10);
+        board.advance(0, 1, 29, 10);
+        board.advance(0, 2, 23, 8);
+        assert_eq!(board.delivered(0), Some(28), "the counts add up");
+        // QoS 0 loss: member 1 lost 4 messages, but every member is past 60.
+        board.advance(0, 0, 61, 21);
+        board.advance(0, 1, 62, 17);
+        board.advance(0, 2, 63, 21);
+        assert_eq!(
+            board.delivered(0),
+            Some(61),
+            "the least progress counts the losses"
+        );
+        // One member gets all of publisher 1 (a broker that hashes by topic): progress of the
+        // others stays 0, the counts still tell.
+        board.advance(1, 2, 50, 50);
+        assert_eq!(board.delivered(1), Some(50));
+        assert_eq!(Board::new_group(1, 0).delivered(0), None);
     }
 
     struct Counter(AtomicUsize);
@@ -185,11 +256,11 @@ mod tests {
         let board = Board::new(1, 2);
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
         let waker = Waker::from(counter.clone());
-        board.advance(0, 0, 1);
+        board.advance(0, 0, 1, 1);
         assert_eq!(counter.0.load(Ordering::SeqCst), 0, "nobody waits yet");
         board.wait(0, &waker);
-        board.advance(0, 0, 2);
-        board.advance(0, 1, 2);
+        board.advance(0, 0, 2, 2);
+        board.advance(0, 1, 2, 2);
         assert_eq!(counter.0.load(Ordering::SeqCst), 1, "one wake per wait");
     }
 

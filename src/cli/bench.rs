@@ -29,6 +29,11 @@ enum BenchCommand {
     FanOut(LoadArgs),
     /// N clients (--clients, default 20), each publishing on its own topic and subscribed to all.
     Mesh(LoadArgs),
+    /// N publishers (--clients/--publishers, default 4) each on its own topic; M subscribers
+    /// (--subscribers, default 4) in one shared-subscription group on a wildcard over them all
+    /// ($share/GROUP/surgemq-bench/RUN/+): each message must reach exactly one member. Reports
+    /// missing and duplicated messages across the group and each member's share.
+    Shared(LoadArgs),
     /// A minimal MQTT server that acknowledges everything and discards publishes: run a
     /// --publish-only bench against it to see what the generator can produce.
     Sink(SinkArgs),
@@ -36,15 +41,19 @@ enum BenchCommand {
 
 #[derive(Args, Debug)]
 struct LoadArgs {
-    /// Publishers (fan-in, fan-out).
+    /// Publishers (fan-in, fan-out, shared).
     #[arg(long)]
     publishers: Option<usize>,
-    /// Subscribers (fan-in, fan-out).
+    /// Subscribers (fan-in, fan-out), members of the group (shared).
     #[arg(long)]
     subscribers: Option<usize>,
-    /// The scenario's N: publishers of fan-in, subscribers of fan-out, clients of mesh.
+    /// The scenario's N: publishers of fan-in and shared, subscribers of fan-out, clients of
+    /// mesh.
     #[arg(long)]
     clients: Option<usize>,
+    /// Shared: the group's name, as in $share/GROUP/... (no '/', '+' or '#') [default: bench].
+    #[arg(long)]
+    group: Option<String>,
     /// Messages per publisher [default: 100000 unless --duration is given].
     #[arg(long, conflicts_with = "duration")]
     messages: Option<u64>,
@@ -154,6 +163,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         BenchCommand::FanIn(a) => (Scenario::FanIn, a),
         BenchCommand::FanOut(a) => (Scenario::FanOut, a),
         BenchCommand::Mesh(a) => (Scenario::Mesh, a),
+        BenchCommand::Shared(a) => (Scenario::Shared, a),
         BenchCommand::Sink(a) => return run_sink(a),
     };
     let json = load.json;
@@ -164,12 +174,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     } else {
         print!("{}", report.summary());
     }
-    if report.failed() {
-        let why = if report.qos > 0 && report.missing > 0 {
-            format!("{} QoS {} message(s) missing", report.missing, report.qos)
-        } else {
-            format!("{} client error(s)", report.errors.len())
-        };
+    if let Some(why) = report.failure() {
         return Err(format!("bench failed: {why}"));
     }
     Ok(())
@@ -201,6 +206,7 @@ impl LoadArgs {
             publishers: self.publishers,
             subscribers: self.subscribers,
             clients: self.clients,
+            group: self.group,
             publish_only: self.publish_only,
             persistent: self.persistent,
             offline: self.offline,
