@@ -66,6 +66,11 @@ if [ -x scripts/interop-v5.sh ]; then
   scripts/interop-v5.sh
 fi
 
+if [ -x scripts/interop-shared.sh ]; then
+  log "shared subscriptions interop (paho-mqtt 3.1.1 and MQTTv5, mosquitto clients)"
+  scripts/interop-shared.sh
+fi
+
 if [ -x scripts/interop-tls.sh ]; then
   log "interop over TLS and WebSockets (mosquitto clients, paho-mqtt)"
   scripts/interop-tls.sh

@@ -229,15 +229,22 @@ fn no_local_on_a_shared_subscription_is_a_protocol_error() {
 
 #[test]
 fn bad_group_names_are_refused_in_suback() {
-    // MQTT-4.8.2-1, -2: an empty group name, or no filter after it. 3.1.1: 0x80; 5: 0x8F.
+    // MQTT-4.8.2-1, -2: an empty group name, one with a wildcard, or no filter after it.
+    // 3.1.1: 0x80; 5: 0x8F.
     let broker = Broker::start(1);
-    let bad = [("$share//t", 1), ("$share/g", 1), ("$share/g/", 1)];
+    let bad = [
+        ("$share//t", 1),
+        ("$share/g", 1),
+        ("$share/g/", 1),
+        ("$share/g+/t", 1),
+        ("$share/#/t", 1),
+    ];
     let mut old = broker.connect("bad311");
     old.send(&subscribe(1, &bad));
-    old.expect_bytes(&[0x90, 0x05, 0x00, 0x01, 0x80, 0x80, 0x80]);
+    old.expect_bytes(&[0x90, 0x07, 0x00, 0x01, 0x80, 0x80, 0x80, 0x80, 0x80]);
     let mut new = broker.connect_v5(&ConnectBuilder::v5("bad5", &[]));
     new.send(&subscribe_v5(1, &[], &bad));
-    new.expect_bytes(&suback_v5(1, &[0x8f, 0x8f, 0x8f]));
+    new.expect_bytes(&suback_v5(1, &[0x8f; 5]));
     // The connections stay usable.
     old.ping();
     new.ping();

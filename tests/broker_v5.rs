@@ -365,22 +365,22 @@ fn acl_broker(shards: usize) -> Broker {
 fn v5_suback_reason_codes_for_refused_filters() {
     // MQTT 5.0 3.9.3: 0x87 Not authorized, 0x8F Topic Filter invalid; 3.1.1 has only 0x80.
     // A shared subscription's ACL is the filter's after `$share/{group}/`, and a group name
-    // that is empty makes the filter invalid (MQTT-4.8.2-1); one with a wildcard is not even
-    // a well-formed filter (DISCONNECT 0x8F, like `a+/b`).
+    // that is empty or holds a wildcard makes the filter invalid (MQTT-4.8.2-1, -2).
     with_shards(|shards| {
         let broker = acl_broker(shards);
         let filters = [
-            ("ok/t", 0x01),          // allowed: granted QoS 1
-            ("no/t", 0x01),          // not in the ACL
-            ("ok/a/b/c", 0x00),      // 4 levels, above max_topic_levels 3
-            ("$share/g/ok/t", 0x01), // shared subscription, allowed
-            ("$share/g/no/t", 0x01), // shared, not in the ACL
-            ("$share//ok/t", 0x01),  // empty group name
+            ("ok/t", 0x01),           // allowed: granted QoS 1
+            ("no/t", 0x01),           // not in the ACL
+            ("ok/a/b/c", 0x00),       // 4 levels, above max_topic_levels 3
+            ("$share/g/ok/t", 0x01),  // shared subscription, allowed
+            ("$share/g/no/t", 0x01),  // shared, not in the ACL
+            ("$share//ok/t", 0x01),   // empty group name
+            ("$share/g+/ok/t", 0x01), // wildcard in the group name
         ];
         let mut c = broker.connect_v5(&ConnectBuilder::v5(&broker.id_on("v5-suback", 0), &[]));
         c.send(&subscribe_v5(1, &[], &filters));
         c.expect_bytes(&[
-            0x90, 0x09, // SUBACK, remaining length 9
+            0x90, 0x0a, // SUBACK, remaining length 10
             0x00, 0x01, // packet id 1
             0x00, // property length 0
             0x01, // ok/t: granted QoS 1
@@ -389,6 +389,7 @@ fn v5_suback_reason_codes_for_refused_filters() {
             0x01, // $share/g/ok/t: granted QoS 1
             0x87, // $share/g/no/t: 0x87 Not authorized
             0x8f, // $share//ok/t: 0x8F Topic Filter invalid
+            0x8f, // $share/g+/ok/t: 0x8F
         ]);
         c.ping();
         let mut old = broker.connect(&broker.id_on("v311-suback", shards - 1));

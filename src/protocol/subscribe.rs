@@ -52,10 +52,17 @@ fn count_entries(
 /// A length-prefixed topic filter of SUBSCRIBE or UNSUBSCRIBE: a valid string, non-empty
 /// (MQTT-4.7.3-1) and with its wildcards where MQTT-4.7.1-2/-3 allow them. A filter breaking
 /// these is a malformed packet, so the connection closes; only the broker's own refusals (ACL,
-/// level limit) are answered with SUBACK 0x80.
+/// level limit) are answered with SUBACK 0x80. A shared subscription's filter is the part after
+/// `$share/{group}/`; a bad group name is also the broker's to refuse in SUBACK (0x80 / 0x8F),
+/// as MQTT 5.0 4.8.2 has brokers do.
 fn topic_filter(r: &mut Reader) -> Result<ByteStr, DecodeError> {
     let filter = r.string("topic filter runs past the remaining length")?;
-    match crate::topic::validate_filter(&filter) {
+    let checked = match crate::topic::parse_shared(&filter) {
+        Some(Ok(shared)) => shared.filter,
+        Some(Err(_)) => return Ok(filter),
+        None => &filter,
+    };
+    match crate::topic::validate_filter(checked) {
         Ok(()) => Ok(filter),
         Err(TopicError::Empty) => Err(DecodeError::EmptyTopicFilter),
         Err(e) => Err(DecodeError::InvalidTopicFilter(e)),
@@ -461,6 +468,29 @@ mod tests {
         for (bytes, want) in subscribes {
             assert_eq!(decode_err(bytes), want, "{bytes:02x?}");
         }
+        // A shared subscription: the filter after the group follows the rules...
+        let subscribe_one = |filter: &[u8]| {
+            let mut b = vec![
+                0x82,
+                5 + filter.len() as u8,
+                0x00,
+                0x01,
+                0x00,
+                filter.len() as u8,
+            ];
+            b.extend_from_slice(filter);
+            b.push(0x00);
+            b
+        };
+        assert_eq!(
+            decode_err(&subscribe_one(b"$share/g/a#")),
+            DecodeError::InvalidTopicFilter(MisplacedMultiLevelWildcard)
+        );
+        // ...while a bad group name ("g+") is the broker's to refuse in SUBACK.
+        assert!(matches!(
+            &decode_all(&subscribe_one(b"$share/g+/a"))[..],
+            [Packet::Subscribe(_)]
+        ));
         #[rustfmt::skip]
         let unsubscribes: [(&[u8], DecodeError); 4] = [
             // UNSUBSCRIBE id 1: empty filter
