@@ -368,7 +368,7 @@ start_broker() {
         echo "persistence false"
         echo "max_queued_messages 0"
         echo "max_queued_bytes 0"
-        echo "max_inflight_messages 100"
+        echo "max_inflight_messages 1000"
         echo "set_tcp_nodelay true"
         echo "log_dest stderr"
         echo "log_type error"

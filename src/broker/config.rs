@@ -44,6 +44,7 @@ pub struct BrokerConfig {
     /// Messages waiting in one session's outbound queue; beyond it new messages are dropped.
     pub max_queued_messages: usize,
     /// Payload bytes waiting in one session's outbound queue; beyond it new messages are dropped.
+    /// (Payloads in flight count too, until acknowledged.)
     pub max_queued_bytes: usize,
     /// A connected subscriber whose queue is full holds its QoS 1/2 publishers back unless it
     /// read or acknowledged nothing for this long: then it is stalled and its messages are
@@ -92,7 +93,7 @@ impl Default for BrokerConfig {
             tls: None,
             shards: available_cpus(),
             connect_timeout: Duration::from_secs(10),
-            max_inflight: 100,
+            max_inflight: 1000,
             max_packet_size: 1 << 20,
             receive_maximum: 65_535,
             max_topic_alias: 10,

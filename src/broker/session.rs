@@ -203,6 +203,8 @@ pub struct Session {
     /// Shared by every session of the shard.
     limits: Rc<SessionLimits>,
     queue: VecDeque<Outbound>,
+    /// Payload bytes the session holds: queued, and in flight until acknowledged, so
+    /// `max_queued_bytes` bounds its memory whatever the window (`max_inflight`).
     queued_bytes: usize,
     inflight: VecDeque<Inflight>,
     /// Inflight entries (from the front) that must be sent again, as after a reconnect.
@@ -621,6 +623,8 @@ impl Session {
                         if let Some(stored) = &mut self.stored {
                             stored.sent.push((seq, packet_id));
                         }
+                        // Still held until the client acknowledges it.
+                        self.queued_bytes += message.payload.len();
                         self.inflight.push_back(Inflight {
                             seq,
                             subscription_id,
@@ -664,7 +668,9 @@ impl Session {
         } else {
             // Entries still to be re-sent are the last `resend` ones.
             let resend_from = self.inflight.len() - self.resend;
-            self.inflight.remove(i);
+            if let Some(done) = self.inflight.remove(i) {
+                self.queued_bytes -= done.message.payload.len();
+            }
             if i >= resend_from {
                 self.resend -= 1;
             }

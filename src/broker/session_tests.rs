@@ -168,6 +168,28 @@ fn the_byte_limit_pushes_back_too() {
 }
 
 #[test]
+fn bytes_in_flight_count_against_the_byte_limit_until_acknowledged() {
+    // A wide window must not widen what a session holds: sent but unacknowledged payloads
+    // still count, so --max-queued-bytes bounds queue and window together.
+    let mut s = session(1000, 1000, 8);
+    s.enqueue(msg(b"1234", QoS::AtLeastOnce), QoS::AtLeastOnce, false)
+        .unwrap();
+    s.enqueue(msg(b"5678", QoS::AtLeastOnce), QoS::AtLeastOnce, false)
+        .unwrap();
+    drain(&mut s); // both in flight now, neither acknowledged
+    s.detach(1);
+    assert_eq!(
+        s.enqueue(msg(b"9", QoS::AtLeastOnce), QoS::AtLeastOnce, false),
+        Err(Dropped::QueueFull)
+    );
+    assert_eq!(s.on_puback(1), Ack::Done);
+    assert_eq!(
+        s.enqueue(msg(b"9", QoS::AtLeastOnce), QoS::AtLeastOnce, false),
+        Ok(Queued::Normally)
+    );
+}
+
+#[test]
 fn an_offline_session_drops_qos1_at_the_limit() {
     let mut s = session(10, 2, 1000);
     s.detach(1);

@@ -49,7 +49,8 @@ pub struct ServeArgs {
     /// Seconds a new connection may take to send CONNECT [default: 10].
     #[arg(long, value_name = "SECONDS")]
     connect_timeout: Option<u64>,
-    /// Outgoing QoS 1/2 messages in flight per session [default: 100].
+    /// Outgoing QoS 1/2 messages in flight (sent, not yet acknowledged) per session; their
+    /// payloads count against --max-queued-bytes until acknowledged [default: 1000].
     #[arg(long)]
     max_inflight: Option<usize>,
     /// Largest packet accepted from a client, in bytes [default: 1048576].
@@ -82,7 +83,7 @@ pub struct ServeArgs {
     /// [default: 1000; 1000000 with --data-dir].
     #[arg(long)]
     max_queued_messages: Option<usize>,
-    /// Payload bytes queued per session, with the same policy [default: 64 MiB; 1 GiB with
+    /// Payload bytes a session holds, queued or in flight, with the same policy [default: 64 MiB; 1 GiB with
     /// --data-dir].
     #[arg(long, value_name = "BYTES")]
     max_queued_bytes: Option<usize>,

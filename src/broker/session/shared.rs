@@ -20,12 +20,14 @@ impl Session {
     /// to another member would deliver it twice.
     pub fn take_shared_unreceived(&mut self) -> Vec<Unreceived> {
         let mut taken = Vec::new();
+        let mut bytes = 0;
         self.inflight.retain_mut(|f| {
             if f.state == InflightState::Comp {
                 return true;
             }
             match f.share.take() {
                 Some(share) => {
+                    bytes += f.message.payload.len();
                     taken.push(Unreceived {
                         message: f.message.clone(),
                         share,
@@ -35,7 +37,7 @@ impl Session {
                 None => true,
             }
         });
-        let mut bytes = 0;
+        self.resend = self.resend.min(self.inflight.len());
         self.queue.retain_mut(|item| match item {
             Outbound::Publish { message, share, .. } if share.is_some() => {
                 bytes += message.payload.len();

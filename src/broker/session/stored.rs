@@ -125,6 +125,7 @@ impl Session {
                 share: None,
             });
             s.last_packet_id = f.packet_id;
+            s.queued_bytes += f.message.payload.len();
             next_seq = next_seq.max(f.message.seq + 1);
         }
         for m in &stored.queue {
