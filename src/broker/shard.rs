@@ -434,9 +434,12 @@ impl Shard {
         let mut matches = self.matches.borrow_mut();
         matches.clear();
         let replica = self.replica.borrow();
-        replica
-            .trie
-            .for_each_match(&message.topic, |id, grant| matches.push((*id, *grant)));
+        if !replica.trie.is_empty() {
+            // (Skipped when only shared subscriptions exist.)
+            replica
+                .trie
+                .for_each_match(&message.topic, |id, grant| matches.push((*id, *grant)));
+        }
         if matches.len() > 1 && replica.may_overlap() {
             // Overlapping subscriptions of one client: keep one entry per Subscription
             // Identifier (one in all for 3.1.1), the highest QoS.
@@ -531,7 +534,8 @@ impl Shard {
             qos,
             retain,
             target.subscription_id,
-            share.cloned(),
+            // QoS 0 is not given back to the group when the session ends (at most once).
+            share.filter(|_| qos != QoS::AtMostOnce).cloned(),
         );
         if let (Ok(_), Some(stored_as), Some(journal)) = (result, s.stored_as(), self.journal()) {
             if qos != QoS::AtMostOnce {
