@@ -178,3 +178,62 @@ fn a_session_resumed_to_outlive_its_connection_becomes_persistent() {
     p.disconnect();
     server.stop(Stop::Term);
 }
+
+/// A shared subscription survives a crash with its member's session, and so does the group a
+/// queued message came through: when the member's session expires after the restart without
+/// its client coming back, the messages it held go to another member of the group.
+#[test]
+fn shared_subscription_members_and_their_messages_survive_sigkill() {
+    let dir = TestDir::new("v5-shared");
+    let data = dir.data();
+    let server = Server::start(&dir, 2, Some(&data));
+    let brief = v5_session(&id_on_shard("brief", 0, 2), 2);
+    let steady = v5_session(&id_on_shard("steady", 1, 2), 3600);
+    let mut a = server.connect_expecting(&brief, &connack_v5(false));
+    a.send(&subscribe_v5(1, &[], &[("$share/g/ps/t", 0x01)]));
+    a.expect_bytes(&suback_v5(1, &[0x01]));
+    let mut b = server.connect_expecting(&steady, &connack_v5(false));
+    b.send(&subscribe_v5(1, &[], &[("$share/g/ps/t", 0x01)]));
+    b.expect_bytes(&suback_v5(1, &[0x01]));
+    let mut p = server.connect_expecting(&ConnectBuilder::v5("pub-ps", &[]), &connack_v5(false));
+    for i in 1..=10u16 {
+        p.send(&publish_v5(
+            "ps/t",
+            format!("{i}").as_bytes(),
+            1,
+            false,
+            i,
+            &[],
+        ));
+        p.expect_bytes(&[0x40, 0x02, 0x00, i as u8]);
+    }
+    // Round robin: five each. B acknowledges its own; A holds its five unacknowledged.
+    let mut held_by_a = Vec::new();
+    for _ in 0..5 {
+        held_by_a.push(a.next_publish_v5().payload.to_vec());
+        let m = b.next_publish_v5();
+        b.send(&puback(m.packet_id));
+    }
+    b.ping();
+    server.stop(Stop::Kill);
+
+    let server = Server::start(&dir, 2, Some(&data));
+    // B comes back (its session and subscription with it); A never does, and its session
+    // expires 2 s after the restart: its five go to B.
+    let mut b = server.connect_expecting(&steady, &connack_v5(true));
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let m = b.next_publish_v5();
+        b.send(&puback(m.packet_id));
+        got.push(m.payload.to_vec());
+    }
+    got.sort();
+    held_by_a.sort();
+    assert_eq!(got, held_by_a);
+    // And the group still works: a new message reaches B, the only member left.
+    let mut p = server.connect_expecting(&ConnectBuilder::v5("pub-ps", &[]), &connack_v5(false));
+    p.send(&publish_v5("ps/t", b"after", 1, false, 1, &[]));
+    p.expect_bytes(&[0x40, 0x02, 0x00, 0x01]);
+    assert_eq!(&b.next_publish_v5().payload[..], b"after");
+    server.stop(Stop::Term);
+}

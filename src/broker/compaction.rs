@@ -119,7 +119,7 @@ impl Shard {
                 topic: m.topic.clone(),
                 payload: m.payload.clone(),
                 qos: m.qos,
-                extras: message_extras(m, 0),
+                extras: message_extras(m, 0, None),
             })
         });
     }
@@ -159,6 +159,7 @@ pub(super) fn session_records(
             packet_id,
             received,
             subscription_id,
+            share,
         } => {
             put(Record::Queued {
                 session: n,
@@ -167,7 +168,7 @@ pub(super) fn session_records(
                 payload: message.payload.clone(),
                 qos,
                 retain,
-                extras: message_extras(message, subscription_id),
+                extras: message_extras(message, subscription_id, share.as_deref()),
             });
             put(Record::Sent {
                 session: n,
@@ -187,6 +188,7 @@ pub(super) fn session_records(
             retain,
             seq,
             subscription_id,
+            share,
         } => put(Record::Queued {
             session: n,
             seq,
@@ -194,7 +196,7 @@ pub(super) fn session_records(
             payload: message.payload.clone(),
             qos,
             retain,
-            extras: message_extras(message, subscription_id),
+            extras: message_extras(message, subscription_id, share.as_deref()),
         }),
         StoredItem::IncomingQos2(packet_id) => put(Record::IncomingQos2 {
             session: n,

@@ -8,6 +8,9 @@
 //! Only persistent sessions (CleanSession = 0) and QoS 1/2 messages are written: a clean
 //! session ends with its connection, and QoS 0 carries no promise.
 
+use std::sync::Arc;
+
+use crate::broker::shared::ShareKey;
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -133,6 +136,7 @@ impl Journal {
 
     // ----- the records, by event ------------------------------------------------------------
 
+    #[allow(clippy::too_many_arguments)]
     pub fn queued(
         &self,
         session: u64,
@@ -141,6 +145,7 @@ impl Journal {
         qos: QoS,
         retain: bool,
         subscription_id: u32,
+        share: Option<&ShareKey>,
     ) {
         self.append(&Record::Queued {
             session,
@@ -149,7 +154,7 @@ impl Journal {
             payload: message.payload.clone(),
             qos,
             retain,
-            extras: message_extras(message, subscription_id),
+            extras: message_extras(message, subscription_id, share),
         });
     }
 
@@ -171,19 +176,21 @@ impl Journal {
                 topic: message.topic.clone(),
                 payload: message.payload.clone(),
                 qos: message.qos,
-                extras: message_extras(message, 0),
+                extras: message_extras(message, 0, None),
             })
         }
     }
 }
 
 /// What MQTT 5 adds to a message, as the log keeps it (None for a 3.1.1 one): its forwarded
-/// properties, its expiry on the wall clock, the Subscription Identifier it goes out with.
+/// properties, its expiry on the wall clock, the Subscription Identifier it goes out with; and
+/// the shared subscription it came through (for a message queued for a group's member).
 pub(crate) fn message_extras(
     message: &Message,
     subscription_id: u32,
+    share: Option<&ShareKey>,
 ) -> Option<Box<MessageExtras>> {
-    if message.v5.is_none() && subscription_id == 0 {
+    if message.v5.is_none() && subscription_id == 0 && share.is_none() {
         return None;
     }
     let v5 = message.v5.as_deref();
@@ -194,7 +201,15 @@ pub(crate) fn message_extras(
             unix_ms() + left.as_millis() as u64
         }),
         subscription_id,
+        share: share.map(|k| k.full.clone()),
     }))
+}
+
+/// The shared subscription a restored message came through, if any.
+pub(crate) fn restored_share(extras: Option<&MessageExtras>) -> Option<Arc<ShareKey>> {
+    let full = extras?.share.clone()?;
+    // Only a valid shared filter was ever written; a log that says otherwise is ignored here.
+    matches!(crate::topic::parse_shared(&full), Some(Ok(_))).then(|| Arc::new(ShareKey { full }))
 }
 
 /// The MQTT 5 part of a restored message, and its Subscription Identifier.

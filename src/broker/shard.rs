@@ -546,6 +546,7 @@ impl Shard {
                     qos,
                     retain,
                     target.subscription_id,
+                    share.map(|k| &**k),
                 );
             }
         }

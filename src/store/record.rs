@@ -22,12 +22,13 @@ pub struct SubscriptionExtras {
 
 /// What MQTT 5 adds to a message: its forwarded properties (encoded, without their length),
 /// when it expires (ms since the Unix epoch), and for a queued one the Subscription
-/// Identifier it is sent with.
+/// Identifier it is sent with and the shared subscription (`$share/...`) it came through.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MessageExtras {
     pub properties: Bytes,
     pub expires_at_ms: Option<u64>,
     pub subscription_id: u32,
+    pub share: Option<ByteStr>,
 }
 
 /// A change of durable state.
@@ -171,6 +172,10 @@ fn put_message_extras(out: &mut BytesMut, extras: &Option<Box<MessageExtras>>) {
         out.put_u64_le(e.expires_at_ms.unwrap_or(0));
         out.put_u32_le(e.properties.len() as u32);
         out.put_slice(&e.properties);
+        // A later trailer: absent in logs written before shared subscriptions.
+        if let Some(share) = &e.share {
+            put_str(out, share);
+        }
     }
 }
 
@@ -461,10 +466,17 @@ impl Reader {
         }
         let subscription_id = self.u32()?;
         let expires_at_ms = self.u64()?;
+        let properties = self.payload()?;
+        let share = if self.body.has_remaining() {
+            Some(self.str()?)
+        } else {
+            None
+        };
         Ok(Some(Box::new(MessageExtras {
             subscription_id,
             expires_at_ms: (expires_at_ms != 0).then_some(expires_at_ms),
-            properties: self.payload()?,
+            properties,
+            share,
         })))
     }
 }
@@ -500,6 +512,7 @@ mod tests {
                     properties: Bytes::from_static(&[0x26, 0, 1, b'k', 0, 1, b'v']),
                     expires_at_ms: Some(1_700_000_000_000),
                     subscription_id: 9,
+                    share: Some(s("$share/g/v5/#")),
                 })),
             },
             Record::Retained {
@@ -510,6 +523,7 @@ mod tests {
                     properties: Bytes::new(),
                     expires_at_ms: Some(5),
                     subscription_id: 0,
+                    share: None,
                 })),
             },
             Record::SessionExpiry {
@@ -632,6 +646,18 @@ mod tests {
         r
     }
 
+    /// The record as a log from before shared subscriptions has it.
+    fn without_share(r: &Record) -> Record {
+        let mut r = r.clone();
+        if let Record::Queued {
+            extras: Some(e), ..
+        } = &mut r
+        {
+            e.share = None;
+        }
+        r
+    }
+
     #[test]
     fn every_cut_body_is_an_error_not_a_panic() {
         for record in every_kind() {
@@ -641,8 +667,12 @@ mod tests {
                 let short = Bytes::copy_from_slice(&body[..cut]);
                 match Record::decode(kind, short) {
                     Err(_) => {}
-                    // Cut exactly before the MQTT 5 trailer: a record as older logs wrote it.
-                    Ok(r) => assert_eq!(r, without_extras(&record), "{record:?} cut at {cut}"),
+                    // Cut exactly before the MQTT 5 trailer, or before the shared
+                    // subscription after it: a record as older logs wrote it.
+                    Ok(r) => assert!(
+                        r == without_extras(&record) || r == without_share(&record),
+                        "{record:?} cut at {cut}: {r:?}"
+                    ),
                 }
             }
             let mut long = body.to_vec();

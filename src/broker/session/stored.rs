@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Inflight, InflightState, Outbound, Session, SessionLimits};
-use crate::broker::journal::restored_v5;
+use crate::broker::journal::{restored_share, restored_v5};
 use crate::broker::mesh::{Grant, Message, SubscriberId};
+use crate::broker::shared::ShareKey;
 use crate::protocol::{PacketId, QoS};
 use std::rc::Rc;
 
@@ -22,6 +23,7 @@ pub enum StoredItem<'a> {
         packet_id: PacketId,
         received: bool,
         subscription_id: u32,
+        share: &'a Option<Arc<ShareKey>>,
     },
     Queued {
         message: &'a Arc<Message>,
@@ -29,6 +31,7 @@ pub enum StoredItem<'a> {
         retain: bool,
         seq: u64,
         subscription_id: u32,
+        share: &'a Option<Arc<ShareKey>>,
     },
     IncomingQos2(PacketId),
 }
@@ -122,7 +125,7 @@ impl Session {
                 state,
                 seq: f.message.seq,
                 subscription_id: subscription_id(&f.message),
-                share: None,
+                share: restored_share(f.message.extras.as_deref()),
             });
             s.last_packet_id = f.packet_id;
             s.queued_bytes += f.message.payload.len();
@@ -136,7 +139,7 @@ impl Session {
                 retain: m.retain,
                 seq: m.seq,
                 subscription_id: subscription_id(m),
-                share: None,
+                share: restored_share(m.extras.as_deref()),
             });
             next_seq = next_seq.max(m.seq + 1);
         }
@@ -177,6 +180,7 @@ impl Session {
                 packet_id: f.packet_id,
                 received: f.state == InflightState::Comp,
                 subscription_id: f.subscription_id,
+                share: &f.share,
             });
         }
         for item in &self.queue {
@@ -186,7 +190,7 @@ impl Session {
                 retain,
                 seq,
                 subscription_id,
-                ..
+                share,
             } = item
             {
                 if *qos != QoS::AtMostOnce {
@@ -196,6 +200,7 @@ impl Session {
                         retain: *retain,
                         seq: *seq,
                         subscription_id: *subscription_id,
+                        share,
                     });
                 }
             }
