@@ -276,3 +276,47 @@ fn shared_subscription_available_is_announced() {
     broker.connect_v5(&ConnectBuilder::v5("ssa", &[]));
     assert!(CONNACK_V5_PROPERTIES.windows(2).any(|w| w == [0x2a, 0x01]));
 }
+
+#[test]
+fn a_persistent_member_keeps_its_messages_unless_shared_redispatch_says_so() {
+    // MQTT 5.0 4.8.2 lets a member's messages wait for it while its session lasts; with
+    // --shared-redispatch they go to the others as soon as its client leaves.
+    for redispatch in [false, true] {
+        let broker = Broker::with_config(surgemq::broker::BrokerConfig {
+            shards: 2,
+            shared_redispatch: redispatch,
+            ..test_config()
+        });
+        let filter = "$share/g/rd/t";
+        let away_id = broker.id_on("away", 0);
+        let mut away = broker.connect_with(&ConnectBuilder::new(&away_id).clean(false));
+        away.subscribe(1, &[(filter, 1)]);
+        let stays = member(&broker, "stays", 1, true, filter);
+        let mut p = broker.connect(&broker.id_on("pub", 1));
+        for i in 0..20u16 {
+            p.publish1("rd/t", format!("{i}").as_bytes(), false, i + 1);
+        }
+        // Its ten, unacknowledged, then it goes away with its session kept.
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            held.push(away.next_publish().0.payload.to_vec());
+        }
+        away.drop_connection();
+        let total = AtomicUsize::new(0);
+        let expected = if redispatch { 20 } else { 10 };
+        let got = stays.drain(&total, expected);
+        assert_eq!(got.len(), expected, "redispatch {redispatch}");
+        let mut away = broker.resume(&ConnectBuilder::new(&away_id).clean(false));
+        if redispatch {
+            away.ping();
+            away.expect_nothing();
+        } else {
+            // Sent again on its return, with DUP.
+            for payload in &held {
+                let (m, _) = away.next_publish();
+                assert_eq!((&m.payload.to_vec(), m.dup), (payload, true));
+                away.send(&puback(m.packet_id));
+            }
+        }
+    }
+}

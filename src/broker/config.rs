@@ -38,6 +38,9 @@ pub struct BrokerConfig {
     pub max_keepalive: u16,
     /// How a shared subscription's member is chosen for each message.
     pub shared_strategy: ShareStrategy,
+    /// A member whose client goes away (its session kept) gives its group the messages the
+    /// client does not have yet, instead of keeping them for its return.
+    pub shared_redispatch: bool,
     /// MQTT 5 Response Information sent to a client that requests it, with `%c` replaced by
     /// its client id (a topic prefix for its responses, say); None sends none.
     pub response_information: Option<String>,
@@ -100,6 +103,7 @@ impl Default for BrokerConfig {
             max_keepalive: 0,
             response_information: None,
             shared_strategy: ShareStrategy::RoundRobin,
+            shared_redispatch: false,
             max_queued_messages: 1000,
             max_queued_bytes: 64 << 20,
             stall_timeout: Duration::from_secs(10),

@@ -555,6 +555,9 @@ impl ConnectedClient {
             if !self.session.borrow().clean {
                 // Kept for its client: its groups' messages go to members that are online.
                 self.shard.announce_presence(&self.session, false);
+                if self.shard.config.shared_redispatch {
+                    self.shard.redispatch_shared(&self.session);
+                }
             }
         }
         if detached && self.session.borrow().clean {

@@ -382,7 +382,7 @@ impl Shard {
         self.journal_session(&s, |session| Record::SessionEnded { session });
         s.set_stored_as(None);
         let filters: Vec<ByteStr> = s.subscriptions.drain().map(|(f, _)| f).collect();
-        let unreceived = s.take_shared_unreceived();
+        let unreceived = s.take_shared_unreceived(false);
         s.clear_delivery_state();
         let client_id = s.client_id.clone();
         drop(s);

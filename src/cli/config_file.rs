@@ -14,6 +14,7 @@ const KNOWN_KEYS: &[&str] = &[
     "max-topic-alias",
     "max-keepalive",
     "shared-strategy",
+    "shared-redispatch",
     "response-information",
     "max-queued-messages",
     "max-queued-bytes",

@@ -74,6 +74,11 @@ pub struct ServeArgs {
     /// first) or hash-topic (one topic, one member) [default: round-robin].
     #[arg(long, value_name = "STRATEGY", value_parser = clap::builder::PossibleValuesParser::new(ShareStrategy::NAMES))]
     shared_strategy: Option<String>,
+    /// When a shared subscription's member disconnects and its session is kept, give the
+    /// messages it has not received to the other members now instead of keeping them for its
+    /// return (QoS 2 messages already sent to it stay).
+    #[arg(long)]
+    shared_redispatch: bool,
     /// MQTT 5 Response Information for clients that request it; `%c` is replaced by the client
     /// id (e.g. "responses/%c/") [default: none].
     #[arg(long, value_name = "TEXT")]
@@ -224,6 +229,10 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             .or(file.choice("shared-strategy", &ShareStrategy::NAMES)?)
             .and_then(|name| ShareStrategy::parse(&name))
             .unwrap_or(defaults.shared_strategy),
+        shared_redispatch: args.shared_redispatch
+            || file
+                .bool("shared-redispatch")?
+                .unwrap_or(defaults.shared_redispatch),
         response_information: match args.response_information {
             Some(text) => Some(text),
             None => file.string("response-information")?,

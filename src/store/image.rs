@@ -170,6 +170,18 @@ impl Image {
             Record::SessionExpiry { session, secs } => {
                 self.session(session)?.expiry_secs = (secs != u32::MAX).then_some(secs);
             }
+            Record::Withdrawn { session, seq } => {
+                let s = self.session(session)?;
+                if let Some(at) = s.queue.iter().position(|m| m.seq == seq) {
+                    s.queue.remove(at);
+                } else if let Some(at) = s.inflight.iter().position(|f| f.message.seq == seq) {
+                    s.inflight.remove(at);
+                } else {
+                    return Err(Inconsistent(format!(
+                        "session {session}: message {seq} withdrawn, never queued"
+                    )));
+                }
+            }
             Record::RetainCleared { topic } => {
                 self.retained.remove(&topic);
             }
@@ -237,6 +249,31 @@ mod tests {
             client_id: s(&format!("c{session}")),
             username: None,
         }
+    }
+
+    #[test]
+    fn a_withdrawn_message_leaves_the_queue_or_the_window() {
+        let sent = |seq, packet_id| Record::Sent {
+            session: 1,
+            seq,
+            packet_id,
+        };
+        let withdrawn = |seq| Record::Withdrawn { session: 1, seq };
+        let image = image(vec![
+            began(1),
+            queued(1, QoS::AtLeastOnce),
+            queued(2, QoS::AtLeastOnce),
+            queued(3, QoS::AtLeastOnce),
+            sent(1, 7),
+            withdrawn(1), // in flight
+            withdrawn(3), // queued
+        ])
+        .unwrap();
+        let s = &image.sessions[&1];
+        assert!(s.inflight.is_empty());
+        assert_eq!(s.queue.iter().map(|m| m.seq).collect::<Vec<_>>(), [2]);
+        let err = super::tests::image(vec![began(1), withdrawn(9)]).unwrap_err();
+        assert!(err.0.contains("message 9 withdrawn"), "{err}");
     }
 
     #[test]

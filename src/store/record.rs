@@ -115,6 +115,12 @@ pub enum Record {
         session: u64,
         secs: u32,
     },
+    /// The message `seq`, queued or in flight, left the session: given to another member of
+    /// the shared subscription it came through (`--shared-redispatch`).
+    Withdrawn {
+        session: u64,
+        seq: u64,
+    },
     RetainCleared {
         topic: ByteStr,
     },
@@ -164,6 +170,7 @@ pub(crate) mod kind {
     pub const SNAPSHOT_END: u8 = 15;
     pub const LAST_PACKET_ID: u8 = 16;
     pub const SESSION_EXPIRY: u8 = 17;
+    pub const WITHDRAWN: u8 = 18;
 }
 
 fn put_message_extras(out: &mut BytesMut, extras: &Option<Box<MessageExtras>>) {
@@ -298,6 +305,11 @@ impl Record {
                 out.put_u32_le(*secs);
                 SESSION_EXPIRY
             }
+            Record::Withdrawn { session, seq } => {
+                out.put_u64_le(*session);
+                out.put_u64_le(*seq);
+                WITHDRAWN
+            }
             Record::RetainCleared { topic } => {
                 put_str(out, topic);
                 RETAIN_CLEARED
@@ -393,6 +405,10 @@ impl Record {
             SESSION_EXPIRY => Record::SessionExpiry {
                 session: r.u64()?,
                 secs: r.u32()?,
+            },
+            WITHDRAWN => Record::Withdrawn {
+                session: r.u64()?,
+                seq: r.u64()?,
             },
             RETAIN_CLEARED => Record::RetainCleared { topic: r.str()? },
             SNAPSHOT_END => Record::SnapshotEnd,
@@ -530,6 +546,7 @@ mod tests {
                 session: 7,
                 secs: 3600,
             },
+            Record::Withdrawn { session: 7, seq: 3 },
             Record::SessionBegan {
                 session: 7,
                 client_id: s("sensor-1"),

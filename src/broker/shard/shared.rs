@@ -16,6 +16,7 @@ use crate::broker::replica::Replica;
 use crate::broker::session::{Session, Unreceived};
 use crate::broker::shared::{Availability, ShareKey, ShareTag};
 use crate::protocol::QoS;
+use crate::store::Record;
 use crate::topic::is_shared;
 
 /// A member is busy while its queue is full and its publishers are held back for it.
@@ -146,12 +147,33 @@ impl Shard {
     /// A session that ends gives its group the messages it held for it that its client does
     /// not have (MQTT 5.0 4.8.2). Called once its subscriptions left this shard's replica.
     pub(super) fn give_back_shared(&self, id: SubscriberId, taken: Vec<Unreceived>) {
-        for Unreceived { message, share } in taken {
+        for Unreceived { message, share, .. } in taken {
             let tag = ShareTag {
                 key: share,
                 hops: 0,
             };
             self.share_again(&message, tag, id);
+        }
+    }
+
+    /// With `--shared-redispatch`: a member whose client went away (its session kept) gives
+    /// its group what the client does not have yet, instead of keeping it for its return.
+    /// QoS 2 messages already sent stay: the client may have one.
+    pub(in crate::broker) fn redispatch_shared(&self, session: &RefCell<Session>) {
+        let (id, taken) = {
+            let mut s = session.borrow_mut();
+            let taken = s.take_shared_unreceived(true);
+            for t in &taken {
+                self.journal_session(&s, |session| Record::Withdrawn {
+                    session,
+                    seq: t.seq,
+                });
+            }
+            (s.id, taken)
+        };
+        if !taken.is_empty() {
+            self.relieve(session);
+            self.give_back_shared(id, taken);
         }
     }
 
