@@ -220,20 +220,29 @@ fn shared_subscription_members_and_their_messages_survive_sigkill() {
     let server = Server::start(&dir, 2, Some(&data));
     // B comes back (its session and subscription with it); A never does, and its session
     // expires 2 s after the restart: its five go to B.
+    // (B's own five may come back first, with DUP: its acknowledgements need not have
+    // reached the disk before the kill, and QoS 1 allows the repeat.)
     let mut b = server.connect_expecting(&steady, &connack_v5(true));
     let mut got = Vec::new();
-    for _ in 0..5 {
+    while !held_by_a.iter().all(|p| got.contains(p)) {
+        assert!(got.len() < 10, "A's messages never came: {got:?}");
         let m = b.next_publish_v5();
         b.send(&puback(m.packet_id));
         got.push(m.payload.to_vec());
     }
-    got.sort();
-    held_by_a.sort();
-    assert_eq!(got, held_by_a);
     // And the group still works: a new message reaches B, the only member left.
     let mut p = server.connect_expecting(&ConnectBuilder::v5("pub-ps", &[]), &connack_v5(false));
     p.send(&publish_v5("ps/t", b"after", 1, false, 1, &[]));
     p.expect_bytes(&[0x40, 0x02, 0x00, 0x01]);
-    assert_eq!(&b.next_publish_v5().payload[..], b"after");
+    let mut left = 10;
+    loop {
+        let m = b.next_publish_v5();
+        b.send(&puback(m.packet_id));
+        if &m.payload[..] == b"after" {
+            break;
+        }
+        left -= 1;
+        assert!(left > 0, "\"after\" never came");
+    }
     server.stop(Stop::Term);
 }
