@@ -24,6 +24,7 @@
 # subscriptions): `surgemq bench shared`, CLIENTS publishers each on its own topic -> one group
 # of MEMBERS (4) subscribers on $share/bench/<prefix>/+, every message to exactly one member;
 # the report adds each member's share of the messages (min/max %).
+# SURGEMQ_ARGS: more `surgemq serve` flags for surgemq-N (e.g. "--shared-strategy local-first").
 # RESULTS (perf/results): where the report, raw lines and chart go (e.g. a temporary directory
 # for a trial run).
 # `perf/compare.sh --summarize RAW.jsonl` rebuilds the report and chart from a raw file.
@@ -344,7 +345,8 @@ start_broker() {
       if [ "$3" = tcp ]; then
         start_surgemq "${1#surgemq-}" "$2"
       else
-        "$BIN" serve --listen "$(listen_url "$3" "$2")" "${tls_flags[@]}" --shards "${1#surgemq-}" --log-level warn &
+        # shellcheck disable=SC2086 # SURGEMQ_ARGS is a list of flags
+        "$BIN" serve --listen "$(listen_url "$3" "$2")" "${tls_flags[@]}" --shards "${1#surgemq-}" --log-level warn ${SURGEMQ_ARGS:-} &
         BROKER_PID=$!
         wait_port "$2"
       fi ;;
@@ -354,7 +356,7 @@ start_broker() {
       BROKER_PID=$!
       wait_port "$2" ;;
     mosquitto)
-      # Unlimited queues and a QoS 1/2 window like SurgeMQ's default (100), so that no
+      # Unlimited queues and a QoS 1/2 window like SurgeMQ's default (1000), so that no
       # message is dropped for a limit the other brokers do not have. As root, `user root`:
       # otherwise it becomes user mosquitto, who cannot read the certificate in $TMP.
       # Mosquitto 2.0.11 exits ("Unable to start any listening sockets") when its only
@@ -450,7 +452,7 @@ import json, sys
 meta = {"meta": True, "date": "$(date -u +'%F %H:%M UTC')", "host": "$(hostname -s)",
         "machine": "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, shared with other builds",
         "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)",
-        "kernel": "$(uname -r)", "surgemq": "$(git rev-parse --short HEAD), release build",
+        "kernel": "$(uname -r)", "surgemq": "$(git rev-parse --short HEAD), release build${SURGEMQ_ARGS:+, serve $SURGEMQ_ARGS}",
         "baseline": "${BASELINE_BIN:-}",
         "mosquitto": "$mosq_version", "rumqttd": "$rumq_version", "flashmq": "${FLASHMQ_BIN:-}",
         "transports": "$TRANSPORTS",

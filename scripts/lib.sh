@@ -85,10 +85,11 @@ settled_rss_kib() {
 
 BROKER_PID=""
 
-# start_surgemq SHARDS PORT
+# start_surgemq SHARDS PORT (SURGEMQ_ARGS: more serve flags, e.g. "--shared-strategy local-first")
 start_surgemq() {
-  log "surgemq serve --shards $1 on 127.0.0.1:$2"
-  "$BIN" serve --listen "127.0.0.1:$2" --shards "$1" --log-level warn &
+  log "surgemq serve --shards $1 on 127.0.0.1:$2 ${SURGEMQ_ARGS:-}"
+  # shellcheck disable=SC2086 # SURGEMQ_ARGS is a list of flags
+  "$BIN" serve --listen "127.0.0.1:$2" --shards "$1" --log-level warn ${SURGEMQ_ARGS:-} &
   BROKER_PID=$!
   wait_port "$2"
 }
