@@ -36,6 +36,8 @@ pub struct BrokerConfig {
     /// Mosquitto's `max_keepalive`: an MQTT 5 client asking for more (or for none) is told to
     /// use this one (Server Keep Alive), a 3.1/3.1.1 client is refused (CONNACK 2).
     pub max_keepalive: u16,
+    /// How often `$SYS/broker/...` is published; zero: never.
+    pub sys_interval: Duration,
     /// How a shared subscription's member is chosen for each message.
     pub shared_strategy: ShareStrategy,
     /// A member whose client goes away (its session kept) gives its group the messages the
@@ -102,6 +104,7 @@ impl Default for BrokerConfig {
             max_topic_alias: 10,
             max_keepalive: 0,
             response_information: None,
+            sys_interval: super::sys_topics::DEFAULT_SYS_INTERVAL,
             shared_strategy: ShareStrategy::RoundRobin,
             shared_redispatch: false,
             max_queued_messages: 1000,

@@ -252,11 +252,12 @@ impl ConnectedClient {
                         }
                     }
                     add(&self.shard.metrics.packets_out, packets as u64);
-                    let discarded = session.take_discarded();
-                    if discarded != Default::default() {
+                    let counts = session.take_fill_counts();
+                    if counts != Default::default() {
                         let m = &self.shard.metrics;
-                        add(&m.dropped_too_large, u64::from(discarded.too_large));
-                        add(&m.dropped_expired, u64::from(discarded.expired));
+                        add(&m.publishes_out, u64::from(counts.publishes));
+                        add(&m.dropped_too_large, u64::from(counts.too_large));
+                        add(&m.dropped_expired, u64::from(counts.expired));
                     }
                     let under_pressure = session.under_pressure();
                     drop(session);

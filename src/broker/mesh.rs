@@ -513,6 +513,11 @@ const MAX_BATCH: usize = 512;
 pub(super) const CONGESTION_LIMIT: usize = 64;
 
 impl Router {
+    /// Batches (and retained messages) sent to other shards so far.
+    pub fn batches_sent(&self) -> u64 {
+        self.numbered.iter().sum()
+    }
+
     pub fn new(me: ShardId, mesh: Arc<Mesh>) -> Router {
         let n = mesh.shards();
         Router {

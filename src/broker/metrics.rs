@@ -21,6 +21,8 @@ pub struct Metrics {
     pub bytes_in: Cell<u64>,
     pub bytes_out: Cell<u64>,
     pub messages_routed: Cell<u64>,
+    /// PUBLISH packets sent to clients.
+    pub publishes_out: Cell<u64>,
     pub dropped_queue_full_qos0: Cell<u64>,
     pub dropped_queue_full_qos12: Cell<u64>,
     pub dropped_offline_qos0: Cell<u64>,
@@ -49,6 +51,7 @@ pub struct Metrics {
     pub subscribers_stalled: Cell<u64>,
     /// Times the shard's log was compacted (with `--data-dir`, see `compaction`).
     pub compactions: Cell<u64>,
+    pub sessions_expired: Cell<u64>,
     /// Log commits (writes made durable), and durability confirmations this shard sent to
     /// and received from others (see `durability`).
     pub log_commits: Cell<u64>,
@@ -95,6 +98,7 @@ pub struct MetricsSnapshot {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub messages_routed: u64,
+    pub publishes_out: u64,
     pub dropped_queue_full_qos0: u64,
     pub dropped_queue_full_qos12: u64,
     pub dropped_offline_qos0: u64,
@@ -118,6 +122,14 @@ pub struct MetricsSnapshot {
     pub confirmations_sent: u64,
     pub confirmations_received: u64,
     pub mesh_stalls: u64,
+    /// Batches and retained messages sent to other shards.
+    pub cross_shard_batches: u64,
+    /// Sessions removed because they expired.
+    pub sessions_expired: u64,
+    /// Gauges the stats report adds (see `stats`): QoS 1/2 messages and payload bytes the
+    /// sessions hold, queued or in flight.
+    pub queued_messages: u64,
+    pub queued_bytes: u64,
 }
 
 impl Metrics {
@@ -140,6 +152,7 @@ impl Metrics {
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
             messages_routed: self.messages_routed.get(),
+            publishes_out: self.publishes_out.get(),
             dropped_queue_full_qos0: self.dropped_queue_full_qos0.get(),
             dropped_queue_full_qos12: self.dropped_queue_full_qos12.get(),
             dropped_offline_qos0: self.dropped_offline_qos0.get(),
@@ -163,6 +176,62 @@ impl Metrics {
             confirmations_sent: self.confirmations_sent.get(),
             confirmations_received: self.confirmations_received.get(),
             mesh_stalls,
+            sessions_expired: self.sessions_expired.get(),
+            ..MetricsSnapshot::default()
         }
+    }
+}
+
+impl MetricsSnapshot {
+    /// The whole broker from its shards: counts and gauges add up, except `subscriptions`,
+    /// which every shard's replica holds in full (the largest is taken), and protocol errors
+    /// by rule, merged.
+    pub fn sum(shards: &[MetricsSnapshot]) -> MetricsSnapshot {
+        let mut total = MetricsSnapshot::default();
+        let mut by_rule: std::collections::BTreeMap<String, u64> = Default::default();
+        for s in shards {
+            total.connections += s.connections;
+            total.connections_total += s.connections_total;
+            total.sessions += s.sessions;
+            total.subscriptions = total.subscriptions.max(s.subscriptions);
+            total.retained += s.retained;
+            total.packets_in += s.packets_in;
+            total.packets_out += s.packets_out;
+            total.bytes_in += s.bytes_in;
+            total.bytes_out += s.bytes_out;
+            total.messages_routed += s.messages_routed;
+            total.publishes_out += s.publishes_out;
+            total.dropped_queue_full_qos0 += s.dropped_queue_full_qos0;
+            total.dropped_queue_full_qos12 += s.dropped_queue_full_qos12;
+            total.dropped_offline_qos0 += s.dropped_offline_qos0;
+            total.dropped_too_large += s.dropped_too_large;
+            total.dropped_expired += s.dropped_expired;
+            total.shared_delivered += s.shared_delivered;
+            total.shared_redispatched += s.shared_redispatched;
+            total.dropped_shared += s.dropped_shared;
+            total.protocol_errors += s.protocol_errors;
+            total.refused_max_connections += s.refused_max_connections;
+            total.refused_auth += s.refused_auth;
+            total.publishes_denied += s.publishes_denied;
+            total.parks += s.parks;
+            total.unparks += s.unparks;
+            total.pressure_raised += s.pressure_raised;
+            total.publishers_paused += s.publishers_paused;
+            total.subscribers_stalled += s.subscribers_stalled;
+            total.compactions += s.compactions;
+            total.log_commits += s.log_commits;
+            total.confirmations_sent += s.confirmations_sent;
+            total.confirmations_received += s.confirmations_received;
+            total.mesh_stalls += s.mesh_stalls;
+            total.cross_shard_batches += s.cross_shard_batches;
+            total.sessions_expired += s.sessions_expired;
+            total.queued_messages += s.queued_messages;
+            total.queued_bytes += s.queued_bytes;
+            for (rule, n) in &s.protocol_errors_by_rule {
+                *by_rule.entry(rule.clone()).or_default() += n;
+            }
+        }
+        total.protocol_errors_by_rule = by_rule.into_iter().collect();
+        total
     }
 }

@@ -27,6 +27,8 @@ mod session_table;
 mod shard;
 mod shard_tasks;
 pub mod shared;
+pub mod stats;
+mod sys_topics;
 mod wire;
 
 pub use config::{available_cpus, BrokerConfig, ConfigError};

@@ -22,6 +22,8 @@ use super::shard_tasks::{
     confirm_durable, drain_inbox, expire_sessions, retry_stalled, sweep_idle_connections,
     watch_stalls,
 };
+use super::stats::StatsBoard;
+use super::sys_topics::{publish_sys, report_stats};
 use crate::sys::{allowed_cpus, ensure_locked_memory, reserve_port};
 use crate::transport::Transport;
 
@@ -59,6 +61,7 @@ pub struct BrokerHandle {
     executors: Vec<ExecutorJoinHandle<MetricsSnapshot>>,
     /// With `--data-dir`: holds the directory's lock until the broker is gone.
     _startup: Option<Arc<Startup>>,
+    stats: Arc<StatsBoard>,
     tls: Vec<Option<Arc<TlsSettings>>>,
 }
 
@@ -66,6 +69,12 @@ impl BrokerHandle {
     /// The addresses the broker listens on, with the ports the OS chose for port 0.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Every shard's counters, refreshed once a second (see [`StatsBoard`]); readable from
+    /// any thread while the broker runs.
+    pub fn stats(&self) -> Arc<StatsBoard> {
+        self.stats.clone()
     }
 
     /// Reads the TLS certificate, key and CA files again (SIGHUP): new connections use them,
@@ -123,6 +132,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         shard: 0,
         reason: format!("cannot create the shard doorbells: {e}"),
     })?;
+    let stats = StatsBoard::new(shards);
     let cpus = allowed_cpus();
     let open_sockets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
@@ -134,6 +144,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         let ready = ready_tx.clone();
         let shard_sockets = open_sockets.clone();
         let shard_startup = startup.clone();
+        let shard_stats = stats.clone();
         let shard_listeners: Vec<(SocketAddr, Transport, Option<Arc<TlsSettings>>)> = shard_addrs
             .iter()
             .zip(&config.listen)
@@ -168,7 +179,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                         (addr, Rc::new(spec))
                     })
                     .collect();
-                run_shard(shard, inbox, listeners, shard_startup, ready).await
+                run_shard(shard, inbox, listeners, shard_startup, shard_stats, ready).await
             });
         match spawned {
             Ok(handle) => executors.push(handle),
@@ -178,6 +189,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                     mesh,
                     executors,
                     _startup: None,
+                    stats,
                     tls: Vec::new(),
                 };
                 handle.shutdown();
@@ -194,6 +206,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         mesh,
         executors,
         _startup: startup,
+        stats,
         tls,
     };
     for _ in 0..shards {
@@ -237,6 +250,7 @@ async fn run_shard(
     inbox: InboxReceiver,
     addrs: Vec<(SocketAddr, Rc<ListenerSpec>)>,
     startup: Option<Arc<Startup>>,
+    stats: Arc<StatsBoard>,
     ready: mpsc::Sender<Result<(), StartError>>,
 ) -> MetricsSnapshot {
     if let Some(startup) = &startup {
@@ -276,6 +290,8 @@ async fn run_shard(
     let stalls = glommio::spawn_local(watch_stalls(shard.clone()));
     let durable = glommio::spawn_local(confirm_durable(shard.clone()));
     let compaction = glommio::spawn_local(super::compaction::compact_journal(shard.clone()));
+    let reports = glommio::spawn_local(report_stats(shard.clone(), stats.clone()));
+    let sys = glommio::spawn_local(publish_sys(shard.clone(), stats.clone()));
     let accepts: Vec<_> = listeners
         .into_iter()
         .map(|(listener, spec)| glommio::spawn_local(accept_loop(shard.clone(), listener, spec)))
@@ -292,6 +308,8 @@ async fn run_shard(
         }
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    drop(sys);
+    drop(reports);
     drop(compaction);
     final_sync(&shard).await;
     drop(durable);
@@ -305,7 +323,9 @@ async fn run_shard(
         // The watcher thread must not outlive the shard, even if something still holds it.
         lot.stop();
     }
-    shard.metrics.snapshot(shard.stalls())
+    let last = shard.metrics.snapshot(shard.stalls());
+    stats.publish(shard.id.index(), last.clone());
+    last
 }
 
 /// Resolves port 0 to concrete ports (see [`crate::sys::reserve_port`]); the reservations

@@ -92,9 +92,12 @@ impl Default for PeerLimits {
     }
 }
 
-/// Messages `fill` discarded instead of sending, for the shard's counters.
+/// What `fill` did that the shard counts: PUBLISHes written, and messages discarded instead
+/// of sent.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Discarded {
+pub struct FillCounts {
+    /// PUBLISH packets written (resends included).
+    pub publishes: u32,
     /// Larger than the client's Maximum Packet Size.
     pub too_large: u32,
     /// Their Message Expiry Interval ran out while they waited.
@@ -237,8 +240,8 @@ pub struct Session {
     /// Seconds the session outlives its connection; `u32::MAX`: until removed otherwise.
     /// MQTT 5's Session Expiry Interval, or `--session-expiry` for 3.1.1 persistent sessions.
     expiry_secs: u32,
-    /// What `fill` discarded since the connection last took the counts.
-    discarded: Discarded,
+    /// What `fill` did since the connection last took the counts.
+    fill_counts: FillCounts,
 }
 
 impl Session {
@@ -276,13 +279,13 @@ impl Session {
             stored: None,
             peer: PeerLimits::default(),
             expiry_secs: u32::MAX,
-            discarded: Discarded::default(),
+            fill_counts: FillCounts::default(),
         }
     }
 
-    /// What `fill` discarded since the last call, and resets the counts.
-    pub fn take_discarded(&mut self) -> Discarded {
-        std::mem::take(&mut self.discarded)
+    /// What `fill` did since the last call, and resets the counts.
+    pub fn take_fill_counts(&mut self) -> FillCounts {
+        std::mem::take(&mut self.fill_counts)
     }
 
     /// When the last connection went away; None while one is attached.
@@ -525,6 +528,7 @@ impl Session {
                 _ => {
                     // Sent before, so within the limits; an expired one is finished anyway
                     // (onward delivery had started).
+                    self.fill_counts.publishes += 1;
                     let props = v5_properties(&peer, &e.message, e.subscription_id, &mut now);
                     write_publish(
                         out,
@@ -570,7 +574,7 @@ impl Session {
                         // MQTT-3.3.2-5: not sent once its expiry interval has passed.
                         // (A journaled copy stays in the log until the next compaction; after
                         // a restart it is found expired again: the log keeps its expiry.)
-                        self.discarded.expired += 1;
+                        self.fill_counts.expired += 1;
                         packets -= 1;
                         continue;
                     }
@@ -592,10 +596,11 @@ impl Session {
                             > peer.max_packet_size as usize;
                     if too_large {
                         // MQTT-3.1.2-25 (5.0): never sent beyond the client's maximum.
-                        self.discarded.too_large += 1;
+                        self.fill_counts.too_large += 1;
                         packets -= 1;
                         continue;
                     }
+                    self.fill_counts.publishes += 1;
                     if qos == QoS::AtMostOnce {
                         write_publish(
                             out,
@@ -728,6 +733,11 @@ impl Session {
 
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Payload bytes held, queued or in flight.
+    pub fn held_bytes(&self) -> usize {
+        self.queued_bytes
     }
 
     pub fn inflight(&self) -> usize {

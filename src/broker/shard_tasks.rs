@@ -38,6 +38,7 @@ pub async fn expire_sessions(shard: Rc<Shard>) {
             .collect();
         for session in expired {
             debug!(client = %session.borrow().client_id, "session expired");
+            add(&shard.metrics.sessions_expired, 1);
             shard.remove_session(&session);
         }
         shard.flush();

@@ -14,6 +14,7 @@ const KNOWN_KEYS: &[&str] = &[
     "max-topic-alias",
     "max-keepalive",
     "shared-strategy",
+    "sys-interval",
     "shared-redispatch",
     "response-information",
     "max-queued-messages",

@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// as Mosquitto's max_keepalive does; 0 allows any [default: 0].
     #[arg(long, value_name = "SECONDS")]
     max_keepalive: Option<u16>,
+    /// Seconds between updates of the $SYS/broker/... topics (Mosquitto's names); 0 turns them
+    /// off [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    sys_interval: Option<u64>,
     /// How a shared subscription ($share/GROUP/FILTER) picks the member for each message:
     /// round-robin over the whole group, random, local-first (members on the publishing core
     /// first) or hash-topic (one topic, one member) [default: round-robin].
@@ -229,6 +233,10 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             .or(file.choice("shared-strategy", &ShareStrategy::NAMES)?)
             .and_then(|name| ShareStrategy::parse(&name))
             .unwrap_or(defaults.shared_strategy),
+        sys_interval: args
+            .sys_interval
+            .or(file.u64("sys-interval")?)
+            .map_or(defaults.sys_interval, Duration::from_secs),
         shared_redispatch: args.shared_redispatch
             || file
                 .bool("shared-redispatch")?
