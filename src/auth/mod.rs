@@ -9,12 +9,14 @@
 
 pub mod acl;
 pub mod passwd;
+mod reload;
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
 
-pub use acl::{AclError, AclFile};
+pub use acl::{AclError, AclFile, SubscribeAccess};
 pub use passwd::{PasswdError, PasswordFile};
+pub use reload::{ReloadError, ReloadableAuthenticator};
 
 /// What a client presents in CONNECT.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +87,28 @@ pub trait Authenticator: Send + Sync + Debug {
         true
     }
 
+    /// What a subscription to `filter` may read: refused, granted, or granted with every
+    /// message checked with [`Authenticator::can_read`] (for a filter only partly readable).
+    /// By default [`Authenticator::can_subscribe`] decides, and nothing is checked later.
+    fn subscribe_access(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        filter: &str,
+    ) -> SubscribeAccess {
+        if self.can_subscribe(username, client_id, filter) {
+            SubscribeAccess::Granted
+        } else {
+            SubscribeAccess::Refused
+        }
+    }
+
+    /// For a subscription granted as [`SubscribeAccess::GrantedChecked`]: whether a message on
+    /// `topic` may be sent to the client.
+    fn can_read(&self, _username: Option<&str>, _client_id: &str, _topic: &str) -> bool {
+        true
+    }
+
     /// Whether the per-topic checks do anything; lets the broker skip them on the hot path.
     fn checks_topics(&self) -> bool {
         false
@@ -136,9 +160,24 @@ impl Authenticator for FileAuthenticator {
     }
 
     fn can_subscribe(&self, username: Option<&str>, client_id: &str, filter: &str) -> bool {
+        self.subscribe_access(username, client_id, filter) != SubscribeAccess::Refused
+    }
+
+    fn subscribe_access(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        filter: &str,
+    ) -> SubscribeAccess {
+        self.acl.as_ref().map_or(SubscribeAccess::Granted, |acl| {
+            acl.subscribe_access(username, client_id, filter)
+        })
+    }
+
+    fn can_read(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
         self.acl
             .as_ref()
-            .is_none_or(|acl| acl.can_subscribe(username, client_id, filter))
+            .is_none_or(|acl| acl.can_read(username, client_id, topic))
     }
 
     fn checks_topics(&self) -> bool {

@@ -217,6 +217,9 @@ pub struct Grant {
     /// MQTT 5 Subscription Identifier, returned with every message the subscription matches
     /// (MQTT-3.3.4-3); 0: none.
     pub subscription_id: u32,
+    /// The ACL lets the client read only some topics this filter matches: each message is
+    /// checked where the subscriber lives (see `auth::SubscribeAccess`).
+    pub acl_checked: bool,
 }
 
 impl Grant {
@@ -227,6 +230,8 @@ impl Grant {
             no_local: extras.no_local,
             retain_as_published: extras.retain_as_published,
             subscription_id: extras.subscription_id,
+            // Decided again from the ACL when the session is restored.
+            acl_checked: false,
         }
     }
 
@@ -268,6 +273,8 @@ pub struct Target {
     pub retain: bool,
     /// The Subscription Identifier it is sent (0: none).
     pub subscription_id: u32,
+    /// Check the subscriber's ACL for the topic before queueing (see [`Grant::acl_checked`]).
+    pub acl_check: bool,
 }
 
 /// Messages for one destination shard, with their targets there, in publish order. Flat
@@ -384,6 +391,8 @@ pub enum ShardMessage {
         subscriber: SubscriberId,
         online: bool,
     },
+    /// The authenticator's ACL changed (SIGHUP): apply it to this shard's subscriptions.
+    Reauthorize,
     /// Parked connections whose sockets became readable (tokens from `parking::token`).
     Readable(Vec<u64>),
     Shutdown,
@@ -669,6 +678,7 @@ mod tests {
             qos: QoS::AtMostOnce,
             retain: false,
             subscription_id: 0,
+            acl_check: false,
         }
     }
 

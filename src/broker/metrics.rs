@@ -40,6 +40,8 @@ pub struct Metrics {
     pub refused_max_connections: Cell<u64>,
     pub refused_auth: Cell<u64>,
     pub publishes_denied: Cell<u64>,
+    /// Messages not sent to a subscriber because the ACL does not let it read their topic.
+    pub acl_withheld: Cell<u64>,
     /// Connections that parked after a quiet spell, and parked ones taken back (see `parking`).
     pub parks: Cell<u64>,
     pub unparks: Cell<u64>,
@@ -112,6 +114,7 @@ pub struct MetricsSnapshot {
     pub refused_max_connections: u64,
     pub refused_auth: u64,
     pub publishes_denied: u64,
+    pub acl_withheld: u64,
     pub parks: u64,
     pub unparks: u64,
     pub pressure_raised: u64,
@@ -166,6 +169,7 @@ impl Metrics {
             refused_max_connections: self.refused_max_connections.get(),
             refused_auth: self.refused_auth.get(),
             publishes_denied: self.publishes_denied.get(),
+            acl_withheld: self.acl_withheld.get(),
             parks: self.parks.get(),
             unparks: self.unparks.get(),
             pressure_raised: self.pressure_raised.get(),
@@ -213,6 +217,7 @@ impl MetricsSnapshot {
             total.refused_max_connections += s.refused_max_connections;
             total.refused_auth += s.refused_auth;
             total.publishes_denied += s.publishes_denied;
+            total.acl_withheld += s.acl_withheld;
             total.parks += s.parks;
             total.unparks += s.unparks;
             total.pressure_raised += s.pressure_raised;

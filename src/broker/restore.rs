@@ -198,9 +198,12 @@ async fn restore_own(shard: &Shard, startup: &Startup) -> Result<(), StoreError>
             .and_then(|at| now.checked_sub(Duration::from_millis(now_ms.saturating_sub(at))))
             .unwrap_or(now);
         let session = shard.restore_session(n, stored, detached_at);
-        let s = session.borrow();
-        for (filter, qos) in &s.subscriptions {
-            subscriptions.push((s.id, filter.clone(), *qos));
+        let mut s = session.borrow_mut();
+        let (username, client_id, id) = (s.username.clone(), s.client_id.clone(), s.id);
+        for (filter, grant) in s.subscriptions.iter_mut() {
+            // Whether each message needs an ACL check is decided by today's ACL.
+            *grant = shard.with_acl(username.as_deref(), &client_id, filter, *grant);
+            subscriptions.push((id, filter.clone(), *grant));
         }
     }
     for (topic, (payload, qos, extras)) in image.retained {

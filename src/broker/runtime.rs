@@ -86,6 +86,20 @@ impl BrokerHandle {
         Ok(())
     }
 
+    /// Applies the authenticator's current ACL to the subscriptions that exist (call it after
+    /// reloading the ACL, e.g. [`crate::auth::ReloadableAuthenticator::reload`]): which of them
+    /// need each message checked is decided again. New connections and subscriptions use
+    /// the current files anyway.
+    pub fn reauthorize(&self) {
+        for i in 0..self.mesh.shards() {
+            let mut msg = ShardMessage::Reauthorize;
+            while let Err(Refused::Full(back)) = self.mesh.try_send(ShardId(i as u16), msg) {
+                msg = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
     /// Stops accepting, closes every connection, waits for the shards to finish and returns
     /// their final counters.
     pub fn shutdown(self) -> Vec<MetricsSnapshot> {

@@ -472,6 +472,7 @@ impl Shard {
                     qos,
                     retain,
                     subscription_id,
+                    acl_check: granted.acl_checked,
                 };
                 self.deliver_local(target, &message);
             } else {
@@ -486,6 +487,7 @@ impl Shard {
                         qos,
                         retain,
                         subscription_id,
+                        acl_check: granted.acl_checked,
                     },
                     needs_ack,
                 );
@@ -529,6 +531,17 @@ impl Shard {
             return false;
         };
         let mut s = session.borrow_mut();
+        if target.acl_check
+            && !self.config.authenticator.can_read(
+                s.username.as_deref(),
+                &s.client_id,
+                &message.topic,
+            )
+        {
+            // A topic its subscription matches but the ACL does not let it read.
+            add(&self.metrics.acl_withheld, 1);
+            return true;
+        }
         let result = s.enqueue_shared(
             message.clone(),
             qos,
@@ -657,6 +670,7 @@ impl Shard {
                 }
             }
             ShardMessage::Presence { subscriber, online } => self.presence(subscriber, online),
+            ShardMessage::Reauthorize => self.reauthorize(),
             ShardMessage::Shutdown => self.stop(),
         }
     }

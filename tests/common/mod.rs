@@ -108,6 +108,12 @@ impl Broker {
             .expect("broker shuts down within 10 s")
     }
 
+    /// The running broker's handle.
+    #[allow(dead_code)]
+    pub fn handle(&self) -> &BrokerHandle {
+        self.handle.as_ref().expect("running")
+    }
+
     /// A client id that starts with `prefix` and whose home is `shard`.
     pub fn id_on(&self, prefix: &str, shard: usize) -> String {
         id_on_shard(prefix, shard, self.shards)

@@ -67,6 +67,7 @@ impl Shard {
             qos,
             retain: grant.retain_as_published && message.retain,
             subscription_id: grant.subscription_id,
+            acl_check: grant.acl_checked,
         };
         if id.shard == self.id {
             self.deliver_local_shared(target, message, tag);

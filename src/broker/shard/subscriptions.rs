@@ -10,6 +10,7 @@ use std::time::Instant;
 use super::{PendingAck, Shard};
 use tracing::debug;
 
+use crate::auth::SubscribeAccess;
 use crate::broker::mesh::{Grant, Message, ShardMessage, SubscriberId, Subscription, Target};
 use crate::broker::session::{Outbound, Session};
 use crate::protocol::{
@@ -50,10 +51,15 @@ impl Shard {
                     Some(Ok(shared)) => shared.filter,
                     _ => &filter,
                 };
+                let access = if check_acl {
+                    auth.subscribe_access(username, &s.client_id, matching)
+                } else {
+                    SubscribeAccess::Granted
+                };
                 let refused = if let Err(e) = validate_any_filter(&filter, max_levels) {
                     debug!(client = %s.client_id, filter = %filter, "subscription refused: {e}");
                     Some(ReasonCode::TOPIC_FILTER_INVALID)
-                } else if check_acl && !auth.can_subscribe(username, &s.client_id, matching) {
+                } else if access == SubscribeAccess::Refused {
                     debug!(client = %s.client_id, filter = %filter, "subscription refused by the ACL");
                     Some(ReasonCode::NOT_AUTHORIZED)
                 } else {
@@ -69,6 +75,7 @@ impl Shard {
                     no_local: options.no_local,
                     retain_as_published: options.retain_as_published,
                     subscription_id,
+                    acl_checked: access == SubscribeAccess::GrantedChecked,
                 };
                 codes.push(SubscribeReturnCode::Success(options.qos));
                 let existed = s.subscriptions.insert(filter.clone(), grant).is_some();
@@ -258,9 +265,76 @@ impl Shard {
                 qos: message.qos.min(granted.qos),
                 retain: true,
                 subscription_id: granted.subscription_id,
+                acl_check: granted.acl_checked,
             };
             self.deliver_local(target, &message);
         }
+    }
+
+    /// `grant` as the current ACL has it for a subscription of the client to `filter`: checked
+    /// per message unless every topic it matches may be read (a subscription the ACL now
+    /// refuses altogether is kept, and every message is withheld).
+    pub(in crate::broker) fn with_acl(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        filter: &str,
+        grant: Grant,
+    ) -> Grant {
+        let auth = &self.config.authenticator;
+        let matching = match parse_shared(filter) {
+            Some(Ok(shared)) => shared.filter,
+            _ => filter,
+        };
+        let acl_checked = auth.checks_topics()
+            && auth.subscribe_access(username, client_id, matching) != SubscribeAccess::Granted;
+        Grant {
+            acl_checked,
+            ..grant
+        }
+    }
+
+    /// Applies the current ACL to every subscription of this shard's sessions (after the ACL
+    /// file was read again): each subscription whose per-message check changed is applied
+    /// again on every replica.
+    pub(in crate::broker) fn reauthorize(&self) {
+        let mut changed: Vec<(SubscriberId, Vec<Subscription>)> = Vec::new();
+        for session in self.sessions.borrow().all() {
+            let mut s = session.borrow_mut();
+            let (username, client_id, id) = (s.username.clone(), s.client_id.clone(), s.id);
+            let mut mine = Vec::new();
+            for (filter, grant) in s.subscriptions.iter_mut() {
+                let now = self.with_acl(username.as_deref(), &client_id, filter, *grant);
+                if now != *grant {
+                    *grant = now;
+                    mine.push(Subscription {
+                        filter: filter.clone(),
+                        grant: now,
+                        send_retained: false,
+                    });
+                }
+            }
+            if !mine.is_empty() {
+                changed.push((id, mine));
+            }
+        }
+        for (id, subscriptions) in changed {
+            self.apply_subscribe(id, &subscriptions);
+            if self.shards > 1 {
+                let token = self.next_token.get();
+                self.next_token.set(token + 1);
+                let subscriptions: Arc<[Subscription]> = subscriptions.into();
+                // Nobody waits for this token: its answers find no pending request.
+                self.router
+                    .borrow_mut()
+                    .broadcast(|| ShardMessage::Subscribe {
+                        subscriber: id,
+                        filters: subscriptions.clone(),
+                        token,
+                    });
+            }
+        }
+        self.flush();
     }
 
     /// Adds the subscriptions to this replica; returns the retained messages this shard owns
