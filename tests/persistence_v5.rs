@@ -246,3 +246,57 @@ fn shared_subscription_members_and_their_messages_survive_sigkill() {
     }
     server.stop(Stop::Term);
 }
+
+/// A will waiting for its Will Delay Interval survives a crash: the restarted broker
+/// publishes it when it is due; one whose client came back before the crash stays cancelled.
+#[test]
+fn a_delayed_will_survives_sigkill() {
+    let dir = TestDir::new("v5-will");
+    let data = dir.data();
+    let server = Server::start(&dir, 2, Some(&data));
+    let delay = [0x18, 0x00, 0x00, 0x00, 0x02]; // Will Delay Interval 2 s
+    let client = |name: &str, topic: &str| {
+        v5_session(&id_on_shard(name, 0, 2), 3600)
+            .will(topic, b"late", 1, false)
+            .will_properties(&delay)
+    };
+    let gone = client("gone", "wills/gone");
+    let back = client("back", "wills/back");
+    server
+        .connect_expecting(&gone, &connack_v5(false))
+        .crash_and_wait();
+    server
+        .connect_expecting(&back, &connack_v5(false))
+        .crash_and_wait();
+    let left = std::time::Instant::now();
+    // "back" returns before its delay runs out: its will is cancelled.
+    let resumed = server.connect_expecting(
+        &v5_session(&id_on_shard("back", 0, 2), 3600),
+        &connack_v5(true),
+    );
+    resumed.crash_and_wait();
+    server.stop(Stop::Kill);
+
+    let server = Server::start(&dir, 2, Some(&data));
+    let mut watcher = server.connect_expecting(
+        &ConnectBuilder::v5(&id_on_shard("will-watch", 1, 2), &[]),
+        &connack_v5(false),
+    );
+    watcher.send(&subscribe_v5(1, &[], &[("wills/#", 0x01)]));
+    watcher.expect_bytes(&suback_v5(1, &[0x01]));
+    let m = watcher.next_publish_v5();
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("wills/gone", &b"late"[..])
+    );
+    assert!(
+        left.elapsed() >= Duration::from_millis(1900),
+        "published after {:?}, before its delay",
+        left.elapsed()
+    );
+    watcher.send(&puback(m.packet_id));
+    // "back"'s will was cancelled by its return before the crash (the connection that
+    // returned had no will): it never comes.
+    watcher.expect_open_and_silent(Duration::from_millis(2500));
+    server.stop(Stop::Term);
+}

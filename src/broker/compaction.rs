@@ -114,6 +114,7 @@ impl Shard {
                 session_records(&s, n, now, now_ms, put);
             }
         }
+        self.delayed_will_records(put);
         self.retained.borrow().for_each(|m| {
             put(Record::Retained {
                 topic: m.topic.clone(),

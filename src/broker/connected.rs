@@ -468,24 +468,7 @@ impl ConnectedClient {
     /// ended one sends it at once, and otherwise this connection's timer sends it.
     fn publish_will_later(&self, message: Message, delay: Duration) {
         let id = self.session.borrow().id;
-        let conn = self.conn;
-        self.shard
-            .delayed_wills
-            .borrow_mut()
-            .insert(id, (conn, message));
-        let shard = self.shard.clone();
-        let task = glommio::spawn_local(async move {
-            glommio::timer::sleep(delay).await;
-            let mut wills = shard.delayed_wills.borrow_mut();
-            // Still this connection's will: not resumed, ended or replaced since.
-            if wills.get(&id).is_some_and(|(c, _)| *c == conn) {
-                let (_, will) = wills.remove(&id).expect("checked");
-                drop(wills);
-                let _ = shard.route(Arc::new(will), Some(id));
-                shard.flush();
-            }
-        });
-        task.detach();
+        self.shard.file_delayed_will(id, self.conn, message, delay);
     }
 
     /// Ends the connection: the will (unless the client said DISCONNECT), the session (if

@@ -15,6 +15,7 @@
 //! trie replica. A shard that failed still meets the others, so none waits forever.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -133,8 +134,12 @@ fn remove_generations_except(dir: &Path, keep: Option<u64>) {
 
 /// Restores this shard's part of the data directory and starts its journal; see the module
 /// docs. Every shard must call it, also after something failed.
-pub async fn restore(shard: &Shard, startup: &Startup) -> Result<(), StoreError> {
+pub async fn restore(shard: &Rc<Shard>, startup: &Startup) -> Result<(), StoreError> {
     let result = restore_own(shard, startup).await;
+    let (result, wills) = match result {
+        Ok(wills) => (Ok(()), wills),
+        Err(e) => (Err(e), Vec::new()),
+    };
     if result.is_err() {
         startup.failed.store(true, Ordering::SeqCst);
     }
@@ -169,6 +174,9 @@ pub async fn restore(shard: &Shard, startup: &Startup) -> Result<(), StoreError>
             }
         }
     }
+    for (id, message, delay) in wills {
+        shard.file_delayed_will(id, 0, message, delay);
+    }
     Ok(())
 }
 
@@ -177,7 +185,12 @@ pub fn failed(startup: &Startup) -> bool {
     startup.failed.load(Ordering::SeqCst)
 }
 
-async fn restore_own(shard: &Shard, startup: &Startup) -> Result<(), StoreError> {
+/// Restores this shard's own part; returns the wills still waiting for their delay, to be
+/// filed once every replica has its subscriptions back.
+async fn restore_own(
+    shard: &Rc<Shard>,
+    startup: &Startup,
+) -> Result<Vec<(SubscriberId, Message, Duration)>, StoreError> {
     let i = shard.id.index();
     let image = startup.images.lock().expect("not poisoned")[i]
         .take()
@@ -190,6 +203,7 @@ async fn restore_own(shard: &Shard, startup: &Startup) -> Result<(), StoreError>
     let now_ms = unix_ms();
     let now = Instant::now();
     let mut subscriptions = Vec::new();
+    let mut wills = Vec::new();
     for (_, stored) in image.sessions {
         let n = journal.new_session();
         write_session(&journal, n, &stored, now_ms);
@@ -197,7 +211,15 @@ async fn restore_own(shard: &Shard, startup: &Startup) -> Result<(), StoreError>
             .detached_at_ms
             .and_then(|at| now.checked_sub(Duration::from_millis(now_ms.saturating_sub(at))))
             .unwrap_or(now);
+        let will = stored.delayed_will.clone();
         let session = shard.restore_session(n, stored, detached_at);
+        if let Some((due_ms, w)) = will {
+            // Due when it was due: at once if that passed while the broker was down.
+            let delay = Duration::from_millis(due_ms.saturating_sub(now_ms));
+            let (v5, _) = restored_v5(w.extras.as_deref());
+            let message = Message::new(w.topic, w.payload, w.qos, w.retain).with_v5(v5);
+            wills.push((session.borrow().id, message, delay));
+        }
         let mut s = session.borrow_mut();
         let (username, client_id, id) = (s.username.clone(), s.client_id.clone(), s.id);
         for (filter, grant) in s.subscriptions.iter_mut() {
@@ -226,7 +248,7 @@ async fn restore_own(shard: &Shard, startup: &Startup) -> Result<(), StoreError>
     }
     let _ = shard.journal.set(journal);
     startup.subscriptions.lock().expect("not poisoned")[i] = subscriptions;
-    Ok(())
+    Ok(wills)
 }
 
 /// The records that make a fresh log hold `stored` as session `n`.
@@ -289,6 +311,17 @@ fn write_session(journal: &Journal, n: u64, stored: &StoredSession, now_ms: u64)
         session: n,
         at_ms: stored.detached_at_ms.unwrap_or(now_ms),
     });
+    if let Some((due_ms, w)) = &stored.delayed_will {
+        journal.append(&Record::DelayedWill {
+            session: n,
+            due_ms: *due_ms,
+            topic: w.topic.clone(),
+            payload: Bytes::clone(&w.payload),
+            qos: w.qos,
+            retain: w.retain,
+            extras: w.extras.clone(),
+        });
+    }
 }
 
 fn unix_ms() -> u64 {

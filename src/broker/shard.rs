@@ -43,6 +43,7 @@ mod pressure;
 mod retained;
 mod shared;
 mod subscriptions;
+mod wills;
 
 /// Whether `message` should be encoded once for its QoS 0 subscribers among `matches`
 /// (subscriber, granted QoS): when it is small (payloads from `share_from` bytes on are
@@ -156,7 +157,7 @@ pub struct Shard {
     /// MQTT 5 wills waiting for their Will Delay Interval, by session, with the connection
     /// that left them: sent when the delay ends or the session does, dropped when the client
     /// resumes the session (see `ConnectedClient::publish_will_later`).
-    pub(super) delayed_wills: RefCell<AHashMap<SubscriberId, (u64, Message)>>,
+    pub(super) delayed_wills: RefCell<AHashMap<SubscriberId, wills::DelayedWill>>,
 }
 
 /// What routing a message did (see [`Shard::route`]).
@@ -304,9 +305,7 @@ impl Shard {
                 && existing.borrow().username == connect.username;
             if keep {
                 // Back before its Will Delay Interval ran out: the will is not sent.
-                self.delayed_wills
-                    .borrow_mut()
-                    .remove(&existing.borrow().id);
+                self.cancel_delayed_will(&existing.borrow());
                 {
                     let mut s = existing.borrow_mut();
                     s.attach(conn);
@@ -374,10 +373,7 @@ impl Shard {
     /// still waiting for its delay goes out now (MQTT 5.0 3.1.3.2.2).
     pub fn remove_session(&self, session: &Rc<RefCell<Session>>) {
         let id = session.borrow().id;
-        let will = self.delayed_wills.borrow_mut().remove(&id);
-        if let Some((_, will)) = will {
-            let _ = self.route(Arc::new(will), None);
-        }
+        self.release_delayed_will(id);
         let mut s = session.borrow_mut();
         self.journal_session(&s, |session| Record::SessionEnded { session });
         s.set_stored_as(None);

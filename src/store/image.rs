@@ -52,6 +52,8 @@ pub struct StoredSession {
     pub detached_at_ms: Option<u64>,
     /// The last packet id given to an outgoing message (0: none yet).
     pub last_packet_id: PacketId,
+    /// A will waiting for its delay: when it is due (ms since the Unix epoch), and the will.
+    pub delayed_will: Option<(u64, StoredMessage)>,
 }
 
 /// A shard's durable state.
@@ -170,6 +172,26 @@ impl Image {
             Record::SessionExpiry { session, secs } => {
                 self.session(session)?.expiry_secs = (secs != u32::MAX).then_some(secs);
             }
+            Record::DelayedWill {
+                session,
+                due_ms,
+                topic,
+                payload,
+                qos,
+                retain,
+                extras,
+            } => {
+                let will = StoredMessage {
+                    seq: 0,
+                    topic,
+                    payload,
+                    qos,
+                    retain,
+                    extras,
+                };
+                self.session(session)?.delayed_will = Some((due_ms, will));
+            }
+            Record::WillDone { session } => self.session(session)?.delayed_will = None,
             Record::Withdrawn { session, seq } => {
                 let s = self.session(session)?;
                 if let Some(at) = s.queue.iter().position(|m| m.seq == seq) {

@@ -115,6 +115,21 @@ pub enum Record {
         session: u64,
         secs: u32,
     },
+    /// The session's will waits for its Will Delay Interval (MQTT 5) until `due_ms` (ms since
+    /// the Unix epoch): published then unless [`Record::WillDone`] comes first.
+    DelayedWill {
+        session: u64,
+        due_ms: u64,
+        topic: ByteStr,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        extras: Option<Box<MessageExtras>>,
+    },
+    /// The session's delayed will went out, or was cancelled by the client's return.
+    WillDone {
+        session: u64,
+    },
     /// The message `seq`, queued or in flight, left the session: given to another member of
     /// the shared subscription it came through (`--shared-redispatch`).
     Withdrawn {
@@ -171,6 +186,8 @@ pub(crate) mod kind {
     pub const LAST_PACKET_ID: u8 = 16;
     pub const SESSION_EXPIRY: u8 = 17;
     pub const WITHDRAWN: u8 = 18;
+    pub const DELAYED_WILL: u8 = 19;
+    pub const WILL_DONE: u8 = 20;
 }
 
 fn put_message_extras(out: &mut BytesMut, extras: &Option<Box<MessageExtras>>) {
@@ -310,6 +327,28 @@ impl Record {
                 out.put_u64_le(*seq);
                 WITHDRAWN
             }
+            Record::DelayedWill {
+                session,
+                due_ms,
+                topic,
+                payload,
+                qos,
+                retain,
+                extras,
+            } => {
+                out.put_u64_le(*session);
+                out.put_u64_le(*due_ms);
+                put_str(out, topic);
+                out.put_u8(*qos as u8 | u8::from(*retain) << 4);
+                out.put_u32_le(payload.len() as u32);
+                out.put_slice(payload);
+                put_message_extras(out, extras);
+                DELAYED_WILL
+            }
+            Record::WillDone { session } => {
+                out.put_u64_le(*session);
+                WILL_DONE
+            }
             Record::RetainCleared { topic } => {
                 put_str(out, topic);
                 RETAIN_CLEARED
@@ -370,6 +409,23 @@ impl Record {
                     extras: r.message_extras()?,
                 }
             }
+            DELAYED_WILL => {
+                let session = r.u64()?;
+                let due_ms = r.u64()?;
+                let topic = r.str()?;
+                let flags = r.u8()?;
+                let qos = QoS::from_u8(flags & 0x0f).ok_or(RecordError::BadQoS(kind, flags))?;
+                Record::DelayedWill {
+                    session,
+                    due_ms,
+                    topic,
+                    qos,
+                    retain: flags & 0x10 != 0,
+                    payload: r.payload()?,
+                    extras: r.message_extras()?,
+                }
+            }
+            WILL_DONE => Record::WillDone { session: r.u64()? },
             SENT => Record::Sent {
                 session: r.u64()?,
                 seq: r.u64()?,
@@ -547,6 +603,19 @@ mod tests {
                 secs: 3600,
             },
             Record::Withdrawn { session: 7, seq: 3 },
+            Record::DelayedWill {
+                session: 7,
+                due_ms: 1_700_000_000_000,
+                topic: s("wills/7"),
+                payload: Bytes::from_static(b"gone"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                extras: Some(Box::new(MessageExtras {
+                    properties: Bytes::from_static(&[0x01, 0x01]),
+                    ..MessageExtras::default()
+                })),
+            },
+            Record::WillDone { session: 7 },
             Record::SessionBegan {
                 session: 7,
                 client_id: s("sensor-1"),
@@ -657,7 +726,9 @@ mod tests {
         let mut r = r.clone();
         match &mut r {
             Record::Subscribed { extras, .. } => *extras = SubscriptionExtras::default(),
-            Record::Queued { extras, .. } | Record::Retained { extras, .. } => *extras = None,
+            Record::Queued { extras, .. }
+            | Record::Retained { extras, .. }
+            | Record::DelayedWill { extras, .. } => *extras = None,
             _ => {}
         }
         r
