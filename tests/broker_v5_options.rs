@@ -476,3 +476,23 @@ fn a_message_of_exactly_the_clients_maximum_packet_size_is_delivered() {
         );
     });
 }
+
+#[test]
+fn v5_puback_says_quota_exceeded_when_a_subscribers_queue_is_full() {
+    // MQTT 5.0 3.4.2.1: 0x97 Quota exceeded. An offline persistent subscriber with room for
+    // two messages: the third QoS 1 message is dropped for it, and the publisher hears so.
+    let broker = Broker::with_config(surgemq::broker::BrokerConfig {
+        max_queued_messages: 2,
+        ..test_config()
+    });
+    let mut sub = broker.connect_with(&ConnectBuilder::new("quota-sub").clean(false));
+    sub.subscribe(1, &[("quota/t", 1)]);
+    sub.disconnect();
+    let mut p = broker.connect_v5(&ConnectBuilder::v5("quota-pub", &[]));
+    for id in 1..=2u8 {
+        p.send(&publish_v5("quota/t", b"x", 1, false, u16::from(id), &[]));
+        p.expect_bytes(&[0x40, 0x02, 0x00, id]);
+    }
+    p.send(&publish_v5("quota/t", b"x", 1, false, 3, &[]));
+    p.expect_bytes(&[0x40, 0x03, 0x00, 0x03, 0x97]);
+}

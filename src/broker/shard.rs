@@ -171,6 +171,17 @@ pub struct Routed {
     pub ticket: Ticket,
     /// How many subscriptions it reached (an MQTT 5 publisher hears 0x10 when none did).
     pub matched: usize,
+    /// A subscriber on this shard had no room left for it at QoS 1/2 (an MQTT 5 publisher
+    /// hears 0x97). Drops on other shards are counted there, not reported back.
+    pub quota_exceeded: bool,
+}
+
+/// Why a message was not queued for a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Undelivered {
+    /// The session ended while the message travelled.
+    Gone,
+    Dropped(Dropped),
 }
 
 impl Shard {
@@ -470,7 +481,11 @@ impl Shard {
                     subscription_id,
                     acl_check: granted.acl_checked,
                 };
-                self.deliver_local(target, &message);
+                let result = self.enqueue_local(target, &message, None);
+                if result == Err(Undelivered::Dropped(Dropped::QueueFull)) && qos != QoS::AtMostOnce
+                {
+                    routed.quota_exceeded = true;
+                }
             } else {
                 let router = router.get_or_insert_with(|| self.router.borrow_mut());
                 let needs_ack = id.durable && qos != QoS::AtMostOnce && self.acks_wait_for_disk();
@@ -508,23 +523,23 @@ impl Shard {
     }
 
     fn deliver_local(&self, target: Target, message: &Arc<Message>) {
-        self.enqueue_local(target, message, None);
+        let _ = self.enqueue_local(target, message, None);
     }
 
-    /// Queues `message` for a session of this shard; false when it could not be queued. A
-    /// message for a shared subscription (`share`) that could not is not counted as dropped
-    /// here: the caller tries another member of the group.
+    /// Queues `message` for a session of this shard, or says why not. A message for a shared
+    /// subscription (`share`) that could not be queued is not counted as dropped here: the
+    /// caller tries another member of the group.
     fn enqueue_local(
         &self,
         target: Target,
         message: &Arc<Message>,
         share: Option<&Arc<ShareKey>>,
-    ) -> bool {
+    ) -> Result<(), Undelivered> {
         let Target { qos, retain, .. } = target;
         let sessions = self.sessions.borrow();
         let Some(session) = sessions.get(target.slot, target.generation) else {
             // The subscriber went away while the message travelled.
-            return false;
+            return Err(Undelivered::Gone);
         };
         let mut s = session.borrow_mut();
         if target.acl_check
@@ -536,7 +551,7 @@ impl Shard {
         {
             // A topic its subscription matches but the ACL does not let it read.
             add(&self.metrics.acl_withheld, 1);
-            return true;
+            return Ok(());
         }
         let result = s.enqueue_shared(
             message.clone(),
@@ -559,8 +574,8 @@ impl Shard {
                 );
             }
         }
-        if result.is_err() && share.is_some() {
-            return false;
+        if let (Err(dropped), Some(_)) = (result, share) {
+            return Err(Undelivered::Dropped(dropped));
         }
         if result == Err(Dropped::QueueFull) && qos != QoS::AtMostOnce && !s.warned_full {
             // An acknowledged message lost: say so once per session, by name.
@@ -581,7 +596,7 @@ impl Shard {
                 .dropped_offline_qos0
                 .set(self.metrics.dropped_offline_qos0.get() + 1),
         }
-        result.is_ok()
+        result.map(|_| ()).map_err(Undelivered::Dropped)
     }
 
     // ----- mesh -----------------------------------------------------------------------------

@@ -364,6 +364,9 @@ impl ConnectedClient {
             ticket = routed.ticket;
             if routed.matched == 0 {
                 reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+            } else if routed.quota_exceeded {
+                // A subscriber's queue was full: the promise could not be kept for it.
+                reason = ReasonCode::QUOTA_EXCEEDED;
             }
         }
         // Everything this publish wrote here, the incoming QoS 2 id included.

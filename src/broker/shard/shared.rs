@@ -100,7 +100,7 @@ impl Shard {
         message: &Arc<Message>,
         tag: ShareTag,
     ) {
-        if self.enqueue_local(target, message, Some(&tag.key)) {
+        if self.enqueue_local(target, message, Some(&tag.key)).is_ok() {
             return;
         }
         let failed = SubscriberId {
