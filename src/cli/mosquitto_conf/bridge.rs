@@ -290,16 +290,17 @@ impl Bridge {
 
 /// `HOST[:PORT]`; an IPv6 address needs its port (the last `:` separates it, as in Mosquitto).
 fn address(line: &Line<'_>, word: &str) -> Result<BridgeAddress, String> {
-    let (host, port) =
-        match word.rsplit_once(':') {
-            Some((host, port)) => match port.parse::<u16>() {
-                Ok(p) if p > 0 => (host, p),
-                _ => return Err(line.err(format_args!(
+    let (host, port) = match word.rsplit_once(':') {
+        Some((host, port)) => match port.parse::<u16>() {
+            Ok(p) if p > 0 => (host, p),
+            _ => {
+                return Err(line.err(format_args!(
                     "bad bridge address `{word}`: port from 1 to 65535 expected after the last `:`"
-                ))),
-            },
-            None => (word, 1883),
-        };
+                )))
+            }
+        },
+        None => (word, 1883),
+    };
     Ok(BridgeAddress {
         host: host.to_string(),
         port,
