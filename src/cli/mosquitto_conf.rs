@@ -332,3 +332,5 @@ fn expiration(line: &Line<'_>) -> Result<i64, String> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_errors;

@@ -9,10 +9,10 @@ use toml::Value;
 use super::*;
 
 /// A directory removed when the test ends.
-struct Dir(PathBuf);
+pub(super) struct Dir(pub(super) PathBuf);
 
 impl Dir {
-    fn new() -> Dir {
+    pub(super) fn new() -> Dir {
         static N: AtomicUsize = AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
             "surgemq-mosqconf-{}-{}",
@@ -23,7 +23,7 @@ impl Dir {
         Dir(path)
     }
 
-    fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(super) fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.0.join(name);
         std::fs::write(&path, text).unwrap();
         path
@@ -36,12 +36,12 @@ impl Drop for Dir {
     }
 }
 
-fn parse(text: &str) -> Result<MosquittoConf, String> {
+pub(super) fn parse(text: &str) -> Result<MosquittoConf, String> {
     MosquittoConf::parse(text, Path::new("m.conf"))
 }
 
 /// The TOML keys and warnings a configuration comes to.
-fn settings(text: &str) -> Result<(toml::Table, Vec<String>), String> {
+pub(super) fn settings(text: &str) -> Result<(toml::Table, Vec<String>), String> {
     parse(text)?.settings()
 }
 
@@ -482,70 +482,5 @@ fn persistence_and_queue_limits() {
     assert_eq!(
         w[0],
         "m.conf:1: `max_queued_messages 0` (no limit) is ignored: SurgeMQ keeps every queue bounded, so its default applies (see --max-queued-messages and --max-queued-bytes)"
-    );
-}
-
-#[test]
-fn one_line_errors_name_file_and_line() {
-    for (text, expected) in [
-        ("\nfoo bar\n", "m.conf:2: unknown option `foo`"),
-        ("auth_plugin /usr/lib/x.so\n", "m.conf:1: `auth_plugin` is not supported: SurgeMQ loads no plugins; users and ACLs come from password_file and acl_file"),
-        ("listener 1883\npsk_hint h\n", "m.conf:2: `psk_hint` is not supported: TLS-PSK is not supported; use certificates (certfile, keyfile, cafile)"),
-        ("address 10.0.0.1\n", "m.conf:1: `address` is a bridge option: it belongs after a `connection` line"),
-        ("topic a/#\n", "m.conf:1: `topic` is a bridge option: it belongs after a `connection` line"),
-        ("port 0\n", "m.conf:1: `port` must be an integer from 1 to 65535, got `0`"),
-        ("max_keepalive 5\n", "m.conf:1: `max_keepalive` must be an integer from 10 to 65535, got `5`"),
-        ("sys_interval -1\n", "m.conf:1: `sys_interval` must be an integer from 0 to 65535, got `-1`"),
-        ("max_inflight_messages 70000\n", "m.conf:1: `max_inflight_messages` must be an integer from -1 to 65535, got `70000`"),
-        ("persistence yes\n", "m.conf:1: `persistence` must be true or false, got `yes`"),
-        ("acl_file a\nacl_file b\n", "m.conf:2: `acl_file` given twice (first at m.conf:1)"),
-        ("persistent_client_expiration 14\n", "m.conf:1: `persistent_client_expiration` must be a number above 0 followed by h, d, w, m or y (e.g. 14d), got `14`"),
-        ("persistent_client_expiration 0d\n", "m.conf:1: `persistent_client_expiration` must be a number above 0 followed by h, d, w, m or y (e.g. 14d), got `0d`"),
-        ("per_listener_settings maybe\n", "m.conf:1: `per_listener_settings` must be true or false, got `maybe`"),
-        ("listener 1883\nprotocol mqttsn\n", "m.conf:2: `protocol` must be one of mqtt, websockets, got `mqttsn`"),
-        ("listener 1883\nsocket_domain ipv5\n", "m.conf:2: `socket_domain` must be one of ipv4, ipv6, got `ipv5`"),
-        ("connection a\naddress h\ntopic #\nconnection a\n", "m.conf:4: bridge `a` is already defined at m.conf:1"),
-    ] {
-        assert_eq!(settings(text).unwrap_err(), expected, "{text}");
-    }
-    let dir = Dir::new();
-    let pw = dir.write("pw", "alice\n");
-    assert_eq!(
-        settings(&format!("password_file {}\n", pw.display())).unwrap_err(),
-        format!(
-            "m.conf:1: password_file: {}:1: expected user:hash",
-            pw.display()
-        )
-    );
-    let acl = dir.write("acl", "topic read #\nsometimes t\n");
-    assert_eq!(
-        settings(&format!("acl_file {}\n", acl.display())).unwrap_err(),
-        format!(
-            "m.conf:1: acl_file: {}:2: unknown keyword `sometimes`",
-            acl.display()
-        )
-    );
-}
-
-#[test]
-fn bridges_are_parsed_then_refused() {
-    let conf = parse(
-        "listener 1883\n\n# Bridge to the cloud\nconnection cloud\naddress broker.example.com:8883\ntopic sensors/# out 1\nremote_username edge\nlistener 1884\n",
-    )
-    .unwrap();
-    assert_eq!(conf.bridges.len(), 1);
-    assert_eq!(
-        conf.bridges[0].topics[0].qos,
-        surgemq::protocol::QoS::AtLeastOnce
-    );
-    // A `listener` after the bridge is still a listener.
-    assert_eq!(conf.listeners.len(), 2);
-    assert_eq!(
-        conf.refuse_bridges().unwrap_err(),
-        "m.conf:4: `connection cloud`: bridges are not supported yet (issue 18)"
-    );
-    assert_eq!(
-        parse("connection cloud\ntopic a\n").unwrap_err(),
-        "m.conf:1: bridge `cloud`: no `address`"
     );
 }
