@@ -79,6 +79,15 @@ impl ConfigFile {
         })
     }
 
+    /// Settings read from another format (a Mosquitto configuration file) as TOML keys.
+    pub fn from_table(table: toml::Table, origin: &str, dir: PathBuf) -> ConfigFile {
+        ConfigFile {
+            origin: origin.to_string(),
+            table,
+            dir,
+        }
+    }
+
     fn bad(&self, key: &str, expected: &str) -> String {
         format!("{}: key `{key}` must be {expected}", self.origin)
     }

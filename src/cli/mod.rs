@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod client_args;
 pub mod config_file;
+pub mod mosquitto_conf;
 pub mod passwd;
 pub mod pub_cmd;
 pub mod serve;

@@ -1,8 +1,10 @@
 //! `surgemq serve`: run the broker until SIGINT or SIGTERM.
 //!
-//! Every setting is a flag and a key of the optional TOML file given with `--config` (the key
-//! is the flag's name without dashes in front, e.g. `max-inflight = 200`); flags override the
-//! file. Any bad value ends start-up with one line naming the flag or key.
+//! Every setting is a flag and a key of the optional configuration file given with `-c` /
+//! `--config`: a TOML file (a name ending in `.toml`; the key is the flag's name without dashes
+//! in front, e.g. `max-inflight = 200`) or a Mosquitto configuration file (any other name; see
+//! [`super::mosquitto_conf`]). Flags override the file. Any bad value ends start-up with one
+//! line naming the flag, or the key, or the file and line.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,14 +15,18 @@ use surgemq::auth::{AclFile, FileAuthenticator, PasswordFile};
 use surgemq::broker::shared::ShareStrategy;
 use surgemq::broker::{self, BrokerConfig, MetricsSnapshot};
 use surgemq::transport::{Listener, TlsFiles};
-use tracing::{info, warn};
+use tracing::level_filters::LevelFilter;
+use tracing::{error, info, warn};
 
 use super::config_file::ConfigFile;
+use super::mosquitto_conf::log::{Logging, Redirect};
+use super::mosquitto_conf::MosquittoConf;
 
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
-    /// TOML file with any of the settings below (flags override it).
-    #[arg(long, value_name = "FILE")]
+    /// Configuration file (flags override it): TOML with any of the settings below if its
+    /// name ends in .toml, else Mosquitto's format (mosquitto.conf(5)).
+    #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on (repeatable): ADDR:PORT or mqtt://ADDR:PORT for MQTT,
     /// mqtts://ADDR:PORT for MQTT over TLS, ws://ADDR:PORT/PATH for WebSockets, wss://... for
@@ -153,11 +159,40 @@ pub struct ServeArgs {
 const PERSISTENT_MAX_QUEUED_MESSAGES: usize = 1_000_000;
 const PERSISTENT_MAX_QUEUED_BYTES: usize = 1 << 30;
 
+/// What a Mosquitto configuration file says beyond the broker's settings: where the log goes,
+/// and the warnings about options it ignores (logged once the log is where it should be).
+#[derive(Default)]
+struct FromMosquitto {
+    logging: Logging,
+    warnings: Vec<String>,
+}
+
+/// Reads the configuration file: TOML when its name ends in `.toml`, else Mosquitto's format.
+fn load_file(path: &std::path::Path) -> Result<(ConfigFile, Option<FromMosquitto>), String> {
+    let toml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    if toml {
+        return Ok((ConfigFile::load(path)?, None));
+    }
+    let conf = MosquittoConf::load(path)?;
+    conf.refuse_bridges()?;
+    let (table, warnings) = conf.settings()?;
+    let file = ConfigFile::from_table(table, &path.display().to_string(), PathBuf::new());
+    Ok((
+        file,
+        Some(FromMosquitto {
+            logging: conf.logging,
+            warnings,
+        }),
+    ))
+}
+
 /// Turns flags (and the config file) into a validated broker configuration.
-pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
-    let file = match &args.config {
-        Some(path) => ConfigFile::load(path)?,
-        None => ConfigFile::default(),
+fn build_config(args: ServeArgs) -> Result<(BrokerConfig, Option<FromMosquitto>), String> {
+    let (file, mosquitto) = match &args.config {
+        Some(path) => load_file(path)?,
+        None => (ConfigFile::default(), None),
     };
     let defaults = BrokerConfig::default();
     let tls = tls_files(&args, &file)?;
@@ -292,7 +327,7 @@ pub fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         ..defaults
     };
     config.validate().map_err(|e| e.to_string())?;
-    Ok(config)
+    Ok((config, mosquitto))
 }
 
 /// The TLS files, when --cert or --key (or their keys) are given: both must be.
@@ -340,13 +375,27 @@ fn pick<T>(flag: Option<T>, from_file: Option<T>, default: T) -> T {
 }
 
 pub fn run(args: ServeArgs) -> Result<(), String> {
-    let config = build_config(args)?;
+    let (config, mosquitto) = build_config(args)?;
+    let log = match mosquitto {
+        Some(m) => redirect_log(m)?,
+        None => None,
+    };
     // Block the stop signals before any shard thread exists, so every thread inherits the mask
     // and only `sigwait` below sees them.
     let signals = stop_signals();
     // SAFETY: pthread_sigmask with a valid, initialised set.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
-    let handle = broker::start(config).map_err(|e| e.to_string())?;
+    let handle = match broker::start(config) {
+        Ok(handle) => handle,
+        Err(e) => {
+            // The log may be in a file: the reason goes there and to the original stderr.
+            if let Some(log) = &log {
+                error!("{e}");
+                log.restore();
+            }
+            return Err(e.to_string());
+        }
+    };
     let mut signal = 0;
     loop {
         // SAFETY: sigwait with a valid set and an out-pointer we own.
@@ -358,6 +407,12 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         if let Err(e) = handle.reload_tls() {
             warn!("SIGHUP: TLS files not reloaded, the previous ones stay in use: {e}");
         }
+        // A `log_dest file` is opened again, for logrotate.
+        if let Some(log) = log.as_ref().filter(|l| l.is_file()) {
+            if let Err(e) = log.point() {
+                warn!("SIGHUP: the log file was not opened again: {e}");
+            }
+        }
     }
     info!(signal, "stopping");
     // Whatever happens, exit promptly: a stop must never hang.
@@ -367,6 +422,18 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     });
     log_totals(&handle.shutdown());
     Ok(())
+}
+
+/// Sends the log where `log_dest` says, then logs the warnings about the file.
+fn redirect_log(m: FromMosquitto) -> Result<Option<Redirect>, String> {
+    let (target, mut warnings) = m.logging.target();
+    let redirect = target.map(Redirect::apply).transpose()?;
+    warnings.splice(0..0, m.warnings);
+    warnings.extend(m.logging.level_warning(LevelFilter::current()));
+    for warning in warnings {
+        warn!("{warning}");
+    }
+    Ok(redirect)
 }
 
 /// The run's totals over all shards. Drops are the bounded queues doing their job, but a QoS
