@@ -296,3 +296,112 @@ fn dropped_qos1_messages_are_reported_when_the_broker_stops() {
     assert_eq!(named.len(), 1, "{log}");
     assert!(named[0].contains("client=s"), "{log}");
 }
+
+/// A client that connected with a user name (no password file: names are ACL labels).
+fn mqtt_connect_as(port: u16, client_id: &str, user: &str) -> TcpStream {
+    let mut c = wait_for_listener(SocketAddr::from(([127, 0, 0, 1], port)));
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x82, 0, 60];
+    for field in [client_id, user] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut connect = vec![0x10, body.len() as u8];
+    connect.extend_from_slice(&body);
+    c.write_all(&connect).unwrap();
+    let mut connack = [0u8; 4];
+    c.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    c
+}
+
+fn qos0_publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![
+        0x30,
+        (2 + topic.len() + payload.len()) as u8,
+        0,
+        topic.len() as u8,
+    ];
+    p.extend_from_slice(topic.as_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Reads QoS 0 PUBLISHes until one carries `marker`; returns the payloads before it.
+fn payloads_until(c: &mut TcpStream, marker: &[u8]) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    loop {
+        let mut head = [0u8; 2];
+        c.read_exact(&mut head).unwrap();
+        let mut body = vec![0u8; usize::from(head[1])];
+        c.read_exact(&mut body).unwrap();
+        assert_eq!(head[0] >> 4, 3, "a PUBLISH: {head:02x?} {body:02x?}");
+        let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        let payload = body[2 + topic_len..].to_vec();
+        if payload == marker {
+            return got;
+        }
+        got.push(payload);
+    }
+}
+
+/// SIGHUP reads the ACL file again and applies it to the subscriptions that exist: `a/#`,
+/// wholly readable before, no longer gets a/secret. The connections stay.
+#[test]
+fn sighup_reloads_the_acl_for_existing_subscriptions() {
+    let dir = std::env::temp_dir().join(format!("surgemq-sighup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let acl = dir.join("broker.acl");
+    std::fs::write(&acl, "topic readwrite #\nuser w\ntopic write #\n").unwrap();
+    let port = free_port();
+    let child = spawn_serve(
+        port,
+        "2",
+        &[
+            "--acl-file",
+            acl.to_str().unwrap(),
+            "--allow-anonymous",
+            "true",
+        ],
+        Stdio::null(),
+    );
+    let mut reader = mqtt_connect(port, "reader", 60);
+    // SUBSCRIBE id 1, a/# at QoS 0; SUBACK granting it.
+    reader
+        .write_all(&[0x82, 0x08, 0x00, 0x01, 0x00, 0x03, b'a', b'/', b'#', 0x00])
+        .unwrap();
+    let mut suback = [0u8; 5];
+    reader.read_exact(&mut suback).unwrap();
+    assert_eq!(suback, [0x90, 0x03, 0x00, 0x01, 0x00]);
+    let mut writer = mqtt_connect_as(port, "writer", "w");
+    writer
+        .write_all(&qos0_publish("a/secret", b"before"))
+        .unwrap();
+    writer.write_all(&qos0_publish("a/x", b"m0")).unwrap();
+    assert_eq!(payloads_until(&mut reader, b"m0"), vec![b"before".to_vec()]);
+
+    std::fs::write(
+        &acl,
+        "topic readwrite #\ntopic deny a/secret\nuser w\ntopic write #\n",
+    )
+    .unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let mut withheld = false;
+    for i in 1..100 {
+        writer
+            .write_all(&qos0_publish("a/secret", b"after"))
+            .unwrap();
+        let marker = format!("m{i}");
+        writer
+            .write_all(&qos0_publish("a/x", marker.as_bytes()))
+            .unwrap();
+        if payloads_until(&mut reader, marker.as_bytes()).is_empty() {
+            withheld = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(withheld, "a/secret still delivered after SIGHUP");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -43,6 +43,21 @@ impl ReloadableAuthenticator {
         Ok(auth)
     }
 
+    /// Starts from `initial`, already read from these files (whose errors the caller reported
+    /// its own way).
+    pub fn new(
+        initial: FileAuthenticator,
+        password_file: Option<PathBuf>,
+        acl_file: Option<PathBuf>,
+    ) -> ReloadableAuthenticator {
+        ReloadableAuthenticator {
+            allow_anonymous: initial.allow_anonymous,
+            current: RwLock::new(Arc::new(initial)),
+            password_file,
+            acl_file,
+        }
+    }
+
     /// Reads the files again; on an error the previous ones stay in use.
     pub fn reload(&self) -> Result<(), ReloadError> {
         let passwords = self

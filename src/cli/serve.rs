@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use surgemq::auth::{AclFile, FileAuthenticator, PasswordFile};
+use surgemq::auth::{AclFile, FileAuthenticator, PasswordFile, ReloadableAuthenticator};
 use surgemq::broker::shared::ShareStrategy;
 use surgemq::broker::{self, BrokerConfig, MetricsSnapshot};
 use surgemq::transport::{Listener, TlsFiles};
@@ -189,7 +189,15 @@ fn load_file(path: &std::path::Path) -> Result<(ConfigFile, Option<FromMosquitto
 }
 
 /// Turns flags (and the config file) into a validated broker configuration.
-fn build_config(args: ServeArgs) -> Result<(BrokerConfig, Option<FromMosquitto>), String> {
+/// The configuration, what a Mosquitto file asked of the log, and the authenticator SIGHUP
+/// reloads.
+type Built = (
+    BrokerConfig,
+    Option<FromMosquitto>,
+    Arc<ReloadableAuthenticator>,
+);
+
+fn build_config(args: ServeArgs) -> Result<Built, String> {
     let (file, mosquitto) = match &args.config {
         Some(path) => load_file(path)?,
         None => (ConfigFile::default(), None),
@@ -232,6 +240,12 @@ fn build_config(args: ServeArgs) -> Result<(BrokerConfig, Option<FromMosquitto>)
             .transpose()
             .map_err(|e| format!("invalid --acl-file: {e}"))?,
     };
+    // SIGHUP reads both files again (see `run`).
+    let authenticator = Arc::new(ReloadableAuthenticator::new(
+        authenticator,
+        password_file,
+        acl_file,
+    ));
     let config = BrokerConfig {
         listen,
         tls,
@@ -308,7 +322,7 @@ fn build_config(args: ServeArgs) -> Result<(BrokerConfig, Option<FromMosquitto>)
             defaults.queue_qos0,
         ),
         session_expiry: secs(args.session_expiry.or(file.u64("session-expiry")?)),
-        authenticator: Arc::new(authenticator),
+        authenticator: authenticator.clone(),
         spin_before_sleep: Duration::from_micros(pick(args.spin_us, file.u64("spin-us")?, 0)),
         park_idle_after: match args.park_idle_after.or(file.u64("park-idle-after")?) {
             Some(0) => None,
@@ -327,7 +341,7 @@ fn build_config(args: ServeArgs) -> Result<(BrokerConfig, Option<FromMosquitto>)
         ..defaults
     };
     config.validate().map_err(|e| e.to_string())?;
-    Ok((config, mosquitto))
+    Ok((config, mosquitto, authenticator))
 }
 
 /// The TLS files, when --cert or --key (or their keys) are given: both must be.
@@ -375,7 +389,7 @@ fn pick<T>(flag: Option<T>, from_file: Option<T>, default: T) -> T {
 }
 
 pub fn run(args: ServeArgs) -> Result<(), String> {
-    let (config, mosquitto) = build_config(args)?;
+    let (config, mosquitto, authenticator) = build_config(args)?;
     let log = match mosquitto {
         Some(m) => redirect_log(m)?,
         None => None,
@@ -406,6 +420,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         // New TLS connections get the files as they are now; a bad file keeps the old ones.
         if let Err(e) = handle.reload_tls() {
             warn!("SIGHUP: TLS files not reloaded, the previous ones stay in use: {e}");
+        }
+        // Password and ACL files too; a changed ACL applies to the subscriptions there.
+        match authenticator.reload() {
+            Ok(()) => handle.reauthorize(),
+            Err(e) => warn!("SIGHUP: {e}; the previous files stay in use"),
         }
         // A `log_dest file` is opened again, for logrotate.
         if let Some(log) = log.as_ref().filter(|l| l.is_file()) {
