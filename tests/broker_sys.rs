@@ -96,3 +96,30 @@ fn sys_topics_are_retained_and_off_with_a_zero_interval() {
     c.subscribe(1, &[("$SYS/#", 0)]);
     c.expect_open_and_silent(Duration::from_millis(1500));
 }
+
+#[test]
+fn sys_counts_deliveries_per_shared_subscription_group() {
+    with_shards(|shards| {
+        let broker = sys_broker(shards);
+        let members: Vec<RawClient> = (0..2)
+            .map(|i| {
+                let mut m = broker.connect(&broker.id_on(&format!("member{i}"), i % shards));
+                m.subscribe(1, &[("$share/workers/jobs/#", 0)]);
+                m
+            })
+            .collect();
+        let mut client = broker.connect(&broker.id_on("group-watcher", 0));
+        client.subscribe(1, &[("$SYS/broker/shared/#", 0)]);
+        let mut watcher = Watcher {
+            client,
+            latest: HashMap::new(),
+        };
+        let mut publisher = broker.connect(&broker.id_on("jobs-pub", shards - 1));
+        for _ in 0..20 {
+            publisher.send(&publish("jobs/1", b"x", 0, false, false, 0));
+        }
+        publisher.ping();
+        watcher.wait_for("$SYS/broker/shared/workers/messages/sent", "20");
+        drop(members);
+    });
+}

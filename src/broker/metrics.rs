@@ -133,6 +133,8 @@ pub struct MetricsSnapshot {
     /// sessions hold, queued or in flight.
     pub queued_messages: u64,
     pub queued_bytes: u64,
+    /// Messages given to each shared subscription group's members (by group name).
+    pub shared_groups: Vec<(String, u64)>,
 }
 
 impl Metrics {
@@ -237,6 +239,13 @@ impl MetricsSnapshot {
             }
         }
         total.protocol_errors_by_rule = by_rule.into_iter().collect();
+        let mut groups: std::collections::BTreeMap<String, u64> = Default::default();
+        for s in shards {
+            for (group, n) in &s.shared_groups {
+                *groups.entry(group.clone()).or_default() += n;
+            }
+        }
+        total.shared_groups = groups.into_iter().collect();
         total
     }
 }

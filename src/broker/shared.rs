@@ -15,6 +15,7 @@
 //! at most once per member ([`ShareTag::hops`]); see `shard::shared`.
 
 use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use ahash::{AHashMap, AHashSet};
@@ -83,6 +84,9 @@ struct ShareGroup {
     members: Vec<(SubscriberId, Grant)>,
     /// Where this shard's round robin goes on.
     next: Cell<usize>,
+    /// Messages this shard gave the group's members, shared by every filter the group name
+    /// is used with (see [`SharedIndex::delivered`]).
+    delivered: Rc<Cell<u64>>,
 }
 
 /// What a shard must know of a member to choose it: whether it can take a message now.
@@ -97,6 +101,8 @@ pub struct SharedIndex {
     offline: AHashSet<SubscriberId>,
     /// Groups each member is in.
     memberships_of: AHashMap<SubscriberId, u32>,
+    /// Messages given to each group name's members by this shard, since the start.
+    delivered: AHashMap<ByteStr, Rc<Cell<u64>>>,
     memberships: usize,
     random: Cell<u64>,
 }
@@ -107,6 +113,7 @@ impl Default for SharedIndex {
             groups: SubscriptionTrie::new(),
             offline: AHashSet::new(),
             memberships_of: AHashMap::new(),
+            delivered: AHashMap::new(),
             memberships: 0,
             random: Cell::new(0x9E37_79B9_7F4A_7C15),
         }
@@ -131,6 +138,7 @@ impl SharedIndex {
     pub fn insert(&mut self, full: &str, shared: SharedFilter<'_>, id: SubscriberId, grant: Grant) {
         let group = ByteStr::from(shared.group);
         if self.groups.get(shared.filter, &group).is_none() {
+            let delivered = self.delivered.entry(group.clone()).or_default().clone();
             self.groups.insert(
                 shared.filter,
                 group.clone(),
@@ -140,6 +148,7 @@ impl SharedIndex {
                     }),
                     members: Vec::new(),
                     next: Cell::new(0),
+                    delivered,
                 },
             );
         }
@@ -198,6 +207,7 @@ impl SharedIndex {
     ) {
         self.groups.for_each_match(topic, |_, group| {
             if let Some((id, grant)) = self.pick(group, topic, strategy, here, availability, None) {
+                group.delivered.set(group.delivered.get() + 1);
                 f(&group.key, id, grant);
             }
         });
@@ -276,6 +286,17 @@ impl SharedIndex {
         Some(members[chosen])
     }
 
+    /// Messages this shard gave each group (by name, over all its filters), sorted by name.
+    pub fn delivered(&self) -> Vec<(String, u64)> {
+        let mut counts: Vec<(String, u64)> = self
+            .delivered
+            .iter()
+            .map(|(name, n)| (name.as_str().to_string(), n.get()))
+            .collect();
+        counts.sort();
+        counts
+    }
+
     fn next_random(&self) -> u64 {
         // xorshift64: enough to spread messages; nothing depends on it being unpredictable.
         let mut x = self.random.get();
@@ -346,6 +367,7 @@ mod tests {
             picks(&index, "a/x", ShareStrategy::RoundRobin, &none, 6),
             [a, b, c, a, b, c]
         );
+        assert_eq!(index.delivered(), vec![("g".to_string(), 6)]);
         assert_eq!(
             picks(&index, "a/x", ShareStrategy::RoundRobin, &Busy(vec![b]), 4),
             [a, c, a, c]

@@ -29,6 +29,7 @@ pub async fn report_stats(shard: Rc<Shard>, board: Arc<StatsBoard>) {
 fn snapshot(shard: &Shard) -> MetricsSnapshot {
     let mut s = shard.metrics.snapshot(shard.stalls());
     s.cross_shard_batches = shard.router.borrow().batches_sent();
+    s.shared_groups = shard.shared_delivered();
     for session in shard.sessions.borrow().all() {
         let session = session.borrow();
         s.queued_messages += (session.queued() + session.inflight()) as u64;
@@ -154,6 +155,14 @@ impl SysTree {
             put("dropped/expired", s.dropped_expired);
             put("dropped/shared", s.dropped_shared);
             put("publishers/paused", s.publishers_paused);
+        }
+        for (group, n) in &t.shared_groups {
+            // A group name holds no `/`, `+` or `#` (MQTT-4.8.2-2): one topic level.
+            self.set(
+                shard,
+                &format!("{b}/shared/{group}/messages/sent"),
+                n.to_string(),
+            );
         }
         let max_connected = self.max_connected;
         self.set(

@@ -198,6 +198,11 @@ impl Shard {
         }
     }
 
+    /// Messages this shard gave each shared subscription group, by name.
+    pub(in crate::broker) fn shared_delivered(&self) -> Vec<(String, u64)> {
+        self.replica.borrow().shared.delivered()
+    }
+
     /// Handles another shard's [`ShardMessage::Presence`].
     pub(in crate::broker) fn presence(&self, subscriber: SubscriberId, online: bool) {
         self.replica
