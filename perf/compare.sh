@@ -24,7 +24,9 @@
 # subscriptions): `surgemq bench shared`, CLIENTS publishers each on its own topic -> one group
 # of MEMBERS (4) subscribers on $share/bench/<prefix>/+, every message to exactly one member;
 # the report adds each member's share of the messages (min/max %).
-# SURGEMQ_ARGS: more `surgemq serve` flags for surgemq-N (e.g. "--shared-strategy local-first").
+# SURGEMQ_ARGS: more `surgemq serve` flags for surgemq-N (e.g. "--shared-strategy local-first");
+# BASELINE_ARGS the same for baseline-N (with BASELINE_BIN=target/release/surgemq, an A/B of
+# two settings of one binary).
 # RESULTS (perf/results): where the report, raw lines and chart go (e.g. a temporary directory
 # for a trial run).
 # `perf/compare.sh --summarize RAW.jsonl` rebuilds the report and chart from a raw file.
@@ -352,7 +354,8 @@ start_broker() {
       fi ;;
     baseline-*)
       [ -x "${BASELINE_BIN:-}" ] || { log "BASELINE_BIN is not an executable"; return 1; }
-      "$BASELINE_BIN" serve --listen "$(listen_url "$3" "$2")" "${tls_flags[@]}" --shards "${1#baseline-}" --log-level warn &
+      # shellcheck disable=SC2086 # BASELINE_ARGS is a list of flags
+      "$BASELINE_BIN" serve --listen "$(listen_url "$3" "$2")" "${tls_flags[@]}" --shards "${1#baseline-}" --log-level warn ${BASELINE_ARGS:-} &
       BROKER_PID=$!
       wait_port "$2" ;;
     mosquitto)
@@ -453,7 +456,7 @@ meta = {"meta": True, "date": "$(date -u +'%F %H:%M UTC')", "host": "$(hostname 
         "machine": "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, shared with other builds",
         "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)",
         "kernel": "$(uname -r)", "surgemq": "$(git rev-parse --short HEAD), release build${SURGEMQ_ARGS:+, serve $SURGEMQ_ARGS}",
-        "baseline": "${BASELINE_BIN:-}",
+        "baseline": "${BASELINE_BIN:-}${BASELINE_ARGS:+, serve $BASELINE_ARGS}",
         "mosquitto": "$mosq_version", "rumqttd": "$rumq_version", "flashmq": "${FLASHMQ_BIN:-}",
         "transports": "$TRANSPORTS",
         "tls": "$([ "$needs_tls" = 1 ] && echo "EC P-256 server certificate signed by a CA made for the run; the generator checks it with --cafile (rustls, TLS 1.3 when the broker offers it)")",
