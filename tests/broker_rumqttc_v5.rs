@@ -845,6 +845,115 @@ fn shared_subscription_members_share_messages() {
     });
 }
 
+// ----- mixed versions -------------------------------------------------------------------------
+
+/// A rumqttc 3.1.1 client (rumqttc's top-level module) with its events on a channel.
+struct Mq311 {
+    client: rumqttc::Client,
+    events: Receiver<Result<rumqttc::Event, rumqttc::ConnectionError>>,
+}
+
+impl Mq311 {
+    #[track_caller]
+    fn connect(broker: &Broker, id: &str) -> Mq311 {
+        let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", broker.addr.port());
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut connection) = rumqttc::Client::new(options, 100);
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                let stop = event.is_err();
+                if tx.send(event).is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let mut mq = Mq311 { client, events };
+        mq.wait_for("CONNACK", |p| {
+            matches!(p, rumqttc::Packet::ConnAck(_)).then_some(())
+        });
+        mq
+    }
+
+    #[track_caller]
+    fn wait_for<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&rumqttc::Packet) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(Ok(rumqttc::Event::Incoming(p))) => {
+                    if let Some(t) = pick(&p) {
+                        return t;
+                    }
+                }
+                Ok(Ok(rumqttc::Event::Outgoing(_))) => {}
+                Ok(Err(e)) => panic!("3.1.1 client: error while waiting for {what}: {e:?}"),
+                Err(e) => panic!("3.1.1 client: no {what} within {EVENT_TIMEOUT:?}: {e:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn mqtt5_and_311_rumqttc_clients_interoperate() {
+    // Issue 15, "mixed versions interoperate": a v5 publisher's message reaches a 3.1.1
+    // subscriber without properties; a 3.1.1 message reaches a v5 subscriber with none.
+    with_shards(|shards| {
+        let broker = Broker::start(shards);
+        let (old_id, new_id) = broker.ids_apart("mix-311", "mix-5");
+        let mut old = Mq311::connect(&broker, &old_id);
+        old.client
+            .subscribe("mix/#", rumqttc::QoS::AtLeastOnce)
+            .unwrap();
+        old.wait_for("SUBACK", |p| {
+            matches!(p, rumqttc::Packet::SubAck(_)).then_some(())
+        });
+        let mut new = Mq::connect(&broker, &new_id);
+        new.subscribe(filter("mix/#", QoS::AtLeastOnce));
+        new.publish_acked(
+            "mix/from5",
+            QoS::AtLeastOnce,
+            false,
+            b"{}",
+            Some(message_properties()),
+        );
+        let got = old.wait_for("PUBLISH", |p| match p {
+            rumqttc::Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            (got.topic.as_str(), &got.payload[..]),
+            ("mix/from5", &b"{}"[..])
+        );
+        assert_eq!(got.qos, rumqttc::QoS::AtLeastOnce);
+        // The v5 publisher gets its own message back, properties and all.
+        let own = new.next_publish();
+        assert_eq!(own.properties, Some(message_properties()));
+        old.client
+            .publish(
+                "mix/from311",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                b"plain".to_vec(),
+            )
+            .unwrap();
+        old.wait_for("PUBACK", |p| {
+            matches!(p, rumqttc::Packet::PubAck(_)).then_some(())
+        });
+        let got = new.next_publish();
+        assert_eq!(
+            (topic_of(&got), &got.payload[..]),
+            ("mix/from311", &b"plain"[..])
+        );
+        assert_eq!(got.properties, None, "a 3.1.1 message has no properties");
+        new.expect_no_publish();
+    });
+}
+
 // ----- reason codes ---------------------------------------------------------------------------
 
 fn acl_broker(shards: usize) -> Broker {
