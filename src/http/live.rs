@@ -1,9 +1,15 @@
 //! What the live page draws: a short history of the board, sampled once a second by the
 //! server's own thread, and `/stats.json`, which carries the current counters (broker-wide and
 //! per shard) and the samples the page has not seen yet.
+//!
+//! Each shard refreshes its slot of the board once a second on its own timer, so a sample
+//! taken every second would hold two refreshes of a shard now and then and none the next
+//! time: rates from it would jump between 0 and twice the truth. The [`Tracker`] therefore
+//! looks at the board every [`OBSERVE_PERIOD`] and notes when each shard's counters last
+//! changed; a sample carries that time per shard, and rates divide by it.
 
 use std::collections::VecDeque;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
@@ -13,45 +19,71 @@ use crate::broker::stats::StatsBoard;
 
 /// Samples kept: ten minutes at one a second.
 pub const HISTORY_LEN: usize = 600;
+/// How often the tracker looks at the board: the error of a rate's time base.
+pub const OBSERVE_PERIOD: Duration = Duration::from_millis(50);
 
-/// The counters the charts need, at one moment.
+/// One shard's counters the charts need, and when they last changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardSample {
+    /// PUBLISH messages received (routed) and sent, and messages dropped.
+    pub received: u64,
+    pub sent: u64,
+    pub dropped: u64,
+    /// Open connections (a gauge: its value now).
+    pub connections: u64,
+    /// When `received`, `sent` or `dropped` last changed, in milliseconds since the Unix
+    /// epoch (when first seen, for a shard whose counters have not moved since).
+    pub changed_ms: u64,
+}
+
+/// The board at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
     /// Milliseconds since the Unix epoch.
     pub t_ms: u64,
-    pub received: u64,
-    pub sent: u64,
-    pub connections: u64,
-    pub dropped: u64,
-    /// Per shard: PUBLISH messages received (routed) and sent, and open connections.
-    pub shards: Vec<[u64; 3]>,
+    pub shards: Vec<ShardSample>,
 }
 
 impl Sample {
-    pub fn of(shards: &[MetricsSnapshot], t_ms: u64) -> Sample {
-        let total = MetricsSnapshot::sum(shards);
-        Sample {
-            t_ms,
-            received: total.messages_routed,
-            sent: total.publishes_out,
-            connections: total.connections,
-            dropped: dropped(&total),
-            shards: shards
-                .iter()
-                .map(|s| [s.messages_routed, s.publishes_out, s.connections])
-                .collect(),
+    fn to_json(&self) -> Value {
+        let shards: Vec<[u64; 5]> = self
+            .shards
+            .iter()
+            .map(|s| [s.received, s.sent, s.dropped, s.connections, s.changed_ms])
+            .collect();
+        json!({ "t": self.t_ms, "shards": shards })
+    }
+}
+
+/// Every shard's latest counters and when they changed.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    shards: Vec<ShardSample>,
+}
+
+impl Tracker {
+    /// Looks at the shards' counters as they are at `now_ms`.
+    pub fn observe(&mut self, shards: &[MetricsSnapshot], now_ms: u64) {
+        self.shards.resize(shards.len(), ShardSample::default());
+        for (seen, m) in self.shards.iter_mut().zip(shards) {
+            let (received, sent, dropped) = (m.messages_routed, m.publishes_out, dropped(m));
+            if seen.changed_ms == 0
+                || (received, sent, dropped) != (seen.received, seen.sent, seen.dropped)
+            {
+                seen.received = received;
+                seen.sent = sent;
+                seen.dropped = dropped;
+                seen.changed_ms = now_ms;
+            }
+            seen.connections = m.connections;
         }
     }
 
-    fn to_json(&self) -> Value {
-        json!({
-            "t": self.t_ms,
-            "in": self.received,
-            "out": self.sent,
-            "conn": self.connections,
-            "drop": self.dropped,
-            "shards": self.shards,
-        })
+    pub fn sample(&self, t_ms: u64) -> Sample {
+        Sample {
+            t_ms,
+            shards: self.shards.clone(),
+        }
     }
 }
 
@@ -139,12 +171,27 @@ mod tests {
     fn sample(t_ms: u64) -> Sample {
         Sample {
             t_ms,
-            received: t_ms,
-            sent: 0,
-            connections: 0,
-            dropped: 0,
             shards: vec![],
         }
+    }
+
+    #[test]
+    fn the_tracker_notes_when_each_shard_changed() {
+        let shard = |routed, connections| MetricsSnapshot {
+            messages_routed: routed,
+            connections,
+            ..MetricsSnapshot::default()
+        };
+        let mut t = Tracker::default();
+        t.observe(&[shard(0, 1), shard(5, 0)], 1000);
+        t.observe(&[shard(10, 2), shard(5, 0)], 1050);
+        // A gauge moving is not a change of the counters.
+        t.observe(&[shard(10, 3), shard(5, 0)], 1100);
+        let s = t.sample(1200);
+        assert_eq!(s.shards[0].received, 10);
+        assert_eq!(s.shards[0].changed_ms, 1050);
+        assert_eq!(s.shards[0].connections, 3);
+        assert_eq!(s.shards[1].changed_ms, 1000);
     }
 
     #[test]
@@ -175,8 +222,10 @@ mod tests {
         board.publish(0, shard(4));
         board.publish(1, shard(6));
         let mut h = History::default();
-        h.push(Sample::of(&board.shards(), 1000));
-        h.push(Sample::of(&board.shards(), 2000));
+        let mut tracker = Tracker::default();
+        tracker.observe(&board.shards(), 900);
+        h.push(tracker.sample(1000));
+        h.push(tracker.sample(2000));
         let v: Value = serde_json::from_str(&stats_json(&board, &h, 1000)).unwrap();
         assert_eq!(v["shards"], 2);
         assert_eq!(v["total"]["messages_routed"], 10);
@@ -187,7 +236,7 @@ mod tests {
         let samples = v["samples"].as_array().unwrap();
         assert_eq!(samples.len(), 1);
         assert_eq!(samples[0]["t"], 2000);
-        assert_eq!(samples[0]["in"], 10);
-        assert_eq!(samples[0]["shards"][0][0], 4);
+        assert_eq!(samples[0]["shards"][0], json!([4, 0, 1, 0, 900]));
+        assert_eq!(samples[0]["shards"][1][0], 6);
     }
 }

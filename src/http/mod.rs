@@ -10,7 +10,7 @@
 //!   that polls `/stats.json` every second and charts messages/s in and out, connections,
 //!   drops and per-shard load over the last minutes.
 //!
-//! One thread accepts connections and samples the board every second for the page's history;
+//! One thread accepts connections and samples the board for the page's history (see `live`);
 //! each connection is answered on a thread of its own (at most [`MAX_CONNECTIONS`] at once,
 //! more get `503`), which has [`HEAD_DEADLINE`] to send its request and [`WRITE_TIMEOUT`] per
 //! write of the answer, so a slow client holds one thread for seconds, never the others.
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::broker::stats::{StatsBoard, STATS_PERIOD};
-use live::{now_ms, History, Sample};
+use live::{now_ms, History, Tracker, OBSERVE_PERIOD};
 use request::{close_gracefully, read_request, ReadError, Request, Response};
 
 /// Connections answered at once; more are turned away with `503`.
@@ -41,8 +41,8 @@ pub const MAX_CONNECTIONS: usize = 32;
 pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 /// How long one write of a response may block.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the accept thread looks at its stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(100);
+/// How long the accept thread waits after a failed accept.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// The live page, embedded in the binary.
 const PAGE: &str = include_str!("page.html");
@@ -74,7 +74,7 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Stops accepting and waits for the accept thread to end (at most about 0.1 s).
+    /// Stops accepting and waits for the accept thread to end (at most about 0.05 s).
     pub fn shutdown(mut self) {
         self.stop();
     }
@@ -132,23 +132,27 @@ pub fn serve_metrics(addr: SocketAddr, board: Arc<StatsBoard>) -> Result<Metrics
 const LINGER: Duration = Duration::from_secs(1);
 const MAX_LINGERING: usize = 256;
 
+/// Accepts connections; between them, looks at the board every [`OBSERVE_PERIOD`] and
+/// samples it every [`STATS_PERIOD`] for the page (see `live`).
 fn accept_loop(listener: TcpListener, state: Arc<State>, stop: Arc<AtomicBool>) {
-    let mut next_sample = Instant::now();
+    let mut tracker = Tracker::default();
+    let mut next_observe = Instant::now();
+    let mut next_sample = next_observe;
     let mut lingering: VecDeque<(Instant, TcpStream)> = VecDeque::new();
     while !stop.load(Ordering::Acquire) {
         let now = Instant::now();
         while lingering.front().is_some_and(|(until, _)| *until <= now) {
             lingering.pop_front();
         }
-        if now >= next_sample {
-            let sample = Sample::of(&state.board.shards(), now_ms());
-            lock(&state.history).push(sample);
-            next_sample += STATS_PERIOD;
-            if next_sample <= now {
-                next_sample = now + STATS_PERIOD;
-            }
+        if now >= next_observe {
+            tracker.observe(&state.board.shards(), now_ms());
+            next_observe = later(next_observe, OBSERVE_PERIOD, now);
         }
-        let wait = next_sample.saturating_duration_since(now).min(STOP_CHECK);
+        if now >= next_sample {
+            lock(&state.history).push(tracker.sample(now_ms()));
+            next_sample = later(next_sample, STATS_PERIOD, now);
+        }
+        let wait = next_observe.saturating_duration_since(now);
         if !readable(&listener, wait) {
             continue;
         }
@@ -171,9 +175,19 @@ fn accept_loop(listener: TcpListener, state: Arc<State>, stop: Arc<AtomicBool>) 
             Err(e) => {
                 // Out of file descriptors, say: wait rather than spin.
                 warn!("metrics endpoint: accept failed: {e}");
-                std::thread::sleep(STOP_CHECK);
+                std::thread::sleep(ACCEPT_RETRY);
             }
         }
+    }
+}
+
+/// The next tick of a period after `now`, skipping the ticks missed.
+fn later(tick: Instant, period: Duration, now: Instant) -> Instant {
+    let next = tick + period;
+    if next <= now {
+        now + period
+    } else {
+        next
     }
 }
 
