@@ -295,7 +295,7 @@ fn slow_clients_hold_up_nobody_and_time_out() {
     let busy = setup.get("/healthz");
     assert_eq!(busy.status, 503, "{busy:?}");
     assert!(busy.head.contains("Retry-After: 1"));
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(2));
 
     // They get 408 once their deadline passes, and free their threads.
     let first = &mut stalled[0];
@@ -325,7 +325,7 @@ fn shutdown_stops_listening() {
     assert_eq!(setup.get("/healthz").status, 200);
     let started = Instant::now();
     setup.metrics.take().unwrap().shutdown();
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(2));
     assert!(TcpStream::connect(setup.http).is_err());
     // Another endpoint can take the port again.
     let again = serve_metrics(setup.http, setup.broker.as_ref().unwrap().stats())
