@@ -89,6 +89,9 @@ pub struct BrokerConfig {
     /// last compaction kept (see `compaction`). Tests lower it.
     #[doc(hidden)]
     pub compact_after_bytes: u64,
+    /// Where the metrics endpoint (`surgemq::http`: /metrics, /healthz, the live page)
+    /// listens; None serves none. The binary starts it beside the broker.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for BrokerConfig {
@@ -121,6 +124,7 @@ impl Default for BrokerConfig {
             sync_interval: Duration::ZERO,
             full_disk_fault: None,
             compact_after_bytes: 64 << 20,
+            metrics_listen: None,
         }
     }
 }

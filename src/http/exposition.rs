@@ -1,0 +1,365 @@
+//! The broker's counters in the Prometheus text exposition format (version 0.0.4), written
+//! from a [`StatsBoard`] read: one series per shard (`shard="N"`) for everything a shard
+//! counts, broker-wide gauges for what is not per shard (subscriptions, which every shard's
+//! replica holds in full; uptime; start time).
+//!
+//! The format is a few lines of text per family, and the board is already a snapshot, so it
+//! is written here rather than through a client library's registry of live metric objects:
+//! [`SERIES`] is the one list of what is exported, shared with `/stats.json`.
+
+use std::fmt::Write as _;
+
+use crate::broker::metrics::MetricsSnapshot;
+use crate::broker::stats::StatsBoard;
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "surgemq_";
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// At most this many `rule` series per shard in `surgemq_protocol_errors_by_rule_total` (the
+/// most frequent ones): a rule's text may quote what the client sent, so the set is open.
+/// `surgemq_protocol_errors_total` counts them all.
+pub const MAX_RULES_PER_SHARD: usize = 50;
+
+/// Rule texts longer than this (in bytes) are cut, at a character boundary, in labels.
+pub const MAX_RULE_LEN: usize = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One per-shard series: its family, an optional label telling it from the family's other
+/// series, and where its value is in a [`MetricsSnapshot`].
+#[derive(Debug, Clone, Copy)]
+pub struct Series {
+    /// Family name after [`PREFIX`]; counters get `_total` appended.
+    pub family: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub label: Option<(&'static str, &'static str)>,
+    /// The key in `/stats.json`.
+    pub key: &'static str,
+    pub get: fn(&MetricsSnapshot) -> u64,
+}
+
+const fn counter(
+    family: &'static str,
+    help: &'static str,
+    key: &'static str,
+    get: fn(&MetricsSnapshot) -> u64,
+) -> Series {
+    Series {
+        family,
+        kind: Kind::Counter,
+        help,
+        label: None,
+        key,
+        get,
+    }
+}
+
+const fn labelled(series: Series, name: &'static str, value: &'static str) -> Series {
+    Series {
+        label: Some((name, value)),
+        ..series
+    }
+}
+
+const fn gauge(
+    family: &'static str,
+    help: &'static str,
+    key: &'static str,
+    get: fn(&MetricsSnapshot) -> u64,
+) -> Series {
+    Series {
+        kind: Kind::Gauge,
+        ..counter(family, help, key, get)
+    }
+}
+
+const DROPPED: &str = "Messages dropped, by reason.";
+const REFUSED: &str = "Connections refused, by reason.";
+const CONFIRMATIONS: &str = "Durability confirmations exchanged with other shards.";
+
+/// Everything exported per shard. Series of one family are next to each other.
+#[rustfmt::skip]
+pub const SERIES: &[Series] = &[
+    counter("connections_accepted", "Client connections that completed CONNECT.", "connections_total", |m| m.connections_total),
+    counter("packets_received", "MQTT packets received from clients.", "packets_in", |m| m.packets_in),
+    counter("packets_sent", "MQTT packets sent to clients.", "packets_out", |m| m.packets_out),
+    counter("bytes_received", "Bytes received from clients.", "bytes_in", |m| m.bytes_in),
+    counter("bytes_sent", "Bytes sent to clients.", "bytes_out", |m| m.bytes_out),
+    counter("publish_received", "PUBLISH messages received from clients and routed.", "messages_routed", |m| m.messages_routed),
+    counter("publish_sent", "PUBLISH packets sent to clients.", "publishes_out", |m| m.publishes_out),
+    labelled(counter("messages_dropped", DROPPED, "dropped_queue_full_qos0", |m| m.dropped_queue_full_qos0), "reason", "queue_full_qos0"),
+    labelled(counter("messages_dropped", DROPPED, "dropped_queue_full_qos12", |m| m.dropped_queue_full_qos12), "reason", "queue_full_qos12"),
+    labelled(counter("messages_dropped", DROPPED, "dropped_offline_qos0", |m| m.dropped_offline_qos0), "reason", "offline_qos0"),
+    labelled(counter("messages_dropped", DROPPED, "dropped_too_large", |m| m.dropped_too_large), "reason", "too_large"),
+    labelled(counter("messages_dropped", DROPPED, "dropped_expired", |m| m.dropped_expired), "reason", "expired"),
+    labelled(counter("messages_dropped", DROPPED, "dropped_shared", |m| m.dropped_shared), "reason", "shared_no_member"),
+    counter("shared_delivered", "Messages given to a shared subscription's member.", "shared_delivered", |m| m.shared_delivered),
+    counter("shared_redispatched", "Shared-subscription messages given to another member.", "shared_redispatched", |m| m.shared_redispatched),
+    counter("protocol_errors", "Connections closed for a protocol error.", "protocol_errors", |m| m.protocol_errors),
+    labelled(counter("connections_refused", REFUSED, "refused_max_connections", |m| m.refused_max_connections), "reason", "max_connections"),
+    labelled(counter("connections_refused", REFUSED, "refused_auth", |m| m.refused_auth), "reason", "auth"),
+    counter("publishes_denied", "PUBLISH messages the ACL refused.", "publishes_denied", |m| m.publishes_denied),
+    counter("connections_parked", "Idle connections parked.", "parks", |m| m.parks),
+    counter("connections_unparked", "Parked connections taken back.", "unparks", |m| m.unparks),
+    counter("pressure_raised", "Times a full subscriber queue held QoS 1/2 publishers back.", "pressure_raised", |m| m.pressure_raised),
+    counter("publishers_paused", "Times a publisher was paused for a full subscriber queue.", "publishers_paused", |m| m.publishers_paused),
+    counter("subscribers_stalled", "Subscribers found stalled with a full queue.", "subscribers_stalled", |m| m.subscribers_stalled),
+    counter("log_compactions", "Compactions of the shard's log.", "compactions", |m| m.compactions),
+    counter("log_commits", "Log commits made durable.", "log_commits", |m| m.log_commits),
+    labelled(counter("durability_confirmations", CONFIRMATIONS, "confirmations_sent", |m| m.confirmations_sent), "direction", "sent"),
+    labelled(counter("durability_confirmations", CONFIRMATIONS, "confirmations_received", |m| m.confirmations_received), "direction", "received"),
+    counter("mesh_stalls", "Times the shard waited for room in another shard's inbox.", "mesh_stalls", |m| m.mesh_stalls),
+    counter("cross_shard_batches", "Batches and retained messages sent to other shards.", "cross_shard_batches", |m| m.cross_shard_batches),
+    counter("sessions_expired", "Sessions removed because they expired.", "sessions_expired", |m| m.sessions_expired),
+    gauge("connections", "Open client connections.", "connections", |m| m.connections),
+    gauge("sessions", "Sessions, connected or not.", "sessions", |m| m.sessions),
+    gauge("retained_messages", "Retained messages held.", "retained", |m| m.retained),
+    gauge("queued_messages", "QoS 1/2 messages sessions hold, queued or in flight.", "queued_messages", |m| m.queued_messages),
+    gauge("queued_bytes", "Payload bytes sessions hold, queued or in flight.", "queued_bytes", |m| m.queued_bytes),
+];
+
+/// The sum of every drop reason.
+pub fn dropped(m: &MetricsSnapshot) -> u64 {
+    SERIES
+        .iter()
+        .filter(|s| s.family == "messages_dropped")
+        .map(|s| (s.get)(m))
+        .sum()
+}
+
+/// A label value with `\`, `"` and line feeds escaped.
+pub fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// HELP text with `\` and line feeds escaped.
+fn escape_help(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// `text` cut to at most `max` bytes at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn header(out: &mut String, name: &str, kind: Kind, help: &str) {
+    let kind = match kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+    };
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn full_name(family: &str, kind: Kind) -> String {
+    match kind {
+        Kind::Counter => format!("{PREFIX}{family}_total"),
+        Kind::Gauge => format!("{PREFIX}{family}"),
+    }
+}
+
+/// The whole `/metrics` page from the board as it is now.
+pub fn render(board: &StatsBoard) -> String {
+    render_shards(
+        &board.shards(),
+        board.uptime().as_secs_f64(),
+        board.started_unix_s(),
+    )
+}
+
+/// The `/metrics` page from the shards' counters.
+pub fn render_shards(shards: &[MetricsSnapshot], uptime_s: f64, started_unix_s: u64) -> String {
+    let mut out = String::with_capacity(4096 + 2048 * shards.len());
+    let total = MetricsSnapshot::sum(shards);
+    let broker_wide: [(&str, &str, String); 4] = [
+        (
+            "subscriptions",
+            "Subscriptions (every shard holds them all; counted once).",
+            total.subscriptions.to_string(),
+        ),
+        (
+            "shards",
+            "Shards (executors) the broker runs.",
+            shards.len().to_string(),
+        ),
+        (
+            "uptime_seconds",
+            "Seconds since the broker started.",
+            format!("{uptime_s:.3}"),
+        ),
+        (
+            "start_time_seconds",
+            "When the broker started, in seconds since the Unix epoch.",
+            started_unix_s.to_string(),
+        ),
+    ];
+    for (family, help, value) in broker_wide {
+        let name = full_name(family, Kind::Gauge);
+        header(&mut out, &name, Kind::Gauge, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let name = full_name("build_info", Kind::Gauge);
+    header(
+        &mut out,
+        &name,
+        Kind::Gauge,
+        "The broker's version, as a label.",
+    );
+    let version = escape_label_value(env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(out, "{name}{{version=\"{version}\"}} 1");
+
+    let mut i = 0;
+    while i < SERIES.len() {
+        let first = &SERIES[i];
+        let family_len = SERIES[i..]
+            .iter()
+            .take_while(|s| s.family == first.family)
+            .count();
+        let name = full_name(first.family, first.kind);
+        header(&mut out, &name, first.kind, first.help);
+        for series in &SERIES[i..i + family_len] {
+            for (shard, m) in shards.iter().enumerate() {
+                let _ = match series.label {
+                    Some((label, value)) => writeln!(
+                        out,
+                        "{name}{{shard=\"{shard}\",{label}=\"{value}\"}} {}",
+                        (series.get)(m)
+                    ),
+                    None => writeln!(out, "{name}{{shard=\"{shard}\"}} {}", (series.get)(m)),
+                };
+            }
+        }
+        i += family_len;
+    }
+    rules(&mut out, shards);
+    out
+}
+
+/// Protocol errors by the rule broken: the most frequent [`MAX_RULES_PER_SHARD`] per shard.
+fn rules(out: &mut String, shards: &[MetricsSnapshot]) {
+    let name = full_name("protocol_errors_by_rule", Kind::Counter);
+    header(
+        out,
+        &name,
+        Kind::Counter,
+        "Connections closed for a protocol error, by the rule broken (the most frequent rules).",
+    );
+    for (shard, m) in shards.iter().enumerate() {
+        let mut by_count: Vec<&(String, u64)> = m.protocol_errors_by_rule.iter().collect();
+        by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        // Two long rules cut to the same text must stay one series.
+        let mut seen = std::collections::BTreeMap::<&str, u64>::new();
+        for (rule, n) in by_count {
+            let cut = truncate(rule, MAX_RULE_LEN);
+            if seen.len() < MAX_RULES_PER_SHARD || seen.contains_key(cut) {
+                *seen.entry(cut).or_default() += n;
+            }
+        }
+        for (rule, n) in seen {
+            let rule = escape_label_value(rule);
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\",rule=\"{rule}\"}} {n}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(routed: u64, rules: &[(&str, u64)]) -> MetricsSnapshot {
+        MetricsSnapshot {
+            messages_routed: routed,
+            subscriptions: 4,
+            dropped_expired: 2,
+            dropped_shared: 1,
+            protocol_errors: rules.iter().map(|r| r.1).sum(),
+            protocol_errors_by_rule: rules.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+            ..MetricsSnapshot::default()
+        }
+    }
+
+    #[test]
+    fn label_values_and_help_are_escaped() {
+        assert_eq!(escape_label_value(r#"a\b"c"#), r#"a\\b\"c"#);
+        assert_eq!(escape_label_value("line\nnext"), "line\\nnext");
+        assert_eq!(escape_help("a\\b\nc \"q\""), "a\\\\b\\nc \"q\"");
+    }
+
+    #[test]
+    fn every_family_has_one_header_and_per_shard_series() {
+        let text = render_shards(&[shard(10, &[]), shard(5, &[])], 1.5, 1_700_000_000);
+        assert!(text.contains("surgemq_publish_received_total{shard=\"0\"} 10\n"));
+        assert!(text.contains("surgemq_publish_received_total{shard=\"1\"} 5\n"));
+        assert!(text.contains("surgemq_messages_dropped_total{shard=\"1\",reason=\"expired\"} 2\n"));
+        // Replicated: once, not summed.
+        assert!(text.contains("\nsurgemq_subscriptions 4\n"));
+        assert!(text.contains("\nsurgemq_uptime_seconds 1.500\n"));
+        assert!(text.contains("\nsurgemq_start_time_seconds 1700000000\n"));
+        let mut types = std::collections::HashSet::new();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split(' ').nth(2).unwrap();
+            assert!(types.insert(name.to_string()), "two TYPE lines for {name}");
+            if line.ends_with(" counter") {
+                assert!(name.ends_with("_total"), "{line}");
+            }
+        }
+        // Every sample belongs to a family declared above it.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(types.contains(name), "{line}");
+        }
+        assert_eq!(dropped(&shard(0, &[])), 3);
+    }
+
+    #[test]
+    fn rules_are_escaped_capped_and_cut() {
+        let nasty = "protocol name \"M\\QTT\"\nx (MQTT-3.1.2-1)";
+        let long = "é".repeat(MAX_RULE_LEN);
+        let mut rules: Vec<(String, u64)> = (0..MAX_RULES_PER_SHARD + 10)
+            .map(|i| (format!("rule {i:03}"), 1))
+            .collect();
+        rules.push((nasty.to_string(), 7));
+        rules.push((long.clone(), 3));
+        rules.push((format!("{long}tail"), 2));
+        let m = MetricsSnapshot {
+            protocol_errors_by_rule: rules,
+            ..MetricsSnapshot::default()
+        };
+        let text = render_shards(&[m], 0.0, 0);
+        assert!(text.contains(
+            "surgemq_protocol_errors_by_rule_total{shard=\"0\",rule=\"protocol name \\\"M\\\\QTT\\\"\\nx (MQTT-3.1.2-1)\"} 7\n"
+        ));
+        let cut = truncate(&long, MAX_RULE_LEN);
+        assert!(cut.len() <= MAX_RULE_LEN && cut.len() > MAX_RULE_LEN - 2);
+        assert!(text.contains(&format!("rule=\"{cut}\"}} 5\n")));
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("surgemq_protocol_errors_by_rule_total{"))
+            .count();
+        assert_eq!(series, MAX_RULES_PER_SHARD);
+    }
+}
