@@ -76,6 +76,11 @@ if [ -x scripts/interop-tls.sh ]; then
   scripts/interop-tls.sh
 fi
 
+if [ -x scripts/metrics-test.sh ]; then
+  log "metrics endpoint (promtool, a real Prometheus, the live page in headless Chromium)"
+  scripts/metrics-test.sh
+fi
+
 if [ -x scripts/crash-test.sh ]; then
   log "crash test (--data-dir, five kill -9s, paho)"
   scripts/crash-test.sh

@@ -121,3 +121,21 @@ fn v5_response_information_is_sent_only_on_request() {
     c.send(&ConnectBuilder::v5("quiet", &[]).build());
     c.expect_bytes(&connack_v5(false));
 }
+
+#[test]
+fn v5_a_session_past_its_expiry_is_not_resumed_even_before_the_sweep() {
+    // The sweep that removes expired sessions runs once a second; a CONNECT that comes after
+    // the deadline but before the sweep must not find the session either (MQTT-3.1.2-23).
+    let broker = Broker::start(1);
+    let expiry = [0x11, 0x00, 0x00, 0x00, 0x01]; // Session Expiry Interval 1 s
+    for round in 0..3 {
+        let id = format!("brief-{round}");
+        let mut c = broker.connect_v5(&ConnectBuilder::v5(&id, &expiry).clean(false));
+        c.subscribe_v5(1, &[("brief/t", 0x01)]);
+        c.disconnect();
+        std::thread::sleep(Duration::from_millis(1100));
+        broker
+            .connect_v5(&ConnectBuilder::v5(&id, &expiry).clean(false))
+            .disconnect();
+    }
+}

@@ -63,6 +63,9 @@ pub struct Metrics {
     pub protocol_errors_by_rule: RefCell<AHashMap<String, u64>>,
 }
 
+/// Distinct protocol-error texts a shard keeps (see [`Metrics::count_protocol_error`]).
+const MAX_RULES: usize = 100;
+
 pub fn add(counter: &Cell<u64>, n: u64) {
     counter.set(counter.get() + n);
 }
@@ -77,13 +80,35 @@ impl Metrics {
         add(c, 1);
     }
 
+    /// Counts a protocol error under its rule's text. The text may quote what the client
+    /// sent, so the distinct rules kept are bounded; beyond that they count as one.
     pub fn count_protocol_error(&self, rule: String) {
         add(&self.protocol_errors, 1);
-        *self
-            .protocol_errors_by_rule
-            .borrow_mut()
-            .entry(rule)
-            .or_default() += 1;
+        let mut by_rule = self.protocol_errors_by_rule.borrow_mut();
+        let rule = if by_rule.len() >= MAX_RULES && !by_rule.contains_key(&rule) {
+            "other (more distinct rules than are kept)".to_string()
+        } else {
+            rule
+        };
+        *by_rule.entry(rule).or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_protocol_error_texts_are_bounded() {
+        let m = Metrics::default();
+        for i in 0..1000 {
+            m.count_protocol_error(format!("bad name {i}"));
+        }
+        m.count_protocol_error("bad name 3".into());
+        let by_rule = m.protocol_errors_by_rule.borrow();
+        assert!(by_rule.len() <= MAX_RULES + 1, "{}", by_rule.len());
+        assert_eq!(by_rule["bad name 3"], 2);
+        assert_eq!(m.protocol_errors.get(), 1001);
     }
 }
 

@@ -305,7 +305,16 @@ impl Shard {
             (connect.clean_session, self.config.session_expiry)
         };
         let peer = peer_limits(connect);
-        let existing = self.sessions.borrow().find(&connect.client_id);
+        let mut existing = self.sessions.borrow().find(&connect.client_id);
+        if existing
+            .as_ref()
+            .is_some_and(|s| s.borrow().expired(std::time::Instant::now()))
+        {
+            // Expired, and the sweep (once a second) has not got to it yet: it is gone.
+            let expired = existing.take().expect("checked");
+            add(&self.metrics.sessions_expired, 1);
+            self.remove_session(&expired);
+        }
         if let Some(existing) = existing {
             // A stored session is resumed only by the user it belongs to: its subscriptions
             // were authorized for that user, and another must not inherit them. An MQTT 5

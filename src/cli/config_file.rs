@@ -37,6 +37,7 @@ const KNOWN_KEYS: &[&str] = &[
     "require-certificate",
     "use-identity-as-username",
     "listener",
+    "metrics-listen",
 ];
 
 /// Keys of a `[[listener]]` table: its URL and its own TLS settings.

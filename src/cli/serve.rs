@@ -152,6 +152,10 @@ pub struct ServeArgs {
     /// its last compaction kept). For tests that want compactions often [default: 64 MiB].
     #[arg(long, value_name = "BYTES", hide = true)]
     compact_after_bytes: Option<u64>,
+    /// Serve HTTP on this address: /metrics (Prometheus), /healthz, /stats.json and a live
+    /// page at / [default: none].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Queue limits per session with --data-dir, where queued messages are kept on disk too and
@@ -338,6 +342,14 @@ fn build_config(args: ServeArgs) -> Result<Built, String> {
         compact_after_bytes: args
             .compact_after_bytes
             .unwrap_or(defaults.compact_after_bytes),
+        metrics_listen: match args.metrics_listen {
+            Some(addr) => Some(addr),
+            None => file
+                .string("metrics-listen")?
+                .map(|a| a.parse())
+                .transpose()
+                .map_err(|e| format!("invalid metrics-listen: {e}"))?,
+        },
         ..defaults
     };
     config.validate().map_err(|e| e.to_string())?;
@@ -399,6 +411,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     let signals = stop_signals();
     // SAFETY: pthread_sigmask with a valid, initialised set.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+    let metrics_listen = config.metrics_listen;
     let handle = match broker::start(config) {
         Ok(handle) => handle,
         Err(e) => {
@@ -410,6 +423,21 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             return Err(e.to_string());
         }
     };
+    #[cfg(feature = "http")]
+    let _metrics =
+        match metrics_listen.map(|addr| surgemq::http::serve_metrics(addr, handle.stats())) {
+            None => None,
+            Some(Ok(server)) => Some(server),
+            Some(Err(e)) => {
+                handle.shutdown();
+                return Err(format!("invalid --metrics-listen: {e}"));
+            }
+        };
+    #[cfg(not(feature = "http"))]
+    if metrics_listen.is_some() {
+        handle.shutdown();
+        return Err("invalid --metrics-listen: built without the `http` feature".into());
+    }
     let mut signal = 0;
     loop {
         // SAFETY: sigwait with a valid set and an out-pointer we own.

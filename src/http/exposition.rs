@@ -107,6 +107,7 @@ pub const SERIES: &[Series] = &[
     labelled(counter("connections_refused", REFUSED, "refused_max_connections", |m| m.refused_max_connections), "reason", "max_connections"),
     labelled(counter("connections_refused", REFUSED, "refused_auth", |m| m.refused_auth), "reason", "auth"),
     counter("publishes_denied", "PUBLISH messages the ACL refused.", "publishes_denied", |m| m.publishes_denied),
+    counter("acl_withheld", "Messages withheld from a subscriber the ACL does not let read their topic.", "acl_withheld", |m| m.acl_withheld),
     counter("connections_parked", "Idle connections parked.", "parks", |m| m.parks),
     counter("connections_unparked", "Parked connections taken back.", "unparks", |m| m.unparks),
     counter("pressure_raised", "Times a full subscriber queue held QoS 1/2 publishers back.", "pressure_raised", |m| m.pressure_raised),
@@ -256,7 +257,25 @@ pub fn render_shards(shards: &[MetricsSnapshot], uptime_s: f64, started_unix_s: 
         i += family_len;
     }
     rules(&mut out, shards);
+    shared_groups(&mut out, shards);
     out
+}
+
+/// Messages given to each shared subscription group's members, per shard.
+fn shared_groups(out: &mut String, shards: &[MetricsSnapshot]) {
+    let name = full_name("shared_group_delivered", Kind::Counter);
+    header(
+        out,
+        &name,
+        Kind::Counter,
+        "Messages given to a member of the shared subscription group, by group name.",
+    );
+    for (shard, m) in shards.iter().enumerate() {
+        for (group, n) in &m.shared_groups {
+            let group = escape_label_value(group);
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\",group=\"{group}\"}} {n}");
+        }
+    }
 }
 
 /// Protocol errors by the rule broken: the most frequent [`MAX_RULES_PER_SHARD`] per shard.
@@ -289,6 +308,28 @@ fn rules(out: &mut String, shards: &[MetricsSnapshot]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_groups_and_acl_withholding_are_series() {
+        let board = StatsBoard::new(1);
+        board.publish(
+            0,
+            MetricsSnapshot {
+                shared_groups: vec![("workers".into(), 5)],
+                acl_withheld: 3,
+                ..MetricsSnapshot::default()
+            },
+        );
+        let page = render(&board);
+        assert!(
+            page.contains("surgemq_shared_group_delivered_total{shard=\"0\",group=\"workers\"} 5"),
+            "{page}"
+        );
+        assert!(
+            page.contains("surgemq_acl_withheld_total{shard=\"0\"} 3"),
+            "{page}"
+        );
+    }
 
     fn shard(routed: u64, rules: &[(&str, u64)]) -> MetricsSnapshot {
         MetricsSnapshot {
