@@ -161,8 +161,13 @@ curl -sf --max-time 5 "$URL/metrics" >"$ARTIFACTS/metrics.txt"
 promtool_check() { promtool check metrics <"$ARTIFACTS/metrics.txt" >"$TMP/promtool.out" 2>&1; }
 report "promtool check metrics ($(wc -l <"$ARTIFACTS/metrics.txt") lines)" "$(ok promtool_check)" \
   "$(cat "$TMP/promtool.out")"
-report "the protocol error's rule is a series, escaped" \
-  "$(ok grep -q '^surgemq_protocol_errors_by_rule_total{.*MQ\\\\\\"T' "$ARTIFACTS/metrics.txt")"
+# The error may have happened on another shard than the publishes, whose counters reach the
+# board up to a second later: wait for its series too.
+rule_seen() {
+  curl -sf --max-time 5 "$URL/metrics" >"$TMP/rules.txt" &&
+    grep -q '^surgemq_protocol_errors_by_rule_total{.*MQ\\\\\\"T' "$TMP/rules.txt"
+}
+report "the protocol error's rule is a series, escaped" "$(ok wait_until 10 rule_seen)"
 
 # --- (b) part 2: Prometheus has the broker's values ---------------------------------------------
 report "Prometheus: sum(surgemq_publish_received_total) = $expected" \
@@ -172,7 +177,7 @@ report "Prometheus: one surgemq_connections series per shard" \
   "$(ok count_is 'surgemq_connections' "$SHARDS")" \
   "$(COUNT=1 query surgemq_connections) series"
 report "Prometheus: surgemq_protocol_errors_by_rule_total = 1" \
-  "$(ok query_is 'sum(surgemq_protocol_errors_by_rule_total)' 1)" \
+  "$(ok wait_until 15 query_is 'sum(surgemq_protocol_errors_by_rule_total)' 1)" \
   "'$(query 'sum(surgemq_protocol_errors_by_rule_total)')'"
 
 # --- (c) the live page in headless Chromium ------------------------------------------------------
