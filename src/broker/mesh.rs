@@ -514,6 +514,8 @@ pub struct Router {
     backlog: Vec<VecDeque<ShardMessage>>,
     /// Count of flushes that found an inbox full.
     pub stalls: u64,
+    /// Messages per batch sent, for the metrics (recorded per batch, not per message).
+    pub batch_sizes: super::metrics::Histogram,
 }
 
 /// Messages per batch before it is closed and queued, so one batch never grows without bound.
@@ -536,6 +538,7 @@ impl Router {
             numbered: vec![0; n],
             backlog: (0..n).map(|_| VecDeque::new()).collect(),
             stalls: 0,
+            batch_sizes: Default::default(),
         }
     }
 
@@ -585,6 +588,7 @@ impl Router {
             return;
         }
         let mut batch = std::mem::take(&mut self.open[i]);
+        self.batch_sizes.record(batch.len() as u64);
         self.numbered[i] += 1;
         batch.numbered.origin = self.me;
         batch.numbered.number = self.numbered[i];

@@ -63,6 +63,41 @@ pub struct Metrics {
     pub protocol_errors_by_rule: RefCell<AHashMap<String, u64>>,
 }
 
+/// A histogram with power-of-two buckets: `buckets[i]` counts values up to 2^i (the last one
+/// everything above too), with their count and sum, as Prometheus histograms are read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Histogram {
+    pub buckets: [u64; HISTOGRAM_BUCKETS],
+    pub count: u64,
+    pub sum: u64,
+}
+
+/// Buckets of a [`Histogram`]: up to 1, 2, 4, ... 512, and more.
+pub const HISTOGRAM_BUCKETS: usize = 11;
+
+impl Histogram {
+    pub fn record(&mut self, value: u64) {
+        // The smallest power of two at least `value`.
+        let i = (u64::BITS - value.saturating_sub(1).leading_zeros()) as usize;
+        self.buckets[i.min(HISTOGRAM_BUCKETS - 1)] += 1;
+        self.count += 1;
+        self.sum += value;
+    }
+
+    /// The upper bound of bucket `i` (None: the last, unbounded one).
+    pub fn bound(i: usize) -> Option<u64> {
+        (i + 1 < HISTOGRAM_BUCKETS).then(|| 1u64 << i)
+    }
+
+    pub fn add(&mut self, other: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+    }
+}
+
 /// Distinct protocol-error texts a shard keeps (see [`Metrics::count_protocol_error`]).
 const MAX_RULES: usize = 100;
 
@@ -97,6 +132,29 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_buckets_are_powers_of_two() {
+        let mut h = Histogram::default();
+        for v in [1, 2, 3, 4, 5, 512, 513, 100_000] {
+            h.record(v);
+        }
+        assert_eq!(h.buckets[0], 1); // 1
+        assert_eq!(h.buckets[1], 1); // 2
+        assert_eq!(h.buckets[2], 2); // 3, 4
+        assert_eq!(h.buckets[3], 1); // 5
+        assert_eq!(h.buckets[9], 1); // 512
+        assert_eq!(h.buckets[10], 2); // above
+        assert_eq!(
+            (h.count, h.sum),
+            (8, 1 + 2 + 3 + 4 + 5 + 512 + 513 + 100_000)
+        );
+        assert_eq!(
+            (Histogram::bound(0), Histogram::bound(9)),
+            (Some(1), Some(512))
+        );
+        assert_eq!(Histogram::bound(10), None);
+    }
 
     #[test]
     fn distinct_protocol_error_texts_are_bounded() {
@@ -160,6 +218,8 @@ pub struct MetricsSnapshot {
     pub queued_bytes: u64,
     /// Messages given to each shared subscription group's members (by group name).
     pub shared_groups: Vec<(String, u64)>,
+    /// Messages per batch sent to another shard (see `mesh`).
+    pub delivery_batch_sizes: Histogram,
 }
 
 impl Metrics {
@@ -259,6 +319,7 @@ impl MetricsSnapshot {
             total.sessions_expired += s.sessions_expired;
             total.queued_messages += s.queued_messages;
             total.queued_bytes += s.queued_bytes;
+            total.delivery_batch_sizes.add(&s.delivery_batch_sizes);
             for (rule, n) in &s.protocol_errors_by_rule {
                 *by_rule.entry(rule.clone()).or_default() += n;
             }

@@ -28,7 +28,10 @@ pub async fn report_stats(shard: Rc<Shard>, board: Arc<StatsBoard>) {
 
 fn snapshot(shard: &Shard) -> MetricsSnapshot {
     let mut s = shard.metrics.snapshot(shard.stalls());
-    s.cross_shard_batches = shard.router.borrow().batches_sent();
+    let router = shard.router.borrow();
+    s.cross_shard_batches = router.batches_sent();
+    s.delivery_batch_sizes = router.batch_sizes.clone();
+    drop(router);
     s.shared_groups = shard.shared_delivered();
     for session in shard.sessions.borrow().all() {
         let session = session.borrow();

@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use crate::broker::metrics::MetricsSnapshot;
+use crate::broker::metrics::{Histogram, MetricsSnapshot};
 use crate::broker::stats::StatsBoard;
 
 /// Prefix of every metric name.
@@ -258,7 +258,33 @@ pub fn render_shards(shards: &[MetricsSnapshot], uptime_s: f64, started_unix_s: 
     }
     rules(&mut out, shards);
     shared_groups(&mut out, shards);
+    batch_sizes(&mut out, shards);
     out
+}
+
+/// Messages per batch a shard sent another, as a Prometheus histogram: how well the
+/// cross-core fan-out batches.
+fn batch_sizes(out: &mut String, shards: &[MetricsSnapshot]) {
+    let name = format!("{PREFIX}delivery_batch_size");
+    let _ = writeln!(
+        out,
+        "# HELP {name} Messages per delivery batch sent to another shard."
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (shard, m) in shards.iter().enumerate() {
+        let h = &m.delivery_batch_sizes;
+        let mut cumulative = 0;
+        for (i, n) in h.buckets.iter().enumerate() {
+            cumulative += n;
+            let le = Histogram::bound(i).map_or("+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {}", h.sum);
+        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {}", h.count);
+    }
 }
 
 /// Messages given to each shared subscription group's members, per shard.
@@ -308,6 +334,34 @@ fn rules(out: &mut String, shards: &[MetricsSnapshot]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivery_batch_sizes_are_a_cumulative_histogram() {
+        let board = StatsBoard::new(1);
+        let mut h = Histogram::default();
+        for v in [1, 3, 3, 600] {
+            h.record(v);
+        }
+        board.publish(
+            0,
+            MetricsSnapshot {
+                delivery_batch_sizes: h,
+                ..MetricsSnapshot::default()
+            },
+        );
+        let page = render(&board);
+        for line in [
+            "surgemq_delivery_batch_size_bucket{shard=\"0\",le=\"1\"} 1",
+            "surgemq_delivery_batch_size_bucket{shard=\"0\",le=\"2\"} 1",
+            "surgemq_delivery_batch_size_bucket{shard=\"0\",le=\"4\"} 3",
+            "surgemq_delivery_batch_size_bucket{shard=\"0\",le=\"512\"} 3",
+            "surgemq_delivery_batch_size_bucket{shard=\"0\",le=\"+Inf\"} 4",
+            "surgemq_delivery_batch_size_sum{shard=\"0\"} 607",
+            "surgemq_delivery_batch_size_count{shard=\"0\"} 4",
+        ] {
+            assert!(page.contains(line), "{line} in {page}");
+        }
+    }
 
     #[test]
     fn shared_groups_and_acl_withholding_are_series() {
@@ -368,10 +422,16 @@ mod tests {
                 assert!(name.ends_with("_total"), "{line}");
             }
         }
-        // Every sample belongs to a family declared above it.
+        // Every sample belongs to a family declared above it (a histogram's samples carry
+        // the suffixes _bucket, _sum and _count).
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
-            assert!(types.contains(name), "{line}");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|f| types.contains(*f))
+                .unwrap_or(name);
+            assert!(types.contains(family), "{line}");
         }
         assert_eq!(dropped(&shard(0, &[])), 3);
     }
