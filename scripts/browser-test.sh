@@ -115,7 +115,18 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  # A random free port below the ephemeral range: two calls in a row cannot get the same one
+  # back, as they can from bind(0), which hands out a port just freed again.
+  python3 -c 'import random, socket
+for _ in range(1000):
+    p = random.randint(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    print(p)
+    break'
 }
 wait_port() { # wait_port PORT WHAT: until something accepts on 127.0.0.1:PORT (10 s at most)
   for _ in $(seq 1 100); do

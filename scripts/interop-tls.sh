@@ -57,7 +57,18 @@ cp "$WORK/server.crt" "$WORK/live.crt"
 cp "$WORK/server.key" "$WORK/live.key"
 
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  # A random free port below the ephemeral range: two calls in a row cannot get the same one
+  # back, as they can from bind(0), which hands out a port just freed again.
+  python3 -c 'import random, socket
+for _ in range(1000):
+    p = random.randint(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    print(p)
+    break'
 }
 accepts() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 

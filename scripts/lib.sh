@@ -49,7 +49,18 @@ build_release() {
 }
 
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  # A random free port below the ephemeral range: two calls in a row cannot get the same one
+  # back, as they can from bind(0), which hands out a port just freed again.
+  python3 -c 'import random, socket
+for _ in range(1000):
+    p = random.randint(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    print(p)
+    break'
 }
 
 # wait_port PORT: until something accepts on 127.0.0.1:PORT (at most 10 s).

@@ -71,8 +71,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- broker ---------------------------------------------------------------------------------------
+# free_port may hand out the same port twice (the OS reuses one just freed): keep them apart.
 MQTT=$(free_port)
 HTTP=$(free_port)
+while [ "$HTTP" = "$MQTT" ]; do HTTP=$(free_port); done
 log "surgemq serve --shards $SHARDS --listen 127.0.0.1:$MQTT --metrics-listen 127.0.0.1:$HTTP"
 "$BIN" serve --listen "127.0.0.1:$MQTT" --shards "$SHARDS" --metrics-listen "127.0.0.1:$HTTP" \
   --log-level warn >"$TMP/broker.log" 2>&1 &
@@ -101,6 +103,7 @@ wait_until() {
 
 # --- (b) part 1: Prometheus scraping every second -------------------------------------------------
 PROM=$(free_port)
+while [ "$PROM" = "$MQTT" ] || [ "$PROM" = "$HTTP" ]; do PROM=$(free_port); done
 cat >"$TMP/prometheus.yml" <<EOF
 global:
   scrape_interval: 1s
