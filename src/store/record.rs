@@ -203,6 +203,23 @@ fn put_message_extras(out: &mut BytesMut, extras: &Option<Box<MessageExtras>>) {
     }
 }
 
+/// A queued message or a will after its leading numbers: topic, QoS and RETAIN in one byte,
+/// payload, MQTT 5 trailer.
+fn put_message(
+    out: &mut BytesMut,
+    topic: &str,
+    qos: QoS,
+    retain: bool,
+    payload: &[u8],
+    extras: &Option<Box<MessageExtras>>,
+) {
+    put_str(out, topic);
+    out.put_u8(qos as u8 | u8::from(retain) << 4);
+    out.put_u32_le(payload.len() as u32);
+    out.put_slice(payload);
+    put_message_extras(out, extras);
+}
+
 fn put_str(out: &mut BytesMut, s: &str) {
     out.put_u16_le(s.len() as u16);
     out.put_slice(s.as_bytes());
@@ -266,11 +283,7 @@ impl Record {
             } => {
                 out.put_u64_le(*session);
                 out.put_u64_le(*seq);
-                put_str(out, topic);
-                out.put_u8(*qos as u8 | (*retain as u8) << 4);
-                out.put_u32_le(payload.len() as u32);
-                out.put_slice(payload);
-                put_message_extras(out, extras);
+                put_message(out, topic, *qos, *retain, payload, extras);
                 QUEUED
             }
             Record::Sent {
@@ -338,11 +351,7 @@ impl Record {
             } => {
                 out.put_u64_le(*session);
                 out.put_u64_le(*due_ms);
-                put_str(out, topic);
-                out.put_u8(*qos as u8 | u8::from(*retain) << 4);
-                out.put_u32_le(payload.len() as u32);
-                out.put_slice(payload);
-                put_message_extras(out, extras);
+                put_message(out, topic, *qos, *retain, payload, extras);
                 DELAYED_WILL
             }
             Record::WillDone { session } => {
@@ -394,35 +403,29 @@ impl Record {
                 filter: r.str()?,
             },
             QUEUED => {
-                let session = r.u64()?;
-                let seq = r.u64()?;
-                let topic = r.str()?;
-                let flags = r.u8()?;
-                let qos = QoS::from_u8(flags & 0x0f).ok_or(RecordError::BadQoS(kind, flags))?;
+                let (session, seq) = (r.u64()?, r.u64()?);
+                let (topic, qos, retain, payload, extras) = r.message()?;
                 Record::Queued {
                     session,
                     seq,
                     topic,
                     qos,
-                    retain: flags & 0x10 != 0,
-                    payload: r.payload()?,
-                    extras: r.message_extras()?,
+                    retain,
+                    payload,
+                    extras,
                 }
             }
             DELAYED_WILL => {
-                let session = r.u64()?;
-                let due_ms = r.u64()?;
-                let topic = r.str()?;
-                let flags = r.u8()?;
-                let qos = QoS::from_u8(flags & 0x0f).ok_or(RecordError::BadQoS(kind, flags))?;
+                let (session, due_ms) = (r.u64()?, r.u64()?);
+                let (topic, qos, retain, payload, extras) = r.message()?;
                 Record::DelayedWill {
                     session,
                     due_ms,
                     topic,
                     qos,
-                    retain: flags & 0x10 != 0,
-                    payload: r.payload()?,
-                    extras: r.message_extras()?,
+                    retain,
+                    payload,
+                    extras,
                 }
             }
             WILL_DONE => Record::WillDone { session: r.u64()? },
@@ -531,6 +534,23 @@ impl Reader {
         self.need(4)?;
         Ok(self.body.get_u32_le())
     }
+    /// What [`put_message`] wrote.
+    #[allow(clippy::type_complexity)]
+    fn message(
+        &mut self,
+    ) -> Result<(ByteStr, QoS, bool, Bytes, Option<Box<MessageExtras>>), RecordError> {
+        let topic = self.str()?;
+        let flags = self.u8()?;
+        let qos = QoS::from_u8(flags & 0x0f).ok_or(RecordError::BadQoS(self.kind, flags))?;
+        Ok((
+            topic,
+            qos,
+            flags & 0x10 != 0,
+            self.payload()?,
+            self.message_extras()?,
+        ))
+    }
+
     /// The MQTT 5 trailer of a message record, if the body goes on.
     fn message_extras(&mut self) -> Result<Option<Box<MessageExtras>>, RecordError> {
         if !self.body.has_remaining() {
