@@ -6,11 +6,11 @@
 mod client_util;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::thread::JoinHandle;
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use client_util::run;
+use client_util::scripted::{read_packet, serve};
 use surgemq::client::{Client, ClientError, ClientOptions, ProtocolError};
 use surgemq::protocol::{DecodeError, QoS};
 
@@ -19,44 +19,6 @@ const LIMIT: Duration = Duration::from_secs(10);
 /// CONNACK: accepted, with the session-present flag.
 fn connack(session_present: bool) -> [u8; 4] {
     [0x20, 0x02, u8::from(session_present), 0x00]
-}
-
-/// What the server does with one accepted connection.
-type Script = Box<dyn FnOnce(&mut TcpStream) + Send>;
-
-/// A listener and the script run on each accepted connection, in order.
-fn serve(scripts: Vec<Script>) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handle = std::thread::spawn(move || {
-        for script in scripts {
-            let (mut s, _) = listener.accept().unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            script(&mut s);
-        }
-    });
-    (addr, handle)
-}
-
-/// Reads one whole packet (fixed header, Remaining Length, body).
-fn read_packet(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = vec![0u8; 1];
-    s.read_exact(&mut out).expect("a packet");
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).unwrap();
-        out.push(b[0]);
-        len |= usize::from(b[0] & 0x7f) << shift;
-        shift += 7;
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let start = out.len();
-    out.resize(start + len, 0);
-    s.read_exact(&mut out[start..]).unwrap();
-    out
 }
 
 fn options(addr: SocketAddr) -> ClientOptions {

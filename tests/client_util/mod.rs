@@ -16,6 +16,7 @@ use surgemq::client::{block_on, Client, ClientError, ClientOptions, Messages, Wi
 use surgemq::protocol::{ProtocolLevel, Publish, QoS, SubscribeReturnCode};
 
 pub mod mosquitto;
+pub mod scripted;
 
 /// Runs `test` on a fresh executor; panics if it takes longer than `limit`.
 pub fn run<F: Future<Output = ()>>(limit: Duration, test: F) {
