@@ -105,6 +105,7 @@ fn valid_packet(rng: &mut Rng) -> Packet {
                 .then(|| binary(rng, 8));
             Packet::Connect(Box::new(Connect {
                 level,
+                bridge: false,
                 clean_session: rng.chance(50),
                 keep_alive: rng.byte().into(),
                 client_id: string(rng, false),

@@ -83,6 +83,7 @@ fn connect() -> impl Strategy<Value = Packet> {
                 }
                 Packet::Connect(Box::new(Connect {
                     level,
+                    bridge: false,
                     clean_session,
                     keep_alive,
                     client_id,
@@ -297,6 +298,7 @@ fn connect_v5() -> impl Strategy<Value = Packet> {
             |(clean_session, keep_alive, client_id, will, username, password, properties)| {
                 Packet::Connect(Box::new(Connect {
                     level: ProtocolLevel::V5,
+                    bridge: false,
                     clean_session,
                     keep_alive,
                     client_id,

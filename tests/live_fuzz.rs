@@ -126,6 +126,7 @@ fn valid_connect(rng: &mut Rng) -> Packet {
     });
     Packet::Connect(Box::new(Connect {
         level,
+        bridge: false,
         clean_session: rng.chance(70),
         // Mostly no keepalive; sometimes one short enough to expire during the run.
         keep_alive: if rng.chance(80) {

@@ -371,6 +371,7 @@ impl Conn {
         });
         let connect = Packet::Connect(Box::new(Connect {
             level,
+            bridge: false,
             clean_session: clean,
             keep_alive: KEEPALIVE_SECS,
             client_id: ByteStr::from(client_id),

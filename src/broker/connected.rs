@@ -80,6 +80,9 @@ pub struct ConnectedClient {
     conn: u64,
     /// The client's protocol level: how its packets are read and ours written.
     level: ProtocolLevel,
+    /// Another broker's bridge (the CONNECT level's top bit): its subscriptions are No Local
+    /// and Retain As Published, so its own messages never come back to it.
+    bridge: bool,
     /// What an MQTT 5 connection adds (topic aliases, limits); None for 3.1/3.1.1.
     v5: Option<Box<V5Connection>>,
     /// Boxed: most clients have no will, and those that do should not make every task bigger.
@@ -139,6 +142,7 @@ impl ConnectedClient {
         // connection's life.
         let Connect {
             level,
+            bridge,
             keep_alive,
             will,
             ..
@@ -183,6 +187,7 @@ impl ConnectedClient {
             session,
             conn,
             level,
+            bridge,
             v5,
             will: will.map(Box::new),
             keepalive,

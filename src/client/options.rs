@@ -406,6 +406,7 @@ impl ClientOptions {
         let v5 = self.protocol.is_v5();
         Connect {
             level: self.protocol,
+            bridge: false,
             clean_session: self.clean_session,
             keep_alive: self.keep_alive,
             client_id: ByteStr::from(self.client_id.as_str()),

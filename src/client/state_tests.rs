@@ -23,6 +23,7 @@ pub(super) fn config() -> StateConfig {
 fn connect_packet(clean_session: bool) -> Connect {
     Connect {
         level: ProtocolLevel::V311,
+        bridge: false,
         clean_session,
         keep_alive: 10,
         client_id: ByteStr::from("c"),
@@ -104,6 +105,7 @@ fn handshake_sends_connect_and_accepts_connack() {
         },
         Connect {
             level: ProtocolLevel::V31,
+            bridge: false,
             clean_session: false,
             keep_alive: 30,
             client_id: ByteStr::from("id"),

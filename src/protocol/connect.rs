@@ -18,6 +18,8 @@ use super::{
 };
 
 const USERNAME: u8 = 0x80;
+/// The protocol level's top bit: a bridge between brokers (Mosquitto's `try_private`).
+const BRIDGE: u8 = 0x80;
 const PASSWORD: u8 = 0x40;
 const WILL_RETAIN: u8 = 0x20;
 const WILL_QOS_SHIFT: u8 = 3;
@@ -37,7 +39,7 @@ pub fn declared_level(buf: &[u8]) -> Option<ProtocolLevel> {
     let rest = &buf[1 + len_bytes..];
     let name_len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
     let name = rest.get(2..2 + name_len)?;
-    match (name, *rest.get(2 + name_len)?) {
+    match (name, *rest.get(2 + name_len)? & !BRIDGE) {
         (b"MQTT", 4) => Some(ProtocolLevel::V311),
         (b"MQTT", 5) => Some(ProtocolLevel::V5),
         (b"MQIsdp", 3) => Some(ProtocolLevel::V31),
@@ -62,11 +64,14 @@ pub(crate) fn decode_connect(body: Bytes) -> Result<Connect, DecodeError> {
         }
     };
     let level_byte = r.u8("protocol level missing")?;
+    // Mosquitto's bridges set the top bit of a 3.1/3.1.1 level (`try_private`): the client is
+    // a broker, which must not get its own messages back and wants retain flags as published.
+    let bridge = level_byte & BRIDGE != 0;
     // A known name with another version's level is still a version we do not speak: the
     // broker answers it with CONNACK 0x01 (0x84 in MQTT 5) rather than dropping the connection.
-    let level = match (mqtt, level_byte) {
+    let level = match (mqtt, level_byte & !BRIDGE) {
         (true, 4) => ProtocolLevel::V311,
-        (true, 5) => ProtocolLevel::V5,
+        (true, 5) if !bridge => ProtocolLevel::V5,
         (false, 3) => ProtocolLevel::V31,
         _ => return Err(DecodeError::UnsupportedProtocolLevel(level_byte)),
     };
@@ -128,6 +133,7 @@ pub(crate) fn decode_connect(body: Bytes) -> Result<Connect, DecodeError> {
 
     Ok(Connect {
         level,
+        bridge,
         clean_session: flags & CLEAN_SESSION != 0,
         keep_alive,
         client_id,
@@ -237,7 +243,8 @@ pub(crate) fn encode_connect(c: &Connect, dst: &mut BytesMut) -> Result<(), Enco
     dst.reserve(packet_len(remaining_len));
     put_fixed_header(dst, (PacketType::Connect as u8) << 4, remaining_len);
     put_field(dst, c.level.name().as_bytes());
-    dst.put_u8(c.level.level());
+    let bridge = if c.bridge && !v5 { BRIDGE } else { 0 };
+    dst.put_u8(c.level.level() | bridge);
     dst.put_u8(flags);
     dst.put_u16(c.keep_alive);
     if v5 {
@@ -325,6 +332,7 @@ mod tests {
     fn connect_v311_full() -> Connect {
         Connect {
             level: ProtocolLevel::V311,
+            bridge: false,
             clean_session: true,
             keep_alive: 60,
             client_id: ByteStr::from("cid"),
@@ -377,6 +385,7 @@ mod tests {
     fn connect_v31_both_directions() {
         let p = Packet::Connect(Box::new(Connect {
             level: ProtocolLevel::V31,
+            bridge: false,
             clean_session: true,
             keep_alive: 10,
             client_id: ByteStr::from("ab"),
@@ -404,6 +413,7 @@ mod tests {
     fn connect_v31_password_without_username_is_allowed() {
         let p = Packet::Connect(Box::new(Connect {
             level: ProtocolLevel::V31,
+            bridge: false,
             clean_session: false,
             keep_alive: 0,
             client_id: ByteStr::from(""),
@@ -442,6 +452,30 @@ mod tests {
         let mut out = vec![0x10, body.len() as u8];
         out.extend_from_slice(&body);
         out
+    }
+
+    #[test]
+    fn a_bridge_sets_the_levels_top_bit() {
+        let connect = |bytes: &[u8]| match decode_all(bytes).pop() {
+            Some(Packet::Connect(c)) => c,
+            other => panic!("not a CONNECT: {other:?}"),
+        };
+        // Mosquitto's `try_private`: level 0x84 is 3.1.1 from a bridge, 0x83 3.1 from one.
+        let bytes = connect_with(b"MQTT", 0x84, 0x02, &[]);
+        let c = connect(&bytes);
+        assert!(c.bridge);
+        assert_eq!(c.level, ProtocolLevel::V311);
+        assert_eq!(encode_bytes(&Packet::Connect(c)), bytes);
+        assert_eq!(declared_level(&bytes), Some(ProtocolLevel::V311));
+        let c = connect(&connect_with(b"MQIsdp", 0x83, 0x02, &[]));
+        assert!(c.bridge && c.level == ProtocolLevel::V31);
+        // MQTT 5 has subscription options for that: 0x85 is no level we speak.
+        assert_eq!(
+            decode_err(&connect_with(b"MQTT", 0x85, 0x02, &[0x00])),
+            DecodeError::UnsupportedProtocolLevel(0x85)
+        );
+        // An ordinary client's CONNECT says nothing of the kind.
+        assert!(!connect(&connect_with(b"MQTT", 4, 0x02, &[])).bridge);
     }
 
     #[test]
@@ -628,6 +662,7 @@ mod tests {
     fn connect_v5_both_directions() {
         let p = Packet::Connect(Box::new(Connect {
             level: ProtocolLevel::V5,
+            bridge: false,
             clean_session: true,
             keep_alive: 30,
             client_id: ByteStr::from("c"),

@@ -126,6 +126,10 @@ pub struct LastWill {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connect {
     pub level: ProtocolLevel,
+    /// The level byte's top bit (3.1/3.1.1 only): the client is another broker's bridge
+    /// (Mosquitto's `try_private`). Such a client gets No Local and Retain As Published on
+    /// every subscription, as MQTT 5 clients can ask for.
+    pub bridge: bool,
     /// CleanSession in 3.1/3.1.1, Clean Start in MQTT 5 (the same bit, different meanings:
     /// MQTT 5 sessions end by their Session Expiry Interval instead).
     pub clean_session: bool,

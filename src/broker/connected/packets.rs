@@ -135,7 +135,17 @@ impl ConnectedClient {
                     });
                 }
             }
-            Packet::Subscribe(request) => {
+            Packet::Subscribe(mut request) => {
+                if self.bridge {
+                    // Mosquitto's bridge convention: what a bridge published is not sent back
+                    // to it, and retained messages stay retained on the other broker.
+                    for (filter, options) in request.filters.iter_mut() {
+                        if !crate::topic::is_shared(filter) {
+                            options.no_local = true;
+                            options.retain_as_published = true;
+                        }
+                    }
+                }
                 let no_local_shared = request
                     .filters
                     .iter()
