@@ -92,6 +92,8 @@ pub struct BrokerConfig {
     /// Where the metrics endpoint (`surgemq::http`: /metrics, /healthz, the live page)
     /// listens; None serves none. The binary starts it beside the broker.
     pub metrics_listen: Option<SocketAddr>,
+    /// Bridges to other brokers (Mosquitto's `connection` sections, TOML `[[bridge]]`).
+    pub bridges: Vec<super::bridge::BridgeConfig>,
 }
 
 impl Default for BrokerConfig {
@@ -125,6 +127,7 @@ impl Default for BrokerConfig {
             full_disk_fault: None,
             compact_after_bytes: 64 << 20,
             metrics_listen: None,
+            bridges: Vec::new(),
         }
     }
 }
@@ -234,6 +237,19 @@ impl BrokerConfig {
                 "sync-interval-ms",
                 "must be at most 60000 (60 s)",
             ));
+        }
+        let mut seen = ahash::AHashSet::new();
+        for b in &self.bridges {
+            b.validate().map_err(|e| ConfigError::new("bridge", e))?;
+            if !seen.insert(b.local_client_id.as_str()) {
+                return Err(ConfigError::new(
+                    "bridge",
+                    format!(
+                        "bridge {}: local client id {} is another bridge's too",
+                        b.name, b.local_client_id
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -104,6 +104,17 @@ pub async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream, spec: Rc<Listen
         Ok(peer) => peer,
         Err(_) => return,
     };
+    serve_stream(shard, stream, peer, spec).await
+}
+
+/// [`serve_accepted`] for a stream socket that did not come from a listener (a bridge's end
+/// of a `socketpair`), with the address its logs name.
+pub async fn serve_stream(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    spec: Rc<ListenerSpec>,
+) {
     let layered = match spec.layer() {
         Ok(layered) => layered,
         Err(e) => {

@@ -6,6 +6,7 @@
 //! channels ([`mesh`]). A publish is matched once, on the shard of its publisher, and travels to
 //! other shards in batches. See `shared/design.md` in the project for the data flow.
 
+pub mod bridge;
 mod compaction;
 pub mod config;
 mod connected;

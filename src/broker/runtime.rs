@@ -7,17 +7,19 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tracing::info;
 
+use super::bridge::{self, BridgeBoard, BridgeStats};
 use super::config::BrokerConfig;
 use super::keepalive::watch_keepalives;
 use super::listeners::{accept_loop, ListenerSpec, TlsSettings};
 use super::mesh::{InboxReceiver, Mesh, Refused, ShardId, ShardMessage};
 use super::metrics::MetricsSnapshot;
 use super::restore::{final_sync, prepare, restore, Startup};
-use super::shard::Shard;
+use super::shard::{home_shard, Shard};
 use super::shard_tasks::{
     confirm_durable, drain_inbox, expire_sessions, retry_stalled, sweep_idle_connections,
     watch_stalls,
@@ -63,6 +65,7 @@ pub struct BrokerHandle {
     _startup: Option<Arc<Startup>>,
     stats: Arc<StatsBoard>,
     tls: Vec<Option<Arc<TlsSettings>>>,
+    bridges: BridgeBoard,
 }
 
 impl BrokerHandle {
@@ -75,6 +78,11 @@ impl BrokerHandle {
     /// any thread while the broker runs.
     pub fn stats(&self) -> Arc<StatsBoard> {
         self.stats.clone()
+    }
+
+    /// Every bridge's counters (see [`crate::broker::bridge`]), readable from any thread.
+    pub fn bridges(&self) -> BridgeBoard {
+        self.bridges.clone()
     }
 
     /// Reads the TLS certificate, key and CA files again (SIGHUP): new connections use them,
@@ -147,6 +155,13 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         reason: format!("cannot create the shard doorbells: {e}"),
     })?;
     let stats = StatsBoard::new(shards);
+    let bridges: BridgeBoard = Arc::new(
+        config
+            .bridges
+            .iter()
+            .map(|b| (b.name.clone(), Arc::new(BridgeStats::default())))
+            .collect(),
+    );
     let cpus = allowed_cpus();
     let open_sockets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
@@ -159,6 +174,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         let shard_sockets = open_sockets.clone();
         let shard_startup = startup.clone();
         let shard_stats = stats.clone();
+        let shard_bridges = bridges.clone();
         let shard_listeners: Vec<(SocketAddr, Transport, Option<Arc<TlsSettings>>)> = shard_addrs
             .iter()
             .zip(&config.listen)
@@ -193,7 +209,12 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                         (addr, Rc::new(spec))
                     })
                     .collect();
-                run_shard(shard, inbox, listeners, shard_startup, shard_stats, ready).await
+                let tasks = ShardTasks {
+                    startup: shard_startup,
+                    stats: shard_stats,
+                    bridges: shard_bridges,
+                };
+                run_shard(shard, inbox, listeners, tasks, ready).await
             });
         match spawned {
             Ok(handle) => executors.push(handle),
@@ -205,6 +226,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                     _startup: None,
                     stats,
                     tls: Vec::new(),
+                    bridges,
                 };
                 handle.shutdown();
                 return Err(StartError::Executor {
@@ -222,6 +244,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         _startup: startup,
         stats,
         tls,
+        bridges,
     };
     for _ in 0..shards {
         match ready_rx.recv() {
@@ -259,14 +282,25 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     Ok(handle)
 }
 
+/// What a shard runs beside its connections, handed over at start.
+struct ShardTasks {
+    startup: Option<Arc<Startup>>,
+    stats: Arc<StatsBoard>,
+    bridges: BridgeBoard,
+}
+
 async fn run_shard(
     shard: Rc<Shard>,
     inbox: InboxReceiver,
     addrs: Vec<(SocketAddr, Rc<ListenerSpec>)>,
-    startup: Option<Arc<Startup>>,
-    stats: Arc<StatsBoard>,
+    tasks: ShardTasks,
     ready: mpsc::Sender<Result<(), StartError>>,
 ) -> MetricsSnapshot {
+    let ShardTasks {
+        startup,
+        stats,
+        bridges,
+    } = tasks;
     if let Some(startup) = &startup {
         if let Err(e) = restore(&shard, startup).await {
             let _ = ready.send(Err(e.into()));
@@ -312,9 +346,11 @@ async fn run_shard(
         .collect();
     let _ = ready.send(Ok(()));
     drop(ready);
+    let bridges = start_bridges(&shard, &bridges);
 
     shard.stopped().await;
     drop(accepts);
+    stop_bridges(bridges).await;
     // Give connections a moment to see their kick and close cleanly.
     for _ in 0..50 {
         if shard.metrics.connections.get() == 0 {
@@ -340,6 +376,46 @@ async fn run_shard(
     let last = shard.metrics.snapshot(shard.stalls());
     stats.publish(shard.id.index(), last.clone());
     last
+}
+
+/// Starts the bridges whose local session lives on this shard (the home shard of the local
+/// client id): bridge task and session share a core. Each gets a channel whose closing
+/// stops it.
+fn start_bridges(
+    shard: &Rc<Shard>,
+    board: &BridgeBoard,
+) -> Vec<(LocalSender<()>, glommio::task::JoinHandle<()>)> {
+    let mut running = Vec::new();
+    for (config, (_, stats)) in shard.config.bridges.iter().zip(board.iter()) {
+        if home_shard(&config.local_client_id, shard.shards) != shard.id {
+            continue;
+        }
+        let (stop, stopped) = local_channel::new_bounded(1);
+        let task = glommio::spawn_local(bridge::run(
+            shard.clone(),
+            Arc::new(config.clone()),
+            stats.clone(),
+            stopped,
+        ))
+        .detach();
+        running.push((stop, task));
+    }
+    running
+}
+
+/// Lets each bridge say goodbye to its remote broker (at most about a second).
+async fn stop_bridges(running: Vec<(LocalSender<()>, glommio::task::JoinHandle<()>)>) {
+    let (stops, tasks): (Vec<_>, Vec<_>) = running.into_iter().unzip();
+    drop(stops);
+    for task in tasks {
+        let _ = futures_lite::future::or(
+            async {
+                task.await;
+            },
+            glommio::timer::sleep(Duration::from_millis(1500)),
+        )
+        .await;
+    }
 }
 
 /// Resolves port 0 to concrete ports (see [`crate::sys::reserve_port`]); the reservations

@@ -143,7 +143,7 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, layer: Option<Box<Layered>>) -> Conn {
+    pub(crate) fn new(stream: TcpStream, layer: Option<Box<Layered>>) -> Conn {
         Conn {
             stream,
             rbuf: BytesMut::new(),

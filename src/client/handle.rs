@@ -11,7 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_lite::Stream;
 
-use super::connection::{open, run};
+use super::connection::{open, run, Conn};
 use super::dial::Dialer;
 use super::error::ClientError;
 use super::options::ClientOptions;
@@ -46,6 +46,27 @@ impl Client {
         options.validate()?;
         let dialer = Dialer::new(&options)?;
         let conn = open(&options, &dialer).await?;
+        Client::start(options, conn, dialer).await
+    }
+
+    /// [`connect`](Self::connect) over a stream socket opened by the caller (plain MQTT, no
+    /// transport layer), e.g. one end of a `socketpair` whose other end a broker serves. No
+    /// `reconnect_interval`: the caller owns how the socket is made.
+    pub(crate) async fn connect_over(
+        options: ClientOptions,
+        stream: glommio::net::TcpStream,
+    ) -> Result<(Client, Messages), ClientError> {
+        debug_assert!(options.reconnect_interval.is_none());
+        options.validate()?;
+        let dialer = Dialer::new(&options)?;
+        Client::start(options, Conn::new(stream, None), dialer).await
+    }
+
+    async fn start(
+        options: ClientOptions,
+        conn: Conn,
+        dialer: Dialer,
+    ) -> Result<(Client, Messages), ClientError> {
         let keep_alive = options.keep_alive_interval();
         let config = StateConfig {
             keep_alive,
@@ -60,6 +81,9 @@ impl Client {
             if let Some(auth) = &options.authentication {
                 state = state.with_authentication(auth.clone());
             }
+        }
+        if options.manual_acks {
+            state = state.with_manual_acks();
         }
         let (connected_tx, connected_rx) = oneshot();
         let shared = Rc::new(Shared::new(state, options, connected_tx));
@@ -430,6 +454,21 @@ impl Client {
             }
         })
         .await
+    }
+
+    /// With [`ClientOptions::manual_acks`]: acknowledges a QoS 1/2 message received (PUBACK,
+    /// or PUBREC for QoS 2), so the server can forget it. False when there was nothing to
+    /// acknowledge: QoS 0, acknowledged already, manual acknowledgements off, or the message
+    /// came on a connection since lost (the server sends it again).
+    pub fn ack(&self, message: &Publish) -> bool {
+        let mut inner = self.shared.inner.borrow_mut();
+        let done = inner
+            .state
+            .acknowledge(message.packet_id, message.qos, Instant::now());
+        if done {
+            inner.wake_io();
+        }
+        done
     }
 
     /// Whether the server had kept a session for this client id (last CONNACK).

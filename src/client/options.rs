@@ -206,6 +206,16 @@ pub struct ClientOptions {
     /// while it is down; publishes wait for the new connection. A refused CONNECT still ends
     /// the client.
     pub reconnect_interval: Option<Duration>,
+    /// QoS 1/2 messages received are acknowledged by the application
+    /// ([`Client::ack`](super::Client::ack)), not on arrival: until then the server keeps them
+    /// and sends them again after a reconnect. For a receiver that passes messages on (a
+    /// bridge) and may acknowledge only what the next hop has taken over.
+    pub manual_acks: bool,
+    /// Sets the top bit of the 3.1/3.1.1 protocol level (Mosquitto's `try_private`): tells a
+    /// broker that this client is another broker's bridge, so that it does not send the
+    /// client's own messages back and keeps retain flags as published. Ignored with MQTT 5,
+    /// where subscription options say it.
+    pub bridge: bool,
 }
 
 impl ClientOptions {
@@ -238,6 +248,8 @@ impl ClientOptions {
             max_packet_size: 16 << 20,
             message_buffer: 1024,
             reconnect_interval: None,
+            manual_acks: false,
+            bridge: false,
         }
     }
 
@@ -406,7 +418,7 @@ impl ClientOptions {
         let v5 = self.protocol.is_v5();
         Connect {
             level: self.protocol,
-            bridge: false,
+            bridge: self.bridge && !v5,
             clean_session: self.clean_session,
             keep_alive: self.keep_alive,
             client_id: ByteStr::from(self.client_id.as_str()),

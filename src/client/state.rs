@@ -208,6 +208,9 @@ pub struct ClientState {
     on_wire: usize,
     next_seq: u64,
     incoming_qos2: AHashSet<PacketId>,
+    /// With manual acknowledgements: QoS 1/2 messages handed to the application and not yet
+    /// acknowledged by it (their PUBACK or PUBREC waits for [`ClientState::acknowledge`]).
+    manual_acks: Option<AHashSet<PacketId>>,
     requests: AHashMap<PacketId, Request>,
     outbox: VecDeque<Packet>,
     outbox_bytes: usize,
@@ -237,6 +240,7 @@ impl ClientState {
             on_wire: 0,
             next_seq: 0,
             incoming_qos2: AHashSet::new(),
+            manual_acks: None,
             requests: AHashMap::new(),
             outbox: VecDeque::new(),
             outbox_bytes: 0,
@@ -412,6 +416,16 @@ impl ClientState {
                 self.check_receive_maximum(p.packet_id)?;
             }
         }
+        if let Some(waiting) = &mut self.manual_acks {
+            if p.qos != QoS::AtMostOnce && !self.incoming_qos2.contains(&p.packet_id) {
+                // The application acknowledges; a repeat of a message it has not acknowledged
+                // yet is the same message and is not handed over twice.
+                if waiting.insert(p.packet_id) {
+                    self.events.push_back(Event::Message(p));
+                }
+                return Ok(());
+            }
+        }
         match p.qos {
             QoS::AtMostOnce => self.events.push_back(Event::Message(p)),
             QoS::AtLeastOnce => {
@@ -538,10 +552,43 @@ impl ClientState {
         self.phase = Phase::Disconnecting;
     }
 
+    /// Acknowledgements wait for [`acknowledge`](Self::acknowledge) instead of going out when
+    /// a QoS 1/2 message arrives: the server keeps (and resends) a message until whoever
+    /// received it has really taken it over, e.g. a bridge once the other broker acknowledged.
+    pub fn with_manual_acks(mut self) -> ClientState {
+        self.manual_acks = Some(AHashSet::new());
+        self
+    }
+
+    /// Sends the PUBACK (QoS 1) or PUBREC (QoS 2) of a message received on this connection
+    /// with manual acknowledgements. False when there is nothing to acknowledge: QoS 0, no
+    /// manual acknowledgements, already acknowledged, or received on a connection since lost
+    /// (the server sends such a message again).
+    pub fn acknowledge(&mut self, packet_id: PacketId, qos: QoS, now: Instant) -> bool {
+        let waiting = match &mut self.manual_acks {
+            Some(waiting) if qos != QoS::AtMostOnce && self.phase == Phase::Connected => waiting,
+            _ => return false,
+        };
+        if !waiting.remove(&packet_id) {
+            return false;
+        }
+        if qos == QoS::AtLeastOnce {
+            self.emit(Packet::PubAck(Ack::new(packet_id)), now);
+        } else {
+            self.incoming_qos2.insert(packet_id);
+            self.emit(Packet::PubRec(Ack::new(packet_id)), now);
+        }
+        true
+    }
+
     /// The connection is gone. Unsent packets are dropped; SUBSCRIBE/UNSUBSCRIBE requests are
     /// abandoned; with a clean session the messages in flight are too.
     pub fn connection_lost(&mut self) {
         self.phase = Phase::Idle;
+        if let Some(waiting) = &mut self.manual_acks {
+            // The server sends them again on the next connection, if it kept the session.
+            waiting.clear();
+        }
         self.outbox.clear();
         self.outbox_bytes = 0;
         self.v5.unsent_acks = 0;

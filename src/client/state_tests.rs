@@ -1153,3 +1153,64 @@ fn v5_disconnect_with_a_reason() {
     assert_eq!(drain_v5(&mut s), [0xe0, 0x01, 0x04]);
     assert!(s.is_disconnecting());
 }
+
+#[test]
+fn manual_acks_wait_for_the_application() {
+    let t0 = Instant::now();
+    let persistent = StateConfig {
+        clean_session: false,
+        ..config()
+    };
+    let mut s = connected(persistent, t0).with_manual_acks();
+    // QoS 1: delivered, no PUBACK until acknowledged, then exactly one.
+    s.handle(incoming(QoS::AtLeastOnce, 3, false), t0).unwrap();
+    assert_eq!(events(&mut s).len(), 1);
+    assert!(drain(&mut s).is_empty());
+    assert!(s.acknowledge(3, QoS::AtLeastOnce, t0));
+    assert_eq!(drain(&mut s), [0x40, 0x02, 0x00, 0x03]); // PUBACK 3
+    assert!(
+        !s.acknowledge(3, QoS::AtLeastOnce, t0),
+        "acknowledged twice"
+    );
+    assert!(drain(&mut s).is_empty());
+    // QoS 2: no PUBREC before the acknowledgement; a repeat meanwhile is not delivered again.
+    s.handle(incoming(QoS::ExactlyOnce, 4, false), t0).unwrap();
+    s.handle(incoming(QoS::ExactlyOnce, 4, true), t0).unwrap();
+    assert_eq!(events(&mut s).len(), 1);
+    assert!(drain(&mut s).is_empty());
+    assert!(s.acknowledge(4, QoS::ExactlyOnce, t0));
+    assert_eq!(drain(&mut s), [0x50, 0x02, 0x00, 0x04]); // PUBREC 4
+                                                         // After PUBREC the usual QoS 2 rules: a repeat gets PUBREC again, no delivery.
+    s.handle(incoming(QoS::ExactlyOnce, 4, true), t0).unwrap();
+    assert!(events(&mut s).is_empty());
+    assert_eq!(drain(&mut s), [0x50, 0x02, 0x00, 0x04]);
+    s.handle(Packet::PubRel(Ack::new(4)), t0).unwrap();
+    assert_eq!(drain(&mut s), [0x70, 0x02, 0x00, 0x04]); // PUBCOMP 4
+                                                         // QoS 0 needs nothing.
+    s.handle(incoming(QoS::AtMostOnce, 0, false), t0).unwrap();
+    assert_eq!(events(&mut s).len(), 1);
+    assert!(!s.acknowledge(0, QoS::AtMostOnce, t0));
+    // A message of a lost connection is not acknowledged on the next one: the server sends
+    // it again, and that copy is acknowledged.
+    s.handle(incoming(QoS::AtLeastOnce, 9, false), t0).unwrap();
+    assert_eq!(events(&mut s).len(), 1);
+    s.connection_lost();
+    s.connect(t0);
+    s.handle(connack(true), t0).unwrap();
+    drain(&mut s);
+    events(&mut s);
+    assert!(!s.acknowledge(9, QoS::AtLeastOnce, t0));
+    s.handle(incoming(QoS::AtLeastOnce, 9, true), t0).unwrap();
+    assert_eq!(events(&mut s).len(), 1);
+    assert!(s.acknowledge(9, QoS::AtLeastOnce, t0));
+    assert_eq!(drain(&mut s), [0x40, 0x02, 0x00, 0x09]);
+}
+
+#[test]
+fn without_manual_acks_the_client_acknowledges_on_arrival() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.handle(incoming(QoS::AtLeastOnce, 3, false), t0).unwrap();
+    assert_eq!(drain(&mut s), [0x40, 0x02, 0x00, 0x03]);
+    assert!(!s.acknowledge(3, QoS::AtLeastOnce, t0));
+}

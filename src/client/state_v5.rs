@@ -358,7 +358,9 @@ impl ClientState {
         if self.incoming_qos2.contains(&packet_id) {
             return Ok(());
         }
-        let unacknowledged = self.incoming_qos2.len() + self.v5.unsent_acks;
+        let unacknowledged = self.incoming_qos2.len()
+            + self.v5.unsent_acks
+            + self.manual_acks.as_ref().map_or(0, |w| w.len());
         if unacknowledged >= usize::from(self.v5.receive_maximum) {
             return Err(ProtocolError::ReceiveMaximumExceeded {
                 maximum: self.v5.receive_maximum,

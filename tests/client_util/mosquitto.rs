@@ -26,6 +26,12 @@ impl Mosquitto {
             .local_addr()
             .unwrap()
             .port();
+        Mosquitto::start_on(port, extra)
+    }
+
+    /// [`start_with`](Self::start_with) on a given port (e.g. to start it again where a
+    /// bridge expects it).
+    pub fn start_on(port: u16, extra: &str) -> Mosquitto {
         let dir =
             std::env::temp_dir().join(format!("surgemq-mosquitto-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
