@@ -387,8 +387,8 @@ fn errors_are_one_line_naming_file_and_line() {
             "2: `auth_plugin` is not supported: SurgeMQ loads no plugins; users and ACLs come from password_file and acl_file",
         ),
         (
-            "listener 1883\n\nconnection cloud\naddress mqtt.example.com:8883\ntopic sensors/# out 1\n",
-            "3: `connection cloud`: bridges are not supported yet (issue 18)",
+            "listener 1883\n\nconnection cloud\naddress mqtt.example.com:8883\ntopic sensors/# out 1\nbridge_cafile /ca.pem\nbridge_require_ocsp true\n",
+            "3: bridge `cloud`: `bridge_require_ocsp` is not supported (no OCSP checks)",
         ),
         (
             "per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 1884\n",

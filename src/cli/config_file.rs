@@ -2,7 +2,10 @@
 //! are checked for type and range here so a mistake is reported as one line naming the key.
 
 use std::path::{Path, PathBuf};
+use surgemq::broker::bridge::BridgeConfig;
 use surgemq::transport::{Listener, TlsFiles};
+
+use super::mosquitto_conf::bridge::Bridge;
 
 const KNOWN_KEYS: &[&str] = &[
     "listen",
@@ -38,6 +41,7 @@ const KNOWN_KEYS: &[&str] = &[
     "use-identity-as-username",
     "listener",
     "metrics-listen",
+    "bridge",
 ];
 
 /// Keys of a `[[listener]]` table: its URL and its own TLS settings.
@@ -144,6 +148,31 @@ impl ConfigFile {
             Some(toml::Value::String(s)) => Ok(Some(self.dir.join(s))),
             Some(_) => Err(self.bad(key, "a path string")),
         }
+    }
+
+    /// The `[[bridge]]` tables: `name` and Mosquitto's bridge options (see
+    /// `mosquitto_conf::bridge`), e.g. `address = "10.0.0.1:1883"`, `topic = ["# out 1"]`.
+    pub fn bridges(&self) -> Result<Vec<BridgeConfig>, String> {
+        let Some(value) = self.table.get("bridge") else {
+            return Ok(Vec::new());
+        };
+        let Some(tables) = value.as_array() else {
+            return Err(self.bad("bridge", "an array of tables ([[bridge]])"));
+        };
+        let mut out = Vec::with_capacity(tables.len());
+        for (i, table) in tables.iter().enumerate() {
+            let Some(table) = table.as_table() else {
+                return Err(self.bad("bridge", "an array of tables ([[bridge]])"));
+            };
+            let origin = format!("{} [[bridge]] #{}", self.origin, i + 1);
+            let (config, warnings) = Bridge::from_toml(table, &origin)?.to_config()?;
+            if let Some(w) = warnings.first() {
+                // A TOML file is SurgeMQ's own: what it cannot do is a mistake, not a warning.
+                return Err(w.clone());
+            }
+            out.push(config);
+        }
+        Ok(out)
     }
 
     /// The `[[listener]]` tables: each a URL with, optionally, its own TLS settings.

@@ -11,8 +11,8 @@
 //! override them exactly as they override a TOML file.
 //!
 //! Modules: [`line`] (values and errors), [`listener`] (listener sections), [`catalogue`]
-//! (options SurgeMQ ignores or refuses), [`bridge`] (bridge sections, parsed and kept for
-//! issue 18), [`log`] (`log_dest`, `log_type`), [`settings`] (Mosquitto's defaults and the
+//! (options SurgeMQ ignores or refuses), [`bridge`] (bridge sections, turned into the
+//! broker's bridges), [`log`] (`log_dest`, `log_type`), [`settings`] (Mosquitto's defaults and the
 //! translation).
 
 pub mod bridge;
@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use bridge::{Bridge, BRIDGE_OPTIONS};
 use line::{set, At, Line, Set};
 use listener::{ListenerSection, Security};
+use surgemq::broker::bridge::BridgeConfig;
 
 /// A Mosquitto configuration as read, before Mosquitto's defaults are applied.
 #[derive(Debug, Default)]
@@ -81,15 +82,17 @@ impl MosquittoConf {
         Ok(conf)
     }
 
-    /// SurgeMQ does not run bridges yet: the first `connection` stops the start.
-    pub fn refuse_bridges(&self) -> Result<(), String> {
-        match self.bridges.first() {
-            Some(b) => Err(format!(
-                "{}: `connection {}`: bridges are not supported yet (issue 18)",
-                b.at, b.name
-            )),
-            None => Ok(()),
+    /// The `connection` sections as the broker's bridges, and warnings about what they
+    /// ask for and SurgeMQ ignores.
+    pub fn bridge_configs(&self) -> Result<(Vec<BridgeConfig>, Vec<String>), String> {
+        let mut configs = Vec::with_capacity(self.bridges.len());
+        let mut warnings = Vec::new();
+        for bridge in &self.bridges {
+            let (config, more) = bridge.to_config()?;
+            configs.push(config);
+            warnings.extend(more);
         }
+        Ok((configs, warnings))
     }
 
     fn read(&mut self, path: &Path, text: &str, main: bool) -> Result<(), String> {

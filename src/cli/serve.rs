@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::Args;
 use surgemq::auth::{AclFile, FileAuthenticator, PasswordFile, ReloadableAuthenticator};
+use surgemq::broker::bridge::BridgeConfig;
 use surgemq::broker::shared::ShareStrategy;
 use surgemq::broker::{self, BrokerConfig, MetricsSnapshot};
 use surgemq::transport::{Listener, TlsFiles};
@@ -169,6 +170,7 @@ const PERSISTENT_MAX_QUEUED_BYTES: usize = 1 << 30;
 struct FromMosquitto {
     logging: Logging,
     warnings: Vec<String>,
+    bridges: Vec<BridgeConfig>,
 }
 
 /// Reads the configuration file: TOML when its name ends in `.toml`, else Mosquitto's format.
@@ -180,14 +182,16 @@ fn load_file(path: &std::path::Path) -> Result<(ConfigFile, Option<FromMosquitto
         return Ok((ConfigFile::load(path)?, None));
     }
     let conf = MosquittoConf::load(path)?;
-    conf.refuse_bridges()?;
-    let (table, warnings) = conf.settings()?;
+    let (bridges, bridge_warnings) = conf.bridge_configs()?;
+    let (table, mut warnings) = conf.settings()?;
+    warnings.extend(bridge_warnings);
     let file = ConfigFile::from_table(table, &path.display().to_string(), PathBuf::new());
     Ok((
         file,
         Some(FromMosquitto {
             logging: conf.logging,
             warnings,
+            bridges,
         }),
     ))
 }
@@ -202,9 +206,13 @@ type Built = (
 );
 
 fn build_config(args: ServeArgs) -> Result<Built, String> {
-    let (file, mosquitto) = match &args.config {
+    let (file, mut mosquitto) = match &args.config {
         Some(path) => load_file(path)?,
         None => (ConfigFile::default(), None),
+    };
+    let bridges = match &mut mosquitto {
+        Some(m) => std::mem::take(&mut m.bridges),
+        None => file.bridges()?,
     };
     let defaults = BrokerConfig::default();
     let tls = tls_files(&args, &file)?;
@@ -350,6 +358,7 @@ fn build_config(args: ServeArgs) -> Result<Built, String> {
                 .transpose()
                 .map_err(|e| format!("invalid metrics-listen: {e}"))?,
         },
+        bridges,
         ..defaults
     };
     config.validate().map_err(|e| e.to_string())?;

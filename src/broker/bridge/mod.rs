@@ -109,11 +109,11 @@ pub struct BridgeConfig {
 
 impl BridgeConfig {
     /// A bridge `name` to `host:port` with Mosquitto's defaults: remote client id
-    /// `HOSTNAME.NAME`, local client id `local.REMOTE_ID`, persistent sessions, keepalive
+    /// `NAME.HOSTNAME`, local client id `local.REMOTE_ID`, persistent sessions, keepalive
     /// 60 s, MQTT 3.1.1 with `try_private`, notifications on
     /// `$SYS/broker/connection/REMOTE_ID/state`, back-off 5 to 30 s.
     pub fn new(name: &str, host: &str, port: u16) -> BridgeConfig {
-        let remote_client_id = format!("{}.{name}", hostname());
+        let remote_client_id = format!("{name}.{}", hostname());
         BridgeConfig {
             name: name.to_string(),
             addresses: vec![(host.to_string(), port)],
@@ -241,7 +241,7 @@ mod tests {
     #[test]
     fn defaults_follow_mosquitto() {
         let b = BridgeConfig::new("edge", "10.0.0.1", 1883);
-        assert!(b.remote_client_id.ends_with(".edge"));
+        assert!(b.remote_client_id.starts_with("edge."));
         assert_eq!(b.local_client_id, format!("local.{}", b.remote_client_id));
         assert_eq!(
             b.notification_topic,

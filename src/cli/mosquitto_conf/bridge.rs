@@ -1,14 +1,16 @@
 //! Bridge sections of a Mosquitto configuration file: `connection NAME` and the options after
-//! it, read into [`Bridge`] with Mosquitto's defaults and checks. SurgeMQ does not run bridges
-//! yet (issue 18): the start stops at the first `connection` line, but the parsed form is kept
-//! whole, with no dependency on the rest of the CLI, for the bridge to use.
-
-// Nothing reads a bridge's fields yet but the tests: they are for issue 18.
-#![allow(dead_code)]
+//! it, read into [`Bridge`] with Mosquitto's defaults and checks, then turned into the
+//! broker's [`BridgeConfig`] ([`Bridge::to_config`]): what SurgeMQ does not do is refused
+//! when it would weaken security and warned about otherwise. The TOML file's `[[bridge]]`
+//! tables use the same option names and go through the same parser ([`Bridge::from_toml`]).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use surgemq::protocol::QoS;
+pub use surgemq::broker::bridge::Direction;
+use surgemq::broker::bridge::{self as lib, BridgeConfig};
+use surgemq::client::{TlsOptions, TlsVersion};
+use surgemq::protocol::{ProtocolLevel, QoS};
 use surgemq::topic::validate_filter;
 
 use super::line::{At, Line};
@@ -61,17 +63,6 @@ pub const BRIDGE_OPTIONS: &[&str] = &[
 pub struct BridgeAddress {
     pub host: String,
     pub port: u16,
-}
-
-/// Which way a bridge topic's messages go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Direction {
-    /// Local messages are sent to the remote broker (Mosquitto's default).
-    #[default]
-    Out,
-    /// Remote messages are brought in.
-    In,
-    Both,
 }
 
 /// `topic PATTERN [DIRECTION [QOS [LOCAL_PREFIX [REMOTE_PREFIX]]]]`; an empty prefix (written
@@ -285,6 +276,177 @@ impl Bridge {
             return Ok(());
         };
         Err(format!("{}: bridge `{}`: {missing}", self.at, self.name))
+    }
+}
+
+impl Bridge {
+    /// A `[[bridge]]` table of the TOML file: `name`, then Mosquitto's option names with
+    /// their values (`topic` may be an array of `topic` lines' values). `origin` names the
+    /// table in errors.
+    pub fn from_toml(table: &toml::Table, origin: &str) -> Result<Bridge, String> {
+        let at = At {
+            file: origin.to_string(),
+            line: 0,
+        };
+        let bad = |key: &str, what: &str| format!("{origin}: `{key}` must be {what}");
+        let name = match table.get("name") {
+            Some(toml::Value::String(n)) if !n.is_empty() => n.clone(),
+            _ => return Err(bad("name", "the bridge's name, a string")),
+        };
+        let first = format!("connection {name}");
+        let mut bridge = Bridge::new(&Line::parse(&first, at.clone()).expect("not blank"))?;
+        for (key, value) in table {
+            if key == "name" {
+                continue;
+            }
+            if !BRIDGE_OPTIONS.contains(&key.as_str()) {
+                return Err(format!("{origin}: unknown bridge option `{key}`"));
+            }
+            let values: Vec<&toml::Value> = match value {
+                toml::Value::Array(items) if key == "topic" => items.iter().collect(),
+                other => vec![other],
+            };
+            for value in values {
+                let text = match value {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    toml::Value::Array(items) if key == "address" || key == "addresses" => items
+                        .iter()
+                        .map(|i| i.as_str().map(str::to_string))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| bad(key, "a string or an array of strings"))?
+                        .join(" "),
+                    _ => return Err(bad(key, "a string, a number or true/false")),
+                };
+                let line = format!("{key} {text}");
+                bridge.set(&Line::parse(&line, at.clone()).expect("not blank"))?;
+            }
+        }
+        bridge.check()?;
+        Ok(bridge)
+    }
+
+    /// The broker's form of this section, and warnings for what it ignores. Refused: what
+    /// would connect with less security than the file asks for (OCSP, TLS-PSK, a CA
+    /// directory, `bridge_insecure`, which here would skip the whole certificate check and not
+    /// only the host name).
+    pub fn to_config(&self) -> Result<(BridgeConfig, Vec<String>), String> {
+        let here = format!("{}: bridge `{}`", self.at, self.name);
+        let refuse = |what: &str| Err(format!("{here}: {what}"));
+        if self.tls.require_ocsp {
+            return refuse("`bridge_require_ocsp` is not supported (no OCSP checks)");
+        }
+        if self.tls.psk.is_some() {
+            return refuse("`bridge_psk` is not supported (TLS with certificates only)");
+        }
+        if self.tls.capath.is_some() {
+            return refuse("`bridge_capath` is not supported: give the CAs in `bridge_cafile`");
+        }
+        if self.tls.insecure {
+            return refuse("`bridge_insecure true` is not supported: it would accept any certificate here, not only one for another host name");
+        }
+        let mut warnings = Vec::new();
+        let mut warn = |what: String| warnings.push(format!("{here}: {what}"));
+        match self.start_type {
+            StartType::Automatic => {}
+            StartType::Lazy | StartType::Once => warn(
+                "`start_type` is ignored: the bridge starts with the broker and reconnects (automatic)"
+                    .into(),
+            ),
+        }
+        if self.max_packet_size != 0 {
+            warn("`bridge_max_packet_size` is ignored: the remote broker's limits apply".into());
+        }
+        if self.bind_address.is_some() {
+            warn("`bridge_bind_address` is ignored: the system picks the source address".into());
+        }
+        if self.tls.alpn.is_some() {
+            warn("`bridge_alpn` is ignored: no ALPN is offered".into());
+        }
+        let remote_client_id = self
+            .remote_clientid
+            .clone()
+            .unwrap_or_else(|| BridgeConfig::new(&self.name, "", 0).remote_client_id);
+        let local_client_id = self
+            .local_clientid
+            .clone()
+            .unwrap_or_else(|| format!("local.{remote_client_id}"));
+        let secs = |s: u32| Duration::from_secs(u64::from(s));
+        let tls = if self.tls.cafile.is_some() || self.tls.certfile.is_some() {
+            let version = match self.tls.version.as_deref() {
+                None => None,
+                Some("tlsv1.2") => Some(TlsVersion::Tls12),
+                Some("tlsv1.3") => Some(TlsVersion::Tls13),
+                Some(other) => {
+                    return refuse(&format!(
+                        "`bridge_tls_version {other}` is not supported (tlsv1.2 or tlsv1.3)"
+                    ))
+                }
+            };
+            Some(TlsOptions {
+                ca_file: self.tls.cafile.clone(),
+                cert: self.tls.certfile.clone(),
+                key: self.tls.keyfile.clone(),
+                version,
+                ..TlsOptions::default()
+            })
+        } else {
+            None
+        };
+        let config = BridgeConfig {
+            name: self.name.clone(),
+            addresses: self
+                .addresses
+                .iter()
+                .map(|a| (a.host.clone(), a.port))
+                .collect(),
+            round_robin: self.round_robin,
+            topics: self
+                .topics
+                .iter()
+                .map(|t| lib::BridgeTopic {
+                    pattern: t.pattern.clone(),
+                    direction: t.direction,
+                    qos: t.qos,
+                    local_prefix: t.local_prefix.clone().unwrap_or_default(),
+                    remote_prefix: t.remote_prefix.clone().unwrap_or_default(),
+                })
+                .collect(),
+            notification_topic: self
+                .notification_topic
+                .clone()
+                .unwrap_or_else(|| lib::notification_topic(&remote_client_id)),
+            remote_client_id,
+            local_client_id,
+            remote_username: self.remote_username.clone(),
+            remote_password: self.remote_password.clone(),
+            local_username: self.local_username.clone(),
+            local_password: self.local_password.clone(),
+            clean_session: self.cleansession,
+            local_clean_session: self.local_cleansession.unwrap_or(self.cleansession),
+            keep_alive: self.keepalive_interval,
+            protocol: match self.protocol_version {
+                BridgeProtocol::V31 => ProtocolLevel::V31,
+                BridgeProtocol::V311 => ProtocolLevel::V311,
+                BridgeProtocol::V5 => ProtocolLevel::V5,
+            },
+            try_private: self.try_private,
+            notifications: self.notifications,
+            notifications_local_only: self.notifications_local_only,
+            restart: match self.restart_timeout {
+                RestartTimeout::Constant(s) => lib::RestartTimeout::Constant(secs(s)),
+                RestartTimeout::Backoff { base, cap } => lib::RestartTimeout::Backoff {
+                    base: secs(base),
+                    cap: secs(cap.max(base)),
+                },
+            },
+            outgoing_retain: self.outgoing_retain,
+            max_inflight: 1000,
+            tls,
+        };
+        config.validate().map_err(|e| format!("{}: {e}", self.at))?;
+        Ok((config, warnings))
     }
 }
 

@@ -46,7 +46,7 @@ fn one_line_errors_name_file_and_line() {
 }
 
 #[test]
-fn bridges_are_parsed_then_refused() {
+fn bridges_are_parsed_into_the_brokers_form() {
     let conf = parse(
         "listener 1883\n\n# Bridge to the cloud\nconnection cloud\naddress broker.example.com:8883\ntopic sensors/# out 1\nremote_username edge\nlistener 1884\n",
     )
@@ -58,10 +58,42 @@ fn bridges_are_parsed_then_refused() {
     );
     // A `listener` after the bridge is still a listener.
     assert_eq!(conf.listeners.len(), 2);
-    assert_eq!(
-        conf.refuse_bridges().unwrap_err(),
-        "m.conf:4: `connection cloud`: bridges are not supported yet (issue 18)"
+    let (bridges, warnings) = conf.bridge_configs().unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let b = &bridges[0];
+    assert_eq!(b.addresses, [("broker.example.com".to_string(), 8883)]);
+    assert_eq!(b.topics[0].local_filter(), "sensors/#");
+    assert_eq!(b.remote_username.as_deref(), Some("edge"));
+    assert!(b.remote_client_id.starts_with("cloud."));
+    assert_eq!(b.local_client_id, format!("local.{}", b.remote_client_id));
+    // What SurgeMQ cannot do: refused when it weakens security, else a warning.
+    let refused = parse(
+        "connection c
+address h:8883
+topic a
+bridge_cafile /ca.pem
+bridge_insecure true
+",
+    )
+    .unwrap()
+    .bridge_configs()
+    .unwrap_err();
+    assert!(
+        refused.starts_with("m.conf:1: bridge `c`: `bridge_insecure true` is not supported"),
+        "{refused}"
     );
+    let (_, warnings) = parse(
+        "connection c
+address h
+topic a
+start_type lazy
+",
+    )
+    .unwrap()
+    .bridge_configs()
+    .unwrap();
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].starts_with("m.conf:1: bridge `c`: `start_type` is ignored"));
     assert_eq!(
         parse("connection cloud\ntopic a\n").unwrap_err(),
         "m.conf:1: bridge `cloud`: no `address`"
