@@ -30,7 +30,7 @@ pub struct ServeArgs {
     config: Option<PathBuf>,
     /// Address to listen on (repeatable): ADDR:PORT or mqtt://ADDR:PORT for MQTT,
     /// mqtts://ADDR:PORT for MQTT over TLS, ws://ADDR:PORT/PATH for WebSockets, wss://... for
-    /// WebSockets over TLS (PATH defaults to /mqtt) [default: 127.0.0.1:1883].
+    /// WebSockets over TLS (PATH defaults to /mqtt; /* takes any path) [default: 127.0.0.1:1883].
     #[arg(long = "listen", value_name = "URL")]
     listen: Vec<Listener>,
     /// PEM certificate chain of the mqtts:// and wss:// listeners (re-read on SIGHUP).
