@@ -1,7 +1,7 @@
 //! `surgemq serve -c mosquitto.conf` where Mosquitto's meaning reaches past the option
 //! parser, checked on the binary with raw sockets: a `listener PORT` without an address
 //! listens on every IPv4 and IPv6 address; a `protocol websockets` listener takes an upgrade
-//! on any path.
+//! on any path; `log_type` lines choose the log level unless `--log-level` does.
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -194,4 +194,95 @@ fn a_listener_without_an_address_takes_ipv4_and_ipv6_and_websockets_any_path() {
     }
     let log = broker.stop();
     assert!(!log.contains(" WARN "), "{log}");
+}
+
+/// Runs the broker on `conf_lines` (plus an MQTT listener) with `flags`, connects a client,
+/// and returns its log.
+fn log_with(name: &str, conf_lines: &str, flags: &[&str]) -> String {
+    let dir = Dir::new(name);
+    let port = free_port();
+    let conf = dir.write(
+        "mosquitto.conf",
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true\n{conf_lines}"),
+    );
+    let mut args = vec!["-c", &conf, "--shards", "1"];
+    args.extend_from_slice(flags);
+    let broker = Served::start(&args);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for(addr);
+    mqtt_connects(addr, "logged");
+    broker.stop()
+}
+
+fn lines_at<'a>(log: &'a str, level: &str) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| l.contains(&format!(" {level} ")))
+        .collect()
+}
+
+#[test]
+fn log_type_lines_choose_the_level_unless_the_command_line_does() {
+    // Only errors: the start, the connection and the stop are not logged.
+    let log = log_with("mosqconf-log-error", "log_type error\n", &[]);
+    assert_eq!(log, "", "error level only");
+
+    // Debug (and `all`): a client's connection is logged.
+    for types in ["log_type debug\n", "log_type all\n"] {
+        let log = log_with("mosqconf-log-debug", types, &[]);
+        assert!(
+            lines_at(&log, "DEBUG")
+                .iter()
+                .any(|l| l.contains("client connected")),
+            "{types}: {log}"
+        );
+        assert!(log.contains("surgemq broker started"), "{log}");
+    }
+
+    // Information: the start, not the connection.
+    let log = log_with(
+        "mosqconf-log-info",
+        "log_type error\nlog_type information\n",
+        &[],
+    );
+    assert!(log.contains("surgemq broker started"), "{log}");
+    assert!(lines_at(&log, "DEBUG").is_empty(), "{log}");
+
+    // `none`: nothing at all.
+    let log = log_with("mosqconf-log-none", "log_type none\n", &[]);
+    assert_eq!(log, "");
+
+    // --log-level wins over the file, with a warning naming the line.
+    let log = log_with(
+        "mosqconf-log-flag",
+        "log_type error\n",
+        &["--log-level", "debug"],
+    );
+    assert!(
+        lines_at(&log, "DEBUG")
+            .iter()
+            .any(|l| l.contains("client connected")),
+        "{log}"
+    );
+    let warnings = lines_at(&log, "WARN");
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].ends_with(
+            ":3: `log_type` asks for the error level, but --log-level sets debug and wins"
+        ),
+        "{log}"
+    );
+
+    // Types a level cannot carry: one warning for all of them.
+    let log = log_with(
+        "mosqconf-log-subscribe",
+        "log_type information\nlog_type subscribe\nlog_type unsubscribe\n",
+        &[],
+    );
+    let warnings = lines_at(&log, "WARN");
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains(":4: `log_type subscribe`, `log_type unsubscribe` add nothing"),
+        "{log}"
+    );
+    assert!(log.contains("surgemq broker started"), "{log}");
 }

@@ -476,9 +476,17 @@ fn redirect_log(m: FromMosquitto) -> Result<Option<Redirect>, String> {
     let (target, mut warnings) = m.logging.target();
     let redirect = target.map(Redirect::apply).transpose()?;
     warnings.splice(0..0, m.warnings);
-    warnings.extend(m.logging.level_warning(LevelFilter::current()));
+    warnings.extend(m.logging.unmapped_warning());
+    let (level, overridden) = m
+        .logging
+        .level_to_apply(super::log_level_set_by(), LevelFilter::current());
+    warnings.extend(overridden);
     for warning in warnings {
         warn!("{warning}");
+    }
+    // `log_type`'s level, once the file's warnings are out.
+    if let Some(level) = level {
+        super::set_log_level(level)?;
     }
     Ok(redirect)
 }
