@@ -6,7 +6,8 @@
 #  (b) Prometheus: a server started here on a free port, with a generated configuration that
 #      scrapes the broker every second; after N QoS 1 messages from mosquitto_pub, its query API
 #      (/api/v1/query) returns the broker's own value of sum(surgemq_publish_received_total)
-#      (checked to have moved by N), one surgemq_connections series per shard, the rule series
+#      (checked to have moved by N), one surgemq_connections series per shard, the rule series,
+#      one series per shard of each histogram (delivery batch sizes, session queue depths)
 #      and up == 1;
 #  (c) the live page: headless Chromium (scripts/metrics-page.js, the DevTools protocol over a
 #      pipe, as tests/browser/run-page.js) opens / while `surgemq bench fan-in` sends a steady
@@ -179,6 +180,12 @@ report "Prometheus: sum(surgemq_publish_received_total) = $expected" \
 report "Prometheus: one surgemq_connections series per shard" \
   "$(ok count_is 'surgemq_connections' "$SHARDS")" \
   "$(COUNT=1 query surgemq_connections) series"
+# The histograms: one per shard each, with their buckets up to +Inf.
+for family in surgemq_delivery_batch_size surgemq_session_queue_depth; do
+  report "Prometheus: one $family histogram per shard" \
+    "$(ok wait_until 15 count_is "${family}_bucket{le=\"+Inf\"}" "$SHARDS")" \
+    "$(COUNT=1 query "${family}_bucket{le=\"+Inf\"}") series"
+done
 report "Prometheus: surgemq_protocol_errors_by_rule_total = 1" \
   "$(ok wait_until 15 query_is 'sum(surgemq_protocol_errors_by_rule_total)' 1)" \
   "'$(query 'sum(surgemq_protocol_errors_by_rule_total)')'"

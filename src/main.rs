@@ -13,9 +13,10 @@ mod cli;
     about = "A thread-per-core MQTT 3.1/3.1.1 broker"
 )]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it. Given, it also
+    /// overrides a mosquitto.conf's `log_type` lines [default: info].
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,9 +55,9 @@ fn main() -> ExitCode {
     };
     // `pub -d` / `sub -d` log every packet, as mosquitto's tools do with -d.
     let log_level = match &cli.command {
-        Command::Pub(a) if a.connect.debug => "debug",
-        Command::Sub(a) if a.connect.debug => "debug",
-        _ => &cli.log_level,
+        Command::Pub(a) if a.connect.debug => Some("debug"),
+        Command::Sub(a) if a.connect.debug => Some("debug"),
+        _ => cli.log_level.as_deref(),
     };
     cli::init_logging(log_level);
     let result = match cli.command {

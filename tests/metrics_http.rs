@@ -23,11 +23,14 @@ struct Setup {
 
 impl Setup {
     fn start(shards: usize) -> Setup {
-        let broker = broker::start(BrokerConfig {
+        Setup::start_with(BrokerConfig {
             shards,
             ..test_config()
         })
-        .expect("broker starts");
+    }
+
+    fn start_with(config: BrokerConfig) -> Setup {
+        let broker = broker::start(config).expect("broker starts");
         let metrics = serve_metrics("127.0.0.1:0".parse().unwrap(), broker.stats())
             .expect("metrics endpoint starts");
         Setup {
@@ -128,6 +131,35 @@ fn sum(page: &str, name: &str) -> Option<f64> {
         .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// A subscriber that acknowledges nothing, with one message in flight at most, has the rest
+/// waiting in its queue: /metrics shows its depth in `surgemq_session_queue_depth`, beside the
+/// publisher's empty queue.
+#[test]
+fn session_queue_depths_show_a_subscriber_that_falls_behind() {
+    let setup = Setup::start_with(BrokerConfig {
+        shards: 1,
+        max_inflight: 1,
+        ..test_config()
+    });
+    let mut sub = setup.connect("behind");
+    sub.subscribe_expecting(1, &[("depth/t", 1)], 0);
+    let mut publisher = setup.connect("publisher");
+    for id in 1..=5u16 {
+        publisher.send(&publish("depth/t", b"m", 1, false, false, id));
+        publisher.expect_bytes(&puback(id));
+    }
+    // One message is in flight (unacknowledged), four wait.
+    let page = setup.metrics_until("a queue of 4", |p| {
+        sum(p, "surgemq_session_queue_depth_sum") == Some(4.0)
+    });
+    assert_eq!(sum(&page, "surgemq_session_queue_depth_count"), Some(2.0));
+    for (le, n) in [("1", 1), ("2", 1), ("4", 2), ("+Inf", 2)] {
+        let line = format!("surgemq_session_queue_depth_bucket{{shard=\"0\",le=\"{le}\"}} {n}\n");
+        assert!(page.contains(&line), "{line} in:\n{page}");
+    }
+    drop(sub);
 }
 
 #[test]

@@ -220,6 +220,10 @@ pub struct MetricsSnapshot {
     pub shared_groups: Vec<(String, u64)>,
     /// Messages per batch sent to another shard (see `mesh`).
     pub delivery_batch_sizes: Histogram,
+    /// Messages waiting in each session's outbound queue (what --max-queued-messages
+    /// bounds), one value per session, connected or not, sampled when the stats report is
+    /// made (see `stats`): a distribution at that moment, not a running count.
+    pub session_queue_depths: Histogram,
 }
 
 impl Metrics {
@@ -320,6 +324,7 @@ impl MetricsSnapshot {
             total.queued_messages += s.queued_messages;
             total.queued_bytes += s.queued_bytes;
             total.delivery_batch_sizes.add(&s.delivery_batch_sizes);
+            total.session_queue_depths.add(&s.session_queue_depths);
             for (rule, n) in &s.protocol_errors_by_rule {
                 *by_rule.entry(rule.clone()).or_default() += n;
             }

@@ -37,6 +37,8 @@ fn snapshot(shard: &Shard) -> MetricsSnapshot {
         let session = session.borrow();
         s.queued_messages += (session.queued() + session.inflight()) as u64;
         s.queued_bytes += session.held_bytes() as u64;
+        // Once a second per session, on the sweep the gauges above make anyway.
+        s.session_queue_depths.record(session.queued() as u64);
     }
     s
 }

@@ -55,6 +55,9 @@ pub struct MosquittoConf {
     pub warnings: Vec<String>,
     /// Every file read, in order.
     pub files: Vec<PathBuf>,
+    /// What IPv6 the listeners without an address may use; None: this host's
+    /// ([`listener::ipv6_support`]). Tests set it.
+    pub ipv6: Option<listener::Ipv6Support>,
 }
 
 /// Where options of a file go: the listener and bridge sections it opened last.

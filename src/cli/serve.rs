@@ -31,7 +31,7 @@ pub struct ServeArgs {
     config: Option<PathBuf>,
     /// Address to listen on (repeatable): ADDR:PORT or mqtt://ADDR:PORT for MQTT,
     /// mqtts://ADDR:PORT for MQTT over TLS, ws://ADDR:PORT/PATH for WebSockets, wss://... for
-    /// WebSockets over TLS (PATH defaults to /mqtt) [default: 127.0.0.1:1883].
+    /// WebSockets over TLS (PATH defaults to /mqtt; /* takes any path) [default: 127.0.0.1:1883].
     #[arg(long = "listen", value_name = "URL")]
     listen: Vec<Listener>,
     /// PEM certificate chain of the mqtts:// and wss:// listeners (re-read on SIGHUP).
@@ -485,9 +485,17 @@ fn redirect_log(m: FromMosquitto) -> Result<Option<Redirect>, String> {
     let (target, mut warnings) = m.logging.target();
     let redirect = target.map(Redirect::apply).transpose()?;
     warnings.splice(0..0, m.warnings);
-    warnings.extend(m.logging.level_warning(LevelFilter::current()));
+    warnings.extend(m.logging.unmapped_warning());
+    let (level, overridden) = m
+        .logging
+        .level_to_apply(super::log_level_set_by(), LevelFilter::current());
+    warnings.extend(overridden);
     for warning in warnings {
         warn!("{warning}");
+    }
+    // `log_type`'s level, once the file's warnings are out.
+    if let Some(level) = level {
+        super::set_log_level(level)?;
     }
     Ok(redirect)
 }

@@ -258,21 +258,42 @@ pub fn render_shards(shards: &[MetricsSnapshot], uptime_s: f64, started_unix_s: 
     }
     rules(&mut out, shards);
     shared_groups(&mut out, shards);
-    batch_sizes(&mut out, shards);
+    histograms(&mut out, shards);
     out
 }
 
-/// Messages per batch a shard sent another, as a Prometheus histogram: how well the
-/// cross-core fan-out batches.
-fn batch_sizes(out: &mut String, shards: &[MetricsSnapshot]) {
-    let name = format!("{PREFIX}delivery_batch_size");
-    let _ = writeln!(
+/// The histograms, one per shard each: messages per batch a shard sent another (how well the
+/// cross-core fan-out batches), and how many messages the shard's sessions have waiting.
+fn histograms(out: &mut String, shards: &[MetricsSnapshot]) {
+    histogram(
         out,
-        "# HELP {name} Messages per delivery batch sent to another shard."
+        "delivery_batch_size",
+        "Messages per delivery batch sent to another shard.",
+        shards,
+        |m| &m.delivery_batch_sizes,
     );
+    histogram(
+        out,
+        "session_queue_depth",
+        "Messages waiting in each session's outbound queue (connected or not), sampled every second.",
+        shards,
+        |m| &m.session_queue_depths,
+    );
+}
+
+/// One Prometheus histogram family with a `shard` label.
+fn histogram(
+    out: &mut String,
+    family: &str,
+    help: &str,
+    shards: &[MetricsSnapshot],
+    get: fn(&MetricsSnapshot) -> &Histogram,
+) {
+    let name = format!("{PREFIX}{family}");
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
     let _ = writeln!(out, "# TYPE {name} histogram");
     for (shard, m) in shards.iter().enumerate() {
-        let h = &m.delivery_batch_sizes;
+        let h = get(m);
         let mut cumulative = 0;
         for (i, n) in h.buckets.iter().enumerate() {
             cumulative += n;
@@ -361,6 +382,60 @@ mod tests {
         ] {
             assert!(page.contains(line), "{line} in {page}");
         }
+    }
+
+    #[test]
+    fn session_queue_depths_are_a_histogram_per_shard() {
+        let depths = |values: &[u64]| {
+            let mut h = Histogram::default();
+            for v in values {
+                h.record(*v);
+            }
+            MetricsSnapshot {
+                session_queue_depths: h,
+                ..MetricsSnapshot::default()
+            }
+        };
+        // Shard 0: two idle sessions, one with 3 waiting, one with a full default queue;
+        // shard 1: none.
+        let page = render_shards(&[depths(&[0, 0, 3, 1000]), depths(&[])], 1.0, 0);
+        let lines: Vec<&str> = page
+            .lines()
+            .filter(|l| l.contains("surgemq_session_queue_depth"))
+            .collect();
+        let mut expected = vec![
+            "# HELP surgemq_session_queue_depth Messages waiting in each session's outbound queue (connected or not), sampled every second.",
+            "# TYPE surgemq_session_queue_depth histogram",
+        ];
+        let shard0 = [2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 4];
+        let les = [
+            "1", "2", "4", "8", "16", "32", "64", "128", "256", "512", "+Inf",
+        ];
+        let bucket = |shard: usize, le: &str, n: u64| {
+            format!("surgemq_session_queue_depth_bucket{{shard=\"{shard}\",le=\"{le}\"}} {n}")
+        };
+        let mut owned = Vec::new();
+        for (le, n) in les.iter().zip(shard0) {
+            owned.push(bucket(0, le, n));
+        }
+        owned.push("surgemq_session_queue_depth_sum{shard=\"0\"} 1003".into());
+        owned.push("surgemq_session_queue_depth_count{shard=\"0\"} 4".into());
+        for le in les {
+            owned.push(bucket(1, le, 0));
+        }
+        owned.push("surgemq_session_queue_depth_sum{shard=\"1\"} 0".into());
+        owned.push("surgemq_session_queue_depth_count{shard=\"1\"} 0".into());
+        expected.extend(owned.iter().map(String::as_str));
+        assert_eq!(lines, expected);
+        // The broker-wide sum merges the shards' histograms.
+        let total = MetricsSnapshot::sum(&[depths(&[1, 2]), depths(&[600])]);
+        assert_eq!(
+            (
+                total.session_queue_depths.count,
+                total.session_queue_depths.sum
+            ),
+            (3, 603)
+        );
     }
 
     #[test]

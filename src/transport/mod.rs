@@ -14,7 +14,7 @@ use std::str::FromStr;
 use bytes::{BufMut, BytesMut};
 
 pub use tls::{ClientTls, TlsError, TlsFiles};
-pub use ws::{WsCodec, WsError};
+pub use ws::{WsCodec, WsError, ANY_PATH};
 
 /// What a listener (or a client) speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +23,8 @@ pub enum Transport {
     Mqtt,
     /// MQTT over TLS (`mqtts://`).
     Mqtts,
-    /// MQTT over WebSockets on `path` (`ws://host:port/path`).
+    /// MQTT over WebSockets on `path` (`ws://host:port/path`); a listener whose path is
+    /// [`ANY_PATH`] (`ws://host:port/*`) takes an upgrade on any path.
     Ws { path: String },
     /// MQTT over WebSockets over TLS (`wss://`).
     Wss { path: String },
@@ -53,7 +54,7 @@ impl Transport {
 
 /// An address to listen on and what to speak there: `127.0.0.1:1883`, `mqtt://127.0.0.1:1883`,
 /// `mqtts://0.0.0.0:8883`, `ws://0.0.0.0:8080/mqtt`, `wss://[::]:8081/mqtt` (WebSocket path
-/// `/mqtt` when none is given).
+/// `/mqtt` when none is given; `/*` takes any path, as Mosquitto's WebSocket listeners do).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub addr: SocketAddr,

@@ -185,6 +185,15 @@ fn listeners_parse_from_urls_and_bare_addresses() {
         l("wss://[::1]:8081/x/y").unwrap().to_string(),
         "wss://[::1]:8081/x/y"
     );
+    // `/*`: a WebSocket listener that takes any path, written back as it was given.
+    let any = l("ws://0.0.0.0:8080/*").unwrap();
+    assert_eq!(
+        any.transport,
+        Transport::Ws {
+            path: ANY_PATH.into()
+        }
+    );
+    assert_eq!(any.to_string(), "ws://0.0.0.0:8080/*");
     for bad in [
         "http://1.2.3.4:80",
         "mqtt://host:1883",

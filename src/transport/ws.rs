@@ -17,6 +17,9 @@ use tungstenite::protocol::frame::FrameHeader;
 const MAX_HANDSHAKE: usize = 8 * 1024;
 /// The longest frame accepted: MQTT's own packets are at most 256 MiB.
 const MAX_FRAME: u64 = 1 << 31;
+/// A server path that takes an upgrade on any request path, as Mosquitto (libwebsockets)
+/// does: `ws://0.0.0.0:8080/*`, and every `protocol websockets` listener of a mosquitto.conf.
+pub const ANY_PATH: &str = "/*";
 /// Subprotocols we speak, in our order of preference.
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 
@@ -40,7 +43,7 @@ pub enum WsError {
 /// Which side of the connection we are.
 #[derive(Debug, Clone)]
 pub enum Role {
-    /// Accept upgrades on `path`.
+    /// Accept upgrades on `path` (any path: [`ANY_PATH`]).
     Server { path: String },
     /// Upgrade to `path` on `host`; `key` is the Sec-WebSocket-Key sent.
     Client { key: String },
@@ -347,7 +350,7 @@ fn accept(head: &[u8], path: &str, out: &mut BytesMut) -> Result<Option<usize>, 
     }
     let asked = request.path.unwrap_or("");
     let asked = asked.split('?').next().unwrap_or(asked);
-    if asked != path {
+    if path != ANY_PATH && asked != path {
         return Err(refuse(out, 404, "wrong path"));
     }
     let h = request.headers;

@@ -49,6 +49,35 @@ fn the_upgrade_is_answered_with_the_rfc_accept_key_and_the_mqtt_subprotocol() {
 }
 
 #[test]
+fn an_any_path_server_takes_every_path_and_a_fixed_path_only_its_own() {
+    for path in ["/", "/foo", "/mqtt", "/a/b?x=1"] {
+        let mut ws = WsCodec::server(ANY_PATH);
+        let (mut app, mut out) = (BytesMut::new(), BytesMut::new());
+        let mut input = request(path, "Sec-WebSocket-Protocol: mqtt\r\n");
+        input.extend_from_slice(&masked(0x82, &[0xc0, 0x00]));
+        let got = ws.ingest(&mut input, &mut app, &mut out).unwrap();
+        assert!(got.opened, "{path}");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",
+            "{path}"
+        );
+        assert_eq!(&app[..], [0xc0, 0x00], "{path}");
+    }
+    for path in ["/", "/foo"] {
+        let mut ws = WsCodec::server("/mqtt");
+        let (mut app, mut out) = (BytesMut::new(), BytesMut::new());
+        let mut input = request(path, "");
+        assert!(matches!(
+            ws.ingest(&mut input, &mut app, &mut out),
+            Err(WsError::Refused { status: 404, .. })
+        ));
+        assert!(out.starts_with(b"HTTP/1.1 404 Not Found\r\n"));
+    }
+}
+
+#[test]
 fn a_request_head_may_arrive_in_pieces() {
     let mut ws = WsCodec::server("/mqtt");
     let (mut app, mut out) = (BytesMut::new(), BytesMut::new());

@@ -4,15 +4,19 @@
 //!
 //! Addresses: an IP address is used as it is; a host name is resolved and every address it
 //! has is listened on; `bind_interface` listens on the interface's addresses, found with
-//! getifaddrs (as Mosquitto does, so it needs no privilege); no address means every IPv4
-//! interface (0.0.0.0), or every IPv6 one (::) with `socket_domain ipv6`. WebSocket listeners
-//! take upgrades on the path `/mqtt` (Mosquitto takes any path).
+//! getifaddrs (as Mosquitto does, so it needs no privilege); no address means every IPv4 and
+//! every IPv6 address, as in Mosquitto: one dual-stack socket on `[::]` (IPV6_V6ONLY off,
+//! Linux's default), or `[::]` and `0.0.0.0` where the host makes IPv6 sockets IPv6-only
+//! (`net.ipv6.bindv6only = 1`), or `0.0.0.0` with a warning where the host has no IPv6; with
+//! `socket_domain ipv4` (`ipv6`) every IPv4 (IPv6) address only. WebSocket listeners
+//! take upgrades on any path, as Mosquitto's (libwebsockets) do ([`ANY_PATH`], `ws://.../*`).
 
 use std::ffi::CStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
-use surgemq::transport::{Listener, TlsFiles, Transport};
+use surgemq::transport::{Listener, TlsFiles, Transport, ANY_PATH};
 
 use super::line::{set, set_once, At, Line, Set};
 
@@ -188,21 +192,28 @@ impl ListenerSection {
 
     /// The SurgeMQ listeners this section opens: one per address. `local` is Mosquitto's
     /// local-only mode (no listener configured at all): loopback instead of every interface.
-    pub fn resolve(&self, local: bool) -> Result<Vec<Listener>, String> {
+    /// `ipv6` is what the host allows (see [`ipv6_support`]); a warning is pushed when every
+    /// address cannot include the IPv6 ones.
+    pub fn resolve(
+        &self,
+        local: bool,
+        ipv6: &Ipv6Support,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<Listener>, String> {
         let port = self.port.as_ref().map_or(1883, |p| p.value);
         let tls = self.tls()?;
         let transport = match (self.protocol, tls.is_some()) {
             (Protocol::Mqtt, false) => Transport::Mqtt,
             (Protocol::Mqtt, true) => Transport::Mqtts,
             (Protocol::Websockets, false) => Transport::Ws {
-                path: "/mqtt".into(),
+                path: ANY_PATH.into(),
             },
             (Protocol::Websockets, true) => Transport::Wss {
-                path: "/mqtt".into(),
+                path: ANY_PATH.into(),
             },
         };
         let listeners = self
-            .addresses(port, local)?
+            .addresses(port, local, ipv6, warnings)?
             .into_iter()
             .map(|addr| Listener {
                 addr,
@@ -261,7 +272,13 @@ impl ListenerSection {
         }))
     }
 
-    fn addresses(&self, port: u16, local: bool) -> Result<Vec<SocketAddr>, String> {
+    fn addresses(
+        &self,
+        port: u16,
+        local: bool,
+        ipv6: &Ipv6Support,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<SocketAddr>, String> {
         let wanted = |ip: &IpAddr| match self.socket_domain {
             None => true,
             Some(Domain::Ipv4) => ip.is_ipv4(),
@@ -325,12 +342,29 @@ impl ListenerSection {
             }
             ips
         } else {
-            vec![match (self.socket_domain, local) {
-                (Some(Domain::Ipv6), false) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                (Some(Domain::Ipv6), true) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                (_, false) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                (_, true) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            }]
+            let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+            let v6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+            match (self.socket_domain, local) {
+                (Some(Domain::Ipv6), false) => vec![v6],
+                (Some(Domain::Ipv6), true) => vec![IpAddr::V6(Ipv6Addr::LOCALHOST)],
+                (_, true) => vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                (Some(Domain::Ipv4), false) => vec![v4],
+                (None, false) => match ipv6 {
+                    Ipv6Support::DualStack => vec![v6],
+                    Ipv6Support::V6Only => vec![v6, v4],
+                    Ipv6Support::Unavailable(why) => {
+                        warnings.push(format!(
+                            "{}: IPv6 is not available on this host ({why}): {} listens on every IPv4 address (0.0.0.0) only",
+                            self.at
+                                .as_ref()
+                                .or(self.touched.as_ref())
+                                .map_or_else(|| "mosquitto.conf".to_string(), ToString::to_string),
+                            self.place()
+                        ));
+                        vec![v4]
+                    }
+                },
+            }
         };
         let mut seen = Vec::new();
         ips.retain(|ip| {
@@ -343,6 +377,47 @@ impl ListenerSection {
             .map(|ip| SocketAddr::new(ip, port))
             .collect())
     }
+}
+
+/// What an IPv6 socket bound to `[::]` gets on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ipv6Support {
+    /// IPv4 connections too (as IPv4-mapped addresses): IPV6_V6ONLY is off by default.
+    DualStack,
+    /// IPv6 connections only (`net.ipv6.bindv6only = 1`): IPv4 needs its own socket.
+    V6Only,
+    /// No IPv6 socket can be made or bound (IPv6 disabled in the kernel); why.
+    Unavailable(String),
+}
+
+/// This host's [`Ipv6Support`], found once by binding a socket to `[::]` on a port the kernel
+/// picks and asking it for IPV6_V6ONLY (the listeners' sockets, made by glommio, keep the
+/// default that the probe sees).
+pub fn ipv6_support() -> &'static Ipv6Support {
+    static SUPPORT: OnceLock<Ipv6Support> = OnceLock::new();
+    SUPPORT.get_or_init(|| {
+        let probe = match std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)) {
+            Ok(probe) => probe,
+            Err(e) => return Ipv6Support::Unavailable(e.to_string()),
+        };
+        let mut only: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt on a socket we own, into an int of the length given.
+        let rc = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&probe),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                (&mut only as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        match (rc, only) {
+            (0, 0) => Ipv6Support::DualStack,
+            (0, _) => Ipv6Support::V6Only,
+            _ => Ipv6Support::Unavailable(std::io::Error::last_os_error().to_string()),
+        }
+    })
 }
 
 /// The addresses of the network interface `name` (compared ignoring case, as Mosquitto
@@ -410,25 +485,39 @@ mod tests {
         Ok(s)
     }
 
+    impl ListenerSection {
+        /// On a dual-stack host, with no warning expected.
+        fn resolve_here(&self, local: bool) -> Result<Vec<Listener>, String> {
+            let mut warnings = Vec::new();
+            let l = self.resolve(local, &Ipv6Support::DualStack, &mut warnings);
+            assert_eq!(warnings, Vec::<String>::new());
+            l
+        }
+    }
+
     #[test]
     fn addresses_by_ip_name_domain_and_interface() {
         let one = |lines: &[&str]| -> Vec<String> {
             section(lines)
                 .unwrap()
-                .resolve(false)
+                .resolve_here(false)
                 .unwrap()
                 .iter()
                 .map(ToString::to_string)
                 .collect()
         };
-        assert_eq!(one(&["listener 1883"]), ["mqtt://0.0.0.0:1883"]);
+        assert_eq!(one(&["listener 1883"]), ["mqtt://[::]:1883"]);
         assert_eq!(
             one(&["listener 1883", "socket_domain ipv6"]),
             ["mqtt://[::]:1883"]
         );
         assert_eq!(
+            one(&["listener 1883", "socket_domain ipv4"]),
+            ["mqtt://0.0.0.0:1883"]
+        );
+        assert_eq!(
             one(&["listener 8080 127.0.0.1", "protocol websockets"]),
-            ["ws://127.0.0.1:8080/mqtt"]
+            ["ws://127.0.0.1:8080/*"]
         );
         assert_eq!(one(&["listener 1883 ::1"]), ["mqtt://[::1]:1883"]);
         assert!(one(&["listener 1883 localhost", "socket_domain ipv4"])
@@ -445,13 +534,79 @@ mod tests {
             ]),
             ["mqtt://127.0.0.1:1883"]
         );
-        let local = ListenerSection::default().resolve(true).unwrap();
+        let local = ListenerSection::default().resolve_here(true).unwrap();
         assert_eq!(local[0].to_string(), "mqtt://127.0.0.1:1883");
     }
 
     #[test]
+    fn no_address_is_every_ipv4_and_ipv6_address_as_the_host_allows() {
+        let urls = |lines: &[&str], ipv6: Ipv6Support| -> (Vec<String>, Vec<String>) {
+            let mut warnings = Vec::new();
+            let l = section(lines)
+                .unwrap()
+                .resolve(false, &ipv6, &mut warnings)
+                .unwrap();
+            (l.iter().map(ToString::to_string).collect(), warnings)
+        };
+        let none = Vec::<String>::new();
+        // Dual stack: one socket on [::] takes IPv4 connections too.
+        assert_eq!(
+            urls(&["listener 1883"], Ipv6Support::DualStack),
+            (vec!["mqtt://[::]:1883".to_string()], none.clone())
+        );
+        // IPv6 sockets are IPv6-only here: a second socket for IPv4.
+        assert_eq!(
+            urls(
+                &["listener 9001", "protocol websockets"],
+                Ipv6Support::V6Only
+            ),
+            (
+                vec![
+                    "ws://[::]:9001/*".to_string(),
+                    "ws://0.0.0.0:9001/*".to_string()
+                ],
+                none.clone()
+            )
+        );
+        // No IPv6: IPv4 only, and a warning naming the listener.
+        assert_eq!(
+            urls(
+                &["listener 1883"],
+                Ipv6Support::Unavailable("Address family not supported by protocol".into())
+            ),
+            (
+                vec!["mqtt://0.0.0.0:1883".to_string()],
+                vec!["l.conf:1: IPv6 is not available on this host (Address family not supported by protocol): the listener at l.conf:1 listens on every IPv4 address (0.0.0.0) only".to_string()]
+            )
+        );
+        // An address, or a domain, is not widened; nor is the local-only mode.
+        for (lines, url) in [
+            (&["listener 1883 127.0.0.1"][..], "mqtt://127.0.0.1:1883"),
+            (
+                &["listener 1883", "socket_domain ipv4"][..],
+                "mqtt://0.0.0.0:1883",
+            ),
+        ] {
+            let (got, warnings) = urls(lines, Ipv6Support::Unavailable("off".into()));
+            assert_eq!((got, warnings), (vec![url.to_string()], none.clone()));
+        }
+        let mut warnings = Vec::new();
+        let local = ListenerSection::default()
+            .resolve(true, &Ipv6Support::Unavailable("off".into()), &mut warnings)
+            .unwrap();
+        assert_eq!(local[0].to_string(), "mqtt://127.0.0.1:1883");
+        assert!(warnings.is_empty());
+        // This host: what the probe finds (the end-to-end test binds and connects).
+        eprintln!("this host: {:?}", ipv6_support());
+    }
+
+    #[test]
     fn address_errors_name_the_line() {
-        let err = |lines: &[&str]| section(lines).and_then(|s| s.resolve(false)).unwrap_err();
+        let err = |lines: &[&str]| {
+            section(lines)
+                .and_then(|s| s.resolve_here(false))
+                .unwrap_err()
+        };
         assert_eq!(
             err(&["listener 1883", "bind_interface nosuch0"]),
             "l.conf:2: `bind_interface`: there is no network interface `nosuch0`"
@@ -493,7 +648,7 @@ mod tests {
             "use_identity_as_username true",
         ])
         .unwrap();
-        let l = s.resolve(false).unwrap();
+        let l = s.resolve_here(false).unwrap();
         assert_eq!(l[0].transport, Transport::Mqtts);
         let tls = l[0].tls.as_ref().unwrap();
         assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
@@ -505,11 +660,17 @@ mod tests {
             "keyfile k",
         ])
         .unwrap();
-        assert!(matches!(
-            wss.resolve(false).unwrap()[0].transport,
-            Transport::Wss { .. }
-        ));
-        let err = |lines: &[&str]| section(lines).and_then(|s| s.resolve(false)).unwrap_err();
+        assert_eq!(
+            wss.resolve_here(false).unwrap()[0].transport,
+            Transport::Wss {
+                path: ANY_PATH.into()
+            }
+        );
+        let err = |lines: &[&str]| {
+            section(lines)
+                .and_then(|s| s.resolve_here(false))
+                .unwrap_err()
+        };
         assert_eq!(
             err(&["listener 8883", "certfile c"]),
             "l.conf:2: `certfile` needs a `keyfile` on the same listener"

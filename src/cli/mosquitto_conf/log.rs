@@ -2,9 +2,23 @@
 //! before the configuration file is read; `log_dest` moves that stream: `file PATH` appends
 //! to the file (re-opened on SIGHUP, for logrotate), `stdout` sends it to standard output,
 //! `none` to /dev/null. `syslog`, `topic` and `dlt` are not SurgeMQ destinations: a warning
-//! says so and the log stays on standard error (which the systemd journal collects). The log
-//! level is `--log-level` (or RUST_LOG); a `log_type` asking for another one gets a warning
-//! naming the flag.
+//! says so and the log stays on standard error (which the systemd journal collects).
+//!
+//! `log_type` lines choose the log level, unless `--log-level` or RUST_LOG set one (those
+//! win, with a warning naming the line). Mosquitto reads them as a set of message types: the
+//! first line replaces its default set (error, warning, notice, information), each further
+//! line adds a type, `none` empties the set and `all` fills it. SurgeMQ's log has levels, not
+//! types, so the set becomes the most detailed level it holds: `debug` (or `all`) is the
+//! debug level, `information` or `notice` info, `warning` warn, `error` error, and a set
+//! without any of these (`none`) turns the log off. What a level cannot say:
+//! - a set with a gap, such as `error` + `information` without `warning`: the level logs
+//!   everything up to its detail (warnings too);
+//! - `subscribe` and `unsubscribe`: SurgeMQ does not log each subscription (refused ones are
+//!   logged at the debug level), so these types add nothing;
+//! - `websockets` (libwebsockets' own messages): SurgeMQ's WebSocket transport logs with the
+//!   rest of the broker, so this type adds nothing either.
+//!
+//! The last three get one warning, naming the first such line.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -24,6 +38,13 @@ pub enum Target {
     Nowhere,
 }
 
+/// Mosquitto's message types that a level can carry.
+const ERROR: u8 = 1;
+const WARNING: u8 = 2;
+const NOTICE: u8 = 4;
+const INFORMATION: u8 = 8;
+const DEBUG: u8 = 16;
+
 /// What `log_dest` and `log_type` lines asked for.
 #[derive(Debug, Clone, Default)]
 pub struct Logging {
@@ -31,8 +52,12 @@ pub struct Logging {
     stdout: Option<At>,
     file: Option<Set<PathBuf>>,
     none: Option<At>,
-    /// The most detailed level a `log_type` asked for, and the last such line.
-    level: Option<Set<LevelFilter>>,
+    /// The message types `log_type` lines chose (bits: [`ERROR`] ...), and the last such
+    /// line; None when there is none (Mosquitto's default set).
+    types: Option<Set<u8>>,
+    /// `log_type subscribe`, `unsubscribe` or `websockets` lines still in the set: the first
+    /// one, and the types named.
+    unmapped: Option<(At, Vec<&'static str>)>,
 }
 
 impl Logging {
@@ -56,7 +81,8 @@ impl Logging {
                 // As in Mosquitto: `none` forgets the destinations before it.
                 *self = Logging {
                     none: at,
-                    level: self.level.take(),
+                    types: self.types.take(),
+                    unmapped: self.unmapped.take(),
                     ..Logging::default()
                 }
             }
@@ -89,9 +115,9 @@ impl Logging {
         Ok(None)
     }
 
-    /// Reads a `log_type` line (several may be given; the most detailed one counts).
+    /// Reads a `log_type` line (see the module docs for what a set of them means).
     pub fn log_type(&mut self, line: &Line<'_>) -> Result<(), String> {
-        let level = match line.choice(&[
+        let word = line.choice(&[
             "debug",
             "error",
             "warning",
@@ -102,19 +128,90 @@ impl Logging {
             "websockets",
             "none",
             "all",
-        ])? {
-            "none" => LevelFilter::OFF,
-            "error" => LevelFilter::ERROR,
-            "warning" => LevelFilter::WARN,
-            "notice" | "information" => LevelFilter::INFO,
-            _ => LevelFilter::DEBUG,
+        ])?;
+        // The first line replaces Mosquitto's default set.
+        let types = self.types.as_ref().map_or(0, |t| t.value);
+        let types = match word {
+            "none" => {
+                self.unmapped = None;
+                0
+            }
+            "all" => ERROR | WARNING | NOTICE | INFORMATION | DEBUG,
+            "error" => types | ERROR,
+            "warning" => types | WARNING,
+            "notice" => types | NOTICE,
+            "information" => types | INFORMATION,
+            "debug" => types | DEBUG,
+            // subscribe, unsubscribe, websockets: nothing a level can carry.
+            other => {
+                let (_, names) = self
+                    .unmapped
+                    .get_or_insert_with(|| (line.at.clone(), Vec::new()));
+                let name = ["subscribe", "unsubscribe", "websockets"]
+                    .into_iter()
+                    .find(|n| *n == other)
+                    .expect("one of the choices");
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+                types
+            }
         };
-        let level = self.level.as_ref().map_or(level, |l| l.value.max(level));
-        self.level = Some(Set {
-            value: level,
+        self.types = Some(Set {
+            value: types,
             at: line.at.clone(),
         });
         Ok(())
+    }
+
+    /// The log level the `log_type` lines come to, and the last of them; None without any.
+    pub fn level(&self) -> Option<(LevelFilter, &At)> {
+        let types = self.types.as_ref()?;
+        let level = match types.value {
+            t if t & DEBUG != 0 => LevelFilter::DEBUG,
+            t if t & (INFORMATION | NOTICE) != 0 => LevelFilter::INFO,
+            t if t & WARNING != 0 => LevelFilter::WARN,
+            t if t & ERROR != 0 => LevelFilter::ERROR,
+            _ => LevelFilter::OFF,
+        };
+        Some((level, &types.at))
+    }
+
+    /// One warning for the `log_type` types SurgeMQ's log has no equivalent of.
+    pub fn unmapped_warning(&self) -> Option<String> {
+        let (at, names) = self.unmapped.as_ref()?;
+        let names: Vec<String> = names.iter().map(|n| format!("`log_type {n}`")).collect();
+        Some(format!(
+            "{at}: {} add nothing to the log: SurgeMQ does not log each subscription or unsubscription (refused ones are logged at the debug level), and logs WebSocket connections with the rest of the broker",
+            names.join(", ")
+        ))
+    }
+
+    /// The level to log at once the file's warnings are out (None: keep the current one),
+    /// and a warning when `set_by` (`--log-level`, RUST_LOG) set another level, which wins.
+    pub fn level_to_apply(
+        &self,
+        set_by: Option<&str>,
+        current: LevelFilter,
+    ) -> (Option<LevelFilter>, Option<String>) {
+        let Some((wanted, at)) = self.level() else {
+            return (None, None);
+        };
+        let Some(by) = set_by else {
+            return (Some(wanted), None);
+        };
+        if wanted == current {
+            return (None, None);
+        }
+        let name = |l: LevelFilter| l.to_string().to_lowercase();
+        (
+            None,
+            Some(format!(
+                "{at}: `log_type` asks for the {} level, but {by} sets {} and wins",
+                name(wanted),
+                name(current)
+            )),
+        )
     }
 
     /// The destination, and warnings for those dropped: SurgeMQ writes to one (a file before
@@ -144,24 +241,6 @@ impl Logging {
             None
         };
         (target, warnings)
-    }
-
-    /// A warning when `log_type` asks for another level than the one in effect.
-    pub fn level_warning(&self, current: LevelFilter) -> Option<String> {
-        let wanted = self.level.as_ref()?;
-        if wanted.value == current {
-            return None;
-        }
-        let flag = match wanted.value.into_level() {
-            None => "off".to_string(),
-            Some(level) => level.to_string().to_lowercase(),
-        };
-        Some(format!(
-            "{}: `log_type` asks for the {} level, but the log level was set to {} before the file was read: pass --log-level {flag} (or set RUST_LOG)",
-            wanted.at,
-            flag,
-            current.to_string().to_lowercase(),
-        ))
     }
 }
 
@@ -274,16 +353,96 @@ mod tests {
 
     #[test]
     fn log_types_pick_a_level() {
-        let mut l = Logging::default();
-        assert_eq!(l.level_warning(LevelFilter::INFO), None);
-        l.log_type(&line("log_type error", 1)).unwrap();
-        l.log_type(&line("log_type information", 2)).unwrap();
-        assert_eq!(l.level_warning(LevelFilter::INFO), None);
-        l.log_type(&line("log_type all", 3)).unwrap();
+        let level = |lines: &[&str]| {
+            let mut l = Logging::default();
+            for (i, text) in lines.iter().enumerate() {
+                l.log_type(&line(text, i + 1)).unwrap();
+            }
+            l.level().map(|(level, at)| (level, at.line))
+        };
         assert_eq!(
-            l.level_warning(LevelFilter::INFO).unwrap(),
-            "log.conf:3: `log_type` asks for the debug level, but the log level was set to info before the file was read: pass --log-level debug (or set RUST_LOG)"
+            level(&[]),
+            None,
+            "Mosquitto's default: the current level stays"
         );
-        assert!(l.log_type(&line("log_type loud", 4)).is_err());
+        assert_eq!(level(&["log_type error"]), Some((LevelFilter::ERROR, 1)));
+        assert_eq!(
+            level(&["log_type error", "log_type warning"]),
+            Some((LevelFilter::WARN, 2))
+        );
+        for info in ["log_type information", "log_type notice"] {
+            assert_eq!(
+                level(&["log_type error", info]),
+                Some((LevelFilter::INFO, 2))
+            );
+        }
+        assert_eq!(level(&["log_type debug"]), Some((LevelFilter::DEBUG, 1)));
+        assert_eq!(level(&["log_type all"]), Some((LevelFilter::DEBUG, 1)));
+        assert_eq!(level(&["log_type none"]), Some((LevelFilter::OFF, 1)));
+        // `none` empties the set; later lines add to it again.
+        assert_eq!(
+            level(&["log_type all", "log_type none", "log_type warning"]),
+            Some((LevelFilter::WARN, 3))
+        );
+        // Types a level cannot carry leave it where the others put it.
+        assert_eq!(
+            level(&["log_type subscribe", "log_type unsubscribe"]),
+            Some((LevelFilter::OFF, 2))
+        );
+        assert_eq!(
+            level(&["log_type warning", "log_type websockets"]),
+            Some((LevelFilter::WARN, 2))
+        );
+        let mut l = Logging::default();
+        assert!(l.log_type(&line("log_type loud", 1)).is_err());
+    }
+
+    #[test]
+    fn unmapped_log_types_get_one_warning() {
+        let mut l = Logging::default();
+        assert_eq!(l.unmapped_warning(), None);
+        for (i, text) in [
+            "log_type information",
+            "log_type subscribe",
+            "log_type unsubscribe",
+            "log_type subscribe",
+            "log_type websockets",
+        ]
+        .iter()
+        .enumerate()
+        {
+            l.log_type(&line(text, i + 1)).unwrap();
+        }
+        assert_eq!(
+            l.unmapped_warning().unwrap(),
+            "log.conf:2: `log_type subscribe`, `log_type unsubscribe`, `log_type websockets` add nothing to the log: SurgeMQ does not log each subscription or unsubscription (refused ones are logged at the debug level), and logs WebSocket connections with the rest of the broker"
+        );
+        l.log_type(&line("log_type none", 6)).unwrap();
+        assert_eq!(l.unmapped_warning(), None, "`none` forgets them");
+    }
+
+    #[test]
+    fn the_command_line_level_wins() {
+        let mut l = Logging::default();
+        assert_eq!(l.level_to_apply(None, LevelFilter::INFO), (None, None));
+        l.log_type(&line("log_type error", 1)).unwrap();
+        assert_eq!(
+            l.level_to_apply(None, LevelFilter::INFO),
+            (Some(LevelFilter::ERROR), None)
+        );
+        assert_eq!(
+            l.level_to_apply(Some("--log-level"), LevelFilter::DEBUG),
+            (
+                None,
+                Some(
+                    "log.conf:1: `log_type` asks for the error level, but --log-level sets debug and wins"
+                        .into()
+                )
+            )
+        );
+        assert_eq!(
+            l.level_to_apply(Some("RUST_LOG"), LevelFilter::ERROR),
+            (None, None)
+        );
     }
 }

@@ -82,10 +82,14 @@ impl MosquittoConf {
         }
         open.extend(&self.listeners);
 
+        let ipv6 = self
+            .ipv6
+            .clone()
+            .unwrap_or_else(|| super::listener::ipv6_support().clone());
         let mut tables = Vec::new();
         let mut seen: Vec<(Listener, String)> = Vec::new();
         for section in &open {
-            for l in section.resolve(local_only)? {
+            for l in section.resolve(local_only, &ipv6, &mut warnings)? {
                 if let Some((_, other)) = seen.iter().find(|(o, _)| o.addr == l.addr) {
                     return Err(format!(
                         "{}: {} listens on {}, as {other} does",

@@ -36,8 +36,18 @@ impl Drop for Dir {
     }
 }
 
+/// Read as on a dual-stack host: a listener without an address is one on `[::]`.
 pub(super) fn parse(text: &str) -> Result<MosquittoConf, String> {
-    MosquittoConf::parse(text, Path::new("m.conf"))
+    let mut conf = MosquittoConf::parse(text, Path::new("m.conf"))?;
+    conf.ipv6 = Some(listener::Ipv6Support::DualStack);
+    Ok(conf)
+}
+
+/// A file read as on a dual-stack host (see [`parse`]).
+fn load(path: &Path) -> MosquittoConf {
+    let mut conf = MosquittoConf::load(path).unwrap();
+    conf.ipv6 = Some(listener::Ipv6Support::DualStack);
+    conf
 }
 
 /// The TOML keys and warnings a configuration comes to.
@@ -85,7 +95,7 @@ fn debians_file_as_installed_listens_on_localhost_with_persistence() {
         "Any files placed in this directory that have a .conf ending will be loaded\n",
     );
     let main = dir.write("mosquitto.conf", &debian(&dir));
-    let conf = MosquittoConf::load(&main).unwrap();
+    let conf = load(&main);
     assert_eq!(conf.files, std::slice::from_ref(&main));
     let (t, warnings) = conf.settings().unwrap();
     assert_eq!(urls(&t), ["mqtt://127.0.0.1:1883"]);
@@ -123,10 +133,10 @@ fn debians_file_with_a_conf_d_listener_and_passwords() {
         ),
     );
     let main = dir.write("mosquitto.conf", &debian(&dir));
-    let conf = MosquittoConf::load(&main).unwrap();
+    let conf = load(&main);
     assert_eq!(conf.files, [main.clone(), dir.0.join("conf.d/local.conf")]);
     let (t, _) = conf.settings().unwrap();
-    assert_eq!(urls(&t), ["mqtt://0.0.0.0:1883", "ws://0.0.0.0:9001/mqtt"]);
+    assert_eq!(urls(&t), ["mqtt://[::]:1883", "ws://[::]:9001/*"]);
     assert_eq!(t["allow-anonymous"], Value::Boolean(false));
     assert_eq!(t["password-file"].as_str(), pw.to_str());
     assert_eq!(t["acl-file"].as_str(), acl.to_str());
@@ -169,9 +179,9 @@ log_timestamp true
     assert_eq!(
         urls(&t),
         [
-            "mqtts://0.0.0.0:8883",
+            "mqtts://[::]:8883",
             "mqtt://127.0.0.1:1883",
-            "wss://0.0.0.0:8081/mqtt"
+            "wss://[::]:8081/*"
         ]
     );
     let tls = t["listener"][0].as_table().unwrap();
@@ -264,18 +274,18 @@ fn the_default_listener_port_and_bind_address() {
     );
     assert!(warnings.is_empty(), "{warnings:?}");
     let (t, warnings) = settings("max_connections 10\nlistener 1886\n").unwrap();
-    assert_eq!(urls(&t), ["mqtt://0.0.0.0:1883", "mqtt://0.0.0.0:1886"]);
+    assert_eq!(urls(&t), ["mqtt://[::]:1883", "mqtt://[::]:1886"]);
     assert_eq!(
         warnings[0],
         "m.conf:1: listener options before the first `listener` line configure the default listener, which Mosquitto then opens on port 1883 of every interface; so does SurgeMQ"
     );
     // Local-only mode keeps the default listener's options, on the loopback interface.
     let (t, _) = settings("protocol websockets\nallow_anonymous false\n").unwrap();
-    assert_eq!(urls(&t), ["ws://127.0.0.1:1883/mqtt"]);
+    assert_eq!(urls(&t), ["ws://127.0.0.1:1883/*"]);
     assert_eq!(t["allow-anonymous"], Value::Boolean(false));
     assert_eq!(
         settings("port 1883\nlistener 1883\n").unwrap_err(),
-        "m.conf:2: the listener at m.conf:2 listens on 0.0.0.0:1883, as the default listener (set at m.conf:1) does"
+        "m.conf:2: the listener at m.conf:2 listens on [::]:1883, as the default listener (set at m.conf:1) does"
     );
 }
 
@@ -298,7 +308,7 @@ fn each_file_of_include_dir_starts_in_the_default_listener() {
             dir.0.join("d").display()
         ),
     );
-    let conf = MosquittoConf::load(&main).unwrap();
+    let conf = load(&main);
     let names: Vec<_> = conf.files[1..]
         .iter()
         .map(|f| f.file_name().unwrap().to_str().unwrap().to_string())
