@@ -76,6 +76,11 @@ if [ -x scripts/interop-tls.sh ]; then
   scripts/interop-tls.sh
 fi
 
+if [ -x scripts/interop-bridge.sh ]; then
+  log "bridge interop (Mosquitto as the remote broker, mosquitto clients, mosquitto.conf and TOML)"
+  scripts/interop-bridge.sh
+fi
+
 if [ -x scripts/metrics-test.sh ]; then
   log "metrics endpoint (promtool, a real Prometheus, the live page in headless Chromium)"
   scripts/metrics-test.sh
