@@ -13,6 +13,8 @@
 # from-cloud/cmd/reboot at QoS 2; (d) both_no_echo: on a `both` topic, a local message arrives
 # once at a local subscriber and once at a remote one, and a remote message once on each side;
 # (e) retained_crosses: a retained local message is retained on the remote broker; (f)
+# sys_counters and metrics_counters (SurgeMQ only): $SYS/broker/bridges/NAME/... and /metrics
+# (promtool-clean when promtool is installed) count what crossed; (g)
 # toml_bridge (SurgeMQ only): the same `out` topic from a TOML file. Ends with
 # "N passed, M failed"; exits non-zero if anything failed. Installs nothing (scripts/test.sh
 # does); everything runs under `timeout` and every broker is stopped on exit.
@@ -76,14 +78,15 @@ start_local() { # start_local PORT CONF
   if [ "$MODE" = mosquitto ]; then
     mosquitto -c "$2" >"$WORK/local.log" 2>&1 &
   else
-    "$BIN" serve -c "$2" --shards 2 >"$WORK/local.log" 2>&1 &
+    METRICS=$(free_port)
+    "$BIN" serve -c "$2" --shards 2 --metrics-listen "127.0.0.1:$METRICS" >"$WORK/local.log" 2>&1 &
   fi
   BROKER_PID=$!
   wait_port "$1"
 }
 
 LOCAL=$(free_port)
-printf 'listener %s 127.0.0.1\nallow_anonymous true\n%s\n\n%s\n' "$LOCAL" "$ROOT_USER" "$BRIDGE" >"$WORK/local.conf"
+printf 'listener %s 127.0.0.1\nallow_anonymous true\nsys_interval 1\n%s\n\n%s\n' "$LOCAL" "$ROOT_USER" "$BRIDGE" >"$WORK/local.conf"
 start_local "$LOCAL" "$WORK/local.conf"
 
 sub() { # sub PORT COUNT SECONDS ARGS...: prints "topic payload" lines
@@ -139,7 +142,22 @@ got=$(sub "$REMOTE" 1 5 -t site1/status)
 [ "$got" = "site1/status online" ]
 report retained_crosses $? "a new remote subscriber got '$got'"
 
-# (f) The same bridge from a TOML file.
+# (f) SurgeMQ's own counters: $SYS/broker/bridges/cloud/... (sent counts (b), (d) and (e)).
+if [ "$MODE" = surgemq ]; then
+  sleep 1.5
+  sub "$LOCAL" 3 5 -t '$SYS/broker/bridges/cloud/connected' -t '$SYS/broker/bridges/cloud/messages/sent' \
+    -t '$SYS/broker/bridges/cloud/messages/received' | sort >"$WORK/sys.txt"
+  printf '%s\n' '$SYS/broker/bridges/cloud/connected 1' "\$SYS/broker/bridges/cloud/messages/received 2" \
+    "\$SYS/broker/bridges/cloud/messages/sent $((N + 2))" | sort | cmp -s - "$WORK/sys.txt"
+  report sys_counters $? "got $(tr '\n' '|' <"$WORK/sys.txt")"
+  python3 -c "import urllib.request, sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$METRICS/metrics', timeout=5).read().decode())" >"$WORK/metrics.txt"
+  grep -qx "surgemq_bridge_messages_sent_total{bridge=\"cloud\"} $((N + 2))" "$WORK/metrics.txt" &&
+    grep -qx 'surgemq_bridge_connected{bridge="cloud"} 1' "$WORK/metrics.txt" &&
+    { ! command -v promtool >/dev/null || promtool check metrics <"$WORK/metrics.txt" >/dev/null 2>&1; }
+  report metrics_counters $? "$(grep '^surgemq_bridge' "$WORK/metrics.txt" | tr '\n' '|')"
+fi
+
+# (g) The same bridge from a TOML file.
 if [ "$MODE" = surgemq ]; then
   stop_broker
   LOCAL=$(free_port)

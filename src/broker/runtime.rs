@@ -154,7 +154,6 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         shard: 0,
         reason: format!("cannot create the shard doorbells: {e}"),
     })?;
-    let stats = StatsBoard::new(shards);
     let bridges: BridgeBoard = Arc::new(
         config
             .bridges
@@ -162,6 +161,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             .map(|b| (b.name.clone(), Arc::new(BridgeStats::default())))
             .collect(),
     );
+    let stats = StatsBoard::with_bridges(shards, bridges.clone());
     let cpus = allowed_cpus();
     let open_sockets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::bridge::BridgeBoard;
 use super::metrics::MetricsSnapshot;
 
 /// How often each shard refreshes its slot.
@@ -15,19 +16,31 @@ pub const STATS_PERIOD: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct StatsBoard {
     shards: Vec<Mutex<MetricsSnapshot>>,
+    /// Each bridge's counters (its task writes them as it goes; they are atomics).
+    bridges: BridgeBoard,
     started: Instant,
     started_unix_s: u64,
 }
 
 impl StatsBoard {
     pub fn new(shards: usize) -> Arc<StatsBoard> {
+        StatsBoard::with_bridges(shards, BridgeBoard::default())
+    }
+
+    pub fn with_bridges(shards: usize, bridges: BridgeBoard) -> Arc<StatsBoard> {
         Arc::new(StatsBoard {
             shards: (0..shards).map(|_| Mutex::default()).collect(),
+            bridges,
             started: Instant::now(),
             started_unix_s: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         })
+    }
+
+    /// The bridges' counters, by name, in configuration order.
+    pub fn bridges(&self) -> &BridgeBoard {
+        &self.bridges
     }
 
     /// Shard `i` reports its counters.

@@ -1,7 +1,8 @@
 //! The shard tasks that let operators see the broker: every shard reports its counters to the
 //! [`StatsBoard`] once per [`STATS_PERIOD`], and shard 0 publishes Mosquitto's `$SYS/broker/...`
 //! topics from the board every `--sys-interval` (retained, QoS 0, only the values that
-//! changed), with the same names and meanings, plus `$SYS/broker/shards/N/...`. The message
+//! changed), with the same names and meanings, plus `$SYS/broker/shards/N/...` and each
+//! bridge's `$SYS/broker/bridges/NAME/...`. The message
 //! path pays nothing: the shards' counters are plain cells it already keeps.
 
 use std::rc::Rc;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use ahash::AHashMap;
 use bytes::Bytes;
 
+use super::bridge::BridgeStats;
 use super::mesh::Message;
 use super::metrics::MetricsSnapshot;
 use super::shard::Shard;
@@ -22,7 +24,24 @@ use crate::protocol::{ByteStr, QoS};
 pub async fn report_stats(shard: Rc<Shard>, board: Arc<StatsBoard>) {
     loop {
         board.publish(shard.id.index(), snapshot(&shard));
+        if !shard.config.bridges.is_empty() {
+            sample_bridges(&shard, &board);
+        }
         glommio::timer::sleep(STATS_PERIOD).await;
+    }
+}
+
+/// The queues of the bridges whose local session lives on this shard, into their counters.
+fn sample_bridges(shard: &Shard, board: &StatsBoard) {
+    let sessions = shard.sessions.borrow();
+    for (config, (_, stats)) in shard.config.bridges.iter().zip(board.bridges().iter()) {
+        if let Some(session) = sessions.find(&config.local_client_id) {
+            let session = session.borrow();
+            let waiting = (session.queued() + session.inflight()) as u64;
+            stats
+                .queued
+                .store(waiting, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -160,6 +179,25 @@ impl SysTree {
             put("dropped/expired", s.dropped_expired);
             put("dropped/shared", s.dropped_shared);
             put("publishers/paused", s.publishers_paused);
+        }
+        for (name, stats) in board.bridges().iter() {
+            // The link's state itself is Mosquitto's notification topic; these are ours.
+            let get = BridgeStats::get;
+            for (topic, value) in [
+                ("connected", u64::from(stats.is_connected())),
+                ("messages/sent", get(&stats.sent)),
+                ("messages/received", get(&stats.received)),
+                ("messages/queued", get(&stats.queued) + get(&stats.inflight)),
+                ("messages/dropped", get(&stats.dropped)),
+                ("connections", get(&stats.connections)),
+                ("connect-failures", get(&stats.connect_failures)),
+            ] {
+                self.set(
+                    shard,
+                    &format!("{b}/bridges/{name}/{topic}"),
+                    value.to_string(),
+                );
+            }
         }
         for (group, n) in &t.shared_groups {
             // A group name holds no `/`, `+` or `#` (MQTT-4.8.2-2): one topic level.

@@ -8,7 +8,9 @@
 //! [`SERIES`] is the one list of what is exported, shared with `/stats.json`.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
+use crate::broker::bridge::BridgeStats;
 use crate::broker::metrics::{Histogram, MetricsSnapshot};
 use crate::broker::stats::StatsBoard;
 
@@ -185,11 +187,41 @@ fn full_name(family: &str, kind: Kind) -> String {
 
 /// The whole `/metrics` page from the board as it is now.
 pub fn render(board: &StatsBoard) -> String {
-    render_shards(
+    let mut out = render_shards(
         &board.shards(),
         board.uptime().as_secs_f64(),
         board.started_unix_s(),
-    )
+    );
+    bridges(&mut out, board.bridges());
+    out
+}
+
+/// One series per bridge (label `bridge`) in each bridge family; nothing without bridges.
+fn bridges(out: &mut String, board: &[(String, Arc<BridgeStats>)]) {
+    if board.is_empty() {
+        return;
+    }
+    fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
+        BridgeStats::get(c)
+    }
+    type Family = (&'static str, Kind, &'static str, fn(&BridgeStats) -> u64);
+    let families: [Family; 7] = [
+        ("bridge_connected", Kind::Gauge, "1 while the bridge's link to its remote broker is up.", |s| u64::from(s.is_connected())),
+        ("bridge_messages_sent", Kind::Counter, "Messages the bridge sent to its remote broker (acknowledged by it for QoS 1/2).", |s| get(&s.sent)),
+        ("bridge_messages_received", Kind::Counter, "Messages the bridge brought in from its remote broker.", |s| get(&s.received)),
+        ("bridge_messages_queued", Kind::Gauge, "Messages waiting for the remote broker: in the bridge's local session or in flight.", |s| get(&s.queued) + get(&s.inflight)),
+        ("bridge_messages_dropped", Kind::Counter, "Messages that could not cross (refused by the other broker, or matching no topic line).", |s| get(&s.dropped)),
+        ("bridge_connections", Kind::Counter, "Times the bridge's link came up.", |s| get(&s.connections)),
+        ("bridge_connect_failures", Kind::Counter, "Failed attempts to bring the bridge's link up.", |s| get(&s.connect_failures)),
+    ];
+    for (family, kind, help, value) in families {
+        let name = full_name(family, kind);
+        header(out, &name, kind, help);
+        for (bridge, stats) in board {
+            let bridge = escape_label_value(bridge);
+            let _ = writeln!(out, "{name}{{bridge=\"{bridge}\"}} {}", value(stats));
+        }
+    }
 }
 
 /// The `/metrics` page from the shards' counters.
@@ -537,5 +569,36 @@ mod tests {
             .filter(|l| l.starts_with("surgemq_protocol_errors_by_rule_total{"))
             .count();
         assert_eq!(series, MAX_RULES_PER_SHARD);
+    }
+
+    #[test]
+    fn each_bridge_has_a_series_in_each_bridge_family() {
+        use std::sync::atomic::Ordering;
+        let cloud = Arc::new(BridgeStats::default());
+        cloud.connected.store(true, Ordering::Relaxed);
+        cloud.sent.store(7, Ordering::Relaxed);
+        cloud.queued.store(3, Ordering::Relaxed);
+        cloud.inflight.store(2, Ordering::Relaxed);
+        let board = StatsBoard::with_bridges(
+            1,
+            Arc::new(vec![
+                ("cloud".to_string(), cloud),
+                ("site\"2".to_string(), Arc::new(BridgeStats::default())),
+            ]),
+        );
+        let text = render(&board);
+        for line in [
+            "# TYPE surgemq_bridge_connected gauge",
+            "surgemq_bridge_connected{bridge=\"cloud\"} 1",
+            "surgemq_bridge_connected{bridge=\"site\\\"2\"} 0",
+            "# TYPE surgemq_bridge_messages_sent_total counter",
+            "surgemq_bridge_messages_sent_total{bridge=\"cloud\"} 7",
+            "surgemq_bridge_messages_queued{bridge=\"cloud\"} 5",
+            "surgemq_bridge_connect_failures_total{bridge=\"cloud\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}");
+        }
+        // Without bridges, no bridge family at all.
+        assert!(!render(&StatsBoard::new(1)).contains("bridge"));
     }
 }

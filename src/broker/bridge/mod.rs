@@ -189,6 +189,9 @@ pub struct BridgeStats {
     /// Messages taken from the local session and not yet acknowledged by the remote broker;
     /// the rest of the bridge's queue is its local session's queue.
     pub inflight: AtomicU64,
+    /// Messages waiting in the bridge's local session for the remote broker (sampled every
+    /// second): what piles up while the remote broker is unreachable.
+    pub queued: AtomicU64,
     /// Messages that could not cross: refused by the broker they were sent to (a reason code
     /// of 0x80 or above) or matching no topic line.
     pub dropped: AtomicU64,
