@@ -149,9 +149,10 @@ pub async fn run(
 
 pub(super) async fn setup(spec: ClientSpec, plan: &Plan) -> Result<Conn, String> {
     let c = &plan.config;
-    let mut conn = Conn::connect(plan.addr, c.setup_timeout, plan.dial.as_ref())
+    let addr = addr_of(plan, spec);
+    let mut conn = Conn::connect(addr, c.setup_timeout, plan.dial.as_ref())
         .await
-        .map_err(|e| format!("connect to {}: {e}", plan.addr))?;
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
     conn.rbuf.level = c.protocol;
     let id = client_id(plan, spec);
     let clean = !persistent_session(plan, spec);
@@ -161,6 +162,15 @@ pub(super) async fn setup(spec: ClientSpec, plan: &Plan) -> Result<Conn, String>
         conn.subscribe(&plan.filter, c.qos).await?;
     }
     Ok(conn)
+}
+
+/// Where a client connects: subscribers to `subscriber_addr` (the far side of a bridge, when
+/// it differs), everyone else to `addr`.
+pub(super) fn addr_of(plan: &Plan, spec: ClientSpec) -> std::net::SocketAddr {
+    match spec.subscriber {
+        Some(_) if spec.publisher.is_none() => plan.subscriber_addr,
+        _ => plan.addr,
+    }
 }
 
 pub(super) fn client_id(plan: &Plan, spec: ClientSpec) -> String {
@@ -181,8 +191,8 @@ pub(super) async fn remove_session(plan: &Plan, spec: ClientSpec) {
     let c = &plan.config;
     let id = client_id(plan, spec);
     let remove = async {
-        let Ok(mut conn) = Conn::connect(plan.addr, c.setup_timeout, plan.dial.as_ref()).await
-        else {
+        let addr = addr_of(plan, spec);
+        let Ok(mut conn) = Conn::connect(addr, c.setup_timeout, plan.dial.as_ref()).await else {
             return;
         };
         conn.rbuf.level = c.protocol;

@@ -42,6 +42,9 @@ pub struct BenchConfig {
     pub scenario: Scenario,
     pub host: String,
     pub port: u16,
+    /// Subscribers connect to this port of `host` instead: the far side of a bridge, with
+    /// publishers on the near side. Not with mesh (its clients both publish and subscribe).
+    pub subscribe_port: Option<u16>,
     /// What the clients speak under MQTT: TCP (the default), TLS, WebSockets or both.
     pub transport: Transport,
     /// With TLS: how the broker's certificate is checked (`ca_file`, `insecure`; the default
@@ -93,6 +96,7 @@ impl Default for BenchConfig {
             scenario: Scenario::Pair,
             host: "127.0.0.1".into(),
             port: 1883,
+            subscribe_port: None,
             transport: Transport::Mqtt,
             tls: TlsOptions::default(),
             publishers: None,
@@ -152,6 +156,8 @@ pub(crate) fn invalid(flag: &'static str, reason: impl Into<String>) -> BenchErr
 pub struct Plan {
     pub config: BenchConfig,
     pub addr: SocketAddr,
+    /// Where subscribers connect (`addr` unless `subscribe_port` says otherwise).
+    pub subscriber_addr: SocketAddr,
     pub publishers: usize,
     pub subscribers: usize,
     /// Mesh: publisher i and subscriber i share one connection.
@@ -241,6 +247,16 @@ impl BenchConfig {
                 port: self.port,
                 reason,
             })?;
+        if self.subscribe_port.is_some() && self.scenario == Scenario::Mesh {
+            return Err(invalid(
+                "subscribe-port",
+                "mesh clients publish and subscribe on one connection",
+            ));
+        }
+        let mut subscriber_addr = addr;
+        if let Some(port) = self.subscribe_port {
+            subscriber_addr.set_port(port);
+        }
         let dial = self.dial()?;
         let run_id = run_id();
         let prefix = format!("surgemq-bench/{run_id}");
@@ -255,6 +271,7 @@ impl BenchConfig {
         Ok(Plan {
             config: self.clone(),
             addr,
+            subscriber_addr,
             publishers,
             subscribers,
             shared_connections: self.scenario == Scenario::Mesh && subscribers > 0,

@@ -104,9 +104,10 @@ pub async fn run_subscriber(
 /// the subscription and the queued messages), which starts coming right after the CONNACK.
 async fn reconnect(spec: ClientSpec, plan: &Plan) -> Result<Conn, String> {
     let c = &plan.config;
-    let mut conn = Conn::connect(plan.addr, c.setup_timeout, plan.dial.as_ref())
+    let addr = super::client::addr_of(plan, spec);
+    let mut conn = Conn::connect(addr, c.setup_timeout, plan.dial.as_ref())
         .await
-        .map_err(|e| format!("reconnect to {}: {e}", plan.addr))?;
+        .map_err(|e| format!("reconnect to {addr}: {e}"))?;
     let id = client_id(plan, spec);
     let present = conn
         .handshake(&id, false, c.username.as_deref(), c.password.as_deref())

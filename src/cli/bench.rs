@@ -82,6 +82,10 @@ struct LoadArgs {
     host: String,
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Subscribers connect to this port of --host instead (e.g. the far side of a bridge,
+    /// publishers on the near side); not with mesh.
+    #[arg(long)]
+    subscribe_port: Option<u16>,
     #[arg(long)]
     username: Option<String>,
     #[arg(long)]
@@ -197,6 +201,7 @@ impl LoadArgs {
             scenario,
             host: self.host,
             port: self.port,
+            subscribe_port: self.subscribe_port,
             transport,
             tls: TlsOptions {
                 ca_file: self.cafile,
