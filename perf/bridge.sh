@@ -92,13 +92,15 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 
-python3 - "$RAW" "$RESULTS/$STAMP.md" "$REPS" "$DURATION" "$WINDOW" "$SIZE" <<'PY'
+COMMAND="REPS=$REPS DURATION=$DURATION WINDOW=$WINDOW SIZE=$SIZE QOS_LEVELS=\"$QOS_LEVELS\" PAIRS=\"$PAIRS\" STAMP=$STAMP perf/bridge.sh"
+python3 - "$RAW" "$RESULTS/$STAMP.md" "$REPS" "$DURATION" "$WINDOW" "$SIZE" "$COMMAND" "$(git rev-parse --short HEAD)" <<'PY'
 import json, statistics, sys
-raw, md, reps, duration, window, size = sys.argv[1:7]
+raw, md, reps, duration, window, size, command, commit = sys.argv[1:9]
 rows = [json.loads(l) for l in open(raw) if l.strip()]
 out = [f"# Bridge throughput ({reps} reps, {duration} s each, window {window}, {size}-byte payloads)", "",
        "Publisher on the local broker, subscriber on the remote one, one bridge `topic surgemq-bench/# out QOS`,",
        "1 shard per SurgeMQ; medians of delivered messages/s; missing must be 0.", "",
+       f"Command: `{command}` at {commit}, on this 2-core machine (brokers and generator share it).", "",
        "| pair | QoS | median msgs/s | runs | missing (max) | p50 latency µs (median) |", "|---|---|---|---|---|---|"]
 med = {}
 for pair in ["surgemq", "mosquitto", "mixed"]:

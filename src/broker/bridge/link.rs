@@ -72,9 +72,12 @@ pub async fn run(
                 })
                 .await;
                 bridge.link_down();
+                // Either way the remote broker hears "0" (a DISCONNECT would keep its will
+                // from saying it) and both sessions end cleanly, kept for the next link.
+                bridge.close(&link).await;
                 match why {
                     None => {
-                        bridge.say_goodbye(&link).await;
+                        info!(bridge = %bridge.config.name, "bridge stopped");
                         return;
                     }
                     Some(why) => {
@@ -393,12 +396,13 @@ impl Bridge {
         self.notify_local("0");
     }
 
-    /// A clean end (the broker stops): "0" on the remote notification topic, as the will
-    /// would say, then DISCONNECT on both sides.
-    async fn say_goodbye(&self, link: &Link) {
+    /// The end of a link (the broker stops, or one side went away): "0" on the remote
+    /// notification topic if the remote connection is still there, as its will would have
+    /// said, then DISCONNECT on both sides. Bounded in time.
+    async fn close(&self, link: &Link) {
         let c = &self.config;
         let goodbye = async {
-            if c.notifications && !c.notifications_local_only {
+            if c.notifications && !c.notifications_local_only && link.remote.0.is_connected() {
                 let _ = link
                     .remote
                     .0
@@ -421,7 +425,6 @@ impl Bridge {
             glommio::timer::sleep(Duration::from_millis(200)),
         )
         .await;
-        info!(bridge = %c.name, "bridge stopped");
     }
 
     /// The link's state, retained on this broker's notification topic.
