@@ -61,6 +61,18 @@ impl Mosquitto {
         }
         Mosquitto { child, dir, addr }
     }
+
+    /// Sends `signal` to the process (e.g. `libc::SIGUSR1`: write the persistence file).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; the child is not reaped before drop.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.child.id());
+    }
+
+    /// SIGKILL, and waits until the process is gone (what dropping does, said aloud).
+    pub fn kill(self) {
+        drop(self);
+    }
 }
 
 impl Drop for Mosquitto {

@@ -66,7 +66,7 @@ pub async fn run(
         let why = match outcome {
             Ok(mut link) => {
                 last_wait = None;
-                let why = or(bridge.serve(&mut link), async {
+                let why = or(bridge.serve(&mut link, address), async {
                     stop.recv().await;
                     None
                 })
@@ -127,8 +127,11 @@ struct Bridge {
 }
 
 impl Bridge {
-    /// The remote broker (each address in turn), then the local session, then the
-    /// subscriptions on both sides.
+    /// The remote broker (each address in turn), then the local session. The subscriptions
+    /// are made by [`serve`](Self::serve), while messages already flow: a resumed session may
+    /// fill the in-flight window at once, and a broker may queue its SUBACK behind messages
+    /// waiting for that window (this one does), so waiting for the SUBACK before reading and
+    /// acknowledging would wait for ever.
     async fn connect(&self, address: &mut usize, private: &mut bool) -> Result<Link, String> {
         let remote = self.connect_remote(address, private).await?;
         let local = match self.connect_local().await {
@@ -138,8 +141,11 @@ impl Bridge {
                 return Err(format!("cannot open the bridge's local session: {e}"));
             }
         };
-        let link = Link { remote, local };
-        self.subscribe(&link).await?;
+        Ok(Link { remote, local })
+    }
+
+    /// Both sides subscribed: the link is up.
+    fn link_up(&self, remote: &Client, address: usize) {
         self.stats.connected.store(true, Ordering::Relaxed);
         BridgeStats::add(&self.stats.connections, 1);
         self.notify_local("1");
@@ -147,10 +153,9 @@ impl Bridge {
             // Retained; the will says "0" if the link dies without a DISCONNECT.
             let topic = &self.config.notification_topic;
             // Queued at once; its acknowledgement is not waited for.
-            drop(link.remote.0.publish(topic, "1", QoS::AtLeastOnce, true));
+            drop(remote.publish(topic, "1", QoS::AtLeastOnce, true));
         }
-        info!(bridge = %self.config.name, remote = %self.describe(*address), "bridge connected");
-        Ok(link)
+        info!(bridge = %self.config.name, remote = %self.describe(address), "bridge connected");
     }
 
     fn describe(&self, address: usize) -> String {
@@ -251,7 +256,7 @@ impl Bridge {
         Client::connect_over(options, ours).await
     }
 
-    async fn subscribe(&self, link: &Link) -> Result<(), String> {
+    async fn subscribe(&self, remote: &Client, local: &Client) -> Result<(), String> {
         // No Local: what the bridge publishes here is not sent back out. Retain As
         // Published: retained messages stay retained on the other side. Retained messages
         // already here go out when the subscription is new, not at every reconnect.
@@ -261,32 +266,29 @@ impl Bridge {
             retain_as_published: true,
             retain_handling: RetainHandling::SendIfNew,
         };
-        let local: Vec<_> = self
+        let filters: Vec<_> = self
             .map
             .local_subscriptions()
             .into_iter()
             .map(|(f, q)| (f, options(q)))
             .collect();
-        if !local.is_empty() {
-            let codes = link
-                .local
-                .0
-                .subscribe_with(&local, Properties::default())
+        if !filters.is_empty() {
+            let codes = local
+                .subscribe_with(&filters, Properties::default())
                 .await
                 .map_err(|e| format!("local SUBSCRIBE failed: {e}"))?;
-            self.report_refusals("local", &local, &codes);
+            self.report_refusals("local", &filters, &codes);
         }
-        let remote = self.map.remote_subscriptions();
-        if !remote.is_empty() {
-            let client = &link.remote.0;
-            let codes = if client.protocol().is_v5() {
-                let remote: Vec<_> = remote.iter().map(|(f, q)| (f, options(*q))).collect();
-                client.subscribe_with(&remote, Properties::default()).await
+        let filters = self.map.remote_subscriptions();
+        if !filters.is_empty() {
+            let codes = if remote.protocol().is_v5() {
+                let with: Vec<_> = filters.iter().map(|(f, q)| (f, options(*q))).collect();
+                remote.subscribe_with(&with, Properties::default()).await
             } else {
-                client.subscribe(&remote).await
+                remote.subscribe(&filters).await
             }
             .map_err(|e| format!("remote SUBSCRIBE failed: {e}"))?;
-            self.report_refusals("remote", &remote, &codes);
+            self.report_refusals("remote", &filters, &codes);
         }
         Ok(())
     }
@@ -304,12 +306,20 @@ impl Bridge {
         }
     }
 
-    /// Moves messages both ways until a side goes away; returns why.
-    async fn serve(&self, link: &mut Link) -> Option<String> {
+    /// Subscribes on both sides and moves messages both ways (from the start: see
+    /// [`connect`](Self::connect)) until a side goes away; returns why.
+    async fn serve(&self, link: &mut Link, address: usize) -> Option<String> {
         let (remote, local) = (&link.remote.0, &link.local.0);
+        let subscribing = async {
+            if let Err(why) = self.subscribe(remote, local).await {
+                return why;
+            }
+            self.link_up(remote, address);
+            std::future::pending().await
+        };
         let outgoing = self.forward(&mut link.local.1, local, remote, true);
         let incoming = self.forward(&mut link.remote.1, remote, local, false);
-        Some(or(outgoing, incoming).await)
+        Some(or(subscribing, or(outgoing, incoming)).await)
     }
 
     /// One direction: `from`'s messages published on `to`, each acknowledged to `from` once
@@ -391,9 +401,11 @@ impl Bridge {
     }
 
     fn link_down(&self) {
-        self.stats.connected.store(false, Ordering::Relaxed);
+        let was_up = self.stats.connected.swap(false, Ordering::Relaxed);
         self.stats.inflight.store(0, Ordering::Relaxed);
-        self.notify_local("0");
+        if was_up {
+            self.notify_local("0");
+        }
     }
 
     /// The end of a link (the broker stops, or one side went away): "0" on the remote
