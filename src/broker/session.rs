@@ -206,6 +206,11 @@ pub struct Session {
     /// Shared by every session of the shard.
     limits: Rc<SessionLimits>,
     queue: VecDeque<Outbound>,
+    /// `queue` may hold a SUBACK or UNSUBACK (false: it holds none). They may pass QoS 1/2
+    /// messages that wait for the window, since a client may well wait for its SUBACK before
+    /// acknowledging anything. A flag, not a count, to keep the session small: a search that
+    /// finds none clears it.
+    controls_queued: bool,
     /// Payload bytes the session holds: queued, and in flight until acknowledged, so
     /// `max_queued_bytes` bounds its memory whatever the window (`max_inflight`).
     queued_bytes: usize,
@@ -263,6 +268,7 @@ impl Session {
             subscriptions: HashMap::default(),
             limits,
             queue: VecDeque::new(),
+            controls_queued: false,
             queued_bytes: 0,
             inflight: VecDeque::new(),
             resend: 0,
@@ -479,7 +485,26 @@ impl Session {
     /// applied the change). Never dropped: there is at most one per client request.
     pub fn enqueue_control(&mut self, item: Outbound) {
         self.queue.push_back(item);
+        self.controls_queued = true;
         self.wake();
+    }
+
+    /// The first SUBACK/UNSUBACK queued behind a QoS 1/2 message that waits for the window.
+    fn take_waiting_control(&mut self) -> Option<Outbound> {
+        if !self.controls_queued {
+            return None;
+        }
+        match self
+            .queue
+            .iter()
+            .position(|o| !matches!(o, Outbound::Publish { .. }))
+        {
+            Some(i) => self.queue.remove(i),
+            None => {
+                self.controls_queued = false;
+                None
+            }
+        }
     }
 
     /// Whether `fill` would write something now.
@@ -489,7 +514,9 @@ impl Session {
         }
         match self.queue.front() {
             None => false,
-            Some(Outbound::Publish { qos, .. }) if *qos != QoS::AtMostOnce => self.window_open(),
+            Some(Outbound::Publish { qos, .. }) if *qos != QoS::AtMostOnce => {
+                self.window_open() || self.controls_queued
+            }
             Some(_) => true,
         }
     }
@@ -548,12 +575,16 @@ impl Session {
             let Some(item) = self.queue.front() else {
                 break;
             };
-            if let Outbound::Publish { qos, .. } = item {
-                if *qos != QoS::AtMostOnce && !self.window_open() {
-                    break;
+            let blocked = matches!(item, Outbound::Publish { qos, .. }
+                if *qos != QoS::AtMostOnce && !self.window_open());
+            let item = if blocked {
+                match self.take_waiting_control() {
+                    Some(control) => control,
+                    None => break,
                 }
-            }
-            let item = self.queue.pop_front().expect("front exists");
+            } else {
+                self.queue.pop_front().expect("front exists")
+            };
             packets += 1;
             match item {
                 Outbound::Publish {
@@ -725,6 +756,7 @@ impl Session {
     /// Forgets everything a clean session does not keep past its connection.
     pub fn clear_delivery_state(&mut self) {
         self.queue.clear();
+        self.controls_queued = false;
         self.queued_bytes = 0;
         self.inflight.clear();
         self.resend = 0;

@@ -449,6 +449,33 @@ fn control_packets_keep_their_place_in_the_queue() {
 }
 
 #[test]
+fn a_suback_passes_messages_that_wait_for_the_window() {
+    // A client that waits for its SUBACK before acknowledging (a bridge resubscribing on a
+    // resumed session) must get it even when the window is full of messages to it.
+    let mut s = session(1, 10, 1000);
+    for _ in 0..3 {
+        s.enqueue(msg(b"x", QoS::AtLeastOnce), QoS::AtLeastOnce, false)
+            .unwrap();
+    }
+    assert_eq!(
+        drain(&mut s),
+        [0x32, 0x06, 0x00, 0x01, b't', 0x00, 0x01, b'x']
+    );
+    assert!(!s.has_sendable());
+    s.enqueue_control(Outbound::UnsubAck(crate::protocol::UnsubAck::new(9)));
+    assert!(s.has_sendable());
+    assert_eq!(drain(&mut s), [0xb0, 0x02, 0x00, 0x09]);
+    assert!(!s.has_sendable());
+    // The messages keep their order behind it.
+    assert_eq!(s.on_puback(1), Ack::Done);
+    assert_eq!(
+        drain(&mut s),
+        [0x32, 0x06, 0x00, 0x01, b't', 0x00, 0x02, b'x']
+    );
+    assert_eq!(s.queued(), 1);
+}
+
+#[test]
 fn large_payloads_are_shared_not_copied() {
     let limits = SessionLimits {
         max_inflight: 10,
