@@ -13,9 +13,11 @@
 # from-cloud/cmd/reboot at QoS 2; (d) both_no_echo: on a `both` topic, a local message arrives
 # once at a local subscriber and once at a remote one, and a remote message once on each side;
 # (e) retained_crosses: a retained local message is retained on the remote broker; (f)
-# sys_counters and metrics_counters (SurgeMQ only): $SYS/broker/bridges/NAME/... and /metrics
-# (promtool-clean when promtool is installed) count what crossed; (g)
-# toml_bridge (SurgeMQ only): the same `out` topic from a TOML file. Ends with
+# tls_bridge_checks_the_certificate: over TLS (bridge_cafile) to the remote broker's TLS
+# listener messages cross, and a bridge trusting another CA never connects; (g) sys_counters
+# and metrics_counters (SurgeMQ only): $SYS/broker/bridges/NAME/... and /metrics
+# (promtool-clean when promtool is installed) count what crossed; (h) toml_bridge (SurgeMQ
+# only): the same `out` topic from a TOML file. Ends with
 # "N passed, M failed"; exits non-zero if anything failed. Installs nothing (scripts/test.sh
 # does); everything runs under `timeout` and every broker is stopped on exit.
 set -euo pipefail
@@ -28,7 +30,7 @@ case "${1:-}" in
   --mosquitto) MODE=mosquitto ;;
   "") ;;
   -h | --help)
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
@@ -40,6 +42,7 @@ require mosquitto "the Debian package mosquitto"
 require mosquitto_pub "the Debian package mosquitto-clients"
 require timeout "coreutils"
 require python3 "python3"
+require openssl "the Debian package openssl"
 if [ "$MODE" = surgemq ]; then
   require cargo "a Rust toolchain"
   cargo build --quiet --bin surgemq
@@ -57,8 +60,24 @@ trap cleanup EXIT
 ROOT_USER=""
 [ "$(id -u)" -ne 0 ] || ROOT_USER="user root"
 
+# A CA and a certificate for 127.0.0.1 for the remote broker's TLS listener; another CA that
+# signed nothing there.
+mkca() { # mkca NAME
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -keyout "$WORK/$1.key" -out "$WORK/$1.crt" -subj "/CN=$1" 2>/dev/null
+}
+mkca ca
+mkca otherca
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout "$WORK/server.key" -out "$WORK/server.csr" -subj "/CN=localhost" 2>/dev/null
+printf 'basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$WORK/server.ext"
+openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.crt" -CAkey "$WORK/ca.key" \
+  -CAcreateserial -days 2 -out "$WORK/server.crt" -extfile "$WORK/server.ext" 2>/dev/null
+
 REMOTE=$(free_port)
-printf 'listener %s 127.0.0.1\nallow_anonymous true\n%s\n' "$REMOTE" "$ROOT_USER" >"$WORK/remote.conf"
+REMOTE_TLS=$(free_port)
+printf 'listener %s 127.0.0.1\nallow_anonymous true\n%s\nlistener %s 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n' \
+  "$REMOTE" "$ROOT_USER" "$REMOTE_TLS" "$WORK/ca.crt" "$WORK/server.crt" "$WORK/server.key" >"$WORK/remote.conf"
 mosquitto -c "$WORK/remote.conf" >"$WORK/remote.log" 2>&1 &
 REMOTE_PID=$!
 wait_port "$REMOTE"
@@ -72,7 +91,21 @@ restart_timeout 1
 topic data out 1 edge/ site1/
 topic cmd/# in 2 from-cloud/ site1/
 topic chat/# both 1
-topic status out 1 edge/ site1/"
+topic status out 1 edge/ site1/
+
+connection secure
+address 127.0.0.1:$REMOTE_TLS
+remote_clientid $ID-tls
+bridge_cafile $WORK/ca.crt
+restart_timeout 1
+topic secure/# out 1
+
+connection untrusted
+address 127.0.0.1:$REMOTE_TLS
+remote_clientid $ID-untrusted
+bridge_cafile $WORK/otherca.crt
+restart_timeout 1
+topic untrusted/# out 1"
 
 start_local() { # start_local PORT CONF
   if [ "$MODE" = mosquitto ]; then
@@ -142,7 +175,19 @@ got=$(sub "$REMOTE" 1 5 -t site1/status)
 [ "$got" = "site1/status online" ]
 report retained_crosses $? "a new remote subscriber got '$got'"
 
-# (f) SurgeMQ's own counters: $SYS/broker/bridges/cloud/... (sent counts (b), (d) and (e)).
+# (f) TLS: a bridge that trusts the remote broker's CA carries messages; one that trusts
+# another CA never connects, and nothing it would carry crosses.
+sub "$REMOTE" 2 4 -q 1 -t 'secure/#' -t 'untrusted/#' >"$WORK/tls.txt" &
+SUB=$!
+sleep 0.5
+pub "$LOCAL" -q 1 -t secure/a -m over-tls
+pub "$LOCAL" -q 1 -t untrusted/a -m must-not-cross
+wait "$SUB"
+untrusted=$(sub "$LOCAL" 1 1 -t "\$SYS/broker/connection/$ID-untrusted/state")
+[ "$(cat "$WORK/tls.txt")" = "secure/a over-tls" ] && [ "$untrusted" != "\$SYS/broker/connection/$ID-untrusted/state 1" ]
+report tls_bridge_checks_the_certificate $? "remote got '$(tr '\n' '|' <"$WORK/tls.txt")', untrusted bridge state '$untrusted'"
+
+# (g) SurgeMQ's own counters: $SYS/broker/bridges/cloud/... (sent counts (b), (d) and (e)).
 if [ "$MODE" = surgemq ]; then
   sleep 1.5
   sub "$LOCAL" 3 5 -t '$SYS/broker/bridges/cloud/connected' -t '$SYS/broker/bridges/cloud/messages/sent' \
@@ -157,7 +202,7 @@ if [ "$MODE" = surgemq ]; then
   report metrics_counters $? "$(grep '^surgemq_bridge' "$WORK/metrics.txt" | tr '\n' '|')"
 fi
 
-# (g) The same bridge from a TOML file.
+# (h) The same bridge from a TOML file.
 if [ "$MODE" = surgemq ]; then
   stop_broker
   LOCAL=$(free_port)
