@@ -347,7 +347,15 @@ impl ListenerSection {
             match (self.socket_domain, local) {
                 (Some(Domain::Ipv6), false) => vec![v6],
                 (Some(Domain::Ipv6), true) => vec![IpAddr::V6(Ipv6Addr::LOCALHOST)],
-                (_, true) => vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                (Some(Domain::Ipv4), true) => vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                // As Mosquitto 2's local-only mode: both loopback addresses, where IPv6 exists.
+                (None, true) => match ipv6 {
+                    Ipv6Support::Unavailable(_) => vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                    _ => vec![
+                        IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    ],
+                },
                 (Some(Domain::Ipv4), false) => vec![v4],
                 (None, false) => match ipv6 {
                     Ipv6Support::DualStack => vec![v6],
@@ -534,8 +542,16 @@ mod tests {
             ]),
             ["mqtt://127.0.0.1:1883"]
         );
+        // Local-only mode: both loopback addresses, as Mosquitto 2 binds them.
         let local = ListenerSection::default().resolve_here(true).unwrap();
-        assert_eq!(local[0].to_string(), "mqtt://127.0.0.1:1883");
+        let local: Vec<String> = local.iter().map(ToString::to_string).collect();
+        assert_eq!(local, ["mqtt://127.0.0.1:1883", "mqtt://[::1]:1883"]);
+        let mut warnings = Vec::new();
+        let no_v6 = Ipv6Support::Unavailable("test".into());
+        let local = ListenerSection::default()
+            .resolve(true, &no_v6, &mut warnings)
+            .unwrap();
+        assert_eq!(local.len(), 1);
     }
 
     #[test]

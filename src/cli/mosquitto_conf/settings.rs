@@ -3,7 +3,7 @@
 //!
 //! - Listeners: without any `listener`, `port` or `bind_address`, Mosquitto 2 listens on the
 //!   loopback interface only ("local only" mode) and lets anonymous clients in; so does
-//!   SurgeMQ, on 127.0.0.1:1883. Otherwise the default listener opens when `port`,
+//!   SurgeMQ, on 127.0.0.1:1883 and [::1]:1883. Otherwise the default listener opens when `port`,
 //!   `bind_address` or a listener option before the first `listener` line asks for it, and
 //!   `allow_anonymous` defaults to false. An explicit `allow_anonymous` always counts (in
 //!   local-only mode Mosquitto ignores `allow_anonymous false`; SurgeMQ keeps the stricter

@@ -98,7 +98,7 @@ fn debians_file_as_installed_listens_on_localhost_with_persistence() {
     let conf = load(&main);
     assert_eq!(conf.files, std::slice::from_ref(&main));
     let (t, warnings) = conf.settings().unwrap();
-    assert_eq!(urls(&t), ["mqtt://127.0.0.1:1883"]);
+    assert_eq!(urls(&t), ["mqtt://127.0.0.1:1883", "mqtt://[::1]:1883"]);
     assert_eq!(t["allow-anonymous"], Value::Boolean(true));
     assert_eq!(
         t["data-dir"].as_str().unwrap(),
@@ -281,7 +281,7 @@ fn the_default_listener_port_and_bind_address() {
     );
     // Local-only mode keeps the default listener's options, on the loopback interface.
     let (t, _) = settings("protocol websockets\nallow_anonymous false\n").unwrap();
-    assert_eq!(urls(&t), ["ws://127.0.0.1:1883/*"]);
+    assert_eq!(urls(&t), ["ws://127.0.0.1:1883/*", "ws://[::1]:1883/*"]);
     assert_eq!(t["allow-anonymous"], Value::Boolean(false));
     assert_eq!(
         settings("port 1883\nlistener 1883\n").unwrap_err(),
