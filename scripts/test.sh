@@ -44,6 +44,7 @@ need_deb_pkg() { # need_deb_pkg PACKAGE
 need_deb mosquitto_pub mosquitto-clients
 need_deb mosquitto mosquitto
 need_deb openssl openssl
+need_deb nats-server nats-server
 need_py paho.mqtt "paho-mqtt>=2,<3" python3-paho-mqtt
 
 log "cargo fmt --check"

@@ -4,6 +4,8 @@ pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod client;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod protocol;

@@ -94,6 +94,17 @@ pub struct BrokerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Bridges to other brokers (Mosquitto's `connection` sections, TOML `[[bridge]]`).
     pub bridges: Vec<super::bridge::BridgeConfig>,
+    /// One broker over several nodes sharing a NATS cluster (feature `cluster`).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Where the NATS cluster is, and this node's name in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// NATS server URLs (`nats://host:port`); the client fails over between them.
+    pub servers: Vec<String>,
+    /// This node's name: unique in the cluster (letters, digits, `-` and `_`).
+    pub node_id: String,
 }
 
 impl Default for BrokerConfig {
@@ -128,6 +139,7 @@ impl Default for BrokerConfig {
             compact_after_bytes: 64 << 20,
             metrics_listen: None,
             bridges: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -237,6 +249,30 @@ impl BrokerConfig {
                 "sync-interval-ms",
                 "must be at most 60000 (60 s)",
             ));
+        }
+        if let Some(c) = &self.cluster {
+            if c.servers.is_empty() {
+                return Err(ConfigError::new(
+                    "cluster",
+                    "at least one nats:// URL is needed",
+                ));
+            }
+            #[cfg(feature = "cluster")]
+            for url in &c.servers {
+                if let Err(e) = url.parse::<async_nats::ServerAddr>() {
+                    return Err(ConfigError::new(
+                        "cluster",
+                        format!("`{url}` is not a NATS URL: {e}"),
+                    ));
+                }
+            }
+            let valid = |ch: char| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_';
+            if c.node_id.is_empty() || !c.node_id.chars().all(valid) {
+                return Err(ConfigError::new(
+                    "node-id",
+                    format!("must be letters, digits, '-' and '_', got `{}`", c.node_id),
+                ));
+            }
         }
         let mut seen = ahash::AHashSet::new();
         for b in &self.bridges {

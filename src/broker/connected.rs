@@ -522,7 +522,9 @@ impl ConnectedClient {
                 } else {
                     // Nobody to hold back and nobody to acknowledge: the connection is gone.
                     let publisher = self.session.borrow().id;
-                    let _ = self.shard.route(Arc::new(message), Some(publisher));
+                    let _ = self
+                        .shard
+                        .route_published(Arc::new(message), Some(publisher));
                     self.shard.flush();
                 }
             }

@@ -51,6 +51,14 @@ pub struct SubscriberId {
     pub generation: u32,
 }
 
+impl SubscriberId {
+    /// A number that stays the same for this subscriber (as a publisher) while it exists: on
+    /// other nodes of a cluster its messages keep their order by it.
+    pub fn order_key(&self) -> u64 {
+        (u64::from(self.shard.0) << 48) ^ (u64::from(self.generation) << 24) ^ u64::from(self.slot)
+    }
+}
+
 /// One published message as routed: immutable and shared by every subscriber and shard it
 /// reaches. Topic and payload are slices of the publisher's read buffer, never copied on the
 /// way (retained and queued-while-offline copies are the exception, see `Message::detached`).
@@ -393,6 +401,8 @@ pub enum ShardMessage {
     },
     /// The authenticator's ACL changed (SIGHUP): apply it to this shard's subscriptions.
     Reauthorize,
+    /// A message published on another node of the cluster, for this node's subscribers.
+    FromCluster(Arc<Message>),
     /// Parked connections whose sockets became readable (tokens from `parking::token`).
     Readable(Vec<u64>),
     Shutdown,

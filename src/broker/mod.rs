@@ -7,6 +7,7 @@
 //! other shards in batches. See `shared/design.md` in the project for the data flow.
 
 pub mod bridge;
+pub mod cluster_port;
 mod compaction;
 pub mod config;
 mod connected;

@@ -4,6 +4,7 @@
 
 use ahash::AHashMap;
 
+use super::cluster_port::InterestChange;
 use super::mesh::{Grant, SubscriberId};
 use super::shared::SharedIndex;
 use crate::topic::{parse_shared, SubscriptionTrie};
@@ -20,16 +21,64 @@ pub struct Replica {
     no_local: usize,
     /// Shared subscriptions: while there are none, routing does not look.
     pub shared: SharedIndex,
+    /// With a cluster, on shard 0 only: how many subscriptions each filter has on this node
+    /// (a shared one counts for its inner filter), and the changes other nodes must hear of.
+    pub interest: Option<InterestTracker>,
+}
+
+/// This node's filters with their subscription counts, and the filters that got their first
+/// subscription or lost their last since the changes were last taken.
+#[derive(Default)]
+pub struct InterestTracker {
+    counts: AHashMap<String, u32>,
+    pub changes: Vec<InterestChange>,
+}
+
+impl InterestTracker {
+    fn added(&mut self, filter: &str) {
+        let count = self.counts.entry(filter.to_string()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.changes.push(InterestChange::Added(filter.to_string()));
+        }
+    }
+
+    fn removed(&mut self, filter: &str) {
+        if let Some(count) = self.counts.get_mut(filter) {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(filter);
+                self.changes
+                    .push(InterestChange::Removed(filter.to_string()));
+            }
+        }
+    }
 }
 
 impl Replica {
+    /// A replica that also counts this node's filters (see [`InterestTracker`]) when asked.
+    pub fn with_interest(track: bool) -> Replica {
+        Replica {
+            interest: track.then(InterestTracker::default),
+            ..Replica::default()
+        }
+    }
+
     /// `filter` was validated (a shared one included) before it got here.
     pub fn insert(&mut self, filter: &str, id: SubscriberId, grant: Grant) {
         if let Some(Ok(shared)) = parse_shared(filter) {
+            if let Some(interest) = &mut self.interest {
+                if !self.shared.contains(shared, &id) {
+                    interest.added(shared.filter);
+                }
+            }
             self.shared.insert(filter, shared, id, grant);
             return;
         }
         let old = self.trie.insert(filter, id, grant);
+        if let (Some(interest), None) = (&mut self.interest, &old) {
+            interest.added(filter);
+        }
         self.no_local += usize::from(grant.no_local);
         self.no_local -= usize::from(old.is_some_and(|g| g.no_local));
         if old.is_none() {
@@ -44,13 +93,21 @@ impl Replica {
     pub fn remove(&mut self, filter: &str, id: &SubscriberId) {
         if let Some(shared) = parse_shared(filter) {
             if let Ok(shared) = shared {
-                self.shared.remove(shared, id);
+                let inner = shared.filter.to_string();
+                if self.shared.remove(shared, id).is_some() {
+                    if let Some(interest) = &mut self.interest {
+                        interest.removed(&inner);
+                    }
+                }
             }
             return;
         }
         let Some(old) = self.trie.remove(filter, id) else {
             return;
         };
+        if let Some(interest) = &mut self.interest {
+            interest.removed(filter);
+        }
         self.no_local -= usize::from(old.no_local);
         if let Some(count) = self.filters_of.get_mut(id) {
             *count -= 1;

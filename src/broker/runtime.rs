@@ -13,6 +13,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tracing::info;
 
 use super::bridge::{self, BridgeBoard, BridgeStats};
+use super::cluster_port::{ClusterPort, ClusterShared};
 use super::config::BrokerConfig;
 use super::keepalive::watch_keepalives;
 use super::listeners::{accept_loop, ListenerSpec, TlsSettings};
@@ -54,6 +55,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::transport::TlsError),
+    #[error("--cluster: {0}")]
+    Cluster(String),
 }
 
 /// A running broker. Dropping it does not stop it; call [`BrokerHandle::shutdown`].
@@ -66,6 +69,10 @@ pub struct BrokerHandle {
     stats: Arc<StatsBoard>,
     tls: Vec<Option<Arc<TlsSettings>>>,
     bridges: BridgeBoard,
+    #[cfg(feature = "cluster")]
+    cluster: Option<crate::cluster::ClusterHandle>,
+    /// What the shards and the cluster thread share (with `--cluster`).
+    cluster_shared: Option<Arc<ClusterShared>>,
 }
 
 impl BrokerHandle {
@@ -78,6 +85,17 @@ impl BrokerHandle {
     /// any thread while the broker runs.
     pub fn stats(&self) -> Arc<StatsBoard> {
         self.stats.clone()
+    }
+
+    /// With a cluster: messages handed to the cluster thread for other nodes, and those
+    /// dropped because its outbox was full.
+    pub fn cluster_counts(&self) -> Option<(u64, u64)> {
+        self.cluster_shared.as_ref().map(|c| {
+            (
+                c.forwarded.load(std::sync::atomic::Ordering::Relaxed),
+                c.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
     }
 
     /// Every bridge's counters (see [`crate::broker::bridge`]), readable from any thread.
@@ -120,10 +138,16 @@ impl BrokerHandle {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        self.executors
+        let last = self
+            .executors
             .into_iter()
             .map(|e| e.join().unwrap_or_default())
-            .collect()
+            .collect();
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster {
+            cluster.stop();
+        }
+        last
     }
 }
 
@@ -162,6 +186,13 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             .collect(),
     );
     let stats = StatsBoard::with_bridges(shards, bridges.clone());
+    let cluster_shared = config.cluster.as_ref().map(|_| ClusterShared::new());
+    #[cfg(not(feature = "cluster"))]
+    if config.cluster.is_some() {
+        return Err(StartError::Cluster(
+            "this build has no cluster support (cargo feature `cluster`)".into(),
+        ));
+    }
     let cpus = allowed_cpus();
     let open_sockets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
@@ -175,6 +206,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         let shard_startup = startup.clone();
         let shard_stats = stats.clone();
         let shard_bridges = bridges.clone();
+        let shard_cluster = cluster_shared.clone();
         let shard_listeners: Vec<(SocketAddr, Transport, Option<Arc<TlsSettings>>)> = shard_addrs
             .iter()
             .zip(&config.listen)
@@ -196,6 +228,9 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                     shard_mesh,
                     shard_sockets,
                 ));
+                if let Some(shared) = shard_cluster {
+                    let _ = shard.cluster.set(ClusterPort::new(shared));
+                }
                 let listeners = shard_listeners
                     .into_iter()
                     .map(|(addr, transport, tls)| {
@@ -227,6 +262,9 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                     stats,
                     tls: Vec::new(),
                     bridges,
+                    #[cfg(feature = "cluster")]
+                    cluster: None,
+                    cluster_shared: None,
                 };
                 handle.shutdown();
                 return Err(StartError::Executor {
@@ -237,6 +275,16 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         }
     }
     drop(ready_tx);
+    #[cfg(feature = "cluster")]
+    let (cluster, cluster_failed) = match (&config.cluster, &cluster_shared) {
+        (Some(c), Some(shared)) => {
+            match crate::cluster::start(c, shared.clone(), mesh.clone(), shards) {
+                Ok(handle) => (Some(handle), None),
+                Err(e) => (None, Some(StartError::Cluster(e.to_string()))),
+            }
+        }
+        _ => (None, None),
+    };
     let handle = BrokerHandle {
         addrs,
         mesh,
@@ -245,7 +293,15 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         stats,
         tls,
         bridges,
+        #[cfg(feature = "cluster")]
+        cluster,
+        cluster_shared,
     };
+    #[cfg(feature = "cluster")]
+    if let Some(e) = cluster_failed {
+        handle.shutdown();
+        return Err(e);
+    }
     for _ in 0..shards {
         match ready_rx.recv() {
             Ok(Ok(())) => {}

@@ -15,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 use ahash::AHashMap;
 use tracing::{debug, warn};
 
+use super::cluster_port::ClusterPort;
 use super::config::BrokerConfig;
 use super::connected::session_expiry;
 use super::durability::{Durability, Ticket};
@@ -158,6 +159,8 @@ pub struct Shard {
     /// that left them: sent when the delay ends or the session does, dropped when the client
     /// resumes the session (see `ConnectedClient::publish_will_later`).
     pub(super) delayed_wills: RefCell<AHashMap<SubscriberId, wills::DelayedWill>>,
+    /// With a cluster: where messages for other nodes go (set once at start).
+    pub cluster: std::cell::OnceCell<ClusterPort>,
 }
 
 /// What routing a message did (see [`Shard::route`]).
@@ -192,6 +195,7 @@ impl Shard {
         mesh: Arc<Mesh>,
         open_sockets: Arc<AtomicUsize>,
     ) -> Shard {
+        let clustered = config.cluster.is_some();
         let parking = config.park_idle_after.and_then(|after| {
             ParkingLot::new(id, mesh.clone(), after)
                 .map_err(|e| warn!(shard = id.0, "idle connections will not park: {e}"))
@@ -216,7 +220,8 @@ impl Shard {
             metrics: Metrics::default(),
             open_sockets,
             router: RefCell::new(Router::new(id, mesh)),
-            replica: RefCell::new(Replica::default()),
+            // Shard 0 keeps count of this node's filters for the other nodes.
+            replica: RefCell::new(Replica::with_interest(clustered && id.0 == 0)),
             retained: RefCell::new(TopicTree::new()),
             sessions: RefCell::new(SessionTable::default()),
             pending: RefCell::new(AHashMap::new()),
@@ -225,6 +230,7 @@ impl Shard {
             next_client_id: Cell::new(1),
             matches: RefCell::new(Vec::new()),
             delayed_wills: RefCell::new(AHashMap::new()),
+            cluster: std::cell::OnceCell::new(),
             read_arena: RefCell::new(ReadArena::default()),
             write_pool: RefCell::new(WritePool::default()),
             stopping: Cell::new(false),
@@ -410,6 +416,7 @@ impl Shard {
                 replica.remove(f, &id);
             }
         }
+        self.announce_interest();
         if !filters.is_empty() && self.shards > 1 {
             let filters: Arc<[ByteStr]> = filters.into();
             self.router
@@ -441,6 +448,39 @@ impl Shard {
     ///
     /// Returns what the publisher must wait for: a subscriber under pressure, and (with
     /// `--data-dir`) what must be durable before its acknowledgement.
+    /// [`route`](Self::route) for a message published on this node (by a client, a will, a
+    /// bridge): it also goes to the other nodes of the cluster that want it. `publisher`
+    /// keys the order its messages keep on the other nodes.
+    pub fn route_published(
+        &self,
+        message: Arc<Message>,
+        publisher: Option<SubscriberId>,
+    ) -> Routed {
+        if let Some(port) = self.cluster.get() {
+            // $-topics ($SYS) are each node's own; retained messages go to every node, which
+            // keeps its own copy for subscriptions made later.
+            if !message.topic.starts_with('$') && (message.retain || port.wanted(&message.topic)) {
+                let key = publisher.map_or(0, |p| p.order_key());
+                port.send(message.clone(), key);
+            }
+        }
+        self.route(message, publisher)
+    }
+
+    /// With a cluster, on shard 0: tells the cluster thread which filters got their first
+    /// subscription on this node or lost their last.
+    pub(in crate::broker) fn announce_interest(&self) {
+        let Some(port) = self.cluster.get() else {
+            return;
+        };
+        let mut replica = self.replica.borrow_mut();
+        if let Some(interest) = &mut replica.interest {
+            for change in interest.changes.drain(..) {
+                port.interest_changed(change);
+            }
+        }
+    }
+
     pub fn route(&self, message: Arc<Message>, publisher: Option<SubscriberId>) -> Routed {
         let mut routed = Routed::default();
         let before = self.journal_end();
@@ -691,6 +731,10 @@ impl Shard {
             }
             ShardMessage::Presence { subscriber, online } => self.presence(subscriber, online),
             ShardMessage::Reauthorize => self.reauthorize(),
+            ShardMessage::FromCluster(message) => {
+                // Another node's message: for this node's subscribers only.
+                let _ = self.route(message, None);
+            }
             ShardMessage::Shutdown => self.stop(),
         }
     }

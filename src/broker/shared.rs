@@ -166,6 +166,14 @@ impl SharedIndex {
         }
     }
 
+    /// Whether `id` is a member of the group.
+    pub fn contains(&self, shared: SharedFilter<'_>, id: &SubscriberId) -> bool {
+        let group = ByteStr::from(shared.group);
+        self.groups
+            .get(shared.filter, &group)
+            .is_some_and(|g| g.members.binary_search_by_key(id, |m| m.0).is_ok())
+    }
+
     /// Removes `id` from the group; returns its grant if it was a member.
     pub fn remove(&mut self, shared: SharedFilter<'_>, id: &SubscriberId) -> Option<Grant> {
         let group = ByteStr::from(shared.group);

@@ -27,6 +27,9 @@ pub async fn report_stats(shard: Rc<Shard>, board: Arc<StatsBoard>) {
         if !shard.config.bridges.is_empty() {
             sample_bridges(&shard, &board);
         }
+        // Interest changes made where no announcement follows (sessions restored from
+        // --data-dir) reach the other nodes within a second.
+        shard.announce_interest();
         glommio::timer::sleep(STATS_PERIOD).await;
     }
 }

@@ -42,6 +42,8 @@ const KNOWN_KEYS: &[&str] = &[
     "listener",
     "metrics-listen",
     "bridge",
+    "cluster",
+    "node-id",
 ];
 
 /// Keys of a `[[listener]]` table: its URL and its own TLS settings.
@@ -147,6 +149,21 @@ impl ConfigFile {
             None => Ok(None),
             Some(toml::Value::String(s)) => Ok(Some(self.dir.join(s))),
             Some(_) => Err(self.bad(key, "a path string")),
+        }
+    }
+
+    /// A string or an array of strings (e.g. `cluster = ["nats://a:4222", "nats://b:4222"]`).
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, String> {
+        match self.table.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(vec![s.clone()])),
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .map(Some)
+                .ok_or_else(|| self.bad(key, "a string or an array of strings")),
+            Some(_) => Err(self.bad(key, "a string or an array of strings")),
         }
     }
 

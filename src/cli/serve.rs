@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Args;
 use surgemq::auth::{AclFile, FileAuthenticator, PasswordFile, ReloadableAuthenticator};
 use surgemq::broker::bridge::BridgeConfig;
+use surgemq::broker::config::ClusterConfig;
 use surgemq::broker::shared::ShareStrategy;
 use surgemq::broker::{self, BrokerConfig, MetricsSnapshot};
 use surgemq::transport::{Listener, TlsFiles};
@@ -157,6 +158,13 @@ pub struct ServeArgs {
     /// page at / [default: none].
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Join a cluster of SurgeMQ nodes over these NATS servers (comma-separated
+    /// nats://host:port URLs): clients of every node see one broker [default: none].
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// This node's name in the cluster, unique among its nodes [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    node_id: Option<String>,
 }
 
 /// Queue limits per session with --data-dir, where queued messages are kept on disk too and
@@ -359,10 +367,37 @@ fn build_config(args: ServeArgs) -> Result<Built, String> {
                 .map_err(|e| format!("invalid metrics-listen: {e}"))?,
         },
         bridges,
+        cluster: cluster_config(&args.cluster, args.node_id, &file)?,
         ..defaults
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok((config, mosquitto, authenticator))
+}
+
+/// `--cluster` and `--node-id` (or the file's `cluster` list and `node-id`).
+fn cluster_config(
+    flag: &[String],
+    node_id: Option<String>,
+    file: &ConfigFile,
+) -> Result<Option<ClusterConfig>, String> {
+    let servers = if flag.is_empty() {
+        file.strings("cluster")?.unwrap_or_default()
+    } else {
+        flag.to_vec()
+    };
+    if servers.is_empty() {
+        if node_id.is_some() {
+            return Err("invalid --node-id: needs --cluster".into());
+        }
+        return Ok(None);
+    }
+    let node_id = match node_id.or(file.string("node-id")?) {
+        Some(id) => id,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().replace('.', "-"))
+            .unwrap_or_else(|_| "surgemq".into()),
+    };
+    Ok(Some(ClusterConfig { servers, node_id }))
 }
 
 /// The TLS files, when --cert or --key (or their keys) are given: both must be.

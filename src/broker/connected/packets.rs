@@ -367,7 +367,9 @@ impl ConnectedClient {
         if forward {
             let message = Message::new(topic, payload, qos, retain).with_v5(v5_part);
             let publisher = self.session.borrow().id;
-            let routed = self.shard.route(Arc::new(message), Some(publisher));
+            let routed = self
+                .shard
+                .route_published(Arc::new(message), Some(publisher));
             if let Some(subscriber) = routed.pressured {
                 self.wait_for(subscriber);
             }

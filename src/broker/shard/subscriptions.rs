@@ -354,6 +354,8 @@ impl Shard {
             }
         }
         self.metrics.subscriptions.set(replica.len() as u64);
+        drop(replica);
+        self.announce_interest();
         found
     }
 
@@ -363,5 +365,7 @@ impl Shard {
             replica.remove(f, &id);
         }
         self.metrics.subscriptions.set(replica.len() as u64);
+        drop(replica);
+        self.announce_interest();
     }
 }

@@ -66,7 +66,7 @@ impl Shard {
                 let will = wills.remove(&id).expect("checked");
                 drop(wills);
                 shard.journal_will(id, |session| Record::WillDone { session });
-                let _ = shard.route(Arc::new(will.message), Some(id));
+                let _ = shard.route_published(Arc::new(will.message), Some(id));
                 shard.flush();
             }
         });
@@ -90,7 +90,7 @@ impl Shard {
     pub(super) fn release_delayed_will(&self, id: SubscriberId) {
         let will = self.delayed_wills.borrow_mut().remove(&id);
         if let Some(will) = will {
-            let _ = self.route(Arc::new(will.message), None);
+            let _ = self.route_published(Arc::new(will.message), None);
         }
     }
 

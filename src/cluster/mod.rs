@@ -1,0 +1,32 @@
+//! One broker over several nodes that share a NATS cluster (`serve --cluster nats://...
+//! --node-id NAME`). Within a node nothing changes; between nodes, NATS carries what another
+//! node wants, and nothing else.
+//!
+//! - **Interest.** Shard 0 counts this node's filters (`broker::replica::InterestTracker`)
+//!   and tells the cluster thread when one gets its first subscription or loses its last.
+//!   The thread subscribes on NATS to the subjects of those filters ([`subject`], the mapping
+//!   nats-server's own MQTT support uses, so NATS applications and MQTT clients see each
+//!   other's messages), and publishes the node's whole filter set on
+//!   `$SMQ.interest.<node>` when it changes and every [`interest::HEARTBEAT`]. Every node
+//!   keeps the others' sets ([`interest::RemoteNodes`]; a node silent for
+//!   [`interest::EXPIRY`] is forgotten) as one trie the shards read lock-free.
+//! - **Publishing.** A message published on this node (by a client, a will or a bridge) that
+//!   another node wants goes, after local routing, into a bounded outbox (full: dropped and
+//!   counted), and from there to NATS on its topic's subject, with headers naming the origin
+//!   node, a sequence number, its QoS and its publisher's order key. Retained messages go to
+//!   every node (also on `$SMQ.retained`), each of which keeps its copy.
+//! - **Receiving.** What NATS delivers (once per matching NATS subscription, so possibly
+//!   twice) is de-duplicated by origin and sequence ([`dedupe`]) and handed to a shard's
+//!   inbox as `ShardMessage::FromCluster`, always the same shard for one publisher, which
+//!   routes it to this node's subscribers only. One publisher's messages keep their order.
+//!
+//! What crosses nodes crosses at most once (NATS core): a node or NATS server that dies may
+//! lose messages in flight between nodes, whatever their QoS; a QoS 1/2 PUBACK promises
+//! delivery on the publisher's node and the hand-over to NATS. See the README.
+
+pub mod dedupe;
+pub mod interest;
+mod node;
+pub mod subject;
+
+pub use node::{start, ClusterHandle, ClusterStartError};

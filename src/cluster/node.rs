@@ -1,0 +1,462 @@
+//! The cluster thread: a tokio runtime of its own with the NATS client, beside the shards. A
+//! second plain thread blocks on the shards' channels (the outbox and the interest changes)
+//! and hands their contents to the runtime; the runtime publishes, subscribes, keeps the
+//! other nodes' interest and feeds what arrives into the shards' inboxes.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ahash::AHashMap;
+use async_nats::{HeaderMap, ServerAddr, Subscriber};
+use bytes::Bytes;
+use futures_lite::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::dedupe::Dedupe;
+use super::interest::{self, Part, RemoteNodes};
+use super::subject::{filter_to_subjects, subject_to_topic, topic_to_subject};
+use crate::broker::cluster_port::{ClusterShared, InterestChange, Outgoing};
+use crate::broker::config::ClusterConfig;
+use crate::broker::mesh::{Mesh, Message, Refused, ShardId, ShardMessage};
+use crate::protocol::{ByteStr, QoS};
+
+const NODE: &str = "Smq-Node";
+const SEQ: &str = "Smq-Seq";
+const QOS: &str = "Smq-QoS";
+const RETAIN: &str = "Smq-Retain";
+const KEY: &str = "Smq-Key";
+const TOPIC: &str = "Smq-Topic";
+const EPOCH: &str = "Smq-Epoch";
+const PART: &str = "Smq-Part";
+const INTEREST: &str = "$SMQ.interest";
+const HELLO: &str = "$SMQ.hello";
+const RETAINED: &str = "$SMQ.retained";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterStartError {
+    #[error("invalid --cluster URL `{url}`: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot start the cluster thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The running cluster thread; [`ClusterHandle::stop`] ends it.
+pub struct ClusterHandle {
+    stop: Arc<AtomicBool>,
+    wake: mpsc::UnboundedSender<Event>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ClusterHandle {
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.wake.send(Event::Stop);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the runtime's main loop reacts to.
+enum Event {
+    Out(Vec<Outgoing>),
+    Interest(InterestChange),
+    Stop,
+}
+
+/// Starts the cluster thread for this node. The NATS connection is made in the background
+/// (and made again after failures, over every server given): the broker starts whether or
+/// not NATS is up yet.
+pub fn start(
+    config: &ClusterConfig,
+    shared: Arc<ClusterShared>,
+    mesh: Arc<Mesh>,
+    shards: usize,
+) -> Result<ClusterHandle, ClusterStartError> {
+    let servers = config
+        .servers
+        .iter()
+        .map(|url| {
+            url.parse::<ServerAddr>()
+                .map_err(|e| ClusterStartError::Url {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (outbox, changes) = shared
+        .take_receivers()
+        .expect("the cluster thread starts once per broker");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    // Blocks on the shards' channels; batches what is there and wakes the runtime.
+    let feeder = {
+        let stop = stop.clone();
+        let events = events_tx.clone();
+        std::thread::Builder::new()
+            .name("surgemq-cluster-feed".into())
+            .spawn(move || feed(outbox, changes, events, stop))
+            .map_err(ClusterStartError::Thread)?
+    };
+    let node = Node {
+        id: config.node_id.clone(),
+        incarnation: format!(
+            "{}/{}",
+            config.node_id,
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        ),
+        shared,
+        mesh,
+        shards,
+    };
+    let runner = std::thread::Builder::new()
+        .name("surgemq-cluster".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!("cluster: cannot start its runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(node.run(servers, events_rx));
+        })
+        .map_err(ClusterStartError::Thread)?;
+    Ok(ClusterHandle {
+        stop,
+        wake: events_tx,
+        threads: vec![runner, feeder],
+    })
+}
+
+fn feed(
+    outbox: crossbeam_channel::Receiver<Outgoing>,
+    changes: crossbeam_channel::Receiver<InterestChange>,
+    events: mpsc::UnboundedSender<Event>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Acquire) {
+        crossbeam_channel::select! {
+            recv(outbox) -> first => {
+                let Ok(first) = first else { return };
+                let mut batch = vec![first];
+                while batch.len() < 1024 {
+                    match outbox.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
+                }
+                if events.send(Event::Out(batch)).is_err() {
+                    return;
+                }
+            }
+            recv(changes) -> change => {
+                let Ok(change) = change else { return };
+                if events.send(Event::Interest(change)).is_err() {
+                    return;
+                }
+            }
+            default(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+struct Node {
+    id: String,
+    /// `node/start-time`: what other nodes key sequence numbers and epochs by, so a restarted
+    /// node is a new origin for them.
+    incarnation: String,
+    shared: Arc<ClusterShared>,
+    mesh: Arc<Mesh>,
+    shards: usize,
+}
+
+/// A message from NATS on its way to a shard.
+struct Arrived {
+    subject: String,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+}
+
+impl Node {
+    async fn run(self, servers: Vec<ServerAddr>, mut events: mpsc::UnboundedReceiver<Event>) {
+        let client = match async_nats::ConnectOptions::new()
+            .name(format!("surgemq-{}", self.id))
+            .no_echo()
+            .retry_on_initial_connect()
+            .event_callback(|event| async move { info!("cluster: NATS {event}") })
+            .connect(servers)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("cluster: cannot connect to NATS: {e}");
+                return;
+            }
+        };
+        let (arrived_tx, mut arrived) = mpsc::channel::<Arrived>(4096);
+        // Our interest: filter -> the NATS subscriptions forwarding it.
+        let mut local: AHashMap<String, Vec<tokio::task::JoinHandle<()>>> = AHashMap::new();
+        let mut filters = BTreeSet::new();
+        let mut remote = RemoteNodes::default();
+        let mut dedupe = Dedupe::default();
+        let mut seq: u64 = 0;
+        let mut epoch: u64 = epoch_base();
+        let mut dirty = true;
+        let mut next_snapshot = Instant::now();
+        let mut heartbeat = tokio::time::interval(interest::HEARTBEAT);
+        let forward = |sub: Subscriber, tx: mpsc::Sender<Arrived>| {
+            tokio::spawn(async move {
+                let mut sub = sub;
+                while let Some(m) = sub.next().await {
+                    let arrived = Arrived {
+                        subject: m.subject.to_string(),
+                        headers: m.headers,
+                        payload: m.payload,
+                    };
+                    if tx.send(arrived).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        // The others' interest, their hellos, and retained messages.
+        let mut interest_sub = match client.subscribe(format!("{INTEREST}.*")).await {
+            Ok(s) => s,
+            Err(e) => return warn!("cluster: cannot subscribe: {e}"),
+        };
+        let mut hello_sub = match client.subscribe(HELLO).await {
+            Ok(s) => s,
+            Err(e) => return warn!("cluster: cannot subscribe: {e}"),
+        };
+        match client.subscribe(RETAINED).await {
+            Ok(s) => drop(forward(s, arrived_tx.clone())),
+            Err(e) => return warn!("cluster: cannot subscribe: {e}"),
+        }
+        let _ = client.publish(HELLO, Bytes::from(self.id.clone())).await;
+        info!(node = %self.id, "cluster: node joined");
+        loop {
+            let snapshot_due = async {
+                if dirty {
+                    tokio::time::sleep_until(next_snapshot.into()).await
+                } else {
+                    std::future::pending::<()>().await
+                }
+            };
+            tokio::select! {
+                event = events.recv() => match event {
+                    None | Some(Event::Stop) => break,
+                    Some(Event::Out(batch)) => {
+                        for out in batch {
+                            seq += 1;
+                            self.publish(&client, out, seq).await;
+                        }
+                    }
+                    Some(Event::Interest(change)) => {
+                        match change {
+                            InterestChange::Added(f) => {
+                                let mut forwards = Vec::new();
+                                for subject in filter_to_subjects(&f).unwrap_or_default() {
+                                    match client.subscribe(subject).await {
+                                        Ok(s) => forwards.push(forward(s, arrived_tx.clone())),
+                                        Err(e) => warn!("cluster: cannot subscribe to {f}: {e}"),
+                                    }
+                                }
+                                local.insert(f.clone(), forwards);
+                                filters.insert(f);
+                            }
+                            InterestChange::Removed(f) => {
+                                for task in local.remove(&f).unwrap_or_default() {
+                                    // Ends the forwarding task and its NATS subscription.
+                                    task.abort();
+                                }
+                                filters.remove(&f);
+                            }
+                        }
+                        if !dirty {
+                            dirty = true;
+                            next_snapshot = Instant::now() + interest::DEBOUNCE;
+                        }
+                    }
+                },
+                Some(m) = arrived.recv() => self.deliver(m, &mut dedupe).await,
+                Some(m) = interest_sub.next() => {
+                    if let Some(changed) = self.take_interest(&m, &mut remote) {
+                        if changed {
+                            self.shared.remote.replace(remote.trie());
+                        }
+                    }
+                }
+                Some(m) = hello_sub.next() => {
+                    if m.payload != self.id.as_bytes() {
+                        // A node joined: it hears our interest now, not at the next heartbeat.
+                        debug!("cluster: hello from {:?}", m.payload);
+                        dirty = true;
+                        next_snapshot = Instant::now();
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if remote.expire(Instant::now()) {
+                        self.shared.remote.replace(remote.trie());
+                    }
+                    dirty = true;
+                    next_snapshot = Instant::now();
+                }
+                _ = snapshot_due => {
+                    epoch += 1;
+                    self.announce(&client, &filters, epoch).await;
+                    dirty = false;
+                }
+            }
+        }
+        let _ = client.flush().await;
+        info!(node = %self.id, "cluster: node left");
+    }
+
+    /// Publishes this node's filters as a snapshot.
+    async fn announce(&self, client: &async_nats::Client, filters: &BTreeSet<String>, epoch: u64) {
+        let parts = interest::parts(filters);
+        let total = parts.len();
+        for (i, part) in parts.into_iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert(NODE, self.incarnation.as_str());
+            headers.insert(EPOCH, epoch.to_string().as_str());
+            headers.insert(PART, format!("{i}/{total}").as_str());
+            let subject = format!("{INTEREST}.{}", self.id);
+            if let Err(e) = client
+                .publish_with_headers(subject, headers, Bytes::from(part))
+                .await
+            {
+                warn!("cluster: cannot announce interest: {e}");
+            }
+        }
+    }
+
+    /// One snapshot part from another node; Some(changed) if it was one.
+    fn take_interest(&self, m: &async_nats::Message, remote: &mut RemoteNodes) -> Option<bool> {
+        let headers = m.headers.as_ref()?;
+        let node = headers.get(NODE)?.as_str();
+        if node == self.incarnation {
+            return None;
+        }
+        let epoch = headers.get(EPOCH)?.as_str().parse().ok()?;
+        let (index, total) = headers.get(PART)?.as_str().split_once('/')?;
+        let filters = std::str::from_utf8(&m.payload).ok()?;
+        // The node's name without its start time: a restart replaces the old entry.
+        let name = node.split_once('/').map_or(node, |(n, _)| n);
+        Some(remote.take(
+            Part {
+                node: name,
+                epoch,
+                index: index.parse().ok()?,
+                total: total.parse().ok()?,
+                filters,
+            },
+            Instant::now(),
+        ))
+    }
+
+    async fn publish(&self, client: &async_nats::Client, out: Outgoing, seq: u64) {
+        let m = &out.message;
+        let mut headers = HeaderMap::new();
+        headers.insert(NODE, self.incarnation.as_str());
+        headers.insert(SEQ, seq.to_string().as_str());
+        headers.insert(QOS, (m.qos as u8).to_string().as_str());
+        headers.insert(KEY, out.key.to_string().as_str());
+        if m.retain {
+            headers.insert(RETAIN, "1");
+            let mut all = headers.clone();
+            all.insert(TOPIC, &*m.topic);
+            // Every node keeps retained messages, interested or not.
+            if let Err(e) = client
+                .publish_with_headers(RETAINED, all, m.payload.clone())
+                .await
+            {
+                warn!("cluster: cannot publish: {e}");
+            }
+        }
+        match topic_to_subject(&m.topic) {
+            Some(subject) => {
+                if let Err(e) = client
+                    .publish_with_headers(subject, headers, m.payload.clone())
+                    .await
+                {
+                    warn!("cluster: cannot publish: {e}");
+                }
+            }
+            None if !m.retain => {
+                debug!(topic = %m.topic, "cluster: a topic with no NATS subject stays on this node");
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
+        }
+    }
+
+    /// Hands a message from NATS to the shard that keeps its publisher's order.
+    async fn deliver(&self, m: Arrived, dedupe: &mut Dedupe) {
+        let header = |name: &str| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        let origin = header(NODE);
+        if let (Some(origin), Some(seq)) = (&origin, header(SEQ).and_then(|s| s.parse().ok())) {
+            if origin == &self.incarnation || !dedupe.first(origin, seq) {
+                return;
+            }
+        }
+        let topic = match header(TOPIC) {
+            Some(t) if m.subject == RETAINED => t,
+            _ if m.subject == RETAINED => return,
+            _ => subject_to_topic(&m.subject),
+        };
+        // A NATS application's message: QoS 0, not retained.
+        let qos = header(QOS)
+            .and_then(|q| q.parse::<u8>().ok())
+            .and_then(QoS::from_u8)
+            .unwrap_or(QoS::AtMostOnce);
+        let retain = header(RETAIN).is_some();
+        let key = header(KEY).and_then(|k| k.parse::<u64>().ok()).unwrap_or(0);
+        let origin_hash = origin.as_deref().map_or(0, |o| {
+            o.bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        });
+        let shard = ((key ^ origin_hash) % self.shards as u64) as u16;
+        let message = Arc::new(Message::new(
+            ByteStr::from(topic.as_str()),
+            m.payload,
+            qos,
+            retain,
+        ));
+        let mut msg = ShardMessage::FromCluster(message);
+        loop {
+            match self.mesh.try_send(ShardId(shard), msg) {
+                Ok(()) => return,
+                Err(Refused::Full(back)) => {
+                    // The shard is busy: wait for room (NATS buffers meanwhile).
+                    msg = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(Refused::Stopped) => return,
+            }
+        }
+    }
+}
+
+/// Epochs grow across restarts: they start at the start time.
+fn epoch_base() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+        << 16
+}

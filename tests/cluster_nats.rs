@@ -1,0 +1,347 @@
+//! SurgeMQ nodes on a real NATS cluster (the Debian `nats-server`, three servers with routes
+//! between them, started by the test on free loopback ports): cross-node publish/subscribe at
+//! QoS 0, 1 and 2 with per-publisher order, interest (a node sends nothing to NATS that no
+//! other node wants), retained messages on every node, overlapping filters delivered once,
+//! NATS applications and MQTT clients seeing each other's messages on nats-server's own
+//! subject mapping, and a NATS server killed under a node. Nodes run in this process.
+#![cfg(feature = "cluster")]
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_lite::StreamExt;
+use surgemq::broker::config::ClusterConfig;
+use surgemq::broker::BrokerConfig;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three nats-server processes routed into one cluster; killed when dropped.
+struct Nats {
+    servers: Vec<Option<Child>>,
+    ports: Vec<u16>,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let all_routes = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let servers = (0..3)
+            .map(|i| {
+                Some(
+                    Command::new("nats-server")
+                        .args(["-a", "127.0.0.1", "-p", &ports[i].to_string()])
+                        .args(["--cluster_name", "surgemq-test"])
+                        .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i])])
+                        .args(["--routes", &all_routes])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("nats-server is installed (apt-get install nats-server)"),
+                )
+            })
+            .collect();
+        let nats = Nats { servers, ports };
+        for &p in &nats.ports {
+            wait_listening(p);
+        }
+        // Routed once a message published on the first server reaches the last one.
+        run(async {
+            let last = async_nats::connect(nats.url(2)).await.unwrap();
+            let mut sub = last.subscribe("routes.ready").await.unwrap();
+            last.flush().await.unwrap();
+            let first = async_nats::connect(nats.url(0)).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                first.publish("routes.ready", "?".into()).await.unwrap();
+                first.flush().await.unwrap();
+                let got = tokio::time::timeout(Duration::from_millis(100), sub.next()).await;
+                if matches!(got, Ok(Some(_))) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the NATS servers did not route");
+            }
+        });
+        nats
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[i])
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn wait_listening(port: u16) {
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A SurgeMQ node on the given NATS servers (the first is the one it prefers).
+fn node(name: &str, shards: usize, servers: Vec<String>) -> Broker {
+    Broker::with_config(BrokerConfig {
+        shards,
+        sys_interval: Duration::ZERO,
+        cluster: Some(ClusterConfig {
+            servers,
+            node_id: name.to_string(),
+        }),
+        ..test_config()
+    })
+}
+
+/// Publishes `probe` on `publisher` (QoS 0) until `subscriber`, subscribed to it, gets one:
+/// the nodes' interest has spread. Reads the probes that follow, so nothing is left over.
+fn until_connected(publisher: &mut RawClient, subscriber: &mut RawClient, probe: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        publisher.publish0(probe, b"probe", false);
+        if subscriber
+            .next_frame_within(Duration::from_millis(100))
+            .is_some()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{probe} never crossed nodes");
+    }
+    while subscriber
+        .next_frame_within(Duration::from_millis(300))
+        .is_some()
+    {}
+}
+
+#[test]
+fn messages_cross_nodes_at_every_qos_in_order_and_only_where_wanted() {
+    let nats = Nats::start();
+    let a = node("a", 2, vec![nats.url(0)]);
+    let b = node("b", 2, vec![nats.url(1)]);
+    let c = node("c", 1, vec![nats.url(2)]);
+    let mut sub_b = b.connect("sub-b");
+    sub_b.subscribe(1, &[("orders/#", 2), ("probe/b", 0)]);
+    let mut sub_c = c.connect("sub-c");
+    sub_c.subscribe(1, &[("orders/+/new", 1), ("probe/c", 0)]);
+    let mut publisher = a.connect("pub-a");
+    until_connected(&mut publisher, &mut sub_b, "probe/b");
+    until_connected(&mut publisher, &mut sub_c, "probe/c");
+    // Nobody on another node wants `local/x`: node a keeps it to itself.
+    let before = a.handle().cluster_counts().unwrap().0;
+    for i in 0..50 {
+        publisher.publish0("local/x", format!("{i}").as_bytes(), false);
+    }
+    assert_eq!(
+        a.handle().cluster_counts().unwrap().0,
+        before,
+        "sent to NATS without interest"
+    );
+    // 300 messages at each QoS, alternating topics: b (orders/#, QoS 2) gets all at the QoS
+    // they were published with, c (orders/+/new, QoS 1) the `new` ones at most at QoS 1.
+    let mut id = 1u16;
+    for i in 0..900u32 {
+        let qos = (i % 3) as u8;
+        let topic = if i % 2 == 0 {
+            "orders/7/new"
+        } else {
+            "orders/7/paid"
+        };
+        let payload = format!("{i}");
+        match qos {
+            0 => publisher.publish0(topic, payload.as_bytes(), false),
+            1 => publisher.publish1(topic, payload.as_bytes(), false, id),
+            _ => publisher.publish2(topic, payload.as_bytes(), false, id),
+        }
+        id = id.wrapping_add(1).max(1);
+    }
+    publisher.publish1("orders/7/new", b"end", false, id);
+    let got_b = sub_b.publishes_until(b"end");
+    let got_c = sub_c.publishes_until(b"end");
+    let numbers = |got: &[(surgemq::protocol::Publish, Vec<u8>)]| -> Vec<u32> {
+        got.iter()
+            .map(|(p, _)| std::str::from_utf8(&p.payload).unwrap().parse().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        numbers(&got_b),
+        (0..900).collect::<Vec<_>>(),
+        "all, in order"
+    );
+    for (p, _) in &got_b {
+        let i: u32 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+        assert_eq!(p.qos as u32, i % 3, "b gets message {i} at its QoS");
+    }
+    let expected_c: Vec<u32> = (0..900).filter(|i| i % 2 == 0).collect();
+    assert_eq!(numbers(&got_c), expected_c);
+    for (p, _) in &got_c {
+        let i: u32 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+        assert_eq!(
+            p.qos as u32,
+            (i % 3).min(1),
+            "c's subscription caps it at QoS 1"
+        );
+    }
+    sub_b.expect_nothing();
+    sub_c.expect_nothing();
+}
+
+#[test]
+fn overlapping_filters_get_each_message_once_and_retained_messages_reach_every_node() {
+    let nats = Nats::start();
+    let a = node("a", 1, vec![nats.url(0), nats.url(1)]);
+    let b = node("b", 2, vec![nats.url(1), nats.url(2)]);
+    let mut sub = b.connect("overlap");
+    sub.subscribe(1, &[("t/#", 0), ("t/+", 0), ("t/x", 0)]);
+    let mut publisher = a.connect("pub");
+    until_connected(&mut publisher, &mut sub, "t/x");
+    for i in 0..100 {
+        publisher.publish0("t/x", format!("{i}").as_bytes(), false);
+    }
+    publisher.publish0("t/x", b"end", false);
+    let got = sub.payloads_until(b"end");
+    assert_eq!(
+        got,
+        (0..100)
+            .map(|i| format!("{i}").into_bytes())
+            .collect::<Vec<_>>()
+    );
+    // A retained message published on a reaches b although nobody there subscribed to it,
+    // and a later subscription on b gets it.
+    publisher.publish1("status/a", b"online", true, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut late = b.connect("late");
+    let mut packet_id = 1;
+    loop {
+        late.send(&subscribe(packet_id, &[("status/#", 1)]));
+        let mut retained = None;
+        while let Some(frame) = late.next_frame_within(Duration::from_millis(200)) {
+            if let surgemq::protocol::Packet::Publish(p) = parse(&frame) {
+                retained = Some(p);
+            }
+        }
+        if let Some(p) = retained {
+            assert_eq!(
+                (&p.topic[..], &p.payload[..], p.retain),
+                ("status/a", &b"online"[..], true)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retained message never reached b"
+        );
+        packet_id += 1;
+        late.send(&unsubscribe(packet_id, &["status/#"]));
+        let _ = late.next_frame();
+        packet_id += 1;
+    }
+}
+
+#[test]
+fn nats_applications_and_mqtt_clients_see_each_other() {
+    let nats = Nats::start();
+    let a = node("a", 1, vec![nats.url(0)]);
+    let mut mqtt = a.connect("mqtt-side");
+    mqtt.subscribe(1, &[("sensors/+/temp", 0)]);
+    run(async {
+        let nc = async_nats::connect(nats.url(1)).await.unwrap();
+        let mut from_mqtt = nc.subscribe("sensors.*.temp").await.unwrap();
+        nc.flush().await.unwrap();
+        // A NATS application publishes on `sensors.7.temp`: MQTT `sensors/7/temp`.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            nc.publish("sensors.7.temp", "21.5".into()).await.unwrap();
+            nc.flush().await.unwrap();
+            if let Some(frame) = mqtt.next_frame_within(Duration::from_millis(100)) {
+                assert_eq!(frame, qos0_delivery("sensors/7/temp", b"21.5", false));
+                break;
+            }
+            assert!(Instant::now() < deadline, "NATS -> MQTT never crossed");
+        }
+        while mqtt.next_frame_within(Duration::from_millis(200)).is_some() {}
+        // An MQTT client publishes `sensors/8/temp`; the NATS application gets `sensors.8.temp`.
+        // (Node a sends it to NATS only once it knows someone wants it: the NATS
+        // application is not a node, so the MQTT side subscribes too.)
+        let mut publisher = a.connect("mqtt-pub");
+        let mut listener = node_listener(&nats);
+        until_connected(&mut publisher, &mut listener.1, "sensors/0/temp");
+        publisher.publish0("sensors/8/temp", b"19.0", false);
+        let m = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let m = from_mqtt.next().await.unwrap();
+                if m.subject.as_str() == "sensors.8.temp" {
+                    return m;
+                }
+            }
+        })
+        .await
+        .expect("MQTT -> NATS");
+        assert_eq!(&m.payload[..], b"19.0");
+        drop(listener);
+    });
+}
+
+/// A second node with a subscriber on `sensors/#`, so that node a's interest picture makes
+/// it send `sensors/...` to NATS.
+fn node_listener(nats: &Nats) -> (Broker, RawClient) {
+    let b = node("listener", 1, vec![nats.url(2)]);
+    let mut c = b.connect("listener");
+    c.subscribe(1, &[("sensors/#", 0)]);
+    (b, c)
+}
+
+#[test]
+fn a_node_fails_over_when_its_nats_server_dies() {
+    let mut nats = Nats::start();
+    let a = node("a", 1, vec![nats.url(0), nats.url(1)]);
+    let b = node("b", 1, vec![nats.url(2)]);
+    let mut sub = b.connect("sub");
+    sub.subscribe(1, &[("f/#", 0)]);
+    let mut publisher = a.connect("pub");
+    until_connected(&mut publisher, &mut sub, "f/probe");
+    nats.kill(0);
+    // a reconnects to the second server (and subscribes again); messages cross once more.
+    until_connected(&mut publisher, &mut sub, "f/probe");
+    publisher.publish0("f/after", b"failover", false);
+    publisher.publish0("f/after", b"end", false);
+    assert_eq!(sub.payloads_until(b"end"), [b"failover".to_vec()]);
+    let _: SocketAddr = a.addr;
+}
