@@ -78,7 +78,7 @@ async fn compact(shard: &Shard, journal: &Journal) -> Result<(u64, u64), StoreEr
     let origin = journal.appended();
     next.set_origin(origin);
     next.set_commit_interval(shard.config.sync_interval);
-    if let Some(counter) = &shard.config.full_disk_fault {
+    if let Some(counter) = shard.config.disk_fault_for(shard.id.index()) {
         next.use_fault_counter(counter.clone());
     }
     shard.write_snapshot(journal, &next);

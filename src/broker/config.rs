@@ -85,6 +85,9 @@ pub struct BrokerConfig {
     /// each failure counting it down. None in normal use.
     #[doc(hidden)]
     pub full_disk_fault: Option<Arc<std::sync::atomic::AtomicU32>>,
+    /// With `full_disk_fault`: only this shard's log fails (None: every shard's).
+    #[doc(hidden)]
+    pub full_disk_fault_shard: Option<usize>,
     /// A shard's log is compacted once it holds this many bytes and at least twice what its
     /// last compaction kept (see `compaction`). Tests lower it.
     #[doc(hidden)]
@@ -136,6 +139,7 @@ impl Default for BrokerConfig {
             data_dir: None,
             sync_interval: Duration::ZERO,
             full_disk_fault: None,
+            full_disk_fault_shard: None,
             compact_after_bytes: 64 << 20,
             metrics_listen: None,
             bridges: Vec::new(),
@@ -165,6 +169,16 @@ impl ConfigError {
 pub const MAX_SHARDS: usize = 1024;
 
 impl BrokerConfig {
+    /// The full-disk fault counter shard `shard`'s log uses (tests only).
+    pub(crate) fn disk_fault_for(
+        &self,
+        shard: usize,
+    ) -> Option<&Arc<std::sync::atomic::AtomicU32>> {
+        self.full_disk_fault
+            .as_ref()
+            .filter(|_| self.full_disk_fault_shard.is_none_or(|s| s == shard))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
             return Err(ConfigError::new("listen", "at least one address is needed"));

@@ -11,6 +11,14 @@
 //! positions only grow, so "durable up to N" covers every message before N too. Only messages a
 //! publisher waits for (`needs_ack`) cause a confirmation to be sent; the others just move the
 //! number along.
+//!
+//! A shared-subscription delivery the destination cannot queue (its member just left, or is
+//! full) is not sent on from there when the sender waits for its batch: the destination keeps
+//! nothing of it, so its confirmation would say nothing about where the message went. It goes
+//! back to the sender (`ShardMessage::SharedReturned`, ahead of the confirmation), which gives
+//! it to another member and *holds* the destination's confirmations up to that batch until
+//! the new delivery is durable too. Holds live only on the sender, and a confirmation never
+//! waits for another shard's, so no two shards can wait for each other.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -22,26 +30,55 @@ use super::mesh::{Numbered, ShardId};
 use crate::store::Position;
 
 /// What an acknowledgement waits for: everything up to `local` in this shard's log, and each
-/// `(shard, number)` confirmed by that shard.
+/// [`Remote`] confirmed by its shard.
 #[derive(Debug, Default, Clone)]
 pub struct Ticket {
     pub local: Position,
-    pub remote: SmallVec<[(ShardId, u64); 2]>,
+    pub remote: SmallVec<[Remote; 2]>,
+}
+
+/// Messages sent to `shard` in the numbered messages `number - earlier ..= number`. Waiting
+/// for `number` covers the earlier ones; the range says which holds concern them (see the
+/// module docs). 16 bytes, as `(ShardId, u64)` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remote {
+    pub shard: ShardId,
+    pub earlier: u32,
+    pub number: u64,
+}
+
+impl Remote {
+    /// The first of its numbers.
+    pub fn first(&self) -> u64 {
+        self.number - u64::from(self.earlier)
+    }
 }
 
 impl Ticket {
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.local == 0 && self.remote.is_empty()
     }
 
     /// Adds "message `number` sent to `shard`"; a later number to one shard covers earlier ones.
     pub fn add_remote(&mut self, shard: ShardId, number: u64) {
-        match self.remote.iter_mut().find(|(s, _)| *s == shard) {
-            Some((_, n)) => *n = (*n).max(number),
-            None => self.remote.push((shard, number)),
+        match self.remote.iter_mut().find(|r| r.shard == shard) {
+            Some(r) => {
+                let first = r.first().min(number);
+                r.number = r.number.max(number);
+                r.earlier = u32::try_from(r.number - first).unwrap_or(u32::MAX);
+            }
+            None => self.remote.push(Remote {
+                shard,
+                earlier: 0,
+                number,
+            }),
         }
     }
+}
+
+/// Whether a hold on the confirmation of `number` by `shard` concerns `remote`.
+fn concerns(remote: &Remote, shard: ShardId, number: u64) -> bool {
+    remote.shard == shard && (remote.first()..=remote.number).contains(&number)
 }
 
 /// A numbered message this shard handled whose records are not durable yet.
@@ -64,6 +101,9 @@ pub struct Durability {
     announce: Vec<Cell<bool>>,
     /// The task that waits for the log on behalf of `unconfirmed`.
     watcher: RefCell<Option<Waker>>,
+    /// Confirmations from a shard that count only once more is durable: (shard, up to that
+    /// number, what else). Empty unless shared deliveries came back (see the module docs).
+    holds: RefCell<VecDeque<(ShardId, u64, Ticket)>>,
 }
 
 impl Durability {
@@ -75,6 +115,7 @@ impl Durability {
             durable_for: (0..shards).map(|_| Cell::new(0)).collect(),
             announce: (0..shards).map(|_| Cell::new(false)).collect(),
             watcher: RefCell::new(None),
+            holds: RefCell::new(VecDeque::new()),
         }
     }
 
@@ -105,6 +146,43 @@ impl Durability {
 
     pub fn is_confirmed(&self, shard: ShardId, number: u64) -> bool {
         self.confirmed[shard.index()].get() >= number
+    }
+
+    /// Confirmations from `shard` of `number` count only once `ticket` is durable.
+    pub fn hold(&self, shard: ShardId, number: u64, ticket: Ticket) {
+        self.holds.borrow_mut().push_back((shard, number, ticket));
+    }
+
+    pub fn has_holds(&self) -> bool {
+        !self.holds.borrow().is_empty()
+    }
+
+    /// What the confirmations `remote` waits for wait for besides (copies: checking them
+    /// may look at other holds).
+    pub fn held(&self, remote: &Remote) -> SmallVec<[Ticket; 1]> {
+        self.holds
+            .borrow()
+            .iter()
+            .filter(|(s, n, _)| concerns(remote, *s, *n))
+            .map(|(_, _, t)| t.clone())
+            .collect()
+    }
+
+    /// Forgets the holds on the confirmations `remote` waits for: what they wait for is
+    /// durable.
+    pub fn release_held(&self, remote: &Remote) {
+        self.holds
+            .borrow_mut()
+            .retain(|(s, n, _)| !concerns(remote, *s, *n));
+    }
+
+    /// The oldest hold's ticket (a copy).
+    pub fn oldest_held(&self) -> Option<Ticket> {
+        self.holds.borrow().front().map(|(_, _, t)| t.clone())
+    }
+
+    pub fn forget_oldest_held(&self) {
+        self.holds.borrow_mut().pop_front();
     }
 
     // ----- the destination's side -----------------------------------------------------------
@@ -231,12 +309,43 @@ mod tests {
     }
 
     #[test]
+    fn a_hold_concerns_the_tickets_that_wait_for_its_number_only() {
+        let d = Durability::new(3);
+        assert!(!d.has_holds());
+        let mut elsewhere = Ticket::default();
+        elsewhere.add_remote(ShardId(2), 9);
+        d.hold(ShardId(1), 5, elsewhere.clone());
+        let waits = |numbers: &[u64]| {
+            let mut t = Ticket::default();
+            for n in numbers {
+                t.add_remote(ShardId(1), *n);
+            }
+            t.remote[0]
+        };
+        assert_eq!(d.held(&waits(&[5])).len(), 1);
+        assert_eq!(d.held(&waits(&[4, 6])).len(), 1, "5 was among them");
+        assert!(d.held(&waits(&[4])).is_empty());
+        assert!(
+            d.held(&waits(&[6])).is_empty(),
+            "6 covers 5, but 5 was not this one's"
+        );
+        d.release_held(&waits(&[5]));
+        assert!(!d.has_holds());
+    }
+
+    #[test]
     fn tickets_keep_the_highest_number_per_shard() {
         let mut t = Ticket::default();
         assert!(t.is_empty());
         t.add_remote(ShardId(1), 4);
         t.add_remote(ShardId(1), 6);
         t.add_remote(ShardId(2), 1);
-        assert_eq!(t.remote.as_slice(), [(ShardId(1), 6), (ShardId(2), 1)]);
+        let remote: Vec<_> = t
+            .remote
+            .iter()
+            .map(|r| (r.shard, r.first(), r.number))
+            .collect();
+        assert_eq!(remote, [(ShardId(1), 4, 6), (ShardId(2), 1, 1)]);
+        assert_eq!(std::mem::size_of::<Remote>(), 16);
     }
 }

@@ -399,6 +399,14 @@ pub enum ShardMessage {
         subscriber: SubscriberId,
         online: bool,
     },
+    /// Shared deliveries of the batch `number` that `from` could not queue for their member
+    /// (message, group, that member), given back to the sender, whose publishers wait for
+    /// that batch: it chooses another member, and their acknowledgements wait for it too.
+    SharedReturned {
+        from: ShardId,
+        number: u64,
+        returned: Vec<(Arc<Message>, ShareTag, SubscriberId)>,
+    },
     /// The authenticator's ACL changed (SIGHUP): apply it to this shard's subscriptions.
     Reauthorize,
     /// A message published on another node of the cluster, for this node's subscribers.

@@ -243,7 +243,7 @@ async fn restore_own(
         shard.restore_retained(message);
     }
     writer.durable(journal.appended()).await;
-    if let Some(counter) = &shard.config.full_disk_fault {
+    if let Some(counter) = shard.config.disk_fault_for(shard.id.index()) {
         writer.use_fault_counter(counter.clone());
     }
     let _ = shard.journal.set(journal);

@@ -655,16 +655,24 @@ impl Shard {
         match msg {
             ShardMessage::Deliver(batch) => {
                 let mut shared = batch.shared.iter().peekable();
+                let mut returned = Vec::new();
                 let mut index = 0;
                 for (message, targets) in batch.iter() {
                     for t in targets {
                         match shared.next_if(|(i, _)| *i == index) {
-                            Some((_, tag)) => self.deliver_local_shared(*t, message, tag.clone()),
+                            Some((_, tag)) => self.deliver_sent_shared(
+                                *t,
+                                message,
+                                tag.clone(),
+                                batch.numbered,
+                                &mut returned,
+                            ),
                             None => self.deliver_local(*t, message),
                         }
                         index += 1;
                     }
                 }
+                self.return_shared(batch.numbered, returned);
                 self.handled_numbered(batch.numbered);
             }
             ShardMessage::Subscribe {
@@ -730,6 +738,11 @@ impl Shard {
                 }
             }
             ShardMessage::Presence { subscriber, online } => self.presence(subscriber, online),
+            ShardMessage::SharedReturned {
+                from,
+                number,
+                returned,
+            } => self.shared_returned(from, number, returned),
             ShardMessage::Reauthorize => self.reauthorize(),
             ShardMessage::FromCluster(message) => {
                 // Another node's message: for this node's subscribers only.

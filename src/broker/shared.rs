@@ -11,8 +11,10 @@
 //! A member is skipped while another can take the message: when it is offline (its shard
 //! announces it, see `ShardMessage::Presence`) or its queue is full while it reads (the
 //! pressure every shard already knows). A delivery that still fails where the member lives
-//! (its session just ended, or its queue is full) is tried again there on another member,
-//! at most once per member ([`ShareTag::hops`]); see `shard::shared`.
+//! (its session just ended, or its queue is full) is tried again on another member, at most
+//! once per member ([`ShareTag::hops`]): there, or, when its publisher's acknowledgement
+//! waits for the disk (`--data-dir`), by the shard that sent it, so that the acknowledgement
+//! waits for the member that takes it (see `durability` and `shard::shared`).
 
 use std::cell::Cell;
 use std::rc::Rc;

@@ -9,9 +9,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::Shard;
 use crate::broker::compaction::session_records;
-use crate::broker::durability::Ticket;
+use crate::broker::durability::{Remote, Ticket};
 use crate::broker::journal::Journal;
-use crate::broker::mesh::{ShardMessage, Subscription};
+use crate::broker::mesh::{ShardId, ShardMessage, Subscription};
 use crate::broker::session::Session;
 use crate::protocol::ByteStr;
 use crate::store::{Position, Record};
@@ -24,27 +24,67 @@ impl Shard {
     /// Whether everything `ticket` names is durable; when not, the task is woken once more of
     /// it may be.
     pub fn poll_ticket(&self, ticket: &Ticket, cx: &mut Context<'_>) -> bool {
-        if ticket.local > 0 {
-            if let Some(journal) = self.journal() {
-                if journal.poll_durable(ticket.local, cx).is_pending() {
-                    return false;
-                }
-            }
-        }
-        ticket
-            .remote
-            .iter()
-            .all(|&(shard, number)| self.durability.poll_confirmed(shard, number, cx).is_ready())
+        self.ticket_durable(ticket, Some(cx))
     }
 
     /// Whether everything `ticket` names is durable.
     pub fn ticket_ready(&self, ticket: &Ticket) -> bool {
-        let local = ticket.local == 0 || self.journal().is_none_or(|j| j.is_durable(ticket.local));
-        local
-            && ticket
-                .remote
-                .iter()
-                .all(|&(shard, number)| self.durability.is_confirmed(shard, number))
+        self.ticket_durable(ticket, None)
+    }
+
+    fn ticket_durable(&self, ticket: &Ticket, mut cx: Option<&mut Context<'_>>) -> bool {
+        if ticket.local > 0 {
+            if let Some(journal) = self.journal() {
+                let durable = match cx.as_deref_mut() {
+                    Some(cx) => journal.poll_durable(ticket.local, cx).is_ready(),
+                    None => journal.is_durable(ticket.local),
+                };
+                if !durable {
+                    return false;
+                }
+            }
+        }
+        for remote in &ticket.remote {
+            let (shard, number) = (remote.shard, remote.number);
+            let confirmed = match cx.as_deref_mut() {
+                Some(cx) => self.durability.poll_confirmed(shard, number, cx).is_ready(),
+                None => self.durability.is_confirmed(shard, number),
+            };
+            if !confirmed || !self.holds_released(remote, cx.as_deref_mut()) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether what the confirmations `remote` waits for are held for is durable (see
+    /// `durability`: shared deliveries their shard gave back).
+    fn holds_released(&self, remote: &Remote, mut cx: Option<&mut Context<'_>>) -> bool {
+        if !self.durability.has_holds() {
+            return true;
+        }
+        for ticket in self.durability.held(remote) {
+            if !self.ticket_durable(&ticket, cx.as_deref_mut()) {
+                return false;
+            }
+        }
+        self.durability.release_held(remote);
+        true
+    }
+
+    /// Holds the confirmation of `number` by `from` until `ticket` is durable.
+    pub(super) fn hold_confirmation(&self, from: ShardId, number: u64, ticket: Ticket) {
+        if ticket.is_empty() {
+            return;
+        }
+        // Holds nobody looked at since they became durable go now, oldest first.
+        while let Some(oldest) = self.durability.oldest_held() {
+            if !self.ticket_ready(&oldest) {
+                break;
+            }
+            self.durability.forget_oldest_held();
+        }
+        self.durability.hold(from, number, ticket);
     }
 
     /// Whether acknowledgements wait for the disk: with `--data-dir`, unless

@@ -10,7 +10,8 @@ use smallvec::SmallVec;
 use tracing::debug;
 
 use super::{Routed, Shard};
-use crate::broker::mesh::{Grant, Message, ShardMessage, SubscriberId, Target};
+use crate::broker::durability::Ticket;
+use crate::broker::mesh::{Grant, Message, Numbered, ShardId, ShardMessage, SubscriberId, Target};
 use crate::broker::metrics::add;
 use crate::broker::replica::Replica;
 use crate::broker::session::{Session, Unreceived};
@@ -46,18 +47,28 @@ impl Shard {
         routed.matched += picks.len();
         for (key, id, grant) in picks {
             let tag = ShareTag { key, hops: 0 };
-            self.deliver_shared(message, id, grant, tag, Some(routed));
+            self.deliver_shared(message, id, grant, tag, &mut routed.ticket);
+            if id.shard != self.id
+                && message.qos.min(grant.qos) != QoS::AtMostOnce
+                && routed.pressured.is_none()
+                && self.pressure.busy(&id)
+            {
+                // Every member is busy: the publisher waits for this one, as for any subscriber.
+                routed.pressured = Some(id);
+            }
         }
     }
 
-    /// Delivers `message` to the member `id` of the group in `tag`, here or on its shard.
+    /// Delivers `message` to the member `id` of the group in `tag`, here or on its shard. A
+    /// publisher's acknowledgement that must wait for it waits for `ticket`: this adds the
+    /// message sent to another shard (what is journalled here the caller finds in the log).
     fn deliver_shared(
         &self,
         message: &Arc<Message>,
         id: SubscriberId,
         grant: Grant,
         tag: ShareTag,
-        routed: Option<&mut Routed>,
+        ticket: &mut Ticket,
     ) {
         add(&self.metrics.shared_delivered, 1);
         let qos = message.qos.min(grant.qos);
@@ -70,7 +81,9 @@ impl Shard {
             acl_check: grant.acl_checked,
         };
         if id.shard == self.id {
-            self.deliver_local_shared(target, message, tag);
+            if let Err(failed) = self.deliver_local_shared(target, message, &tag) {
+                self.share_again(message, tag, failed, ticket);
+            }
             return;
         }
         let needs_ack = id.durable && qos != QoS::AtMostOnce && self.acks_wait_for_disk();
@@ -81,40 +94,100 @@ impl Shard {
             needs_ack,
             Some(tag),
         );
-        if let Some(routed) = routed {
-            if needs_ack {
-                routed.ticket.add_remote(id.shard, number);
-            }
-            if qos != QoS::AtMostOnce && routed.pressured.is_none() && self.pressure.busy(&id) {
-                // Every member is busy: the publisher waits for this one, as for any subscriber.
-                routed.pressured = Some(id);
-            }
+        if needs_ack {
+            ticket.add_remote(id.shard, number);
         }
     }
 
-    /// Queues a shared delivery for a session of this shard, or, when it cannot take it,
-    /// gives it to another member of the group.
-    pub(super) fn deliver_local_shared(
+    /// Queues a shared delivery for a session of this shard; when it cannot take it, says
+    /// which member failed, for another to be tried.
+    fn deliver_local_shared(
+        &self,
+        target: Target,
+        message: &Arc<Message>,
+        tag: &ShareTag,
+    ) -> Result<(), SubscriberId> {
+        match self.enqueue_local(target, message, Some(&tag.key)) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(SubscriberId {
+                shard: self.id,
+                durable: false,
+                slot: target.slot,
+                generation: target.generation,
+            }),
+        }
+    }
+
+    /// A shared delivery another shard sent in the batch `numbered`: queued for its member
+    /// here, or, when it cannot take it, given to another member. When the sender's publishers
+    /// wait for that batch, the sender chooses (see [`Shard::shared_returned`]): their
+    /// acknowledgements then wait for the member that takes it, wherever it lives, not for
+    /// this shard, which keeps nothing of it.
+    pub(super) fn deliver_sent_shared(
         &self,
         target: Target,
         message: &Arc<Message>,
         tag: ShareTag,
+        numbered: Numbered,
+        returned: &mut Vec<(Arc<Message>, ShareTag, SubscriberId)>,
     ) {
-        if self.enqueue_local(target, message, Some(&tag.key)).is_ok() {
+        if let Err(failed) = self.deliver_local_shared(target, message, &tag) {
+            if numbered.needs_ack {
+                returned.push((message.clone(), tag, failed));
+            } else {
+                self.share_again(message, tag, failed, &mut Ticket::default());
+            }
+        }
+    }
+
+    /// Sends the sender of the batch `numbered` what [`Shard::deliver_sent_shared`] gave
+    /// back to it. Its confirmation that the batch is durable here follows on the same
+    /// channel, so this arrives first.
+    pub(super) fn return_shared(
+        &self,
+        numbered: Numbered,
+        returned: Vec<(Arc<Message>, ShareTag, SubscriberId)>,
+    ) {
+        if returned.is_empty() {
             return;
         }
-        let failed = SubscriberId {
-            shard: self.id,
-            durable: false,
-            slot: target.slot,
-            generation: target.generation,
-        };
-        self.share_again(message, tag, failed);
+        self.router.borrow_mut().send(
+            numbered.origin,
+            ShardMessage::SharedReturned {
+                from: self.id,
+                number: numbered.number,
+                returned,
+            },
+        );
+    }
+
+    /// Handles [`ShardMessage::SharedReturned`]: another member takes each message, and the
+    /// acknowledgements that wait for the batch `number` sent to `from` wait for it too.
+    pub(in crate::broker) fn shared_returned(
+        &self,
+        from: ShardId,
+        number: u64,
+        returned: Vec<(Arc<Message>, ShareTag, SubscriberId)>,
+    ) {
+        let before = self.journal_end();
+        let mut ticket = Ticket::default();
+        for (message, tag, failed) in returned {
+            self.share_again(&message, tag, failed, &mut ticket);
+        }
+        ticket.local = self.appended_since(before);
+        self.hold_confirmation(from, number, ticket);
     }
 
     /// Gives `message` to another member of its group than `failed`, which could not take it;
-    /// each member is tried at most once, then the message is dropped and counted.
-    fn share_again(&self, message: &Arc<Message>, tag: ShareTag, failed: SubscriberId) {
+    /// each member is tried at most once, then the message is dropped and counted. A message
+    /// sent to another shard is added to `ticket`.
+    fn share_again(
+        &self,
+        message: &Arc<Message>,
+        tag: ShareTag,
+        failed: SubscriberId,
+        ticket: &mut Ticket,
+    ) {
         let next = {
             let replica = self.replica.borrow();
             // `failed` may have left the group already (its session ended).
@@ -142,7 +215,7 @@ impl Shard {
             key: tag.key,
             hops: tag.hops.saturating_add(1),
         };
-        self.deliver_shared(message, id, grant, tag, None);
+        self.deliver_shared(message, id, grant, tag, ticket);
     }
 
     /// A session that ends gives its group the messages it held for it that its client does
@@ -153,7 +226,7 @@ impl Shard {
                 key: share,
                 hops: 0,
             };
-            self.share_again(&message, tag, id);
+            self.share_again(&message, tag, id, &mut Ticket::default());
         }
     }
 
