@@ -45,6 +45,9 @@ pub struct BenchConfig {
     /// Subscribers connect to this port of `host` instead: the far side of a bridge, with
     /// publishers on the near side. Not with mesh (its clients both publish and subscribe).
     pub subscribe_port: Option<u16>,
+    /// Wait this long after every subscription is acknowledged before publishing: time for
+    /// a subscription to reach the other nodes of a cluster or the far side of a bridge.
+    pub settle: Duration,
     /// What the clients speak under MQTT: TCP (the default), TLS, WebSockets or both.
     pub transport: Transport,
     /// With TLS: how the broker's certificate is checked (`ca_file`, `insecure`; the default
@@ -97,6 +100,7 @@ impl Default for BenchConfig {
             host: "127.0.0.1".into(),
             port: 1883,
             subscribe_port: None,
+            settle: Duration::ZERO,
             transport: Transport::Mqtt,
             tls: TlsOptions::default(),
             publishers: None,

@@ -98,6 +98,7 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, BenchError> {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+    std::thread::sleep(plan.config.settle);
 
     let start_ns = shared.now_ns().max(1);
     shared.start_ns.store(start_ns, Ordering::Release);

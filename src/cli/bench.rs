@@ -86,6 +86,10 @@ struct LoadArgs {
     /// publishers on the near side); not with mesh.
     #[arg(long)]
     subscribe_port: Option<u16>,
+    /// Wait this long after every subscription is acknowledged before publishing (e.g. 1s:
+    /// time for subscriptions to reach the other nodes of a cluster) [default: 0].
+    #[arg(long, value_parser = parse_duration)]
+    settle: Option<Duration>,
     #[arg(long)]
     username: Option<String>,
     #[arg(long)]
@@ -202,6 +206,7 @@ impl LoadArgs {
             host: self.host,
             port: self.port,
             subscribe_port: self.subscribe_port,
+            settle: self.settle.unwrap_or_default(),
             transport,
             tls: TlsOptions {
                 ca_file: self.cafile,
