@@ -5,9 +5,12 @@
 # window 1000, 5 s per run, 3 repetitions interleaved. Needs nats-server (Debian package).
 # Prints one line per run; record them in perf/results/.
 set -u
-FMT='import json, sys
+FMT=$(cat <<'PY'
+import json, sys
 r = json.load(sys.stdin)
-print(f"{r[\"mps\"]:.0f} missing={r[\"missing\"]} p50={r[\"latency_p50_us\"]:.0f}us")'
+print(f"{r['mps']:.0f} missing={r['missing']} p50={r['latency_p50_us']:.0f}us")
+PY
+)
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh

@@ -24,11 +24,12 @@ use crate::broker::config::ClusterConfig;
 use crate::broker::mesh::{Mesh, Message, Refused, ShardId, ShardMessage};
 use crate::protocol::{ByteStr, QoS};
 
+/// The origin node (`node/start-time`) of an interest snapshot.
 const NODE: &str = "Smq-Node";
-const SEQ: &str = "Smq-Seq";
-const QOS: &str = "Smq-QoS";
-const RETAIN: &str = "Smq-Retain";
-const KEY: &str = "Smq-Key";
+/// A message's metadata in one header (one to build and parse per message, not five):
+/// `ORIGIN SEQ QOS KEY RETAIN`, see [`Meta`].
+const META: &str = "Smq";
+/// On `$SMQ.retained`: the message's MQTT topic.
 const TOPIC: &str = "Smq-Topic";
 const EPOCH: &str = "Smq-Epoch";
 const PART: &str = "Smq-Part";
@@ -367,13 +368,16 @@ impl Node {
 
     async fn publish(&self, client: &async_nats::Client, out: Outgoing, seq: u64) {
         let m = &out.message;
+        let meta = Meta {
+            origin: &self.incarnation,
+            seq,
+            qos: m.qos,
+            key: out.key,
+            retain: m.retain,
+        };
         let mut headers = HeaderMap::new();
-        headers.insert(NODE, self.incarnation.as_str());
-        headers.insert(SEQ, seq.to_string().as_str());
-        headers.insert(QOS, (m.qos as u8).to_string().as_str());
-        headers.insert(KEY, out.key.to_string().as_str());
+        headers.insert(META, meta.to_string().as_str());
         if m.retain {
-            headers.insert(RETAIN, "1");
             let mut all = headers.clone();
             all.insert(TOPIC, &*m.topic);
             // Every node keeps retained messages, interested or not.
@@ -403,34 +407,28 @@ impl Node {
 
     /// Hands a message from NATS to the shard that keeps its publisher's order.
     async fn deliver(&self, m: Arrived, dedupe: &mut Dedupe) {
-        let header = |name: &str| {
-            m.headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_string())
-        };
-        let origin = header(NODE);
-        if let (Some(origin), Some(seq)) = (&origin, header(SEQ).and_then(|s| s.parse().ok())) {
-            if origin == &self.incarnation || !dedupe.first(origin, seq) {
+        let headers = m.headers.as_ref();
+        let meta = headers
+            .and_then(|h| h.get(META))
+            .and_then(|v| Meta::parse(v.as_str()));
+        if let Some(meta) = &meta {
+            if meta.origin == self.incarnation || !dedupe.first(meta.origin, meta.seq) {
                 return;
             }
         }
-        let topic = match header(TOPIC) {
-            Some(t) if m.subject == RETAINED => t,
-            _ if m.subject == RETAINED => return,
-            _ => subject_to_topic(&m.subject),
+        let topic = if m.subject == RETAINED {
+            match headers.and_then(|h| h.get(TOPIC)) {
+                Some(t) => t.as_str().to_string(),
+                None => return,
+            }
+        } else {
+            subject_to_topic(&m.subject)
         };
-        // A NATS application's message: QoS 0, not retained.
-        let qos = header(QOS)
-            .and_then(|q| q.parse::<u8>().ok())
-            .and_then(QoS::from_u8)
-            .unwrap_or(QoS::AtMostOnce);
-        let retain = header(RETAIN).is_some();
-        let key = header(KEY).and_then(|k| k.parse::<u64>().ok()).unwrap_or(0);
-        let origin_hash = origin.as_deref().map_or(0, |o| {
-            o.bytes()
-                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
-        });
+        // A NATS application's message (no metadata): QoS 0, not retained.
+        let (qos, retain, key, origin_hash) = match &meta {
+            Some(meta) => (meta.qos, meta.retain, meta.key, hash(meta.origin)),
+            None => (QoS::AtMostOnce, false, 0, 0),
+        };
         let shard = ((key ^ origin_hash) % self.shards as u64) as u16;
         let message = Arc::new(Message::new(
             ByteStr::from(topic.as_str()),
@@ -453,10 +451,77 @@ impl Node {
     }
 }
 
+fn hash(s: &str) -> u64 {
+    s.bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+}
+
+/// What a node says about a message it sends: where from (`node/start-time`), its number in
+/// that node's stream, its QoS, its publisher's order key, and whether it is retained.
+#[derive(Debug, PartialEq, Eq)]
+struct Meta<'a> {
+    origin: &'a str,
+    seq: u64,
+    qos: QoS,
+    key: u64,
+    retain: bool,
+}
+
+impl std::fmt::Display for Meta<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let retain = if self.retain { " r" } else { "" };
+        write!(
+            f,
+            "{} {} {} {}{retain}",
+            self.origin, self.seq, self.qos as u8, self.key
+        )
+    }
+}
+
+impl<'a> Meta<'a> {
+    fn parse(text: &'a str) -> Option<Meta<'a>> {
+        let mut words = text.split(' ');
+        let origin = words.next()?;
+        let seq = words.next()?.parse().ok()?;
+        let qos = QoS::from_u8(words.next()?.parse().ok()?)?;
+        let key = words.next()?.parse().ok()?;
+        let retain = words.next() == Some("r");
+        Some(Meta {
+            origin,
+            seq,
+            qos,
+            key,
+            retain,
+        })
+    }
+}
+
 /// Epochs grow across restarts: they start at the start time.
 fn epoch_base() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
         << 16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_reads_back_what_was_written() {
+        let meta = Meta {
+            origin: "edge-1/1764460800000",
+            seq: 42,
+            qos: QoS::ExactlyOnce,
+            key: 7,
+            retain: true,
+        };
+        let text = meta.to_string();
+        assert_eq!(text, "edge-1/1764460800000 42 2 7 r");
+        assert_eq!(Meta::parse(&text), Some(meta));
+        let plain = Meta::parse("a/1 1 0 0").unwrap();
+        assert!(!plain.retain && plain.qos == QoS::AtMostOnce);
+        assert_eq!(Meta::parse("a/1 x 0 0"), None);
+    }
 }
