@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -59,21 +59,42 @@ impl Nats {
         for &p in &nats.ports {
             wait_listening(p);
         }
-        // Routed once a message published on the first server reaches the last one.
+        // Routed once a message published on any server reaches every other one.
         run(async {
-            let last = async_nats::connect(nats.url(2)).await.unwrap();
-            let mut sub = last.subscribe("routes.ready").await.unwrap();
-            last.flush().await.unwrap();
-            let first = async_nats::connect(nats.url(0)).await.unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                first.publish("routes.ready", "?".into()).await.unwrap();
-                first.flush().await.unwrap();
-                let got = tokio::time::timeout(Duration::from_millis(100), sub.next()).await;
-                if matches!(got, Ok(Some(_))) {
-                    break;
+            let mut clients = Vec::new();
+            for i in 0..3 {
+                clients.push(async_nats::connect(nats.url(i)).await.unwrap());
+            }
+            for to in 0..3 {
+                let mut sub = clients[to]
+                    .subscribe(format!("routes.ready.{to}"))
+                    .await
+                    .unwrap();
+                clients[to].flush().await.unwrap();
+                for from in (0..3).filter(|&f| f != to) {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    loop {
+                        clients[from]
+                            .publish(format!("routes.ready.{to}"), "?".into())
+                            .await
+                            .unwrap();
+                        clients[from].flush().await.unwrap();
+                        let got =
+                            tokio::time::timeout(Duration::from_millis(100), sub.next()).await;
+                        if matches!(got, Ok(Some(_))) {
+                            break;
+                        }
+                        assert!(
+                            Instant::now() < deadline,
+                            "NATS servers {from} -> {to} not routed"
+                        );
+                    }
+                    // Drain the extra probes.
+                    while let Ok(Some(_)) =
+                        tokio::time::timeout(Duration::from_millis(50), sub.next()).await
+                    {
+                    }
                 }
-                assert!(Instant::now() < deadline, "the NATS servers did not route");
             }
         });
         nats
@@ -343,5 +364,31 @@ fn a_node_fails_over_when_its_nats_server_dies() {
     publisher.publish0("f/after", b"failover", false);
     publisher.publish0("f/after", b"end", false);
     assert_eq!(sub.payloads_until(b"end"), [b"failover".to_vec()]);
-    let _: SocketAddr = a.addr;
+}
+
+#[test]
+fn a_client_id_connecting_to_another_node_takes_the_session_over() {
+    let nats = Nats::start();
+    let a = node("a", 2, vec![nats.url(0)]);
+    let b = node("b", 1, vec![nats.url(1)]);
+    let c = node("c", 1, vec![nats.url(2)]);
+    // A witness on c for the will, connected once interest has spread (a probe from a).
+    let mut witness = c.connect("witness");
+    witness.subscribe(1, &[("wills/#", 0), ("probe/w", 0)]);
+    let mut probe = a.connect("probe");
+    until_connected(&mut probe, &mut witness, "probe/w");
+    let mut first =
+        a.connect_with(&ConnectBuilder::new("roaming").will("wills/roaming", b"gone", 0, false));
+    first.ping();
+    // The same client id on node b: node a closes its connection (MQTT-3.1.4-2), and the
+    // will of the connection taken over goes out, reaching c.
+    let mut second = b.connect("roaming");
+    first.expect_closed_within(Duration::from_secs(10));
+    let frame = witness
+        .next_frame_within(Duration::from_secs(10))
+        .expect("the will");
+    assert_eq!(frame, qos0_delivery("wills/roaming", b"gone", false));
+    // The new connection is not disturbed.
+    second.ping();
+    second.expect_nothing();
 }

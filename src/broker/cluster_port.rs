@@ -26,13 +26,16 @@ pub struct Outgoing {
     pub key: u64,
 }
 
-/// A change of this node's interest.
+/// What the other nodes must hear of, in the order it happened here.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InterestChange {
+pub enum ClusterEvent {
     /// The filter has its first subscriber on this node.
     Added(String),
     /// The filter's last subscriber on this node is gone.
     Removed(String),
+    /// A client connected here with this id at this time (Unix microseconds): a session of it
+    /// on another node that connected earlier ends there (MQTT-3.1.4-2 across the cluster).
+    Claimed(String, u64),
 }
 
 /// The filters other nodes have subscribers for, by node index.
@@ -69,19 +72,23 @@ impl RemoteInterest {
 pub struct ClusterPort {
     shared: Arc<ClusterShared>,
     cache: RefCell<(u64, Arc<InterestTrie>)>,
+    /// When each session of this shard last had a client connect (Unix microseconds): a
+    /// claim from another node ends it only if it came later (claims of earlier connects
+    /// may arrive after a newer connect here).
+    connected_at: RefCell<ahash::AHashMap<String, u64>>,
 }
 
 /// Made once per broker; each shard gets a [`ClusterPort`] on it, the cluster thread the
 /// receiving ends ([`ClusterShared::take_receivers`]).
 pub struct ClusterShared {
     outbox: Sender<Outgoing>,
-    changes: Sender<InterestChange>,
+    changes: Sender<ClusterEvent>,
     pub remote: RemoteInterest,
     /// Messages for other nodes dropped because the outbox was full.
     pub dropped: AtomicU64,
     /// Messages sent to the cluster thread.
     pub forwarded: AtomicU64,
-    receivers: std::sync::Mutex<Option<(Receiver<Outgoing>, Receiver<InterestChange>)>>,
+    receivers: std::sync::Mutex<Option<(Receiver<Outgoing>, Receiver<ClusterEvent>)>>,
 }
 
 impl ClusterShared {
@@ -100,7 +107,7 @@ impl ClusterShared {
     }
 
     /// The cluster thread's ends of the channels (once).
-    pub fn take_receivers(&self) -> Option<(Receiver<Outgoing>, Receiver<InterestChange>)> {
+    pub fn take_receivers(&self) -> Option<(Receiver<Outgoing>, Receiver<ClusterEvent>)> {
         self.receivers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -111,7 +118,11 @@ impl ClusterShared {
 impl ClusterPort {
     pub fn new(shared: Arc<ClusterShared>) -> ClusterPort {
         let cache = RefCell::new(shared.remote.current());
-        ClusterPort { shared, cache }
+        ClusterPort {
+            shared,
+            cache,
+            connected_at: RefCell::default(),
+        }
     }
 
     /// Whether another node has a subscriber for `topic`.
@@ -140,7 +151,36 @@ impl ClusterPort {
         }
     }
 
-    pub fn interest_changed(&self, change: InterestChange) {
+    /// A client connected here: the other nodes end their session of it.
+    pub fn claim(&self, client_id: &str) {
+        let now = unix_us();
+        self.connected_at
+            .borrow_mut()
+            .insert(client_id.to_string(), now);
+        self.tell(ClusterEvent::Claimed(client_id.to_string(), now));
+    }
+
+    /// Whether a claim made at `at` on another node is newer than this shard's connect.
+    pub fn claim_wins(&self, client_id: &str, at: u64) -> bool {
+        self.connected_at
+            .borrow()
+            .get(client_id)
+            .is_none_or(|&here| here < at)
+    }
+
+    /// The session ended here.
+    pub fn forget(&self, client_id: &str) {
+        self.connected_at.borrow_mut().remove(client_id);
+    }
+
+    pub fn tell(&self, change: ClusterEvent) {
         let _ = self.shared.changes.send(change);
     }
+}
+
+/// Now, in microseconds since the Unix epoch (nodes' clocks are compared for claims).
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }

@@ -411,6 +411,9 @@ pub enum ShardMessage {
     Reauthorize,
     /// A message published on another node of the cluster, for this node's subscribers.
     FromCluster(Arc<Message>),
+    /// The client with this id (whose home shard this is) connected to another node at this
+    /// time (Unix microseconds).
+    ClaimedElsewhere(ByteStr, u64),
     /// Parked connections whose sockets became readable (tokens from `parking::token`).
     Readable(Vec<u64>),
     Shutdown,

@@ -4,7 +4,7 @@
 
 use ahash::AHashMap;
 
-use super::cluster_port::InterestChange;
+use super::cluster_port::ClusterEvent;
 use super::mesh::{Grant, SubscriberId};
 use super::shared::SharedIndex;
 use crate::topic::{parse_shared, SubscriptionTrie};
@@ -31,7 +31,7 @@ pub struct Replica {
 #[derive(Default)]
 pub struct InterestTracker {
     counts: AHashMap<String, u32>,
-    pub changes: Vec<InterestChange>,
+    pub changes: Vec<ClusterEvent>,
 }
 
 impl InterestTracker {
@@ -39,7 +39,7 @@ impl InterestTracker {
         let count = self.counts.entry(filter.to_string()).or_insert(0);
         *count += 1;
         if *count == 1 {
-            self.changes.push(InterestChange::Added(filter.to_string()));
+            self.changes.push(ClusterEvent::Added(filter.to_string()));
         }
     }
 
@@ -48,8 +48,7 @@ impl InterestTracker {
             *count -= 1;
             if *count == 0 {
                 self.counts.remove(filter);
-                self.changes
-                    .push(InterestChange::Removed(filter.to_string()));
+                self.changes.push(ClusterEvent::Removed(filter.to_string()));
             }
         }
     }

@@ -299,6 +299,10 @@ impl Shard {
     /// what is stored, and the Session Expiry Interval says how long the session outlives the
     /// connection (0: it ends with it).
     pub fn open_session(&self, connect: &Connect, conn: u64) -> (Rc<RefCell<Session>>, bool) {
+        if let Some(port) = self.cluster.get() {
+            // One client id, one connection in the whole cluster: another node ends its own.
+            port.claim(&connect.client_id);
+        }
         let v5 = connect.level.is_v5();
         let (ends_with_connection, expiry) = if v5 {
             let asked = connect
@@ -408,6 +412,9 @@ impl Shard {
         s.clear_delivery_state();
         let client_id = s.client_id.clone();
         drop(s);
+        if let Some(port) = self.cluster.get() {
+            port.forget(&client_id);
+        }
         // An emptied queue holds nobody back.
         self.relieve(session);
         {
@@ -476,7 +483,7 @@ impl Shard {
         let mut replica = self.replica.borrow_mut();
         if let Some(interest) = &mut replica.interest {
             for change in interest.changes.drain(..) {
-                port.interest_changed(change);
+                port.tell(change);
             }
         }
     }
@@ -747,6 +754,25 @@ impl Shard {
             ShardMessage::FromCluster(message) => {
                 // Another node's message: for this node's subscribers only.
                 let _ = self.route(message, None);
+            }
+            ShardMessage::ClaimedElsewhere(client_id, at) => {
+                if self
+                    .cluster
+                    .get()
+                    .is_some_and(|p| !p.claim_wins(&client_id, at))
+                {
+                    // A claim of an earlier connect: the client is here now.
+                    return;
+                }
+                // The client connected to another node: its session here ends, as a local
+                // takeover would end it (the connection's will rules apply), and does not come
+                // back (sessions do not move between nodes yet).
+                let existing = self.sessions.borrow().find(&client_id);
+                if let Some(existing) = existing {
+                    debug!(client = %client_id, "taken over on another node");
+                    existing.borrow_mut().kick(Kick::TakenOver);
+                    self.remove_session(&existing);
+                }
             }
             ShardMessage::Shutdown => self.stop(),
         }

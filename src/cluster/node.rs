@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::dedupe::Dedupe;
 use super::interest::{self, Part, RemoteNodes};
 use super::subject::{filter_to_subjects, subject_to_topic, topic_to_subject};
-use crate::broker::cluster_port::{ClusterShared, InterestChange, Outgoing};
+use crate::broker::cluster_port::{ClusterEvent, ClusterShared, Outgoing};
 use crate::broker::config::ClusterConfig;
 use crate::broker::mesh::{Mesh, Message, Refused, ShardId, ShardMessage};
 use crate::protocol::{ByteStr, QoS};
@@ -36,6 +36,9 @@ const PART: &str = "Smq-Part";
 const INTEREST: &str = "$SMQ.interest";
 const HELLO: &str = "$SMQ.hello";
 const RETAINED: &str = "$SMQ.retained";
+/// A client id that connected to the node in the header, at the time in [`AT`].
+const CLAIM: &str = "$SMQ.claim";
+const AT: &str = "Smq-At";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterStartError {
@@ -65,7 +68,7 @@ impl ClusterHandle {
 /// What the runtime's main loop reacts to.
 enum Event {
     Out(Vec<Outgoing>),
-    Interest(InterestChange),
+    Interest(ClusterEvent),
     Stop,
 }
 
@@ -141,7 +144,7 @@ pub fn start(
 
 fn feed(
     outbox: crossbeam_channel::Receiver<Outgoing>,
-    changes: crossbeam_channel::Receiver<InterestChange>,
+    changes: crossbeam_channel::Receiver<ClusterEvent>,
     events: mpsc::UnboundedSender<Event>,
     stop: Arc<AtomicBool>,
 ) {
@@ -239,6 +242,10 @@ impl Node {
             Ok(s) => s,
             Err(e) => return warn!("cluster: cannot subscribe: {e}"),
         };
+        let mut claim_sub = match client.subscribe(CLAIM).await {
+            Ok(s) => s,
+            Err(e) => return warn!("cluster: cannot subscribe: {e}"),
+        };
         match client.subscribe(RETAINED).await {
             Ok(s) => drop(forward(s, arrived_tx.clone())),
             Err(e) => return warn!("cluster: cannot subscribe: {e}"),
@@ -264,7 +271,7 @@ impl Node {
                     }
                     Some(Event::Interest(change)) => {
                         match change {
-                            InterestChange::Added(f) => {
+                            ClusterEvent::Added(f) => {
                                 let mut forwards = Vec::new();
                                 for subject in filter_to_subjects(&f).unwrap_or_default() {
                                     match client.subscribe(subject).await {
@@ -275,12 +282,24 @@ impl Node {
                                 local.insert(f.clone(), forwards);
                                 filters.insert(f);
                             }
-                            InterestChange::Removed(f) => {
+                            ClusterEvent::Removed(f) => {
                                 for task in local.remove(&f).unwrap_or_default() {
                                     // Ends the forwarding task and its NATS subscription.
                                     task.abort();
                                 }
                                 filters.remove(&f);
+                            }
+                            ClusterEvent::Claimed(id, at) => {
+                                let mut headers = HeaderMap::new();
+                                headers.insert(NODE, self.incarnation.as_str());
+                                headers.insert(AT, at.to_string().as_str());
+                                if let Err(e) = client
+                                    .publish_with_headers(CLAIM, headers, Bytes::from(id))
+                                    .await
+                                {
+                                    warn!("cluster: cannot claim a client id: {e}");
+                                }
+                                continue;
                             }
                         }
                         if !dirty {
@@ -297,6 +316,7 @@ impl Node {
                         }
                     }
                 }
+                Some(m) = claim_sub.next() => self.claimed_elsewhere(&m).await,
                 Some(m) = hello_sub.next() => {
                     if m.payload != self.id.as_bytes() {
                         // A node joined: it hears our interest now, not at the next heartbeat.
@@ -402,6 +422,37 @@ impl Node {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
             None => {}
+        }
+    }
+
+    /// Another node took a client id: its session here ends, on its home shard.
+    async fn claimed_elsewhere(&self, m: &async_nats::Message) {
+        let from = m.headers.as_ref().and_then(|h| h.get(NODE));
+        if from.is_none_or(|n| n.as_str() == self.incarnation) {
+            return;
+        }
+        let Ok(id) = std::str::from_utf8(&m.payload) else {
+            return;
+        };
+        let Some(at) = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(AT))
+            .and_then(|v| v.as_str().parse().ok())
+        else {
+            return;
+        };
+        let home = crate::broker::home_shard(id, self.shards);
+        let mut msg = ShardMessage::ClaimedElsewhere(ByteStr::from(id), at);
+        loop {
+            match self.mesh.try_send(home, msg) {
+                Ok(()) => return,
+                Err(Refused::Full(back)) => {
+                    msg = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(Refused::Stopped) => return,
+            }
         }
     }
 
