@@ -392,3 +392,43 @@ fn a_client_id_connecting_to_another_node_takes_the_session_over() {
     second.ping();
     second.expect_nothing();
 }
+
+#[test]
+fn mqtt5_properties_and_message_expiry_cross_nodes() {
+    let nats = Nats::start();
+    let a = node("a", 1, vec![nats.url(0)]);
+    let b = node("b", 2, vec![nats.url(1)]);
+    let mut sub = b.connect_v5(&ConnectBuilder::v5("v5-sub", &[]));
+    sub.subscribe_v5(1, &[("v5/#", 0)]);
+    let mut publisher = a.connect_v5(&ConnectBuilder::v5("v5-pub", &[]));
+    // Interest first (a probe, QoS 0, no properties).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        publisher.send(&publish_v5("v5/probe", b"p", 0, false, 0, &[]));
+        if sub.next_frame_within(Duration::from_millis(100)).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never crossed");
+    }
+    while sub.next_frame_within(Duration::from_millis(300)).is_some() {}
+    // Content Type, Correlation Data and User Properties (a repeated name, in order).
+    let mut props = vec![0x03];
+    props.extend(field(b"application/json"));
+    props.push(0x09);
+    props.extend(field(&[0x00, 0xff]));
+    for (k, v) in [("a", "1"), ("b", "2"), ("a", "3")] {
+        props.push(0x26);
+        props.extend(field(k.as_bytes()));
+        props.extend(field(v.as_bytes()));
+    }
+    publisher.send(&publish_v5("v5/t", b"{}", 0, false, 0, &props));
+    sub.expect_bytes(&publish_v5("v5/t", b"{}", 0, false, 0, &props));
+    // A Message Expiry Interval comes with what is left of it (here all of its 60 s, or 59).
+    publisher.send(&publish_v5("v5/e", b"x", 0, false, 0, &[0x02, 0, 0, 0, 60]));
+    let p = sub.next_publish_v5();
+    let left = p
+        .properties
+        .and_then(|p| p.message_expiry_interval)
+        .expect("the expiry crossed");
+    assert!((59..=60).contains(&left), "{left}");
+}

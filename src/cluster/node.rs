@@ -21,7 +21,7 @@ use super::interest::{self, Part, RemoteNodes};
 use super::subject::{filter_to_subjects, subject_to_topic, topic_to_subject};
 use crate::broker::cluster_port::{ClusterEvent, ClusterShared, Outgoing};
 use crate::broker::config::ClusterConfig;
-use crate::broker::mesh::{Mesh, Message, Refused, ShardId, ShardMessage};
+use crate::broker::mesh::{Mesh, Message, Refused, ShardId, ShardMessage, V5Message};
 use crate::protocol::{ByteStr, QoS};
 
 /// The origin node (`node/start-time`) of an interest snapshot.
@@ -31,6 +31,10 @@ const NODE: &str = "Smq-Node";
 const META: &str = "Smq";
 /// On `$SMQ.retained`: the message's MQTT topic.
 const TOPIC: &str = "Smq-Topic";
+/// An MQTT 5 message's forwarded properties (encoded as in the PUBLISH, base64).
+const PROPS: &str = "Smq-Props";
+/// What is left of an MQTT 5 Message Expiry Interval, in seconds.
+const EXPIRY: &str = "Smq-Expiry";
 const EPOCH: &str = "Smq-Epoch";
 const PART: &str = "Smq-Part";
 const INTEREST: &str = "$SMQ.interest";
@@ -397,6 +401,19 @@ impl Node {
         };
         let mut headers = HeaderMap::new();
         headers.insert(META, meta.to_string().as_str());
+        if let Some(v5) = &m.v5 {
+            use base64::Engine as _;
+            if !v5.properties.is_empty() {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(&v5.properties);
+                headers.insert(PROPS, encoded.as_str());
+            }
+            if let Some(at) = v5.expires_at {
+                let left = at.saturating_duration_since(std::time::Instant::now());
+                // At least a second: expired messages were not routed here.
+                let secs = left.as_secs().max(1);
+                headers.insert(EXPIRY, secs.to_string().as_str());
+            }
+        }
         if m.retain {
             let mut all = headers.clone();
             all.insert(TOPIC, &*m.topic);
@@ -481,12 +498,9 @@ impl Node {
             None => (QoS::AtMostOnce, false, 0, 0),
         };
         let shard = ((key ^ origin_hash) % self.shards as u64) as u16;
-        let message = Arc::new(Message::new(
-            ByteStr::from(topic.as_str()),
-            m.payload,
-            qos,
-            retain,
-        ));
+        let message = Message::new(ByteStr::from(topic.as_str()), m.payload, qos, retain)
+            .with_v5(v5_part(headers));
+        let message = Arc::new(message);
         let mut msg = ShardMessage::FromCluster(message);
         loop {
             match self.mesh.try_send(ShardId(shard), msg) {
@@ -500,6 +514,32 @@ impl Node {
             }
         }
     }
+}
+
+/// The MQTT 5 part of a message from another node, if it had one.
+fn v5_part(headers: Option<&HeaderMap>) -> Option<Box<V5Message>> {
+    use base64::Engine as _;
+    let headers = headers?;
+    let properties = headers
+        .get(PROPS)
+        .and_then(|p| {
+            base64::engine::general_purpose::STANDARD
+                .decode(p.as_str())
+                .ok()
+        })
+        .map(Bytes::from)
+        .unwrap_or_default();
+    let expires_at = headers
+        .get(EXPIRY)
+        .and_then(|e| e.as_str().parse::<u64>().ok())
+        .map(|secs| std::time::Instant::now() + Duration::from_secs(secs));
+    if properties.is_empty() && expires_at.is_none() {
+        return None;
+    }
+    Some(Box::new(V5Message {
+        properties,
+        expires_at,
+    }))
 }
 
 fn hash(s: &str) -> u64 {
