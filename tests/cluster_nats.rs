@@ -432,3 +432,49 @@ fn mqtt5_properties_and_message_expiry_cross_nodes() {
         .expect("the expiry crossed");
     assert!((59..=60).contains(&left), "{left}");
 }
+
+#[test]
+fn a_node_that_joins_later_gets_the_retained_messages() {
+    let nats = Nats::start();
+    let a = node("a", 2, vec![nats.url(0)]);
+    let mut publisher = a.connect("early");
+    for i in 0..20 {
+        publisher.publish1(
+            &format!("config/{i}"),
+            format!("v{i}").as_bytes(),
+            true,
+            i + 1,
+        );
+    }
+    // Node b starts afterwards: it asks a node that was there for the retained messages.
+    let b = node("b", 2, vec![nats.url(1)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut packet_id = 1;
+    loop {
+        let mut sub = b.connect(&format!("late-{packet_id}"));
+        sub.send(&subscribe(1, &[("config/#", 1)]));
+        let mut got = Vec::new();
+        while let Some(frame) = sub.next_frame_within(Duration::from_millis(300)) {
+            // Retained at the SUBSCRIBE, or forwarded live if the fetch was still going on.
+            if let surgemq::protocol::Packet::Publish(p) = parse(&frame) {
+                got.push((p.topic.to_string(), p.payload.to_vec()));
+                sub.send(&puback(p.packet_id));
+            }
+        }
+        if got.len() == 20 {
+            got.sort();
+            let mut expected: Vec<(String, Vec<u8>)> = (0..20)
+                .map(|i| (format!("config/{i}"), format!("v{i}").into_bytes()))
+                .collect();
+            expected.sort();
+            assert_eq!(got, expected);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b has {} of 20 retained messages",
+            got.len()
+        );
+        packet_id += 1;
+    }
+}

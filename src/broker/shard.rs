@@ -755,6 +755,15 @@ impl Shard {
                 // Another node's message: for this node's subscribers only.
                 let _ = self.route(message, None);
             }
+            ShardMessage::CollectRetained(reply) => {
+                let mut all = Vec::new();
+                self.retained.borrow().for_each(|m| {
+                    if !m.topic.starts_with('$') {
+                        all.push(m.clone());
+                    }
+                });
+                let _ = reply.send(all);
+            }
             ShardMessage::ClaimedElsewhere(client_id, at) => {
                 if self
                     .cluster

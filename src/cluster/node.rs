@@ -40,6 +40,10 @@ const PART: &str = "Smq-Part";
 const INTEREST: &str = "$SMQ.interest";
 const HELLO: &str = "$SMQ.hello";
 const RETAINED: &str = "$SMQ.retained";
+/// A node that joins asks one other node (a queue group) for the retained messages.
+const SYNC: &str = "$SMQ.sync";
+/// The last message of a retained-message sync.
+const END: &str = "Smq-End";
 /// A client id that connected to the node in the header, at the time in [`AT`].
 const CLAIM: &str = "$SMQ.claim";
 const AT: &str = "Smq-At";
@@ -254,7 +258,12 @@ impl Node {
             Ok(s) => drop(forward(s, arrived_tx.clone())),
             Err(e) => return warn!("cluster: cannot subscribe: {e}"),
         }
+        let mut sync_sub = match client.queue_subscribe(SYNC, "surgemq-sync".into()).await {
+            Ok(s) => s,
+            Err(e) => return warn!("cluster: cannot subscribe: {e}"),
+        };
         let _ = client.publish(HELLO, Bytes::from(self.id.clone())).await;
+        self.fetch_retained(&client, &mut dedupe).await;
         info!(node = %self.id, "cluster: node joined");
         loop {
             let snapshot_due = async {
@@ -321,6 +330,11 @@ impl Node {
                     }
                 }
                 Some(m) = claim_sub.next() => self.claimed_elsewhere(&m).await,
+                Some(m) = sync_sub.next() => {
+                    if let Some(reply) = m.reply {
+                        self.send_retained(&client, reply.to_string()).await;
+                    }
+                }
                 Some(m) = hello_sub.next() => {
                     if m.payload != self.id.as_bytes() {
                         // A node joined: it hears our interest now, not at the next heartbeat.
@@ -442,6 +456,98 @@ impl Node {
         }
     }
 
+    /// Asks another node for the retained messages (they reach a node only while it runs)
+    /// and stores them; gives up after a few seconds, or at once when no node answers.
+    async fn fetch_retained(&self, client: &async_nats::Client, dedupe: &mut Dedupe) {
+        let inbox = client.new_inbox();
+        let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
+            return;
+        };
+        if client
+            .publish_with_reply(SYNC, inbox, Bytes::new())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut count = 0usize;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), replies.next()).await;
+            let Ok(Some(m)) = next else { break };
+            // The end, or NATS saying nobody answers (no other node yet).
+            if m.status.is_some() || m.headers.as_ref().is_some_and(|h| h.get(END).is_some()) {
+                break;
+            }
+            count += 1;
+            let arrived = Arrived {
+                subject: m.subject.to_string(),
+                headers: m.headers,
+                payload: m.payload,
+            };
+            self.deliver(arrived, dedupe).await;
+        }
+        if count > 0 {
+            info!(node = %self.id, count, "cluster: retained messages fetched from another node");
+        }
+    }
+
+    /// A joining node asked for the retained messages: every shard's, then an end marker.
+    async fn send_retained(&self, client: &async_nats::Client, reply: String) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut asked = 0;
+        for shard in 0..self.shards {
+            let mut msg = ShardMessage::CollectRetained(tx.clone());
+            loop {
+                match self.mesh.try_send(ShardId(shard as u16), msg) {
+                    Ok(()) => {
+                        asked += 1;
+                        break;
+                    }
+                    Err(Refused::Full(back)) => {
+                        msg = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(Refused::Stopped) => break,
+                }
+            }
+        }
+        drop(tx);
+        let gathered = tokio::task::spawn_blocking(move || {
+            let mut all = Vec::new();
+            for _ in 0..asked {
+                match rx.recv_timeout(Duration::from_secs(5)) {
+                    Ok(part) => all.extend(part),
+                    Err(_) => break,
+                }
+            }
+            all
+        })
+        .await
+        .unwrap_or_default();
+        let origin = format!("{}/sync", self.incarnation);
+        for (i, m) in gathered.iter().enumerate() {
+            let meta = Meta {
+                origin: &origin,
+                seq: i as u64 + 1,
+                qos: m.qos,
+                key: 0,
+                retain: true,
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(META, meta.to_string().as_str());
+            headers.insert(TOPIC, &*m.topic);
+            if let Err(e) = client
+                .publish_with_headers(reply.clone(), headers, m.payload.clone())
+                .await
+            {
+                return warn!("cluster: cannot send retained messages: {e}");
+            }
+        }
+        let mut end = HeaderMap::new();
+        end.insert(END, "1");
+        let _ = client.publish_with_headers(reply, end, Bytes::new()).await;
+    }
+
     /// Another node took a client id: its session here ends, on its home shard.
     async fn claimed_elsewhere(&self, m: &async_nats::Message) {
         let from = m.headers.as_ref().and_then(|h| h.get(NODE));
@@ -484,13 +590,11 @@ impl Node {
                 return;
             }
         }
-        let topic = if m.subject == RETAINED {
-            match headers.and_then(|h| h.get(TOPIC)) {
-                Some(t) => t.as_str().to_string(),
-                None => return,
-            }
-        } else {
-            subject_to_topic(&m.subject)
+        // On `$SMQ.retained` and in a sync the topic is a header; elsewhere the subject.
+        let topic = match headers.and_then(|h| h.get(TOPIC)) {
+            Some(t) => t.as_str().to_string(),
+            None if m.subject == RETAINED => return,
+            None => subject_to_topic(&m.subject),
         };
         // A NATS application's message (no metadata): QoS 0, not retained.
         let (qos, retain, key, origin_hash) = match &meta {
