@@ -126,6 +126,8 @@ pub fn start(
         shared,
         mesh,
         shards,
+        subjects: Default::default(),
+        topics: Default::default(),
     };
     let runner = std::thread::Builder::new()
         .name("surgemq-cluster".into())
@@ -190,11 +192,18 @@ struct Node {
     shared: Arc<ClusterShared>,
     mesh: Arc<Mesh>,
     shards: usize,
+    /// Topic <-> subject conversions, remembered: topics repeat, and each conversion would
+    /// otherwise allocate per message. Emptied when they grow past [`CONVERSIONS`].
+    subjects: std::cell::RefCell<AHashMap<ByteStr, Option<async_nats::Subject>>>,
+    topics: std::cell::RefCell<AHashMap<String, ByteStr>>,
 }
+
+/// Conversions remembered at most, each way.
+const CONVERSIONS: usize = 65_536;
 
 /// A message from NATS on its way to a shard.
 struct Arrived {
-    subject: String,
+    subject: async_nats::Subject,
     headers: Option<HeaderMap>,
     payload: Bytes,
 }
@@ -231,7 +240,7 @@ impl Node {
                 let mut sub = sub;
                 while let Some(m) = sub.next().await {
                     let arrived = Arrived {
-                        subject: m.subject.to_string(),
+                        subject: m.subject,
                         headers: m.headers,
                         payload: m.payload,
                     };
@@ -439,7 +448,7 @@ impl Node {
                 warn!("cluster: cannot publish: {e}");
             }
         }
-        match topic_to_subject(&m.topic) {
+        match self.subject_of(&m.topic) {
             Some(subject) => {
                 if let Err(e) = client
                     .publish_with_headers(subject, headers, m.payload.clone())
@@ -454,6 +463,34 @@ impl Node {
             }
             None => {}
         }
+    }
+
+    /// The NATS subject of a topic (None: it has none), remembered.
+    fn subject_of(&self, topic: &ByteStr) -> Option<async_nats::Subject> {
+        let mut cache = self.subjects.borrow_mut();
+        if let Some(s) = cache.get(topic) {
+            return s.clone();
+        }
+        if cache.len() >= CONVERSIONS {
+            cache.clear();
+        }
+        let subject = topic_to_subject(topic).map(async_nats::Subject::from);
+        cache.insert(topic.clone(), subject.clone());
+        subject
+    }
+
+    /// The MQTT topic of a subject, remembered.
+    fn topic_of(&self, subject: &async_nats::Subject) -> ByteStr {
+        let mut cache = self.topics.borrow_mut();
+        if let Some(t) = cache.get(subject.as_str()) {
+            return t.clone();
+        }
+        if cache.len() >= CONVERSIONS {
+            cache.clear();
+        }
+        let topic = ByteStr::from(subject_to_topic(subject).as_str());
+        cache.insert(subject.to_string(), topic.clone());
+        topic
     }
 
     /// Asks another node for the retained messages (they reach a node only while it runs)
@@ -480,7 +517,7 @@ impl Node {
             }
             count += 1;
             let arrived = Arrived {
-                subject: m.subject.to_string(),
+                subject: m.subject,
                 headers: m.headers,
                 payload: m.payload,
             };
@@ -592,9 +629,9 @@ impl Node {
         }
         // On `$SMQ.retained` and in a sync the topic is a header; elsewhere the subject.
         let topic = match headers.and_then(|h| h.get(TOPIC)) {
-            Some(t) => t.as_str().to_string(),
-            None if m.subject == RETAINED => return,
-            None => subject_to_topic(&m.subject),
+            Some(t) => ByteStr::from(t.as_str()),
+            None if m.subject.as_str() == RETAINED => return,
+            None => self.topic_of(&m.subject),
         };
         // A NATS application's message (no metadata): QoS 0, not retained.
         let (qos, retain, key, origin_hash) = match &meta {
@@ -602,8 +639,7 @@ impl Node {
             None => (QoS::AtMostOnce, false, 0, 0),
         };
         let shard = ((key ^ origin_hash) % self.shards as u64) as u16;
-        let message = Message::new(ByteStr::from(topic.as_str()), m.payload, qos, retain)
-            .with_v5(v5_part(headers));
+        let message = Message::new(topic, m.payload, qos, retain).with_v5(v5_part(headers));
         let message = Arc::new(message);
         let mut msg = ShardMessage::FromCluster(message);
         loop {
