@@ -16,6 +16,7 @@ use common::*;
 use futures_lite::StreamExt;
 use surgemq::broker::config::ClusterConfig;
 use surgemq::broker::BrokerConfig;
+use surgemq::protocol::ProtocolLevel::{self, V311, V5};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -477,4 +478,74 @@ fn a_node_that_joins_later_gets_the_retained_messages() {
         );
         packet_id += 1;
     }
+}
+
+/// Reads QoS 1 PUBLISHes (acknowledging them) until none comes for a while; their payloads.
+fn drain_payloads(c: &mut RawClient, level: ProtocolLevel) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Some(frame) = c.next_frame_within(Duration::from_millis(500)) {
+        if let surgemq::protocol::Packet::Publish(p) = parse_at(&frame, level) {
+            if p.qos != surgemq::protocol::QoS::AtMostOnce {
+                c.send(&puback(p.packet_id));
+            }
+            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+    }
+    got
+}
+
+#[test]
+fn a_shared_group_spanning_nodes_gets_each_message_once() {
+    let nats = Nats::start();
+    let a = node("a", 2, vec![nats.url(0)]);
+    let b = node("b", 1, vec![nats.url(1)]);
+    let c = node("c", 1, vec![nats.url(2)]);
+    // Members: two on a (3.1.1 and 5), one on b; a plain subscriber on b; publishers on c
+    // (no member there) and on a.
+    let mut m1 = a.connect("member-1");
+    m1.subscribe(1, &[("$share/g/work/#", 1)]);
+    let mut m2 = a.connect_v5(&ConnectBuilder::v5("member-2", &[]));
+    m2.subscribe_v5(1, &[("$share/g/work/#", 1)]);
+    let mut m3 = b.connect("member-3");
+    m3.subscribe(1, &[("$share/g/work/#", 1)]);
+    let mut plain = b.connect("plain");
+    plain.subscribe(1, &[("work/#", 1)]);
+    let mut from_c = c.connect("pub-c");
+    let mut from_a = a.connect("pub-a");
+    until_connected(&mut from_c, &mut plain, "work/probe");
+    // Let every node's group subscription reach NATS, then forget the probes.
+    std::thread::sleep(Duration::from_millis(500));
+    drain_payloads(&mut m1, V311);
+    drain_payloads(&mut m2, V5);
+    drain_payloads(&mut m3, V311);
+    for i in 0..200u16 {
+        from_c.publish1("work/c", format!("c{i}").as_bytes(), false, i + 1);
+        from_a.publish1("work/a", format!("a{i}").as_bytes(), false, i + 1);
+    }
+    let mut plain_got = drain_payloads(&mut plain, V311);
+    plain_got.sort();
+    let mut expected: Vec<String> = (0..200)
+        .flat_map(|i| [format!("a{i}"), format!("c{i}")])
+        .collect();
+    expected.sort();
+    assert_eq!(plain_got, expected, "the plain subscriber gets everything");
+    let (g1, g2, g3) = (
+        drain_payloads(&mut m1, V311),
+        drain_payloads(&mut m2, V5),
+        drain_payloads(&mut m3, V311),
+    );
+    let mut all: Vec<String> = g1.iter().chain(&g2).chain(&g3).cloned().collect();
+    all.sort();
+    assert_eq!(
+        all, expected,
+        "each message to exactly one member of the group"
+    );
+    // NATS spreads the group over both nodes; each node over its members.
+    assert!(
+        !g3.is_empty() && g1.len() + g2.len() > 0,
+        "{} {} {}",
+        g1.len(),
+        g2.len(),
+        g3.len()
+    );
 }

@@ -411,6 +411,9 @@ pub enum ShardMessage {
     Reauthorize,
     /// A message published on another node of the cluster, for this node's subscribers.
     FromCluster(Arc<Message>),
+    /// A message for one member of the shared subscription group (`$share/GROUP/FILTER`)
+    /// that NATS picked this node for.
+    FromClusterShared(Arc<Message>, ByteStr),
     /// The cluster thread asks for the shard's retained messages (for a node that joins).
     CollectRetained(crossbeam_channel::Sender<Vec<Arc<Message>>>),
     /// The client with this id (whose home shard this is) connected to another node at this

@@ -68,7 +68,8 @@ impl Replica {
         if let Some(Ok(shared)) = parse_shared(filter) {
             if let Some(interest) = &mut self.interest {
                 if !self.shared.contains(shared, &id) {
-                    interest.added(shared.filter);
+                    // The whole `$share/GROUP/FILTER`: the group spans the cluster.
+                    interest.added(filter);
                 }
             }
             self.shared.insert(filter, shared, id, grant);
@@ -92,10 +93,9 @@ impl Replica {
     pub fn remove(&mut self, filter: &str, id: &SubscriberId) {
         if let Some(shared) = parse_shared(filter) {
             if let Ok(shared) = shared {
-                let inner = shared.filter.to_string();
                 if self.shared.remove(shared, id).is_some() {
                     if let Some(interest) = &mut self.interest {
-                        interest.removed(&inner);
+                        interest.removed(filter);
                     }
                 }
             }

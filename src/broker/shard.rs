@@ -568,7 +568,9 @@ impl Shard {
         }
         drop(router);
         routed.pressured = pressured;
-        if !replica.shared.is_empty() {
+        // In a cluster a group's member is picked cluster-wide: NATS hands the message to one
+        // node of the group (`FromClusterShared`), this one included.
+        if !replica.shared.is_empty() && self.cluster.get().is_none() {
             self.route_shared(&message, &replica, &mut routed);
         }
         self.metrics
@@ -754,6 +756,19 @@ impl Shard {
             ShardMessage::FromCluster(message) => {
                 // Another node's message: for this node's subscribers only.
                 let _ = self.route(message, None);
+            }
+            ShardMessage::FromClusterShared(message, group) => {
+                let pick = self.replica.borrow().shared.pick_in(
+                    &group,
+                    &message.topic,
+                    self.config.shared_strategy,
+                    self.id,
+                    &self.pressure,
+                );
+                if let Some((key, id, grant)) = pick {
+                    let tag = super::shared::ShareTag { key, hops: 0 };
+                    self.deliver_shared(&message, id, grant, tag, &mut Ticket::default());
+                }
             }
             ShardMessage::CollectRetained(reply) => {
                 let mut all = Vec::new();

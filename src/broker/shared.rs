@@ -223,6 +223,23 @@ impl SharedIndex {
         });
     }
 
+    /// A member of the one group `full` (`$share/GROUP/FILTER`) for a message, as
+    /// [`for_each_pick`](Self::for_each_pick) would pick it; None if the group has none here.
+    pub fn pick_in(
+        &self,
+        full: &str,
+        topic: &str,
+        strategy: ShareStrategy,
+        here: ShardId,
+        availability: &impl Availability,
+    ) -> Option<(Arc<ShareKey>, SubscriberId, Grant)> {
+        let parts = crate::topic::parse_shared(full)?.ok()?;
+        let group = self.groups.get(parts.filter, &ByteStr::from(parts.group))?;
+        let (id, grant) = self.pick(group, topic, strategy, here, availability, None)?;
+        group.delivered.set(group.delivered.get() + 1);
+        Some((group.key.clone(), id, grant))
+    }
+
     /// Another member of `key`'s group than `failed`, for a message it could not take; None
     /// when the group has no other member (here).
     pub fn pick_again(

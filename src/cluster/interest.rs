@@ -127,19 +127,33 @@ impl RemoteNodes {
             .unwrap_or(u16::MAX)
     }
 
-    /// Every node's filters as one trie.
-    pub fn trie(&self) -> InterestTrie {
+    /// Every node's filters as one trie (a shared subscription `$share/GROUP/FILTER` counts
+    /// as its FILTER), with `local_shared`, this node's own shared subscriptions' filters: a
+    /// message for a group goes through NATS even when the group's members are all here,
+    /// since NATS picks the member's node.
+    pub fn trie(&self, local_shared: &BTreeSet<String>) -> InterestTrie {
         let mut trie = InterestTrie::default();
         for node in self.nodes.values() {
             for f in &node.filters {
-                trie.insert(f, node.index, ());
+                trie.insert(inner_filter(f), node.index, ());
             }
+        }
+        for f in local_shared {
+            trie.insert(inner_filter(f), u16::MAX, ());
         }
         trie
     }
 
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+}
+
+/// The filter of a shared subscription, or the filter itself.
+pub fn inner_filter(filter: &str) -> &str {
+    match crate::topic::parse_shared(filter) {
+        Some(Ok(shared)) => shared.filter,
+        _ => filter,
     }
 }
 
@@ -165,7 +179,8 @@ mod tests {
 
     fn matches(r: &RemoteNodes, topic: &str) -> bool {
         let mut any = false;
-        r.trie().for_each_match(topic, |_, _| any = true);
+        r.trie(&BTreeSet::new())
+            .for_each_match(topic, |_, _| any = true);
         any
     }
 

@@ -206,6 +206,17 @@ struct Arrived {
     subject: async_nats::Subject,
     headers: Option<HeaderMap>,
     payload: Bytes,
+    /// For a shared subscription group (`$share/GROUP/FILTER`) NATS picked this node for.
+    group: Option<ByteStr>,
+}
+
+/// The NATS queue group of a shared subscription: every node's members of `$share/G/F`
+/// form one queue, named after G and F (a queue name holds no spaces or wildcards).
+fn queue_name(full: &str) -> String {
+    let h = full.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("surgemq-share-{h:016x}")
 }
 
 impl Node {
@@ -215,6 +226,21 @@ impl Node {
             .no_echo()
             .retry_on_initial_connect()
             .event_callback(|event| async move { info!("cluster: NATS {event}") })
+            .connect(servers.clone())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("cluster: cannot connect to NATS: {e}");
+                return;
+            }
+        };
+        // Shared subscription groups: queue subscriptions on a second connection, which
+        // (unlike the first, `no_echo`) also gets this node's own messages, so that NATS picks
+        // one member's node per message among all nodes, this one included.
+        let groups = match async_nats::ConnectOptions::new()
+            .name(format!("surgemq-{}-groups", self.id))
+            .retry_on_initial_connect()
             .connect(servers)
             .await
         {
@@ -225,6 +251,7 @@ impl Node {
             }
         };
         let (arrived_tx, mut arrived) = mpsc::channel::<Arrived>(4096);
+        let mut local_shared: BTreeSet<String> = BTreeSet::new();
         // Our interest: filter -> the NATS subscriptions forwarding it.
         let mut local: AHashMap<String, Vec<tokio::task::JoinHandle<()>>> = AHashMap::new();
         let mut filters = BTreeSet::new();
@@ -235,7 +262,7 @@ impl Node {
         let mut dirty = true;
         let mut next_snapshot = Instant::now();
         let mut heartbeat = tokio::time::interval(interest::HEARTBEAT);
-        let forward = |sub: Subscriber, tx: mpsc::Sender<Arrived>| {
+        let forward = |sub: Subscriber, tx: mpsc::Sender<Arrived>, group: Option<ByteStr>| {
             tokio::spawn(async move {
                 let mut sub = sub;
                 while let Some(m) = sub.next().await {
@@ -243,6 +270,7 @@ impl Node {
                         subject: m.subject,
                         headers: m.headers,
                         payload: m.payload,
+                        group: group.clone(),
                     };
                     if tx.send(arrived).await.is_err() {
                         return;
@@ -264,7 +292,7 @@ impl Node {
             Err(e) => return warn!("cluster: cannot subscribe: {e}"),
         };
         match client.subscribe(RETAINED).await {
-            Ok(s) => drop(forward(s, arrived_tx.clone())),
+            Ok(s) => drop(forward(s, arrived_tx.clone(), None)),
             Err(e) => return warn!("cluster: cannot subscribe: {e}"),
         }
         let mut sync_sub = match client.queue_subscribe(SYNC, "surgemq-sync".into()).await {
@@ -294,12 +322,24 @@ impl Node {
                     Some(Event::Interest(change)) => {
                         match change {
                             ClusterEvent::Added(f) => {
+                                let inner = interest::inner_filter(&f).to_string();
+                                let shared = inner != f;
                                 let mut forwards = Vec::new();
-                                for subject in filter_to_subjects(&f).unwrap_or_default() {
-                                    match client.subscribe(subject).await {
-                                        Ok(s) => forwards.push(forward(s, arrived_tx.clone())),
+                                for subject in filter_to_subjects(&inner).unwrap_or_default() {
+                                    let sub = if shared {
+                                        groups.queue_subscribe(subject, queue_name(&f)).await
+                                    } else {
+                                        client.subscribe(subject).await
+                                    };
+                                    let group = shared.then(|| ByteStr::from(f.as_str()));
+                                    match sub {
+                                        Ok(s) => forwards.push(forward(s, arrived_tx.clone(), group)),
                                         Err(e) => warn!("cluster: cannot subscribe to {f}: {e}"),
                                     }
+                                }
+                                if shared {
+                                    local_shared.insert(f.clone());
+                                    self.shared.remote.replace(remote.trie(&local_shared));
                                 }
                                 local.insert(f.clone(), forwards);
                                 filters.insert(f);
@@ -310,6 +350,9 @@ impl Node {
                                     task.abort();
                                 }
                                 filters.remove(&f);
+                                if local_shared.remove(&f) {
+                                    self.shared.remote.replace(remote.trie(&local_shared));
+                                }
                             }
                             ClusterEvent::Claimed(id, at) => {
                                 let mut headers = HeaderMap::new();
@@ -334,7 +377,7 @@ impl Node {
                 Some(m) = interest_sub.next() => {
                     if let Some(changed) = self.take_interest(&m, &mut remote) {
                         if changed {
-                            self.shared.remote.replace(remote.trie());
+                            self.shared.remote.replace(remote.trie(&local_shared));
                         }
                     }
                 }
@@ -354,7 +397,7 @@ impl Node {
                 }
                 _ = heartbeat.tick() => {
                     if remote.expire(Instant::now()) {
-                        self.shared.remote.replace(remote.trie());
+                        self.shared.remote.replace(remote.trie(&local_shared));
                     }
                     dirty = true;
                     next_snapshot = Instant::now();
@@ -520,6 +563,7 @@ impl Node {
                 subject: m.subject,
                 headers: m.headers,
                 payload: m.payload,
+                group: None,
             };
             self.deliver(arrived, dedupe).await;
         }
@@ -623,7 +667,11 @@ impl Node {
             .and_then(|h| h.get(META))
             .and_then(|v| Meta::parse(v.as_str()));
         if let Some(meta) = &meta {
-            if meta.origin == self.incarnation || !dedupe.first(meta.origin, meta.seq) {
+            // A group's copy is one per group (NATS queue), not a duplicate; this node's own
+            // messages come back only that way.
+            if m.group.is_none()
+                && (meta.origin == self.incarnation || !dedupe.first(meta.origin, meta.seq))
+            {
                 return;
             }
         }
@@ -641,7 +689,10 @@ impl Node {
         let shard = ((key ^ origin_hash) % self.shards as u64) as u16;
         let message = Message::new(topic, m.payload, qos, retain).with_v5(v5_part(headers));
         let message = Arc::new(message);
-        let mut msg = ShardMessage::FromCluster(message);
+        let mut msg = match m.group {
+            Some(group) => ShardMessage::FromClusterShared(message, group),
+            None => ShardMessage::FromCluster(message),
+        };
         loop {
             match self.mesh.try_send(ShardId(shard), msg) {
                 Ok(()) => return,

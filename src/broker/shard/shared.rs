@@ -62,7 +62,7 @@ impl Shard {
     /// Delivers `message` to the member `id` of the group in `tag`, here or on its shard. A
     /// publisher's acknowledgement that must wait for it waits for `ticket`: this adds the
     /// message sent to another shard (what is journalled here the caller finds in the log).
-    fn deliver_shared(
+    pub(super) fn deliver_shared(
         &self,
         message: &Arc<Message>,
         id: SubscriberId,
