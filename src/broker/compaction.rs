@@ -44,6 +44,11 @@ pub async fn compact_journal(shard: Rc<Shard>) {
         if journal.appended() - start < min.max(2 * kept) {
             continue;
         }
+        if shard.durability.has_handed_on() {
+            // The snapshot would forget messages sessions handed on before the members that
+            // took them have them durably (see `durability`): later.
+            continue;
+        }
         let began = Instant::now();
         match compact(&shard, journal).await {
             Ok((origin, size)) => {

@@ -19,6 +19,14 @@
 //! it to another member and *holds* the destination's confirmations up to that batch until
 //! the new delivery is durable too. Holds live only on the sender, and a confirmation never
 //! waits for another shard's, so no two shards can wait for each other.
+//!
+//! A member's session that ends (or, with `--shared-redispatch`, whose client goes away)
+//! hands the shared messages it holds, acknowledged long ago, to other members. Its shard
+//! keeps the records that forget them (`SessionEnded`, `Withdrawn`) *handed on*: they are
+//! appended, in order, once the deliveries that took the messages elsewhere are durable
+//! (a [`Ticket`], holds included), by the shard task `hand_on`. A crash before leaves the
+//! messages where they were (and maybe also where they went: at least once). Nothing waits
+//! for that task, so no shard waits for another through it either.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -27,7 +35,7 @@ use std::task::{Context, Poll, Waker};
 use smallvec::SmallVec;
 
 use super::mesh::{Numbered, ShardId};
-use crate::store::Position;
+use crate::store::{Position, Record};
 
 /// What an acknowledgement waits for: everything up to `local` in this shard's log, and each
 /// [`Remote`] confirmed by its shard.
@@ -104,6 +112,11 @@ pub struct Durability {
     /// Confirmations from a shard that count only once more is durable: (shard, up to that
     /// number, what else). Empty unless shared deliveries came back (see the module docs).
     holds: RefCell<VecDeque<(ShardId, u64, Ticket)>>,
+    /// Records of this shard's sessions appended once a ticket is durable, in order, with
+    /// the session they concern. Empty unless members handed messages on.
+    handed_on: RefCell<VecDeque<(Ticket, u64, Vec<Record>)>>,
+    /// The task that appends them.
+    hand_on_waker: RefCell<Option<Waker>>,
 }
 
 impl Durability {
@@ -116,6 +129,8 @@ impl Durability {
             announce: (0..shards).map(|_| Cell::new(false)).collect(),
             watcher: RefCell::new(None),
             holds: RefCell::new(VecDeque::new()),
+            handed_on: RefCell::new(VecDeque::new()),
+            hand_on_waker: RefCell::new(None),
         }
     }
 
@@ -183,6 +198,52 @@ impl Durability {
 
     pub fn forget_oldest_held(&self) {
         self.holds.borrow_mut().pop_front();
+    }
+
+    // ----- records handed on ----------------------------------------------------------------
+
+    /// Appends `records` of `session` once `ticket` is durable, after those handed on before.
+    pub fn hand_on(&self, ticket: Ticket, session: u64, records: Vec<Record>) {
+        self.handed_on
+            .borrow_mut()
+            .push_back((ticket, session, records));
+        if let Some(w) = self.hand_on_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Whether records are handed on (a compaction waits: its snapshot would forget what
+    /// they keep).
+    pub fn has_handed_on(&self) -> bool {
+        !self.handed_on.borrow().is_empty()
+    }
+
+    /// Whether records of `session` are handed on: later ones must wait behind them.
+    pub fn hands_on(&self, session: u64) -> bool {
+        self.handed_on
+            .borrow()
+            .iter()
+            .any(|(_, s, _)| *s == session)
+    }
+
+    /// The ticket the oldest records handed on wait for (a copy); the task sleeps until
+    /// there are some.
+    pub fn poll_handed_on(&self, cx: &mut Context<'_>) -> Poll<Ticket> {
+        match self.handed_on.borrow().front() {
+            Some((ticket, _, _)) => Poll::Ready(ticket.clone()),
+            None => {
+                *self.hand_on_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Takes the oldest records handed on: their ticket is durable.
+    pub fn take_handed_on(&self) -> Vec<Record> {
+        self.handed_on
+            .borrow_mut()
+            .pop_front()
+            .map_or_else(Vec::new, |(_, _, records)| records)
     }
 
     // ----- the destination's side -----------------------------------------------------------
@@ -331,6 +392,35 @@ mod tests {
         );
         d.release_held(&waits(&[5]));
         assert!(!d.has_holds());
+    }
+
+    #[test]
+    fn records_handed_on_come_back_oldest_first_with_their_tickets() {
+        let d = Durability::new(2);
+        let waker = futures_lite::future::block_on(std::future::poll_fn(|cx| {
+            Poll::Ready(cx.waker().clone())
+        }));
+        let mut cx = Context::from_waker(&waker);
+        assert!(d.poll_handed_on(&mut cx).is_pending());
+        let mut first = Ticket::default();
+        first.add_remote(ShardId(1), 3);
+        d.hand_on(first, 7, vec![Record::Withdrawn { session: 7, seq: 1 }]);
+        d.hand_on(
+            Ticket::default(),
+            7,
+            vec![Record::SessionEnded { session: 7 }],
+        );
+        assert!(d.has_handed_on() && d.hands_on(7) && !d.hands_on(8));
+        let Poll::Ready(ticket) = d.poll_handed_on(&mut cx) else {
+            panic!("records are handed on");
+        };
+        assert_eq!(ticket.remote[0].number, 3);
+        assert_eq!(
+            d.take_handed_on(),
+            [Record::Withdrawn { session: 7, seq: 1 }]
+        );
+        assert_eq!(d.take_handed_on(), [Record::SessionEnded { session: 7 }]);
+        assert!(!d.has_handed_on());
     }
 
     #[test]

@@ -177,7 +177,31 @@ pub async fn restore(shard: &Rc<Shard>, startup: &Startup) -> Result<(), StoreEr
     for (id, message, delay) in wills {
         shard.file_delayed_will(id, 0, message, delay);
     }
+    end_replaced_sessions(shard);
     Ok(())
+}
+
+/// A session whose end waited for the shared messages it handed on to be durable elsewhere
+/// (see `durability`) may share its client id with a later one in the log, when the crash
+/// came first: the later one is the client's, and the earlier one ends now, handing its
+/// messages on again.
+fn end_replaced_sessions(shard: &Shard) {
+    let replaced: Vec<_> = {
+        let sessions = shard.sessions.borrow();
+        sessions
+            .all()
+            .filter(|s| {
+                sessions
+                    .find(&s.borrow().client_id)
+                    .is_none_or(|found| !Rc::ptr_eq(&found, s))
+            })
+            .cloned()
+            .collect()
+    };
+    for session in replaced {
+        info!(client = %session.borrow().client_id, "a session that ended before the crash ends again: its shared messages go to its groups");
+        shard.remove_session(&session);
+    }
 }
 
 /// Whether the start failed on some shard (see [`restore`]).

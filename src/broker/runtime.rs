@@ -22,7 +22,7 @@ use super::metrics::MetricsSnapshot;
 use super::restore::{final_sync, prepare, restore, Startup};
 use super::shard::{home_shard, Shard};
 use super::shard_tasks::{
-    confirm_durable, drain_inbox, expire_sessions, retry_stalled, sweep_idle_connections,
+    confirm_durable, drain_inbox, expire_sessions, hand_on, retry_stalled, sweep_idle_connections,
     watch_stalls,
 };
 use super::stats::StatsBoard;
@@ -393,6 +393,7 @@ async fn run_shard(
     let keepalives = glommio::spawn_local(watch_keepalives(shard.clone()));
     let stalls = glommio::spawn_local(watch_stalls(shard.clone()));
     let durable = glommio::spawn_local(confirm_durable(shard.clone()));
+    let handed_on = glommio::spawn_local(hand_on(shard.clone()));
     let compaction = glommio::spawn_local(super::compaction::compact_journal(shard.clone()));
     let reports = glommio::spawn_local(report_stats(shard.clone(), stats.clone()));
     let sys = glommio::spawn_local(publish_sys(shard.clone(), stats.clone()));
@@ -417,6 +418,7 @@ async fn run_shard(
     drop(sys);
     drop(reports);
     drop(compaction);
+    drop(handed_on);
     final_sync(&shard).await;
     drop(durable);
     drop(stalls);

@@ -405,7 +405,8 @@ impl Shard {
         let id = session.borrow().id;
         self.release_delayed_will(id);
         let mut s = session.borrow_mut();
-        self.journal_session(&s, |session| Record::SessionEnded { session });
+        // Journalled last: after what it hands on (see `journal_handed_on`).
+        let stored = s.stored_as();
         s.set_stored_as(None);
         let filters: Vec<ByteStr> = s.subscriptions.drain().map(|(f, _)| f).collect();
         let unreceived = s.take_shared_unreceived(false);
@@ -439,8 +440,9 @@ impl Shard {
         if before {
             self.metrics.sessions.set(self.metrics.sessions.get() - 1);
         }
-        if !unreceived.is_empty() {
-            self.give_back_shared(id, unreceived);
+        let handed_on = self.give_back_shared(id, unreceived);
+        if let Some(n) = stored {
+            self.journal_handed_on(n, handed_on, vec![Record::SessionEnded { session: n }]);
         }
     }
 

@@ -190,3 +190,26 @@ pub async fn confirm_durable(shard: Rc<Shard>) {
         shard.flush();
     }
 }
+
+/// With `--data-dir`: appends the records of sessions that handed shared messages on to other
+/// members (their end, or the messages withdrawn) once what took the messages is durable (see
+/// `durability`), oldest first. Sleeps while there are none.
+pub async fn hand_on(shard: Rc<Shard>) {
+    let Some(journal) = shard.journal() else {
+        return;
+    };
+    loop {
+        let ticket = std::future::poll_fn(|cx| shard.durability.poll_handed_on(cx)).await;
+        std::future::poll_fn(|cx| {
+            if shard.poll_ticket(&ticket, cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        for record in shard.durability.take_handed_on() {
+            journal.append(&record);
+        }
+    }
+}

@@ -87,6 +87,24 @@ impl Shard {
         self.durability.hold(from, number, ticket);
     }
 
+    /// Appends `records` of the stored session `n`, which forget the shared messages it
+    /// handed on to other members (its end, or their withdrawal): at once when `ticket`, what
+    /// took them elsewhere, names no other shard (what this shard journalled for them is in
+    /// its log before these), otherwise once `ticket` is durable, by the `hand_on` task, and
+    /// always after records of `n` handed on before (see `durability`).
+    pub(super) fn journal_handed_on(&self, n: u64, ticket: Ticket, records: Vec<Record>) {
+        let Some(journal) = self.journal() else {
+            return;
+        };
+        if ticket.remote.is_empty() && !self.durability.hands_on(n) {
+            for record in &records {
+                journal.append(record);
+            }
+            return;
+        }
+        self.durability.hand_on(ticket, n, records);
+    }
+
     /// Whether acknowledgements wait for the disk: with `--data-dir`, unless
     /// `--sync-interval-ms` traded that away.
     pub fn acks_wait_for_disk(&self) -> bool {

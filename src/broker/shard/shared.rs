@@ -220,34 +220,41 @@ impl Shard {
 
     /// A session that ends gives its group the messages it held for it that its client does
     /// not have (MQTT 5.0 4.8.2). Called once its subscriptions left this shard's replica.
-    pub(super) fn give_back_shared(&self, id: SubscriberId, taken: Vec<Unreceived>) {
+    /// Returns what must be durable before the session's journal may forget them (see
+    /// [`Shard::journal_handed_on`]).
+    pub(super) fn give_back_shared(&self, id: SubscriberId, taken: Vec<Unreceived>) -> Ticket {
+        let mut ticket = Ticket::default();
         for Unreceived { message, share, .. } in taken {
             let tag = ShareTag {
                 key: share,
                 hops: 0,
             };
-            self.share_again(&message, tag, id, &mut Ticket::default());
+            self.share_again(&message, tag, id, &mut ticket);
         }
+        ticket
     }
 
     /// With `--shared-redispatch`: a member whose client went away (its session kept) gives
     /// its group what the client does not have yet, instead of keeping it for its return.
     /// QoS 2 messages already sent stay: the client may have one.
     pub(in crate::broker) fn redispatch_shared(&self, session: &RefCell<Session>) {
-        let (id, taken) = {
+        let (id, stored, taken) = {
             let mut s = session.borrow_mut();
             let taken = s.take_shared_unreceived(true);
-            for t in &taken {
-                self.journal_session(&s, |session| Record::Withdrawn {
-                    session,
-                    seq: t.seq,
-                });
-            }
-            (s.id, taken)
+            (s.id, s.stored_as(), taken)
         };
-        if !taken.is_empty() {
-            self.relieve(session);
-            self.give_back_shared(id, taken);
+        if taken.is_empty() {
+            return;
+        }
+        self.relieve(session);
+        let withdrawn: Vec<u64> = taken.iter().map(|t| t.seq).collect();
+        let handed_on = self.give_back_shared(id, taken);
+        if let (Some(n), Some(_)) = (stored, self.journal()) {
+            let records = withdrawn
+                .into_iter()
+                .map(|seq| Record::Withdrawn { session: n, seq })
+                .collect();
+            self.journal_handed_on(n, handed_on, records);
         }
     }
 
