@@ -549,3 +549,82 @@ fn a_shared_group_spanning_nodes_gets_each_message_once() {
         g3.len()
     );
 }
+
+/// A node as its own `surgemq serve` process, killed with SIGKILL when dropped.
+struct NodeProcess {
+    child: Child,
+    port: u16,
+}
+
+impl NodeProcess {
+    fn start(name: &str, nats: &str) -> NodeProcess {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_surgemq"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--shards",
+                "1",
+            ])
+            .args(["--cluster", nats, "--node-id", name, "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the surgemq binary");
+        wait_listening(port);
+        NodeProcess { child, port }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn connect_to(addr: std::net::SocketAddr, id: &str) -> RawClient {
+    let mut c = RawClient::open(addr);
+    c.send(&ConnectBuilder::new(id).build());
+    c.expect_bytes(&[0x20, 0x02, 0x00, 0x00]);
+    c
+}
+
+#[test]
+fn when_a_node_is_killed_its_clients_carry_on_from_another_node() {
+    let nats = Nats::start();
+    let mut a = NodeProcess::start("a", &nats.url(0));
+    let b = NodeProcess::start("b", &nats.url(1));
+    let c = NodeProcess::start("c", &nats.url(2));
+    let mut publisher = connect_to(c.addr(), "publisher");
+    let mut sub = connect_to(a.addr(), "mover");
+    sub.subscribe(1, &[("feed/#", 1)]);
+    until_connected(&mut publisher, &mut sub, "feed/probe");
+    // Node a dies (SIGKILL): its client reconnects to b, subscribes again, and gets what is
+    // published from then on; b and c never stopped serving.
+    a.kill();
+    sub.expect_closed_within(Duration::from_secs(5));
+    let mut sub = connect_to(b.addr(), "mover");
+    sub.subscribe(1, &[("feed/#", 1)]);
+    until_connected(&mut publisher, &mut sub, "feed/probe");
+    for i in 0..100u16 {
+        publisher.publish1("feed/x", format!("{i}").as_bytes(), false, i + 1);
+    }
+    publisher.publish1("feed/x", b"end", false, 500);
+    let got = sub.payloads_until(b"end");
+    assert_eq!(
+        got,
+        (0..100)
+            .map(|i| format!("{i}").into_bytes())
+            .collect::<Vec<_>>()
+    );
+}
