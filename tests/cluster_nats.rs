@@ -34,8 +34,16 @@ struct Nats {
 
 impl Nats {
     fn start() -> Nats {
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        // Six distinct ports: held together, so the kernel cannot hand one out twice.
+        let held: Vec<TcpListener> = (0..6)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let all: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(held);
+        let (ports, routes) = (all[..3].to_vec(), all[3..].to_vec());
         let all_routes = routes
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
