@@ -636,3 +636,41 @@ fn when_a_node_is_killed_its_clients_carry_on_from_another_node() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn without_nats_messages_for_other_nodes_are_bounded_dropped_and_counted() {
+    let mut nats = Nats::start();
+    let a = node("a", 1, vec![nats.url(0)]);
+    let b = node("b", 1, vec![nats.url(1)]);
+    let mut sub = b.connect("far");
+    sub.subscribe(1, &[("bulk/#", 0)]);
+    let mut publisher = a.connect("near");
+    until_connected(&mut publisher, &mut sub, "bulk/probe");
+    for i in 0..3 {
+        nats.kill(i);
+    }
+    // Node a still thinks b wants bulk/#: what it cannot hand to NATS waits in bounded
+    // queues, and the rest is dropped and counted, while a keeps serving its own clients.
+    let mut local = a.connect("local");
+    local.subscribe(1, &[("bulk/#", 0)]);
+    let payload = [7u8; 200];
+    for _ in 0..200 {
+        let mut burst = Vec::new();
+        for _ in 0..1000 {
+            burst.extend(publish("bulk/x", &payload, 0, false, false, 0));
+        }
+        publisher.send(&burst);
+        while local.next_frame_within(Duration::from_millis(1)).is_some() {}
+    }
+    publisher.ping();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.handle().cluster_counts().unwrap().1 == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing counted as dropped: unbounded?"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And it still stops promptly (Broker::shutdown fails the test after 10 s).
+    a.shutdown();
+}

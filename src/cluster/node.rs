@@ -59,14 +59,14 @@ pub enum ClusterStartError {
 /// The running cluster thread; [`ClusterHandle::stop`] ends it.
 pub struct ClusterHandle {
     stop: Arc<AtomicBool>,
-    wake: mpsc::UnboundedSender<Event>,
+    wake: tokio::sync::watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl ClusterHandle {
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
-        let _ = self.wake.send(Event::Stop);
+        let _ = self.wake.send(true);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -77,7 +77,6 @@ impl ClusterHandle {
 enum Event {
     Out(Vec<Outgoing>),
     Interest(ClusterEvent),
-    Stop,
 }
 
 /// Starts the cluster thread for this node. The NATS connection is made in the background
@@ -104,7 +103,10 @@ pub fn start(
         .take_receivers()
         .expect("the cluster thread starts once per broker");
     let stop = Arc::new(AtomicBool::new(false));
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    // Bounded: while NATS is away and publishing waits, the feeder blocks, the shards' outbox
+    // fills, and further messages for other nodes are dropped and counted there.
+    let (events_tx, events_rx) = mpsc::channel(EVENT_BATCHES);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Blocks on the shards' channels; batches what is there and wakes the runtime.
     let feeder = {
         let stop = stop.clone();
@@ -142,12 +144,12 @@ pub fn start(
                     return;
                 }
             };
-            rt.block_on(node.run(servers, events_rx));
+            rt.block_on(node.run(servers, events_rx, stop_rx));
         })
         .map_err(ClusterStartError::Thread)?;
     Ok(ClusterHandle {
         stop,
-        wake: events_tx,
+        wake: stop_tx,
         threads: vec![runner, feeder],
     })
 }
@@ -155,7 +157,7 @@ pub fn start(
 fn feed(
     outbox: crossbeam_channel::Receiver<Outgoing>,
     changes: crossbeam_channel::Receiver<ClusterEvent>,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::Acquire) {
@@ -169,13 +171,13 @@ fn feed(
                         Err(_) => break,
                     }
                 }
-                if events.send(Event::Out(batch)).is_err() {
+                if events.blocking_send(Event::Out(batch)).is_err() {
                     return;
                 }
             }
             recv(changes) -> change => {
                 let Ok(change) = change else { return };
-                if events.send(Event::Interest(change)).is_err() {
+                if events.blocking_send(Event::Interest(change)).is_err() {
                     return;
                 }
             }
@@ -197,6 +199,9 @@ struct Node {
     subjects: std::cell::RefCell<AHashMap<ByteStr, Option<async_nats::Subject>>>,
     topics: std::cell::RefCell<AHashMap<String, ByteStr>>,
 }
+
+/// Batches (of up to 1,024 messages) waiting between the feeder and the runtime at most.
+const EVENT_BATCHES: usize = 16;
 
 /// Conversions remembered at most, each way.
 const CONVERSIONS: usize = 65_536;
@@ -220,7 +225,12 @@ fn queue_name(full: &str) -> String {
 }
 
 impl Node {
-    async fn run(self, servers: Vec<ServerAddr>, mut events: mpsc::UnboundedReceiver<Event>) {
+    async fn run(
+        self,
+        servers: Vec<ServerAddr>,
+        mut events: mpsc::Receiver<Event>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let client = match async_nats::ConnectOptions::new()
             .name(format!("surgemq-{}", self.id))
             .no_echo()
@@ -311,12 +321,20 @@ impl Node {
                 }
             };
             tokio::select! {
+                _ = stop.changed() => break,
                 event = events.recv() => match event {
-                    None | Some(Event::Stop) => break,
+                    None => break,
                     Some(Event::Out(batch)) => {
-                        for out in batch {
-                            seq += 1;
-                            self.publish(&client, out, seq).await;
+                        let publish_all = async {
+                            for out in batch {
+                                seq += 1;
+                                self.publish(&client, out, seq).await;
+                            }
+                        };
+                        // Publishing waits while NATS is away: a stop must not.
+                        tokio::select! {
+                            _ = publish_all => {}
+                            _ = stop.changed() => break,
                         }
                     }
                     Some(Event::Interest(change)) => {
@@ -409,7 +427,8 @@ impl Node {
                 }
             }
         }
-        let _ = client.flush().await;
+        // What is queued goes out if NATS is there; a NATS that is not must not hold us.
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
         info!(node = %self.id, "cluster: node left");
     }
 
