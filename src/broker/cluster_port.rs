@@ -88,7 +88,22 @@ pub struct ClusterShared {
     pub dropped: AtomicU64,
     /// Messages sent to the cluster thread.
     pub forwarded: AtomicU64,
+    /// Messages from other nodes (and NATS applications) handed to this node's shards.
+    pub received: AtomicU64,
+    /// Other nodes this node knows of (heard within the interest expiry).
+    pub nodes: AtomicU64,
     receivers: std::sync::Mutex<Option<(Receiver<Outgoing>, Receiver<ClusterEvent>)>>,
+}
+
+impl std::fmt::Debug for ClusterShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterShared")
+            .field("forwarded", &self.forwarded)
+            .field("dropped", &self.dropped)
+            .field("received", &self.received)
+            .field("nodes", &self.nodes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClusterShared {
@@ -102,6 +117,8 @@ impl ClusterShared {
             remote: RemoteInterest::new(),
             dropped: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            nodes: AtomicU64::new(0),
             receivers: std::sync::Mutex::new(Some((outbox_rx, changes_rx))),
         })
     }

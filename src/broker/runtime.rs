@@ -187,6 +187,9 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     );
     let stats = StatsBoard::with_bridges(shards, bridges.clone());
     let cluster_shared = config.cluster.as_ref().map(|_| ClusterShared::new());
+    if let Some(shared) = &cluster_shared {
+        stats.set_cluster(shared.clone());
+    }
     #[cfg(not(feature = "cluster"))]
     if config.cluster.is_some() {
         return Err(StartError::Cluster(

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::bridge::BridgeBoard;
+use super::cluster_port::ClusterShared;
 use super::metrics::MetricsSnapshot;
 
 /// How often each shard refreshes its slot.
@@ -18,6 +19,8 @@ pub struct StatsBoard {
     shards: Vec<Mutex<MetricsSnapshot>>,
     /// Each bridge's counters (its task writes them as it goes; they are atomics).
     bridges: BridgeBoard,
+    /// With a cluster: its counters (atomics the shards and the cluster thread write).
+    cluster: std::sync::OnceLock<Arc<ClusterShared>>,
     started: Instant,
     started_unix_s: u64,
 }
@@ -31,10 +34,30 @@ impl StatsBoard {
         Arc::new(StatsBoard {
             shards: (0..shards).map(|_| Mutex::default()).collect(),
             bridges,
+            cluster: std::sync::OnceLock::new(),
             started: Instant::now(),
             started_unix_s: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+        })
+    }
+
+    /// With a cluster: where its counters are (set once at start).
+    pub fn set_cluster(&self, cluster: Arc<ClusterShared>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// (forwarded to other nodes, dropped for them, received from them, nodes known), with
+    /// a cluster.
+    pub fn cluster(&self) -> Option<(u64, u64, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.cluster.get().map(|c| {
+            (
+                c.forwarded.load(Relaxed),
+                c.dropped.load(Relaxed),
+                c.received.load(Relaxed),
+                c.nodes.load(Relaxed),
+            )
         })
     }
 

@@ -183,6 +183,16 @@ impl SysTree {
             put("dropped/shared", s.dropped_shared);
             put("publishers/paused", s.publishers_paused);
         }
+        if let Some((forwarded, dropped, received, nodes)) = board.cluster() {
+            for (topic, value) in [
+                ("messages/forwarded", forwarded),
+                ("messages/dropped", dropped),
+                ("messages/received", received),
+                ("nodes", nodes),
+            ] {
+                self.set(shard, &format!("{b}/cluster/{topic}"), value.to_string());
+            }
+        }
         for (name, stats) in board.bridges().iter() {
             // The link's state itself is Mosquitto's notification topic; these are ours.
             let get = BridgeStats::get;

@@ -357,7 +357,7 @@ impl Node {
                                 }
                                 if shared {
                                     local_shared.insert(f.clone());
-                                    self.shared.remote.replace(remote.trie(&local_shared));
+                                    self.publish_interest(&remote, &local_shared);
                                 }
                                 local.insert(f.clone(), forwards);
                                 filters.insert(f);
@@ -369,7 +369,7 @@ impl Node {
                                 }
                                 filters.remove(&f);
                                 if local_shared.remove(&f) {
-                                    self.shared.remote.replace(remote.trie(&local_shared));
+                                    self.publish_interest(&remote, &local_shared);
                                 }
                             }
                             ClusterEvent::Claimed(id, at) => {
@@ -395,7 +395,7 @@ impl Node {
                 Some(m) = interest_sub.next() => {
                     if let Some(changed) = self.take_interest(&m, &mut remote) {
                         if changed {
-                            self.shared.remote.replace(remote.trie(&local_shared));
+                            self.publish_interest(&remote, &local_shared);
                         }
                     }
                 }
@@ -415,7 +415,7 @@ impl Node {
                 }
                 _ = heartbeat.tick() => {
                     if remote.expire(Instant::now()) {
-                        self.shared.remote.replace(remote.trie(&local_shared));
+                        self.publish_interest(&remote, &local_shared);
                     }
                     dirty = true;
                     next_snapshot = Instant::now();
@@ -525,6 +525,14 @@ impl Node {
             }
             None => {}
         }
+    }
+
+    /// Installs the interest picture the shards read, and the node count.
+    fn publish_interest(&self, remote: &RemoteNodes, local_shared: &BTreeSet<String>) {
+        self.shared.remote.replace(remote.trie(local_shared));
+        self.shared
+            .nodes
+            .store(remote.node_count() as u64, Ordering::Relaxed);
     }
 
     /// The NATS subject of a topic (None: it has none), remembered.
@@ -708,6 +716,7 @@ impl Node {
         let shard = ((key ^ origin_hash) % self.shards as u64) as u16;
         let message = Message::new(topic, m.payload, qos, retain).with_v5(v5_part(headers));
         let message = Arc::new(message);
+        self.shared.received.fetch_add(1, Ordering::Relaxed);
         let mut msg = match m.group {
             Some(group) => ShardMessage::FromClusterShared(message, group),
             None => ShardMessage::FromCluster(message),

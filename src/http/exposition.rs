@@ -193,7 +193,24 @@ pub fn render(board: &StatsBoard) -> String {
         board.started_unix_s(),
     );
     bridges(&mut out, board.bridges());
+    if let Some(counts) = board.cluster() {
+        cluster(&mut out, counts);
+    }
     out
+}
+
+/// The cluster's counters (with `--cluster`).
+fn cluster(out: &mut String, (forwarded, dropped, received, nodes): (u64, u64, u64, u64)) {
+    for (family, kind, help, value) in [
+        ("cluster_messages_forwarded", Kind::Counter, "Messages handed to NATS for other nodes.", forwarded),
+        ("cluster_messages_dropped", Kind::Counter, "Messages other nodes wanted that were dropped (the outbox to NATS was full, or the topic has no NATS subject).", dropped),
+        ("cluster_messages_received", Kind::Counter, "Messages from other nodes and NATS applications handed to this node's shards.", received),
+        ("cluster_nodes", Kind::Gauge, "Other nodes this node knows of.", nodes),
+    ] {
+        let name = full_name(family, kind);
+        header(out, &name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
 }
 
 /// One series per bridge (label `bridge`) in each bridge family; nothing without bridges.
@@ -600,5 +617,26 @@ mod tests {
         }
         // Without bridges, no bridge family at all.
         assert!(!render(&StatsBoard::new(1)).contains("bridge"));
+    }
+
+    #[test]
+    fn the_cluster_counters_are_exposed_with_a_cluster_only() {
+        let board = StatsBoard::new(1);
+        assert!(!render(&board).contains("surgemq_cluster"));
+        let shared = crate::broker::cluster_port::ClusterShared::new();
+        shared
+            .forwarded
+            .store(12, std::sync::atomic::Ordering::Relaxed);
+        shared.nodes.store(2, std::sync::atomic::Ordering::Relaxed);
+        board.set_cluster(shared);
+        let text = render(&board);
+        for line in [
+            "# TYPE surgemq_cluster_messages_forwarded_total counter",
+            "surgemq_cluster_messages_forwarded_total 12",
+            "surgemq_cluster_messages_dropped_total 0",
+            "surgemq_cluster_nodes 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}");
+        }
     }
 }
