@@ -306,6 +306,45 @@ fn both_ways_with_prefixes_and_no_echo() {
     });
 }
 
+/// `bridge_protocol_version mqttv31`: MQTT 3.1 ("MQIsdp", level 3, with the bridge bit 0x83)
+/// towards Mosquitto, both ways, and no echo.
+#[test]
+fn an_mqtt_31_bridge_carries_both_ways_without_echo() {
+    let m = Mosquitto::start();
+    let broker = start_with_bridges(
+        1,
+        vec![BridgeConfig {
+            protocol: surgemq::protocol::ProtocolLevel::V31,
+            ..bridge_to(
+                &m,
+                vec![topic(
+                    "#",
+                    Direction::Both,
+                    QoS::AtLeastOnce,
+                    "edge/",
+                    "site1/",
+                )],
+            )
+        }],
+    );
+    wait_connected(&broker, "test");
+    let mut local_sub = broker.connect("local-sub");
+    local_sub.subscribe(1, &[("edge/#", 1)]);
+    let mut local_pub = broker.connect("local-pub");
+    let mut remote_sub = remote_client(&m, "remote-sub");
+    remote_sub.subscribe(1, &[("site1/#", 1)]);
+    let mut remote_pub = remote_client(&m, "remote-pub");
+    local_pub.publish1("edge/x", b"out", false, 1);
+    let (p, _) = remote_sub.next_publish();
+    assert_eq!((&p.topic[..], &p.payload[..]), ("site1/x", &b"out"[..]));
+    remote_sub.ack(&p);
+    remote_pub.publish1("site1/y", b"in", false, 1);
+    let (before, marker) = until(&mut local_sub, b"in");
+    assert_eq!(&marker.topic[..], "edge/y");
+    assert_eq!(topics_and_payloads(&before), [("edge/x", &b"out"[..])]);
+    expect_counters(&stats(&broker, "test"), 1, 1, 1);
+}
+
 /// The control for the echo check above: without try_private, Mosquitto treats the bridge as
 /// an ordinary 3.1.1 subscriber and sends it back what it published, and the check sees it.
 #[test]
