@@ -39,6 +39,18 @@ fn bad_flag_values_give_one_line_naming_the_flag() {
             &["serve", "--connect-timeout", "0"][..],
             "--connect-timeout",
         ),
+        (&["serve", "--node-id", "x"][..], "--node-id"),
+        (&["serve", "--cluster", "bad url"][..], "--cluster"),
+        (
+            &[
+                "serve",
+                "--cluster",
+                "nats://127.0.0.1:4",
+                "--node-id",
+                "a b",
+            ][..],
+            "--node-id",
+        ),
     ] {
         let (ok, err) = stderr_of(args);
         assert!(!ok, "{args:?} should fail");
