@@ -97,77 +97,88 @@ impl BridgeTopic {
         }
         Ok(())
     }
-
-    /// The remote topic of a local message this topic line matches, or None.
-    fn to_remote(&self, local: &str) -> Option<String> {
-        rewrite(self, local, &self.local_prefix, &self.remote_prefix, true)
-    }
-
-    /// The local topic of a remote message this topic line matches, or None.
-    fn to_local(&self, remote: &str) -> Option<String> {
-        rewrite(self, remote, &self.remote_prefix, &self.local_prefix, false)
-    }
-}
-
-fn rewrite(t: &BridgeTopic, topic: &str, from: &str, to: &str, out: bool) -> Option<String> {
-    let filter = if out {
-        t.local_filter()
-    } else {
-        t.remote_filter()
-    };
-    if !filter_matches(&filter, topic) {
-        return None;
-    }
-    match &t.pattern {
-        None => Some(to.to_string()),
-        Some(_) => Some(format!("{to}{}", &topic[from.len()..])),
-    }
 }
 
 /// All `topic` lines of one bridge, in the order written: the first line that matches a
 /// message decides its new topic, as in Mosquitto.
 #[derive(Debug, Clone, Default)]
 pub struct TopicMap {
-    topics: Vec<BridgeTopic>,
+    lines: Vec<Line>,
+}
+
+/// A topic line with its two filters made once, not per message.
+#[derive(Debug, Clone)]
+struct Line {
+    topic: BridgeTopic,
+    local_filter: String,
+    remote_filter: String,
+}
+
+impl Line {
+    /// `topic` (which matched `from_filter`, its side's filter) with its side's prefix `from`
+    /// replaced by `to`; None if it does not match.
+    fn rewrite(&self, topic: &str, from_filter: &str, from: &str, to: &str) -> Option<String> {
+        if !filter_matches(from_filter, topic) {
+            return None;
+        }
+        match &self.topic.pattern {
+            None => Some(to.to_string()),
+            Some(_) => Some(format!("{to}{}", &topic[from.len()..])),
+        }
+    }
 }
 
 impl TopicMap {
     pub fn new(topics: Vec<BridgeTopic>) -> TopicMap {
-        TopicMap { topics }
+        let lines = topics
+            .into_iter()
+            .map(|topic| Line {
+                local_filter: topic.local_filter(),
+                remote_filter: topic.remote_filter(),
+                topic,
+            })
+            .collect();
+        TopicMap { lines }
     }
 
     /// (filter, QoS) to subscribe to locally: the `out` and `both` lines.
     pub fn local_subscriptions(&self) -> Vec<(String, QoS)> {
-        self.topics
+        self.lines
             .iter()
-            .filter(|t| t.direction.outgoing())
-            .map(|t| (t.local_filter(), t.qos))
+            .filter(|l| l.topic.direction.outgoing())
+            .map(|l| (l.local_filter.clone(), l.topic.qos))
             .collect()
     }
 
     /// (filter, QoS) to subscribe to on the remote broker: the `in` and `both` lines.
     pub fn remote_subscriptions(&self) -> Vec<(String, QoS)> {
-        self.topics
+        self.lines
             .iter()
-            .filter(|t| t.direction.incoming())
-            .map(|t| (t.remote_filter(), t.qos))
+            .filter(|l| l.topic.direction.incoming())
+            .map(|l| (l.remote_filter.clone(), l.topic.qos))
             .collect()
     }
 
     /// Where a local message goes on the remote broker; None if no `out` line matches it.
     pub fn outgoing(&self, local: &str) -> Option<String> {
-        self.topics
+        self.lines
             .iter()
-            .filter(|t| t.direction.outgoing())
-            .find_map(|t| t.to_remote(local))
+            .filter(|l| l.topic.direction.outgoing())
+            .find_map(|l| {
+                let t = &l.topic;
+                l.rewrite(local, &l.local_filter, &t.local_prefix, &t.remote_prefix)
+            })
     }
 
     /// Where a remote message goes locally; None if no `in` line matches it.
     pub fn incoming(&self, remote: &str) -> Option<String> {
-        self.topics
+        self.lines
             .iter()
-            .filter(|t| t.direction.incoming())
-            .find_map(|t| t.to_local(remote))
+            .filter(|l| l.topic.direction.incoming())
+            .find_map(|l| {
+                let t = &l.topic;
+                l.rewrite(remote, &l.remote_filter, &t.remote_prefix, &t.local_prefix)
+            })
     }
 }
 
