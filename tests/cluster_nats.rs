@@ -444,6 +444,11 @@ fn mqtt5_properties_and_message_expiry_cross_nodes() {
     publisher.send(&publish_v5("v5/t", b"{}", 0, false, 0, &props));
     sub.expect_bytes(&publish_v5("v5/t", b"{}", 0, false, 0, &props));
     // A Message Expiry Interval comes with what is left of it (here all of its 60 s, or 59).
+    // The only subscriber is on another node: PUBACK says success, not 0x10 (no matching
+    // subscribers).
+    publisher.send(&publish_v5("v5/q", b"1", 1, false, 9, &[]));
+    publisher.expect_bytes(&[0x40, 0x02, 0x00, 0x09]);
+    let _ = sub.next_publish_v5();
     publisher.send(&publish_v5("v5/e", b"x", 0, false, 0, &[0x02, 0, 0, 0, 60]));
     let p = sub.next_publish_v5();
     let left = p

@@ -470,7 +470,13 @@ impl Shard {
             // keeps its own copy for subscriptions made later.
             if !message.topic.starts_with('$') && (message.retain || port.wanted(&message.topic)) {
                 let key = publisher.map_or(0, |p| p.order_key());
-                port.send(message.clone(), key);
+                if port.send(message.clone(), key) {
+                    let mut routed = self.route(message, publisher);
+                    // Subscribers on other nodes (or a shared group, picked through NATS)
+                    // count: an MQTT 5 publisher is not told "no matching subscribers".
+                    routed.matched = routed.matched.max(1);
+                    return routed;
+                }
             }
         }
         self.route(message, publisher)

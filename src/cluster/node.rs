@@ -604,19 +604,9 @@ impl Node {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut asked = 0;
         for shard in 0..self.shards {
-            let mut msg = ShardMessage::CollectRetained(tx.clone());
-            loop {
-                match self.mesh.try_send(ShardId(shard as u16), msg) {
-                    Ok(()) => {
-                        asked += 1;
-                        break;
-                    }
-                    Err(Refused::Full(back)) => {
-                        msg = back;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    Err(Refused::Stopped) => break,
-                }
+            let msg = ShardMessage::CollectRetained(tx.clone());
+            if self.to_shard(ShardId(shard as u16), msg).await {
+                asked += 1;
             }
         }
         drop(tx);
@@ -674,15 +664,21 @@ impl Node {
             return;
         };
         let home = crate::broker::home_shard(id, self.shards);
-        let mut msg = ShardMessage::ClaimedElsewhere(ByteStr::from(id), at);
+        let msg = ShardMessage::ClaimedElsewhere(ByteStr::from(id), at);
+        self.to_shard(home, msg).await;
+    }
+
+    /// Puts a message into a shard's inbox, waiting while it is full (NATS buffers
+    /// meanwhile); false if the shard has stopped.
+    async fn to_shard(&self, shard: ShardId, mut msg: ShardMessage) -> bool {
         loop {
-            match self.mesh.try_send(home, msg) {
-                Ok(()) => return,
+            match self.mesh.try_send(shard, msg) {
+                Ok(()) => return true,
                 Err(Refused::Full(back)) => {
                     msg = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Err(Refused::Stopped) => return,
+                Err(Refused::Stopped) => return false,
             }
         }
     }
@@ -717,21 +713,11 @@ impl Node {
         let message = Message::new(topic, m.payload, qos, retain).with_v5(v5_part(headers));
         let message = Arc::new(message);
         self.shared.received.fetch_add(1, Ordering::Relaxed);
-        let mut msg = match m.group {
+        let msg = match m.group {
             Some(group) => ShardMessage::FromClusterShared(message, group),
             None => ShardMessage::FromCluster(message),
         };
-        loop {
-            match self.mesh.try_send(ShardId(shard), msg) {
-                Ok(()) => return,
-                Err(Refused::Full(back)) => {
-                    // The shard is busy: wait for room (NATS buffers meanwhile).
-                    msg = back;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err(Refused::Stopped) => return,
-            }
-        }
+        self.to_shard(ShardId(shard), msg).await;
     }
 }
 
