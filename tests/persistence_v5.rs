@@ -262,6 +262,14 @@ fn a_delayed_will_survives_sigkill() {
     };
     let gone = client("gone", "wills/gone");
     let back = client("back", "wills/back");
+    // The watcher's subscription is made, durably, before anything else: the will may come
+    // due while the broker is still restarting (a slow machine), and it must then wait in
+    // the watcher's session instead of going to nobody.
+    let watcher_id = id_on_shard("will-watch", 1, 2);
+    let mut watcher = server.connect_expecting(&v5_session(&watcher_id, 3600), &connack_v5(false));
+    watcher.send(&subscribe_v5(1, &[], &[("wills/#", 0x01)]));
+    watcher.expect_bytes(&suback_v5(1, &[0x01]));
+    watcher.crash_and_wait();
     server
         .connect_expecting(&gone, &connack_v5(false))
         .crash_and_wait();
@@ -278,12 +286,7 @@ fn a_delayed_will_survives_sigkill() {
     server.stop(Stop::Kill);
 
     let server = Server::start(&dir, 2, Some(&data));
-    let mut watcher = server.connect_expecting(
-        &ConnectBuilder::v5(&id_on_shard("will-watch", 1, 2), &[]),
-        &connack_v5(false),
-    );
-    watcher.send(&subscribe_v5(1, &[], &[("wills/#", 0x01)]));
-    watcher.expect_bytes(&suback_v5(1, &[0x01]));
+    let mut watcher = server.connect_expecting(&v5_session(&watcher_id, 3600), &connack_v5(true));
     let m = watcher.next_publish_v5();
     assert_eq!(
         (m.topic.as_str(), &m.payload[..]),
