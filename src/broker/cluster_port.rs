@@ -8,12 +8,19 @@
 //! ([`super::mesh::ShardMessage::FromCluster`]).
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::mesh::Message;
+use crate::protocol::ByteStr;
 use crate::topic::SubscriptionTrie;
 
 /// Messages waiting for the cluster thread at most; beyond it they are dropped and counted.
@@ -27,7 +34,7 @@ pub struct Outgoing {
 }
 
 /// What the other nodes must hear of, in the order it happened here.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum ClusterEvent {
     /// The filter has its first subscriber on this node.
     Added(String),
@@ -36,6 +43,121 @@ pub enum ClusterEvent {
     /// A client connected here with this id at this time (Unix microseconds): a session of it
     /// on another node that connected earlier ends there (MQTT-3.1.4-2 across the cluster).
     Claimed(String, u64),
+    /// As `Claimed`, by a client that resumes its session: the node that holds the session
+    /// hands it over (see [`HandedSession`]); the answer is None when no node does (or none
+    /// answered in time).
+    Take {
+        client_id: String,
+        username: Option<String>,
+        at: u64,
+        answer: Answer<Option<Bytes>>,
+    },
+}
+
+/// A persistent session moving from one node to another: the records that rebuild it, as a
+/// snapshot of the node that held it would hold them (`store::Record`, framed as in a log),
+/// for session number [`HANDED_SESSION`]. One encoding for the disk and the wire.
+pub type HandedSession = Bytes;
+
+/// Another node's request that this one hand a client's session over (with a claim).
+#[derive(Debug)]
+pub struct HandOver {
+    /// The user the client authenticated as there: only that user's session goes.
+    pub username: Option<ByteStr>,
+    /// The session's records, or None (dropped: none here to hand over).
+    pub answer: Answer<Option<HandedSession>>,
+}
+
+/// The session number a handed-over session's records use.
+pub const HANDED_SESSION: u64 = 1;
+
+/// Sends one answer from one thread to a task on another, whichever executor runs it (a
+/// shard's glommio, the cluster thread's tokio). Dropped unanswered, it answers None.
+pub struct Answer<T> {
+    slot: Arc<AnswerSlot<T>>,
+}
+
+/// Waits for the [`Answer`]: `Some(value)`, or None if it was dropped unanswered.
+pub struct AnswerWait<T> {
+    slot: Arc<AnswerSlot<T>>,
+}
+
+struct AnswerSlot<T> {
+    value: Mutex<Option<T>>,
+    done: AtomicBool,
+    /// The waiter gave up (dropped its [`AnswerWait`]).
+    abandoned: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// A new answer and the future that waits for it.
+pub fn answer<T>() -> (Answer<T>, AnswerWait<T>) {
+    let slot = Arc::new(AnswerSlot {
+        value: Mutex::new(None),
+        done: AtomicBool::new(false),
+        abandoned: AtomicBool::new(false),
+        waker: AtomicWaker::new(),
+    });
+    (Answer { slot: slot.clone() }, AnswerWait { slot })
+}
+
+impl<T> Answer<T> {
+    pub fn send(self, value: T) {
+        *self.slot.value.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+        // Drop marks it done and wakes the waiter.
+    }
+}
+
+impl<T> Answer<T> {
+    /// Whether nobody waits for the answer any more.
+    pub fn is_abandoned(&self) -> bool {
+        self.slot.abandoned.load(Ordering::Acquire)
+    }
+}
+
+impl<T> Drop for AnswerWait<T> {
+    fn drop(&mut self) {
+        self.slot.abandoned.store(true, Ordering::Release);
+    }
+}
+
+impl<T> Drop for Answer<T> {
+    fn drop(&mut self) {
+        self.slot.done.store(true, Ordering::Release);
+        self.slot.waker.wake();
+    }
+}
+
+impl<T> std::fmt::Debug for Answer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Answer")
+    }
+}
+
+impl<T> PartialEq for Answer<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.slot, &other.slot)
+    }
+}
+
+impl<T> Eq for Answer<T> {}
+
+impl<T> Future for AnswerWait<T> {
+    type Output = Option<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.slot.waker.register(cx.waker());
+        if !self.slot.done.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        Poll::Ready(
+            self.slot
+                .value
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        )
+    }
 }
 
 /// The filters other nodes have subscribers for, by node index.
@@ -78,6 +200,18 @@ pub struct ClusterPort {
     connected_at: RefCell<ahash::AHashMap<String, u64>>,
 }
 
+/// A node's cluster counters at one moment (see [`ClusterShared`] for what each counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterCounts {
+    pub forwarded: u64,
+    pub dropped: u64,
+    pub received: u64,
+    pub nodes: u64,
+    pub sessions_in: u64,
+    pub sessions_out: u64,
+    pub sessions_missed: u64,
+}
+
 /// Made once per broker; each shard gets a [`ClusterPort`] on it, the cluster thread the
 /// receiving ends ([`ClusterShared::take_receivers`]).
 pub struct ClusterShared {
@@ -92,6 +226,13 @@ pub struct ClusterShared {
     pub received: AtomicU64,
     /// Other nodes this node knows of (heard within the interest expiry).
     pub nodes: AtomicU64,
+    /// Persistent sessions that came from other nodes with their clients.
+    pub sessions_in: AtomicU64,
+    /// Persistent sessions handed over to other nodes.
+    pub sessions_out: AtomicU64,
+    /// Clients resuming a session here that no node handed over in time (a node that held
+    /// it may be down): they got a new session.
+    pub sessions_missed: AtomicU64,
     receivers: std::sync::Mutex<Option<(Receiver<Outgoing>, Receiver<ClusterEvent>)>>,
 }
 
@@ -119,8 +260,25 @@ impl ClusterShared {
             forwarded: AtomicU64::new(0),
             received: AtomicU64::new(0),
             nodes: AtomicU64::new(0),
+            sessions_in: AtomicU64::new(0),
+            sessions_out: AtomicU64::new(0),
+            sessions_missed: AtomicU64::new(0),
             receivers: std::sync::Mutex::new(Some((outbox_rx, changes_rx))),
         })
+    }
+
+    /// The counters, for `$SYS` and `/metrics`.
+    pub fn counts(&self) -> ClusterCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ClusterCounts {
+            forwarded: get(&self.forwarded),
+            dropped: get(&self.dropped),
+            received: get(&self.received),
+            nodes: get(&self.nodes),
+            sessions_in: get(&self.sessions_in),
+            sessions_out: get(&self.sessions_out),
+            sessions_missed: get(&self.sessions_missed),
+        }
     }
 
     /// The cluster thread's ends of the channels (once).
@@ -140,6 +298,10 @@ impl ClusterPort {
             cache,
             connected_at: RefCell::default(),
         }
+    }
+
+    pub fn shared(&self) -> &ClusterShared {
+        &self.shared
     }
 
     /// Whether another node has a subscriber for `topic`.
@@ -175,6 +337,23 @@ impl ClusterPort {
             .borrow_mut()
             .insert(client_id.to_string(), now);
         self.tell(ClusterEvent::Claimed(client_id.to_string(), now));
+    }
+
+    /// A client resuming its session connected here: the node that holds the session hands
+    /// it over (and ends its own connection of the client, as a claim does).
+    pub fn take(&self, client_id: &str, username: Option<&str>) -> AnswerWait<Option<Bytes>> {
+        let now = unix_us();
+        self.connected_at
+            .borrow_mut()
+            .insert(client_id.to_string(), now);
+        let (answer, wait) = answer();
+        self.tell(ClusterEvent::Take {
+            client_id: client_id.to_string(),
+            username: username.map(str::to_string),
+            at: now,
+            answer,
+        });
+        wait
     }
 
     /// Whether a claim made at `at` on another node is newer than this shard's connect.

@@ -115,16 +115,17 @@ impl ConnectedClient {
     /// Opens (or resumes) the client's session and queues the CONNACK; the returned future
     /// serves the client until the connection ends.
     /// `assigned`: the broker chose the client id (the client sent none); an MQTT 5 client
-    /// is told which.
+    /// is told which. `claimed`: in a cluster, the client's claim went out already.
     pub fn new(
         shard: Rc<Shard>,
         mut wire: Wire,
         connect: Box<Connect>,
         permit: ConnectionPermit,
         assigned: bool,
+        claimed: bool,
     ) -> ConnectedClient {
         let conn = shard.next_connection_id();
-        let (session, resumed) = shard.open_session(&connect, conn);
+        let (session, resumed) = shard.open_session(&connect, conn, claimed);
         let v5 = connect
             .level
             .is_v5()

@@ -17,7 +17,7 @@ use super::connected::ConnectedClient;
 use super::listeners::ListenerSpec;
 use super::mesh::{MovedConnection, ShardMessage};
 use super::metrics::add;
-use super::shard::{home_shard, Shard};
+use super::shard::{home_shard, ConnectionPermit, Shard};
 use super::wire::Wire;
 use crate::auth::{AuthDecision, AuthStep, Credentials};
 use crate::protocol::{
@@ -274,12 +274,50 @@ pub async fn serve_stream(
     }
     // A task of its own: the CONNECT phase's state is freed now instead of staying inside the
     // future of every connection for its whole life.
-    let serve = ConnectedClient::new(shard.clone(), wire, connect, permit, assigned);
-    match glommio::spawn_local_into(serve, shard.connection_queue()) {
-        Ok(task) => {
-            task.detach();
+    start_serving(shard, wire, connect, permit, assigned);
+}
+
+/// How long a client resuming its session waits at most for the cluster to answer whether
+/// another node holds it (the cluster thread itself waits less; this covers a cluster thread
+/// that cannot reach NATS).
+const TAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves a connected client on its home shard in a task of its own: at once, or, in a
+/// cluster, for a client resuming a session this node does not hold, once the node that held
+/// it has handed it over and it is durable here (or no node answered; see
+/// [`Shard::cluster_take`]), so Session Present is never said of a session a crash could
+/// still take away.
+fn start_serving(
+    shard: Rc<Shard>,
+    wire: Wire,
+    connect: Box<Connect>,
+    permit: ConnectionPermit,
+    assigned: bool,
+) {
+    let queue = shard.connection_queue();
+    let spawned = match shard.cluster_take(&connect) {
+        None => {
+            let serve = ConnectedClient::new(shard, wire, connect, permit, assigned, false);
+            glommio::spawn_local_into(serve, queue).map(|t| t.detach())
         }
-        Err(e) => debug!("cannot serve a connection: {e}"),
+        Some(wait) => glommio::spawn_local_into(
+            async move {
+                let handed = glommio::timer::timeout(TAKE_TIMEOUT, async { Ok(wait.await) })
+                    .await
+                    .ok()
+                    .flatten()
+                    .flatten();
+                if let Some(records) = handed {
+                    shard.take_in(&connect.client_id, &records).await;
+                }
+                ConnectedClient::new(shard, wire, connect, permit, assigned, true).await
+            },
+            queue,
+        )
+        .map(|t| t.detach()),
+    };
+    if let Err(e) = spawned {
+        debug!("cannot serve a connection: {e}");
     }
 }
 
@@ -418,8 +456,8 @@ fn authenticate(
     Ok(())
 }
 
-/// The task serving a socket that another shard accepted and handed over after CONNECT.
-pub fn serve_moved(shard: Rc<Shard>, moved: MovedConnection) -> ConnectedClient {
+/// Serves a socket that another shard accepted and handed over after CONNECT.
+pub fn serve_moved(shard: Rc<Shard>, moved: MovedConnection) {
     let MovedConnection {
         fd,
         permit,
@@ -429,7 +467,7 @@ pub fn serve_moved(shard: Rc<Shard>, moved: MovedConnection) -> ConnectedClient 
         transport,
     } = moved;
     let wire = Wire::adopt(fd, peer, leftover, transport);
-    ConnectedClient::new(shard, wire, connect, permit, false)
+    start_serving(shard, wire, connect, permit, false);
 }
 
 /// Reads the first packet. When it cannot be decoded, `declared` says which protocol level the

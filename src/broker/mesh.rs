@@ -24,6 +24,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::cluster_port::HandOver;
 use super::shared::ShareTag;
 use crate::protocol::{encode_publish, ByteStr, Connect, QoS};
 
@@ -417,8 +418,8 @@ pub enum ShardMessage {
     /// The cluster thread asks for the shard's retained messages (for a node that joins).
     CollectRetained(crossbeam_channel::Sender<Vec<Arc<Message>>>),
     /// The client with this id (whose home shard this is) connected to another node at this
-    /// time (Unix microseconds).
-    ClaimedElsewhere(ByteStr, u64),
+    /// time (Unix microseconds); with a [`HandOver`] when it resumes its session there.
+    ClaimedElsewhere(ByteStr, u64, Option<Box<HandOver>>),
     /// Parked connections whose sockets became readable (tokens from `parking::token`).
     Readable(Vec<u64>),
     Shutdown,

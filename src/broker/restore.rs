@@ -236,7 +236,7 @@ async fn restore_own(
             .and_then(|at| now.checked_sub(Duration::from_millis(now_ms.saturating_sub(at))))
             .unwrap_or(now);
         let will = stored.delayed_will.clone();
-        let session = shard.restore_session(n, stored, detached_at);
+        let session = shard.restore_session(Some(n), stored, detached_at);
         if let Some((due_ms, w)) = will {
             // Due when it was due: at once if that passed while the broker was down.
             let delay = Duration::from_millis(due_ms.saturating_sub(now_ms));
@@ -276,7 +276,7 @@ async fn restore_own(
 }
 
 /// The records that make a fresh log hold `stored` as session `n`.
-fn write_session(journal: &Journal, n: u64, stored: &StoredSession, now_ms: u64) {
+pub(super) fn write_session(journal: &Journal, n: u64, stored: &StoredSession, now_ms: u64) {
     journal.append(&Record::SessionBegan {
         session: n,
         client_id: stored.client_id.clone(),
@@ -375,10 +375,11 @@ pub async fn final_sync(shard: &Shard) {
 }
 
 impl Shard {
-    /// Makes a stored session live again (offline), numbered `n` in the journal.
+    /// Makes a stored session live again (offline), numbered `n` in the journal (None: the
+    /// broker keeps no journal, for a session handed over by another node).
     pub(super) fn restore_session(
         &self,
-        n: u64,
+        n: Option<u64>,
         stored: StoredSession,
         detached_at: Instant,
     ) -> std::rc::Rc<std::cell::RefCell<Session>> {
@@ -391,7 +392,7 @@ impl Shard {
             .insert(client_id, |slot, generation| {
                 let id = SubscriberId {
                     shard,
-                    durable: true,
+                    durable: n.is_some(),
                     slot,
                     generation,
                 };

@@ -660,7 +660,7 @@ fn a_restored_session_resends_in_order_and_numbers_on_from_its_last_id() {
         slot: 0,
         generation: 1,
     };
-    let mut s = Session::restore(id, limits, 5, stored, Instant::now());
+    let mut s = Session::restore(id, limits, Some(5), stored, Instant::now());
     assert_eq!((s.stored_as(), s.queued(), s.inflight()), (Some(5), 1, 2));
     s.attach(2);
     assert_eq!(

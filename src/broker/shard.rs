@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use ahash::AHashMap;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use super::cluster_port::ClusterPort;
+use super::cluster_port::{AnswerWait, ClusterPort, HandedSession};
 use super::config::BrokerConfig;
 use super::connected::session_expiry;
 use super::durability::{Durability, Ticket};
@@ -40,6 +40,7 @@ use crate::topic::TopicTree;
 const ENCODE_ONCE_FROM: usize = 4;
 
 mod durable;
+mod handoff;
 mod pressure;
 mod retained;
 mod shared;
@@ -298,8 +299,16 @@ impl Shard {
     /// stored one or starts one kept for `--session-expiry`. MQTT 5: Clean Start = 1 discards
     /// what is stored, and the Session Expiry Interval says how long the session outlives the
     /// connection (0: it ends with it).
-    pub fn open_session(&self, connect: &Connect, conn: u64) -> (Rc<RefCell<Session>>, bool) {
-        if let Some(port) = self.cluster.get() {
+    ///
+    /// In a cluster, `claimed`: the client's claim went out already (with the question for its
+    /// session, see [`Shard::cluster_take`]); otherwise it goes out now.
+    pub fn open_session(
+        &self,
+        connect: &Connect,
+        conn: u64,
+        claimed: bool,
+    ) -> (Rc<RefCell<Session>>, bool) {
+        if let Some(port) = self.cluster.get().filter(|_| !claimed) {
             // One client id, one connection in the whole cluster: another node ends its own.
             port.claim(&connect.client_id);
         }
@@ -390,6 +399,17 @@ impl Shard {
         self.journal_expiry(&session.borrow());
         self.metrics.sessions.set(self.metrics.sessions.get() + 1);
         (session, false)
+    }
+
+    /// In a cluster: a client that resumes a session (CleanSession / Clean Start 0) that this
+    /// node does not hold asks the other nodes for it; the wait ends with the session one of
+    /// them handed over, or None. None (no need to ask) otherwise. See `shard::handoff`.
+    pub fn cluster_take(&self, connect: &Connect) -> Option<AnswerWait<Option<HandedSession>>> {
+        let port = self.cluster.get()?;
+        if connect.clean_session || self.sessions.borrow().find(&connect.client_id).is_some() {
+            return None;
+        }
+        Some(port.take(&connect.client_id, connect.username.as_deref()))
     }
 
     /// Journals an MQTT 5 session's own expiry (with `--data-dir`), so a restart keeps it.
@@ -734,15 +754,7 @@ impl Shard {
                     self.pressure.lower(&subscriber);
                 }
             }
-            ShardMessage::Adopt(moved) => {
-                let serve = super::connection::serve_moved(self.clone(), *moved);
-                match glommio::spawn_local_into(serve, self.connection_queue) {
-                    Ok(task) => {
-                        task.detach();
-                    }
-                    Err(e) => debug!("cannot serve a moved connection: {e}"),
-                }
-            }
+            ShardMessage::Adopt(moved) => super::connection::serve_moved(self.clone(), *moved),
             ShardMessage::Readable(tokens) => {
                 let sessions = self.sessions.borrow();
                 for token in tokens {
@@ -787,24 +799,8 @@ impl Shard {
                 });
                 let _ = reply.send(all);
             }
-            ShardMessage::ClaimedElsewhere(client_id, at) => {
-                if self
-                    .cluster
-                    .get()
-                    .is_some_and(|p| !p.claim_wins(&client_id, at))
-                {
-                    // A claim of an earlier connect: the client is here now.
-                    return;
-                }
-                // The client connected to another node: its session here ends, as a local
-                // takeover would end it (the connection's will rules apply), and does not come
-                // back (sessions do not move between nodes yet).
-                let existing = self.sessions.borrow().find(&client_id);
-                if let Some(existing) = existing {
-                    debug!(client = %client_id, "taken over on another node");
-                    existing.borrow_mut().kick(Kick::TakenOver);
-                    self.remove_session(&existing);
-                }
+            ShardMessage::ClaimedElsewhere(client_id, at, hand_over) => {
+                self.claimed_elsewhere(&client_id, at, hand_over)
             }
             ShardMessage::Shutdown => self.stop(),
         }

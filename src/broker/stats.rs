@@ -47,18 +47,9 @@ impl StatsBoard {
         let _ = self.cluster.set(cluster);
     }
 
-    /// (forwarded to other nodes, dropped for them, received from them, nodes known), with
-    /// a cluster.
-    pub fn cluster(&self) -> Option<(u64, u64, u64, u64)> {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.cluster.get().map(|c| {
-            (
-                c.forwarded.load(Relaxed),
-                c.dropped.load(Relaxed),
-                c.received.load(Relaxed),
-                c.nodes.load(Relaxed),
-            )
-        })
+    /// The cluster's counters, with a cluster.
+    pub fn cluster(&self) -> Option<crate::broker::cluster_port::ClusterCounts> {
+        self.cluster.get().map(|c| c.counts())
     }
 
     /// The bridges' counters, by name, in configuration order.

@@ -183,12 +183,15 @@ impl SysTree {
             put("dropped/shared", s.dropped_shared);
             put("publishers/paused", s.publishers_paused);
         }
-        if let Some((forwarded, dropped, received, nodes)) = board.cluster() {
+        if let Some(c) = board.cluster() {
             for (topic, value) in [
-                ("messages/forwarded", forwarded),
-                ("messages/dropped", dropped),
-                ("messages/received", received),
-                ("nodes", nodes),
+                ("messages/forwarded", c.forwarded),
+                ("messages/dropped", c.dropped),
+                ("messages/received", c.received),
+                ("nodes", c.nodes),
+                ("sessions/in", c.sessions_in),
+                ("sessions/out", c.sessions_out),
+                ("sessions/missed", c.sessions_missed),
             ] {
                 self.set(shard, &format!("{b}/cluster/{topic}"), value.to_string());
             }

@@ -19,12 +19,18 @@
 //!   twice) is de-duplicated by origin and sequence ([`dedupe`]) and handed to a shard's
 //!   inbox as `ShardMessage::FromCluster`, always the same shard for one publisher, which
 //!   routes it to this node's subscribers only. One publisher's messages keep their order.
+//! - **Sessions.** A client id is one session in the cluster: a connect on this node claims
+//!   it (`$SMQ.claim`), and a node that had a connection of it ends that one. A client that
+//!   resumes a persistent session this node does not hold asks for it with its claim, and
+//!   the node that holds it hands it over, messages in flight and queued included
+//!   ([`handoff`]).
 //!
 //! What crosses nodes crosses at most once (NATS core): a node or NATS server that dies may
 //! lose messages in flight between nodes, whatever their QoS; a QoS 1/2 PUBACK promises
 //! delivery on the publisher's node and the hand-over to NATS. See the README.
 
 pub mod dedupe;
+mod handoff;
 pub mod interest;
 mod node;
 pub mod subject;

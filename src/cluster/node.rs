@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::dedupe::Dedupe;
+use super::handoff;
 use super::interest::{self, Part, RemoteNodes};
 use super::subject::{filter_to_subjects, subject_to_topic, topic_to_subject};
 use crate::broker::cluster_port::{ClusterEvent, ClusterShared, Outgoing};
@@ -45,7 +46,7 @@ const SYNC: &str = "$SMQ.sync";
 /// The last message of a retained-message sync.
 const END: &str = "Smq-End";
 /// A client id that connected to the node in the header, at the time in [`AT`].
-const CLAIM: &str = "$SMQ.claim";
+pub(super) const CLAIM: &str = "$SMQ.claim";
 const AT: &str = "Smq-At";
 
 #[derive(Debug, thiserror::Error)]
@@ -373,15 +374,20 @@ impl Node {
                                 }
                             }
                             ClusterEvent::Claimed(id, at) => {
-                                let mut headers = HeaderMap::new();
-                                headers.insert(NODE, self.incarnation.as_str());
-                                headers.insert(AT, at.to_string().as_str());
-                                if let Err(e) = client
-                                    .publish_with_headers(CLAIM, headers, Bytes::from(id))
-                                    .await
-                                {
-                                    warn!("cluster: cannot claim a client id: {e}");
+                                self.claim(&client, id, at).await;
+                                continue;
+                            }
+                            ClusterEvent::Take { client_id, username, at, answer } => {
+                                if answer.is_abandoned() {
+                                    // Its client stopped waiting (NATS was away): a plain
+                                    // claim, so no session leaves its node for nobody.
+                                    self.claim(&client, client_id, at).await;
+                                    continue;
                                 }
+                                let mut headers = self.claim_headers(at);
+                                handoff::take_headers(&mut headers, username.as_deref());
+                                let shared = self.shared.clone();
+                                tokio::spawn(handoff::take(client.clone(), headers, client_id, shared, answer));
                                 continue;
                             }
                         }
@@ -399,7 +405,7 @@ impl Node {
                         }
                     }
                 }
-                Some(m) = claim_sub.next() => self.claimed_elsewhere(&m).await,
+                Some(m) = claim_sub.next() => self.claimed_elsewhere(&client, m).await,
                 Some(m) = sync_sub.next() => {
                     if let Some(reply) = m.reply {
                         self.send_retained(&client, reply.to_string()).await;
@@ -646,8 +652,27 @@ impl Node {
         let _ = client.publish_with_headers(reply, end, Bytes::new()).await;
     }
 
-    /// Another node took a client id: its session here ends, on its home shard.
-    async fn claimed_elsewhere(&self, m: &async_nats::Message) {
+    fn claim_headers(&self, at: u64) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(NODE, self.incarnation.as_str());
+        headers.insert(AT, at.to_string().as_str());
+        headers
+    }
+
+    /// Tells the other nodes that a client connected here at `at`.
+    async fn claim(&self, client: &async_nats::Client, id: String, at: u64) {
+        let headers = self.claim_headers(at);
+        if let Err(e) = client
+            .publish_with_headers(CLAIM, headers, Bytes::from(id))
+            .await
+        {
+            warn!("cluster: cannot claim a client id: {e}");
+        }
+    }
+
+    /// Another node took a client id: its session here ends, on its home shard, or, when the
+    /// client resumes it there, goes over to that node (see `handoff`).
+    async fn claimed_elsewhere(&self, client: &async_nats::Client, m: async_nats::Message) {
         let from = m.headers.as_ref().and_then(|h| h.get(NODE));
         if from.is_none_or(|n| n.as_str() == self.incarnation) {
             return;
@@ -664,8 +689,20 @@ impl Node {
             return;
         };
         let home = crate::broker::home_shard(id, self.shards);
-        let msg = ShardMessage::ClaimedElsewhere(ByteStr::from(id), at);
-        self.to_shard(home, msg).await;
+        let wants = m.headers.as_ref().and_then(handoff::wants_session);
+        match (wants, m.reply) {
+            (Some(username), Some(reply)) => {
+                let (request, respond) = handoff::hand_over(client.clone(), reply, username);
+                let msg = ShardMessage::ClaimedElsewhere(ByteStr::from(id), at, Some(request));
+                if self.to_shard(home, msg).await {
+                    tokio::spawn(respond);
+                }
+            }
+            _ => {
+                let msg = ShardMessage::ClaimedElsewhere(ByteStr::from(id), at, None);
+                self.to_shard(home, msg).await;
+            }
+        }
     }
 
     /// Puts a message into a shard's inbox, waiting while it is full (NATS buffers

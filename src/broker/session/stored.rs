@@ -92,7 +92,7 @@ impl Session {
     pub fn restore(
         id: SubscriberId,
         limits: Rc<SessionLimits>,
-        stored_as: u64,
+        stored_as: Option<u64>,
         stored: crate::store::StoredSession,
         detached_at: Instant,
     ) -> Session {
@@ -103,7 +103,7 @@ impl Session {
             .into_iter()
             .map(|(filter, (qos, extras))| (filter, Grant::from_stored(qos, extras)))
             .collect();
-        s.set_stored_as(Some(stored_as));
+        s.set_stored_as(stored_as);
         s.detached_at = Some(detached_at);
         let mut next_seq = 1;
         let message = |m: &crate::store::StoredMessage| {

@@ -1,0 +1,231 @@
+//! Sessions moving between the nodes of a cluster (`crate::cluster`): a client that resumes
+//! its session on another node takes it over from this one (subscriptions, messages in flight
+//! and queued, incoming QoS 2 ids), and one that resumes here gets it from the node that held
+//! it.
+//!
+//! The session travels as the records a snapshot of its shard's log would hold for it
+//! (`compaction::session_records`, framed as in a log), read back into a `StoredSession` the
+//! way a start reads a log, and made live the way a start makes a stored session live. So a
+//! moved session is exactly what a restart would have restored, with no second encoding.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tracing::{debug, info, warn};
+
+use super::Shard;
+use crate::broker::cluster_port::{HandOver, HandedSession, HANDED_SESSION};
+use crate::broker::compaction::session_records;
+use crate::broker::mesh::{ShardMessage, Subscription};
+use crate::broker::session::{Kick, Session};
+use crate::store::{encode_frame, scan, Image, Record, StoredSession};
+
+/// The token of a subscription applied on the other shards for a session that arrived from
+/// another node: no SUBACK waits for it, so nobody is told when it is applied.
+const NO_REQUEST: u64 = u64::MAX;
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shard {
+    /// The client connected to another node at `at` (Unix µs): its session here ends, as a
+    /// local takeover would end it. With `hand_over` (the client resumes its session there),
+    /// a persistent session of the same user goes over to that node instead of being lost,
+    /// and its connection here ends without its will (the session continues).
+    pub(in crate::broker) fn claimed_elsewhere(
+        &self,
+        client_id: &str,
+        at: u64,
+        hand_over: Option<Box<HandOver>>,
+    ) {
+        if self
+            .cluster
+            .get()
+            .is_some_and(|p| !p.claim_wins(client_id, at))
+        {
+            // A claim of an earlier connect: the client is here now.
+            return;
+        }
+        let Some(existing) = self.sessions.borrow().find(client_id) else {
+            return;
+        };
+        let handed = hand_over.and_then(|h| {
+            let s = existing.borrow();
+            let same_user = s.username.as_deref() == h.username.as_deref();
+            if s.clean || !same_user {
+                // Not resumable there: a session that ends with its connection, or another
+                // user's, whose subscriptions were authorized for that user.
+                return None;
+            }
+            let records = encode_session(&s);
+            h.answer.send(Some(records.clone()));
+            Some(records)
+        });
+        let kick = match handed {
+            Some(records) => {
+                info!(client = %client_id, bytes = records.len(), "session handed over to another node");
+                self.cancel_delayed_will(&existing.borrow());
+                if let Some(port) = self.cluster.get() {
+                    port.shared().sessions_out.fetch_add(1, Ordering::Relaxed);
+                }
+                Kick::Continued
+            }
+            None => {
+                debug!(client = %client_id, "taken over on another node");
+                Kick::TakenOver
+            }
+        };
+        existing.borrow_mut().kick(kick);
+        self.remove_session(&existing);
+    }
+
+    /// Makes a session that another node handed over live here, unless a session of the
+    /// client appeared here meanwhile, and waits until it is durable (with `--data-dir`).
+    pub(in crate::broker) async fn take_in(&self, client_id: &str, records: &HandedSession) {
+        if self.sessions.borrow().find(client_id).is_some() {
+            warn!(client = %client_id, "a session handed over by another node came when the client had one here already: the one here is kept");
+            return;
+        }
+        if self.install_handed(records).is_some() {
+            if let Some(journal) = self.journal() {
+                journal.durable(journal.appended()).await;
+            }
+        }
+    }
+
+    /// Makes a session handed over by another node live here (offline: the caller attaches
+    /// it), journalled like any persistent session when there is a `--data-dir`, its
+    /// subscriptions in every replica. None if the records do not make a session (logged).
+    fn install_handed(&self, records: &HandedSession) -> Option<Rc<RefCell<Session>>> {
+        let stored = match decode_session(records) {
+            Ok(stored) => stored,
+            Err(why) => {
+                warn!("a session handed over by another node is not usable ({why}): the client starts a new one");
+                return None;
+            }
+        };
+        let now = Instant::now();
+        let now_ms = unix_ms();
+        let detached_at = stored
+            .detached_at_ms
+            .and_then(|at| now.checked_sub(Duration::from_millis(now_ms.saturating_sub(at))))
+            .unwrap_or(now);
+        let number = self.journal().map(|journal| {
+            let n = journal.new_session();
+            crate::broker::restore::write_session(journal, n, &stored, now_ms);
+            n
+        });
+        let session = self.restore_session(number, stored, detached_at);
+        let subscriptions: Vec<Subscription> = {
+            let mut s = session.borrow_mut();
+            let (username, client_id) = (s.username.clone(), s.client_id.clone());
+            let mut list = Vec::with_capacity(s.subscriptions.len());
+            for (filter, grant) in s.subscriptions.iter_mut() {
+                // Whether each message needs an ACL check is decided by this node's ACL.
+                *grant = self.with_acl(username.as_deref(), &client_id, filter, *grant);
+                list.push(Subscription {
+                    filter: filter.clone(),
+                    grant: *grant,
+                    send_retained: false,
+                });
+            }
+            list
+        };
+        let id = session.borrow().id;
+        self.apply_subscribe(id, &subscriptions);
+        if self.shards > 1 && !subscriptions.is_empty() {
+            let filters: std::sync::Arc<[Subscription]> = subscriptions.into();
+            self.router
+                .borrow_mut()
+                .broadcast(|| ShardMessage::Subscribe {
+                    subscriber: id,
+                    filters: filters.clone(),
+                    token: NO_REQUEST,
+                });
+        }
+        if let Some(port) = self.cluster.get() {
+            port.shared().sessions_in.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(session)
+    }
+}
+
+/// The records that rebuild `session` as session [`HANDED_SESSION`], framed.
+fn encode_session(session: &Session) -> HandedSession {
+    let mut out = BytesMut::new();
+    let mut body = BytesMut::new();
+    session_records(
+        session,
+        HANDED_SESSION,
+        Instant::now(),
+        unix_ms(),
+        |record| {
+            body.clear();
+            let kind = record.encode(&mut body);
+            encode_frame(&mut out, kind, &body);
+        },
+    );
+    out.freeze()
+}
+
+/// The session that [`encode_session`]'s records rebuild.
+fn decode_session(records: &Bytes) -> Result<StoredSession, String> {
+    let mut image = Image::default();
+    let mut failed = None;
+    let scanned = scan(records, |offset, kind, body| {
+        if failed.is_some() {
+            return;
+        }
+        let applied = Record::decode(kind, records.slice_ref(body))
+            .map_err(|e| e.to_string())
+            .and_then(|record| image.apply(record).map_err(|e| e.to_string()));
+        if let Err(e) = applied {
+            failed = Some(format!("record at offset {offset}: {e}"));
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if scanned.torn.is_some() {
+        return Err("cut short".into());
+    }
+    image
+        .sessions
+        .remove(&HANDED_SESSION)
+        .ok_or_else(|| "no session in it".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ByteStr;
+
+    #[test]
+    fn damaged_records_are_refused_not_half_restored() {
+        let mut out = BytesMut::new();
+        let mut body = BytesMut::new();
+        let kind = Record::SessionBegan {
+            session: HANDED_SESSION,
+            client_id: ByteStr::from("c"),
+            username: None,
+        }
+        .encode(&mut body);
+        encode_frame(&mut out, kind, &body);
+        let whole = out.clone().freeze();
+        assert_eq!(decode_session(&whole).unwrap().client_id.as_str(), "c");
+        let cut = whole.slice(..whole.len() - 1);
+        assert!(decode_session(&cut).is_err());
+        let mut flipped = out.to_vec();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        assert!(decode_session(&Bytes::from(flipped)).is_err());
+        assert!(decode_session(&Bytes::new()).is_err(), "no session");
+    }
+}

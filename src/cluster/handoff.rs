@@ -1,0 +1,213 @@
+//! Persistent sessions moving between nodes, over NATS: a client that resumes its session on
+//! a node that does not hold it makes that node ask the others for it, and the one that holds
+//! it hands it over (see `broker::shard::handoff` for what travels and how it is made live).
+//!
+//! The question is the client's claim itself (`$SMQ.claim`) with a reply subject and
+//! [`TAKE`]: every node answers, the holder with the session's records (in chunks below the
+//! NATS server's max payload), the others with an empty message, so the asking node knows
+//! when to stop listening without waiting out its timeout. A node that is down cannot answer:
+//! after [`TAKE_WAIT`] the client gets a new session, and the miss is counted.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use futures_lite::StreamExt;
+use tokio::time::{timeout_at, Instant};
+use tracing::{info, warn};
+
+use crate::broker::cluster_port::{answer, Answer, ClusterShared, HandOver, HandedSession};
+use crate::protocol::ByteStr;
+
+/// On a claim: the claiming client resumes its session; the holder hands it over.
+pub const TAKE: &str = "Smq-Take";
+/// On a take: the user the client authenticated as (base64; absent: none).
+const USER: &str = "Smq-User";
+/// On a handed session's chunk: `INDEX COUNT`.
+const CHUNK: &str = "Smq-Chunk";
+
+/// How long a node asking for a session waits for the other nodes' answers (and for each
+/// further chunk of a session being handed over).
+pub const TAKE_WAIT: Duration = Duration::from_secs(1);
+/// How long a node with no other node known yet listens for a holder anyway (it may have
+/// joined a moment ago).
+const ALONE_WAIT: Duration = Duration::from_millis(100);
+/// How long a holder's shard has to answer with the session.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
+
+/// The headers of a take: [`TAKE`], and the user, if any.
+pub fn take_headers(headers: &mut HeaderMap, username: Option<&str>) {
+    headers.insert(TAKE, "1");
+    if let Some(user) = username {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(user);
+        headers.insert(USER, encoded.as_str());
+    }
+}
+
+/// Whether a claim asks for the session, and for which user's.
+pub fn wants_session(headers: &HeaderMap) -> Option<Option<ByteStr>> {
+    headers.get(TAKE)?;
+    let Some(user) = headers.get(USER) else {
+        return Some(None);
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(user.as_str())
+        .ok()?;
+    Some(Some(ByteStr::from(String::from_utf8(bytes).ok()?.as_str())))
+}
+
+/// Asks the other nodes for a client's session: publishes the take (a claim, with `headers`
+/// made by the claim path and [`take_headers`]) and answers
+/// with the session the holder sends, or None once every known node said it has none or
+/// [`TAKE_WAIT`] passed.
+pub async fn take(
+    client: async_nats::Client,
+    headers: HeaderMap,
+    client_id: String,
+    shared: Arc<ClusterShared>,
+    answer: Answer<Option<HandedSession>>,
+) {
+    let inbox = client.new_inbox();
+    let mut replies = match client.subscribe(inbox.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(client = %client_id, "cluster: cannot ask for a session: {e}");
+            // Still claimed, so that no other node keeps a connection of the client.
+            let _ = client
+                .publish_with_headers(super::node::CLAIM, headers, client_id.into())
+                .await;
+            return;
+        }
+    };
+    if let Err(e) = client
+        .publish_with_reply_and_headers(
+            super::node::CLAIM,
+            inbox,
+            headers,
+            Bytes::from(client_id.clone()),
+        )
+        .await
+    {
+        warn!(client = %client_id, "cluster: cannot ask for a session: {e}");
+        return;
+    }
+    let known = shared.nodes.load(Ordering::Relaxed);
+    let wait = if known == 0 { ALONE_WAIT } else { TAKE_WAIT };
+    let mut deadline = Instant::now() + wait;
+    let mut answered = 0;
+    let mut chunks = BytesMut::new();
+    loop {
+        let Ok(Some(m)) = timeout_at(deadline, replies.next()).await else {
+            if known > 0 && answered < known {
+                shared.sessions_missed.fetch_add(1, Ordering::Relaxed);
+                warn!(client = %client_id, answered, known, "cluster: not every node answered whether it holds the session of a client resuming it; it starts a new one");
+            }
+            return;
+        };
+        let chunk = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(CHUNK))
+            .and_then(|v| parse_chunk(v.as_str()));
+        let Some((index, count)) = chunk else {
+            answered += 1;
+            if answered >= known {
+                return;
+            }
+            continue;
+        };
+        chunks.extend_from_slice(&m.payload);
+        if index + 1 == count {
+            if answer.is_abandoned() {
+                shared.sessions_missed.fetch_add(1, Ordering::Relaxed);
+                warn!(client = %client_id, "cluster: a session came from another node after its client stopped waiting; it is lost");
+                return;
+            }
+            info!(client = %client_id, bytes = chunks.len(), "cluster: session handed over by another node");
+            answer.send(Some(chunks.freeze()));
+            return;
+        }
+        // A large session: each chunk has its own time to come.
+        deadline = Instant::now() + TAKE_WAIT;
+    }
+}
+
+fn parse_chunk(text: &str) -> Option<(usize, usize)> {
+    let (index, count) = text.split_once(' ')?;
+    let (index, count) = (index.parse().ok()?, count.parse().ok()?);
+    (index < count).then_some((index, count))
+}
+
+/// A take came: asks the client id's home shard here for the session (it ends the client's
+/// connection here either way) and answers on `reply`, with the session's records in chunks
+/// or with an empty message when this node has none to hand over.
+pub fn hand_over(
+    client: async_nats::Client,
+    reply: async_nats::Subject,
+    username: Option<ByteStr>,
+) -> (Box<HandOver>, impl std::future::Future<Output = ()>) {
+    let (sender, wait) = answer();
+    let request = Box::new(HandOver {
+        username,
+        answer: sender,
+    });
+    let respond = async move {
+        let session = tokio::time::timeout(HAND_OVER_WAIT, wait)
+            .await
+            .ok()
+            .flatten()
+            .flatten();
+        let Some(records) = session else {
+            let _ = client.publish(reply, Bytes::new()).await;
+            return;
+        };
+        let max = client.server_info().max_payload.max(64 * 1024);
+        // Room for the headers and the protocol line.
+        let size = max - 4096;
+        let count = records.len().div_ceil(size).max(1);
+        for index in 0..count {
+            let part = records.slice(index * size..((index + 1) * size).min(records.len()));
+            let mut headers = HeaderMap::new();
+            headers.insert(CHUNK, format!("{index} {count}").as_str());
+            if let Err(e) = client
+                .publish_with_headers(reply.clone(), headers, part)
+                .await
+            {
+                warn!("cluster: cannot hand a session over: {e}");
+                return;
+            }
+        }
+        let _ = client.flush().await;
+    };
+    (request, respond)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_take_says_whose_session_it_wants() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(wants_session(&headers), None, "a plain claim");
+        take_headers(&mut headers, None);
+        assert_eq!(wants_session(&headers), Some(None));
+        let mut headers = HeaderMap::new();
+        take_headers(&mut headers, Some("ü ser\r\n"));
+        assert_eq!(
+            wants_session(&headers),
+            Some(Some(ByteStr::from("ü ser\r\n")))
+        );
+    }
+
+    #[test]
+    fn chunk_headers_read_back() {
+        assert_eq!(parse_chunk("0 1"), Some((0, 1)));
+        assert_eq!(parse_chunk("2 3"), Some((2, 3)));
+        assert_eq!(parse_chunk("3 3"), None);
+        assert_eq!(parse_chunk("x"), None);
+    }
+}

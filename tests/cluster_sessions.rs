@@ -1,0 +1,189 @@
+//! Persistent sessions moving between the nodes of a cluster (real nats-server cluster, see
+//! `cluster_util`): a client that resumes its session on another node finds it there with
+//! Session Present 1, its subscriptions, the message it had not acknowledged (sent again with
+//! DUP) and everything queued for it, in order, even when that is more than one NATS message
+//! holds; a live connection taken over that way ends without its will; another user's session
+//! does not move; and with `--data-dir` the moved session survives a SIGKILL of its new node.
+#![cfg(feature = "cluster")]
+
+mod cluster_util;
+mod common;
+
+use std::time::Duration;
+
+use cluster_util::*;
+use common::*;
+
+/// Nodes `a` and `b` on different NATS servers, each knowing the other (interest has spread
+/// both ways).
+fn two_nodes(nats: &Nats) -> (Broker, Broker) {
+    let a = node("a", 2, vec![nats.url(0)]);
+    let b = node("b", 1, vec![nats.url(1)]);
+    for (from, to, topic) in [(&a, &b, "probe/ab"), (&b, &a, "probe/ba")] {
+        let mut publisher = from.connect("probe-pub");
+        let mut subscriber = to.connect("probe-sub");
+        subscriber.subscribe(1, &[(topic, 0)]);
+        until_connected(&mut publisher, &mut subscriber, topic);
+    }
+    (a, b)
+}
+
+/// Payload `i` of the queued run: about 2 KiB, so 600 of them are more than NATS's default
+/// 1 MB max payload.
+fn payload(i: u16) -> Vec<u8> {
+    let mut p = format!("{i:05}").into_bytes();
+    p.resize(2048, b'x');
+    p
+}
+
+#[test]
+fn a_session_resumed_on_another_node_brings_what_it_was_owed() {
+    let nats = Nats::start();
+    let (a, b) = two_nodes(&nats);
+    let roamer = ConnectBuilder::new("roamer").clean(false);
+    let mut client = a.connect_with(&roamer);
+    client.subscribe(1, &[("jobs/#", 1)]);
+    let mut publisher = a.connect("publisher");
+    publisher.publish1("jobs/first", b"in flight", false, 1);
+    let (unacked, _) = client.next_publish();
+    assert_eq!(&unacked.payload[..], b"in flight");
+    // Gone without acknowledging it; then 600 more are acknowledged to the publisher and
+    // queued for the session on a.
+    client.crash_and_wait();
+    for i in 1..=600u16 {
+        publisher.publish1("jobs/queued", &payload(i), false, i + 1);
+    }
+
+    // Resumed on b: Session Present, the unacknowledged one again with DUP and its packet id
+    // (MQTT-4.4.0-1), then the queue in order.
+    let mut client = b.resume(&roamer);
+    let (again, frame) = client.next_publish();
+    assert_eq!(
+        frame[0],
+        0x3a,
+        "PUBLISH QoS 1 with DUP: {:02x?}",
+        &frame[..4]
+    );
+    assert_eq!(
+        (&again.payload[..], again.packet_id),
+        (&b"in flight"[..], unacked.packet_id)
+    );
+    client.ack(&again);
+    for i in 1..=600u16 {
+        let (p, _) = client.next_publish();
+        assert_eq!(&p.payload[..5], &payload(i)[..5], "message {i}");
+        assert_eq!(p.payload.len(), 2048);
+        client.ack(&p);
+    }
+    // Its subscription moved too: what a's publisher sends now reaches it on b, once.
+    until_connected(&mut publisher, &mut client, "jobs/probe");
+    publisher.publish1("jobs/after", b"after", false, 700);
+    assert_eq!(client.payloads_until(b"after"), Vec::<Vec<u8>>::new());
+    client.expect_nothing();
+    let (out, into) = (
+        a.handle().stats().cluster().unwrap(),
+        b.handle().stats().cluster().unwrap(),
+    );
+    assert_eq!((out.sessions_out, into.sessions_in), (1, 1));
+    assert_eq!(into.sessions_missed, 0);
+}
+
+#[test]
+fn a_connection_taken_over_by_its_resuming_client_ends_without_its_will() {
+    let nats = Nats::start();
+    let (a, b) = two_nodes(&nats);
+    let mut witness = b.connect("witness");
+    witness.subscribe(1, &[("wills/#", 0), ("probe/w", 0)]);
+    let mut probe = a.connect("probe-w");
+    until_connected(&mut probe, &mut witness, "probe/w");
+    let roamer = ConnectBuilder::new("roamer")
+        .clean(false)
+        .will("wills/roamer", b"gone", 0, false);
+    let mut first = a.connect_with(&roamer);
+    first.subscribe(1, &[("news/#", 1)]);
+    // The same client, resuming on b: a closes its connection, the session continues on b
+    // (Session Present), so the will is not published (as a local takeover of a continuing
+    // session does not publish it).
+    let mut second = b.resume(&ConnectBuilder::new("roamer").clean(false));
+    first.expect_closed_within(Duration::from_secs(10));
+    witness.expect_open_and_silent(Duration::from_millis(1500));
+    second.ping();
+    second.expect_nothing();
+}
+
+#[test]
+fn another_users_session_does_not_move() {
+    let nats = Nats::start();
+    let (a, b) = two_nodes(&nats);
+    let mut alice = a.connect_with(
+        &ConnectBuilder::new("shared-id")
+            .clean(false)
+            .username("alice"),
+    );
+    alice.subscribe(1, &[("private/#", 1)]);
+    let mut publisher = a.connect("publisher");
+    alice.crash_and_wait();
+    publisher.publish1("private/x", b"for alice", false, 1);
+    // Bob with the same client id on b: a new session (Session Present 0), nothing of
+    // alice's, and alice's connection-less session on a ends (one client id, one session).
+    let mut bob = b.connect_with(
+        &ConnectBuilder::new("shared-id")
+            .clean(false)
+            .username("bob"),
+    );
+    bob.expect_open_and_silent(Duration::from_millis(500));
+    let counts = a.handle().stats().cluster().unwrap();
+    assert_eq!(counts.sessions_out, 0);
+}
+
+#[test]
+fn a_moved_session_is_durable_on_its_new_node() {
+    let nats = Nats::start();
+    let dir = std::env::temp_dir().join(format!("surgemq-cluster-move-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = ["--data-dir", dir.to_str().unwrap()];
+    let a = NodeProcess::start("a", &nats.url(0));
+    let mut b = NodeProcess::start_with("b", &nats.url(1), &data);
+    for (from, to, topic) in [
+        (a.addr(), b.addr(), "probe/ab"),
+        (b.addr(), a.addr(), "probe/ba"),
+    ] {
+        let mut publisher = connect_to(from, "probe-pub");
+        let mut subscriber = connect_to(to, "probe-sub");
+        subscriber.subscribe(1, &[(topic, 0)]);
+        until_connected(&mut publisher, &mut subscriber, topic);
+    }
+    let roamer = ConnectBuilder::new("roamer").clean(false);
+    let connect_b = |b: &NodeProcess| {
+        let mut c = RawClient::open(b.addr());
+        c.send(&roamer.build());
+        c.expect_bytes(&[0x20, 0x02, 0x01, 0x00]);
+        c
+    };
+    let mut client = RawClient::open(a.addr());
+    client.send(&roamer.build());
+    client.expect_bytes(&[0x20, 0x02, 0x00, 0x00]);
+    client.subscribe(1, &[("jobs/#", 1)]);
+    client.crash_and_wait();
+    let mut publisher = connect_to(a.addr(), "publisher");
+    for i in 1..=20u16 {
+        publisher.publish1("jobs/x", format!("{i}").as_bytes(), false, i);
+    }
+    // Moved to b, not read there, then b is killed.
+    let mut client = connect_b(&b);
+    let (first, _) = client.next_publish();
+    assert_eq!(&first.payload[..], b"1");
+    b.kill();
+    let b = NodeProcess::start_with("b", &nats.url(1), &data);
+    let mut client = connect_b(&b);
+    let got: Vec<Vec<u8>> = (0..20)
+        .map(|_| {
+            let (p, _) = client.next_publish();
+            client.ack(&p);
+            p.payload.to_vec()
+        })
+        .collect();
+    let want: Vec<Vec<u8>> = (1..=20).map(|i: u16| format!("{i}").into_bytes()).collect();
+    assert_eq!(got, want);
+    let _ = std::fs::remove_dir_all(&dir);
+}

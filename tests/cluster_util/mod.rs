@@ -1,0 +1,232 @@
+//! What the cluster tests share: a three-server NATS cluster (the Debian `nats-server`,
+//! routed, on free loopback ports), SurgeMQ nodes in this process or as processes of their
+//! own, and waiting for the nodes' interest to spread.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use surgemq::broker::config::ClusterConfig;
+use surgemq::broker::BrokerConfig;
+
+use crate::common::*;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three nats-server processes routed into one cluster; killed when dropped.
+pub struct Nats {
+    servers: Vec<Option<Child>>,
+    ports: Vec<u16>,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        // Six distinct ports: held together, so the kernel cannot hand one out twice.
+        let held: Vec<TcpListener> = (0..6)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let all: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(held);
+        let (ports, routes) = (all[..3].to_vec(), all[3..].to_vec());
+        let all_routes = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let servers = (0..3)
+            .map(|i| {
+                Some(
+                    Command::new("nats-server")
+                        .args(["-a", "127.0.0.1", "-p", &ports[i].to_string()])
+                        .args(["--cluster_name", "surgemq-test"])
+                        .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i])])
+                        .args(["--routes", &all_routes])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("nats-server is installed (apt-get install nats-server)"),
+                )
+            })
+            .collect();
+        let nats = Nats { servers, ports };
+        for &p in &nats.ports {
+            wait_listening(p);
+        }
+        // Routed once a message published on any server reaches every other one.
+        run(async {
+            let mut clients = Vec::new();
+            for i in 0..3 {
+                clients.push(async_nats::connect(nats.url(i)).await.unwrap());
+            }
+            for to in 0..3 {
+                let mut sub = clients[to]
+                    .subscribe(format!("routes.ready.{to}"))
+                    .await
+                    .unwrap();
+                clients[to].flush().await.unwrap();
+                for from in (0..3).filter(|&f| f != to) {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    loop {
+                        clients[from]
+                            .publish(format!("routes.ready.{to}"), "?".into())
+                            .await
+                            .unwrap();
+                        clients[from].flush().await.unwrap();
+                        let got =
+                            tokio::time::timeout(Duration::from_millis(100), sub.next()).await;
+                        if matches!(got, Ok(Some(_))) {
+                            break;
+                        }
+                        assert!(
+                            Instant::now() < deadline,
+                            "NATS servers {from} -> {to} not routed"
+                        );
+                    }
+                    // Drain the extra probes.
+                    while let Ok(Some(_)) =
+                        tokio::time::timeout(Duration::from_millis(50), sub.next()).await
+                    {
+                    }
+                }
+            }
+        });
+        nats
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[i])
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+pub fn wait_listening(port: u16) {
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn run<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A SurgeMQ node on the given NATS servers (the first is the one it prefers).
+pub fn node(name: &str, shards: usize, servers: Vec<String>) -> Broker {
+    Broker::with_config(BrokerConfig {
+        shards,
+        sys_interval: Duration::ZERO,
+        cluster: Some(ClusterConfig {
+            servers,
+            node_id: name.to_string(),
+        }),
+        ..test_config()
+    })
+}
+
+/// Publishes `probe` on `publisher` (QoS 0) until `subscriber`, subscribed to it, gets one:
+/// the nodes' interest has spread. Reads the probes that follow, so nothing is left over.
+pub fn until_connected(publisher: &mut RawClient, subscriber: &mut RawClient, probe: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        publisher.publish0(probe, b"probe", false);
+        if subscriber
+            .next_frame_within(Duration::from_millis(100))
+            .is_some()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{probe} never crossed nodes");
+    }
+    while subscriber
+        .next_frame_within(Duration::from_millis(300))
+        .is_some()
+    {}
+}
+
+/// A node as its own `surgemq serve` process, killed with SIGKILL when dropped.
+pub struct NodeProcess {
+    child: Child,
+    port: u16,
+}
+
+impl NodeProcess {
+    pub fn start(name: &str, nats: &str) -> NodeProcess {
+        NodeProcess::start_with(name, nats, &[])
+    }
+
+    /// With more `surgemq serve` arguments (a `--data-dir`, say).
+    pub fn start_with(name: &str, nats: &str, more: &[&str]) -> NodeProcess {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_surgemq"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--shards",
+                "1",
+            ])
+            .args(["--cluster", nats, "--node-id", name, "--log-level", "warn"])
+            .args(more)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the surgemq binary");
+        wait_listening(port);
+        NodeProcess { child, port }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn connect_to(addr: std::net::SocketAddr, id: &str) -> RawClient {
+    let mut c = RawClient::open(addr);
+    c.send(&ConnectBuilder::new(id).build());
+    c.expect_bytes(&[0x20, 0x02, 0x00, 0x00]);
+    c
+}
