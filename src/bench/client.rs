@@ -177,9 +177,11 @@ pub(super) fn client_id(plan: &Plan, spec: ClientSpec) -> String {
     format!("smqb-{}-{}", plan.run_id, spec.index)
 }
 
-/// Subscribers of a `--persistent` run keep a session on the broker.
+/// Subscribers of a `--persistent` run keep a session on the broker, publishers of a
+/// `--persistent-publishers` run too.
 fn persistent_session(plan: &Plan, spec: ClientSpec) -> bool {
-    plan.config.persistent && spec.subscriber.is_some()
+    (plan.config.persistent && spec.subscriber.is_some())
+        || (plan.config.persistent_publishers && spec.publisher.is_some())
 }
 
 /// Removes a persistent session the run left on the broker: a clean CONNECT takes it over and

@@ -66,6 +66,8 @@ pub struct BenchConfig {
     pub publish_only: bool,
     /// Subscribers use persistent sessions (CleanSession = 0), removed again at the end.
     pub persistent: bool,
+    /// Publishers use persistent sessions too, removed again at the end.
+    pub persistent_publishers: bool,
     /// Needs `persistent`: subscribers subscribe and disconnect before publishing starts,
     /// publishers run the whole load against their offline sessions (the window counts only
     /// acknowledgements), then subscribers reconnect and drain what the broker kept.
@@ -109,6 +111,7 @@ impl Default for BenchConfig {
             group: None,
             publish_only: false,
             persistent: false,
+            persistent_publishers: false,
             offline: false,
             load: Load::Messages(100_000),
             size: 64,

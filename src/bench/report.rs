@@ -78,6 +78,8 @@ pub struct BenchReport {
     pub rate: Option<f64>,
     /// Subscribers had persistent sessions (CleanSession = 0).
     pub persistent: bool,
+    /// Publishers had persistent sessions too.
+    pub persistent_publishers: bool,
     /// `--offline`: subscribers were away while publishers ran, then reconnected and drained.
     /// `publish_secs` then runs to the last acknowledgement and `publish_rate` counts
     /// acknowledged messages (QoS 1/2); `deliver_secs` and `deliver_rate` are the drain, from
@@ -154,7 +156,7 @@ impl BenchReport {
         };
         let _ = writeln!(
             s,
-            "{}{}{}: {} pub -> {} {}{}sub{}, QoS {}, {} B payload, {} thread(s), {flow}",
+            "{}{}{}: {} {}pub -> {} {}{}sub{}, QoS {}, {} B payload, {} thread(s), {flow}",
             self.scenario,
             match self.transport {
                 "mqtt" | "" => String::new(),
@@ -162,6 +164,11 @@ impl BenchReport {
             },
             if self.protocol == "5" { ", MQTT 5" } else { "" },
             self.publishers,
+            if self.persistent_publishers {
+                "persistent "
+            } else {
+                ""
+            },
             self.subscribers,
             if self.persistent { "persistent " } else { "" },
             if self.offline { "offline " } else { "" },
@@ -262,6 +269,9 @@ impl BenchReport {
         o.opt("window", self.window.map(|w| w as f64));
         o.opt("rate", self.rate);
         o.raw("persistent", if self.persistent { "true" } else { "false" });
+        if self.persistent_publishers {
+            o.raw("persistent_publishers", "true");
+        }
         o.raw("offline", if self.offline { "true" } else { "false" });
         o.str("transport", self.transport);
         o.str("protocol", self.protocol);
@@ -348,6 +358,7 @@ mod tests {
             size: 64,
             threads: 2,
             persistent: false,
+            persistent_publishers: false,
             offline: false,
             window: Some(100),
             rate: None,
@@ -456,6 +467,19 @@ mod tests {
         let j = r.to_json();
         assert!(j.contains("\"persistent\":true,\"offline\":true,"), "{j}");
         assert!(sample().to_json().contains("\"offline\":false,"));
+        assert!(!j.contains("persistent_publishers"));
+        let r = BenchReport {
+            persistent_publishers: true,
+            ..sample()
+        };
+        assert!(
+            r.summary().contains("20 persistent pub -> "),
+            "{}",
+            r.summary()
+        );
+        assert!(r
+            .to_json()
+            .contains("\"persistent\":false,\"persistent_publishers\":true,"));
     }
 
     #[test]

@@ -405,6 +405,7 @@ fn build_report(
         window: plan.window,
         rate: config.rate,
         persistent: config.persistent,
+        persistent_publishers: config.persistent_publishers,
         offline: config.offline,
         published,
         acked,

@@ -120,6 +120,11 @@ struct LoadArgs {
     /// what was kept. Reports the acknowledged publish rate and the drain rate.
     #[arg(long, requires = "persistent")]
     offline: bool,
+    /// Publishers connect with persistent sessions too (CleanSession = 0), removed at the
+    /// end. Against a broker with a data directory this measures what keeping their incoming
+    /// QoS 2 ids across a crash costs.
+    #[arg(long)]
+    persistent_publishers: bool,
     /// After publishing, wait at most this long without progress before counting missing.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     drain: Duration,
@@ -219,6 +224,7 @@ impl LoadArgs {
             group: self.group,
             publish_only: self.publish_only,
             persistent: self.persistent,
+            persistent_publishers: self.persistent_publishers,
             offline: self.offline,
             load,
             size: self.size,
