@@ -16,7 +16,8 @@
 //! and a new broker is started on the copy, without the fault. Both clients are persistent
 //! sessions (CleanSession 0) and act as real QoS 2 clients: the publisher re-sends its
 //! PUBLISH with DUP after the restart, the subscriber completes every flow and counts a
-//! message once per packet id it has not released yet (MQTT-4.3.3, method B).
+//! message once per packet id it has not released yet (MQTT-4.3.3, method B). A PUBCOMP,
+//! which frees the publisher's packet id, waits for that to be durable as well.
 
 mod common;
 
@@ -405,9 +406,6 @@ fn completed_qos2_flows_stay_completed_across_a_crash() {
     let mut before = Subscriber::default();
     before.until(&mut q, sent.last().expect("messages").as_bytes());
     assert_eq!(before.payloads(), sent, "Q before the crash");
-    // The crash comes once the releases of P's packet ids are durable: the PUBCOMPs did not
-    // wait for that, and this test is about what a restart makes of completed flows.
-    make_durable(&mut p, &p_id, 101);
 
     let image = dirs.crash(&data);
     drop((p, q));
@@ -419,6 +417,50 @@ fn completed_qos2_flows_stay_completed_across_a_crash() {
     publish_exactly_once(&mut p, END, 2);
     after.until(&mut q, END);
     assert_eq!(after.payloads(), ["n", "end"], "Q after the restart");
+    p.disconnect();
+    q.disconnect();
+}
+
+/// A PUBCOMP frees the packet id (MQTT-4.3.3): it must not go before the record of that is
+/// durable, or a crash would bring the id back, and the next PUBLISH with it would be taken
+/// for a repeat and not forwarded, although the publisher got PUBREC and PUBCOMP for it.
+#[test]
+fn pubcomp_waits_until_the_freed_packet_id_is_durable() {
+    let dirs = Dirs::new("pubcomp");
+    let data = dirs.data();
+    let b = FaultyBroker::start(&data, P_SHARD);
+    let broker = b.broker();
+    let q_id = broker.id_on("q", Q_SHARD);
+    let p_id = broker.id_on("p", P_SHARD);
+    let mut q = subscribed(broker, &q_id);
+    let mut p = new_session(broker, &p_id);
+    p.send(&publish(TOPIC, b"a", 2, false, false, 1));
+    expect(&mut p, &pubrec(1), "P: PUBREC");
+    let mut before = Subscriber::default();
+    before.until(&mut q, b"a");
+
+    b.disk_full(true);
+    p.send(&pubrel(1));
+    let early_pubcomp = p.next_frame_within(MUST_WAIT);
+
+    let image = dirs.crash(&data);
+    let restarted = start(&image, None);
+    let mut q = resume(&restarted, &q_id);
+    let mut p = resume(&restarted, &p_id);
+    // No PUBCOMP came: P sends its PUBREL again (MQTT-4.4.0-1), then a new message with id 1.
+    p.send(&pubrel(1));
+    expect(&mut p, &pubcomp(1), "P: PUBCOMP for the re-sent PUBREL");
+    publish_exactly_once(&mut p, b"b", 1);
+    publish_exactly_once(&mut p, END, 2);
+    let mut after = Subscriber::default();
+    after.until(&mut q, END);
+
+    assert_eq!(
+        early_pubcomp, None,
+        "PUBCOMP while P's shard could not make the release of packet id 1 durable"
+    );
+    assert_eq!(before.payloads(), ["a"], "Q before the crash");
+    assert_eq!(after.payloads(), ["b", "end"], "Q after the restart");
     p.disconnect();
     q.disconnect();
 }

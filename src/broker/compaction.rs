@@ -113,6 +113,10 @@ impl Shard {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        // The numbers given so far, also those no record keeps any more (see `store::qos2`).
+        put(Record::Qos2Counter {
+            next: self.next_qos2_reg(),
+        });
         for session in self.sessions.borrow().all() {
             let s = session.borrow();
             if let Some(n) = s.stored_as() {
@@ -204,9 +208,10 @@ pub(super) fn session_records(
             retain,
             extras: message_extras(message, subscription_id, share.as_deref()),
         }),
-        StoredItem::IncomingQos2(packet_id) => put(Record::IncomingQos2 {
+        StoredItem::IncomingQos2(packet_id, reg) => put(Record::IncomingQos2 {
             session: n,
             packet_id,
+            reg,
         }),
     });
     if s.last_packet_id() != 0 {

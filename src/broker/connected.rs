@@ -318,6 +318,9 @@ impl ConnectedClient {
             {
                 return Poll::Ready(Event::Output);
             }
+            if session.at_closed_gate() {
+                self.shard.blocked_at_gate(session.id);
+            }
             session.set_waker(cx.waker());
         }
         if let Some(id) = self.held.as_ref().and_then(|h| h.waiting_for()) {
@@ -397,6 +400,9 @@ impl ConnectedClient {
                 || session.kicked(self.conn).is_some()
             {
                 return true;
+            }
+            if session.at_closed_gate() {
+                self.shard.blocked_at_gate(session.id);
             }
             session.set_waker(cx.waker());
         }

@@ -190,7 +190,8 @@ pub(crate) fn message_extras(
     subscription_id: u32,
     share: Option<&ShareKey>,
 ) -> Option<Box<MessageExtras>> {
-    if message.v5.is_none() && subscription_id == 0 && share.is_none() {
+    let origin = message.pending_origin();
+    if message.v5.is_none() && subscription_id == 0 && share.is_none() && origin.is_none() {
         return None;
     }
     let v5 = message.v5.as_deref();
@@ -202,6 +203,7 @@ pub(crate) fn message_extras(
         }),
         subscription_id,
         share: share.map(|k| k.full.clone()),
+        origin,
     }))
 }
 

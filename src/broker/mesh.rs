@@ -25,6 +25,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::cluster_port::HandOver;
+use super::qos2_gate::Qos2Gate;
 use super::shared::ShareTag;
 use crate::protocol::{encode_publish, ByteStr, Connect, QoS};
 
@@ -80,6 +81,9 @@ pub struct Message {
     qos0_frame: OnceLock<Bytes>,
     /// The same for MQTT 5 subscribers, with the forwarded properties.
     qos0_frame_v5: OnceLock<Bytes>,
+    /// From a persistent session's QoS 2 PUBLISH (with `--data-dir`): not delivered until its
+    /// publisher's shard accepted it (see `qos2_gate`).
+    gate: Option<Arc<Qos2Gate>>,
 }
 
 /// The MQTT 5 part of a message: the properties forwarded to MQTT 5 subscribers unchanged
@@ -104,7 +108,27 @@ impl Message {
             share_qos0: AtomicBool::new(false),
             qos0_frame: OnceLock::new(),
             qos0_frame_v5: OnceLock::new(),
+            gate: None,
         }
+    }
+
+    /// The message behind `gate` (see `qos2_gate`).
+    pub fn with_gate(mut self, gate: Arc<Qos2Gate>) -> Message {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Whether a subscriber may be sent the message now (its gate, if any, is open).
+    pub fn deliverable(&self) -> bool {
+        self.gate.as_ref().is_none_or(|g| g.is_open())
+    }
+
+    /// The registration the message still waits for, to be written with every copy queued.
+    pub fn pending_origin(&self) -> Option<crate::store::Qos2Origin> {
+        self.gate
+            .as_ref()
+            .filter(|g| !g.is_open())
+            .map(|g| g.origin)
     }
 
     /// The message with its MQTT 5 part.
@@ -116,7 +140,7 @@ impl Message {
     /// A copy that owns exactly its bytes. Kept for long (retained messages), a `Message` must
     /// not pin the whole read buffer its slices came from.
     pub fn detached(&self) -> Message {
-        Message::new(
+        let copy = Message::new(
             ByteStr::from(self.topic.as_str()),
             Bytes::copy_from_slice(&self.payload),
             self.qos,
@@ -127,7 +151,12 @@ impl Message {
                 properties: Bytes::copy_from_slice(&v5.properties),
                 expires_at: v5.expires_at,
             })
-        }))
+        }));
+        // Still behind its gate, if it has one.
+        Message {
+            gate: self.gate.clone(),
+            ..copy
+        }
     }
 
     /// Whether the Message Expiry Interval has run out.
@@ -420,6 +449,9 @@ pub enum ShardMessage {
     /// The client with this id (whose home shard this is) connected to another node at this
     /// time (Unix microseconds); with a [`HandOver`] when it resumes its session there.
     ClaimedElsewhere(ByteStr, u64, Option<Box<HandOver>>),
+    /// Gates of incoming QoS 2 messages opened (see `qos2_gate`): sessions that stopped at one
+    /// look again.
+    GatesOpened,
     /// Parked connections whose sockets became readable (tokens from `parking::token`).
     Readable(Vec<u64>),
     Shutdown,

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod output;
 mod parking;
 mod pressure;
+pub mod qos2_gate;
 mod replica;
 mod restore;
 mod runtime;

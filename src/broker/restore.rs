@@ -329,6 +329,7 @@ pub(super) fn write_session(journal: &Journal, n: u64, stored: &StoredSession, n
         journal.append(&Record::IncomingQos2 {
             session: n,
             packet_id: *id,
+            reg: 0,
         });
     }
     journal.append(&Record::Detached {

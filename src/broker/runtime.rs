@@ -397,6 +397,7 @@ async fn run_shard(
     let stalls = glommio::spawn_local(watch_stalls(shard.clone()));
     let durable = glommio::spawn_local(confirm_durable(shard.clone()));
     let handed_on = glommio::spawn_local(hand_on(shard.clone()));
+    let qos2 = glommio::spawn_local(super::shard::gates::accept_qos2(shard.clone()));
     let compaction = glommio::spawn_local(super::compaction::compact_journal(shard.clone()));
     let reports = glommio::spawn_local(report_stats(shard.clone(), stats.clone()));
     let sys = glommio::spawn_local(publish_sys(shard.clone(), stats.clone()));
@@ -422,6 +423,7 @@ async fn run_shard(
     drop(reports);
     drop(compaction);
     drop(handed_on);
+    drop(qos2);
     final_sync(&shard).await;
     drop(durable);
     drop(stalls);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
@@ -33,6 +33,7 @@ use smallvec::SmallVec;
 
 use super::mesh::{Grant, Message, SubscriberId};
 use super::output::OutputQueue;
+use super::qos2_gate::Qos2Gate;
 use super::shared::ShareKey;
 use crate::protocol::{
     encode_ack, ByteStr, Packet, PacketId, PacketType, ProtocolLevel, PublishHeader, QoS, SubAck,
@@ -218,8 +219,9 @@ pub struct Session {
     /// Inflight entries (from the front) that must be sent again, as after a reconnect.
     resend: usize,
     last_packet_id: PacketId,
-    /// Incoming QoS 2 ids between PUBLISH and PUBREL: a repeated PUBLISH is not forwarded again.
-    incoming_qos2: HashSet<PacketId, Hasher>,
+    /// Incoming QoS 2 ids between PUBLISH and PUBREL: a repeated PUBLISH is not forwarded
+    /// again. With the gate its message waits behind until accepted (see `qos2_gate`).
+    incoming_qos2: HashMap<PacketId, Option<Arc<Qos2Gate>>, Hasher>,
     /// The connection currently attached (0: none), and why a previous one must go.
     attached: u64,
     kicked: Option<(u64, Kick)>,
@@ -273,7 +275,7 @@ impl Session {
             inflight: VecDeque::new(),
             resend: 0,
             last_packet_id: 0,
-            incoming_qos2: HashSet::default(),
+            incoming_qos2: HashMap::default(),
             attached: 0,
             kicked: None,
             waker: None,
@@ -514,11 +516,20 @@ impl Session {
         }
         match self.queue.front() {
             None => false,
+            Some(Outbound::Publish { message, .. }) if !message.deliverable() => {
+                self.controls_queued
+            }
             Some(Outbound::Publish { qos, .. }) if *qos != QoS::AtMostOnce => {
                 self.window_open() || self.controls_queued
             }
             Some(_) => true,
         }
+    }
+
+    /// Whether the next message to send waits behind a closed gate (see `qos2_gate`): the
+    /// shard must wake the session when gates open.
+    pub fn at_closed_gate(&self) -> bool {
+        matches!(self.queue.front(), Some(Outbound::Publish { message, .. }) if !message.deliverable())
     }
 
     fn window_open(&self) -> bool {
@@ -575,7 +586,9 @@ impl Session {
             let Some(item) = self.queue.front() else {
                 break;
             };
-            let blocked = matches!(item, Outbound::Publish { qos, .. }
+            let gated = matches!(item, Outbound::Publish { message, .. } if !message.deliverable());
+            let blocked = gated
+                || matches!(item, Outbound::Publish { qos, .. }
                 if *qos != QoS::AtMostOnce && !self.window_open());
             let item = if blocked {
                 match self.take_waiting_control() {
@@ -735,7 +748,23 @@ impl Session {
     /// Incoming QoS 2 PUBLISH: true when it is new and must be forwarded, false for a
     /// duplicate of one not yet released (MQTT-4.3.3).
     pub fn on_incoming_qos2(&mut self, packet_id: PacketId) -> bool {
-        self.incoming_qos2.insert(packet_id)
+        match self.incoming_qos2.entry(packet_id) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(None);
+                true
+            }
+        }
+    }
+
+    /// The incoming QoS 2 message `packet_id` waits behind `gate` until accepted.
+    pub fn set_incoming_gate(&mut self, packet_id: PacketId, gate: Arc<Qos2Gate>) {
+        self.incoming_qos2.insert(packet_id, Some(gate));
+    }
+
+    /// The gate of incoming QoS 2 message `packet_id`, if it has one (still waiting or not).
+    pub fn incoming_gate(&self, packet_id: PacketId) -> Option<Arc<Qos2Gate>> {
+        self.incoming_qos2.get(&packet_id).cloned().flatten()
     }
 
     /// Incoming QoS 2 messages between PUBLISH and PUBREL (they count against MQTT 5's
@@ -743,14 +772,14 @@ impl Session {
     pub fn incoming_qos2(&self, packet_id: PacketId) -> (usize, bool) {
         (
             self.incoming_qos2.len(),
-            self.incoming_qos2.contains(&packet_id),
+            self.incoming_qos2.contains_key(&packet_id),
         )
     }
 
     /// PUBREL: the id may be used for a new message from now on. Returns whether it was
     /// waiting for its PUBREL.
     pub fn on_pubrel(&mut self, packet_id: PacketId) -> bool {
-        self.incoming_qos2.remove(&packet_id)
+        self.incoming_qos2.remove(&packet_id).is_some()
     }
 
     /// Forgets everything a clean session does not keep past its connection.

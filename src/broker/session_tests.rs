@@ -677,3 +677,41 @@ fn a_restored_session_resends_in_order_and_numbers_on_from_its_last_id() {
         .unwrap();
     assert_eq!(s.last_seq(), 4);
 }
+
+#[test]
+fn a_message_behind_a_closed_gate_waits_and_holds_back_what_follows() {
+    use crate::broker::qos2_gate::Qos2Gate;
+    use crate::store::Qos2Origin;
+    let mut s = session(10, 10, 1000);
+    let gate = Arc::new(Qos2Gate::new(Qos2Origin { shard: 0, reg: 1 }));
+    let gated = Arc::new(
+        Message::new(
+            ByteStr::from("t"),
+            Bytes::from_static(b"g"),
+            QoS::ExactlyOnce,
+            false,
+        )
+        .with_gate(gate.clone()),
+    );
+    s.enqueue(gated, QoS::ExactlyOnce, false).unwrap();
+    s.enqueue(msg(b"after", QoS::AtMostOnce), QoS::AtMostOnce, false)
+        .unwrap();
+    assert!(!s.has_sendable());
+    assert_eq!(drain(&mut s), Vec::<u8>::new(), "nothing passes the gate");
+    assert!(s.at_closed_gate(), "the shard is told to wake it");
+    // An UNSUBACK is not a message: it does not wait behind the gate.
+    s.enqueue_control(Outbound::UnsubAck(crate::protocol::UnsubAck::new(9)));
+    assert!(s.has_sendable());
+    assert_eq!(drain(&mut s), [0xb0, 0x02, 0x00, 0x09]);
+    assert!(s.at_closed_gate(), "still behind the gate");
+    gate.open();
+    assert!(s.has_sendable());
+    let out = drain(&mut s);
+    // PUBLISH QoS 2 "g" (packet id 1), then the QoS 0 one behind it.
+    assert_eq!(&out[..8], &[0x34, 0x06, 0x00, 0x01, b't', 0x00, 0x01, b'g']);
+    assert_eq!(
+        &out[8..],
+        &[0x30, 0x08, 0x00, 0x01, b't', b'a', b'f', b't', b'e', b'r']
+    );
+    assert!(!s.at_closed_gate());
+}

@@ -40,6 +40,7 @@ use crate::topic::TopicTree;
 const ENCODE_ONCE_FROM: usize = 4;
 
 mod durable;
+pub(super) mod gates;
 mod handoff;
 mod pressure;
 mod retained;
@@ -162,6 +163,8 @@ pub struct Shard {
     pub(super) delayed_wills: RefCell<AHashMap<SubscriberId, wills::DelayedWill>>,
     /// With a cluster: where messages for other nodes go (set once at start).
     pub cluster: std::cell::OnceCell<ClusterPort>,
+    /// Incoming QoS 2 PUBLISHes waiting for acceptance (with `--data-dir`, see `gates`).
+    pub(super) qos2: gates::Qos2Gates,
 }
 
 /// What routing a message did (see [`Shard::route`]).
@@ -244,6 +247,7 @@ impl Shard {
             durability: Durability::new(shards),
             durable_requests: RefCell::new(std::collections::VecDeque::new()),
             durable_requests_waker: RefCell::new(None),
+            qos2: gates::Qos2Gates::default(),
         }
     }
 
@@ -802,6 +806,7 @@ impl Shard {
             ShardMessage::ClaimedElsewhere(client_id, at, hand_over) => {
                 self.claimed_elsewhere(&client_id, at, hand_over)
             }
+            ShardMessage::GatesOpened => self.gates_opened(),
             ShardMessage::Shutdown => self.stop(),
         }
     }

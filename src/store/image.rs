@@ -46,8 +46,12 @@ pub struct StoredSession {
     pub inflight: VecDeque<StoredInflight>,
     /// Waiting to be sent, in order.
     pub queue: VecDeque<StoredMessage>,
-    /// Incoming QoS 2 ids between PUBLISH and PUBREL.
+    /// Incoming QoS 2 ids between PUBLISH and PUBREL, accepted (their PUBREC could go).
     pub incoming_qos2: BTreeSet<PacketId>,
+    /// Incoming QoS 2 ids registered (by number) and not yet accepted when the log ended:
+    /// their publishers never got a PUBREC; a start forgets them, and the messages they
+    /// wrote anywhere (see `qos2::settle`).
+    pub pending_qos2: BTreeMap<PacketId, u64>,
     /// When its connection went away (ms since the Unix epoch), if it has none.
     pub detached_at_ms: Option<u64>,
     /// The last packet id given to an outgoing message (0: none yet).
@@ -63,6 +67,8 @@ pub struct Image {
     pub retained: BTreeMap<ByteStr, (Bytes, QoS, Option<Box<MessageExtras>>)>,
     /// Above every session number the log used: where new ones start.
     pub next_session: u64,
+    /// Above every incoming QoS 2 registration number the log gave.
+    pub next_reg: u64,
 }
 
 /// A record that does not fit the state before it.
@@ -151,11 +157,29 @@ impl Image {
                 let entry = inflight(s, session, packet_id)?;
                 s.inflight.remove(entry);
             }
-            Record::IncomingQos2 { session, packet_id } => {
-                self.session(session)?.incoming_qos2.insert(packet_id);
+            Record::IncomingQos2 {
+                session,
+                packet_id,
+                reg,
+            } => {
+                let s = self.session(session)?;
+                if reg == 0 {
+                    s.incoming_qos2.insert(packet_id);
+                } else {
+                    s.pending_qos2.insert(packet_id, reg);
+                    self.next_reg = self.next_reg.max(reg + 1);
+                }
             }
+            Record::Qos2Accepted { session, packet_id } => {
+                let s = self.session(session)?;
+                s.pending_qos2.remove(&packet_id);
+                s.incoming_qos2.insert(packet_id);
+            }
+            Record::Qos2Counter { next } => self.next_reg = self.next_reg.max(next),
             Record::Released { session, packet_id } => {
-                self.session(session)?.incoming_qos2.remove(&packet_id);
+                let s = self.session(session)?;
+                s.incoming_qos2.remove(&packet_id);
+                s.pending_qos2.remove(&packet_id);
             }
             Record::Detached { session, at_ms } => {
                 self.session(session)?.detached_at_ms = Some(at_ms)
@@ -339,6 +363,26 @@ mod tests {
             Record::IncomingQos2 {
                 session: 1,
                 packet_id: 5,
+                reg: 0,
+            },
+            // 6 waits for its acceptance when the log ends; 7 got it, then its PUBREL.
+            Record::IncomingQos2 {
+                session: 1,
+                packet_id: 6,
+                reg: 3,
+            },
+            Record::IncomingQos2 {
+                session: 1,
+                packet_id: 7,
+                reg: 4,
+            },
+            Record::Qos2Accepted {
+                session: 1,
+                packet_id: 7,
+            },
+            Record::Released {
+                session: 1,
+                packet_id: 7,
             },
             Record::Detached {
                 session: 1,
@@ -358,6 +402,8 @@ mod tests {
         let queue: Vec<u64> = session.queue.iter().map(|m| m.seq).collect();
         assert_eq!(queue, [4]);
         assert_eq!(session.incoming_qos2, BTreeSet::from([5]));
+        assert_eq!(session.pending_qos2, BTreeMap::from([(6, 3)]));
+        assert_eq!(image.next_reg, 5);
         assert_eq!(session.detached_at_ms, Some(1000));
         assert_eq!(image.next_session, 2);
     }

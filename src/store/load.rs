@@ -18,7 +18,7 @@ pub fn log_path(dir: &Path, index: usize) -> PathBuf {
 }
 
 /// The shard logs in `dir`, in shard order (whatever shard count wrote them).
-fn log_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+fn log_files(dir: &Path) -> Result<Vec<(usize, PathBuf)>, StoreError> {
     let mut logs: Vec<(usize, PathBuf)> = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))?;
     for entry in entries {
@@ -32,7 +32,7 @@ fn log_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
         }
     }
     logs.sort();
-    Ok(logs.into_iter().map(|(_, path)| path).collect())
+    Ok(logs)
 }
 
 /// Reads one log into an image. A record that does not parse or does not fit is an error
@@ -98,9 +98,21 @@ pub fn load_dir(
     home: impl Fn(&str) -> usize,
 ) -> Result<Vec<Image>, StoreError> {
     settle_compactions(dir)?;
+    let mut images = Vec::new();
+    for (index, path) in log_files(dir)? {
+        images.push((index, load_log(&path)?));
+    }
+    // Before the shard indices the messages' origins name lose their meaning.
+    let settled = super::qos2::settle(&mut images);
+    if settled != Default::default() {
+        tracing::info!(
+            dropped = settled.dropped,
+            forgotten = settled.forgotten,
+            "incoming QoS 2 messages that were not yet accepted at the crash are dropped; their publishers send them again"
+        );
+    }
     let mut out: Vec<Image> = (0..shards).map(|_| Image::default()).collect();
-    for path in log_files(dir)? {
-        let image = load_log(&path)?;
+    for (_, image) in images {
         for (_, session) in image.sessions {
             let to = &mut out[home(&session.client_id)];
             let number = to.next_session;

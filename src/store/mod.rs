@@ -11,6 +11,7 @@ pub mod frame;
 pub mod image;
 pub mod load;
 pub mod lock;
+pub mod qos2;
 pub mod record;
 pub mod scan;
 pub mod writer;
@@ -21,7 +22,7 @@ pub use frame::{decode_frame, encode_frame, Frame};
 pub use image::{Image, Inconsistent, StoredInflight, StoredMessage, StoredSession};
 pub use load::{load_dir, load_log, log_path};
 pub use lock::DataDirLock;
-pub use record::{MessageExtras, Record, RecordError, SubscriptionExtras};
+pub use record::{MessageExtras, Qos2Origin, Record, RecordError, SubscriptionExtras};
 pub use scan::{scan, Damaged, Scanned, TornTail};
 pub use writer::{LogWriter, Position};
 

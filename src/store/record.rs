@@ -29,6 +29,19 @@ pub struct MessageExtras {
     pub expires_at_ms: Option<u64>,
     pub subscription_id: u32,
     pub share: Option<ByteStr>,
+    /// For a message from a persistent session's QoS 2 PUBLISH that was not yet accepted
+    /// when this was written: whose acceptance it waits for (see [`Qos2Origin`]).
+    pub origin: Option<Qos2Origin>,
+}
+
+/// The incoming QoS 2 PUBLISH a message came from: registration `reg` in shard `shard`'s log
+/// (an [`Record::IncomingQos2`] with that number). Such a message is kept at a start only if
+/// that log says the registration was accepted ([`Record::Qos2Accepted`], or released since):
+/// otherwise the publisher was never sent its PUBREC and sends the PUBLISH again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Qos2Origin {
+    pub shard: u16,
+    pub reg: u64,
 }
 
 /// A change of durable state.
@@ -84,9 +97,23 @@ pub enum Record {
         packet_id: PacketId,
     },
     /// An incoming QoS 2 PUBLISH was taken (and forwarded): a repeat is not forwarded again.
+    /// `reg` (not 0) numbers it in this log while it waits for [`Record::Qos2Accepted`]; 0: it
+    /// is accepted already (a snapshot's, or a log written before registrations).
     IncomingQos2 {
         session: u64,
         packet_id: PacketId,
+        reg: u64,
+    },
+    /// Everything the incoming QoS 2 PUBLISH `packet_id` wrote is durable (here and on every
+    /// other shard): its PUBREC may go and its message be delivered.
+    Qos2Accepted {
+        session: u64,
+        packet_id: PacketId,
+    },
+    /// Registrations of incoming QoS 2 PUBLISHes in this log are numbered below `next` (a
+    /// snapshot's first word on them, so a compacted log still knows which numbers it gave).
+    Qos2Counter {
+        next: u64,
     },
     /// Its PUBREL came: the id may be used for a new message.
     Released {
@@ -188,6 +215,8 @@ pub(crate) mod kind {
     pub const WITHDRAWN: u8 = 18;
     pub const DELAYED_WILL: u8 = 19;
     pub const WILL_DONE: u8 = 20;
+    pub const QOS2_ACCEPTED: u8 = 21;
+    pub const QOS2_COUNTER: u8 = 22;
 }
 
 fn put_message_extras(out: &mut BytesMut, extras: &Option<Box<MessageExtras>>) {
@@ -196,9 +225,14 @@ fn put_message_extras(out: &mut BytesMut, extras: &Option<Box<MessageExtras>>) {
         out.put_u64_le(e.expires_at_ms.unwrap_or(0));
         out.put_u32_le(e.properties.len() as u32);
         out.put_slice(&e.properties);
-        // A later trailer: absent in logs written before shared subscriptions.
-        if let Some(share) = &e.share {
-            put_str(out, share);
+        // Later trailers: absent in logs written before shared subscriptions (an empty
+        // share stands for none when an origin follows).
+        if e.share.is_some() || e.origin.is_some() {
+            put_str(out, e.share.as_deref().unwrap_or(""));
+        }
+        if let Some(origin) = e.origin {
+            out.put_u16_le(origin.shard);
+            out.put_u64_le(origin.reg);
         }
     }
 }
@@ -302,8 +336,23 @@ impl Record {
             Record::Completed { session, packet_id } => {
                 id_record(out, *session, *packet_id, COMPLETED)
             }
-            Record::IncomingQos2 { session, packet_id } => {
-                id_record(out, *session, *packet_id, INCOMING_QOS2)
+            Record::IncomingQos2 {
+                session,
+                packet_id,
+                reg,
+            } => {
+                id_record(out, *session, *packet_id, INCOMING_QOS2);
+                if *reg != 0 {
+                    out.put_u64_le(*reg);
+                }
+                INCOMING_QOS2
+            }
+            Record::Qos2Accepted { session, packet_id } => {
+                id_record(out, *session, *packet_id, QOS2_ACCEPTED)
+            }
+            Record::Qos2Counter { next } => {
+                out.put_u64_le(*next);
+                QOS2_COUNTER
             }
             Record::Released { session, packet_id } => {
                 id_record(out, *session, *packet_id, RELEASED)
@@ -445,7 +494,13 @@ impl Record {
             INCOMING_QOS2 => Record::IncomingQos2 {
                 session: r.u64()?,
                 packet_id: r.u16()?,
+                reg: if r.body.has_remaining() { r.u64()? } else { 0 },
             },
+            QOS2_ACCEPTED => Record::Qos2Accepted {
+                session: r.u64()?,
+                packet_id: r.u16()?,
+            },
+            QOS2_COUNTER => Record::Qos2Counter { next: r.u64()? },
             RELEASED => Record::Released {
                 session: r.u64()?,
                 packet_id: r.u16()?,
@@ -560,7 +615,15 @@ impl Reader {
         let expires_at_ms = self.u64()?;
         let properties = self.payload()?;
         let share = if self.body.has_remaining() {
-            Some(self.str()?)
+            Some(self.str()?).filter(|s| !s.is_empty())
+        } else {
+            None
+        };
+        let origin = if self.body.has_remaining() {
+            Some(Qos2Origin {
+                shard: self.u16()?,
+                reg: self.u64()?,
+            })
         } else {
             None
         };
@@ -569,6 +632,7 @@ impl Reader {
             expires_at_ms: (expires_at_ms != 0).then_some(expires_at_ms),
             properties,
             share,
+            origin,
         })))
     }
 }
@@ -605,6 +669,19 @@ mod tests {
                     expires_at_ms: Some(1_700_000_000_000),
                     subscription_id: 9,
                     share: Some(s("$share/g/v5/#")),
+                    origin: None,
+                })),
+            },
+            Record::Queued {
+                session: 7,
+                seq: 4,
+                topic: s("q2/t"),
+                payload: Bytes::from_static(b"p"),
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                extras: Some(Box::new(MessageExtras {
+                    origin: Some(Qos2Origin { shard: 3, reg: 12 }),
+                    ..MessageExtras::default()
                 })),
             },
             Record::Retained {
@@ -616,6 +693,7 @@ mod tests {
                     expires_at_ms: Some(5),
                     subscription_id: 0,
                     share: None,
+                    origin: None,
                 })),
             },
             Record::SessionExpiry {
@@ -682,7 +760,18 @@ mod tests {
             Record::IncomingQos2 {
                 session: 7,
                 packet_id: 3,
+                reg: 0,
             },
+            Record::IncomingQos2 {
+                session: 7,
+                packet_id: 4,
+                reg: 99,
+            },
+            Record::Qos2Accepted {
+                session: 7,
+                packet_id: 4,
+            },
+            Record::Qos2Counter { next: 100 },
             Record::Released {
                 session: 7,
                 packet_id: 4,
@@ -714,6 +803,56 @@ mod tests {
             let kind = record.encode(&mut body);
             assert_eq!(Record::decode(kind, body.freeze()), Ok(record));
         }
+    }
+
+    #[test]
+    fn a_qos2_origin_rides_after_an_empty_share_and_a_registration_after_the_id() {
+        let mut body = BytesMut::new();
+        Record::Queued {
+            session: 1,
+            seq: 2,
+            topic: s("t"),
+            payload: Bytes::new(),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            extras: Some(Box::new(MessageExtras {
+                origin: Some(Qos2Origin { shard: 1, reg: 5 }),
+                ..MessageExtras::default()
+            })),
+        }
+        .encode(&mut body);
+        #[rustfmt::skip]
+        let tail = [
+            0, 0, 0, 0,             // subscription id 0
+            0, 0, 0, 0, 0, 0, 0, 0, // no expiry
+            0, 0, 0, 0,             // no properties
+            0, 0,                   // share: empty (none)
+            1, 0,                   // origin shard 1
+            5, 0, 0, 0, 0, 0, 0, 0, // registration 5
+        ];
+        assert!(body.ends_with(&tail), "{body:02x?}");
+        let mut body = BytesMut::new();
+        let kind = Record::IncomingQos2 {
+            session: 1,
+            packet_id: 2,
+            reg: 7,
+        }
+        .encode(&mut body);
+        assert_eq!(kind, 9);
+        assert_eq!(
+            &body[..],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 7, 0, 0, 0, 0, 0, 0, 0]
+        );
+        // Written before registrations: no number, accepted.
+        let old = Record::decode(9, Bytes::from_static(&[1, 0, 0, 0, 0, 0, 0, 0, 2, 0]));
+        assert_eq!(
+            old,
+            Ok(Record::IncomingQos2 {
+                session: 1,
+                packet_id: 2,
+                reg: 0
+            })
+        );
     }
 
     #[test]
@@ -762,6 +901,20 @@ mod tests {
         } = &mut r
         {
             e.share = None;
+            e.origin = None;
+        }
+        r
+    }
+
+    /// `r` as logs written before incoming QoS 2 registrations would have it.
+    fn without_qos2(r: &Record) -> Record {
+        let mut r = r.clone();
+        match &mut r {
+            Record::Queued {
+                extras: Some(e), ..
+            } => e.origin = None,
+            Record::IncomingQos2 { reg, .. } => *reg = 0,
+            _ => {}
         }
         r
     }
@@ -776,9 +929,12 @@ mod tests {
                 match Record::decode(kind, short) {
                     Err(_) => {}
                     // Cut exactly before the MQTT 5 trailer, or before the shared
-                    // subscription after it: a record as older logs wrote it.
+                    // subscription or the QoS 2 origin after it, or before a registration
+                    // number: a record as older logs wrote it.
                     Ok(r) => assert!(
-                        r == without_extras(&record) || r == without_share(&record),
+                        r == without_extras(&record)
+                            || r == without_share(&record)
+                            || r == without_qos2(&record),
                         "{record:?} cut at {cut}: {r:?}"
                     ),
                 }

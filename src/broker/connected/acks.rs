@@ -4,9 +4,11 @@
 //! even if theirs are ready.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::task::Context;
 
 use crate::broker::durability::Ticket;
+use crate::broker::qos2_gate::Qos2Gate;
 use crate::broker::shard::Shard;
 use crate::protocol::{encode_ack_reason, PacketId, PacketType, ReasonCode};
 
@@ -14,9 +16,19 @@ use crate::protocol::{encode_ack_reason, PacketId, PacketType, ReasonCode};
 /// publishes without waiting for its acknowledgements must not queue them without bound.
 pub const MAX_WAITING: usize = 65_536;
 
+/// An acknowledgement waiting: what it is, what must be durable first, and for a PUBREC of
+/// a persistent session's QoS 2 PUBLISH the gate its acceptance opens (see `qos2_gate`).
+type Waiting = (
+    PacketType,
+    PacketId,
+    ReasonCode,
+    Ticket,
+    Option<Arc<Qos2Gate>>,
+);
+
 #[derive(Default)]
 pub struct DurableAcks {
-    waiting: VecDeque<(PacketType, PacketId, ReasonCode, Ticket)>,
+    waiting: VecDeque<Waiting>,
 }
 
 impl DurableAcks {
@@ -28,8 +40,8 @@ impl DurableAcks {
         self.waiting.len()
     }
 
-    pub fn push(&mut self, kind: PacketType, id: PacketId, reason: ReasonCode, ticket: Ticket) {
-        self.waiting.push_back((kind, id, reason, ticket));
+    pub fn push(&mut self, ack: Waiting) {
+        self.waiting.push_back(ack);
     }
 
     /// Encodes into `out` the acknowledgements whose tickets are durable, in order; returns
@@ -41,10 +53,13 @@ impl DurableAcks {
         mut cx: Option<&mut Context<'_>>,
     ) -> usize {
         let mut released = 0;
-        while let Some((kind, id, reason, ticket)) = self.waiting.front() {
+        while let Some((kind, id, reason, ticket, gate)) = self.waiting.front() {
             let ready = match cx.as_deref_mut() {
-                Some(cx) => shard.poll_ticket(ticket, cx),
-                None => shard.ticket_ready(ticket),
+                Some(cx) => {
+                    shard.poll_ticket(ticket, cx)
+                        && gate.as_ref().is_none_or(|g| shard.poll_gate(g, cx))
+                }
+                None => shard.ticket_ready(ticket) && gate.as_ref().is_none_or(|g| g.is_open()),
             };
             if !ready {
                 break;

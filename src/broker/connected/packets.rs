@@ -13,9 +13,10 @@ use super::{CloseReason, ConnectedClient};
 use crate::broker::durability::Ticket;
 use crate::broker::mesh::Message;
 use crate::broker::metrics::add;
+use crate::broker::qos2_gate::Qos2Gate;
 use crate::broker::session::Ack;
 use crate::protocol::{
-    self, encode_ack, encode_ack_reason, Packet, PacketId, PacketType, Publish, QoS, ReasonCode,
+    self, encode_ack_reason, Packet, PacketId, PacketType, Publish, QoS, ReasonCode,
 };
 use crate::store::Record;
 
@@ -46,19 +47,32 @@ impl ConnectedClient {
         reason: ReasonCode,
         ticket: Ticket,
     ) {
+        self.ack_when_accepted(kind, id, reason, ticket, None)
+    }
+
+    /// [`Self::ack_when_durable`], and for a PUBREC behind a gate, once it is open.
+    fn ack_when_accepted(
+        &mut self,
+        kind: PacketType,
+        id: PacketId,
+        reason: ReasonCode,
+        ticket: Ticket,
+        gate: Option<Arc<Qos2Gate>>,
+    ) {
         let reason = if self.v5.is_some() {
             reason
         } else {
             ReasonCode::SUCCESS
         };
         let waiting = self.acks.as_ref().is_some_and(|a| !a.is_empty());
-        if !waiting && self.shard.ticket_ready(&ticket) {
+        if !waiting && self.shard.ticket_ready(&ticket) && gate.as_ref().is_none_or(|g| g.is_open())
+        {
             encode_ack_reason(self.wire.wbuf.encoded(), kind, id, reason);
             add(&self.shard.metrics.packets_out, 1);
         } else {
             self.acks
                 .get_or_insert_with(Box::default)
-                .push(kind, id, reason, ticket);
+                .push((kind, id, reason, ticket, gate));
         }
     }
 
@@ -68,8 +82,8 @@ impl ConnectedClient {
     }
 
     pub(super) fn handle(&mut self, packet: Packet) -> Result<(), CloseReason> {
-        // PUBACK/PUBREC/PUBREL are counted as they leave (they may wait for the disk).
-        let answers = matches!(packet, Packet::PubRel(_) | Packet::PingReq);
+        // PUBACK/PUBREC/PUBREL/PUBCOMP are counted as they leave (they may wait for the disk).
+        let answers = matches!(packet, Packet::PingReq);
         if answers {
             add(&self.shard.metrics.packets_out, 1);
         }
@@ -117,13 +131,19 @@ impl ConnectedClient {
                 self.ack_when_durable(PacketType::PubRel, id, ReasonCode::SUCCESS, ticket);
             }
             Packet::PubRel(protocol::Ack { packet_id: id, .. }) => {
+                let mut released = 0;
                 if self.session.borrow_mut().on_pubrel(id) {
-                    self.journal(|session| Record::Released {
+                    released = self.journal(|session| Record::Released {
                         session,
                         packet_id: id,
                     });
                 }
-                encode_ack(self.wire.wbuf.encoded(), PacketType::PubComp, id);
+                // After PUBCOMP the id is new again (MQTT-4.3.3): not before a restart knows.
+                let ticket = Ticket {
+                    local: released,
+                    ..Ticket::default()
+                };
+                self.ack_when_durable(PacketType::PubComp, id, ReasonCode::SUCCESS, ticket);
             }
             Packet::PubComp(protocol::Ack { packet_id: id, .. }) => {
                 let ack = self.session.borrow_mut().on_pubcomp(id);
@@ -346,18 +366,34 @@ impl ConnectedClient {
             c.set(c.get() + 1);
         }
         let before = self.shard.journal_end();
-        let forward = allowed
-            && match qos {
-                QoS::AtMostOnce | QoS::AtLeastOnce => true,
-                // MQTT-4.3.3: a repeated PUBLISH before PUBREL is acknowledged, not forwarded again.
-                QoS::ExactlyOnce => {
-                    let new = self.session.borrow_mut().on_incoming_qos2(packet_id);
-                    if new {
-                        self.journal(|session| Record::IncomingQos2 { session, packet_id });
+        // A persistent session's new QoS 2 message waits behind this gate until accepted
+        // (with `--data-dir`, see `qos2_gate`); a repeat's PUBREC waits for the first's gate.
+        let mut gate = None;
+        let forward = match qos {
+            QoS::AtMostOnce | QoS::AtLeastOnce => allowed,
+            // MQTT-4.3.3: a repeated PUBLISH before PUBREL is acknowledged, not forwarded again.
+            QoS::ExactlyOnce => {
+                let mut session = self.session.borrow_mut();
+                let new = session.on_incoming_qos2(packet_id);
+                if !new {
+                    gate = session.incoming_gate(packet_id);
+                } else if allowed {
+                    gate = self.shard.register_qos2(&session, packet_id);
+                    if let Some(gate) = &gate {
+                        session.set_incoming_gate(packet_id, gate.clone());
                     }
-                    new
+                } else {
+                    // Not forwarded: nothing to settle after a crash.
+                    drop(session);
+                    self.journal(|session| Record::IncomingQos2 {
+                        session,
+                        packet_id,
+                        reg: 0,
+                    });
                 }
-            };
+                new && allowed
+            }
+        };
         let mut ticket = Ticket::default();
         let mut reason = if allowed {
             ReasonCode::SUCCESS
@@ -365,7 +401,10 @@ impl ConnectedClient {
             ReasonCode::NOT_AUTHORIZED
         };
         if forward {
-            let message = Message::new(topic, payload, qos, retain).with_v5(v5_part);
+            let mut message = Message::new(topic, payload, qos, retain).with_v5(v5_part);
+            if let Some(gate) = &gate {
+                message = message.with_gate(gate.clone());
+            }
             let publisher = self.session.borrow().id;
             let routed = self
                 .shard
@@ -389,7 +428,13 @@ impl ConnectedClient {
                 self.ack_when_durable(PacketType::PubAck, packet_id, reason, ticket)
             }
             QoS::ExactlyOnce => {
-                self.ack_when_durable(PacketType::PubRec, packet_id, reason, ticket)
+                if let (true, Some(gate)) = (forward, &gate) {
+                    // Its gate opens once all of `ticket` and its acceptance are durable.
+                    let publisher = self.session.borrow().id;
+                    self.shard
+                        .file_qos2(ticket.clone(), publisher, packet_id, gate.clone());
+                }
+                self.ack_when_accepted(PacketType::PubRec, packet_id, reason, ticket, gate)
             }
         }
         Ok(())

@@ -33,7 +33,9 @@ pub enum StoredItem<'a> {
         subscription_id: u32,
         share: &'a Option<Arc<ShareKey>>,
     },
-    IncomingQos2(PacketId),
+    /// An incoming QoS 2 id, with its registration number while it waits for acceptance
+    /// (0: accepted).
+    IncomingQos2(PacketId, u64),
 }
 
 /// A journalled session's bookkeeping.
@@ -149,7 +151,12 @@ impl Session {
         if stored.last_packet_id != 0 {
             s.last_packet_id = stored.last_packet_id;
         }
-        s.incoming_qos2 = stored.incoming_qos2.into_iter().collect();
+        // Those still waiting for acceptance were settled away at load (`store::qos2`).
+        s.incoming_qos2 = stored
+            .incoming_qos2
+            .into_iter()
+            .map(|id| (id, None))
+            .collect();
         s
     }
 
@@ -205,8 +212,12 @@ impl Session {
                 }
             }
         }
-        for id in &self.incoming_qos2 {
-            each(StoredItem::IncomingQos2(*id));
+        for (id, gate) in &self.incoming_qos2 {
+            let reg = match gate {
+                Some(gate) if !gate.is_open() => gate.origin.reg,
+                _ => 0,
+            };
+            each(StoredItem::IncomingQos2(*id, reg));
         }
     }
 }

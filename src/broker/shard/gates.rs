@@ -1,0 +1,190 @@
+//! Accepting incoming QoS 2 PUBLISHes of persistent sessions (with `--data-dir`), so that a
+//! crash at any moment delivers each one exactly once (see `qos2_gate` and `store::qos2`).
+//!
+//! The publisher's shard numbers each such PUBLISH (its registration), routes its message
+//! behind a closed gate and files it here with the ticket of everything it wrote. The
+//! `accept_qos2` task waits for the tickets in order, writes `Qos2Accepted` for those whose
+//! sessions still wait for them, in one batch, waits for that to be durable, then opens the
+//! gates: the PUBREC goes (the publisher's connection waits on the gate) and the sessions that
+//! stopped at a closed gate, here and on every other shard, are woken.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use super::Shard;
+use crate::broker::durability::Ticket;
+use crate::broker::mesh::{ShardMessage, SubscriberId};
+use crate::broker::qos2_gate::Qos2Gate;
+use crate::protocol::PacketId;
+use crate::store::{Qos2Origin, Record};
+
+/// One incoming QoS 2 PUBLISH waiting for acceptance.
+struct Pending {
+    ticket: Ticket,
+    publisher: SubscriberId,
+    packet_id: PacketId,
+    gate: Arc<Qos2Gate>,
+}
+
+/// The shard's registrations waiting for acceptance, and who waits for their gates.
+#[derive(Default)]
+pub struct Qos2Gates {
+    /// The number the next registration gets; above every one this log gave.
+    next_reg: Cell<u64>,
+    pending: RefCell<VecDeque<Pending>>,
+    /// The `accept_qos2` task, waiting for something to be filed.
+    task: RefCell<Option<Waker>>,
+    /// Publishers' connections waiting to send a PUBREC behind a gate.
+    waiters: RefCell<Vec<Waker>>,
+    /// Sessions of this shard whose `fill` stopped at a closed gate.
+    blocked: RefCell<Vec<SubscriberId>>,
+}
+
+impl Shard {
+    /// The registration number the next incoming QoS 2 PUBLISH gets (1 for the first).
+    pub(in crate::broker) fn next_qos2_reg(&self) -> u64 {
+        self.qos2.next_reg.get().max(1)
+    }
+
+    /// A new gate for an incoming QoS 2 PUBLISH of the persistent session `publisher`,
+    /// registered in the log as its `packet_id`'s record; None without a log or for a session
+    /// not written there (nothing survives a crash to be settled then).
+    pub(in crate::broker) fn register_qos2(
+        &self,
+        publisher: &crate::broker::session::Session,
+        packet_id: PacketId,
+    ) -> Option<Arc<Qos2Gate>> {
+        let session = publisher.stored_as()?;
+        let journal = self.journal()?;
+        let reg = self.next_qos2_reg();
+        self.qos2.next_reg.set(reg + 1);
+        journal.append(&Record::IncomingQos2 {
+            session,
+            packet_id,
+            reg,
+        });
+        Some(Arc::new(Qos2Gate::new(Qos2Origin {
+            shard: self.id.0,
+            reg,
+        })))
+    }
+
+    /// Files a registered PUBLISH: its gate opens once `ticket` and its acceptance are durable.
+    pub(in crate::broker) fn file_qos2(
+        &self,
+        ticket: Ticket,
+        publisher: SubscriberId,
+        packet_id: PacketId,
+        gate: Arc<Qos2Gate>,
+    ) {
+        self.qos2.pending.borrow_mut().push_back(Pending {
+            ticket,
+            publisher,
+            packet_id,
+            gate,
+        });
+        if let Some(w) = self.qos2.task.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Whether `gate` is open; if not, `cx` is woken when gates next open here.
+    pub(in crate::broker) fn poll_gate(&self, gate: &Qos2Gate, cx: &mut Context<'_>) -> bool {
+        if gate.is_open() {
+            return true;
+        }
+        self.qos2.waiters.borrow_mut().push(cx.waker().clone());
+        false
+    }
+
+    /// The session's `fill` stopped at a closed gate: woken when gates open.
+    pub(in crate::broker) fn blocked_at_gate(&self, session: SubscriberId) {
+        let mut blocked = self.qos2.blocked.borrow_mut();
+        if blocked.last() != Some(&session) {
+            blocked.push(session);
+        }
+    }
+
+    /// Gates opened (here or on another shard): the sessions that stopped at one look again.
+    pub(in crate::broker) fn gates_opened(&self) {
+        let blocked = std::mem::take(&mut *self.qos2.blocked.borrow_mut());
+        let sessions = self.sessions.borrow();
+        for id in blocked {
+            if let Some(session) = sessions.get(id.slot, id.generation) {
+                session.borrow_mut().wake();
+            }
+        }
+    }
+}
+
+/// The shard task that accepts registered PUBLISHes; see the module docs.
+pub async fn accept_qos2(shard: Rc<Shard>) {
+    let Some(journal) = shard.journal() else {
+        return;
+    };
+    loop {
+        // The oldest filed PUBLISH whose ticket is durable (they become so in order).
+        std::future::poll_fn(|cx| {
+            let pending = shard.qos2.pending.borrow();
+            match pending.front() {
+                None => {
+                    *shard.qos2.task.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                Some(p) if shard.poll_ticket(&p.ticket, cx) => Poll::Ready(()),
+                Some(_) => Poll::Pending,
+            }
+        })
+        .await;
+        let mut ready = Vec::new();
+        {
+            let mut pending = shard.qos2.pending.borrow_mut();
+            while let Some(p) = pending.front() {
+                if !shard.ticket_ready(&p.ticket) {
+                    break;
+                }
+                ready.push(pending.pop_front().expect("front exists"));
+            }
+        }
+        let mut end = 0;
+        {
+            let sessions = shard.sessions.borrow();
+            for p in &ready {
+                let Some(session) = sessions.get(p.publisher.slot, p.publisher.generation) else {
+                    // The session ended: its registration went with it.
+                    continue;
+                };
+                let s = session.borrow();
+                let waiting = s
+                    .incoming_gate(p.packet_id)
+                    .is_some_and(|g| Arc::ptr_eq(&g, &p.gate));
+                if let (true, Some(number)) = (waiting, s.stored_as()) {
+                    end = journal.append(&Record::Qos2Accepted {
+                        session: number,
+                        packet_id: p.packet_id,
+                    });
+                }
+            }
+        }
+        if end > 0 {
+            journal.durable(end).await;
+        }
+        for p in &ready {
+            p.gate.open();
+        }
+        for w in shard.qos2.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+        shard.gates_opened();
+        if shard.shards > 1 {
+            shard
+                .router
+                .borrow_mut()
+                .broadcast(|| ShardMessage::GatesOpened);
+            shard.flush();
+        }
+    }
+}
