@@ -430,9 +430,10 @@ impl ConnectedClient {
             QoS::ExactlyOnce => {
                 if let (true, Some(gate)) = (forward, &gate) {
                     // Its gate opens once all of `ticket` and its acceptance are durable.
-                    let publisher = self.session.borrow().id;
-                    self.shard
-                        .file_qos2(ticket.clone(), publisher, packet_id, gate.clone());
+                    let publisher = self.session.borrow();
+                    ticket = self
+                        .shard
+                        .file_qos2(ticket, &publisher, packet_id, gate.clone());
                 }
                 self.ack_when_accepted(PacketType::PubRec, packet_id, reason, ticket, gate)
             }

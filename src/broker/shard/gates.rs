@@ -5,7 +5,8 @@
 //! behind a closed gate and files it here with the ticket of everything it wrote. The
 //! `accept_qos2` task waits for the tickets in order, writes `Qos2Accepted` for those whose
 //! sessions still wait for them, in one batch, waits for that to be durable, then opens the
-//! gates: the PUBREC goes (the publisher's connection waits on the gate) and the sessions that
+//! gates (a PUBLISH that wrote to this shard's log only has its acceptance written at once,
+//! behind its copies, and costs one commit, as any QoS 2 PUBLISH does): the PUBREC goes (the publisher's connection waits on the gate) and the sessions that
 //! stopped at a closed gate, here and on every other shard, are woken.
 
 use std::cell::{Cell, RefCell};
@@ -27,6 +28,8 @@ struct Pending {
     publisher: SubscriberId,
     packet_id: PacketId,
     gate: Arc<Qos2Gate>,
+    /// Its `Qos2Accepted` is written already (in `ticket`): see [`Shard::file_qos2`].
+    accepted: bool,
 }
 
 /// The shard's registrations waiting for acceptance, and who waits for their gates.
@@ -72,23 +75,41 @@ impl Shard {
         })))
     }
 
-    /// Files a registered PUBLISH: its gate opens once `ticket` and its acceptance are durable.
+    /// Files a registered PUBLISH, routed with `ticket` (what it wrote so far): its gate opens
+    /// once that and its acceptance are durable. When it wrote to this shard's log only, its
+    /// acceptance is written now, behind its copies: the log becomes durable in order, so
+    /// once the acceptance is, they are, and one commit does for both. Returns what the
+    /// PUBREC then waits for.
     pub(in crate::broker) fn file_qos2(
         &self,
-        ticket: Ticket,
-        publisher: SubscriberId,
+        mut ticket: Ticket,
+        publisher: &crate::broker::session::Session,
         packet_id: PacketId,
         gate: Arc<Qos2Gate>,
-    ) {
+    ) -> Ticket {
+        let mut accepted = false;
+        if let (true, Some(journal), Some(number)) = (
+            ticket.remote.is_empty(),
+            self.journal(),
+            publisher.stored_as(),
+        ) {
+            ticket.local = journal.append(&Record::Qos2Accepted {
+                session: number,
+                packet_id,
+            });
+            accepted = true;
+        }
         self.qos2.pending.borrow_mut().push_back(Pending {
-            ticket,
-            publisher,
+            ticket: ticket.clone(),
+            publisher: publisher.id,
             packet_id,
             gate,
+            accepted,
         });
         if let Some(w) = self.qos2.task.borrow_mut().take() {
             w.wake();
         }
+        ticket
     }
 
     /// Whether `gate` is open; if not, `cx` is woken when gates next open here.
@@ -152,7 +173,7 @@ pub async fn accept_qos2(shard: Rc<Shard>) {
         let mut end = 0;
         {
             let sessions = shard.sessions.borrow();
-            for p in &ready {
+            for p in ready.iter().filter(|p| !p.accepted) {
                 let Some(session) = sessions.get(p.publisher.slot, p.publisher.generation) else {
                     // The session ended: its registration went with it.
                     continue;
