@@ -164,9 +164,13 @@ pub(super) async fn setup(spec: ClientSpec, plan: &Plan) -> Result<Conn, String>
     Ok(conn)
 }
 
-/// Where a client connects: subscribers to `subscriber_addr` (the far side of a bridge, when
-/// it differs), everyone else to `addr`.
+/// Where a client connects: with `--spread-ports`, its turn of the ports; otherwise
+/// subscribers to `subscriber_addr` (the far side of a bridge, when it differs), everyone else
+/// to `addr`.
 pub(super) fn addr_of(plan: &Plan, spec: ClientSpec) -> std::net::SocketAddr {
+    if !plan.spread.is_empty() {
+        return plan.spread[spec.index % plan.spread.len()];
+    }
     match spec.subscriber {
         Some(_) if spec.publisher.is_none() => plan.subscriber_addr,
         _ => plan.addr,

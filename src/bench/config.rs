@@ -45,6 +45,8 @@ pub struct BenchConfig {
     /// Subscribers connect to this port of `host` instead: the far side of a bridge, with
     /// publishers on the near side. Not with mesh (its clients both publish and subscribe).
     pub subscribe_port: Option<u16>,
+    /// More ports of `host`: clients are dealt round robin over `port` and these.
+    pub spread_ports: Vec<u16>,
     /// Wait this long after every subscription is acknowledged before publishing: time for
     /// a subscription to reach the other nodes of a cluster or the far side of a bridge.
     pub settle: Duration,
@@ -102,6 +104,7 @@ impl Default for BenchConfig {
             host: "127.0.0.1".into(),
             port: 1883,
             subscribe_port: None,
+            spread_ports: Vec::new(),
             settle: Duration::ZERO,
             transport: Transport::Mqtt,
             tls: TlsOptions::default(),
@@ -165,6 +168,9 @@ pub struct Plan {
     pub addr: SocketAddr,
     /// Where subscribers connect (`addr` unless `subscribe_port` says otherwise).
     pub subscriber_addr: SocketAddr,
+    /// With `spread_ports`: `addr` and the others, over which clients are dealt (client `i`
+    /// to `spread[i % len]`); empty otherwise.
+    pub spread: Vec<SocketAddr>,
     pub publishers: usize,
     pub subscribers: usize,
     /// Mesh: publisher i and subscriber i share one connection.
@@ -264,6 +270,22 @@ impl BenchConfig {
         if let Some(port) = self.subscribe_port {
             subscriber_addr.set_port(port);
         }
+        if self.subscribe_port.is_some() && !self.spread_ports.is_empty() {
+            return Err(invalid(
+                "spread-ports",
+                "clients are dealt over the ports; --subscribe-port would say otherwise",
+            ));
+        }
+        let spread = match self.spread_ports.is_empty() {
+            true => Vec::new(),
+            false => std::iter::once(addr)
+                .chain(self.spread_ports.iter().map(|&port| {
+                    let mut other = addr;
+                    other.set_port(port);
+                    other
+                }))
+                .collect(),
+        };
         let dial = self.dial()?;
         let run_id = run_id();
         let prefix = format!("surgemq-bench/{run_id}");
@@ -279,6 +301,7 @@ impl BenchConfig {
             config: self.clone(),
             addr,
             subscriber_addr,
+            spread,
             publishers,
             subscribers,
             shared_connections: self.scenario == Scenario::Mesh && subscribers > 0,
@@ -389,6 +412,25 @@ pub(super) mod tests {
         .unwrap();
         assert_eq!((p.publishers, p.subscribers), (20, 0));
         assert!(!p.shared_connections);
+    }
+
+    #[test]
+    fn spread_ports_deal_clients_over_every_port() {
+        let p = BenchConfig {
+            spread_ports: vec![2001, 2002],
+            ..config(Scenario::Mesh)
+        }
+        .plan()
+        .unwrap();
+        let ports: Vec<u16> = p.spread.iter().map(|a| a.port()).collect();
+        assert_eq!(ports, [p.addr.port(), 2001, 2002]);
+        let both = BenchConfig {
+            spread_ports: vec![2001],
+            subscribe_port: Some(2002),
+            ..config(Scenario::FanOut)
+        };
+        assert_eq!(flag_of(both), "spread-ports");
+        assert!(config(Scenario::Pair).plan().unwrap().spread.is_empty());
     }
 
     #[test]

@@ -86,6 +86,11 @@ struct LoadArgs {
     /// publishers on the near side); not with mesh.
     #[arg(long)]
     subscribe_port: Option<u16>,
+    /// More ports of --host (the other nodes of a cluster, say): clients are dealt round
+    /// robin over --port and these, publishers and subscribers alike; not with
+    /// --subscribe-port.
+    #[arg(long, value_delimiter = ',', conflicts_with = "subscribe_port")]
+    spread_ports: Vec<u16>,
     /// Wait this long after every subscription is acknowledged before publishing (e.g. 1s:
     /// time for subscriptions to reach the other nodes of a cluster) [default: 0].
     #[arg(long, value_parser = parse_duration)]
@@ -211,6 +216,7 @@ impl LoadArgs {
             host: self.host,
             port: self.port,
             subscribe_port: self.subscribe_port,
+            spread_ports: self.spread_ports.clone(),
             settle: self.settle.unwrap_or_default(),
             transport,
             tls: TlsOptions {
