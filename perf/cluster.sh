@@ -7,12 +7,6 @@
 # perf/results/. Env: SCENARIO (pair).
 set -u
 SCENARIO=${SCENARIO:-pair}
-FMT=$(cat <<'PY'
-import json, sys
-r = json.load(sys.stdin)
-print(f"{r['mps']:.0f} missing={r['missing']} p50={r['latency_p50_us']:.0f}us")
-PY
-)
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
@@ -26,8 +20,8 @@ $B serve --listen 127.0.0.1:$BB --shards 1 --log-level warn --cluster nats://127
 wait_port $A && wait_port $BB
 for rep in 1 2 3; do
   for q in 0 1; do
-    one=$($B bench $SCENARIO --port $A --qos $q --duration 5 --window 1000 --json 2>/dev/null | python3 -c "$FMT")
-    cross=$($B bench $SCENARIO --port $A --subscribe-port $BB --qos $q --duration 5 --window 1000 --drain 10s --settle 1s --json 2>/dev/null | python3 -c "$FMT")
+    one=$($B bench $SCENARIO --port $A --qos $q --duration 5 --window 1000 --json 2>/dev/null | bench_line)
+    cross=$($B bench $SCENARIO --port $A --subscribe-port $BB --qos $q --duration 5 --window 1000 --drain 10s --settle 1s --json 2>/dev/null | bench_line)
     echo "$SCENARIO rep $rep qos $q one-node: $one | cross-node: $cross"
   done
 done

@@ -9,12 +9,6 @@
 set -u
 REPS=${REPS:-3}
 SCENARIOS=${SCENARIOS:-"fan-out mesh"}
-FMT=$(cat <<'PY'
-import json, sys
-r = json.load(sys.stdin)
-print(f"{r['mps']:.0f} missing={r['missing']} p50={r['latency_p50_us']:.0f}us")
-PY
-)
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
@@ -38,8 +32,8 @@ OTHERS="${PORTS[1]},${PORTS[2]}"
 for rep in $(seq 1 "$REPS"); do
   for s in $SCENARIOS; do
     for q in 0 1; do
-      one=$($B bench "$s" --port "$ALONE" --qos "$q" --duration 5 --window 1000 --json 2>/dev/null | python3 -c "$FMT")
-      three=$($B bench "$s" --port "${PORTS[0]}" --spread-ports "$OTHERS" --qos "$q" --duration 5 --window 1000 --drain 10s --settle 1s --json 2>/dev/null | python3 -c "$FMT")
+      one=$($B bench "$s" --port "$ALONE" --qos "$q" --duration 5 --window 1000 --json 2>/dev/null | bench_line)
+      three=$($B bench "$s" --port "${PORTS[0]}" --spread-ports "$OTHERS" --qos "$q" --duration 5 --window 1000 --drain 10s --settle 1s --json 2>/dev/null | bench_line)
       echo "$s rep $rep qos $q one-node: $one | three-nodes: $three"
     done
   done

@@ -241,3 +241,10 @@ finish_checks() {
   echo "$PASSED passed, $FAILED failed$extra"
   [ "$FAILED" -eq 0 ]
 }
+
+# One line from `surgemq bench --json` on stdin: deliveries per second, missing, p50 latency.
+bench_line() {
+  python3 -c 'import json, sys
+r = json.load(sys.stdin)
+print("%.0f missing=%s p50=%.0fus" % (r["mps"], r["missing"], r["latency_p50_us"]))'
+}

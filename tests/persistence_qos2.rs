@@ -20,14 +20,16 @@
 //! which frees the publisher's packet id, waits for that to be durable as well.
 
 mod common;
+mod fault_util;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use fault_util::{Dirs, FaultyBroker};
 use surgemq::protocol::{Ack, Packet, QoS};
 
 /// How long nothing must arrive for what the broker must not send (a PUBREC before the
@@ -46,56 +48,6 @@ const TOPIC: &str = "qos2/t";
 /// once it has this (messages from one shard to another keep their order).
 const END: &[u8] = b"end";
 
-// ----- data directories and crashes -----------------------------------------------------------
-
-/// A test's directory under the system's temporary one, removed at the end.
-struct Dirs {
-    root: PathBuf,
-}
-
-impl Dirs {
-    fn new(name: &str) -> Dirs {
-        let root = std::env::temp_dir().join(format!(
-            "surgemq-persistence-qos2-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).expect("create the test directory");
-        Dirs { root }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.root.join("data")
-    }
-
-    /// A crash now: the bytes of `data` as SIGKILL would leave them, in a directory of their
-    /// own to start again from.
-    fn crash(&self, data: &Path) -> PathBuf {
-        let image = self.root.join("image");
-        copy_dir(data, &image);
-        image
-    }
-}
-
-impl Drop for Dirs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create the copy");
-    for entry in std::fs::read_dir(from).expect("read the data directory") {
-        let entry = entry.expect("a directory entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("a file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy a file");
-        }
-    }
-}
-
 // ----- brokers --------------------------------------------------------------------------------
 
 /// A broker on `data`; with `fault`, `shard`'s log commits fail while the counter is above 0.
@@ -113,38 +65,18 @@ fn start(data: &Path, fault: Option<(Arc<AtomicU32>, usize)>) -> Broker {
     })
 }
 
-/// The broker with the fault hook on one shard; the fault is cleared before it stops, so it
-/// can stop.
-struct FaultyBroker {
-    broker: Option<Broker>,
-    full: Arc<AtomicU32>,
-}
-
-impl FaultyBroker {
-    /// A broker on `data` whose shard `shard` can be given a full disk.
-    fn start(data: &Path, shard: usize) -> FaultyBroker {
-        let full = Arc::new(AtomicU32::new(0));
-        FaultyBroker {
-            broker: Some(start(data, Some((full.clone(), shard)))),
-            full,
-        }
-    }
-
-    fn broker(&self) -> &Broker {
-        self.broker.as_ref().expect("running")
-    }
-
-    fn disk_full(&self, full: bool) {
-        self.full
-            .store(if full { u32::MAX } else { 0 }, Ordering::Relaxed);
-    }
-}
-
-impl Drop for FaultyBroker {
-    fn drop(&mut self) {
-        self.disk_full(false);
-        drop(self.broker.take());
-    }
+/// A test's directory, its data directory, a broker on it whose shard `full_shard` can be
+/// given a full disk, and the client ids of Q and P (at home on [`Q_SHARD`], [`P_SHARD`]).
+fn setup(name: &str, full_shard: usize) -> (Dirs, PathBuf, FaultyBroker, String, String) {
+    let dirs = Dirs::new(name);
+    let data = dirs.data();
+    let full = Arc::new(AtomicU32::new(0));
+    let b = FaultyBroker::new(start(&data, Some((full.clone(), full_shard))), full);
+    let (q_id, p_id) = (
+        b.broker().id_on("q", Q_SHARD),
+        b.broker().id_on("p", P_SHARD),
+    );
+    (dirs, data, b, q_id, p_id)
 }
 
 // ----- clients --------------------------------------------------------------------------------
@@ -296,12 +228,8 @@ fn resume(broker: &Broker, id: &str) -> RawClient {
 /// forget the id, and the publisher's re-sent PUBLISH would be forwarded again.
 #[test]
 fn qos2_is_exactly_once_across_a_crash_when_the_publishers_disk_is_full() {
-    let dirs = Dirs::new("publisher-full");
-    let data = dirs.data();
-    let b = FaultyBroker::start(&data, P_SHARD);
+    let (dirs, data, b, q_id, p_id) = setup("qos2-publisher-full", P_SHARD);
     let broker = b.broker();
-    let q_id = broker.id_on("q", Q_SHARD);
-    let p_id = broker.id_on("p", P_SHARD);
     let mut q = subscribed(broker, &q_id);
     let mut p = new_session(broker, &p_id);
 
@@ -348,12 +276,8 @@ fn qos2_is_exactly_once_across_a_crash_when_the_publishers_disk_is_full() {
 /// had PUBREC and PUBCOMP for its re-sent PUBLISH.
 #[test]
 fn qos2_is_exactly_once_across_a_crash_when_the_subscribers_disk_is_full() {
-    let dirs = Dirs::new("subscriber-full");
-    let data = dirs.data();
-    let b = FaultyBroker::start(&data, Q_SHARD);
+    let (dirs, data, b, q_id, p_id) = setup("qos2-subscriber-full", Q_SHARD);
     let broker = b.broker();
-    let q_id = broker.id_on("q", Q_SHARD);
-    let p_id = broker.id_on("p", P_SHARD);
     subscribed(broker, &q_id).disconnect();
     let mut p = new_session(broker, &p_id);
 
@@ -391,7 +315,7 @@ fn qos2_is_exactly_once_across_a_crash_when_the_subscribers_disk_is_full() {
 #[test]
 fn completed_qos2_flows_stay_completed_across_a_crash() {
     const MESSAGES: u16 = 20;
-    let dirs = Dirs::new("completed");
+    let dirs = Dirs::new("qos2-completed");
     let data = dirs.data();
     let broker = start(&data, None);
     let q_id = broker.id_on("q", Q_SHARD);
@@ -426,12 +350,8 @@ fn completed_qos2_flows_stay_completed_across_a_crash() {
 /// for a repeat and not forwarded, although the publisher got PUBREC and PUBCOMP for it.
 #[test]
 fn pubcomp_waits_until_the_freed_packet_id_is_durable() {
-    let dirs = Dirs::new("pubcomp");
-    let data = dirs.data();
-    let b = FaultyBroker::start(&data, P_SHARD);
+    let (dirs, data, b, q_id, p_id) = setup("qos2-pubcomp", P_SHARD);
     let broker = b.broker();
-    let q_id = broker.id_on("q", Q_SHARD);
-    let p_id = broker.id_on("p", P_SHARD);
     let mut q = subscribed(broker, &q_id);
     let mut p = new_session(broker, &p_id);
     p.send(&publish(TOPIC, b"a", 2, false, false, 1));

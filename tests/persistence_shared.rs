@@ -9,65 +9,21 @@
 //! the log is written with direct I/O and a failing commit writes nothing) and started again.
 
 mod common;
+mod fault_util;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use fault_util::{Dirs, FaultyBroker};
 
 /// Long enough that a PUBACK sent without waiting would surely have arrived.
 const MUST_WAIT: Duration = Duration::from_millis(800);
 const SHARDS: usize = 3;
 /// Where the second member lives, and whose disk fails.
 const FULL_SHARD: usize = 2;
-
-struct Dirs {
-    root: PathBuf,
-}
-
-impl Dirs {
-    fn new(name: &str) -> Dirs {
-        let root = std::env::temp_dir().join(format!(
-            "surgemq-persistence-shared-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).expect("create the test directory");
-        Dirs { root }
-    }
-}
-
-impl Drop for Dirs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-/// The broker with the fault hook; the fault is cleared before it stops, so it can stop.
-struct FaultyBroker {
-    broker: Option<Broker>,
-    full: Arc<AtomicU32>,
-}
-
-impl FaultyBroker {
-    fn broker(&self) -> &Broker {
-        self.broker.as_ref().expect("running")
-    }
-
-    fn disk_full(&self, full: bool) {
-        self.full
-            .store(if full { u32::MAX } else { 0 }, Ordering::Relaxed);
-    }
-}
-
-impl Drop for FaultyBroker {
-    fn drop(&mut self) {
-        self.disk_full(false);
-        drop(self.broker.take());
-    }
-}
 
 fn start(data: &Path, full: Option<Arc<AtomicU32>>) -> Broker {
     start_with(data, full, |_| {})
@@ -90,19 +46,6 @@ fn start_with(
     };
     tweak(&mut config);
     Broker::with_config(config)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create the copy");
-    for entry in std::fs::read_dir(from).expect("read the data directory") {
-        let entry = entry.expect("a directory entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("a file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy a file");
-        }
-    }
 }
 
 /// A new connection of a client whose home is `shard`, with `payload` published at QoS 1
@@ -166,13 +109,10 @@ use surgemq::protocol::Packet;
 
 #[test]
 fn a_redispatched_shared_message_is_acknowledged_once_durable_where_it_went() {
-    let dirs = Dirs::new("redispatch");
-    let data = dirs.root.join("data");
+    let dirs = Dirs::new("shared-redispatch");
+    let data = dirs.data();
     let full = Arc::new(AtomicU32::new(0));
-    let b = FaultyBroker {
-        broker: Some(start(&data, Some(full.clone()))),
-        full,
-    };
+    let b = FaultyBroker::new(start(&data, Some(full.clone())), full);
     let broker = b.broker();
     // Two groups, each with a member on shard 1 and one on shard 2: every shard sees a group
     // in that order (by shard), so each shard's round robin starts with the member on 1.
@@ -205,8 +145,7 @@ fn a_redispatched_shared_message_is_acknowledged_once_durable_where_it_went() {
     let acked4 = acked_soon(&mut p4);
 
     // A crash now, and a start from what it left.
-    let image = dirs.root.join("image");
-    copy_dir(&data, &image);
+    let image = dirs.crash(&data);
     let acked: Vec<&[u8]> = [
         (&b"1"[..], true),
         (b"2", acked2),
@@ -296,8 +235,7 @@ fn publish_acked(broker: &Broker, name: &str, topic: &str, payloads: &[&[u8]]) {
 /// Takes the crash image of `data` now, starts a broker on it and collects what the sessions
 /// `ids` find; returns which of `acked` none of them got.
 fn lost_in_a_crash(dirs: &Dirs, data: &Path, ids: &[&String], acked: &[&[u8]]) -> Vec<String> {
-    let image = dirs.root.join("image");
-    copy_dir(data, &image);
+    let image = dirs.crash(data);
     let mut delivered = Vec::new();
     {
         let restarted = start_with(&image, None, |c| c.max_queued_messages = ROOM);
@@ -314,15 +252,13 @@ fn lost_in_a_crash(dirs: &Dirs, data: &Path, ids: &[&String], acked: &[&[u8]]) -
 
 #[test]
 fn messages_a_member_hands_on_as_its_session_ends_survive_a_crash() {
-    let dirs = Dirs::new("ended");
-    let data = dirs.root.join("data");
+    let dirs = Dirs::new("shared-ended");
+    let data = dirs.data();
     let full = Arc::new(AtomicU32::new(0));
-    let b = FaultyBroker {
-        broker: Some(start_with(&data, Some(full.clone()), |c| {
-            c.max_queued_messages = ROOM
-        })),
+    let b = FaultyBroker::new(
+        start_with(&data, Some(full.clone()), |c| c.max_queued_messages = ROOM),
         full,
-    };
+    );
     let broker = b.broker();
     // The member on shard 1 is the group's only one while "1" and "2" are acknowledged.
     let ending = offline_member(broker, "ending", 1, "e", None);
@@ -352,16 +288,16 @@ fn messages_a_member_hands_on_as_its_session_ends_survive_a_crash() {
 
 #[test]
 fn messages_a_member_withdraws_with_shared_redispatch_survive_a_crash() {
-    let dirs = Dirs::new("withdrawn");
-    let data = dirs.root.join("data");
+    let dirs = Dirs::new("shared-withdrawn");
+    let data = dirs.data();
     let full = Arc::new(AtomicU32::new(0));
-    let b = FaultyBroker {
-        broker: Some(start_with(&data, Some(full.clone()), |c| {
+    let b = FaultyBroker::new(
+        start_with(&data, Some(full.clone()), |c| {
             c.max_queued_messages = ROOM;
             c.shared_redispatch = true;
-        })),
+        }),
         full,
-    };
+    );
     let broker = b.broker();
     // The member on shard 1 is online and the group's only one: it receives "1" and "2" and
     // does not acknowledge them.
@@ -397,15 +333,13 @@ fn messages_a_member_withdraws_with_shared_redispatch_survive_a_crash() {
 
 #[test]
 fn messages_handed_on_to_a_member_that_cannot_take_them_survive_a_crash() {
-    let dirs = Dirs::new("refused");
-    let data = dirs.root.join("data");
+    let dirs = Dirs::new("shared-refused");
+    let data = dirs.data();
     let full = Arc::new(AtomicU32::new(0));
-    let b = FaultyBroker {
-        broker: Some(start_with(&data, Some(full.clone()), |c| {
-            c.max_queued_messages = ROOM
-        })),
+    let b = FaultyBroker::new(
+        start_with(&data, Some(full.clone()), |c| c.max_queued_messages = ROOM),
         full,
-    };
+    );
     let broker = b.broker();
     let ending = offline_member(broker, "ending", 1, "r", None);
     publish_acked(broker, "p", "r/t", &[b"1", b"2"]);
@@ -437,15 +371,13 @@ fn messages_handed_on_to_a_member_that_cannot_take_them_survive_a_crash() {
 
 #[test]
 fn messages_of_a_session_replaced_before_a_crash_go_to_the_group_after_it() {
-    let dirs = Dirs::new("replaced");
-    let data = dirs.root.join("data");
+    let dirs = Dirs::new("shared-replaced");
+    let data = dirs.data();
     let full = Arc::new(AtomicU32::new(0));
-    let b = FaultyBroker {
-        broker: Some(start_with(&data, Some(full.clone()), |c| {
-            c.max_queued_messages = ROOM
-        })),
+    let b = FaultyBroker::new(
+        start_with(&data, Some(full.clone()), |c| c.max_queued_messages = ROOM),
         full,
-    };
+    );
     let broker = b.broker();
     let ending = broker.id_on("ending", 1);
     let mut c = broker.connect_with(&ConnectBuilder::new(&ending).clean(false).username("u1"));
