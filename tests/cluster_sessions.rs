@@ -187,3 +187,62 @@ fn a_moved_session_is_durable_on_its_new_node() {
     assert_eq!(got, want);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A node that was down comes back with `--data-dir` and the session it held, while its
+/// client went on with a new session on another node: when the client resumes, the copies
+/// are merged. Nothing either node acknowledged is lost: the old copy's messages come first,
+/// then the new one's, and the client keeps the subscriptions it made last.
+#[test]
+fn a_session_left_on_a_node_that_was_down_is_merged_when_its_client_resumes() {
+    let nats = Nats::start();
+    let dir = std::env::temp_dir().join(format!("surgemq-cluster-merge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = ["--data-dir", dir.to_str().unwrap()];
+    let mut a = NodeProcess::start_with("a", &nats.url(0), &data);
+    let b = NodeProcess::start("b", &nats.url(1));
+    let roamer = ConnectBuilder::new("roamer").clean(false);
+    let connect = |node: &NodeProcess, connack: [u8; 4]| {
+        let mut c = RawClient::open(node.addr());
+        c.send(&roamer.build());
+        c.expect_bytes(&connack);
+        c
+    };
+    // On a: subscribed, away, two messages queued (acknowledged, on a's disk); a dies.
+    let mut client = connect(&a, [0x20, 0x02, 0x00, 0x00]);
+    client.subscribe(1, &[("old/#", 1)]);
+    client.crash_and_wait();
+    let mut publisher = connect_to(a.addr(), "publisher-a");
+    publisher.publish1("old/1", b"before 1", false, 1);
+    publisher.publish1("old/2", b"before 2", false, 2);
+    a.kill();
+    // The client goes to b: a cannot answer, so a new session (Session Present 0).
+    let mut client = connect(&b, [0x20, 0x02, 0x00, 0x00]);
+    client.subscribe(1, &[("new/#", 1)]);
+    client.crash_and_wait();
+    let mut publisher = connect_to(b.addr(), "publisher-b");
+    publisher.publish1("new/1", b"after 1", false, 1);
+    // a comes back with its copy; the client resumes there: both copies, merged.
+    let a = NodeProcess::start_with("a", &nats.url(0), &data);
+    // Once a knows b again (b's interest has reached it), so a waits for b's answer.
+    let mut probe_sub = connect_to(b.addr(), "probe-sub");
+    probe_sub.subscribe(1, &[("probe/m", 0)]);
+    let mut probe_pub = connect_to(a.addr(), "probe-pub");
+    until_connected(&mut probe_pub, &mut probe_sub, "probe/m");
+    let mut client = connect(&a, [0x20, 0x02, 0x01, 0x00]);
+    let got: Vec<Vec<u8>> = (0..3)
+        .map(|_| {
+            let (p, _) = client.next_publish();
+            client.ack(&p);
+            p.payload.to_vec()
+        })
+        .collect();
+    assert_eq!(got, [&b"before 1"[..], b"before 2", b"after 1"]);
+    client.expect_nothing();
+    // The subscriptions are the ones made last (on b): new/# only.
+    let mut publisher = connect_to(a.addr(), "publisher-a2");
+    publisher.publish1("old/3", b"not any more", false, 1);
+    publisher.publish1("new/2", b"after 2", false, 2);
+    let (p, _) = client.next_publish();
+    assert_eq!(&p.payload[..], b"after 2");
+    let _ = std::fs::remove_dir_all(&dir);
+}

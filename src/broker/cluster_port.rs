@@ -43,14 +43,15 @@ pub enum ClusterEvent {
     /// A client connected here with this id at this time (Unix microseconds): a session of it
     /// on another node that connected earlier ends there (MQTT-3.1.4-2 across the cluster).
     Claimed(String, u64),
-    /// As `Claimed`, by a client that resumes its session: the node that holds the session
-    /// hands it over (see [`HandedSession`]); the answer is None when no node does (or none
+    /// As `Claimed`, by a client that resumes its session: the nodes that hold a session of
+    /// it hand it over (see [`HandedSession`]; normally one, two after a node that was down
+    /// came back with its old copy); the answer lists them, empty when none did (or none
     /// answered in time).
     Take {
         client_id: String,
         username: Option<String>,
         at: u64,
-        answer: Answer<Option<Bytes>>,
+        answer: Answer<Vec<HandedSession>>,
     },
 }
 
@@ -341,7 +342,7 @@ impl ClusterPort {
 
     /// A client resuming its session connected here: the node that holds the session hands
     /// it over (and ends its own connection of the client, as a claim does).
-    pub fn take(&self, client_id: &str, username: Option<&str>) -> AnswerWait<Option<Bytes>> {
+    pub fn take(&self, client_id: &str, username: Option<&str>) -> AnswerWait<Vec<HandedSession>> {
         let now = unix_us();
         self.connected_at
             .borrow_mut()

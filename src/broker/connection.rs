@@ -306,9 +306,9 @@ fn start_serving(
                     .await
                     .ok()
                     .flatten()
-                    .flatten();
-                if let Some(records) = handed {
-                    shard.take_in(&connect.client_id, &records).await;
+                    .unwrap_or_default();
+                if !handed.is_empty() {
+                    shard.take_in(&connect.client_id, handed).await;
                 }
                 ConnectedClient::new(shard, wire, connect, permit, assigned, true).await
             },

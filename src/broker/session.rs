@@ -228,6 +228,9 @@ pub struct Session {
     waker: Option<Waker>,
     /// When the last connection went away (for `--session-expiry`).
     detached_at: Option<Instant>,
+    /// Restored at start and not attached since: in a cluster, a copy the client may have
+    /// left for a newer one on another node while this one was down (see `shard::handoff`).
+    pub restored_unclaimed: bool,
     /// The queue went over its limits and the publishers feeding it are told to wait, until it
     /// is back under half its limits (see `pressure`).
     pressure: bool,
@@ -280,6 +283,7 @@ impl Session {
             kicked: None,
             waker: None,
             detached_at: None,
+            restored_unclaimed: false,
             pressure: false,
             stalled: false,
             progressed: false,
@@ -337,6 +341,7 @@ impl Session {
         }
         self.attached = conn;
         self.detached_at = None;
+        self.restored_unclaimed = false;
         self.resend = self.inflight.len();
     }
 

@@ -405,12 +405,13 @@ impl Shard {
         (session, false)
     }
 
-    /// In a cluster: a client that resumes a session (CleanSession / Clean Start 0) that this
-    /// node does not hold asks the other nodes for it; the wait ends with the session one of
-    /// them handed over, or None. None (no need to ask) otherwise. See `shard::handoff`.
-    pub fn cluster_take(&self, connect: &Connect) -> Option<AnswerWait<Option<HandedSession>>> {
+    /// In a cluster: a client that resumes a session (CleanSession / Clean Start 0) asks the
+    /// other nodes for theirs (even with one here: after a node was down, both it and the node
+    /// the client went to meanwhile hold one); the wait ends with the sessions they handed
+    /// over. None (no need to ask) otherwise. See `shard::handoff`.
+    pub fn cluster_take(&self, connect: &Connect) -> Option<AnswerWait<Vec<HandedSession>>> {
         let port = self.cluster.get()?;
-        if connect.clean_session || self.sessions.borrow().find(&connect.client_id).is_some() {
+        if connect.clean_session {
             return None;
         }
         Some(port.take(&connect.client_id, connect.username.as_deref()))

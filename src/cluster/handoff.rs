@@ -1,17 +1,19 @@
-//! Persistent sessions moving between nodes, over NATS: a client that resumes its session on
-//! a node that does not hold it makes that node ask the others for it, and the one that holds
-//! it hands it over (see `broker::shard::handoff` for what travels and how it is made live).
+//! Persistent sessions moving between nodes, over NATS: a client that resumes its session
+//! makes its node ask the others for theirs, and a node that holds one hands it over (see
+//! `broker::shard::handoff` for what travels, how copies are merged and how it is made live).
 //!
 //! The question is the client's claim itself (`$SMQ.claim`) with a reply subject and
-//! [`TAKE`]: every node answers, the holder with the session's records (in chunks below the
-//! NATS server's max payload), the others with an empty message, so the asking node knows
-//! when to stop listening without waiting out its timeout. A node that is down cannot answer:
-//! after [`TAKE_WAIT`] the client gets a new session, and the miss is counted.
+//! [`TAKE`]: every node answers, a holder with the session's records (in chunks below the
+//! NATS server's max payload, named by the node that sends them), the others with an empty
+//! message, so the asking node knows when to stop listening without waiting out its timeout.
+//! A node that is down cannot answer: after [`TAKE_WAIT`] the client goes on without what it
+//! held, and the miss is counted.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ahash::AHashMap;
 use async_nats::HeaderMap;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -28,6 +30,8 @@ pub const TAKE: &str = "Smq-Take";
 const USER: &str = "Smq-User";
 /// On a handed session's chunk: `INDEX COUNT`.
 const CHUNK: &str = "Smq-Chunk";
+/// On a handed session's chunk: the node (incarnation) that sends it.
+const FROM: &str = "Smq-From";
 
 /// How long a node asking for a session waits for the other nodes' answers (and for each
 /// further chunk of a session being handed over).
@@ -60,15 +64,14 @@ pub fn wants_session(headers: &HeaderMap) -> Option<Option<ByteStr>> {
 }
 
 /// Asks the other nodes for a client's session: publishes the take (a claim, with `headers`
-/// made by the claim path and [`take_headers`]) and answers
-/// with the session the holder sends, or None once every known node said it has none or
-/// [`TAKE_WAIT`] passed.
+/// made by the claim path and [`take_headers`]) and answers with the sessions the holders
+/// sent, once every known node answered or [`TAKE_WAIT`] passed.
 pub async fn take(
     client: async_nats::Client,
     headers: HeaderMap,
     client_id: String,
     shared: Arc<ClusterShared>,
-    answer: Answer<Option<HandedSession>>,
+    answer: Answer<Vec<HandedSession>>,
 ) {
     let inbox = client.new_inbox();
     let mut replies = match client.subscribe(inbox.clone()).await {
@@ -98,41 +101,51 @@ pub async fn take(
     let wait = if known == 0 { ALONE_WAIT } else { TAKE_WAIT };
     let mut deadline = Instant::now() + wait;
     let mut answered = 0;
-    let mut chunks = BytesMut::new();
+    // Each node answers on its own connection, so one node's chunks come in order; chunks
+    // of two nodes may interleave, so they gather by the answering node.
+    let mut chunks: AHashMap<String, BytesMut> = AHashMap::new();
+    let mut sessions = Vec::new();
     loop {
         let Ok(Some(m)) = timeout_at(deadline, replies.next()).await else {
             if known > 0 && answered < known {
                 shared.sessions_missed.fetch_add(1, Ordering::Relaxed);
-                warn!(client = %client_id, answered, known, "cluster: not every node answered whether it holds the session of a client resuming it; it starts a new one");
+                warn!(client = %client_id, answered, known, "cluster: not every node answered whether it holds the session of a client resuming it; what did not come is missed");
             }
-            return;
+            break;
         };
-        let chunk = m
-            .headers
-            .as_ref()
+        let headers = m.headers.as_ref();
+        let chunk = headers
             .and_then(|h| h.get(CHUNK))
             .and_then(|v| parse_chunk(v.as_str()));
         let Some((index, count)) = chunk else {
             answered += 1;
             if answered >= known {
-                return;
+                break;
             }
             continue;
         };
-        chunks.extend_from_slice(&m.payload);
+        let from = headers
+            .and_then(|h| h.get(FROM))
+            .map_or_else(String::new, |v| v.to_string());
+        let gathered = chunks.entry(from.clone()).or_default();
+        gathered.extend_from_slice(&m.payload);
         if index + 1 == count {
-            if answer.is_abandoned() {
-                shared.sessions_missed.fetch_add(1, Ordering::Relaxed);
-                warn!(client = %client_id, "cluster: a session came from another node after its client stopped waiting; it is lost");
-                return;
+            let records = chunks.remove(&from).unwrap_or_default().freeze();
+            info!(client = %client_id, bytes = records.len(), node = %from, "cluster: session handed over by another node");
+            sessions.push(records);
+            answered += 1;
+            if answered >= known {
+                break;
             }
-            info!(client = %client_id, bytes = chunks.len(), "cluster: session handed over by another node");
-            answer.send(Some(chunks.freeze()));
-            return;
         }
         // A large session: each chunk has its own time to come.
-        deadline = Instant::now() + TAKE_WAIT;
+        deadline = deadline.max(Instant::now() + TAKE_WAIT);
     }
+    if !sessions.is_empty() && answer.is_abandoned() {
+        shared.sessions_missed.fetch_add(1, Ordering::Relaxed);
+        warn!(client = %client_id, "cluster: sessions came from other nodes after their client stopped waiting; they are lost");
+    }
+    answer.send(sessions);
 }
 
 fn parse_chunk(text: &str) -> Option<(usize, usize)> {
@@ -148,6 +161,7 @@ pub fn hand_over(
     client: async_nats::Client,
     reply: async_nats::Subject,
     username: Option<ByteStr>,
+    node: String,
 ) -> (Box<HandOver>, impl std::future::Future<Output = ()>) {
     let (sender, wait) = answer();
     let request = Box::new(HandOver {
@@ -172,6 +186,7 @@ pub fn hand_over(
             let part = records.slice(index * size..((index + 1) * size).min(records.len()));
             let mut headers = HeaderMap::new();
             headers.insert(CHUNK, format!("{index} {count}").as_str());
+            headers.insert(FROM, node.as_str());
             if let Err(e) = client
                 .publish_with_headers(reply.clone(), headers, part)
                 .await

@@ -21,9 +21,9 @@
 //!   routes it to this node's subscribers only. One publisher's messages keep their order.
 //! - **Sessions.** A client id is one session in the cluster: a connect on this node claims
 //!   it (`$SMQ.claim`), and a node that had a connection of it ends that one. A client that
-//!   resumes a persistent session this node does not hold asks for it with its claim, and
-//!   the node that holds it hands it over, messages in flight and queued included
-//!   ([`handoff`]).
+//!   resumes a persistent session asks the other nodes for theirs with its claim, and a node
+//!   that holds one hands it over, messages in flight and queued included ([`handoff`]);
+//!   copies from a node that was down and came back are merged.
 //!
 //! What crosses nodes crosses at most once (NATS core): a node or NATS server that dies may
 //! lose messages in flight between nodes, whatever their QoS; a QoS 1/2 PUBACK promises

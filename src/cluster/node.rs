@@ -692,7 +692,8 @@ impl Node {
         let wants = m.headers.as_ref().and_then(handoff::wants_session);
         match (wants, m.reply) {
             (Some(username), Some(reply)) => {
-                let (request, respond) = handoff::hand_over(client.clone(), reply, username);
+                let node = self.incarnation.clone();
+                let (request, respond) = handoff::hand_over(client.clone(), reply, username, node);
                 let msg = ShardMessage::ClaimedElsewhere(ByteStr::from(id), at, Some(request));
                 if self.to_shard(home, msg).await {
                     tokio::spawn(respond);

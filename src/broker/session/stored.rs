@@ -107,6 +107,7 @@ impl Session {
             .collect();
         s.set_stored_as(stored_as);
         s.detached_at = Some(detached_at);
+        s.restored_unclaimed = true;
         let mut next_seq = 1;
         let message = |m: &crate::store::StoredMessage| {
             let (v5, _) = restored_v5(m.extras.as_deref());

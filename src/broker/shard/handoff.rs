@@ -7,6 +7,10 @@
 //! (`compaction::session_records`, framed as in a log), read back into a `StoredSession` the
 //! way a start reads a log, and made live the way a start makes a stored session live. So a
 //! moved session is exactly what a restart would have restored, with no second encoding.
+//!
+//! A node that was down and came back with `--data-dir` holds the copy it had, while the
+//! client may have gone on with a new session elsewhere: the copies then meet at the client's
+//! next resume and are merged ([`merge`]), so neither loses what was acknowledged into it.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -85,14 +89,37 @@ impl Shard {
         self.remove_session(&existing);
     }
 
-    /// Makes a session that another node handed over live here, unless a session of the
-    /// client appeared here meanwhile, and waits until it is durable (with `--data-dir`).
-    pub(in crate::broker) async fn take_in(&self, client_id: &str, records: &HandedSession) {
-        if self.sessions.borrow().find(client_id).is_some() {
-            warn!(client = %client_id, "a session handed over by another node came when the client had one here already: the one here is kept");
+    /// Makes the sessions that other nodes handed over live here as one, waiting until it is
+    /// durable (with `--data-dir`). Normally there is one. More (this node's own copy
+    /// included) when a node that was down came back with the copy it held when it went
+    /// down, while the client had gone on with a new session elsewhere: see [`merge`].
+    pub(in crate::broker) async fn take_in(&self, client_id: &str, handed: Vec<HandedSession>) {
+        let mut sessions: Vec<StoredSession> = Vec::with_capacity(handed.len() + 1);
+        for records in &handed {
+            match decode_session(records) {
+                Ok(stored) => sessions.push(stored),
+                Err(why) => {
+                    warn!(client = %client_id, "a session handed over by another node is not usable ({why}); it is lost")
+                }
+            }
+        }
+        if sessions.is_empty() {
             return;
         }
-        if self.install_handed(records).is_some() {
+        let local = self.sessions.borrow().find(client_id);
+        if let Some(local) = local {
+            let own = decode_session(&encode_session(&local.borrow()));
+            if let (Ok(own), false) = (own, local.borrow().clean) {
+                sessions.push(own);
+            }
+            // Its connection here, if any, is taken over by the one being opened.
+            local.borrow_mut().kick(Kick::Continued);
+            self.remove_session(&local);
+        }
+        if sessions.len() > 1 {
+            info!(client = %client_id, copies = sessions.len(), "sessions of one client from several nodes are merged");
+        }
+        if self.install_stored(merge(sessions)).is_some() {
             if let Some(journal) = self.journal() {
                 journal.durable(journal.appended()).await;
             }
@@ -101,15 +128,8 @@ impl Shard {
 
     /// Makes a session handed over by another node live here (offline: the caller attaches
     /// it), journalled like any persistent session when there is a `--data-dir`, its
-    /// subscriptions in every replica. None if the records do not make a session (logged).
-    fn install_handed(&self, records: &HandedSession) -> Option<Rc<RefCell<Session>>> {
-        let stored = match decode_session(records) {
-            Ok(stored) => stored,
-            Err(why) => {
-                warn!("a session handed over by another node is not usable ({why}): the client starts a new one");
-                return None;
-            }
-        };
+    /// subscriptions in every replica.
+    fn install_stored(&self, stored: StoredSession) -> Option<Rc<RefCell<Session>>> {
         let now = Instant::now();
         let now_ms = unix_ms();
         let detached_at = stored
@@ -156,21 +176,57 @@ impl Shard {
     }
 }
 
-/// The records that rebuild `session` as session [`HANDED_SESSION`], framed.
+/// Several copies of one client's session as one: the most recently connected copy (the
+/// latest `detached_at_ms`; a connected one counts as latest) gives the subscriptions, the
+/// messages in flight, the incoming QoS 2 ids and the expiry. The others' messages, in flight
+/// or queued, were acknowledged to their publishers and never reached the client (it went
+/// on with another copy): they are queued first, oldest copy first, and get new packet ids
+/// (the client dropped the old ones with the session it left), then the latest copy's queue.
+fn merge(mut copies: Vec<StoredSession>) -> StoredSession {
+    copies.sort_by_key(|s| s.detached_at_ms.unwrap_or(u64::MAX));
+    let mut latest = copies.pop().expect("at least one copy");
+    if latest.detached_at_ms == Some(0) {
+        // Only an old copy's mark (see `encode_session`): it went away now, as far as known.
+        latest.detached_at_ms = None;
+    }
+    let mut queue: std::collections::VecDeque<_> = copies
+        .into_iter()
+        .flat_map(|old| old.inflight.into_iter().map(|f| f.message).chain(old.queue))
+        .collect();
+    queue.append(&mut latest.queue);
+    // Message numbers go on from the latest copy's messages in flight, in the new order.
+    let first = latest
+        .inflight
+        .iter()
+        .map(|f| f.message.seq)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    for (seq, m) in (first..).zip(&mut queue) {
+        m.seq = seq;
+    }
+    latest.queue = queue;
+    latest
+}
+
+/// The records that rebuild `session` as session [`HANDED_SESSION`], framed. A copy restored
+/// at start and not claimed since says it went away at time 0: older than any copy the client
+/// used meanwhile (see [`merge`]).
 fn encode_session(session: &Session) -> HandedSession {
     let mut out = BytesMut::new();
     let mut body = BytesMut::new();
-    session_records(
-        session,
-        HANDED_SESSION,
-        Instant::now(),
-        unix_ms(),
-        |record| {
-            body.clear();
-            let kind = record.encode(&mut body);
-            encode_frame(&mut out, kind, &body);
-        },
-    );
+    let mut put = |record: Record| {
+        body.clear();
+        let kind = record.encode(&mut body);
+        encode_frame(&mut out, kind, &body);
+    };
+    session_records(session, HANDED_SESSION, Instant::now(), unix_ms(), &mut put);
+    if session.restored_unclaimed {
+        put(Record::Detached {
+            session: HANDED_SESSION,
+            at_ms: 0,
+        });
+    }
     out.freeze()
 }
 
@@ -206,6 +262,70 @@ fn decode_session(records: &Bytes) -> Result<StoredSession, String> {
 mod tests {
     use super::*;
     use crate::protocol::ByteStr;
+
+    fn message(seq: u64, payload: &'static str) -> crate::store::StoredMessage {
+        crate::store::StoredMessage {
+            seq,
+            topic: ByteStr::from("t"),
+            payload: Bytes::from_static(payload.as_bytes()),
+            qos: crate::protocol::QoS::AtLeastOnce,
+            retain: false,
+            extras: None,
+        }
+    }
+
+    #[test]
+    fn merged_copies_keep_the_latest_state_and_every_message_oldest_first() {
+        // The copy a node brought back after it was down (marked gone at 0), with one message
+        // in flight and one queued; the copy the client used meanwhile, with its own.
+        let mut old = StoredSession {
+            detached_at_ms: Some(0),
+            ..StoredSession::default()
+        };
+        old.subscriptions
+            .insert(ByteStr::from("old/#"), Default::default());
+        old.inflight.push_back(crate::store::StoredInflight {
+            packet_id: 7,
+            message: message(1, "a"),
+            received: false,
+        });
+        old.queue.push_back(message(2, "b"));
+        let mut latest = StoredSession {
+            detached_at_ms: Some(1_000),
+            ..StoredSession::default()
+        };
+        latest
+            .subscriptions
+            .insert(ByteStr::from("new/#"), Default::default());
+        latest.inflight.push_back(crate::store::StoredInflight {
+            packet_id: 3,
+            message: message(1, "c"),
+            received: false,
+        });
+        latest.queue.push_back(message(2, "d"));
+        let merged = merge(vec![latest, old]);
+        let subscriptions: Vec<&str> = merged.subscriptions.keys().map(|f| f.as_str()).collect();
+        assert_eq!(subscriptions, ["new/#"]);
+        let inflight: Vec<_> = merged.inflight.iter().map(|f| f.packet_id).collect();
+        assert_eq!(
+            inflight,
+            [3],
+            "only the latest copy's ids mean something to the client"
+        );
+        let queue: Vec<(u64, &[u8])> = merged
+            .queue
+            .iter()
+            .map(|m| (m.seq, &m.payload[..]))
+            .collect();
+        assert_eq!(queue, [(2, &b"a"[..]), (3, b"b"), (4, b"d")]);
+        assert_eq!(merged.detached_at_ms, Some(1_000));
+        // A lone old copy is not gone since 1970 once it is live again.
+        let alone = merge(vec![StoredSession {
+            detached_at_ms: Some(0),
+            ..StoredSession::default()
+        }]);
+        assert_eq!(alone.detached_at_ms, None);
+    }
 
     #[test]
     fn damaged_records_are_refused_not_half_restored() {
