@@ -319,7 +319,7 @@ impl ConnectedClient {
                 return Poll::Ready(Event::Output);
             }
             if session.at_closed_gate() {
-                self.shard.blocked_at_gate(session.id);
+                self.shard.blocked_at_gate(&mut session);
             }
             session.set_waker(cx.waker());
         }
@@ -402,7 +402,7 @@ impl ConnectedClient {
                 return true;
             }
             if session.at_closed_gate() {
-                self.shard.blocked_at_gate(session.id);
+                self.shard.blocked_at_gate(&mut session);
             }
             session.set_waker(cx.waker());
         }

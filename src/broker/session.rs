@@ -231,6 +231,8 @@ pub struct Session {
     /// Restored at start and not attached since: in a cluster, a copy the client may have
     /// left for a newer one on another node while this one was down (see `shard::handoff`).
     pub restored_unclaimed: bool,
+    /// Filed with its shard to be woken when gates open (see `shard::gates`).
+    pub filed_at_gate: bool,
     /// The queue went over its limits and the publishers feeding it are told to wait, until it
     /// is back under half its limits (see `pressure`).
     pressure: bool,
@@ -284,6 +286,7 @@ impl Session {
             waker: None,
             detached_at: None,
             restored_unclaimed: false,
+            filed_at_gate: false,
             pressure: false,
             stalled: false,
             progressed: false,

@@ -117,15 +117,20 @@ impl Shard {
         if gate.is_open() {
             return true;
         }
-        self.qos2.waiters.borrow_mut().push(cx.waker().clone());
+        let mut waiters = self.qos2.waiters.borrow_mut();
+        // A connection polled again waits once, not once per poll (a disk that fails for long
+        // must not grow this without bound).
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
         false
     }
 
-    /// The session's `fill` stopped at a closed gate: woken when gates open.
-    pub(in crate::broker) fn blocked_at_gate(&self, session: SubscriberId) {
-        let mut blocked = self.qos2.blocked.borrow_mut();
-        if blocked.last() != Some(&session) {
-            blocked.push(session);
+    /// The session's next message waits behind a closed gate: it is woken when gates open
+    /// (filed once until then).
+    pub(in crate::broker) fn blocked_at_gate(&self, session: &mut crate::broker::session::Session) {
+        if !std::mem::replace(&mut session.filed_at_gate, true) {
+            self.qos2.blocked.borrow_mut().push(session.id);
         }
     }
 
@@ -135,7 +140,9 @@ impl Shard {
         let sessions = self.sessions.borrow();
         for id in blocked {
             if let Some(session) = sessions.get(id.slot, id.generation) {
-                session.borrow_mut().wake();
+                let mut s = session.borrow_mut();
+                s.filed_at_gate = false;
+                s.wake();
             }
         }
     }
