@@ -228,9 +228,6 @@ pub struct Session {
     waker: Option<Waker>,
     /// When the last connection went away (for `--session-expiry`).
     detached_at: Option<Instant>,
-    /// Restored at start and not attached since: in a cluster, a copy the client may have
-    /// left for a newer one on another node while this one was down (see `shard::handoff`).
-    pub restored_unclaimed: bool,
     /// Filed with its shard to be woken when gates open (see `shard::gates`).
     pub filed_at_gate: bool,
     /// The queue went over its limits and the publishers feeding it are told to wait, until it
@@ -285,7 +282,6 @@ impl Session {
             kicked: None,
             waker: None,
             detached_at: None,
-            restored_unclaimed: false,
             filed_at_gate: false,
             pressure: false,
             stalled: false,
@@ -344,7 +340,9 @@ impl Session {
         }
         self.attached = conn;
         self.detached_at = None;
-        self.restored_unclaimed = false;
+        if let Some(stored) = &mut self.stored {
+            stored.restored_unclaimed = false;
+        }
         self.resend = self.inflight.len();
     }
 

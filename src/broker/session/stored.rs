@@ -47,8 +47,17 @@ pub(super) struct Stored {
     pub(super) next_seq: u64,
     /// QoS 1/2 messages `fill` sent since the caller last took them, (seq, packet id).
     pub(super) sent: Vec<(u64, PacketId)>,
+    /// Restored at start and not attached since: in a cluster, a copy the client may have
+    /// left for a newer one on another node while this one was down (see `shard::handoff`).
+    /// Here, not in `Session`, which stays small: only journalled sessions are restored.
+    pub(super) restored_unclaimed: bool,
 }
 impl Session {
+    /// Restored from the journal at start, and not attached since (see `Stored`).
+    pub fn restored_unclaimed(&self) -> bool {
+        self.stored.as_ref().is_some_and(|s| s.restored_unclaimed)
+    }
+
     /// The session's number in its shard's journal, if it is written there.
     pub fn stored_as(&self) -> Option<u64> {
         self.stored.as_ref().map(|s| s.number)
@@ -62,6 +71,7 @@ impl Session {
                 number,
                 next_seq: 1,
                 sent: Vec::new(),
+                restored_unclaimed: false,
             })
         });
     }
@@ -107,7 +117,9 @@ impl Session {
             .collect();
         s.set_stored_as(stored_as);
         s.detached_at = Some(detached_at);
-        s.restored_unclaimed = true;
+        if let Some(stored) = &mut s.stored {
+            stored.restored_unclaimed = true;
+        }
         let mut next_seq = 1;
         let message = |m: &crate::store::StoredMessage| {
             let (v5, _) = restored_v5(m.extras.as_deref());

@@ -221,7 +221,7 @@ fn encode_session(session: &Session) -> HandedSession {
         encode_frame(&mut out, kind, &body);
     };
     session_records(session, HANDED_SESSION, Instant::now(), unix_ms(), &mut put);
-    if session.restored_unclaimed {
+    if session.restored_unclaimed() {
         put(Record::Detached {
             session: HANDED_SESSION,
             at_ms: 0,
