@@ -16,11 +16,11 @@
 //! state kept (about 100 ms per 1,000,000 queued messages), once per doubling of the log.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use super::journal::{message_extras, Journal};
+use super::journal::{message_extras, unix_ms, Journal};
 use super::session::{Session, StoredItem};
 use super::shard::Shard;
 use crate::store::{LogWriter, Record, StoreError};
@@ -110,9 +110,7 @@ impl Shard {
             journal.append_to(to, &record);
         };
         let now = Instant::now();
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = unix_ms();
         // The numbers given so far, also those no record keeps any more (see `store::qos2`).
         put(Record::Qos2Counter {
             next: self.next_qos2_reg(),

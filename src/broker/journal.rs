@@ -232,7 +232,8 @@ pub(crate) fn restored_v5(extras: Option<&MessageExtras>) -> (Option<Box<V5Messa
     (v5, e.subscription_id)
 }
 
-fn unix_ms() -> u64 {
+/// Now, in milliseconds since the Unix epoch (what the log keeps for wall-clock times).
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -18,12 +18,12 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use super::journal::{restored_v5, Journal};
+use super::journal::{restored_v5, unix_ms, Journal};
 use super::mesh::{Grant, Message, SubscriberId, Subscription};
 use super::session::Session;
 use super::shard::{home_shard, Shard};
@@ -349,11 +349,6 @@ pub(super) fn write_session(journal: &Journal, n: u64, stored: &StoredSession, n
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// At stop: waits (bounded) for everything the journal was given to be on disk.
 pub async fn final_sync(shard: &Shard) {

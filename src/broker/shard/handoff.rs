@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, info, warn};
@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use super::Shard;
 use crate::broker::cluster_port::{HandOver, HandedSession, HANDED_SESSION};
 use crate::broker::compaction::session_records;
+use crate::broker::journal::unix_ms;
 use crate::broker::mesh::{ShardMessage, Subscription};
 use crate::broker::session::{Kick, Session};
 use crate::store::{encode_frame, scan, Image, Record, StoredSession};
@@ -31,11 +32,6 @@ use crate::store::{encode_frame, scan, Image, Record, StoredSession};
 /// another node: no SUBACK waits for it, so nobody is told when it is applied.
 const NO_REQUEST: u64 = u64::MAX;
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 impl Shard {
     /// The client connected to another node at `at` (Unix µs): its session here ends, as a

@@ -6,10 +6,10 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::Shard;
-use crate::broker::journal::message_extras;
+use crate::broker::journal::{message_extras, unix_ms};
 use crate::broker::mesh::{Message, SubscriberId};
 use crate::broker::session::Session;
 use crate::store::Record;
@@ -23,11 +23,6 @@ pub struct DelayedWill {
     pub message: Message,
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 impl Shard {
     /// Files the will of session `id`, whose connection `conn` ended, to go out after `delay`
