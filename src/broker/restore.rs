@@ -349,7 +349,6 @@ pub(super) fn write_session(journal: &Journal, n: u64, stored: &StoredSession, n
     }
 }
 
-
 /// At stop: waits (bounded) for everything the journal was given to be on disk.
 pub async fn final_sync(shard: &Shard) {
     let Some(journal) = shard.journal() else {

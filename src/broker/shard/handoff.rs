@@ -32,7 +32,6 @@ use crate::store::{encode_frame, scan, Image, Record, StoredSession};
 /// another node: no SUBACK waits for it, so nobody is told when it is applied.
 const NO_REQUEST: u64 = u64::MAX;
 
-
 impl Shard {
     /// The client connected to another node at `at` (Unix µs): its session here ends, as a
     /// local takeover would end it. With `hand_over` (the client resumes its session there),
@@ -108,8 +107,13 @@ impl Shard {
             if let (Ok(own), false) = (own, local.borrow().clean) {
                 sessions.push(own);
             }
-            // Its connection here, if any, is taken over by the one being opened.
-            local.borrow_mut().kick(Kick::Continued);
+            // Its connection here, if any, is taken over by the one being opened; what it held
+            // goes on in the merged copy, so ending it hands nothing on (shared messages to
+            // their groups) a second time.
+            let mut s = local.borrow_mut();
+            s.kick(Kick::Continued);
+            s.clear_delivery_state();
+            drop(s);
             self.remove_session(&local);
         }
         if sessions.len() > 1 {
@@ -248,10 +252,20 @@ fn decode_session(records: &Bytes) -> Result<StoredSession, String> {
     if scanned.torn.is_some() {
         return Err("cut short".into());
     }
-    image
+    let mut session = image
         .sessions
         .remove(&HANDED_SESSION)
-        .ok_or_else(|| "no session in it".to_string())
+        .ok_or_else(|| "no session in it".to_string())?;
+    // A copy waiting for its QoS 2 acceptance names a registration of the node it came from
+    // (see `store::qos2`); here that origin means nothing, and at this node's next start it
+    // would be read as one of this node's registrations, and the message dropped.
+    let messages = session.inflight.iter_mut().map(|f| &mut f.message);
+    for m in messages.chain(session.queue.iter_mut()) {
+        if let Some(extras) = &mut m.extras {
+            extras.origin = None;
+        }
+    }
+    Ok(session)
 }
 
 #[cfg(test)]
@@ -321,6 +335,38 @@ mod tests {
             ..StoredSession::default()
         }]);
         assert_eq!(alone.detached_at_ms, None);
+    }
+
+    #[test]
+    fn a_copy_taken_in_names_no_registration_of_its_old_node() {
+        let mut out = BytesMut::new();
+        let mut body = BytesMut::new();
+        for record in [
+            Record::SessionBegan {
+                session: HANDED_SESSION,
+                client_id: ByteStr::from("c"),
+                username: None,
+            },
+            Record::Queued {
+                session: HANDED_SESSION,
+                seq: 1,
+                topic: ByteStr::from("t"),
+                payload: Bytes::from_static(b"m"),
+                qos: crate::protocol::QoS::ExactlyOnce,
+                retain: false,
+                extras: Some(Box::new(crate::store::MessageExtras {
+                    origin: Some(crate::store::Qos2Origin { shard: 1, reg: 9 }),
+                    ..Default::default()
+                })),
+            },
+        ] {
+            body.clear();
+            let kind = record.encode(&mut body);
+            encode_frame(&mut out, kind, &body);
+        }
+        let session = decode_session(&out.freeze()).unwrap();
+        let extras = session.queue[0].extras.as_ref().unwrap();
+        assert_eq!(extras.origin, None);
     }
 
     #[test]

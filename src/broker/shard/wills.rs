@@ -23,7 +23,6 @@ pub struct DelayedWill {
     pub message: Message,
 }
 
-
 impl Shard {
     /// Files the will of session `id`, whose connection `conn` ended, to go out after `delay`
     /// unless the session is resumed or replaced first.
