@@ -72,3 +72,57 @@ fn shutdown_completes_with_two_brokers_running_concurrently() {
         }
     });
 }
+
+// ----- placement ---------------------------------------------------------------------------------
+
+/// `Cpus_allowed_list` in a `status` file of /proc.
+fn cpus_allowed(status: &str) -> String {
+    let status = std::fs::read_to_string(status).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Each shard's executor is pinned to its CPU, but the thread that does its blocking work (the
+/// log's commits, `store::log_io`) may use every CPU: pinned beside its shard, a commit waited
+/// for the busy shard to yield the CPU (3.5 ms instead of 0.13 ms per commit, measured).
+#[test]
+fn shard_executors_are_pinned_and_their_blocking_threads_are_not() {
+    let all = cpus_allowed("/proc/self/status");
+    let cpus = surgemq::sys::allowed_cpus();
+    if cpus.len() < 2 {
+        eprintln!("skipped: one CPU allowed ({all}), nothing to pin apart");
+        return;
+    }
+    let broker = Broker::start(2);
+    let threads: Vec<(String, String)> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .map(|tid| {
+            let comm =
+                std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap_or_default();
+            let status = format!("/proc/self/task/{tid}/status");
+            (comm.trim().to_string(), cpus_allowed(&status))
+        })
+        .filter(|(comm, _)| comm == "surgemq-shard-0" || comm == "surgemq-shard-1")
+        .collect();
+    for shard in ["surgemq-shard-0", "surgemq-shard-1"] {
+        let masks: Vec<&str> = threads
+            .iter()
+            .filter(|(comm, _)| comm == shard)
+            .map(|(_, mask)| mask.as_str())
+            .collect();
+        assert!(
+            masks.iter().any(|m| !m.contains(['-', ','])),
+            "{shard}: no thread pinned to one CPU: {masks:?}"
+        );
+        assert!(
+            masks.contains(&all.as_str()),
+            "{shard}: no thread free to use every CPU ({all}): {masks:?}"
+        );
+    }
+    broker.shutdown();
+}

@@ -11,6 +11,7 @@ pub mod frame;
 pub mod image;
 pub mod load;
 pub mod lock;
+pub mod log_io;
 pub mod qos2;
 pub mod record;
 pub mod scan;

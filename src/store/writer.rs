@@ -1,8 +1,9 @@
-//! Appending to a shard's log with group commit, through io_uring (glommio's DMA files):
-//! records are appended to memory at once and get a position; one commit task writes
-//! whatever has gathered and syncs it (`fdatasync`) in one go, and everyone waiting for a
-//! position at or below the synced end is woken. So the disk sees one sync per batch, not one
-//! per record, and nothing blocks the executor.
+//! Appending to a shard's log with group commit: records are appended to memory at once and
+//! get a position; one commit task writes whatever has gathered and makes it durable in one go,
+//! and everyone waiting for a position at or below the durable end is woken. So the disk sees
+//! one sync per batch, not one per record. The file is opened and read through glommio (DMA
+//! file, io_uring); the writes run on the executor's blocking thread, which may use any CPU
+//! (see `log_io` for why, with measurements), so nothing blocks the executor either way.
 //!
 //! O_DIRECT writes go in whole aligned blocks. The last block is usually only partly filled:
 //! it stays in memory and is written again, with what was added since, by the next commit.
@@ -10,8 +11,8 @@
 //! the new records after them, which `scan` then cuts off as a torn tail. The zeros that pad
 //! a block read back as the end of the log.
 //!
-//! The file is opened with O_DSYNC, so a write is durable when it completes: one io_uring
-//! operation per commit, no separate `fdatasync`. Writes that grow the file would still make
+//! The file is opened with O_DSYNC, so a write is durable when it completes: one write per
+//! commit, no separate `fdatasync`. Writes that grow the file would still make
 //! every commit a journal commit of the file system (its size changes), so the file is
 //! extended ahead of the log with zeros, a chunk at a time (1/4 of its size, from 64 KiB up
 //! to 8 MiB): then a commit only overwrites blocks the file already has, and costs one data
@@ -23,6 +24,7 @@
 //! falsely as on disk.
 
 use std::cell::{Cell, RefCell};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,6 +37,7 @@ use glommio::io::{DmaFile, OpenOptions};
 use tracing::{error, info};
 
 use super::frame::encode_frame;
+use super::log_io::{BlockBuf, LogFd, BLOCK};
 use super::StoreError;
 
 /// How long a failed commit waits before it tries again.
@@ -48,7 +51,10 @@ pub type Position = u64;
 
 /// A log open for appending. Shared by the shard's tasks (`Rc`); see the module docs.
 pub struct LogWriter {
+    /// Opened by glommio (O_DIRECT | O_DSYNC), read through it at start.
     file: DmaFile,
+    /// The same file, written on the executor's blocking thread (see `log_io`).
+    fd: LogFd,
     path: PathBuf,
     align: u64,
     /// Bytes from `base` to the end of what was appended: the partial block already on disk,
@@ -99,6 +105,13 @@ impl LogWriter {
             .map_err(io)?;
         let size = file.file_size().await.map_err(io)?;
         let align = file.alignment();
+        if align > BLOCK as u64 || BLOCK as u64 % align != 0 {
+            let e = std::io::Error::other(format!("unsupported block size {align} for O_DIRECT"));
+            return Err(StoreError::io(path, e));
+        }
+        // SAFETY: `file` owns the descriptor and outlives this borrow; the duplicate is ours.
+        let fd = LogFd::duplicate(unsafe { BorrowedFd::borrow_raw(file.as_raw_fd()) })
+            .map_err(|e| StoreError::io(path, e))?;
         let base = file.align_down(valid_len);
         let mut pending = BytesMut::new();
         if valid_len > base {
@@ -110,6 +123,7 @@ impl LogWriter {
         }
         Ok(Rc::new(LogWriter {
             file,
+            fd,
             path: path.to_path_buf(),
             align,
             pending: RefCell::new(pending),
@@ -268,20 +282,9 @@ impl LogWriter {
         let base = self.base.get();
         let len = (end_offset - base) as usize;
         self.reserve(self.file.align_up(end_offset)).await?;
-        let mut buf = self
-            .file
-            .alloc_dma_buffer(self.file.align_up(len as u64) as usize);
-        {
-            let bytes = buf.as_bytes_mut();
-            bytes[..len].copy_from_slice(&self.pending.borrow()[..len]);
-            bytes[len..].fill(0);
-        }
-        let written = self.file.write_at(buf, base).await?;
-        if written < len {
-            return Err(std::io::Error::other(format!(
-                "short write: {written} of {len} bytes"
-            )));
-        }
+        let mut buf = BlockBuf::zeroed(self.file.align_up(len as u64) as usize);
+        buf.as_mut_slice()[..len].copy_from_slice(&self.pending.borrow()[..len]);
+        self.fd.write_all_at(buf, base).await?;
         // O_DSYNC: the write completed, so it is durable.
         self.commits.set(self.commits.get() + 1);
         // Whole blocks are done; the partial last one stays to be written again.
@@ -319,16 +322,13 @@ impl LogWriter {
         let mut at = end;
         while at < target {
             let len = (target - at).min(ZERO_WRITE);
-            let mut zeros = self.file.alloc_dma_buffer(len as usize);
-            zeros.as_bytes_mut().fill(0);
-            let written = self.file.write_at(zeros, at).await?;
-            if (written as u64) < len {
-                return Err(std::io::Error::other("short write while extending the log"));
-            }
+            self.fd
+                .write_all_at(BlockBuf::zeroed(len as usize), at)
+                .await?;
             at += len;
         }
         // The new size is metadata: synced once per chunk, not per commit.
-        self.file.fdatasync().await?;
+        self.fd.sync_data().await?;
         self.reserved.set(target);
         Ok(())
     }
