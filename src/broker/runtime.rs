@@ -224,9 +224,10 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             .name(&format!("surgemq-shard-{i}"))
             .io_memory(IO_MEMORY)
             .spin_before_park(config.spin_before_sleep)
-            // The log's commits run on this thread (`store::log_io`): pinned to the shard's
-            // CPU, they would wait behind the shard whenever it is busy.
-            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
+            // The log's commits run on these threads (`store::log_io`): pinned to the shard's
+            // CPU, they would wait behind the shard whenever it is busy. Two, so that a
+            // compaction writing a whole snapshot does not hold up the live log's commits.
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))
             .spawn(move || async move {
                 let shard = Rc::new(Shard::new(
                     ShardId(i as u16),

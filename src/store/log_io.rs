@@ -1,4 +1,4 @@
-//! The writes and syncs of a shard's log, done on the shard executor's blocking thread
+//! The writes and syncs of a shard's log, done on the shard executor's blocking threads
 //! (`spawn_blocking`), which may run on any CPU, instead of through the shard's io_uring.
 //!
 //! Why not io_uring: a write to a file opened O_DSYNC cannot finish without blocking (the data
@@ -9,8 +9,9 @@
 //! `surgemq bench pair --qos 1 --persistent` and 2 pinned shards: a commit through io_uring
 //! took 0.13 ms on one shard and 3.5 ms on the other, and the pair ran at 200k or 17k msgs/s
 //! depending on which shard its log was on. Registering another CPU mask for the io-wq
-//! (`IORING_REGISTER_IOWQ_AFF`) did not move the workers; the blocking thread, unpinned, goes
-//! wherever a CPU is free, and the same pair runs at 180k-230k msgs/s on either shard.
+//! (`IORING_REGISTER_IOWQ_AFF`) did not move the workers; a blocking thread, unpinned, goes
+//! wherever a CPU is free, and the same pair runs at 170k-220k msgs/s on either shard
+//! (perf/results/2026-11-30-log-commit-thread.md).
 //!
 //! The file stays the one glommio opened (O_DIRECT | O_DSYNC): writes go in whole blocks from
 //! block-aligned memory, and one completed write is durable. The descriptor is duplicated and

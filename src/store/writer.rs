@@ -2,7 +2,7 @@
 //! get a position; one commit task writes whatever has gathered and makes it durable in one go,
 //! and everyone waiting for a position at or below the durable end is woken. So the disk sees
 //! one sync per batch, not one per record. The file is opened and read through glommio (DMA
-//! file, io_uring); the writes run on the executor's blocking thread, which may use any CPU
+//! file, io_uring); the writes run on the executor's blocking threads, which may use any CPU
 //! (see `log_io` for why, with measurements), so nothing blocks the executor either way.
 //!
 //! O_DIRECT writes go in whole aligned blocks. The last block is usually only partly filled:
