@@ -143,3 +143,37 @@ fn a_suback_waits_until_the_subscription_is_on_disk() {
         clean.subscribe(4, &[("s/t", 1)]);
     });
 }
+
+/// A client resuming its session before its will's delay ran out cancels the will. Its CONNACK
+/// waits until the cancellation is on disk: sent earlier, a crash right after it would bring
+/// the will back at the restart and publish it for a client that had returned.
+#[test]
+fn a_connack_that_cancels_a_delayed_will_waits_for_the_disk() {
+    let b = DiskBroker::start(1, "will-cancel");
+    let session = |will: bool| {
+        let mut expiry = vec![0x11]; // Session Expiry Interval 3600 s
+        expiry.extend_from_slice(&3600u32.to_be_bytes());
+        let connect = ConnectBuilder::v5("will-back", &expiry).clean(false);
+        match will {
+            // Will Delay Interval 30 s
+            true => connect
+                .will("wills/back", b"late", 1, false)
+                .will_properties(&[0x18, 0x00, 0x00, 0x00, 0x1e]),
+            false => connect,
+        }
+    };
+    b.broker
+        .connect_expecting(&session(true), &connack_v5(false))
+        .crash_and_wait();
+
+    b.disk_full(true);
+    let mut resumed = b.broker.socket();
+    resumed.send(&session(false).build());
+    assert_eq!(
+        resumed.next_frame_within(MUST_WAIT),
+        None,
+        "CONNACK sent before the will's cancellation was on disk"
+    );
+    b.disk_full(false);
+    resumed.expect_bytes(&connack_v5(true));
+}

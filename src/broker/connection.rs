@@ -286,7 +286,7 @@ const TAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// cluster, for a client resuming a session this node does not hold, once the node that held
 /// it has handed it over and it is durable here (or no node answered; see
 /// [`Shard::cluster_take`]), so Session Present is never said of a session a crash could
-/// still take away.
+/// still take away; and once a delayed will the resume cancels is durably cancelled.
 fn start_serving(
     shard: Rc<Shard>,
     wire: Wire,
@@ -295,22 +295,31 @@ fn start_serving(
     assigned: bool,
 ) {
     let queue = shard.connection_queue();
+    // A will this resume cancels must be durably cancelled before the CONNACK tells the
+    // client it is back (see `Shard::cancel_will_on_resume`).
+    let will_cancelled = shard.cancel_will_on_resume(&connect);
     let spawned = match shard.cluster_take(&connect) {
-        None => {
+        None if will_cancelled == 0 => {
             let serve = ConnectedClient::new(shard, wire, connect, permit, assigned, false);
             glommio::spawn_local_into(serve, queue).map(|t| t.detach())
         }
-        Some(wait) => glommio::spawn_local_into(
+        take => glommio::spawn_local_into(
             async move {
-                let handed = glommio::timer::timeout(TAKE_TIMEOUT, async { Ok(wait.await) })
-                    .await
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                if !handed.is_empty() {
-                    shard.take_in(&connect.client_id, handed).await;
+                let claimed = take.is_some();
+                if let Some(wait) = take {
+                    let handed = glommio::timer::timeout(TAKE_TIMEOUT, async { Ok(wait.await) })
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    if !handed.is_empty() {
+                        shard.take_in(&connect.client_id, handed).await;
+                    }
                 }
-                ConnectedClient::new(shard, wire, connect, permit, assigned, true).await
+                if let Some(journal) = shard.journal() {
+                    journal.durable(will_cancelled).await;
+                }
+                ConnectedClient::new(shard, wire, connect, permit, assigned, claimed).await
             },
             queue,
         )

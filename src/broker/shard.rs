@@ -71,6 +71,16 @@ fn worth_encoding_once(
     qos0 >= ENCODE_ONCE_FROM
 }
 
+/// Whether `connect` resumes `existing` (rather than replacing it). A stored session is
+/// resumed only by the user it belongs to: its subscriptions were authorized for that user,
+/// and another must not inherit them. An MQTT 5 client resumes even a session that was to end
+/// with its connection, while that connection is still there (MQTT-3.1.2-5 of 5.0).
+pub(super) fn resumes(existing: &Session, connect: &Connect) -> bool {
+    !connect.clean_session
+        && (connect.level.is_v5() || !existing.clean)
+        && existing.username == connect.username
+}
+
 /// What a CONNECT says that bounds what its client is sent (see [`PeerLimits`]).
 fn peer_limits(connect: &Connect) -> PeerLimits {
     let props = connect.properties.as_deref();
@@ -339,14 +349,7 @@ impl Shard {
             self.remove_session(&expired);
         }
         if let Some(existing) = existing {
-            // A stored session is resumed only by the user it belongs to: its subscriptions
-            // were authorized for that user, and another must not inherit them. An MQTT 5
-            // client resumes even a session that was to end with its connection, while that
-            // connection is still there (MQTT-3.1.2-5 of 5.0).
-            let keep = !connect.clean_session
-                && (v5 || !existing.borrow().clean)
-                && existing.borrow().username == connect.username;
-            if keep {
+            if resumes(&existing.borrow(), connect) {
                 // Back before its Will Delay Interval ran out: the will is not sent.
                 self.cancel_delayed_will(&existing.borrow());
                 {

@@ -8,11 +8,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Shard;
+use super::{resumes, Shard};
 use crate::broker::journal::{message_extras, unix_ms};
 use crate::broker::mesh::{Message, SubscriberId};
 use crate::broker::session::Session;
-use crate::store::Record;
+use crate::protocol::Connect;
+use crate::store::{Position, Record};
 
 /// A will waiting for its delay.
 pub struct DelayedWill {
@@ -77,6 +78,27 @@ impl Shard {
         {
             self.journal_session(session, |session| Record::WillDone { session });
         }
+    }
+
+    /// A client resuming its session, back before its will's delay ran out: the will is
+    /// cancelled now, before its connection is served, and the position is returned that its
+    /// CONNACK must wait for (0: none), so a crash after the CONNACK cannot bring back and
+    /// publish the will of a client that came back. (`cancel_delayed_will` in `open_session`
+    /// then finds nothing left to do.)
+    pub fn cancel_will_on_resume(&self, connect: &Connect) -> Position {
+        let Some(existing) = self.sessions.borrow().find(&connect.client_id) else {
+            return 0;
+        };
+        let session = existing.borrow();
+        // An expired session is not resumed: it ends, and its will goes out (`open_session`).
+        if !resumes(&session, connect)
+            || session.expired(std::time::Instant::now())
+            || !self.delayed_wills.borrow().contains_key(&session.id)
+        {
+            return 0;
+        }
+        self.delayed_wills.borrow_mut().remove(&session.id);
+        self.journal_session(&session, |session| Record::WillDone { session })
     }
 
     /// The session ends: a will still waiting goes out now (the delay lasts at most as long
