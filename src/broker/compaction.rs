@@ -92,10 +92,19 @@ async fn compact(shard: &Shard, journal: &Journal) -> Result<(u64, u64), StoreEr
     glommio::spawn_local(next.clone().run()).detach();
 
     next.durable(end).await;
-    let renamed = std::fs::rename(&next_path, &path).and_then(|()| match path.parent() {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
-    });
+    // A rename and a directory sync block until the disk has them: on the blocking threads,
+    // not on the shard (see `store::log_io`).
+    let renamed = {
+        let (next_path, path) = (next_path.clone(), path.clone());
+        glommio::executor()
+            .spawn_blocking(move || {
+                std::fs::rename(&next_path, &path).and_then(|()| match path.parent() {
+                    Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                    None => Ok(()),
+                })
+            })
+            .await
+    };
     // Not renamed, the successor is still used by the next start (its snapshot is whole).
     renamed.map_err(|e| StoreError::io(&path, e))?;
     journal.durable(origin).await;
