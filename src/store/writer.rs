@@ -87,6 +87,8 @@ pub struct LogWriter {
 /// Bounds of the zeros written ahead of the log at a time.
 const RESERVE_MIN: u64 = 64 * 1024;
 const RESERVE_MAX: u64 = 8 << 20;
+/// A pending buffer with more room than this, and mostly empty, is replaced by a small one.
+const SHRINK_ABOVE: usize = 4 << 20;
 /// Largest single write of zeros.
 const ZERO_WRITE: u64 = 1 << 20;
 
@@ -289,7 +291,17 @@ impl LogWriter {
         self.commits.set(self.commits.get() + 1);
         // Whole blocks are done; the partial last one stays to be written again.
         let done = self.file.align_down(end_offset) - base;
-        self.pending.borrow_mut().advance(done as usize);
+        {
+            let mut pending = self.pending.borrow_mut();
+            // Measured before `advance`, after which `capacity` counts only what lies beyond.
+            let room = pending.capacity();
+            pending.advance(done as usize);
+            // A bulk commit (a compaction's snapshot: the whole state at once) leaves a buffer
+            // as large as the state behind; `advance` keeps all of it. Give it back.
+            if room > SHRINK_ABOVE && pending.len() < room / 4 {
+                *pending = BytesMut::from(&pending[..]);
+            }
+        }
         self.base.set(base + done);
         self.durable.set(end);
         let mut waiters = self.waiters.borrow_mut();
@@ -391,6 +403,34 @@ mod tests {
         let got = records(&path);
         assert_eq!(got.len(), 1000);
         assert_eq!(got[999], ((999 % 7) as u8, b"record 999".to_vec()));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_bulk_commit_gives_its_buffer_back() {
+        let path = temp_path("bulk");
+        let p = path.clone();
+        on_executor(move || async move {
+            let log = LogWriter::open(&p, 0).await.unwrap();
+            let task = glommio::spawn_local(log.clone().run());
+            // 16 MiB appended at once, as a compaction's snapshot is.
+            let record = vec![7u8; 4096];
+            let mut last = 0;
+            for _ in 0..4096 {
+                last = log.append(1, &record);
+            }
+            log.durable(last).await;
+            // And it goes on from the partial block it kept. (`capacity` counts from where the
+            // buffer starts now: only a new append shows how much it still holds.)
+            let after = log.append(2, b"after");
+            let kept = log.pending.borrow().capacity();
+            assert!(kept < 1 << 20, "{kept} bytes kept after the commit");
+            log.durable(after).await;
+            drop(task);
+        });
+        let got = records(&path);
+        assert_eq!(got.len(), 4097);
+        assert_eq!(got[4096], (2, b"after".to_vec()));
         let _ = std::fs::remove_file(&path);
     }
 
