@@ -120,14 +120,25 @@ impl Image {
                 qos,
                 retain,
                 extras,
-            } => self.session(session)?.queue.push_back(StoredMessage {
-                seq,
-                topic,
-                payload,
-                qos,
-                retain,
-                extras,
-            }),
+            } => {
+                let queue = &mut self.session(session)?.queue;
+                // The record's body holds topic and payload; a queued message may be kept for
+                // long, so it keeps its own copy of the payload (the body is freed) and shares
+                // its topic with the message before it when they are the same (one session
+                // usually gets few topics).
+                let topic = match queue.back() {
+                    Some(last) if last.topic == topic => last.topic.clone(),
+                    _ => ByteStr::from(&*topic),
+                };
+                queue.push_back(StoredMessage {
+                    seq,
+                    topic,
+                    payload: Bytes::copy_from_slice(&payload),
+                    qos,
+                    retain,
+                    extras,
+                })
+            }
             Record::Sent {
                 session,
                 seq,

@@ -121,42 +121,45 @@ impl Session {
             stored.restored_unclaimed = true;
         }
         let mut next_seq = 1;
-        let message = |m: &crate::store::StoredMessage| {
+        // Topic and payload move into the live message: a clone would cost each message one
+        // more allocation (a `Bytes` made from a `Vec` allocates its shared count when cloned).
+        let message = |m: crate::store::StoredMessage| {
             let (v5, _) = restored_v5(m.extras.as_deref());
-            Arc::new(Message::new(m.topic.clone(), m.payload.clone(), m.qos, m.retain).with_v5(v5))
+            Arc::new(Message::new(m.topic, m.payload, m.qos, m.retain).with_v5(v5))
         };
         let subscription_id = |m: &crate::store::StoredMessage| restored_v5(m.extras.as_deref()).1;
-        for f in &stored.inflight {
+        for f in stored.inflight {
             let state = match (f.message.qos, f.received) {
                 (QoS::ExactlyOnce, true) => InflightState::Comp,
                 (QoS::ExactlyOnce, false) => InflightState::Rec,
                 _ => InflightState::Ack,
             };
+            let m = f.message;
+            s.last_packet_id = f.packet_id;
+            s.queued_bytes += m.payload.len();
+            next_seq = next_seq.max(m.seq + 1);
             s.inflight.push_back(Inflight {
                 packet_id: f.packet_id,
-                message: message(&f.message),
-                qos: f.message.qos,
-                retain: f.message.retain,
+                qos: m.qos,
+                retain: m.retain,
                 state,
-                seq: f.message.seq,
-                subscription_id: subscription_id(&f.message),
-                share: restored_share(f.message.extras.as_deref()),
-            });
-            s.last_packet_id = f.packet_id;
-            s.queued_bytes += f.message.payload.len();
-            next_seq = next_seq.max(f.message.seq + 1);
-        }
-        for m in &stored.queue {
-            s.queued_bytes += m.payload.len();
-            s.queue.push_back(Outbound::Publish {
+                seq: m.seq,
+                subscription_id: subscription_id(&m),
+                share: restored_share(m.extras.as_deref()),
                 message: message(m),
+            });
+        }
+        for m in stored.queue {
+            s.queued_bytes += m.payload.len();
+            next_seq = next_seq.max(m.seq + 1);
+            s.queue.push_back(Outbound::Publish {
                 qos: m.qos,
                 retain: m.retain,
                 seq: m.seq,
-                subscription_id: subscription_id(m),
+                subscription_id: subscription_id(&m),
                 share: restored_share(m.extras.as_deref()),
+                message: message(m),
             });
-            next_seq = next_seq.max(m.seq + 1);
         }
         if let Some(stored) = &mut s.stored {
             stored.next_seq = next_seq;
