@@ -476,3 +476,57 @@ fn without_nats_messages_for_other_nodes_are_bounded_dropped_and_counted() {
     // And it still stops promptly (Broker::shutdown fails the test after 10 s).
     a.shutdown();
 }
+
+/// A persistent session's QoS 2 message goes to other nodes only once its node accepted it
+/// (with `--data-dir`: everything it wrote is durable, see `broker::qos2_gate`). Sent before,
+/// a crash would have the publisher send it again and the other nodes get it twice. Node a's
+/// disk fails (the storage fault hook): node b gets nothing, and the publisher no PUBREC,
+/// until it works again; then b gets the message once.
+#[test]
+fn a_gated_qos2_message_reaches_other_nodes_once_accepted() {
+    let nats = Nats::start();
+    let dir = std::env::temp_dir().join(format!("surgemq-cluster-gate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let full = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let a = Broker::with_config(surgemq::broker::BrokerConfig {
+        shards: 1,
+        sys_interval: Duration::ZERO,
+        data_dir: Some(dir.clone()),
+        full_disk_fault: Some(full.clone()),
+        cluster: Some(surgemq::broker::config::ClusterConfig {
+            servers: vec![nats.url(0)],
+            node_id: "a".to_string(),
+        }),
+        ..test_config()
+    });
+    let b = node("b", 1, vec![nats.url(1)]);
+    let mut sub_b = b.connect("sub-b");
+    sub_b.subscribe(1, &[("gated/#", 1), ("probe/gate", 0)]);
+    let mut publisher = a.connect_with(&ConnectBuilder::new("pub-a").clean(false));
+    until_connected(&mut publisher, &mut sub_b, "probe/gate");
+
+    full.store(u32::MAX, std::sync::atomic::Ordering::Relaxed);
+    publisher.send(&publish("gated/t", b"once", 2, false, false, 5));
+    assert_eq!(
+        sub_b.next_frame_within(Duration::from_millis(800)),
+        None,
+        "another node got a QoS 2 message its node had not accepted"
+    );
+    assert_eq!(
+        publisher.next_frame_within(Duration::ZERO),
+        None,
+        "PUBREC before the disk"
+    );
+
+    full.store(0, std::sync::atomic::Ordering::Relaxed);
+    publisher.expect_bytes(&pubrec(5));
+    let (p, _) = sub_b.next_publish();
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("gated/t", &b"once"[..])
+    );
+    sub_b.ack(&p);
+    assert_eq!(sub_b.next_frame_within(Duration::from_millis(500)), None);
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -172,7 +172,27 @@ fn feed(
                         Err(_) => break,
                     }
                 }
-                if events.blocking_send(Event::Out(batch)).is_err() {
+                let mut ready = Vec::with_capacity(batch.len());
+                for out in batch {
+                    // A persistent session's QoS 2 message leaves only once this node accepted
+                    // it (`broker::qos2_gate`): sent before, a crash would have its publisher
+                    // send it again, and the other nodes would get it twice. What follows it
+                    // waits too, so every publisher's order holds.
+                    if !out.message.deliverable() {
+                        let sent = std::mem::take(&mut ready);
+                        if !sent.is_empty() && events.blocking_send(Event::Out(sent)).is_err() {
+                            return;
+                        }
+                        while !out.message.deliverable() {
+                            if stop.load(Ordering::Acquire) {
+                                return;
+                            }
+                            std::thread::sleep(GATE_POLL);
+                        }
+                    }
+                    ready.push(out);
+                }
+                if events.blocking_send(Event::Out(ready)).is_err() {
                     return;
                 }
             }
@@ -200,6 +220,10 @@ struct Node {
     subjects: std::cell::RefCell<AHashMap<ByteStr, Option<async_nats::Subject>>>,
     topics: std::cell::RefCell<AHashMap<String, ByteStr>>,
 }
+
+/// How often the feeder looks again at a QoS 2 message's gate while it is closed (it opens one
+/// log commit after the PUBLISH, or when a failing disk works again).
+const GATE_POLL: Duration = Duration::from_millis(1);
 
 /// Batches (of up to 1,024 messages) waiting between the feeder and the runtime at most.
 const EVENT_BATCHES: usize = 16;
