@@ -10,7 +10,7 @@ use std::time::Duration;
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::bridge::{self, BridgeBoard, BridgeStats};
 use super::cluster_port::{ClusterPort, ClusterShared};
@@ -151,8 +151,39 @@ impl BrokerHandle {
     }
 }
 
+/// How often a start picks its port 0 listeners' ports again when a shard could not bind one.
+const PORT_PICKS: usize = 3;
+
 /// Starts the broker's shards and returns once every shard listens on every address.
 pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
+    // A port picked for a port 0 listener can be taken between the pick and the shards' own
+    // binds (seen in CI: "Address already in use" from a shard). The port was ours to choose,
+    // so choose again; a port the configuration names is never changed.
+    let mut picks = 1;
+    loop {
+        match start_once(config.clone()) {
+            Err(StartError::Listen { addr, .. })
+                if picks < PORT_PICKS && port_was_picked(&config, addr) =>
+            {
+                warn!(%addr, "a shard could not listen on the port picked for it; picking another");
+                picks += 1;
+            }
+            started => return started,
+        }
+    }
+}
+
+/// Whether `addr`'s port was picked by the broker (the configuration asks for port 0 there).
+fn port_was_picked(config: &BrokerConfig, addr: SocketAddr) -> bool {
+    let named = config.listen.iter().any(|l| l.addr.port() == addr.port());
+    !named
+        && config
+            .listen
+            .iter()
+            .any(|l| l.addr.port() == 0 && l.addr.ip() == addr.ip())
+}
+
+fn start_once(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     config.validate()?;
     ensure_locked_memory().map_err(|e| StartError::LockedMemory {
         have_kib: e.have_kib,
@@ -499,4 +530,32 @@ fn resolve_listen_addrs(
         reservations.extend(socket);
     }
     Ok((addrs, reservations))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &[&str]) -> BrokerConfig {
+        BrokerConfig {
+            listen: listen
+                .iter()
+                .map(|a| a.parse::<SocketAddr>().unwrap().into())
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_port_the_broker_picked_is_picked_again() {
+        let addr = |a: &str| a.parse::<SocketAddr>().unwrap();
+        let picked = config(&["127.0.0.1:0", "127.0.0.1:1883"]);
+        assert!(port_was_picked(&picked, addr("127.0.0.1:42829")));
+        assert!(!port_was_picked(&picked, addr("127.0.0.1:1883")));
+        assert!(!port_was_picked(&picked, addr("10.0.0.1:42829")));
+        assert!(!port_was_picked(
+            &config(&["127.0.0.1:1883"]),
+            addr("127.0.0.1:1883")
+        ));
+    }
 }
