@@ -481,7 +481,8 @@ fn without_nats_messages_for_other_nodes_are_bounded_dropped_and_counted() {
 /// (with `--data-dir`: everything it wrote is durable, see `broker::qos2_gate`). Sent before,
 /// a crash would have the publisher send it again and the other nodes get it twice. Node a's
 /// disk fails (the storage fault hook): node b gets nothing, and the publisher no PUBREC,
-/// until it works again; then b gets the message once.
+/// until it works again; then b gets the message once. Node a's interest changes still
+/// travel meanwhile.
 #[test]
 fn a_gated_qos2_message_reaches_other_nodes_once_accepted() {
     let nats = Nats::start();
@@ -517,6 +518,12 @@ fn a_gated_qos2_message_reaches_other_nodes_once_accepted() {
         None,
         "PUBREC before the disk"
     );
+    // Meanwhile node a goes on telling the cluster what it wants: a clean subscriber there
+    // gets what node b publishes.
+    let mut sub_a = a.connect("sub-a");
+    sub_a.subscribe(1, &[("meanwhile/#", 0)]);
+    let mut pub_b = b.connect("pub-b");
+    until_connected(&mut pub_b, &mut sub_a, "meanwhile/probe");
 
     full.store(0, std::sync::atomic::Ordering::Relaxed);
     publisher.expect_bytes(&pubrec(5));

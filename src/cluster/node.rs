@@ -3,7 +3,7 @@
 //! and hands their contents to the runtime; the runtime publishes, subscribes, keeps the
 //! other nodes' interest and feeds what arrives into the shards' inboxes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,7 +20,7 @@ use super::dedupe::Dedupe;
 use super::handoff;
 use super::interest::{self, Part, RemoteNodes};
 use super::subject::{filter_to_subjects, subject_to_topic, topic_to_subject};
-use crate::broker::cluster_port::{ClusterEvent, ClusterShared, Outgoing};
+use crate::broker::cluster_port::{ClusterEvent, ClusterShared, Outgoing, OUTBOX_CAPACITY};
 use crate::broker::config::ClusterConfig;
 use crate::broker::mesh::{Mesh, Message, Refused, ShardId, ShardMessage, V5Message};
 use crate::protocol::{ByteStr, QoS};
@@ -161,38 +161,38 @@ fn feed(
     events: mpsc::Sender<Event>,
     stop: Arc<AtomicBool>,
 ) {
+    // A persistent session's QoS 2 message leaves only once this node accepted it
+    // (`broker::qos2_gate`): sent before, a crash would have its publisher send it again, and
+    // the other nodes would get it twice. It waits here, and what came after it too, so every
+    // publisher's order holds; interest changes and sessions go on meanwhile. At most an
+    // outbox's worth waits: then the outbox fills, and the shards drop and count.
+    let mut held: VecDeque<Outgoing> = VecDeque::new();
+    let never = crossbeam_channel::never();
     while !stop.load(Ordering::Acquire) {
+        let mut opened = Vec::new();
+        while held.front().is_some_and(|out| out.message.deliverable()) {
+            opened.extend(held.pop_front());
+        }
+        if !opened.is_empty() && events.blocking_send(Event::Out(opened)).is_err() {
+            return;
+        }
+        let (incoming, idle) = match held.len() {
+            0 => (&outbox, Duration::from_millis(200)),
+            n if n < OUTBOX_CAPACITY => (&outbox, GATE_POLL),
+            _ => (&never, GATE_POLL),
+        };
         crossbeam_channel::select! {
-            recv(outbox) -> first => {
+            recv(incoming) -> first => {
                 let Ok(first) = first else { return };
-                let mut batch = vec![first];
-                while batch.len() < 1024 {
-                    match outbox.try_recv() {
-                        Ok(m) => batch.push(m),
-                        Err(_) => break,
+                let mut ready = Vec::new();
+                for out in std::iter::once(first).chain(outbox.try_iter().take(1023)) {
+                    if held.is_empty() && out.message.deliverable() {
+                        ready.push(out);
+                    } else {
+                        held.push_back(out);
                     }
                 }
-                let mut ready = Vec::with_capacity(batch.len());
-                for out in batch {
-                    // A persistent session's QoS 2 message leaves only once this node accepted
-                    // it (`broker::qos2_gate`): sent before, a crash would have its publisher
-                    // send it again, and the other nodes would get it twice. What follows it
-                    // waits too, so every publisher's order holds.
-                    if !out.message.deliverable() {
-                        let sent = std::mem::take(&mut ready);
-                        if !sent.is_empty() && events.blocking_send(Event::Out(sent)).is_err() {
-                            return;
-                        }
-                        while !out.message.deliverable() {
-                            if stop.load(Ordering::Acquire) {
-                                return;
-                            }
-                            std::thread::sleep(GATE_POLL);
-                        }
-                    }
-                    ready.push(out);
-                }
-                if events.blocking_send(Event::Out(ready)).is_err() {
+                if !ready.is_empty() && events.blocking_send(Event::Out(ready)).is_err() {
                     return;
                 }
             }
@@ -202,7 +202,7 @@ fn feed(
                     return;
                 }
             }
-            default(Duration::from_millis(200)) => {}
+            default(idle) => {}
         }
     }
 }
