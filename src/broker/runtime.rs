@@ -256,8 +256,8 @@ fn start_once(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             .io_memory(IO_MEMORY)
             .spin_before_park(config.spin_before_sleep)
             // The log's commits run on these threads (`store::log_io`): pinned to the shard's
-            // CPU, they would wait behind the shard whenever it is busy. Two, so that a
-            // compaction writing a whole snapshot does not hold up the live log's commits.
+            // CPU, they would wait behind the shard whenever it is busy. Two, so that during a
+            // compaction the old log's last commits need not wait behind the snapshot's write.
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))
             .spawn(move || async move {
                 let shard = Rc::new(Shard::new(
