@@ -401,3 +401,39 @@ fn messages_of_a_session_replaced_before_a_crash_go_to_the_group_after_it() {
         "acknowledged, then lost in a crash: {lost:?}"
     );
 }
+
+#[test]
+fn messages_a_member_hands_on_as_the_broker_stops_are_kept_once() {
+    let dirs = Dirs::new("shared-stop");
+    let data = dirs.data();
+    let full = Arc::new(AtomicU32::new(0));
+    let broker = start_with(&data, Some(full.clone()), |c| c.max_queued_messages = ROOM);
+    let ending = offline_member(&broker, "ending", 1, "s", None);
+    publish_acked(&broker, "p", "s/t", &[b"1", b"2"]);
+    let taker = offline_member(&broker, "taker", FULL_SHARD, "s", None);
+    // The member's session ends while the taker's shard cannot make "1" and "2" durable, so
+    // its shard keeps the end of the session handed on when the stop begins; the disk works
+    // again during the stop.
+    full.store(u32::MAX, std::sync::atomic::Ordering::Relaxed);
+    broker
+        .connect_with(&ConnectBuilder::new(&ending).clean(true))
+        .disconnect();
+    std::thread::sleep(Duration::from_millis(100));
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        full.store(0, std::sync::atomic::Ordering::Relaxed);
+    });
+    drop(broker);
+    thaw.join().unwrap();
+
+    let restarted = start_with(&data, None, |c| c.max_queued_messages = ROOM);
+    let mut got = Vec::new();
+    collect_if_kept(&restarted, &ending, &mut got);
+    collect_if_kept(&restarted, &taker, &mut got);
+    got.sort();
+    assert_eq!(
+        got,
+        [b"1".to_vec(), b"2".to_vec()],
+        "each message once, from the member that took it"
+    );
+}

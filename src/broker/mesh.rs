@@ -27,6 +27,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use super::cluster_port::HandOver;
 use super::qos2_gate::Qos2Gate;
 use super::shared::ShareTag;
+use super::stop_barrier::StopBarrier;
 use crate::protocol::{encode_publish, ByteStr, Connect, QoS};
 
 /// Index of a shard (one executor, one core).
@@ -484,6 +485,8 @@ pub enum Refused {
 /// The inboxes of all shards, shared by every shard.
 pub struct Mesh {
     inboxes: Vec<Inbox>,
+    /// Where the shards meet when the broker stops.
+    stop_barrier: StopBarrier,
 }
 
 /// Batches (not messages) an inbox holds. A full inbox means the destination core is saturated;
@@ -510,11 +513,19 @@ impl Mesh {
                 bell: reader.into(),
             });
         }
-        Ok((Arc::new(Mesh { inboxes }), receivers))
+        let mesh = Mesh {
+            inboxes,
+            stop_barrier: StopBarrier::default(),
+        };
+        Ok((Arc::new(mesh), receivers))
     }
 
     pub fn shards(&self) -> usize {
         self.inboxes.len()
+    }
+
+    pub fn stop_barrier(&self) -> &StopBarrier {
+        &self.stop_barrier
     }
 
     /// Sends, or says why not: the inbox is full (the message comes back, to retry) or its shard

@@ -31,6 +31,7 @@ mod shard;
 mod shard_tasks;
 pub mod shared;
 pub mod stats;
+mod stop_barrier;
 mod sys_topics;
 mod wire;
 

@@ -22,8 +22,8 @@ use super::metrics::MetricsSnapshot;
 use super::restore::{final_sync, prepare, restore, Startup};
 use super::shard::{home_shard, Shard};
 use super::shard_tasks::{
-    confirm_durable, drain_inbox, expire_sessions, hand_on, retry_stalled, sweep_idle_connections,
-    watch_stalls,
+    confirm_durable, drain_inbox, expire_sessions, finish_handing_on, hand_on, retry_stalled,
+    sweep_idle_connections, watch_stalls,
 };
 use super::stats::StatsBoard;
 use super::sys_topics::{publish_sys, report_stats};
@@ -440,6 +440,7 @@ async fn run_shard(
         .into_iter()
         .map(|(listener, spec)| glommio::spawn_local(accept_loop(shard.clone(), listener, spec)))
         .collect();
+    shard.mesh().stop_barrier().join();
     let _ = ready.send(Ok(()));
     drop(ready);
     let bridges = start_bridges(&shard, &bridges);
@@ -457,6 +458,9 @@ async fn run_shard(
     drop(sys);
     drop(reports);
     drop(compaction);
+    if shard.journal().is_some() {
+        finish_handing_on(&shard).await;
+    }
     drop(handed_on);
     drop(qos2);
     final_sync(&shard).await;

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::mesh::InboxReceiver;
 use super::metrics::add;
@@ -188,6 +188,36 @@ pub async fn confirm_durable(shard: Rc<Shard>) {
             shard.request_applied(token, Vec::new());
         }
         shard.flush();
+    }
+}
+
+/// Longest a stopping shard waits for the confirmations its handed-on records need, and for
+/// the other shards to finish theirs.
+const HAND_ON_AT_STOP: Duration = Duration::from_secs(5);
+
+/// At a stop, with `--data-dir`, before the final sync: waits until the records this shard
+/// keeps *handed on* (sessions that gave their shared messages to members elsewhere) are
+/// appended, which takes the other shards' confirmations, then until every shard got that far
+/// (see `stop_barrier`). Both waits serve the other shards meanwhile and are bounded; what is
+/// still handed on after them stays where it was in the log (the messages come back at the
+/// next start, also where they went: at least once, as after a crash).
+pub async fn finish_handing_on(shard: &Shard) {
+    let start = Instant::now();
+    while shard.durability.has_handed_on() && start.elapsed() < HAND_ON_AT_STOP {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    if shard.durability.has_handed_on() {
+        warn!(
+            shard = shard.id.0,
+            "stopping before other shards confirmed shared messages handed on to them; they may be delivered again after the next start"
+        );
+    }
+    let mesh = shard.mesh();
+    if !mesh.stop_barrier().arrive_and_wait(HAND_ON_AT_STOP).await {
+        warn!(
+            shard = shard.id.0,
+            "stopping before every shard finished handing shared messages on"
+        );
     }
 }
 
