@@ -249,6 +249,42 @@ fn a_client_id_connecting_to_another_node_takes_the_session_over() {
 }
 
 #[test]
+fn a_client_id_is_taken_over_even_from_a_node_whose_clock_runs_ahead() {
+    let nats = Nats::start();
+    // Node a's clock runs a minute ahead of node b's.
+    let ahead = |name: &str, url: String| {
+        Broker::with_config(surgemq::broker::BrokerConfig {
+            shards: 1,
+            sys_interval: Duration::ZERO,
+            cluster: Some(surgemq::broker::config::ClusterConfig {
+                servers: vec![url],
+                node_id: name.to_string(),
+                clock_offset_us: 60_000_000,
+            }),
+            ..test_config()
+        })
+    };
+    let a = ahead("a", nats.url(0));
+    let b = node("b", 1, vec![nats.url(1)]);
+    // Interest spread both ways: the nodes hear each other.
+    let mut sub = b.connect("skew-sub");
+    sub.subscribe(1, &[("probe/skew", 0)]);
+    let mut probe = a.connect("skew-probe");
+    until_connected(&mut probe, &mut sub, "probe/skew");
+    let mut first = a.connect("skewed");
+    first.ping();
+    // Node b hears a's claim (stamped a minute ahead of b's clock) before the client comes.
+    std::thread::sleep(Duration::from_millis(500));
+    // The same client id on b, later in fact but a minute earlier by b's clock: b stamps its
+    // claim after a's, so a ends its connection (MQTT-3.1.4-2) instead of ignoring the claim
+    // as older than its own connect.
+    let mut second = b.connect("skewed");
+    first.expect_closed_within(Duration::from_secs(5));
+    second.ping();
+    second.expect_nothing();
+}
+
+#[test]
 fn mqtt5_properties_and_message_expiry_cross_nodes() {
     let nats = Nats::start();
     let a = node("a", 1, vec![nats.url(0)]);
@@ -497,6 +533,7 @@ fn a_gated_qos2_message_reaches_other_nodes_once_accepted() {
         cluster: Some(surgemq::broker::config::ClusterConfig {
             servers: vec![nats.url(0)],
             node_id: "a".to_string(),
+            clock_offset_us: 0,
         }),
         ..test_config()
     });

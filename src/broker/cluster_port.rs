@@ -234,6 +234,8 @@ pub struct ClusterShared {
     /// Clients resuming a session here that no node handed over in time (a node that held
     /// it may be down): they got a new session.
     pub sessions_missed: AtomicU64,
+    /// When clients connected, as claims compare it across nodes.
+    pub claim_clock: ClaimClock,
     receivers: std::sync::Mutex<Option<(Receiver<Outgoing>, Receiver<ClusterEvent>)>>,
 }
 
@@ -250,6 +252,10 @@ impl std::fmt::Debug for ClusterShared {
 
 impl ClusterShared {
     pub fn new() -> Arc<ClusterShared> {
+        ClusterShared::with_clock(ClaimClock::new(0))
+    }
+
+    pub fn with_clock(claim_clock: ClaimClock) -> Arc<ClusterShared> {
         let (outbox, outbox_rx) = crossbeam_channel::bounded(OUTBOX_CAPACITY);
         // Interest changes are never dropped: they are bounded by the filters that exist.
         let (changes, changes_rx) = crossbeam_channel::unbounded();
@@ -264,6 +270,7 @@ impl ClusterShared {
             sessions_in: AtomicU64::new(0),
             sessions_out: AtomicU64::new(0),
             sessions_missed: AtomicU64::new(0),
+            claim_clock,
             receivers: std::sync::Mutex::new(Some((outbox_rx, changes_rx))),
         })
     }
@@ -333,7 +340,7 @@ impl ClusterPort {
 
     /// A client connected here: the other nodes end their session of it.
     pub fn claim(&self, client_id: &str) {
-        let now = unix_us();
+        let now = self.shared.claim_clock.tick();
         self.connected_at
             .borrow_mut()
             .insert(client_id.to_string(), now);
@@ -343,7 +350,7 @@ impl ClusterPort {
     /// A client resuming its session connected here: the node that holds the session hands
     /// it over (and ends its own connection of the client, as a claim does).
     pub fn take(&self, client_id: &str, username: Option<&str>) -> AnswerWait<Vec<HandedSession>> {
-        let now = unix_us();
+        let now = self.shared.claim_clock.tick();
         self.connected_at
             .borrow_mut()
             .insert(client_id.to_string(), now);
@@ -375,9 +382,73 @@ impl ClusterPort {
     }
 }
 
-/// Now, in microseconds since the Unix epoch (nodes' clocks are compared for claims).
+/// The time of a client's connect, for claims: microseconds since the Unix epoch, but never
+/// before (nor equal to) a claim this node has heard of. A hybrid logical clock: a client that
+/// connected on node A and then on node B is B's once B heard A's claim, whatever the two
+/// hosts' clocks say; only claims that cross each other on NATS are ordered by wall clocks.
+#[derive(Debug)]
+pub struct ClaimClock {
+    last: AtomicU64,
+    /// Added to this host's clock (see `ClusterConfig::clock_offset_us`).
+    offset_us: i64,
+}
+
+impl ClaimClock {
+    pub fn new(offset_us: i64) -> ClaimClock {
+        ClaimClock {
+            last: AtomicU64::new(0),
+            offset_us,
+        }
+    }
+
+    /// The time of a connect here: later than every time this clock gave or heard of.
+    pub fn tick(&self) -> u64 {
+        let wall = unix_us().saturating_add_signed(self.offset_us);
+        let previous = self
+            .last
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                Some(wall.max(last + 1))
+            })
+            .unwrap_or_else(|last| last);
+        wall.max(previous + 1)
+    }
+
+    /// Another node's claim, made at `at`: connects here from now on come after it.
+    pub fn observe(&self, at: u64) {
+        self.last.fetch_max(at, Ordering::AcqRel);
+    }
+}
+
+/// Now, in microseconds since the Unix epoch.
 pub fn unix_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connect_comes_after_every_claim_heard_of_whatever_the_clock_says() {
+        let clock = ClaimClock::new(0);
+        let first = clock.tick();
+        assert!(clock.tick() > first, "two connects never tie");
+        // A claim from a node whose clock runs an hour ahead.
+        let ahead = unix_us() + 3_600_000_000;
+        clock.observe(ahead);
+        assert_eq!(clock.tick(), ahead + 1);
+        assert_eq!(clock.tick(), ahead + 2);
+        // An older claim changes nothing.
+        clock.observe(first);
+        assert_eq!(clock.tick(), ahead + 3);
+    }
+
+    #[test]
+    fn the_offset_moves_the_wall_clock() {
+        let behind = ClaimClock::new(-60_000_000).tick();
+        let now = unix_us();
+        assert!(behind + 50_000_000 < now, "{behind} vs {now}");
+    }
 }

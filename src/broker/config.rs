@@ -108,6 +108,10 @@ pub struct ClusterConfig {
     pub servers: Vec<String>,
     /// This node's name: unique in the cluster (letters, digits, `-` and `_`).
     pub node_id: String,
+    /// Moves this node's clock for client id claims by this many microseconds: tests use it
+    /// to stand for a host whose clock is off (0 otherwise).
+    #[doc(hidden)]
+    pub clock_offset_us: i64,
 }
 
 impl Default for BrokerConfig {

@@ -13,7 +13,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tracing::{info, warn};
 
 use super::bridge::{self, BridgeBoard, BridgeStats};
-use super::cluster_port::{ClusterPort, ClusterShared};
+use super::cluster_port::{ClaimClock, ClusterPort, ClusterShared};
 use super::config::BrokerConfig;
 use super::keepalive::watch_keepalives;
 use super::listeners::{accept_loop, ListenerSpec, TlsSettings};
@@ -217,7 +217,10 @@ fn start_once(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             .collect(),
     );
     let stats = StatsBoard::with_bridges(shards, bridges.clone());
-    let cluster_shared = config.cluster.as_ref().map(|_| ClusterShared::new());
+    let cluster_shared = config
+        .cluster
+        .as_ref()
+        .map(|c| ClusterShared::with_clock(ClaimClock::new(c.clock_offset_us)));
     if let Some(shared) = &cluster_shared {
         stats.set_cluster(shared.clone());
     }

@@ -397,7 +397,11 @@ fn cluster_config(
             .map(|h| h.trim().replace('.', "-"))
             .unwrap_or_else(|_| "surgemq".into()),
     };
-    Ok(Some(ClusterConfig { servers, node_id }))
+    Ok(Some(ClusterConfig {
+        servers,
+        node_id,
+        clock_offset_us: 0,
+    }))
 }
 
 /// The TLS files, when --cert or --key (or their keys) are given: both must be.

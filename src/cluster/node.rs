@@ -712,6 +712,9 @@ impl Node {
         else {
             return;
         };
+        // Whatever this host's clock says, a client connecting here from now on connected
+        // after this claim.
+        self.shared.claim_clock.observe(at);
         let home = crate::broker::home_shard(id, self.shards);
         let wants = m.headers.as_ref().and_then(handoff::wants_session);
         match (wants, m.reply) {

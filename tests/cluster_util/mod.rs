@@ -151,6 +151,7 @@ pub fn node(name: &str, shards: usize, servers: Vec<String>) -> Broker {
         cluster: Some(ClusterConfig {
             servers,
             node_id: name.to_string(),
+            clock_offset_us: 0,
         }),
         ..test_config()
     })
