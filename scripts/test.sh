@@ -45,6 +45,7 @@ need_deb mosquitto_pub mosquitto-clients
 need_deb mosquitto mosquitto
 need_deb openssl openssl
 need_deb nats-server nats-server
+need_deb ip iproute2
 need_py paho.mqtt "paho-mqtt>=2,<3" python3-paho-mqtt
 
 log "cargo fmt --check"
@@ -80,6 +81,11 @@ fi
 if [ -x scripts/interop-bridge.sh ]; then
   log "bridge interop (Mosquitto as the remote broker, mosquitto clients, mosquitto.conf and TOML)"
   scripts/interop-bridge.sh
+fi
+
+if [ -x scripts/interop-cluster-netns.sh ]; then
+  log "cluster on three hosts (network namespaces, nats-server, mosquitto clients)"
+  scripts/interop-cluster-netns.sh
 fi
 
 if [ -x scripts/metrics-test.sh ]; then
