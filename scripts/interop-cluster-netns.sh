@@ -154,6 +154,16 @@ lines_of() {
   return 1
 }
 
+# reaches_host_3 FROM NAME: a new subscriber on host 3 gets a QoS 1 message published on host
+# FROM (topic netns/NAME/data, once interest has spread).
+reaches_host_3() {
+  local out="$TMP/$2.out"
+  sub 3 "$out" -i "$2-sub" -q 1 -t "netns/$2/#"
+  until_seen "$1" "$out" "netns/$2/probe" || return 1
+  pub "$1" -t "netns/$2/data" -m "$2-data" -q 1
+  lines_of "$out" "$2-data" 1
+}
+
 # qos1_in_order_across_hosts
 sub 3 "$TMP/q1.out" -i q1-sub -q 1 -t 'netns/q1/#'
 ok=0
@@ -190,23 +200,15 @@ wait "${NATS_PID[2]}" 2>/dev/null || true
   echo "interop-cluster-netns: host 2's nats-server survived SIGKILL"
   exit 1
 }
-sub 3 "$TMP/fo.out" -i fo-sub -q 1 -t 'netns/fo/#'
 ok=1
-if until_seen 2 "$TMP/fo.out" netns/fo/probe; then
-  pub 2 -t netns/fo/data -m after-failover -q 1
-  lines_of "$TMP/fo.out" after-failover 1 && ok=0
-fi
+reaches_host_3 2 fo && ok=0
 report nats_server_lost "$ok" "nothing from host 2 reached host 3 after host 2's nats-server died"
 
 # node_lost: host 1's node dies; hosts 2 and 3 go on.
 kill -KILL "${NODE_PID[1]}"
 wait "${NODE_PID[1]}" 2>/dev/null || true
-sub 3 "$TMP/nl.out" -i nl-sub -q 1 -t 'netns/nl/#'
 ok=1
-if until_seen 2 "$TMP/nl.out" netns/nl/probe; then
-  pub 2 -t netns/nl/data -m still-here -q 1
-  lines_of "$TMP/nl.out" still-here 1 && ok=0
-fi
+reaches_host_3 2 nl && ok=0
 report node_lost "$ok" "hosts 2 and 3 stopped talking once host 1's node died"
 
 for h in 2 3; do
