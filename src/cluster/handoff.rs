@@ -80,14 +80,14 @@ pub async fn take(
             warn!(client = %client_id, "cluster: cannot ask for a session: {e}");
             // Still claimed, so that no other node keeps a connection of the client.
             let _ = client
-                .publish_with_headers(super::node::CLAIM, headers, client_id.into())
+                .publish_with_headers(super::wire::CLAIM, headers, client_id.into())
                 .await;
             return;
         }
     };
     if let Err(e) = client
         .publish_with_reply_and_headers(
-            super::node::CLAIM,
+            super::wire::CLAIM,
             inbox,
             headers,
             Bytes::from(client_id.clone()),

@@ -36,5 +36,6 @@ mod handoff;
 pub mod interest;
 mod node;
 pub mod subject;
+mod wire;
 
 pub use node::{start, ClusterHandle, ClusterStartError};

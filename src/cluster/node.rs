@@ -20,34 +20,14 @@ use super::dedupe::Dedupe;
 use super::handoff;
 use super::interest::{self, Part, RemoteNodes};
 use super::subject::{filter_to_subjects, subject_to_topic, topic_to_subject};
+use super::wire::*;
 use crate::broker::cluster_port::{ClusterEvent, ClusterShared, Outgoing, OUTBOX_CAPACITY};
 use crate::broker::config::ClusterConfig;
-use crate::broker::mesh::{Mesh, Message, Refused, ShardId, ShardMessage, V5Message};
+use crate::broker::mesh::{Mesh, Message, Refused, ShardId, ShardMessage};
 use crate::protocol::{ByteStr, QoS};
 
-/// The origin node (`node/start-time`) of an interest snapshot.
-const NODE: &str = "Smq-Node";
-/// A message's metadata in one header (one to build and parse per message, not five):
-/// `ORIGIN SEQ QOS KEY RETAIN`, see [`Meta`].
-const META: &str = "Smq";
-/// On `$SMQ.retained`: the message's MQTT topic.
-const TOPIC: &str = "Smq-Topic";
-/// An MQTT 5 message's forwarded properties (encoded as in the PUBLISH, base64).
-const PROPS: &str = "Smq-Props";
-/// What is left of an MQTT 5 Message Expiry Interval, in seconds.
-const EXPIRY: &str = "Smq-Expiry";
-const EPOCH: &str = "Smq-Epoch";
-const PART: &str = "Smq-Part";
-const INTEREST: &str = "$SMQ.interest";
-const HELLO: &str = "$SMQ.hello";
-const RETAINED: &str = "$SMQ.retained";
-/// A node that joins asks one other node (a queue group) for the retained messages.
-const SYNC: &str = "$SMQ.sync";
-/// The last message of a retained-message sync.
-const END: &str = "Smq-End";
-/// A client id that connected to the node in the header, at the time in [`AT`].
-pub(super) const CLAIM: &str = "$SMQ.claim";
-const AT: &str = "Smq-At";
+mod claims;
+mod retained;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterStartError {
@@ -593,146 +573,6 @@ impl Node {
         topic
     }
 
-    /// Asks another node for the retained messages (they reach a node only while it runs)
-    /// and stores them; gives up after a few seconds, or at once when no node answers.
-    async fn fetch_retained(&self, client: &async_nats::Client, dedupe: &mut Dedupe) {
-        let inbox = client.new_inbox();
-        let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
-            return;
-        };
-        if client
-            .publish_with_reply(SYNC, inbox, Bytes::new())
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let mut count = 0usize;
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(5), replies.next()).await;
-            let Ok(Some(m)) = next else { break };
-            // The end, or NATS saying nobody answers (no other node yet).
-            if m.status.is_some() || m.headers.as_ref().is_some_and(|h| h.get(END).is_some()) {
-                break;
-            }
-            count += 1;
-            let arrived = Arrived {
-                subject: m.subject,
-                headers: m.headers,
-                payload: m.payload,
-                group: None,
-            };
-            self.deliver(arrived, dedupe).await;
-        }
-        if count > 0 {
-            info!(node = %self.id, count, "cluster: retained messages fetched from another node");
-        }
-    }
-
-    /// A joining node asked for the retained messages: every shard's, then an end marker.
-    async fn send_retained(&self, client: &async_nats::Client, reply: String) {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let mut asked = 0;
-        for shard in 0..self.shards {
-            let msg = ShardMessage::CollectRetained(tx.clone());
-            if self.to_shard(ShardId(shard as u16), msg).await {
-                asked += 1;
-            }
-        }
-        drop(tx);
-        let gathered = tokio::task::spawn_blocking(move || {
-            let mut all = Vec::new();
-            for _ in 0..asked {
-                match rx.recv_timeout(Duration::from_secs(5)) {
-                    Ok(part) => all.extend(part),
-                    Err(_) => break,
-                }
-            }
-            all
-        })
-        .await
-        .unwrap_or_default();
-        let origin = format!("{}/sync", self.incarnation);
-        for (i, m) in gathered.iter().enumerate() {
-            let meta = Meta {
-                origin: &origin,
-                seq: i as u64 + 1,
-                qos: m.qos,
-                key: 0,
-                retain: true,
-            };
-            let mut headers = HeaderMap::new();
-            headers.insert(META, meta.to_string().as_str());
-            headers.insert(TOPIC, &*m.topic);
-            if let Err(e) = client
-                .publish_with_headers(reply.clone(), headers, m.payload.clone())
-                .await
-            {
-                return warn!("cluster: cannot send retained messages: {e}");
-            }
-        }
-        let mut end = HeaderMap::new();
-        end.insert(END, "1");
-        let _ = client.publish_with_headers(reply, end, Bytes::new()).await;
-    }
-
-    fn claim_headers(&self, at: u64) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(NODE, self.incarnation.as_str());
-        headers.insert(AT, at.to_string().as_str());
-        headers
-    }
-
-    /// Tells the other nodes that a client connected here at `at`.
-    async fn claim(&self, client: &async_nats::Client, id: String, at: u64) {
-        let headers = self.claim_headers(at);
-        if let Err(e) = client
-            .publish_with_headers(CLAIM, headers, Bytes::from(id))
-            .await
-        {
-            warn!("cluster: cannot claim a client id: {e}");
-        }
-    }
-
-    /// Another node took a client id: its session here ends, on its home shard, or, when the
-    /// client resumes it there, goes over to that node (see `handoff`).
-    async fn claimed_elsewhere(&self, client: &async_nats::Client, m: async_nats::Message) {
-        let from = m.headers.as_ref().and_then(|h| h.get(NODE));
-        if from.is_none_or(|n| n.as_str() == self.incarnation) {
-            return;
-        }
-        let Ok(id) = std::str::from_utf8(&m.payload) else {
-            return;
-        };
-        let Some(at) = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(AT))
-            .and_then(|v| v.as_str().parse().ok())
-        else {
-            return;
-        };
-        // Whatever this host's clock says, a client connecting here from now on connected
-        // after this claim.
-        self.shared.claim_clock.observe(at);
-        let home = crate::broker::home_shard(id, self.shards);
-        let wants = m.headers.as_ref().and_then(handoff::wants_session);
-        match (wants, m.reply) {
-            (Some(username), Some(reply)) => {
-                let node = self.incarnation.clone();
-                let (request, respond) = handoff::hand_over(client.clone(), reply, username, node);
-                let msg = ShardMessage::ClaimedElsewhere(ByteStr::from(id), at, Some(request));
-                if self.to_shard(home, msg).await {
-                    tokio::spawn(respond);
-                }
-            }
-            _ => {
-                let msg = ShardMessage::ClaimedElsewhere(ByteStr::from(id), at, None);
-                self.to_shard(home, msg).await;
-            }
-        }
-    }
-
     /// Puts a message into a shard's inbox, waiting while it is full (NATS buffers
     /// meanwhile); false if the shard has stopped.
     async fn to_shard(&self, shard: ShardId, mut msg: ShardMessage) -> bool {
@@ -786,75 +626,9 @@ impl Node {
     }
 }
 
-/// The MQTT 5 part of a message from another node, if it had one.
-fn v5_part(headers: Option<&HeaderMap>) -> Option<Box<V5Message>> {
-    use base64::Engine as _;
-    let headers = headers?;
-    let properties = headers
-        .get(PROPS)
-        .and_then(|p| {
-            base64::engine::general_purpose::STANDARD
-                .decode(p.as_str())
-                .ok()
-        })
-        .map(Bytes::from)
-        .unwrap_or_default();
-    let expires_at = headers
-        .get(EXPIRY)
-        .and_then(|e| e.as_str().parse::<u64>().ok())
-        .map(|secs| std::time::Instant::now() + Duration::from_secs(secs));
-    if properties.is_empty() && expires_at.is_none() {
-        return None;
-    }
-    Some(Box::new(V5Message {
-        properties,
-        expires_at,
-    }))
-}
-
 fn hash(s: &str) -> u64 {
     s.bytes()
         .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
-}
-
-/// What a node says about a message it sends: where from (`node/start-time`), its number in
-/// that node's stream, its QoS, its publisher's order key, and whether it is retained.
-#[derive(Debug, PartialEq, Eq)]
-struct Meta<'a> {
-    origin: &'a str,
-    seq: u64,
-    qos: QoS,
-    key: u64,
-    retain: bool,
-}
-
-impl std::fmt::Display for Meta<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let retain = if self.retain { " r" } else { "" };
-        write!(
-            f,
-            "{} {} {} {}{retain}",
-            self.origin, self.seq, self.qos as u8, self.key
-        )
-    }
-}
-
-impl<'a> Meta<'a> {
-    fn parse(text: &'a str) -> Option<Meta<'a>> {
-        let mut words = text.split(' ');
-        let origin = words.next()?;
-        let seq = words.next()?.parse().ok()?;
-        let qos = QoS::from_u8(words.next()?.parse().ok()?)?;
-        let key = words.next()?.parse().ok()?;
-        let retain = words.next() == Some("r");
-        Some(Meta {
-            origin,
-            seq,
-            qos,
-            key,
-            retain,
-        })
-    }
 }
 
 /// Epochs grow across restarts: they start at the start time.
@@ -863,26 +637,4 @@ fn epoch_base() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
         << 16
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metadata_reads_back_what_was_written() {
-        let meta = Meta {
-            origin: "edge-1/1764460800000",
-            seq: 42,
-            qos: QoS::ExactlyOnce,
-            key: 7,
-            retain: true,
-        };
-        let text = meta.to_string();
-        assert_eq!(text, "edge-1/1764460800000 42 2 7 r");
-        assert_eq!(Meta::parse(&text), Some(meta));
-        let plain = Meta::parse("a/1 1 0 0").unwrap();
-        assert!(!plain.retain && plain.qos == QoS::AtMostOnce);
-        assert_eq!(Meta::parse("a/1 x 0 0"), None);
-    }
 }

@@ -1,0 +1,94 @@
+//! Retained messages between nodes: a node that joins asks one other node for all of them
+//! (`$SMQ.sync`, a queue group: one node answers), and answers such questions from others.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_lite::StreamExt;
+use tracing::{info, warn};
+
+use super::*;
+
+impl Node {
+    /// Asks another node for the retained messages (they reach a node only while it runs)
+    /// and stores them; gives up after a few seconds, or at once when no node answers.
+    pub(super) async fn fetch_retained(&self, client: &async_nats::Client, dedupe: &mut Dedupe) {
+        let inbox = client.new_inbox();
+        let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
+            return;
+        };
+        if client
+            .publish_with_reply(SYNC, inbox, Bytes::new())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut count = 0usize;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), replies.next()).await;
+            let Ok(Some(m)) = next else { break };
+            // The end, or NATS saying nobody answers (no other node yet).
+            if m.status.is_some() || m.headers.as_ref().is_some_and(|h| h.get(END).is_some()) {
+                break;
+            }
+            count += 1;
+            let arrived = Arrived {
+                subject: m.subject,
+                headers: m.headers,
+                payload: m.payload,
+                group: None,
+            };
+            self.deliver(arrived, dedupe).await;
+        }
+        if count > 0 {
+            info!(node = %self.id, count, "cluster: retained messages fetched from another node");
+        }
+    }
+
+    /// A joining node asked for the retained messages: every shard's, then an end marker.
+    pub(super) async fn send_retained(&self, client: &async_nats::Client, reply: String) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut asked = 0;
+        for shard in 0..self.shards {
+            let msg = ShardMessage::CollectRetained(tx.clone());
+            if self.to_shard(ShardId(shard as u16), msg).await {
+                asked += 1;
+            }
+        }
+        drop(tx);
+        let gathered = tokio::task::spawn_blocking(move || {
+            let mut all = Vec::new();
+            for _ in 0..asked {
+                match rx.recv_timeout(Duration::from_secs(5)) {
+                    Ok(part) => all.extend(part),
+                    Err(_) => break,
+                }
+            }
+            all
+        })
+        .await
+        .unwrap_or_default();
+        let origin = format!("{}/sync", self.incarnation);
+        for (i, m) in gathered.iter().enumerate() {
+            let meta = Meta {
+                origin: &origin,
+                seq: i as u64 + 1,
+                qos: m.qos,
+                key: 0,
+                retain: true,
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(META, meta.to_string().as_str());
+            headers.insert(TOPIC, &*m.topic);
+            if let Err(e) = client
+                .publish_with_headers(reply.clone(), headers, m.payload.clone())
+                .await
+            {
+                return warn!("cluster: cannot send retained messages: {e}");
+            }
+        }
+        let mut end = HeaderMap::new();
+        end.insert(END, "1");
+        let _ = client.publish_with_headers(reply, end, Bytes::new()).await;
+    }
+}
