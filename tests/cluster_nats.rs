@@ -3,7 +3,8 @@
 //! QoS 0, 1 and 2 with per-publisher order, interest (a node sends nothing to NATS that no
 //! other node wants), retained messages on every node, overlapping filters delivered once,
 //! NATS applications and MQTT clients seeing each other's messages on nats-server's own
-//! subject mapping, and a NATS server killed under a node. Nodes run in this process.
+//! subject mapping, a NATS server killed under a node, and retained messages kept in JetStream
+//! outliving every node. Nodes run in this process.
 #![cfg(feature = "cluster")]
 
 mod cluster_util;
@@ -282,6 +283,64 @@ fn a_client_id_is_taken_over_even_from_a_node_whose_clock_runs_ahead() {
     first.expect_closed_within(Duration::from_secs(5));
     second.ping();
     second.expect_nothing();
+}
+
+#[test]
+fn retained_messages_outlive_every_node_in_jetstream() {
+    let nats = Nats::start();
+    {
+        let a = node("a", 1, vec![nats.url(0)]);
+        let mut publisher = a.connect("kv-pub");
+        publisher.publish1("kv/kept", b"survives", true, 1);
+        publisher.publish1("kv/cleared", b"gone", true, 2);
+        publisher.publish1("kv/cleared", b"", true, 3);
+        // Node a writes them to the bucket once it is open (the NATS cluster's JetStream
+        // may still be electing its leader): wait until it holds just the one left.
+        run(async {
+            let client = async_nats::connect(nats.url(2)).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let deadline = Instant::now() + Duration::from_secs(40);
+            loop {
+                if let Ok(kv) = js.get_key_value("SMQ_RETAINED").await {
+                    if let Ok(keys) = kv.keys().await {
+                        let keys: Vec<_> = keys.filter_map(Result::ok).collect().await;
+                        if keys.len() == 1 {
+                            break;
+                        }
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node a never stored its retained messages"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+    // Node a is gone, and no other node ran: a new node gets them from JetStream alone.
+    let b = node("b", 2, vec![nats.url(1)]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut sub = b.connect("kv-sub");
+        sub.subscribe(1, &[("kv/#", 1)]);
+        let mut got = Vec::new();
+        while let Some(frame) = sub.next_frame_within(Duration::from_millis(300)) {
+            if let surgemq::protocol::Packet::Publish(p) = parse(&frame) {
+                got.push((p.topic.to_string(), p.payload.to_vec(), p.retain));
+            }
+        }
+        sub.disconnect();
+        // A subscription made while the bucket loads gets the message live (RETAIN 0,
+        // MQTT-3.3.1-9); one made after gets it as retained.
+        if got.iter().any(|(_, _, retain)| *retain) {
+            assert_eq!(got, [("kv/kept".to_string(), b"survives".to_vec(), true)]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node b never loaded the retained message"
+        );
+    }
 }
 
 #[test]

@@ -14,7 +14,9 @@
 //!   another node wants goes, after local routing, into a bounded outbox (full: dropped and
 //!   counted), and from there to NATS on its topic's subject, with headers naming the origin
 //!   node, a sequence number, its QoS and its publisher's order key. Retained messages go to
-//!   every node (also on `$SMQ.retained`), each of which keeps its copy. A persistent
+//!   every node (also on `$SMQ.retained`), each of which keeps its copy, and into a
+//!   JetStream key-value bucket when the NATS servers have JetStream, which a starting node
+//!   reads (`node::retained_kv`), so they outlive the nodes. A persistent
 //!   session's QoS 2 message waits in the outbox, and what follows it too, until this node
 //!   accepted it (`broker::qos2_gate`), as it does for local subscribers.
 //! - **Receiving.** What NATS delivers (once per matching NATS subscription, so possibly

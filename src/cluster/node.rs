@@ -28,6 +28,9 @@ use crate::protocol::{ByteStr, QoS};
 
 mod claims;
 mod retained;
+mod retained_kv;
+
+use retained_kv::{KvOp, KV_QUEUE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterStartError {
@@ -88,6 +91,7 @@ pub fn start(
     // fills, and further messages for other nodes are dropped and counted there.
     let (events_tx, events_rx) = mpsc::channel(EVENT_BATCHES);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (kv_tx, kv_rx) = mpsc::channel(KV_QUEUE);
     // Blocks on the shards' channels; batches what is there and wakes the runtime.
     let feeder = {
         let stop = stop.clone();
@@ -111,6 +115,7 @@ pub fn start(
         shards,
         subjects: Default::default(),
         topics: Default::default(),
+        retained_kv: kv_tx,
     };
     let runner = std::thread::Builder::new()
         .name("surgemq-cluster".into())
@@ -125,7 +130,7 @@ pub fn start(
                     return;
                 }
             };
-            rt.block_on(node.run(servers, events_rx, stop_rx));
+            rt.block_on(node.run(servers, events_rx, stop_rx, kv_rx));
         })
         .map_err(ClusterStartError::Thread)?;
     Ok(ClusterHandle {
@@ -199,6 +204,8 @@ struct Node {
     /// otherwise allocate per message. Emptied when they grow past [`CONVERSIONS`].
     subjects: std::cell::RefCell<AHashMap<ByteStr, Option<async_nats::Subject>>>,
     topics: std::cell::RefCell<AHashMap<String, ByteStr>>,
+    /// Retained changes made here, for the JetStream bucket (see `retained_kv`).
+    retained_kv: mpsc::Sender<KvOp>,
 }
 
 /// How often the feeder looks again at a QoS 2 message's gate while it is closed (it opens one
@@ -235,6 +242,7 @@ impl Node {
         servers: Vec<ServerAddr>,
         mut events: mpsc::Receiver<Event>,
         mut stop: tokio::sync::watch::Receiver<bool>,
+        retained_changes: mpsc::Receiver<KvOp>,
     ) {
         let client = match async_nats::ConnectOptions::new()
             .name(format!("surgemq-{}", self.id))
@@ -266,6 +274,12 @@ impl Node {
             }
         };
         let (arrived_tx, mut arrived) = mpsc::channel::<Arrived>(4096);
+        tokio::spawn(Node::keep_retained(
+            client.clone(),
+            retained_changes,
+            arrived_tx.clone(),
+            format!("{}/kv", self.incarnation),
+        ));
         let mut local_shared: BTreeSet<String> = BTreeSet::new();
         // Our interest: filter -> the NATS subscriptions forwarding it.
         let mut local: AHashMap<String, Vec<tokio::task::JoinHandle<()>>> = AHashMap::new();
@@ -512,6 +526,12 @@ impl Node {
         if m.retain {
             let mut all = headers.clone();
             all.insert(TOPIC, &*m.topic);
+            // Kept in JetStream too (see `retained_kv`); gone only when JetStream is.
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                self.retained_kv.try_send(retained_kv::op_of(m))
+            {
+                warn!(topic = %m.topic, "cluster: the queue to JetStream is full; this retained change is not stored there");
+            }
             // Every node keeps retained messages, interested or not.
             if let Err(e) = client
                 .publish_with_headers(RETAINED, all, m.payload.clone())

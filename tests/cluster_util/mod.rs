@@ -21,10 +21,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Three nats-server processes routed into one cluster; killed when dropped.
+/// Three nats-server processes routed into one cluster, JetStream on (each storing under a
+/// directory of its own); killed, and their directories removed, when dropped.
 pub struct Nats {
     servers: Vec<Option<Child>>,
     ports: Vec<u16>,
+    store: std::path::PathBuf,
 }
 
 impl Nats {
@@ -44,11 +46,19 @@ impl Nats {
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
+        let store = std::env::temp_dir().join(format!(
+            "surgemq-nats-js-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
         let servers = (0..3)
             .map(|i| {
+                let dir = store.join(format!("n{i}"));
                 Some(
                     Command::new("nats-server")
                         .args(["-a", "127.0.0.1", "-p", &ports[i].to_string()])
+                        .args(["--server_name", &format!("n{i}"), "-js", "--store_dir"])
+                        .arg(&dir)
                         .args(["--cluster_name", "surgemq-test"])
                         .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i])])
                         .args(["--routes", &all_routes])
@@ -59,7 +69,11 @@ impl Nats {
                 )
             })
             .collect();
-        let nats = Nats { servers, ports };
+        let nats = Nats {
+            servers,
+            ports,
+            store,
+        };
         for &p in &nats.ports {
             wait_listening(p);
         }
@@ -121,6 +135,7 @@ impl Drop for Nats {
         for i in 0..self.servers.len() {
             self.kill(i);
         }
+        let _ = std::fs::remove_dir_all(&self.store);
     }
 }
 

@@ -1,0 +1,355 @@
+//! Retained messages in a JetStream key-value bucket ([`BUCKET`]), so that they outlive the
+//! nodes: without it a node that starts learns them only from another running node
+//! (`$SMQ.sync`), and a cluster whose nodes all stopped (without `--data-dir`) had none left.
+//!
+//! Each node writes the retained changes its own clients make (a set is a put, keyed by the
+//! topic; a clear a delete), one at a time in order, from a bounded queue
+//! ([`KV_QUEUE`] changes; when it is full, a change is not stored in the bucket, logged, and
+//! the nodes still have it). At start a node reads the whole bucket and takes every entry as a
+//! retained message, then asks a running node as before. The bucket is made on first use,
+//! replicated on three NATS servers when the cluster has them (one otherwise); without
+//! JetStream on the NATS servers the node says so once and goes on without it.
+//!
+//! An entry is one message: `version u8 | qos u8 | topic u16-len | properties u32-len |
+//! expires-at u64 (Unix ms, 0 = never) | payload`, the key the topic in URL-safe base64 (a
+//! key's alphabet is narrower than a topic's).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::kv::Store;
+use async_nats::jetstream::stream;
+use async_nats::HeaderMap;
+use base64::Engine as _;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_lite::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::*;
+
+/// The bucket every node of a cluster shares.
+pub(super) const BUCKET: &str = "SMQ_RETAINED";
+/// Retained changes waiting to be written, at most.
+pub(super) const KV_QUEUE: usize = 65_536;
+/// How long a starting node keeps trying to reach the bucket (a NATS cluster elects its
+/// JetStream leader a few seconds after it starts).
+const OPEN_FOR: Duration = Duration::from_secs(30);
+const ENTRY_VERSION: u8 = 1;
+
+/// A retained change to write.
+pub(super) enum KvOp {
+    Put(String, Bytes),
+    Delete(String),
+}
+
+/// The change a retained message makes to the bucket.
+pub(super) fn op_of(m: &Message) -> KvOp {
+    let key = key_of(&m.topic);
+    if m.payload.is_empty() {
+        return KvOp::Delete(key);
+    }
+    let (properties, expires_at) = match &m.v5 {
+        Some(v5) => (v5.properties.clone(), v5.expires_at.map(unix_ms_of)),
+        None => (Bytes::new(), None),
+    };
+    KvOp::Put(
+        key,
+        encode_entry(&m.topic, m.qos, &properties, expires_at, &m.payload),
+    )
+}
+
+fn key_of(topic: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE.encode(topic)
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn unix_ms_of(at: Instant) -> u64 {
+    let left = at.saturating_duration_since(Instant::now());
+    unix_ms_now() + left.as_millis() as u64
+}
+
+/// One retained message as a bucket entry.
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    topic: String,
+    qos: QoS,
+    properties: Bytes,
+    expires_at_ms: Option<u64>,
+    payload: Bytes,
+}
+
+fn encode_entry(
+    topic: &str,
+    qos: QoS,
+    properties: &[u8],
+    expires_at_ms: Option<u64>,
+    payload: &[u8],
+) -> Bytes {
+    let mut out = BytesMut::with_capacity(16 + topic.len() + properties.len() + payload.len());
+    out.put_u8(ENTRY_VERSION);
+    out.put_u8(qos as u8);
+    out.put_u16(topic.len() as u16);
+    out.put_slice(topic.as_bytes());
+    out.put_u32(properties.len() as u32);
+    out.put_slice(properties);
+    out.put_u64(expires_at_ms.unwrap_or(0));
+    out.put_slice(payload);
+    out.freeze()
+}
+
+fn decode_entry(mut bytes: Bytes) -> Option<Entry> {
+    if bytes.remaining() < 4 || bytes.get_u8() != ENTRY_VERSION {
+        return None;
+    }
+    let qos = QoS::from_u8(bytes.get_u8())?;
+    let topic_len = bytes.get_u16() as usize;
+    if bytes.remaining() < topic_len + 4 {
+        return None;
+    }
+    let topic = String::from_utf8(bytes.split_to(topic_len).to_vec()).ok()?;
+    let props_len = bytes.get_u32() as usize;
+    if bytes.remaining() < props_len + 8 {
+        return None;
+    }
+    let properties = bytes.split_to(props_len);
+    let expires_at_ms = Some(bytes.get_u64()).filter(|&ms| ms != 0);
+    Some(Entry {
+        topic,
+        qos,
+        properties,
+        expires_at_ms,
+        payload: bytes,
+    })
+}
+
+impl Node {
+    /// The bucket task: opens the bucket, hands every entry to the node as a retained
+    /// message (through `arrived`, as other nodes' messages come), then writes the changes
+    /// `ops` brings, in order, until the node stops.
+    pub(super) async fn keep_retained(
+        client: async_nats::Client,
+        mut ops: mpsc::Receiver<KvOp>,
+        arrived: mpsc::Sender<Arrived>,
+        origin: String,
+    ) {
+        let Some(store) = open(&client).await else {
+            return;
+        };
+        // Changes made here while the bucket opened are newer than what it holds: they win.
+        let mut early = Vec::new();
+        while let Ok(op) = ops.try_recv() {
+            early.push(op);
+        }
+        let newer: ahash::AHashSet<&str> = early
+            .iter()
+            .map(|op| match op {
+                KvOp::Put(k, _) | KvOp::Delete(k) => k.as_str(),
+            })
+            .collect();
+        let loaded = load(&store, &arrived, &origin, &newer).await;
+        if loaded > 0 {
+            info!(
+                count = loaded,
+                "cluster: retained messages loaded from JetStream"
+            );
+        }
+        let mut failing = false;
+        for op in early {
+            write(&store, op, &mut failing).await;
+        }
+        while let Some(op) = ops.recv().await {
+            write(&store, op, &mut failing).await;
+        }
+    }
+}
+
+/// The bucket, made if no node made it yet; None (said once) without JetStream.
+async fn open(client: &async_nats::Client) -> Option<Store> {
+    let js = async_nats::jetstream::new(client.clone());
+    let start = Instant::now();
+    let mut last_error = String::new();
+    while start.elapsed() < OPEN_FOR {
+        if let Ok(store) = js.get_key_value(BUCKET).await {
+            return Some(store);
+        }
+        // The bucket's stream, as `create_key_value` would make it; made directly because
+        // that call first reads the account's limits, whose answer from a nats-server before
+        // 2.10 (Debian's 2.9) this client cannot parse.
+        for replicas in [3, 1] {
+            let config = stream::Config {
+                name: format!("KV_{BUCKET}"),
+                description: Some("SurgeMQ retained messages, one per topic".to_string()),
+                subjects: vec![format!("$KV.{BUCKET}.>")],
+                max_messages_per_subject: 1,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            };
+            match js.create_stream(config).await {
+                Ok(_) => break,
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    warn!("cluster: no JetStream bucket for retained messages ({last_error}); they live only on the nodes");
+    None
+}
+
+/// Hands every entry (but those `newer` changes replace) to the node; how many.
+async fn load(
+    store: &Store,
+    arrived: &mpsc::Sender<Arrived>,
+    origin: &str,
+    newer: &ahash::AHashSet<&str>,
+) -> usize {
+    let mut keys = match store.keys().await {
+        Ok(keys) => keys,
+        Err(e) => {
+            warn!("cluster: cannot list retained messages in JetStream: {e}");
+            return 0;
+        }
+    };
+    let mut count = 0;
+    while let Some(key) = keys.next().await {
+        let Ok(key) = key else { continue };
+        if newer.contains(key.as_str()) {
+            continue;
+        }
+        let Ok(Some(value)) = store.get(key.as_str()).await else {
+            continue;
+        };
+        let Some(entry) = decode_entry(value) else {
+            warn!(
+                key,
+                "cluster: an entry of the retained bucket is not one of ours; skipped"
+            );
+            continue;
+        };
+        let Some(headers) = headers_of(&entry, origin, count as u64 + 1) else {
+            continue; // expired
+        };
+        let message = Arrived {
+            subject: async_nats::Subject::from_static(RETAINED),
+            headers: Some(headers),
+            payload: entry.payload,
+            group: None,
+        };
+        if arrived.send(message).await.is_err() {
+            break;
+        }
+        count += 1;
+    }
+    count
+}
+
+/// The headers another node would have sent the entry's message with; None once expired.
+fn headers_of(entry: &Entry, origin: &str, seq: u64) -> Option<HeaderMap> {
+    let meta = Meta {
+        origin,
+        seq,
+        qos: entry.qos,
+        key: 0,
+        retain: true,
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(META, meta.to_string().as_str());
+    headers.insert(TOPIC, entry.topic.as_str());
+    if !entry.properties.is_empty() {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&entry.properties);
+        headers.insert(PROPS, encoded.as_str());
+    }
+    if let Some(at) = entry.expires_at_ms {
+        let now = unix_ms_now();
+        if at <= now {
+            return None;
+        }
+        headers.insert(EXPIRY, (at - now).div_ceil(1000).to_string().as_str());
+    }
+    Some(headers)
+}
+
+async fn write(store: &Store, op: KvOp, failing: &mut bool) {
+    let result = match op {
+        KvOp::Put(key, value) => store
+            .put(key, value)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        KvOp::Delete(key) => store.delete(key).await.map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) if *failing => {
+            *failing = false;
+            info!("cluster: retained messages are stored in JetStream again");
+        }
+        Ok(()) => {}
+        Err(e) if !*failing => {
+            *failing = true;
+            warn!("cluster: cannot store a retained message in JetStream (the nodes still have it): {e}");
+        }
+        Err(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_reads_back_whole() {
+        let bytes = encode_entry("a/b", QoS::AtLeastOnce, &[1, 2], Some(77), b"payload");
+        assert_eq!(
+            decode_entry(bytes),
+            Some(Entry {
+                topic: "a/b".into(),
+                qos: QoS::AtLeastOnce,
+                properties: Bytes::from_static(&[1, 2]),
+                expires_at_ms: Some(77),
+                payload: Bytes::from_static(b"payload"),
+            })
+        );
+        let plain = decode_entry(encode_entry("t", QoS::AtMostOnce, &[], None, b"")).unwrap();
+        assert_eq!(plain.expires_at_ms, None);
+        assert_eq!(decode_entry(Bytes::from_static(b"\x02\x00")), None);
+        assert_eq!(
+            decode_entry(Bytes::from_static(b"\x01\x01\x00\x09ab")),
+            None
+        );
+    }
+
+    #[test]
+    fn keys_hold_only_what_a_bucket_key_may() {
+        for topic in ["a/b", "sensors/+/température", "$x y#", "/"] {
+            let key = key_of(topic);
+            assert!(
+                key.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b)),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_expired_entry_is_not_loaded() {
+        let entry = |at| Entry {
+            topic: "t".into(),
+            qos: QoS::AtMostOnce,
+            properties: Bytes::new(),
+            expires_at_ms: Some(at),
+            payload: Bytes::from_static(b"x"),
+        };
+        assert!(headers_of(&entry(unix_ms_now() - 1), "o", 1).is_none());
+        let left = headers_of(&entry(unix_ms_now() + 5_500), "o", 1).unwrap();
+        assert_eq!(left.get(EXPIRY).unwrap().as_str(), "6");
+    }
+}
