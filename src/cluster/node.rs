@@ -116,6 +116,7 @@ pub fn start(
         subjects: Default::default(),
         topics: Default::default(),
         retained_kv: kv_tx,
+        retained_kv_full: Default::default(),
     };
     let runner = std::thread::Builder::new()
         .name("surgemq-cluster".into())
@@ -206,6 +207,7 @@ struct Node {
     topics: std::cell::RefCell<AHashMap<String, ByteStr>>,
     /// Retained changes made here, for the JetStream bucket (see `retained_kv`).
     retained_kv: mpsc::Sender<KvOp>,
+    retained_kv_full: std::cell::Cell<bool>,
 }
 
 /// How often the feeder looks again at a QoS 2 message's gate while it is closed (it opens one
@@ -527,10 +529,14 @@ impl Node {
             let mut all = headers.clone();
             all.insert(TOPIC, &*m.topic);
             // Kept in JetStream too (see `retained_kv`); gone only when JetStream is.
-            if let Err(mpsc::error::TrySendError::Full(_)) =
-                self.retained_kv.try_send(retained_kv::op_of(m))
-            {
-                warn!(topic = %m.topic, "cluster: the queue to JetStream is full; this retained change is not stored there");
+            match self.retained_kv.try_send(retained_kv::op_of(m)) {
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Said once per spell of a full queue, not per message.
+                    if !self.retained_kv_full.replace(true) {
+                        warn!(topic = %m.topic, "cluster: the queue to JetStream is full; retained changes are not stored there until it empties");
+                    }
+                }
+                _ => self.retained_kv_full.set(false),
             }
             // Every node keeps retained messages, interested or not.
             if let Err(e) = client
