@@ -9,6 +9,8 @@
 #                                host 3, all, once, in order
 #   retained_across_hosts        a retained message set on host 2 reaches a new subscriber on
 #                                host 3
+#   shared_group_across_hosts    a $share group with a member on host 2 and one on host 3:
+#                                100 QoS 1 messages from host 1 reach the group each once
 #   nats_server_lost             host 2's nats-server is killed: its node fails over to the
 #                                other hosts' servers, and what it publishes still reaches host 3
 #   node_lost                    host 1's node is SIGKILLed: hosts 2 and 3 go on
@@ -192,6 +194,37 @@ for _ in $(seq 1 25); do
   sleep 0.2
 done
 report retained_across_hosts "$ok" "host 3 never got the retained message set on host 2"
+
+# shared_group_across_hosts
+# shellcheck disable=SC2016 # a literal topic filter, not an expansion
+SHARE='$share/g/netns/sh/#'
+sub 2 "$TMP/sh2.out" -i sh2 -q 1 -t "$SHARE"
+sub 3 "$TMP/sh3.out" -i sh3 -q 1 -t "$SHARE"
+ok=1
+detail="the group's interest never reached host 1"
+for _ in $(seq 1 100); do
+  pub 1 -t netns/sh/probe -m probe -q 0
+  if grep -qh '^probe' "$TMP/sh2.out" "$TMP/sh3.out" 2>/dev/null; then
+    # One member's interest is there; give the other's a moment to join the NATS queue.
+    sleep 1
+    seq 1 100 | sed 's/^/s/' | pub 1 -t netns/sh/data -q 1 -l || true
+    for _ in $(seq 1 100); do
+      [ "$(cat "$TMP/sh2.out" "$TMP/sh3.out" | grep -c '^s')" -ge 100 ] && break
+      sleep 0.2
+    done
+    sleep 0.5 # anything sent twice would be here by now
+    got=$(cat "$TMP/sh2.out" "$TMP/sh3.out" | grep '^s' | sort -V | tr '\n' ' ')
+    want=$(seq 1 100 | sed 's/^/s/' | tr '\n' ' ')
+    on2=$(grep -c '^s' "$TMP/sh2.out" || true)
+    on3=$(grep -c '^s' "$TMP/sh3.out" || true)
+    detail="host 2 got $on2, host 3 got $on3: ${got:0:120}"
+    [ "$got" = "$want" ] && ok=0
+    echo "  shared group: host 2 took $on2 messages, host 3 took $on3"
+    break
+  fi
+  sleep 0.2
+done
+report shared_group_across_hosts "$ok" "$detail"
 
 # nats_server_lost: host 2's node loses its NATS server and fails over to another host's.
 kill -KILL "${NATS_PID[2]}"
