@@ -319,7 +319,10 @@ fn start_once(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     #[cfg(feature = "cluster")]
     let (cluster, cluster_failed) = match (&config.cluster, &cluster_shared) {
         (Some(c), Some(shared)) => {
-            match crate::cluster::start(c, shared.clone(), mesh.clone(), shards) {
+            // With --data-dir the node's retained messages come from its own disk, whose copy
+            // is the acknowledged one; the JetStream bucket may lag it (see `retained_kv`).
+            let load_retained = config.data_dir.is_none();
+            match crate::cluster::start(c, shared.clone(), mesh.clone(), shards, load_retained) {
                 Ok(handle) => (Some(handle), None),
                 Err(e) => (None, Some(StartError::Cluster(e.to_string()))),
             }

@@ -65,12 +65,14 @@ enum Event {
 
 /// Starts the cluster thread for this node. The NATS connection is made in the background
 /// (and made again after failures, over every server given): the broker starts whether or
-/// not NATS is up yet.
+/// not NATS is up yet. `load_retained`: whether the node takes the retained messages kept in
+/// JetStream at start (see `retained_kv`).
 pub fn start(
     config: &ClusterConfig,
     shared: Arc<ClusterShared>,
     mesh: Arc<Mesh>,
     shards: usize,
+    load_retained: bool,
 ) -> Result<ClusterHandle, ClusterStartError> {
     let servers = config
         .servers
@@ -117,6 +119,7 @@ pub fn start(
         topics: Default::default(),
         retained_kv: kv_tx,
         retained_kv_full: Default::default(),
+        load_retained,
     };
     let runner = std::thread::Builder::new()
         .name("surgemq-cluster".into())
@@ -208,6 +211,8 @@ struct Node {
     /// Retained changes made here, for the JetStream bucket (see `retained_kv`).
     retained_kv: mpsc::Sender<KvOp>,
     retained_kv_full: std::cell::Cell<bool>,
+    /// Whether to take the bucket's retained messages at start (not with `--data-dir`).
+    load_retained: bool,
 }
 
 /// How often the feeder looks again at a QoS 2 message's gate while it is closed (it opens one
@@ -281,6 +286,7 @@ impl Node {
             retained_changes,
             arrived_tx.clone(),
             format!("{}/kv", self.incarnation),
+            self.load_retained,
         ));
         let mut local_shared: BTreeSet<String> = BTreeSet::new();
         // Our interest: filter -> the NATS subscriptions forwarding it.
@@ -528,15 +534,17 @@ impl Node {
         if m.retain {
             let mut all = headers.clone();
             all.insert(TOPIC, &*m.topic);
-            // Kept in JetStream too (see `retained_kv`); gone only when JetStream is.
-            match self.retained_kv.try_send(retained_kv::op_of(m)) {
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Said once per spell of a full queue, not per message.
-                    if !self.retained_kv_full.replace(true) {
-                        warn!(topic = %m.topic, "cluster: the queue to JetStream is full; retained changes are not stored there until it empties");
+            // Kept in JetStream too (see `retained_kv`), unless it has none.
+            if !self.retained_kv.is_closed() {
+                match self.retained_kv.try_send(retained_kv::op_of(m)) {
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        // Said once per spell of a full queue, not per message.
+                        if !self.retained_kv_full.replace(true) {
+                            warn!(topic = %m.topic, "cluster: the queue to JetStream is full; retained changes are not stored there until it empties");
+                        }
                     }
+                    _ => self.retained_kv_full.set(false),
                 }
-                _ => self.retained_kv_full.set(false),
             }
             // Every node keeps retained messages, interested or not.
             if let Err(e) = client

@@ -5,10 +5,16 @@
 //! Each node writes the retained changes its own clients make (a set is a put, keyed by the
 //! topic; a clear a delete), one at a time in order, from a bounded queue
 //! ([`KV_QUEUE`] changes; when it is full, a change is not stored in the bucket, logged, and
-//! the nodes still have it). At start a node reads the whole bucket and takes every entry as a
-//! retained message, then asks a running node as before. The bucket is made on first use,
-//! replicated on three NATS servers when the cluster has them (one otherwise); without
-//! JetStream on the NATS servers the node says so once and goes on without it.
+//! the nodes still have it). At start a node without `--data-dir` reads the whole bucket and
+//! takes every entry as a retained message, then asks a running node as before. A node with
+//! `--data-dir` does not: its own log holds what it acknowledged, and the bucket may lag
+//! that (a crash before a queued change was written) and would bring an older value back.
+//! The bucket is read while other nodes' changes arrive, so a change made elsewhere in the
+//! moment a node starts can be overtaken by the bucket's older copy of that topic.
+//!
+//! The bucket is made on first use, replicated on three NATS servers when the cluster has
+//! them (one otherwise); without JetStream on the NATS servers the node says so once, stops
+//! queueing changes for it, and goes on without it.
 //!
 //! An entry is one message: `version u8 | qos u8 | topic u16-len | properties u32-len |
 //! expires-at u64 (Unix ms, 0 = never) | payload`, the key the topic in URL-safe base64 (a
@@ -136,6 +142,7 @@ impl Node {
         mut ops: mpsc::Receiver<KvOp>,
         arrived: mpsc::Sender<Arrived>,
         origin: String,
+        load_bucket: bool,
     ) {
         let Some(store) = open(&client).await else {
             return;
@@ -151,7 +158,11 @@ impl Node {
                 KvOp::Put(k, _) | KvOp::Delete(k) => k.as_str(),
             })
             .collect();
-        let loaded = load(&store, &arrived, &origin, &newer).await;
+        let loaded = if load_bucket {
+            load(&store, &arrived, &origin, &newer).await
+        } else {
+            0
+        };
         if loaded > 0 {
             info!(
                 count = loaded,
