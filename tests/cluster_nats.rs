@@ -633,3 +633,72 @@ fn a_gated_qos2_message_reaches_other_nodes_once_accepted() {
     drop(a);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// QoS 1 messages between nodes survive the receiving node's NATS server dying: the burst
+/// on its way through that server when it dies is lost there (node b reconnects to another
+/// server of the cluster, which advertised them, and gets what follows), and is sent again to
+/// b because b did not acknowledge it (`cluster::confirm`). Every message arrives; over NATS
+/// core alone that burst would not (checked: 50 lost). The server comes back meanwhile.
+#[test]
+fn qos1_messages_between_nodes_survive_the_receiving_nodes_nats_server_restarting() {
+    let mut nats = Nats::start();
+    let a = node("a", 2, vec![nats.url(2)]);
+    let b = node("b", 2, vec![nats.url(0)]);
+    let mut sub = b.connect("sub");
+    sub.subscribe(1, &[("stream/#", 1), ("probe/s", 0)]);
+    let mut publisher = a.connect("pub");
+    until_connected(&mut publisher, &mut sub, "probe/s");
+    const N: u32 = 3000;
+    let reader = std::thread::spawn(move || {
+        let mut got = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(25);
+        while got.len() < N as usize && Instant::now() < deadline {
+            let Some(frame) = sub.next_frame_within(Duration::from_millis(200)) else {
+                continue;
+            };
+            if let surgemq::protocol::Packet::Publish(p) = parse(&frame) {
+                sub.ack(&p);
+                got.insert(String::from_utf8(p.payload.to_vec()).unwrap());
+            }
+        }
+        got
+    });
+    // Bursts of 50, each PUBACKed (by node a) before the next, 10 ms apart: node b's server
+    // dies as burst 20 is on its way and is back after burst 39.
+    for burst in 0..N / 50 {
+        let ids = burst * 50..(burst + 1) * 50;
+        let mut bytes = Vec::new();
+        for i in ids.clone() {
+            let payload = i.to_string();
+            bytes.extend(publish(
+                "stream/x",
+                payload.as_bytes(),
+                1,
+                false,
+                false,
+                i as u16 + 1,
+            ));
+        }
+        publisher.send(&bytes);
+        match burst {
+            20 => nats.kill(0),
+            40 => nats.restart(0),
+            _ => {}
+        }
+        for i in ids {
+            publisher.expect_bytes(&puback(i as u16 + 1));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let got = reader.join().unwrap();
+    let missing: Vec<u32> = (0..N).filter(|i| !got.contains(&i.to_string())).collect();
+    assert!(
+        missing.is_empty(),
+        "{} lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    let counts = a.handle().stats().cluster().unwrap();
+    assert!(counts.resent > 0, "nothing sent again, yet b was away");
+    assert_eq!(counts.unconfirmed, 0);
+}

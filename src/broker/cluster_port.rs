@@ -211,6 +211,8 @@ pub struct ClusterCounts {
     pub sessions_in: u64,
     pub sessions_out: u64,
     pub sessions_missed: u64,
+    pub resent: u64,
+    pub unconfirmed: u64,
 }
 
 /// Made once per broker; each shard gets a [`ClusterPort`] on it, the cluster thread the
@@ -234,6 +236,12 @@ pub struct ClusterShared {
     /// Clients resuming a session here that no node handed over in time (a node that held
     /// it may be down): they got a new session.
     pub sessions_missed: AtomicU64,
+    /// QoS 1/2 messages sent again to a node that had not acknowledged them (NATS lost
+    /// them, or the node was away).
+    pub resent: AtomicU64,
+    /// QoS 1/2 messages given up on while a node had not acknowledged them: more were
+    /// waiting for acknowledgement than this node keeps.
+    pub unconfirmed: AtomicU64,
     /// When clients connected, as claims compare it across nodes.
     pub claim_clock: ClaimClock,
     receivers: std::sync::Mutex<Option<(Receiver<Outgoing>, Receiver<ClusterEvent>)>>,
@@ -270,6 +278,8 @@ impl ClusterShared {
             sessions_in: AtomicU64::new(0),
             sessions_out: AtomicU64::new(0),
             sessions_missed: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
+            unconfirmed: AtomicU64::new(0),
             claim_clock,
             receivers: std::sync::Mutex::new(Some((outbox_rx, changes_rx))),
         })
@@ -286,6 +296,8 @@ impl ClusterShared {
             sessions_in: get(&self.sessions_in),
             sessions_out: get(&self.sessions_out),
             sessions_missed: get(&self.sessions_missed),
+            resent: get(&self.resent),
+            unconfirmed: get(&self.unconfirmed),
         }
     }
 

@@ -192,6 +192,8 @@ impl SysTree {
                 ("sessions/in", c.sessions_in),
                 ("sessions/out", c.sessions_out),
                 ("sessions/missed", c.sessions_missed),
+                ("messages/resent", c.resent),
+                ("messages/unconfirmed", c.unconfirmed),
             ] {
                 self.set(shard, &format!("{b}/cluster/{topic}"), value.to_string());
             }

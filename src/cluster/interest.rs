@@ -144,6 +144,23 @@ impl RemoteNodes {
         trie
     }
 
+    /// The nodes' plain filters (not shared subscriptions: NATS picks one node of a group)
+    /// as one trie by node index, and each index's node name: who must acknowledge a QoS 1/2
+    /// message (see `confirm`).
+    pub fn acknowledgers(&self) -> (InterestTrie, AHashMap<u16, String>) {
+        let mut trie = InterestTrie::default();
+        let mut names = AHashMap::new();
+        for (name, node) in &self.nodes {
+            names.insert(node.index, name.clone());
+            for f in &node.filters {
+                if inner_filter(f) == f.as_str() {
+                    trie.insert(f, node.index, ());
+                }
+            }
+        }
+        (trie, names)
+    }
+
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }

@@ -29,10 +29,15 @@
 //!   that holds one hands it over, messages in flight and queued included ([`handoff`]);
 //!   copies from a node that was down and came back are merged.
 //!
-//! What crosses nodes crosses at most once (NATS core): a node or NATS server that dies may
-//! lose messages in flight between nodes, whatever their QoS; a QoS 1/2 PUBACK promises
-//! delivery on the publisher's node and the hand-over to NATS. See the README.
+//! - **Acknowledgements.** QoS 1/2 messages between nodes are acknowledged by the nodes
+//!   that get them and sent again to a node that lost them ([`confirm`]): at least once
+//!   while the sending node lives. QoS 0 crosses at most once (NATS core).
+//!
+//! A QoS 1/2 PUBACK promises delivery on the publisher's node and the hand-over to this
+//! node's NATS thread; a node that dies loses what it had not handed on or acknowledged.
+//! See the README.
 
+pub mod confirm;
 pub mod dedupe;
 mod handoff;
 pub mod interest;

@@ -26,6 +26,7 @@ use crate::broker::config::ClusterConfig;
 use crate::broker::mesh::{Mesh, Message, Refused, ShardId, ShardMessage};
 use crate::protocol::{ByteStr, QoS};
 
+mod acks;
 mod claims;
 mod retained;
 mod retained_kv;
@@ -120,6 +121,7 @@ pub fn start(
         retained_kv: kv_tx,
         retained_kv_full: Default::default(),
         load_retained,
+        acks: Default::default(),
     };
     let runner = std::thread::Builder::new()
         .name("surgemq-cluster".into())
@@ -213,6 +215,8 @@ struct Node {
     retained_kv_full: std::cell::Cell<bool>,
     /// Whether to take the bucket's retained messages at start (not with `--data-dir`).
     load_retained: bool,
+    /// QoS 1/2 messages between nodes: acknowledged, and sent again when lost (`confirm`).
+    acks: std::cell::RefCell<acks::Acks>,
 }
 
 /// How often the feeder looks again at a QoS 2 message's gate while it is closed (it opens one
@@ -336,6 +340,21 @@ impl Node {
             Ok(s) => s,
             Err(e) => return warn!("cluster: cannot subscribe: {e}"),
         };
+        let mut ack_sub = match client.subscribe(format!("{ACK}.{}", self.id)).await {
+            Ok(s) => s,
+            Err(e) => return warn!("cluster: cannot subscribe: {e}"),
+        };
+        // What other nodes send again to this one alone.
+        match client.subscribe(format!("{TO}.{}", self.id)).await {
+            Ok(s) => drop(forward(s, arrived_tx.clone(), None)),
+            Err(e) => return warn!("cluster: cannot subscribe: {e}"),
+        }
+        let mut resend_check = tokio::time::interval(crate::cluster::confirm::CHECK_EVERY);
+        // When the acknowledgements owed go out: one timer, moved only when that time changes
+        // (a timer made per loop turn would cost a timer wheel entry per message received).
+        let acks_timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(acks_timer);
+        let mut acks_at: Option<Instant> = None;
         let _ = client.publish(HELLO, Bytes::from(self.id.clone())).await;
         self.fetch_retained(&client, &mut dedupe).await;
         info!(node = %self.id, "cluster: node joined");
@@ -347,6 +366,13 @@ impl Node {
                     std::future::pending::<()>().await
                 }
             };
+            let at = self.acks.borrow().due_at();
+            if at != acks_at {
+                if let Some(at) = at {
+                    acks_timer.as_mut().reset(at.into());
+                }
+                acks_at = at;
+            }
             tokio::select! {
                 _ = stop.changed() => break,
                 event = events.recv() => match event {
@@ -432,6 +458,12 @@ impl Node {
                     }
                 }
                 Some(m) = claim_sub.next() => self.claimed_elsewhere(&client, m).await,
+                Some(m) = ack_sub.next() => self.take_acks(&m),
+                _ = &mut acks_timer, if acks_at.is_some() => {
+                    self.send_acks(&client).await;
+                    acks_at = None;
+                }
+                _ = resend_check.tick() => self.resend(&client, seq).await,
                 Some(m) = sync_sub.next() => {
                     if let Some(reply) = m.reply {
                         self.send_retained(&client, reply.to_string()).await;
@@ -460,6 +492,7 @@ impl Node {
             }
         }
         // What is queued goes out if NATS is there; a NATS that is not must not hold us.
+        self.send_acks(&client).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
         info!(node = %self.id, "cluster: node left");
     }
@@ -507,14 +540,14 @@ impl Node {
         ))
     }
 
-    async fn publish(&self, client: &async_nats::Client, out: Outgoing, seq: u64) {
-        let m = &out.message;
+    /// The headers a message crosses with as `seq` (see `wire`).
+    fn message_headers(&self, m: &Message, seq: u64, key: u64, retain: bool) -> HeaderMap {
         let meta = Meta {
             origin: &self.incarnation,
             seq,
             qos: m.qos,
-            key: out.key,
-            retain: m.retain,
+            key,
+            retain,
         };
         let mut headers = HeaderMap::new();
         headers.insert(META, meta.to_string().as_str());
@@ -531,6 +564,12 @@ impl Node {
                 headers.insert(EXPIRY, secs.to_string().as_str());
             }
         }
+        headers
+    }
+
+    async fn publish(&self, client: &async_nats::Client, out: Outgoing, seq: u64) {
+        let m = &out.message;
+        let headers = self.message_headers(m, seq, out.key, m.retain);
         if m.retain {
             let mut all = headers.clone();
             all.insert(TOPIC, &*m.topic);
@@ -556,6 +595,8 @@ impl Node {
         }
         match self.subject_of(&m.topic) {
             Some(subject) => {
+                // Kept until acknowledged, also if NATS refused it now: then it is sent again.
+                self.expect_acks(seq, m, out.key);
                 if let Err(e) = client
                     .publish_with_headers(subject, headers, m.payload.clone())
                     .await
@@ -574,6 +615,7 @@ impl Node {
     /// Installs the interest picture the shards read, and the node count.
     fn publish_interest(&self, remote: &RemoteNodes, local_shared: &BTreeSet<String>) {
         self.shared.remote.replace(remote.trie(local_shared));
+        self.acknowledgers_changed(remote);
         self.shared
             .nodes
             .store(remote.node_count() as u64, Ordering::Relaxed);
@@ -628,13 +670,26 @@ impl Node {
         let meta = headers
             .and_then(|h| h.get(META))
             .and_then(|v| Meta::parse(v.as_str()));
+        // A QoS 1/2 message from another node is acknowledged to it once a shard has it
+        // (`confirm`); a group's copy is not (NATS picked this node; it is not sent again).
+        let mut ack = None;
         if let Some(meta) = &meta {
             // A group's copy is one per group (NATS queue), not a duplicate; this node's own
             // messages come back only that way.
-            if m.group.is_none()
-                && (meta.origin == self.incarnation || !dedupe.first(meta.origin, meta.seq))
-            {
-                return;
+            if m.group.is_none() {
+                if meta.origin == self.incarnation {
+                    return;
+                }
+                if meta.qos != QoS::AtMostOnce {
+                    ack = Some((meta.origin, meta.seq));
+                }
+                if !dedupe.first(meta.origin, meta.seq) {
+                    // Had already: a copy sent again because the acknowledgement was lost.
+                    if let Some((origin, seq)) = ack {
+                        self.owe_ack(origin, seq);
+                    }
+                    return;
+                }
             }
         }
         // On `$SMQ.retained` and in a sync the topic is a header; elsewhere the subject.
@@ -656,7 +711,11 @@ impl Node {
             Some(group) => ShardMessage::FromClusterShared(message, group),
             None => ShardMessage::FromCluster(message),
         };
-        self.to_shard(ShardId(shard), msg).await;
+        if self.to_shard(ShardId(shard), msg).await {
+            if let Some((origin, seq)) = ack {
+                self.owe_ack(origin, seq);
+            }
+        }
     }
 }
 

@@ -33,6 +33,12 @@ pub(super) const END: &str = "Smq-End";
 /// A client id that connected to the node in the header, at the time in [`AT`].
 pub(super) const CLAIM: &str = "$SMQ.claim";
 pub(super) const AT: &str = "Smq-At";
+/// `$SMQ.ack.<node>`: another node acknowledges QoS 1/2 messages `<node>` sent it (see
+/// `confirm`): its name in [`NODE`], the incarnation acknowledged and the sequence ranges in
+/// the payload (`node/start-time\n1-5,7`).
+pub(super) const ACK: &str = "$SMQ.ack";
+/// `$SMQ.to.<node>`: a message sent again to that node alone, its topic in [`TOPIC`].
+pub(super) const TO: &str = "$SMQ.to";
 
 /// The MQTT 5 part of a message from another node, if it had one.
 pub(super) fn v5_part(headers: Option<&HeaderMap>) -> Option<Box<V5Message>> {

@@ -26,7 +26,28 @@ pub fn free_port() -> u16 {
 pub struct Nats {
     servers: Vec<Option<Child>>,
     ports: Vec<u16>,
+    routes: Vec<u16>,
     store: std::path::PathBuf,
+}
+
+/// Starts server `i` of the cluster.
+fn spawn_server(i: usize, ports: &[u16], routes: &[u16], store: &std::path::Path) -> Child {
+    let all_routes = routes
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &ports[i].to_string()])
+        .args(["--server_name", &format!("n{i}"), "-js", "--store_dir"])
+        .arg(store.join(format!("n{i}")))
+        .args(["--cluster_name", "surgemq-test"])
+        .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i])])
+        .args(["--routes", &all_routes])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server is installed (apt-get install nats-server)")
 }
 
 impl Nats {
@@ -41,37 +62,18 @@ impl Nats {
             .collect();
         drop(held);
         let (ports, routes) = (all[..3].to_vec(), all[3..].to_vec());
-        let all_routes = routes
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",");
         let store = std::env::temp_dir().join(format!(
             "surgemq-nats-js-{}-{}",
             std::process::id(),
             ports[0]
         ));
         let servers = (0..3)
-            .map(|i| {
-                let dir = store.join(format!("n{i}"));
-                Some(
-                    Command::new("nats-server")
-                        .args(["-a", "127.0.0.1", "-p", &ports[i].to_string()])
-                        .args(["--server_name", &format!("n{i}"), "-js", "--store_dir"])
-                        .arg(&dir)
-                        .args(["--cluster_name", "surgemq-test"])
-                        .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i])])
-                        .args(["--routes", &all_routes])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .expect("nats-server is installed (apt-get install nats-server)"),
-                )
-            })
+            .map(|i| Some(spawn_server(i, &ports, &routes, &store)))
             .collect();
         let nats = Nats {
             servers,
             ports,
+            routes,
             store,
         };
         for &p in &nats.ports {
@@ -120,6 +122,14 @@ impl Nats {
 
     pub fn url(&self, i: usize) -> String {
         format!("nats://127.0.0.1:{}", self.ports[i])
+    }
+
+    /// Starts server `i` again after [`Nats::kill`], on its port and routes.
+    pub fn restart(&mut self, i: usize) {
+        if self.servers[i].is_none() {
+            self.servers[i] = Some(spawn_server(i, &self.ports, &self.routes, &self.store));
+            wait_listening(self.ports[i]);
+        }
     }
 
     pub fn kill(&mut self, i: usize) {

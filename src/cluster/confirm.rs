@@ -1,0 +1,399 @@
+//! At least once between nodes for QoS 1 and 2 messages. NATS core delivers at most once: a
+//! NATS server that dies loses what was on its way through it, and while a node reconnects to
+//! another server its subscriptions are missing from the cluster, so what is published
+//! meanwhile reaches it nowhere. So a node that gets a QoS 1/2 message from another node
+//! acknowledges it to the origin (`$SMQ.ack.<origin>`: sequence ranges, batched every
+//! [`ACK_EVERY`], sent once the message is in a shard's inbox), and the origin keeps each such
+//! message it sent, with the nodes whose interest it matched, until each of them has
+//! acknowledged it ([`Unconfirmed`]).
+//!
+//! The origin sends a message again, straight to the node that lacks it (`$SMQ.to.<node>`),
+//! when that node acknowledges a message sent after it (NATS keeps the order of one
+//! connection's messages to another, so the earlier one was lost), or when the node has
+//! acknowledged nothing for [`RESEND_AFTER`] since it was sent (lost with nothing after it,
+//! or the node is away). A node that no longer wants the topic is not waited for. The
+//! receiver's de-duplication (`dedupe`) makes a copy that did arrive harmless.
+//!
+//! Bounded: [`CAPACITY`] messages; to make room the oldest is given up on, and counted if a
+//! node still waited for it. Pure: no NATS client here.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use smallvec::SmallVec;
+
+use crate::broker::mesh::Message;
+
+/// Messages kept for acknowledgement at most.
+pub const CAPACITY: usize = 65_536;
+/// How long a node may acknowledge nothing before what it lacks is sent to it again.
+pub const RESEND_AFTER: Duration = Duration::from_secs(1);
+/// How often the origin looks for what to send again.
+pub const CHECK_EVERY: Duration = Duration::from_millis(50);
+/// How long a receiver gathers acknowledgements before it sends them.
+pub const ACK_EVERY: Duration = Duration::from_millis(5);
+/// Acknowledgements owed that are sent at once, without waiting for [`ACK_EVERY`].
+pub const ACK_BATCH: usize = 1024;
+/// Messages sent again per check at most, so a node that comes back is not flooded.
+pub const RESEND_BATCH: usize = 8192;
+
+/// Nodes, by their index in the interest picture.
+pub type Nodes = SmallVec<[u16; 4]>;
+
+/// A message sent to other nodes that some of them have not acknowledged yet.
+pub struct Pending {
+    pub seq: u64,
+    pub message: Arc<Message>,
+    pub key: u64,
+    /// The nodes that have not acknowledged it.
+    waiting: Nodes,
+    /// The last sequence number this node had used when it was (last) sent: an
+    /// acknowledgement of a later one, from a node it waits for, proves it lost there.
+    mark: u64,
+    sent: Instant,
+}
+
+/// What one node has acknowledged.
+struct Heard {
+    highest: u64,
+    at: Instant,
+}
+
+/// The messages this node sent that other nodes must still acknowledge, oldest first.
+pub struct Unconfirmed {
+    entries: VecDeque<Pending>,
+    heard: AHashMap<u16, Heard>,
+    capacity: usize,
+}
+
+/// One message to send again, to these nodes.
+pub struct Resend {
+    pub seq: u64,
+    pub message: Arc<Message>,
+    pub key: u64,
+    pub to: Nodes,
+}
+
+impl Unconfirmed {
+    pub fn new(capacity: usize) -> Unconfirmed {
+        Unconfirmed {
+            entries: VecDeque::new(),
+            heard: AHashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Keeps `message`, just sent as `seq` (larger than any before), until `waiting`
+    /// acknowledge it. Returns how many nodes an older message was given up on for, to make
+    /// room (0 when none was).
+    pub fn push(
+        &mut self,
+        seq: u64,
+        message: Arc<Message>,
+        key: u64,
+        waiting: Nodes,
+        now: Instant,
+    ) -> usize {
+        let mut given_up = 0;
+        if self.entries.len() >= self.capacity {
+            if let Some(old) = self.entries.pop_front() {
+                given_up = old.waiting.len();
+            }
+            self.trim();
+        }
+        if !waiting.is_empty() {
+            self.entries.push_back(Pending {
+                seq,
+                message,
+                key,
+                waiting,
+                mark: seq,
+                sent: now,
+            });
+        }
+        given_up
+    }
+
+    /// `node` acknowledged these ranges of sequence numbers (inclusive).
+    pub fn ack(&mut self, node: u16, ranges: &[(u64, u64)], now: Instant) {
+        let mut highest = 0;
+        for &(start, end) in ranges {
+            highest = highest.max(end);
+            let from = self.entries.partition_point(|p| p.seq < start);
+            for p in self.entries.range_mut(from..) {
+                if p.seq > end {
+                    break;
+                }
+                p.waiting.retain(|n| *n != node);
+            }
+        }
+        let heard = self.heard.entry(node).or_insert(Heard {
+            highest: 0,
+            at: now,
+        });
+        heard.highest = heard.highest.max(highest);
+        heard.at = now;
+        self.trim();
+    }
+
+    /// The node at `index` is another one now (or gone): what it acknowledged says nothing
+    /// of the new one, and nothing waits for the old one any more.
+    pub fn forget(&mut self, node: u16) {
+        self.heard.remove(&node);
+        for p in &mut self.entries {
+            p.waiting.retain(|n| *n != node);
+        }
+        self.trim();
+    }
+
+    /// What to send again now, and to whom (at most `max` messages); `last_seq` is the last
+    /// sequence number used so far, and `wants(message)` the nodes that want it now.
+    pub fn due(
+        &mut self,
+        now: Instant,
+        last_seq: u64,
+        max: usize,
+        mut wants: impl FnMut(&Message) -> Nodes,
+    ) -> Vec<Resend> {
+        let mut due = Vec::new();
+        for p in &mut self.entries {
+            if due.len() >= max {
+                break;
+            }
+            if p.waiting.is_empty() {
+                continue;
+            }
+            let heard = &self.heard;
+            let lost = |node: &u16| match heard.get(node) {
+                Some(h) if h.highest > p.mark => true,
+                Some(h) => {
+                    now.duration_since(p.sent) >= RESEND_AFTER
+                        && now.duration_since(h.at) >= RESEND_AFTER
+                }
+                None => now.duration_since(p.sent) >= RESEND_AFTER,
+            };
+            if !p.waiting.iter().any(lost) {
+                continue;
+            }
+            let current = wants(&p.message);
+            p.waiting.retain(|n| current.contains(n));
+            let to: Nodes = p.waiting.iter().copied().filter(lost).collect();
+            if to.is_empty() {
+                continue;
+            }
+            p.mark = last_seq;
+            p.sent = now;
+            due.push(Resend {
+                seq: p.seq,
+                message: p.message.clone(),
+                key: p.key,
+                to,
+            });
+        }
+        self.trim();
+        due
+    }
+
+    /// Drops acknowledged messages from the front.
+    fn trim(&mut self) {
+        while self.entries.front().is_some_and(|p| p.waiting.is_empty()) {
+            self.entries.pop_front();
+        }
+    }
+}
+
+/// Sequence numbers as ranges, `1-5,7,9-12`, sorted and without repeats.
+pub fn encode_ranges(seqs: &mut Vec<u64>) -> String {
+    seqs.sort_unstable();
+    seqs.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < seqs.len() {
+        let start = seqs[i];
+        let mut end = start;
+        while i + 1 < seqs.len() && seqs[i + 1] == end + 1 {
+            i += 1;
+            end = seqs[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let _ = if start == end {
+            write!(out, "{start}")
+        } else {
+            write!(out, "{start}-{end}")
+        };
+        i += 1;
+    }
+    out
+}
+
+/// Reads [`encode_ranges`] back as inclusive ranges; None if malformed.
+pub fn decode_ranges(text: &str) -> Option<Vec<(u64, u64)>> {
+    let mut ranges = Vec::new();
+    if text.is_empty() {
+        return Some(ranges);
+    }
+    for part in text.split(',') {
+        let (start, end) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?),
+            None => {
+                let n = part.parse().ok()?;
+                (n, n)
+            }
+        };
+        if end < start {
+            return None;
+        }
+        ranges.push((start, end));
+    }
+    Some(ranges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ByteStr, QoS};
+    use bytes::Bytes;
+    use smallvec::smallvec;
+
+    fn msg(topic: &str) -> Arc<Message> {
+        Arc::new(Message::new(
+            ByteStr::from(topic),
+            Bytes::from_static(b"x"),
+            QoS::AtLeastOnce,
+            false,
+        ))
+    }
+
+    fn seqs(due: &[Resend]) -> Vec<(u64, Vec<u16>)> {
+        due.iter().map(|r| (r.seq, r.to.to_vec())).collect()
+    }
+
+    fn all(_: &Message) -> Nodes {
+        smallvec![1, 2]
+    }
+
+    #[test]
+    fn ranges_read_back_and_refuse_what_is_malformed() {
+        let mut s = vec![9, 1, 2, 3, 7, 10, 3, 12];
+        let text = encode_ranges(&mut s);
+        assert_eq!(text, "1-3,7,9-10,12");
+        assert_eq!(
+            decode_ranges(&text),
+            Some(vec![(1, 3), (7, 7), (9, 10), (12, 12)])
+        );
+        assert_eq!(decode_ranges(""), Some(vec![]));
+        assert_eq!(decode_ranges("5-3"), None);
+        assert_eq!(decode_ranges("a"), None);
+        assert_eq!(decode_ranges("1-"), None);
+        // A huge range costs nothing: it is walked over what is kept, not expanded.
+        assert_eq!(
+            decode_ranges(&format!("0-{}", u64::MAX)),
+            Some(vec![(0, u64::MAX)])
+        );
+    }
+
+    #[test]
+    fn a_message_is_kept_until_every_node_it_went_to_acknowledged_it() {
+        let t = Instant::now();
+        let mut u = Unconfirmed::new(16);
+        u.push(1, msg("a"), 0, smallvec![1, 2], t);
+        u.push(2, msg("a"), 0, smallvec![1], t);
+        u.push(3, msg("a"), 0, smallvec![], t);
+        assert_eq!(u.len(), 2, "nothing waits for 3");
+        u.ack(1, &[(1, 1), (2, 2)], t);
+        assert!(!u.is_empty(), "1 waits for node 2 still");
+        let later = t + RESEND_AFTER;
+        assert_eq!(seqs(&u.due(later, 3, 100, all)), [(1, vec![2])]);
+        u.ack(2, &[(1, 1)], t);
+        assert!(u.is_empty());
+    }
+
+    #[test]
+    fn a_later_acknowledgement_sends_the_lost_message_again_at_once_and_only_to_its_node() {
+        let t = Instant::now();
+        let mut u = Unconfirmed::new(16);
+        for seq in 1..=3 {
+            u.push(seq, msg("a"), 0, smallvec![1, 2], t);
+        }
+        // Node 1 got 1 and 3, not 2; node 2 is merely behind (acknowledged 1 only).
+        u.ack(1, &[(1, 1), (3, 3)], t);
+        u.ack(2, &[(1, 1)], t);
+        let due = u.due(t, 3, 100, all);
+        assert_eq!(seqs(&due), [(2, vec![1])]);
+        // Not again while the copy is on its way: node 1 acknowledges nothing later than it.
+        assert!(u.due(t, 3, 100, all).is_empty());
+        // A message sent after the copy, acknowledged without it: lost again.
+        u.push(4, msg("a"), 0, smallvec![1], t);
+        u.ack(1, &[(4, 4)], t);
+        assert_eq!(seqs(&u.due(t, 4, 100, all)), [(2, vec![1])]);
+        u.ack(1, &[(2, 2)], t);
+        assert!(u.due(t, 4, 100, all).is_empty());
+    }
+
+    #[test]
+    fn a_node_silent_for_a_while_gets_what_it_lacks_again_and_one_that_acknowledges_waits() {
+        let t = Instant::now();
+        let mut u = Unconfirmed::new(16);
+        u.push(1, msg("a"), 0, smallvec![1, 2], t);
+        u.push(2, msg("a"), 0, smallvec![1, 2], t);
+        assert!(u.due(t + RESEND_AFTER / 2, 2, 100, all).is_empty());
+        // Node 2 keeps acknowledging (it is slow, not deaf), node 1 is silent.
+        u.ack(2, &[(1, 1)], t + RESEND_AFTER / 2);
+        let later = t + RESEND_AFTER + Duration::from_millis(1);
+        assert_eq!(
+            seqs(&u.due(later, 2, 100, all)),
+            [(1, vec![1]), (2, vec![1])]
+        );
+        // Sent again: the clock starts anew.
+        assert!(u.due(later, 2, 100, all).is_empty());
+        assert_eq!(
+            u.due(later + RESEND_AFTER, 2, 1, all).len(),
+            1,
+            "at most max"
+        );
+    }
+
+    #[test]
+    fn a_node_that_stopped_wanting_the_topic_or_left_is_not_waited_for() {
+        let t = Instant::now();
+        let mut u = Unconfirmed::new(16);
+        u.push(1, msg("a"), 0, smallvec![1, 2], t);
+        u.push(2, msg("b"), 0, smallvec![1, 2], t);
+        let later = t + RESEND_AFTER;
+        let due = u.due(later, 2, 100, |m| {
+            if &*m.topic == "a" {
+                smallvec![2]
+            } else {
+                smallvec![]
+            }
+        });
+        assert_eq!(seqs(&due), [(1, vec![2])]);
+        u.forget(2);
+        assert!(u.is_empty());
+    }
+
+    #[test]
+    fn it_is_bounded_and_says_what_it_gave_up_on() {
+        let t = Instant::now();
+        let mut u = Unconfirmed::new(2);
+        assert_eq!(u.push(1, msg("a"), 0, smallvec![1, 2], t), 0);
+        assert_eq!(u.push(2, msg("a"), 0, smallvec![1], t), 0);
+        assert_eq!(u.push(3, msg("a"), 0, smallvec![1], t), 2);
+        assert_eq!(u.len(), 2);
+        u.ack(1, &[(2, 2), (3, 3)], t);
+        assert!(u.is_empty());
+    }
+}
