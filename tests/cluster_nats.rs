@@ -702,3 +702,73 @@ fn qos1_messages_between_nodes_survive_the_receiving_nodes_nats_server_restartin
     assert!(counts.resent > 0, "nothing sent again, yet b was away");
     assert_eq!(counts.unconfirmed, 0);
 }
+
+/// Waits until node `b`'s NATS connections are `up` (the `connected` gauge).
+fn until_nats(b: &Broker, up: bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while b.handle().stats().cluster().unwrap().connected != u64::from(up) {
+        assert!(Instant::now() < deadline, "NATS never became up={up}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A shared group's member is picked through NATS; while NATS is away, the node's own member
+/// gets the group's messages published there (nothing is lost for want of a pick), and once
+/// NATS is back the copies that then go out name the group as served, so no member gets them
+/// again: neither the member on the other node nor this one (without that, about half go to
+/// the other node's member, and the rest to this one a second time).
+#[test]
+fn a_shared_group_gets_its_messages_from_the_local_member_while_nats_is_away() {
+    let mut nats = Nats::start();
+    let a = node("a", 2, vec![nats.url(0)]);
+    let b = node("b", 1, vec![nats.url(1)]);
+    let mut near = a.connect("near");
+    near.subscribe(1, &[("$share/g/jobs/#", 1)]);
+    let mut far = b.connect("far");
+    far.subscribe(1, &[("$share/g/jobs/#", 1)]);
+    let mut publisher = a.connect("pub");
+    until_nats(&a, true);
+    // Until NATS has both nodes' queue subscriptions: the far member gets one.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while far.next_frame_within(Duration::from_millis(50)).is_none() {
+        assert!(Instant::now() < deadline, "the far member never got one");
+        publisher.publish0("jobs/warm", b"warm", false);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    while far.next_frame_within(Duration::from_millis(100)).is_some() {}
+    while near.next_frame_within(Duration::from_millis(100)).is_some() {}
+
+    for i in 0..3 {
+        nats.kill(i);
+    }
+    until_nats(&a, false);
+    for i in 0..20u16 {
+        publisher.publish1("jobs/x", format!("{i}").as_bytes(), false, i + 1);
+    }
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        let frame = near
+            .next_frame_within(Duration::from_secs(5))
+            .expect("the near member did not get the group's messages while NATS was away");
+        if let surgemq::protocol::Packet::Publish(p) = parse(&frame) {
+            near.ack(&p);
+            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+    }
+    assert_eq!(got, (0..20).map(|i| i.to_string()).collect::<Vec<_>>());
+
+    for i in 0..3 {
+        nats.restart(i);
+    }
+    until_nats(&a, true);
+    until_nats(&b, true);
+    // What node a held for NATS goes out now; no member gets those messages again.
+    let quiet = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < quiet {
+        for (who, c) in [("far", &mut far), ("near", &mut near)] {
+            if let Some(frame) = c.next_frame_within(Duration::from_millis(50)) {
+                panic!("the {who} member got a served message again: {frame:02x?}");
+            }
+        }
+    }
+}

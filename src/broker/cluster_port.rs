@@ -31,6 +31,9 @@ pub const OUTBOX_CAPACITY: usize = 65_536;
 pub struct Outgoing {
     pub message: Arc<Message>,
     pub key: u64,
+    /// The shared subscription groups (`$share/G/F`) this node delivered it to itself,
+    /// because NATS was away when it was published: they do not get it again through NATS.
+    pub served: Vec<ByteStr>,
 }
 
 /// What the other nodes must hear of, in the order it happened here.
@@ -213,6 +216,8 @@ pub struct ClusterCounts {
     pub sessions_missed: u64,
     pub resent: u64,
     pub unconfirmed: u64,
+    /// 1 while connected to NATS, else 0.
+    pub connected: u64,
 }
 
 /// Made once per broker; each shard gets a [`ClusterPort`] on it, the cluster thread the
@@ -242,6 +247,9 @@ pub struct ClusterShared {
     /// QoS 1/2 messages given up on while a node had not acknowledged them: more were
     /// waiting for acknowledgement than this node keeps.
     pub unconfirmed: AtomicU64,
+    /// Whether the cluster thread is connected to NATS (set by it): while it is not, this
+    /// node's shared subscription groups get this node's messages here.
+    pub nats_up: AtomicBool,
     /// When clients connected, as claims compare it across nodes.
     pub claim_clock: ClaimClock,
     receivers: std::sync::Mutex<Option<(Receiver<Outgoing>, Receiver<ClusterEvent>)>>,
@@ -280,6 +288,7 @@ impl ClusterShared {
             sessions_missed: AtomicU64::new(0),
             resent: AtomicU64::new(0),
             unconfirmed: AtomicU64::new(0),
+            nats_up: AtomicBool::new(false),
             claim_clock,
             receivers: std::sync::Mutex::new(Some((outbox_rx, changes_rx))),
         })
@@ -298,6 +307,7 @@ impl ClusterShared {
             sessions_missed: get(&self.sessions_missed),
             resent: get(&self.resent),
             unconfirmed: get(&self.unconfirmed),
+            connected: u64::from(self.nats_up.load(Ordering::Relaxed)),
         }
     }
 
@@ -336,9 +346,18 @@ impl ClusterPort {
         any
     }
 
+    /// Whether this node is connected to NATS (both of its connections).
+    pub fn nats_up(&self) -> bool {
+        self.shared.nats_up.load(Ordering::Acquire)
+    }
+
     /// Hands a message to the cluster thread; false (and counted) when its outbox is full.
-    pub fn send(&self, message: Arc<Message>, key: u64) -> bool {
-        match self.shared.outbox.try_send(Outgoing { message, key }) {
+    pub fn send(&self, message: Arc<Message>, key: u64, served: Vec<ByteStr>) -> bool {
+        match self.shared.outbox.try_send(Outgoing {
+            message,
+            key,
+            served,
+        }) {
             Ok(()) => {
                 self.shared.forwarded.fetch_add(1, Ordering::Relaxed);
                 true

@@ -39,6 +39,7 @@ use crate::topic::TopicTree;
 /// of them copies the frame: one allocation per message instead of a header per subscriber.
 const ENCODE_ONCE_FROM: usize = 4;
 
+mod cluster;
 mod durable;
 pub(super) mod gates;
 mod handoff;
@@ -191,6 +192,14 @@ pub struct Routed {
     /// A subscriber on this shard had no room left for it at QoS 1/2 (an MQTT 5 publisher
     /// hears 0x97). Drops on other shards are counted there, not reported back.
     pub quota_exceeded: bool,
+}
+
+/// Where a routed message's shared subscription groups get it.
+pub(super) enum Groups<'a> {
+    /// On this node, from this shard; the groups that got it are added to the list given.
+    Here(Option<&'a mut Vec<ByteStr>>),
+    /// Not here: NATS picks the node of each group's member (`FromClusterShared`).
+    Elsewhere,
 }
 
 /// Why a message was not queued for a subscriber.
@@ -482,49 +491,22 @@ impl Shard {
     /// the subscription says Retain As Published. An MQTT 5 client's overlapping subscriptions
     /// with different Subscription Identifiers get a copy each, with its identifier
     /// (MQTT-3.3.4-5); a No Local subscription of `publisher` gets nothing (MQTT-3.8.3-3).
+    /// This node's shared subscription groups get it too: for a message that stays on this
+    /// node (see `route_published` for one that goes to other nodes too).
     ///
     /// Returns what the publisher must wait for: a subscriber under pressure, and (with
     /// `--data-dir`) what must be durable before its acknowledgement.
-    /// [`route`](Self::route) for a message published on this node (by a client, a will, a
-    /// bridge): it also goes to the other nodes of the cluster that want it. `publisher`
-    /// keys the order its messages keep on the other nodes.
-    pub fn route_published(
+    pub fn route(&self, message: Arc<Message>, publisher: Option<SubscriberId>) -> Routed {
+        self.route_to(message, publisher, Groups::Here(None))
+    }
+
+    /// [`route`](Self::route), saying whether this node's groups get the message here.
+    pub(super) fn route_to(
         &self,
         message: Arc<Message>,
         publisher: Option<SubscriberId>,
+        groups: Groups<'_>,
     ) -> Routed {
-        if let Some(port) = self.cluster.get() {
-            // $-topics ($SYS) are each node's own; retained messages go to every node, which
-            // keeps its own copy for subscriptions made later.
-            if !message.topic.starts_with('$') && (message.retain || port.wanted(&message.topic)) {
-                let key = publisher.map_or(0, |p| p.order_key());
-                if port.send(message.clone(), key) {
-                    let mut routed = self.route(message, publisher);
-                    // Subscribers on other nodes (or a shared group, picked through NATS)
-                    // count: an MQTT 5 publisher is not told "no matching subscribers".
-                    routed.matched = routed.matched.max(1);
-                    return routed;
-                }
-            }
-        }
-        self.route(message, publisher)
-    }
-
-    /// With a cluster, on shard 0: tells the cluster thread which filters got their first
-    /// subscription on this node or lost their last.
-    pub(in crate::broker) fn announce_interest(&self) {
-        let Some(port) = self.cluster.get() else {
-            return;
-        };
-        let mut replica = self.replica.borrow_mut();
-        if let Some(interest) = &mut replica.interest {
-            for change in interest.changes.drain(..) {
-                port.tell(change);
-            }
-        }
-    }
-
-    pub fn route(&self, message: Arc<Message>, publisher: Option<SubscriberId>) -> Routed {
         let mut routed = Routed::default();
         let before = self.journal_end();
         if message.retain {
@@ -604,10 +586,8 @@ impl Shard {
         }
         drop(router);
         routed.pressured = pressured;
-        // In a cluster a group's member is picked cluster-wide: NATS hands the message to one
-        // node of the group (`FromClusterShared`), this one included.
-        if !replica.shared.is_empty() && self.cluster.get().is_none() {
-            self.route_shared(&message, &replica, &mut routed);
+        if let (false, Groups::Here(served)) = (replica.shared.is_empty(), groups) {
+            self.route_shared(&message, &replica, &mut routed, served);
         }
         self.metrics
             .messages_routed
@@ -782,8 +762,9 @@ impl Shard {
             } => self.shared_returned(from, number, returned),
             ShardMessage::Reauthorize => self.reauthorize(),
             ShardMessage::FromCluster(message) => {
-                // Another node's message: for this node's subscribers only.
-                let _ = self.route(message, None);
+                // Another node's message: for this node's subscribers only; a group's copy
+                // comes on its own (`FromClusterShared`), where NATS picked this node for it.
+                let _ = self.route_to(message, None, Groups::Elsewhere);
             }
             ShardMessage::FromClusterShared(message, group) => {
                 let pick = self.replica.borrow().shared.pick_in(

@@ -194,6 +194,7 @@ impl SysTree {
                 ("sessions/missed", c.sessions_missed),
                 ("messages/resent", c.resent),
                 ("messages/unconfirmed", c.unconfirmed),
+                ("connected", c.connected),
             ] {
                 self.set(shard, &format!("{b}/cluster/{topic}"), value.to_string());
             }

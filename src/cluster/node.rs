@@ -255,11 +255,33 @@ impl Node {
         mut stop: tokio::sync::watch::Receiver<bool>,
         retained_changes: mpsc::Receiver<KvOp>,
     ) {
+        // Whether each of the two connections is up; the shards read both as one flag.
+        let up = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
+        let watch = |which: usize| {
+            let (up, shared) = (up.clone(), self.shared.clone());
+            move |event: async_nats::Event| {
+                let (up, shared) = (up.clone(), shared.clone());
+                async move {
+                    match event {
+                        async_nats::Event::Connected => up[which].store(true, Ordering::Release),
+                        async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                            up[which].store(false, Ordering::Release)
+                        }
+                        _ => {}
+                    }
+                    let both = up.iter().all(|u| u.load(Ordering::Acquire));
+                    shared.nats_up.store(both, Ordering::Release);
+                    if which == 0 {
+                        info!("cluster: NATS {event}");
+                    }
+                }
+            }
+        };
         let client = match async_nats::ConnectOptions::new()
             .name(format!("surgemq-{}", self.id))
             .no_echo()
             .retry_on_initial_connect()
-            .event_callback(|event| async move { info!("cluster: NATS {event}") })
+            .event_callback(watch(0))
             .connect(servers.clone())
             .await
         {
@@ -275,6 +297,7 @@ impl Node {
         let groups = match async_nats::ConnectOptions::new()
             .name(format!("surgemq-{}-groups", self.id))
             .retry_on_initial_connect()
+            .event_callback(watch(1))
             .connect(servers)
             .await
         {
@@ -569,7 +592,10 @@ impl Node {
 
     async fn publish(&self, client: &async_nats::Client, out: Outgoing, seq: u64) {
         let m = &out.message;
-        let headers = self.message_headers(m, seq, out.key, m.retain);
+        let mut headers = self.message_headers(m, seq, out.key, m.retain);
+        for group in &out.served {
+            headers.append(SERVED, &**group);
+        }
         if m.retain {
             let mut all = headers.clone();
             all.insert(TOPIC, &*m.topic);
@@ -673,6 +699,12 @@ impl Node {
         // A QoS 1/2 message from another node is acknowledged to it once a shard has it
         // (`confirm`); a group's copy is not (NATS picked this node; it is not sent again).
         let mut ack = None;
+        if let (Some(group), Some(h)) = (&m.group, headers) {
+            // Its node gave it to a member of this group itself, while NATS was away.
+            if h.get_all(SERVED).any(|g| g.as_str() == &**group) {
+                return;
+            }
+        }
         if let Some(meta) = &meta {
             // A group's copy is one per group (NATS queue), not a duplicate; this node's own
             // messages come back only that way.

@@ -37,6 +37,9 @@ pub(super) const AT: &str = "Smq-At";
 /// `confirm`): its name in [`NODE`], the incarnation acknowledged and the sequence ranges in
 /// the payload (`node/start-time\n1-5,7`).
 pub(super) const ACK: &str = "$SMQ.ack";
+/// The shared subscription groups (`$share/G/F`, one value each) the origin node delivered a
+/// message to itself while NATS was away: a node NATS picks for one of them drops its copy.
+pub(super) const SERVED: &str = "Smq-Served";
 /// `$SMQ.to.<node>`: a message sent again to that node alone, its topic in [`TOPIC`].
 pub(super) const TO: &str = "$SMQ.to";
 

@@ -206,6 +206,7 @@ fn cluster(out: &mut String, c: crate::broker::cluster_port::ClusterCounts) {
         ("cluster_messages_dropped", Kind::Counter, "Messages other nodes wanted that were dropped (the outbox to NATS was full, or the topic has no NATS subject).", c.dropped),
         ("cluster_messages_received", Kind::Counter, "Messages from other nodes and NATS applications handed to this node's shards.", c.received),
         ("cluster_nodes", Kind::Gauge, "Other nodes this node knows of.", c.nodes),
+        ("cluster_connected", Kind::Gauge, "1 while this node is connected to NATS (else its shared subscription groups get its messages here).", c.connected),
         ("cluster_sessions_in", Kind::Counter, "Persistent sessions other nodes handed over to this one with their clients.", c.sessions_in),
         ("cluster_sessions_out", Kind::Counter, "Persistent sessions handed over to other nodes.", c.sessions_out),
         ("cluster_sessions_missed", Kind::Counter, "Clients resuming a session here that no node handed over in time (they got a new one).", c.sessions_missed),

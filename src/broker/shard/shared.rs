@@ -35,6 +35,7 @@ impl Shard {
         message: &Arc<Message>,
         replica: &Replica,
         routed: &mut Routed,
+        served: Option<&mut Vec<crate::protocol::ByteStr>>,
     ) {
         let mut picks: SmallVec<[(Arc<ShareKey>, SubscriberId, Grant); 4]> = SmallVec::new();
         replica.shared.for_each_pick(
@@ -45,6 +46,9 @@ impl Shard {
             |key, id, grant| picks.push((key.clone(), id, grant)),
         );
         routed.matched += picks.len();
+        if let Some(served) = served {
+            served.extend(picks.iter().map(|(key, _, _)| key.full.clone()));
+        }
         for (key, id, grant) in picks {
             let tag = ShareTag { key, hops: 0 };
             self.deliver_shared(message, id, grant, tag, &mut routed.ticket);
