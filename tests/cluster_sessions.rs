@@ -3,7 +3,8 @@
 //! Session Present 1, its subscriptions, the message it had not acknowledged (sent again with
 //! DUP) and everything queued for it, in order, even when that is more than one NATS message
 //! holds; a live connection taken over that way ends without its will; another user's session
-//! does not move; and with `--data-dir` the moved session survives a SIGKILL of its new node.
+//! does not move; with `--data-dir` the moved session survives a SIGKILL of its new node; and
+//! a session whose node died resumes elsewhere with its subscriptions, from JetStream.
 #![cfg(feature = "cluster")]
 
 mod cluster_util;
@@ -214,10 +215,15 @@ fn a_session_left_on_a_node_that_was_down_is_merged_when_its_client_resumes() {
     let mut publisher = connect_to(a.addr(), "publisher-a");
     publisher.publish1("old/1", b"before 1", false, 1);
     publisher.publish1("old/2", b"before 2", false, 2);
+    until_stored(&nats, "roamer", true);
     a.kill();
-    // The client goes to b: a cannot answer, so a new session (Session Present 0).
-    let mut client = connect(&b, [0x20, 0x02, 0x00, 0x00]);
+    // The client goes to b: a cannot answer, so b takes the session directory's copy from
+    // JetStream (Session Present 1, old/#, none of a's messages); the client subscribes to
+    // new/# and leaves old/#.
+    let mut client = connect(&b, [0x20, 0x02, 0x01, 0x00]);
     client.subscribe(1, &[("new/#", 1)]);
+    client.send(&unsubscribe(2, &["old/#"]));
+    client.expect_bytes(&[0xb0, 0x02, 0x00, 0x02]);
     client.crash_and_wait();
     let mut publisher = connect_to(b.addr(), "publisher-b");
     publisher.publish1("new/1", b"after 1", false, 1);
@@ -245,4 +251,68 @@ fn a_session_left_on_a_node_that_was_down_is_merged_when_its_client_resumes() {
     let (p, _) = client.next_publish();
     assert_eq!(&p.payload[..], b"after 2");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether the session directory in JetStream has an entry for `client_id`, waited for
+/// until it is `present` (the bucket is made as the nodes start, and written in the
+/// background).
+fn until_stored(nats: &Nats, client_id: &str, present: bool) {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::URL_SAFE.encode(client_id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    run(async {
+        let client = async_nats::connect(nats.url(2)).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        loop {
+            let found = match js.get_key_value("SMQ_SESSIONS").await {
+                Ok(kv) => matches!(kv.get(&key).await, Ok(Some(_))),
+                Err(_) => false,
+            };
+            if found == present {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the session directory never had {client_id} present={present}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+/// A session on a node that dies and does not come back: its client resumes it on another
+/// node with its subscriptions, from the session directory in JetStream (Session Present 1),
+/// and gets what is published from then on without subscribing again. A clean connect then
+/// ends the session everywhere: its entry goes, and the next resume is a new session.
+#[test]
+fn a_session_whose_node_died_resumes_elsewhere_with_its_subscriptions() {
+    let nats = Nats::start();
+    let mut a = NodeProcess::start("a", &nats.url(0));
+    let b = NodeProcess::start("b", &nats.url(1));
+    let roamer = ConnectBuilder::new("roamer").clean(false);
+    let resume = |node: &NodeProcess, connack: [u8; 4]| {
+        let mut c = RawClient::open(node.addr());
+        c.send(&roamer.build());
+        c.expect_bytes(&connack);
+        c
+    };
+    let mut client = resume(&a, [0x20, 0x02, 0x00, 0x00]);
+    client.subscribe(1, &[("feed/#", 1)]);
+    until_stored(&nats, "roamer", true);
+    a.kill();
+    client.expect_closed_within(Duration::from_secs(5));
+
+    let mut client = resume(&b, [0x20, 0x02, 0x01, 0x00]);
+    let mut publisher = connect_to(b.addr(), "publisher");
+    publisher.publish1("feed/x", b"kept", false, 1);
+    let (p, _) = client.next_publish();
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("feed/x", &b"kept"[..]));
+    client.ack(&p);
+    client.disconnect();
+
+    connect_to(b.addr(), "roamer").disconnect();
+    until_stored(&nats, "roamer", false);
+    let mut client = resume(&b, [0x20, 0x02, 0x00, 0x00]);
+    publisher.publish1("feed/x", b"gone", false, 2);
+    client.expect_nothing();
 }

@@ -56,6 +56,16 @@ pub enum ClusterEvent {
         at: u64,
         answer: Answer<Vec<HandedSession>>,
     },
+    /// A persistent session's subscriptions changed here: its entry in the cluster's session
+    /// directory (JetStream) is written again, as these records (see
+    /// `cluster::node::directory`).
+    SessionSaved {
+        client_id: String,
+        username: Option<String>,
+        records: HandedSession,
+    },
+    /// A persistent session here expired: its directory entry goes.
+    SessionExpired(String),
 }
 
 /// A persistent session moving from one node to another: the records that rebuild it, as a
@@ -216,6 +226,7 @@ pub struct ClusterCounts {
     pub sessions_missed: u64,
     pub resent: u64,
     pub unconfirmed: u64,
+    pub sessions_stored: u64,
     /// 1 while connected to NATS, else 0.
     pub connected: u64,
 }
@@ -241,6 +252,9 @@ pub struct ClusterShared {
     /// Clients resuming a session here that no node handed over in time (a node that held
     /// it may be down): they got a new session.
     pub sessions_missed: AtomicU64,
+    /// Clients resuming a session that no node handed over, given the session directory's
+    /// copy (its subscriptions) instead.
+    pub sessions_stored: AtomicU64,
     /// QoS 1/2 messages sent again to a node that had not acknowledged them (NATS lost
     /// them, or the node was away).
     pub resent: AtomicU64,
@@ -287,6 +301,7 @@ impl ClusterShared {
             sessions_out: AtomicU64::new(0),
             sessions_missed: AtomicU64::new(0),
             resent: AtomicU64::new(0),
+            sessions_stored: AtomicU64::new(0),
             unconfirmed: AtomicU64::new(0),
             nats_up: AtomicBool::new(false),
             claim_clock,
@@ -306,6 +321,7 @@ impl ClusterShared {
             sessions_out: get(&self.sessions_out),
             sessions_missed: get(&self.sessions_missed),
             resent: get(&self.resent),
+            sessions_stored: get(&self.sessions_stored),
             unconfirmed: get(&self.unconfirmed),
             connected: u64::from(self.nats_up.load(Ordering::Relaxed)),
         }

@@ -39,6 +39,7 @@ pub async fn expire_sessions(shard: Rc<Shard>) {
         for session in expired {
             debug!(client = %session.borrow().client_id, "session expired");
             add(&shard.metrics.sessions_expired, 1);
+            shard.expired_in_directory(&session.borrow());
             shard.remove_session(&session);
         }
         shard.flush();

@@ -192,6 +192,7 @@ impl SysTree {
                 ("sessions/in", c.sessions_in),
                 ("sessions/out", c.sessions_out),
                 ("sessions/missed", c.sessions_missed),
+                ("sessions/stored", c.sessions_stored),
                 ("messages/resent", c.resent),
                 ("messages/unconfirmed", c.unconfirmed),
                 ("connected", c.connected),

@@ -72,6 +72,7 @@ pub async fn take(
     client_id: String,
     shared: Arc<ClusterShared>,
     answer: Answer<Vec<HandedSession>>,
+    (directory, username): (super::node::directory::Directory, Option<String>),
 ) {
     let inbox = client.new_inbox();
     let mut replies = match client.subscribe(inbox.clone()).await {
@@ -140,6 +141,15 @@ pub async fn take(
         }
         // A large session: each chunk has its own time to come.
         deadline = deadline.max(Instant::now() + TAKE_WAIT);
+    }
+    if sessions.is_empty() && !answer.is_abandoned() {
+        // No node handed one over (none holds it, or the one that does is down): the
+        // session directory's copy, with the session's subscriptions, if there is one.
+        if let Some(records) = directory.get(&client_id, username.as_deref()).await {
+            info!(client = %client_id, "cluster: session taken from the session directory in JetStream");
+            shared.sessions_stored.fetch_add(1, Ordering::Relaxed);
+            sessions.push(records);
+        }
     }
     if !sessions.is_empty() && answer.is_abandoned() {
         shared.sessions_missed.fetch_add(1, Ordering::Relaxed);

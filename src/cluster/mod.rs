@@ -27,7 +27,9 @@
 //!   it (`$SMQ.claim`), and a node that had a connection of it ends that one. A client that
 //!   resumes a persistent session asks the other nodes for theirs with its claim, and a node
 //!   that holds one hands it over, messages in flight and queued included ([`handoff`]);
-//!   copies from a node that was down and came back are merged.
+//!   copies from a node that was down and came back are merged. With JetStream, each
+//!   persistent session's subscriptions are also kept in a bucket (`node::directory`), which
+//!   a resume that no node answered takes instead.
 //!
 //! - **Acknowledgements.** QoS 1/2 messages between nodes are acknowledged by the nodes
 //!   that get them and sent again to a node that lost them ([`confirm`]): at least once

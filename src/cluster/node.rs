@@ -28,6 +28,7 @@ use crate::protocol::{ByteStr, QoS};
 
 mod acks;
 mod claims;
+pub(super) mod directory;
 mod retained;
 mod retained_kv;
 
@@ -315,6 +316,15 @@ impl Node {
             format!("{}/kv", self.incarnation),
             self.load_retained,
         ));
+        // Persistent sessions' subscriptions, for a node that is down (see `directory`).
+        let (directory_ops, ops) = mpsc::channel(directory::QUEUE);
+        let sessions = directory::Directory::default();
+        tokio::spawn(directory::keep_directory(
+            client.clone(),
+            ops,
+            sessions.clone(),
+        ));
+        let mut directory_full = false;
         let mut local_shared: BTreeSet<String> = BTreeSet::new();
         // Our interest: filter -> the NATS subscriptions forwarding it.
         let mut local: AHashMap<String, Vec<tokio::task::JoinHandle<()>>> = AHashMap::new();
@@ -449,7 +459,29 @@ impl Node {
                                 }
                             }
                             ClusterEvent::Claimed(id, at) => {
+                                // A clean session here ends the client's session everywhere.
+                                if sessions.knows(&id) {
+                                    let _ = directory_ops.try_send(directory::DirOp::Delete(id.clone()));
+                                }
                                 self.claim(&client, id, at).await;
+                                continue;
+                            }
+                            ClusterEvent::SessionExpired(id) => {
+                                if sessions.knows(&id) {
+                                    let _ = directory_ops.try_send(directory::DirOp::Delete(id));
+                                }
+                                continue;
+                            }
+                            ClusterEvent::SessionSaved { client_id, username, records } => {
+                                let op = directory::DirOp::Put { client_id, username, records };
+                                match directory_ops.try_send(op) {
+                                    Err(mpsc::error::TrySendError::Full(_)) => {
+                                        if !std::mem::replace(&mut directory_full, true) {
+                                            warn!("cluster: the queue to the session bucket is full; session changes are not stored there until it empties");
+                                        }
+                                    }
+                                    _ => directory_full = false,
+                                }
                                 continue;
                             }
                             ClusterEvent::Take { client_id, username, at, answer } => {
@@ -462,7 +494,8 @@ impl Node {
                                 let mut headers = self.claim_headers(at);
                                 handoff::take_headers(&mut headers, username.as_deref());
                                 let shared = self.shared.clone();
-                                tokio::spawn(handoff::take(client.clone(), headers, client_id, shared, answer));
+                                let stored = (sessions.clone(), username);
+                                tokio::spawn(handoff::take(client.clone(), headers, client_id, shared, answer, stored));
                                 continue;
                             }
                         }

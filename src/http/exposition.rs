@@ -210,6 +210,7 @@ fn cluster(out: &mut String, c: crate::broker::cluster_port::ClusterCounts) {
         ("cluster_sessions_in", Kind::Counter, "Persistent sessions other nodes handed over to this one with their clients.", c.sessions_in),
         ("cluster_sessions_out", Kind::Counter, "Persistent sessions handed over to other nodes.", c.sessions_out),
         ("cluster_sessions_missed", Kind::Counter, "Clients resuming a session here that no node handed over in time (they got a new one).", c.sessions_missed),
+        ("cluster_sessions_stored", Kind::Counter, "Clients resuming a session no node handed over, given its subscriptions from the session directory in JetStream.", c.sessions_stored),
         ("cluster_messages_resent", Kind::Counter, "QoS 1/2 messages sent again to a node that had not acknowledged them.", c.resent),
         ("cluster_messages_unconfirmed", Kind::Counter, "QoS 1/2 messages given up on before every node that wanted them acknowledged them (more were waiting than a node keeps).", c.unconfirmed),
     ] {

@@ -176,6 +176,63 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// In a cluster: a persistent session's subscriptions changed; its entry in the cluster's
+    /// session directory is written again (a session that ends with its connection has none).
+    pub(in crate::broker) fn save_to_directory(&self, session: &Rc<RefCell<Session>>) {
+        let Some(port) = self.cluster.get() else {
+            return;
+        };
+        let s = session.borrow();
+        if s.clean || s.own_expiry_secs() == Some(0) {
+            return;
+        }
+        port.tell(crate::broker::cluster_port::ClusterEvent::SessionSaved {
+            client_id: s.client_id.to_string(),
+            username: s.username.as_ref().map(|u| u.to_string()),
+            records: directory_entry(&s),
+        });
+    }
+}
+
+impl Shard {
+    /// In a cluster: a persistent session expired here; its directory entry goes too.
+    pub(in crate::broker) fn expired_in_directory(&self, session: &Session) {
+        if let (Some(port), false) = (self.cluster.get(), session.clean) {
+            port.tell(crate::broker::cluster_port::ClusterEvent::SessionExpired(
+                session.client_id.to_string(),
+            ));
+        }
+    }
+}
+
+/// What the session directory keeps of `session`: the records that begin it, its expiry and
+/// its subscriptions, no messages; and that it went away at time 0, so that in a merge any
+/// copy a node hands over is newer (see [`merge`]).
+fn directory_entry(session: &Session) -> HandedSession {
+    let mut out = BytesMut::new();
+    let mut body = BytesMut::new();
+    let mut put = |record: Record| {
+        if matches!(
+            record,
+            Record::SessionBegan { .. }
+                | Record::SessionExpiry { .. }
+                | Record::Subscribed { .. }
+                | Record::Detached { .. }
+        ) {
+            body.clear();
+            let kind = record.encode(&mut body);
+            encode_frame(&mut out, kind, &body);
+        }
+    };
+    session_records(session, HANDED_SESSION, Instant::now(), unix_ms(), &mut put);
+    put(Record::Detached {
+        session: HANDED_SESSION,
+        at_ms: 0,
+    });
+    out.freeze()
+}
+
 /// Several copies of one client's session as one: the most recently connected copy (the
 /// latest `detached_at_ms`; a connected one counts as latest) gives the subscriptions, the
 /// messages in flight, the incoming QoS 2 ids and the expiry. The others' messages, in flight

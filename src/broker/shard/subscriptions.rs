@@ -107,6 +107,9 @@ impl Shard {
             at
         };
         let retained = self.apply_subscribe(id, &accepted);
+        if !accepted.is_empty() {
+            self.save_to_directory(session);
+        }
         let reply = Outbound::SubAck(SubAck {
             packet_id: request.packet_id,
             return_codes: codes,
@@ -163,6 +166,7 @@ impl Shard {
             }
         }
         self.apply_unsubscribe(id, &request.filters);
+        self.save_to_directory(session);
         let reply = Outbound::UnsubAck(UnsubAck {
             packet_id: request.packet_id,
             reasons,

@@ -181,11 +181,26 @@ impl Node {
 
 /// The bucket, made if no node made it yet; None (said once) without JetStream.
 async fn open(client: &async_nats::Client) -> Option<Store> {
+    let opened = open_bucket(client, BUCKET, "SurgeMQ retained messages, one per topic").await;
+    if opened.is_none() {
+        warn!("cluster: no JetStream bucket for retained messages; they live only on the nodes");
+    }
+    opened
+}
+
+/// A key-value bucket every node shares, made if no node made it yet; None without
+/// JetStream (after trying for a while: a NATS cluster elects its JetStream leader a few
+/// seconds after it starts).
+pub(super) async fn open_bucket(
+    client: &async_nats::Client,
+    bucket: &str,
+    description: &str,
+) -> Option<Store> {
     let js = async_nats::jetstream::new(client.clone());
     let start = Instant::now();
     let mut last_error = String::new();
     while start.elapsed() < OPEN_FOR {
-        if let Ok(store) = js.get_key_value(BUCKET).await {
+        if let Ok(store) = js.get_key_value(bucket).await {
             return Some(store);
         }
         // The bucket's stream, as `create_key_value` would make it; made directly because
@@ -193,9 +208,9 @@ async fn open(client: &async_nats::Client) -> Option<Store> {
         // 2.10 (Debian's 2.9) this client cannot parse.
         for replicas in [3, 1] {
             let config = stream::Config {
-                name: format!("KV_{BUCKET}"),
-                description: Some("SurgeMQ retained messages, one per topic".to_string()),
-                subjects: vec![format!("$KV.{BUCKET}.>")],
+                name: format!("KV_{bucket}"),
+                description: Some(description.to_string()),
+                subjects: vec![format!("$KV.{bucket}.>")],
                 max_messages_per_subject: 1,
                 allow_rollup: true,
                 deny_delete: true,
@@ -212,7 +227,7 @@ async fn open(client: &async_nats::Client) -> Option<Store> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    warn!("cluster: no JetStream bucket for retained messages ({last_error}); they live only on the nodes");
+    info!("cluster: no JetStream bucket {bucket}: {last_error}");
     None
 }
 

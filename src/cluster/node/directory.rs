@@ -1,0 +1,197 @@
+//! Persistent sessions' subscriptions in a JetStream key-value bucket ([`BUCKET`]), so that a
+//! client whose session lived on a node that is down (or came back without `--data-dir`)
+//! resumes it elsewhere with its subscriptions, instead of a new session.
+//!
+//! A node writes a session's entry whenever the session's subscriptions change (the records
+//! `SessionBegan`, its expiry and its `Subscribed`, as a hand-over would carry them, without
+//! messages), and the node where a client connects with a clean session deletes it: that
+//! ends the session everywhere. A node asking for a session that no node handed over (see
+//! `handoff::take`) takes the entry instead, if it is the same user's. It is the oldest copy
+//! in a merge (it says it went away at time 0), so a copy a node hands over later, with the
+//! messages acknowledged for the session there, is merged into it as any other.
+//!
+//! Writes are queued (bounded, [`QUEUE`]; when full a change is not stored and logged once
+//! per spell) and written in order. Which keys exist is learnt from a watch of the bucket, so
+//! a clean connect costs no JetStream write unless the client had an entry.
+//!
+//! An entry: `version u8 | user u16-len (0xFFFF: none) | user | records`; the key the client
+//! id in URL-safe base64.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_nats::jetstream::kv::{Operation, Store};
+use base64::Engine as _;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_lite::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::retained_kv::open_bucket;
+
+/// The bucket every node of a cluster shares.
+pub(super) const BUCKET: &str = "SMQ_SESSIONS";
+/// Changes waiting to be written, at most.
+pub(super) const QUEUE: usize = 16_384;
+const ENTRY_VERSION: u8 = 1;
+const NO_USER: u16 = u16::MAX;
+
+/// A change to write.
+pub(super) enum DirOp {
+    Put {
+        client_id: String,
+        username: Option<String>,
+        records: Bytes,
+    },
+    Delete(String),
+}
+
+/// The bucket as the node and its take tasks see it; empty until it is open.
+#[derive(Clone, Default)]
+pub(in crate::cluster) struct Directory {
+    store: Arc<OnceLock<Store>>,
+    keys: Arc<Mutex<ahash::AHashSet<String>>>,
+}
+
+fn key_of(client_id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE.encode(client_id)
+}
+
+fn encode_entry(username: Option<&str>, records: &[u8]) -> Bytes {
+    let user = username.map(str::as_bytes);
+    let user_len = user.map_or(0, <[u8]>::len).min(usize::from(NO_USER - 1));
+    let mut out = BytesMut::with_capacity(3 + user_len + records.len());
+    out.put_u8(ENTRY_VERSION);
+    match user {
+        Some(u) => {
+            out.put_u16(user_len as u16);
+            out.put_slice(&u[..user_len]);
+        }
+        None => out.put_u16(NO_USER),
+    }
+    out.put_slice(records);
+    out.freeze()
+}
+
+/// The entry's user and records.
+fn decode_entry(mut bytes: Bytes) -> Option<(Option<String>, Bytes)> {
+    if bytes.remaining() < 3 || bytes.get_u8() != ENTRY_VERSION {
+        return None;
+    }
+    let len = bytes.get_u16();
+    let user = if len == NO_USER {
+        None
+    } else {
+        if bytes.remaining() < usize::from(len) {
+            return None;
+        }
+        let user = bytes.split_to(usize::from(len));
+        Some(String::from_utf8(user.to_vec()).ok()?)
+    };
+    Some((user, bytes))
+}
+
+impl Directory {
+    /// Whether the client has an entry (as far as the watch has told).
+    pub(super) fn knows(&self, client_id: &str) -> bool {
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key_of(client_id))
+    }
+
+    /// The client's entry's records, if it has one and it is `username`'s.
+    pub(in crate::cluster) async fn get(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+    ) -> Option<Bytes> {
+        let store = self.store.get()?;
+        let value = store.get(key_of(client_id)).await.ok()??;
+        let (user, records) = decode_entry(value)?;
+        if user.as_deref() != username {
+            info!(client = %client_id, "cluster: the stored session of another user is not taken");
+            return None;
+        }
+        Some(records)
+    }
+}
+
+/// The bucket task: opens the bucket, follows which keys it has, and writes the changes
+/// `ops` brings, in order, until the node stops.
+pub(super) async fn keep_directory(
+    client: async_nats::Client,
+    mut ops: mpsc::Receiver<DirOp>,
+    directory: Directory,
+) {
+    let Some(store) = open_bucket(&client, BUCKET, "SurgeMQ persistent sessions").await else {
+        info!("cluster: no JetStream bucket for sessions; a session on a node that is down waits for it");
+        ops.close();
+        return;
+    };
+    let _ = directory.store.set(store.clone());
+    let keys = directory.keys.clone();
+    let watching = store.clone();
+    tokio::spawn(async move {
+        let Ok(mut watch) = watching.watch_all().await else {
+            return warn!("cluster: cannot watch the session bucket");
+        };
+        while let Some(entry) = watch.next().await {
+            let Ok(entry) = entry else { continue };
+            let mut keys = keys.lock().unwrap_or_else(|e| e.into_inner());
+            match entry.operation {
+                Operation::Put => keys.insert(entry.key),
+                Operation::Delete | Operation::Purge => keys.remove(&entry.key),
+            };
+        }
+    });
+    let mut failing = false;
+    while let Some(op) = ops.recv().await {
+        let result = match op {
+            DirOp::Put {
+                client_id,
+                username,
+                records,
+            } => store
+                .put(
+                    key_of(&client_id),
+                    encode_entry(username.as_deref(), &records),
+                )
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            DirOp::Delete(client_id) => store
+                .delete(key_of(&client_id))
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(()) if failing => {
+                failing = false;
+                info!("cluster: the session bucket takes changes again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                warn!("cluster: cannot write to the session bucket: {e}");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_read_back_with_their_user() {
+        let records = b"\x01\x02records";
+        let (user, back) = decode_entry(encode_entry(Some("alice"), records)).unwrap();
+        assert_eq!((user.as_deref(), &back[..]), (Some("alice"), &records[..]));
+        let (user, back) = decode_entry(encode_entry(None, records)).unwrap();
+        assert_eq!((user, &back[..]), (None, &records[..]));
+        assert_eq!(decode_entry(Bytes::from_static(b"\x02\xff\xff")), None);
+        assert_eq!(decode_entry(Bytes::from_static(b"\x01\x00\x09ab")), None);
+        assert_eq!(key_of("a b/c"), "YSBiL2M=");
+    }
+}
