@@ -11,6 +11,9 @@
 #                                host 3
 #   shared_group_across_hosts    a $share group with a member on host 2 and one on host 3:
 #                                100 QoS 1 messages from host 1 reach the group each once
+#   qos1_through_nats_server_lost
+#                                host 3's nats-server is killed while host 2 streams 5,000
+#                                QoS 1 messages to host 3: every one arrives (sent again)
 #   nats_server_lost             host 2's nats-server is killed: its node fails over to the
 #                                other hosts' servers, and what it publishes still reaches host 3
 #   node_lost                    host 1's node is SIGKILLed: hosts 2 and 3 go on
@@ -225,6 +228,29 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 report shared_group_across_hosts "$ok" "$detail"
+
+# qos1_through_nats_server_lost: host 3's nats-server dies while host 2 streams QoS 1 messages
+# to a subscriber on host 3: host 3's node fails over to another host's server, and what was
+# lost on the way (in the dead server, or published while host 3 reconnected) is sent again
+# by host 2's node, which host 3's had not acknowledged it to: all of them arrive.
+sub 3 "$TMP/loss.out" -i loss-sub -q 1 -t 'netns/loss/#'
+ok=1
+detail="interest never spread from host 3 to host 2"
+if until_seen 2 "$TMP/loss.out" netns/loss/probe; then
+  seq 1 5000 | sed 's/^/l/' | pub 2 -t netns/loss/data -q 1 -l &
+  STREAM=$!
+  sleep 0.15
+  kill -KILL "${NATS_PID[3]}"
+  wait "${NATS_PID[3]}" 2>/dev/null || true
+  wait "$STREAM" || true
+  lines_of "$TMP/loss.out" l 5000 || true
+  got=$(grep -c '^l' "$TMP/loss.out" || true)
+  distinct=$(grep '^l' "$TMP/loss.out" | sort -u | wc -l)
+  detail="host 3 got $distinct of 5000 distinct ($got lines)"
+  [ "$distinct" = 5000 ] && ok=0
+  echo "  stream through a dying server: $detail"
+fi
+report qos1_through_nats_server_lost "$ok" "$detail"
 
 # nats_server_lost: host 2's node loses its NATS server and fails over to another host's.
 kill -KILL "${NATS_PID[2]}"
