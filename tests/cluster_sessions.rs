@@ -259,7 +259,7 @@ fn a_session_left_on_a_node_that_was_down_is_merged_when_its_client_resumes() {
 fn until_stored(nats: &Nats, client_id: &str, present: bool) {
     use base64::Engine as _;
     let key = base64::engine::general_purpose::URL_SAFE.encode(client_id);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
     run(async {
         let client = async_nats::connect(nats.url(2)).await.unwrap();
         let js = async_nats::jetstream::new(client);

@@ -11,13 +11,15 @@
 //! messages acknowledged for the session there, is merged into it as any other.
 //!
 //! Writes are queued (bounded, [`QUEUE`]; when full a change is not stored and logged once
-//! per spell) and written in order. Which keys exist is learnt from a watch of the bucket, so
+//! per spell) and written in order. Until the bucket opens (JetStream may come later than
+//! the node: the node keeps trying every [`RETRY`]), the last change of each client waits. Which keys exist is learnt from a watch of the bucket, so
 //! a clean connect costs no JetStream write unless the client had an entry.
 //!
 //! An entry: `version u8 | user u16-len (0xFFFF: none) | user | records`; the key the client
 //! id in URL-safe base64.
 
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use async_nats::jetstream::kv::{Operation, Store};
 use base64::Engine as _;
@@ -34,6 +36,9 @@ pub(super) const BUCKET: &str = "SMQ_SESSIONS";
 pub(super) const QUEUE: usize = 16_384;
 const ENTRY_VERSION: u8 = 1;
 const NO_USER: u16 = u16::MAX;
+/// How long one attempt to open the bucket goes on, and the pause between attempts.
+const ATTEMPT: Duration = Duration::from_secs(30);
+const RETRY: Duration = Duration::from_secs(5);
 
 /// A change to write.
 pub(super) enum DirOp {
@@ -123,10 +128,30 @@ pub(super) async fn keep_directory(
     mut ops: mpsc::Receiver<DirOp>,
     directory: Directory,
 ) {
-    let Some(store) = open_bucket(&client, BUCKET, "SurgeMQ persistent sessions").await else {
-        info!("cluster: no JetStream bucket for sessions; a session on a node that is down waits for it");
-        ops.close();
-        return;
+    // The last change of each client, while the bucket is not open yet.
+    let mut waiting: ahash::AHashMap<String, DirOp> = ahash::AHashMap::new();
+    let mut said = false;
+    let store = loop {
+        let opening = open_bucket(&client, BUCKET, "SurgeMQ persistent sessions", ATTEMPT);
+        tokio::pin!(opening);
+        let opened = loop {
+            tokio::select! {
+                opened = &mut opening => break opened,
+                Some(op) = ops.recv() => {
+                    let client_id = match &op {
+                        DirOp::Put { client_id, .. } | DirOp::Delete(client_id) => client_id.clone(),
+                    };
+                    waiting.insert(client_id, op);
+                }
+            }
+        };
+        if let Some(store) = opened {
+            break store;
+        }
+        if !std::mem::replace(&mut said, true) {
+            info!("cluster: no JetStream bucket for sessions yet (trying again every {}s); until then a session on a node that is down waits for it", RETRY.as_secs());
+        }
+        tokio::time::sleep(RETRY).await;
     };
     let _ = directory.store.set(store.clone());
     let keys = directory.keys.clone();
@@ -145,37 +170,45 @@ pub(super) async fn keep_directory(
         }
     });
     let mut failing = false;
+    for op in waiting.into_values() {
+        write(&store, op, &mut failing).await;
+    }
     while let Some(op) = ops.recv().await {
-        let result = match op {
-            DirOp::Put {
-                client_id,
-                username,
-                records,
-            } => store
-                .put(
-                    key_of(&client_id),
-                    encode_entry(username.as_deref(), &records),
-                )
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            DirOp::Delete(client_id) => store
-                .delete(key_of(&client_id))
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        match result {
-            Ok(()) if failing => {
-                failing = false;
-                info!("cluster: the session bucket takes changes again");
-            }
-            Ok(()) => {}
-            Err(e) if !failing => {
-                failing = true;
-                warn!("cluster: cannot write to the session bucket: {e}");
-            }
-            Err(_) => {}
+        write(&store, op, &mut failing).await;
+    }
+}
+
+/// Writes one change; a failure is logged once per spell of failures.
+async fn write(store: &Store, op: DirOp, failing: &mut bool) {
+    let result = match op {
+        DirOp::Put {
+            client_id,
+            username,
+            records,
+        } => store
+            .put(
+                key_of(&client_id),
+                encode_entry(username.as_deref(), &records),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        DirOp::Delete(client_id) => store
+            .delete(key_of(&client_id))
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) if *failing => {
+            *failing = false;
+            info!("cluster: the session bucket takes changes again");
         }
+        Ok(()) => {}
+        Err(e) if !*failing => {
+            *failing = true;
+            warn!("cluster: cannot write to the session bucket: {e}");
+        }
+        Err(_) => {}
     }
 }
 

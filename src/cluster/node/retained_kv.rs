@@ -181,7 +181,8 @@ impl Node {
 
 /// The bucket, made if no node made it yet; None (said once) without JetStream.
 async fn open(client: &async_nats::Client) -> Option<Store> {
-    let opened = open_bucket(client, BUCKET, "SurgeMQ retained messages, one per topic").await;
+    let description = "SurgeMQ retained messages, one per topic";
+    let opened = open_bucket(client, BUCKET, description, OPEN_FOR).await;
     if opened.is_none() {
         warn!("cluster: no JetStream bucket for retained messages; they live only on the nodes");
     }
@@ -195,11 +196,12 @@ pub(super) async fn open_bucket(
     client: &async_nats::Client,
     bucket: &str,
     description: &str,
+    open_for: Duration,
 ) -> Option<Store> {
     let js = async_nats::jetstream::new(client.clone());
     let start = Instant::now();
     let mut last_error = String::new();
-    while start.elapsed() < OPEN_FOR {
+    while start.elapsed() < open_for {
         if let Ok(store) = js.get_key_value(bucket).await {
             return Some(store);
         }
