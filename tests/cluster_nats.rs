@@ -772,3 +772,77 @@ fn a_shared_group_gets_its_messages_from_the_local_member_while_nats_is_away() {
         }
     }
 }
+
+/// A shared group's copy of a QoS 1 message goes to one node of the group, the one NATS picks;
+/// lost on the way (here: the only member's node loses its NATS server as a burst crosses
+/// it), the group has not acknowledged it, and it is sent again to a node with a member
+/// (`cluster::confirm`, group slots): the member gets every message.
+#[test]
+fn a_shared_groups_qos1_copies_survive_its_members_nats_server_dying() {
+    let mut nats = Nats::start();
+    let a = node("a", 1, vec![nats.url(2)]);
+    let b = node("b", 2, vec![nats.url(0)]);
+    let mut member = b.connect("member");
+    member.subscribe(1, &[("$share/w/work/#", 1)]);
+    let mut publisher = a.connect("pub");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while member
+        .next_frame_within(Duration::from_millis(50))
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the group never got one");
+        publisher.publish0("work/warm", b"warm", false);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    while member
+        .next_frame_within(Duration::from_millis(100))
+        .is_some()
+    {}
+    const N: u32 = 1000;
+    let reader = std::thread::spawn(move || {
+        let mut got = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while got.len() < N as usize && Instant::now() < deadline {
+            let Some(frame) = member.next_frame_within(Duration::from_millis(200)) else {
+                continue;
+            };
+            if let surgemq::protocol::Packet::Publish(p) = parse(&frame) {
+                member.ack(&p);
+                got.insert(String::from_utf8(p.payload.to_vec()).unwrap());
+            }
+        }
+        got
+    });
+    for burst in 0..N / 50 {
+        let ids = burst * 50..(burst + 1) * 50;
+        let mut bytes = Vec::new();
+        for i in ids.clone() {
+            let payload = i.to_string();
+            bytes.extend(publish(
+                "work/x",
+                payload.as_bytes(),
+                1,
+                false,
+                false,
+                i as u16 + 1,
+            ));
+        }
+        publisher.send(&bytes);
+        if burst == 5 {
+            nats.kill(0);
+        }
+        for i in ids {
+            publisher.expect_bytes(&puback(i as u16 + 1));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let got = reader.join().unwrap();
+    let missing: Vec<u32> = (0..N).filter(|i| !got.contains(&i.to_string())).collect();
+    assert!(
+        missing.is_empty(),
+        "{} lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    assert_eq!(a.handle().stats().cluster().unwrap().unconfirmed, 0);
+}

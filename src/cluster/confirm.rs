@@ -14,6 +14,12 @@
 //! or the node is away). A node that no longer wants the topic is not waited for. The
 //! receiver's de-duplication (`dedupe`) makes a copy that did arrive harmless.
 //!
+//! A shared subscription group's copy goes to one node of the group, the one NATS picks: it is
+//! waited for as one more "node", a group slot ([`GROUP_SLOTS`] and up), which any node's
+//! acknowledgement for that group settles. Nodes of a group keep no order among each other, so
+//! a group's copy is sent again only after [`GROUP_RESEND_AFTER`] without one, to one node
+//! with a member (or this node's own); a copy that was merely slow then reaches the group twice.
+//!
 //! Bounded: [`CAPACITY`] messages; to make room the oldest is given up on, and counted if a
 //! node still waited for it. Pure: no NATS client here.
 
@@ -31,6 +37,10 @@ use crate::broker::mesh::Message;
 pub const CAPACITY: usize = 65_536;
 /// How long a node may acknowledge nothing before what it lacks is sent to it again.
 pub const RESEND_AFTER: Duration = Duration::from_secs(1);
+/// How long a shared subscription group's copy may go unacknowledged before it is sent again.
+pub const GROUP_RESEND_AFTER: Duration = Duration::from_secs(2);
+/// Slots from here on are shared subscription groups, not nodes.
+pub const GROUP_SLOTS: u16 = 0x8000;
 /// How often the origin looks for what to send again.
 pub const CHECK_EVERY: Duration = Duration::from_millis(50);
 /// How long a receiver gathers acknowledgements before it sends them.
@@ -176,6 +186,7 @@ impl Unconfirmed {
             }
             let heard = &self.heard;
             let lost = |node: &u16| match heard.get(node) {
+                _ if *node >= GROUP_SLOTS => now.duration_since(p.sent) >= GROUP_RESEND_AFTER,
                 Some(h) if h.highest > p.mark => true,
                 Some(h) => {
                     now.duration_since(p.sent) >= RESEND_AFTER
@@ -382,6 +393,25 @@ mod tests {
         });
         assert_eq!(seqs(&due), [(1, vec![2])]);
         u.forget(2);
+        assert!(u.is_empty());
+    }
+
+    #[test]
+    fn a_groups_copy_is_sent_again_only_after_a_while_whatever_else_was_acknowledged() {
+        let t = Instant::now();
+        let g = GROUP_SLOTS + 3;
+        let mut u = Unconfirmed::new(16);
+        u.push(1, msg("a"), 0, smallvec![g], t);
+        u.push(2, msg("a"), 0, smallvec![g], t);
+        // The group's later copy was acknowledged (by another node of it): no proof of loss.
+        u.ack(g, &[(2, 2)], t);
+        let groups = |_: &Message| -> Nodes { smallvec![g] };
+        assert!(u.due(t + RESEND_AFTER, 2, 100, groups).is_empty());
+        assert_eq!(
+            seqs(&u.due(t + GROUP_RESEND_AFTER, 2, 100, groups)),
+            [(1, vec![g])]
+        );
+        u.ack(g, &[(1, 1)], t);
         assert!(u.is_empty());
     }
 

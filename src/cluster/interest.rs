@@ -145,20 +145,25 @@ impl RemoteNodes {
     }
 
     /// The nodes' plain filters (not shared subscriptions: NATS picks one node of a group)
-    /// as one trie by node index, and each index's node name: who must acknowledge a QoS 1/2
-    /// message (see `confirm`).
-    pub fn acknowledgers(&self) -> (InterestTrie, AHashMap<u16, String>) {
+    /// as one trie by node index, each index's node name, and the shared subscriptions
+    /// (`$share/G/F`) with the index of each node that has members: who must acknowledge a
+    /// QoS 1/2 message (see `confirm`).
+    #[allow(clippy::type_complexity)]
+    pub fn acknowledgers(&self) -> (InterestTrie, AHashMap<u16, String>, Vec<(String, u16)>) {
         let mut trie = InterestTrie::default();
         let mut names = AHashMap::new();
+        let mut shared = Vec::new();
         for (name, node) in &self.nodes {
             names.insert(node.index, name.clone());
             for f in &node.filters {
                 if inner_filter(f) == f.as_str() {
                     trie.insert(f, node.index, ());
+                } else {
+                    shared.push((f.clone(), node.index));
                 }
             }
         }
-        (trie, names)
+        (trie, names, shared)
     }
 
     pub fn node_count(&self) -> usize {

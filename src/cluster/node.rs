@@ -655,7 +655,7 @@ impl Node {
         match self.subject_of(&m.topic) {
             Some(subject) => {
                 // Kept until acknowledged, also if NATS refused it now: then it is sent again.
-                self.expect_acks(seq, m, out.key);
+                self.expect_acks(seq, m, out.key, &out.served);
                 if let Err(e) = client
                     .publish_with_headers(subject, headers, m.payload.clone())
                     .await
@@ -674,7 +674,7 @@ impl Node {
     /// Installs the interest picture the shards read, and the node count.
     fn publish_interest(&self, remote: &RemoteNodes, local_shared: &BTreeSet<String>) {
         self.shared.remote.replace(remote.trie(local_shared));
-        self.acknowledgers_changed(remote);
+        self.acknowledgers_changed(remote, local_shared);
         self.shared
             .nodes
             .store(remote.node_count() as u64, Ordering::Relaxed);
@@ -724,34 +724,40 @@ impl Node {
     }
 
     /// Hands a message from NATS to the shard that keeps its publisher's order.
-    async fn deliver(&self, m: Arrived, dedupe: &mut Dedupe) {
+    async fn deliver(&self, mut m: Arrived, dedupe: &mut Dedupe) {
         let headers = m.headers.as_ref();
+        // A group's copy sent again to this node alone names its group in a header.
+        let group = m.group.take().or_else(|| {
+            headers
+                .and_then(|h| h.get(GROUP))
+                .map(|g| ByteStr::from(g.as_str()))
+        });
         let meta = headers
             .and_then(|h| h.get(META))
             .and_then(|v| Meta::parse(v.as_str()));
-        // A QoS 1/2 message from another node is acknowledged to it once a shard has it
-        // (`confirm`); a group's copy is not (NATS picked this node; it is not sent again).
-        let mut ack = None;
-        if let (Some(group), Some(h)) = (&m.group, headers) {
+        if let (Some(group), Some(h)) = (&group, headers) {
             // Its node gave it to a member of this group itself, while NATS was away.
             if h.get_all(SERVED).any(|g| g.as_str() == &**group) {
                 return;
             }
         }
+        // A QoS 1/2 message is acknowledged to its node once a shard has it (`confirm`): per
+        // node for plain subscriptions, per group for a group's copy (NATS picked this node).
+        let mut ack = None;
         if let Some(meta) = &meta {
+            if meta.qos != QoS::AtMostOnce {
+                ack = Some((meta.origin, meta.seq));
+            }
             // A group's copy is one per group (NATS queue), not a duplicate; this node's own
             // messages come back only that way.
-            if m.group.is_none() {
+            if group.is_none() {
                 if meta.origin == self.incarnation {
                     return;
-                }
-                if meta.qos != QoS::AtMostOnce {
-                    ack = Some((meta.origin, meta.seq));
                 }
                 if !dedupe.first(meta.origin, meta.seq) {
                     // Had already: a copy sent again because the acknowledgement was lost.
                     if let Some((origin, seq)) = ack {
-                        self.owe_ack(origin, seq);
+                        self.owe_ack(origin, seq, None);
                     }
                     return;
                 }
@@ -772,14 +778,20 @@ impl Node {
         let message = Message::new(topic, m.payload, qos, retain).with_v5(v5_part(headers));
         let message = Arc::new(message);
         self.shared.received.fetch_add(1, Ordering::Relaxed);
-        let msg = match m.group {
-            Some(group) => ShardMessage::FromClusterShared(message, group),
+        let msg = match &group {
+            Some(group) => ShardMessage::FromClusterShared(message, group.clone()),
             None => ShardMessage::FromCluster(message),
         };
-        if self.to_shard(ShardId(shard), msg).await {
-            if let Some((origin, seq)) = ack {
-                self.owe_ack(origin, seq);
+        if !self.to_shard(ShardId(shard), msg).await {
+            return;
+        }
+        match (ack, &group) {
+            (None, _) => {}
+            (Some((origin, seq)), None) => self.owe_ack(origin, seq, None),
+            (Some((origin, seq)), Some(g)) if origin == self.incarnation => {
+                self.own_group_ack(g, seq)
             }
+            (Some((origin, seq)), Some(g)) => self.owe_ack(origin, seq, Some(g)),
         }
     }
 }

@@ -40,6 +40,9 @@ pub(super) const ACK: &str = "$SMQ.ack";
 /// The shared subscription groups (`$share/G/F`, one value each) the origin node delivered a
 /// message to itself while NATS was away: a node NATS picks for one of them drops its copy.
 pub(super) const SERVED: &str = "Smq-Served";
+/// On a message sent again to one node for a shared subscription group: the group
+/// (`$share/G/F`), which the node hands the message to as NATS had picked it.
+pub(super) const GROUP: &str = "Smq-Group";
 /// `$SMQ.to.<node>`: a message sent again to that node alone, its topic in [`TOPIC`].
 pub(super) const TO: &str = "$SMQ.to";
 

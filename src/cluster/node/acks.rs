@@ -1,5 +1,10 @@
-//! The node's side of `confirm`: waiting for the other nodes to acknowledge the QoS 1/2
-//! messages it sends them, acknowledging theirs, and sending again what was lost.
+//! The node's side of `confirm`: waiting for the other nodes (and shared subscription groups)
+//! to acknowledge the QoS 1/2 messages it sends them, acknowledging theirs, and sending again
+//! what was lost.
+//!
+//! An acknowledgement message: `origin-incarnation`, then a line of sequence ranges for the
+//! node's plain subscriptions, then a line `QUEUE RANGES` per shared subscription group (its
+//! NATS queue name, which holds no space).
 
 use async_nats::HeaderMap;
 use tracing::debug;
@@ -15,11 +20,33 @@ pub(super) struct Acks {
     wants: InterestTrie,
     names: AHashMap<u16, String>,
     indexes: AHashMap<String, u16>,
-    /// Acknowledgements owed, by origin (`node/start-time`).
-    owed: AHashMap<String, Vec<u64>>,
+    /// Shared subscription groups anywhere in the cluster (`$share/G/F`), by filter.
+    groups: AHashMap<String, Group>,
+    /// The groups' slots by their NATS queue name, and back.
+    queues: AHashMap<String, u16>,
+    slots: AHashMap<u16, String>,
+    next_slot: u16,
+    /// Acknowledgements owed, by origin (`node/start-time`): the plain ones, and by group
+    /// (its queue name).
+    owed: AHashMap<String, Owed>,
     owed_count: usize,
     /// When the owed acknowledgements go out at the latest.
     deadline: Option<Instant>,
+}
+
+/// A shared subscription group: its slot, and where it has members.
+struct Group {
+    slot: u16,
+    /// Other nodes with members (their indexes).
+    nodes: Vec<u16>,
+    /// This node has members.
+    here: bool,
+}
+
+#[derive(Default)]
+struct Owed {
+    plain: Vec<u64>,
+    groups: AHashMap<String, Vec<u64>>,
 }
 
 impl Default for Acks {
@@ -29,6 +56,10 @@ impl Default for Acks {
             wants: InterestTrie::default(),
             names: AHashMap::new(),
             indexes: AHashMap::new(),
+            groups: AHashMap::new(),
+            queues: AHashMap::new(),
+            slots: AHashMap::new(),
+            next_slot: confirm::GROUP_SLOTS,
             owed: AHashMap::new(),
             owed_count: 0,
             deadline: None,
@@ -37,6 +68,11 @@ impl Default for Acks {
 }
 
 impl Acks {
+    /// The slot of a shared subscription group (`$share/G/F`), if it is known.
+    fn slot_of(&self, group: &str) -> Option<u16> {
+        self.groups.get(group).map(|g| g.slot)
+    }
+
     /// When the owed acknowledgements are due (at once from when a batch filled).
     pub(super) fn due_at(&self) -> Option<Instant> {
         self.deadline
@@ -56,9 +92,50 @@ fn nodes_wanting(trie: &InterestTrie, topic: &str) -> Nodes {
 impl Node {
     /// The other nodes' interest changed: who acknowledges what, and nodes gone or replaced
     /// at an index no longer waited for.
-    pub(super) fn acknowledgers_changed(&self, remote: &RemoteNodes) {
-        let (wants, names) = remote.acknowledgers();
+    pub(super) fn acknowledgers_changed(
+        &self,
+        remote: &RemoteNodes,
+        local_shared: &BTreeSet<String>,
+    ) {
+        let (mut wants, names, shared) = remote.acknowledgers();
         let mut acks = self.acks.borrow_mut();
+        let acks = &mut *acks;
+        // Groups keep their slots while they exist anywhere.
+        let mut groups: AHashMap<String, Group> = AHashMap::new();
+        let remote_members = shared.into_iter().map(|(f, n)| (f, Some(n)));
+        for (full, node) in remote_members.chain(local_shared.iter().map(|f| (f.clone(), None))) {
+            let slot = match acks.groups.get(&full) {
+                Some(g) => g.slot,
+                None => match groups.get(&full) {
+                    Some(g) => g.slot,
+                    None => {
+                        let slot = acks.next_slot;
+                        acks.next_slot = acks
+                            .next_slot
+                            .checked_add(1)
+                            .unwrap_or(confirm::GROUP_SLOTS);
+                        slot
+                    }
+                },
+            };
+            let group = groups.entry(full).or_insert(Group {
+                slot,
+                nodes: Vec::new(),
+                here: false,
+            });
+            match node {
+                Some(n) => group.nodes.push(n),
+                None => group.here = true,
+            }
+        }
+        acks.queues.clear();
+        acks.slots.clear();
+        for (full, group) in &groups {
+            wants.insert(interest::inner_filter(full), group.slot, ());
+            acks.queues.insert(queue_name(full), group.slot);
+            acks.slots.insert(group.slot, full.clone());
+        }
+        acks.groups = groups;
         let stale: Vec<u16> = acks
             .names
             .iter()
@@ -75,12 +152,24 @@ impl Node {
 
     /// A message just sent as `seq`: kept until the nodes that want it acknowledge it, if
     /// its QoS asks for that.
-    pub(super) fn expect_acks(&self, seq: u64, message: &Arc<Message>, key: u64) {
+    /// Groups in `served` had it here already (NATS was away): not waited for.
+    pub(super) fn expect_acks(
+        &self,
+        seq: u64,
+        message: &Arc<Message>,
+        key: u64,
+        served: &[ByteStr],
+    ) {
         if message.qos == QoS::AtMostOnce {
             return;
         }
         let mut acks = self.acks.borrow_mut();
-        let waiting = nodes_wanting(&acks.wants, &message.topic);
+        let mut waiting = nodes_wanting(&acks.wants, &message.topic);
+        for group in served {
+            if let Some(slot) = acks.slot_of(group) {
+                waiting.retain(|n| *n != slot);
+            }
+        }
         if waiting.is_empty() {
             return;
         }
@@ -102,32 +191,53 @@ impl Node {
         let Ok(text) = std::str::from_utf8(&m.payload) else {
             return;
         };
-        let Some((incarnation, ranges)) = text.split_once('\n') else {
-            return;
-        };
-        if incarnation != self.incarnation {
+        let mut lines = text.split('\n');
+        if lines.next() != Some(self.incarnation.as_str()) {
             // For an earlier run of this node.
             return;
         }
-        let Some(ranges) = confirm::decode_ranges(ranges) else {
-            return debug!(node = node.as_str(), "cluster: malformed acknowledgement");
-        };
+        let now = Instant::now();
         let mut acks = self.acks.borrow_mut();
-        let Some(&index) = acks.indexes.get(node.as_str()) else {
-            return;
-        };
-        acks.unconfirmed.ack(index, &ranges, Instant::now());
+        if let (Some(plain), Some(&index)) = (lines.next(), acks.indexes.get(node.as_str())) {
+            match confirm::decode_ranges(plain) {
+                Some(ranges) => acks.unconfirmed.ack(index, &ranges, now),
+                None => debug!(node = node.as_str(), "cluster: malformed acknowledgement"),
+            }
+        }
+        for line in lines {
+            let Some((queue, ranges)) = line.split_once(' ') else {
+                continue;
+            };
+            let (Some(&slot), Some(ranges)) =
+                (acks.queues.get(queue), confirm::decode_ranges(ranges))
+            else {
+                continue;
+            };
+            acks.unconfirmed.ack(slot, &ranges, now);
+        }
+    }
+
+    /// A QoS 1/2 message this node sent came back for one of its own groups (NATS picked
+    /// this node) and is in a shard's inbox: the group has it.
+    pub(super) fn own_group_ack(&self, group: &str, seq: u64) {
+        let mut acks = self.acks.borrow_mut();
+        if let Some(slot) = acks.slot_of(group) {
+            acks.unconfirmed.ack(slot, &[(seq, seq)], Instant::now());
+        }
     }
 
     /// A QoS 1/2 message from `origin` is in a shard's inbox (now or earlier): acknowledged
     /// with the next batch.
-    pub(super) fn owe_ack(&self, origin: &str, seq: u64) {
+    /// For a shared subscription group's copy, `group` names it.
+    pub(super) fn owe_ack(&self, origin: &str, seq: u64, group: Option<&str>) {
         let mut acks = self.acks.borrow_mut();
-        match acks.owed.get_mut(origin) {
-            Some(seqs) => seqs.push(seq),
-            None => {
-                acks.owed.insert(origin.to_string(), vec![seq]);
-            }
+        let owed = match acks.owed.get_mut(origin) {
+            Some(owed) => owed,
+            None => acks.owed.entry(origin.to_string()).or_default(),
+        };
+        match group {
+            None => owed.plain.push(seq),
+            Some(full) => owed.groups.entry(queue_name(full)).or_default().push(seq),
         }
         acks.owed_count += 1;
         if acks.deadline.is_none() {
@@ -146,11 +256,17 @@ impl Node {
             acks.deadline = None;
             std::mem::take(&mut acks.owed)
         };
-        for (origin, mut seqs) in owed {
+        for (origin, mut owed) in owed {
             let name = origin.split_once('/').map_or(origin.as_str(), |(n, _)| n);
             let mut headers = HeaderMap::new();
             headers.insert(NODE, self.id.as_str());
-            let payload = format!("{origin}\n{}", confirm::encode_ranges(&mut seqs));
+            let mut payload = format!("{origin}\n{}", confirm::encode_ranges(&mut owed.plain));
+            for (queue, mut seqs) in owed.groups {
+                payload.push('\n');
+                payload.push_str(&queue);
+                payload.push(' ');
+                payload.push_str(&confirm::encode_ranges(&mut seqs));
+            }
             if let Err(e) = client
                 .publish_with_headers(format!("{ACK}.{name}"), headers, Bytes::from(payload))
                 .await
@@ -163,7 +279,7 @@ impl Node {
     /// Sends again, to each node that lacks it, what was lost on the way; `last_seq` is the
     /// last sequence number used.
     pub(super) async fn resend(&self, client: &async_nats::Client, last_seq: u64) {
-        let (due, names) = {
+        let (due, names, slots) = {
             let mut acks = self.acks.borrow_mut();
             if acks.unconfirmed.is_empty() {
                 return;
@@ -178,23 +294,54 @@ impl Node {
             if due.is_empty() {
                 return;
             }
-            (due, acks.names.clone())
+            // Where each group's copy goes again: a node with members, this one first.
+            let slots: AHashMap<u16, (String, Option<u16>)> = acks
+                .groups
+                .iter()
+                .map(|(full, g)| {
+                    let to = if g.here {
+                        None
+                    } else {
+                        g.nodes.first().copied()
+                    };
+                    (g.slot, (full.clone(), to))
+                })
+                .collect();
+            (due, acks.names.clone(), slots)
         };
         for r in due {
             // Not as a retained message: a newer one may have replaced it there meanwhile.
             let mut headers = self.message_headers(&r.message, r.seq, r.key, false);
             headers.insert(TOPIC, &*r.message.topic);
             for node in r.to {
-                let Some(name) = names.get(&node) else {
-                    continue;
+                let (to, headers) = if node >= confirm::GROUP_SLOTS {
+                    let Some((full, to)) = slots.get(&node) else {
+                        continue;
+                    };
+                    self.shared.resent.fetch_add(1, Ordering::Relaxed);
+                    let Some(name) = to.and_then(|n| names.get(&n)) else {
+                        // A member here: the group's copy goes to it as NATS would have.
+                        let arrived = Arrived {
+                            subject: async_nats::Subject::from(format!("{TO}.{}", self.id)),
+                            headers: Some(headers.clone()),
+                            payload: r.message.payload.clone(),
+                            group: Some(ByteStr::from(full.as_str())),
+                        };
+                        self.deliver(arrived, &mut Dedupe::default()).await;
+                        continue;
+                    };
+                    let mut headers = headers.clone();
+                    headers.insert(GROUP, full.as_str());
+                    (name, headers)
+                } else {
+                    let Some(name) = names.get(&node) else {
+                        continue;
+                    };
+                    self.shared.resent.fetch_add(1, Ordering::Relaxed);
+                    (name, headers.clone())
                 };
-                self.shared.resent.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = client
-                    .publish_with_headers(
-                        format!("{TO}.{name}"),
-                        headers.clone(),
-                        r.message.payload.clone(),
-                    )
+                    .publish_with_headers(format!("{TO}.{to}"), headers, r.message.payload.clone())
                     .await
                 {
                     debug!("cluster: cannot send again: {e}");
