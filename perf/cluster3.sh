@@ -5,15 +5,20 @@
 # run, REPS repetitions interleaved. Everything (three nodes, NATS, the generator) shares this
 # machine's cores, so the numbers say what crossing nodes costs here, not what three hosts
 # would do. Needs nats-server (Debian package). Prints one line per run; record them in
-# perf/results/. Env: REPS (3), SCENARIOS ("fan-out mesh").
+# perf/results/. Env: REPS (3), SCENARIOS ("fan-out mesh"), SURGEMQ_BIN.
 set -u
 REPS=${REPS:-3}
 SCENARIOS=${SCENARIOS:-"fan-out mesh"}
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
-build_release
-B=$BIN
+# SURGEMQ_BIN=path runs that binary instead of building this tree (to compare two builds).
+if [ -n "${SURGEMQ_BIN:-}" ]; then
+  B=$SURGEMQ_BIN
+else
+  build_release
+  B=$BIN
+fi
 NP=$(free_port)
 nats-server -a 127.0.0.1 -p "$NP" >/dev/null 2>&1 & NPID=$!
 wait_port "$NP"
