@@ -649,55 +649,15 @@ fn qos1_messages_between_nodes_survive_the_receiving_nodes_nats_server_restartin
     let mut publisher = a.connect("pub");
     until_connected(&mut publisher, &mut sub, "probe/s");
     const N: u32 = 3000;
-    let reader = std::thread::spawn(move || {
-        let mut got = std::collections::BTreeSet::new();
-        let deadline = Instant::now() + Duration::from_secs(25);
-        while got.len() < N as usize && Instant::now() < deadline {
-            let Some(frame) = sub.next_frame_within(Duration::from_millis(200)) else {
-                continue;
-            };
-            if let surgemq::protocol::Packet::Publish(p) = parse(&frame) {
-                sub.ack(&p);
-                got.insert(String::from_utf8(p.payload.to_vec()).unwrap());
-            }
-        }
-        got
-    });
+    let reader = collect_distinct(sub, N);
     // Bursts of 50, each PUBACKed (by node a) before the next, 10 ms apart: node b's server
     // dies as burst 20 is on its way and is back after burst 39.
-    for burst in 0..N / 50 {
-        let ids = burst * 50..(burst + 1) * 50;
-        let mut bytes = Vec::new();
-        for i in ids.clone() {
-            let payload = i.to_string();
-            bytes.extend(publish(
-                "stream/x",
-                payload.as_bytes(),
-                1,
-                false,
-                false,
-                i as u16 + 1,
-            ));
-        }
-        publisher.send(&bytes);
-        match burst {
-            20 => nats.kill(0),
-            40 => nats.restart(0),
-            _ => {}
-        }
-        for i in ids {
-            publisher.expect_bytes(&puback(i as u16 + 1));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let got = reader.join().unwrap();
-    let missing: Vec<u32> = (0..N).filter(|i| !got.contains(&i.to_string())).collect();
-    assert!(
-        missing.is_empty(),
-        "{} lost: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(20)]
-    );
+    publish_in_bursts(&mut publisher, "stream/x", N, |burst| match burst {
+        20 => nats.kill(0),
+        40 => nats.restart(0),
+        _ => {}
+    });
+    assert_none_lost(reader.join().unwrap(), N);
     let counts = a.handle().stats().cluster().unwrap();
     assert!(counts.resent > 0, "nothing sent again, yet b was away");
     assert_eq!(counts.unconfirmed, 0);
@@ -799,27 +759,53 @@ fn a_shared_groups_qos1_copies_survive_its_members_nats_server_dying() {
         .is_some()
     {}
     const N: u32 = 1000;
-    let reader = std::thread::spawn(move || {
+    let reader = collect_distinct(member, N);
+    publish_in_bursts(&mut publisher, "work/x", N, |burst| {
+        if burst == 5 {
+            nats.kill(0);
+        }
+    });
+    assert_none_lost(reader.join().unwrap(), N);
+    assert_eq!(a.handle().stats().cluster().unwrap().unconfirmed, 0);
+}
+
+/// Reads QoS 1 publishes on `sub` (acknowledging them) until `n` distinct payloads came, or
+/// 25 s passed; the payloads.
+fn collect_distinct(
+    mut sub: RawClient,
+    n: u32,
+) -> std::thread::JoinHandle<std::collections::BTreeSet<String>> {
+    std::thread::spawn(move || {
         let mut got = std::collections::BTreeSet::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while got.len() < N as usize && Instant::now() < deadline {
-            let Some(frame) = member.next_frame_within(Duration::from_millis(200)) else {
+        let deadline = Instant::now() + Duration::from_secs(25);
+        while got.len() < n as usize && Instant::now() < deadline {
+            let Some(frame) = sub.next_frame_within(Duration::from_millis(200)) else {
                 continue;
             };
             if let surgemq::protocol::Packet::Publish(p) = parse(&frame) {
-                member.ack(&p);
+                sub.ack(&p);
                 got.insert(String::from_utf8(p.payload.to_vec()).unwrap());
             }
         }
         got
-    });
-    for burst in 0..N / 50 {
+    })
+}
+
+/// Publishes payloads "0" to "n-1" on `topic` at QoS 1 in bursts of 50, each PUBACKed before
+/// the next and 10 ms apart; `after_send(burst)` runs as each burst is on its way.
+fn publish_in_bursts(
+    publisher: &mut RawClient,
+    topic: &str,
+    n: u32,
+    mut after_send: impl FnMut(u32),
+) {
+    for burst in 0..n / 50 {
         let ids = burst * 50..(burst + 1) * 50;
         let mut bytes = Vec::new();
         for i in ids.clone() {
             let payload = i.to_string();
             bytes.extend(publish(
-                "work/x",
+                topic,
                 payload.as_bytes(),
                 1,
                 false,
@@ -828,21 +814,20 @@ fn a_shared_groups_qos1_copies_survive_its_members_nats_server_dying() {
             ));
         }
         publisher.send(&bytes);
-        if burst == 5 {
-            nats.kill(0);
-        }
+        after_send(burst);
         for i in ids {
             publisher.expect_bytes(&puback(i as u16 + 1));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let got = reader.join().unwrap();
-    let missing: Vec<u32> = (0..N).filter(|i| !got.contains(&i.to_string())).collect();
+}
+
+fn assert_none_lost(got: std::collections::BTreeSet<String>, n: u32) {
+    let missing: Vec<u32> = (0..n).filter(|i| !got.contains(&i.to_string())).collect();
     assert!(
         missing.is_empty(),
         "{} lost: {:?}",
         missing.len(),
         &missing[..missing.len().min(20)]
     );
-    assert_eq!(a.handle().stats().cluster().unwrap().unconfirmed, 0);
 }
