@@ -145,7 +145,10 @@ pub async fn take(
     if sessions.is_empty() && !answer.is_abandoned() {
         // No node handed one over (none holds it, or the one that does is down): the
         // session directory's copy, with the session's subscriptions, if there is one.
-        if let Some(records) = directory.get(&client_id, username.as_deref()).await {
+        if let Some(records) = directory
+            .get(&client, &client_id, username.as_deref())
+            .await
+        {
             info!(client = %client_id, "cluster: session taken from the session directory in JetStream");
             shared.sessions_stored.fetch_add(1, Ordering::Relaxed);
             sessions.push(records);

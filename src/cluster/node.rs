@@ -461,19 +461,19 @@ impl Node {
                             ClusterEvent::Claimed(id, at) => {
                                 // A clean session here ends the client's session everywhere.
                                 if sessions.knows(&id) {
-                                    let _ = directory_ops.try_send(directory::DirOp::Delete(id.clone()));
+                                    let _ = directory_ops.try_send(directory::delete_op(&id));
                                 }
                                 self.claim(&client, id, at).await;
                                 continue;
                             }
                             ClusterEvent::SessionExpired(id) => {
                                 if sessions.knows(&id) {
-                                    let _ = directory_ops.try_send(directory::DirOp::Delete(id));
+                                    let _ = directory_ops.try_send(directory::delete_op(&id));
                                 }
                                 continue;
                             }
                             ClusterEvent::SessionSaved { client_id, username, records } => {
-                                let op = directory::DirOp::Put { client_id, username, records };
+                                let op = directory::put_op(&client_id, username.as_deref(), &records);
                                 match directory_ops.try_send(op) {
                                     Err(mpsc::error::TrySendError::Full(_)) => {
                                         if !std::mem::replace(&mut directory_full, true) {

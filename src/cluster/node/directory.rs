@@ -12,7 +12,9 @@
 //!
 //! Writes are queued (bounded, [`QUEUE`]; when full a change is not stored and logged once
 //! per spell) and written in order. Until the bucket opens (JetStream may come later than
-//! the node: the node keeps trying every [`RETRY`]), the last change of each client waits. Which keys exist is learnt from a watch of the bucket, so
+//! the node: the node keeps trying every [`RETRY`]), the last change of each client waits
+//! (for [`QUEUE`] clients at most), and a clean connect deletes whether or not an entry is
+//! known. Which keys exist is learnt from a watch of the bucket, so
 //! a clean connect costs no JetStream write unless the client had an entry.
 //!
 //! An entry: `version u8 | user u16-len (0xFFFF: none) | user | records`; the key the client
@@ -28,7 +30,7 @@ use futures_lite::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::retained_kv::open_bucket;
+use super::retained_kv::{open_bucket, write, KvOp};
 
 /// The bucket every node of a cluster shares.
 pub(super) const BUCKET: &str = "SMQ_SESSIONS";
@@ -40,14 +42,14 @@ const NO_USER: u16 = u16::MAX;
 const ATTEMPT: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(5);
 
-/// A change to write.
-pub(super) enum DirOp {
-    Put {
-        client_id: String,
-        username: Option<String>,
-        records: Bytes,
-    },
-    Delete(String),
+/// The change that writes a session's entry.
+pub(super) fn put_op(client_id: &str, username: Option<&str>, records: &[u8]) -> KvOp {
+    KvOp::Put(key_of(client_id), encode_entry(username, records))
+}
+
+/// The change that deletes a session's entry.
+pub(super) fn delete_op(client_id: &str) -> KvOp {
+    KvOp::Delete(key_of(client_id))
 }
 
 /// The bucket as the node and its take tasks see it; empty until it is open.
@@ -96,21 +98,32 @@ fn decode_entry(mut bytes: Bytes) -> Option<(Option<String>, Bytes)> {
 }
 
 impl Directory {
-    /// Whether the client has an entry (as far as the watch has told).
+    /// Whether the client may have an entry: as far as the watch has told, or (until the
+    /// bucket is open here and the watch tells) perhaps.
     pub(super) fn knows(&self, client_id: &str) -> bool {
-        self.keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&key_of(client_id))
+        self.store.get().is_none()
+            || self
+                .keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&key_of(client_id))
     }
 
-    /// The client's entry's records, if it has one and it is `username`'s.
+    /// The client's entry's records, if it has one and it is `username`'s. Looks the bucket
+    /// up itself when this node has not opened it yet (JetStream came late, or is slow).
     pub(in crate::cluster) async fn get(
         &self,
+        client: &async_nats::Client,
         client_id: &str,
         username: Option<&str>,
     ) -> Option<Bytes> {
-        let store = self.store.get()?;
+        let store = match self.store.get() {
+            Some(store) => store.clone(),
+            None => {
+                let js = async_nats::jetstream::new(client.clone());
+                js.get_key_value(BUCKET).await.ok()?
+            }
+        };
         let value = store.get(key_of(client_id)).await.ok()??;
         let (user, records) = decode_entry(value)?;
         if user.as_deref() != username {
@@ -125,11 +138,11 @@ impl Directory {
 /// `ops` brings, in order, until the node stops.
 pub(super) async fn keep_directory(
     client: async_nats::Client,
-    mut ops: mpsc::Receiver<DirOp>,
+    mut ops: mpsc::Receiver<KvOp>,
     directory: Directory,
 ) {
     // The last change of each client, while the bucket is not open yet.
-    let mut waiting: ahash::AHashMap<String, DirOp> = ahash::AHashMap::new();
+    let mut waiting: ahash::AHashMap<String, KvOp> = ahash::AHashMap::new();
     let mut said = false;
     let store = loop {
         let opening = open_bucket(&client, BUCKET, "SurgeMQ persistent sessions", ATTEMPT);
@@ -138,10 +151,14 @@ pub(super) async fn keep_directory(
             tokio::select! {
                 opened = &mut opening => break opened,
                 Some(op) = ops.recv() => {
-                    let client_id = match &op {
-                        DirOp::Put { client_id, .. } | DirOp::Delete(client_id) => client_id.clone(),
+                    let key = match &op {
+                        KvOp::Put(key, _) | KvOp::Delete(key) => key.clone(),
                     };
-                    waiting.insert(client_id, op);
+                    // Bounded too: past it (no JetStream for long, many clients) changes
+                    // are not kept; deletes, most of them, of entries that never were.
+                    if waiting.len() < QUEUE || waiting.contains_key(&key) {
+                        waiting.insert(key, op);
+                    }
                 }
             }
         };
@@ -170,45 +187,12 @@ pub(super) async fn keep_directory(
         }
     });
     let mut failing = false;
+    let what = "persistent sessions' subscriptions";
     for op in waiting.into_values() {
-        write(&store, op, &mut failing).await;
+        write(&store, op, &mut failing, what).await;
     }
     while let Some(op) = ops.recv().await {
-        write(&store, op, &mut failing).await;
-    }
-}
-
-/// Writes one change; a failure is logged once per spell of failures.
-async fn write(store: &Store, op: DirOp, failing: &mut bool) {
-    let result = match op {
-        DirOp::Put {
-            client_id,
-            username,
-            records,
-        } => store
-            .put(
-                key_of(&client_id),
-                encode_entry(username.as_deref(), &records),
-            )
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string()),
-        DirOp::Delete(client_id) => store
-            .delete(key_of(&client_id))
-            .await
-            .map_err(|e| e.to_string()),
-    };
-    match result {
-        Ok(()) if *failing => {
-            *failing = false;
-            info!("cluster: the session bucket takes changes again");
-        }
-        Ok(()) => {}
-        Err(e) if !*failing => {
-            *failing = true;
-            warn!("cluster: cannot write to the session bucket: {e}");
-        }
-        Err(_) => {}
+        write(&store, op, &mut failing, what).await;
     }
 }
 

@@ -41,6 +41,8 @@ pub(super) const KV_QUEUE: usize = 65_536;
 /// JetStream leader a few seconds after it starts).
 const OPEN_FOR: Duration = Duration::from_secs(30);
 const ENTRY_VERSION: u8 = 1;
+/// What the bucket holds, for the log.
+const RETAINED_WHAT: &str = "retained messages (the nodes still have them)";
 
 /// A retained change to write.
 pub(super) enum KvOp {
@@ -171,10 +173,10 @@ impl Node {
         }
         let mut failing = false;
         for op in early {
-            write(&store, op, &mut failing).await;
+            write(&store, op, &mut failing, RETAINED_WHAT).await;
         }
         while let Some(op) = ops.recv().await {
-            write(&store, op, &mut failing).await;
+            write(&store, op, &mut failing, RETAINED_WHAT).await;
         }
     }
 }
@@ -306,7 +308,9 @@ fn headers_of(entry: &Entry, origin: &str, seq: u64) -> Option<HeaderMap> {
     Some(headers)
 }
 
-async fn write(store: &Store, op: KvOp, failing: &mut bool) {
+/// Writes one change to a bucket; a failure is logged once per spell of failures, naming
+/// `what` the bucket holds.
+pub(super) async fn write(store: &Store, op: KvOp, failing: &mut bool, what: &str) {
     let result = match op {
         KvOp::Put(key, value) => store
             .put(key, value)
@@ -318,12 +322,12 @@ async fn write(store: &Store, op: KvOp, failing: &mut bool) {
     match result {
         Ok(()) if *failing => {
             *failing = false;
-            info!("cluster: retained messages are stored in JetStream again");
+            info!("cluster: {what} are stored in JetStream again");
         }
         Ok(()) => {}
         Err(e) if !*failing => {
             *failing = true;
-            warn!("cluster: cannot store a retained message in JetStream (the nodes still have it): {e}");
+            warn!("cluster: cannot store {what} in JetStream: {e}");
         }
         Err(_) => {}
     }
