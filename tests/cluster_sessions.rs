@@ -253,6 +253,18 @@ fn a_session_left_on_a_node_that_was_down_is_merged_when_its_client_resumes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The session directory's entry for `client_id`, if it has one.
+fn stored_entry(nats: &Nats, client_id: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::URL_SAFE.encode(client_id);
+    run(async {
+        let client = async_nats::connect(nats.url(2)).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let kv = js.get_key_value("SMQ_SESSIONS").await.ok()?;
+        kv.get(&key).await.ok()?.map(|v| v.to_vec())
+    })
+}
+
 /// Whether the session directory in JetStream has an entry for `client_id`, waited for
 /// until it is `present` (the bucket is made as the nodes start, and written in the
 /// background).
@@ -315,4 +327,37 @@ fn a_session_whose_node_died_resumes_elsewhere_with_its_subscriptions() {
     let mut client = resume(&b, [0x20, 0x02, 0x00, 0x00]);
     publisher.publish1("feed/x", b"gone", false, 2);
     client.expect_nothing();
+}
+
+/// A session's directory copy expires with the session: the client went away (the entry
+/// says when), its node died, and it comes back after `--session-expiry` ran out: it gets a
+/// new session, not the stored subscriptions.
+#[test]
+fn a_stored_session_that_expired_while_its_node_was_down_is_not_taken() {
+    let nats = Nats::start();
+    let expiry = ["--session-expiry", "2"];
+    let mut a = NodeProcess::start_with("a", &nats.url(0), &expiry);
+    let b = NodeProcess::start_with("b", &nats.url(1), &expiry);
+    let roamer = ConnectBuilder::new("roamer").clean(false);
+    let mut client = RawClient::open(a.addr());
+    client.send(&roamer.build());
+    client.expect_bytes(&[0x20, 0x02, 0x00, 0x00]);
+    client.subscribe(1, &[("feed/#", 1)]);
+    until_stored(&nats, "roamer", true);
+    client.disconnect();
+    // The entry says when the client went (bytes 1..9 of the entry, not 0 any more).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stored_entry(&nats, "roamer").is_none_or(|e| e[1..9] == [0; 8]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the entry never said the client went"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.kill();
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut client = RawClient::open(b.addr());
+    client.send(&roamer.build());
+    client.expect_bytes(&[0x20, 0x02, 0x00, 0x00]);
+    until_stored(&nats, "roamer", false);
 }

@@ -63,6 +63,10 @@ pub enum ClusterEvent {
         client_id: String,
         username: Option<String>,
         records: HandedSession,
+        /// When its client went away (Unix ms), 0 while connected; and its expiry in
+        /// seconds (`u32::MAX`: never), so a copy that outlived it is not taken.
+        offline_since_ms: u64,
+        expiry_secs: u32,
     },
     /// A persistent session here expired: its directory entry goes.
     SessionExpired(String),

@@ -551,6 +551,8 @@ impl ConnectedClient {
             // An offline session holds nobody back: its queue drops at the limit.
             self.shard.relieve(&self.session);
             if !self.session.borrow().clean {
+                // When it went, for the directory's copy to expire with it (cluster).
+                self.shard.save_to_directory(&self.session, at_ms);
                 // Kept for its client: its groups' messages go to members that are online.
                 self.shard.announce_presence(&self.session, false);
                 if self.shard.config.shared_redispatch {

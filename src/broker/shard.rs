@@ -374,6 +374,8 @@ impl Shard {
                 self.journal_session(&existing.borrow(), |session| Record::Attached { session });
                 self.announce_presence(&existing, true);
                 self.journal_expiry(&existing.borrow());
+                // Online again, maybe with another expiry: the directory's copy says so.
+                self.save_to_directory(&existing, 0);
                 return (existing, true);
             }
             existing.borrow_mut().kick(Kick::TakenOver);

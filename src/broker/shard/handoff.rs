@@ -177,9 +177,15 @@ impl Shard {
 }
 
 impl Shard {
-    /// In a cluster: a persistent session's subscriptions changed; its entry in the cluster's
-    /// session directory is written again (a session that ends with its connection has none).
-    pub(in crate::broker) fn save_to_directory(&self, session: &Rc<RefCell<Session>>) {
+    /// In a cluster: a persistent session's subscriptions changed, or its client came or went
+    /// (`offline_since_ms`: when it went, Unix ms; 0 while connected); its entry in the
+    /// cluster's session directory is written again (a session that ends with its connection
+    /// has none).
+    pub(in crate::broker) fn save_to_directory(
+        &self,
+        session: &Rc<RefCell<Session>>,
+        offline_since_ms: u64,
+    ) {
         let Some(port) = self.cluster.get() else {
             return;
         };
@@ -191,6 +197,10 @@ impl Shard {
             client_id: s.client_id.to_string(),
             username: s.username.as_ref().map(|u| u.to_string()),
             records: directory_entry(&s),
+            offline_since_ms,
+            expiry_secs: s.expiry().map_or(u32::MAX, |d| {
+                d.as_secs().min(u64::from(u32::MAX - 1)) as u32
+            }),
         });
     }
 }

@@ -108,7 +108,7 @@ impl Shard {
         };
         let retained = self.apply_subscribe(id, &accepted);
         if !accepted.is_empty() {
-            self.save_to_directory(session);
+            self.save_to_directory(session, 0);
         }
         let reply = Outbound::SubAck(SubAck {
             packet_id: request.packet_id,
@@ -166,7 +166,7 @@ impl Shard {
             }
         }
         self.apply_unsubscribe(id, &request.filters);
-        self.save_to_directory(session);
+        self.save_to_directory(session, 0);
         let reply = Outbound::UnsubAck(UnsubAck {
             packet_id: request.packet_id,
             reasons,

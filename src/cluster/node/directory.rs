@@ -17,8 +17,13 @@
 //! known. Which keys exist is learnt from a watch of the bucket, so
 //! a clean connect costs no JetStream write unless the client had an entry.
 //!
-//! An entry: `version u8 | user u16-len (0xFFFF: none) | user | records`; the key the client
-//! id in URL-safe base64.
+//! The entry is written again when its client connects or goes (with when it went, and the
+//! session's expiry): a copy whose session expired while its node was down is not taken,
+//! and is deleted.
+//!
+//! An entry: `version u8 | offline-since u64 (Unix ms, 0: connected) | expiry u32 (seconds,
+//! 0xFFFFFFFF: never) | user u16-len (0xFFFF: none) | user | records`; the key the client id
+//! in URL-safe base64.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -36,15 +41,31 @@ use super::retained_kv::{open_bucket, write, KvOp};
 pub(super) const BUCKET: &str = "SMQ_SESSIONS";
 /// Changes waiting to be written, at most.
 pub(super) const QUEUE: usize = 16_384;
-const ENTRY_VERSION: u8 = 1;
+const ENTRY_VERSION: u8 = 2;
 const NO_USER: u16 = u16::MAX;
 /// How long one attempt to open the bucket goes on, and the pause between attempts.
 const ATTEMPT: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(5);
 
+/// When a session's client went away (Unix ms, 0 while connected) and how long the
+/// session outlives it (seconds, `u32::MAX`: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Life {
+    pub offline_since_ms: u64,
+    pub expiry_secs: u32,
+}
+
+impl Life {
+    fn expired(&self, now_ms: u64) -> bool {
+        self.offline_since_ms != 0
+            && self.expiry_secs != u32::MAX
+            && now_ms.saturating_sub(self.offline_since_ms) >= u64::from(self.expiry_secs) * 1000
+    }
+}
+
 /// The change that writes a session's entry.
-pub(super) fn put_op(client_id: &str, username: Option<&str>, records: &[u8]) -> KvOp {
-    KvOp::Put(key_of(client_id), encode_entry(username, records))
+pub(super) fn put_op(client_id: &str, username: Option<&str>, life: Life, records: &[u8]) -> KvOp {
+    KvOp::Put(key_of(client_id), encode_entry(username, life, records))
 }
 
 /// The change that deletes a session's entry.
@@ -63,11 +84,13 @@ fn key_of(client_id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE.encode(client_id)
 }
 
-fn encode_entry(username: Option<&str>, records: &[u8]) -> Bytes {
+fn encode_entry(username: Option<&str>, life: Life, records: &[u8]) -> Bytes {
     let user = username.map(str::as_bytes);
     let user_len = user.map_or(0, <[u8]>::len).min(usize::from(NO_USER - 1));
-    let mut out = BytesMut::with_capacity(3 + user_len + records.len());
+    let mut out = BytesMut::with_capacity(15 + user_len + records.len());
     out.put_u8(ENTRY_VERSION);
+    out.put_u64(life.offline_since_ms);
+    out.put_u32(life.expiry_secs);
     match user {
         Some(u) => {
             out.put_u16(user_len as u16);
@@ -79,11 +102,15 @@ fn encode_entry(username: Option<&str>, records: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// The entry's user and records.
-fn decode_entry(mut bytes: Bytes) -> Option<(Option<String>, Bytes)> {
-    if bytes.remaining() < 3 || bytes.get_u8() != ENTRY_VERSION {
+/// The entry's user, life and records.
+fn decode_entry(mut bytes: Bytes) -> Option<(Option<String>, Life, Bytes)> {
+    if bytes.remaining() < 15 || bytes.get_u8() != ENTRY_VERSION {
         return None;
     }
+    let life = Life {
+        offline_since_ms: bytes.get_u64(),
+        expiry_secs: bytes.get_u32(),
+    };
     let len = bytes.get_u16();
     let user = if len == NO_USER {
         None
@@ -94,7 +121,7 @@ fn decode_entry(mut bytes: Bytes) -> Option<(Option<String>, Bytes)> {
         let user = bytes.split_to(usize::from(len));
         Some(String::from_utf8(user.to_vec()).ok()?)
     };
-    Some((user, bytes))
+    Some((user, life, bytes))
 }
 
 impl Directory {
@@ -124,8 +151,17 @@ impl Directory {
                 js.get_key_value(BUCKET).await.ok()?
             }
         };
-        let value = store.get(key_of(client_id)).await.ok()??;
-        let (user, records) = decode_entry(value)?;
+        let key = key_of(client_id);
+        let value = store.get(&key).await.ok()??;
+        let (user, life, records) = decode_entry(value)?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if life.expired(now_ms) {
+            info!(client = %client_id, "cluster: the stored session expired while its node was down; deleted");
+            let _ = store.delete(&key).await;
+            return None;
+        }
         if user.as_deref() != username {
             info!(client = %client_id, "cluster: the stored session of another user is not taken");
             return None;
@@ -201,14 +237,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_read_back_with_their_user() {
+    fn entries_read_back_with_their_user_and_life() {
         let records = b"\x01\x02records";
-        let (user, back) = decode_entry(encode_entry(Some("alice"), records)).unwrap();
-        assert_eq!((user.as_deref(), &back[..]), (Some("alice"), &records[..]));
-        let (user, back) = decode_entry(encode_entry(None, records)).unwrap();
+        let life = Life {
+            offline_since_ms: 1_700_000_000_000,
+            expiry_secs: 60,
+        };
+        let (user, l, back) = decode_entry(encode_entry(Some("alice"), life, records)).unwrap();
+        assert_eq!(
+            (user.as_deref(), l, &back[..]),
+            (Some("alice"), life, &records[..])
+        );
+        let (user, _, back) = decode_entry(encode_entry(None, life, records)).unwrap();
         assert_eq!((user, &back[..]), (None, &records[..]));
-        assert_eq!(decode_entry(Bytes::from_static(b"\x02\xff\xff")), None);
-        assert_eq!(decode_entry(Bytes::from_static(b"\x01\x00\x09ab")), None);
+        assert_eq!(decode_entry(Bytes::from_static(b"\x01\xff\xff")), None);
+        let mut short = encode_entry(Some("alice"), life, b"").to_vec();
+        short.truncate(short.len() - 2);
+        assert_eq!(decode_entry(Bytes::from(short)), None);
         assert_eq!(key_of("a b/c"), "YSBiL2M=");
+    }
+
+    #[test]
+    fn a_copy_expires_only_offline_and_past_its_expiry() {
+        let life = |offline_since_ms, expiry_secs| Life {
+            offline_since_ms,
+            expiry_secs,
+        };
+        assert!(!life(0, 1).expired(10_000), "connected when written");
+        assert!(!life(5_000, u32::MAX).expired(u64::MAX), "never expires");
+        assert!(!life(5_000, 2).expired(6_999));
+        assert!(life(5_000, 2).expired(7_000));
     }
 }
