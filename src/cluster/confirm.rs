@@ -96,6 +96,7 @@ impl Unconfirmed {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }

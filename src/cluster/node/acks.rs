@@ -46,7 +46,8 @@ struct Group {
 #[derive(Default)]
 struct Owed {
     plain: Vec<u64>,
-    groups: AHashMap<String, Vec<u64>>,
+    /// By group filter (`$share/G/F`); named by its queue when sent, once per batch.
+    groups: AHashMap<ByteStr, Vec<u64>>,
 }
 
 impl Default for Acks {
@@ -229,7 +230,7 @@ impl Node {
     /// A QoS 1/2 message from `origin` is in a shard's inbox (now or earlier): acknowledged
     /// with the next batch.
     /// For a shared subscription group's copy, `group` names it.
-    pub(super) fn owe_ack(&self, origin: &str, seq: u64, group: Option<&str>) {
+    pub(super) fn owe_ack(&self, origin: &str, seq: u64, group: Option<&ByteStr>) {
         let mut acks = self.acks.borrow_mut();
         let owed = match acks.owed.get_mut(origin) {
             Some(owed) => owed,
@@ -237,7 +238,12 @@ impl Node {
         };
         match group {
             None => owed.plain.push(seq),
-            Some(full) => owed.groups.entry(queue_name(full)).or_default().push(seq),
+            Some(full) => match owed.groups.get_mut(full) {
+                Some(seqs) => seqs.push(seq),
+                None => {
+                    owed.groups.insert(full.clone(), vec![seq]);
+                }
+            },
         }
         acks.owed_count += 1;
         if acks.deadline.is_none() {
@@ -261,9 +267,9 @@ impl Node {
             let mut headers = HeaderMap::new();
             headers.insert(NODE, self.id.as_str());
             let mut payload = format!("{origin}\n{}", confirm::encode_ranges(&mut owed.plain));
-            for (queue, mut seqs) in owed.groups {
+            for (full, mut seqs) in owed.groups {
                 payload.push('\n');
-                payload.push_str(&queue);
+                payload.push_str(&queue_name(&full));
                 payload.push(' ');
                 payload.push_str(&confirm::encode_ranges(&mut seqs));
             }
