@@ -14,6 +14,9 @@ mod connected;
 mod connection;
 mod durability;
 mod journal;
+/// The wall clock in Unix milliseconds, as the log and the cluster write it.
+#[cfg(feature = "cluster")]
+pub(crate) use journal::unix_ms;
 mod keepalive;
 mod listeners;
 pub mod mesh;

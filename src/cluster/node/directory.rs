@@ -154,10 +154,7 @@ impl Directory {
         let key = key_of(client_id);
         let value = store.get(&key).await.ok()??;
         let (user, life, records) = decode_entry(value)?;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        if life.expired(now_ms) {
+        if life.expired(crate::broker::unix_ms()) {
             info!(client = %client_id, "cluster: the stored session expired while its node was down; deleted");
             let _ = store.delete(&key).await;
             return None;
@@ -181,7 +178,12 @@ pub(super) async fn keep_directory(
     let mut waiting: ahash::AHashMap<String, KvOp> = ahash::AHashMap::new();
     let mut said = false;
     let store = loop {
-        let opening = open_bucket(&client, BUCKET, "SurgeMQ persistent sessions", ATTEMPT);
+        // After a failed attempt, the pause before the next one; changes are kept meanwhile.
+        let pause = if said { RETRY } else { Duration::ZERO };
+        let opening = async {
+            tokio::time::sleep(pause).await;
+            open_bucket(&client, BUCKET, "SurgeMQ persistent sessions", ATTEMPT).await
+        };
         tokio::pin!(opening);
         let opened = loop {
             tokio::select! {
@@ -204,7 +206,6 @@ pub(super) async fn keep_directory(
         if !std::mem::replace(&mut said, true) {
             info!("cluster: no JetStream bucket for sessions yet (trying again every {}s); until then a session on a node that is down waits for it", RETRY.as_secs());
         }
-        tokio::time::sleep(RETRY).await;
     };
     let _ = directory.store.set(store.clone());
     let keys = directory.keys.clone();

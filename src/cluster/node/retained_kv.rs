@@ -20,7 +20,7 @@
 //! expires-at u64 (Unix ms, 0 = never) | payload`, the key the topic in URL-safe base64 (a
 //! key's alphabet is narrower than a topic's).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::Store;
 use async_nats::jetstream::stream;
@@ -70,15 +70,9 @@ fn key_of(topic: &str) -> String {
     base64::engine::general_purpose::URL_SAFE.encode(topic)
 }
 
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn unix_ms_of(at: Instant) -> u64 {
     let left = at.saturating_duration_since(Instant::now());
-    unix_ms_now() + left.as_millis() as u64
+    crate::broker::unix_ms() + left.as_millis() as u64
 }
 
 /// One retained message as a bucket entry.
@@ -299,7 +293,7 @@ fn headers_of(entry: &Entry, origin: &str, seq: u64) -> Option<HeaderMap> {
         headers.insert(PROPS, encoded.as_str());
     }
     if let Some(at) = entry.expires_at_ms {
-        let now = unix_ms_now();
+        let now = crate::broker::unix_ms();
         if at <= now {
             return None;
         }
@@ -380,8 +374,8 @@ mod tests {
             expires_at_ms: Some(at),
             payload: Bytes::from_static(b"x"),
         };
-        assert!(headers_of(&entry(unix_ms_now() - 1), "o", 1).is_none());
-        let left = headers_of(&entry(unix_ms_now() + 5_500), "o", 1).unwrap();
+        assert!(headers_of(&entry(crate::broker::unix_ms() - 1), "o", 1).is_none());
+        let left = headers_of(&entry(crate::broker::unix_ms() + 5_500), "o", 1).unwrap();
         assert_eq!(left.get(EXPIRY).unwrap().as_str(), "6");
     }
 }
