@@ -831,3 +831,58 @@ fn assert_none_lost(got: std::collections::BTreeSet<String>, n: u32) {
         &missing[..missing.len().min(20)]
     );
 }
+
+/// A QoS 1 PUBLISH is acknowledged only once the nodes that want it have it
+/// (`cluster::marks`), so a node that dies after its PUBACK has lost nothing it promised.
+/// Node b, with the subscriber, is paused (SIGSTOP: its NATS connection stays up, but it
+/// acknowledges nothing): the PUBACK waits until it goes on. A node that stays silent holds
+/// the publisher back only for a while (`confirm::SILENT_AFTER`, 5 s), not for good.
+#[test]
+fn a_qos1_publish_is_acknowledged_once_the_other_nodes_that_want_it_have_it() {
+    let nats = Nats::start();
+    let a = node("a", 2, vec![nats.url(0)]);
+    let mut b = NodeProcess::start("b", &nats.url(1));
+    let mut publisher = a.connect("pub");
+    let mut sub = connect_to(b.addr(), "sub");
+    sub.subscribe(1, &[("held/#", 1), ("probe/h", 0)]);
+    until_connected(&mut publisher, &mut sub, "probe/h");
+
+    b.pause();
+    publisher.send(&publish("held/x", b"one", 1, false, false, 1));
+    assert_eq!(
+        publisher.next_frame_within(Duration::from_millis(1500)),
+        None,
+        "PUBACK before node b had the message"
+    );
+    b.resume();
+    publisher.expect_bytes(&[0x40, 0x02, 0x00, 0x01]);
+    assert_eq!(sub.payloads_until(b"one"), Vec::<Vec<u8>>::new());
+
+    // A QoS 2 PUBREC likewise.
+    b.pause();
+    publisher.send(&publish("held/x", b"exactly", 2, false, false, 3));
+    assert_eq!(
+        publisher.next_frame_within(Duration::from_millis(1500)),
+        None,
+        "PUBREC before node b had the message"
+    );
+    b.resume();
+    publisher.expect_bytes(&pubrec(3));
+    publisher.send(&pubrel(3));
+    publisher.expect_bytes(&pubcomp(3));
+    assert_eq!(sub.payloads_until(b"exactly"), Vec::<Vec<u8>>::new());
+
+    // Silent for good (as if dead): the publisher goes on after a while.
+    b.pause();
+    let sent = Instant::now();
+    publisher.send(&publish("held/x", b"two", 1, false, false, 2));
+    let frame = publisher
+        .next_frame_within(Duration::from_secs(10))
+        .expect("a silent node held the publisher back for good");
+    assert_eq!(frame, [0x40, 0x02, 0x00, 0x02]);
+    let waited = sent.elapsed();
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    // Back before it is forgotten: what it lacks is sent again.
+    b.resume();
+    assert_eq!(sub.payloads_until(b"two"), Vec::<Vec<u8>>::new());
+}

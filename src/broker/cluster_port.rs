@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use super::mesh::Message;
+use super::mesh::{Message, ShardId};
 use crate::protocol::ByteStr;
 use crate::topic::SubscriptionTrie;
 
@@ -34,6 +34,12 @@ pub struct Outgoing {
     /// The shared subscription groups (`$share/G/F`) this node delivered it to itself,
     /// because NATS was away when it was published: they do not get it again through NATS.
     pub served: Vec<ByteStr>,
+    /// The shard that sent it, and for a QoS 1/2 message its number among those the shard
+    /// sent (from 1, without gaps; 0 for QoS 0): the cluster thread tells the shard how far
+    /// the other nodes acknowledged them (`ShardMessage::ClusterConfirmed`), which its
+    /// publishers' PUBACK/PUBREC wait for.
+    pub shard: ShardId,
+    pub number: u64,
 }
 
 /// What the other nodes must hear of, in the order it happened here.
@@ -211,6 +217,9 @@ impl RemoteInterest {
 /// The shard's side of the cluster: where to send, and its cached copy of remote interest.
 pub struct ClusterPort {
     shared: Arc<ClusterShared>,
+    shard: ShardId,
+    /// The number of the last QoS 1/2 message sent (see [`Outgoing::number`]).
+    sent: std::cell::Cell<u64>,
     cache: RefCell<(u64, Arc<InterestTrie>)>,
     /// When each session of this shard last had a client connect (Unix microseconds): a
     /// claim from another node ends it only if it came later (claims of earlier connects
@@ -341,10 +350,12 @@ impl ClusterShared {
 }
 
 impl ClusterPort {
-    pub fn new(shared: Arc<ClusterShared>) -> ClusterPort {
+    pub fn new(shared: Arc<ClusterShared>, shard: ShardId) -> ClusterPort {
         let cache = RefCell::new(shared.remote.current());
         ClusterPort {
             shared,
+            shard,
+            sent: std::cell::Cell::new(0),
             cache,
             connected_at: RefCell::default(),
         }
@@ -371,20 +382,31 @@ impl ClusterPort {
         self.shared.nats_up.load(Ordering::Acquire)
     }
 
-    /// Hands a message to the cluster thread; false (and counted) when its outbox is full.
-    pub fn send(&self, message: Arc<Message>, key: u64, served: Vec<ByteStr>) -> bool {
+    /// Hands a message to the cluster thread: its number (see [`Outgoing::number`]), or
+    /// None (and counted) when the outbox is full.
+    pub fn send(&self, message: Arc<Message>, key: u64, served: Vec<ByteStr>) -> Option<u64> {
+        let number = if message.qos == crate::protocol::QoS::AtMostOnce {
+            0
+        } else {
+            self.sent.get() + 1
+        };
         match self.shared.outbox.try_send(Outgoing {
             message,
             key,
             served,
+            shard: self.shard,
+            number,
         }) {
             Ok(()) => {
+                if number > 0 {
+                    self.sent.set(number);
+                }
                 self.shared.forwarded.fetch_add(1, Ordering::Relaxed);
-                true
+                Some(number)
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                false
+                None
             }
         }
     }

@@ -37,12 +37,15 @@ use smallvec::SmallVec;
 use super::mesh::{Numbered, ShardId};
 use crate::store::{Position, Record};
 
-/// What an acknowledgement waits for: everything up to `local` in this shard's log, and each
-/// [`Remote`] confirmed by its shard.
+/// What an acknowledgement waits for: everything up to `local` in this shard's log, each
+/// [`Remote`] confirmed by its shard, and (with a cluster) the other nodes' acknowledgement of
+/// everything this shard sent them up to message `cluster` (0: nothing; see
+/// `crate::cluster::marks`).
 #[derive(Debug, Default, Clone)]
 pub struct Ticket {
     pub local: Position,
     pub remote: SmallVec<[Remote; 2]>,
+    pub cluster: u64,
 }
 
 /// Messages sent to `shard` in the numbered messages `number - earlier ..= number`. Waiting
@@ -64,7 +67,7 @@ impl Remote {
 
 impl Ticket {
     pub fn is_empty(&self) -> bool {
-        self.local == 0 && self.remote.is_empty()
+        self.local == 0 && self.remote.is_empty() && self.cluster == 0
     }
 
     /// Adds "message `number` sent to `shard`"; a later number to one shard covers earlier ones.
@@ -101,6 +104,9 @@ pub struct Durability {
     confirmed: Vec<Cell<u64>>,
     /// Connections waiting for a confirmation.
     waiters: RefCell<Vec<Waker>>,
+    /// The highest number of a message this shard sent the other nodes up to which they all
+    /// acknowledged theirs (the cluster thread says so).
+    cluster: Cell<u64>,
     /// Handled here, waiting for this shard's log, in the order handled.
     unconfirmed: RefCell<VecDeque<Unconfirmed>>,
     /// Per sender: the highest number handled here and durable.
@@ -124,6 +130,7 @@ impl Durability {
         Durability {
             confirmed: (0..shards).map(|_| Cell::new(0)).collect(),
             waiters: RefCell::new(Vec::new()),
+            cluster: Cell::new(0),
             unconfirmed: RefCell::new(VecDeque::new()),
             durable_for: (0..shards).map(|_| Cell::new(0)).collect(),
             announce: (0..shards).map(|_| Cell::new(false)).collect(),
@@ -161,6 +168,32 @@ impl Durability {
 
     pub fn is_confirmed(&self, shard: ShardId, number: u64) -> bool {
         self.confirmed[shard.index()].get() >= number
+    }
+
+    /// The other nodes acknowledged what this shard sent them up to message `upto`.
+    pub fn cluster_confirmed(&self, upto: u64) {
+        if upto > self.cluster.get() {
+            self.cluster.set(upto);
+            for w in self.waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Ready once the other nodes acknowledged this shard's message `number`.
+    pub fn poll_cluster(&self, number: u64, cx: &mut Context<'_>) -> Poll<()> {
+        if self.cluster.get() >= number {
+            return Poll::Ready(());
+        }
+        let mut waiters = self.waiters.borrow_mut();
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    pub fn is_cluster_confirmed(&self, number: u64) -> bool {
+        self.cluster.get() >= number
     }
 
     /// Confirmations from `shard` of `number` count only once `ticket` is durable.
@@ -367,6 +400,23 @@ mod tests {
         assert!(d.poll_confirmed(ShardId(1), 2, &mut cx).is_pending());
         d.confirmed_by(ShardId(1), 3);
         assert!(d.poll_confirmed(ShardId(1), 2, &mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_sender_waits_until_the_other_nodes_acknowledged_its_message() {
+        let d = Durability::new(1);
+        let waker = futures_lite::future::block_on(std::future::poll_fn(|cx| {
+            Poll::Ready(cx.waker().clone())
+        }));
+        let mut cx = Context::from_waker(&waker);
+        assert!(d.poll_cluster(3, &mut cx).is_pending());
+        d.cluster_confirmed(2);
+        assert!(d.poll_cluster(3, &mut cx).is_pending());
+        assert!(d.is_cluster_confirmed(2));
+        d.cluster_confirmed(5);
+        assert!(d.poll_cluster(3, &mut cx).is_ready());
+        d.cluster_confirmed(4);
+        assert!(d.is_cluster_confirmed(5), "never goes back");
     }
 
     #[test]

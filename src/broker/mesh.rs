@@ -442,6 +442,12 @@ pub enum ShardMessage {
     Reauthorize,
     /// A message published on another node of the cluster, for this node's subscribers.
     FromCluster(Arc<Message>),
+    /// The other nodes of the cluster acknowledged every QoS 1/2 message this shard sent
+    /// them up to its number `upto` (see `cluster_port::Outgoing::number`): the publishers
+    /// waiting for that may be acknowledged.
+    ClusterConfirmed {
+        upto: u64,
+    },
     /// A message for one member of the shared subscription group (`$share/GROUP/FILTER`)
     /// that NATS picked this node for.
     FromClusterShared(Arc<Message>, ByteStr),

@@ -270,7 +270,9 @@ fn start_once(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                     shard_sockets,
                 ));
                 if let Some(shared) = shard_cluster {
-                    let _ = shard.cluster.set(ClusterPort::new(shared));
+                    let _ = shard
+                        .cluster
+                        .set(ClusterPort::new(shared, ShardId(i as u16)));
                 }
                 let listeners = shard_listeners
                     .into_iter()

@@ -192,6 +192,9 @@ pub struct Routed {
     /// A subscriber on this shard had no room left for it at QoS 1/2 (an MQTT 5 publisher
     /// hears 0x97). Drops on other shards are counted there, not reported back.
     pub quota_exceeded: bool,
+    /// With a cluster: its number among the messages this shard sent the other nodes, whose
+    /// acknowledgement by them a QoS 1/2 publisher waits for (0: none went).
+    pub cluster: u64,
 }
 
 /// Where a routed message's shared subscription groups get it.
@@ -768,6 +771,7 @@ impl Shard {
                 // comes on its own (`FromClusterShared`), where NATS picked this node for it.
                 let _ = self.route_to(message, None, Groups::Elsewhere);
             }
+            ShardMessage::ClusterConfirmed { upto } => self.durability.cluster_confirmed(upto),
             ShardMessage::FromClusterShared(message, group) => {
                 let pick = self.replica.borrow().shared.pick_in(
                     &group,

@@ -44,11 +44,19 @@ pub const GROUP_SLOTS: u16 = 0x8000;
 /// How often the origin looks for what to send again.
 pub const CHECK_EVERY: Duration = Duration::from_millis(50);
 /// How long a receiver gathers acknowledgements before it sends them.
-pub const ACK_EVERY: Duration = Duration::from_millis(5);
+pub const ACK_EVERY: Duration = Duration::from_millis(1);
 /// Acknowledgements owed that are sent at once, without waiting for [`ACK_EVERY`].
-pub const ACK_BATCH: usize = 1024;
+pub const ACK_BATCH: usize = 128;
 /// Messages sent again per check at most, so a node that comes back is not flooded.
 pub const RESEND_BATCH: usize = 8192;
+/// How long a node may be silent (no acknowledgement, no interest heartbeat, which comes
+/// every `interest::HEARTBEAT`) and still hold back the publishers of what it has not
+/// acknowledged (see `marks`): a node that died holds them that long, not until it is
+/// forgotten (`interest::EXPIRY`). What it lacks is still sent again while it is known.
+pub const SILENT_AFTER: Duration = Duration::from_secs(5);
+/// How long a shared subscription group's copy holds back its publisher at most (its node
+/// may have died with it; it is sent again after [`GROUP_RESEND_AFTER`]).
+pub const GROUP_HOLD: Duration = Duration::from_secs(5);
 
 /// Nodes, by their index in the interest picture.
 pub type Nodes = SmallVec<[u16; 4]>;
@@ -64,12 +72,17 @@ pub struct Pending {
     /// acknowledgement of a later one, from a node it waits for, proves it lost there.
     mark: u64,
     sent: Instant,
+    /// When it was sent first.
+    first_sent: Instant,
 }
 
 /// What one node has acknowledged.
 struct Heard {
     highest: u64,
+    /// When it last acknowledged something.
     at: Instant,
+    /// When it last showed it was there: an acknowledgement, or its interest heartbeat.
+    alive: Instant,
 }
 
 /// The messages this node sent that other nodes must still acknowledge, oldest first.
@@ -105,6 +118,34 @@ impl Unconfirmed {
         self.entries.is_empty()
     }
 
+    /// `node` showed it is there (its interest heartbeat, or it just joined).
+    pub fn alive(&mut self, node: u16, now: Instant) {
+        let heard = self.heard.entry(node).or_insert(Heard {
+            highest: 0,
+            at: now,
+            alive: now,
+        });
+        heard.alive = now;
+    }
+
+    /// Whether the publisher of the message sent as `seq` still waits for a node (or group)
+    /// to acknowledge it: one that has not, and has been heard from within
+    /// [`SILENT_AFTER`] (a group: for [`GROUP_HOLD`] after the message first went out).
+    pub fn holds(&self, seq: u64, now: Instant) -> bool {
+        let i = self.entries.partition_point(|p| p.seq < seq);
+        let Some(p) = self.entries.get(i).filter(|p| p.seq == seq) else {
+            return false;
+        };
+        p.waiting.iter().any(|n| {
+            if *n >= GROUP_SLOTS {
+                return now.duration_since(p.first_sent) < GROUP_HOLD;
+            }
+            self.heard
+                .get(n)
+                .is_some_and(|h| now.duration_since(h.alive) < SILENT_AFTER)
+        })
+    }
+
     /// Keeps `message`, just sent as `seq` (larger than any before), until `waiting`
     /// acknowledge it. Returns how many nodes an older message was given up on for, to make
     /// room (0 when none was).
@@ -131,6 +172,7 @@ impl Unconfirmed {
                 waiting,
                 mark: seq,
                 sent: now,
+                first_sent: now,
             });
         }
         given_up
@@ -152,9 +194,11 @@ impl Unconfirmed {
         let heard = self.heard.entry(node).or_insert(Heard {
             highest: 0,
             at: now,
+            alive: now,
         });
         heard.highest = heard.highest.max(highest);
         heard.at = now;
+        heard.alive = now;
         self.trim();
     }
 
@@ -426,5 +470,30 @@ mod tests {
         assert_eq!(u.len(), 2);
         u.ack(1, &[(2, 2), (3, 3)], t);
         assert!(u.is_empty());
+    }
+
+    #[test]
+    fn a_publisher_waits_for_nodes_heard_from_lately_and_for_a_group_a_while() {
+        let t = Instant::now();
+        let g = GROUP_SLOTS;
+        let mut u = Unconfirmed::new(16);
+        u.alive(1, t);
+        u.alive(2, t);
+        u.push(1, msg("a"), 0, smallvec![1, 2], t);
+        u.push(2, msg("a"), 0, smallvec![g], t);
+        u.push(3, msg("a"), 0, smallvec![7], t);
+        assert!(u.holds(1, t) && u.holds(2, t));
+        assert!(!u.holds(3, t), "node 7 was never heard from");
+        assert!(!u.holds(9, t), "not kept");
+        u.ack(1, &[(1, 1)], t);
+        assert!(u.holds(1, t), "node 2 has not acknowledged it");
+        // Node 2 falls silent; node 1 keeps acknowledging other things.
+        let later = t + SILENT_AFTER;
+        u.ack(1, &[(5, 5)], later);
+        assert!(!u.holds(1, later), "only a silent node waits");
+        u.alive(2, later);
+        assert!(u.holds(1, later), "its heartbeat came");
+        assert!(u.holds(2, t + GROUP_HOLD - Duration::from_millis(1)));
+        assert!(!u.holds(2, t + GROUP_HOLD));
     }
 }

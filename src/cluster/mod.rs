@@ -43,6 +43,7 @@ pub mod confirm;
 pub mod dedupe;
 mod handoff;
 pub mod interest;
+pub mod marks;
 mod node;
 pub mod subject;
 mod wire;

@@ -123,6 +123,7 @@ pub fn start(
         retained_kv_full: Default::default(),
         load_retained,
         acks: Default::default(),
+        marks: Default::default(),
     };
     let runner = std::thread::Builder::new()
         .name("surgemq-cluster".into())
@@ -218,6 +219,8 @@ struct Node {
     load_retained: bool,
     /// QoS 1/2 messages between nodes: acknowledged, and sent again when lost (`confirm`).
     acks: std::cell::RefCell<acks::Acks>,
+    /// How far each shard's publishers may be acknowledged (`marks`).
+    marks: std::cell::RefCell<crate::cluster::marks::Marks>,
 }
 
 /// How often the feeder looks again at a QoS 2 message's gate while it is closed (it opens one
@@ -392,6 +395,8 @@ impl Node {
         self.fetch_retained(&client, &mut dedupe).await;
         info!(node = %self.id, "cluster: node joined");
         loop {
+            // Publishers whose messages the other nodes now all have are acknowledged.
+            self.tell_shards();
             let snapshot_due = async {
                 if dirty {
                     tokio::time::sleep_until(next_snapshot.into()).await
@@ -506,7 +511,14 @@ impl Node {
                         }
                     }
                 },
-                Some(m) = arrived.recv() => self.deliver(m, &mut dedupe).await,
+                Some(m) = arrived.recv() => {
+                    self.deliver(m, &mut dedupe).await;
+                    // The origins' publishers wait for these: sent as soon as nothing more
+                    // is queued here, in one batch with whatever came before.
+                    if arrived.is_empty() && self.acks.borrow().due_at().is_some() {
+                        self.send_acks(&client).await;
+                    }
+                }
                 Some(m) = interest_sub.next() => {
                     if let Some(changed) = self.take_interest(&m, &mut remote) {
                         if changed {
@@ -585,6 +597,7 @@ impl Node {
         let filters = std::str::from_utf8(&m.payload).ok()?;
         // The node's name without its start time: a restart replaces the old entry.
         let name = node.split_once('/').map_or(node, |(n, _)| n);
+        self.acks.borrow_mut().heartbeat(name, Instant::now());
         Some(remote.take(
             Part {
                 node: name,
@@ -656,7 +669,10 @@ impl Node {
         match self.subject_of(&m.topic) {
             Some(subject) => {
                 // Kept until acknowledged, also if NATS refused it now: then it is sent again.
-                self.expect_acks(seq, m, out.key, &out.served);
+                let kept = self.expect_acks(seq, m, out.key, &out.served);
+                self.marks
+                    .borrow_mut()
+                    .sent(out.shard, out.number, kept.then_some(seq));
                 if let Err(e) = client
                     .publish_with_headers(subject, headers, m.payload.clone())
                     .await
@@ -664,12 +680,30 @@ impl Node {
                     warn!("cluster: cannot publish: {e}");
                 }
             }
-            None if !m.retain => {
-                debug!(topic = %m.topic, "cluster: a topic with no NATS subject stays on this node");
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            None => {
+                self.marks.borrow_mut().sent(out.shard, out.number, None);
+                if !m.retain {
+                    debug!(topic = %m.topic, "cluster: a topic with no NATS subject stays on this node");
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            None => {}
         }
+    }
+
+    /// Tells the shards how far the other nodes acknowledged their messages (see `marks`).
+    fn tell_shards(&self) {
+        let acks = self.acks.borrow();
+        let now = Instant::now();
+        self.marks.borrow_mut().settle(
+            |seq| acks.holds(seq, now),
+            |shard, upto| {
+                !matches!(
+                    self.mesh
+                        .try_send(shard, ShardMessage::ClusterConfirmed { upto }),
+                    Err(Refused::Full(_))
+                )
+            },
+        );
     }
 
     /// Installs the interest picture the shards read, and the node count.

@@ -239,8 +239,28 @@ impl NodeProcess {
     }
 
     pub fn kill(&mut self) {
+        let _ = self.signal("-CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stops the process (SIGSTOP): its sockets stay open, but it does nothing.
+    pub fn pause(&mut self) {
+        assert!(self.signal("-STOP"), "kill -STOP");
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&mut self) {
+        assert!(self.signal("-CONT"), "kill -CONT");
+    }
+
+    /// Whether `kill SIGNAL pid` succeeded.
+    fn signal(&self, signal: &str) -> bool {
+        Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 }
 

@@ -395,6 +395,7 @@ impl ConnectedClient {
             }
         };
         let mut ticket = Ticket::default();
+        let mut cluster = 0;
         let mut reason = if allowed {
             ReasonCode::SUCCESS
         } else {
@@ -413,6 +414,7 @@ impl ConnectedClient {
                 self.wait_for(subscriber);
             }
             ticket = routed.ticket;
+            cluster = routed.cluster;
             if routed.matched == 0 {
                 reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
             } else if routed.quota_exceeded {
@@ -425,6 +427,9 @@ impl ConnectedClient {
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
+                // With a cluster, also once the other nodes that want it have it (see
+                // `crate::cluster::marks`): a node that dies after this PUBACK loses nothing.
+                ticket.cluster = cluster;
                 self.ack_when_durable(PacketType::PubAck, packet_id, reason, ticket)
             }
             QoS::ExactlyOnce => {
@@ -435,6 +440,9 @@ impl ConnectedClient {
                         .shard
                         .file_qos2(ticket, &publisher, packet_id, gate.clone());
                 }
+                // Not part of the gate's ticket: the message leaves for the other nodes only
+                // once its gate is open, so the gate cannot wait for their acknowledgement.
+                ticket.cluster = cluster;
                 self.ack_when_accepted(PacketType::PubRec, packet_id, reason, ticket, gate)
             }
         }

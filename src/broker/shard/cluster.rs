@@ -33,16 +33,20 @@ impl Shard {
         }
         let key = publisher.map_or(0, |p| p.order_key());
         let mut routed = if port.nats_up() {
-            if !port.send(message.clone(), key, Vec::new()) {
+            let Some(number) = port.send(message.clone(), key, Vec::new()) else {
                 return self.route(message, publisher);
-            }
-            self.route_to(message, publisher, Groups::Elsewhere)
+            };
+            let mut routed = self.route_to(message, publisher, Groups::Elsewhere);
+            routed.cluster = number;
+            routed
         } else {
             let mut served = Vec::new();
-            let routed = self.route_to(message.clone(), publisher, Groups::Here(Some(&mut served)));
-            if !port.send(message, key, served) {
+            let mut routed =
+                self.route_to(message.clone(), publisher, Groups::Here(Some(&mut served)));
+            let Some(number) = port.send(message, key, served) else {
                 return routed;
-            }
+            };
+            routed.cluster = number;
             routed
         };
         // Subscribers on other nodes (or a shared group, picked through NATS) count: an

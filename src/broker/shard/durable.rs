@@ -44,6 +44,15 @@ impl Shard {
                 }
             }
         }
+        if ticket.cluster > 0 {
+            let acknowledged = match cx.as_deref_mut() {
+                Some(cx) => self.durability.poll_cluster(ticket.cluster, cx).is_ready(),
+                None => self.durability.is_cluster_confirmed(ticket.cluster),
+            };
+            if !acknowledged {
+                return false;
+            }
+        }
         for remote in &ticket.remote {
             let (shard, number) = (remote.shard, remote.number);
             let confirmed = match cx.as_deref_mut() {

@@ -69,6 +69,19 @@ impl Default for Acks {
 }
 
 impl Acks {
+    /// Whether the publisher of the message sent as `seq` still waits for a node (or group)
+    /// to acknowledge it (see `confirm::Unconfirmed::holds`).
+    pub(super) fn holds(&self, seq: u64, now: Instant) -> bool {
+        self.unconfirmed.holds(seq, now)
+    }
+
+    /// The node `name` sent its interest heartbeat.
+    pub(super) fn heartbeat(&mut self, name: &str, now: Instant) {
+        if let Some(&index) = self.indexes.get(name) {
+            self.unconfirmed.alive(index, now);
+        }
+    }
+
     /// The slot of a shared subscription group (`$share/G/F`), if it is known.
     fn slot_of(&self, group: &str) -> Option<u16> {
         self.groups.get(group).map(|g| g.slot)
@@ -143,8 +156,15 @@ impl Node {
             .filter(|(i, name)| names.get(i) != Some(name))
             .map(|(i, _)| *i)
             .collect();
+        let now = Instant::now();
         for index in stale {
             acks.unconfirmed.forget(index);
+        }
+        for (index, name) in &names {
+            if acks.names.get(index) != Some(name) {
+                // A node that just joined is there.
+                acks.unconfirmed.alive(*index, now);
+            }
         }
         acks.indexes = names.iter().map(|(i, n)| (n.clone(), *i)).collect();
         acks.names = names;
@@ -152,7 +172,7 @@ impl Node {
     }
 
     /// A message just sent as `seq`: kept until the nodes that want it acknowledge it, if
-    /// its QoS asks for that.
+    /// its QoS asks for that; returns whether it is kept (some node has to).
     /// Groups in `served` had it here already (NATS was away): not waited for.
     pub(super) fn expect_acks(
         &self,
@@ -160,9 +180,9 @@ impl Node {
         message: &Arc<Message>,
         key: u64,
         served: &[ByteStr],
-    ) {
+    ) -> bool {
         if message.qos == QoS::AtMostOnce {
-            return;
+            return false;
         }
         let mut acks = self.acks.borrow_mut();
         let mut waiting = nodes_wanting(&acks.wants, &message.topic);
@@ -172,7 +192,7 @@ impl Node {
             }
         }
         if waiting.is_empty() {
-            return;
+            return false;
         }
         let given_up = acks
             .unconfirmed
@@ -182,6 +202,7 @@ impl Node {
                 .unconfirmed
                 .fetch_add(given_up as u64, Ordering::Relaxed);
         }
+        true
     }
 
     /// Another node's acknowledgements of what this node sent.
