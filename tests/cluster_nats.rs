@@ -886,3 +886,79 @@ fn a_qos1_publish_is_acknowledged_once_the_other_nodes_that_want_it_have_it() {
     b.resume();
     assert_eq!(sub.payloads_until(b"two"), Vec::<Vec<u8>>::new());
 }
+
+/// What a node acknowledged is on the nodes that want it: node a is killed (SIGKILL) while a
+/// publisher streams QoS 1 messages into it as fast as their PUBACKs come (200 in flight),
+/// and every message it acknowledged reaches the subscriber on node b. Without the wait for
+/// b's acknowledgement, what a had acknowledged but not yet handed to NATS was lost.
+#[test]
+fn every_message_a_killed_node_acknowledged_reaches_the_other_nodes() {
+    let nats = Nats::start();
+    let mut a = NodeProcess::start("a", &nats.url(0));
+    let b = node("b", 2, vec![nats.url(1)]);
+    let mut sub = b.connect("sub");
+    sub.subscribe(1, &[("killed/#", 1), ("probe/k", 0)]);
+    let mut publisher = connect_to(a.addr(), "pub");
+    until_connected(&mut publisher, &mut sub, "probe/k");
+    // Read all along: a subscriber that stops reading has its queue's limit to reckon with.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reading = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut got = std::collections::BTreeSet::new();
+            loop {
+                match sub.next_frame_within(Duration::from_secs(3)) {
+                    Some(frame) => {
+                        if let surgemq::protocol::Packet::Publish(p) = parse(&frame) {
+                            sub.ack(&p);
+                            got.insert(String::from_utf8(p.payload.to_vec()).unwrap());
+                        }
+                    }
+                    None if done.load(std::sync::atomic::Ordering::Acquire) => return got,
+                    None => {}
+                }
+            }
+        })
+    };
+    let streaming = std::thread::spawn(move || {
+        let mut in_flight = std::collections::HashMap::new();
+        let mut acked = std::collections::BTreeSet::new();
+        let mut next = 0u32;
+        loop {
+            while in_flight.len() < 200 {
+                let id = (next % 60_000) as u16 + 1;
+                let payload = next.to_string();
+                publisher.try_send(&publish(
+                    "killed/x",
+                    payload.as_bytes(),
+                    1,
+                    false,
+                    false,
+                    id,
+                ));
+                in_flight.insert(id, payload);
+                next += 1;
+            }
+            let Some(frame) = publisher.next_frame_or_close() else {
+                return acked;
+            };
+            if let surgemq::protocol::Packet::PubAck(ack) = parse(&frame) {
+                acked.extend(in_flight.remove(&ack.packet_id));
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    a.kill();
+    let acked = streaming.join().unwrap();
+    done.store(true, std::sync::atomic::Ordering::Release);
+    assert!(acked.len() > 500, "only {} acknowledged", acked.len());
+    let got = reading.join().unwrap();
+    let lost: Vec<_> = acked.difference(&got).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost, first {:?}",
+        lost.len(),
+        acked.len(),
+        lost.first()
+    );
+}
