@@ -22,6 +22,8 @@ use crate::broker::mesh::ShardId;
 #[derive(Default)]
 pub struct Marks {
     shards: Vec<ShardMarks>,
+    /// Whether a mark may move: a message went out, or some are waiting.
+    busy: bool,
 }
 
 #[derive(Default)]
@@ -46,6 +48,7 @@ impl Marks {
         if self.shards.len() <= i {
             self.shards.resize_with(i + 1, ShardMarks::default);
         }
+        self.busy = true;
         let marks = &mut self.shards[i];
         marks.last = marks.last.max(number);
         if let Some(seq) = kept {
@@ -62,6 +65,10 @@ impl Marks {
         mut waits: impl FnMut(u64) -> bool,
         mut tell: impl FnMut(ShardId, u64) -> bool,
     ) {
+        if !self.busy {
+            return;
+        }
+        let mut busy = false;
         for (i, marks) in self.shards.iter_mut().enumerate() {
             while marks.waiting.front().is_some_and(|&(_, seq)| !waits(seq)) {
                 marks.waiting.pop_front();
@@ -73,7 +80,14 @@ impl Marks {
             if mark > marks.told && tell(ShardId(i as u16), mark) {
                 marks.told = mark;
             }
+            busy |= !marks.waiting.is_empty() || marks.told < marks.last;
         }
+        self.busy = busy;
+    }
+
+    /// Whether [`settle`](Self::settle) has anything to do (else it returns at once).
+    pub fn busy(&self) -> bool {
+        self.busy
     }
 
     /// Messages whose publishers wait for other nodes, all shards together.
@@ -115,8 +129,10 @@ mod tests {
         pending.remove(&12);
         assert_eq!(settle(&mut marks, &pending), []);
         pending.remove(&10);
+        assert!(marks.busy());
         assert_eq!(settle(&mut marks, &pending), [(0, 5)]);
         assert_eq!(marks.waiting(), 0);
+        assert!(!marks.busy(), "nothing can move until more goes out");
     }
 
     #[test]
@@ -143,6 +159,7 @@ mod tests {
             },
         );
         assert_eq!(refused, 1);
+        assert!(marks.busy(), "still to be told");
         assert_eq!(settle(&mut marks, &BTreeSet::new()), [(0, 1)]);
     }
 }

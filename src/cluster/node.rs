@@ -692,6 +692,9 @@ impl Node {
 
     /// Tells the shards how far the other nodes acknowledged their messages (see `marks`).
     fn tell_shards(&self) {
+        if !self.marks.borrow().busy() {
+            return;
+        }
         let acks = self.acks.borrow();
         let now = Instant::now();
         self.marks.borrow_mut().settle(
