@@ -854,6 +854,11 @@ fn a_qos1_publish_is_acknowledged_once_the_other_nodes_that_want_it_have_it() {
         None,
         "PUBACK before node b had the message"
     );
+    let counts = a.handle().stats().cluster().unwrap();
+    assert_eq!(
+        (counts.publishes_waiting, counts.publishes_released),
+        (1, 0)
+    );
     b.resume();
     publisher.expect_bytes(&[0x40, 0x02, 0x00, 0x01]);
     assert_eq!(sub.payloads_until(b"one"), Vec::<Vec<u8>>::new());
@@ -882,6 +887,11 @@ fn a_qos1_publish_is_acknowledged_once_the_other_nodes_that_want_it_have_it() {
     assert_eq!(frame, [0x40, 0x02, 0x00, 0x02]);
     let waited = sent.elapsed();
     assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    let counts = a.handle().stats().cluster().unwrap();
+    assert_eq!(
+        (counts.publishes_waiting, counts.publishes_released),
+        (0, 1)
+    );
     // Back before it is forgotten: what it lacks is sent again.
     b.resume();
     assert_eq!(sub.payloads_until(b"two"), Vec::<Vec<u8>>::new());

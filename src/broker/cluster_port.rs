@@ -239,6 +239,8 @@ pub struct ClusterCounts {
     pub sessions_missed: u64,
     pub resent: u64,
     pub unconfirmed: u64,
+    pub publishes_waiting: u64,
+    pub publishes_released: u64,
     pub sessions_stored: u64,
     /// 1 while connected to NATS, else 0.
     pub connected: u64,
@@ -274,6 +276,13 @@ pub struct ClusterShared {
     /// QoS 1/2 messages given up on while a node had not acknowledged them: more were
     /// waiting for acknowledgement than this node keeps.
     pub unconfirmed: AtomicU64,
+    /// QoS 1/2 messages whose publishers wait for other nodes to acknowledge them (a gauge,
+    /// see `cluster::marks`).
+    pub publishes_waiting: AtomicU64,
+    /// QoS 1/2 messages acknowledged to their publishers while a node that wanted them had
+    /// not acknowledged them, because it had been silent too long (`confirm::SILENT_AFTER`)
+    /// or, for a shared group's copy, it took too long (`confirm::GROUP_HOLD`).
+    pub publishes_released: AtomicU64,
     /// Whether the cluster thread is connected to NATS (set by it): while it is not, this
     /// node's shared subscription groups get this node's messages here.
     pub nats_up: AtomicBool,
@@ -316,6 +325,8 @@ impl ClusterShared {
             resent: AtomicU64::new(0),
             sessions_stored: AtomicU64::new(0),
             unconfirmed: AtomicU64::new(0),
+            publishes_waiting: AtomicU64::new(0),
+            publishes_released: AtomicU64::new(0),
             nats_up: AtomicBool::new(false),
             claim_clock,
             receivers: std::sync::Mutex::new(Some((outbox_rx, changes_rx))),
@@ -336,6 +347,8 @@ impl ClusterShared {
             resent: get(&self.resent),
             sessions_stored: get(&self.sessions_stored),
             unconfirmed: get(&self.unconfirmed),
+            publishes_waiting: get(&self.publishes_waiting),
+            publishes_released: get(&self.publishes_released),
             connected: u64::from(self.nats_up.load(Ordering::Relaxed)),
         }
     }

@@ -195,6 +195,8 @@ impl SysTree {
                 ("sessions/stored", c.sessions_stored),
                 ("messages/resent", c.resent),
                 ("messages/unconfirmed", c.unconfirmed),
+                ("publishes/waiting", c.publishes_waiting),
+                ("publishes/released", c.publishes_released),
                 ("connected", c.connected),
             ] {
                 self.set(shard, &format!("{b}/cluster/{topic}"), value.to_string());

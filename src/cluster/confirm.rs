@@ -118,6 +118,14 @@ impl Unconfirmed {
         self.entries.is_empty()
     }
 
+    /// Whether a node (or group) has not acknowledged the message sent as `seq` yet.
+    pub fn waits_for(&self, seq: u64) -> bool {
+        let i = self.entries.partition_point(|p| p.seq < seq);
+        self.entries
+            .get(i)
+            .is_some_and(|p| p.seq == seq && !p.waiting.is_empty())
+    }
+
     /// `node` showed it is there (its interest heartbeat, or it just joined).
     pub fn alive(&mut self, node: u16, now: Instant) {
         let heard = self.heard.entry(node).or_insert(Heard {

@@ -697,8 +697,16 @@ impl Node {
         }
         let acks = self.acks.borrow();
         let now = Instant::now();
-        self.marks.borrow_mut().settle(
-            |seq| acks.holds(seq, now),
+        let mut released = 0;
+        let mut marks = self.marks.borrow_mut();
+        marks.settle(
+            |seq| {
+                let holds = acks.holds(seq, now);
+                if !holds && acks.lacks(seq) {
+                    released += 1;
+                }
+                holds
+            },
             |shard, upto| {
                 !matches!(
                     self.mesh
@@ -707,6 +715,15 @@ impl Node {
                 )
             },
         );
+        let shared = &self.shared;
+        if released > 0 {
+            shared
+                .publishes_released
+                .fetch_add(released, Ordering::Relaxed);
+        }
+        shared
+            .publishes_waiting
+            .store(marks.waiting() as u64, Ordering::Relaxed);
     }
 
     /// Installs the interest picture the shards read, and the node count.

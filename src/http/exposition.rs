@@ -213,6 +213,8 @@ fn cluster(out: &mut String, c: crate::broker::cluster_port::ClusterCounts) {
         ("cluster_sessions_stored", Kind::Counter, "Clients resuming a session no node handed over, given its subscriptions from the session directory in JetStream.", c.sessions_stored),
         ("cluster_messages_resent", Kind::Counter, "QoS 1/2 messages sent again to a node that had not acknowledged them.", c.resent),
         ("cluster_messages_unconfirmed", Kind::Counter, "QoS 1/2 messages given up on before every node that wanted them acknowledged them (more were waiting than a node keeps).", c.unconfirmed),
+        ("cluster_publishes_waiting", Kind::Gauge, "QoS 1/2 messages whose publishers wait for other nodes to acknowledge them.", c.publishes_waiting),
+        ("cluster_publishes_released", Kind::Counter, "QoS 1/2 messages acknowledged to their publishers before a node that wanted them had them, because it was silent too long (or a shared group's copy took too long).", c.publishes_released),
     ] {
         let name = full_name(family, kind);
         header(out, &name, kind, help);

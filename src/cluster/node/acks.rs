@@ -75,6 +75,12 @@ impl Acks {
         self.unconfirmed.holds(seq, now)
     }
 
+    /// Whether a node (or group) has not acknowledged the message sent as `seq` (whether or
+    /// not its publisher still waits for it).
+    pub(super) fn lacks(&self, seq: u64) -> bool {
+        self.unconfirmed.waits_for(seq)
+    }
+
     /// The node `name` sent its interest heartbeat.
     pub(super) fn heartbeat(&mut self, name: &str, now: Instant) {
         if let Some(&index) = self.indexes.get(name) {
