@@ -9,6 +9,7 @@
 
 mod cluster_util;
 mod common;
+mod fault_util;
 
 use std::time::Duration;
 
@@ -360,4 +361,60 @@ fn a_stored_session_that_expired_while_its_node_was_down_is_not_taken() {
     client.send(&roamer.build());
     client.expect_bytes(&[0x20, 0x02, 0x00, 0x00]);
     until_stored(&nats, "roamer", false);
+}
+
+/// A node acknowledges another node's QoS 1 message only once it has handled it, durably with
+/// `--data-dir` (`cluster::node::handled`), and the publisher's PUBACK waits for that: while
+/// node b's disk is full, a message for a persistent session on b is not PUBACKed on node a;
+/// once the disk works again it is, and the session's client gets the message. (Acknowledged
+/// from b's inbox, as before, the PUBACK came at once.)
+#[test]
+fn a_publish_for_a_session_on_another_node_is_acknowledged_once_durable_there() {
+    use std::sync::atomic::AtomicU32;
+    use std::sync::Arc;
+    let nats = Nats::start();
+    let dirs = fault_util::Dirs::new("cluster-durable-ack");
+    let full = Arc::new(AtomicU32::new(0));
+    let b = fault_util::FaultyBroker::new(
+        Broker::with_config(surgemq::broker::BrokerConfig {
+            shards: 1,
+            sys_interval: Duration::ZERO,
+            cluster: Some(surgemq::broker::config::ClusterConfig {
+                servers: vec![nats.url(1)],
+                node_id: "b".to_string(),
+                clock_offset_us: 0,
+            }),
+            data_dir: Some(dirs.data()),
+            full_disk_fault: Some(full.clone()),
+            ..test_config()
+        }),
+        full,
+    );
+    let a = node("a", 1, vec![nats.url(0)]);
+    let keeper = ConnectBuilder::new("keeper").clean(false);
+    let mut away = b.broker().connect_with(&keeper);
+    away.subscribe(1, &[("durable/#", 1)]);
+    away.disconnect();
+    let mut probe = b.broker().connect("probe");
+    probe.subscribe(1, &[("probe/d", 0)]);
+    let mut publisher = a.connect("pub");
+    until_connected(&mut publisher, &mut probe, "probe/d");
+
+    b.disk_full(true);
+    publisher.send(&publish("durable/x", b"kept", 1, false, false, 1));
+    assert_eq!(
+        publisher.next_frame_within(Duration::from_millis(1500)),
+        None,
+        "PUBACK before node b had the message on disk"
+    );
+    b.disk_full(false);
+    publisher.expect_bytes(&[0x40, 0x02, 0x00, 0x01]);
+    let mut back = b.broker().resume(&keeper);
+    let frame = back
+        .next_frame_within(Duration::from_secs(5))
+        .expect("the queued message");
+    let surgemq::protocol::Packet::Publish(p) = parse(&frame) else {
+        panic!("expected PUBLISH, got {frame:02x?}");
+    };
+    assert_eq!(&p.payload[..], b"kept");
 }

@@ -288,6 +288,12 @@ pub struct ClusterShared {
     pub nats_up: AtomicBool,
     /// When clients connected, as claims compare it across nodes.
     pub claim_clock: ClaimClock,
+    /// Per shard: the number of the last QoS 1/2 message from other nodes it has handled
+    /// (see `ShardMessage::FromCluster`), with what that wrote durable (`--data-dir`): the
+    /// cluster thread acknowledges messages to their nodes only up to there.
+    handled: Box<[AtomicU64]>,
+    /// Wakes the cluster thread when a shard handled more.
+    handled_waker: AtomicWaker,
     receivers: std::sync::Mutex<Option<(Receiver<Outgoing>, Receiver<ClusterEvent>)>>,
 }
 
@@ -304,10 +310,10 @@ impl std::fmt::Debug for ClusterShared {
 
 impl ClusterShared {
     pub fn new() -> Arc<ClusterShared> {
-        ClusterShared::with_clock(ClaimClock::new(0))
+        ClusterShared::with_clock(ClaimClock::new(0), 1)
     }
 
-    pub fn with_clock(claim_clock: ClaimClock) -> Arc<ClusterShared> {
+    pub fn with_clock(claim_clock: ClaimClock, shards: usize) -> Arc<ClusterShared> {
         let (outbox, outbox_rx) = crossbeam_channel::bounded(OUTBOX_CAPACITY);
         // Interest changes are never dropped: they are bounded by the filters that exist.
         let (changes, changes_rx) = crossbeam_channel::unbounded();
@@ -329,6 +335,8 @@ impl ClusterShared {
             publishes_released: AtomicU64::new(0),
             nats_up: AtomicBool::new(false),
             claim_clock,
+            handled: (0..shards.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            handled_waker: AtomicWaker::new(),
             receivers: std::sync::Mutex::new(Some((outbox_rx, changes_rx))),
         })
     }
@@ -350,6 +358,23 @@ impl ClusterShared {
             publishes_waiting: get(&self.publishes_waiting),
             publishes_released: get(&self.publishes_released),
             connected: u64::from(self.nats_up.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// How far `shard` has handled the messages from other nodes it was given.
+    pub fn handled(&self, shard: ShardId) -> u64 {
+        self.handled
+            .get(shard.index())
+            .map_or(0, |h| h.load(Ordering::Acquire))
+    }
+
+    /// Ready when a shard may have handled more since the last look ([`Self::handled`]).
+    pub fn poll_handled(&self, cx: &mut Context<'_>, mut more: impl FnMut() -> bool) -> Poll<()> {
+        self.handled_waker.register(cx.waker());
+        if more() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 
@@ -388,6 +413,15 @@ impl ClusterPort {
         let mut any = false;
         cache.1.for_each_match(topic, |_, _| any = true);
         any
+    }
+
+    /// This shard handled the messages from other nodes up to `number` (see
+    /// [`ClusterShared::handled`]).
+    pub fn handled(&self, number: u64) {
+        if let Some(h) = self.shared.handled.get(self.shard.index()) {
+            h.store(number, Ordering::Release);
+            self.shared.handled_waker.wake();
+        }
     }
 
     /// Whether this node is connected to NATS (both of its connections).

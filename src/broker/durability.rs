@@ -123,6 +123,12 @@ pub struct Durability {
     handed_on: RefCell<VecDeque<(Ticket, u64, Vec<Record>)>>,
     /// The task that appends them.
     hand_on_waker: RefCell<Option<Waker>>,
+    /// With a cluster: messages from other nodes handled here that wait for what they wrote
+    /// to be durable before the cluster thread hears they were handled, in order (their
+    /// numbers, see `ShardMessage::FromCluster`). Empty without `--data-dir`.
+    from_cluster: RefCell<VecDeque<(u64, Ticket)>>,
+    /// The task that tells the cluster thread.
+    from_cluster_waker: RefCell<Option<Waker>>,
 }
 
 impl Durability {
@@ -138,6 +144,8 @@ impl Durability {
             holds: RefCell::new(VecDeque::new()),
             handed_on: RefCell::new(VecDeque::new()),
             hand_on_waker: RefCell::new(None),
+            from_cluster: RefCell::new(VecDeque::new()),
+            from_cluster_waker: RefCell::new(None),
         }
     }
 
@@ -277,6 +285,38 @@ impl Durability {
             .borrow_mut()
             .pop_front()
             .map_or_else(Vec::new, |(_, _, records)| records)
+    }
+
+    // ----- messages from other nodes ----------------------------------------------------------
+
+    /// Whether messages from other nodes wait for the disk here (later ones wait behind them).
+    pub fn cluster_inbox_waits(&self) -> bool {
+        !self.from_cluster.borrow().is_empty()
+    }
+
+    /// Message `number` from another node is handled once `ticket` is durable.
+    pub fn wait_cluster_inbox(&self, number: u64, ticket: Ticket) {
+        self.from_cluster.borrow_mut().push_back((number, ticket));
+        if let Some(w) = self.from_cluster_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// The oldest message from another node that waits (a copy of its ticket); the task
+    /// sleeps until there is one.
+    pub fn poll_cluster_inbox(&self, cx: &mut Context<'_>) -> Poll<(u64, Ticket)> {
+        match self.from_cluster.borrow().front() {
+            Some((number, ticket)) => Poll::Ready((*number, ticket.clone())),
+            None => {
+                *self.from_cluster_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Forgets the oldest: its ticket is durable.
+    pub fn pop_cluster_inbox(&self) {
+        self.from_cluster.borrow_mut().pop_front();
     }
 
     // ----- the destination's side -----------------------------------------------------------
@@ -471,6 +511,35 @@ mod tests {
         );
         assert_eq!(d.take_handed_on(), [Record::SessionEnded { session: 7 }]);
         assert!(!d.has_handed_on());
+    }
+
+    #[test]
+    fn messages_from_other_nodes_wait_in_order() {
+        let d = Durability::new(1);
+        let waker = futures_lite::future::block_on(std::future::poll_fn(|cx| {
+            Poll::Ready(cx.waker().clone())
+        }));
+        let mut cx = Context::from_waker(&waker);
+        assert!(!d.cluster_inbox_waits());
+        assert!(d.poll_cluster_inbox(&mut cx).is_pending());
+        let durable_at = |local| Ticket {
+            local,
+            ..Ticket::default()
+        };
+        d.wait_cluster_inbox(4, durable_at(10));
+        d.wait_cluster_inbox(5, durable_at(20));
+        assert!(d.cluster_inbox_waits());
+        let Poll::Ready((number, ticket)) = d.poll_cluster_inbox(&mut cx) else {
+            panic!("one waits");
+        };
+        assert_eq!((number, ticket.local), (4, 10));
+        d.pop_cluster_inbox();
+        let Poll::Ready((number, _)) = d.poll_cluster_inbox(&mut cx) else {
+            panic!("one waits");
+        };
+        assert_eq!(number, 5);
+        d.pop_cluster_inbox();
+        assert!(!d.cluster_inbox_waits());
     }
 
     #[test]

@@ -441,7 +441,10 @@ pub enum ShardMessage {
     /// The authenticator's ACL changed (SIGHUP): apply it to this shard's subscriptions.
     Reauthorize,
     /// A message published on another node of the cluster, for this node's subscribers.
-    FromCluster(Arc<Message>),
+    /// With the number the cluster thread gave it among this shard's QoS 1/2 messages from
+    /// other nodes (0 for QoS 0): it acknowledges the message to its node once the shard
+    /// reports it handled, durably where it must be (`ClusterShared::handled`).
+    FromCluster(Arc<Message>, u64),
     /// The other nodes of the cluster acknowledged every QoS 1/2 message this shard sent
     /// them up to its number `upto` (see `cluster_port::Outgoing::number`): the publishers
     /// waiting for that may be acknowledged.
@@ -450,7 +453,7 @@ pub enum ShardMessage {
     },
     /// A message for one member of the shared subscription group (`$share/GROUP/FILTER`)
     /// that NATS picked this node for.
-    FromClusterShared(Arc<Message>, ByteStr),
+    FromClusterShared(Arc<Message>, ByteStr, u64),
     /// The cluster thread asks for the shard's retained messages (for a node that joins).
     CollectRetained(crossbeam_channel::Sender<Vec<Arc<Message>>>),
     /// The client with this id (whose home shard this is) connected to another node at this

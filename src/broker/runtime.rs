@@ -22,8 +22,8 @@ use super::metrics::MetricsSnapshot;
 use super::restore::{final_sync, prepare, restore, Startup};
 use super::shard::{home_shard, Shard};
 use super::shard_tasks::{
-    confirm_durable, drain_inbox, expire_sessions, finish_handing_on, hand_on, retry_stalled,
-    sweep_idle_connections, watch_stalls,
+    confirm_durable, drain_inbox, expire_sessions, finish_handing_on, hand_on, report_from_cluster,
+    retry_stalled, sweep_idle_connections, watch_stalls,
 };
 use super::stats::StatsBoard;
 use super::sys_topics::{publish_sys, report_stats};
@@ -220,7 +220,7 @@ fn start_once(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     let cluster_shared = config
         .cluster
         .as_ref()
-        .map(|c| ClusterShared::with_clock(ClaimClock::new(c.clock_offset_us)));
+        .map(|c| ClusterShared::with_clock(ClaimClock::new(c.clock_offset_us), shards));
     if let Some(shared) = &cluster_shared {
         stats.set_cluster(shared.clone());
     }
@@ -440,6 +440,7 @@ async fn run_shard(
     let stalls = glommio::spawn_local(watch_stalls(shard.clone()));
     let durable = glommio::spawn_local(confirm_durable(shard.clone()));
     let handed_on = glommio::spawn_local(hand_on(shard.clone()));
+    let from_cluster = glommio::spawn_local(report_from_cluster(shard.clone()));
     let qos2 = glommio::spawn_local(super::shard::gates::accept_qos2(shard.clone()));
     let compaction = glommio::spawn_local(super::compaction::compact_journal(shard.clone()));
     let reports = glommio::spawn_local(report_stats(shard.clone(), stats.clone()));
@@ -470,6 +471,7 @@ async fn run_shard(
         finish_handing_on(&shard).await;
     }
     drop(handed_on);
+    drop(from_cluster);
     drop(qos2);
     final_sync(&shard).await;
     drop(durable);

@@ -766,13 +766,18 @@ impl Shard {
                 returned,
             } => self.shared_returned(from, number, returned),
             ShardMessage::Reauthorize => self.reauthorize(),
-            ShardMessage::FromCluster(message) => {
+            ShardMessage::FromCluster(message, number) => {
                 // Another node's message: for this node's subscribers only; a group's copy
                 // comes on its own (`FromClusterShared`), where NATS picked this node for it.
-                let _ = self.route_to(message, None, Groups::Elsewhere);
+                let before = self.journal_end();
+                let mut ticket = self.route_to(message, None, Groups::Elsewhere).ticket;
+                ticket.local = self.appended_since(before);
+                self.handled_from_cluster(number, ticket);
             }
             ShardMessage::ClusterConfirmed { upto } => self.durability.cluster_confirmed(upto),
-            ShardMessage::FromClusterShared(message, group) => {
+            ShardMessage::FromClusterShared(message, group, number) => {
+                let before = self.journal_end();
+                let mut ticket = Ticket::default();
                 let pick = self.replica.borrow().shared.pick_in(
                     &group,
                     &message.topic,
@@ -782,8 +787,10 @@ impl Shard {
                 );
                 if let Some((key, id, grant)) = pick {
                     let tag = super::shared::ShareTag { key, hops: 0 };
-                    self.deliver_shared(&message, id, grant, tag, &mut Ticket::default());
+                    self.deliver_shared(&message, id, grant, tag, &mut ticket);
                 }
+                ticket.local = self.appended_since(before);
+                self.handled_from_cluster(number, ticket);
             }
             ShardMessage::CollectRetained(reply) => {
                 let mut all = Vec::new();

@@ -222,6 +222,29 @@ pub async fn finish_handing_on(shard: &Shard) {
     }
 }
 
+/// With a cluster and `--data-dir`: tells the cluster thread that messages from other nodes
+/// were handled here once what they wrote is durable, oldest first (see
+/// `Shard::handled_from_cluster`). Sleeps while none waits.
+pub async fn report_from_cluster(shard: Rc<Shard>) {
+    let (Some(port), Some(_)) = (shard.cluster.get(), shard.journal()) else {
+        return;
+    };
+    loop {
+        let (number, ticket) =
+            std::future::poll_fn(|cx| shard.durability.poll_cluster_inbox(cx)).await;
+        std::future::poll_fn(|cx| {
+            if shard.poll_ticket(&ticket, cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        shard.durability.pop_cluster_inbox();
+        port.handled(number);
+    }
+}
+
 /// With `--data-dir`: appends the records of sessions that handed shared messages on to other
 /// members (their end, or the messages withdrawn) once what took the messages is durable (see
 /// `durability`), oldest first. Sleeps while there are none.

@@ -29,6 +29,7 @@ use crate::protocol::{ByteStr, QoS};
 mod acks;
 mod claims;
 pub(super) mod directory;
+mod handled;
 mod retained;
 mod retained_kv;
 
@@ -124,6 +125,7 @@ pub fn start(
         load_retained,
         acks: Default::default(),
         marks: Default::default(),
+        handled: Default::default(),
     };
     let runner = std::thread::Builder::new()
         .name("surgemq-cluster".into())
@@ -221,6 +223,8 @@ struct Node {
     acks: std::cell::RefCell<acks::Acks>,
     /// How far each shard's publishers may be acknowledged (`marks`).
     marks: std::cell::RefCell<crate::cluster::marks::Marks>,
+    /// Acknowledgements owed once their shards have handled the messages (`handled`).
+    handled: std::cell::RefCell<handled::Handled>,
 }
 
 /// How often the feeder looks again at a QoS 2 message's gate while it is closed (it opens one
@@ -397,6 +401,11 @@ impl Node {
         loop {
             // Publishers whose messages the other nodes now all have are acknowledged.
             self.tell_shards();
+            // What the shards have handled is acknowledged to its nodes: at once when
+            // nothing more is queued from NATS, else with the batch (`confirm::ACK_EVERY`).
+            if self.take_handled() && arrived.is_empty() {
+                self.send_acks(&client).await;
+            }
             let snapshot_due = async {
                 if dirty {
                     tokio::time::sleep_until(next_snapshot.into()).await
@@ -511,14 +520,8 @@ impl Node {
                         }
                     }
                 },
-                Some(m) = arrived.recv() => {
-                    self.deliver(m, &mut dedupe).await;
-                    // The origins' publishers wait for these: sent as soon as nothing more
-                    // is queued here, in one batch with whatever came before.
-                    if arrived.is_empty() && self.acks.borrow().due_at().is_some() {
-                        self.send_acks(&client).await;
-                    }
-                }
+                Some(m) = arrived.recv() => self.deliver(m, &mut dedupe).await,
+                _ = std::future::poll_fn(|cx| self.poll_handled(cx)) => {}
                 Some(m) = interest_sub.next() => {
                     if let Some(changed) = self.take_interest(&m, &mut remote) {
                         if changed {
@@ -796,8 +799,9 @@ impl Node {
                 return;
             }
         }
-        // A QoS 1/2 message is acknowledged to its node once a shard has it (`confirm`): per
-        // node for plain subscriptions, per group for a group's copy (NATS picked this node).
+        // A QoS 1/2 message is acknowledged to its node once a shard has handled it
+        // (`confirm`, `handled`): per node for plain subscriptions, per group for a group's
+        // copy (NATS picked this node).
         let mut ack = None;
         if let Some(meta) = &meta {
             if meta.qos != QoS::AtMostOnce {
@@ -811,8 +815,17 @@ impl Node {
                 }
                 if !dedupe.first(meta.origin, meta.seq) {
                     // Had already: a copy sent again because the acknowledgement was lost.
+                    // Acknowledged once its shard handled what it was given so far (the
+                    // first copy went there too: one publisher's messages keep one shard).
                     if let Some((origin, seq)) = ack {
-                        self.owe_ack(origin, seq, None);
+                        let shard = ((meta.key ^ hash(origin)) % self.shards as u64) as u16;
+                        let owing = handled::Owing {
+                            origin: origin.to_string(),
+                            seq,
+                            group: None,
+                            own: false,
+                        };
+                        self.owe_when_handled(ShardId(shard), None, owing);
                     }
                     return;
                 }
@@ -833,20 +846,27 @@ impl Node {
         let message = Message::new(topic, m.payload, qos, retain).with_v5(v5_part(headers));
         let message = Arc::new(message);
         self.shared.received.fetch_add(1, Ordering::Relaxed);
-        let msg = match &group {
-            Some(group) => ShardMessage::FromClusterShared(message, group.clone()),
-            None => ShardMessage::FromCluster(message),
+        let shard = ShardId(shard);
+        let number = if ack.is_some() {
+            self.next_for(shard)
+        } else {
+            0
         };
-        if !self.to_shard(ShardId(shard), msg).await {
+        let msg = match &group {
+            Some(group) => ShardMessage::FromClusterShared(message, group.clone(), number),
+            None => ShardMessage::FromCluster(message, number),
+        };
+        if !self.to_shard(shard, msg).await {
             return;
         }
-        match (ack, &group) {
-            (None, _) => {}
-            (Some((origin, seq)), None) => self.owe_ack(origin, seq, None),
-            (Some((origin, seq)), Some(g)) if origin == self.incarnation => {
-                self.own_group_ack(g, seq)
-            }
-            (Some((origin, seq)), Some(g)) => self.owe_ack(origin, seq, Some(g)),
+        if let Some((origin, seq)) = ack {
+            let owing = handled::Owing {
+                origin: origin.to_string(),
+                seq,
+                own: group.is_some() && origin == self.incarnation,
+                group,
+            };
+            self.owe_when_handled(shard, Some(number), owing);
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::{Groups, Routed, Shard};
+use crate::broker::durability::Ticket;
 use crate::broker::mesh::{Message, SubscriberId};
 
 impl Shard {
@@ -53,6 +54,24 @@ impl Shard {
         // MQTT 5 publisher is not told "no matching subscribers".
         routed.matched = routed.matched.max(1);
         routed
+    }
+
+    /// A QoS 1/2 message from another node, its number `number` among this shard's (0: QoS
+    /// 0, not counted), was handled here; `ticket` is what it wrote. The cluster thread hears
+    /// of it, in order, once that is durable (at once without `--data-dir`): only then does
+    /// it acknowledge the message to its node, whose publisher waits for that.
+    pub(in crate::broker) fn handled_from_cluster(&self, number: u64, ticket: Ticket) {
+        let Some(port) = self.cluster.get() else {
+            return;
+        };
+        if number == 0 {
+            return;
+        }
+        if !self.durability.cluster_inbox_waits() && self.ticket_ready(&ticket) {
+            port.handled(number);
+        } else {
+            self.durability.wait_cluster_inbox(number, ticket);
+        }
     }
 
     /// With a cluster, on shard 0: tells the cluster thread which filters got their first
