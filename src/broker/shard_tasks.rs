@@ -232,17 +232,22 @@ pub async fn report_from_cluster(shard: Rc<Shard>) {
     loop {
         let (number, ticket) =
             std::future::poll_fn(|cx| shard.durability.poll_cluster_inbox(cx)).await;
-        std::future::poll_fn(|cx| {
-            if shard.poll_ticket(&ticket, cx) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
+        until_durable(&shard, &ticket).await;
         shard.durability.pop_cluster_inbox();
         port.handled(number);
     }
+}
+
+/// Returns once everything `ticket` names is durable.
+async fn until_durable(shard: &Shard, ticket: &super::durability::Ticket) {
+    std::future::poll_fn(|cx| {
+        if shard.poll_ticket(ticket, cx) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// With `--data-dir`: appends the records of sessions that handed shared messages on to other
@@ -254,14 +259,7 @@ pub async fn hand_on(shard: Rc<Shard>) {
     };
     loop {
         let ticket = std::future::poll_fn(|cx| shard.durability.poll_handed_on(cx)).await;
-        std::future::poll_fn(|cx| {
-            if shard.poll_ticket(&ticket, cx) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
+        until_durable(&shard, &ticket).await;
         for record in shard.durability.take_handed_on() {
             journal.append(&record);
         }
