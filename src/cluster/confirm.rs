@@ -2,10 +2,10 @@
 //! NATS server that dies loses what was on its way through it, and while a node reconnects to
 //! another server its subscriptions are missing from the cluster, so what is published
 //! meanwhile reaches it nowhere. So a node that gets a QoS 1/2 message from another node
-//! acknowledges it to the origin (`$SMQ.ack.<origin>`: sequence ranges, batched every
-//! [`ACK_EVERY`], sent once the message is in a shard's inbox), and the origin keeps each such
-//! message it sent, with the nodes whose interest it matched, until each of them has
-//! acknowledged it ([`Unconfirmed`]).
+//! acknowledges it to the origin (`$SMQ.ack.<origin>`: sequence ranges, batched, sent once a
+//! shard has handled the message: `node::handled`), and the origin keeps each such message it
+//! sent, with the nodes whose interest it matched, until each of them has acknowledged it
+//! ([`Unconfirmed`]); its publisher's PUBACK waits for that (`marks`).
 //!
 //! The origin sends a message again, straight to the node that lacks it (`$SMQ.to.<node>`),
 //! when that node acknowledges a message sent after it (NATS keeps the order of one

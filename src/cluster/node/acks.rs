@@ -246,7 +246,7 @@ impl Node {
     }
 
     /// A QoS 1/2 message this node sent came back for one of its own groups (NATS picked
-    /// this node) and is in a shard's inbox: the group has it.
+    /// this node) and its shard handled it: the group has it.
     pub(super) fn own_group_ack(&self, group: &str, seq: u64) {
         let mut acks = self.acks.borrow_mut();
         if let Some(slot) = acks.slot_of(group) {
@@ -254,7 +254,7 @@ impl Node {
         }
     }
 
-    /// A QoS 1/2 message from `origin` is in a shard's inbox (now or earlier): acknowledged
+    /// A QoS 1/2 message from `origin` was handled by its shard (now or earlier): acknowledged
     /// with the next batch.
     /// For a shared subscription group's copy, `group` names it.
     pub(super) fn owe_ack(&self, origin: &str, seq: u64, group: Option<&ByteStr>) {
