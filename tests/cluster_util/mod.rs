@@ -239,28 +239,24 @@ impl NodeProcess {
     }
 
     pub fn kill(&mut self) {
-        let _ = self.signal("-CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Stops the process (SIGSTOP): its sockets stay open, but it does nothing.
     pub fn pause(&mut self) {
-        assert!(self.signal("-STOP"), "kill -STOP");
+        assert!(self.signal(libc::SIGSTOP), "SIGSTOP");
     }
 
     /// Lets a paused process go on (SIGCONT).
     pub fn resume(&mut self) {
-        assert!(self.signal("-CONT"), "kill -CONT");
+        assert!(self.signal(libc::SIGCONT), "SIGCONT");
     }
 
-    /// Whether `kill SIGNAL pid` succeeded.
-    fn signal(&self, signal: &str) -> bool {
-        Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+    /// Whether `signal` was sent (no `kill` program needed: a slim machine may lack one).
+    fn signal(&self, signal: i32) -> bool {
+        // SAFETY: kill(2) on our own child's pid, which it keeps until waited for.
+        unsafe { libc::kill(self.child.id() as i32, signal) == 0 }
     }
 }
 
