@@ -820,7 +820,7 @@ impl Node {
                     if let Some((origin, seq)) = ack {
                         let shard = ((meta.key ^ hash(origin)) % self.shards as u64) as u16;
                         let owing = handled::Owing {
-                            origin: origin.to_string(),
+                            origin: self.origin(origin),
                             seq,
                             group: None,
                             own: false,
@@ -861,7 +861,7 @@ impl Node {
         }
         if let Some((origin, seq)) = ack {
             let owing = handled::Owing {
-                origin: origin.to_string(),
+                origin: self.origin(origin),
                 seq,
                 own: group.is_some() && origin == self.incarnation,
                 group,

@@ -19,13 +19,19 @@ pub(super) struct Handled {
     given: Vec<u64>,
     /// Per shard, oldest first: (the message's number, what is owed for it).
     waiting: Vec<VecDeque<(u64, Owing)>>,
+    /// Origins (`node/start-time`) seen, shared by what is owed to them: no allocation per
+    /// message. Emptied when it grows past [`ORIGINS`].
+    origins: AHashMap<Box<str>, Arc<str>>,
 }
+
+/// Origins remembered at most (nodes restart as new origins).
+const ORIGINS: usize = 1024;
 
 /// An acknowledgement owed to `origin` for its message `seq`: for the node's plain
 /// subscriptions, or for the shared group `group` (`own`: a group of this node's own message,
 /// acknowledged here without NATS).
 pub(super) struct Owing {
-    pub origin: String,
+    pub origin: Arc<str>,
     pub seq: u64,
     pub group: Option<ByteStr>,
     pub own: bool,
@@ -43,6 +49,20 @@ impl Handled {
 }
 
 impl Node {
+    /// `origin`, shared (see [`Handled::origins`]).
+    pub(super) fn origin(&self, origin: &str) -> Arc<str> {
+        let mut handled = self.handled.borrow_mut();
+        if let Some(o) = handled.origins.get(origin) {
+            return o.clone();
+        }
+        if handled.origins.len() >= ORIGINS {
+            handled.origins.clear();
+        }
+        let shared: Arc<str> = origin.into();
+        handled.origins.insert(origin.into(), shared.clone());
+        shared
+    }
+
     /// The number of the next QoS 1/2 message given to `shard`.
     pub(super) fn next_for(&self, shard: ShardId) -> u64 {
         let mut handled = self.handled.borrow_mut();
