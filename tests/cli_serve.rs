@@ -40,6 +40,10 @@ fn bad_flag_values_give_one_line_naming_the_flag() {
             "--connect-timeout",
         ),
         (&["serve", "--node-id", "x"][..], "--node-id"),
+        (
+            &["serve", "--cluster-queue-copies", "false"][..],
+            "--cluster-queue-copies",
+        ),
         (&["serve", "--cluster", "bad url"][..], "--cluster"),
         (
             &[

@@ -4,7 +4,8 @@
 //! DUP) and everything queued for it, in order, even when that is more than one NATS message
 //! holds; a live connection taken over that way ends without its will; another user's session
 //! does not move; with `--data-dir` the moved session survives a SIGKILL of its new node; and
-//! a session whose node died resumes elsewhere with its subscriptions, from JetStream.
+//! a session whose node died resumes elsewhere with its subscriptions, from JetStream (with
+//! its queued messages too: `cluster_queues.rs`).
 #![cfg(feature = "cluster")]
 
 mod cluster_util;
@@ -209,15 +210,20 @@ fn a_session_left_on_a_node_that_was_down_is_merged_when_its_client_resumes() {
         c.expect_bytes(&connack);
         c
     };
-    // On a: subscribed, away, two messages queued (acknowledged, on a's disk); a dies.
+    // On a: subscribed, sent two messages it does not acknowledge (acknowledged to their
+    // publisher, on a's disk); a dies while the client is still connected, so no copy of
+    // the session's queue is in JetStream (one is made when a client goes away).
     let mut client = connect(&a, [0x20, 0x02, 0x00, 0x00]);
     client.subscribe(1, &[("old/#", 1)]);
-    client.crash_and_wait();
     let mut publisher = connect_to(a.addr(), "publisher-a");
     publisher.publish1("old/1", b"before 1", false, 1);
     publisher.publish1("old/2", b"before 2", false, 2);
+    for _ in 0..2 {
+        client.next_publish();
+    }
     until_stored(&nats, "roamer", true);
     a.kill();
+    client.expect_closed_within(Duration::from_secs(5));
     // The client goes to b: a cannot answer, so b takes the session directory's copy from
     // JetStream (Session Present 1, old/#, none of a's messages); the client subscribes to
     // new/# and leaves old/#.
@@ -382,6 +388,7 @@ fn a_publish_for_a_session_on_another_node_is_acknowledged_once_durable_there() 
             cluster: Some(surgemq::broker::config::ClusterConfig {
                 servers: vec![nats.url(1)],
                 node_id: "b".to_string(),
+                queue_copies: true,
                 clock_offset_us: 0,
             }),
             data_dir: Some(dirs.data()),

@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 
@@ -42,6 +42,39 @@ pub struct Outgoing {
     pub number: u64,
 }
 
+/// Messages queued for offline sessions waiting for the cluster thread to copy them to
+/// JetStream, at most; beyond it they are not copied, and counted.
+pub const QUEUE_COPIES_CAPACITY: usize = 65_536;
+
+/// What a node copies to JetStream of its persistent sessions whose clients are away, so
+/// that a client whose node is down resumes elsewhere with its queued messages (see
+/// `cluster::node::queues`). One session's copies come in the order they happened.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QueueCopy {
+    /// The client went away at `gone_ms` (Unix ms, as journalled): the session as a
+    /// hand-over carries it, messages in flight and queued included.
+    Snapshot {
+        client_id: ByteStr,
+        gone_ms: u64,
+        records: HandedSession,
+    },
+    /// A QoS 1/2 message queued for the offline session since: its `Queued` record, framed.
+    Append { client_id: ByteStr, record: Bytes },
+    /// The client is back (on this node): the copy goes.
+    Ended(ByteStr),
+}
+
+/// A session resume's answer from the cluster: the copies other nodes handed over (or the
+/// stored one), and whether this node's own copy is superseded: restored at start, it went
+/// away no later than this time (Unix ms), when its queue was copied to JetStream, and
+/// another node has since resumed the session from that copy (see `cluster::node::queues`),
+/// so its messages were delivered from there and must not be merged in again.
+#[derive(Debug, Default)]
+pub struct Taken {
+    pub sessions: Vec<HandedSession>,
+    pub superseded: Option<u64>,
+}
+
 /// What the other nodes must hear of, in the order it happened here.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClusterEvent {
@@ -60,7 +93,7 @@ pub enum ClusterEvent {
         client_id: String,
         username: Option<String>,
         at: u64,
-        answer: Answer<Vec<HandedSession>>,
+        answer: Answer<Taken>,
     },
     /// A persistent session's subscriptions changed here: its entry in the cluster's session
     /// directory (JetStream) is written again, as these records (see
@@ -90,6 +123,8 @@ pub struct HandOver {
     pub username: Option<ByteStr>,
     /// The session's records, or None (dropped: none here to hand over).
     pub answer: Answer<Option<HandedSession>>,
+    /// This node's copy is superseded if it went away no later than this (see [`Taken`]).
+    pub superseded: Option<u64>,
 }
 
 /// The session number a handed-over session's records use.
@@ -242,6 +277,9 @@ pub struct ClusterCounts {
     pub publishes_waiting: u64,
     pub publishes_released: u64,
     pub sessions_stored: u64,
+    pub queues_copied: u64,
+    pub queues_not_copied: u64,
+    pub queues_taken: u64,
     /// 1 while connected to NATS, else 0.
     pub connected: u64,
 }
@@ -270,6 +308,14 @@ pub struct ClusterShared {
     /// Clients resuming a session that no node handed over, given the session directory's
     /// copy (its subscriptions) instead.
     pub sessions_stored: AtomicU64,
+    /// Copies of offline sessions (their state when the client went, and each QoS 1/2
+    /// message queued since) stored in JetStream.
+    pub queues_copied: AtomicU64,
+    /// Such copies not stored: JetStream was away or failed, or too many waited.
+    pub queues_not_copied: AtomicU64,
+    /// Clients resuming a session whose node did not answer, given the session with its
+    /// queued messages from JetStream.
+    pub queues_taken: AtomicU64,
     /// QoS 1/2 messages sent again to a node that had not acknowledged them (NATS lost
     /// them, or the node was away).
     pub resent: AtomicU64,
@@ -294,8 +340,20 @@ pub struct ClusterShared {
     handled: Box<[AtomicU64]>,
     /// Wakes the cluster thread when a shard handled more.
     handled_waker: AtomicWaker,
-    receivers: std::sync::Mutex<Option<(Receiver<Outgoing>, Receiver<ClusterEvent>)>>,
+    /// Copies of offline sessions' queues on their way to the cluster thread, and how many
+    /// of them are messages (bounded by [`QUEUE_COPIES_CAPACITY`]; snapshots and ends are
+    /// bounded by the sessions).
+    queue_copies: Sender<QueueCopy>,
+    pub queue_copies_waiting: AtomicUsize,
+    receivers: std::sync::Mutex<Option<ClusterReceivers>>,
 }
+
+/// The cluster thread's ends of the channels from the shards.
+pub type ClusterReceivers = (
+    Receiver<Outgoing>,
+    Receiver<ClusterEvent>,
+    Receiver<QueueCopy>,
+);
 
 impl std::fmt::Debug for ClusterShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -317,6 +375,8 @@ impl ClusterShared {
         let (outbox, outbox_rx) = crossbeam_channel::bounded(OUTBOX_CAPACITY);
         // Interest changes are never dropped: they are bounded by the filters that exist.
         let (changes, changes_rx) = crossbeam_channel::unbounded();
+        // Unbounded, but messages count against `QUEUE_COPIES_CAPACITY`.
+        let (queue_copies, copies_rx) = crossbeam_channel::unbounded();
         Arc::new(ClusterShared {
             outbox,
             changes,
@@ -330,6 +390,9 @@ impl ClusterShared {
             sessions_missed: AtomicU64::new(0),
             resent: AtomicU64::new(0),
             sessions_stored: AtomicU64::new(0),
+            queues_copied: AtomicU64::new(0),
+            queues_not_copied: AtomicU64::new(0),
+            queues_taken: AtomicU64::new(0),
             unconfirmed: AtomicU64::new(0),
             publishes_waiting: AtomicU64::new(0),
             publishes_released: AtomicU64::new(0),
@@ -337,7 +400,9 @@ impl ClusterShared {
             claim_clock,
             handled: (0..shards.max(1)).map(|_| AtomicU64::new(0)).collect(),
             handled_waker: AtomicWaker::new(),
-            receivers: std::sync::Mutex::new(Some((outbox_rx, changes_rx))),
+            queue_copies,
+            queue_copies_waiting: AtomicUsize::new(0),
+            receivers: std::sync::Mutex::new(Some((outbox_rx, changes_rx, copies_rx))),
         })
     }
 
@@ -354,6 +419,9 @@ impl ClusterShared {
             sessions_missed: get(&self.sessions_missed),
             resent: get(&self.resent),
             sessions_stored: get(&self.sessions_stored),
+            queues_copied: get(&self.queues_copied),
+            queues_not_copied: get(&self.queues_not_copied),
+            queues_taken: get(&self.queues_taken),
             unconfirmed: get(&self.unconfirmed),
             publishes_waiting: get(&self.publishes_waiting),
             publishes_released: get(&self.publishes_released),
@@ -379,7 +447,7 @@ impl ClusterShared {
     }
 
     /// The cluster thread's ends of the channels (once).
-    pub fn take_receivers(&self) -> Option<(Receiver<Outgoing>, Receiver<ClusterEvent>)> {
+    pub fn take_receivers(&self) -> Option<ClusterReceivers> {
         self.receivers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -469,7 +537,7 @@ impl ClusterPort {
 
     /// A client resuming its session connected here: the node that holds the session hands
     /// it over (and ends its own connection of the client, as a claim does).
-    pub fn take(&self, client_id: &str, username: Option<&str>) -> AnswerWait<Vec<HandedSession>> {
+    pub fn take(&self, client_id: &str, username: Option<&str>) -> AnswerWait<Taken> {
         let now = self.shared.claim_clock.tick();
         self.connected_at
             .borrow_mut()
@@ -499,6 +567,22 @@ impl ClusterPort {
 
     pub fn tell(&self, change: ClusterEvent) {
         let _ = self.shared.changes.send(change);
+    }
+
+    /// Hands a copy of an offline session's queue to the cluster thread; a message beyond
+    /// [`QUEUE_COPIES_CAPACITY`] waiting is not copied, and counted.
+    pub fn copy_queue(&self, copy: QueueCopy) {
+        if let QueueCopy::Append { .. } = copy {
+            let waiting = &self.shared.queue_copies_waiting;
+            if waiting.load(Ordering::Relaxed) >= QUEUE_COPIES_CAPACITY {
+                self.shared
+                    .queues_not_copied
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            waiting.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = self.shared.queue_copies.send(copy);
     }
 }
 

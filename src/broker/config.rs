@@ -108,6 +108,10 @@ pub struct ClusterConfig {
     pub servers: Vec<String>,
     /// This node's name: unique in the cluster (letters, digits, `-` and `_`).
     pub node_id: String,
+    /// Whether persistent sessions whose clients are away are copied to JetStream with the
+    /// messages queued for them, so that they resume with those messages on another node
+    /// while this one is down (`cluster::node::queues`; on by default).
+    pub queue_copies: bool,
     /// Moves this node's clock for client id claims by this many microseconds: tests use it
     /// to stand for a host whose clock is off (0 otherwise).
     #[doc(hidden)]

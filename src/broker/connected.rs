@@ -558,6 +558,8 @@ impl ConnectedClient {
                 if self.shard.config.shared_redispatch {
                     self.shard.redispatch_shared(&self.session);
                 }
+                // As it now stands, for another node if this one goes down (cluster).
+                self.shard.copy_when_gone(&self.session.borrow(), at_ms);
             }
         }
         if detached && self.session.borrow().clean {

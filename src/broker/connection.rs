@@ -312,7 +312,7 @@ fn start_serving(
                         .ok()
                         .flatten()
                         .unwrap_or_default();
-                    if !handed.is_empty() {
+                    if !handed.sessions.is_empty() || handed.superseded.is_some() {
                         shard.take_in(&connect.client_id, handed).await;
                     }
                 }

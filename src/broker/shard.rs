@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use ahash::AHashMap;
 use tracing::warn;
 
-use super::cluster_port::{AnswerWait, ClusterPort, HandedSession};
+use super::cluster_port::{AnswerWait, ClusterPort};
 use super::config::BrokerConfig;
 use super::connected::session_expiry;
 use super::durability::{Durability, Ticket};
@@ -377,8 +377,10 @@ impl Shard {
                 self.journal_session(&existing.borrow(), |session| Record::Attached { session });
                 self.announce_presence(&existing, true);
                 self.journal_expiry(&existing.borrow());
-                // Online again, maybe with another expiry: the directory's copy says so.
+                // Online again, maybe with another expiry: the directory's copy says so, and
+                // the copy of its queue is no more.
                 self.save_to_directory(&existing, 0);
+                self.copy_ended(&existing.borrow());
                 return (existing, true);
             }
             existing.borrow_mut().kick(Kick::TakenOver);
@@ -426,7 +428,10 @@ impl Shard {
     /// other nodes for theirs (even with one here: after a node was down, both it and the node
     /// the client went to meanwhile hold one); the wait ends with the sessions they handed
     /// over. None (no need to ask) otherwise. See `shard::handoff`.
-    pub fn cluster_take(&self, connect: &Connect) -> Option<AnswerWait<Vec<HandedSession>>> {
+    pub fn cluster_take(
+        &self,
+        connect: &Connect,
+    ) -> Option<AnswerWait<crate::broker::cluster_port::Taken>> {
         let port = self.cluster.get()?;
         if connect.clean_session {
             return None;
@@ -652,6 +657,11 @@ impl Shard {
                     share.map(|k| &**k),
                 );
             }
+        }
+        if result.is_ok() && qos != QoS::AtMostOnce && !s.clean && !s.is_connected() {
+            // Kept for an absent client: copied for another node, should this one go down.
+            let share = share.map(|k| &**k);
+            self.copy_queued(&s, message, (qos, retain), target.subscription_id, share);
         }
         if let (Err(dropped), Some(_)) = (result, share) {
             return Err(Undelivered::Dropped(dropped));

@@ -44,6 +44,7 @@ const KNOWN_KEYS: &[&str] = &[
     "bridge",
     "cluster",
     "node-id",
+    "cluster-queue-copies",
 ];
 
 /// Keys of a `[[listener]]` table: its URL and its own TLS settings.

@@ -165,6 +165,11 @@ pub struct ServeArgs {
     /// This node's name in the cluster, unique among its nodes [default: the host name].
     #[arg(long, value_name = "NAME")]
     node_id: Option<String>,
+    /// Copy persistent sessions whose clients are away, with the messages queued for them, to
+    /// JetStream, so that they resume with those messages on another node while this one is
+    /// down (false: only their subscriptions are there) [default: true].
+    #[arg(long, value_name = "BOOL")]
+    cluster_queue_copies: Option<bool>,
 }
 
 /// Queue limits per session with --data-dir, where queued messages are kept on disk too and
@@ -367,7 +372,12 @@ fn build_config(args: ServeArgs) -> Result<Built, String> {
                 .map_err(|e| format!("invalid metrics-listen: {e}"))?,
         },
         bridges,
-        cluster: cluster_config(&args.cluster, args.node_id, &file)?,
+        cluster: cluster_config(
+            &args.cluster,
+            args.node_id,
+            args.cluster_queue_copies,
+            &file,
+        )?,
         ..defaults
     };
     config.validate().map_err(|e| e.to_string())?;
@@ -378,6 +388,7 @@ fn build_config(args: ServeArgs) -> Result<Built, String> {
 fn cluster_config(
     flag: &[String],
     node_id: Option<String>,
+    queue_copies: Option<bool>,
     file: &ConfigFile,
 ) -> Result<Option<ClusterConfig>, String> {
     let servers = if flag.is_empty() {
@@ -388,6 +399,9 @@ fn cluster_config(
     if servers.is_empty() {
         if node_id.is_some() {
             return Err("invalid --node-id: needs --cluster".into());
+        }
+        if queue_copies.is_some() {
+            return Err("invalid --cluster-queue-copies: needs --cluster".into());
         }
         return Ok(None);
     }
@@ -400,6 +414,7 @@ fn cluster_config(
     Ok(Some(ClusterConfig {
         servers,
         node_id,
+        queue_copies: pick(queue_copies, file.bool("cluster-queue-copies")?, true),
         clock_offset_us: 0,
     }))
 }

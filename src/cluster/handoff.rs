@@ -21,7 +21,7 @@ use futures_lite::StreamExt;
 use tokio::time::{timeout_at, Instant};
 use tracing::{info, warn};
 
-use crate::broker::cluster_port::{answer, Answer, ClusterShared, HandOver, HandedSession};
+use crate::broker::cluster_port::{answer, Answer, ClusterShared, HandOver, Taken};
 use crate::protocol::ByteStr;
 
 /// On a claim: the claiming client resumes its session; the holder hands it over.
@@ -71,7 +71,7 @@ pub async fn take(
     headers: HeaderMap,
     client_id: String,
     shared: Arc<ClusterShared>,
-    answer: Answer<Vec<HandedSession>>,
+    answer: Answer<Taken>,
     (directory, username): (super::node::directory::Directory, Option<String>),
 ) {
     let inbox = client.new_inbox();
@@ -143,22 +143,44 @@ pub async fn take(
         deadline = deadline.max(Instant::now() + TAKE_WAIT);
     }
     if sessions.is_empty() && !answer.is_abandoned() {
-        // No node handed one over (none holds it, or the one that does is down): the
-        // session directory's copy, with the session's subscriptions, if there is one.
+        // No node handed one over (none holds it, or the one that does is down): the copy
+        // its node made when its client went away, with its messages, if there is one;
+        // else the session directory's copy, with the session's subscriptions.
         if let Some(records) = directory
             .get(&client, &client_id, username.as_deref())
             .await
         {
-            info!(client = %client_id, "cluster: session taken from the session directory in JetStream");
+            let copied = super::node::queues::read(&client, &client_id, || answer.is_abandoned());
+            match copied.await {
+                Some(copy) => {
+                    info!(client = %client_id, node = %copy.node, bytes = copy.records.len(), "cluster: session taken with its queue from JetStream");
+                    shared.queues_taken.fetch_add(1, Ordering::Relaxed);
+                    directory
+                        .mark_taken(&client_id, &copy.node, copy.gone_ms)
+                        .await;
+                    sessions.push(copy.records);
+                }
+                None => {
+                    info!(client = %client_id, "cluster: session taken from the session directory in JetStream");
+                    sessions.push(records);
+                }
+            }
             shared.sessions_stored.fetch_add(1, Ordering::Relaxed);
-            sessions.push(records);
         }
+    }
+    let superseded = directory.superseded(&client_id);
+    if superseded.is_some() {
+        // This node's own copy goes (see `Taken::superseded`); so does what says it must.
+        directory.drop_own_tombstone(&client_id).await;
     }
     if !sessions.is_empty() && answer.is_abandoned() {
         shared.sessions_missed.fetch_add(1, Ordering::Relaxed);
         warn!(client = %client_id, "cluster: sessions came from other nodes after their client stopped waiting; they are lost");
     }
-    answer.send(sessions);
+    answer.send(Taken {
+        sessions,
+        superseded,
+    });
 }
 
 fn parse_chunk(text: &str) -> Option<(usize, usize)> {
@@ -175,11 +197,13 @@ pub fn hand_over(
     reply: async_nats::Subject,
     username: Option<ByteStr>,
     node: String,
+    superseded: Option<u64>,
 ) -> (Box<HandOver>, impl std::future::Future<Output = ()>) {
     let (sender, wait) = answer();
     let request = Box::new(HandOver {
         username,
         answer: sender,
+        superseded,
     });
     let respond = async move {
         let session = tokio::time::timeout(HAND_OVER_WAIT, wait)

@@ -28,16 +28,17 @@
 //!   resumes a persistent session asks the other nodes for theirs with its claim, and a node
 //!   that holds one hands it over, messages in flight and queued included ([`handoff`]);
 //!   copies from a node that was down and came back are merged. With JetStream, each
-//!   persistent session's subscriptions are also kept in a bucket (`node::directory`), which
-//!   a resume that no node answered takes instead.
+//!   persistent session's subscriptions are also kept in a bucket (`node::directory`), and
+//!   a session whose client is away with its messages in a stream (`node::queues`), which a
+//!   resume that no node answered takes instead.
 //!
 //! - **Acknowledgements.** QoS 1/2 messages between nodes are acknowledged by the nodes
 //!   that get them and sent again to a node that lost them ([`confirm`]): at least once
 //!   while the sending node lives. QoS 0 crosses at most once (NATS core).
 //!
-//! A QoS 1/2 PUBACK promises delivery on the publisher's node and the hand-over to this
-//! node's NATS thread; a node that dies loses what it had not handed on or acknowledged.
-//! See the README.
+//! A QoS 1/2 PUBACK promises delivery on the publisher's node and that every other node
+//! whose subscribers want the message has it (`marks`). What a node that dies still loses:
+//! see the README.
 
 pub mod confirm;
 pub mod dedupe;

@@ -21,7 +21,9 @@ use super::handoff;
 use super::interest::{self, Part, RemoteNodes};
 use super::subject::{filter_to_subjects, subject_to_topic, topic_to_subject};
 use super::wire::*;
-use crate::broker::cluster_port::{ClusterEvent, ClusterShared, Outgoing, OUTBOX_CAPACITY};
+use crate::broker::cluster_port::{
+    ClusterEvent, ClusterShared, Outgoing, QueueCopy, OUTBOX_CAPACITY,
+};
 use crate::broker::config::ClusterConfig;
 use crate::broker::mesh::{Mesh, Message, Refused, ShardId, ShardMessage};
 use crate::protocol::{ByteStr, QoS};
@@ -30,6 +32,7 @@ mod acks;
 mod claims;
 pub(super) mod directory;
 mod handled;
+pub(super) mod queues;
 mod retained;
 mod retained_kv;
 
@@ -64,6 +67,7 @@ impl ClusterHandle {
 enum Event {
     Out(Vec<Outgoing>),
     Interest(ClusterEvent),
+    Queues(Vec<QueueCopy>),
 }
 
 /// Starts the cluster thread for this node. The NATS connection is made in the background
@@ -88,7 +92,7 @@ pub fn start(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let (outbox, changes) = shared
+    let (outbox, changes, copies) = shared
         .take_receivers()
         .expect("the cluster thread starts once per broker");
     let stop = Arc::new(AtomicBool::new(false));
@@ -101,9 +105,10 @@ pub fn start(
     let feeder = {
         let stop = stop.clone();
         let events = events_tx.clone();
+        let shared = shared.clone();
         std::thread::Builder::new()
             .name("surgemq-cluster-feed".into())
-            .spawn(move || feed(outbox, changes, events, stop))
+            .spawn(move || feed(outbox, changes, (copies, shared), events, stop))
             .map_err(ClusterStartError::Thread)?
     };
     let node = Node {
@@ -153,6 +158,7 @@ pub fn start(
 fn feed(
     outbox: crossbeam_channel::Receiver<Outgoing>,
     changes: crossbeam_channel::Receiver<ClusterEvent>,
+    (copies, shared): (crossbeam_channel::Receiver<QueueCopy>, Arc<ClusterShared>),
     events: mpsc::Sender<Event>,
     stop: Arc<AtomicBool>,
 ) {
@@ -194,6 +200,15 @@ fn feed(
             recv(changes) -> change => {
                 let Ok(change) = change else { return };
                 if events.blocking_send(Event::Interest(change)).is_err() {
+                    return;
+                }
+            }
+            recv(copies) -> first => {
+                let Ok(first) = first else { return };
+                let batch: Vec<QueueCopy> = std::iter::once(first).chain(copies.try_iter().take(1023)).collect();
+                let appends = batch.iter().filter(|c| matches!(c, QueueCopy::Append { .. })).count();
+                shared.queue_copies_waiting.fetch_sub(appends, Ordering::Relaxed);
+                if events.blocking_send(Event::Queues(batch)).is_err() {
                     return;
                 }
             }
@@ -325,13 +340,21 @@ impl Node {
         ));
         // Persistent sessions' subscriptions, for a node that is down (see `directory`).
         let (directory_ops, ops) = mpsc::channel(directory::QUEUE);
-        let sessions = directory::Directory::default();
+        let sessions = directory::Directory::new(&self.id);
         tokio::spawn(directory::keep_directory(
             client.clone(),
             ops,
             sessions.clone(),
         ));
         let mut directory_full = false;
+        // Offline sessions' queues, for a node that is down (see `queues`).
+        let (queue_ops, ops) = mpsc::channel(queues::QUEUE);
+        tokio::spawn(queues::keep_queues(
+            client.clone(),
+            ops,
+            self.id.clone(),
+            self.shared.clone(),
+        ));
         let mut local_shared: BTreeSet<String> = BTreeSet::new();
         // Our interest: filter -> the NATS subscriptions forwarding it.
         let mut local: AHashMap<String, Vec<tokio::task::JoinHandle<()>>> = AHashMap::new();
@@ -437,6 +460,7 @@ impl Node {
                             _ = stop.changed() => break,
                         }
                     }
+                    Some(Event::Queues(batch)) => self.copy_queues(&queue_ops, batch),
                     Some(Event::Interest(change)) => {
                         match change {
                             ClusterEvent::Added(f) => {
@@ -476,6 +500,7 @@ impl Node {
                                 // A clean session here ends the client's session everywhere.
                                 if sessions.knows(&id) {
                                     let _ = directory_ops.try_send(directory::delete_op(&id));
+                                    self.session_ended(&id, &sessions, &directory_ops, &queue_ops);
                                 }
                                 self.claim(&client, id, at).await;
                                 continue;
@@ -483,6 +508,7 @@ impl Node {
                             ClusterEvent::SessionExpired(id) => {
                                 if sessions.knows(&id) {
                                     let _ = directory_ops.try_send(directory::delete_op(&id));
+                                    self.session_ended(&id, &sessions, &directory_ops, &queue_ops);
                                 }
                                 continue;
                             }
@@ -529,7 +555,7 @@ impl Node {
                         }
                     }
                 }
-                Some(m) = claim_sub.next() => self.claimed_elsewhere(&client, m).await,
+                Some(m) = claim_sub.next() => self.claimed_elsewhere(&client, m, &sessions).await,
                 Some(m) = ack_sub.next() => self.take_acks(&m),
                 _ = &mut acks_timer, if acks_at.is_some() => {
                     self.send_acks(&client).await;

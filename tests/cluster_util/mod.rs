@@ -176,6 +176,7 @@ pub fn node(name: &str, shards: usize, servers: Vec<String>) -> Broker {
         cluster: Some(ClusterConfig {
             servers,
             node_id: name.to_string(),
+            queue_copies: true,
             clock_offset_us: 0,
         }),
         ..test_config()

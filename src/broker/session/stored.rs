@@ -51,11 +51,22 @@ pub(super) struct Stored {
     /// left for a newer one on another node while this one was down (see `shard::handoff`).
     /// Here, not in `Session`, which stays small: only journalled sessions are restored.
     pub(super) restored_unclaimed: bool,
+    /// When its client went away (Unix ms) as the journal said at start, if it said.
+    pub(super) restored_gone_ms: Option<u64>,
 }
 impl Session {
     /// Restored from the journal at start, and not attached since (see `Stored`).
     pub fn restored_unclaimed(&self) -> bool {
         self.stored.as_ref().is_some_and(|s| s.restored_unclaimed)
+    }
+
+    /// Restored at start and not attached since: when its client went away (Unix ms), as
+    /// the journal said.
+    pub fn restored_gone_ms(&self) -> Option<u64> {
+        self.stored
+            .as_ref()
+            .filter(|s| s.restored_unclaimed)
+            .and_then(|s| s.restored_gone_ms)
     }
 
     /// The session's number in its shard's journal, if it is written there.
@@ -72,6 +83,7 @@ impl Session {
                 next_seq: 1,
                 sent: Vec::new(),
                 restored_unclaimed: false,
+                restored_gone_ms: None,
             })
         });
     }
@@ -108,6 +120,7 @@ impl Session {
         stored: crate::store::StoredSession,
         detached_at: Instant,
     ) -> Session {
+        let gone_ms = stored.detached_at_ms;
         let mut s = Session::new(stored.client_id, id, false, limits);
         s.username = stored.username;
         s.subscriptions = stored
@@ -119,6 +132,7 @@ impl Session {
         s.detached_at = Some(detached_at);
         if let Some(stored) = &mut s.stored {
             stored.restored_unclaimed = true;
+            stored.restored_gone_ms = gone_ms;
         }
         let mut next_seq = 1;
         // Topic and payload move into the live message: a clone would cost each message one

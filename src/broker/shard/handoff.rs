@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use tracing::{debug, info, warn};
 
 use super::Shard;
-use crate::broker::cluster_port::{HandOver, HandedSession, HANDED_SESSION};
+use crate::broker::cluster_port::{HandOver, HandedSession, QueueCopy, Taken, HANDED_SESSION};
 use crate::broker::compaction::session_records;
 use crate::broker::journal::unix_ms;
 use crate::broker::mesh::{ShardMessage, Subscription};
@@ -31,6 +31,20 @@ use crate::store::{encode_frame, scan, Image, Record, StoredSession};
 /// The token of a subscription applied on the other shards for a session that arrived from
 /// another node: no SUBACK waits for it, so nobody is told when it is applied.
 const NO_REQUEST: u64 = u64::MAX;
+
+/// How much later than the time its copy in JetStream says a restored session may say its
+/// client went, and still be that copy: a journal compacted since recomputes the time from
+/// the session's own clock (a millisecond or so off).
+const SAME_GOING_SLACK_MS: u64 = 1_000;
+
+/// Whether `session` is a copy this node restored at start whose queue another node has
+/// since taken from JetStream (see [`Taken::superseded`]): its messages went there.
+fn superseded(session: &Session, taken: Option<u64>) -> bool {
+    match (session.restored_gone_ms(), taken) {
+        (Some(gone), Some(taken)) => gone <= taken.saturating_add(SAME_GOING_SLACK_MS),
+        _ => false,
+    }
+}
 
 impl Shard {
     /// The client connected to another node at `at` (Unix µs): its session here ends, as a
@@ -57,6 +71,10 @@ impl Shard {
         let handed = hand_over.and_then(|h| {
             let s = existing.borrow();
             let same_user = s.username.as_deref() == h.username.as_deref();
+            if superseded(&s, h.superseded) {
+                info!(client = %client_id, "the session restored here was resumed on another node from its copy in JetStream while this node was down; dropped");
+                return None;
+            }
             if s.clean || !same_user {
                 // Not resumable there: a session that ends with its connection, or another
                 // user's, whose subscriptions were authorized for that user.
@@ -88,8 +106,15 @@ impl Shard {
     /// durable (with `--data-dir`). Normally there is one. More (this node's own copy
     /// included) when a node that was down came back with the copy it held when it went
     /// down, while the client had gone on with a new session elsewhere: see [`merge`].
-    pub(in crate::broker) async fn take_in(&self, client_id: &str, handed: Vec<HandedSession>) {
+    pub(in crate::broker) async fn take_in(&self, client_id: &str, taken: Taken) {
+        let handed = taken.sessions;
         let mut sessions: Vec<StoredSession> = Vec::with_capacity(handed.len() + 1);
+        let local = self.sessions.borrow().find(client_id);
+        if let Some(local) = local.filter(|l| superseded(&l.borrow(), taken.superseded)) {
+            info!(client = %client_id, "the session restored here was resumed on another node from its copy in JetStream while this node was down; dropped");
+            local.borrow_mut().kick(Kick::TakenOver);
+            self.remove_session(&local);
+        }
         for records in &handed {
             match decode_session(records) {
                 Ok(stored) => sessions.push(stored),
@@ -202,6 +227,70 @@ impl Shard {
                 d.as_secs().min(u64::from(u32::MAX - 1)) as u32
             }),
         });
+    }
+}
+
+impl Shard {
+    /// In a cluster: the client of a persistent session went away at `gone_ms` (Unix ms, as
+    /// journalled); the session is copied to JetStream as it stands, so that it resumes with
+    /// its messages on another node if this one is down (`cluster::node::queues`).
+    pub(in crate::broker) fn copy_when_gone(&self, session: &Session, gone_ms: u64) {
+        let Some(port) = self.cluster.get().filter(|_| self.copies_queues()) else {
+            return;
+        };
+        if session.clean || session.own_expiry_secs() == Some(0) {
+            return;
+        }
+        port.copy_queue(QueueCopy::Snapshot {
+            client_id: session.client_id.clone(),
+            gone_ms,
+            records: encode_session(session),
+        });
+    }
+
+    /// In a cluster: a QoS 1/2 message was queued for an offline persistent session (as the
+    /// journal's `queued` record says it); it joins the session's copy in JetStream.
+    pub(in crate::broker) fn copy_queued(
+        &self,
+        session: &Session,
+        message: &crate::broker::mesh::Message,
+        (qos, retain): (crate::protocol::QoS, bool),
+        subscription_id: u32,
+        share: Option<&crate::broker::shared::ShareKey>,
+    ) {
+        let Some(port) = self.cluster.get().filter(|_| self.copies_queues()) else {
+            return;
+        };
+        let record = Record::Queued {
+            session: HANDED_SESSION,
+            seq: session.last_seq(),
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
+            qos,
+            retain,
+            extras: crate::broker::journal::message_extras(message, subscription_id, share),
+        };
+        let mut body = BytesMut::new();
+        let kind = record.encode(&mut body);
+        let mut framed = BytesMut::with_capacity(body.len() + 16);
+        encode_frame(&mut framed, kind, &body);
+        port.copy_queue(QueueCopy::Append {
+            client_id: session.client_id.clone(),
+            record: framed.freeze(),
+        });
+    }
+
+    /// In a cluster: whether offline sessions are copied to JetStream (`--cluster-queue-copies`).
+    fn copies_queues(&self) -> bool {
+        self.config.cluster.as_ref().is_some_and(|c| c.queue_copies)
+    }
+
+    /// In a cluster: a persistent session's client is back here; its copy in JetStream goes
+    /// (it would be stale the moment the client acknowledges a message).
+    pub(in crate::broker) fn copy_ended(&self, session: &Session) {
+        if let Some(port) = self.cluster.get() {
+            port.copy_queue(QueueCopy::Ended(session.client_id.clone()));
+        }
     }
 }
 

@@ -33,6 +33,7 @@ impl Node {
         &self,
         client: &async_nats::Client,
         m: async_nats::Message,
+        directory: &directory::Directory,
     ) {
         let from = m.headers.as_ref().and_then(|h| h.get(NODE));
         if from.is_none_or(|n| n.as_str() == self.incarnation) {
@@ -57,10 +58,17 @@ impl Node {
         match (wants, m.reply) {
             (Some(username), Some(reply)) => {
                 let node = self.incarnation.clone();
-                let (request, respond) = handoff::hand_over(client.clone(), reply, username, node);
+                // This node's copy is no more if another node took it from JetStream.
+                let superseded = directory.superseded(id);
+                let (request, respond) =
+                    handoff::hand_over(client.clone(), reply, username, node, superseded);
                 let msg = ShardMessage::ClaimedElsewhere(ByteStr::from(id), at, Some(request));
                 if self.to_shard(home, msg).await {
                     tokio::spawn(respond);
+                }
+                if superseded.is_some() {
+                    let (directory, id) = (directory.clone(), id.to_string());
+                    tokio::spawn(async move { directory.drop_own_tombstone(&id).await });
                 }
             }
             _ => {

@@ -14,12 +14,19 @@
 //! per spell) and written in order. Until the bucket opens (JetStream may come later than
 //! the node: the node keeps trying every [`RETRY`]), the last change of each client waits
 //! (for [`QUEUE`] clients at most), and a clean connect deletes whether or not an entry is
-//! known. Which keys exist is learnt from a watch of the bucket, so
-//! a clean connect costs no JetStream write unless the client had an entry.
+//! known. Which keys exist is learnt from a watch of the bucket (which first replays every
+//! key's last value, so a node that restarts knows the entries made before), so a clean
+//! connect costs no JetStream write unless the client had an entry.
 //!
 //! The entry is written again when its client connects or goes (with when it went, and the
 //! session's expiry): a copy whose session expired while its node was down is not taken,
 //! and is deleted.
+//!
+//! Beside the entries, tombstones `taken.<client>.<node>` (the value: a Unix ms time, as
+//! text) say that another node resumed the client's session from `<node>`'s copy in
+//! JetStream that was made when the client went away then (`queues`): `<node>`, back with
+//! `--data-dir`, drops the copy it restored instead of handing it over. A tombstone goes
+//! when that node has dropped it, or when the session ends.
 //!
 //! An entry: `version u8 | offline-since u64 (Unix ms, 0: connected) | expiry u32 (seconds,
 //! 0xFFFFFFFF: never) | user u16-len (0xFFFF: none) | user | records`; the key the client id
@@ -78,10 +85,29 @@ pub(super) fn delete_op(client_id: &str) -> KvOp {
 pub(in crate::cluster) struct Directory {
     store: Arc<OnceLock<Store>>,
     keys: Arc<Mutex<ahash::AHashSet<String>>>,
+    /// This node's name as tombstones name it.
+    node_key: Arc<str>,
+    /// Tombstones, by client key.
+    taken: Arc<Mutex<ahash::AHashMap<String, Vec<Tombstone>>>>,
 }
 
-fn key_of(client_id: &str) -> String {
+/// A node (key) whose copy of a session, made when its client went away at the time, another
+/// node took.
+type Tombstone = (String, u64);
+
+const TAKEN: &str = "taken";
+
+pub(super) fn key_of(client_id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE.encode(client_id)
+}
+
+fn tombstone_key(client_key: &str, node_key: &str) -> String {
+    format!("{TAKEN}.{client_key}.{node_key}")
+}
+
+/// A tombstone's client key and node key.
+fn parse_tombstone(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(TAKEN)?.strip_prefix('.')?.split_once('.')
 }
 
 fn encode_entry(username: Option<&str>, life: Life, records: &[u8]) -> Bytes {
@@ -125,6 +151,87 @@ fn decode_entry(mut bytes: Bytes) -> Option<(Option<String>, Life, Bytes)> {
 }
 
 impl Directory {
+    /// The directory of node `node` (its `--node-id`).
+    pub(super) fn new(node: &str) -> Directory {
+        Directory {
+            node_key: key_of(node).into(),
+            ..Directory::default()
+        }
+    }
+
+    /// If another node resumed the client's session from this node's copy in JetStream: the
+    /// time that copy says its client went away.
+    pub(in crate::cluster) fn superseded(&self, client_id: &str) -> Option<u64> {
+        let taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let of_client = taken.get(&key_of(client_id))?;
+        of_client
+            .iter()
+            .find(|(node, _)| **node == *self.node_key)
+            .map(|&(_, at)| at)
+    }
+
+    /// Writes the tombstone that says this node resumed the client's session from `node`'s
+    /// copy made at `gone_ms`.
+    pub(in crate::cluster) async fn mark_taken(&self, client_id: &str, node: &str, gone_ms: u64) {
+        let Some(store) = self.store.get() else {
+            return warn!(client = %client_id, "cluster: the session bucket is not open; the node the session was taken from will not know it, and may deliver its messages again when it comes back");
+        };
+        let key = tombstone_key(&key_of(client_id), &key_of(node));
+        if let Err(e) = store.put(key, gone_ms.to_string().into()).await {
+            warn!(client = %client_id, "cluster: cannot write that a session was taken from a copy in JetStream ({e}); the node it was taken from may deliver its messages again when it comes back");
+        }
+    }
+
+    /// The changes that delete the client's tombstones: all of them (its session ended), or
+    /// only the one naming this node (`own`: this node dropped its copy).
+    pub(super) fn tombstones_gone(&self, client_id: &str, own: bool) -> Vec<KvOp> {
+        let client_key = key_of(client_id);
+        let taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(of_client) = taken.get(&client_key) else {
+            return Vec::new();
+        };
+        of_client
+            .iter()
+            .filter(|(node, _)| !own || **node == *self.node_key)
+            .map(|(node, _)| KvOp::Delete(tombstone_key(&client_key, node)))
+            .collect()
+    }
+
+    /// Deletes the tombstone naming this node (it dropped its copy).
+    pub(in crate::cluster) async fn drop_own_tombstone(&self, client_id: &str) {
+        let Some(store) = self.store.get() else {
+            return;
+        };
+        for op in self.tombstones_gone(client_id, true) {
+            let mut failing = false;
+            write(store, op, &mut failing, "tombstones of taken sessions").await;
+        }
+    }
+
+    /// Follows a change of a key in the bucket.
+    fn watched(&self, key: String, value: Option<&[u8]>) {
+        let Some((client_key, node_key)) = parse_tombstone(&key) else {
+            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            match value {
+                Some(_) => keys.insert(key),
+                None => keys.remove(&key),
+            };
+            return;
+        };
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let of_client = taken.entry(client_key.to_string()).or_default();
+        of_client.retain(|(node, _)| node != node_key);
+        let at = value
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok());
+        if let Some(at) = at {
+            of_client.push((node_key.to_string(), at));
+        }
+        if of_client.is_empty() {
+            taken.remove(client_key);
+        }
+    }
+
     /// Whether the client may have an entry: as far as the watch has told, or (until the
     /// bucket is open here and the watch tells) perhaps.
     pub(super) fn knows(&self, client_id: &str) -> bool {
@@ -208,19 +315,16 @@ pub(super) async fn keep_directory(
         }
     };
     let _ = directory.store.set(store.clone());
-    let keys = directory.keys.clone();
+    let watcher = directory.clone();
     let watching = store.clone();
     tokio::spawn(async move {
-        let Ok(mut watch) = watching.watch_all().await else {
+        let Ok(mut watch) = watching.watch_with_history(">").await else {
             return warn!("cluster: cannot watch the session bucket");
         };
         while let Some(entry) = watch.next().await {
             let Ok(entry) = entry else { continue };
-            let mut keys = keys.lock().unwrap_or_else(|e| e.into_inner());
-            match entry.operation {
-                Operation::Put => keys.insert(entry.key),
-                Operation::Delete | Operation::Purge => keys.remove(&entry.key),
-            };
+            let value = matches!(entry.operation, Operation::Put).then_some(&entry.value[..]);
+            watcher.watched(entry.key, value);
         }
     });
     let mut failing = false;
@@ -256,6 +360,29 @@ mod tests {
         short.truncate(short.len() - 2);
         assert_eq!(decode_entry(Bytes::from(short)), None);
         assert_eq!(key_of("a b/c"), "YSBiL2M=");
+    }
+
+    #[test]
+    fn tombstones_name_the_node_whose_copy_was_taken() {
+        let directory = Directory::new("a");
+        let (client, a, b) = (key_of("c"), key_of("a"), key_of("b"));
+        directory.watched(tombstone_key(&client, &b), Some(b"5"));
+        assert_eq!(directory.superseded("c"), None, "b's copy, not this node's");
+        directory.watched(tombstone_key(&client, &a), Some(b"7"));
+        assert_eq!(directory.superseded("c"), Some(7));
+        assert_eq!(directory.superseded("d"), None);
+        assert!(directory.keys.lock().unwrap().is_empty(), "no entry");
+        let own = directory.tombstones_gone("c", true);
+        assert_eq!(own.len(), 1);
+        assert!(matches!(&own[0], KvOp::Delete(k) if *k == tombstone_key(&client, &a)));
+        assert_eq!(directory.tombstones_gone("c", false).len(), 2);
+        directory.watched(tombstone_key(&client, &a), None);
+        assert_eq!(directory.superseded("c"), None);
+        directory.watched(tombstone_key(&client, &b), None);
+        assert!(directory.tombstones_gone("c", false).is_empty());
+        assert_eq!(parse_tombstone("taken.x.y"), Some(("x", "y")));
+        assert_eq!(parse_tombstone("takenx.y"), None);
+        assert_eq!(parse_tombstone(&client), None);
     }
 
     #[test]

@@ -1,0 +1,448 @@
+//! Offline sessions' queues in JetStream (the stream [`STREAM`]), so that a client whose
+//! persistent session lived on a node that is down resumes it elsewhere with the messages
+//! queued for it, not only with its subscriptions (`directory`).
+//!
+//! When a persistent session's client goes away, its node writes the session as a hand-over
+//! carries it (subscriptions, messages in flight and queued: `shard::handoff`) to the subject
+//! `$SMQ.q.<client>`, after purging what was there, the first message headed [`SNAPSHOT`]
+//! with when the client went and the node's name; each QoS 1/2 message queued for the
+//! session afterwards is appended as the record a log holds for it. The subject's payloads,
+//! concatenated, are the session. When its client comes back (to any node), a clean connect
+//! ends it or it expires, the subject is purged. Copies are written in order, several in
+//! flight at once, and the messages queued for one session meanwhile go as one JetStream
+//! message (up to NATS's max payload: the reader concatenates them all the same); they are
+//! asynchronous to the publishers (whose PUBACK waits for this node's own queue and, with
+//! `--data-dir`, its disk, not for JetStream).
+//!
+//! A node resuming a session that no node handed over (its node is down) reads the subject
+//! ([`read`]): if it begins with a snapshot, that copy is taken instead of the directory's,
+//! and a tombstone `taken.<client>.<node>` (the snapshot's time) goes into the session
+//! bucket. The node that wrote the snapshot, should it come back with `--data-dir`, finds
+//! its restored copy superseded and drops it instead of merging it into the client's session
+//! (its messages were delivered from the snapshot; merged, they would come twice). The
+//! subject is purged only once the new node has the session (its client attaches there), so
+//! a node that dies while taking it loses nothing.
+
+use std::collections::VecDeque;
+
+use ahash::AHashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishAckFuture, stream};
+use async_nats::HeaderMap;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::broker::cluster_port::{ClusterShared, QueueCopy};
+use crate::protocol::ByteStr;
+
+/// The stream every node of a cluster shares.
+pub(super) const STREAM: &str = "SMQ_QUEUES";
+/// Subjects: `$SMQ.q.<client id in URL-safe base64>`.
+const PREFIX: &str = "$SMQ.q";
+/// On a session's first message: `GONE_MS NODE`, when its client went (Unix ms, the node's
+/// clock) and the node that wrote it.
+const SNAPSHOT: &str = "Smq-Snapshot";
+/// Batches of copies (of up to 1,024, as the shards' channel gives them) waiting for the
+/// stream task at most (beyond: not copied, counted).
+pub(super) const QUEUE: usize = 64;
+/// Copies written and not yet acknowledged by JetStream, at most.
+const IN_FLIGHT: usize = 256;
+/// Bytes gathered for all subjects at most before they are written.
+const GATHER_MAX: usize = 8 << 20;
+/// The pause between attempts to open the stream.
+const RETRY: Duration = Duration::from_secs(5);
+
+fn subject_of(client_id: &str) -> String {
+    format!("{PREFIX}.{}", super::directory::key_of(client_id))
+}
+
+/// A session read back from its copy in JetStream.
+pub(in crate::cluster) struct Copied {
+    /// The session's records (see `shard::handoff`), messages included.
+    pub records: Bytes,
+    /// The node that wrote it, and when the client went away there (its clock).
+    pub node: String,
+    pub gone_ms: u64,
+}
+
+/// Reads the client's session from its copy, if it has one that begins with a snapshot.
+/// Stops (None) when `abandoned` says nobody waits any more.
+pub(in crate::cluster) async fn read(
+    client: &async_nats::Client,
+    client_id: &str,
+    abandoned: impl Fn() -> bool,
+) -> Option<Copied> {
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream_no_info(STREAM).await.ok()?;
+    let subject = subject_of(client_id);
+    let mut records = BytesMut::new();
+    let mut head: Option<(u64, String)> = None;
+    let mut next = 1;
+    loop {
+        let got = stream
+            .raw_message_builder()
+            .sequence(next)
+            .next_by_subject(subject.clone())
+            .send()
+            .await;
+        let m = match got {
+            Ok(m) => m,
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
+            Err(e) => {
+                warn!(client = %client_id, "cluster: cannot read the session's queue from JetStream: {e}");
+                return None;
+            }
+        };
+        if abandoned() {
+            return None;
+        }
+        if m.subject.as_str() != subject {
+            // A server that ignores "next by subject" answers with whatever is at `next`.
+            warn!(client = %client_id, "cluster: this NATS server cannot read a session's queue from JetStream by subject");
+            return None;
+        }
+        next = m.sequence + 1;
+        if let Some(snapshot) = m.headers.get(SNAPSHOT).and_then(|v| parse_head(v.as_str())) {
+            // (A newer snapshot written while this was read replaces what came before.)
+            records.clear();
+            head = Some(snapshot);
+        }
+        if head.is_some() {
+            records.extend_from_slice(&m.payload);
+        }
+    }
+    let (gone_ms, node) = head?;
+    Some(Copied {
+        records: records.freeze(),
+        node,
+        gone_ms,
+    })
+}
+
+fn parse_head(text: &str) -> Option<(u64, String)> {
+    let (gone, node) = text.split_once(' ')?;
+    Some((gone.parse().ok()?, node.to_string()))
+}
+
+/// What the stream task does, in order.
+pub(super) enum QueueOp {
+    Copies(Vec<QueueCopy>),
+    /// The session ended (clean connect, expiry): its copy goes.
+    Purge(String),
+}
+
+/// The stream task: opens the stream (trying again every [`RETRY`] while JetStream is not
+/// there; what comes meanwhile is not copied, and counted) and writes the copies `ops`
+/// brings, in order, until the node stops.
+pub(super) async fn keep_queues(
+    client: async_nats::Client,
+    mut ops: mpsc::Receiver<QueueOp>,
+    node: String,
+    shared: Arc<ClusterShared>,
+) {
+    let js = jetstream::new(client.clone());
+    let mut said = false;
+    let stream = loop {
+        let opening = open_stream(&js);
+        tokio::pin!(opening);
+        let opened = loop {
+            tokio::select! {
+                opened = &mut opening => break opened,
+                op = ops.recv() => match op {
+                    None => return,
+                    Some(QueueOp::Purge(_)) => {}
+                    Some(QueueOp::Copies(copies)) => {
+                        shared.queues_not_copied.fetch_add(count_copies(&copies), Ordering::Relaxed);
+                    }
+                },
+            }
+        };
+        match opened {
+            Ok(stream) => break stream,
+            Err(e) => {
+                if !std::mem::replace(&mut said, true) {
+                    info!("cluster: no JetStream stream for offline sessions' queues yet ({e}; trying again every {}s); until then a session on a node that is down resumes without its messages", RETRY.as_secs());
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    };
+    let max = js.client().server_info().max_payload.max(64 * 1024);
+    let mut writer = Writer {
+        js,
+        stream,
+        node,
+        shared,
+        // Room for the headers and the protocol line.
+        chunk: max - 4096,
+        pending: VecDeque::new(),
+        appends: AHashMap::new(),
+        gathered: 0,
+        failing: false,
+    };
+    loop {
+        let op = match ops.try_recv() {
+            Ok(op) => op,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                // Nothing more for now: out with what is gathered, wait for what is in
+                // flight, then for more.
+                writer.flush_appends().await;
+                writer.settle(0).await;
+                match ops.recv().await {
+                    Some(op) => op,
+                    None => break,
+                }
+            }
+        };
+        writer.write(op).await;
+    }
+    writer.flush_appends().await;
+    writer.settle(0).await;
+}
+
+async fn open_stream(js: &jetstream::Context) -> Result<stream::Stream, String> {
+    if let Ok(stream) = js.get_stream(STREAM).await {
+        return Ok(stream);
+    }
+    let mut last_error = String::new();
+    // Replicated as the session bucket is (`retained_kv::open_bucket`), on a single server
+    // as it must.
+    for replicas in [3, 1] {
+        let config = stream::Config {
+            name: STREAM.to_string(),
+            description: Some("SurgeMQ offline sessions' queues".to_string()),
+            subjects: vec![format!("{PREFIX}.>")],
+            allow_direct: true,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        match js.create_stream(config).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    // Another node may have made it meanwhile.
+    js.get_stream(STREAM).await.map_err(|_| last_error)
+}
+
+struct Writer {
+    js: jetstream::Context,
+    stream: stream::Stream,
+    node: String,
+    shared: Arc<ClusterShared>,
+    /// How large one JetStream message may be.
+    chunk: usize,
+    /// Copies written, oldest first, whose acknowledgement has not come yet, with how many
+    /// copies each holds.
+    pending: VecDeque<(PublishAckFuture, u64)>,
+    /// Messages queued for offline sessions, gathered per subject until nothing more comes
+    /// at once (or a JetStream message is full): (records, how many).
+    appends: AHashMap<ByteStr, (BytesMut, u64)>,
+    /// Their bytes, for all subjects.
+    gathered: usize,
+    /// Whether the last write failed (said once per spell).
+    failing: bool,
+}
+
+impl Writer {
+    async fn write(&mut self, op: QueueOp) {
+        match op {
+            QueueOp::Copies(copies) => {
+                for copy in copies {
+                    self.copy(copy).await;
+                }
+            }
+            QueueOp::Purge(client_id) => {
+                self.forget_appends(client_id.as_str());
+                self.purge(&subject_of(&client_id)).await
+            }
+        }
+    }
+
+    async fn copy(&mut self, copy: QueueCopy) {
+        match copy {
+            QueueCopy::Snapshot {
+                client_id,
+                gone_ms,
+                records,
+            } => {
+                // What was gathered before belongs to what the purge removes.
+                self.forget_appends(&client_id);
+                let subject = subject_of(&client_id);
+                self.purge(&subject).await;
+                let mut headers = HeaderMap::new();
+                let head = format!("{gone_ms} {}", self.node);
+                headers.insert(SNAPSHOT, head.as_str());
+                self.publish(subject, Some(headers), records, 1).await;
+            }
+            QueueCopy::Append { client_id, record } => {
+                let gathered = self.appends.get(&client_id).map_or(0, |(b, _)| b.len());
+                if gathered > 0 && gathered + record.len() > self.chunk {
+                    self.flush_client(&client_id).await;
+                }
+                let (records, count) = self.appends.entry(client_id).or_default();
+                records.extend_from_slice(&record);
+                *count += 1;
+                self.gathered += record.len();
+                if self.gathered > GATHER_MAX {
+                    self.flush_appends().await;
+                }
+            }
+            QueueCopy::Ended(client_id) => {
+                self.forget_appends(&client_id);
+                self.purge(&subject_of(&client_id)).await
+            }
+        }
+    }
+
+    /// Drops what was gathered for a client, which a purge is about to remove.
+    fn forget_appends(&mut self, client_id: &str) {
+        if let Some((records, _)) = self.appends.remove(client_id) {
+            self.gathered -= records.len();
+        }
+    }
+
+    async fn flush_client(&mut self, client_id: &str) {
+        if let Some((records, count)) = self.appends.remove(client_id) {
+            self.gathered -= records.len();
+            self.publish(subject_of(client_id), None, records.freeze(), count)
+                .await;
+        }
+    }
+
+    /// Writes every client's gathered messages.
+    async fn flush_appends(&mut self) {
+        let gathered: Vec<_> = self.appends.drain().collect();
+        self.gathered = 0;
+        for (client_id, (records, count)) in gathered {
+            self.publish(subject_of(&client_id), None, records.freeze(), count)
+                .await;
+        }
+    }
+
+    /// Writes `payload`, which holds `copies` copies (in several messages when it is larger
+    /// than a NATS message may be: the reader concatenates them), `headers` on the first.
+    async fn publish(
+        &mut self,
+        subject: String,
+        mut headers: Option<HeaderMap>,
+        payload: Bytes,
+        copies: u64,
+    ) {
+        let size = self.chunk;
+        let count = payload.len().div_ceil(size).max(1);
+        for index in 0..count {
+            let part = payload.slice(index * size..((index + 1) * size).min(payload.len()));
+            // The copies count once, with the last part.
+            let copies = if index + 1 == count { copies } else { 0 };
+            self.settle(IN_FLIGHT - 1).await;
+            let sent = match headers.take() {
+                Some(h) => self.js.publish_with_headers(subject.clone(), h, part).await,
+                None => self.js.publish(subject.clone(), part).await,
+            };
+            match sent {
+                Ok(ack) => self.pending.push_back((ack, copies)),
+                Err(e) => self.failed(e.to_string(), copies),
+            }
+        }
+    }
+
+    /// Purges a subject, once what was written before is stored (JetStream takes requests
+    /// and messages by different paths). What is gathered for other subjects goes first: a
+    /// purge's round trip is long enough.
+    async fn purge(&mut self, subject: &str) {
+        self.flush_appends().await;
+        self.settle(0).await;
+        if let Err(e) = self.stream.purge().filter(subject).await {
+            warn!("cluster: cannot purge an offline session's queue in JetStream: {e}");
+        }
+    }
+
+    /// Waits for acknowledgements until at most `keep` copies are in flight.
+    async fn settle(&mut self, keep: usize) {
+        while self.pending.len() > keep {
+            let Some((ack, copies)) = self.pending.pop_front() else {
+                return;
+            };
+            match ack.await {
+                Ok(_) => {
+                    self.shared
+                        .queues_copied
+                        .fetch_add(copies, Ordering::Relaxed);
+                    if std::mem::take(&mut self.failing) {
+                        info!("cluster: offline sessions' queues are copied to JetStream again");
+                    }
+                }
+                Err(e) => self.failed(e.to_string(), copies),
+            }
+        }
+    }
+
+    fn failed(&mut self, why: String, copies: u64) {
+        self.shared
+            .queues_not_copied
+            .fetch_add(copies, Ordering::Relaxed);
+        if !std::mem::replace(&mut self.failing, true) {
+            warn!("cluster: cannot copy an offline session's queue to JetStream ({why}); a client whose node goes down may resume without messages queued for it meanwhile");
+        }
+    }
+}
+
+/// How many copies a batch holds.
+fn count_copies(copies: &[QueueCopy]) -> u64 {
+    copies.len() as u64
+}
+
+impl super::Node {
+    /// Hands copies to the stream task; with no room for them (JetStream slower than the
+    /// shards for long), they are not made, and counted: the main loop never waits for
+    /// JetStream.
+    pub(super) fn copy_queues(&self, ops: &mpsc::Sender<QueueOp>, copies: Vec<QueueCopy>) {
+        if let Err(e) = ops.try_send(QueueOp::Copies(copies)) {
+            let (mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op)) = e;
+            if let QueueOp::Copies(copies) = op {
+                let lost = count_copies(&copies);
+                self.shared
+                    .queues_not_copied
+                    .fetch_add(lost, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A persistent session ended (a clean connect, or it expired): its queue's copy and
+    /// the tombstones of copies taken go.
+    pub(super) fn session_ended(
+        &self,
+        client_id: &str,
+        directory: &super::directory::Directory,
+        directory_ops: &mpsc::Sender<super::KvOp>,
+        ops: &mpsc::Sender<QueueOp>,
+    ) {
+        for op in directory.tombstones_gone(client_id, false) {
+            let _ = directory_ops.try_send(op);
+        }
+        let _ = ops.try_send(QueueOp::Purge(client_id.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_head_reads_back() {
+        assert_eq!(
+            parse_head("1700000000000 node a"),
+            Some((1_700_000_000_000, "node a".to_string()))
+        );
+        assert_eq!(parse_head("x a"), None);
+        assert_eq!(parse_head("12"), None);
+        assert_eq!(subject_of("a b/c"), "$SMQ.q.YSBiL2M=");
+    }
+}

@@ -1,0 +1,198 @@
+//! Offline sessions' queues kept in JetStream (`cluster::node::queues`; real nats-server
+//! cluster, nodes as their own processes, killed with SIGKILL): a client whose session's node
+//! died resumes it on another node with the message it had not acknowledged and everything
+//! queued for it, in order; and a node that comes back with `--data-dir` after another node
+//! took its copy does not deliver those messages again, whether the client resumes on it or
+//! on the other node.
+#![cfg(feature = "cluster")]
+
+mod cluster_util;
+mod common;
+
+use std::time::Duration;
+
+use cluster_util::*;
+use common::*;
+
+/// Payload `i`: about 2 KiB, its number first, so 600 of them are more than NATS's default
+/// 1 MB max payload.
+fn payload(i: u16) -> Vec<u8> {
+    let mut p = format!("{i:05}").into_bytes();
+    p.resize(2048, b'x');
+    p
+}
+
+/// Waits until the copy of `client_id`'s queue in JetStream ends with a message whose
+/// payload holds `last` (the copies are written in the background).
+fn until_copied(nats: &Nats, client_id: &str, last: &[u8]) {
+    use base64::Engine as _;
+    let subject = format!(
+        "$SMQ.q.{}",
+        base64::engine::general_purpose::URL_SAFE.encode(client_id)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    run(async {
+        let client = async_nats::connect(nats.url(2)).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        loop {
+            if let Ok(stream) = js.get_stream("SMQ_QUEUES").await {
+                if let Ok(m) = stream.get_last_raw_message_by_subject(&subject).await {
+                    if m.payload.windows(last.len()).any(|w| w == last) {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{client_id}'s queue was never copied up to {:?}",
+                String::from_utf8_lossy(last)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+fn resume(node: &NodeProcess, client_id: &str, present: bool) -> RawClient {
+    let mut c = RawClient::open(node.addr());
+    c.send(&ConnectBuilder::new(client_id).clean(false).build());
+    c.expect_bytes(&[0x20, 0x02, u8::from(present), 0x00]);
+    c
+}
+
+/// A node dies (SIGKILL, no `--data-dir`) while a persistent session's client is away, with
+/// a message in flight and 600 queued (acknowledged to their publisher): the client resumes
+/// on another node with all of them, the unacknowledged one first with DUP and its packet id,
+/// then the queue in order; then what is published from then on.
+#[test]
+fn a_session_whose_node_died_resumes_elsewhere_with_its_queued_messages() {
+    let nats = Nats::start();
+    let mut a = NodeProcess::start("a", &nats.url(0));
+    let b = NodeProcess::start("b", &nats.url(1));
+    let mut client = resume(&a, "roamer", false);
+    client.subscribe(1, &[("jobs/#", 1)]);
+    let mut publisher = connect_to(a.addr(), "publisher");
+    publisher.publish1("jobs/first", b"in flight", false, 1);
+    let (unacked, _) = client.next_publish();
+    client.crash_and_wait();
+    for i in 1..=600u16 {
+        publisher.publish1("jobs/queued", &payload(i), false, i + 1);
+    }
+    until_copied(&nats, "roamer", &payload(600)[..5]);
+    a.kill();
+
+    let mut client = resume(&b, "roamer", true);
+    let (again, frame) = client.next_publish();
+    assert_eq!(
+        frame[0],
+        0x3a,
+        "PUBLISH QoS 1 with DUP: {:02x?}",
+        &frame[..4]
+    );
+    assert_eq!(
+        (&again.payload[..], again.packet_id),
+        (&b"in flight"[..], unacked.packet_id)
+    );
+    client.ack(&again);
+    for i in 1..=600u16 {
+        let (p, _) = client.next_publish();
+        assert_eq!(&p.payload[..5], &payload(i)[..5], "message {i}");
+        assert_eq!(p.payload.len(), 2048);
+        client.ack(&p);
+    }
+    client.expect_nothing();
+    let mut publisher = connect_to(b.addr(), "publisher-b");
+    publisher.publish1("jobs/after", b"after", false, 1);
+    let (p, _) = client.next_publish();
+    assert_eq!(&p.payload[..], b"after");
+}
+
+/// Node a (with `--data-dir`) dies while two persistent sessions' clients are away with five
+/// messages queued each; both clients resume on b, from a's copies in JetStream, and
+/// acknowledge the messages. When a comes back with its own copies from disk, neither client
+/// gets them again: not one that resumes on a (a drops its copy and takes b's), nor one that
+/// resumes on b (a is asked for the session and hands none over). Both keep their
+/// subscriptions.
+#[test]
+fn a_node_back_with_copies_another_node_took_does_not_deliver_them_again() {
+    let nats = Nats::start();
+    let dir = std::env::temp_dir().join(format!("surgemq-cluster-queues-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = ["--data-dir", dir.to_str().unwrap()];
+    let mut a = NodeProcess::start_with("a", &nats.url(0), &data);
+    let b = NodeProcess::start("b", &nats.url(1));
+    for id in ["back-to-a", "stays-on-b"] {
+        let mut client = resume(&a, id, false);
+        client.subscribe(1, &[("jobs/#", 1)]);
+        client.crash_and_wait();
+    }
+    let mut publisher = connect_to(a.addr(), "publisher");
+    for i in 1..=5u16 {
+        publisher.publish1("jobs/x", &payload(i), false, i);
+    }
+    for id in ["back-to-a", "stays-on-b"] {
+        until_copied(&nats, id, &payload(5)[..5]);
+    }
+    a.kill();
+    for id in ["back-to-a", "stays-on-b"] {
+        let mut client = resume(&b, id, true);
+        for i in 1..=5u16 {
+            let (p, _) = client.next_publish();
+            assert_eq!(&p.payload[..5], &payload(i)[..5], "{id}: message {i}");
+            client.ack(&p);
+        }
+        client.expect_nothing();
+        client.disconnect();
+    }
+
+    let a = NodeProcess::start_with("a", &nats.url(0), &data);
+    // Once a knows b again (b's interest has reached it), so a waits for b's answer.
+    let mut probe_sub = connect_to(b.addr(), "probe-sub");
+    probe_sub.subscribe(1, &[("probe/m", 0)]);
+    let mut probe_pub = connect_to(a.addr(), "probe-pub");
+    until_connected(&mut probe_pub, &mut probe_sub, "probe/m");
+    let mut back_to_a = resume(&a, "back-to-a", true);
+    back_to_a.expect_nothing();
+    let mut stays_on_b = resume(&b, "stays-on-b", true);
+    stays_on_b.expect_nothing();
+    let mut publisher = connect_to(a.addr(), "publisher-a");
+    until_connected(&mut publisher, &mut stays_on_b, "jobs/probe");
+    publisher.publish1("jobs/after", b"after", false, 1);
+    for client in [&mut back_to_a, &mut stays_on_b] {
+        // (back-to-a also gets the probes, on a.)
+        let before = client.payloads_until(b"after");
+        assert!(
+            before.iter().all(|p| p == b"probe"),
+            "{} came again",
+            before.len()
+        );
+        client.expect_nothing();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--cluster-queue-copies false`: node a copies no queue to JetStream, so a session whose
+/// node died resumes on b with its subscriptions (from the session directory) and without the
+/// messages a held for it.
+#[test]
+fn a_node_that_does_not_copy_queues_leaves_only_subscriptions() {
+    let nats = Nats::start();
+    let no_copies = ["--cluster-queue-copies", "false"];
+    let mut a = NodeProcess::start_with("a", &nats.url(0), &no_copies);
+    let b = NodeProcess::start("b", &nats.url(1));
+    let mut client = resume(&a, "roamer", false);
+    client.subscribe(1, &[("jobs/#", 1)]);
+    client.crash_and_wait();
+    let mut publisher = connect_to(a.addr(), "publisher");
+    for i in 1..=5u16 {
+        publisher.publish1("jobs/x", &payload(i), false, i);
+    }
+    // Time enough for copies, were they made (they take milliseconds).
+    std::thread::sleep(Duration::from_secs(1));
+    a.kill();
+    let mut client = resume(&b, "roamer", true);
+    client.expect_nothing();
+    let mut publisher = connect_to(b.addr(), "publisher-b");
+    publisher.publish1("jobs/after", b"after", false, 1);
+    let (p, _) = client.next_publish();
+    assert_eq!(&p.payload[..], b"after");
+}
