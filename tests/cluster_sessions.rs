@@ -31,14 +31,6 @@ fn two_nodes(nats: &Nats) -> (Broker, Broker) {
     (a, b)
 }
 
-/// Payload `i` of the queued run: about 2 KiB, so 600 of them are more than NATS's default
-/// 1 MB max payload.
-fn payload(i: u16) -> Vec<u8> {
-    let mut p = format!("{i:05}").into_bytes();
-    p.resize(2048, b'x');
-    p
-}
-
 #[test]
 fn a_session_resumed_on_another_node_brings_what_it_was_owed() {
     let nats = Nats::start();
@@ -54,30 +46,13 @@ fn a_session_resumed_on_another_node_brings_what_it_was_owed() {
     // queued for the session on a.
     client.crash_and_wait();
     for i in 1..=600u16 {
-        publisher.publish1("jobs/queued", &payload(i), false, i + 1);
+        publisher.publish1("jobs/queued", &queued_payload(i), false, i + 1);
     }
 
     // Resumed on b: Session Present, the unacknowledged one again with DUP and its packet id
     // (MQTT-4.4.0-1), then the queue in order.
     let mut client = b.resume(&roamer);
-    let (again, frame) = client.next_publish();
-    assert_eq!(
-        frame[0],
-        0x3a,
-        "PUBLISH QoS 1 with DUP: {:02x?}",
-        &frame[..4]
-    );
-    assert_eq!(
-        (&again.payload[..], again.packet_id),
-        (&b"in flight"[..], unacked.packet_id)
-    );
-    client.ack(&again);
-    for i in 1..=600u16 {
-        let (p, _) = client.next_publish();
-        assert_eq!(&p.payload[..5], &payload(i)[..5], "message {i}");
-        assert_eq!(p.payload.len(), 2048);
-        client.ack(&p);
-    }
+    expect_owed(&mut client, unacked.packet_id, 600);
     // Its subscription moved too: what a's publisher sends now reaches it on b, once.
     until_connected(&mut publisher, &mut client, "jobs/probe");
     publisher.publish1("jobs/after", b"after", false, 700);

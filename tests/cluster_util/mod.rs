@@ -273,3 +273,35 @@ pub fn connect_to(addr: std::net::SocketAddr, id: &str) -> RawClient {
     c.expect_bytes(&[0x20, 0x02, 0x00, 0x00]);
     c
 }
+
+/// Payload `i` of a queued run: about 2 KiB, its number first, so 600 of them are more than
+/// NATS's default 1 MB max payload.
+pub fn queued_payload(i: u16) -> Vec<u8> {
+    let mut p = format!("{i:05}").into_bytes();
+    p.resize(2048, b'x');
+    p
+}
+
+/// What a resumed session owes its client: the message it had not acknowledged (`unacked`,
+/// payload "in flight") again with DUP and its packet id (MQTT-4.4.0-1), then `queued`
+/// messages of [`queued_payload`] in order; each acknowledged.
+pub fn expect_owed(client: &mut RawClient, unacked: u16, queued: u16) {
+    let (again, frame) = client.next_publish();
+    assert_eq!(
+        frame[0],
+        0x3a,
+        "PUBLISH QoS 1 with DUP: {:02x?}",
+        &frame[..4]
+    );
+    assert_eq!(
+        (&again.payload[..], again.packet_id),
+        (&b"in flight"[..], unacked)
+    );
+    client.ack(&again);
+    for i in 1..=queued {
+        let (p, _) = client.next_publish();
+        assert_eq!(&p.payload[..5], &queued_payload(i)[..5], "message {i}");
+        assert_eq!(p.payload.len(), 2048);
+        client.ack(&p);
+    }
+}
