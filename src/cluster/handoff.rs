@@ -168,7 +168,7 @@ pub async fn take(
             shared.sessions_stored.fetch_add(1, Ordering::Relaxed);
         }
     }
-    let superseded = directory.superseded(&client_id);
+    let superseded = directory.superseded_now(&client, &client_id).await;
     if superseded.is_some() {
         // This node's own copy goes (see `Taken::superseded`); so does what says it must.
         directory.drop_own_tombstone(&client_id).await;

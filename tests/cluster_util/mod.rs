@@ -153,7 +153,7 @@ pub fn wait_listening(port: u16) {
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(15),
             "nothing listens on {port}"
         );
         std::thread::sleep(Duration::from_millis(10));

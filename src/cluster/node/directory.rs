@@ -170,6 +170,30 @@ impl Directory {
             .map(|&(_, at)| at)
     }
 
+    /// [`Self::superseded`], asking the bucket itself when the watch has not told (it may not
+    /// have replayed the bucket yet: this node may have just started).
+    pub(in crate::cluster) async fn superseded_now(
+        &self,
+        client: &async_nats::Client,
+        client_id: &str,
+    ) -> Option<u64> {
+        if let Some(at) = self.superseded(client_id) {
+            return Some(at);
+        }
+        let store = match self.store.get() {
+            Some(store) => store.clone(),
+            None => {
+                let js = async_nats::jetstream::new(client.clone());
+                js.get_key_value(BUCKET).await.ok()?
+            }
+        };
+        let key = tombstone_key(&key_of(client_id), &self.node_key);
+        let value = store.get(&key).await.ok()??;
+        let at = std::str::from_utf8(&value).ok()?.parse().ok()?;
+        self.watched(key, Some(&value));
+        Some(at)
+    }
+
     /// Writes the tombstone that says this node resumed the client's session from `node`'s
     /// copy made at `gone_ms`.
     pub(in crate::cluster) async fn mark_taken(&self, client_id: &str, node: &str, gone_ms: u64) {

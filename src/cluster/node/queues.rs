@@ -36,7 +36,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::broker::cluster_port::{ClusterShared, QueueCopy};
+use crate::broker::cluster_port::{ClusterShared, QueueCopy, QUEUE_COPIES_CAPACITY};
 use crate::protocol::ByteStr;
 
 /// The stream every node of a cluster shares.
@@ -136,8 +136,8 @@ pub(super) enum QueueOp {
 }
 
 /// The stream task: opens the stream (trying again every [`RETRY`] while JetStream is not
-/// there; what comes meanwhile is not copied, and counted) and writes the copies `ops`
-/// brings, in order, until the node stops.
+/// there; what comes meanwhile waits, within bounds) and writes the copies `ops` brings, in
+/// order, until the node stops.
 pub(super) async fn keep_queues(
     client: async_nats::Client,
     mut ops: mpsc::Receiver<QueueOp>,
@@ -146,17 +146,31 @@ pub(super) async fn keep_queues(
 ) {
     let js = jetstream::new(client.clone());
     let mut said = false;
+    // What comes before the stream is open waits (in order, up to `QUEUE_COPIES_CAPACITY`
+    // copies; beyond, not copied and counted): JetStream may come up later than the node.
+    let mut waiting: Vec<QueueOp> = Vec::new();
+    let mut waiting_copies = 0;
     let stream = loop {
-        let opening = open_stream(&js);
+        // After a failed attempt, the pause before the next one; copies wait meanwhile.
+        let pause = if said { RETRY } else { Duration::ZERO };
+        let opening = async {
+            tokio::time::sleep(pause).await;
+            open_stream(&js).await
+        };
         tokio::pin!(opening);
         let opened = loop {
             tokio::select! {
                 opened = &mut opening => break opened,
                 op = ops.recv() => match op {
                     None => return,
-                    Some(QueueOp::Purge(_)) => {}
-                    Some(QueueOp::Copies(copies)) => {
+                    Some(QueueOp::Copies(copies)) if waiting_copies + copies.len() > QUEUE_COPIES_CAPACITY => {
                         shared.queues_not_copied.fetch_add(count_copies(&copies), Ordering::Relaxed);
+                    }
+                    Some(op) => {
+                        if let QueueOp::Copies(copies) = &op {
+                            waiting_copies += copies.len();
+                        }
+                        waiting.push(op);
                     }
                 },
             }
@@ -167,7 +181,6 @@ pub(super) async fn keep_queues(
                 if !std::mem::replace(&mut said, true) {
                     info!("cluster: no JetStream stream for offline sessions' queues yet ({e}; trying again every {}s); until then a session on a node that is down resumes without its messages", RETRY.as_secs());
                 }
-                tokio::time::sleep(RETRY).await;
             }
         }
     };
@@ -184,6 +197,9 @@ pub(super) async fn keep_queues(
         gathered: 0,
         failing: false,
     };
+    for op in waiting {
+        writer.write(op).await;
+    }
     loop {
         let op = match ops.try_recv() {
             Ok(op) => op,
