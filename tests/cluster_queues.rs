@@ -129,20 +129,29 @@ fn a_node_back_with_copies_another_node_took_does_not_deliver_them_again() {
     probe_sub.subscribe(1, &[("probe/m", 0)]);
     let mut probe_pub = connect_to(a.addr(), "probe-pub");
     until_connected(&mut probe_pub, &mut probe_sub, "probe/m");
+    // And b knows a (a's interest has reached it), so b waits for a's answer.
+    let mut back_sub = connect_to(a.addr(), "back-sub");
+    back_sub.subscribe(1, &[("probe/back", 0)]);
+    let mut back_pub = connect_to(b.addr(), "back-pub");
+    until_connected(&mut back_pub, &mut back_sub, "probe/back");
+    // Resumed on b: a is asked and hands nothing over, even in the moment after it started,
+    // before its watch of the bucket may have replayed the tombstone.
+    let mut stays_on_b = resume(&b, "stays-on-b", true);
+    stays_on_b.expect_nothing();
     let mut back_to_a = resume(&a, "back-to-a", true);
     back_to_a.expect_nothing();
-    // (Resumed on b, a is asked and should hand nothing over; in the moment after a starts
-    // its watch may not have replayed the tombstone yet, so that path is not asserted here.)
-    let mut stays_on_b = resume(&b, "stays-on-b", true);
     let mut publisher = connect_to(a.addr(), "publisher-a");
     until_connected(&mut publisher, &mut stays_on_b, "jobs/probe");
     publisher.publish1("jobs/after", b"after", false, 1);
-    for client in [&mut back_to_a] {
+    for (id, client) in [
+        ("back-to-a", &mut back_to_a),
+        ("stays-on-b", &mut stays_on_b),
+    ] {
         // (back-to-a also gets the probes, on a.)
         let before = client.payloads_until(b"after");
         assert!(
             before.iter().all(|p| p == b"probe"),
-            "{} came again",
+            "{id}: {} came again",
             before.len()
         );
         client.expect_nothing();
@@ -166,6 +175,7 @@ fn a_node_that_does_not_copy_queues_leaves_only_subscriptions() {
     for i in 1..=5u16 {
         publisher.publish1("jobs/x", &queued_payload(i), false, i);
     }
+    until_stored(&nats, "roamer", true);
     // Time enough for copies, were they made (they take milliseconds).
     std::thread::sleep(Duration::from_secs(1));
     a.kill();
@@ -175,4 +185,28 @@ fn a_node_that_does_not_copy_queues_leaves_only_subscriptions() {
     publisher.publish1("jobs/after", b"after", false, 1);
     let (p, _) = client.next_publish();
     assert_eq!(&p.payload[..], b"after");
+}
+
+/// A client that resumes on the node that holds its session gets each queued message once:
+/// the node does not take its own copy in JetStream (the same messages) besides.
+#[test]
+fn a_session_resumed_where_it_lives_does_not_take_its_own_copy_too() {
+    let nats = Nats::start();
+    let a = NodeProcess::start("a", &nats.url(0));
+    let _b = NodeProcess::start("b", &nats.url(1));
+    let mut client = resume(&a, "homebody", false);
+    client.subscribe(1, &[("jobs/#", 1)]);
+    client.crash_and_wait();
+    let mut publisher = connect_to(a.addr(), "publisher");
+    for i in 1..=5u16 {
+        publisher.publish1("jobs/x", &queued_payload(i), false, i);
+    }
+    until_copied(&nats, "homebody", &queued_payload(5)[..5]);
+    let mut client = resume(&a, "homebody", true);
+    for i in 1..=5u16 {
+        let (p, _) = client.next_publish();
+        assert_eq!(&p.payload[..5], &queued_payload(i)[..5], "message {i}");
+        client.ack(&p);
+    }
+    client.expect_nothing();
 }

@@ -247,33 +247,6 @@ fn stored_entry(nats: &Nats, client_id: &str) -> Option<Vec<u8>> {
     })
 }
 
-/// Whether the session directory in JetStream has an entry for `client_id`, waited for
-/// until it is `present` (the bucket is made as the nodes start, and written in the
-/// background).
-fn until_stored(nats: &Nats, client_id: &str, present: bool) {
-    use base64::Engine as _;
-    let key = base64::engine::general_purpose::URL_SAFE.encode(client_id);
-    let deadline = std::time::Instant::now() + Duration::from_secs(45);
-    run(async {
-        let client = async_nats::connect(nats.url(2)).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        loop {
-            let found = match js.get_key_value("SMQ_SESSIONS").await {
-                Ok(kv) => matches!(kv.get(&key).await, Ok(Some(_))),
-                Err(_) => false,
-            };
-            if found == present {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the session directory never had {client_id} present={present}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-}
-
 /// A session on a node that dies and does not come back: its client resumes it on another
 /// node with its subscriptions, from the session directory in JetStream (Session Present 1),
 /// and gets what is published from then on without subscribing again. A clean connect then

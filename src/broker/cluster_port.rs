@@ -92,6 +92,8 @@ pub enum ClusterEvent {
     Take {
         client_id: String,
         username: Option<String>,
+        /// The node holds a persistent session of the client already.
+        held_here: bool,
         at: u64,
         answer: Answer<Taken>,
     },
@@ -121,10 +123,34 @@ pub type HandedSession = Bytes;
 pub struct HandOver {
     /// The user the client authenticated as there: only that user's session goes.
     pub username: Option<ByteStr>,
-    /// The session's records, or None (dropped: none here to hand over).
-    pub answer: Answer<Option<HandedSession>>,
-    /// This node's copy is superseded if it went away no later than this (see [`Taken`]).
-    pub superseded: Option<u64>,
+    /// The session, or None (dropped: none here to hand over).
+    pub answer: Answer<Option<HandedOver>>,
+}
+
+/// What a shard hands over: the session's records and, if it is a copy this node restored at
+/// start that no client has claimed since, when its client went away (Unix ms). The cluster
+/// thread sends that copy only if no other node took it from JetStream meanwhile
+/// ([`superseded_by`]): it asks the bucket, which a shard cannot.
+#[derive(Debug)]
+pub struct HandedOver {
+    pub records: HandedSession,
+    pub restored_gone_ms: Option<u64>,
+}
+
+/// How much later than the time its copy in JetStream says a restored session may say its
+/// client went, and still be that copy: a journal compacted since recomputes the time from
+/// the session's own clock (a millisecond or so off).
+const SAME_GOING_SLACK_MS: u64 = 1_000;
+
+/// Whether a session this node restored at start, whose client went away at
+/// `restored_gone_ms`, is the copy another node took from JetStream (`taken_at`: the time that
+/// copy says; see [`Taken`]): its messages went there, so it must be neither merged nor
+/// handed over.
+pub fn superseded_by(restored_gone_ms: Option<u64>, taken_at: Option<u64>) -> bool {
+    match (restored_gone_ms, taken_at) {
+        (Some(gone), Some(taken)) => gone <= taken.saturating_add(SAME_GOING_SLACK_MS),
+        _ => false,
+    }
 }
 
 /// The session number a handed-over session's records use.
@@ -537,7 +563,12 @@ impl ClusterPort {
 
     /// A client resuming its session connected here: the node that holds the session hands
     /// it over (and ends its own connection of the client, as a claim does).
-    pub fn take(&self, client_id: &str, username: Option<&str>) -> AnswerWait<Taken> {
+    pub fn take(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        held_here: bool,
+    ) -> AnswerWait<Taken> {
         let now = self.shared.claim_clock.tick();
         self.connected_at
             .borrow_mut()
@@ -546,6 +577,7 @@ impl ClusterPort {
         self.tell(ClusterEvent::Take {
             client_id: client_id.to_string(),
             username: username.map(str::to_string),
+            held_here,
             at: now,
             answer,
         });

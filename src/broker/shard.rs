@@ -436,7 +436,14 @@ impl Shard {
         if connect.clean_session {
             return None;
         }
-        Some(port.take(&connect.client_id, connect.username.as_deref()))
+        // A persistent session here: a copy of it in JetStream that this node wrote is not
+        // taken again (it is this session, or older).
+        let held_here = self
+            .sessions
+            .borrow()
+            .find(&connect.client_id)
+            .is_some_and(|s| !s.borrow().clean);
+        Some(port.take(&connect.client_id, connect.username.as_deref(), held_here))
     }
 
     /// Journals an MQTT 5 session's own expiry (with `--data-dir`), so a restart keeps it.

@@ -21,7 +21,8 @@ use futures_lite::StreamExt;
 use tokio::time::{timeout_at, Instant};
 use tracing::{info, warn};
 
-use crate::broker::cluster_port::{answer, Answer, ClusterShared, HandOver, Taken};
+use super::node::directory::Directory;
+use crate::broker::cluster_port::{answer, superseded_by, Answer, ClusterShared, HandOver, Taken};
 use crate::protocol::ByteStr;
 
 /// On a claim: the claiming client resumes its session; the holder hands it over.
@@ -72,8 +73,13 @@ pub async fn take(
     client_id: String,
     shared: Arc<ClusterShared>,
     answer: Answer<Taken>,
-    (directory, username): (super::node::directory::Directory, Option<String>),
+    stored: Stored,
 ) {
+    let Stored {
+        directory,
+        username,
+        held_here,
+    } = stored;
     let inbox = client.new_inbox();
     let mut replies = match client.subscribe(inbox.clone()).await {
         Ok(s) => s,
@@ -152,27 +158,29 @@ pub async fn take(
         {
             let copied = super::node::queues::read(&client, &client_id, || answer.is_abandoned());
             match copied.await {
+                Some(copy) if held_here && directory.is_own(&copy.node) => {
+                    // This node's own copy of the session it holds: nothing to take.
+                }
                 Some(copy) => {
-                    info!(client = %client_id, node = %copy.node, bytes = copy.records.len(), "cluster: session taken with its queue from JetStream");
-                    shared.queues_taken.fetch_add(1, Ordering::Relaxed);
-                    directory
-                        .mark_taken(&client_id, &copy.node, copy.gone_ms)
-                        .await;
-                    sessions.push(copy.records);
+                    let taken = directory.taken_from_now(&client, &client_id, &copy.node);
+                    if superseded_by(Some(copy.gone_ms), taken.await) {
+                        // Taken before, by a node whose purge of it has not come yet: its
+                        // messages went to that session.
+                        info!(client = %client_id, node = %copy.node, "cluster: the session's copy in JetStream was taken before; not again");
+                        take_stored(&shared, &client_id, &mut sessions, records);
+                    } else {
+                        shared.queues_taken.fetch_add(1, Ordering::Relaxed);
+                        directory
+                            .mark_taken(&client, &client_id, &copy.node, copy.gone_ms)
+                            .await;
+                        take_stored(&shared, &client_id, &mut sessions, copy.records);
+                    }
                 }
-                None => {
-                    info!(client = %client_id, "cluster: session taken from the session directory in JetStream");
-                    sessions.push(records);
-                }
+                None => take_stored(&shared, &client_id, &mut sessions, records),
             }
-            shared.sessions_stored.fetch_add(1, Ordering::Relaxed);
         }
     }
     let superseded = directory.superseded_now(&client, &client_id).await;
-    if superseded.is_some() {
-        // This node's own copy goes (see `Taken::superseded`); so does what says it must.
-        directory.drop_own_tombstone(&client_id).await;
-    }
     if !sessions.is_empty() && answer.is_abandoned() {
         shared.sessions_missed.fetch_add(1, Ordering::Relaxed);
         warn!(client = %client_id, "cluster: sessions came from other nodes after their client stopped waiting; they are lost");
@@ -183,6 +191,13 @@ pub async fn take(
     });
 }
 
+/// Takes a session copy from JetStream (the queue copy's records, or the directory's).
+fn take_stored(shared: &ClusterShared, client_id: &str, sessions: &mut Vec<Bytes>, records: Bytes) {
+    info!(client = %client_id, bytes = records.len(), "cluster: session taken from JetStream (its queue's copy or, without one, the session directory's)");
+    shared.sessions_stored.fetch_add(1, Ordering::Relaxed);
+    sessions.push(records);
+}
+
 fn parse_chunk(text: &str) -> Option<(usize, usize)> {
     let (index, count) = text.split_once(' ')?;
     let (index, count) = (index.parse().ok()?, count.parse().ok()?);
@@ -191,19 +206,25 @@ fn parse_chunk(text: &str) -> Option<(usize, usize)> {
 
 /// A take came: asks the client id's home shard here for the session (it ends the client's
 /// connection here either way) and answers on `reply`, with the session's records in chunks
-/// or with an empty message when this node has none to hand over.
-pub fn hand_over(
+/// or with an empty message when this node has none to hand over. A copy this node restored
+/// at start is not handed over if another node took it from JetStream while this one was down
+/// (`directory` is asked, the bucket itself if its watch has not told yet: this node may have
+/// just started).
+pub(super) fn hand_over(
     client: async_nats::Client,
     reply: async_nats::Subject,
-    username: Option<ByteStr>,
-    node: String,
-    superseded: Option<u64>,
+    taker: Taker,
+    directory: Directory,
 ) -> (Box<HandOver>, impl std::future::Future<Output = ()>) {
     let (sender, wait) = answer();
+    let Taker {
+        client_id,
+        username,
+        node,
+    } = taker;
     let request = Box::new(HandOver {
         username,
         answer: sender,
-        superseded,
     });
     let respond = async move {
         let session = tokio::time::timeout(HAND_OVER_WAIT, wait)
@@ -211,7 +232,19 @@ pub fn hand_over(
             .ok()
             .flatten()
             .flatten();
-        let Some(records) = session else {
+        let records = match session {
+            Some(handed) if handed.restored_gone_ms.is_some() => {
+                let taken = directory.superseded_now(&client, &client_id).await;
+                if superseded_by(handed.restored_gone_ms, taken) {
+                    info!(client = %client_id, "cluster: the session restored here was resumed on another node from its copy in JetStream while this node was down; dropped");
+                    None
+                } else {
+                    Some(handed.records)
+                }
+            }
+            session => session.map(|handed| handed.records),
+        };
+        let Some(records) = records else {
             let _ = client.publish(reply, Bytes::new()).await;
             return;
         };
@@ -235,6 +268,22 @@ pub fn hand_over(
         let _ = client.flush().await;
     };
     (request, respond)
+}
+
+/// Where a resume looks when no node hands the session over: the session directory (and the
+/// queue copies in JetStream), for `username`'s session; `held_here`: this node holds one.
+pub(super) struct Stored {
+    pub directory: Directory,
+    pub username: Option<String>,
+    pub held_here: bool,
+}
+
+/// Whose session a take asks this node for, and this node's name to answer with.
+pub(super) struct Taker {
+    pub client_id: String,
+    pub username: Option<ByteStr>,
+    /// This node (its incarnation), named on each chunk.
+    pub node: String,
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ use bytes::{Bytes, BytesMut};
 use tracing::{debug, info, warn};
 
 use super::Shard;
-use crate::broker::cluster_port::{HandOver, HandedSession, QueueCopy, Taken, HANDED_SESSION};
+use crate::broker::cluster_port::{
+    superseded_by, HandOver, HandedOver, HandedSession, QueueCopy, Taken, HANDED_SESSION,
+};
 use crate::broker::compaction::session_records;
 use crate::broker::journal::unix_ms;
 use crate::broker::mesh::{ShardMessage, Subscription};
@@ -31,20 +33,6 @@ use crate::store::{encode_frame, scan, Image, Record, StoredSession};
 /// The token of a subscription applied on the other shards for a session that arrived from
 /// another node: no SUBACK waits for it, so nobody is told when it is applied.
 const NO_REQUEST: u64 = u64::MAX;
-
-/// How much later than the time its copy in JetStream says a restored session may say its
-/// client went, and still be that copy: a journal compacted since recomputes the time from
-/// the session's own clock (a millisecond or so off).
-const SAME_GOING_SLACK_MS: u64 = 1_000;
-
-/// Whether `session` is a copy this node restored at start whose queue another node has
-/// since taken from JetStream (see [`Taken::superseded`]): its messages went there.
-fn superseded(session: &Session, taken: Option<u64>) -> bool {
-    match (session.restored_gone_ms(), taken) {
-        (Some(gone), Some(taken)) => gone <= taken.saturating_add(SAME_GOING_SLACK_MS),
-        _ => false,
-    }
-}
 
 impl Shard {
     /// The client connected to another node at `at` (Unix µs): its session here ends, as a
@@ -71,17 +59,18 @@ impl Shard {
         let handed = hand_over.and_then(|h| {
             let s = existing.borrow();
             let same_user = s.username.as_deref() == h.username.as_deref();
-            if superseded(&s, h.superseded) {
-                info!(client = %client_id, "the session restored here was resumed on another node from its copy in JetStream while this node was down; dropped");
-                return None;
-            }
             if s.clean || !same_user {
                 // Not resumable there: a session that ends with its connection, or another
                 // user's, whose subscriptions were authorized for that user.
                 return None;
             }
             let records = encode_session(&s);
-            h.answer.send(Some(records.clone()));
+            // A copy restored at start goes only if no node took it from JetStream meanwhile:
+            // the cluster thread asks (`cluster::handoff::hand_over`).
+            h.answer.send(Some(HandedOver {
+                records: records.clone(),
+                restored_gone_ms: s.restored_gone_ms(),
+            }));
             Some(records)
         });
         let kick = match handed {
@@ -110,7 +99,10 @@ impl Shard {
         let handed = taken.sessions;
         let mut sessions: Vec<StoredSession> = Vec::with_capacity(handed.len() + 1);
         let local = self.sessions.borrow().find(client_id);
-        if let Some(local) = local.filter(|l| superseded(&l.borrow(), taken.superseded)) {
+        let superseded = |l: &Rc<RefCell<Session>>| {
+            superseded_by(l.borrow().restored_gone_ms(), taken.superseded)
+        };
+        if let Some(local) = local.filter(superseded) {
             info!(client = %client_id, "the session restored here was resumed on another node from its copy in JetStream while this node was down; dropped");
             local.borrow_mut().kick(Kick::TakenOver);
             self.remove_session(&local);

@@ -57,18 +57,16 @@ impl Node {
         let wants = m.headers.as_ref().and_then(handoff::wants_session);
         match (wants, m.reply) {
             (Some(username), Some(reply)) => {
-                let node = self.incarnation.clone();
-                // This node's copy is no more if another node took it from JetStream.
-                let superseded = directory.superseded(id);
+                let taker = handoff::Taker {
+                    client_id: id.to_string(),
+                    username,
+                    node: self.incarnation.clone(),
+                };
                 let (request, respond) =
-                    handoff::hand_over(client.clone(), reply, username, node, superseded);
+                    handoff::hand_over(client.clone(), reply, taker, directory.clone());
                 let msg = ShardMessage::ClaimedElsewhere(ByteStr::from(id), at, Some(request));
                 if self.to_shard(home, msg).await {
                     tokio::spawn(respond);
-                }
-                if superseded.is_some() {
-                    let (directory, id) = (directory.clone(), id.to_string());
-                    tokio::spawn(async move { directory.drop_own_tombstone(&id).await });
                 }
             }
             _ => {

@@ -25,8 +25,9 @@
 //! Beside the entries, tombstones `taken.<client>.<node>` (the value: a Unix ms time, as
 //! text) say that another node resumed the client's session from `<node>`'s copy in
 //! JetStream that was made when the client went away then (`queues`): `<node>`, back with
-//! `--data-dir`, drops the copy it restored instead of handing it over. A tombstone goes
-//! when that node has dropped it, or when the session ends.
+//! `--data-dir`, drops the copy it restored instead of handing it over, and no node takes
+//! that copy again (its purge may come late: the node that took it may not have its stream
+//! open yet). A tombstone goes when the session ends.
 //!
 //! An entry: `version u8 | offline-since u64 (Unix ms, 0: connected) | expiry u32 (seconds,
 //! 0xFFFFFFFF: never) | user u16-len (0xFFFF: none) | user | records`; the key the client id
@@ -159,15 +160,27 @@ impl Directory {
         }
     }
 
-    /// If another node resumed the client's session from this node's copy in JetStream: the
-    /// time that copy says its client went away.
-    pub(in crate::cluster) fn superseded(&self, client_id: &str) -> Option<u64> {
+    /// Whether `node` (a `--node-id`) is this node.
+    pub(in crate::cluster) fn is_own(&self, node: &str) -> bool {
+        key_of(node) == *self.node_key
+    }
+
+    /// If a node resumed the client's session from `node`'s copy in JetStream: the time that
+    /// copy says its client went away (as far as the watch has told).
+    fn taken_from(&self, client_id: &str, node_key: &str) -> Option<u64> {
         let taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
         let of_client = taken.get(&key_of(client_id))?;
         of_client
             .iter()
-            .find(|(node, _)| **node == *self.node_key)
+            .find(|(node, _)| **node == *node_key)
             .map(|&(_, at)| at)
+    }
+
+    /// If another node resumed the client's session from this node's copy in JetStream: the
+    /// time that copy says its client went away.
+    #[cfg(test)]
+    fn superseded(&self, client_id: &str) -> Option<u64> {
+        self.taken_from(client_id, &self.node_key)
     }
 
     /// [`Self::superseded`], asking the bucket itself when the watch has not told (it may not
@@ -177,27 +190,60 @@ impl Directory {
         client: &async_nats::Client,
         client_id: &str,
     ) -> Option<u64> {
-        if let Some(at) = self.superseded(client_id) {
+        self.taken_now(client, client_id, &self.node_key.clone())
+            .await
+    }
+
+    /// If a node resumed the client's session from the copy `node` (a `--node-id`) made: the
+    /// time that copy says its client went away; asking the bucket itself when the watch has
+    /// not told (it may lag: this node may have just started, or written the tombstone a
+    /// moment ago).
+    pub(in crate::cluster) async fn taken_from_now(
+        &self,
+        client: &async_nats::Client,
+        client_id: &str,
+        node: &str,
+    ) -> Option<u64> {
+        self.taken_now(client, client_id, &key_of(node)).await
+    }
+
+    async fn taken_now(
+        &self,
+        client: &async_nats::Client,
+        client_id: &str,
+        node_key: &str,
+    ) -> Option<u64> {
+        if let Some(at) = self.taken_from(client_id, node_key) {
             return Some(at);
         }
-        let store = match self.store.get() {
-            Some(store) => store.clone(),
-            None => {
-                let js = async_nats::jetstream::new(client.clone());
-                js.get_key_value(BUCKET).await.ok()?
-            }
-        };
-        let key = tombstone_key(&key_of(client_id), &self.node_key);
+        let store = self.store(client).await?;
+        let key = tombstone_key(&key_of(client_id), node_key);
         let value = store.get(&key).await.ok()??;
         let at = std::str::from_utf8(&value).ok()?.parse().ok()?;
         self.watched(key, Some(&value));
         Some(at)
     }
 
+    /// The bucket: as this node opened it or, until it has (JetStream came late, or is slow,
+    /// or this node just started), looked up.
+    async fn store(&self, client: &async_nats::Client) -> Option<Store> {
+        if let Some(store) = self.store.get() {
+            return Some(store.clone());
+        }
+        let js = async_nats::jetstream::new(client.clone());
+        js.get_key_value(BUCKET).await.ok()
+    }
+
     /// Writes the tombstone that says this node resumed the client's session from `node`'s
     /// copy made at `gone_ms`.
-    pub(in crate::cluster) async fn mark_taken(&self, client_id: &str, node: &str, gone_ms: u64) {
-        let Some(store) = self.store.get() else {
+    pub(in crate::cluster) async fn mark_taken(
+        &self,
+        client: &async_nats::Client,
+        client_id: &str,
+        node: &str,
+        gone_ms: u64,
+    ) {
+        let Some(store) = self.store(client).await else {
             return warn!(client = %client_id, "cluster: the session bucket is not open; the node the session was taken from will not know it, and may deliver its messages again when it comes back");
         };
         let key = tombstone_key(&key_of(client_id), &key_of(node));
@@ -206,9 +252,8 @@ impl Directory {
         }
     }
 
-    /// The changes that delete the client's tombstones: all of them (its session ended), or
-    /// only the one naming this node (`own`: this node dropped its copy).
-    pub(super) fn tombstones_gone(&self, client_id: &str, own: bool) -> Vec<KvOp> {
+    /// The changes that delete the client's tombstones (its session ended).
+    pub(super) fn tombstones_gone(&self, client_id: &str) -> Vec<KvOp> {
         let client_key = key_of(client_id);
         let taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
         let Some(of_client) = taken.get(&client_key) else {
@@ -216,20 +261,8 @@ impl Directory {
         };
         of_client
             .iter()
-            .filter(|(node, _)| !own || **node == *self.node_key)
             .map(|(node, _)| KvOp::Delete(tombstone_key(&client_key, node)))
             .collect()
-    }
-
-    /// Deletes the tombstone naming this node (it dropped its copy).
-    pub(in crate::cluster) async fn drop_own_tombstone(&self, client_id: &str) {
-        let Some(store) = self.store.get() else {
-            return;
-        };
-        for op in self.tombstones_gone(client_id, true) {
-            let mut failing = false;
-            write(store, op, &mut failing, "tombstones of taken sessions").await;
-        }
     }
 
     /// Follows a change of a key in the bucket.
@@ -275,13 +308,7 @@ impl Directory {
         client_id: &str,
         username: Option<&str>,
     ) -> Option<Bytes> {
-        let store = match self.store.get() {
-            Some(store) => store.clone(),
-            None => {
-                let js = async_nats::jetstream::new(client.clone());
-                js.get_key_value(BUCKET).await.ok()?
-            }
-        };
+        let store = self.store(client).await?;
         let key = key_of(client_id);
         let value = store.get(&key).await.ok()??;
         let (user, life, records) = decode_entry(value)?;
@@ -396,14 +423,16 @@ mod tests {
         assert_eq!(directory.superseded("c"), Some(7));
         assert_eq!(directory.superseded("d"), None);
         assert!(directory.keys.lock().unwrap().is_empty(), "no entry");
-        let own = directory.tombstones_gone("c", true);
-        assert_eq!(own.len(), 1);
-        assert!(matches!(&own[0], KvOp::Delete(k) if *k == tombstone_key(&client, &a)));
-        assert_eq!(directory.tombstones_gone("c", false).len(), 2);
+        assert_eq!(directory.taken_from("c", &b), Some(5));
+        let gone = directory.tombstones_gone("c");
+        assert_eq!(gone.len(), 2);
+        assert!(gone
+            .iter()
+            .any(|op| matches!(op, KvOp::Delete(k) if *k == tombstone_key(&client, &a))));
         directory.watched(tombstone_key(&client, &a), None);
         assert_eq!(directory.superseded("c"), None);
         directory.watched(tombstone_key(&client, &b), None);
-        assert!(directory.tombstones_gone("c", false).is_empty());
+        assert!(directory.tombstones_gone("c").is_empty());
         assert_eq!(parse_tombstone("taken.x.y"), Some(("x", "y")));
         assert_eq!(parse_tombstone("takenx.y"), None);
         assert_eq!(parse_tombstone(&client), None);

@@ -440,7 +440,7 @@ impl super::Node {
         directory_ops: &mpsc::Sender<super::KvOp>,
         ops: &mpsc::Sender<QueueOp>,
     ) {
-        for op in directory.tombstones_gone(client_id, false) {
+        for op in directory.tombstones_gone(client_id) {
             let _ = directory_ops.try_send(op);
         }
         let _ = ops.try_send(QueueOp::Purge(client_id.to_string()));
