@@ -70,6 +70,8 @@ fn a_session_whose_node_died_resumes_elsewhere_with_its_queued_messages() {
         publisher.publish1("jobs/queued", &queued_payload(i), false, i + 1);
     }
     until_copied(&nats, "roamer", &queued_payload(600)[..5]);
+    // (A copy is taken for a session the directory has: its entry is written apart.)
+    until_stored(&nats, "roamer", true);
     a.kill();
 
     let mut client = resume(&b, "roamer", true);
@@ -106,6 +108,7 @@ fn a_node_back_with_copies_another_node_took_does_not_deliver_them_again() {
     }
     for id in ["back-to-a", "stays-on-b"] {
         until_copied(&nats, id, &queued_payload(5)[..5]);
+        until_stored(&nats, id, true);
     }
     a.kill();
     for id in ["back-to-a", "stays-on-b"] {
