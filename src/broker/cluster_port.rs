@@ -20,6 +20,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::mesh::{Message, ShardId};
+use super::queue_copies::CopyBatch;
 use crate::protocol::ByteStr;
 use crate::topic::SubscriptionTrie;
 
@@ -42,27 +43,7 @@ pub struct Outgoing {
     pub number: u64,
 }
 
-/// Messages queued for offline sessions waiting for the cluster thread to copy them to
-/// JetStream, at most; beyond it they are not copied, and counted.
-pub const QUEUE_COPIES_CAPACITY: usize = 65_536;
-
-/// What a node copies to JetStream of its persistent sessions whose clients are away, so
-/// that a client whose node is down resumes elsewhere with its queued messages (see
-/// `cluster::node::queues`). One session's copies come in the order they happened.
-#[derive(Debug, PartialEq, Eq)]
-pub enum QueueCopy {
-    /// The client went away at `gone_ms` (Unix ms, as journalled): the session as a
-    /// hand-over carries it, messages in flight and queued included.
-    Snapshot {
-        client_id: ByteStr,
-        gone_ms: u64,
-        records: HandedSession,
-    },
-    /// A QoS 1/2 message queued for the offline session since: its `Queued` record, framed.
-    Append { client_id: ByteStr, record: Bytes },
-    /// The client is back (on this node): the copy goes.
-    Ended(ByteStr),
-}
+pub use super::queue_copies::{QueueCopy, QUEUE_COPIES_CAPACITY};
 
 /// A session resume's answer from the cluster: the copies other nodes handed over (or the
 /// stored one), and whether this node's own copy is superseded: restored at start, it went
@@ -286,6 +267,8 @@ pub struct ClusterPort {
     /// claim from another node ends it only if it came later (claims of earlier connects
     /// may arrive after a newer connect here).
     connected_at: RefCell<ahash::AHashMap<String, u64>>,
+    /// Queue copies made since the shard's last flush.
+    copies: RefCell<CopyBatch>,
 }
 
 /// A node's cluster counters at one moment (see [`ClusterShared`] for what each counts).
@@ -369,7 +352,7 @@ pub struct ClusterShared {
     /// Copies of offline sessions' queues on their way to the cluster thread, and how many
     /// of them are messages (bounded by [`QUEUE_COPIES_CAPACITY`]; snapshots and ends are
     /// bounded by the sessions).
-    queue_copies: Sender<QueueCopy>,
+    queue_copies: Sender<Vec<QueueCopy>>,
     pub queue_copies_waiting: AtomicUsize,
     receivers: std::sync::Mutex<Option<ClusterReceivers>>,
 }
@@ -378,7 +361,7 @@ pub struct ClusterShared {
 pub type ClusterReceivers = (
     Receiver<Outgoing>,
     Receiver<ClusterEvent>,
-    Receiver<QueueCopy>,
+    Receiver<Vec<QueueCopy>>,
 );
 
 impl std::fmt::Debug for ClusterShared {
@@ -490,6 +473,7 @@ impl ClusterPort {
             sent: std::cell::Cell::new(0),
             cache,
             connected_at: RefCell::default(),
+            copies: RefCell::default(),
         }
     }
 
@@ -601,20 +585,33 @@ impl ClusterPort {
         let _ = self.shared.changes.send(change);
     }
 
-    /// Hands a copy of an offline session's queue to the cluster thread; a message beyond
-    /// [`QUEUE_COPIES_CAPACITY`] waiting is not copied, and counted.
+    /// Copies an offline session's snapshot, or its end, to JetStream (see [`QueueCopy`]): sent
+    /// at once, behind what this shard copied before.
     pub fn copy_queue(&self, copy: QueueCopy) {
-        if let QueueCopy::Append { .. } = copy {
-            let waiting = &self.shared.queue_copies_waiting;
-            if waiting.load(Ordering::Relaxed) >= QUEUE_COPIES_CAPACITY {
-                self.shared
-                    .queues_not_copied
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            waiting.fetch_add(1, Ordering::Relaxed);
+        let mut batch = self.copies.borrow_mut();
+        batch.push(copy);
+        batch.send(&self.shared.queue_copies, &self.shared.queue_copies_waiting);
+    }
+
+    /// Copies a QoS 1/2 message queued for an offline session (its `Queued` record) to
+    /// JetStream; it goes with this shard's next flush ([`Self::flush_copies`]). Beyond
+    /// [`QUEUE_COPIES_CAPACITY`] waiting it is not copied, and counted.
+    pub fn copy_queued(&self, client_id: ByteStr, record: &crate::store::Record) {
+        let waiting = self.shared.queue_copies_waiting.load(Ordering::Relaxed);
+        let mut batch = self.copies.borrow_mut();
+        if waiting + batch.appends() >= QUEUE_COPIES_CAPACITY {
+            self.shared
+                .queues_not_copied
+                .fetch_add(1, Ordering::Relaxed);
+            return;
         }
-        let _ = self.shared.queue_copies.send(copy);
+        batch.append(client_id, record);
+    }
+
+    /// Sends the copies made since the last flush to the cluster thread, as one batch.
+    pub fn flush_copies(&self) {
+        let mut batch = self.copies.borrow_mut();
+        batch.send(&self.shared.queue_copies, &self.shared.queue_copies_waiting);
     }
 }
 

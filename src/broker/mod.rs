@@ -25,6 +25,7 @@ pub mod output;
 mod parking;
 mod pressure;
 pub mod qos2_gate;
+mod queue_copies;
 mod replica;
 mod restore;
 mod runtime;

@@ -842,6 +842,9 @@ impl Shard {
 
     /// Sends what the router gathered. When an inbox is full, the stall task retries.
     pub fn flush(&self) {
+        if let Some(port) = self.cluster.get() {
+            port.flush_copies();
+        }
         if self.journal().is_some() {
             let mut router = self.router.borrow_mut();
             let me = self.id;

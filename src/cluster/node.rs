@@ -158,7 +158,10 @@ pub fn start(
 fn feed(
     outbox: crossbeam_channel::Receiver<Outgoing>,
     changes: crossbeam_channel::Receiver<ClusterEvent>,
-    (copies, shared): (crossbeam_channel::Receiver<QueueCopy>, Arc<ClusterShared>),
+    (copies, shared): (
+        crossbeam_channel::Receiver<Vec<QueueCopy>>,
+        Arc<ClusterShared>,
+    ),
     events: mpsc::Sender<Event>,
     stop: Arc<AtomicBool>,
 ) {
@@ -205,7 +208,11 @@ fn feed(
             }
             recv(copies) -> first => {
                 let Ok(first) = first else { return };
-                let batch: Vec<QueueCopy> = std::iter::once(first).chain(copies.try_iter().take(1023)).collect();
+                // Each shard's flush sends one batch; several shards' go on together.
+                let mut batch = first;
+                for more in copies.try_iter().take(63) {
+                    batch.extend(more);
+                }
                 let appends = batch.iter().filter(|c| matches!(c, QueueCopy::Append { .. })).count();
                 shared.queue_copies_waiting.fetch_sub(appends, Ordering::Relaxed);
                 if events.blocking_send(Event::Queues(batch)).is_err() {

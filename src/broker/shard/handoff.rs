@@ -262,14 +262,7 @@ impl Shard {
             retain,
             extras: crate::broker::journal::message_extras(message, subscription_id, share),
         };
-        let mut body = BytesMut::new();
-        let kind = record.encode(&mut body);
-        let mut framed = BytesMut::with_capacity(body.len() + 16);
-        encode_frame(&mut framed, kind, &body);
-        port.copy_queue(QueueCopy::Append {
-            client_id: session.client_id.clone(),
-            record: framed.freeze(),
-        });
+        port.copy_queued(session.client_id.clone(), &record);
     }
 
     /// In a cluster: whether offline sessions are copied to JetStream (`--cluster-queue-copies`).

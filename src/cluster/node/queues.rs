@@ -46,8 +46,8 @@ const PREFIX: &str = "$SMQ.q";
 /// On a session's first message: `GONE_MS NODE`, when its client went (Unix ms, the node's
 /// clock) and the node that wrote it.
 const SNAPSHOT: &str = "Smq-Snapshot";
-/// Batches of copies (of up to 1,024, as the shards' channel gives them) waiting for the
-/// stream task at most (beyond: not copied, counted).
+/// Batches of copies (what the shards' flushes sent, up to 64 flushes' worth each) waiting
+/// for the stream task at most (beyond: not copied, counted).
 pub(super) const QUEUE: usize = 64;
 /// Copies written and not yet acknowledged by JetStream, at most.
 const IN_FLIGHT: usize = 256;
