@@ -213,3 +213,32 @@ fn a_session_resumed_where_it_lives_does_not_take_its_own_copy_too() {
     }
     client.expect_nothing();
 }
+
+/// Without queue copies as well, a resume on the node that holds the session takes nothing
+/// from JetStream: the directory's copy has only the subscriptions, which the session here
+/// has, and merging it in would cost a pass over the whole queue (seconds, for millions).
+/// `$SYS/broker/cluster/sessions/stored` counts copies taken from JetStream.
+#[test]
+fn a_session_resumed_where_it_lives_takes_nothing_from_the_directory() {
+    let nats = Nats::start();
+    let flags = ["--cluster-queue-copies", "false", "--sys-interval", "1"];
+    let a = NodeProcess::start_with("a", &nats.url(0), &flags);
+    let _b = NodeProcess::start("b", &nats.url(1));
+    let mut client = resume(&a, "homebody", false);
+    client.subscribe(1, &[("jobs/#", 1)]);
+    client.crash_and_wait();
+    until_stored(&nats, "homebody", true);
+    let mut publisher = connect_to(a.addr(), "publisher");
+    publisher.publish1("jobs/x", b"queued", false, 1);
+    let mut client = resume(&a, "homebody", true);
+    let (p, _) = client.next_publish();
+    assert_eq!(&p.payload[..], b"queued");
+    client.ack(&p);
+    client.expect_nothing();
+    // Past a $SYS update after the resume.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let mut sys = connect_to(a.addr(), "sys");
+    sys.subscribe(1, &[("$SYS/broker/cluster/sessions/stored", 0)]);
+    let (stored, _) = sys.next_publish();
+    assert_eq!(&stored.payload[..], b"0", "copies taken from JetStream");
+}

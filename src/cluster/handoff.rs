@@ -167,7 +167,9 @@ pub async fn take(
                         // Taken before, by a node whose purge of it has not come yet: its
                         // messages went to that session.
                         info!(client = %client_id, node = %copy.node, "cluster: the session's copy in JetStream was taken before; not again");
-                        take_stored(&shared, &client_id, &mut sessions, records);
+                        if !held_here {
+                            take_stored(&shared, &client_id, &mut sessions, records);
+                        }
                     } else {
                         shared.queues_taken.fetch_add(1, Ordering::Relaxed);
                         directory
@@ -176,6 +178,9 @@ pub async fn take(
                         take_stored(&shared, &client_id, &mut sessions, copy.records);
                     }
                 }
+                // The directory's copy has the subscriptions only: a session held here has
+                // them (merging it in would cost a pass over the whole queue, for nothing).
+                None if held_here => {}
                 None => take_stored(&shared, &client_id, &mut sessions, records),
             }
         }

@@ -6,7 +6,8 @@
 //! `SessionBegan`, its expiry and its `Subscribed`, as a hand-over would carry them, without
 //! messages), and the node where a client connects with a clean session deletes it: that
 //! ends the session everywhere. A node asking for a session that no node handed over (see
-//! `handoff::take`) takes the entry instead, if it is the same user's. It is the oldest copy
+//! `handoff::take`) takes the entry instead, if it is the same user's and the node does not
+//! hold a session of the client itself (the entry would add nothing to it). It is the oldest copy
 //! in a merge (it says it went away at time 0), so a copy a node hands over later, with the
 //! messages acknowledged for the session there, is merged into it as any other.
 //!
