@@ -164,7 +164,7 @@ pub(super) async fn keep_queues(
                 op = ops.recv() => match op {
                     None => return,
                     Some(QueueOp::Copies(copies)) if waiting_copies + copies.len() > QUEUE_COPIES_CAPACITY => {
-                        shared.queues_not_copied.fetch_add(count_copies(&copies), Ordering::Relaxed);
+                        shared.queues_not_copied.fetch_add(copies.len() as u64, Ordering::Relaxed);
                     }
                     Some(op) => {
                         if let QueueOp::Copies(copies) = &op {
@@ -410,11 +410,6 @@ impl Writer {
     }
 }
 
-/// How many copies a batch holds.
-fn count_copies(copies: &[QueueCopy]) -> u64 {
-    copies.len() as u64
-}
-
 impl super::Node {
     /// Hands copies to the stream task; with no room for them (JetStream slower than the
     /// shards for long), they are not made, and counted: the main loop never waits for
@@ -423,7 +418,7 @@ impl super::Node {
         if let Err(e) = ops.try_send(QueueOp::Copies(copies)) {
             let (mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op)) = e;
             if let QueueOp::Copies(copies) = op {
-                let lost = count_copies(&copies);
+                let lost = copies.len() as u64;
                 self.shared
                     .queues_not_copied
                     .fetch_add(lost, Ordering::Relaxed);
