@@ -56,6 +56,19 @@ pub struct Taken {
     pub superseded: Option<u64>,
 }
 
+/// What a node holds of a client that resumes its session there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// No persistent session.
+    Nothing,
+    /// A persistent session: a copy of it in JetStream that this node wrote is not taken
+    /// besides (it is this session, or older), nor the directory's (its subscriptions).
+    Session,
+    /// A persistent session restored at start that no client has claimed since: another node
+    /// may have taken its copy from JetStream meanwhile ([`Taken::superseded`] says).
+    Restored,
+}
+
 /// What the other nodes must hear of, in the order it happened here.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClusterEvent {
@@ -73,8 +86,8 @@ pub enum ClusterEvent {
     Take {
         client_id: String,
         username: Option<String>,
-        /// The node holds a persistent session of the client already.
-        held_here: bool,
+        /// What the node holds of the client already.
+        held: Held,
         at: u64,
         answer: Answer<Taken>,
     },
@@ -547,12 +560,7 @@ impl ClusterPort {
 
     /// A client resuming its session connected here: the node that holds the session hands
     /// it over (and ends its own connection of the client, as a claim does).
-    pub fn take(
-        &self,
-        client_id: &str,
-        username: Option<&str>,
-        held_here: bool,
-    ) -> AnswerWait<Taken> {
+    pub fn take(&self, client_id: &str, username: Option<&str>, held: Held) -> AnswerWait<Taken> {
         let now = self.shared.claim_clock.tick();
         self.connected_at
             .borrow_mut()
@@ -561,7 +569,7 @@ impl ClusterPort {
         self.tell(ClusterEvent::Take {
             client_id: client_id.to_string(),
             username: username.map(str::to_string),
-            held_here,
+            held,
             at: now,
             answer,
         });

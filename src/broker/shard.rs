@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use ahash::AHashMap;
 use tracing::warn;
 
-use super::cluster_port::{AnswerWait, ClusterPort};
+use super::cluster_port::{AnswerWait, ClusterPort, Held};
 use super::config::BrokerConfig;
 use super::connected::session_expiry;
 use super::durability::{Durability, Ticket};
@@ -436,14 +436,13 @@ impl Shard {
         if connect.clean_session {
             return None;
         }
-        // A persistent session here: a copy of it in JetStream that this node wrote is not
-        // taken again (it is this session, or older).
-        let held_here = self
-            .sessions
-            .borrow()
-            .find(&connect.client_id)
-            .is_some_and(|s| !s.borrow().clean);
-        Some(port.take(&connect.client_id, connect.username.as_deref(), held_here))
+        let held = match self.sessions.borrow().find(&connect.client_id) {
+            Some(s) if s.borrow().clean => Held::Nothing,
+            Some(s) if s.borrow().restored_gone_ms().is_some() => Held::Restored,
+            Some(_) => Held::Session,
+            None => Held::Nothing,
+        };
+        Some(port.take(&connect.client_id, connect.username.as_deref(), held))
     }
 
     /// Journals an MQTT 5 session's own expiry (with `--data-dir`), so a restart keeps it.

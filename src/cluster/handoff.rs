@@ -22,7 +22,9 @@ use tokio::time::{timeout_at, Instant};
 use tracing::{info, warn};
 
 use super::node::directory::Directory;
-use crate::broker::cluster_port::{answer, superseded_by, Answer, ClusterShared, HandOver, Taken};
+use crate::broker::cluster_port::{
+    answer, superseded_by, Answer, ClusterShared, HandOver, Held, Taken,
+};
 use crate::protocol::ByteStr;
 
 /// On a claim: the claiming client resumes its session; the holder hands it over.
@@ -78,8 +80,9 @@ pub async fn take(
     let Stored {
         directory,
         username,
-        held_here,
+        held,
     } = stored;
+    let held_here = held != Held::Nothing;
     let inbox = client.new_inbox();
     let mut replies = match client.subscribe(inbox.clone()).await {
         Ok(s) => s,
@@ -185,7 +188,11 @@ pub async fn take(
             }
         }
     }
-    let superseded = directory.superseded_now(&client, &client_id).await;
+    // Only a copy restored here can have been taken elsewhere (one lookup, not on every resume).
+    let superseded = match held {
+        Held::Restored => directory.superseded_now(&client, &client_id).await,
+        Held::Nothing | Held::Session => None,
+    };
     if !sessions.is_empty() && answer.is_abandoned() {
         shared.sessions_missed.fetch_add(1, Ordering::Relaxed);
         warn!(client = %client_id, "cluster: sessions came from other nodes after their client stopped waiting; they are lost");
@@ -276,11 +283,11 @@ pub(super) fn hand_over(
 }
 
 /// Where a resume looks when no node hands the session over: the session directory (and the
-/// queue copies in JetStream), for `username`'s session; `held_here`: this node holds one.
+/// queue copies in JetStream), for `username`'s session; `held`: what this node holds of it.
 pub(super) struct Stored {
     pub directory: Directory,
     pub username: Option<String>,
-    pub held_here: bool,
+    pub held: Held,
 }
 
 /// Whose session a take asks this node for, and this node's name to answer with.

@@ -532,7 +532,7 @@ impl Node {
                                 }
                                 continue;
                             }
-                            ClusterEvent::Take { client_id, username, held_here, at, answer } => {
+                            ClusterEvent::Take { client_id, username, held, at, answer } => {
                                 if answer.is_abandoned() {
                                     // Its client stopped waiting (NATS was away): a plain
                                     // claim, so no session leaves its node for nobody.
@@ -542,7 +542,7 @@ impl Node {
                                 let mut headers = self.claim_headers(at);
                                 handoff::take_headers(&mut headers, username.as_deref());
                                 let shared = self.shared.clone();
-                                let stored = handoff::Stored { directory: sessions.clone(), username, held_here };
+                                let stored = handoff::Stored { directory: sessions.clone(), username, held };
                                 tokio::spawn(handoff::take(client.clone(), headers, client_id, shared, answer, stored));
                                 continue;
                             }

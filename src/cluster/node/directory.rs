@@ -191,8 +191,7 @@ impl Directory {
         client: &async_nats::Client,
         client_id: &str,
     ) -> Option<u64> {
-        self.taken_now(client, client_id, &self.node_key.clone())
-            .await
+        self.taken_now(client, client_id, &self.node_key).await
     }
 
     /// If a node resumed the client's session from the copy `node` (a `--node-id`) made: the
