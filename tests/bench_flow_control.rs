@@ -135,14 +135,16 @@ fn check(shards: usize, queue: usize, scenario: Scenario, qos: QoS) {
     // What the test is about did happen. With 20 subscribers some share their publisher's
     // shard, and their queues go over the limit (without the push-back: drops). The pair's
     // publisher is held back again and again when its subscriber shares its shard (about
-    // once per `queue` messages); when the two land on different shards (their client ids
-    // decide), the 4000-message window paces the publisher more than the pressure does, and
-    // with 1000-message queues it may never be paused at all (0 to 6 pauses seen, 3 to 6 with
-    // 100-message queues).
-    if scenario != Scenario::Pair {
-        assert!(totals.pressure_raised > 0, "a queue over its limit: {what}");
-    } else if shards == 1 || queue < DEFAULT_QUEUE {
+    // once per `queue` messages). When the two land on different shards (their client ids
+    // decide), the pressure reaches the publisher's shard one flush later, and the subscriber
+    // may have read its queue back under half the limit by then: the 4000-message window paces
+    // the publisher more than the pressure does, and it may never be paused at all (0 to 6
+    // pauses seen with 1000-message queues; with 100-message queues usually 3 to 6, but a CI
+    // run saw 107 raises and no pause). Its queue did go over the limit, though.
+    if scenario == Scenario::Pair && shards == 1 {
         assert!(totals.publishers_paused > 0, "publisher held back: {what}");
+    } else if scenario != Scenario::Pair || queue < DEFAULT_QUEUE {
+        assert!(totals.pressure_raised > 0, "a queue over its limit: {what}");
     }
 }
 
