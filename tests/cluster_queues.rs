@@ -11,6 +11,8 @@ mod common;
 
 use std::time::Duration;
 
+use surgemq::protocol::Packet;
+
 use cluster_util::*;
 use common::*;
 
@@ -241,4 +243,112 @@ fn a_session_resumed_where_it_lives_takes_nothing_from_the_directory() {
     sys.subscribe(1, &[("$SYS/broker/cluster/sessions/stored", 0)]);
     let (stored, _) = sys.next_publish();
     assert_eq!(&stored.payload[..], b"0", "copies taken from JetStream");
+}
+
+/// Waits for the PUBACK of `packet_id`, up to `within`.
+#[track_caller]
+fn expect_puback_within(client: &mut RawClient, packet_id: u16, within: Duration) {
+    let frame = client
+        .next_frame_within(within)
+        .unwrap_or_else(|| panic!("no PUBACK {packet_id} within {within:?}"));
+    assert_eq!(frame, [0x40, 0x02, (packet_id >> 8) as u8, packet_id as u8]);
+}
+
+/// A PUBACK for a message queued for a persistent session whose client is away waits until
+/// JetStream has stored the message's copy (`broker::queue_copies`): while node a's NATS
+/// server is stopped (SIGSTOP), no PUBACK comes for such a message, whether its publisher is
+/// on the away session's shard or on the other one (whose PUBACK waits for that shard's
+/// confirmation); a PUBACK for a message that only a connected subscriber wants comes at once.
+/// Once the server goes on, the PUBACKs come; then a is killed, and the client resumes on b
+/// with every message.
+#[test]
+fn a_puback_for_an_away_session_waits_until_jetstream_has_its_copy() {
+    let mut nats = Nats::start();
+    let mut a = NodeProcess::start_with("a", &nats.url(0), &["--shards", "2"]);
+    let b = NodeProcess::start("b", &nats.url(1));
+    let away = id_on_shard("away", 1, 2);
+    let mut client = resume(&a, &away, false);
+    client.subscribe(1, &[("jobs/#", 1)]);
+    client.crash_and_wait();
+    let mut watcher = connect_to(a.addr(), "watcher");
+    watcher.subscribe(1, &[("live/#", 1)]);
+    let mut same = connect_to(a.addr(), &id_on_shard("same", 1, 2));
+    let mut other = connect_to(a.addr(), &id_on_shard("other", 0, 2));
+    same.publish1("jobs/warm", b"warm", false, 1);
+    until_copied(&nats, &away, b"warm");
+    until_stored(&nats, &away, true);
+
+    nats.pause(0);
+    other.publish1("live/x", b"live", false, 2);
+    let (p, _) = watcher.next_publish();
+    assert_eq!(&p.payload[..], b"live");
+    same.send(&publish("jobs/held", b"held same", 1, false, false, 3));
+    other.send(&publish("jobs/held", b"held other", 1, false, false, 4));
+    // Without the wait for JetStream, both PUBACKs come at once.
+    same.expect_open_and_silent(Duration::from_millis(1500));
+    other.expect_nothing();
+    nats.resume(0);
+    expect_puback_within(&mut same, 3, Duration::from_secs(10));
+    expect_puback_within(&mut other, 4, Duration::from_secs(10));
+    a.kill();
+
+    let mut client = resume(&b, &away, true);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let (p, _) = client.next_publish();
+        client.ack(&p);
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+    }
+    assert_eq!(got[0], "warm");
+    got[1..].sort();
+    assert_eq!(got[1..], ["held other", "held same"]);
+    client.expect_nothing();
+}
+
+/// A node killed (SIGKILL) the moment its publisher has the PUBACKs of 2,000 messages queued
+/// for a session whose client is away loses none of them: the client resumes on another node
+/// with all of them, in order. (Before PUBACKs waited for the copies, the last moments'
+/// copies were still on their way to JetStream when the node died.)
+#[test]
+fn a_node_killed_right_after_its_pubacks_loses_no_away_sessions_message() {
+    const MESSAGES: u16 = 2000;
+    let nats = Nats::start();
+    // Room for them all in an offline session's queue (1,000 by default).
+    let room = ["--max-queued-messages", "10000"];
+    let mut a = NodeProcess::start_with("a", &nats.url(0), &room);
+    let b = NodeProcess::start_with("b", &nats.url(1), &room);
+    let mut client = resume(&a, "away", false);
+    client.subscribe(1, &[("jobs/#", 1)]);
+    client.crash_and_wait();
+    until_stored(&nats, "away", true);
+    let mut publisher = connect_to(a.addr(), "publisher");
+    let mut burst = Vec::new();
+    for i in 1..=MESSAGES {
+        burst.extend(publish(
+            "jobs/x",
+            &queued_payload(i)[..64],
+            1,
+            false,
+            false,
+            i,
+        ));
+    }
+    publisher.send(&burst);
+    for i in 1..=MESSAGES {
+        expect_puback_within(&mut publisher, i, Duration::from_secs(30));
+    }
+    a.kill();
+
+    let mut client = resume(&b, "away", true);
+    for i in 1..=MESSAGES {
+        let Some(frame) = client.next_frame_within(Duration::from_secs(5)) else {
+            panic!("message {i} of {MESSAGES} never came");
+        };
+        let Packet::Publish(p) = parse(&frame) else {
+            panic!("not a PUBLISH: {frame:02x?}");
+        };
+        assert_eq!(&p.payload[..5], &queued_payload(i)[..5], "message {i}");
+        client.ack(&p);
+    }
+    client.expect_nothing();
 }

@@ -43,7 +43,7 @@ pub struct Outgoing {
     pub number: u64,
 }
 
-pub use super::queue_copies::{QueueCopy, QUEUE_COPIES_CAPACITY};
+pub use super::queue_copies::{CopyNumber, QueueCopy, QUEUE_COPIES_CAPACITY};
 
 /// A session resume's answer from the cluster: the copies other nodes handed over (or the
 /// stored one), and whether this node's own copy is superseded: restored at start, it went
@@ -367,6 +367,9 @@ pub struct ClusterShared {
     /// bounded by the sessions).
     queue_copies: Sender<Vec<QueueCopy>>,
     pub queue_copies_waiting: AtomicUsize,
+    /// Per shard: the last of its queue copies given up on before the stream task got them
+    /// (see `cluster::node::copy_marks`).
+    copies_given_up: Box<[AtomicU64]>,
     receivers: std::sync::Mutex<Option<ClusterReceivers>>,
 }
 
@@ -424,6 +427,7 @@ impl ClusterShared {
             handled_waker: AtomicWaker::new(),
             queue_copies,
             queue_copies_waiting: AtomicUsize::new(0),
+            copies_given_up: (0..shards.max(1)).map(|_| AtomicU64::new(0)).collect(),
             receivers: std::sync::Mutex::new(Some((outbox_rx, changes_rx, copies_rx))),
         })
     }
@@ -449,6 +453,20 @@ impl ClusterShared {
             publishes_released: get(&self.publishes_released),
             connected: u64::from(self.nats_up.load(Ordering::Relaxed)),
         }
+    }
+
+    /// A queue copy was given up on before it reached the stream task.
+    pub fn give_up_copy(&self, copy: CopyNumber) {
+        if let Some(g) = self.copies_given_up.get(copy.shard.index()) {
+            g.fetch_max(copy.number, Ordering::Relaxed);
+        }
+    }
+
+    /// The last of `shard`'s queue copies given up on before the stream task got them.
+    pub fn copies_given_up(&self, shard: ShardId) -> u64 {
+        self.copies_given_up
+            .get(shard.index())
+            .map_or(0, |g| g.load(Ordering::Relaxed))
     }
 
     /// How far `shard` has handled the messages from other nodes it was given.
@@ -602,8 +620,9 @@ impl ClusterPort {
     }
 
     /// Copies a QoS 1/2 message queued for an offline session (its `Queued` record) to
-    /// JetStream; it goes with this shard's next flush ([`Self::flush_copies`]). Beyond
-    /// [`QUEUE_COPIES_CAPACITY`] waiting it is not copied, and counted.
+    /// JetStream; it goes with this shard's next flush ([`Self::flush_copies`]), as copy
+    /// number [`Self::copies_made`]. Beyond [`QUEUE_COPIES_CAPACITY`] waiting it is not
+    /// copied (nor numbered), and counted.
     pub fn copy_queued(&self, client_id: ByteStr, record: &crate::store::Record) {
         let waiting = self.shared.queue_copies_waiting.load(Ordering::Relaxed);
         let mut batch = self.copies.borrow_mut();
@@ -613,7 +632,12 @@ impl ClusterPort {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        batch.append(client_id, record);
+        batch.append(self.shard, client_id, record);
+    }
+
+    /// The number of the last message this shard copied (see `queue_copies`).
+    pub fn copies_made(&self) -> u64 {
+        self.copies.borrow().made()
     }
 
     /// Sends the copies made since the last flush to the cluster thread, as one batch.

@@ -40,12 +40,14 @@ use crate::store::{Position, Record};
 /// What an acknowledgement waits for: everything up to `local` in this shard's log, each
 /// [`Remote`] confirmed by its shard, and (with a cluster) the other nodes' acknowledgement of
 /// everything this shard sent them up to message `cluster` (0: nothing; see
-/// `crate::cluster::marks`).
+/// `crate::cluster::marks`), and JetStream's of this shard's copies of offline sessions'
+/// queued messages up to copy `copied` (0: nothing; see `queue_copies`).
 #[derive(Debug, Default, Clone)]
 pub struct Ticket {
     pub local: Position,
     pub remote: SmallVec<[Remote; 2]>,
     pub cluster: u64,
+    pub copied: u64,
 }
 
 /// Messages sent to `shard` in the numbered messages `number - earlier ..= number`. Waiting
@@ -67,7 +69,7 @@ impl Remote {
 
 impl Ticket {
     pub fn is_empty(&self) -> bool {
-        self.local == 0 && self.remote.is_empty() && self.cluster == 0
+        self.local == 0 && self.remote.is_empty() && self.cluster == 0 && self.copied == 0
     }
 
     /// Adds "message `number` sent to `shard`"; a later number to one shard covers earlier ones.
@@ -92,10 +94,12 @@ fn concerns(remote: &Remote, shard: ShardId, number: u64) -> bool {
     remote.shard == shard && (remote.first()..=remote.number).contains(&number)
 }
 
-/// A numbered message this shard handled whose records are not durable yet.
+/// A numbered message this shard handled whose records are not durable yet: its log
+/// position, and (with a cluster) the last of this shard's queue copies it made.
 struct Unconfirmed {
     numbered: Numbered,
     position: Position,
+    copied: u64,
 }
 
 /// Both sides of the confirmations; see the module docs.
@@ -115,6 +119,9 @@ pub struct Durability {
     announce: Vec<Cell<bool>>,
     /// The task that waits for the log on behalf of `unconfirmed`.
     watcher: RefCell<Option<Waker>>,
+    /// With a cluster: how far JetStream stored this shard's copies of offline sessions'
+    /// queued messages (or they were given up on; see `queue_copies`).
+    copied: Cell<u64>,
     /// Confirmations from a shard that count only once more is durable: (shard, up to that
     /// number, what else). Empty unless shared deliveries came back (see the module docs).
     holds: RefCell<VecDeque<(ShardId, u64, Ticket)>>,
@@ -141,6 +148,7 @@ impl Durability {
             durable_for: (0..shards).map(|_| Cell::new(0)).collect(),
             announce: (0..shards).map(|_| Cell::new(false)).collect(),
             watcher: RefCell::new(None),
+            copied: Cell::new(0),
             holds: RefCell::new(VecDeque::new()),
             handed_on: RefCell::new(VecDeque::new()),
             hand_on_waker: RefCell::new(None),
@@ -202,6 +210,38 @@ impl Durability {
 
     pub fn is_cluster_confirmed(&self, number: u64) -> bool {
         self.cluster.get() >= number
+    }
+
+    /// JetStream stored (or the cluster thread gave up on) this shard's queue copies up to
+    /// `upto`: what waited for them may go. Returns whether that was news.
+    pub fn copies_stored(&self, upto: u64) -> bool {
+        if upto <= self.copied.get() {
+            return false;
+        }
+        self.copied.set(upto);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+        if let Some(w) = self.watcher.borrow_mut().take() {
+            w.wake();
+        }
+        true
+    }
+
+    /// Ready once this shard's queue copy `number` is stored.
+    pub fn poll_copied(&self, number: u64, cx: &mut Context<'_>) -> Poll<()> {
+        if self.copied.get() >= number {
+            return Poll::Ready(());
+        }
+        let mut waiters = self.waiters.borrow_mut();
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    pub fn is_copied(&self, number: u64) -> bool {
+        self.copied.get() >= number
     }
 
     /// Confirmations from `shard` of `number` count only once `ticket` is durable.
@@ -322,30 +362,38 @@ impl Durability {
     // ----- the destination's side -----------------------------------------------------------
 
     /// A numbered message was handled; what it wrote ends at `appended`, the log is durable up
-    /// to `durable`.
-    pub fn handled(&self, numbered: Numbered, appended: Position, durable: Position) {
-        if appended <= durable {
-            // Everything handled before is durable too: positions only grow.
-            self.advance(durable);
+    /// to `durable`; `copied` is the last queue copy it made (0: none).
+    pub fn handled(&self, numbered: Numbered, appended: Position, copied: u64, durable: Position) {
+        self.advance(durable);
+        if appended <= durable
+            && self.copied.get() >= copied
+            && self.unconfirmed.borrow().is_empty()
+        {
+            // Confirming it confirms everything handled before, which is durable too.
             self.confirm(numbered);
             return;
         }
         self.unconfirmed.borrow_mut().push_back(Unconfirmed {
             numbered,
             position: appended,
+            copied,
         });
         if let Some(w) = self.watcher.borrow_mut().take() {
             w.wake();
         }
     }
 
-    /// The log is durable up to `durable`: confirms what that covers.
+    /// The log is durable up to `durable`: confirms what that covers, in order, as far as
+    /// the queue copies it made are stored too.
     pub fn advance(&self, durable: Position) {
+        let copied = self.copied.get();
         loop {
             let next = {
                 let mut unconfirmed = self.unconfirmed.borrow_mut();
                 match unconfirmed.front() {
-                    Some(u) if u.position <= durable => unconfirmed.pop_front(),
+                    Some(u) if u.position <= durable && u.copied <= copied => {
+                        unconfirmed.pop_front()
+                    }
                     _ => None,
                 }
             };
@@ -364,12 +412,13 @@ impl Durability {
         }
     }
 
-    /// The log position the oldest unconfirmed message waits for; the watcher task sleeps
-    /// until there is one.
-    pub fn poll_oldest(&self, cx: &mut Context<'_>) -> Poll<Position> {
+    /// The log position the oldest unconfirmed message waits for, beyond `durable`; the
+    /// watcher task sleeps until there is one (the oldest may wait for queue copies only:
+    /// their news wakes it).
+    pub fn poll_oldest(&self, durable: Position, cx: &mut Context<'_>) -> Poll<Position> {
         match self.unconfirmed.borrow().front() {
-            Some(u) => Poll::Ready(u.position),
-            None => {
+            Some(u) if u.position > durable => Poll::Ready(u.position),
+            _ => {
                 *self.watcher.borrow_mut() = Some(cx.waker().clone());
                 Poll::Pending
             }
@@ -407,7 +456,7 @@ mod tests {
     #[test]
     fn a_message_that_wrote_nothing_new_is_confirmed_at_once() {
         let d = Durability::new(2);
-        d.handled(numbered(1, 1, true), 100, 100);
+        d.handled(numbered(1, 1, true), 100, 0, 100);
         assert_eq!(announced(&d), [(1, 1)]);
         assert_eq!(announced(&d), [], "announced once");
     }
@@ -415,17 +464,44 @@ mod tests {
     #[test]
     fn confirmations_wait_for_the_log_and_cover_earlier_numbers() {
         let d = Durability::new(3);
-        d.handled(numbered(1, 1, true), 10, 0);
-        d.handled(numbered(2, 1, false), 20, 0);
-        d.handled(numbered(1, 2, false), 30, 0);
+        d.handled(numbered(1, 1, true), 10, 0, 0);
+        d.handled(numbered(2, 1, false), 20, 0, 0);
+        d.handled(numbered(1, 2, false), 30, 0, 0);
         assert_eq!(announced(&d), []);
         d.advance(25);
         // Shard 2's message needed no answer; shard 1's first did.
         assert_eq!(announced(&d), [(1, 1)]);
         d.advance(30);
         assert_eq!(announced(&d), [], "number 2 needed no answer");
-        d.handled(numbered(1, 3, true), 30, 30);
+        d.handled(numbered(1, 3, true), 30, 0, 30);
         assert_eq!(announced(&d), [(1, 3)]);
+    }
+
+    #[test]
+    fn confirmations_wait_for_the_queue_copies_they_made_and_keep_their_order() {
+        let d = Durability::new(3);
+        // Number 1 made copy 5 of an offline session's queue; number 2 made none, but
+        // confirming it would confirm number 1 too.
+        d.handled(numbered(1, 1, true), 0, 5, 0);
+        d.handled(numbered(1, 2, true), 0, 0, 0);
+        d.handled(numbered(2, 1, true), 0, 0, 0);
+        assert_eq!(announced(&d), []);
+        assert!(!d.copies_stored(0), "no news");
+        assert!(d.copies_stored(4));
+        d.advance(0);
+        assert_eq!(announced(&d), [], "copy 5 is not stored yet");
+        assert!(d.copies_stored(5));
+        d.advance(0);
+        assert_eq!(announced(&d), [(1, 2), (2, 1)]);
+        // With the log too: both must be durable.
+        d.handled(numbered(1, 3, true), 40, 6, 30);
+        d.advance(40);
+        assert_eq!(announced(&d), []);
+        d.copies_stored(6);
+        d.advance(40);
+        assert_eq!(announced(&d), [(1, 3)]);
+        d.handled(numbered(1, 4, true), 40, 6, 40);
+        assert_eq!(announced(&d), [(1, 4)], "nothing waits: at once");
     }
 
     #[test]

@@ -451,6 +451,12 @@ pub enum ShardMessage {
     ClusterConfirmed {
         upto: u64,
     },
+    /// JetStream stored this shard's copies of offline sessions' queued messages up to copy
+    /// `upto` (or the cluster thread gave up on them; see `broker::queue_copies`): what
+    /// waited for them may be acknowledged.
+    CopiesStored {
+        upto: u64,
+    },
     /// A message for one member of the shared subscription group (`$share/GROUP/FILTER`)
     /// that NATS picked this node for.
     FromClusterShared(Arc<Message>, ByteStr, u64),

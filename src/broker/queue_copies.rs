@@ -3,6 +3,14 @@
 //! ([`QueueCopy`]), and the batch a shard gathers between its flushes ([`CopyBatch`]): one
 //! channel send and one wake of the cluster thread per flush instead of per message, and the
 //! framed records of a batch cut from one buffer instead of two allocations each.
+//!
+//! Each shard numbers the messages it copies (1, 2, 3, ...). The cluster thread tells it how
+//! far JetStream has stored them (`ShardMessage::CopiesStored`), and an acknowledgement
+//! (PUBACK, PUBREC, or another shard's or node's confirmation) of a message queued for an
+//! offline session waits for that (`durability::Ticket::copied`): a node that dies loses no
+//! message it acknowledged for a session whose client was away. A copy the cluster thread
+//! gives up on (no room, JetStream failed or not there) counts as stored for that wait, and
+//! is counted in `queues/not_copied`; one the shard itself has no room for gets no number.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -10,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Sender;
 
 use super::cluster_port::HandedSession;
+use super::mesh::ShardId;
 use crate::protocol::ByteStr;
 use crate::store::{encode_frame, Record};
 
@@ -33,15 +42,29 @@ pub enum QueueCopy {
         gone_ms: u64,
         records: HandedSession,
     },
-    /// A QoS 1/2 message queued for the offline session since: its `Queued` record, framed.
-    Append { client_id: ByteStr, record: Bytes },
+    /// A QoS 1/2 message queued for the offline session since: its `Queued` record, framed,
+    /// and the copy's number among its shard's.
+    Append {
+        client_id: ByteStr,
+        record: Bytes,
+        number: CopyNumber,
+    },
     /// The client is back (on this node): the copy goes.
     Ended(ByteStr),
+}
+
+/// Which copy a message is: `number` among those of `shard` (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyNumber {
+    pub shard: ShardId,
+    pub number: u64,
 }
 
 /// The copies a shard made since its last flush, in order.
 #[derive(Default)]
 pub(super) struct CopyBatch {
+    /// The number of the last message copied.
+    made: u64,
     copies: Vec<QueueCopy>,
     /// How many of `copies` are messages (`Append`): they count against
     /// [`QUEUE_COPIES_CAPACITY`].
@@ -57,13 +80,18 @@ impl CopyBatch {
         self.appends
     }
 
+    /// The number of the last message copied (0: none yet).
+    pub(super) fn made(&self) -> u64 {
+        self.made
+    }
+
     pub(super) fn push(&mut self, copy: QueueCopy) {
         self.copies.push(copy);
     }
 
     /// Adds a message queued for `client_id`'s offline session: `record`, framed as a log
-    /// frames it.
-    pub(super) fn append(&mut self, client_id: ByteStr, record: &Record) {
+    /// frames it, the copy number `made() + 1` of `shard`.
+    pub(super) fn append(&mut self, shard: ShardId, client_id: ByteStr, record: &Record) {
         self.body.clear();
         let kind = record.encode(&mut self.body);
         let need = self.body.len() + 16;
@@ -72,7 +100,16 @@ impl CopyBatch {
         }
         encode_frame(&mut self.framed, kind, &self.body);
         let record = self.framed.split().freeze();
-        self.copies.push(QueueCopy::Append { client_id, record });
+        self.made += 1;
+        let number = CopyNumber {
+            shard,
+            number: self.made,
+        };
+        self.copies.push(QueueCopy::Append {
+            client_id,
+            record,
+            number,
+        });
         self.appends += 1;
     }
 
@@ -111,10 +148,12 @@ mod tests {
             retain: false,
             extras: Default::default(),
         };
-        batch.append(ByteStr::from("c"), &queued(1));
+        let shard = ShardId(3);
+        batch.append(shard, ByteStr::from("c"), &queued(1));
         batch.push(QueueCopy::Ended(ByteStr::from("d")));
-        batch.append(ByteStr::from("c"), &queued(2));
+        batch.append(shard, ByteStr::from("c"), &queued(2));
         assert_eq!(batch.appends(), 2);
+        assert_eq!(batch.made(), 2);
         batch.send(&to, &waiting);
         assert_eq!(waiting.load(Ordering::Relaxed), 2);
         assert_eq!(batch.appends(), 0);
@@ -122,12 +161,25 @@ mod tests {
         assert_eq!(sent.len(), 3);
         assert_eq!(sent[1], QueueCopy::Ended(ByteStr::from("d")));
         let mut log = BytesMut::new();
+        let mut numbers = Vec::new();
         for copy in &sent {
-            if let QueueCopy::Append { client_id, record } = copy {
+            if let QueueCopy::Append {
+                client_id,
+                record,
+                number,
+            } = copy
+            {
                 assert_eq!(client_id.as_str(), "c");
                 log.extend_from_slice(record);
+                numbers.push(*number);
             }
         }
+        assert_eq!(
+            numbers,
+            [1, 2].map(|number| CopyNumber { shard, number }),
+            "numbered in order"
+        );
+        assert_eq!(batch.made(), 2, "numbers go on after a send");
         let log = log.freeze();
         let mut records = Vec::new();
         scan(&log, |_, kind, body| {

@@ -525,6 +525,7 @@ impl Shard {
     ) -> Routed {
         let mut routed = Routed::default();
         let before = self.journal_end();
+        let copies_before = self.copies_made();
         if message.retain {
             self.retain(&message, &mut routed.ticket);
         }
@@ -578,7 +579,7 @@ impl Shard {
                 }
             } else {
                 let router = router.get_or_insert_with(|| self.router.borrow_mut());
-                let needs_ack = id.durable && qos != QoS::AtMostOnce && self.acks_wait_for_disk();
+                let needs_ack = self.confirms_delivery(id, qos);
                 let number = router.deliver(
                     id.shard,
                     &message,
@@ -609,6 +610,7 @@ impl Shard {
             .messages_routed
             .set(self.metrics.messages_routed.get() + 1);
         routed.ticket.local = self.appended_since(before);
+        routed.ticket.copied = self.copied_since(copies_before);
         routed
     }
 
@@ -700,6 +702,7 @@ impl Shard {
     pub fn handle(self: &Rc<Self>, msg: ShardMessage) {
         match msg {
             ShardMessage::Deliver(batch) => {
+                let copies_before = self.copies_made();
                 let mut shared = batch.shared.iter().peekable();
                 let mut returned = Vec::new();
                 let mut index = 0;
@@ -719,7 +722,7 @@ impl Shard {
                     }
                 }
                 self.return_shared(batch.numbered, returned);
-                self.handled_numbered(batch.numbered);
+                self.handled_numbered(batch.numbered, self.copied_since(copies_before));
             }
             ShardMessage::Subscribe {
                 subscriber,
@@ -750,7 +753,7 @@ impl Shard {
             ShardMessage::UnsubscribeApplied { token } => self.request_applied(token, Vec::new()),
             ShardMessage::Retain(message, numbered) => {
                 self.store_retained(&message);
-                self.handled_numbered(numbered);
+                self.handled_numbered(numbered, 0);
             }
             ShardMessage::Durable { from, upto } => {
                 add(&self.metrics.confirmations_received, 1);
@@ -791,8 +794,15 @@ impl Shard {
                 self.handled_from_cluster(number, ticket);
             }
             ShardMessage::ClusterConfirmed { upto } => self.durability.cluster_confirmed(upto),
+            ShardMessage::CopiesStored { upto } => {
+                if self.durability.copies_stored(upto) {
+                    let durable = self.journal().map_or(0, |j| j.durable_position());
+                    self.durability.advance(durable);
+                }
+            }
             ShardMessage::FromClusterShared(message, group, number) => {
                 let before = self.journal_end();
+                let copies_before = self.copies_made();
                 let mut ticket = Ticket::default();
                 let pick = self.replica.borrow().shared.pick_in(
                     &group,
@@ -806,6 +816,7 @@ impl Shard {
                     self.deliver_shared(&message, id, grant, tag, &mut ticket);
                 }
                 ticket.local = self.appended_since(before);
+                ticket.copied = self.copied_since(copies_before);
                 self.handled_from_cluster(number, ticket);
             }
             ShardMessage::CollectRetained(reply) => {
@@ -826,11 +837,16 @@ impl Shard {
     }
 
     /// A numbered message from another shard was handled: it is confirmed once what it wrote
-    /// here is durable (see `durability`).
-    fn handled_numbered(&self, numbered: super::mesh::Numbered) {
-        if let Some(j) = self.journal() {
-            self.durability
-                .handled(numbered, j.appended(), j.durable_position());
+    /// here is durable, and the queue copies it made (up to `copied`) are stored (see
+    /// `durability`).
+    fn handled_numbered(&self, numbered: super::mesh::Numbered, copied: u64) {
+        match self.journal() {
+            Some(j) => {
+                self.durability
+                    .handled(numbered, j.appended(), copied, j.durable_position())
+            }
+            None if self.copies_queues() => self.durability.handled(numbered, 0, copied, 0),
+            None => {}
         }
     }
 
@@ -844,7 +860,7 @@ impl Shard {
         if let Some(port) = self.cluster.get() {
             port.flush_copies();
         }
-        if self.journal().is_some() {
+        if self.journal().is_some() || self.copies_queues() {
             let mut router = self.router.borrow_mut();
             let me = self.id;
             let sent = &self.metrics.confirmations_sent;

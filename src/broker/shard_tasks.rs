@@ -163,7 +163,7 @@ pub async fn confirm_durable(shard: Rc<Shard>) {
             if request.is_none() {
                 *shard.durable_requests_waker.borrow_mut() = Some(cx.waker().clone());
             }
-            let oldest = shard.durability.poll_oldest(cx);
+            let oldest = shard.durability.poll_oldest(journal.durable_position(), cx);
             match (request, oldest) {
                 (Some(a), Poll::Ready(b)) => Poll::Ready(a.min(b)),
                 (Some(a), Poll::Pending) => Poll::Ready(a),
@@ -222,11 +222,12 @@ pub async fn finish_handing_on(shard: &Shard) {
     }
 }
 
-/// With a cluster and `--data-dir`: tells the cluster thread that messages from other nodes
-/// were handled here once what they wrote is durable, oldest first (see
-/// `Shard::handled_from_cluster`). Sleeps while none waits.
+/// With a cluster: tells the cluster thread that messages from other nodes were handled here
+/// once what they wrote is durable (`--data-dir`) and what they queued for offline sessions is
+/// copied (see `queue_copies`), oldest first (see `Shard::handled_from_cluster`). Sleeps
+/// while none waits.
 pub async fn report_from_cluster(shard: Rc<Shard>) {
-    let (Some(port), Some(_)) = (shard.cluster.get(), shard.journal()) else {
+    let Some(port) = shard.cluster.get() else {
         return;
     };
     loop {

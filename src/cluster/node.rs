@@ -30,6 +30,7 @@ use crate::protocol::{ByteStr, QoS};
 
 mod acks;
 mod claims;
+mod copy_marks;
 pub(super) mod directory;
 mod handled;
 pub(super) mod queues;
@@ -360,7 +361,7 @@ impl Node {
             client.clone(),
             ops,
             self.id.clone(),
-            self.shared.clone(),
+            copy_marks::CopyMarks::new(self.mesh.clone(), self.shared.clone()),
         ));
         let mut local_shared: BTreeSet<String> = BTreeSet::new();
         // Our interest: filter -> the NATS subscriptions forwarding it.

@@ -132,6 +132,26 @@ impl Nats {
         }
     }
 
+    /// Stops server `i` (SIGSTOP): its connections stay open, but it answers nothing.
+    pub fn pause(&mut self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&mut self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, signal: i32) {
+        let child = self.servers[i].as_ref().expect("server running");
+        // SAFETY: kill(2) on our own child's pid, which it keeps until waited for.
+        assert_eq!(
+            unsafe { libc::kill(child.id() as i32, signal) },
+            0,
+            "signal {signal}"
+        );
+    }
+
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.servers[i].take() {
             let _ = c.kill();
@@ -241,17 +261,18 @@ impl NodeProcess {
         NodeProcess::start_with(name, nats, &[])
     }
 
-    /// With more `surgemq serve` arguments (a `--data-dir`, say).
+    /// With more `surgemq serve` arguments (a `--data-dir`, say; one shard unless they say
+    /// `--shards`).
     pub fn start_with(name: &str, nats: &str, more: &[&str]) -> NodeProcess {
         let port = free_port();
+        let shards: &[&str] = if more.contains(&"--shards") {
+            &[]
+        } else {
+            &["--shards", "1"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_surgemq"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--shards",
-                "1",
-            ])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(shards)
             .args(["--cluster", nats, "--node-id", name, "--log-level", "warn"])
             .args(more)
             .stdout(Stdio::null())

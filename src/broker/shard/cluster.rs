@@ -58,8 +58,9 @@ impl Shard {
 
     /// A QoS 1/2 message from another node, its number `number` among this shard's (0: QoS
     /// 0, not counted), was handled here; `ticket` is what it wrote. The cluster thread hears
-    /// of it, in order, once that is durable (at once without `--data-dir`): only then does
-    /// it acknowledge the message to its node, whose publisher waits for that.
+    /// of it, in order, once that is durable (`--data-dir`) and what it queued for offline
+    /// sessions copied to JetStream (at once when neither): only then does it acknowledge the
+    /// message to its node, whose publisher waits for that.
     pub(in crate::broker) fn handled_from_cluster(&self, number: u64, ticket: Ticket) {
         let Some(port) = self.cluster.get() else {
             return;

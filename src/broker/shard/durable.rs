@@ -53,6 +53,15 @@ impl Shard {
                 return false;
             }
         }
+        if ticket.copied > 0 {
+            let stored = match cx.as_deref_mut() {
+                Some(cx) => self.durability.poll_copied(ticket.copied, cx).is_ready(),
+                None => self.durability.is_copied(ticket.copied),
+            };
+            if !stored {
+                return false;
+            }
+        }
         for remote in &ticket.remote {
             let (shard, number) = (remote.shard, remote.number);
             let confirmed = match cx.as_deref_mut() {

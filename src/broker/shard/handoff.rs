@@ -266,8 +266,39 @@ impl Shard {
     }
 
     /// In a cluster: whether offline sessions are copied to JetStream (`--cluster-queue-copies`).
-    fn copies_queues(&self) -> bool {
+    pub(in crate::broker) fn copies_queues(&self) -> bool {
         self.config.cluster.as_ref().is_some_and(|c| c.queue_copies)
+    }
+
+    /// How many queue copies this shard has made (the number of the last one): what routing
+    /// a message made is [`copied_since`](Self::copied_since) this.
+    pub(in crate::broker) fn copies_made(&self) -> u64 {
+        self.cluster.get().map_or(0, |port| port.copies_made())
+    }
+
+    /// The last queue copy made since `before` ([`copies_made`](Self::copies_made)), which an
+    /// acknowledgement must wait for; 0 when none was.
+    pub(in crate::broker) fn copied_since(&self, before: u64) -> u64 {
+        let now = self.copies_made();
+        if now > before {
+            now
+        } else {
+            0
+        }
+    }
+
+    /// Whether a QoS 1/2 delivery to `id` on another shard is confirmed back (see
+    /// `durability`), for a publisher's acknowledgement to wait for: with `--data-dir`, what
+    /// a persistent session is sent must be on the disk; in a cluster that copies offline
+    /// sessions' queues, any delivery may be copied to JetStream there (the sender cannot tell
+    /// whether its subscriber is away), and that copy must be stored.
+    pub(in crate::broker) fn confirms_delivery(
+        &self,
+        id: crate::broker::mesh::SubscriberId,
+        qos: crate::protocol::QoS,
+    ) -> bool {
+        qos != crate::protocol::QoS::AtMostOnce
+            && ((id.durable && self.acks_wait_for_disk()) || self.copies_queues())
     }
 
     /// In a cluster: a persistent session's client is back here; its copy in JetStream goes

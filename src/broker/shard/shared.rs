@@ -90,7 +90,7 @@ impl Shard {
             }
             return;
         }
-        let needs_ack = id.durable && qos != QoS::AtMostOnce && self.acks_wait_for_disk();
+        let needs_ack = self.confirms_delivery(id, qos);
         let number = self.router.borrow_mut().deliver_tagged(
             id.shard,
             message,
@@ -174,11 +174,13 @@ impl Shard {
         returned: Vec<(Arc<Message>, ShareTag, SubscriberId)>,
     ) {
         let before = self.journal_end();
+        let copies_before = self.copies_made();
         let mut ticket = Ticket::default();
         for (message, tag, failed) in returned {
             self.share_again(&message, tag, failed, &mut ticket);
         }
         ticket.local = self.appended_since(before);
+        ticket.copied = self.copied_since(copies_before);
         self.hold_confirmation(from, number, ticket);
     }
 

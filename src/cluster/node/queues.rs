@@ -10,9 +10,10 @@
 //! concatenated, are the session. When its client comes back (to any node), a clean connect
 //! ends it or it expires, the subject is purged. Copies are written in order, several in
 //! flight at once, and the messages queued for one session meanwhile go as one JetStream
-//! message (up to NATS's max payload: the reader concatenates them all the same); they are
-//! asynchronous to the publishers (whose PUBACK waits for this node's own queue and, with
-//! `--data-dir`, its disk, not for JetStream).
+//! message (up to NATS's max payload: the reader concatenates them all the same). A
+//! publisher's acknowledgement of a message copied waits for JetStream to store the copy
+//! (`copy_marks`), except while the stream cannot be opened (JetStream not there): then the
+//! copies wait here (within bounds) without holding anyone.
 //!
 //! A node resuming a session that no node handed over (its node is down) reads the subject
 //! ([`read`]): if it begins with a snapshot, that copy is taken instead of the directory's,
@@ -36,6 +37,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::copy_marks::{CopyMarks, Firsts};
 use crate::broker::cluster_port::{ClusterShared, QueueCopy, QUEUE_COPIES_CAPACITY};
 use crate::protocol::ByteStr;
 
@@ -55,6 +57,8 @@ const IN_FLIGHT: usize = 256;
 const GATHER_MAX: usize = 8 << 20;
 /// The pause between attempts to open the stream.
 const RETRY: Duration = Duration::from_secs(5);
+/// The pause before a shard whose inbox was full is told its mark again.
+const TELL_AGAIN: Duration = Duration::from_millis(5);
 
 fn subject_of(client_id: &str) -> String {
     format!("{PREFIX}.{}", super::directory::key_of(client_id))
@@ -142,8 +146,9 @@ pub(super) async fn keep_queues(
     client: async_nats::Client,
     mut ops: mpsc::Receiver<QueueOp>,
     node: String,
-    shared: Arc<ClusterShared>,
+    mut marks: CopyMarks,
 ) {
+    let shared = marks.shared().clone();
     let js = jetstream::new(client.clone());
     let mut said = false;
     // What comes before the stream is open waits (in order, up to `QUEUE_COPIES_CAPACITY`
@@ -165,10 +170,15 @@ pub(super) async fn keep_queues(
                     None => return,
                     Some(QueueOp::Copies(copies)) if waiting_copies + copies.len() > QUEUE_COPIES_CAPACITY => {
                         shared.queues_not_copied.fetch_add(copies.len() as u64, Ordering::Relaxed);
+                        received(&mut marks, &copies);
+                        marks.tell(std::iter::empty());
                     }
                     Some(op) => {
                         if let QueueOp::Copies(copies) = &op {
                             waiting_copies += copies.len();
+                            // Without a stream, nobody waits for them (see the module docs).
+                            received(&mut marks, copies);
+                            marks.tell(std::iter::empty());
                         }
                         waiting.push(op);
                     }
@@ -190,6 +200,8 @@ pub(super) async fn keep_queues(
         stream,
         node,
         shared,
+        marks,
+        untold: false,
         // Room for the headers and the protocol line.
         chunk: max - 4096,
         pending: VecDeque::new(),
@@ -206,16 +218,27 @@ pub(super) async fn keep_queues(
             Err(mpsc::error::TryRecvError::Disconnected) => break,
             Err(mpsc::error::TryRecvError::Empty) => {
                 // Nothing more for now: out with what is gathered, wait for what is in
-                // flight, then for more.
+                // flight, then for more (telling a shard that could not hear its mark again
+                // meanwhile).
                 writer.flush_appends().await;
                 writer.settle(0).await;
-                match ops.recv().await {
+                writer.tell();
+                let op = if writer.untold {
+                    tokio::select! {
+                        op = ops.recv() => op,
+                        _ = tokio::time::sleep(TELL_AGAIN) => continue,
+                    }
+                } else {
+                    ops.recv().await
+                };
+                match op {
                     Some(op) => op,
                     None => break,
                 }
             }
         };
         writer.write(op).await;
+        writer.tell();
     }
     writer.flush_appends().await;
     writer.settle(0).await;
@@ -247,19 +270,42 @@ async fn open_stream(js: &jetstream::Context) -> Result<stream::Stream, String> 
     js.get_stream(STREAM).await.map_err(|_| last_error)
 }
 
+/// Notes the numbers of the messages among `copies` (see `copy_marks`).
+fn received(marks: &mut CopyMarks, copies: &[QueueCopy]) {
+    for copy in copies {
+        if let QueueCopy::Append { number, .. } = copy {
+            marks.received(*number);
+        }
+    }
+}
+
+/// Messages queued for one offline session, gathered until they are written.
+#[derive(Default)]
+struct Gathered {
+    records: BytesMut,
+    /// How many.
+    count: u64,
+    /// Their shards' first copy numbers.
+    firsts: Firsts,
+}
+
 struct Writer {
     js: jetstream::Context,
     stream: stream::Stream,
     node: String,
     shared: Arc<ClusterShared>,
+    /// How far each shard's copies are stored.
+    marks: CopyMarks,
+    /// Whether a shard could not be told its mark (its inbox was full).
+    untold: bool,
     /// How large one JetStream message may be.
     chunk: usize,
     /// Copies written, oldest first, whose acknowledgement has not come yet, with how many
-    /// copies each holds.
-    pending: VecDeque<(PublishAckFuture, u64)>,
+    /// copies each holds and their shards' first copy numbers.
+    pending: VecDeque<(PublishAckFuture, u64, Firsts)>,
     /// Messages queued for offline sessions, gathered per subject until nothing more comes
-    /// at once (or a JetStream message is full): (records, how many).
-    appends: AHashMap<ByteStr, (BytesMut, u64)>,
+    /// at once (or a JetStream message is full).
+    appends: AHashMap<ByteStr, Gathered>,
     /// Their bytes, for all subjects.
     gathered: usize,
     /// Whether the last write failed (said once per spell).
@@ -267,6 +313,17 @@ struct Writer {
 }
 
 impl Writer {
+    /// Tells the shards how far their copies are stored: all but what is gathered or in
+    /// flight.
+    fn tell(&mut self) {
+        let blocks = self
+            .appends
+            .values()
+            .map(|g| &g.firsts)
+            .chain(self.pending.iter().map(|(_, _, f)| f));
+        self.untold = self.marks.tell(blocks);
+    }
+
     async fn write(&mut self, op: QueueOp) {
         match op {
             QueueOp::Copies(copies) => {
@@ -295,16 +352,24 @@ impl Writer {
                 let mut headers = HeaderMap::new();
                 let head = format!("{gone_ms} {}", self.node);
                 headers.insert(SNAPSHOT, head.as_str());
-                self.publish(subject, Some(headers), records, 1).await;
+                let firsts = Firsts::default();
+                self.publish(subject, Some(headers), records, (1, firsts))
+                    .await;
             }
-            QueueCopy::Append { client_id, record } => {
-                let gathered = self.appends.get(&client_id).map_or(0, |(b, _)| b.len());
+            QueueCopy::Append {
+                client_id,
+                record,
+                number,
+            } => {
+                self.marks.received(number);
+                let gathered = self.appends.get(&client_id).map_or(0, |g| g.records.len());
                 if gathered > 0 && gathered + record.len() > self.chunk {
                     self.flush_client(&client_id).await;
                 }
-                let (records, count) = self.appends.entry(client_id).or_default();
-                records.extend_from_slice(&record);
-                *count += 1;
+                let g = self.appends.entry(client_id).or_default();
+                g.records.extend_from_slice(&record);
+                g.count += 1;
+                g.firsts.add(number);
                 self.gathered += record.len();
                 if self.gathered > GATHER_MAX {
                     self.flush_appends().await;
@@ -319,15 +384,16 @@ impl Writer {
 
     /// Drops what was gathered for a client, which a purge is about to remove.
     fn forget_appends(&mut self, client_id: &str) {
-        if let Some((records, _)) = self.appends.remove(client_id) {
-            self.gathered -= records.len();
+        if let Some(g) = self.appends.remove(client_id) {
+            self.gathered -= g.records.len();
         }
     }
 
     async fn flush_client(&mut self, client_id: &str) {
-        if let Some((records, count)) = self.appends.remove(client_id) {
-            self.gathered -= records.len();
-            self.publish(subject_of(client_id), None, records.freeze(), count)
+        if let Some(g) = self.appends.remove(client_id) {
+            self.gathered -= g.records.len();
+            let subject = subject_of(client_id);
+            self.publish(subject, None, g.records.freeze(), (g.count, g.firsts))
                 .await;
         }
     }
@@ -336,34 +402,40 @@ impl Writer {
     async fn flush_appends(&mut self) {
         let gathered: Vec<_> = self.appends.drain().collect();
         self.gathered = 0;
-        for (client_id, (records, count)) in gathered {
-            self.publish(subject_of(&client_id), None, records.freeze(), count)
+        for (client_id, g) in gathered {
+            let subject = subject_of(&client_id);
+            self.publish(subject, None, g.records.freeze(), (g.count, g.firsts))
                 .await;
         }
     }
 
-    /// Writes `payload`, which holds `copies` copies (in several messages when it is larger
-    /// than a NATS message may be: the reader concatenates them), `headers` on the first.
+    /// Writes `payload`, which holds `copies` copies numbered from `firsts` (in several
+    /// messages when it is larger than a NATS message may be: the reader concatenates them),
+    /// `headers` on the first.
     async fn publish(
         &mut self,
         subject: String,
         mut headers: Option<HeaderMap>,
         payload: Bytes,
-        copies: u64,
+        (copies, firsts): (u64, Firsts),
     ) {
         let size = self.chunk;
         let count = payload.len().div_ceil(size).max(1);
         for index in 0..count {
             let part = payload.slice(index * size..((index + 1) * size).min(payload.len()));
-            // The copies count once, with the last part.
-            let copies = if index + 1 == count { copies } else { 0 };
+            // The copies count once, with the last part, which is acknowledged last.
+            let (copies, firsts) = if index + 1 == count {
+                (copies, firsts.clone())
+            } else {
+                (0, Firsts::default())
+            };
             self.settle(IN_FLIGHT - 1).await;
             let sent = match headers.take() {
                 Some(h) => self.js.publish_with_headers(subject.clone(), h, part).await,
                 None => self.js.publish(subject.clone(), part).await,
             };
             match sent {
-                Ok(ack) => self.pending.push_back((ack, copies)),
+                Ok(ack) => self.pending.push_back((ack, copies, firsts)),
                 Err(e) => self.failed(e.to_string(), copies),
             }
         }
@@ -383,7 +455,8 @@ impl Writer {
     /// Waits for acknowledgements until at most `keep` copies are in flight.
     async fn settle(&mut self, keep: usize) {
         while self.pending.len() > keep {
-            let Some((ack, copies)) = self.pending.pop_front() else {
+            // (Its shards' marks are told only once this returns: see `tell`.)
+            let Some((ack, copies, _)) = self.pending.pop_front() else {
                 return;
             };
             match ack.await {
@@ -418,6 +491,7 @@ impl super::Node {
         if let Err(e) = ops.try_send(QueueOp::Copies(copies)) {
             let (mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op)) = e;
             if let QueueOp::Copies(copies) = op {
+                super::copy_marks::given_up(&self.shared, &copies);
                 let lost = copies.len() as u64;
                 self.shared
                     .queues_not_copied
