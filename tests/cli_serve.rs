@@ -44,6 +44,10 @@ fn bad_flag_values_give_one_line_naming_the_flag() {
             &["serve", "--cluster-queue-copies", "false"][..],
             "--cluster-queue-copies",
         ),
+        (
+            &["serve", "--cluster-queue-copies-wait", "false"][..],
+            "--cluster-queue-copies-wait",
+        ),
         (&["serve", "--cluster", "bad url"][..], "--cluster"),
         (
             &[

@@ -305,6 +305,26 @@ fn a_puback_for_an_away_session_waits_until_jetstream_has_its_copy() {
     client.expect_nothing();
 }
 
+/// With `--cluster-queue-copies-wait false`, the PUBACK of a message queued for an away
+/// session comes at once, even while the node's NATS server is stopped (the copy follows when
+/// it goes on).
+#[test]
+fn without_the_wait_a_puback_for_an_away_session_comes_at_once() {
+    let mut nats = Nats::start();
+    let a = NodeProcess::start_with("a", &nats.url(0), &["--cluster-queue-copies-wait", "false"]);
+    let mut client = resume(&a, "away", false);
+    client.subscribe(1, &[("jobs/#", 1)]);
+    client.crash_and_wait();
+    let mut publisher = connect_to(a.addr(), "publisher");
+    publisher.publish1("jobs/warm", b"warm", false, 1);
+    until_copied(&nats, "away", b"warm");
+    nats.pause(0);
+    publisher.send(&publish("jobs/now", b"now", 1, false, false, 2));
+    expect_puback_within(&mut publisher, 2, Duration::from_millis(500));
+    nats.resume(0);
+    until_copied(&nats, "away", b"now");
+}
+
 /// A node killed (SIGKILL) the moment its publisher has the PUBACKs of 2,000 messages queued
 /// for a session whose client is away loses none of them: the client resumes on another node
 /// with all of them, in order. (Before PUBACKs waited for the copies, the last moments'

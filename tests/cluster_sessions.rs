@@ -337,6 +337,7 @@ fn a_publish_for_a_session_on_another_node_is_acknowledged_once_durable_there() 
                 servers: vec![nats.url(1)],
                 node_id: "b".to_string(),
                 queue_copies: true,
+                queue_copies_wait: true,
                 clock_offset_us: 0,
             }),
             data_dir: Some(dirs.data()),

@@ -112,6 +112,11 @@ pub struct ClusterConfig {
     /// messages queued for them, so that they resume with those messages on another node
     /// while this one is down (`cluster::node::queues`; on by default).
     pub queue_copies: bool,
+    /// Whether a publisher's acknowledgement of a message queued for such a session waits
+    /// until JetStream has stored its copy (`broker::queue_copies`; on by default): off, a
+    /// node that dies loses the copies of what it acknowledged in the moments before, and
+    /// a publisher with a small window is not slowed down by JetStream's round trip.
+    pub queue_copies_wait: bool,
     /// Moves this node's clock for client id claims by this many microseconds: tests use it
     /// to stand for a host whose clock is off (0 otherwise).
     #[doc(hidden)]

@@ -845,7 +845,7 @@ impl Shard {
                 self.durability
                     .handled(numbered, j.appended(), copied, j.durable_position())
             }
-            None if self.copies_queues() => self.durability.handled(numbered, 0, copied, 0),
+            None if self.waits_for_copies() => self.durability.handled(numbered, 0, copied, 0),
             None => {}
         }
     }
@@ -860,7 +860,7 @@ impl Shard {
         if let Some(port) = self.cluster.get() {
             port.flush_copies();
         }
-        if self.journal().is_some() || self.copies_queues() {
+        if self.journal().is_some() || self.waits_for_copies() {
             let mut router = self.router.borrow_mut();
             let me = self.id;
             let sent = &self.metrics.confirmations_sent;

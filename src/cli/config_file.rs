@@ -45,6 +45,7 @@ const KNOWN_KEYS: &[&str] = &[
     "cluster",
     "node-id",
     "cluster-queue-copies",
+    "cluster-queue-copies-wait",
 ];
 
 /// Keys of a `[[listener]]` table: its URL and its own TLS settings.

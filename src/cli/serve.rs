@@ -170,6 +170,12 @@ pub struct ServeArgs {
     /// down (false: only their subscriptions are there) [default: true].
     #[arg(long, value_name = "BOOL")]
     cluster_queue_copies: Option<bool>,
+    /// With --cluster-queue-copies: a PUBACK/PUBREC of a message queued for a session whose
+    /// client is away waits until JetStream has stored its copy (false: it does not, and a
+    /// node that dies loses the copies of what it acknowledged in the moments before)
+    /// [default: true].
+    #[arg(long, value_name = "BOOL")]
+    cluster_queue_copies_wait: Option<bool>,
 }
 
 /// Queue limits per session with --data-dir, where queued messages are kept on disk too and
@@ -375,7 +381,7 @@ fn build_config(args: ServeArgs) -> Result<Built, String> {
         cluster: cluster_config(
             &args.cluster,
             args.node_id,
-            args.cluster_queue_copies,
+            (args.cluster_queue_copies, args.cluster_queue_copies_wait),
             &file,
         )?,
         ..defaults
@@ -388,7 +394,7 @@ fn build_config(args: ServeArgs) -> Result<Built, String> {
 fn cluster_config(
     flag: &[String],
     node_id: Option<String>,
-    queue_copies: Option<bool>,
+    (queue_copies, queue_copies_wait): (Option<bool>, Option<bool>),
     file: &ConfigFile,
 ) -> Result<Option<ClusterConfig>, String> {
     let servers = if flag.is_empty() {
@@ -403,6 +409,9 @@ fn cluster_config(
         if queue_copies.is_some() {
             return Err("invalid --cluster-queue-copies: needs --cluster".into());
         }
+        if queue_copies_wait.is_some() {
+            return Err("invalid --cluster-queue-copies-wait: needs --cluster".into());
+        }
         return Ok(None);
     }
     let node_id = match node_id.or(file.string("node-id")?) {
@@ -415,6 +424,11 @@ fn cluster_config(
         servers,
         node_id,
         queue_copies: pick(queue_copies, file.bool("cluster-queue-copies")?, true),
+        queue_copies_wait: pick(
+            queue_copies_wait,
+            file.bool("cluster-queue-copies-wait")?,
+            true,
+        ),
         clock_offset_us: 0,
     }))
 }

@@ -270,6 +270,15 @@ impl Shard {
         self.config.cluster.as_ref().is_some_and(|c| c.queue_copies)
     }
 
+    /// In a cluster: whether acknowledgements wait for the queue copies they concern
+    /// (`--cluster-queue-copies-wait`).
+    pub(in crate::broker) fn waits_for_copies(&self) -> bool {
+        self.config
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.queue_copies && c.queue_copies_wait)
+    }
+
     /// How many queue copies this shard has made (the number of the last one): what routing
     /// a message made is [`copied_since`](Self::copied_since) this.
     pub(in crate::broker) fn copies_made(&self) -> u64 {
@@ -277,10 +286,10 @@ impl Shard {
     }
 
     /// The last queue copy made since `before` ([`copies_made`](Self::copies_made)), which an
-    /// acknowledgement must wait for; 0 when none was.
+    /// acknowledgement must wait for; 0 when none was (or acknowledgements do not wait).
     pub(in crate::broker) fn copied_since(&self, before: u64) -> u64 {
         let now = self.copies_made();
-        if now > before {
+        if now > before && self.waits_for_copies() {
             now
         } else {
             0
@@ -298,7 +307,7 @@ impl Shard {
         qos: crate::protocol::QoS,
     ) -> bool {
         qos != crate::protocol::QoS::AtMostOnce
-            && ((id.durable && self.acks_wait_for_disk()) || self.copies_queues())
+            && ((id.durable && self.acks_wait_for_disk()) || self.waits_for_copies())
     }
 
     /// In a cluster: a persistent session's client is back here; its copy in JetStream goes
