@@ -33,6 +33,7 @@ mod claims;
 mod copy_marks;
 pub(super) mod directory;
 mod handled;
+mod queue_ops;
 pub(super) mod queues;
 mod retained;
 mod retained_kv;
@@ -356,7 +357,8 @@ impl Node {
         ));
         let mut directory_full = false;
         // Offline sessions' queues, for a node that is down (see `queues`).
-        let (queue_ops, ops) = mpsc::channel(queues::QUEUE);
+        let (queue_tx, ops) = mpsc::channel(queues::QUEUE);
+        let queue_ops = queue_ops::QueueOps::new(queue_tx);
         tokio::spawn(queues::keep_queues(
             client.clone(),
             ops,
@@ -468,7 +470,7 @@ impl Node {
                             _ = stop.changed() => break,
                         }
                     }
-                    Some(Event::Queues(batch)) => self.copy_queues(&queue_ops, batch),
+                    Some(Event::Queues(batch)) => queue_ops.copies(batch, &self.shared),
                     Some(Event::Interest(change)) => {
                         match change {
                             ClusterEvent::Added(f) => {
@@ -570,6 +572,8 @@ impl Node {
                     acks_at = None;
                 }
                 _ = resend_check.tick() => self.resend(&client, seq).await,
+                // Sessions' snapshots, ends and purges that found no room (see `queue_ops`).
+                permit = queue_ops.room(), if queue_ops.waiting() => queue_ops.send_waiting(permit),
                 Some(m) = sync_sub.next() => {
                     if let Some(reply) = m.reply {
                         self.send_retained(&client, reply.to_string()).await;

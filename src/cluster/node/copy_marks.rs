@@ -67,7 +67,7 @@ impl CopyMarks {
     /// (its inbox full: try again soon).
     pub(super) fn tell<'a>(&mut self, blocks: impl Iterator<Item = &'a Firsts>) -> bool {
         for (i, received) in self.received.iter_mut().enumerate() {
-            // What was given up on before it got here (see `Node::copy_queues`).
+            // What was given up on before it got here (see `queue_ops`).
             let given_up = self.shared.copies_given_up(ShardId(i as u16));
             *received = (*received).max(given_up);
         }
@@ -86,16 +86,6 @@ impl CopyMarks {
             }
         }
         untold
-    }
-}
-
-/// Records, for the stream task's marks, that copies in `batch` were given up on before they
-/// reached it.
-pub(super) fn given_up(shared: &ClusterShared, batch: &[crate::broker::cluster_port::QueueCopy]) {
-    for copy in batch {
-        if let crate::broker::cluster_port::QueueCopy::Append { number, .. } = copy {
-            shared.give_up_copy(*number);
-        }
     }
 }
 

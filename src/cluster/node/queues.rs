@@ -484,22 +484,6 @@ impl Writer {
 }
 
 impl super::Node {
-    /// Hands copies to the stream task; with no room for them (JetStream slower than the
-    /// shards for long), they are not made, and counted: the main loop never waits for
-    /// JetStream.
-    pub(super) fn copy_queues(&self, ops: &mpsc::Sender<QueueOp>, copies: Vec<QueueCopy>) {
-        if let Err(e) = ops.try_send(QueueOp::Copies(copies)) {
-            let (mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op)) = e;
-            if let QueueOp::Copies(copies) = op {
-                super::copy_marks::given_up(&self.shared, &copies);
-                let lost = copies.len() as u64;
-                self.shared
-                    .queues_not_copied
-                    .fetch_add(lost, Ordering::Relaxed);
-            }
-        }
-    }
-
     /// A persistent session ended (a clean connect, or it expired): its queue's copy and
     /// the tombstones of copies taken go.
     pub(super) fn session_ended(
@@ -507,12 +491,12 @@ impl super::Node {
         client_id: &str,
         directory: &super::directory::Directory,
         directory_ops: &mpsc::Sender<super::KvOp>,
-        ops: &mpsc::Sender<QueueOp>,
+        ops: &super::queue_ops::QueueOps,
     ) {
         for op in directory.tombstones_gone(client_id) {
             let _ = directory_ops.try_send(op);
         }
-        let _ = ops.try_send(QueueOp::Purge(client_id.to_string()));
+        ops.purge(client_id.to_string());
     }
 }
 

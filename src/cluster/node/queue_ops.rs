@@ -1,0 +1,194 @@
+//! The way from the cluster thread's main loop to the stream task that writes offline
+//! sessions' queues to JetStream (`queues`), and what happens when it is full.
+//!
+//! The main loop never waits for JetStream: when the stream task is behind, the *messages* of
+//! a batch are given up on (counted in `queues/not_copied`; they hold no publisher, see
+//! `copy_marks`), but a session's snapshot, its end (the client is back) and its purge (the
+//! session ended) are kept, in order, and sent as soon as there is room. Lost, they would
+//! leave a stale copy in JetStream that a resume elsewhere could take: messages delivered
+//! again, or a session that should have ended. Each of them starts by purging the session's
+//! subject, so a later one for a client replaces an earlier one still waiting: what waits is
+//! at most one per session.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+
+use super::queues::QueueOp;
+use crate::broker::cluster_port::{ClusterShared, QueueCopy};
+
+/// The stream task's channel, and what waits for room in it.
+pub(super) struct QueueOps {
+    tx: mpsc::Sender<QueueOp>,
+    /// Snapshots, ends and purges that found no room, oldest first, one per client.
+    waiting: RefCell<VecDeque<QueueOp>>,
+}
+
+/// The client a snapshot, end or purge is for (None: a batch of messages).
+fn client_of(op: &QueueOp) -> Option<&str> {
+    match op {
+        QueueOp::Purge(id) => Some(id),
+        QueueOp::Copies(copies) => match copies.as_slice() {
+            [QueueCopy::Snapshot { client_id, .. }] | [QueueCopy::Ended(client_id)] => {
+                Some(client_id)
+            }
+            _ => None,
+        },
+    }
+}
+
+impl QueueOps {
+    pub(super) fn new(tx: mpsc::Sender<QueueOp>) -> QueueOps {
+        QueueOps {
+            tx,
+            waiting: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    /// Hands a shard's copies to the stream task (see the module docs for when it is behind).
+    pub(super) fn copies(&self, copies: Vec<QueueCopy>, shared: &ClusterShared) {
+        let Some(op) = self.try_send(QueueOp::Copies(copies)) else {
+            return;
+        };
+        let QueueOp::Copies(copies) = op else {
+            return;
+        };
+        let mut lost = 0;
+        for copy in copies {
+            match copy {
+                QueueCopy::Append { number, .. } => {
+                    shared.give_up_copy(number);
+                    lost += 1;
+                }
+                marker => self.wait(QueueOp::Copies(vec![marker])),
+            }
+        }
+        shared.queues_not_copied.fetch_add(lost, Ordering::Relaxed);
+    }
+
+    /// The session ended (clean connect, expiry): its copy goes.
+    pub(super) fn purge(&self, client_id: String) {
+        if let Some(op) = self.try_send(QueueOp::Purge(client_id)) {
+            self.wait(op);
+        }
+    }
+
+    /// Sends `op` unless something waits (it goes behind) or there is no room: then gives it
+    /// back.
+    fn try_send(&self, op: QueueOp) -> Option<QueueOp> {
+        if !self.waiting.borrow().is_empty() {
+            return Some(op);
+        }
+        match self.tx.try_send(op) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(op)) => Some(op),
+            // The stream task is gone: the node is stopping.
+            Err(mpsc::error::TrySendError::Closed(_)) => None,
+        }
+    }
+
+    /// Keeps a snapshot, end or purge until there is room, in place of one for the same
+    /// client that waits already.
+    fn wait(&self, op: QueueOp) {
+        let mut waiting = self.waiting.borrow_mut();
+        if let Some(client) = client_of(&op) {
+            waiting.retain(|w| client_of(w) != Some(client));
+        }
+        waiting.push_back(op);
+    }
+
+    /// Whether something waits for room (the main loop then waits for room too).
+    pub(super) fn waiting(&self) -> bool {
+        !self.waiting.borrow().is_empty()
+    }
+
+    /// Returns once the stream task has room (or is gone).
+    pub(super) async fn room(&self) -> Option<mpsc::Permit<'_, QueueOp>> {
+        self.tx.reserve().await.ok()
+    }
+
+    /// Sends the oldest of what waits with `permit`.
+    pub(super) fn send_waiting(&self, permit: Option<mpsc::Permit<'_, QueueOp>>) {
+        let Some(op) = self.waiting.borrow_mut().pop_front() else {
+            return;
+        };
+        match permit {
+            Some(permit) => permit.send(op),
+            // The node is stopping: nothing will be written any more.
+            None => self.waiting.borrow_mut().clear(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::cluster_port::{ClusterShared, CopyNumber};
+    use crate::broker::mesh::ShardId;
+    use crate::protocol::ByteStr;
+
+    fn append(client: &str, number: u64) -> QueueCopy {
+        QueueCopy::Append {
+            client_id: ByteStr::from(client),
+            record: bytes::Bytes::from_static(b"r"),
+            number: CopyNumber {
+                shard: ShardId(0),
+                number,
+            },
+        }
+    }
+
+    fn names(op: &QueueOp) -> String {
+        match op {
+            QueueOp::Purge(id) => format!("purge {id}"),
+            QueueOp::Copies(copies) => copies
+                .iter()
+                .map(|c| match c {
+                    QueueCopy::Snapshot { client_id, .. } => format!("snapshot {client_id}"),
+                    QueueCopy::Ended(id) => format!("end {id}"),
+                    QueueCopy::Append { number, .. } => format!("append {}", number.number),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+
+    #[test]
+    fn with_no_room_messages_are_given_up_but_ends_and_purges_wait_one_per_client() {
+        let shared = ClusterShared::new();
+        let (tx, mut rx) = mpsc::channel(1);
+        let ops = QueueOps::new(tx);
+        ops.copies(vec![append("a", 1)], &shared);
+        assert!(!ops.waiting());
+        // Full now.
+        ops.copies(
+            vec![
+                append("a", 2),
+                QueueCopy::Ended(ByteStr::from("a")),
+                append("b", 3),
+                QueueCopy::Ended(ByteStr::from("b")),
+            ],
+            &shared,
+        );
+        ops.purge("a".to_string());
+        assert!(ops.waiting());
+        assert_eq!(shared.counts().queues_not_copied, 2);
+        assert_eq!(shared.copies_given_up(ShardId(0)), 3);
+        // Room again: what waits goes first, in order; the purge of a replaced a's end.
+        assert_eq!(names(&rx.try_recv().unwrap()), "append 1");
+        ops.copies(vec![append("c", 4)], &shared);
+        assert_eq!(shared.copies_given_up(ShardId(0)), 4, "behind what waits");
+        let sent: Vec<String> = std::iter::from_fn(|| {
+            ops.waiting().then(|| {
+                ops.send_waiting(ops.tx.try_reserve().ok());
+                names(&rx.try_recv().unwrap())
+            })
+        })
+        .collect();
+        assert_eq!(sent, ["end b", "purge a"]);
+        ops.copies(vec![append("c", 5)], &shared);
+        assert_eq!(names(&rx.try_recv().unwrap()), "append 5");
+    }
+}
