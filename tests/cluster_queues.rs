@@ -128,7 +128,11 @@ fn a_node_back_with_copies_another_node_took_does_not_deliver_them_again() {
         client.disconnect();
     }
 
-    let a = NodeProcess::start_with("a", &nats.url(0), &data);
+    let a = NodeProcess::start_with(
+        "a",
+        &nats.url(0),
+        &[data[0], data[1], "--sys-interval", "1"],
+    );
     // Once a knows b again (b's interest has reached it), so a waits for b's answer.
     let mut probe_sub = connect_to(b.addr(), "probe-sub");
     probe_sub.subscribe(1, &[("probe/m", 0)]);
@@ -161,6 +165,12 @@ fn a_node_back_with_copies_another_node_took_does_not_deliver_them_again() {
         );
         client.expect_nothing();
     }
+    // a handed nothing over: the copy it dropped is not counted as a session gone elsewhere.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let mut sys = connect_to(a.addr(), "sys");
+    sys.subscribe(1, &[("$SYS/broker/cluster/sessions/out", 0)]);
+    let (out, _) = sys.next_publish();
+    assert_eq!(&out.payload[..], b"0", "sessions handed over by a");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

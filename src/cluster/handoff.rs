@@ -221,12 +221,12 @@ fn parse_chunk(text: &str) -> Option<(usize, usize)> {
 /// or with an empty message when this node has none to hand over. A copy this node restored
 /// at start is not handed over if another node took it from JetStream while this one was down
 /// (`directory` is asked, the bucket itself if its watch has not told yet: this node may have
-/// just started).
+/// just started). A session handed over counts in `shared`'s `sessions/out`.
 pub(super) fn hand_over(
     client: async_nats::Client,
     reply: async_nats::Subject,
     taker: Taker,
-    directory: Directory,
+    (directory, shared): (Directory, Arc<ClusterShared>),
 ) -> (Box<HandOver>, impl std::future::Future<Output = ()>) {
     let (sender, wait) = answer();
     let Taker {
@@ -278,6 +278,8 @@ pub(super) fn hand_over(
             }
         }
         let _ = client.flush().await;
+        info!(client = %client_id, bytes = records.len(), "cluster: session handed over to another node");
+        shared.sessions_out.fetch_add(1, Ordering::Relaxed);
     };
     (request, respond)
 }

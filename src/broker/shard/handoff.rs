@@ -75,11 +75,9 @@ impl Shard {
         });
         let kick = match handed {
             Some(records) => {
-                info!(client = %client_id, bytes = records.len(), "session handed over to another node");
+                // The cluster thread hands it over (or drops a superseded copy), and says so.
+                debug!(client = %client_id, bytes = records.len(), "session given to the cluster thread to hand over");
                 self.cancel_delayed_will(&existing.borrow());
-                if let Some(port) = self.cluster.get() {
-                    port.shared().sessions_out.fetch_add(1, Ordering::Relaxed);
-                }
                 Kick::Continued
             }
             None => {

@@ -62,8 +62,8 @@ impl Node {
                     username,
                     node: self.incarnation.clone(),
                 };
-                let (request, respond) =
-                    handoff::hand_over(client.clone(), reply, taker, directory.clone());
+                let stores = (directory.clone(), self.shared.clone());
+                let (request, respond) = handoff::hand_over(client.clone(), reply, taker, stores);
                 let msg = ShardMessage::ClaimedElsewhere(ByteStr::from(id), at, Some(request));
                 if self.to_shard(home, msg).await {
                     tokio::spawn(respond);
