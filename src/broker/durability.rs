@@ -159,20 +159,9 @@ impl Durability {
 
     // ----- the sender's side ----------------------------------------------------------------
 
-    /// `from` confirmed everything up to `upto`.
-    pub fn confirmed_by(&self, from: ShardId, upto: u64) {
-        let c = &self.confirmed[from.index()];
-        if upto > c.get() {
-            c.set(upto);
-            for w in self.waiters.borrow_mut().drain(..) {
-                w.wake();
-            }
-        }
-    }
-
-    /// Ready once `shard` confirmed `number`.
-    pub fn poll_confirmed(&self, shard: ShardId, number: u64, cx: &mut Context<'_>) -> Poll<()> {
-        if self.confirmed[shard.index()].get() >= number {
+    /// Ready once `mark` reached `number`; until then the task is among the waiters.
+    fn wait_for(&self, mark: &Cell<u64>, number: u64, cx: &mut Context<'_>) -> Poll<()> {
+        if mark.get() >= number {
             return Poll::Ready(());
         }
         let mut waiters = self.waiters.borrow_mut();
@@ -180,6 +169,27 @@ impl Durability {
             waiters.push(cx.waker().clone());
         }
         Poll::Pending
+    }
+
+    /// A mark moved: every waiter looks again.
+    fn wake_waiters(&self) {
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// `from` confirmed everything up to `upto`.
+    pub fn confirmed_by(&self, from: ShardId, upto: u64) {
+        let c = &self.confirmed[from.index()];
+        if upto > c.get() {
+            c.set(upto);
+            self.wake_waiters();
+        }
+    }
+
+    /// Ready once `shard` confirmed `number`.
+    pub fn poll_confirmed(&self, shard: ShardId, number: u64, cx: &mut Context<'_>) -> Poll<()> {
+        self.wait_for(&self.confirmed[shard.index()], number, cx)
     }
 
     pub fn is_confirmed(&self, shard: ShardId, number: u64) -> bool {
@@ -190,22 +200,13 @@ impl Durability {
     pub fn cluster_confirmed(&self, upto: u64) {
         if upto > self.cluster.get() {
             self.cluster.set(upto);
-            for w in self.waiters.borrow_mut().drain(..) {
-                w.wake();
-            }
+            self.wake_waiters();
         }
     }
 
     /// Ready once the other nodes acknowledged this shard's message `number`.
     pub fn poll_cluster(&self, number: u64, cx: &mut Context<'_>) -> Poll<()> {
-        if self.cluster.get() >= number {
-            return Poll::Ready(());
-        }
-        let mut waiters = self.waiters.borrow_mut();
-        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            waiters.push(cx.waker().clone());
-        }
-        Poll::Pending
+        self.wait_for(&self.cluster, number, cx)
     }
 
     pub fn is_cluster_confirmed(&self, number: u64) -> bool {
@@ -219,9 +220,7 @@ impl Durability {
             return false;
         }
         self.copied.set(upto);
-        for w in self.waiters.borrow_mut().drain(..) {
-            w.wake();
-        }
+        self.wake_waiters();
         if let Some(w) = self.watcher.borrow_mut().take() {
             w.wake();
         }
@@ -230,14 +229,7 @@ impl Durability {
 
     /// Ready once this shard's queue copy `number` is stored.
     pub fn poll_copied(&self, number: u64, cx: &mut Context<'_>) -> Poll<()> {
-        if self.copied.get() >= number {
-            return Poll::Ready(());
-        }
-        let mut waiters = self.waiters.borrow_mut();
-        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            waiters.push(cx.waker().clone());
-        }
-        Poll::Pending
+        self.wait_for(&self.copied, number, cx)
     }
 
     pub fn is_copied(&self, number: u64) -> bool {
