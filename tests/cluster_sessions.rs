@@ -374,3 +374,35 @@ fn a_publish_for_a_session_on_another_node_is_acknowledged_once_durable_there() 
     };
     assert_eq!(&p.payload[..], b"kept");
 }
+
+/// A node cut off from NATS (every NATS server killed under it) answers a resuming connect at
+/// once with what it holds, instead of stalling it until the shard gives up on the other
+/// nodes (3 s); and a PUBACK for a message queued for an away session does not wait for a
+/// JetStream that cannot be reached. The session resumes here with the message.
+#[test]
+fn a_node_cut_off_from_nats_resumes_sessions_at_once() {
+    let mut nats = Nats::start();
+    let a = NodeProcess::start("a", &nats.url(0));
+    let resume = |present: u8| {
+        let mut c = RawClient::open(a.addr());
+        let started = std::time::Instant::now();
+        c.send(&ConnectBuilder::new("cut-off").clean(false).build());
+        c.expect_bytes(&[0x20, 0x02, present, 0x00]);
+        (c, started.elapsed())
+    };
+    let (mut client, _) = resume(0);
+    client.subscribe(1, &[("jobs/#", 1)]);
+    client.crash_and_wait();
+    // Past the node's start (it asks the other nodes for retained messages first).
+    std::thread::sleep(Duration::from_millis(1000));
+    for i in 0..3 {
+        nats.kill(i);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut publisher = connect_to(a.addr(), "publisher");
+    publisher.publish1("jobs/x", b"queued", false, 1);
+    let (mut client, took) = resume(1);
+    assert!(took < Duration::from_millis(1500), "CONNACK after {took:?}");
+    let (p, _) = client.next_publish();
+    assert_eq!(&p.payload[..], b"queued");
+}

@@ -83,6 +83,21 @@ pub async fn take(
         held,
     } = stored;
     let held_here = held != Held::Nothing;
+    if !shared.nats_up.load(Ordering::Acquire) {
+        // Cut off from NATS: no node can answer and JetStream is out of reach, so the client
+        // goes on at once with what this node holds (waiting would only stall its connect
+        // until the shard gives up). The claim still goes when NATS is back, so that no
+        // other node keeps a connection of the client.
+        info!(client = %client_id, "cluster: cut off from NATS; a resume takes what this node holds");
+        answer.send(Taken {
+            sessions: Vec::new(),
+            superseded: None,
+        });
+        let _ = client
+            .publish_with_headers(super::wire::CLAIM, headers, client_id.into())
+            .await;
+        return;
+    }
     let inbox = client.new_inbox();
     let mut replies = match client.subscribe(inbox.clone()).await {
         Ok(s) => s,

@@ -284,10 +284,12 @@ impl Shard {
     }
 
     /// The last queue copy made since `before` ([`copies_made`](Self::copies_made)), which an
-    /// acknowledgement must wait for; 0 when none was (or acknowledgements do not wait).
+    /// acknowledgement must wait for; 0 when none was, when acknowledgements do not wait, or
+    /// while this node is cut off from NATS (JetStream cannot have it before NATS is back).
     pub(in crate::broker) fn copied_since(&self, before: u64) -> u64 {
         let now = self.copies_made();
-        if now > before && self.waits_for_copies() {
+        let reachable = self.cluster.get().is_some_and(|port| port.nats_up());
+        if now > before && self.waits_for_copies() && reachable {
             now
         } else {
             0

@@ -57,6 +57,9 @@ const IN_FLIGHT: usize = 256;
 const GATHER_MAX: usize = 8 << 20;
 /// The pause between attempts to open the stream.
 const RETRY: Duration = Duration::from_secs(5);
+/// How long JetStream may take to acknowledge a copy before it is given up on (async-nats's
+/// default is 30 s): publishers wait for the acknowledgement, so not for long.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause before a shard whose inbox was full is told its mark again.
 const TELL_AGAIN: Duration = Duration::from_millis(5);
 
@@ -149,7 +152,9 @@ pub(super) async fn keep_queues(
     mut marks: CopyMarks,
 ) {
     let shared = marks.shared().clone();
-    let js = jetstream::new(client.clone());
+    let js = jetstream::ContextBuilder::new()
+        .ack_timeout(ACK_TIMEOUT)
+        .build(client.clone());
     let mut said = false;
     // What comes before the stream is open waits (in order, up to `QUEUE_COPIES_CAPACITY`
     // copies; beyond, not copied and counted): JetStream may come up later than the node.
