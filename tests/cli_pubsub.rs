@@ -474,7 +474,8 @@ fn persistent_session_and_mqtt_31() {
         m.addr,
         &[&persistent[..], &["-W", "1"]].concat(),
     ));
-    assert_eq!(first.finish(Duration::from_secs(5)).0.code(), Some(27));
+    let (status, _, err) = first.finish(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(27), "surgemq sub -W 1 said: {err:?}");
     run_ok(
         &mut mosquitto_tool(
             "mosquitto_pub",
@@ -652,7 +653,8 @@ fn session_expiry_v5() {
         b.addr(),
         &[&persistent[..], &["-W", "1"]].concat(),
     ));
-    assert_eq!(first.finish(Duration::from_secs(5)).0.code(), Some(27));
+    let (status, _, err) = first.finish(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(27), "surgemq sub -W 1 said: {err:?}");
     run_ok(
         &mut surgemq(
             b.addr(),
