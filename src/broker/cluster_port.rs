@@ -367,9 +367,6 @@ pub struct ClusterShared {
     /// bounded by the sessions).
     queue_copies: Sender<Vec<QueueCopy>>,
     pub queue_copies_waiting: AtomicUsize,
-    /// Per shard: the last of its queue copies given up on before the stream task got them
-    /// (see `cluster::node::copy_marks`).
-    copies_given_up: Box<[AtomicU64]>,
     receivers: std::sync::Mutex<Option<ClusterReceivers>>,
 }
 
@@ -427,7 +424,6 @@ impl ClusterShared {
             handled_waker: AtomicWaker::new(),
             queue_copies,
             queue_copies_waiting: AtomicUsize::new(0),
-            copies_given_up: (0..shards.max(1)).map(|_| AtomicU64::new(0)).collect(),
             receivers: std::sync::Mutex::new(Some((outbox_rx, changes_rx, copies_rx))),
         })
     }
@@ -453,20 +449,6 @@ impl ClusterShared {
             publishes_released: get(&self.publishes_released),
             connected: u64::from(self.nats_up.load(Ordering::Relaxed)),
         }
-    }
-
-    /// A queue copy was given up on before it reached the stream task.
-    pub fn give_up_copy(&self, copy: CopyNumber) {
-        if let Some(g) = self.copies_given_up.get(copy.shard.index()) {
-            g.fetch_max(copy.number, Ordering::Relaxed);
-        }
-    }
-
-    /// The last of `shard`'s queue copies given up on before the stream task got them.
-    pub fn copies_given_up(&self, shard: ShardId) -> u64 {
-        self.copies_given_up
-            .get(shard.index())
-            .map_or(0, |g| g.load(Ordering::Relaxed))
     }
 
     /// How far `shard` has handled the messages from other nodes it was given.

@@ -8,7 +8,9 @@
 //! the first (lowest) number of each shard in it, and a shard's mark is just below the lowest
 //! number any block still holds, or the last number received when none does. A copy that is
 //! given up on (no room on its way, JetStream failed) leaves its block or never joins one:
-//! it no longer holds anyone, and `queues/not_copied` counts it.
+//! it no longer holds anyone, and `queues/not_copied` counts it. One given up on its way
+//! here is announced in order behind what came before it (`QueueOp::GivenUp`), so the mark
+//! never passes a copy still on its way.
 
 use std::sync::Arc;
 
@@ -66,11 +68,6 @@ impl CopyMarks {
     /// still unwritten or unacknowledged; returns whether some shard could not be told now
     /// (its inbox full: try again soon).
     pub(super) fn tell<'a>(&mut self, blocks: impl Iterator<Item = &'a Firsts>) -> bool {
-        for (i, received) in self.received.iter_mut().enumerate() {
-            // What was given up on before it got here (see `queue_ops`).
-            let given_up = self.shared.copies_given_up(ShardId(i as u16));
-            *received = (*received).max(given_up);
-        }
         let marks = stored_marks(&self.received, blocks);
         let mut untold = false;
         for (i, &mark) in marks.iter().enumerate() {

@@ -3,8 +3,9 @@
 //!
 //! The main loop never waits for JetStream: when the stream task is behind, the *messages* of
 //! a batch are given up on (counted in `queues/not_copied`; they hold no publisher, see
-//! `copy_marks`), but a session's snapshot, its end (the client is back) and its purge (the
-//! session ended) are kept, in order, and sent as soon as there is room. Lost, they would
+//! `copy_marks`, which hears of them in order, behind what came before: `QueueOp::GivenUp`),
+//! but a session's snapshot, its end (the client is back) and its purge (the session ended)
+//! are kept, in order, and sent as soon as there is room. Lost, they would
 //! leave a stale copy in JetStream that a resume elsewhere could take: messages delivered
 //! again, or a session that should have ended. Each of them starts by purging the session's
 //! subject, so a later one for a client replaces an earlier one still waiting: what waits is
@@ -17,7 +18,15 @@ use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
 use super::queues::QueueOp;
-use crate::broker::cluster_port::{ClusterShared, QueueCopy};
+use crate::broker::cluster_port::{ClusterShared, CopyNumber, QueueCopy};
+
+/// Raises `numbers`' entry for `number`'s shard to it (adds one if there is none).
+fn raise(numbers: &mut Vec<CopyNumber>, number: CopyNumber) {
+    match numbers.iter_mut().find(|n| n.shard == number.shard) {
+        Some(n) => n.number = n.number.max(number.number),
+        None => numbers.push(number),
+    }
+}
 
 /// The stream task's channel, and what waits for room in it.
 pub(super) struct QueueOps {
@@ -30,6 +39,7 @@ pub(super) struct QueueOps {
 fn client_of(op: &QueueOp) -> Option<&str> {
     match op {
         QueueOp::Purge(id) => Some(id),
+        QueueOp::GivenUp(_) => None,
         QueueOp::Copies(copies) => match copies.as_slice() {
             [QueueCopy::Snapshot { client_id, .. }] | [QueueCopy::Ended(client_id)] => {
                 Some(client_id)
@@ -56,16 +66,31 @@ impl QueueOps {
             return;
         };
         let mut lost = 0;
+        let mut given_up: Vec<CopyNumber> = Vec::new();
         for copy in copies {
             match copy {
                 QueueCopy::Append { number, .. } => {
-                    shared.give_up_copy(number);
                     lost += 1;
+                    raise(&mut given_up, number);
                 }
                 marker => self.wait(QueueOp::Copies(vec![marker])),
             }
         }
         shared.queues_not_copied.fetch_add(lost, Ordering::Relaxed);
+        if given_up.is_empty() {
+            return;
+        }
+        // One announcement waits at a time: the later numbers cover the earlier ones (only
+        // snapshots, ends and purges, which carry no numbers, wait beside it).
+        let mut waiting = self.waiting.borrow_mut();
+        let announced = waiting.iter_mut().find_map(|op| match op {
+            QueueOp::GivenUp(numbers) => Some(numbers),
+            _ => None,
+        });
+        match announced {
+            Some(numbers) => given_up.into_iter().for_each(|n| raise(numbers, n)),
+            None => waiting.push_back(QueueOp::GivenUp(given_up)),
+        }
     }
 
     /// The session ended (clean connect, expiry): its copy goes.
@@ -143,6 +168,11 @@ mod tests {
     fn names(op: &QueueOp) -> String {
         match op {
             QueueOp::Purge(id) => format!("purge {id}"),
+            QueueOp::GivenUp(numbers) => numbers
+                .iter()
+                .map(|n| format!("given up {}:{}", n.shard.0, n.number))
+                .collect::<Vec<_>>()
+                .join(","),
             QueueOp::Copies(copies) => copies
                 .iter()
                 .map(|c| match c {
@@ -175,11 +205,11 @@ mod tests {
         ops.purge("a".to_string());
         assert!(ops.waiting());
         assert_eq!(shared.counts().queues_not_copied, 2);
-        assert_eq!(shared.copies_given_up(ShardId(0)), 3);
-        // Room again: what waits goes first, in order; the purge of a replaced a's end.
+        // Room again: what waits goes first, in order; the purge of a replaced a's end, and
+        // the messages given up on are announced behind what came before them, once.
         assert_eq!(names(&rx.try_recv().unwrap()), "append 1");
         ops.copies(vec![append("c", 4)], &shared);
-        assert_eq!(shared.copies_given_up(ShardId(0)), 4, "behind what waits");
+        assert_eq!(shared.counts().queues_not_copied, 3, "behind what waits");
         let sent: Vec<String> = std::iter::from_fn(|| {
             ops.waiting().then(|| {
                 ops.send_waiting(ops.tx.try_reserve().ok());
@@ -187,7 +217,7 @@ mod tests {
             })
         })
         .collect();
-        assert_eq!(sent, ["end b", "purge a"]);
+        assert_eq!(sent, ["end b", "given up 0:4", "purge a"]);
         ops.copies(vec![append("c", 5)], &shared);
         assert_eq!(names(&rx.try_recv().unwrap()), "append 5");
     }

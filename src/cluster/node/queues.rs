@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::copy_marks::{CopyMarks, Firsts};
-use crate::broker::cluster_port::{ClusterShared, QueueCopy, QUEUE_COPIES_CAPACITY};
+use crate::broker::cluster_port::{ClusterShared, CopyNumber, QueueCopy, QUEUE_COPIES_CAPACITY};
 use crate::protocol::ByteStr;
 
 /// The stream every node of a cluster shares.
@@ -140,6 +140,9 @@ pub(super) enum QueueOp {
     Copies(Vec<QueueCopy>),
     /// The session ended (clean connect, expiry): its copy goes.
     Purge(String),
+    /// Copies up to these numbers (per shard) were given up on before they got here
+    /// (`queue_ops`): they hold nobody once what came before them has come.
+    GivenUp(Vec<CopyNumber>),
 }
 
 /// The stream task: opens the stream (trying again every [`RETRY`] while JetStream is not
@@ -168,22 +171,26 @@ pub(super) async fn keep_queues(
             open_stream(&js).await
         };
         tokio::pin!(opening);
+        let mut untold = false;
         let opened = loop {
             tokio::select! {
                 opened = &mut opening => break opened,
+                _ = tokio::time::sleep(TELL_AGAIN), if untold => {
+                    untold = marks.tell(std::iter::empty());
+                }
                 op = ops.recv() => match op {
                     None => return,
                     Some(QueueOp::Copies(copies)) if waiting_copies + copies.len() > QUEUE_COPIES_CAPACITY => {
                         shared.queues_not_copied.fetch_add(copies.len() as u64, Ordering::Relaxed);
-                        received(&mut marks, &copies);
-                        marks.tell(std::iter::empty());
+                        received(&mut marks, &QueueOp::Copies(copies));
+                        untold = marks.tell(std::iter::empty());
                     }
                     Some(op) => {
+                        // Without a stream, nobody waits for them (see the module docs).
+                        received(&mut marks, &op);
+                        untold = marks.tell(std::iter::empty());
                         if let QueueOp::Copies(copies) = &op {
                             waiting_copies += copies.len();
-                            // Without a stream, nobody waits for them (see the module docs).
-                            received(&mut marks, copies);
-                            marks.tell(std::iter::empty());
                         }
                         waiting.push(op);
                     }
@@ -207,6 +214,7 @@ pub(super) async fn keep_queues(
         shared,
         marks,
         untold: false,
+        changed: false,
         // Room for the headers and the protocol line.
         chunk: max - 4096,
         pending: VecDeque::new(),
@@ -275,12 +283,22 @@ async fn open_stream(js: &jetstream::Context) -> Result<stream::Stream, String> 
     js.get_stream(STREAM).await.map_err(|_| last_error)
 }
 
-/// Notes the numbers of the messages among `copies` (see `copy_marks`).
-fn received(marks: &mut CopyMarks, copies: &[QueueCopy]) {
-    for copy in copies {
-        if let QueueCopy::Append { number, .. } = copy {
-            marks.received(*number);
+/// Notes the numbers of the messages `op` brings or gave up on (see `copy_marks`).
+fn received(marks: &mut CopyMarks, op: &QueueOp) {
+    match op {
+        QueueOp::Copies(copies) => {
+            for copy in copies {
+                if let QueueCopy::Append { number, .. } = copy {
+                    marks.received(*number);
+                }
+            }
         }
+        QueueOp::GivenUp(numbers) => {
+            for &number in numbers {
+                marks.received(number);
+            }
+        }
+        QueueOp::Purge(_) => {}
     }
 }
 
@@ -303,6 +321,10 @@ struct Writer {
     marks: CopyMarks,
     /// Whether a shard could not be told its mark (its inbox was full).
     untold: bool,
+    /// Whether a mark may have moved since the shards were last told: a block was stored,
+    /// failed or forgotten, or copies were given up on (a batch of messages that only joined
+    /// blocks moves no mark).
+    changed: bool,
     /// How large one JetStream message may be.
     chunk: usize,
     /// Copies written, oldest first, whose acknowledgement has not come yet, with how many
@@ -321,6 +343,9 @@ impl Writer {
     /// Tells the shards how far their copies are stored: all but what is gathered or in
     /// flight.
     fn tell(&mut self) {
+        if !std::mem::take(&mut self.changed) && !self.untold {
+            return;
+        }
         let blocks = self
             .appends
             .values()
@@ -339,6 +364,10 @@ impl Writer {
             QueueOp::Purge(client_id) => {
                 self.forget_appends(client_id.as_str());
                 self.purge(&subject_of(&client_id)).await
+            }
+            given_up @ QueueOp::GivenUp(_) => {
+                received(&mut self.marks, &given_up);
+                self.changed = true;
             }
         }
     }
@@ -391,6 +420,7 @@ impl Writer {
     fn forget_appends(&mut self, client_id: &str) {
         if let Some(g) = self.appends.remove(client_id) {
             self.gathered -= g.records.len();
+            self.changed = true;
         }
     }
 
@@ -441,7 +471,10 @@ impl Writer {
             };
             match sent {
                 Ok(ack) => self.pending.push_back((ack, copies, firsts)),
-                Err(e) => self.failed(e.to_string(), copies),
+                Err(e) => {
+                    self.changed = true;
+                    self.failed(e.to_string(), copies)
+                }
             }
         }
     }
@@ -464,6 +497,7 @@ impl Writer {
             let Some((ack, copies, _)) = self.pending.pop_front() else {
                 return;
             };
+            self.changed = true;
             match ack.await {
                 Ok(_) => {
                     self.shared
