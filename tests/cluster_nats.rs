@@ -906,6 +906,49 @@ fn a_qos1_publish_is_acknowledged_once_the_other_nodes_that_want_it_have_it() {
     assert_eq!(sub.payloads_until(b"two"), Vec::<Vec<u8>>::new());
 }
 
+/// A QoS 2 PUBLISH sent again (DUP) on a new connection before its first PUBREC came gets
+/// its PUBREC only once the first one's would have come (MQTT-4.3.3: acknowledged, not
+/// forwarded again; `qos2_gate::IncomingQos2`): here, once node b, with the subscriber, has
+/// the message. It came at once before, so a node that died then lost what it acknowledged.
+#[test]
+fn a_repeated_qos2_publish_is_acknowledged_once_the_other_nodes_have_the_first() {
+    let nats = Nats::start();
+    let a = node("a", 2, vec![nats.url(0)]);
+    let mut b = NodeProcess::start("b", &nats.url(1));
+    let connect = ConnectBuilder::new("pub").clean(false);
+    let mut publisher = a.connect_with(&connect);
+    let mut sub = connect_to(b.addr(), "sub");
+    sub.subscribe(1, &[("held/#", 1), ("probe/h", 0)]);
+    until_connected(&mut publisher, &mut sub, "probe/h");
+
+    b.pause();
+    publisher.send(&publish("held/x", b"once", 2, false, false, 7));
+    publisher.expect_open_and_silent(Duration::from_millis(300));
+    publisher.crash_and_wait();
+    let mut publisher = a.resume(&connect);
+    publisher.send(&publish("held/x", b"once", 2, false, true, 7));
+    assert_eq!(
+        publisher.next_frame_within(Duration::from_millis(1500)),
+        None,
+        "PUBREC of the repeat before node b had the message"
+    );
+    b.resume();
+    publisher.expect_bytes(&pubrec(7));
+    publisher.send(&pubrel(7));
+    publisher.expect_bytes(&pubcomp(7));
+    publisher.publish1("held/x", b"after", false, 8);
+    let mut got = Vec::new();
+    loop {
+        let (p, _) = sub.next_publish();
+        sub.ack(&p);
+        if &p.payload[..] == b"after" {
+            break;
+        }
+        got.push(p.payload.to_vec());
+    }
+    assert_eq!(got, [b"once".to_vec()], "delivered once");
+}
+
 /// What a node acknowledged is on the nodes that want it: node a is killed (SIGKILL) while a
 /// publisher streams QoS 1 messages into it as fast as their PUBACKs come (200 in flight),
 /// and every message it acknowledged reaches the subscriber on node b. Without the wait for

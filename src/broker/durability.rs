@@ -72,6 +72,17 @@ impl Ticket {
         self.local == 0 && self.remote.is_empty() && self.cluster == 0 && self.copied == 0
     }
 
+    /// Waits for everything `other` waits for too.
+    pub fn join(&mut self, other: &Ticket) {
+        self.local = self.local.max(other.local);
+        self.cluster = self.cluster.max(other.cluster);
+        self.copied = self.copied.max(other.copied);
+        for r in &other.remote {
+            self.add_remote(r.shard, r.first());
+            self.add_remote(r.shard, r.number);
+        }
+    }
+
     /// Adds "message `number` sent to `shard`"; a later number to one shard covers earlier ones.
     pub fn add_remote(&mut self, shard: ShardId, number: u64) {
         match self.remote.iter_mut().find(|r| r.shard == shard) {
@@ -624,5 +635,31 @@ mod tests {
             .collect();
         assert_eq!(remote, [(ShardId(1), 4, 6), (ShardId(2), 1, 1)]);
         assert_eq!(std::mem::size_of::<Remote>(), 16);
+    }
+
+    #[test]
+    fn a_joined_ticket_waits_for_both() {
+        let mut first = Ticket {
+            local: 30,
+            cluster: 7,
+            ..Ticket::default()
+        };
+        first.add_remote(ShardId(1), 4);
+        first.add_remote(ShardId(1), 6);
+        let mut t = Ticket {
+            local: 10,
+            copied: 2,
+            ..Ticket::default()
+        };
+        t.add_remote(ShardId(1), 9);
+        t.add_remote(ShardId(2), 3);
+        t.join(&first);
+        assert_eq!((t.local, t.cluster, t.copied), (30, 7, 2));
+        let remote: Vec<_> = t
+            .remote
+            .iter()
+            .map(|r| (r.shard, r.first(), r.number))
+            .collect();
+        assert_eq!(remote, [(ShardId(1), 4, 9), (ShardId(2), 3, 3)]);
     }
 }

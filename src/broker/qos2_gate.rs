@@ -10,7 +10,9 @@
 //! at a closed gate (`ShardMessage::GatesOpened`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use crate::broker::durability::Ticket;
 use crate::store::Qos2Origin;
 
 #[derive(Debug)]
@@ -35,4 +37,17 @@ impl Qos2Gate {
     pub fn open(&self) {
         self.open.store(true, Ordering::Release);
     }
+}
+
+/// What a session keeps of an incoming QoS 2 message from its PUBLISH until its PUBREL, so
+/// that a repeated PUBLISH (MQTT-4.3.3: acknowledged, not forwarded again) gets its PUBREC
+/// only once the first one's would have come: behind the same gate, and after the same
+/// confirmations (`ticket`: other shards' disks, other nodes, JetStream). Without the ticket,
+/// a publisher that reconnected and sent the message again before its first PUBREC was
+/// answered at once, and a node that died then lost what its PUBREC promised.
+#[derive(Debug, Default)]
+pub struct IncomingQos2 {
+    pub gate: Option<Arc<Qos2Gate>>,
+    /// What the first PUBREC waited for, while it still waited when the PUBLISH was handled.
+    pub ticket: Option<Box<Ticket>>,
 }

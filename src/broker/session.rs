@@ -31,9 +31,10 @@ pub use stored::StoredItem;
 
 use smallvec::SmallVec;
 
+use super::durability::Ticket;
 use super::mesh::{Grant, Message, SubscriberId};
 use super::output::OutputQueue;
-use super::qos2_gate::Qos2Gate;
+use super::qos2_gate::{IncomingQos2, Qos2Gate};
 use super::shared::ShareKey;
 use crate::protocol::{
     encode_ack, ByteStr, Packet, PacketId, PacketType, ProtocolLevel, PublishHeader, QoS, SubAck,
@@ -220,8 +221,8 @@ pub struct Session {
     resend: usize,
     last_packet_id: PacketId,
     /// Incoming QoS 2 ids between PUBLISH and PUBREL: a repeated PUBLISH is not forwarded
-    /// again. With the gate its message waits behind until accepted (see `qos2_gate`).
-    incoming_qos2: HashMap<PacketId, Option<Arc<Qos2Gate>>, Hasher>,
+    /// again, and its PUBREC waits for what the first one's did (see `qos2_gate`).
+    incoming_qos2: HashMap<PacketId, IncomingQos2, Hasher>,
     /// The connection currently attached (0: none), and why a previous one must go.
     attached: u64,
     kicked: Option<(u64, Kick)>,
@@ -757,7 +758,7 @@ impl Session {
         match self.incoming_qos2.entry(packet_id) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(None);
+                v.insert(IncomingQos2::default());
                 true
             }
         }
@@ -765,12 +766,32 @@ impl Session {
 
     /// The incoming QoS 2 message `packet_id` waits behind `gate` until accepted.
     pub fn set_incoming_gate(&mut self, packet_id: PacketId, gate: Arc<Qos2Gate>) {
-        self.incoming_qos2.insert(packet_id, Some(gate));
+        self.incoming_qos2.entry(packet_id).or_default().gate = Some(gate);
+    }
+
+    /// The PUBREC of incoming QoS 2 message `packet_id` waits for `ticket` (kept for a
+    /// repeated PUBLISH, see `IncomingQos2`).
+    pub fn set_incoming_ticket(&mut self, packet_id: PacketId, ticket: Ticket) {
+        if let Some(incoming) = self.incoming_qos2.get_mut(&packet_id) {
+            incoming.ticket = Some(Box::new(ticket));
+        }
     }
 
     /// The gate of incoming QoS 2 message `packet_id`, if it has one (still waiting or not).
     pub fn incoming_gate(&self, packet_id: PacketId) -> Option<Arc<Qos2Gate>> {
-        self.incoming_qos2.get(&packet_id).cloned().flatten()
+        self.incoming_qos2.get(&packet_id)?.gate.clone()
+    }
+
+    /// What the PUBREC of a repeat of incoming QoS 2 message `packet_id` waits for: its gate,
+    /// if it has one (still closed or not), and the first PUBREC's ticket.
+    pub fn incoming_repeat(&self, packet_id: PacketId) -> (Option<Arc<Qos2Gate>>, Ticket) {
+        match self.incoming_qos2.get(&packet_id) {
+            Some(incoming) => (
+                incoming.gate.clone(),
+                incoming.ticket.as_deref().cloned().unwrap_or_default(),
+            ),
+            None => (None, Ticket::default()),
+        }
     }
 
     /// Incoming QoS 2 messages between PUBLISH and PUBREL (they count against MQTT 5's

@@ -367,8 +367,10 @@ impl ConnectedClient {
         }
         let before = self.shard.journal_end();
         // A persistent session's new QoS 2 message waits behind this gate until accepted
-        // (with `--data-dir`, see `qos2_gate`); a repeat's PUBREC waits for the first's gate.
+        // (with `--data-dir`, see `qos2_gate`); a repeat's PUBREC waits for the first's gate
+        // and for what else the first's PUBREC waited for (`first`).
         let mut gate = None;
+        let mut first = None;
         let forward = match qos {
             QoS::AtMostOnce | QoS::AtLeastOnce => allowed,
             // MQTT-4.3.3: a repeated PUBLISH before PUBREL is acknowledged, not forwarded again.
@@ -376,7 +378,9 @@ impl ConnectedClient {
                 let mut session = self.session.borrow_mut();
                 let new = session.on_incoming_qos2(packet_id);
                 if !new {
-                    gate = session.incoming_gate(packet_id);
+                    let (first_gate, first_ticket) = session.incoming_repeat(packet_id);
+                    gate = first_gate;
+                    first = Some(first_ticket);
                 } else if allowed {
                     gate = self.shard.register_qos2(&session, packet_id);
                     if let Some(gate) = &gate {
@@ -443,6 +447,16 @@ impl ConnectedClient {
                 // Not part of the gate's ticket: the message leaves for the other nodes only
                 // once its gate is open, so the gate cannot wait for their acknowledgement.
                 ticket.cluster = cluster;
+                match &first {
+                    Some(first) => ticket.join(first),
+                    // Kept for a repeat that may come on a later connection, before this
+                    // PUBREC went out.
+                    None if forward && !self.shard.ticket_ready(&ticket) => self
+                        .session
+                        .borrow_mut()
+                        .set_incoming_ticket(packet_id, ticket.clone()),
+                    None => {}
+                }
                 self.ack_when_accepted(PacketType::PubRec, packet_id, reason, ticket, gate)
             }
         }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::{Inflight, InflightState, Outbound, Session, SessionLimits};
 use crate::broker::journal::{restored_share, restored_v5};
 use crate::broker::mesh::{Grant, Message, SubscriberId};
+use crate::broker::qos2_gate::IncomingQos2;
 use crate::broker::shared::ShareKey;
 use crate::protocol::{PacketId, QoS};
 use std::rc::Rc;
@@ -185,7 +186,7 @@ impl Session {
         s.incoming_qos2 = stored
             .incoming_qos2
             .into_iter()
-            .map(|id| (id, None))
+            .map(|id| (id, IncomingQos2::default()))
             .collect();
         s
     }
@@ -242,8 +243,8 @@ impl Session {
                 }
             }
         }
-        for (id, gate) in &self.incoming_qos2 {
-            let reg = match gate {
+        for (id, incoming) in &self.incoming_qos2 {
+            let reg = match &incoming.gate {
                 Some(gate) if !gate.is_open() => gate.origin.reg,
                 _ => 0,
             };
