@@ -406,3 +406,22 @@ fn a_node_cut_off_from_nats_resumes_sessions_at_once() {
     let (p, _) = client.next_publish();
     assert_eq!(&p.payload[..], b"queued");
 }
+
+/// A node that starts while no NATS server can be reached answers resuming connects at once,
+/// from its first moment (its cluster thread used to wait 5 s for retained messages from
+/// other nodes before anything else, so each resume then waited the shard's 3 s for an
+/// answer from it).
+#[test]
+fn a_node_that_starts_cut_off_from_nats_resumes_sessions_at_once() {
+    let nowhere = format!("nats://127.0.0.1:{}", free_port());
+    let a = NodeProcess::start("a", &nowhere);
+    for present in [0, 1] {
+        let mut c = RawClient::open(a.addr());
+        let started = std::time::Instant::now();
+        c.send(&ConnectBuilder::new("cut-off").clean(false).build());
+        c.expect_bytes(&[0x20, 0x02, present, 0x00]);
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(1500), "CONNACK after {took:?}");
+        c.crash_and_wait();
+    }
+}

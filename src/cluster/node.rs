@@ -405,10 +405,11 @@ impl Node {
             Ok(s) => s,
             Err(e) => return warn!("cluster: cannot subscribe: {e}"),
         };
-        match client.subscribe(RETAINED).await {
-            Ok(s) => drop(forward(s, arrived_tx.clone(), None)),
+        // Forwarded once the retained messages fetched at the start are (see `fetch_retained`).
+        let retained_sub = match client.subscribe(RETAINED).await {
+            Ok(s) => s,
             Err(e) => return warn!("cluster: cannot subscribe: {e}"),
-        }
+        };
         let mut sync_sub = match client.queue_subscribe(SYNC, "surgemq-sync".into()).await {
             Ok(s) => s,
             Err(e) => return warn!("cluster: cannot subscribe: {e}"),
@@ -429,7 +430,7 @@ impl Node {
         tokio::pin!(acks_timer);
         let mut acks_at: Option<Instant> = None;
         let _ = client.publish(HELLO, Bytes::from(self.id.clone())).await;
-        self.fetch_retained(&client, &mut dedupe).await;
+        self.fetch_retained(&client, retained_sub, arrived_tx.clone());
         info!(node = %self.id, "cluster: node joined");
         loop {
             // Publishers whose messages the other nodes now all have are acknowledged.

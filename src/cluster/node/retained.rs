@@ -8,41 +8,78 @@ use tracing::{info, warn};
 
 use super::*;
 
+/// How long a joining node waits for the next retained message from the node answering it.
+const SYNC_WAIT: Duration = Duration::from_secs(5);
+
+fn arrived(m: async_nats::Message) -> Arrived {
+    Arrived {
+        subject: m.subject,
+        headers: m.headers,
+        payload: m.payload,
+        group: None,
+    }
+}
+
+/// Asks another node for the retained messages and hands them to the main loop (`to`);
+/// gives up after [`SYNC_WAIT`] without one, or at once when no node answers. False when
+/// the main loop is gone.
+async fn fetch(client: &async_nats::Client, node: &str, to: &mpsc::Sender<Arrived>) -> bool {
+    let inbox = client.new_inbox();
+    let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
+        return true;
+    };
+    if client
+        .publish_with_reply(SYNC, inbox, Bytes::new())
+        .await
+        .is_err()
+    {
+        return true;
+    }
+    let mut count = 0usize;
+    loop {
+        let next = tokio::time::timeout(SYNC_WAIT, replies.next()).await;
+        let Ok(Some(m)) = next else { break };
+        // The end, or NATS saying nobody answers (no other node yet).
+        if m.status.is_some() || m.headers.as_ref().is_some_and(|h| h.get(END).is_some()) {
+            break;
+        }
+        count += 1;
+        if to.send(arrived(m)).await.is_err() {
+            return false;
+        }
+    }
+    if count > 0 {
+        info!(node = %node, count, "cluster: retained messages fetched from another node");
+    }
+    true
+}
+
 impl Node {
     /// Asks another node for the retained messages (they reach a node only while it runs)
-    /// and stores them; gives up after a few seconds, or at once when no node answers.
-    pub(super) async fn fetch_retained(&self, client: &async_nats::Client, dedupe: &mut Dedupe) {
-        let inbox = client.new_inbox();
-        let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
-            return;
-        };
-        if client
-            .publish_with_reply(SYNC, inbox, Bytes::new())
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let mut count = 0usize;
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(5), replies.next()).await;
-            let Ok(Some(m)) = next else { break };
-            // The end, or NATS saying nobody answers (no other node yet).
-            if m.status.is_some() || m.headers.as_ref().is_some_and(|h| h.get(END).is_some()) {
-                break;
+    /// and hands them to the main loop as they come (`to`, where messages from NATS go), in a
+    /// task of their own so that the loop runs meanwhile: a node that starts while NATS is
+    /// unreachable waits [`SYNC_WAIT`] for answers that cannot come, and resuming connects
+    /// (a take), claims and publishes must not wait with it (they did: 3 s per resume). Then
+    /// the task forwards the retained changes other nodes made since (`live`, subscribed
+    /// before asking): after those fetched, as when the loop waited for them, so that an
+    /// older copy fetched does not overwrite a newer change.
+    pub(super) fn fetch_retained(
+        &self,
+        client: &async_nats::Client,
+        mut live: async_nats::Subscriber,
+        to: mpsc::Sender<Arrived>,
+    ) {
+        let (client, node) = (client.clone(), self.id.clone());
+        tokio::spawn(async move {
+            if !fetch(&client, &node, &to).await {
+                return;
             }
-            count += 1;
-            let arrived = Arrived {
-                subject: m.subject,
-                headers: m.headers,
-                payload: m.payload,
-                group: None,
-            };
-            self.deliver(arrived, dedupe).await;
-        }
-        if count > 0 {
-            info!(node = %self.id, count, "cluster: retained messages fetched from another node");
-        }
+            while let Some(m) = live.next().await {
+                if to.send(arrived(m)).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// A joining node asked for the retained messages: every shard's, then an end marker.
