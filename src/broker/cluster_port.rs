@@ -282,6 +282,9 @@ pub struct ClusterPort {
     connected_at: RefCell<ahash::AHashMap<String, u64>>,
     /// Queue copies made since the shard's last flush.
     copies: RefCell<CopyBatch>,
+    /// Whether messages from other nodes were handled since the cluster thread was last
+    /// woken for them (see [`handled`](Self::handled)).
+    handled_due: std::cell::Cell<bool>,
 }
 
 /// A node's cluster counters at one moment (see [`ClusterShared`] for what each counts).
@@ -487,6 +490,7 @@ impl ClusterPort {
             cache,
             connected_at: RefCell::default(),
             copies: RefCell::default(),
+            handled_due: std::cell::Cell::new(false),
         }
     }
 
@@ -507,10 +511,20 @@ impl ClusterPort {
     }
 
     /// This shard handled the messages from other nodes up to `number` (see
-    /// [`ClusterShared::handled`]).
+    /// [`ClusterShared::handled`]). The cluster thread is woken for it by
+    /// [`wake_handled`](Self::wake_handled), at the shard's next flush: once per batch from
+    /// its inbox, not once per message.
     pub fn handled(&self, number: u64) {
         if let Some(h) = self.shared.handled.get(self.shard.index()) {
             h.store(number, Ordering::Release);
+            self.handled_due.set(true);
+        }
+    }
+
+    /// Wakes the cluster thread if messages were [`handled`](Self::handled) since it was
+    /// last woken for them.
+    pub fn wake_handled(&self) {
+        if self.handled_due.replace(false) {
             self.shared.handled_waker.wake();
         }
     }

@@ -859,6 +859,7 @@ impl Shard {
     pub fn flush(&self) {
         if let Some(port) = self.cluster.get() {
             port.flush_copies();
+            port.wake_handled();
         }
         if self.journal().is_some() || self.waits_for_copies() {
             let mut router = self.router.borrow_mut();

@@ -236,6 +236,8 @@ pub async fn report_from_cluster(shard: Rc<Shard>) {
         until_durable(&shard, &ticket).await;
         shard.durability.pop_cluster_inbox();
         port.handled(number);
+        // (No flush follows here.)
+        port.wake_handled();
     }
 }
 
