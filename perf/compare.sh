@@ -67,10 +67,15 @@ def cell(case, broker):
     if not ok:
         return None
     mps = statistics.median([x["mps"] for x in ok])
+    # Broker CPU (user + system) per delivered message: what the broker spends on each,
+    # whoever of it and the generator (on the same cores) ran out of CPU first.
+    cpus = [r["broker_cpu_s"] * 1e6 / r["report"]["delivered"] for r in rs
+            if r.get("report") and r.get("broker_cpu_s") is not None and r["report"].get("delivered")]
     p99s = [x["latency_p99_us"] for x in ok if x.get("latency_p99_us") is not None]
     return {
         "mps": mps,
         "p99": statistics.median(p99s) if p99s else None,
+        "cpu_us": statistics.median(cpus) if cpus else None,
         "missing": sum(x["missing"] for x in ok),
         "expected": sum(x["expected"] for x in ok),
         "runs": len(ok), "tried": len(rs),
@@ -160,6 +165,21 @@ for c in cases:
         "-" if not table[(c, b)] or table[(c, b)]["p99"] is None else f"{table[(c, b)]['p99']:,.0f}"
         for b in brokers) + " |")
 out.append("")
+if any((table[(c, b)] or {}).get("cpu_us") is not None for c in cases for b in brokers):
+    out.append("## Broker CPU per delivered message, microseconds (median of reps)\n")
+    out.append("The broker process's user + system time over the run / messages delivered: what "
+               "each delivery costs the broker, apart from the generator it shares the cores with. "
+               "Last column: the best peer's cost / the best SurgeMQ's (how many times less CPU).\n")
+    out.append("| case | " + " | ".join(brokers) + " | best peer / best SurgeMQ |")
+    out.append("|---" * (len(brokers) + 2) + "|")
+    def cpu(c, b): return (table[(c, b)] or {}).get("cpu_us")
+    for c in cases:
+        ours_c = [cpu(c, b) for b in ours if cpu(c, b)]
+        peers_c = [cpu(c, b) for b in peers if cpu(c, b)]
+        best = ratio(min(peers_c), min(ours_c)) if ours_c and peers_c else "-"
+        out.append(f"| {c} | " + " | ".join(
+            "-" if cpu(c, b) is None else f"{cpu(c, b):.2f}" for b in brokers) + f" | **{best}** |")
+    out.append("")
 shared_cases = [c for c in cases if any((table[(c, b)] or {}).get("shared") for b in brokers)]
 if shared_cases:
     out.append("## Shared subscriptions: each member's share of the messages, min / max % (median of reps)\n")
@@ -445,6 +465,12 @@ EOF
   esac
 }
 
+# cpu_seconds PID: the CPU time (user + system, all threads) the process has used so far;
+# empty once it is gone.
+cpu_seconds() {
+  awk -v tck="$(getconf CLK_TCK)" '{print ($14 + $15) / tck}' "/proc/$1/stat" 2>/dev/null || true
+}
+
 stamp=${STAMP:-"$(date +%F)-$(hostname -s)"}
 mkdir -p "$RESULTS"
 RAW="$RESULTS/$stamp-raw.jsonl"
@@ -493,14 +519,17 @@ for rep in $(seq 1 "$REPS"); do
         fi
         sargs=()
         [ "$scenario" = shared ] && sargs=(--subscribers "$MEMBERS")
+        cpu_before=$(cpu_seconds "$BROKER_PID")
         out=$(QOS=$qos run_bench "$scenario" "$port" "${targs[@]}" "${sargs[@]}" --json 2>"$TMP/bench.err" || true)
+        cpu_after=$(cpu_seconds "$BROKER_PID")
         if ! kill -0 "$BROKER_PID" 2>/dev/null; then
           NOTES+=("$broker exited during $scenario qos $qos over $transport rep $rep")
         fi
         stop_broker
         if [ -n "$out" ]; then
-          printf '{"broker":"%s","case":"%s","transport":"%s","rep":%s,"report":%s}\n' \
-            "$broker" "$name" "$transport" "$rep" "$out" >> "$RAW"
+          cpu=$(python3 -c "import sys; a, b = sys.argv[1:]; print(round(float(b) - float(a), 3) if a and b else 'null')" "$cpu_before" "$cpu_after")
+          printf '{"broker":"%s","case":"%s","transport":"%s","rep":%s,"broker_cpu_s":%s,"report":%s}\n' \
+            "$broker" "$name" "$transport" "$rep" "$cpu" "$out" >> "$RAW"
         else
           err=$(tr -d '"\\' < "$TMP/bench.err" | tr '\n' ' ' | cut -c1-200)
           printf '{"broker":"%s","case":"%s","transport":"%s","rep":%s,"error":"%s"}\n' \
