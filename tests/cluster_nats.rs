@@ -1024,3 +1024,57 @@ fn every_message_a_killed_node_acknowledged_reaches_the_other_nodes() {
         lost.first()
     );
 }
+
+/// Keys in the retained messages' bucket (`SMQ_RETAINED`), as NATS server `url` lists them.
+fn bucket_keys(url: &str) -> usize {
+    run(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        match js.get_key_value("SMQ_RETAINED").await {
+            Ok(kv) => match kv.keys().await {
+                Ok(keys) => keys.filter_map(Result::ok).collect::<Vec<_>>().await.len(),
+                Err(_) => 0,
+            },
+            Err(_) => 0,
+        }
+    })
+}
+
+/// A retained QoS 1 message's PUBACK waits until the JetStream bucket has it
+/// (`retained_kv`): node a is killed (SIGKILL) the moment its publisher has the PUBACKs of
+/// 300 retained messages, and the bucket holds every one of them. (Before, the bucket was
+/// written one change at a time behind the PUBACKs, and most of a burst died with the node.)
+#[test]
+fn a_retained_message_is_acknowledged_once_jetstream_has_it() {
+    const MESSAGES: u16 = 300;
+    let nats = Nats::start();
+    let mut a = NodeProcess::start("a", &nats.url(0));
+    let mut publisher = connect_to(a.addr(), "kv-burst");
+    // The bucket is open (the NATS cluster's JetStream may still be electing its leader).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        publisher.publish1("kv/warm", b"warm", true, 1);
+        if bucket_keys(&nats.url(2)) == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node a never opened the bucket");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut burst = Vec::new();
+    for i in 0..MESSAGES {
+        burst.extend(publish(
+            &format!("kv/burst/{i}"),
+            b"kept",
+            1,
+            true,
+            false,
+            i + 2,
+        ));
+    }
+    publisher.send(&burst);
+    for i in 0..MESSAGES {
+        publisher.expect_bytes(&puback(i + 2));
+    }
+    a.kill();
+    assert_eq!(bucket_keys(&nats.url(1)), 1 + usize::from(MESSAGES));
+}

@@ -129,6 +129,8 @@ pub fn start(
         topics: Default::default(),
         retained_kv: kv_tx,
         retained_kv_full: Default::default(),
+        retained_kv_open: Default::default(),
+        retained_kv_waiting: Default::default(),
         load_retained,
         acks: Default::default(),
         marks: Default::default(),
@@ -238,9 +240,15 @@ struct Node {
     /// otherwise allocate per message. Emptied when they grow past [`CONVERSIONS`].
     subjects: std::cell::RefCell<AHashMap<ByteStr, Option<async_nats::Subject>>>,
     topics: std::cell::RefCell<AHashMap<String, ByteStr>>,
-    /// Retained changes made here, for the JetStream bucket (see `retained_kv`).
-    retained_kv: mpsc::Sender<KvOp>,
+    /// Retained changes made here, for the JetStream bucket (see `retained_kv`), each with
+    /// the sequence number of a QoS 1/2 message whose publisher waits for it (0: none).
+    retained_kv: mpsc::Sender<(KvOp, u64)>,
     retained_kv_full: std::cell::Cell<bool>,
+    /// Whether the bucket is open: until then, and without JetStream, nobody waits for it.
+    retained_kv_open: Arc<AtomicBool>,
+    /// Sequence numbers of retained QoS 1/2 messages whose publishers wait for the bucket to
+    /// have them (see `marks`), until `keep_retained` says it has (or gave up).
+    retained_kv_waiting: std::cell::RefCell<ahash::AHashSet<u64>>,
     /// Whether to take the bucket's retained messages at start (not with `--data-dir`).
     load_retained: bool,
     /// QoS 1/2 messages between nodes: acknowledged, and sent again when lost (`confirm`).
@@ -285,7 +293,7 @@ impl Node {
         servers: Vec<ServerAddr>,
         mut events: mpsc::Receiver<Event>,
         mut stop: tokio::sync::watch::Receiver<bool>,
-        retained_changes: mpsc::Receiver<KvOp>,
+        retained_changes: mpsc::Receiver<(KvOp, u64)>,
     ) {
         // Whether each of the two connections is up; the shards read both as one flag.
         let up = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
@@ -340,12 +348,15 @@ impl Node {
             }
         };
         let (arrived_tx, mut arrived) = mpsc::channel::<Arrived>(4096);
+        // The retained changes the bucket has stored (or that were given up on), by the
+        // sequence number their publishers wait for; at most one per change queued.
+        let (kv_stored_tx, mut kv_stored) = mpsc::channel::<u64>(KV_QUEUE);
         tokio::spawn(Node::keep_retained(
             client.clone(),
-            retained_changes,
+            (retained_changes, kv_stored_tx),
             arrived_tx.clone(),
             format!("{}/kv", self.incarnation),
-            self.load_retained,
+            (self.load_retained, self.retained_kv_open.clone()),
         ));
         // Persistent sessions' subscriptions, for a node that is down (see `directory`).
         let (directory_ops, ops) = mpsc::channel(directory::QUEUE);
@@ -558,6 +569,13 @@ impl Node {
                     }
                 },
                 Some(m) = arrived.recv() => self.deliver(m, &mut dedupe).await,
+                Some(seq) = kv_stored.recv() => {
+                    let mut waiting = self.retained_kv_waiting.borrow_mut();
+                    waiting.remove(&seq);
+                    while let Ok(seq) = kv_stored.try_recv() {
+                        waiting.remove(&seq);
+                    }
+                }
                 _ = std::future::poll_fn(|cx| self.poll_handled(cx)) => {}
                 Some(m) = interest_sub.next() => {
                     if let Some(changed) = self.take_interest(&m, &mut remote) {
@@ -685,19 +703,34 @@ impl Node {
         for group in &out.served {
             headers.append(SERVED, &**group);
         }
+        // Whether the publisher's PUBACK/PUBREC waits for the bucket to store this message.
+        let mut kv_wait = false;
         if m.retain {
             let mut all = headers.clone();
             all.insert(TOPIC, &*m.topic);
-            // Kept in JetStream too (see `retained_kv`), unless it has none.
+            // Kept in JetStream too (see `retained_kv`), unless it has none; its publisher
+            // waits for that while the bucket can be reached, so that an acknowledged
+            // retained message outlives every node, not only this one.
             if !self.retained_kv.is_closed() {
-                match self.retained_kv.try_send(retained_kv::op_of(m)) {
+                let wait = out.number > 0
+                    && self.retained_kv_open.load(Ordering::Acquire)
+                    && self.shared.nats_up.load(Ordering::Acquire);
+                let tag = if wait { seq } else { 0 };
+                match self.retained_kv.try_send((retained_kv::op_of(m), tag)) {
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         // Said once per spell of a full queue, not per message.
                         if !self.retained_kv_full.replace(true) {
                             warn!(topic = %m.topic, "cluster: the queue to JetStream is full; retained changes are not stored there until it empties");
                         }
                     }
-                    _ => self.retained_kv_full.set(false),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Ok(()) => {
+                        self.retained_kv_full.set(false);
+                        if wait {
+                            self.retained_kv_waiting.borrow_mut().insert(seq);
+                            kv_wait = true;
+                        }
+                    }
                 }
             }
             // Every node keeps retained messages, interested or not.
@@ -712,9 +745,11 @@ impl Node {
             Some(subject) => {
                 // Kept until acknowledged, also if NATS refused it now: then it is sent again.
                 let kept = self.expect_acks(seq, m, out.key, &out.served);
-                self.marks
-                    .borrow_mut()
-                    .sent(out.shard, out.number, kept.then_some(seq));
+                self.marks.borrow_mut().sent(
+                    out.shard,
+                    out.number,
+                    (kept || kv_wait).then_some(seq),
+                );
                 if let Err(e) = client
                     .publish_with_headers(subject, headers, m.payload.clone())
                     .await
@@ -723,7 +758,9 @@ impl Node {
                 }
             }
             None => {
-                self.marks.borrow_mut().sent(out.shard, out.number, None);
+                self.marks
+                    .borrow_mut()
+                    .sent(out.shard, out.number, kv_wait.then_some(seq));
                 if !m.retain {
                     debug!(topic = %m.topic, "cluster: a topic with no NATS subject stays on this node");
                     self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -738,11 +775,15 @@ impl Node {
             return;
         }
         let acks = self.acks.borrow();
+        let kv_waiting = self.retained_kv_waiting.borrow();
         let now = Instant::now();
         let mut released = 0;
         let mut marks = self.marks.borrow_mut();
         marks.settle(
             |seq| {
+                if kv_waiting.contains(&seq) {
+                    return true;
+                }
                 let holds = acks.holds(seq, now);
                 if !holds && acks.lacks(seq) {
                     released += 1;

@@ -3,9 +3,12 @@
 //! (`$SMQ.sync`), and a cluster whose nodes all stopped (without `--data-dir`) had none left.
 //!
 //! Each node writes the retained changes its own clients make (a set is a put, keyed by the
-//! topic; a clear a delete), one at a time in order, from a bounded queue
+//! topic; a clear a delete), in order, [`IN_FLIGHT`] at a time, from a bounded queue
 //! ([`KV_QUEUE`] changes; when it is full, a change is not stored in the bucket, logged, and
-//! the nodes still have it). At start a node without `--data-dir` reads the whole bucket and
+//! the nodes still have it). A retained QoS 1/2 message's publisher is acknowledged only once
+//! the bucket has it (the node's `marks` hold it until this task reports it stored), while the
+//! bucket is open and NATS reachable: a change given up on (no room, refused, or not
+//! acknowledged within [`ACK_TIMEOUT`]) holds nobody. At start a node without `--data-dir` reads the whole bucket and
 //! takes every entry as a retained message, then asks a running node as before. A node with
 //! `--data-dir` does not: its own log holds what it acknowledged, and the bucket may lag
 //! that (a crash before a queued change was written) and would bring an older value back.
@@ -41,6 +44,9 @@ pub(super) const KV_QUEUE: usize = 65_536;
 /// JetStream leader a few seconds after it starts).
 const OPEN_FOR: Duration = Duration::from_secs(30);
 const ENTRY_VERSION: u8 = 1;
+/// The header a key-value delete carries (as `Store::delete` writes it).
+const KV_OPERATION: &str = "KV-Operation";
+const KV_DELETE: &str = "DEL";
 /// What the bucket holds, for the log.
 const RETAINED_WHAT: &str = "retained messages (the nodes still have them)";
 
@@ -132,17 +138,20 @@ fn decode_entry(mut bytes: Bytes) -> Option<Entry> {
 impl Node {
     /// The bucket task: opens the bucket, hands every entry to the node as a retained
     /// message (through `arrived`, as other nodes' messages come), then writes the changes
-    /// `ops` brings, in order, until the node stops.
+    /// `ops` brings, in order, [`IN_FLIGHT`] at a time, and reports on `stored` each one a
+    /// publisher waits for (its sequence number, not 0) once JetStream has it or it was
+    /// given up on, until the node stops. `open` says when the bucket is open.
     pub(super) async fn keep_retained(
         client: async_nats::Client,
-        mut ops: mpsc::Receiver<KvOp>,
+        (mut ops, stored): (mpsc::Receiver<(KvOp, u64)>, mpsc::Sender<u64>),
         arrived: mpsc::Sender<Arrived>,
         origin: String,
-        load_bucket: bool,
+        (load_bucket, open_flag): (bool, Arc<AtomicBool>),
     ) {
         let Some(store) = open(&client).await else {
             return;
         };
+        open_flag.store(true, Ordering::Release);
         // Changes made here while the bucket opened are newer than what it holds: they win.
         let mut early = Vec::new();
         while let Ok(op) = ops.try_recv() {
@@ -150,7 +159,7 @@ impl Node {
         }
         let newer: ahash::AHashSet<&str> = early
             .iter()
-            .map(|op| match op {
+            .map(|(op, _)| match op {
                 KvOp::Put(k, _) | KvOp::Delete(k) => k.as_str(),
             })
             .collect();
@@ -165,12 +174,130 @@ impl Node {
                 "cluster: retained messages loaded from JetStream"
             );
         }
-        let mut failing = false;
+        let mut writer = KvWriter::new(&client, &store, stored);
         for op in early {
-            write(&store, op, &mut failing, RETAINED_WHAT).await;
+            writer.write(op).await;
         }
-        while let Some(op) = ops.recv().await {
-            write(&store, op, &mut failing, RETAINED_WHAT).await;
+        loop {
+            let op = match ops.try_recv() {
+                Ok(op) => op,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Nothing more at once: what is in flight is waited for, and said.
+                    writer.settle(0).await;
+                    match ops.recv().await {
+                        Some(op) => op,
+                        None => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
+            writer.write(op).await;
+        }
+        writer.settle(0).await;
+    }
+}
+
+/// Retained changes written to the bucket and not yet acknowledged by JetStream, at most.
+const IN_FLIGHT: usize = 256;
+/// How long JetStream may take to acknowledge a change before it is given up on (async-nats's
+/// default is 30 s): publishers wait for the acknowledgement, so not for long.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Writes a bucket's changes in order, several in flight: a key-value put is a JetStream
+/// publish to the key's subject, whose acknowledgement can be awaited later (one at a time,
+/// each change cost a round trip, and a node setting many retained messages fell behind).
+struct KvWriter<'a> {
+    js: async_nats::jetstream::Context,
+    store: &'a Store,
+    pending: std::collections::VecDeque<(async_nats::jetstream::context::PublishAckFuture, u64)>,
+    stored: mpsc::Sender<u64>,
+    failing: bool,
+}
+
+impl<'a> KvWriter<'a> {
+    fn new(client: &async_nats::Client, store: &'a Store, stored: mpsc::Sender<u64>) -> Self {
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .ack_timeout(ACK_TIMEOUT)
+            .build(client.clone());
+        KvWriter {
+            js,
+            store,
+            pending: Default::default(),
+            stored,
+            failing: false,
+        }
+    }
+
+    /// The subject `Store::put` writes `key` to (a bucket in another JetStream domain, which
+    /// prefixes it further, is written through `Store` itself).
+    fn subject(&self, key: &str) -> Option<String> {
+        if self.store.use_jetstream_prefix {
+            return None;
+        }
+        let prefix = self.store.put_prefix.as_ref().unwrap_or(&self.store.prefix);
+        Some(format!("{prefix}{key}"))
+    }
+
+    async fn write(&mut self, (op, tag): (KvOp, u64)) {
+        self.settle(IN_FLIGHT - 1).await;
+        let (key, value, delete) = match op {
+            KvOp::Put(key, value) => (key, value, false),
+            KvOp::Delete(key) => (key, Bytes::new(), true),
+        };
+        let Some(subject) = self.subject(&key) else {
+            let op = if delete {
+                KvOp::Delete(key)
+            } else {
+                KvOp::Put(key, value)
+            };
+            write(self.store, op, &mut self.failing, RETAINED_WHAT).await;
+            self.report(tag).await;
+            return;
+        };
+        let sent = if delete {
+            let mut headers = HeaderMap::new();
+            headers.insert(KV_OPERATION, KV_DELETE);
+            self.js.publish_with_headers(subject, headers, value).await
+        } else {
+            self.js.publish(subject, value).await
+        };
+        match sent {
+            Ok(ack) => self.pending.push_back((ack, tag)),
+            Err(e) => {
+                self.failed(e.to_string());
+                self.report(tag).await;
+            }
+        }
+    }
+
+    /// Waits for acknowledgements until at most `keep` changes are in flight.
+    async fn settle(&mut self, keep: usize) {
+        while self.pending.len() > keep {
+            let Some((ack, tag)) = self.pending.pop_front() else {
+                return;
+            };
+            match ack.await {
+                Ok(_) => {
+                    if std::mem::take(&mut self.failing) {
+                        info!("cluster: {RETAINED_WHAT} are stored in JetStream again");
+                    }
+                }
+                Err(e) => self.failed(e.to_string()),
+            }
+            self.report(tag).await;
+        }
+    }
+
+    fn failed(&mut self, why: String) {
+        if !std::mem::replace(&mut self.failing, true) {
+            warn!("cluster: cannot store {RETAINED_WHAT} in JetStream: {why}");
+        }
+    }
+
+    /// A publisher waits no more for change `tag` (0: none waits).
+    async fn report(&self, tag: u64) {
+        if tag != 0 {
+            let _ = self.stored.send(tag).await;
         }
     }
 }
