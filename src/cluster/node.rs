@@ -278,6 +278,22 @@ struct Arrived {
     group: Option<ByteStr>,
 }
 
+/// Hands everything `sub` gets to the main loop (`tx`), as arrived for `group`, until either
+/// ends.
+async fn forward_all(mut sub: Subscriber, tx: mpsc::Sender<Arrived>, group: Option<ByteStr>) {
+    while let Some(m) = sub.next().await {
+        let arrived = Arrived {
+            subject: m.subject,
+            headers: m.headers,
+            payload: m.payload,
+            group: group.clone(),
+        };
+        if tx.send(arrived).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// The NATS queue group of a shared subscription: every node's members of `$share/G/F`
 /// form one queue, named after G and F (a queue name holds no spaces or wildcards).
 fn queue_name(full: &str) -> String {
@@ -388,20 +404,7 @@ impl Node {
         let mut next_snapshot = Instant::now();
         let mut heartbeat = tokio::time::interval(interest::HEARTBEAT);
         let forward = |sub: Subscriber, tx: mpsc::Sender<Arrived>, group: Option<ByteStr>| {
-            tokio::spawn(async move {
-                let mut sub = sub;
-                while let Some(m) = sub.next().await {
-                    let arrived = Arrived {
-                        subject: m.subject,
-                        headers: m.headers,
-                        payload: m.payload,
-                        group: group.clone(),
-                    };
-                    if tx.send(arrived).await.is_err() {
-                        return;
-                    }
-                }
-            })
+            tokio::spawn(forward_all(sub, tx, group))
         };
         // The others' interest, their hellos, and retained messages.
         let mut interest_sub = match client.subscribe(format!("{INTEREST}.*")).await {

@@ -11,15 +11,6 @@ use super::*;
 /// How long a joining node waits for the next retained message from the node answering it.
 const SYNC_WAIT: Duration = Duration::from_secs(5);
 
-fn arrived(m: async_nats::Message) -> Arrived {
-    Arrived {
-        subject: m.subject,
-        headers: m.headers,
-        payload: m.payload,
-        group: None,
-    }
-}
-
 /// Asks another node for the retained messages and hands them to the main loop (`to`);
 /// gives up after [`SYNC_WAIT`] without one, or at once when no node answers. False when
 /// the main loop is gone.
@@ -44,7 +35,13 @@ async fn fetch(client: &async_nats::Client, node: &str, to: &mpsc::Sender<Arrive
             break;
         }
         count += 1;
-        if to.send(arrived(m)).await.is_err() {
+        let arrived = Arrived {
+            subject: m.subject,
+            headers: m.headers,
+            payload: m.payload,
+            group: None,
+        };
+        if to.send(arrived).await.is_err() {
             return false;
         }
     }
@@ -66,18 +63,13 @@ impl Node {
     pub(super) fn fetch_retained(
         &self,
         client: &async_nats::Client,
-        mut live: async_nats::Subscriber,
+        live: async_nats::Subscriber,
         to: mpsc::Sender<Arrived>,
     ) {
         let (client, node) = (client.clone(), self.id.clone());
         tokio::spawn(async move {
-            if !fetch(&client, &node, &to).await {
-                return;
-            }
-            while let Some(m) = live.next().await {
-                if to.send(arrived(m)).await.is_err() {
-                    return;
-                }
+            if fetch(&client, &node, &to).await {
+                super::forward_all(live, to, None).await;
             }
         });
     }
