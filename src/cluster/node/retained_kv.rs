@@ -140,7 +140,7 @@ impl Node {
     /// message (through `arrived`, as other nodes' messages come), then writes the changes
     /// `ops` brings, in order, [`IN_FLIGHT`] at a time, and reports on `stored` each one a
     /// publisher waits for (its sequence number, not 0) once JetStream has it or it was
-    /// given up on, until the node stops. `open` says when the bucket is open.
+    /// given up on, until the node stops. `open_flag` says when the bucket is open and loaded.
     pub(super) async fn keep_retained(
         client: async_nats::Client,
         (mut ops, stored): (mpsc::Receiver<(KvOp, u64)>, mpsc::Sender<u64>),
@@ -151,7 +151,6 @@ impl Node {
         let Some(store) = open(&client).await else {
             return;
         };
-        open_flag.store(true, Ordering::Release);
         // Changes made here while the bucket opened are newer than what it holds: they win.
         let mut early = Vec::new();
         while let Ok(op) = ops.try_recv() {
@@ -174,6 +173,9 @@ impl Node {
                 "cluster: retained messages loaded from JetStream"
             );
         }
+        // Publishers wait for their changes only from now on: not while a large bucket loads
+        // (their changes are written after it all the same).
+        open_flag.store(true, Ordering::Release);
         let mut writer = KvWriter::new(&client, &store, stored);
         for op in early {
             writer.write(op).await;
