@@ -48,6 +48,10 @@ fn bad_flag_values_give_one_line_naming_the_flag() {
             &["serve", "--cluster-queue-copies-wait", "false"][..],
             "--cluster-queue-copies-wait",
         ),
+        (
+            &["serve", "--cluster-online-copies", "false"][..],
+            "--cluster-online-copies",
+        ),
         (&["serve", "--cluster", "bad url"][..], "--cluster"),
         (
             &[

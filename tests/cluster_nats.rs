@@ -267,6 +267,7 @@ fn a_client_id_is_taken_over_even_from_a_node_whose_clock_runs_ahead() {
                 node_id: name.to_string(),
                 queue_copies: true,
                 queue_copies_wait: true,
+                online_copies: true,
                 clock_offset_us: 60_000_000,
             }),
             ..test_config()
@@ -601,6 +602,7 @@ fn a_gated_qos2_message_reaches_other_nodes_once_accepted() {
             node_id: "a".to_string(),
             queue_copies: true,
             queue_copies_wait: true,
+            online_copies: true,
             clock_offset_us: 0,
         }),
         ..test_config()

@@ -175,9 +175,12 @@ fn a_session_left_on_a_node_that_was_down_is_merged_when_its_client_resumes() {
     let nats = Nats::start();
     let dir = std::env::temp_dir().join(format!("surgemq-cluster-merge-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let data = ["--data-dir", dir.to_str().unwrap()];
+    // Without copies of connected sessions (`tests/cluster_online_copies.rs` has them): a's
+    // copy is then the only one of what it held.
+    let online = ["--cluster-online-copies", "false"];
+    let data = ["--data-dir", dir.to_str().unwrap(), online[0], online[1]];
     let mut a = NodeProcess::start_with("a", &nats.url(0), &data);
-    let b = NodeProcess::start("b", &nats.url(1));
+    let b = NodeProcess::start_with("b", &nats.url(1), &online);
     let roamer = ConnectBuilder::new("roamer").clean(false);
     let connect = |node: &NodeProcess, connack: [u8; 4]| {
         let mut c = RawClient::open(node.addr());
@@ -338,6 +341,7 @@ fn a_publish_for_a_session_on_another_node_is_acknowledged_once_durable_there() 
                 node_id: "b".to_string(),
                 queue_copies: true,
                 queue_copies_wait: true,
+                online_copies: true,
                 clock_offset_us: 0,
             }),
             data_dir: Some(dirs.data()),

@@ -232,5 +232,7 @@ pub(super) fn session_records(
             session: n,
             at_ms: now_ms.saturating_sub(away.as_millis() as u64),
         });
+    } else if let (true, Some(at_ms)) = (s.is_connected(), s.attached_ms()) {
+        put(Record::Attached { session: n, at_ms });
     }
 }

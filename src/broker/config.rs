@@ -117,6 +117,13 @@ pub struct ClusterConfig {
     /// node that dies loses the copies of what it acknowledged in the moments before, and
     /// a publisher with a small window is not slowed down by JetStream's round trip.
     pub queue_copies_wait: bool,
+    /// Whether, with `queue_copies`, a persistent session is also copied while its client is
+    /// connected (`--cluster-online-copies`; on by default): each change to it (a message
+    /// queued or sent, an acknowledgement, a subscription) is appended to its copy, and what
+    /// a publisher's acknowledgement waits for includes the copy of its message. So a client
+    /// whose node dies while it is connected resumes elsewhere with every message
+    /// acknowledged into its session. Off: such a session waits for its node to come back.
+    pub online_copies: bool,
     /// Moves this node's clock for client id claims by this many microseconds: tests use it
     /// to stand for a host whose clock is off (0 otherwise).
     #[doc(hidden)]

@@ -37,6 +37,7 @@ use super::wire::Wire;
 use crate::protocol::{
     decode, ConnAck, Connect, Disconnect, LastWill, Packet, ProtocolLevel, ReasonCode,
 };
+use crate::store::Record;
 
 /// Bytes of pending output above which the session stops filling the write buffer.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
@@ -252,9 +253,29 @@ impl ConnectedClient {
                 }
                 if self.wire.wbuf.len() < WRITE_HIGH_WATER {
                     let packets = session.fill(&mut self.wire.wbuf, WRITE_HIGH_WATER);
-                    if let (Some(journal), Some(n)) = (self.shard.journal(), session.stored_as()) {
-                        for (seq, packet_id) in session.take_sent() {
-                            journal.sent(n, seq, packet_id);
+                    if let Some(n) = session.stored_as() {
+                        let journal = self.shard.journal();
+                        if self.shard.copies_changes(&session) {
+                            // Copied too (`shard::session_copies`): taken first, as the copy
+                            // reads the session.
+                            let sent: smallvec::SmallVec<[(u64, u16); 16]> =
+                                session.take_sent().collect();
+                            for (seq, packet_id) in sent {
+                                if let Some(journal) = journal {
+                                    journal.sent(n, seq, packet_id);
+                                }
+                                self.shard.copy_change(&session, |session| Record::Sent {
+                                    session,
+                                    seq,
+                                    packet_id,
+                                });
+                            }
+                        } else {
+                            for (seq, packet_id) in session.take_sent() {
+                                if let Some(journal) = journal {
+                                    journal.sent(n, seq, packet_id);
+                                }
+                            }
                         }
                     }
                     add(&self.shard.metrics.packets_out, packets as u64);

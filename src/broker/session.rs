@@ -27,7 +27,7 @@ mod stored;
 
 pub use shared::Unreceived;
 use stored::Stored;
-pub use stored::StoredItem;
+pub use stored::{StoredItem, NOT_JOURNALLED};
 
 use smallvec::SmallVec;
 
@@ -343,6 +343,7 @@ impl Session {
         self.detached_at = None;
         if let Some(stored) = &mut self.stored {
             stored.restored_unclaimed = false;
+            stored.attached_ms = crate::broker::journal::unix_ms();
         }
         self.resend = self.inflight.len();
     }

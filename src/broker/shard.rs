@@ -45,6 +45,7 @@ pub(super) mod gates;
 mod handoff;
 mod pressure;
 mod retained;
+mod session_copies;
 mod shared;
 mod subscriptions;
 mod wills;
@@ -374,13 +375,17 @@ impl Shard {
                 if !ends_with_connection {
                     self.make_durable(&existing);
                 }
-                self.journal_session(&existing.borrow(), |session| Record::Attached { session });
+                let at_ms = existing.borrow().attached_ms().unwrap_or(0);
+                self.journal_session(&existing.borrow(), |session| Record::Attached {
+                    session,
+                    at_ms,
+                });
                 self.announce_presence(&existing, true);
                 self.journal_expiry(&existing.borrow());
                 // Online again, maybe with another expiry: the directory's copy says so, and
                 // the copy of its queue is no more.
                 self.save_to_directory(&existing, 0);
-                self.copy_ended(&existing.borrow());
+                self.copy_attached(&existing, true);
                 return (existing, true);
             }
             existing.borrow_mut().kick(Kick::TakenOver);
@@ -419,7 +424,15 @@ impl Shard {
                     session
                 });
         session.borrow_mut().attach(conn);
+        if let (Some(at_ms), Some(_)) = (session.borrow().attached_ms(), self.cluster.get()) {
+            // In a cluster, when it began (see `Record::Attached`).
+            self.journal_session(&session.borrow(), |session| Record::Attached {
+                session,
+                at_ms,
+            });
+        }
         self.journal_expiry(&session.borrow());
+        self.copy_attached(&session, false);
         self.metrics.sessions.set(self.metrics.sessions.get() + 1);
         (session, false)
     }
@@ -666,8 +679,9 @@ impl Shard {
                 );
             }
         }
-        if result.is_ok() && qos != QoS::AtMostOnce && !s.clean && !s.is_connected() {
-            // Kept for an absent client: copied for another node, should this one go down.
+        if result.is_ok() && qos != QoS::AtMostOnce && !s.clean {
+            // Kept for a client that is away (or copied while connected): copied for another
+            // node, should this one go down.
             let share = share.map(|k| &**k);
             self.copy_queued(&s, message, (qos, retain), target.subscription_id, share);
         }

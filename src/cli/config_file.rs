@@ -46,6 +46,7 @@ const KNOWN_KEYS: &[&str] = &[
     "node-id",
     "cluster-queue-copies",
     "cluster-queue-copies-wait",
+    "cluster-online-copies",
 ];
 
 /// Keys of a `[[listener]]` table: its URL and its own TLS settings.

@@ -176,6 +176,12 @@ pub struct ServeArgs {
     /// [default: true].
     #[arg(long, value_name = "BOOL")]
     cluster_queue_copies_wait: Option<bool>,
+    /// With --cluster-queue-copies: copy persistent sessions while their clients are
+    /// connected too, each change as it happens, so that a client whose node dies while it is
+    /// connected resumes on another node with every message acknowledged into its session
+    /// (false: such a session waits for its node to come back, with --data-dir) [default: true].
+    #[arg(long, value_name = "BOOL")]
+    cluster_online_copies: Option<bool>,
 }
 
 /// Queue limits per session with --data-dir, where queued messages are kept on disk too and
@@ -381,7 +387,11 @@ fn build_config(args: ServeArgs) -> Result<Built, String> {
         cluster: cluster_config(
             &args.cluster,
             args.node_id,
-            (args.cluster_queue_copies, args.cluster_queue_copies_wait),
+            [
+                args.cluster_queue_copies,
+                args.cluster_queue_copies_wait,
+                args.cluster_online_copies,
+            ],
             &file,
         )?,
         ..defaults
@@ -394,7 +404,7 @@ fn build_config(args: ServeArgs) -> Result<Built, String> {
 fn cluster_config(
     flag: &[String],
     node_id: Option<String>,
-    (queue_copies, queue_copies_wait): (Option<bool>, Option<bool>),
+    [queue_copies, queue_copies_wait, online_copies]: [Option<bool>; 3],
     file: &ConfigFile,
 ) -> Result<Option<ClusterConfig>, String> {
     let servers = if flag.is_empty() {
@@ -411,6 +421,9 @@ fn cluster_config(
         }
         if queue_copies_wait.is_some() {
             return Err("invalid --cluster-queue-copies-wait: needs --cluster".into());
+        }
+        if online_copies.is_some() {
+            return Err("invalid --cluster-online-copies: needs --cluster".into());
         }
         return Ok(None);
     }
@@ -429,6 +442,7 @@ fn cluster_config(
             file.bool("cluster-queue-copies-wait")?,
             true,
         ),
+        online_copies: pick(online_copies, file.bool("cluster-online-copies")?, true),
         clock_offset_us: 0,
     }))
 }

@@ -54,6 +54,9 @@ pub struct StoredSession {
     pub pending_qos2: BTreeMap<PacketId, u64>,
     /// When its connection went away (ms since the Unix epoch), if it has none.
     pub detached_at_ms: Option<u64>,
+    /// When its client last connected again (ms since the Unix epoch), if the log says: for
+    /// a session whose client was connected when the log ended.
+    pub attached_at_ms: Option<u64>,
     /// The last packet id given to an outgoing message (0: none yet).
     pub last_packet_id: PacketId,
     /// A will waiting for its delay: when it is due (ms since the Unix epoch), and the will.
@@ -195,7 +198,11 @@ impl Image {
             Record::Detached { session, at_ms } => {
                 self.session(session)?.detached_at_ms = Some(at_ms)
             }
-            Record::Attached { session } => self.session(session)?.detached_at_ms = None,
+            Record::Attached { session, at_ms } => {
+                let s = self.session(session)?;
+                s.detached_at_ms = None;
+                s.attached_at_ms = (at_ms != 0).then_some(at_ms);
+            }
             Record::Retained {
                 topic,
                 payload,

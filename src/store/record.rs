@@ -126,8 +126,11 @@ pub enum Record {
         session: u64,
         at_ms: u64,
     },
+    /// The session's client connected again, at this time (milliseconds since the Unix
+    /// epoch; 0 in logs written before it was recorded).
     Attached {
         session: u64,
+        at_ms: u64,
     },
     /// The retained message of a topic this shard owns.
     Retained {
@@ -362,8 +365,9 @@ impl Record {
                 out.put_u64_le(*at_ms);
                 DETACHED
             }
-            Record::Attached { session } => {
+            Record::Attached { session, at_ms } => {
                 out.put_u64_le(*session);
+                out.put_u64_le(*at_ms);
                 ATTACHED
             }
             Record::Retained {
@@ -509,7 +513,10 @@ impl Record {
                 session: r.u64()?,
                 at_ms: r.u64()?,
             },
-            ATTACHED => Record::Attached { session: r.u64()? },
+            ATTACHED => Record::Attached {
+                session: r.u64()?,
+                at_ms: if r.body.has_remaining() { r.u64()? } else { 0 },
+            },
             RETAINED => Record::Retained {
                 topic: r.str()?,
                 qos: r.qos()?,
@@ -780,7 +787,10 @@ mod tests {
                 session: 7,
                 at_ms: 1_764_480_000_000,
             },
-            Record::Attached { session: 7 },
+            Record::Attached {
+                session: 7,
+                at_ms: 1_764_480_001_000,
+            },
             Record::Retained {
                 topic: s("r/t"),
                 payload: Bytes::from_static(b"on"),
@@ -914,6 +924,8 @@ mod tests {
                 extras: Some(e), ..
             } => e.origin = None,
             Record::IncomingQos2 { reg, .. } => *reg = 0,
+            // (Nor the time of an attach.)
+            Record::Attached { at_ms, .. } => *at_ms = 0,
             _ => {}
         }
         r
@@ -930,7 +942,7 @@ mod tests {
                     Err(_) => {}
                     // Cut exactly before the MQTT 5 trailer, or before the shared
                     // subscription or the QoS 2 origin after it, or before a registration
-                    // number: a record as older logs wrote it.
+                    // number or an attach's time: a record as older logs wrote it.
                     Ok(r) => assert!(
                         r == without_extras(&record)
                             || r == without_share(&record)

@@ -198,6 +198,7 @@ pub fn node(name: &str, shards: usize, servers: Vec<String>) -> Broker {
             node_id: name.to_string(),
             queue_copies: true,
             queue_copies_wait: true,
+            online_copies: true,
             clock_offset_us: 0,
         }),
         ..test_config()

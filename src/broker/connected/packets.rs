@@ -77,7 +77,7 @@ impl ConnectedClient {
     }
 
     /// Journals `record` for a persistent session (with `--data-dir`); returns its position.
-    fn journal(&self, record: impl FnOnce(u64) -> Record) -> u64 {
+    fn journal(&self, record: impl Fn(u64) -> Record) -> u64 {
         self.shard.journal_session(&self.session.borrow(), record)
     }
 
@@ -123,24 +123,30 @@ impl ConnectedClient {
                 // PUBLISH again to a client that may have completed it.
                 let mut ticket = Ticket::default();
                 if ack == Ack::Done {
+                    let copies_before = self.shard.copies_made();
                     ticket.local = self.journal(|session| Record::Received {
                         session,
                         packet_id: id,
                     });
+                    // In a cluster, its copy too (`shard::session_copies`).
+                    ticket.copied = self.shard.copied_since(copies_before);
                 }
                 self.ack_when_durable(PacketType::PubRel, id, ReasonCode::SUCCESS, ticket);
             }
             Packet::PubRel(protocol::Ack { packet_id: id, .. }) => {
                 let mut released = 0;
+                let copies_before = self.shard.copies_made();
                 if self.session.borrow_mut().on_pubrel(id) {
                     released = self.journal(|session| Record::Released {
                         session,
                         packet_id: id,
                     });
                 }
-                // After PUBCOMP the id is new again (MQTT-4.3.3): not before a restart knows.
+                // After PUBCOMP the id is new again (MQTT-4.3.3): not before a restart knows
+                // (nor the session's copy in a cluster).
                 let ticket = Ticket {
                     local: released,
+                    copied: self.shard.copied_since(copies_before),
                     ..Ticket::default()
                 };
                 self.ack_when_durable(PacketType::PubComp, id, ReasonCode::SUCCESS, ticket);
@@ -366,6 +372,7 @@ impl ConnectedClient {
             c.set(c.get() + 1);
         }
         let before = self.shard.journal_end();
+        let copies_before = self.shard.copies_made();
         // A persistent session's new QoS 2 message waits behind this gate until accepted
         // (with `--data-dir`, see `qos2_gate`); a repeat's PUBREC waits for the first's gate
         // and for what else the first's PUBREC waited for (`first`).
@@ -386,6 +393,14 @@ impl ConnectedClient {
                     if let Some(gate) = &gate {
                         session.set_incoming_gate(packet_id, gate.clone());
                     }
+                    // In a cluster, the session's copy has the id before the PUBREC goes (a
+                    // repeat on another node is then not forwarded again).
+                    self.shard
+                        .copy_change(&session, |session| Record::IncomingQos2 {
+                            session,
+                            packet_id,
+                            reg: 0,
+                        });
                 } else {
                     // Not forwarded: nothing to settle after a crash.
                     drop(session);
@@ -426,8 +441,9 @@ impl ConnectedClient {
                 reason = ReasonCode::QUOTA_EXCEEDED;
             }
         }
-        // Everything this publish wrote here, the incoming QoS 2 id included.
+        // Everything this publish wrote here, the incoming QoS 2 id included (and copied).
         ticket.local = self.shard.appended_since(before);
+        ticket.copied = ticket.copied.max(self.shard.copied_since(copies_before));
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {

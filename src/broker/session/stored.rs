@@ -54,7 +54,18 @@ pub(super) struct Stored {
     pub(super) restored_unclaimed: bool,
     /// When its client went away (Unix ms) as the journal said at start, if it said.
     pub(super) restored_gone_ms: Option<u64>,
+    /// In a cluster that copies sessions while online: the changes appended to the
+    /// session's copy since its last snapshot (see `shard::session_copies`).
+    pub(super) copy_appends: std::cell::Cell<u32>,
+    /// When its client last attached (Unix ms; 0: not since it was restored): journalled, so
+    /// that a copy restored after a crash that found the client connected can be told from
+    /// a newer one (see `cluster_port::superseded_by`).
+    pub(super) attached_ms: u64,
 }
+
+/// The number of a session whose messages are numbered, as a journal numbers them, for its
+/// copy in JetStream only (a cluster node without `--data-dir`; see `shard::session_copies`).
+pub const NOT_JOURNALLED: u64 = u64::MAX;
 impl Session {
     /// Restored from the journal at start, and not attached since (see `Stored`).
     pub fn restored_unclaimed(&self) -> bool {
@@ -85,6 +96,8 @@ impl Session {
                 sent: Vec::new(),
                 restored_unclaimed: false,
                 restored_gone_ms: None,
+                copy_appends: std::cell::Cell::new(0),
+                attached_ms: 0,
             })
         });
     }
@@ -121,7 +134,10 @@ impl Session {
         stored: crate::store::StoredSession,
         detached_at: Instant,
     ) -> Session {
-        let gone_ms = stored.detached_at_ms;
+        // A client connected when the log ended went at the crash: for comparing this copy
+        // with one taken from JetStream meanwhile, its time is when it last connected (every
+        // copy it made since is at least that recent; see `cluster_port::superseded_by`).
+        let gone_ms = stored.detached_at_ms.or(stored.attached_at_ms);
         let mut s = Session::new(stored.client_id, id, false, limits);
         s.username = stored.username;
         s.subscriptions = stored
@@ -199,6 +215,36 @@ impl Session {
     /// The journal number given to the last message queued (0 for a session not journalled).
     pub fn last_seq(&self) -> u64 {
         self.stored.as_ref().map_or(0, |s| s.next_seq - 1)
+    }
+
+    /// Counts a change appended to the session's copy in JetStream; says whether the copy is
+    /// due a new snapshot: once the changes outweigh what a snapshot holds (so a copy is at
+    /// most about three times the session, and a snapshot's cost is spread over as many
+    /// changes as it holds).
+    pub fn copy_appended(&self) -> bool {
+        let Some(stored) = &self.stored else {
+            return false;
+        };
+        let appends = stored.copy_appends.get() + 1;
+        stored.copy_appends.set(appends);
+        let held = self.inflight.len() + self.queue.len();
+        appends as usize > 1024 + 2 * held
+    }
+
+    /// When its client last attached (Unix ms), if it is journalled or copied and attached
+    /// since it was restored.
+    pub fn attached_ms(&self) -> Option<u64> {
+        self.stored
+            .as_ref()
+            .map(|s| s.attached_ms)
+            .filter(|&at| at != 0)
+    }
+
+    /// The session's copy in JetStream was written whole: changes count from here.
+    pub fn copy_snapshotted(&self) {
+        if let Some(stored) = &self.stored {
+            stored.copy_appends.set(0);
+        }
     }
 
     /// The (seq, packet id) of QoS 1/2 messages sent since the last call, for the journal.

@@ -143,13 +143,11 @@ impl Shard {
         self.journal().map_or(0, |j| j.appended())
     }
 
-    /// Appends `record` when `session` is journalled; returns the position an answer to it
-    /// must wait for (0 when none must).
-    pub fn journal_session(
-        &self,
-        session: &Session,
-        record: impl FnOnce(u64) -> Record,
-    ) -> Position {
+    /// Appends `record` when `session` is journalled, and to its copy in JetStream when it is
+    /// copied as it changes (see `session_copies`); returns the position an answer to it
+    /// must wait for (0 when none must; the copy's number is `copied_since` what was made).
+    pub fn journal_session(&self, session: &Session, record: impl Fn(u64) -> Record) -> Position {
+        self.copy_change(session, &record);
         match (self.journal(), session.stored_as()) {
             (Some(j), Some(n)) => {
                 let at = j.append(&record(n));

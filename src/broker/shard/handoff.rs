@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::Shard;
 use crate::broker::cluster_port::{
-    superseded_by, HandOver, HandedOver, HandedSession, QueueCopy, Taken, HANDED_SESSION,
+    superseded_by, HandOver, HandedOver, HandedSession, Taken, HANDED_SESSION,
 };
 use crate::broker::compaction::session_records;
 use crate::broker::journal::unix_ms;
@@ -221,105 +221,6 @@ impl Shard {
 }
 
 impl Shard {
-    /// In a cluster: the client of a persistent session went away at `gone_ms` (Unix ms, as
-    /// journalled); the session is copied to JetStream as it stands, so that it resumes with
-    /// its messages on another node if this one is down (`cluster::node::queues`).
-    pub(in crate::broker) fn copy_when_gone(&self, session: &Session, gone_ms: u64) {
-        let Some(port) = self.cluster.get().filter(|_| self.copies_queues()) else {
-            return;
-        };
-        if session.clean || session.own_expiry_secs() == Some(0) {
-            return;
-        }
-        port.copy_queue(QueueCopy::Snapshot {
-            client_id: session.client_id.clone(),
-            gone_ms,
-            records: encode_session(session),
-        });
-    }
-
-    /// In a cluster: a QoS 1/2 message was queued for an offline persistent session (as the
-    /// journal's `queued` record says it); it joins the session's copy in JetStream.
-    pub(in crate::broker) fn copy_queued(
-        &self,
-        session: &Session,
-        message: &crate::broker::mesh::Message,
-        (qos, retain): (crate::protocol::QoS, bool),
-        subscription_id: u32,
-        share: Option<&crate::broker::shared::ShareKey>,
-    ) {
-        let Some(port) = self.cluster.get().filter(|_| self.copies_queues()) else {
-            return;
-        };
-        let record = Record::Queued {
-            session: HANDED_SESSION,
-            seq: session.last_seq(),
-            topic: message.topic.clone(),
-            payload: message.payload.clone(),
-            qos,
-            retain,
-            extras: crate::broker::journal::message_extras(message, subscription_id, share),
-        };
-        port.copy_queued(session.client_id.clone(), &record);
-    }
-
-    /// In a cluster: whether offline sessions are copied to JetStream (`--cluster-queue-copies`).
-    pub(in crate::broker) fn copies_queues(&self) -> bool {
-        self.config.cluster.as_ref().is_some_and(|c| c.queue_copies)
-    }
-
-    /// In a cluster: whether acknowledgements wait for the queue copies they concern
-    /// (`--cluster-queue-copies-wait`).
-    pub(in crate::broker) fn waits_for_copies(&self) -> bool {
-        self.config
-            .cluster
-            .as_ref()
-            .is_some_and(|c| c.queue_copies && c.queue_copies_wait)
-    }
-
-    /// How many queue copies this shard has made (the number of the last one): what routing
-    /// a message made is [`copied_since`](Self::copied_since) this.
-    pub(in crate::broker) fn copies_made(&self) -> u64 {
-        self.cluster.get().map_or(0, |port| port.copies_made())
-    }
-
-    /// The last queue copy made since `before` ([`copies_made`](Self::copies_made)), which an
-    /// acknowledgement must wait for; 0 when none was, when acknowledgements do not wait, or
-    /// while this node is cut off from NATS (JetStream cannot have it before NATS is back).
-    pub(in crate::broker) fn copied_since(&self, before: u64) -> u64 {
-        let now = self.copies_made();
-        let reachable = self.cluster.get().is_some_and(|port| port.nats_up());
-        if now > before && self.waits_for_copies() && reachable {
-            now
-        } else {
-            0
-        }
-    }
-
-    /// Whether a QoS 1/2 delivery to `id` on another shard is confirmed back (see
-    /// `durability`), for a publisher's acknowledgement to wait for: with `--data-dir`, what
-    /// a persistent session is sent must be on the disk; in a cluster that copies offline
-    /// sessions' queues, any delivery may be copied to JetStream there (the sender cannot tell
-    /// whether its subscriber is away), and that copy must be stored.
-    pub(in crate::broker) fn confirms_delivery(
-        &self,
-        id: crate::broker::mesh::SubscriberId,
-        qos: crate::protocol::QoS,
-    ) -> bool {
-        qos != crate::protocol::QoS::AtMostOnce
-            && ((id.durable && self.acks_wait_for_disk()) || self.waits_for_copies())
-    }
-
-    /// In a cluster: a persistent session's client is back here; its copy in JetStream goes
-    /// (it would be stale the moment the client acknowledges a message).
-    pub(in crate::broker) fn copy_ended(&self, session: &Session) {
-        if let Some(port) = self.cluster.get() {
-            port.copy_queue(QueueCopy::Ended(session.client_id.clone()));
-        }
-    }
-}
-
-impl Shard {
     /// In a cluster: a persistent session expired here; its directory entry goes too.
     pub(in crate::broker) fn expired_in_directory(&self, session: &Session) {
         if let (Some(port), false) = (self.cluster.get(), session.clean) {
@@ -393,7 +294,7 @@ fn merge(mut copies: Vec<StoredSession>) -> StoredSession {
 /// The records that rebuild `session` as session [`HANDED_SESSION`], framed. A copy restored
 /// at start and not claimed since says it went away at time 0: older than any copy the client
 /// used meanwhile (see [`merge`]).
-fn encode_session(session: &Session) -> HandedSession {
+pub(super) fn encode_session(session: &Session) -> HandedSession {
     let mut out = BytesMut::new();
     let mut body = BytesMut::new();
     let mut put = |record: Record| {
@@ -411,24 +312,38 @@ fn encode_session(session: &Session) -> HandedSession {
     out.freeze()
 }
 
-/// The session that [`encode_session`]'s records rebuild.
+/// The session that [`encode_session`]'s records rebuild (and, from a copy in JetStream,
+/// the changes appended to it). A record that does not fit the state before it is skipped,
+/// and said: a copy's change can miss the one before it (given up on under load, or written
+/// after a snapshot that already holds it), and the rest of the session is worth more than
+/// refusing it all. A damaged record refuses the copy.
 fn decode_session(records: &Bytes) -> Result<StoredSession, String> {
     let mut image = Image::default();
     let mut failed = None;
+    let mut skipped = (0, None);
     let scanned = scan(records, |offset, kind, body| {
         if failed.is_some() {
             return;
         }
-        let applied = Record::decode(kind, records.slice_ref(body))
-            .map_err(|e| e.to_string())
-            .and_then(|record| image.apply(record).map_err(|e| e.to_string()));
-        if let Err(e) = applied {
-            failed = Some(format!("record at offset {offset}: {e}"));
+        match Record::decode(kind, records.slice_ref(body)) {
+            Ok(record) => {
+                if let Err(e) = image.apply(record) {
+                    skipped.0 += 1;
+                    skipped.1.get_or_insert(e);
+                }
+            }
+            Err(e) => failed = Some(format!("record at offset {offset}: {e}")),
         }
     })
     .map_err(|e| e.to_string())?;
     if let Some(e) = failed {
         return Err(e);
+    }
+    if let (n @ 1.., Some(first)) = skipped {
+        debug!(
+            skipped = n,
+            "records of a session copy that do not fit it were skipped (the first: {first})"
+        );
     }
     if scanned.torn.is_some() {
         return Err("cut short".into());

@@ -134,7 +134,7 @@ impl Shard {
     }
 
     /// Journals a will record for session `id`, if it is journalled.
-    fn journal_will(&self, id: SubscriberId, record: impl FnOnce(u64) -> Record) {
+    fn journal_will(&self, id: SubscriberId, record: impl Fn(u64) -> Record) {
         let sessions = self.sessions.borrow();
         if let Some(session) = sessions.get(id.slot, id.generation) {
             self.journal_session(&session.borrow(), record);

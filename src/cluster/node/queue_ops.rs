@@ -7,9 +7,9 @@
 //! but a session's snapshot, its end (the client is back) and its purge (the session ended)
 //! are kept, in order, and sent as soon as there is room. Lost, they would
 //! leave a stale copy in JetStream that a resume elsewhere could take: messages delivered
-//! again, or a session that should have ended. Each of them starts by purging the session's
-//! subject, so a later one for a client replaces an earlier one still waiting: what waits is
-//! at most one per session.
+//! again, or a session that should have ended. Each of them replaces what the session's
+//! subject held, so a later one for a client replaces an earlier one still waiting: what
+//! waits is at most one per session.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

@@ -1,28 +1,39 @@
-//! Offline sessions' queues in JetStream (the stream [`STREAM`]), so that a client whose
-//! persistent session lived on a node that is down resumes it elsewhere with the messages
-//! queued for it, not only with its subscriptions (`directory`).
+//! Persistent sessions' copies in JetStream (the stream [`STREAM`]), so that a client whose
+//! session lived on a node that is down resumes it elsewhere with its messages, not only with
+//! its subscriptions (`directory`).
 //!
 //! When a persistent session's client goes away, its node writes the session as a hand-over
 //! carries it (subscriptions, messages in flight and queued: `shard::handoff`) to the subject
-//! `$SMQ.q.<client>`, after purging what was there, the first message headed [`SNAPSHOT`]
-//! with when the client went and the node's name; each QoS 1/2 message queued for the
-//! session afterwards is appended as the record a log holds for it. The subject's payloads,
-//! concatenated, are the session. When its client comes back (to any node), a clean connect
-//! ends it or it expires, the subject is purged. Copies are written in order, several in
-//! flight at once, and the messages queued for one session meanwhile go as one JetStream
-//! message (up to NATS's max payload: the reader concatenates them all the same). A
-//! publisher's acknowledgement of a message copied waits for JetStream to store the copy
-//! (`copy_marks`), except while the stream cannot be opened (JetStream not there): then the
-//! copies wait here (within bounds) without holding anyone.
+//! `$SMQ.q.<client>`, headed [`SNAPSHOT`] with when the client went and the node's name; each
+//! QoS 1/2 message queued for the session afterwards is appended as the record a log holds
+//! for it. With `--cluster-online-copies` (`broker::shard::session_copies`) a session is
+//! copied while its client is connected too: a snapshot when it attaches, then each change
+//! (a message queued or sent, an acknowledgement, a subscription) appended as the journal
+//! would record it, and a new snapshot when the changes outweigh one. The subject's payloads
+//! from its last snapshot on, concatenated, are the session. A snapshot is written before
+//! what it replaces is purged (up to its sequence, once it is stored), so a node that dies
+//! in between leaves a subject a reader still reads right. When its client comes back to a
+//! node that does not copy it, a clean connect ends the session or it expires, an [`END`]
+//! is written and the subject purged up to it. Purges run beside the writes: a slow one
+//! (a stream whose leader is being elected answers late) holds no copy back.
+//!
+//! Copies are written in order, several in flight at once, and the changes of one session
+//! meanwhile go as one JetStream message (up to NATS's max payload: the reader concatenates
+//! them all the same), headed [`FROM`] with the node. A publisher's acknowledgement of a
+//! message copied waits for JetStream to store the copy (`copy_marks`), except while the
+//! stream cannot be opened (JetStream not there): then the copies wait here (within bounds)
+//! without holding anyone.
 //!
 //! A node resuming a session that no node handed over (its node is down) reads the subject
-//! ([`read`]): if it begins with a snapshot, that copy is taken instead of the directory's,
-//! and a tombstone `taken.<client>.<node>` (the snapshot's time) goes into the session
-//! bucket. The node that wrote the snapshot, should it come back with `--data-dir`, finds
-//! its restored copy superseded and drops it instead of merging it into the client's session
-//! (its messages were delivered from the snapshot; merged, they would come twice). The
-//! subject is purged only once the new node has the session (its client attaches there), so
-//! a node that dies while taking it loses nothing.
+//! ([`read`]): if it has a snapshot, that copy (the last snapshot and the changes after it
+//! from the same node) is taken instead of the directory's, and a tombstone
+//! `taken.<client>.<node>` (the snapshot's time) goes into the session bucket. The node that
+//! wrote the snapshot, should it come back with `--data-dir`, finds its restored copy
+//! superseded and drops it instead of merging it into the client's session (its messages were
+//! delivered from the snapshot; merged, they would come twice): a copy restored from a log
+//! that ended while its client was connected counts from when the client attached, which no
+//! snapshot of that connection precedes. The subject is replaced only once the new node has
+//! the session (its client attaches there), so a node that dies while taking it loses nothing.
 
 use std::collections::VecDeque;
 
@@ -46,8 +57,17 @@ pub(super) const STREAM: &str = "SMQ_QUEUES";
 /// Subjects: `$SMQ.q.<client id in URL-safe base64>`.
 const PREFIX: &str = "$SMQ.q";
 /// On a session's first message: `GONE_MS NODE`, when its client went (Unix ms, the node's
-/// clock) and the node that wrote it.
+/// clock) and the node that wrote it; for a session copied while its client is connected,
+/// when the snapshot was written.
 const SNAPSHOT: &str = "Smq-Snapshot";
+/// On the messages appended to a session's copy: the node that wrote them. A reader applies
+/// only those of the node that wrote the snapshot they follow: a node whose client moved to
+/// another may have had changes on their way when the new node's snapshot came.
+const FROM: &str = "Smq-From";
+/// On an empty message: the session's copy ends here (its client is back where it is not
+/// copied, or the session ended). What came before it is purged once it is stored; a reader
+/// that finds it first (the purge has not run yet) drops what came before it too.
+const END: &str = "Smq-End";
 /// Batches of copies (what the shards' flushes sent, up to 64 flushes' worth each) waiting
 /// for the stream task at most (beyond: not copied, counted).
 pub(super) const QUEUE: usize = 64;
@@ -60,6 +80,8 @@ const RETRY: Duration = Duration::from_secs(5);
 /// How long JetStream may take to acknowledge a copy before it is given up on (async-nats's
 /// default is 30 s): publishers wait for the acknowledgement, so not for long.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Purges running at once, at most.
+const PURGES: usize = 64;
 /// The pause before a shard whose inbox was full is told its mark again.
 const TELL_AGAIN: Duration = Duration::from_millis(5);
 
@@ -113,10 +135,20 @@ pub(in crate::cluster) async fn read(
             return None;
         }
         next = m.sequence + 1;
+        if m.headers.get(END).is_some() {
+            records.clear();
+            head = None;
+            continue;
+        }
         if let Some(snapshot) = m.headers.get(SNAPSHOT).and_then(|v| parse_head(v.as_str())) {
-            // (A newer snapshot written while this was read replaces what came before.)
+            // A later snapshot replaces what came before (it is written before the earlier
+            // one is purged, and may be written while this is read).
             records.clear();
             head = Some(snapshot);
+        } else if let (Some(from), Some((_, node))) = (m.headers.get(FROM), &head) {
+            if from.as_str() != node {
+                continue;
+            }
         }
         if head.is_some() {
             records.extend_from_slice(&m.payload);
@@ -221,6 +253,7 @@ pub(super) async fn keep_queues(
         appends: AHashMap::new(),
         gathered: 0,
         failing: false,
+        purges: Arc::new(tokio::sync::Semaphore::new(PURGES)),
     };
     for op in waiting {
         writer.write(op).await;
@@ -312,6 +345,10 @@ struct Gathered {
     firsts: Firsts,
 }
 
+/// What goes once a write is stored: the subject's messages before it, and (1) itself, or
+/// not (0).
+type PurgeAfter = (String, u64);
+
 struct Writer {
     js: jetstream::Context,
     stream: stream::Stream,
@@ -328,8 +365,10 @@ struct Writer {
     /// How large one JetStream message may be.
     chunk: usize,
     /// Copies written, oldest first, whose acknowledgement has not come yet, with how many
-    /// copies each holds and their shards' first copy numbers.
-    pending: VecDeque<(PublishAckFuture, u64, Firsts)>,
+    /// copies each holds and their shards' first copy numbers; a snapshot's first part, or
+    /// an end, with its subject, whose earlier messages go once it is stored (and, for an
+    /// end, 1: it goes too).
+    pending: VecDeque<(PublishAckFuture, u64, Firsts, Option<PurgeAfter>)>,
     /// Messages queued for offline sessions, gathered per subject until nothing more comes
     /// at once (or a JetStream message is full).
     appends: AHashMap<ByteStr, Gathered>,
@@ -337,6 +376,8 @@ struct Writer {
     gathered: usize,
     /// Whether the last write failed (said once per spell).
     failing: bool,
+    /// Purges running (see [`Writer::purge_before`]).
+    purges: Arc<tokio::sync::Semaphore>,
 }
 
 impl Writer {
@@ -350,7 +391,7 @@ impl Writer {
             .appends
             .values()
             .map(|g| &g.firsts)
-            .chain(self.pending.iter().map(|(_, _, f)| f));
+            .chain(self.pending.iter().map(|(_, _, f, _)| f));
         self.untold = self.marks.tell(blocks);
     }
 
@@ -361,10 +402,7 @@ impl Writer {
                     self.copy(copy).await;
                 }
             }
-            QueueOp::Purge(client_id) => {
-                self.forget_appends(client_id.as_str());
-                self.purge(&subject_of(&client_id)).await
-            }
+            QueueOp::Purge(client_id) => self.end(&client_id).await,
             given_up @ QueueOp::GivenUp(_) => {
                 received(&mut self.marks, &given_up);
                 self.changed = true;
@@ -379,15 +417,22 @@ impl Writer {
                 gone_ms,
                 records,
             } => {
-                // What was gathered before belongs to what the purge removes.
-                self.forget_appends(&client_id);
+                // What was gathered before is in the snapshot: it is stored with it. The
+                // subject's earlier messages are purged once the snapshot is stored (a node
+                // that dies between the two leaves both, and a reader takes the later).
+                let firsts = match self.appends.remove(&client_id) {
+                    Some(g) => {
+                        self.gathered -= g.records.len();
+                        g.firsts
+                    }
+                    None => Firsts::default(),
+                };
                 let subject = subject_of(&client_id);
-                self.purge(&subject).await;
                 let mut headers = HeaderMap::new();
                 let head = format!("{gone_ms} {}", self.node);
                 headers.insert(SNAPSHOT, head.as_str());
-                let firsts = Firsts::default();
-                self.publish(subject, Some(headers), records, (1, firsts))
+                let purge = Some((subject.clone(), 0));
+                self.publish(subject, Some(headers), records, (1, firsts), purge)
                     .await;
             }
             QueueCopy::Append {
@@ -409,10 +454,7 @@ impl Writer {
                     self.flush_appends().await;
                 }
             }
-            QueueCopy::Ended(client_id) => {
-                self.forget_appends(&client_id);
-                self.purge(&subject_of(&client_id)).await
-            }
+            QueueCopy::Ended(client_id) => self.end(&client_id).await,
         }
     }
 
@@ -428,8 +470,15 @@ impl Writer {
         if let Some(g) = self.appends.remove(client_id) {
             self.gathered -= g.records.len();
             let subject = subject_of(client_id);
-            self.publish(subject, None, g.records.freeze(), (g.count, g.firsts))
-                .await;
+            let headers = self.from();
+            self.publish(
+                subject,
+                headers,
+                g.records.freeze(),
+                (g.count, g.firsts),
+                None,
+            )
+            .await;
         }
     }
 
@@ -439,20 +488,36 @@ impl Writer {
         self.gathered = 0;
         for (client_id, g) in gathered {
             let subject = subject_of(&client_id);
-            self.publish(subject, None, g.records.freeze(), (g.count, g.firsts))
-                .await;
+            let headers = self.from();
+            self.publish(
+                subject,
+                headers,
+                g.records.freeze(),
+                (g.count, g.firsts),
+                None,
+            )
+            .await;
         }
+    }
+
+    /// The headers of appended messages: the node that writes them.
+    fn from(&self) -> Option<HeaderMap> {
+        let mut headers = HeaderMap::new();
+        headers.insert(FROM, self.node.as_str());
+        Some(headers)
     }
 
     /// Writes `payload`, which holds `copies` copies numbered from `firsts` (in several
     /// messages when it is larger than a NATS message may be: the reader concatenates them),
-    /// `headers` on the first.
+    /// `headers` on the first; once the first is stored, the messages before it on the
+    /// subject `purge_below` go.
     async fn publish(
         &mut self,
         subject: String,
         mut headers: Option<HeaderMap>,
         payload: Bytes,
         (copies, firsts): (u64, Firsts),
+        mut purge_below: Option<PurgeAfter>,
     ) {
         let size = self.chunk;
         let count = payload.len().div_ceil(size).max(1);
@@ -470,7 +535,9 @@ impl Writer {
                 None => self.js.publish(subject.clone(), part).await,
             };
             match sent {
-                Ok(ack) => self.pending.push_back((ack, copies, firsts)),
+                Ok(ack) => self
+                    .pending
+                    .push_back((ack, copies, firsts, purge_below.take())),
                 Err(e) => {
                     self.changed = true;
                     self.failed(e.to_string(), copies)
@@ -479,27 +546,62 @@ impl Writer {
         }
     }
 
-    /// Purges a subject, once what was written before is stored (JetStream takes requests
-    /// and messages by different paths). What is gathered for other subjects goes first: a
-    /// purge's round trip is long enough.
-    async fn purge(&mut self, subject: &str) {
-        self.flush_appends().await;
-        self.settle(0).await;
-        if let Err(e) = self.stream.purge().filter(subject).await {
-            warn!("cluster: cannot purge an offline session's queue in JetStream: {e}");
+    /// Ends a client's copy: an [`END`] written behind what came before, and once it is
+    /// stored, the subject purged up to it (what was gathered for the client goes too).
+    async fn end(&mut self, client_id: &str) {
+        self.forget_appends(client_id);
+        let subject = subject_of(client_id);
+        let mut headers = HeaderMap::new();
+        headers.insert(END, self.node.as_str());
+        let purge = Some((subject.clone(), 1));
+        let nothing = (0, Firsts::default());
+        self.publish(subject, Some(headers), Bytes::new(), nothing, purge)
+            .await;
+    }
+
+    /// Purges a subject's messages before `sequence` (a snapshot that replaces them, or all
+    /// this node wrote there), beside the writes: a purge can take long (a stream whose
+    /// leader is being elected answers late), and copies must not wait for it. Later writes
+    /// have later sequences, so it never removes them, whenever it runs. At most
+    /// [`PURGES`] run at once (then this waits for one to end).
+    async fn purge_before(&self, subject: String, sequence: u64) {
+        if sequence <= 1 {
+            // Nothing before it (and to nats-server, a purge up to 1 is a purge of all).
+            return;
         }
+        let Ok(permit) = self.purges.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = self.stream.clone();
+        tokio::spawn(async move {
+            let purge = stream.purge().filter(subject).sequence(sequence);
+            match tokio::time::timeout(ACK_TIMEOUT, purge).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    warn!("cluster: cannot purge a session's copy in JetStream: {e}")
+                }
+                Err(_) => warn!(
+                    "cluster: JetStream did not purge a session's copy within {}s",
+                    ACK_TIMEOUT.as_secs()
+                ),
+            }
+            drop(permit);
+        });
     }
 
     /// Waits for acknowledgements until at most `keep` copies are in flight.
     async fn settle(&mut self, keep: usize) {
         while self.pending.len() > keep {
             // (Its shards' marks are told only once this returns: see `tell`.)
-            let Some((ack, copies, _)) = self.pending.pop_front() else {
+            let Some((ack, copies, _, purge_below)) = self.pending.pop_front() else {
                 return;
             };
             self.changed = true;
             match ack.await {
-                Ok(_) => {
+                Ok(stored) => {
+                    if let Some((subject, past)) = purge_below {
+                        self.purge_before(subject, stored.sequence + past).await;
+                    }
                     self.shared
                         .queues_copied
                         .fetch_add(copies, Ordering::Relaxed);
