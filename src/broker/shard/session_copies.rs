@@ -55,23 +55,8 @@ impl Shard {
         subscription_id: u32,
         share: Option<&crate::broker::shared::ShareKey>,
     ) {
-        if session.is_connected() {
-            self.copy_change(session, |session_number| Record::Queued {
-                session: session_number,
-                seq: session.last_seq(),
-                topic: message.topic.clone(),
-                payload: message.payload.clone(),
-                qos,
-                retain,
-                extras: crate::broker::journal::message_extras(message, subscription_id, share),
-            });
-            return;
-        }
-        let Some(port) = self.cluster.get().filter(|_| self.copies_queues()) else {
-            return;
-        };
-        let record = Record::Queued {
-            session: HANDED_SESSION,
+        let queued = |session_number| Record::Queued {
+            session: session_number,
             seq: session.last_seq(),
             topic: message.topic.clone(),
             payload: message.payload.clone(),
@@ -79,7 +64,13 @@ impl Shard {
             retain,
             extras: crate::broker::journal::message_extras(message, subscription_id, share),
         };
-        port.copy_queued(session.client_id.clone(), &record);
+        if session.is_connected() {
+            self.copy_change(session, queued);
+            return;
+        }
+        if let Some(port) = self.cluster.get().filter(|_| self.copies_queues()) {
+            port.copy_queued(session.client_id.clone(), &queued(HANDED_SESSION));
+        }
     }
 
     /// In a cluster: whether offline sessions are copied to JetStream (`--cluster-queue-copies`).

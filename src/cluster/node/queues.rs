@@ -469,16 +469,7 @@ impl Writer {
     async fn flush_client(&mut self, client_id: &str) {
         if let Some(g) = self.appends.remove(client_id) {
             self.gathered -= g.records.len();
-            let subject = subject_of(client_id);
-            let headers = self.from();
-            self.publish(
-                subject,
-                headers,
-                g.records.freeze(),
-                (g.count, g.firsts),
-                None,
-            )
-            .await;
+            self.publish_gathered(client_id, g).await;
         }
     }
 
@@ -487,17 +478,17 @@ impl Writer {
         let gathered: Vec<_> = self.appends.drain().collect();
         self.gathered = 0;
         for (client_id, g) in gathered {
-            let subject = subject_of(&client_id);
-            let headers = self.from();
-            self.publish(
-                subject,
-                headers,
-                g.records.freeze(),
-                (g.count, g.firsts),
-                None,
-            )
-            .await;
+            self.publish_gathered(&client_id, g).await;
         }
+    }
+
+    /// Writes what was gathered for a client, headed with this node's name.
+    async fn publish_gathered(&mut self, client_id: &str, g: Gathered) {
+        let subject = subject_of(client_id);
+        let headers = self.from();
+        let copies = (g.count, g.firsts);
+        self.publish(subject, headers, g.records.freeze(), copies, None)
+            .await;
     }
 
     /// The headers of appended messages: the node that writes them.
