@@ -156,16 +156,8 @@ fn a_node_back_with_a_connected_sessions_copy_another_node_took_does_not_deliver
     worker.disconnect();
 
     let a = NodeProcess::start_with("a", &nats.url(0), &data);
-    // Once each node knows the other (its interest has reached it), so each waits for the
-    // other's answer to a claim.
-    let mut probe_sub = connect_to(b.addr(), "probe-sub");
-    probe_sub.subscribe(1, &[("probe/m", 0)]);
-    let mut probe_pub = connect_to(a.addr(), "probe-pub");
-    until_connected(&mut probe_pub, &mut probe_sub, "probe/m");
-    let mut back_sub = connect_to(a.addr(), "back-sub");
-    back_sub.subscribe(1, &[("probe/back", 0)]);
-    let mut back_pub = connect_to(b.addr(), "back-pub");
-    until_connected(&mut back_pub, &mut back_sub, "probe/back");
+    // Once each node knows the other, so each waits for the other's answer to a claim.
+    until_nodes_know_each_other(a.addr(), b.addr());
     let mut worker = resume(&a, "worker3", true);
     worker.expect_nothing();
     // It kept its subscription.

@@ -133,16 +133,8 @@ fn a_node_back_with_copies_another_node_took_does_not_deliver_them_again() {
         &nats.url(0),
         &[data[0], data[1], "--sys-interval", "1"],
     );
-    // Once a knows b again (b's interest has reached it), so a waits for b's answer.
-    let mut probe_sub = connect_to(b.addr(), "probe-sub");
-    probe_sub.subscribe(1, &[("probe/m", 0)]);
-    let mut probe_pub = connect_to(a.addr(), "probe-pub");
-    until_connected(&mut probe_pub, &mut probe_sub, "probe/m");
-    // And b knows a (a's interest has reached it), so b waits for a's answer.
-    let mut back_sub = connect_to(a.addr(), "back-sub");
-    back_sub.subscribe(1, &[("probe/back", 0)]);
-    let mut back_pub = connect_to(b.addr(), "back-pub");
-    until_connected(&mut back_pub, &mut back_sub, "probe/back");
+    // Once a knows b again and b knows a, so each waits for the other's answer to a claim.
+    until_nodes_know_each_other(a.addr(), b.addr());
     // Resumed on b: a is asked and hands nothing over, even in the moment after it started,
     // before its watch of the bucket may have replayed the tombstone.
     let mut stays_on_b = resume(&b, "stays-on-b", true);

@@ -122,15 +122,7 @@ fn a_moved_session_is_durable_on_its_new_node() {
     let data = ["--data-dir", dir.to_str().unwrap()];
     let a = NodeProcess::start("a", &nats.url(0));
     let mut b = NodeProcess::start_with("b", &nats.url(1), &data);
-    for (from, to, topic) in [
-        (a.addr(), b.addr(), "probe/ab"),
-        (b.addr(), a.addr(), "probe/ba"),
-    ] {
-        let mut publisher = connect_to(from, "probe-pub");
-        let mut subscriber = connect_to(to, "probe-sub");
-        subscriber.subscribe(1, &[(topic, 0)]);
-        until_connected(&mut publisher, &mut subscriber, topic);
-    }
+    until_nodes_know_each_other(a.addr(), b.addr());
     let roamer = ConnectBuilder::new("roamer").clean(false);
     let connect_b = |b: &NodeProcess| {
         let mut c = RawClient::open(b.addr());

@@ -225,6 +225,17 @@ pub fn until_connected(publisher: &mut RawClient, subscriber: &mut RawClient, pr
     {}
 }
 
+/// Waits until each of two nodes has heard the other (a probe published on each reaches a
+/// subscriber on the other), so each waits for the other's answer to a claim.
+pub fn until_nodes_know_each_other(a: std::net::SocketAddr, b: std::net::SocketAddr) {
+    for (from, to, topic) in [(a, b, "probe/ab"), (b, a, "probe/ba")] {
+        let mut publisher = connect_to(from, "probe-pub");
+        let mut subscriber = connect_to(to, "probe-sub");
+        subscriber.subscribe(1, &[(topic, 0)]);
+        until_connected(&mut publisher, &mut subscriber, topic);
+    }
+}
+
 /// Whether the session directory in JetStream has an entry for `client_id`, waited for
 /// until it is `present` (the bucket is made as the nodes start, and written in the
 /// background).
