@@ -14,6 +14,7 @@ pub mod lock;
 pub mod log_io;
 pub mod qos2;
 pub mod record;
+pub mod reserve;
 pub mod scan;
 pub mod writer;
 

@@ -14,9 +14,9 @@
 //! The file is opened with O_DSYNC, so a write is durable when it completes: one write per
 //! commit, no separate `fdatasync`. Writes that grow the file would still make
 //! every commit a journal commit of the file system (its size changes), so the file is
-//! extended ahead of the log with zeros, a chunk at a time (1/4 of its size, from 64 KiB up
-//! to 8 MiB): then a commit only overwrites blocks the file already has, and costs one data
-//! write. The zeros read back as the end of the log.
+//! extended ahead of the log with zeros, in the background (see `reserve`): then a commit
+//! only overwrites blocks the file already has, and costs one data write. The zeros read back
+//! as the end of the log.
 //!
 //! A failed write or sync (a full disk, an I/O error) keeps everything in memory, is logged
 //! once, and is retried; positions after it are not reported durable meanwhile, so whoever
@@ -38,6 +38,7 @@ use tracing::{error, info};
 
 use super::frame::encode_frame;
 use super::log_io::{BlockBuf, LogFd, BLOCK};
+use super::reserve::Reservation;
 use super::StoreError;
 
 /// How long a failed commit waits before it tries again.
@@ -80,17 +81,14 @@ pub struct LogWriter {
     injected_failures: RefCell<Arc<AtomicU32>>,
     /// Pause after each commit (see [`LogWriter::set_commit_interval`]).
     commit_interval: Cell<Duration>,
-    /// The file's size: zeros beyond the log, written ahead (see the module docs).
-    reserved: Cell<u64>,
+    /// Zeros beyond the log, written ahead (see `reserve`).
+    reservation: Rc<Reservation>,
+    /// The last commit's write buffer, kept for the next (see [`BlockBuf::refill`]).
+    spare: RefCell<Option<BlockBuf>>,
 }
 
-/// Bounds of the zeros written ahead of the log at a time.
-const RESERVE_MIN: u64 = 64 * 1024;
-const RESERVE_MAX: u64 = 8 << 20;
 /// A pending buffer with more room than this, and mostly empty, is replaced by a small one.
 const SHRINK_ABOVE: usize = 4 << 20;
-/// Largest single write of zeros.
-const ZERO_WRITE: u64 = 1 << 20;
 
 impl LogWriter {
     /// Opens (or creates) the log at `path` for appending after its first `valid_len` bytes:
@@ -140,7 +138,9 @@ impl LogWriter {
             commits: Cell::new(0),
             injected_failures: RefCell::new(Arc::new(AtomicU32::new(0))),
             commit_interval: Cell::new(Duration::ZERO),
-            reserved: Cell::new(file_align_down(size, align)),
+            reservation: Reservation::open(path, size, align)
+                .map_err(|e| StoreError::io(path, e))?,
+            spare: RefCell::new(None),
         }))
     }
 
@@ -283,10 +283,22 @@ impl LogWriter {
         let end_offset = end - self.origin.get();
         let base = self.base.get();
         let len = (end_offset - base) as usize;
-        self.reserve(self.file.align_up(end_offset)).await?;
-        let mut buf = BlockBuf::zeroed(self.file.align_up(len as u64) as usize);
-        buf.as_mut_slice()[..len].copy_from_slice(&self.pending.borrow()[..len]);
-        self.fd.write_all_at(buf, base).await?;
+        self.reservation
+            .cover(self.file.align_up(end_offset))
+            .await?;
+        let mut buf = self.spare.take().unwrap_or_else(|| BlockBuf::zeroed(0));
+        buf.refill(
+            &self.pending.borrow()[..len],
+            self.file.align_up(len as u64) as usize,
+        );
+        let (buf, written) = self.fd.write_all_at(buf, base).await;
+        // A bulk commit's buffer (a compaction's snapshot) is not kept.
+        if buf.capacity() <= SHRINK_ABOVE {
+            *self.spare.borrow_mut() = Some(buf);
+        }
+        written?;
+        self.reservation
+            .extend_ahead(self.file.align_up(end_offset));
         // O_DSYNC: the write completed, so it is durable.
         self.commits.set(self.commits.get() + 1);
         // Whole blocks are done; the partial last one stays to be written again.
@@ -319,35 +331,6 @@ impl LogWriter {
     pub fn alignment(&self) -> u64 {
         self.align
     }
-
-    /// Makes sure the file extends (with zeros, synced) a chunk beyond `end`, where the
-    /// commit about to be written ends.
-    async fn reserve(&self, end: u64) -> std::io::Result<()> {
-        let reserved = self.reserved.get();
-        if end <= reserved {
-            return Ok(());
-        }
-        let chunk = (reserved / 4).clamp(RESERVE_MIN, RESERVE_MAX);
-        let target = self.file.align_up(end + chunk);
-        // Zeros only beyond what this commit writes: the blocks it covers get their data
-        // directly (a bulk commit, such as a snapshot, is not written twice).
-        let mut at = end;
-        while at < target {
-            let len = (target - at).min(ZERO_WRITE);
-            self.fd
-                .write_all_at(BlockBuf::zeroed(len as usize), at)
-                .await?;
-            at += len;
-        }
-        // The new size is metadata: synced once per chunk, not per commit.
-        self.fd.sync_data().await?;
-        self.reserved.set(target);
-        Ok(())
-    }
-}
-
-fn file_align_down(v: u64, align: u64) -> u64 {
-    v - v % align
 }
 
 #[cfg(test)]
