@@ -374,3 +374,59 @@ fn a_node_killed_right_after_its_pubacks_loses_no_away_sessions_message() {
     }
     client.expect_nothing();
 }
+
+/// Copies given up on leave a session's copy short, and its shard then writes it whole
+/// again. Node a's NATS server is stopped (SIGSTOP) while a publisher sends 400 QoS 1
+/// messages, one every 5 ms, for a session whose client is away: the stream task waits for
+/// JetStream, the copies pile up on its way, and those that find no room are given up on
+/// (their PUBACKs wait for nothing more). Once the server goes on, a is killed after the
+/// last PUBACK and one more message; the client resumes on b with every message, in order.
+/// Without the new whole copy, those given up on never reach b.
+#[test]
+fn a_copy_short_of_messages_given_up_on_is_written_whole_again() {
+    const MESSAGES: u16 = 400;
+    let mut nats = Nats::start();
+    let room = ["--max-queued-messages", "10000"];
+    let mut a = NodeProcess::start_with("a", &nats.url(0), &room);
+    let b = NodeProcess::start_with("b", &nats.url(1), &room);
+    let mut client = resume(&a, "short", false);
+    client.subscribe(1, &[("jobs/#", 1)]);
+    client.crash_and_wait();
+    until_stored(&nats, "short", true);
+    let mut publisher = connect_to(a.addr(), "short-publisher");
+    publisher.publish1("jobs/x", &queued_payload(0)[..64], false, 1);
+    until_copied(&nats, "short", &queued_payload(0)[..5]);
+
+    nats.pause(0);
+    for i in 1..=MESSAGES {
+        let frame = publish("jobs/x", &queued_payload(i)[..64], 1, false, false, i + 1);
+        publisher.send(&frame);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    nats.resume(0);
+    // Their PUBACKs, in whatever order (those given up on come first).
+    let mut acked = std::collections::BTreeSet::new();
+    while acked.len() < usize::from(MESSAGES) {
+        let Some(frame) = publisher.next_frame_within(Duration::from_secs(30)) else {
+            panic!("{} of {MESSAGES} PUBACKs came", acked.len());
+        };
+        assert_eq!(frame[..2], [0x40, 0x02], "a PUBACK: {frame:02x?}");
+        acked.insert(u16::from_be_bytes([frame[2], frame[3]]));
+    }
+    let last = MESSAGES + 1;
+    publisher.publish1("jobs/x", &queued_payload(last)[..64], false, last + 1);
+    a.kill();
+
+    let mut client = resume(&b, "short", true);
+    for i in 0..=last {
+        let Some(frame) = client.next_frame_within(Duration::from_secs(5)) else {
+            panic!("message {i} of {last} never came");
+        };
+        let Packet::Publish(p) = parse(&frame) else {
+            panic!("not a PUBLISH: {frame:02x?}");
+        };
+        assert_eq!(&p.payload[..5], &queued_payload(i)[..5], "message {i}");
+        client.ack(&p);
+    }
+    client.expect_nothing();
+}

@@ -465,6 +465,10 @@ pub enum ShardMessage {
     /// The client with this id (whose home shard this is) connected to another node at this
     /// time (Unix microseconds); with a [`HandOver`] when it resumes its session there.
     ClaimedElsewhere(ByteStr, u64, Option<Box<HandOver>>),
+    /// Changes of the session of the client with this id (whose home shard this is) were
+    /// copied to JetStream no further: the cluster thread gave up on some (no room on their
+    /// way, JetStream failed), so its copy lacks them and is written whole again.
+    CopyShort(ByteStr),
     /// Gates of incoming QoS 2 messages opened (see `qos2_gate`): sessions that stopped at one
     /// look again.
     GatesOpened,

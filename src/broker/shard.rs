@@ -845,6 +845,7 @@ impl Shard {
             ShardMessage::ClaimedElsewhere(client_id, at, hand_over) => {
                 self.claimed_elsewhere(&client_id, at, hand_over)
             }
+            ShardMessage::CopyShort(client_id) => self.copy_short(&client_id),
             ShardMessage::GatesOpened => self.gates_opened(),
             ShardMessage::Shutdown => self.stop(),
         }

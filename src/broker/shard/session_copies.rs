@@ -73,6 +73,27 @@ impl Shard {
         }
     }
 
+    /// In a cluster: copies of `client_id`'s session were given up on, so its copy in
+    /// JetStream lacks changes (a resume elsewhere would miss messages): it is written whole
+    /// again, as it stands, whether its client is connected or away.
+    pub(in crate::broker) fn copy_short(&self, client_id: &str) {
+        let Some(session) = self.sessions.borrow().find(client_id) else {
+            return;
+        };
+        let session = session.borrow();
+        if session.is_connected() {
+            if self.copies_changes(&session) {
+                self.copy_online_snapshot(&session);
+            }
+        } else if let Some(away) = session.disconnected_for(std::time::Instant::now()) {
+            // When the client went away, rounded up by a millisecond so as not to come out
+            // before the time its node journalled: a copy restored from that node's disk is
+            // dropped for this one if it went away no later (see `cluster::handoff`).
+            let gone_ms = unix_ms().saturating_sub(away.as_millis() as u64) + 1;
+            self.copy_when_gone(&session, gone_ms);
+        }
+    }
+
     /// In a cluster: whether offline sessions are copied to JetStream (`--cluster-queue-copies`).
     pub(in crate::broker) fn copies_queues(&self) -> bool {
         self.config.cluster.as_ref().is_some_and(|c| c.queue_copies)

@@ -18,6 +18,7 @@ use smallvec::SmallVec;
 
 use crate::broker::cluster_port::{ClusterShared, CopyNumber};
 use crate::broker::mesh::{Mesh, Refused, ShardId, ShardMessage};
+use crate::protocol::ByteStr;
 
 /// The first number of each shard among the copies of one block.
 #[derive(Debug, Default, Clone)]
@@ -83,6 +84,23 @@ impl CopyMarks {
             }
         }
         untold
+    }
+}
+
+impl CopyMarks {
+    /// Tells the home shard of each of `clients` that its session's copy lacks changes
+    /// (`ShardMessage::CopyShort`), keeping those whose shard's inbox is full; whether any
+    /// was kept (to be told again).
+    pub(super) fn tell_short(&self, clients: &mut Vec<ByteStr>) -> bool {
+        let shards = self.mesh.shards();
+        clients.retain(|client| {
+            let home = crate::broker::home_shard(client, shards);
+            let sent = self
+                .mesh
+                .try_send(home, ShardMessage::CopyShort(client.clone()));
+            matches!(sent, Err(Refused::Full(_)))
+        });
+        !clients.is_empty()
     }
 }
 

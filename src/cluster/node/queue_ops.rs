@@ -3,7 +3,8 @@
 //!
 //! The main loop never waits for JetStream: when the stream task is behind, the *messages* of
 //! a batch are given up on (counted in `queues/not_copied`; they hold no publisher, see
-//! `copy_marks`, which hears of them in order, behind what came before: `QueueOp::GivenUp`),
+//! `copy_marks`, which hears of them in order, behind what came before: `QueueOp::GivenUp`,
+//! with the clients whose copies now lack them, for their shards to copy whole again),
 //! but a session's snapshot, its end (the client is back) and its purge (the session ended)
 //! are kept, in order, and sent as soon as there is room. Lost, they would
 //! leave a stale copy in JetStream that a resume elsewhere could take: messages delivered
@@ -19,12 +20,20 @@ use tokio::sync::mpsc;
 
 use super::queues::QueueOp;
 use crate::broker::cluster_port::{ClusterShared, CopyNumber, QueueCopy};
+use crate::protocol::ByteStr;
 
 /// Raises `numbers`' entry for `number`'s shard to it (adds one if there is none).
 fn raise(numbers: &mut Vec<CopyNumber>, number: CopyNumber) {
     match numbers.iter_mut().find(|n| n.shard == number.shard) {
         Some(n) => n.number = n.number.max(number.number),
         None => numbers.push(number),
+    }
+}
+
+/// Adds `client` to the clients whose copies lack changes, once.
+pub(super) fn note_short(clients: &mut Vec<ByteStr>, client: ByteStr) {
+    if !clients.contains(&client) {
+        clients.push(client);
     }
 }
 
@@ -39,7 +48,7 @@ pub(super) struct QueueOps {
 fn client_of(op: &QueueOp) -> Option<&str> {
     match op {
         QueueOp::Purge(id) => Some(id),
-        QueueOp::GivenUp(_) => None,
+        QueueOp::GivenUp(..) => None,
         QueueOp::Copies(copies) => match copies.as_slice() {
             [QueueCopy::Snapshot { client_id, .. }] | [QueueCopy::Ended(client_id)] => {
                 Some(client_id)
@@ -67,11 +76,15 @@ impl QueueOps {
         };
         let mut lost = 0;
         let mut given_up: Vec<CopyNumber> = Vec::new();
+        let mut short: Vec<ByteStr> = Vec::new();
         for copy in copies {
             match copy {
-                QueueCopy::Append { number, .. } => {
+                QueueCopy::Append {
+                    number, client_id, ..
+                } => {
                     lost += 1;
                     raise(&mut given_up, number);
+                    note_short(&mut short, client_id);
                 }
                 marker => self.wait(QueueOp::Copies(vec![marker])),
             }
@@ -84,12 +97,15 @@ impl QueueOps {
         // snapshots, ends and purges, which carry no numbers, wait beside it).
         let mut waiting = self.waiting.borrow_mut();
         let announced = waiting.iter_mut().find_map(|op| match op {
-            QueueOp::GivenUp(numbers) => Some(numbers),
+            QueueOp::GivenUp(numbers, clients) => Some((numbers, clients)),
             _ => None,
         });
         match announced {
-            Some(numbers) => given_up.into_iter().for_each(|n| raise(numbers, n)),
-            None => waiting.push_back(QueueOp::GivenUp(given_up)),
+            Some((numbers, clients)) => {
+                given_up.into_iter().for_each(|n| raise(numbers, n));
+                short.into_iter().for_each(|c| note_short(clients, c));
+            }
+            None => waiting.push_back(QueueOp::GivenUp(given_up, short)),
         }
     }
 
@@ -168,9 +184,10 @@ mod tests {
     fn names(op: &QueueOp) -> String {
         match op {
             QueueOp::Purge(id) => format!("purge {id}"),
-            QueueOp::GivenUp(numbers) => numbers
+            QueueOp::GivenUp(numbers, clients) => numbers
                 .iter()
                 .map(|n| format!("given up {}:{}", n.shard.0, n.number))
+                .chain(clients.iter().map(|c| format!("short {c}")))
                 .collect::<Vec<_>>()
                 .join(","),
             QueueOp::Copies(copies) => copies
@@ -217,7 +234,11 @@ mod tests {
             })
         })
         .collect();
-        assert_eq!(sent, ["end b", "given up 0:4", "purge a"]);
+        // So are the clients whose copies now lack them, for their shards to copy whole.
+        assert_eq!(
+            sent,
+            ["end b", "given up 0:4,short a,short b,short c", "purge a"]
+        );
         ops.copies(vec![append("c", 5)], &shared);
         assert_eq!(names(&rx.try_recv().unwrap()), "append 5");
     }

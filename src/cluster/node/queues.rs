@@ -22,7 +22,10 @@
 //! them all the same), headed [`FROM`] with the node. A publisher's acknowledgement of a
 //! message copied waits for JetStream to store the copy (`copy_marks`), except while the
 //! stream cannot be opened (JetStream not there): then the copies wait here (within bounds)
-//! without holding anyone.
+//! without holding anyone. A change given up on (no room on its way, JetStream failed, or
+//! beyond those bounds) leaves its session's copy short: the session's home shard is told
+//! (`ShardMessage::CopyShort`, at most once a second per session while writes fail) and
+//! writes a new snapshot, which holds what was lost.
 //!
 //! A node resuming a session that no node handed over (its node is down) reads the subject
 //! ([`read`]): if it has a snapshot, that copy (the last snapshot and the changes after it
@@ -49,6 +52,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::copy_marks::{CopyMarks, Firsts};
+use super::queue_ops::note_short;
 use crate::broker::cluster_port::{ClusterShared, CopyNumber, QueueCopy, QUEUE_COPIES_CAPACITY};
 use crate::protocol::ByteStr;
 
@@ -82,6 +86,9 @@ const RETRY: Duration = Duration::from_secs(5);
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Purges running at once, at most.
 const PURGES: usize = 64;
+/// While writes to JetStream fail, how often shards are told again that their sessions'
+/// copies lack changes.
+const SHORT_AGAIN: Duration = Duration::from_secs(1);
 /// The pause before a shard whose inbox was full is told its mark again.
 const TELL_AGAIN: Duration = Duration::from_millis(5);
 
@@ -173,8 +180,9 @@ pub(super) enum QueueOp {
     /// The session ended (clean connect, expiry): its copy goes.
     Purge(String),
     /// Copies up to these numbers (per shard) were given up on before they got here
-    /// (`queue_ops`): they hold nobody once what came before them has come.
-    GivenUp(Vec<CopyNumber>),
+    /// (`queue_ops`): they hold nobody once what came before them has come. The clients'
+    /// copies lack them: their shards are told to write them whole again.
+    GivenUp(Vec<CopyNumber>, Vec<ByteStr>),
 }
 
 /// The stream task: opens the stream (trying again every [`RETRY`] while JetStream is not
@@ -195,6 +203,8 @@ pub(super) async fn keep_queues(
     // copies; beyond, not copied and counted): JetStream may come up later than the node.
     let mut waiting: Vec<QueueOp> = Vec::new();
     let mut waiting_copies = 0;
+    // The clients whose copies lack what was not kept meanwhile.
+    let mut short: Vec<ByteStr> = Vec::new();
     let stream = loop {
         // After a failed attempt, the pause before the next one; copies wait meanwhile.
         let pause = if said { RETRY } else { Duration::ZERO };
@@ -214,6 +224,11 @@ pub(super) async fn keep_queues(
                     None => return,
                     Some(QueueOp::Copies(copies)) if waiting_copies + copies.len() > QUEUE_COPIES_CAPACITY => {
                         shared.queues_not_copied.fetch_add(copies.len() as u64, Ordering::Relaxed);
+                        for copy in &copies {
+                            if let QueueCopy::Append { client_id, .. } = copy {
+                                note_short(&mut short, client_id.clone());
+                            }
+                        }
                         received(&mut marks, &QueueOp::Copies(copies));
                         untold = marks.tell(std::iter::empty());
                     }
@@ -254,6 +269,8 @@ pub(super) async fn keep_queues(
         gathered: 0,
         failing: false,
         purges: Arc::new(tokio::sync::Semaphore::new(PURGES)),
+        short,
+        short_told: None,
     };
     for op in waiting {
         writer.write(op).await;
@@ -326,7 +343,7 @@ fn received(marks: &mut CopyMarks, op: &QueueOp) {
                 }
             }
         }
-        QueueOp::GivenUp(numbers) => {
+        QueueOp::GivenUp(numbers, _) => {
             for &number in numbers {
                 marks.received(number);
             }
@@ -349,6 +366,18 @@ struct Gathered {
 /// not (0).
 type PurgeAfter = (String, u64);
 
+/// A JetStream message written whose acknowledgement has not come yet.
+struct InFlight {
+    ack: PublishAckFuture,
+    /// How many copies it holds, and their shards' first copy numbers.
+    copies: u64,
+    firsts: Firsts,
+    /// What goes once it is stored.
+    purge_after: Option<PurgeAfter>,
+    /// The client whose copy lacks it if it fails (None for an end).
+    client: Option<ByteStr>,
+}
+
 struct Writer {
     js: jetstream::Context,
     stream: stream::Stream,
@@ -368,7 +397,7 @@ struct Writer {
     /// copies each holds and their shards' first copy numbers; a snapshot's first part, or
     /// an end, with its subject, whose earlier messages go once it is stored (and, for an
     /// end, 1: it goes too).
-    pending: VecDeque<(PublishAckFuture, u64, Firsts, Option<PurgeAfter>)>,
+    pending: VecDeque<InFlight>,
     /// Messages queued for offline sessions, gathered per subject until nothing more comes
     /// at once (or a JetStream message is full).
     appends: AHashMap<ByteStr, Gathered>,
@@ -378,6 +407,11 @@ struct Writer {
     failing: bool,
     /// Purges running (see [`Writer::purge_before`]).
     purges: Arc<tokio::sync::Semaphore>,
+    /// Clients whose copies lack changes given up on, for their shards to copy whole
+    /// ([`Writer::tell`]).
+    short: Vec<ByteStr>,
+    /// When shards were last told of such clients while writes fail.
+    short_told: Option<std::time::Instant>,
 }
 
 impl Writer {
@@ -391,8 +425,24 @@ impl Writer {
             .appends
             .values()
             .map(|g| &g.firsts)
-            .chain(self.pending.iter().map(|(_, _, f, _)| f));
+            .chain(self.pending.iter().map(|p| &p.firsts));
         self.untold = self.marks.tell(blocks);
+        if self.short.is_empty() {
+            return;
+        }
+        // While writes fail, a copy written whole would fail too: its shard is told again at
+        // most once a second (a copy given up on is short again).
+        let now = std::time::Instant::now();
+        if self.failing
+            && self
+                .short_told
+                .is_some_and(|t| now.duration_since(t) < SHORT_AGAIN)
+        {
+            self.untold = true;
+            return;
+        }
+        self.short_told = Some(now);
+        self.untold |= self.marks.tell_short(&mut self.short);
     }
 
     async fn write(&mut self, op: QueueOp) {
@@ -403,8 +453,13 @@ impl Writer {
                 }
             }
             QueueOp::Purge(client_id) => self.end(&client_id).await,
-            given_up @ QueueOp::GivenUp(_) => {
-                received(&mut self.marks, &given_up);
+            QueueOp::GivenUp(numbers, clients) => {
+                for number in numbers {
+                    self.marks.received(number);
+                }
+                for client in clients {
+                    note_short(&mut self.short, client);
+                }
                 self.changed = true;
             }
         }
@@ -432,8 +487,15 @@ impl Writer {
                 let head = format!("{gone_ms} {}", self.node);
                 headers.insert(SNAPSHOT, head.as_str());
                 let purge = Some((subject.clone(), 0));
-                self.publish(subject, Some(headers), records, (1, firsts), purge)
-                    .await;
+                self.publish(
+                    subject,
+                    Some(headers),
+                    records,
+                    (1, firsts),
+                    purge,
+                    Some(client_id),
+                )
+                .await;
             }
             QueueCopy::Append {
                 client_id,
@@ -487,7 +549,8 @@ impl Writer {
         let subject = subject_of(client_id);
         let headers = self.from();
         let copies = (g.count, g.firsts);
-        self.publish(subject, headers, g.records.freeze(), copies, None)
+        let client = Some(ByteStr::from(client_id));
+        self.publish(subject, headers, g.records.freeze(), copies, None, client)
             .await;
     }
 
@@ -501,7 +564,7 @@ impl Writer {
     /// Writes `payload`, which holds `copies` copies numbered from `firsts` (in several
     /// messages when it is larger than a NATS message may be: the reader concatenates them),
     /// `headers` on the first; once the first is stored, the messages before it on the
-    /// subject `purge_below` go.
+    /// subject `purge_below` go. If it fails, `client`'s copy lacks it (see `tell`).
     async fn publish(
         &mut self,
         subject: String,
@@ -509,6 +572,7 @@ impl Writer {
         payload: Bytes,
         (copies, firsts): (u64, Firsts),
         mut purge_below: Option<PurgeAfter>,
+        client: Option<ByteStr>,
     ) {
         let size = self.chunk;
         let count = payload.len().div_ceil(size).max(1);
@@ -526,12 +590,16 @@ impl Writer {
                 None => self.js.publish(subject.clone(), part).await,
             };
             match sent {
-                Ok(ack) => self
-                    .pending
-                    .push_back((ack, copies, firsts, purge_below.take())),
+                Ok(ack) => self.pending.push_back(InFlight {
+                    ack,
+                    copies,
+                    firsts,
+                    purge_after: purge_below.take(),
+                    client: client.clone(),
+                }),
                 Err(e) => {
                     self.changed = true;
-                    self.failed(e.to_string(), copies)
+                    self.failed(e.to_string(), copies, client.clone())
                 }
             }
         }
@@ -546,7 +614,7 @@ impl Writer {
         headers.insert(END, self.node.as_str());
         let purge = Some((subject.clone(), 1));
         let nothing = (0, Firsts::default());
-        self.publish(subject, Some(headers), Bytes::new(), nothing, purge)
+        self.publish(subject, Some(headers), Bytes::new(), nothing, purge, None)
             .await;
     }
 
@@ -584,13 +652,20 @@ impl Writer {
     async fn settle(&mut self, keep: usize) {
         while self.pending.len() > keep {
             // (Its shards' marks are told only once this returns: see `tell`.)
-            let Some((ack, copies, _, purge_below)) = self.pending.pop_front() else {
+            let Some(InFlight {
+                ack,
+                copies,
+                purge_after,
+                client,
+                ..
+            }) = self.pending.pop_front()
+            else {
                 return;
             };
             self.changed = true;
             match ack.await {
                 Ok(stored) => {
-                    if let Some((subject, past)) = purge_below {
+                    if let Some((subject, past)) = purge_after {
                         self.purge_before(subject, stored.sequence + past).await;
                     }
                     self.shared
@@ -600,12 +675,15 @@ impl Writer {
                         info!("cluster: offline sessions' queues are copied to JetStream again");
                     }
                 }
-                Err(e) => self.failed(e.to_string(), copies),
+                Err(e) => self.failed(e.to_string(), copies, client),
             }
         }
     }
 
-    fn failed(&mut self, why: String, copies: u64) {
+    fn failed(&mut self, why: String, copies: u64, client: Option<ByteStr>) {
+        if let Some(client) = client {
+            note_short(&mut self.short, client);
+        }
         self.shared
             .queues_not_copied
             .fetch_add(copies, Ordering::Relaxed);
