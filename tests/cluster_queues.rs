@@ -46,6 +46,23 @@ fn until_copied(nats: &Nats, client_id: &str, last: &[u8]) {
     });
 }
 
+/// The messages `queued_payload(i)` for each `i` of `numbers`, in order, each acknowledged,
+/// then nothing more.
+fn expect_all_in_order(client: &mut RawClient, numbers: std::ops::RangeInclusive<u16>) {
+    let last = *numbers.end();
+    for i in numbers {
+        let Some(frame) = client.next_frame_within(Duration::from_secs(5)) else {
+            panic!("message {i} of {last} never came");
+        };
+        let Packet::Publish(p) = parse(&frame) else {
+            panic!("not a PUBLISH: {frame:02x?}");
+        };
+        assert_eq!(&p.payload[..5], &queued_payload(i)[..5], "message {i}");
+        client.ack(&p);
+    }
+    client.expect_nothing();
+}
+
 fn resume(node: &NodeProcess, client_id: &str, present: bool) -> RawClient {
     let mut c = RawClient::open(node.addr());
     c.send(&ConnectBuilder::new(client_id).clean(false).build());
@@ -362,17 +379,7 @@ fn a_node_killed_right_after_its_pubacks_loses_no_away_sessions_message() {
     a.kill();
 
     let mut client = resume(&b, "away", true);
-    for i in 1..=MESSAGES {
-        let Some(frame) = client.next_frame_within(Duration::from_secs(5)) else {
-            panic!("message {i} of {MESSAGES} never came");
-        };
-        let Packet::Publish(p) = parse(&frame) else {
-            panic!("not a PUBLISH: {frame:02x?}");
-        };
-        assert_eq!(&p.payload[..5], &queued_payload(i)[..5], "message {i}");
-        client.ack(&p);
-    }
-    client.expect_nothing();
+    expect_all_in_order(&mut client, 1..=MESSAGES);
 }
 
 /// Copies given up on leave a session's copy short, and its shard then writes it whole
@@ -418,15 +425,5 @@ fn a_copy_short_of_messages_given_up_on_is_written_whole_again() {
     a.kill();
 
     let mut client = resume(&b, "short", true);
-    for i in 0..=last {
-        let Some(frame) = client.next_frame_within(Duration::from_secs(5)) else {
-            panic!("message {i} of {last} never came");
-        };
-        let Packet::Publish(p) = parse(&frame) else {
-            panic!("not a PUBLISH: {frame:02x?}");
-        };
-        assert_eq!(&p.payload[..5], &queued_payload(i)[..5], "message {i}");
-        client.ack(&p);
-    }
-    client.expect_nothing();
+    expect_all_in_order(&mut client, 0..=last);
 }
