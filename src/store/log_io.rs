@@ -144,6 +144,22 @@ mod tests {
     }
 
     #[test]
+    fn a_refilled_buffer_holds_only_the_new_data_then_zeros() {
+        let mut buf = BlockBuf::zeroed(0);
+        buf.refill(&[7; 600], 1024);
+        assert_eq!(buf.as_slice().len(), 1024);
+        // Shorter this time: what the last commit left beyond the new data must not reach
+        // the disk as if it were records after the log's end.
+        buf.refill(b"xy", 512);
+        assert_eq!(buf.as_slice().len(), 512);
+        assert_eq!(&buf.as_slice()[..2], b"xy");
+        assert!(buf.as_slice()[2..].iter().all(|&b| b == 0));
+        buf.refill(b"z", 1024);
+        assert!(buf.as_slice()[1..].iter().all(|&b| b == 0));
+        assert_eq!(buf.as_mut_slice().as_ptr() as usize % BLOCK, 0);
+    }
+
+    #[test]
     fn pwrite_all_writes_everything_at_its_offset() {
         let path = std::env::temp_dir().join(format!("surgemq-log-io-{}", std::process::id()));
         let file = std::fs::File::create(&path).unwrap();
