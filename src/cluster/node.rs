@@ -546,7 +546,10 @@ impl Node {
                                             warn!("cluster: the queue to the session bucket is full; session changes are not stored there until it empties");
                                         }
                                     }
-                                    _ => directory_full = false,
+                                    _ => {
+                                        directory_full = false;
+                                        sessions.writing(&client_id);
+                                    }
                                 }
                                 continue;
                             }

@@ -34,6 +34,7 @@
 //! 0xFFFFFFFF: never) | user u16-len (0xFFFF: none) | user | records`; the key the client id
 //! in URL-safe base64.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ const NO_USER: u16 = u16::MAX;
 /// How long one attempt to open the bucket goes on, and the pause between attempts.
 const ATTEMPT: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(5);
+/// The pause before the bucket is watched again after its watch failed or ended.
+const WATCH_AGAIN: Duration = Duration::from_secs(1);
 
 /// When a session's client went away (Unix ms, 0 while connected) and how long the
 /// session outlives it (seconds, `u32::MAX`: no limit).
@@ -87,6 +90,9 @@ pub(super) fn delete_op(client_id: &str) -> KvOp {
 pub(in crate::cluster) struct Directory {
     store: Arc<OnceLock<Store>>,
     keys: Arc<Mutex<ahash::AHashSet<String>>>,
+    /// Whether the watch that fills `keys` runs (until it does, any client may have an
+    /// entry).
+    watching: Arc<AtomicBool>,
     /// This node's name as tombstones name it.
     node_key: Arc<str>,
     /// Tombstones, by client key.
@@ -289,10 +295,21 @@ impl Directory {
         }
     }
 
-    /// Whether the client may have an entry: as far as the watch has told, or (until the
-    /// bucket is open here and the watch tells) perhaps.
+    /// Notes the entry this node is writing for the client before the watch tells of it: a
+    /// clean connect that comes first (the client disconnected and came back at once, and
+    /// the watch lags) must still delete it, or it would stay for a resume elsewhere to take.
+    pub(super) fn writing(&self, client_id: &str) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key_of(client_id));
+    }
+
+    /// Whether the client may have an entry: as far as the watch has told or this node
+    /// wrote, or (until the bucket is open here and watched) perhaps.
     pub(super) fn knows(&self, client_id: &str) -> bool {
         self.store.get().is_none()
+            || !self.watching.load(Ordering::Relaxed)
             || self
                 .keys
                 .lock()
@@ -368,14 +385,31 @@ pub(super) async fn keep_directory(
     let _ = directory.store.set(store.clone());
     let watcher = directory.clone();
     let watching = store.clone();
+    // Watched again, from the start, should the watch fail or end: without it this node
+    // would take every client for one without an entry, and a clean connect would leave the
+    // client's entry for a resume elsewhere to take.
     tokio::spawn(async move {
-        let Ok(mut watch) = watching.watch_with_history(">").await else {
-            return warn!("cluster: cannot watch the session bucket");
-        };
-        while let Some(entry) = watch.next().await {
-            let Ok(entry) = entry else { continue };
-            let value = matches!(entry.operation, Operation::Put).then_some(&entry.value[..]);
-            watcher.watched(entry.key, value);
+        let mut said = false;
+        loop {
+            match watching.watch_with_history(">").await {
+                Ok(mut watch) => {
+                    watcher.watching.store(true, Ordering::Relaxed);
+                    while let Some(entry) = watch.next().await {
+                        let Ok(entry) = entry else { continue };
+                        let value =
+                            matches!(entry.operation, Operation::Put).then_some(&entry.value[..]);
+                        watcher.watched(entry.key, value);
+                    }
+                    watcher.watching.store(false, Ordering::Relaxed);
+                    warn!("cluster: the watch of the session bucket ended; watching it again");
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut said, true) {
+                        warn!("cluster: cannot watch the session bucket ({e}); trying again every {}s", WATCH_AGAIN.as_secs());
+                    }
+                }
+            }
+            tokio::time::sleep(WATCH_AGAIN).await;
         }
     });
     let mut failing = false;
