@@ -529,7 +529,7 @@ impl Writer {
     }
 
     async fn flush_client(&mut self, client_id: &str) {
-        if let Some(g) = self.appends.remove(client_id) {
+        if let Some((client_id, g)) = self.appends.remove_entry(client_id) {
             self.gathered -= g.records.len();
             self.publish_gathered(client_id, g).await;
         }
@@ -540,16 +540,16 @@ impl Writer {
         let gathered: Vec<_> = self.appends.drain().collect();
         self.gathered = 0;
         for (client_id, g) in gathered {
-            self.publish_gathered(&client_id, g).await;
+            self.publish_gathered(client_id, g).await;
         }
     }
 
     /// Writes what was gathered for a client, headed with this node's name.
-    async fn publish_gathered(&mut self, client_id: &str, g: Gathered) {
-        let subject = subject_of(client_id);
+    async fn publish_gathered(&mut self, client_id: ByteStr, g: Gathered) {
+        let subject = subject_of(&client_id);
         let headers = self.from();
         let copies = (g.count, g.firsts);
-        let client = Some(ByteStr::from(client_id));
+        let client = Some(client_id);
         self.publish(subject, headers, g.records.freeze(), copies, None, client)
             .await;
     }
