@@ -42,8 +42,12 @@ impl Setup {
     }
 
     fn connect(&self, id: &str) -> RawClient {
+        self.connect_with(ConnectBuilder::new(id))
+    }
+
+    fn connect_with(&self, connect: ConnectBuilder) -> RawClient {
         let mut c = RawClient::open(self.mqtt);
-        c.send(&ConnectBuilder::new(id).build());
+        c.send(&connect.build());
         c.expect_bytes(&[0x20, 0x02, 0x00, 0x00]);
         c
     }
@@ -231,6 +235,37 @@ fn metrics_move_with_known_traffic() {
         assert!(s["t"].as_u64().unwrap() > last);
     }
     assert_eq!(setup.get("/stats.json?since=soon").status, 400);
+}
+
+/// With `--data-dir`, `surgemq_log_commits_total` counts the log's commits while the broker
+/// runs (it was read only at the stop, so a running broker showed 0).
+#[test]
+fn log_commits_are_counted_while_the_broker_runs() {
+    let dir = std::env::temp_dir().join(format!("surgemq-metrics-commits-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let setup = Setup::start_with(BrokerConfig {
+        shards: 1,
+        data_dir: Some(dir.clone()),
+        ..test_config()
+    });
+    let mut sub = setup.connect_with(ConnectBuilder::new("commits-sub").clean(false));
+    sub.subscribe(1, &[("commits/t", 1)]);
+    sub.disconnect();
+    let mut publisher = setup.connect("commits-pub");
+    for id in 1..=3u16 {
+        // Queued for the away persistent session: acknowledged once it is in the log.
+        publisher.send(&publish("commits/t", b"m", 1, false, false, id));
+        publisher.expect_bytes(&puback(id));
+    }
+    let page = setup.metrics_until("counted a commit", |p| {
+        sum(p, "surgemq_log_commits_total") >= Some(1.0)
+    });
+    assert!(
+        page.contains("surgemq_log_commits_total{shard=\"0\"} "),
+        "{page}"
+    );
+    drop(setup);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

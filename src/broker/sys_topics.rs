@@ -49,6 +49,10 @@ fn sample_bridges(shard: &Shard, board: &StatsBoard) {
 }
 
 fn snapshot(shard: &Shard) -> MetricsSnapshot {
+    if let Some(journal) = shard.journal() {
+        // The journal counts its commits; the counter is read from here (and at the stop).
+        shard.metrics.log_commits.set(journal.commits());
+    }
     let mut s = shard.metrics.snapshot(shard.stalls());
     let router = shard.router.borrow();
     s.cross_shard_batches = router.batches_sent();
