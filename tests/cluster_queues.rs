@@ -183,6 +183,61 @@ fn a_node_back_with_copies_another_node_took_does_not_deliver_them_again() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A double failure: node a (with `--data-dir`) dies while a persistent session's client is
+/// away; the client resumes on b from a's copy in JetStream and subscribes to more; b dies in
+/// turn while the client is connected, leaving no copy (`--cluster-online-copies false`), only
+/// the session directory's entry. a comes back with its own copy, which b took: when the
+/// client resumes on a, a drops that copy (its message was delivered on b) and the client
+/// goes on with the directory's session: Session Present 1 and the subscriptions it made on b
+/// too. (a used to take nothing from the directory when it held a copy: a new session.)
+#[test]
+fn a_node_back_with_a_copy_taken_elsewhere_resumes_the_directorys_session() {
+    let nats = Nats::start();
+    let dir = std::env::temp_dir().join(format!("surgemq-cluster-twice-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let no_online = ["--cluster-online-copies", "false"];
+    let data = [
+        "--data-dir",
+        dir.to_str().unwrap(),
+        no_online[0],
+        no_online[1],
+    ];
+    let mut a = NodeProcess::start_with("a", &nats.url(0), &data);
+    let mut b = NodeProcess::start_with("b", &nats.url(1), &no_online);
+    let mut client = resume(&a, "roamer", false);
+    client.subscribe(1, &[("old/#", 1)]);
+    client.crash_and_wait();
+    let mut publisher = connect_to(a.addr(), "publisher");
+    publisher.publish1("old/x", &queued_payload(1), false, 1);
+    until_copied(&nats, "roamer", &queued_payload(1)[..5]);
+    a.kill();
+
+    let mut client = resume(&b, "roamer", true);
+    let (p, _) = client.next_publish();
+    assert_eq!(&p.payload[..5], &queued_payload(1)[..5]);
+    client.ack(&p);
+    client.subscribe(2, &[("new/#", 1)]);
+    until_entry(&nats, "roamer", "holding new/#", |entry| {
+        entry.is_some_and(|e| e.windows(5).any(|w| w == b"new/#"))
+    });
+    b.kill();
+    client.expect_closed_within(Duration::from_secs(5));
+
+    let a = NodeProcess::start_with("a", &nats.url(0), &data);
+    let mut client = resume(&a, "roamer", true);
+    let mut publisher = connect_to(a.addr(), "publisher-a");
+    publisher.publish1("new/y", b"new", false, 1);
+    publisher.publish1("old/y", b"old", false, 2);
+    // Not the message a held (delivered on b), but both subscriptions.
+    for expected in [&b"new"[..], b"old"] {
+        let (p, _) = client.next_publish();
+        assert_eq!(&p.payload[..], expected);
+        client.ack(&p);
+    }
+    client.expect_nothing();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--cluster-queue-copies false`: node a copies no queue to JetStream, so a session whose
 /// node died resumes on b with its subscriptions (from the session directory) and without the
 /// messages a held for it.

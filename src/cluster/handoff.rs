@@ -166,6 +166,11 @@ pub async fn take(
         // A large session: each chunk has its own time to come.
         deadline = deadline.max(Instant::now() + TAKE_WAIT);
     }
+    // Only a copy restored here can have been taken elsewhere (one lookup, not on every resume).
+    let superseded = match held {
+        Held::Restored => directory.superseded_now(&client, &client_id).await,
+        Held::Nothing | Held::Session => None,
+    };
     if sessions.is_empty() && !answer.is_abandoned() {
         // No node handed one over (none holds it, or the one that does is down): the copy
         // its node made when its client went away, with its messages, if there is one;
@@ -174,6 +179,11 @@ pub async fn take(
             .get(&client, &client_id, username.as_deref())
             .await
         {
+            // The copy restored here was taken by another node while this one was down (the
+            // shard drops it), and that node, down now too, left no copy: the client goes on
+            // with what the directory has, the subscriptions it made there included, not
+            // with a new session.
+            let directory_copy = superseded.is_some().then(|| records.clone());
             let copied = super::node::queues::read(&client, &client_id, || answer.is_abandoned());
             match copied.await {
                 Some(copy) if held_here && directory.is_own(&copy.node) => {
@@ -201,13 +211,11 @@ pub async fn take(
                 None if held_here => {}
                 None => take_stored(&shared, &client_id, &mut sessions, records),
             }
+            if let (true, Some(records)) = (sessions.is_empty(), directory_copy) {
+                take_stored(&shared, &client_id, &mut sessions, records);
+            }
         }
     }
-    // Only a copy restored here can have been taken elsewhere (one lookup, not on every resume).
-    let superseded = match held {
-        Held::Restored => directory.superseded_now(&client, &client_id).await,
-        Held::Nothing | Held::Session => None,
-    };
     if !sessions.is_empty() && answer.is_abandoned() {
         shared.sessions_missed.fetch_add(1, Ordering::Relaxed);
         warn!(client = %client_id, "cluster: sessions came from other nodes after their client stopped waiting; they are lost");

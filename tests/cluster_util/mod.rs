@@ -240,6 +240,19 @@ pub fn until_nodes_know_each_other(a: std::net::SocketAddr, b: std::net::SocketA
 /// until it is `present` (the bucket is made as the nodes start, and written in the
 /// background).
 pub fn until_stored(nats: &Nats, client_id: &str, present: bool) {
+    until_entry(nats, client_id, &format!("present={present}"), |entry| {
+        entry.is_some() == present
+    });
+}
+
+/// Waits until the session directory's entry for `client_id` (None: none) passes `check`;
+/// fails after 45 s, saying `what` it never was.
+pub fn until_entry(
+    nats: &Nats,
+    client_id: &str,
+    what: &str,
+    check: impl Fn(Option<&[u8]>) -> bool,
+) {
     use base64::Engine as _;
     let key = base64::engine::general_purpose::URL_SAFE.encode(client_id);
     let deadline = std::time::Instant::now() + Duration::from_secs(45);
@@ -247,16 +260,16 @@ pub fn until_stored(nats: &Nats, client_id: &str, present: bool) {
         let client = async_nats::connect(nats.url(2)).await.unwrap();
         let js = async_nats::jetstream::new(client);
         loop {
-            let found = match js.get_key_value("SMQ_SESSIONS").await {
-                Ok(kv) => matches!(kv.get(&key).await, Ok(Some(_))),
-                Err(_) => false,
+            let entry = match js.get_key_value("SMQ_SESSIONS").await {
+                Ok(kv) => kv.get(&key).await.ok().flatten(),
+                Err(_) => None,
             };
-            if found == present {
+            if check(entry.as_deref()) {
                 return;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the session directory never had {client_id} present={present}"
+                "the session directory's entry for {client_id} was never {what}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
