@@ -94,7 +94,7 @@ fn read_and_ack(
 }
 
 /// A publisher whose pipeline stays deep for a while: `n` QoS 1 messages in bursts of 50, one
-/// burst every few milliseconds, sent from its own thread while the test reads elsewhere.
+/// burst every `pause`, sent from its own thread while the test reads elsewhere.
 /// (A single burst would be routed whole before a subscriber on another shard could say its
 /// queue is full: the pressure reaches a publisher on another shard a hop later.)
 fn paced_publisher<'s>(
@@ -103,11 +103,12 @@ fn paced_publisher<'s>(
     topic: &'static str,
     prefix: &'static str,
     n: u16,
+    pause: Duration,
 ) -> std::thread::ScopedJoinHandle<'s, RawClient> {
     s.spawn(move || {
         for burst in qos1_bursts(topic, prefix, n, 50) {
             publisher.send(&burst);
-            std::thread::sleep(Duration::from_millis(3));
+            std::thread::sleep(pause);
         }
         publisher
     })
@@ -129,7 +130,7 @@ fn a_reading_subscriber_gets_every_qos1_message_of_a_deep_pipeline() {
         // but a few dozen would be dropped.
         const N: u16 = 2000;
         let mut publisher = std::thread::scope(|s| {
-            let publisher = paced_publisher(s, publisher, "fc/t", "m", N);
+            let publisher = paced_publisher(s, publisher, "fc/t", "m", N, Duration::from_millis(3));
             let got = read_and_ack(&mut sub, N as usize, 0, 50);
             assert_eq!(got, expected("m", N), "every message, in order");
             publisher.join().unwrap()
@@ -298,7 +299,12 @@ fn a_subscriber_that_stops_reading_holds_its_publisher_back_only_for_the_stall_t
         const N: u16 = 1000;
         let start = Instant::now();
         let (got, took, mut publisher) = std::thread::scope(|s| {
-            let publisher = paced_publisher(s, publisher, "fc/both", "m", N);
+            // Paced over 200 ms: with two shards the pressure reaches the publisher's shard a
+            // hop after the stuck subscriber's queue overflows, and the publisher must still be
+            // sending then to be held back. (Paced over 18 ms, the next test's publisher once
+            // was not, on a loaded machine.)
+            let pause = Duration::from_millis(10);
+            let publisher = paced_publisher(s, publisher, "fc/both", "m", N, pause);
             // The healthy subscriber gets everything, the stuck one never reads.
             let got = read_and_ack(&mut healthy, N as usize, 0, 0);
             (got, start.elapsed(), publisher.join().unwrap())
