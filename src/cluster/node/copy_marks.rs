@@ -18,7 +18,6 @@ use smallvec::SmallVec;
 
 use crate::broker::cluster_port::{ClusterShared, CopyNumber};
 use crate::broker::mesh::{Mesh, Refused, ShardId, ShardMessage};
-use crate::protocol::ByteStr;
 
 /// The first number of each shard among the copies of one block.
 #[derive(Debug, Default, Clone)]
@@ -91,7 +90,7 @@ impl CopyMarks {
     /// Tells the home shard of each of `clients` that its session's copy lacks changes
     /// (`ShardMessage::CopyShort`), keeping those whose shard's inbox is full; whether any
     /// was kept (to be told again).
-    pub(super) fn tell_short(&self, clients: &mut Vec<ByteStr>) -> bool {
+    pub(super) fn tell_short(&self, clients: &mut super::queues::ShortClients) -> bool {
         let shards = self.mesh.shards();
         clients.retain(|client| {
             let home = crate::broker::home_shard(client, shards);

@@ -18,22 +18,14 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
-use super::queues::QueueOp;
+use super::queues::{QueueOp, ShortClients};
 use crate::broker::cluster_port::{ClusterShared, CopyNumber, QueueCopy};
-use crate::protocol::ByteStr;
 
 /// Raises `numbers`' entry for `number`'s shard to it (adds one if there is none).
 fn raise(numbers: &mut Vec<CopyNumber>, number: CopyNumber) {
     match numbers.iter_mut().find(|n| n.shard == number.shard) {
         Some(n) => n.number = n.number.max(number.number),
         None => numbers.push(number),
-    }
-}
-
-/// Adds `client` to the clients whose copies lack changes, once.
-pub(super) fn note_short(clients: &mut Vec<ByteStr>, client: ByteStr) {
-    if !clients.contains(&client) {
-        clients.push(client);
     }
 }
 
@@ -76,7 +68,7 @@ impl QueueOps {
         };
         let mut lost = 0;
         let mut given_up: Vec<CopyNumber> = Vec::new();
-        let mut short: Vec<ByteStr> = Vec::new();
+        let mut short: ShortClients = ShortClients::default();
         for copy in copies {
             match copy {
                 QueueCopy::Append {
@@ -84,7 +76,7 @@ impl QueueOps {
                 } => {
                     lost += 1;
                     raise(&mut given_up, number);
-                    note_short(&mut short, client_id);
+                    short.insert(client_id);
                 }
                 marker => self.wait(QueueOp::Copies(vec![marker])),
             }
@@ -103,7 +95,7 @@ impl QueueOps {
         match announced {
             Some((numbers, clients)) => {
                 given_up.into_iter().for_each(|n| raise(numbers, n));
-                short.into_iter().for_each(|c| note_short(clients, c));
+                clients.extend(short);
             }
             None => waiting.push_back(QueueOp::GivenUp(given_up, short)),
         }
@@ -187,7 +179,12 @@ mod tests {
             QueueOp::GivenUp(numbers, clients) => numbers
                 .iter()
                 .map(|n| format!("given up {}:{}", n.shard.0, n.number))
-                .chain(clients.iter().map(|c| format!("short {c}")))
+                .chain({
+                    let mut clients: Vec<_> =
+                        clients.iter().map(|c| format!("short {c}")).collect();
+                    clients.sort();
+                    clients
+                })
                 .collect::<Vec<_>>()
                 .join(","),
             QueueOp::Copies(copies) => copies

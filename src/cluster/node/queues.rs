@@ -52,7 +52,6 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::copy_marks::{CopyMarks, Firsts};
-use super::queue_ops::note_short;
 use crate::broker::cluster_port::{ClusterShared, CopyNumber, QueueCopy, QUEUE_COPIES_CAPACITY};
 use crate::protocol::ByteStr;
 
@@ -182,8 +181,12 @@ pub(super) enum QueueOp {
     /// Copies up to these numbers (per shard) were given up on before they got here
     /// (`queue_ops`): they hold nobody once what came before them has come. The clients'
     /// copies lack them: their shards are told to write them whole again.
-    GivenUp(Vec<CopyNumber>, Vec<ByteStr>),
+    GivenUp(Vec<CopyNumber>, ShortClients),
 }
+
+/// Clients whose copies lack changes given up on, each once (a set: under load, thousands of
+/// sessions' changes can be given up on, batch after batch).
+pub(super) type ShortClients = ahash::AHashSet<ByteStr>;
 
 /// The stream task: opens the stream (trying again every [`RETRY`] while JetStream is not
 /// there; what comes meanwhile waits, within bounds) and writes the copies `ops` brings, in
@@ -204,7 +207,7 @@ pub(super) async fn keep_queues(
     let mut waiting: Vec<QueueOp> = Vec::new();
     let mut waiting_copies = 0;
     // The clients whose copies lack what was not kept meanwhile.
-    let mut short: Vec<ByteStr> = Vec::new();
+    let mut short = ShortClients::default();
     let stream = loop {
         // After a failed attempt, the pause before the next one; copies wait meanwhile.
         let pause = if said { RETRY } else { Duration::ZERO };
@@ -226,7 +229,7 @@ pub(super) async fn keep_queues(
                         shared.queues_not_copied.fetch_add(copies.len() as u64, Ordering::Relaxed);
                         for copy in &copies {
                             if let QueueCopy::Append { client_id, .. } = copy {
-                                note_short(&mut short, client_id.clone());
+                                short.insert(client_id.clone());
                             }
                         }
                         received(&mut marks, &QueueOp::Copies(copies));
@@ -409,7 +412,7 @@ struct Writer {
     purges: Arc<tokio::sync::Semaphore>,
     /// Clients whose copies lack changes given up on, for their shards to copy whole
     /// ([`Writer::tell`]).
-    short: Vec<ByteStr>,
+    short: ShortClients,
     /// When shards were last told of such clients while writes fail.
     short_told: Option<std::time::Instant>,
 }
@@ -457,9 +460,7 @@ impl Writer {
                 for number in numbers {
                     self.marks.received(number);
                 }
-                for client in clients {
-                    note_short(&mut self.short, client);
-                }
+                self.short.extend(clients);
                 self.changed = true;
             }
         }
@@ -682,7 +683,7 @@ impl Writer {
 
     fn failed(&mut self, why: String, copies: u64, client: Option<ByteStr>) {
         if let Some(client) = client {
-            note_short(&mut self.short, client);
+            self.short.insert(client);
         }
         self.shared
             .queues_not_copied
