@@ -210,6 +210,8 @@ fn a_node_back_with_a_copy_taken_elsewhere_resumes_the_directorys_session() {
     let mut publisher = connect_to(a.addr(), "publisher");
     publisher.publish1("old/x", &queued_payload(1), false, 1);
     until_copied(&nats, "roamer", &queued_payload(1)[..5]);
+    // (A copy is taken only for a session the directory has.)
+    until_stored(&nats, "roamer", true);
     a.kill();
 
     let mut client = resume(&b, "roamer", true);
