@@ -168,6 +168,11 @@ fn two_shards_lose_nothing_when_queues_overflow() {
 }
 
 #[test]
+fn one_shard_loses_nothing_with_small_queues() {
+    every_scenario(1, SMALL_QUEUE);
+}
+
+#[test]
 fn two_shards_lose_nothing_with_small_queues() {
     every_scenario(2, SMALL_QUEUE);
 }

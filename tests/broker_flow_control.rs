@@ -404,3 +404,35 @@ fn qos0_is_dropped_at_the_limit_and_never_holds_a_publisher_back() {
         assert_eq!(total(&metrics, |m| m.publishers_paused), 0, "{metrics:?}");
     });
 }
+
+#[test]
+fn a_shared_member_under_pressure_holds_back_a_publisher_on_its_own_shard() {
+    // The group's only member lives on the publisher's shard (one shard) and reads nothing
+    // yet. Once its queue (10) is full the publisher waits for it, as for any subscriber:
+    // before, it had every message acknowledged at once, and the group dropped what went
+    // past the overshoot (acknowledged messages lost under overload).
+    let broker = Broker::with_config(small_queues(1));
+    let mut member = broker.connect("fc-member");
+    member.subscribe(1, &[("$share/g/fc/shared", 1)]);
+    let mut publisher = broker.connect("fc-shared-pub");
+    const N: u16 = 100;
+    publisher.send(&qos1_burst("fc/shared", "m", N));
+    let mut acks = 0;
+    while let Some(frame) = publisher.next_frame_within(Duration::from_millis(300)) {
+        assert!(matches!(parse(&frame), Packet::PubAck(_)), "{frame:02x?}");
+        acks += 1;
+    }
+    assert!(
+        acks < N / 2,
+        "{acks} of {N} acknowledged: the publisher was not held back"
+    );
+    // The member reads: it gets every message, in order, and the publisher goes on.
+    let got = read_and_ack(&mut member, N as usize, 0, 0);
+    assert_eq!(got, expected("m", N), "every message, in order");
+    for i in acks + 1..=N {
+        publisher.expect_bytes(&puback(i));
+    }
+    let metrics = broker.shutdown();
+    assert_eq!(total(&metrics, |m| m.dropped_shared), 0, "{metrics:?}");
+    assert!(total(&metrics, |m| m.publishers_paused) > 0, "{metrics:?}");
+}

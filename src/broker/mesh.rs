@@ -17,7 +17,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -328,6 +328,9 @@ pub struct DeliveryBatch {
     pub shared: Vec<(u32, ShareTag)>,
     /// Where it stands among the numbered messages of its sender (see [`Numbered`]).
     pub numbered: Numbered,
+    /// The payload bytes of its deliveries (a message counted once per target), for the
+    /// inbox's budget.
+    pub bytes: usize,
 }
 
 /// The place of a message among those one shard sent another that may have to be made
@@ -344,6 +347,7 @@ pub struct Numbered {
 impl DeliveryBatch {
     pub fn push(&mut self, message: &Arc<Message>, target: Target) {
         let same_as_last = matches!(self.messages.last(), Some((m, _)) if Arc::ptr_eq(m, message));
+        self.bytes += message.payload.len();
         self.targets.push(target);
         let end = self.targets.len() as u32;
         if same_as_last {
@@ -477,9 +481,24 @@ pub enum ShardMessage {
     Shutdown,
 }
 
+impl ShardMessage {
+    /// The deliveries it carries and their payload bytes (see [`IN_FLIGHT_DELIVERIES`]):
+    /// nothing for what is not a batch of deliveries, which no budget holds back.
+    fn load(&self) -> (usize, usize) {
+        match self {
+            ShardMessage::Deliver(batch) => (batch.targets.len(), batch.bytes),
+            _ => (0, 0),
+        }
+    }
+}
+
 /// A shard's inbox as seen by senders.
 pub struct Inbox {
     tx: Sender<ShardMessage>,
+    /// Deliveries (targets) and their payload bytes in the channel, sent and not yet taken
+    /// (see [`IN_FLIGHT_DELIVERIES`]).
+    deliveries: AtomicUsize,
+    bytes: AtomicUsize,
     /// Set by the drain task before it sleeps; cleared by the sender that rings the bell.
     asleep: AtomicBool,
     /// The write end of the doorbell socketpair (non-blocking).
@@ -512,6 +531,16 @@ pub struct Mesh {
 /// the sender then keeps what it has and slows its own publishers.
 pub const INBOX_CAPACITY: usize = 1024;
 
+/// Deliveries, and their payload bytes, an inbox takes before it counts as full, whatever the
+/// number of batches: what the other shards may have sent a shard that it has not handled yet.
+/// Bounding it bounds how far a subscriber's queue can grow past its limits with messages
+/// from other shards, which were routed (and acknowledged) before their publishers' shards
+/// heard that it is under pressure: such deliveries are never dropped for the overshoot (see
+/// `session::OVERSHOOT_MESSAGES`); this is their bound. A batch larger than the budget goes
+/// when the inbox holds no deliveries.
+pub const IN_FLIGHT_DELIVERIES: usize = 32 * 1024;
+pub const IN_FLIGHT_BYTES: usize = 32 << 20;
+
 impl Mesh {
     /// The mesh and each shard's receiving end, in shard order.
     pub fn new(shards: usize) -> std::io::Result<(Arc<Mesh>, Vec<InboxReceiver>)> {
@@ -524,6 +553,8 @@ impl Mesh {
             reader.set_nonblocking(true)?;
             inboxes.push(Inbox {
                 tx,
+                deliveries: AtomicUsize::new(0),
+                bytes: AtomicUsize::new(0),
                 asleep: AtomicBool::new(false),
                 bell,
             });
@@ -552,7 +583,27 @@ impl Mesh {
     /// would never succeed. Rings the doorbell on success.
     pub fn try_send(&self, to: ShardId, msg: ShardMessage) -> Result<(), Refused> {
         let inbox = &self.inboxes[to.index()];
-        match inbox.tx.try_send(msg) {
+        let (deliveries, bytes) = msg.load();
+        if deliveries > 0 {
+            // Counted before it is in the channel, so the receiver never takes away more than
+            // was added; given back when it does not go.
+            let held = inbox.deliveries.fetch_add(deliveries, Ordering::Relaxed);
+            let held_bytes = inbox.bytes.fetch_add(bytes, Ordering::Relaxed);
+            if held > 0
+                && (held + deliveries > IN_FLIGHT_DELIVERIES
+                    || held_bytes + bytes > IN_FLIGHT_BYTES)
+            {
+                inbox.deliveries.fetch_sub(deliveries, Ordering::Relaxed);
+                inbox.bytes.fetch_sub(bytes, Ordering::Relaxed);
+                return Err(Refused::Full(msg));
+            }
+        }
+        let sent = inbox.tx.try_send(msg);
+        if sent.is_err() && deliveries > 0 {
+            inbox.deliveries.fetch_sub(deliveries, Ordering::Relaxed);
+            inbox.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => {
                 // Pairs with the fence in `going_to_sleep`: either the drain task sees the
                 // message, or this sees it asleep (or both).
@@ -581,6 +632,17 @@ impl Mesh {
         } else {
             inbox.asleep.store(false, Ordering::Relaxed);
             false
+        }
+    }
+
+    /// Called by the drain task of `shard` for each message it takes from its inbox: its
+    /// deliveries leave the inbox's budget.
+    pub fn taken(&self, shard: ShardId, msg: &ShardMessage) {
+        let (deliveries, bytes) = msg.load();
+        if deliveries > 0 {
+            let inbox = &self.inboxes[shard.index()];
+            inbox.deliveries.fetch_sub(deliveries, Ordering::Relaxed);
+            inbox.bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 
@@ -795,6 +857,57 @@ mod tests {
                 ("a".to_string(), vec![4]),
             ]
         );
+    }
+
+    #[test]
+    fn an_inbox_takes_deliveries_up_to_its_budget_and_more_once_they_are_taken() {
+        let (mesh, inboxes) = Mesh::new(2).unwrap();
+        let rx = &inboxes[1].rx;
+        let m = msg("t");
+        let batch = |n: u32| {
+            let mut b = DeliveryBatch::default();
+            for i in 0..n {
+                b.push(&m, target(i));
+            }
+            ShardMessage::Deliver(b)
+        };
+        // A batch larger than the budget goes into an inbox that holds no deliveries.
+        let big = IN_FLIGHT_DELIVERIES as u32 + 5;
+        assert!(mesh.try_send(ShardId(1), batch(big)).is_ok());
+        // Then nothing more of deliveries, whatever the room in batches; other messages go.
+        assert!(matches!(
+            mesh.try_send(ShardId(1), batch(1)),
+            Err(Refused::Full(_))
+        ));
+        assert!(mesh.try_send(ShardId(1), ShardMessage::GatesOpened).is_ok());
+        // Taken (and handled) by its shard, the batch leaves the budget.
+        let taken = rx.try_recv().unwrap();
+        mesh.taken(ShardId(1), &taken);
+        for _ in 0..IN_FLIGHT_DELIVERIES / 1024 {
+            assert!(mesh.try_send(ShardId(1), batch(1024)).is_ok());
+        }
+        assert!(matches!(
+            mesh.try_send(ShardId(1), batch(1)),
+            Err(Refused::Full(_))
+        ));
+        // In bytes too.
+        let (mesh, _inboxes) = Mesh::new(2).unwrap();
+        let heavy = Arc::new(Message::new(
+            ByteStr::from("t"),
+            Bytes::from(vec![0u8; IN_FLIGHT_BYTES / 2 + 1]),
+            QoS::AtMostOnce,
+            false,
+        ));
+        let one = || {
+            let mut b = DeliveryBatch::default();
+            b.push(&heavy, target(0));
+            ShardMessage::Deliver(b)
+        };
+        assert!(mesh.try_send(ShardId(1), one()).is_ok());
+        assert!(matches!(
+            mesh.try_send(ShardId(1), one()),
+            Err(Refused::Full(_))
+        ));
     }
 
     #[test]

@@ -185,6 +185,20 @@ pub struct SessionLimits {
 pub const OVERSHOOT_MESSAGES: usize = 65_536;
 pub const OVERSHOOT_BYTES: usize = 64 << 20;
 
+/// Where a message comes to a session's queue from, which says how far past its limits the
+/// queue of a live subscriber takes it (see [`Session::enqueue_shared`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Routed on this shard: its publisher is held back as soon as the subscriber is under
+    /// pressure, so the overshoot ([`OVERSHOOT_MESSAGES`], [`OVERSHOOT_BYTES`]) bounds it.
+    Routed,
+    /// From another shard, routed before that shard heard of the pressure (under overload,
+    /// whatever its publishers sent meanwhile): never dropped for the overshoot, since what
+    /// the other shards may have in flight to this one is bounded by the inbox's budget
+    /// (`mesh::IN_FLIGHT_DELIVERIES`, `mesh::IN_FLIGHT_BYTES`) and their own backlogs.
+    FromShard,
+}
+
 /// aHash with the process's random keys, stored once instead of in every map: a session exists
 /// per client, and two `AHashMap`s would carry 64 bytes of keys each.
 type Hasher = BuildHasherDefault<AHasher>;
@@ -431,11 +445,11 @@ impl Session {
         retain: bool,
         subscription_id: u32,
     ) -> Result<Queued, Dropped> {
-        self.enqueue_shared(message, qos, retain, subscription_id, None)
+        self.enqueue_shared(message, qos, retain, subscription_id, None, Arrival::Routed)
     }
 
     /// [`Session::enqueue_as`] for a message that came through the shared subscription
-    /// `share` (None: not shared).
+    /// `share` (None: not shared), from `arrival`.
     pub fn enqueue_shared(
         &mut self,
         message: Arc<Message>,
@@ -443,6 +457,7 @@ impl Session {
         retain: bool,
         subscription_id: u32,
         share: Option<Arc<ShareKey>>,
+        arrival: Arrival,
     ) -> Result<Queued, Dropped> {
         let offline = self.attached == 0;
         if offline && qos == QoS::AtMostOnce && !self.limits.queue_qos0 {
@@ -454,7 +469,9 @@ impl Session {
             if offline || qos == QoS::AtMostOnce || self.stalled {
                 return Err(Dropped::QueueFull);
             }
-            if self.over_limits(OVERSHOOT_MESSAGES, OVERSHOOT_BYTES, size) {
+            if arrival == Arrival::Routed
+                && self.over_limits(OVERSHOOT_MESSAGES, OVERSHOOT_BYTES, size)
+            {
                 return Err(Dropped::QueueFull);
             }
             if !self.pressure {

@@ -226,6 +226,32 @@ fn over_the_limit_is_bounded_too() {
 }
 
 #[test]
+fn what_another_shard_sent_is_taken_past_the_overshoot() {
+    // Routed there before its shard heard of the pressure, and acknowledged: the mesh's
+    // in-flight budget bounds it, not the overshoot.
+    let mut s = session(10, 2, usize::MAX / 2);
+    for _ in 0..2 + OVERSHOOT_MESSAGES {
+        assert!(qos1(&mut s).is_ok());
+    }
+    assert_eq!(qos1(&mut s), Err(Dropped::QueueFull));
+    let from_shard = |s: &mut Session| {
+        s.enqueue_shared(
+            msg(b"x", QoS::AtLeastOnce),
+            QoS::AtLeastOnce,
+            false,
+            0,
+            None,
+            Arrival::FromShard,
+        )
+    };
+    assert_eq!(from_shard(&mut s), Ok(Queued::Normally));
+    assert_eq!(s.queued(), 3 + OVERSHOOT_MESSAGES);
+    // Not for a stalled subscriber, nor an offline one: those drop at the limit.
+    s.detach(1);
+    assert_eq!(from_shard(&mut s), Err(Dropped::QueueFull));
+}
+
+#[test]
 fn a_subscriber_without_progress_for_the_stall_timeout_is_stalled_until_it_reads() {
     let mut s = session(1, 2, 1000);
     qos1(&mut s).unwrap();

@@ -27,7 +27,9 @@ use super::output::SHARE_PAYLOADS_FROM;
 use super::parking::ParkingLot;
 use super::pressure::PressureBoard;
 use super::replica::Replica;
-use super::session::{Dropped, Kick, Outbound, PeerLimits, Queued, Session, SessionLimits};
+use super::session::{
+    Arrival, Dropped, Kick, Outbound, PeerLimits, Queued, Session, SessionLimits,
+};
 use super::session_table::SessionTable;
 use super::shared::ShareKey;
 use super::wire::{ReadArena, WritePool};
@@ -585,7 +587,7 @@ impl Shard {
                     subscription_id,
                     acl_check: granted.acl_checked,
                 };
-                let result = self.enqueue_local(target, &message, None);
+                let result = self.enqueue_local(target, &message, None, Arrival::Routed);
                 if result == Err(Undelivered::Dropped(Dropped::QueueFull)) && qos != QoS::AtMostOnce
                 {
                     routed.quota_exceeded = true;
@@ -627,8 +629,8 @@ impl Shard {
         routed
     }
 
-    fn deliver_local(&self, target: Target, message: &Arc<Message>) {
-        let _ = self.enqueue_local(target, message, None);
+    fn deliver_local(&self, target: Target, message: &Arc<Message>, arrival: Arrival) {
+        let _ = self.enqueue_local(target, message, None, arrival);
     }
 
     /// Queues `message` for a session of this shard, or says why not. A message for a shared
@@ -639,6 +641,7 @@ impl Shard {
         target: Target,
         message: &Arc<Message>,
         share: Option<&Arc<ShareKey>>,
+        arrival: Arrival,
     ) -> Result<(), Undelivered> {
         let Target { qos, retain, .. } = target;
         let sessions = self.sessions.borrow();
@@ -665,6 +668,7 @@ impl Shard {
             target.subscription_id,
             // QoS 0 is not given back to the group when the session ends (at most once).
             share.filter(|_| qos != QoS::AtMostOnce).cloned(),
+            arrival,
         );
         if let (Ok(_), Some(stored_as), Some(journal)) = (result, s.stored_as(), self.journal()) {
             if qos != QoS::AtMostOnce {
@@ -730,7 +734,7 @@ impl Shard {
                                 batch.numbered,
                                 &mut returned,
                             ),
-                            None => self.deliver_local(*t, message),
+                            None => self.deliver_local(*t, message, Arrival::FromShard),
                         }
                         index += 1;
                     }

@@ -81,6 +81,7 @@ pub async fn drain_inbox(shard: Rc<Shard>, inbox: InboxReceiver) {
         while handled < 256 {
             match rx.try_recv() {
                 Ok(msg) => {
+                    mesh.taken(shard.id, &msg);
                     shard.handle(msg);
                     handled += 1;
                 }

@@ -14,7 +14,7 @@ use crate::broker::durability::Ticket;
 use crate::broker::mesh::{Grant, Message, Numbered, ShardId, ShardMessage, SubscriberId, Target};
 use crate::broker::metrics::add;
 use crate::broker::replica::Replica;
-use crate::broker::session::{Session, Unreceived};
+use crate::broker::session::{Arrival, Session, Unreceived};
 use crate::broker::shared::{Availability, ShareKey, ShareTag};
 use crate::protocol::QoS;
 use crate::store::Record;
@@ -50,14 +50,18 @@ impl Shard {
             served.extend(picks.iter().map(|(key, _, _)| key.full.clone()));
         }
         for (key, id, grant) in picks {
+            // A busy member is picked only when every member is busy: the publisher then
+            // waits for this one, as for any subscriber, here or on another shard. (One that
+            // comes under pressure with this message is skipped from the next on.) Without the
+            // wait for a member here, it took messages until its queue was past every bound,
+            // and then the group dropped what the publisher had been acknowledged.
+            let every_member_busy = self.pressure.busy(&id);
             let tag = ShareTag { key, hops: 0 };
             self.deliver_shared(message, id, grant, tag, &mut routed.ticket);
-            if id.shard != self.id
+            if every_member_busy
                 && message.qos.min(grant.qos) != QoS::AtMostOnce
                 && routed.pressured.is_none()
-                && self.pressure.busy(&id)
             {
-                // Every member is busy: the publisher waits for this one, as for any subscriber.
                 routed.pressured = Some(id);
             }
         }
@@ -85,7 +89,7 @@ impl Shard {
             acl_check: grant.acl_checked,
         };
         if id.shard == self.id {
-            if let Err(failed) = self.deliver_local_shared(target, message, &tag) {
+            if let Err(failed) = self.deliver_local_shared(target, message, &tag, Arrival::Routed) {
                 self.share_again(message, tag, failed, ticket);
             }
             return;
@@ -110,8 +114,9 @@ impl Shard {
         target: Target,
         message: &Arc<Message>,
         tag: &ShareTag,
+        arrival: Arrival,
     ) -> Result<(), SubscriberId> {
-        match self.enqueue_local(target, message, Some(&tag.key)) {
+        match self.enqueue_local(target, message, Some(&tag.key), arrival) {
             Ok(()) => Ok(()),
             Err(_) => Err(SubscriberId {
                 shard: self.id,
@@ -135,7 +140,7 @@ impl Shard {
         numbered: Numbered,
         returned: &mut Vec<(Arc<Message>, ShareTag, SubscriberId)>,
     ) {
-        if let Err(failed) = self.deliver_local_shared(target, message, &tag) {
+        if let Err(failed) = self.deliver_local_shared(target, message, &tag, Arrival::FromShard) {
             if numbered.needs_ack {
                 returned.push((message.clone(), tag, failed));
             } else {

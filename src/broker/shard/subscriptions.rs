@@ -12,7 +12,7 @@ use tracing::debug;
 
 use crate::auth::SubscribeAccess;
 use crate::broker::mesh::{Grant, Message, ShardMessage, SubscriberId, Subscription, Target};
-use crate::broker::session::{Outbound, Session};
+use crate::broker::session::{Arrival, Outbound, Session};
 use crate::protocol::{
     ByteStr, ReasonCode, RetainHandling, SubAck, Subscribe, SubscribeReturnCode, UnsubAck,
     Unsubscribe,
@@ -271,7 +271,7 @@ impl Shard {
                 subscription_id: granted.subscription_id,
                 acl_check: granted.acl_checked,
             };
-            self.deliver_local(target, &message);
+            self.deliver_local(target, &message, Arrival::Routed);
         }
     }
 
