@@ -246,7 +246,7 @@ fn what_another_shard_sent_is_taken_past_the_overshoot() {
     };
     assert_eq!(from_shard(&mut s), Ok(Queued::Normally));
     assert_eq!(s.queued(), 3 + OVERSHOOT_MESSAGES);
-    // Not for a stalled subscriber, nor an offline one: those drop at the limit.
+    // Not for an offline session: that drops at the limit (as a stalled subscriber does).
     s.detach(1);
     assert_eq!(from_shard(&mut s), Err(Dropped::QueueFull));
 }
