@@ -53,6 +53,7 @@ mod v5;
 
 use acks::DurableAcks;
 use held::Held;
+pub(crate) use held::ShardHeldBytes;
 pub use v5::session_expiry;
 use v5::V5Connection;
 
@@ -353,7 +354,10 @@ impl ConnectedClient {
             return Poll::Ready(Event::Output);
         }
         if self.wire.wbuf.len() < READ_PAUSE
-            && self.held.as_ref().is_none_or(|h| h.reads_more())
+            && self
+                .held
+                .as_ref()
+                .is_none_or(|h| h.reads_more(self.session.borrow().inflight() > 0))
             && self
                 .acks
                 .as_ref()

@@ -216,6 +216,9 @@ pub struct MetricsSnapshot {
     /// sessions hold, queued or in flight.
     pub queued_messages: u64,
     pub queued_bytes: u64,
+    /// Bytes of the packets held back from publishers waiting for subscribers under pressure
+    /// (see `connected::held`).
+    pub held_bytes: u64,
     /// Messages given to each shared subscription group's members (by group name).
     pub shared_groups: Vec<(String, u64)>,
     /// Messages per batch sent to another shard (see `mesh`).
@@ -323,6 +326,7 @@ impl MetricsSnapshot {
             total.sessions_expired += s.sessions_expired;
             total.queued_messages += s.queued_messages;
             total.queued_bytes += s.queued_bytes;
+            total.held_bytes += s.held_bytes;
             total.delivery_batch_sizes.add(&s.delivery_batch_sizes);
             total.session_queue_depths.add(&s.session_queue_depths);
             for (rule, n) in &s.protocol_errors_by_rule {

@@ -18,6 +18,7 @@ use tracing::warn;
 use super::cluster_port::{AnswerWait, ClusterPort, Held};
 use super::config::BrokerConfig;
 use super::connected::session_expiry;
+use super::connected::ShardHeldBytes;
 use super::durability::{Durability, Ticket};
 use super::journal::Journal;
 use super::keepalive::KeepaliveQueue;
@@ -164,6 +165,8 @@ pub struct Shard {
     pub keepalives: KeepaliveQueue,
     /// Subscribers whose full queues hold their publishers back (see `pressure`).
     pub pressure: PressureBoard,
+    /// What the packets of this shard's held-back publishers keep (see `connected::held`).
+    pub(super) held_bytes: ShardHeldBytes,
     /// The shard's log, with `--data-dir` (set once at start, see `restore`).
     pub journal: std::cell::OnceCell<Journal>,
     /// Acknowledgements waiting for other shards' disks, and this shard's answers to them.
@@ -268,6 +271,7 @@ impl Shard {
             stall_waker: RefCell::new(None),
             congestion_waiters: RefCell::new(Vec::new()),
             pressure: PressureBoard::default(),
+            held_bytes: ShardHeldBytes::default(),
             journal: std::cell::OnceCell::new(),
             durability: Durability::new(shards),
             durable_requests: RefCell::new(std::collections::VecDeque::new()),

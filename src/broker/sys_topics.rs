@@ -59,6 +59,7 @@ fn snapshot(shard: &Shard) -> MetricsSnapshot {
     s.delivery_batch_sizes = router.batch_sizes.clone();
     drop(router);
     s.shared_groups = shard.shared_delivered();
+    s.held_bytes = shard.held_bytes.get() as u64;
     for session in shard.sessions.borrow().all() {
         let session = session.borrow();
         s.queued_messages += (session.queued() + session.inflight()) as u64;

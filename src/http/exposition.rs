@@ -127,6 +127,7 @@ pub const SERIES: &[Series] = &[
     gauge("retained_messages", "Retained messages held.", "retained", |m| m.retained),
     gauge("queued_messages", "QoS 1/2 messages sessions hold, queued or in flight.", "queued_messages", |m| m.queued_messages),
     gauge("queued_bytes", "Payload bytes sessions hold, queued or in flight.", "queued_bytes", |m| m.queued_bytes),
+    gauge("held_bytes", "Bytes of packets held back from publishers waiting for a full subscriber queue.", "held_bytes", |m| m.held_bytes),
 ];
 
 /// The sum of every drop reason.

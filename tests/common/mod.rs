@@ -217,6 +217,11 @@ impl RawClient {
             .unwrap_or_else(|e| panic!("send {bytes:02x?}: {e}"));
     }
 
+    /// Another handle on the socket, to write from another thread while this one reads.
+    pub fn writer(&self) -> TcpStream {
+        self.stream.try_clone().expect("clone the socket")
+    }
+
     /// Sends, ignoring errors: for bytes a broker may already have stopped reading.
     pub fn try_send(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes);

@@ -1,9 +1,13 @@
 //! Holding a publisher back (see `pressure`): while a subscriber its QoS 1/2 publish reached
 //! is under pressure, the client's PUBLISH packets, and every packet whose order matters
 //! relative to them, wait here; its acknowledgements and pings bypass the hold. Bounded per
-//! connection: past [`HELD_LIMIT`] the socket is no longer read.
+//! connection: past [`HELD_LIMIT`] the socket is no longer read, unless the client may owe the
+//! broker acknowledgements that sit behind what it published (see [`Held::reads_more`]); and
+//! bounded per shard by [`SHARD_HELD_LIMIT`].
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use super::{CloseReason, ConnectedClient};
 use crate::broker::mesh::SubscriberId;
@@ -14,8 +18,14 @@ use crate::protocol::Packet;
 /// longer read: enough for thousands of small messages in flight, bounded per connection.
 const HELD_LIMIT: usize = 512 * 1024;
 
+/// What the held packets of all of a shard's connections may keep (about, in bytes) before a
+/// connection past its own [`HELD_LIMIT`] is no longer read either.
+const SHARD_HELD_LIMIT: usize = 64 * 1024 * 1024;
+
+/// What the held packets of a shard's connections keep together (see [`SHARD_HELD_LIMIT`]).
+pub(crate) type ShardHeldBytes = Rc<Cell<usize>>;
+
 /// A publisher held back by a subscriber under pressure, and what it sent meanwhile.
-#[derive(Default)]
 pub(super) struct Held {
     /// The subscriber it waits for; None once relieved, while the packets are being handled.
     waiting_for: Option<SubscriberId>,
@@ -25,12 +35,30 @@ pub(super) struct Held {
     bytes: usize,
     /// The client is gone: the packets are handled now, holding nothing back.
     closing: bool,
+    /// The shard's total, which `bytes` is part of.
+    shard_bytes: ShardHeldBytes,
 }
 
 impl Held {
+    pub(super) fn new(shard_bytes: ShardHeldBytes) -> Self {
+        Held {
+            waiting_for: None,
+            packets: VecDeque::new(),
+            bytes: 0,
+            closing: false,
+            shard_bytes,
+        }
+    }
+
     /// Whether the socket may be read for more (acknowledgements, and packets to hold).
-    pub(super) fn reads_more(&self) -> bool {
-        self.bytes < HELD_LIMIT
+    ///
+    /// `owed_acks`: the broker has messages in flight to this client, so acknowledgements the
+    /// broker needs may sit in the socket behind what it published. Then reading goes on past
+    /// [`HELD_LIMIT`] (within the shard's limit): two clients that publish to each other, both
+    /// held back, would otherwise each wait for the acknowledgements the other's socket is no
+    /// longer read for, until the stall timeout dropped messages.
+    pub(super) fn reads_more(&self, owed_acks: bool) -> bool {
+        self.bytes < HELD_LIMIT || (owed_acks && self.shard_bytes.get() < SHARD_HELD_LIMIT)
     }
 
     /// The subscriber under pressure the client waits for, if it still does.
@@ -43,9 +71,29 @@ impl Held {
         if bypasses_hold(&packet) {
             return Some(packet);
         }
-        self.bytes += held_size(&packet);
+        self.add_bytes(held_size(&packet));
         self.packets.push_back(packet);
         None
+    }
+
+    /// The next packet held, no longer counted.
+    fn pop(&mut self) -> Option<Packet> {
+        let packet = self.packets.pop_front()?;
+        self.bytes -= held_size(&packet);
+        self.shard_bytes
+            .set(self.shard_bytes.get() - held_size(&packet));
+        Some(packet)
+    }
+
+    fn add_bytes(&mut self, n: usize) {
+        self.bytes += n;
+        self.shard_bytes.set(self.shard_bytes.get() + n);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.shard_bytes.set(self.shard_bytes.get() - self.bytes);
     }
 }
 
@@ -81,9 +129,8 @@ impl ConnectedClient {
                 }
                 held.waiting_for = None;
             }
-            match held.packets.pop_front() {
+            match held.pop() {
                 Some(packet) => {
-                    held.bytes -= held_size(&packet);
                     self.handle(packet)?;
                 }
                 None => {
@@ -114,10 +161,58 @@ impl ConnectedClient {
 
     /// Holds the client's publishing back until `subscriber` is relieved.
     pub(super) fn wait_for(&mut self, subscriber: SubscriberId) {
-        let held = self.held.get_or_insert_with(Box::default);
+        let held = self
+            .held
+            .get_or_insert_with(|| Box::new(Held::new(self.shard.held_bytes.clone())));
         if !held.closing {
             add(&self.shard.metrics.publishers_paused, 1);
             held.waiting_for = Some(subscriber);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::protocol::{Ack, ByteStr, Publish, QoS};
+
+    fn publish(payload_len: usize) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: ByteStr::from("t"),
+            packet_id: 1,
+            payload: Bytes::from(vec![0; payload_len]),
+            properties: None,
+        })
+    }
+
+    #[test]
+    fn a_connection_owed_acks_is_read_past_its_own_limit_within_the_shards() {
+        let shard = ShardHeldBytes::default();
+        let mut a = Held::new(shard.clone());
+        assert!(a.hold(publish(HELD_LIMIT)).is_none());
+        assert!(!a.reads_more(false), "past its own limit");
+        assert!(a.reads_more(true), "owed acknowledgements: read on");
+        // Acknowledgements bypass the hold, and are not counted.
+        let ack = Packet::PubAck(Ack::new(7));
+        assert_eq!(a.hold(ack.clone()), Some(ack));
+
+        // Another connection fills the shard's limit: now neither reads past its own.
+        let mut b = Held::new(shard.clone());
+        assert!(b.hold(publish(SHARD_HELD_LIMIT)).is_none());
+        assert!(!a.reads_more(true) && !b.reads_more(true));
+
+        // What is handled, or dropped with its connection, no longer counts.
+        assert!(matches!(b.pop(), Some(Packet::Publish(_))));
+        assert!(a.reads_more(true));
+        assert!(b.hold(publish(SHARD_HELD_LIMIT)).is_none());
+        drop(b);
+        assert!(a.reads_more(true));
+        drop(a);
+        assert_eq!(shard.get(), 0);
     }
 }
