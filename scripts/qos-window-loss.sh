@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # QoS 1/2 messages lost to subscribers that keep reading: pair, fan-out 1:20, mesh 20, fan-in
 # 20:1 and a shared group of 4 at QoS 1 and 2 with a deep publisher window (default 4000 in
-# flight, deeper than a session's queue of 1000), then fan-in and shared overloaded (publishers
-# open-loop at a rate far above what the subscribers can read, 20 and 100 of them, for
-# OVERLOAD_SECS), for one or more SurgeMQ binaries side by side. Before push-back the broker
-# dropped what did not fit a subscriber's queue ("missing"); with it, nothing may be missing.
+# flight, deeper than a session's queue of 1000), then fan-in, shared and mesh overloaded
+# (publishers open-loop at a rate far above what the subscribers can read, 20 and 100 of them,
+# for OVERLOAD_SECS; in the mesh every client is held back and owes acknowledgements), for one
+# or more SurgeMQ binaries side by side. Before push-back the broker dropped what did not fit a
+# subscriber's queue ("missing"); with it, nothing may be missing.
 # Prints a markdown table (missing, duplicated, messages per second) and each broker's totals
 # line at stop (drops, publishers paused, subscribers stalled).
 #
@@ -31,7 +32,8 @@ CASES=("pair --messages 200000 $W" "fan-out --messages 20000 $W" "mesh --message
 if [ "$OVERLOAD_SECS" != 0 ]; then
   O="--duration $OVERLOAD_SECS --size 64"
   CASES+=("fan-in --rate 1500000 $O" "fan-in --clients 100 --rate 3000000 $O"
-    "shared --subscribers 4 --rate 2000000 $O" "shared --subscribers 4 --clients 100 --rate 3000000 $O")
+    "shared --subscribers 4 --rate 2000000 $O" "shared --subscribers 4 --clients 100 --rate 3000000 $O"
+    "mesh --rate 300000 $O")
 fi
 
 build_release

@@ -2,8 +2,8 @@
 //! is under pressure, the client's PUBLISH packets, and every packet whose order matters
 //! relative to them, wait here; its acknowledgements and pings bypass the hold. Bounded per
 //! connection: past [`HELD_LIMIT`] the socket is no longer read, unless the client may owe the
-//! broker acknowledgements that sit behind what it published (see [`Held::reads_more`]); and
-//! bounded per shard by [`SHARD_HELD_LIMIT`].
+//! broker acknowledgements that sit behind what it published (see [`Held::reads_more`]): then
+//! up to `--max-queued-bytes`, and within [`SHARD_HELD_LIMIT`] for the whole shard.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -20,7 +20,7 @@ const HELD_LIMIT: usize = 512 * 1024;
 
 /// What the held packets of all of a shard's connections may keep (about, in bytes) before a
 /// connection past its own [`HELD_LIMIT`] is no longer read either.
-const SHARD_HELD_LIMIT: usize = 64 * 1024 * 1024;
+const SHARD_HELD_LIMIT: usize = 256 * 1024 * 1024;
 
 /// What the held packets of a shard's connections keep together (see [`SHARD_HELD_LIMIT`]).
 pub(crate) type ShardHeldBytes = Rc<Cell<usize>>;
@@ -37,16 +37,20 @@ pub(super) struct Held {
     closing: bool,
     /// The shard's total, which `bytes` is part of.
     shard_bytes: ShardHeldBytes,
+    /// How much the connection may hold while it is owed acknowledgements: what its session
+    /// may queue (`--max-queued-bytes`), so that one client cannot take the shard's whole limit.
+    owed_limit: usize,
 }
 
 impl Held {
-    pub(super) fn new(shard_bytes: ShardHeldBytes) -> Self {
+    pub(super) fn new(shard_bytes: ShardHeldBytes, owed_limit: usize) -> Self {
         Held {
             waiting_for: None,
             packets: VecDeque::new(),
             bytes: 0,
             closing: false,
             shard_bytes,
+            owed_limit,
         }
     }
 
@@ -54,11 +58,14 @@ impl Held {
     ///
     /// `owed_acks`: the broker has messages in flight to this client, so acknowledgements the
     /// broker needs may sit in the socket behind what it published. Then reading goes on past
-    /// [`HELD_LIMIT`] (within the shard's limit): two clients that publish to each other, both
-    /// held back, would otherwise each wait for the acknowledgements the other's socket is no
-    /// longer read for, until the stall timeout dropped messages.
+    /// [`HELD_LIMIT`], up to its own and the shard's limits: two clients that publish to each
+    /// other, both held back, would otherwise each wait for the acknowledgements the other's
+    /// socket is no longer read for, until the stall timeout dropped messages.
     pub(super) fn reads_more(&self, owed_acks: bool) -> bool {
-        self.bytes < HELD_LIMIT || (owed_acks && self.shard_bytes.get() < SHARD_HELD_LIMIT)
+        self.bytes < HELD_LIMIT
+            || (owed_acks
+                && self.bytes < self.owed_limit
+                && self.shard_bytes.get() < SHARD_HELD_LIMIT)
     }
 
     /// The subscriber under pressure the client waits for, if it still does.
@@ -97,12 +104,13 @@ impl Drop for Held {
     }
 }
 
-/// About the memory a held packet keeps: its topic and payload, or a small constant.
+/// About the memory a held packet keeps: the packet itself, and a PUBLISH's topic and payload.
 fn held_size(packet: &Packet) -> usize {
-    match packet {
-        Packet::Publish(p) => p.topic.len() + p.payload.len() + 16,
-        _ => 64,
-    }
+    std::mem::size_of::<Packet>()
+        + match packet {
+            Packet::Publish(p) => p.topic.len() + p.payload.len(),
+            _ => 0,
+        }
 }
 
 /// Packets handled at once even while the client's publishing is held back: they concern
@@ -161,9 +169,10 @@ impl ConnectedClient {
 
     /// Holds the client's publishing back until `subscriber` is relieved.
     pub(super) fn wait_for(&mut self, subscriber: SubscriberId) {
-        let held = self
-            .held
-            .get_or_insert_with(|| Box::new(Held::new(self.shard.held_bytes.clone())));
+        let held = self.held.get_or_insert_with(|| {
+            let owed_limit = self.shard.config.max_queued_bytes;
+            Box::new(Held::new(self.shard.held_bytes.clone(), owed_limit))
+        });
         if !held.closing {
             add(&self.shard.metrics.publishers_paused, 1);
             held.waiting_for = Some(subscriber);
@@ -193,16 +202,22 @@ mod tests {
     #[test]
     fn a_connection_owed_acks_is_read_past_its_own_limit_within_the_shards() {
         let shard = ShardHeldBytes::default();
-        let mut a = Held::new(shard.clone());
+        const OWED: usize = 4 * HELD_LIMIT;
+        let mut a = Held::new(shard.clone(), OWED);
         assert!(a.hold(publish(HELD_LIMIT)).is_none());
         assert!(!a.reads_more(false), "past its own limit");
         assert!(a.reads_more(true), "owed acknowledgements: read on");
+        assert!(a.hold(publish(OWED)).is_none());
+        assert!(!a.reads_more(true), "up to what its session may queue");
+        assert!(matches!(a.pop(), Some(Packet::Publish(_))));
+        assert!(matches!(a.pop(), Some(Packet::Publish(_))));
+        assert!(a.hold(publish(HELD_LIMIT)).is_none());
         // Acknowledgements bypass the hold, and are not counted.
         let ack = Packet::PubAck(Ack::new(7));
         assert_eq!(a.hold(ack.clone()), Some(ack));
 
         // Another connection fills the shard's limit: now neither reads past its own.
-        let mut b = Held::new(shard.clone());
+        let mut b = Held::new(shard.clone(), usize::MAX);
         assert!(b.hold(publish(SHARD_HELD_LIMIT)).is_none());
         assert!(!a.reads_more(true) && !b.reads_more(true));
 
