@@ -63,6 +63,7 @@ fn expect_all_in_order(client: &mut RawClient, numbers: std::ops::RangeInclusive
     client.expect_nothing();
 }
 
+#[track_caller]
 fn resume(node: &NodeProcess, client_id: &str, present: bool) -> RawClient {
     let mut c = RawClient::open(node.addr());
     c.send(&ConnectBuilder::new(client_id).clean(false).build());
@@ -238,6 +239,105 @@ fn a_node_back_with_a_copy_taken_elsewhere_resumes_the_directorys_session() {
     }
     client.expect_nothing();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Node a holds a persistent session and is cut off from NATS (its only server dies; the
+/// servers tell no client of the others) while the client resumes the session on b and
+/// subscribes there: a never hears of it. Then b dies, a's server comes back, and the client
+/// resumes on a: it goes on with the subscriptions it made on b (the directory's entry, which
+/// b wrote, is newer than the session a holds), not only with a's.
+#[test]
+fn a_node_cut_off_while_its_session_moved_on_resumes_it_with_the_newer_subscriptions() {
+    let mut nats = Nats::start_unadvertised();
+    // No copies of connected sessions: b's would carry the subscription too.
+    let no_online = ["--cluster-online-copies", "false"];
+    let a = NodeProcess::start_with("a", &nats.url(0), &no_online);
+    let mut b = NodeProcess::start_with("b", &nats.url(1), &no_online);
+    let mut client = resume(&a, "roamer", false);
+    client.subscribe(1, &[("old/#", 1)]);
+    client.crash_and_wait();
+    until_stored(&nats, "roamer", true);
+    nats.kill(0);
+    // JetStream leads the session directory and the queue copies from the servers left
+    // (until it has re-elected, what server 0 led cannot be read, and b would start anew).
+    until_led_without(&nats, "n0");
+
+    let mut client = resume(&b, "roamer", true);
+    client.subscribe(2, &[("new/#", 1)]);
+    until_entry(&nats, "roamer", "holding new/#", |entry| {
+        entry.is_some_and(|e| e.windows(5).any(|w| w == b"new/#"))
+    });
+    b.kill();
+    client.expect_closed_within(Duration::from_secs(5));
+
+    nats.restart(0);
+    until_on_nats(&nats, 0, &a);
+    let mut client = resume(&a, "roamer", true);
+    let mut publisher = connect_to(a.addr(), "publisher-a");
+    publisher.publish1("new/y", b"new", false, 1);
+    publisher.publish1("old/y", b"old", false, 2);
+    for expected in [&b"new"[..], b"old"] {
+        let (p, _) = client.next_publish();
+        assert_eq!(&p.payload[..], expected);
+        client.ack(&p);
+    }
+    client.expect_nothing();
+}
+
+/// Waits until the session directory's and queue copies' streams have a leader other than
+/// the server named `gone`.
+fn until_led_without(nats: &Nats, gone: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    run(async {
+        let client = async_nats::connect(nats.url(2)).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        for name in ["KV_SMQ_SESSIONS", "SMQ_QUEUES"] {
+            loop {
+                let leader = match js.get_stream(name).await {
+                    Ok(mut stream) => stream
+                        .info()
+                        .await
+                        .ok()
+                        .and_then(|i| i.cluster.as_ref().and_then(|c| c.leader.clone())),
+                    Err(_) => None,
+                };
+                if leader.is_some_and(|l| l != gone) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name} never had a leader other than {gone}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+}
+
+/// Waits until `node` is on NATS server `i` again: a NATS application's message there reaches
+/// an MQTT subscriber of the node.
+fn until_on_nats(nats: &Nats, i: usize, node: &NodeProcess) {
+    let mut probe = connect_to(node.addr(), "nats-probe");
+    probe.subscribe(1, &[("probe/back", 0)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    run(async {
+        let nc = async_nats::connect(nats.url(i)).await.unwrap();
+        loop {
+            nc.publish("probe.back", "?".into()).await.unwrap();
+            nc.flush().await.unwrap();
+            if probe
+                .next_frame_within(Duration::from_millis(100))
+                .is_some()
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node never came back on NATS"
+            );
+        }
+    });
+    probe.disconnect();
 }
 
 /// `--cluster-queue-copies false`: node a copies no queue to JetStream, so a session whose

@@ -150,6 +150,21 @@ pub fn superseded_by(restored_gone_ms: Option<u64>, taken_at: Option<u64>) -> bo
 /// The session number a handed-over session's records use.
 pub const HANDED_SESSION: u64 = 1;
 
+/// A session directory entry's records (which say its client went away at time 0, the oldest
+/// copy in a merge) as a copy of the session when the entry was written, at `written_ms`
+/// (Unix ms): then it ranks in a merge by that time, against the other copies' going.
+pub fn directory_copy_as_of(records: &Bytes, written_ms: u64) -> HandedSession {
+    let mut out = bytes::BytesMut::from(&records[..]);
+    let mut body = bytes::BytesMut::new();
+    let detached = crate::store::Record::Detached {
+        session: HANDED_SESSION,
+        at_ms: written_ms,
+    };
+    let kind = detached.encode(&mut body);
+    crate::store::encode_frame(&mut out, kind, &body);
+    out.freeze()
+}
+
 /// Sends one answer from one thread to a task on another, whichever executor runs it (a
 /// shard's glommio, the cluster thread's tokio). Dropped unanswered, it answers None.
 pub struct Answer<T> {

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::node::directory::Directory;
 use crate::broker::cluster_port::{
-    answer, superseded_by, Answer, ClusterShared, HandOver, Held, Taken,
+    answer, directory_copy_as_of, superseded_by, Answer, ClusterShared, HandOver, Held, Taken,
 };
 use crate::protocol::ByteStr;
 
@@ -175,10 +175,19 @@ pub async fn take(
         // No node handed one over (none holds it, or the one that does is down): the copy
         // its node made when its client went away, with its messages, if there is one;
         // else the session directory's copy, with the session's subscriptions.
-        if let Some(records) = directory
+        if let Some(entry) = directory
             .get(&client, &client_id, username.as_deref())
             .await
         {
+            let records = entry.records;
+            // Another node wrote the entry: it may have resumed the session held here while
+            // this node was cut off from NATS (so never heard of it), and died since. Its
+            // copy of the session then, with the subscriptions made there, goes into the
+            // merge ranked by when it was written: the newer copy's subscriptions win.
+            let written_elsewhere = entry
+                .written_elsewhere_ms
+                .filter(|_| held_here)
+                .map(|at| directory_copy_as_of(&records, at));
             // The copy restored here was taken by another node while this one was down (the
             // shard drops it), and that node, down now too, left no copy: the client goes on
             // with what the directory has, the subscriptions it made there included, not
@@ -187,7 +196,11 @@ pub async fn take(
             let copied = super::node::queues::read(&client, &client_id, || answer.is_abandoned());
             match copied.await {
                 Some(copy) if held_here && directory.is_own(&copy.node) => {
-                    // This node's own copy of the session it holds: nothing to take.
+                    // This node's own copy of the session it holds: nothing to take, but
+                    // what another node wrote.
+                    if let Some(written) = written_elsewhere {
+                        take_stored(&shared, &client_id, &mut sessions, written);
+                    }
                 }
                 Some(copy) => {
                     let taken = directory.taken_from_now(&client, &client_id, &copy.node);
@@ -207,8 +220,13 @@ pub async fn take(
                     }
                 }
                 // The directory's copy has the subscriptions only: a session held here has
-                // them (merging it in would cost a pass over the whole queue, for nothing).
-                None if held_here => {}
+                // them (merging it in would cost a pass over the whole queue, for nothing),
+                // unless another node wrote it.
+                None if held_here => {
+                    if let Some(written) = written_elsewhere {
+                        take_stored(&shared, &client_id, &mut sessions, written);
+                    }
+                }
                 None => take_stored(&shared, &client_id, &mut sessions, records),
             }
             if let (true, Some(records)) = (sessions.is_empty(), directory_copy) {

@@ -539,7 +539,7 @@ impl Node {
                             }
                             ClusterEvent::SessionSaved { client_id, username, records, offline_since_ms, expiry_secs } => {
                                 let life = directory::Life { offline_since_ms, expiry_secs };
-                                let op = directory::put_op(&client_id, username.as_deref(), life, &records);
+                                let op = sessions.put_op(&client_id, username.as_deref(), life, &records);
                                 match directory_ops.try_send(op) {
                                     Err(mpsc::error::TrySendError::Full(_)) => {
                                         if !std::mem::replace(&mut directory_full, true) {

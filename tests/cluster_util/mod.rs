@@ -28,10 +28,13 @@ pub struct Nats {
     ports: Vec<u16>,
     routes: Vec<u16>,
     store: std::path::PathBuf,
+    /// The servers do not tell clients of each other (`--no_advertise`).
+    unadvertised: bool,
 }
 
 /// Starts server `i` of the cluster.
-fn spawn_server(i: usize, ports: &[u16], routes: &[u16], store: &std::path::Path) -> Child {
+fn spawn_server(nats: &Nats, i: usize) -> Child {
+    let (ports, routes, store) = (&nats.ports, &nats.routes, &nats.store);
     let all_routes = routes
         .iter()
         .map(|p| format!("nats://127.0.0.1:{p}"))
@@ -44,6 +47,7 @@ fn spawn_server(i: usize, ports: &[u16], routes: &[u16], store: &std::path::Path
         .args(["--cluster_name", "surgemq-test"])
         .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i])])
         .args(["--routes", &all_routes])
+        .args(nats.unadvertised.then_some("--no_advertise=true"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -52,6 +56,16 @@ fn spawn_server(i: usize, ports: &[u16], routes: &[u16], store: &std::path::Path
 
 impl Nats {
     pub fn start() -> Nats {
+        Nats::start_with(false)
+    }
+
+    /// Servers that do not tell their clients of the others: a node given one server's URL
+    /// is cut off from NATS while that server is down, instead of failing over.
+    pub fn start_unadvertised() -> Nats {
+        Nats::start_with(true)
+    }
+
+    fn start_with(unadvertised: bool) -> Nats {
         // Six distinct ports: held together, so the kernel cannot hand one out twice.
         let held: Vec<TcpListener> = (0..6)
             .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
@@ -67,15 +81,14 @@ impl Nats {
             std::process::id(),
             ports[0]
         ));
-        let servers = (0..3)
-            .map(|i| Some(spawn_server(i, &ports, &routes, &store)))
-            .collect();
-        let nats = Nats {
-            servers,
+        let mut nats = Nats {
+            servers: Vec::new(),
             ports,
             routes,
             store,
+            unadvertised,
         };
+        nats.servers = (0..3).map(|i| Some(spawn_server(&nats, i))).collect();
         for &p in &nats.ports {
             wait_listening(p);
         }
@@ -127,7 +140,7 @@ impl Nats {
     /// Starts server `i` again after [`Nats::kill`], on its port and routes.
     pub fn restart(&mut self, i: usize) {
         if self.servers[i].is_none() {
-            self.servers[i] = Some(spawn_server(i, &self.ports, &self.routes, &self.store));
+            self.servers[i] = Some(spawn_server(self, i));
             wait_listening(self.ports[i]);
         }
     }

@@ -7,9 +7,13 @@
 //! messages), and the node where a client connects with a clean session deletes it: that
 //! ends the session everywhere. A node asking for a session that no node handed over (see
 //! `handoff::take`) takes the entry instead, if it is the same user's and the node does not
-//! hold a session of the client itself (the entry would add nothing to it). It is the oldest copy
-//! in a merge (it says it went away at time 0), so a copy a node hands over later, with the
-//! messages acknowledged for the session there, is merged into it as any other.
+//! hold a session of the client itself (the entry would add nothing to it), unless another node
+//! wrote the entry: that node may have resumed the session while this one was cut off from
+//! NATS and never heard of it, and then died, so the entry goes into the merge as the copy
+//! of when it was written, and is the one whose subscriptions the client goes on with if it
+//! is newer than the session here. Otherwise it is the oldest copy in a merge (it says it went
+//! away at time 0), so a copy a node hands over later, with the messages acknowledged for the
+//! session there, is merged into it as any other.
 //!
 //! Writes are queued (bounded, [`QUEUE`]; when full a change is not stored and logged once
 //! per spell) and written in order. Until the bucket opens (JetStream may come later than
@@ -30,9 +34,10 @@
 //! that copy again (its purge may come late: the node that took it may not have its stream
 //! open yet). A tombstone goes when the session ends.
 //!
-//! An entry: `version u8 | offline-since u64 (Unix ms, 0: connected) | expiry u32 (seconds,
-//! 0xFFFFFFFF: never) | user u16-len (0xFFFF: none) | user | records`; the key the client id
-//! in URL-safe base64.
+//! An entry: `version u8 (3) | offline-since u64 (Unix ms, 0: connected) | expiry u32 (seconds,
+//! 0xFFFFFFFF: never) | written u64 (Unix ms) | writer u16-len | writer (its node's key) | user
+//! u16-len (0xFFFF: none) | user | records`; the key the client id in URL-safe base64.
+//! Version 2 entries (no written time, no writer) are read as written by nobody.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -51,7 +56,9 @@ use super::retained_kv::{open_bucket, write, KvOp};
 pub(super) const BUCKET: &str = "SMQ_SESSIONS";
 /// Changes waiting to be written, at most.
 pub(super) const QUEUE: usize = 16_384;
-const ENTRY_VERSION: u8 = 2;
+const ENTRY_VERSION: u8 = 3;
+/// The entry before it named its writer.
+const ENTRY_VERSION_UNSIGNED: u8 = 2;
 const NO_USER: u16 = u16::MAX;
 /// How long one attempt to open the bucket goes on, and the pause between attempts.
 const ATTEMPT: Duration = Duration::from_secs(30);
@@ -75,9 +82,24 @@ impl Life {
     }
 }
 
-/// The change that writes a session's entry.
-pub(super) fn put_op(client_id: &str, username: Option<&str>, life: Life, records: &[u8]) -> KvOp {
-    KvOp::Put(key_of(client_id), encode_entry(username, life, records))
+/// A session's entry as read back.
+#[derive(Debug, PartialEq)]
+struct Entry {
+    user: Option<String>,
+    life: Life,
+    /// When it was written (Unix ms), and the key of the node that wrote it (empty in a
+    /// version 2 entry).
+    written_ms: u64,
+    writer: String,
+    records: Bytes,
+}
+
+/// The directory's copy of a client's session, as a resume takes it.
+pub(in crate::cluster) struct DirectoryCopy {
+    /// Its records (see `handoff::directory_entry`).
+    pub records: Bytes,
+    /// When another node wrote it (Unix ms); None when this node did, or nobody known.
+    pub written_elsewhere_ms: Option<u64>,
 }
 
 /// The change that deletes a session's entry.
@@ -118,13 +140,22 @@ fn parse_tombstone(key: &str) -> Option<(&str, &str)> {
     key.strip_prefix(TAKEN)?.strip_prefix('.')?.split_once('.')
 }
 
-fn encode_entry(username: Option<&str>, life: Life, records: &[u8]) -> Bytes {
+fn encode_entry(
+    username: Option<&str>,
+    life: Life,
+    (writer, written_ms): (&str, u64),
+    records: &[u8],
+) -> Bytes {
     let user = username.map(str::as_bytes);
     let user_len = user.map_or(0, <[u8]>::len).min(usize::from(NO_USER - 1));
-    let mut out = BytesMut::with_capacity(15 + user_len + records.len());
+    let writer = &writer.as_bytes()[..writer.len().min(usize::from(NO_USER - 1))];
+    let mut out = BytesMut::with_capacity(25 + writer.len() + user_len + records.len());
     out.put_u8(ENTRY_VERSION);
     out.put_u64(life.offline_since_ms);
     out.put_u32(life.expiry_secs);
+    out.put_u64(written_ms);
+    out.put_u16(writer.len() as u16);
+    out.put_slice(writer);
     match user {
         Some(u) => {
             out.put_u16(user_len as u16);
@@ -136,15 +167,30 @@ fn encode_entry(username: Option<&str>, life: Life, records: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// The entry's user, life and records.
-fn decode_entry(mut bytes: Bytes) -> Option<(Option<String>, Life, Bytes)> {
-    if bytes.remaining() < 15 || bytes.get_u8() != ENTRY_VERSION {
+fn decode_entry(mut bytes: Bytes) -> Option<Entry> {
+    if bytes.remaining() < 15 {
+        return None;
+    }
+    let version = bytes.get_u8();
+    if version != ENTRY_VERSION && version != ENTRY_VERSION_UNSIGNED {
         return None;
     }
     let life = Life {
         offline_since_ms: bytes.get_u64(),
         expiry_secs: bytes.get_u32(),
     };
+    let (mut written_ms, mut writer) = (0, String::new());
+    if version == ENTRY_VERSION {
+        if bytes.remaining() < 10 {
+            return None;
+        }
+        written_ms = bytes.get_u64();
+        let len = usize::from(bytes.get_u16());
+        if bytes.remaining() < len + 2 {
+            return None;
+        }
+        writer = String::from_utf8(bytes.split_to(len).to_vec()).ok()?;
+    }
     let len = bytes.get_u16();
     let user = if len == NO_USER {
         None
@@ -155,7 +201,13 @@ fn decode_entry(mut bytes: Bytes) -> Option<(Option<String>, Life, Bytes)> {
         let user = bytes.split_to(usize::from(len));
         Some(String::from_utf8(user.to_vec()).ok()?)
     };
-    Some((user, life, bytes))
+    Some(Entry {
+        user,
+        life,
+        written_ms,
+        writer,
+        records: bytes,
+    })
 }
 
 impl Directory {
@@ -165,6 +217,21 @@ impl Directory {
             node_key: key_of(node).into(),
             ..Directory::default()
         }
+    }
+
+    /// The change that writes a session's entry, signed by this node, now.
+    pub(super) fn put_op(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        life: Life,
+        records: &[u8],
+    ) -> KvOp {
+        let signed = (&*self.node_key, crate::broker::unix_ms());
+        KvOp::Put(
+            key_of(client_id),
+            encode_entry(username, life, signed, records),
+        )
     }
 
     /// Whether `node` (a `--node-id`) is this node.
@@ -317,18 +384,24 @@ impl Directory {
                 .contains(&key_of(client_id))
     }
 
-    /// The client's entry's records, if it has one and it is `username`'s. Looks the bucket
-    /// up itself when this node has not opened it yet (JetStream came late, or is slow).
+    /// The client's entry, if it has one and it is `username`'s. Looks the bucket up itself
+    /// when this node has not opened it yet (JetStream came late, or is slow).
     pub(in crate::cluster) async fn get(
         &self,
         client: &async_nats::Client,
         client_id: &str,
         username: Option<&str>,
-    ) -> Option<Bytes> {
+    ) -> Option<DirectoryCopy> {
         let store = self.store(client).await?;
         let key = key_of(client_id);
         let value = store.get(&key).await.ok()??;
-        let (user, life, records) = decode_entry(value)?;
+        let Entry {
+            user,
+            life,
+            written_ms,
+            writer,
+            records,
+        } = decode_entry(value)?;
         if life.expired(crate::broker::unix_ms()) {
             info!(client = %client_id, "cluster: the stored session expired while its node was down; deleted");
             let _ = store.delete(&key).await;
@@ -338,7 +411,11 @@ impl Directory {
             info!(client = %client_id, "cluster: the stored session of another user is not taken");
             return None;
         }
-        Some(records)
+        let elsewhere = !writer.is_empty() && *writer != *self.node_key;
+        Some(DirectoryCopy {
+            records,
+            written_elsewhere_ms: elsewhere.then_some(written_ms),
+        })
     }
 }
 
@@ -433,17 +510,35 @@ mod tests {
             offline_since_ms: 1_700_000_000_000,
             expiry_secs: 60,
         };
-        let (user, l, back) = decode_entry(encode_entry(Some("alice"), life, records)).unwrap();
+        let signed = ("bm9kZQ==", 1_700_000_000_123);
+        let entry = |user, records| Entry {
+            user,
+            life,
+            written_ms: signed.1,
+            writer: signed.0.to_string(),
+            records: Bytes::copy_from_slice(records),
+        };
+        let alice = encode_entry(Some("alice"), life, signed, records);
         assert_eq!(
-            (user.as_deref(), l, &back[..]),
-            (Some("alice"), life, &records[..])
+            decode_entry(alice.clone()),
+            Some(entry(Some("alice".into()), records))
         );
-        let (user, _, back) = decode_entry(encode_entry(None, life, records)).unwrap();
-        assert_eq!((user, &back[..]), (None, &records[..]));
+        let nobody = encode_entry(None, life, signed, records);
+        assert_eq!(decode_entry(nobody), Some(entry(None, records)));
         assert_eq!(decode_entry(Bytes::from_static(b"\x01\xff\xff")), None);
-        let mut short = encode_entry(Some("alice"), life, b"").to_vec();
+        let mut short = encode_entry(Some("alice"), life, signed, b"").to_vec();
         short.truncate(short.len() - 2);
         assert_eq!(decode_entry(Bytes::from(short)), None);
+        // A version 2 entry (as nodes before 3 wrote it) reads as signed by nobody.
+        let mut v2 = vec![2];
+        v2.extend_from_slice(&alice[1..13]);
+        v2.extend_from_slice(&alice[13 + 10 + signed.0.len()..]);
+        let old = decode_entry(Bytes::from(v2)).unwrap();
+        assert_eq!((old.written_ms, old.writer.as_str()), (0, ""));
+        assert_eq!(
+            (old.user.as_deref(), old.life, &old.records[..]),
+            (Some("alice"), life, &records[..])
+        );
         assert_eq!(key_of("a b/c"), "YSBiL2M=");
     }
 
