@@ -227,18 +227,25 @@ fn a_node_back_with_a_copy_taken_elsewhere_resumes_the_directorys_session() {
     client.expect_closed_within(Duration::from_secs(5));
 
     let a = NodeProcess::start_with("a", &nats.url(0), &data);
-    let mut client = resume(&a, "roamer", true);
-    let mut publisher = connect_to(a.addr(), "publisher-a");
+    // Not the message a held (delivered on b), but both subscriptions.
+    resumes_with_old_and_new(&a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The roamer resumes on `node` with its session (Session Present 1) and both subscriptions,
+/// `new/#` first: a message to each arrives, and nothing else.
+#[track_caller]
+fn resumes_with_old_and_new(node: &NodeProcess) {
+    let mut client = resume(node, "roamer", true);
+    let mut publisher = connect_to(node.addr(), "publisher-a");
     publisher.publish1("new/y", b"new", false, 1);
     publisher.publish1("old/y", b"old", false, 2);
-    // Not the message a held (delivered on b), but both subscriptions.
     for expected in [&b"new"[..], b"old"] {
         let (p, _) = client.next_publish();
         assert_eq!(&p.payload[..], expected);
         client.ack(&p);
     }
     client.expect_nothing();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Node a holds a persistent session and is cut off from NATS (its only server dies; the
@@ -272,16 +279,7 @@ fn a_node_cut_off_while_its_session_moved_on_resumes_it_with_the_newer_subscript
 
     nats.restart(0);
     until_on_nats(&nats, 0, &a);
-    let mut client = resume(&a, "roamer", true);
-    let mut publisher = connect_to(a.addr(), "publisher-a");
-    publisher.publish1("new/y", b"new", false, 1);
-    publisher.publish1("old/y", b"old", false, 2);
-    for expected in [&b"new"[..], b"old"] {
-        let (p, _) = client.next_publish();
-        assert_eq!(&p.payload[..], expected);
-        client.ack(&p);
-    }
-    client.expect_nothing();
+    resumes_with_old_and_new(&a);
 }
 
 /// Waits until the session directory's and queue copies' streams have a leader other than
