@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use surgemq::broker::{BrokerConfig, MetricsSnapshot};
-use surgemq::protocol::{Ack, Packet, QoS};
+use surgemq::protocol::{Ack, Packet, ProtocolLevel, QoS};
 
 /// Small queues, so a burst of a few hundred messages overflows them many times over.
 fn small_queues(shards: usize) -> BrokerConfig {
@@ -244,6 +244,51 @@ fn feed_each_other(pad: &str, run: impl Fn(RawClient, &str, &str) -> Vec<String>
         assert_eq!(total(&metrics, |m| m.dropped_queue_full_qos12), 0);
         assert_eq!(total(&metrics, |m| m.subscribers_stalled), 0);
         assert_pushed_back(shards, &metrics);
+    });
+}
+
+#[test]
+fn an_mqtt5_publisher_held_back_past_its_receive_maximum_gets_disconnect_0x93() {
+    // A held publisher's QoS 1 messages are not acknowledged yet, so they count against the
+    // Receive Maximum the broker gave it (MQTT-3.3.4-9): a client that keeps within it just
+    // waits; one more unacknowledged is a protocol error, 0x93, as it is without the hold.
+    const RECEIVE_MAXIMUM: usize = 20;
+    with_shards(|shards| {
+        let broker = Broker::with_config(BrokerConfig {
+            receive_maximum: RECEIVE_MAXIMUM as u16,
+            ..small_queues(shards)
+        });
+        let (sub_id, pub_id) = broker.ids_apart("rm-slow", "rm-held");
+        // The subscriber never reads: its queue overflows, and holds the publisher back.
+        let mut slow = broker.connect(&sub_id);
+        slow.subscribe(1, &[("fc/slow", 1)]);
+        let mut publisher = broker.socket();
+        publisher.send(&ConnectBuilder::v5(&pub_id, &[]).build());
+        let connack = parse_at(&publisher.next_frame(), ProtocolLevel::V5);
+        assert!(matches!(connack, Packet::ConnAck(_)), "{connack:?}");
+        // As an MQTT 5 client does: as many unacknowledged as the Receive Maximum allows,
+        // more as PUBACKs come, until none come (all it may have out are held).
+        let (mut sent, mut acked) = (0u16, 0usize);
+        loop {
+            while usize::from(sent) - acked < RECEIVE_MAXIMUM {
+                sent += 1;
+                publisher.send(&publish_v5("fc/slow", b"m", 1, false, sent, &[]));
+            }
+            let before = acked;
+            while let Some(frame) = publisher.next_frame_within(Duration::from_millis(300)) {
+                let packet = parse_at(&frame, ProtocolLevel::V5);
+                assert!(matches!(packet, Packet::PubAck(_)), "{packet:?}");
+                acked += 1;
+            }
+            if acked == before {
+                break;
+            }
+            assert!(sent < 1000, "never held back");
+        }
+        // One more than the Receive Maximum unacknowledged.
+        publisher.send(&publish_v5("fc/slow", b"m", 1, false, sent + 1, &[]));
+        publisher.expect_disconnect_v5(0x93);
+        drop(slow);
     });
 }
 

@@ -485,7 +485,13 @@ impl ConnectedClient {
                 Ok(Some(packet)) => {
                     add(&self.shard.metrics.packets_in, 1);
                     let packet = match &mut self.held {
-                        Some(held) => held.hold(packet),
+                        Some(held) => {
+                            let packet = held.hold(packet);
+                            if packet.is_none() {
+                                self.check_receive_maximum()?;
+                            }
+                            packet
+                        }
                         None => Some(packet),
                     };
                     if let Some(packet) = packet {

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use super::{CloseReason, ConnectedClient};
 use crate::broker::mesh::SubscriberId;
 use crate::broker::metrics::add;
-use crate::protocol::Packet;
+use crate::protocol::{Packet, ReasonCode};
 
 /// Packets a held-back publisher may have waiting (about, in bytes) before its socket is no
 /// longer read: enough for thousands of small messages in flight, bounded per connection.
@@ -33,6 +33,9 @@ pub(super) struct Held {
     packets: VecDeque<Packet>,
     /// About how many bytes `packets` hold (see [`HELD_LIMIT`]).
     bytes: usize,
+    /// The QoS 1/2 PUBLISH packets among them: each unacknowledged, so counted against an
+    /// MQTT 5 client's Receive Maximum.
+    unacked: usize,
     /// The client is gone: the packets are handled now, holding nothing back.
     closing: bool,
     /// The shard's total, which `bytes` is part of.
@@ -48,6 +51,7 @@ impl Held {
             waiting_for: None,
             packets: VecDeque::new(),
             bytes: 0,
+            unacked: 0,
             closing: false,
             shard_bytes,
             owed_limit,
@@ -79,14 +83,21 @@ impl Held {
             return Some(packet);
         }
         self.add_bytes(held_size(&packet));
+        self.unacked += usize::from(unacked(&packet));
         self.packets.push_back(packet);
         None
+    }
+
+    /// The QoS 1/2 PUBLISH packets held: none of them acknowledged yet.
+    pub(super) fn unacked(&self) -> usize {
+        self.unacked
     }
 
     /// The next packet held, no longer counted.
     fn pop(&mut self) -> Option<Packet> {
         let packet = self.packets.pop_front()?;
         self.bytes -= held_size(&packet);
+        self.unacked -= usize::from(unacked(&packet));
         self.shard_bytes
             .set(self.shard_bytes.get() - held_size(&packet));
         Some(packet)
@@ -102,6 +113,10 @@ impl Drop for Held {
     fn drop(&mut self) {
         self.shard_bytes.set(self.shard_bytes.get() - self.bytes);
     }
+}
+
+fn unacked(packet: &Packet) -> bool {
+    matches!(packet, Packet::Publish(p) if p.qos != crate::protocol::QoS::AtMostOnce)
 }
 
 /// About the memory a held packet keeps: the packet itself, and a PUBLISH's topic and payload.
@@ -165,6 +180,25 @@ impl ConnectedClient {
             Ok(()) => reason,
             Err(ended) => ended,
         }
+    }
+
+    /// MQTT 5: a client may have at most the Receive Maximum the broker gave it of QoS 1/2
+    /// PUBLISH packets unacknowledged, and the held ones are (MQTT-3.3.4-9); one that sends
+    /// more while held back is disconnected with 0x93, as it would be otherwise. (This also
+    /// bounds what a held MQTT 5 client can make the broker keep.)
+    pub(super) fn check_receive_maximum(&self) -> Result<(), CloseReason> {
+        let (Some(v5), Some(held)) = (&self.v5, &self.held) else {
+            return Ok(());
+        };
+        let (qos2, _) = self.session.borrow().incoming_qos2(0);
+        let waiting = self.acks.as_ref().map_or(0, |a| a.len());
+        if held.unacked() + qos2 + waiting > v5.receive_maximum {
+            return Err(CloseReason::Violation5(
+                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                "more unacknowledged QoS 1/2 PUBLISHes than the Receive Maximum, held back (MQTT-3.3.4-9)",
+            ));
+        }
+        Ok(())
     }
 
     /// Holds the client's publishing back until `subscriber` is relieved.
