@@ -96,10 +96,10 @@ impl Held {
     /// The next packet held, no longer counted.
     fn pop(&mut self) -> Option<Packet> {
         let packet = self.packets.pop_front()?;
-        self.bytes -= held_size(&packet);
+        let size = held_size(&packet);
+        self.bytes -= size;
         self.unacked -= usize::from(unacked(&packet));
-        self.shard_bytes
-            .set(self.shard_bytes.get() - held_size(&packet));
+        self.shard_bytes.set(self.shard_bytes.get() - size);
         Some(packet)
     }
 
