@@ -163,6 +163,7 @@ fn nats_applications_and_mqtt_clients_see_each_other() {
     let a = node("a", 1, vec![nats.url(0)]);
     let mut mqtt = a.connect("mqtt-side");
     mqtt.subscribe(1, &[("sensors/+/temp", 0)]);
+    let mut listener = node_listener(&nats);
     run(async {
         let nc = async_nats::connect(nats.url(1)).await.unwrap();
         let mut from_mqtt = nc.subscribe("sensors.*.temp").await.unwrap();
@@ -183,7 +184,6 @@ fn nats_applications_and_mqtt_clients_see_each_other() {
         // (Node a sends it to NATS only once it knows someone wants it: the NATS
         // application is not a node, so the MQTT side subscribes too.)
         let mut publisher = a.connect("mqtt-pub");
-        let mut listener = node_listener(&nats);
         until_connected(&mut publisher, &mut listener.1, "sensors/0/temp");
         publisher.publish0("sensors/8/temp", b"19.0", false);
         let m = tokio::time::timeout(Duration::from_secs(5), async {
@@ -197,7 +197,6 @@ fn nats_applications_and_mqtt_clients_see_each_other() {
         .await
         .expect("MQTT -> NATS");
         assert_eq!(&m.payload[..], b"19.0");
-        drop(listener);
     });
 }
 

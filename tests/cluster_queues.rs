@@ -267,7 +267,9 @@ fn a_node_cut_off_while_its_session_moved_on_resumes_it_with_the_newer_subscript
     nats.kill(0);
     // JetStream leads the session directory and the queue copies from the servers left
     // (until it has re-elected, what server 0 led cannot be read, and b would start anew).
-    until_led_without(&nats, "n0");
+    until_leaders(&nats, 2, "led by a server other than n0", |l| {
+        l.is_some_and(|l| l != "n0")
+    });
 
     let mut client = resume(&b, "roamer", true);
     client.subscribe(2, &[("new/#", 1)]);
@@ -282,34 +284,56 @@ fn a_node_cut_off_while_its_session_moved_on_resumes_it_with_the_newer_subscript
     resumes_with_old_and_new(&a);
 }
 
-/// Waits until the session directory's and queue copies' streams have a leader other than
-/// the server named `gone`.
-fn until_led_without(nats: &Nats, gone: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(45);
-    run(async {
-        let client = async_nats::connect(nats.url(2)).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        for name in ["KV_SMQ_SESSIONS", "SMQ_QUEUES"] {
-            loop {
-                let leader = match js.get_stream(name).await {
-                    Ok(mut stream) => stream
-                        .info()
-                        .await
-                        .ok()
-                        .and_then(|i| i.cluster.as_ref().and_then(|c| c.leader.clone())),
-                    Err(_) => None,
-                };
-                if leader.is_some_and(|l| l != gone) {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{name} never had a leader other than {gone}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+/// While JetStream has no quorum (two of the three NATS servers killed), it cannot say what a
+/// client's session holds: a resume on a node that holds nothing of it is refused (CONNACK
+/// 0x88 to an MQTT 5 client, 0x03 to a 3.1.1 one: server unavailable) rather than started
+/// anew, which would have told the client its subscriptions and queued messages were gone.
+/// Once the servers are back, the client resumes with both.
+#[test]
+fn a_resume_jetstream_cannot_answer_is_refused_not_started_anew() {
+    let mut nats = Nats::start();
+    let mut a = NodeProcess::start("a", &nats.url(0));
+    let b = NodeProcess::start("b", &nats.url(1));
+    let mut client = resume(&a, "roamer", false);
+    client.subscribe(1, &[("jobs/#", 1)]);
+    client.crash_and_wait();
+    let mut publisher = connect_to(a.addr(), "publisher");
+    publisher.publish1("jobs/queued", &queued_payload(1), false, 1);
+    until_copied(&nats, "roamer", &queued_payload(1)[..5]);
+    until_stored(&nats, "roamer", true);
+    a.kill();
+    nats.kill(0);
+    nats.kill(2);
+    until_leaders(&nats, 1, "without a leader", |l| l.is_none());
+
+    let wait = Duration::from_secs(15);
+    let mut refused = RawClient::open(b.addr());
+    refused.send(&ConnectBuilder::v5("roamer", &[]).clean(false).build());
+    let frame = refused.next_frame_within(wait).expect("a CONNACK");
+    assert_eq!(frame, [0x20, 0x03, 0x00, 0x88, 0x00], "MQTT 5: refused");
+    refused.expect_closed_within(Duration::from_secs(5));
+    let mut refused = RawClient::open(b.addr());
+    refused.send(&ConnectBuilder::new("roamer").clean(false).build());
+    let frame = refused.next_frame_within(wait).expect("a CONNACK");
+    assert_eq!(frame, [0x20, 0x02, 0x00, 0x03], "3.1.1: refused");
+    refused.expect_closed_within(Duration::from_secs(5));
+
+    nats.restart(0);
+    nats.restart(2);
+    until_leaders(&nats, 1, "led", |l| l.is_some());
+    // As a client library would: again while refused (the new leaders may not answer yet).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        let mut c = RawClient::open(b.addr());
+        c.send(&ConnectBuilder::new("roamer").clean(false).build());
+        let frame = c.next_frame_within(wait).expect("a CONNACK");
+        if frame != [0x20, 0x02, 0x00, 0x03] || std::time::Instant::now() > deadline {
+            assert_eq!(frame, [0x20, 0x02, 0x01, 0x00], "resumed");
+            break c;
         }
-    });
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    expect_all_in_order(&mut client, 1..=1);
 }
 
 /// Waits until `node` is on NATS server `i` again: a NATS application's message there reaches

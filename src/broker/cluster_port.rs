@@ -49,11 +49,15 @@ pub use super::queue_copies::{CopyNumber, QueueCopy, QUEUE_COPIES_CAPACITY};
 /// stored one), and whether this node's own copy is superseded: restored at start, it went
 /// away no later than this time (Unix ms), when its queue was copied to JetStream, and
 /// another node has since resumed the session from that copy (see `cluster::node::queues`),
-/// so its messages were delivered from there and must not be merged in again.
+/// so its messages were delivered from there and must not be merged in again. `unavailable`:
+/// none was handed over, and JetStream could not say what it holds of the session (a stream
+/// electing a leader, or without its quorum): a client whose session this node does not hold
+/// is refused rather than given a new one.
 #[derive(Debug, Default)]
 pub struct Taken {
     pub sessions: Vec<HandedSession>,
     pub superseded: Option<u64>,
+    pub unavailable: bool,
 }
 
 /// What a node holds of a client that resumes its session there.
@@ -312,6 +316,7 @@ pub struct ClusterCounts {
     pub sessions_in: u64,
     pub sessions_out: u64,
     pub sessions_missed: u64,
+    pub sessions_refused: u64,
     pub resent: u64,
     pub unconfirmed: u64,
     pub publishes_waiting: u64,
@@ -345,6 +350,10 @@ pub struct ClusterShared {
     /// Clients resuming a session here that no node handed over in time (a node that held
     /// it may be down): they got a new session.
     pub sessions_missed: AtomicU64,
+    /// Clients resuming a session this node does not hold, refused (server unavailable):
+    /// no node handed it over and JetStream could not say what it holds of it (a stream
+    /// electing a leader, or without its quorum), or the cluster did not answer in time.
+    pub sessions_refused: AtomicU64,
     /// Clients resuming a session that no node handed over, given the session directory's
     /// copy (its subscriptions) instead.
     pub sessions_stored: AtomicU64,
@@ -428,6 +437,7 @@ impl ClusterShared {
             sessions_in: AtomicU64::new(0),
             sessions_out: AtomicU64::new(0),
             sessions_missed: AtomicU64::new(0),
+            sessions_refused: AtomicU64::new(0),
             resent: AtomicU64::new(0),
             sessions_stored: AtomicU64::new(0),
             queues_copied: AtomicU64::new(0),
@@ -457,6 +467,7 @@ impl ClusterShared {
             sessions_in: get(&self.sessions_in),
             sessions_out: get(&self.sessions_out),
             sessions_missed: get(&self.sessions_missed),
+            sessions_refused: get(&self.sessions_refused),
             resent: get(&self.resent),
             sessions_stored: get(&self.sessions_stored),
             queues_copied: get(&self.queues_copied),
@@ -603,6 +614,12 @@ impl ClusterPort {
             answer,
         });
         wait
+    }
+
+    /// Counts a client refused because the cluster could not say what it holds of its
+    /// session (see [`Taken`]).
+    pub fn refused(&self) {
+        self.shared.sessions_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether a claim made at `at` on another node is newer than this shard's connect.

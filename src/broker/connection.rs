@@ -11,8 +11,9 @@ use bytes::Bytes;
 
 use futures_lite::future::or;
 use glommio::net::TcpStream;
-use tracing::debug;
+use tracing::{debug, info};
 
+use super::cluster_port::Taken;
 use super::connected::ConnectedClient;
 use super::listeners::ListenerSpec;
 use super::mesh::{MovedConnection, ShardMessage};
@@ -278,8 +279,10 @@ pub async fn serve_stream(
 }
 
 /// How long a client resuming its session waits at most for the cluster to answer whether
-/// another node holds it (the cluster thread itself waits less; this covers a cluster thread
-/// that cannot reach NATS).
+/// another node holds it (the cluster thread itself waits less, and answers at once while
+/// cut off from NATS; this covers a cluster thread that cannot get an answer from NATS).
+/// Without an answer, a client whose session this node does not hold is refused (server
+/// unavailable), as when JetStream cannot say what it holds of the session.
 const TAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves a connected client on its home shard in a task of its own: at once, or, in a
@@ -307,11 +310,17 @@ fn start_serving(
             async move {
                 let claimed = take.is_some();
                 if let Some(wait) = take {
-                    let handed = glommio::timer::timeout(TAKE_TIMEOUT, async { Ok(wait.await) })
-                        .await
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default();
+                    let answered = glommio::timer::timeout(TAKE_TIMEOUT, async { Ok(wait.await) });
+                    let handed = answered.await.ok().flatten().unwrap_or(Taken {
+                        unavailable: true,
+                        ..Taken::default()
+                    });
+                    if handed.unavailable && !shard.holds_session(&connect.client_id) {
+                        // A new session would tell the client (Session Present 0) that its
+                        // subscriptions and queued messages are gone, when the cluster only
+                        // cannot say right now: it is to come back instead.
+                        return refuse_resume(&shard, wire, &connect).await;
+                    }
                     if !handed.sessions.is_empty() || handed.superseded.is_some() {
                         shard.take_in(&connect.client_id, handed).await;
                     }
@@ -328,6 +337,23 @@ fn start_serving(
     if let Err(e) = spawned {
         debug!("cannot serve a connection: {e}");
     }
+}
+
+/// Refuses a client resuming its session (CONNACK server unavailable: 0x88, or 3 before
+/// MQTT 5) when the cluster cannot say what it holds of it; counted.
+async fn refuse_resume(shard: &Shard, mut wire: Wire, connect: &Connect) {
+    if let Some(port) = shard.cluster.get() {
+        port.refused();
+    }
+    info!(client = %connect.client_id, "refused a client resuming its session: the cluster cannot say what it holds of it (server unavailable)");
+    let code = ReasonCode::SERVER_UNAVAILABLE;
+    refuse(shard, &mut wire, code, connect.level).await;
+    log_close(
+        shard,
+        Some(&connect.client_id),
+        &wire,
+        CloseReason::Refused(code),
+    );
 }
 
 /// Whether a topic name has more levels than allowed (`max` 0: no limit).

@@ -464,6 +464,12 @@ impl Shard {
         Some(port.take(&connect.client_id, connect.username.as_deref(), held))
     }
 
+    /// Whether this shard holds a persistent session of the client.
+    pub fn holds_session(&self, client_id: &str) -> bool {
+        let found = self.sessions.borrow().find(client_id);
+        found.is_some_and(|s| !s.borrow().clean)
+    }
+
     /// Journals an MQTT 5 session's own expiry (with `--data-dir`), so a restart keeps it.
     pub fn journal_expiry(&self, session: &Session) {
         if let Some(secs) = session.own_expiry_secs() {

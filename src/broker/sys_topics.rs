@@ -197,6 +197,7 @@ impl SysTree {
                 ("sessions/in", c.sessions_in),
                 ("sessions/out", c.sessions_out),
                 ("sessions/missed", c.sessions_missed),
+                ("sessions/refused", c.sessions_refused),
                 ("sessions/stored", c.sessions_stored),
                 ("queues/copied", c.queues_copied),
                 ("queues/not_copied", c.queues_not_copied),

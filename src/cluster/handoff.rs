@@ -21,7 +21,7 @@ use futures_lite::StreamExt;
 use tokio::time::{timeout_at, Instant};
 use tracing::{info, warn};
 
-use super::node::directory::Directory;
+use super::node::directory::{Directory, Unreadable};
 use crate::broker::cluster_port::{
     answer, directory_copy_as_of, superseded_by, Answer, ClusterShared, HandOver, Held, Taken,
 };
@@ -39,6 +39,14 @@ const FROM: &str = "Smq-From";
 /// How long a node asking for a session waits for the other nodes' answers (and for each
 /// further chunk of a session being handed over).
 pub const TAKE_WAIT: Duration = Duration::from_secs(1);
+/// How long a resume that no node handed the session to goes on asking JetStream for the
+/// session's copies while it cannot answer (a stream electing a leader): past it, a client
+/// whose session this node does not hold is refused (server unavailable), not given a new
+/// session that would tell it its subscriptions and messages were gone. Within the
+/// connection's wait for the take (`broker::connection`), with [`TAKE_WAIT`].
+const STORED_WAIT: Duration = Duration::from_millis(1500);
+/// The pause between two attempts to read JetStream's copies.
+const STORED_RETRY: Duration = Duration::from_millis(200);
 /// How long a node with no other node known yet listens for a holder anyway (it may have
 /// joined a moment ago).
 const ALONE_WAIT: Duration = Duration::from_millis(100);
@@ -77,12 +85,7 @@ pub async fn take(
     answer: Answer<Taken>,
     stored: Stored,
 ) {
-    let Stored {
-        directory,
-        username,
-        held,
-    } = stored;
-    let held_here = held != Held::Nothing;
+    let held_here = stored.held != Held::Nothing;
     if !shared.nats_up.load(Ordering::Acquire) {
         // Cut off from NATS: no node can answer and JetStream is out of reach, so the client
         // goes on at once with what this node holds (waiting would only stall its connect
@@ -92,6 +95,7 @@ pub async fn take(
         answer.send(Taken {
             sessions: Vec::new(),
             superseded: None,
+            unavailable: false,
         });
         let _ = client
             .publish_with_headers(super::wire::CLAIM, headers, client_id.into())
@@ -167,70 +171,40 @@ pub async fn take(
         deadline = deadline.max(Instant::now() + TAKE_WAIT);
     }
     // Only a copy restored here can have been taken elsewhere (one lookup, not on every resume).
-    let superseded = match held {
-        Held::Restored => directory.superseded_now(&client, &client_id).await,
+    let superseded = match stored.held {
+        Held::Restored => stored.directory.superseded_now(&client, &client_id).await,
         Held::Nothing | Held::Session => None,
     };
+    let mut unavailable = false;
     if sessions.is_empty() && !answer.is_abandoned() {
-        // No node handed one over (none holds it, or the one that does is down): the copy
-        // its node made when its client went away, with its messages, if there is one;
-        // else the session directory's copy, with the session's subscriptions.
-        if let Some(entry) = directory
-            .get(&client, &client_id, username.as_deref())
-            .await
-        {
-            let records = entry.records;
-            // Another node wrote the entry: it may have resumed the session held here while
-            // this node was cut off from NATS (so never heard of it), and died since. Its
-            // copy of the session then, with the subscriptions made there, goes into the
-            // merge ranked by when it was written: the newer copy's subscriptions win.
-            let written_elsewhere = entry
-                .written_elsewhere_ms
-                .filter(|_| held_here)
-                .map(|at| directory_copy_as_of(&records, at));
-            // The copy restored here was taken by another node while this one was down (the
-            // shard drops it), and that node, down now too, left no copy: the client goes on
-            // with what the directory has, the subscriptions it made there included, not
-            // with a new session.
-            let directory_copy = superseded.is_some().then(|| records.clone());
-            let copied = super::node::queues::read(&client, &client_id, || answer.is_abandoned());
-            match copied.await {
-                Some(copy) if held_here && directory.is_own(&copy.node) => {
-                    // This node's own copy of the session it holds: nothing to take, but
-                    // what another node wrote.
-                    if let Some(written) = written_elsewhere {
-                        take_stored(&shared, &client_id, &mut sessions, written);
+        // No node handed one over (none holds it, or the one that does is down): JetStream's
+        // copies, asked again while it cannot answer, within [`STORED_WAIT`].
+        let deadline = Instant::now() + STORED_WAIT;
+        loop {
+            let asked = (&client, client_id.as_str(), &stored, &*shared);
+            let read = timeout_at(
+                deadline,
+                from_jetstream(asked, superseded.is_some(), &answer),
+            );
+            match read.await {
+                Ok(Ok(found)) => {
+                    for records in found {
+                        take_stored(&shared, &client_id, &mut sessions, records);
                     }
+                    break;
                 }
-                Some(copy) => {
-                    let taken = directory.taken_from_now(&client, &client_id, &copy.node);
-                    if superseded_by(Some(copy.gone_ms), taken.await) {
-                        // Taken before, by a node whose purge of it has not come yet: its
-                        // messages went to that session.
-                        info!(client = %client_id, node = %copy.node, "cluster: the session's copy in JetStream was taken before; not again");
-                        if !held_here {
-                            take_stored(&shared, &client_id, &mut sessions, records);
-                        }
-                    } else {
-                        shared.queues_taken.fetch_add(1, Ordering::Relaxed);
-                        directory
-                            .mark_taken(&client, &client_id, &copy.node, copy.gone_ms)
-                            .await;
-                        take_stored(&shared, &client_id, &mut sessions, copy.records);
-                    }
+                _ if Instant::now() + STORED_RETRY < deadline && !answer.is_abandoned() => {
+                    tokio::time::sleep(STORED_RETRY).await;
                 }
-                // The directory's copy has the subscriptions only: a session held here has
-                // them (merging it in would cost a pass over the whole queue, for nothing),
-                // unless another node wrote it.
-                None if held_here => {
-                    if let Some(written) = written_elsewhere {
-                        take_stored(&shared, &client_id, &mut sessions, written);
-                    }
+                _ if held_here => {
+                    warn!(client = %client_id, "cluster: JetStream cannot say what it holds of a session this node holds; the client goes on with what is held here");
+                    break;
                 }
-                None => take_stored(&shared, &client_id, &mut sessions, records),
-            }
-            if let (true, Some(records)) = (sessions.is_empty(), directory_copy) {
-                take_stored(&shared, &client_id, &mut sessions, records);
+                _ => {
+                    warn!(client = %client_id, "cluster: JetStream cannot say what it holds of the session of a client resuming it; refused (server unavailable), not started anew");
+                    unavailable = true;
+                    break;
+                }
             }
         }
     }
@@ -241,7 +215,80 @@ pub async fn take(
     answer.send(Taken {
         sessions,
         superseded,
+        unavailable,
     });
+}
+
+/// The copies of a session JetStream has, for a resume that no node handed it to: the copy
+/// its node made when its client went away, with its messages, if there is one; else the
+/// session directory's copy, with the session's subscriptions (see [`take`]).
+/// `superseded`: this node's restored copy was taken by another node while this one was
+/// down.
+async fn from_jetstream(
+    (client, client_id, stored, shared): (&async_nats::Client, &str, &Stored, &ClusterShared),
+    superseded: bool,
+    answer: &Answer<Taken>,
+) -> Result<Vec<Bytes>, Unreadable> {
+    let Stored {
+        directory,
+        username,
+        held,
+    } = stored;
+    let held_here = *held != Held::Nothing;
+    let mut sessions = Vec::new();
+    let Some(entry) = directory
+        .get(client, client_id, username.as_deref())
+        .await?
+    else {
+        return Ok(sessions);
+    };
+    let records = entry.records;
+    // Another node wrote the entry: it may have resumed the session held here while this
+    // node was cut off from NATS (so never heard of it), and died since. Its copy of the
+    // session then, with the subscriptions made there, goes into the merge ranked by when it
+    // was written: the newer copy's subscriptions win.
+    let written_elsewhere = entry
+        .written_elsewhere_ms
+        .filter(|_| held_here)
+        .map(|at| directory_copy_as_of(&records, at));
+    // The copy restored here was taken by another node while this one was down (the shard
+    // drops it), and that node, down now too, left no copy: the client goes on with what the
+    // directory has, the subscriptions it made there included, not with a new session.
+    let directory_copy = superseded.then(|| records.clone());
+    let copied = super::node::queues::read(client, client_id, || answer.is_abandoned());
+    match copied.await? {
+        Some(copy) if held_here && directory.is_own(&copy.node) => {
+            // This node's own copy of the session it holds: nothing to take, but what
+            // another node wrote.
+            sessions.extend(written_elsewhere);
+        }
+        Some(copy) => {
+            let taken = directory.taken_from_now(client, client_id, &copy.node);
+            if superseded_by(Some(copy.gone_ms), taken.await) {
+                // Taken before, by a node whose purge of it has not come yet: its messages
+                // went to that session.
+                info!(client = %client_id, node = %copy.node, "cluster: the session's copy in JetStream was taken before; not again");
+                if !held_here {
+                    sessions.push(records);
+                }
+            } else {
+                shared.queues_taken.fetch_add(1, Ordering::Relaxed);
+                directory
+                    .mark_taken(client, client_id, &copy.node, copy.gone_ms)
+                    .await;
+                sessions.push(copy.records);
+            }
+        }
+        // The directory's copy has the subscriptions only: a session held here has them
+        // (merging it in would cost a pass over the whole queue, for nothing), unless another
+        // node wrote it.
+        None if held_here => sessions.extend(written_elsewhere),
+        None => sessions.push(records),
+    }
+    if let (true, Some(records)) = (sessions.is_empty(), directory_copy) {
+        sessions.push(records);
+    }
+    Ok(sessions)
 }
 
 /// Takes a session copy from JetStream (the queue copy's records, or the directory's).

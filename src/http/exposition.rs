@@ -211,6 +211,7 @@ fn cluster(out: &mut String, c: crate::broker::cluster_port::ClusterCounts) {
         ("cluster_sessions_in", Kind::Counter, "Persistent sessions other nodes handed over to this one with their clients.", c.sessions_in),
         ("cluster_sessions_out", Kind::Counter, "Persistent sessions handed over to other nodes.", c.sessions_out),
         ("cluster_sessions_missed", Kind::Counter, "Clients resuming a session here that no node handed over in time (they got a new one).", c.sessions_missed),
+        ("cluster_sessions_refused", Kind::Counter, "Clients resuming a session here refused (server unavailable): the cluster could not say what it holds of it.", c.sessions_refused),
         ("cluster_sessions_stored", Kind::Counter, "Clients resuming a session no node handed over, given the copy kept in JetStream (its subscriptions, and its queued messages when its node copied them).", c.sessions_stored),
         ("cluster_queues_copied", Kind::Counter, "Copies of offline persistent sessions (their state when the client went, and each QoS 1/2 message queued since) stored in JetStream.", c.queues_copied),
         ("cluster_queues_not_copied", Kind::Counter, "Copies of offline persistent sessions not stored in JetStream (it was away or failed, or too many waited).", c.queues_not_copied),

@@ -203,7 +203,8 @@ pub fn run<F: std::future::Future>(f: F) -> F::Output {
 
 /// A SurgeMQ node on the given NATS servers (the first is the one it prefers).
 pub fn node(name: &str, shards: usize, servers: Vec<String>) -> Broker {
-    Broker::with_config(BrokerConfig {
+    let first = servers[0].clone();
+    let broker = Broker::with_config(BrokerConfig {
         shards,
         sys_interval: Duration::ZERO,
         cluster: Some(ClusterConfig {
@@ -215,7 +216,9 @@ pub fn node(name: &str, shards: usize, servers: Vec<String>) -> Broker {
             clock_offset_us: 0,
         }),
         ..test_config()
-    })
+    });
+    until_sessions_bucket(&first);
+    broker
 }
 
 /// Publishes `probe` on `publisher` (QoS 0) until `subscriber`, subscribed to it, gets one:
@@ -319,6 +322,7 @@ impl NodeProcess {
             .spawn()
             .expect("the surgemq binary");
         wait_listening(port);
+        until_sessions_bucket(nats);
         NodeProcess { child, port }
     }
 
@@ -391,4 +395,51 @@ pub fn expect_owed(client: &mut RawClient, unacked: u16, queued: u16) {
         assert_eq!(p.payload.len(), 2048);
         client.ack(&p);
     }
+}
+
+/// The leader of JetStream stream `name`, as `js` tells it (None: no leader, or no answer
+/// within 2 s).
+async fn leader_of(js: &async_nats::jetstream::Context, name: &str) -> Option<String> {
+    let asked = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut stream = js.get_stream(name).await.ok()?;
+        let info = stream.info().await.ok()?;
+        info.cluster.as_ref().and_then(|c| c.leader.clone())
+    });
+    asked.await.ok().flatten()
+}
+
+/// Waits until the leaders of the session directory's and the queue copies' streams, as NATS
+/// server `via` tells them, pass `check`; fails after 45 s, saying `what` they never were.
+pub fn until_leaders(nats: &Nats, via: usize, what: &str, check: impl Fn(Option<&str>) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    run(async {
+        let client = async_nats::connect(nats.url(via)).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        for name in ["KV_SMQ_SESSIONS", "SMQ_QUEUES"] {
+            while !check(leader_of(&js, name).await.as_deref()) {
+                assert!(Instant::now() < deadline, "{name} was never {what}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+}
+
+/// Waits until the session directory's bucket, which a node makes when it starts, has a
+/// leader (as the NATS server at `url` tells; none there: no wait): until then a node cannot
+/// say whether a client has a session, and refuses its resume.
+pub fn until_sessions_bucket(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    run(async {
+        let Ok(client) = async_nats::connect(url).await else {
+            return;
+        };
+        let js = async_nats::jetstream::new(client);
+        while leader_of(&js, "KV_SMQ_SESSIONS").await.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the session bucket never had a leader"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
 }

@@ -102,6 +102,34 @@ pub(in crate::cluster) struct DirectoryCopy {
     pub written_elsewhere_ms: Option<u64>,
 }
 
+/// JetStream was asked and did not answer, or answered with an error: it cannot say what a
+/// client's session holds right now (its stream is electing a leader, or lost its quorum),
+/// which is not the same as "nothing".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::cluster) struct Unreadable;
+
+/// Whether a failed lookup of the bucket says there is none: no JetStream answers (the NATS
+/// servers run without it) or it has no such stream. Anything else (no answer in time, "JetStream
+/// temporarily unavailable") may pass.
+fn no_bucket(error: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::context::{
+        GetStreamError, GetStreamErrorKind, RequestError, RequestErrorKind,
+    };
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(request) = e.downcast_ref::<RequestError>() {
+            return request.kind() == RequestErrorKind::NoResponders;
+        }
+        if let Some(lookup) = e.downcast_ref::<GetStreamError>() {
+            if let GetStreamErrorKind::JetStream(e) = lookup.kind() {
+                return e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND;
+            }
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// The change that deletes a session's entry.
 pub(super) fn delete_op(client_id: &str) -> KvOp {
     KvOp::Delete(key_of(client_id))
@@ -300,11 +328,24 @@ impl Directory {
     /// The bucket: as this node opened it or, until it has (JetStream came late, or is slow,
     /// or this node just started), looked up.
     async fn store(&self, client: &async_nats::Client) -> Option<Store> {
+        self.store_now(client).await.ok().flatten()
+    }
+
+    /// [`Self::store`], telling a JetStream that is not there or has no bucket (None) from
+    /// one that cannot answer now ([`Unreadable`]: electing its leader, say).
+    async fn store_now(&self, client: &async_nats::Client) -> Result<Option<Store>, Unreadable> {
         if let Some(store) = self.store.get() {
-            return Some(store.clone());
+            return Ok(Some(store.clone()));
         }
         let js = async_nats::jetstream::new(client.clone());
-        js.get_key_value(BUCKET).await.ok()
+        match js.get_key_value(BUCKET).await {
+            Ok(store) => Ok(Some(store)),
+            Err(e) if no_bucket(&e) => Ok(None),
+            Err(e) => {
+                warn!("cluster: cannot look the session bucket up: {e}");
+                Err(Unreadable)
+            }
+        }
     }
 
     /// Writes the tombstone that says this node resumed the client's session from `node`'s
@@ -385,37 +426,51 @@ impl Directory {
     }
 
     /// The client's entry, if it has one and it is `username`'s. Looks the bucket up itself
-    /// when this node has not opened it yet (JetStream came late, or is slow).
+    /// when this node has not opened it yet (JetStream came late, or is slow). None without
+    /// JetStream or without the bucket; [`Unreadable`] when JetStream is there and does not
+    /// answer, or answers with an error.
     pub(in crate::cluster) async fn get(
         &self,
         client: &async_nats::Client,
         client_id: &str,
         username: Option<&str>,
-    ) -> Option<DirectoryCopy> {
-        let store = self.store(client).await?;
+    ) -> Result<Option<DirectoryCopy>, Unreadable> {
+        let Some(store) = self.store_now(client).await? else {
+            return Ok(None);
+        };
         let key = key_of(client_id);
-        let value = store.get(&key).await.ok()??;
-        let Entry {
+        let value = match store.get(&key).await {
+            Ok(Some(value)) => value,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                warn!(client = %client_id, "cluster: cannot read the session directory: {e}");
+                return Err(Unreadable);
+            }
+        };
+        let Some(Entry {
             user,
             life,
             written_ms,
             writer,
             records,
-        } = decode_entry(value)?;
+        }) = decode_entry(value)
+        else {
+            return Ok(None);
+        };
         if life.expired(crate::broker::unix_ms()) {
             info!(client = %client_id, "cluster: the stored session expired while its node was down; deleted");
             let _ = store.delete(&key).await;
-            return None;
+            return Ok(None);
         }
         if user.as_deref() != username {
             info!(client = %client_id, "cluster: the stored session of another user is not taken");
-            return None;
+            return Ok(None);
         }
         let elsewhere = !writer.is_empty() && *writer != *self.node_key;
-        Some(DirectoryCopy {
+        Ok(Some(DirectoryCopy {
             records,
             written_elsewhere_ms: elsewhere.then_some(written_ms),
-        })
+        }))
     }
 }
 

@@ -52,6 +52,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::copy_marks::{CopyMarks, Firsts};
+use super::directory::Unreadable;
 use crate::broker::cluster_port::{ClusterShared, CopyNumber, QueueCopy, QUEUE_COPIES_CAPACITY};
 use crate::protocol::ByteStr;
 
@@ -105,14 +106,18 @@ pub(in crate::cluster) struct Copied {
 }
 
 /// Reads the client's session from its copy, if it has one that begins with a snapshot.
-/// Stops (None) when `abandoned` says nobody waits any more.
+/// Stops (None) when `abandoned` says nobody waits any more. No stream is no copy; a
+/// stream that does not answer (no leader: it is electing one, or lost its quorum) is
+/// [`Unreadable`], not "no copy".
 pub(in crate::cluster) async fn read(
     client: &async_nats::Client,
     client_id: &str,
     abandoned: impl Fn() -> bool,
-) -> Option<Copied> {
+) -> Result<Option<Copied>, Unreadable> {
     let js = jetstream::new(client.clone());
-    let stream = js.get_stream_no_info(STREAM).await.ok()?;
+    let Ok(stream) = js.get_stream_no_info(STREAM).await else {
+        return Ok(None);
+    };
     let subject = subject_of(client_id);
     let mut records = BytesMut::new();
     let mut head: Option<(u64, String)> = None;
@@ -126,19 +131,26 @@ pub(in crate::cluster) async fn read(
             .await;
         let m = match got {
             Ok(m) => m,
-            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
-            Err(e) => {
-                warn!(client = %client_id, "cluster: cannot read the session's queue from JetStream: {e}");
-                return None;
-            }
+            Err(e) => match e.kind() {
+                stream::RawMessageErrorKind::NoMessageFound => break,
+                stream::RawMessageErrorKind::JetStream(e)
+                    if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    return Ok(None)
+                }
+                _ => {
+                    warn!(client = %client_id, "cluster: cannot read the session's queue from JetStream: {e}");
+                    return Err(Unreadable);
+                }
+            },
         };
         if abandoned() {
-            return None;
+            return Ok(None);
         }
         if m.subject.as_str() != subject {
             // A server that ignores "next by subject" answers with whatever is at `next`.
             warn!(client = %client_id, "cluster: this NATS server cannot read a session's queue from JetStream by subject");
-            return None;
+            return Ok(None);
         }
         next = m.sequence + 1;
         if m.headers.get(END).is_some() {
@@ -160,12 +172,14 @@ pub(in crate::cluster) async fn read(
             records.extend_from_slice(&m.payload);
         }
     }
-    let (gone_ms, node) = head?;
-    Some(Copied {
+    let Some((gone_ms, node)) = head else {
+        return Ok(None);
+    };
+    Ok(Some(Copied {
         records: records.freeze(),
         node,
         gone_ms,
-    })
+    }))
 }
 
 fn parse_head(text: &str) -> Option<(u64, String)> {
