@@ -266,7 +266,8 @@ fn a_node_cut_off_while_its_session_moved_on_resumes_it_with_the_newer_subscript
     until_stored(&nats, "roamer", true);
     nats.kill(0);
     // JetStream leads the session directory and the queue copies from the servers left
-    // (until it has re-elected, what server 0 led cannot be read, and b would start anew).
+    // (until it has re-elected, what server 0 led cannot be read, and b would refuse the
+    // resume).
     until_leaders(&nats, 2, "led by a server other than n0", |l| {
         l.is_some_and(|l| l != "n0")
     });
