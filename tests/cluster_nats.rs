@@ -913,6 +913,46 @@ fn a_qos1_publish_is_acknowledged_once_the_other_nodes_that_want_it_have_it() {
     assert_eq!(sub.payloads_until(b"two"), [b"fresh".to_vec()]);
 }
 
+/// A node that dies (SIGKILL: its NATS connection closes, and its subscriptions with it)
+/// holds back the publishers of what it wanted only until its origin asks NATS and hears
+/// that no one listens on its subject (`confirm::PROBE_AFTER`), not for the 5 s a node
+/// that is silent but there gets (above).
+#[test]
+fn a_killed_nodes_publishers_go_on_once_nats_says_it_is_gone() {
+    let nats = Nats::start();
+    let a = node("a", 2, vec![nats.url(0)]);
+    let mut b = NodeProcess::start("b", &nats.url(1));
+    let mut publisher = a.connect("pub");
+    let mut sub = connect_to(b.addr(), "sub");
+    sub.subscribe(1, &[("held/#", 1), ("probe/h", 0)]);
+    until_connected(&mut publisher, &mut sub, "probe/h");
+    // Heard from b just now: without the question, the publisher waits 5 s from here.
+    publisher.publish1("held/x", b"fresh", false, 1);
+    b.kill();
+    let sent = Instant::now();
+    publisher.send(&publish("held/x", b"after", 1, false, false, 2));
+    let frame = publisher
+        .next_frame_within(Duration::from_secs(10))
+        .expect("a PUBACK");
+    assert_eq!(frame, [0x40, 0x02, 0x00, 0x02]);
+    let waited = sent.elapsed();
+    assert!(
+        waited < Duration::from_millis(2500),
+        "a dead node held the publisher back {waited:?}"
+    );
+    // Counted by the node thread just after it lets the PUBACK go.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let counts = a.handle().stats().cluster().unwrap();
+        let counted = (counts.publishes_waiting, counts.publishes_released);
+        if counted == (0, 1) || Instant::now() > deadline {
+            assert_eq!(counted, (0, 1), "(waiting, released)");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A QoS 2 PUBLISH sent again (DUP) on a new connection before its first PUBREC came gets
 /// its PUBREC only once the first one's would have come (MQTT-4.3.3: acknowledged, not
 /// forwarded again; `qos2_gate::IncomingQos2`): here, once node b, with the subscriber, has

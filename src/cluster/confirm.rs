@@ -54,6 +54,15 @@ pub const RESEND_BATCH: usize = 8192;
 /// acknowledged (see `marks`): a node that died holds them that long, not until it is
 /// forgotten (`interest::EXPIRY`). What it lacks is still sent again while it is known.
 pub const SILENT_AFTER: Duration = Duration::from_secs(5);
+/// How long a node waited for may be silent before its origin asks NATS whether it is still
+/// there (`node::acks`: a request to `$SMQ.alive.<node>`; no responders means the node's
+/// connection, and with it its subscriptions, is gone: it died, or lost its NATS server).
+/// A node gone so holds publishers back about this long, not [`SILENT_AFTER`].
+pub const PROBE_AFTER: Duration = Duration::from_millis(300);
+/// How often one node is asked at most.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Unacknowledged messages looked at, at most, for the nodes to ask about.
+const PROBE_SCAN: usize = 1024;
 /// How long a shared subscription group's copy holds back its publisher at most (its node
 /// may have died with it; it is sent again after [`GROUP_RESEND_AFTER`]).
 pub const GROUP_HOLD: Duration = Duration::from_secs(5);
@@ -83,6 +92,28 @@ struct Heard {
     at: Instant,
     /// When it last showed it was there: an acknowledgement, or its interest heartbeat.
     alive: Instant,
+    /// NATS said no one listens on its subject since (see [`PROBE_AFTER`]).
+    gone: bool,
+    /// When it was last asked about.
+    probed: Option<Instant>,
+}
+
+impl Heard {
+    fn new(now: Instant) -> Heard {
+        Heard {
+            highest: 0,
+            at: now,
+            alive: now,
+            gone: false,
+            probed: None,
+        }
+    }
+
+    /// It showed it is there.
+    fn alive(&mut self, now: Instant) {
+        self.alive = now;
+        self.gone = false;
+    }
 }
 
 /// The messages this node sent that other nodes must still acknowledge, oldest first.
@@ -128,17 +159,53 @@ impl Unconfirmed {
 
     /// `node` showed it is there (its interest heartbeat, or it just joined).
     pub fn alive(&mut self, node: u16, now: Instant) {
-        let heard = self.heard.entry(node).or_insert(Heard {
-            highest: 0,
-            at: now,
-            alive: now,
+        self.heard
+            .entry(node)
+            .or_insert_with(|| Heard::new(now))
+            .alive(now);
+    }
+
+    /// The nodes to ask whether they are still there: waited for by a message sent first
+    /// more than [`PROBE_AFTER`] ago, silent that long, not known to be gone, and not asked
+    /// within [`PROBE_EVERY`] (each is noted as asked now).
+    pub fn to_probe(&mut self, now: Instant) -> Nodes {
+        let mut nodes = Nodes::new();
+        for p in self.entries.iter().take(PROBE_SCAN) {
+            if now.duration_since(p.first_sent) < PROBE_AFTER {
+                break;
+            }
+            for &n in &p.waiting {
+                if n < GROUP_SLOTS && !nodes.contains(&n) {
+                    nodes.push(n);
+                }
+            }
+        }
+        nodes.retain(|n| match self.heard.get_mut(n) {
+            Some(h)
+                if !h.gone
+                    && now.duration_since(h.alive) >= PROBE_AFTER
+                    && h.probed
+                        .is_none_or(|at| now.duration_since(at) >= PROBE_EVERY) =>
+            {
+                h.probed = Some(now);
+                true
+            }
+            _ => false,
         });
-        heard.alive = now;
+        nodes
+    }
+
+    /// NATS says no one listens on `node`'s subject: it holds no publisher back until it is
+    /// heard from again. What it lacks is still sent again while it is known.
+    pub fn gone(&mut self, node: u16) {
+        if let Some(h) = self.heard.get_mut(&node) {
+            h.gone = true;
+        }
     }
 
     /// Whether the publisher of the message sent as `seq` still waits for a node (or group)
-    /// to acknowledge it: one that has not, and has been heard from within
-    /// [`SILENT_AFTER`] (a group: for [`GROUP_HOLD`] after the message first went out).
+    /// to acknowledge it: one that has not, has been heard from within [`SILENT_AFTER`] and
+    /// is not known to be gone (a group: for [`GROUP_HOLD`] after the message first went out).
     pub fn holds(&self, seq: u64, now: Instant) -> bool {
         let i = self.entries.partition_point(|p| p.seq < seq);
         let Some(p) = self.entries.get(i).filter(|p| p.seq == seq) else {
@@ -150,7 +217,7 @@ impl Unconfirmed {
             }
             self.heard
                 .get(n)
-                .is_some_and(|h| now.duration_since(h.alive) < SILENT_AFTER)
+                .is_some_and(|h| !h.gone && now.duration_since(h.alive) < SILENT_AFTER)
         })
     }
 
@@ -199,14 +266,10 @@ impl Unconfirmed {
                 p.waiting.retain(|n| *n != node);
             }
         }
-        let heard = self.heard.entry(node).or_insert(Heard {
-            highest: 0,
-            at: now,
-            alive: now,
-        });
+        let heard = self.heard.entry(node).or_insert_with(|| Heard::new(now));
         heard.highest = heard.highest.max(highest);
         heard.at = now;
-        heard.alive = now;
+        heard.alive(now);
         self.trim();
     }
 
@@ -428,6 +491,29 @@ mod tests {
             1,
             "at most max"
         );
+    }
+
+    #[test]
+    fn a_node_silent_past_the_probe_time_is_asked_about_once_a_while_and_gone_holds_nobody() {
+        let t = Instant::now();
+        let mut u = Unconfirmed::new(16);
+        u.alive(1, t);
+        u.alive(2, t);
+        u.push(1, msg("a"), 0, smallvec![1, 2], t);
+        assert!(u.to_probe(t + PROBE_AFTER / 2).is_empty(), "too soon");
+        // Node 2 acknowledges; node 1 stays silent.
+        u.ack(2, &[(1, 1)], t + PROBE_AFTER / 2);
+        let later = t + PROBE_AFTER;
+        assert_eq!(u.to_probe(later).as_slice(), [1]);
+        assert!(u.to_probe(later).is_empty(), "asked already");
+        assert_eq!(u.to_probe(later + PROBE_EVERY).as_slice(), [1]);
+        assert!(u.holds(1, later));
+        u.gone(1);
+        assert!(!u.holds(1, later), "a node gone holds nobody");
+        assert!(u.to_probe(later + 2 * PROBE_EVERY).is_empty(), "known gone");
+        // Heard from again (its heartbeat): it holds the publisher again.
+        u.alive(1, later);
+        assert!(u.holds(1, later));
     }
 
     #[test]

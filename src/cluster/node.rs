@@ -437,6 +437,22 @@ impl Node {
             Ok(s) => drop(forward(s, arrived_tx.clone(), None)),
             Err(e) => return warn!("cluster: cannot subscribe: {e}"),
         }
+        // Answered while this node's connection lives: others ask when it falls silent.
+        match client.subscribe(format!("{ALIVE}.{}", self.id)).await {
+            Ok(mut asked) => {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    while let Some(m) = asked.next().await {
+                        if let Some(reply) = m.reply {
+                            let _ = client.publish(reply, Bytes::new()).await;
+                        }
+                    }
+                });
+            }
+            Err(e) => return warn!("cluster: cannot subscribe: {e}"),
+        }
+        // Nodes NATS says are gone (`acks::probe_silent`).
+        let (gone_tx, mut gone_rx) = mpsc::channel::<String>(64);
         let mut resend_check = tokio::time::interval(crate::cluster::confirm::CHECK_EVERY);
         // When the acknowledgements owed go out: one timer, moved only when that time changes
         // (a timer made per loop turn would cost a timer wheel entry per message received).
@@ -596,7 +612,11 @@ impl Node {
                     self.send_acks(&client).await;
                     acks_at = None;
                 }
-                _ = resend_check.tick() => self.resend(&client, seq).await,
+                _ = resend_check.tick() => {
+                    self.resend(&client, seq).await;
+                    self.probe_silent(&client, &gone_tx);
+                }
+                Some(name) = gone_rx.recv() => self.node_gone(&name),
                 // Sessions' snapshots, ends and purges that found no room (see `queue_ops`).
                 permit = queue_ops.room(), if queue_ops.waiting() => queue_ops.send_waiting(permit),
                 Some(m) = sync_sub.next() => {

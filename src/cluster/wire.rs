@@ -45,6 +45,9 @@ pub(super) const SERVED: &str = "Smq-Served";
 pub(super) const GROUP: &str = "Smq-Group";
 /// `$SMQ.to.<node>`: a message sent again to that node alone, its topic in [`TOPIC`].
 pub(super) const TO: &str = "$SMQ.to";
+/// `$SMQ.alive.<node>`: a request the node answers (empty); "no responders" tells the asking
+/// node that its connection is gone (see `confirm::PROBE_AFTER`).
+pub(super) const ALIVE: &str = "$SMQ.alive";
 
 /// The MQTT 5 part of a message from another node, if it had one.
 pub(super) fn v5_part(headers: Option<&HeaderMap>) -> Option<Box<V5Message>> {

@@ -7,7 +7,7 @@
 //! NATS queue name, which holds no space).
 
 use async_nats::HeaderMap;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::*;
 use crate::broker::cluster_port::InterestTrie;
@@ -306,6 +306,41 @@ impl Node {
             {
                 debug!("cluster: cannot acknowledge: {e}");
             }
+        }
+    }
+
+    /// Asks NATS whether each node silent while messages wait for it is still there
+    /// (`confirm::Unconfirmed::to_probe`): a request to `$SMQ.alive.<node>` that no one
+    /// listens on means its connection is gone, and `gone` is told its name (a full channel
+    /// drops it: the node is asked about again within `confirm::PROBE_EVERY`).
+    pub(super) fn probe_silent(&self, client: &async_nats::Client, gone: &mpsc::Sender<String>) {
+        let names: Vec<String> = {
+            let mut acks = self.acks.borrow_mut();
+            let nodes = acks.unconfirmed.to_probe(Instant::now());
+            nodes
+                .iter()
+                .filter_map(|n| acks.names.get(n).cloned())
+                .collect()
+        };
+        for name in names {
+            let (client, gone) = (client.clone(), gone.clone());
+            tokio::spawn(async move {
+                let asked = client.request(format!("{ALIVE}.{name}"), Bytes::new());
+                if let Ok(Err(e)) = tokio::time::timeout(confirm::PROBE_EVERY, asked).await {
+                    if e.kind() == async_nats::client::RequestErrorKind::NoResponders {
+                        let _ = gone.try_send(name);
+                    }
+                }
+            });
+        }
+    }
+
+    /// NATS said no one listens on node `name`'s subject (see [`Self::probe_silent`]).
+    pub(super) fn node_gone(&self, name: &str) {
+        let mut acks = self.acks.borrow_mut();
+        if let Some(&index) = acks.indexes.get(name) {
+            acks.unconfirmed.gone(index);
+            info!(node = %name, "cluster: a node is gone from NATS; the publishers of what it lacks go on without its acknowledgement");
         }
     }
 
