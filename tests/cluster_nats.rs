@@ -845,6 +845,22 @@ fn assert_none_lost(got: std::collections::BTreeSet<String>, n: u32) {
     );
 }
 
+/// Node a (in this process) with a publisher connected as `connect`, and node b (its own
+/// process, to be paused or killed) with a subscriber to `held/#` at QoS 1 that a's
+/// publisher already reaches.
+fn held_nodes(
+    nats: &Nats,
+    connect: &ConnectBuilder,
+) -> (Broker, NodeProcess, RawClient, RawClient) {
+    let a = node("a", 2, vec![nats.url(0)]);
+    let b = NodeProcess::start("b", &nats.url(1));
+    let mut publisher = a.connect_with(connect);
+    let mut sub = connect_to(b.addr(), "sub");
+    sub.subscribe(1, &[("held/#", 1), ("probe/h", 0)]);
+    until_connected(&mut publisher, &mut sub, "probe/h");
+    (a, b, publisher, sub)
+}
+
 /// A QoS 1 PUBLISH is acknowledged only once the nodes that want it have it
 /// (`cluster::marks`), so a node that dies after its PUBACK has lost nothing it promised.
 /// Node b, with the subscriber, is paused (SIGSTOP: its NATS connection stays up, but it
@@ -853,12 +869,7 @@ fn assert_none_lost(got: std::collections::BTreeSet<String>, n: u32) {
 #[test]
 fn a_qos1_publish_is_acknowledged_once_the_other_nodes_that_want_it_have_it() {
     let nats = Nats::start();
-    let a = node("a", 2, vec![nats.url(0)]);
-    let mut b = NodeProcess::start("b", &nats.url(1));
-    let mut publisher = a.connect("pub");
-    let mut sub = connect_to(b.addr(), "sub");
-    sub.subscribe(1, &[("held/#", 1), ("probe/h", 0)]);
-    until_connected(&mut publisher, &mut sub, "probe/h");
+    let (a, mut b, mut publisher, mut sub) = held_nodes(&nats, &ConnectBuilder::new("pub"));
 
     b.pause();
     publisher.send(&publish("held/x", b"one", 1, false, false, 1));
@@ -920,12 +931,7 @@ fn a_qos1_publish_is_acknowledged_once_the_other_nodes_that_want_it_have_it() {
 #[test]
 fn a_killed_nodes_publishers_go_on_once_nats_says_it_is_gone() {
     let nats = Nats::start();
-    let a = node("a", 2, vec![nats.url(0)]);
-    let mut b = NodeProcess::start("b", &nats.url(1));
-    let mut publisher = a.connect("pub");
-    let mut sub = connect_to(b.addr(), "sub");
-    sub.subscribe(1, &[("held/#", 1), ("probe/h", 0)]);
-    until_connected(&mut publisher, &mut sub, "probe/h");
+    let (a, mut b, mut publisher, _sub) = held_nodes(&nats, &ConnectBuilder::new("pub"));
     // Heard from b just now: without the question, the publisher waits 5 s from here.
     publisher.publish1("held/x", b"fresh", false, 1);
     b.kill();
@@ -960,13 +966,8 @@ fn a_killed_nodes_publishers_go_on_once_nats_says_it_is_gone() {
 #[test]
 fn a_repeated_qos2_publish_is_acknowledged_once_the_other_nodes_have_the_first() {
     let nats = Nats::start();
-    let a = node("a", 2, vec![nats.url(0)]);
-    let mut b = NodeProcess::start("b", &nats.url(1));
     let connect = ConnectBuilder::new("pub").clean(false);
-    let mut publisher = a.connect_with(&connect);
-    let mut sub = connect_to(b.addr(), "sub");
-    sub.subscribe(1, &[("held/#", 1), ("probe/h", 0)]);
-    until_connected(&mut publisher, &mut sub, "probe/h");
+    let (a, mut b, mut publisher, mut sub) = held_nodes(&nats, &connect);
 
     b.pause();
     publisher.send(&publish("held/x", b"once", 2, false, false, 7));
