@@ -425,14 +425,19 @@ pub fn until_leaders(nats: &Nats, via: usize, what: &str, check: impl Fn(Option<
 }
 
 /// Waits until the session directory's bucket, which a node makes when it starts, has a
-/// leader (as the NATS server at `url` tells; none there: no wait): until then a node cannot
-/// say whether a client has a session, and refuses its resume.
+/// leader (as the NATS server at `url` tells; no server there, or no JetStream: no wait):
+/// until then a node cannot say whether a client has a session, and refuses its resume.
 pub fn until_sessions_bucket(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(45);
     run(async {
         let Ok(client) = async_nats::connect(url).await else {
             return;
         };
+        // Nor without JetStream (nobody answers its API).
+        let info = client.request("$JS.API.INFO", "".into()).await;
+        if info.is_err_and(|e| e.kind() == async_nats::client::RequestErrorKind::NoResponders) {
+            return;
+        }
         let js = async_nats::jetstream::new(client);
         while leader_of(&js, "KV_SMQ_SESSIONS").await.is_none() {
             assert!(
