@@ -427,13 +427,23 @@ fn a_node_that_starts_cut_off_from_nats_resumes_sessions_at_once() {
 /// cannot answer (`cluster_queues`), with Session Present 0 and then 1.
 #[test]
 fn without_jetstream_a_resume_is_answered_not_refused() {
+    /// Killed however the test ends.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let port = free_port();
-    let mut server = std::process::Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("nats-server is installed (apt-get install nats-server)");
+    let _server = Server(
+        std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (apt-get install nats-server)"),
+    );
     wait_listening(port);
     let a = NodeProcess::start("a", &format!("nats://127.0.0.1:{port}"));
     for present in [0, 1] {
@@ -442,7 +452,4 @@ fn without_jetstream_a_resume_is_answered_not_refused() {
         c.expect_bytes(&[0x20, 0x02, present, 0x00]);
         c.crash_and_wait();
     }
-    drop(a);
-    let _ = server.kill();
-    let _ = server.wait();
 }
