@@ -190,15 +190,23 @@ impl ConnectedClient {
         let (Some(v5), Some(held)) = (&self.v5, &self.held) else {
             return Ok(());
         };
-        let (qos2, _) = self.session.borrow().incoming_qos2(0);
-        let waiting = self.acks.as_ref().map_or(0, |a| a.len());
-        if held.unacked() + qos2 + waiting > v5.receive_maximum {
+        let (unacknowledged, _) = self.unacknowledged_in(0);
+        if held.unacked() + unacknowledged > v5.receive_maximum {
             return Err(CloseReason::Violation5(
                 ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                 "more unacknowledged QoS 1/2 PUBLISHes than the Receive Maximum, held back (MQTT-3.3.4-9)",
             ));
         }
         Ok(())
+    }
+
+    /// The client's QoS 1/2 PUBLISHes handled and not acknowledged yet: its incoming QoS 2
+    /// packet ids, and acknowledgements waiting (for the disk, for the other nodes); and
+    /// whether `packet_id` is one of those QoS 2 ids already (a repeat, counted once).
+    pub(super) fn unacknowledged_in(&self, packet_id: u16) -> (usize, bool) {
+        let (qos2, known) = self.session.borrow().incoming_qos2(packet_id);
+        let waiting = self.acks.as_ref().map_or(0, |a| a.len());
+        (qos2 + waiting, known)
     }
 
     /// Holds the client's publishing back until `subscriber` is relieved.

@@ -312,6 +312,7 @@ impl ConnectedClient {
         let mut v5_part = None;
         if let Some(v5) = &mut self.v5 {
             v5.resolve_topic(&mut publish)?;
+            let receive_maximum = v5.receive_maximum;
             let props = publish.properties.as_deref();
             if props.is_some_and(|p| !p.subscription_identifiers.is_empty()) {
                 return Err(CloseReason::Violation(
@@ -319,9 +320,8 @@ impl ConnectedClient {
                 ));
             }
             if publish.qos != QoS::AtMostOnce {
-                let (qos2, known) = self.session.borrow().incoming_qos2(publish.packet_id);
-                let waiting = self.acks.as_ref().map_or(0, |a| a.len());
-                if qos2 + waiting >= v5.receive_maximum && !known {
+                let (unacknowledged, known) = self.unacknowledged_in(publish.packet_id);
+                if unacknowledged >= receive_maximum && !known {
                     return Err(CloseReason::Violation5(
                         ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                         "more unacknowledged QoS 1/2 PUBLISHes than the Receive Maximum (MQTT-3.3.4-9)",
