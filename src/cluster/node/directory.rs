@@ -108,27 +108,10 @@ pub(in crate::cluster) struct DirectoryCopy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(in crate::cluster) struct Unreadable;
 
-/// Whether a failed lookup of the bucket says there is none: no JetStream answers (the NATS
-/// servers run without it) or it has no such stream. Anything else (no answer in time, "JetStream
-/// temporarily unavailable") may pass.
-fn no_bucket(error: &(dyn std::error::Error + 'static)) -> bool {
-    use async_nats::jetstream::context::{
-        GetStreamError, GetStreamErrorKind, RequestError, RequestErrorKind,
-    };
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if let Some(request) = e.downcast_ref::<RequestError>() {
-            return request.kind() == RequestErrorKind::NoResponders;
-        }
-        if let Some(lookup) = e.downcast_ref::<GetStreamError>() {
-            if let GetStreamErrorKind::JetStream(e) = lookup.kind() {
-                return e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND;
-            }
-        }
-        cause = e.source();
-    }
-    false
-}
+/// How long a node that has not opened the bucket yet waits for looking it up: a resume
+/// takes no answer for none (JetStream may not be there, or be making the bucket), and must
+/// not wait out the resume's time for JetStream's copies (`handoff`).
+const LOOKUP_WAIT: Duration = Duration::from_secs(1);
 
 /// The change that deletes a session's entry.
 pub(super) fn delete_op(client_id: &str) -> KvOp {
@@ -326,26 +309,14 @@ impl Directory {
     }
 
     /// The bucket: as this node opened it or, until it has (JetStream came late, or is slow,
-    /// or this node just started), looked up.
+    /// or this node just started), looked up, within [`LOOKUP_WAIT`].
     async fn store(&self, client: &async_nats::Client) -> Option<Store> {
-        self.store_now(client).await.ok().flatten()
-    }
-
-    /// [`Self::store`], telling a JetStream that is not there or has no bucket (None) from
-    /// one that cannot answer now ([`Unreadable`]: electing its leader, say).
-    async fn store_now(&self, client: &async_nats::Client) -> Result<Option<Store>, Unreadable> {
         if let Some(store) = self.store.get() {
-            return Ok(Some(store.clone()));
+            return Some(store.clone());
         }
         let js = async_nats::jetstream::new(client.clone());
-        match js.get_key_value(BUCKET).await {
-            Ok(store) => Ok(Some(store)),
-            Err(e) if no_bucket(&e) => Ok(None),
-            Err(e) => {
-                warn!("cluster: cannot look the session bucket up: {e}");
-                Err(Unreadable)
-            }
-        }
+        let lookup = tokio::time::timeout(LOOKUP_WAIT, js.get_key_value(BUCKET));
+        lookup.await.ok()?.ok()
     }
 
     /// Writes the tombstone that says this node resumed the client's session from `node`'s
@@ -426,16 +397,16 @@ impl Directory {
     }
 
     /// The client's entry, if it has one and it is `username`'s. Looks the bucket up itself
-    /// when this node has not opened it yet (JetStream came late, or is slow). None without
-    /// JetStream or without the bucket; [`Unreadable`] when JetStream is there and does not
-    /// answer, or answers with an error.
+    /// when this node has not opened it yet (JetStream came late, or is slow, or this node
+    /// just started), and takes a failed lookup for none: JetStream may not be there at all.
+    /// [`Unreadable`] when the bucket is there and does not answer, or answers with an error.
     pub(in crate::cluster) async fn get(
         &self,
         client: &async_nats::Client,
         client_id: &str,
         username: Option<&str>,
     ) -> Result<Option<DirectoryCopy>, Unreadable> {
-        let Some(store) = self.store_now(client).await? else {
+        let Some(store) = self.store(client).await else {
             return Ok(None);
         };
         let key = key_of(client_id);
