@@ -251,6 +251,10 @@ fn a_session_whose_node_died_resumes_elsewhere_with_its_subscriptions() {
     let nats = Nats::start();
     let mut a = NodeProcess::start("a", &nats.url(0));
     let b = NodeProcess::start("b", &nats.url(1));
+    // A third node, which answers b's take (so NATS does not say at once that no one
+    // listens, as it does when the node that died was the only other one).
+    let c = NodeProcess::start("c", &nats.url(2));
+    until_nodes_know_each_other(b.addr(), c.addr());
     let roamer = ConnectBuilder::new("roamer").clean(false);
     let resume = |node: &NodeProcess, connack: [u8; 4]| {
         let mut c = RawClient::open(node.addr());
@@ -264,7 +268,16 @@ fn a_session_whose_node_died_resumes_elsewhere_with_its_subscriptions() {
     a.kill();
     client.expect_closed_within(Duration::from_secs(5));
 
+    // Node b still counts a among the nodes that answer a take (it remembers a node for
+    // 10 s), but NATS says no one is there for a: the resume does not wait out the 1 s
+    // for a's answer (`handoff::TAKE_WAIT`; c answered at once).
+    let asked = std::time::Instant::now();
     let mut client = resume(&b, [0x20, 0x02, 0x01, 0x00]);
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_millis(900),
+        "the resume waited {took:?} for a node that is gone"
+    );
     let mut publisher = connect_to(b.addr(), "publisher");
     publisher.publish1("feed/x", b"kept", false, 1);
     let (p, _) = client.next_publish();

@@ -7,13 +7,18 @@
 //! NATS server's max payload, named by the node that sends them), the others with an empty
 //! message, so the asking node knows when to stop listening without waiting out its timeout.
 //! A node that is down cannot answer: after [`TAKE_WAIT`] the client goes on without what it
-//! held, and the miss is counted.
+//! held, and the miss is counted. Sooner when NATS says the node is gone: every answer names
+//! its node, and after [`PROBE_AFTER`] the nodes that have not answered are asked whether
+//! they are there (`$SMQ.alive.<node>`, as `confirm` does for silent nodes); one that no
+//! one answers for has no connection to NATS, so it never got the take and will not answer.
+//! A node killed a moment ago (whose interest the others still remember for a while) then
+//! holds a resume up for about [`PROBE_AFTER`], not [`TAKE_WAIT`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ahash::AHashMap;
+use ahash::{AHashMap, AHashSet};
 use async_nats::HeaderMap;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -47,6 +52,9 @@ pub const TAKE_WAIT: Duration = Duration::from_secs(1);
 const STORED_WAIT: Duration = Duration::from_millis(1500);
 /// The pause between two attempts to read JetStream's copies.
 const STORED_RETRY: Duration = Duration::from_millis(200);
+/// How long a take waits for every node's answer before it asks NATS about the nodes that
+/// have not answered (see the module docs).
+const PROBE_AFTER: Duration = Duration::from_millis(150);
 /// How long a node with no other node known yet listens for a holder anyway (it may have
 /// joined a moment ago).
 const ALONE_WAIT: Duration = Duration::from_millis(100);
@@ -74,17 +82,29 @@ pub fn wants_session(headers: &HeaderMap) -> Option<Option<ByteStr>> {
     Some(Some(ByteStr::from(String::from_utf8(bytes).ok()?.as_str())))
 }
 
-/// Asks the other nodes for a client's session: publishes the take (a claim, with `headers`
-/// made by the claim path and [`take_headers`]) and answers with the sessions the holders
-/// sent, once every known node answered or [`TAKE_WAIT`] passed.
-pub async fn take(
+/// A take to send: the claim's `headers` (made by the claim path and [`take_headers`]),
+/// whose session, and the nodes known to answer it (their names).
+pub(super) struct Asked {
+    pub headers: HeaderMap,
+    pub client_id: String,
+    pub known: Vec<String>,
+}
+
+/// Asks the other nodes for a client's session: publishes the take and answers with the
+/// sessions the holders sent, once every known node answered or is gone from NATS, or
+/// [`TAKE_WAIT`] passed.
+pub(super) async fn take(
     client: async_nats::Client,
-    headers: HeaderMap,
-    client_id: String,
+    asked: Asked,
     shared: Arc<ClusterShared>,
     answer: Answer<Taken>,
     stored: Stored,
 ) {
+    let Asked {
+        headers,
+        client_id,
+        known: known_nodes,
+    } = asked;
     let held_here = stored.held != Held::Nothing;
     if !shared.nats_up.load(Ordering::Acquire) {
         // Cut off from NATS: no node can answer and JetStream is out of reach, so the client
@@ -126,7 +146,7 @@ pub async fn take(
         warn!(client = %client_id, "cluster: cannot ask for a session: {e}");
         return;
     }
-    let known = shared.nodes.load(Ordering::Relaxed);
+    let known = known_nodes.len();
     let wait = if known == 0 { ALONE_WAIT } else { TAKE_WAIT };
     let mut deadline = Instant::now() + wait;
     let mut answered = 0;
@@ -134,41 +154,88 @@ pub async fn take(
     // of two nodes may interleave, so they gather by the answering node.
     let mut chunks: AHashMap<String, BytesMut> = AHashMap::new();
     let mut sessions = Vec::new();
+    let mut answered_by: AHashSet<String> = AHashSet::new();
+    let mut gone: AHashSet<String> = AHashSet::new();
+    // An answer that names no node comes from a version before answers did: who has not
+    // answered is not known then, and no node is taken for gone.
+    let mut unnamed = false;
+    let mut probe_at = (known > 0).then(|| Instant::now() + PROBE_AFTER);
+    let (gone_tx, mut gone_rx) = tokio::sync::mpsc::channel::<String>(known.max(1));
     loop {
-        let Ok(Some(m)) = timeout_at(deadline, replies.next()).await else {
-            if known > 0 && answered < known {
-                shared.sessions_missed.fetch_add(1, Ordering::Relaxed);
-                warn!(client = %client_id, answered, known, "cluster: not every node answered whether it holds the session of a client resuming it; what did not come is missed");
+        tokio::select! {
+            m = timeout_at(deadline, replies.next()) => {
+                let Ok(Some(m)) = m else {
+                    break;
+                };
+                if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                    // NATS says no other node listens: those not heard from are all gone.
+                    let silent = known_nodes.iter().filter(|n| !answered_by.contains(*n));
+                    gone.extend(silent.cloned());
+                    break;
+                }
+                let headers = m.headers.as_ref();
+                let from = headers.and_then(|h| h.get(FROM)).map(|v| v.to_string());
+                let chunk = headers
+                    .and_then(|h| h.get(CHUNK))
+                    .and_then(|v| parse_chunk(v.as_str()));
+                let Some((index, count)) = chunk else {
+                    match from {
+                        Some(from) => drop(answered_by.insert(node_name(&from).to_string())),
+                        None => unnamed = true,
+                    }
+                    answered += 1;
+                    if answered + gone.len() >= known {
+                        break;
+                    }
+                    continue;
+                };
+                let from = from.unwrap_or_default();
+                let gathered = chunks.entry(from.clone()).or_default();
+                gathered.extend_from_slice(&m.payload);
+                if index + 1 == count {
+                    let records = chunks.remove(&from).unwrap_or_default().freeze();
+                    info!(client = %client_id, bytes = records.len(), node = %from, "cluster: session handed over by another node");
+                    sessions.push(records);
+                    answered_by.insert(node_name(&from).to_string());
+                    answered += 1;
+                    if answered + gone.len() >= known {
+                        break;
+                    }
+                }
+                // A large session: each chunk has its own time to come.
+                deadline = deadline.max(Instant::now() + TAKE_WAIT);
             }
-            break;
-        };
-        let headers = m.headers.as_ref();
-        let chunk = headers
-            .and_then(|h| h.get(CHUNK))
-            .and_then(|v| parse_chunk(v.as_str()));
-        let Some((index, count)) = chunk else {
-            answered += 1;
-            if answered >= known {
-                break;
+            _ = tokio::time::sleep_until(probe_at.unwrap_or(deadline)), if probe_at.is_some() => {
+                probe_at = None;
+                let silent = known_nodes.iter().filter(|n| !answered_by.contains(*n));
+                for name in silent {
+                    let (client, gone_tx, name) = (client.clone(), gone_tx.clone(), name.clone());
+                    tokio::spawn(async move {
+                        let asked = client.request(format!("{}.{name}", super::wire::ALIVE), Bytes::new());
+                        if let Ok(Err(e)) = tokio::time::timeout(TAKE_WAIT, asked).await {
+                            if e.kind() == async_nats::client::RequestErrorKind::NoResponders {
+                                let _ = gone_tx.try_send(name);
+                            }
+                        }
+                    });
+                }
             }
-            continue;
-        };
-        let from = headers
-            .and_then(|h| h.get(FROM))
-            .map_or_else(String::new, |v| v.to_string());
-        let gathered = chunks.entry(from.clone()).or_default();
-        gathered.extend_from_slice(&m.payload);
-        if index + 1 == count {
-            let records = chunks.remove(&from).unwrap_or_default().freeze();
-            info!(client = %client_id, bytes = records.len(), node = %from, "cluster: session handed over by another node");
-            sessions.push(records);
-            answered += 1;
-            if answered >= known {
-                break;
+            Some(name) = gone_rx.recv() => {
+                if !unnamed
+                    && !answered_by.contains(&name)
+                    && gone.insert(name)
+                    && answered + gone.len() >= known
+                {
+                    break;
+                }
             }
         }
-        // A large session: each chunk has its own time to come.
-        deadline = deadline.max(Instant::now() + TAKE_WAIT);
+    }
+    if answered < known {
+        // What a node that did not answer may have held is missed.
+        shared.sessions_missed.fetch_add(1, Ordering::Relaxed);
+        let gone: Vec<&String> = gone.iter().collect();
+        warn!(client = %client_id, answered, known, ?gone, "cluster: not every node answered whether it holds the session of a client resuming it (those named gone are gone from NATS); what did not come is missed");
     }
     // Only a copy restored here can have been taken elsewhere (one lookup, not on every resume).
     let superseded = match stored.held {
@@ -291,6 +358,13 @@ async fn from_jetstream(
     Ok(sessions)
 }
 
+/// A node's name: its incarnation (`name/start-time`) without the start time.
+fn node_name(incarnation: &str) -> &str {
+    incarnation
+        .split_once('/')
+        .map_or(incarnation, |(name, _)| name)
+}
+
 /// Takes a session copy from JetStream (the queue copy's records, or the directory's).
 fn take_stored(shared: &ClusterShared, client_id: &str, sessions: &mut Vec<Bytes>, records: Bytes) {
     info!(client = %client_id, bytes = records.len(), "cluster: session taken from JetStream (its queue's copy or, without one, the session directory's)");
@@ -345,7 +419,12 @@ pub(super) fn hand_over(
             session => session.map(|handed| handed.records),
         };
         let Some(records) = records else {
-            let _ = client.publish(reply, Bytes::new()).await;
+            // Named, so the taker knows who answered (see [`take`]).
+            let mut headers = HeaderMap::new();
+            headers.insert(FROM, node.as_str());
+            let _ = client
+                .publish_with_headers(reply, headers, Bytes::new())
+                .await;
             return;
         };
         let max = client.server_info().max_payload.max(64 * 1024);

@@ -169,6 +169,11 @@ impl RemoteNodes {
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }
+
+    /// The names of the nodes known (their ids, without start times).
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
 }
 
 /// The filter of a shared subscription, or the filter itself.

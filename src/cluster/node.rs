@@ -580,7 +580,8 @@ impl Node {
                                 handoff::take_headers(&mut headers, username.as_deref());
                                 let shared = self.shared.clone();
                                 let stored = handoff::Stored { directory: sessions.clone(), username, held };
-                                tokio::spawn(handoff::take(client.clone(), headers, client_id, shared, answer, stored));
+                                let asked = handoff::Asked { headers, client_id, known: remote.node_names() };
+                                tokio::spawn(handoff::take(client.clone(), asked, shared, answer, stored));
                                 continue;
                             }
                         }
