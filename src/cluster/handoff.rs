@@ -211,11 +211,8 @@ pub(super) async fn take(
                 for name in silent {
                     let (client, gone_tx, name) = (client.clone(), gone_tx.clone(), name.clone());
                     tokio::spawn(async move {
-                        let asked = client.request(format!("{}.{name}", super::wire::ALIVE), Bytes::new());
-                        if let Ok(Err(e)) = tokio::time::timeout(TAKE_WAIT, asked).await {
-                            if e.kind() == async_nats::client::RequestErrorKind::NoResponders {
-                                let _ = gone_tx.try_send(name);
-                            }
+                        if super::wire::gone_from_nats(&client, &name, TAKE_WAIT).await {
+                            let _ = gone_tx.try_send(name);
                         }
                     });
                 }

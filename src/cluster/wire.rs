@@ -49,6 +49,21 @@ pub(super) const TO: &str = "$SMQ.to";
 /// node that its connection is gone (see `confirm::PROBE_AFTER`).
 pub(super) const ALIVE: &str = "$SMQ.alive";
 
+/// Asks NATS whether node `name` is there (a request to [`ALIVE`]): true when no one
+/// listens on its subject, so its connection is gone; false when it answers, or when no
+/// answer comes within `wait` (a node cut off in a way NATS has not noticed yet).
+pub(super) async fn gone_from_nats(
+    client: &async_nats::Client,
+    name: &str,
+    wait: Duration,
+) -> bool {
+    let asked = client.request(format!("{ALIVE}.{name}"), Bytes::new());
+    matches!(
+        tokio::time::timeout(wait, asked).await,
+        Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders
+    )
+}
+
 /// The MQTT 5 part of a message from another node, if it had one.
 pub(super) fn v5_part(headers: Option<&HeaderMap>) -> Option<Box<V5Message>> {
     use base64::Engine as _;

@@ -325,11 +325,9 @@ impl Node {
         for name in names {
             let (client, gone) = (client.clone(), gone.clone());
             tokio::spawn(async move {
-                let asked = client.request(format!("{ALIVE}.{name}"), Bytes::new());
-                if let Ok(Err(e)) = tokio::time::timeout(confirm::PROBE_EVERY, asked).await {
-                    if e.kind() == async_nats::client::RequestErrorKind::NoResponders {
-                        let _ = gone.try_send(name);
-                    }
+                if crate::cluster::wire::gone_from_nats(&client, &name, confirm::PROBE_EVERY).await
+                {
+                    let _ = gone.try_send(name);
                 }
             });
         }
