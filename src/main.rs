@@ -6,6 +6,14 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
+/// A message is allocated on the shard that read it and often freed on another (its subscriber's,
+/// once acknowledged): mimalloc takes such frees without the lock glibc's arenas need, which
+/// made the broker 20-30% faster at 2 shards (perf/results/2026-12-02-mimalloc.md). The
+/// library leaves the choice to whoever links it.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "surgemq",
