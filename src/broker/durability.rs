@@ -415,12 +415,15 @@ impl Durability {
         }
     }
 
-    /// The log position the oldest unconfirmed message waits for, beyond `durable`; the
-    /// watcher task sleeps until there is one (the oldest may wait for queue copies only:
-    /// their news wakes it).
+    /// The log position the oldest unconfirmed message waits for; the watcher task sleeps
+    /// while there is none (or the oldest waits for queue copies only: their news wakes it).
+    /// A position already durable counts too: the commit may have finished between the
+    /// message's arrival and the watcher's turn, and nothing else would confirm it.
     pub fn poll_oldest(&self, durable: Position, cx: &mut Context<'_>) -> Poll<Position> {
         match self.unconfirmed.borrow().front() {
-            Some(u) if u.position > durable => Poll::Ready(u.position),
+            Some(u) if u.position > durable || u.copied <= self.copied.get() => {
+                Poll::Ready(u.position)
+            }
             _ => {
                 *self.watcher.borrow_mut() = Some(cx.waker().clone());
                 Poll::Pending
@@ -478,6 +481,30 @@ mod tests {
         assert_eq!(announced(&d), [], "number 2 needed no answer");
         d.handled(numbered(1, 3, true), 30, 0, 30);
         assert_eq!(announced(&d), [(1, 3)]);
+    }
+
+    #[test]
+    fn the_watcher_confirms_a_message_whose_commit_finished_before_it_looked() {
+        let d = Durability::new(2);
+        let mut cx = Context::from_waker(Waker::noop());
+        d.handled(numbered(1, 1, true), 10, 0, 0);
+        assert_eq!(
+            d.poll_oldest(0, &mut cx),
+            Poll::Ready(10),
+            "waits for the log"
+        );
+        // The log reached 10 before the watcher ran: it must still be told, or nothing
+        // confirms number 1 until another message arrives (a lock-step publisher never
+        // sends one).
+        assert_eq!(d.poll_oldest(10, &mut cx), Poll::Ready(10));
+        d.advance(10);
+        assert_eq!(announced(&d), [(1, 1)]);
+        assert_eq!(d.poll_oldest(10, &mut cx), Poll::Pending, "nothing left");
+        // Waiting for a queue copy only: asleep until the copy's news.
+        d.handled(numbered(1, 2, true), 10, 3, 10);
+        assert_eq!(d.poll_oldest(10, &mut cx), Poll::Pending);
+        d.copies_stored(3);
+        assert_eq!(d.poll_oldest(10, &mut cx), Poll::Ready(10));
     }
 
     #[test]
