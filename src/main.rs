@@ -14,6 +14,24 @@ mod cli;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The allocator the process's heap really comes from, asked of mimalloc with a fresh block:
+/// logged once the broker has started (`cli::serve`), and checked by `tests/cli_serve.rs`, so a build that lost
+/// the `#[global_allocator]` line (and the speed above) says "system".
+fn allocator_in_use() -> &'static str {
+    #[cfg(feature = "mimalloc")]
+    {
+        let probe = Box::new(0u64);
+        // SAFETY: asks only whether the address lies in memory mimalloc manages; `probe` is
+        // live for the call.
+        let ours =
+            unsafe { libmimalloc_sys::mi_is_in_heap_region(std::ptr::from_ref(&*probe).cast()) };
+        if ours {
+            return "mimalloc";
+        }
+    }
+    "system"
+}
+
 #[derive(Parser)]
 #[command(
     name = "surgemq",

@@ -429,3 +429,29 @@ fn sighup_reloads_the_acl_for_existing_subscriptions() {
     assert!(withheld, "a/secret still delivered after SIGHUP");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The broker says at start which allocator its heap comes from, asked of mimalloc itself:
+/// with the default feature `mimalloc` it must be mimalloc (a build that lost the
+/// `#[global_allocator]` line would say "system", and lose 20-30% at 2 shards).
+#[test]
+fn the_broker_names_the_allocator_its_heap_really_comes_from() {
+    let port = free_port();
+    let mut child = spawn_serve(port, "1", &["--log-level", "info"], Stdio::piped());
+    drop(wait_for_listener(SocketAddr::from(([127, 0, 0, 1], port))));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{log}");
+    let expected = if cfg!(feature = "mimalloc") {
+        "allocator=\"mimalloc\""
+    } else {
+        "allocator=\"system\""
+    };
+    assert!(log.contains(expected), "{expected} missing from:\n{log}");
+}

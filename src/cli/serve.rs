@@ -529,6 +529,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         handle.shutdown();
         return Err("invalid --metrics-listen: built without the `http` feature".into());
     }
+    // After the start, whose errors must stay the only line a failed start prints.
+    info!(
+        allocator = crate::allocator_in_use(),
+        "heap allocator in use"
+    );
     let mut signal = 0;
     loop {
         // SAFETY: sigwait with a valid set and an out-pointer we own.
