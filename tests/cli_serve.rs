@@ -157,6 +157,22 @@ fn spawn_serve(port: u16, shards: &str, extra: &[&str], stderr: Stdio) -> Served
     )
 }
 
+/// Stops the broker with SIGTERM and returns what it logged (its stderr, piped), once it
+/// exited with success.
+fn stop_and_read_log(child: &mut Served) -> String {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{log}");
+    log
+}
+
 /// Waits for the child to exit, failing the test after `limit`.
 fn exit_within(child: &mut Served, limit: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
@@ -287,16 +303,7 @@ fn dropped_qos1_messages_are_reported_when_the_broker_stops() {
         "publisher held back {held:?}, expected about the 1 s stall timeout"
     );
 
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let log = stop_and_read_log(&mut child);
     let dropped: u64 = log
         .split("dropped_qos12_queue_full=")
         .nth(1)
@@ -438,16 +445,7 @@ fn the_broker_names_the_allocator_its_heap_really_comes_from() {
     let port = free_port();
     let mut child = spawn_serve(port, "1", &["--log-level", "info"], Stdio::piped());
     drop(wait_for_listener(SocketAddr::from(([127, 0, 0, 1], port))));
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "{log}");
+    let log = stop_and_read_log(&mut child);
     let expected = if cfg!(feature = "mimalloc") {
         "allocator=\"mimalloc\""
     } else {
