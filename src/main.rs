@@ -15,8 +15,8 @@ mod cli;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The allocator the process's heap really comes from, asked of mimalloc with a fresh block:
-/// logged once the broker has started (`cli::serve`), and checked by `tests/cli_serve.rs`, so a build that lost
-/// the `#[global_allocator]` line (and the speed above) says "system".
+/// logged once the broker has started (`cli::serve`) and checked by `tests/cli_serve.rs`, so
+/// a build that lost the `#[global_allocator]` line (and the speed above) says "system".
 fn allocator_in_use() -> &'static str {
     #[cfg(feature = "mimalloc")]
     {
