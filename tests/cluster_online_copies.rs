@@ -16,13 +16,6 @@ use surgemq::protocol::{Packet, QoS};
 use cluster_util::*;
 use common::*;
 
-fn resume(node: &NodeProcess, client_id: &str, present: bool) -> RawClient {
-    let mut c = RawClient::open(node.addr());
-    c.send(&ConnectBuilder::new(client_id).clean(false).build());
-    c.expect_bytes(&[0x20, 0x02, u8::from(present), 0x00]);
-    c
-}
-
 fn payload(i: u16) -> Vec<u8> {
     format!("m{i:05}").into_bytes()
 }

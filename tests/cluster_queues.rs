@@ -64,13 +64,6 @@ fn expect_all_in_order(client: &mut RawClient, numbers: std::ops::RangeInclusive
 }
 
 #[track_caller]
-fn resume(node: &NodeProcess, client_id: &str, present: bool) -> RawClient {
-    let mut c = RawClient::open(node.addr());
-    c.send(&ConnectBuilder::new(client_id).clean(false).build());
-    c.expect_bytes(&[0x20, 0x02, u8::from(present), 0x00]);
-    c
-}
-
 /// A node dies (SIGKILL, no `--data-dir`) while a persistent session's client is away, with
 /// a message in flight and 600 queued (acknowledged to their publisher): the client resumes
 /// on another node with all of them, the unacknowledged one first with DUP and its packet id,
@@ -323,17 +316,7 @@ fn a_resume_jetstream_cannot_answer_is_refused_not_started_anew() {
     nats.restart(2);
     until_leaders(&nats, 1, "led", |l| l.is_some());
     // As a client library would: again while refused (the new leaders may not answer yet).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut client = loop {
-        let mut c = RawClient::open(b.addr());
-        c.send(&ConnectBuilder::new("roamer").clean(false).build());
-        let frame = c.next_frame_within(wait).expect("a CONNACK");
-        if frame != [0x20, 0x02, 0x00, 0x03] || std::time::Instant::now() > deadline {
-            assert_eq!(frame, [0x20, 0x02, 0x01, 0x00], "resumed");
-            break c;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let mut client = resume(&b, "roamer", true);
     expect_all_in_order(&mut client, 1..=1);
 }
 
