@@ -664,11 +664,20 @@ fn qos1_messages_between_nodes_survive_the_receiving_nodes_nats_server_restartin
     const N: u32 = 3000;
     let reader = collect_distinct(sub, N);
     // Bursts of 50, each PUBACKed (by node a) before the next, 10 ms apart: node b's server
-    // dies as burst 20 is on its way and is back after burst 39.
-    publish_in_bursts(&mut publisher, "stream/x", N, |burst| match burst {
-        20 => nats.kill(0),
-        40 => nats.restart(0),
-        _ => {}
+    // dies as burst 20 is on its way and is back after burst 39. It is stopped before the
+    // burst is sent and killed after, so the burst is lost on the way however the threads
+    // are scheduled (killed only after the send, a loaded machine could deliver the burst
+    // first, and the test then failed with nothing sent again).
+    publish_in_bursts(&mut publisher, "stream/x", N, |burst, stage| {
+        match (burst, stage) {
+            (20, Stage::Before) => nats.pause(0),
+            (20, Stage::Sent) => {
+                std::thread::sleep(Duration::from_millis(50));
+                nats.kill(0);
+            }
+            (40, Stage::Before) => nats.restart(0),
+            _ => {}
+        }
     });
     assert_none_lost(reader.join().unwrap(), N);
     let counts = a.handle().stats().cluster().unwrap();
@@ -773,8 +782,8 @@ fn a_shared_groups_qos1_copies_survive_its_members_nats_server_dying() {
     {}
     const N: u32 = 1000;
     let reader = collect_distinct(member, N);
-    publish_in_bursts(&mut publisher, "work/x", N, |burst| {
-        if burst == 5 {
+    publish_in_bursts(&mut publisher, "work/x", N, |burst, stage| {
+        if (burst, stage) == (5, Stage::Sent) {
             nats.kill(0);
         }
     });
@@ -804,13 +813,23 @@ fn collect_distinct(
     })
 }
 
+/// When [`publish_in_bursts`] calls its hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Before the burst is sent.
+    Before,
+    /// As the burst is on its way, before its PUBACKs are read.
+    Sent,
+}
+
 /// Publishes payloads "0" to "n-1" on `topic` at QoS 1 in bursts of 50, each PUBACKed before
-/// the next and 10 ms apart; `after_send(burst)` runs as each burst is on its way.
+/// the next and 10 ms apart; `at(burst, stage)` runs before each burst is sent and as it is
+/// on its way.
 fn publish_in_bursts(
     publisher: &mut RawClient,
     topic: &str,
     n: u32,
-    mut after_send: impl FnMut(u32),
+    mut at: impl FnMut(u32, Stage),
 ) {
     for burst in 0..n / 50 {
         let ids = burst * 50..(burst + 1) * 50;
@@ -826,8 +845,9 @@ fn publish_in_bursts(
                 i as u16 + 1,
             ));
         }
+        at(burst, Stage::Before);
         publisher.send(&bytes);
-        after_send(burst);
+        at(burst, Stage::Sent);
         for i in ids {
             publisher.expect_bytes(&puback(i as u16 + 1));
         }
