@@ -63,7 +63,6 @@ fn expect_all_in_order(client: &mut RawClient, numbers: std::ops::RangeInclusive
     client.expect_nothing();
 }
 
-#[track_caller]
 /// A node dies (SIGKILL, no `--data-dir`) while a persistent session's client is away, with
 /// a message in flight and 600 queued (acknowledged to their publisher): the client resumes
 /// on another node with all of them, the unacknowledged one first with DUP and its packet id,

@@ -363,6 +363,7 @@ impl Drop for NodeProcess {
 /// session (CONNACK 3: a leader change, or a machine so loaded that the read outlasts the
 /// node's wait, as in a CI run of parallel tests); like a client library, this tries again
 /// every 0.5 s, for up to 30 s.
+#[track_caller]
 pub fn resume(node: &NodeProcess, client_id: &str, present: bool) -> RawClient {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
