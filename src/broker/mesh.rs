@@ -26,6 +26,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::cluster_port::HandOver;
 use super::qos2_gate::Qos2Gate;
+use super::share_balance::ShareLoads;
 use super::shared::ShareTag;
 use super::stop_barrier::StopBarrier;
 use crate::protocol::{encode_publish, ByteStr, Connect, QoS};
@@ -525,6 +526,8 @@ pub struct Mesh {
     inboxes: Vec<Inbox>,
     /// Where the shards meet when the broker stops.
     stop_barrier: StopBarrier,
+    /// What each shard's members of each shared group got (see `share_balance`).
+    share_loads: Arc<ShareLoads>,
 }
 
 /// Batches (not messages) an inbox holds. A full inbox means the destination core is saturated;
@@ -566,6 +569,7 @@ impl Mesh {
         let mesh = Mesh {
             inboxes,
             stop_barrier: StopBarrier::default(),
+            share_loads: ShareLoads::new(shards),
         };
         Ok((Arc::new(mesh), receivers))
     }
@@ -576,6 +580,10 @@ impl Mesh {
 
     pub fn stop_barrier(&self) -> &StopBarrier {
         &self.stop_barrier
+    }
+
+    pub fn share_loads(&self) -> &Arc<ShareLoads> {
+        &self.share_loads
     }
 
     /// Sends, or says why not: the inbox is full (the message comes back, to retry) or its shard

@@ -33,6 +33,7 @@ pub mod session;
 mod session_table;
 mod shard;
 mod shard_tasks;
+mod share_balance;
 pub mod shared;
 pub mod stats;
 mod stop_barrier;

@@ -2,10 +2,13 @@
 //! by [`SubscriberId`], with what each subscription grants ([`Grant`]: QoS and MQTT 5 options).
 //! Shared subscriptions (`$share/...`) go to their own index, [`SharedIndex`].
 
+use std::sync::Arc;
+
 use ahash::AHashMap;
 
 use super::cluster_port::ClusterEvent;
 use super::mesh::{Grant, SubscriberId};
+use super::share_balance::ShareLoads;
 use super::shared::SharedIndex;
 use crate::topic::{parse_shared, SubscriptionTrie};
 
@@ -55,10 +58,12 @@ impl InterestTracker {
 }
 
 impl Replica {
-    /// A replica that also counts this node's filters (see [`InterestTracker`]) when asked.
-    pub fn with_interest(track: bool) -> Replica {
+    /// A shard's replica (`loads` is every shard's), which also counts this node's filters
+    /// (see [`InterestTracker`]) when asked.
+    pub fn new(track_interest: bool, loads: Arc<ShareLoads>) -> Replica {
         Replica {
-            interest: track.then(InterestTracker::default),
+            interest: track_interest.then(InterestTracker::default),
+            shared: SharedIndex::new(loads),
             ..Replica::default()
         }
     }

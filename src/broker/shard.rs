@@ -242,6 +242,7 @@ impl Shard {
             stall_timeout: config.stall_timeout,
         });
         let shards = mesh.shards();
+        let share_loads = mesh.share_loads().clone();
         Shard {
             parking,
             session_limits,
@@ -253,7 +254,7 @@ impl Shard {
             open_sockets,
             router: RefCell::new(Router::new(id, mesh)),
             // Shard 0 keeps count of this node's filters for the other nodes.
-            replica: RefCell::new(Replica::with_interest(clustered && id.0 == 0)),
+            replica: RefCell::new(Replica::new(clustered && id.0 == 0, share_loads)),
             retained: RefCell::new(TopicTree::new()),
             sessions: RefCell::new(SessionTable::default()),
             pending: RefCell::new(AHashMap::new()),
@@ -840,8 +841,7 @@ impl Shard {
                     &self.pressure,
                 );
                 if let Some((key, id, grant)) = pick {
-                    let tag = super::shared::ShareTag { key, hops: 0 };
-                    self.deliver_shared(&message, id, grant, tag, &mut ticket);
+                    self.deliver_shared(&message, id, grant, &key, 0, &mut ticket);
                 }
                 ticket.local = self.appended_since(before);
                 ticket.copied = self.copied_since(copies_before);

@@ -3,10 +3,11 @@
 //!
 //! Every shard's replica holds every group with all its members, wherever they live, so the
 //! shard a message is published on picks the member itself, without asking anyone: one
-//! member per matching group, besides the normal subscribers. Each shard keeps its own
-//! round-robin position per group, so each publishing shard spreads its messages evenly and
-//! so do all of them together. Members are kept sorted by id, so every shard sees a group in
-//! the same order (what `hash-topic` needs to send a topic to one member from every shard).
+//! member per matching group, besides the normal subscribers. Round robin gives every member
+//! an equal share, and a shard gives its messages to its own members while they are not
+//! ahead of their share, so as not to cross cores for nothing (see `share_balance`). Members
+//! are kept sorted by id, so every shard sees a group in the same order (what `hash-topic`
+//! needs to send a topic to one member from every shard) and each shard's members together.
 //!
 //! A member is skipped while another can take the message: when it is offline (its shard
 //! announces it, see `ShardMessage::Presence`) or its queue is full while it reads (the
@@ -23,13 +24,15 @@ use std::sync::Arc;
 use ahash::{AHashMap, AHashSet};
 
 use super::mesh::{Grant, ShardId, SubscriberId};
+use super::share_balance::{Balance, ShareLoads};
 use crate::protocol::ByteStr;
 use crate::topic::{SharedFilter, SubscriptionTrie};
 
 /// How a group's member is chosen for each message (`--shared-strategy`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ShareStrategy {
-    /// In turn, over the whole group wherever its members live.
+    /// An equal share for every member, wherever it lives: in turn among a shard's members,
+    /// and to the members on the publishing shard while they have had no more than theirs.
     #[default]
     RoundRobin,
     /// At random.
@@ -84,11 +87,37 @@ struct ShareGroup {
     key: Arc<ShareKey>,
     /// Sorted by id: every shard sees the same order.
     members: Vec<(SubscriberId, Grant)>,
-    /// Where this shard's round robin goes on.
+    /// Where this shard's round robin goes on (over the whole group).
     next: Cell<usize>,
+    /// With more than one shard: how the group's shards stand against their shares.
+    balance: Option<Balance>,
+    /// The members on each shard (with `balance`), and where each shard's begin in `members`.
+    on: Box<[u32]>,
+    first: Box<[u32]>,
     /// Messages this shard gave the group's members, shared by every filter the group name
     /// is used with (see [`SharedIndex::delivered`]).
     delivered: Rc<Cell<u64>>,
+}
+
+impl ShareGroup {
+    /// Counts the members on each shard again, for the balance. Members are sorted by id,
+    /// shard first, so each shard's are together.
+    fn count_shards(&mut self) {
+        let Some(balance) = &self.balance else {
+            return;
+        };
+        let shards = balance.shards();
+        let mut on = vec![0u32; shards];
+        let mut first = vec![0u32; shards];
+        for (i, (id, _)) in self.members.iter().enumerate().rev() {
+            if let Some(n) = on.get_mut(id.shard.index()) {
+                *n += 1;
+                first[id.shard.index()] = i as u32;
+            }
+        }
+        self.on = on.into();
+        self.first = first.into();
+    }
 }
 
 /// What a shard must know of a member to choose it: whether it can take a message now.
@@ -99,6 +128,8 @@ pub trait Availability {
 /// A shard's replica of every shared subscription.
 pub struct SharedIndex {
     groups: SubscriptionTrie<ByteStr, ShareGroup>,
+    /// What every shard's members of each group got, shared by all shards' replicas.
+    loads: Arc<ShareLoads>,
     /// Members whose session is offline.
     offline: AHashSet<SubscriberId>,
     /// Groups each member is in.
@@ -109,10 +140,22 @@ pub struct SharedIndex {
     random: Cell<u64>,
 }
 
+/// The same on every shard, so `hash-topic` sends a topic to the same member from all.
+const TOPIC_HASH: ahash::RandomState = ahash::RandomState::with_seeds(1, 2, 3, 4);
+
 impl Default for SharedIndex {
+    /// An index on its own: round robin takes turns over the whole group.
     fn default() -> Self {
+        SharedIndex::new(ShareLoads::new(1))
+    }
+}
+
+impl SharedIndex {
+    /// A shard's replica; `loads` is the same for every shard.
+    pub fn new(loads: Arc<ShareLoads>) -> SharedIndex {
         SharedIndex {
             groups: SubscriptionTrie::new(),
+            loads,
             offline: AHashSet::new(),
             memberships_of: AHashMap::new(),
             delivered: AHashMap::new(),
@@ -120,12 +163,7 @@ impl Default for SharedIndex {
             random: Cell::new(0x9E37_79B9_7F4A_7C15),
         }
     }
-}
 
-/// The same on every shard, so `hash-topic` sends a topic to the same member from all.
-const TOPIC_HASH: ahash::RandomState = ahash::RandomState::with_seeds(1, 2, 3, 4);
-
-impl SharedIndex {
     pub fn is_empty(&self) -> bool {
         self.memberships == 0
     }
@@ -141,15 +179,17 @@ impl SharedIndex {
         let group = ByteStr::from(shared.group);
         if self.groups.get(shared.filter, &group).is_none() {
             let delivered = self.delivered.entry(group.clone()).or_default().clone();
+            let full = ByteStr::from(full);
             self.groups.insert(
                 shared.filter,
                 group.clone(),
                 ShareGroup {
-                    key: Arc::new(ShareKey {
-                        full: ByteStr::from(full),
-                    }),
+                    balance: self.loads.balance(&full),
+                    key: Arc::new(ShareKey { full }),
                     members: Vec::new(),
                     next: Cell::new(0),
+                    on: Box::default(),
+                    first: Box::default(),
                     delivered,
                 },
             );
@@ -162,6 +202,7 @@ impl SharedIndex {
             Ok(i) => g.members[i].1 = grant,
             Err(i) => {
                 g.members.insert(i, (id, grant));
+                g.count_shards();
                 self.memberships += 1;
                 *self.memberships_of.entry(id).or_default() += 1;
             }
@@ -182,6 +223,7 @@ impl SharedIndex {
         let g = self.groups.get_mut(shared.filter, &group)?;
         let i = g.members.binary_search_by_key(id, |m| m.0).ok()?;
         let (_, grant) = g.members.remove(i);
+        g.count_shards();
         self.memberships -= 1;
         if g.members.is_empty() {
             self.groups.remove(shared.filter, &group);
@@ -207,13 +249,13 @@ impl SharedIndex {
     }
 
     /// Calls `f` with the member chosen in every group whose filter matches `topic`.
-    pub fn for_each_pick(
-        &self,
+    pub fn for_each_pick<'a>(
+        &'a self,
         topic: &str,
         strategy: ShareStrategy,
         here: ShardId,
         availability: &impl Availability,
-        mut f: impl FnMut(&Arc<ShareKey>, SubscriberId, Grant),
+        mut f: impl FnMut(&'a Arc<ShareKey>, SubscriberId, Grant),
     ) {
         self.groups.for_each_match(topic, |_, group| {
             if let Some((id, grant)) = self.pick(group, topic, strategy, here, availability, None) {
@@ -278,6 +320,15 @@ impl SharedIndex {
         if n == 0 {
             return None;
         }
+        let balance = match strategy {
+            ShareStrategy::RoundRobin => group.balance.as_ref(),
+            _ => None,
+        };
+        if let (Some(balance), None) = (balance, exclude) {
+            if let Some(chosen) = self.pick_balanced(group, balance, here, availability) {
+                return Some(chosen);
+            }
+        }
         let start = match strategy {
             ShareStrategy::RoundRobin | ShareStrategy::LocalFirst => group.next.get() % n,
             ShareStrategy::Random => (self.next_random() % n as u64) as usize,
@@ -290,10 +341,7 @@ impl SharedIndex {
             exclude
                 .is_none_or(|x| (x.shard, x.slot, x.generation) != (m.shard, m.slot, m.generation))
         };
-        let usable = |i: &usize| {
-            let id = &members[*i].0;
-            eligible(i) && !self.offline.contains(id) && !availability.busy(id)
-        };
+        let usable = |i: &usize| eligible(i) && self.can_take(&members[*i].0, availability);
         let chosen = match strategy {
             ShareStrategy::LocalFirst => in_turn
                 .clone()
@@ -310,7 +358,49 @@ impl SharedIndex {
         ) {
             group.next.set(chosen + 1);
         }
+        if let Some(balance) = balance {
+            let s = members[chosen].0.shard.index();
+            if let Some(&first) = group.first.get(s) {
+                balance.count(s, chosen as u32 - first, &group.on, n as u32);
+            }
+        }
         Some(members[chosen])
+    }
+
+    /// Round robin's choice with the balance (see `share_balance`): a member of the shard
+    /// whose turn it is, in turn among that shard's members; None when none of them can take
+    /// the message now.
+    fn pick_balanced(
+        &self,
+        group: &ShareGroup,
+        balance: &Balance,
+        here: ShardId,
+        availability: &impl Availability,
+    ) -> Option<(SubscriberId, Grant)> {
+        let members = group.members.len() as u32;
+        let s = balance.shard_for(here.index(), &group.on, members);
+        let len = group.on.get(s).copied().unwrap_or(0);
+        let first = *group.first.get(s)? as usize;
+        let start = balance.turn(s, len);
+        for i in 0..len {
+            // Without a division: start < len and i < len.
+            let position = if start + i >= len {
+                start + i - len
+            } else {
+                start + i
+            };
+            let member = group.members[first + position as usize];
+            if self.can_take(&member.0, availability) {
+                balance.count(s, position, &group.on, members);
+                return Some(member);
+            }
+        }
+        None
+    }
+
+    /// Whether a member can take a message now: online and not busy.
+    fn can_take(&self, id: &SubscriberId, availability: &impl Availability) -> bool {
+        (self.offline.is_empty() || !self.offline.contains(id)) && !availability.busy(id)
     }
 
     /// Messages this shard gave each group (by name, over all its filters), sorted by name.
@@ -412,6 +502,67 @@ mod tests {
         );
         // Topics the filter does not match pick nobody.
         assert!(picks(&index, "b/x", ShareStrategy::RoundRobin, &none, 1).is_empty());
+    }
+
+    #[test]
+    fn round_robin_over_shards_keeps_messages_on_their_shard_while_shares_stay_equal() {
+        // Two shards' replicas of one group: two members on each shard.
+        let loads = ShareLoads::pinned(2, super::super::share_balance::MAX_LEAD);
+        let full = "$share/g/a/#";
+        let parts = parse_shared(full).unwrap().unwrap();
+        let members = [id(0, 1), id(0, 2), id(1, 1), id(1, 2)];
+        let replicas: Vec<SharedIndex> = (0..2)
+            .map(|_| {
+                let mut index = SharedIndex::new(loads.clone());
+                for m in members {
+                    index.insert(full, parts, m, QoS::AtLeastOnce.into());
+                }
+                index
+            })
+            .collect();
+        let pick_on = |shard: u16, busy: &Busy, count: usize| {
+            let mut got = Vec::new();
+            for _ in 0..count {
+                replicas[usize::from(shard)].for_each_pick(
+                    "a/x",
+                    ShareStrategy::RoundRobin,
+                    ShardId(shard),
+                    busy,
+                    |_, id, _| got.push(id),
+                );
+            }
+            got
+        };
+        let none = Busy(vec![]);
+        let count = |got: &[SubscriberId], m: SubscriberId| got.iter().filter(|g| **g == m).count();
+        // Both shards publishing alike: nothing crosses, and members take turns.
+        let mut on_zero = Vec::new();
+        let mut on_one = Vec::new();
+        for _ in 0..100 {
+            on_zero.extend(pick_on(0, &none, 10));
+            on_one.extend(pick_on(1, &none, 10));
+        }
+        assert_eq!(
+            &on_zero[..4],
+            [members[0], members[1], members[0], members[1]]
+        );
+        assert!(on_zero.iter().all(|m| m.shard == ShardId(0)), "{on_zero:?}");
+        assert!(on_one.iter().all(|m| m.shard == ShardId(1)), "{on_one:?}");
+        for m in members {
+            assert_eq!(count(&on_zero, m) + count(&on_one, m), 500, "{m:?}");
+        }
+        // Shard 0 publishing alone: half goes to shard 1's members, every member a quarter.
+        let alone = pick_on(0, &none, 4000);
+        for m in members {
+            let share = count(&alone, m);
+            assert!((950..1050).contains(&share), "{m:?} got {share} of 4000");
+        }
+        // Shard 0's members busy: its messages go to shard 1's; one of them busy too: the
+        // other takes them.
+        let got = pick_on(0, &Busy(vec![members[0], members[1]]), 10);
+        assert!(got.iter().all(|m| m.shard == ShardId(1)), "{got:?}");
+        let got = pick_on(0, &Busy(vec![members[0], members[1], members[2]]), 10);
+        assert!(got.iter().all(|m| *m == members[3]), "{got:?}");
     }
 
     #[test]

@@ -293,7 +293,7 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
     /// Calls `f` once for every (filter, key) entry whose filter matches `topic`. A key
     /// subscribed through several matching filters is reported once per filter; the caller
     /// picks the one that applies (e.g. the highest QoS). The order is unspecified.
-    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&K, &V)) {
+    pub fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a K, &'a V)) {
         // Only `+` branches wait here; the literal branch is followed directly. Sixteen
         // pending `+` branches cover any sane filter set without touching the heap.
         let mut pending: SmallVec<[Branch<'_, '_, K, V>; 16]> = SmallVec::new();

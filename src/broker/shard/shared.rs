@@ -37,13 +37,14 @@ impl Shard {
         routed: &mut Routed,
         served: Option<&mut Vec<crate::protocol::ByteStr>>,
     ) {
-        let mut picks: SmallVec<[(Arc<ShareKey>, SubscriberId, Grant); 4]> = SmallVec::new();
+        // The keys stay the replica's: a delivery clones one only where it keeps it.
+        let mut picks: SmallVec<[(&Arc<ShareKey>, SubscriberId, Grant); 4]> = SmallVec::new();
         replica.shared.for_each_pick(
             &message.topic,
             self.config.shared_strategy,
             self.id,
             &self.pressure,
-            |key, id, grant| picks.push((key.clone(), id, grant)),
+            |key, id, grant| picks.push((key, id, grant)),
         );
         routed.matched += picks.len();
         if let Some(served) = served {
@@ -56,8 +57,7 @@ impl Shard {
             // wait for a member here, it took messages until its queue was past every bound,
             // and then the group dropped what the publisher had been acknowledged.
             let every_member_busy = self.pressure.busy(&id);
-            let tag = ShareTag { key, hops: 0 };
-            self.deliver_shared(message, id, grant, tag, &mut routed.ticket);
+            self.deliver_shared(message, id, grant, key, 0, &mut routed.ticket);
             if every_member_busy
                 && message.qos.min(grant.qos) != QoS::AtMostOnce
                 && routed.pressured.is_none()
@@ -67,15 +67,17 @@ impl Shard {
         }
     }
 
-    /// Delivers `message` to the member `id` of the group in `tag`, here or on its shard. A
-    /// publisher's acknowledgement that must wait for it waits for `ticket`: this adds the
-    /// message sent to another shard (what is journalled here the caller finds in the log).
+    /// Delivers `message` to the member `id` of the group `key`, here or on its shard, after
+    /// `hops` members failed to take it. A publisher's acknowledgement that must wait for it
+    /// waits for `ticket`: this adds the message sent to another shard (what is journalled
+    /// here the caller finds in the log).
     pub(super) fn deliver_shared(
         &self,
         message: &Arc<Message>,
         id: SubscriberId,
         grant: Grant,
-        tag: ShareTag,
+        key: &Arc<ShareKey>,
+        hops: u8,
         ticket: &mut Ticket,
     ) {
         add(&self.metrics.shared_delivered, 1);
@@ -89,12 +91,20 @@ impl Shard {
             acl_check: grant.acl_checked,
         };
         if id.shard == self.id {
-            if let Err(failed) = self.deliver_local_shared(target, message, &tag, Arrival::Routed) {
+            if let Err(failed) = self.deliver_local_shared(target, message, key, Arrival::Routed) {
+                let tag = ShareTag {
+                    key: key.clone(),
+                    hops,
+                };
                 self.share_again(message, tag, failed, ticket);
             }
             return;
         }
         let needs_ack = self.confirms_delivery(id, qos);
+        let tag = ShareTag {
+            key: key.clone(),
+            hops,
+        };
         let number = self.router.borrow_mut().deliver_tagged(
             id.shard,
             message,
@@ -113,10 +123,10 @@ impl Shard {
         &self,
         target: Target,
         message: &Arc<Message>,
-        tag: &ShareTag,
+        key: &Arc<ShareKey>,
         arrival: Arrival,
     ) -> Result<(), SubscriberId> {
-        match self.enqueue_local(target, message, Some(&tag.key), arrival) {
+        match self.enqueue_local(target, message, Some(key), arrival) {
             Ok(()) => Ok(()),
             Err(_) => Err(SubscriberId {
                 shard: self.id,
@@ -140,7 +150,9 @@ impl Shard {
         numbered: Numbered,
         returned: &mut Vec<(Arc<Message>, ShareTag, SubscriberId)>,
     ) {
-        if let Err(failed) = self.deliver_local_shared(target, message, &tag, Arrival::FromShard) {
+        if let Err(failed) =
+            self.deliver_local_shared(target, message, &tag.key, Arrival::FromShard)
+        {
             if numbered.needs_ack {
                 returned.push((message.clone(), tag, failed));
             } else {
@@ -222,11 +234,8 @@ impl Shard {
             return;
         };
         add(&self.metrics.shared_redispatched, 1);
-        let tag = ShareTag {
-            key: tag.key,
-            hops: tag.hops.saturating_add(1),
-        };
-        self.deliver_shared(message, id, grant, tag, ticket);
+        let hops = tag.hops.saturating_add(1);
+        self.deliver_shared(message, id, grant, &tag.key, hops, ticket);
     }
 
     /// A session that ends gives its group the messages it held for it that its client does
