@@ -245,14 +245,23 @@ pub(super) async fn take(
         // copies, asked again while it cannot answer, within [`STORED_WAIT`].
         let deadline = Instant::now() + STORED_WAIT;
         loop {
-            let asked = (&client, client_id.as_str(), &stored, &*shared);
+            let asked = (&client, client_id.as_str(), &stored);
             let read = timeout_at(
                 deadline,
                 from_jetstream(asked, superseded.is_some(), &answer),
             );
             match read.await {
                 Ok(Ok(found)) => {
-                    for records in found {
+                    if let Some((node, gone_ms)) = found.mark_taken {
+                        // Past the deadline's reach: a mark written (or on its way) with the
+                        // copy then dropped for a late answer would have made every later
+                        // resume take the copy as taken, its messages lost.
+                        shared.queues_taken.fetch_add(1, Ordering::Relaxed);
+                        (stored.directory)
+                            .mark_taken(&client, &client_id, &node, gone_ms)
+                            .await;
+                    }
+                    for records in found.sessions {
                         take_stored(&shared, &client_id, &mut sessions, records);
                     }
                     break;
@@ -287,12 +296,12 @@ pub(super) async fn take(
 /// its node made when its client went away, with its messages, if there is one; else the
 /// session directory's copy, with the session's subscriptions (see [`take`]).
 /// `superseded`: this node's restored copy was taken by another node while this one was
-/// down.
+/// down. Only reads: what must be written, that the copy is taken, is in [`Found`].
 async fn from_jetstream(
-    (client, client_id, stored, shared): (&async_nats::Client, &str, &Stored, &ClusterShared),
+    (client, client_id, stored): (&async_nats::Client, &str, &Stored),
     superseded: bool,
     answer: &Answer<Taken>,
-) -> Result<Vec<Bytes>, Unreadable> {
+) -> Result<Found, Unreadable> {
     let Stored {
         directory,
         username,
@@ -300,11 +309,15 @@ async fn from_jetstream(
     } = stored;
     let held_here = *held != Held::Nothing;
     let mut sessions = Vec::new();
+    let mut mark_taken = None;
     let Some(entry) = directory
         .get(client, client_id, username.as_deref())
         .await?
     else {
-        return Ok(sessions);
+        return Ok(Found {
+            sessions,
+            mark_taken,
+        });
     };
     let records = entry.records;
     // Another node wrote the entry: it may have resumed the session held here while this
@@ -336,10 +349,7 @@ async fn from_jetstream(
                     sessions.push(records);
                 }
             } else {
-                shared.queues_taken.fetch_add(1, Ordering::Relaxed);
-                directory
-                    .mark_taken(client, client_id, &copy.node, copy.gone_ms)
-                    .await;
+                mark_taken = Some((copy.node, copy.gone_ms));
                 sessions.push(copy.records);
             }
         }
@@ -352,7 +362,18 @@ async fn from_jetstream(
     if let (true, Some(records)) = (sessions.is_empty(), directory_copy) {
         sessions.push(records);
     }
-    Ok(sessions)
+    Ok(Found {
+        sessions,
+        mark_taken,
+    })
+}
+
+/// What [`from_jetstream`] found: the session copies to take, and, when one is a node's
+/// queue copy, that node and when its client went away there, for the mark that it is taken
+/// (written by the caller once the reads are done, whatever their deadline).
+struct Found {
+    sessions: Vec<Bytes>,
+    mark_taken: Option<(String, u64)>,
 }
 
 /// A node's name: its incarnation (`name/start-time`) without the start time.
