@@ -292,10 +292,13 @@ pub fn until_entry(
     });
 }
 
-/// A node as its own `surgemq serve` process, killed with SIGKILL when dropped.
+/// A node as its own `surgemq serve` process, killed with SIGKILL when dropped. Its log
+/// (warnings and errors) goes to a file, printed when a failing test drops the node: what
+/// the node said is often what explains a cluster test that failed once under load.
 pub struct NodeProcess {
     child: Child,
     port: u16,
+    log: std::path::PathBuf,
 }
 
 impl NodeProcess {
@@ -307,6 +310,11 @@ impl NodeProcess {
     /// `--shards`).
     pub fn start_with(name: &str, nats: &str, more: &[&str]) -> NodeProcess {
         let port = free_port();
+        let log = std::env::temp_dir().join(format!(
+            "surgemq-node-{name}-{port}-{}.log",
+            std::process::id()
+        ));
+        let log_file = std::fs::File::create(&log).expect("the node's log file");
         let shards: &[&str] = if more.contains(&"--shards") {
             &[]
         } else {
@@ -318,12 +326,12 @@ impl NodeProcess {
             .args(["--cluster", nats, "--node-id", name, "--log-level", "warn"])
             .args(more)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file)
             .spawn()
             .expect("the surgemq binary");
         wait_listening(port);
         until_sessions_bucket(nats);
-        NodeProcess { child, port }
+        NodeProcess { child, port, log }
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
@@ -355,6 +363,18 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!(
+                "--- the last {} lines of the log of the node on port {} ---\n{}",
+                tail.len(),
+                self.port,
+                tail.join("\n")
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
