@@ -320,3 +320,78 @@ fn a_persistent_member_keeps_its_messages_unless_shared_redispatch_says_so() {
         }
     }
 }
+
+/// Runs `publish` against a group of 4 QoS 1 members, 2 on each of 2 shards, until they got
+/// `n` messages; returns what each member got and how many messages crossed to the other
+/// shard (`shared_cross_shard`).
+fn members_on_two_shards(n: usize, publish: impl FnOnce(&Broker) + Send) -> (Vec<usize>, u64) {
+    let broker = Broker::start(2);
+    let members: Vec<Reader> = (0..4)
+        .map(|i| member(&broker, &format!("m{i}"), i % 2, false, "$share/g/jobs/#"))
+        .collect();
+    let total = AtomicUsize::new(0);
+    let got: Vec<usize> = std::thread::scope(|s| {
+        let readers: Vec<_> = members
+            .into_iter()
+            .map(|r| s.spawn(|| r.drain(&total, n).len()))
+            .collect();
+        publish(&broker);
+        readers.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        got.iter().sum::<usize>(),
+        n,
+        "every message reached one member"
+    );
+    let crossed = broker.shutdown().iter().map(|s| s.shared_cross_shard).sum();
+    (got, crossed)
+}
+
+#[test]
+fn publishers_on_every_shard_keep_a_groups_messages_on_their_shard() {
+    // Publishers on both shards, taking turns: each shard's members can take that shard's
+    // messages and still get equal shares, so (almost) none crosses to the other core.
+    // Taking turns over the whole group from each shard, as before `share_balance`, sent
+    // half of them across.
+    const N: usize = 2_000;
+    let (got, crossed) = members_on_two_shards(N, |broker| {
+        let mut publishers: Vec<RawClient> = (0..2)
+            .map(|shard| broker.connect(&broker.id_on("pub", shard)))
+            .collect();
+        for i in 0..N {
+            let id = (i / 2 + 1) as u16;
+            publishers[i % 2].publish1("jobs/a", format!("{i}").as_bytes(), false, id);
+        }
+    });
+    for (i, n) in got.iter().enumerate() {
+        let share = n * 100 / N;
+        assert!(
+            (20..=30).contains(&share),
+            "member {i} got {share}%: {got:?}"
+        );
+    }
+    assert!(
+        crossed <= (N / 50) as u64,
+        "{crossed} of {N} crossed shards"
+    );
+
+    // A publisher alone on one shard still gives the other shard's members their half.
+    let (got, crossed) = members_on_two_shards(N, |broker| {
+        let mut publisher = broker.connect(&broker.id_on("lone", 0));
+        for i in 0..N {
+            publisher.publish1("jobs/b", format!("{i}").as_bytes(), false, (i + 1) as u16);
+        }
+    });
+    for (i, n) in got.iter().enumerate() {
+        let share = n * 100 / N;
+        assert!(
+            (20..=30).contains(&share),
+            "member {i} got {share}%: {got:?}"
+        );
+    }
+    let half = (N / 2) as u64;
+    assert!(
+        (half - 200..=half).contains(&crossed),
+        "{crossed} of {N} crossed shards, from one"
+    );
+}

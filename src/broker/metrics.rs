@@ -36,6 +36,9 @@ pub struct Metrics {
     pub shared_delivered: Cell<u64>,
     pub shared_redispatched: Cell<u64>,
     pub dropped_shared: Cell<u64>,
+    /// Shared-subscription messages given to a member on another shard: a hop between cores
+    /// that the group's balance (`share_balance`) keeps to what equal shares need.
+    pub shared_cross_shard: Cell<u64>,
     pub protocol_errors: Cell<u64>,
     pub refused_max_connections: Cell<u64>,
     pub refused_auth: Cell<u64>,
@@ -192,6 +195,7 @@ pub struct MetricsSnapshot {
     pub shared_delivered: u64,
     pub shared_redispatched: u64,
     pub dropped_shared: u64,
+    pub shared_cross_shard: u64,
     pub protocol_errors: u64,
     pub protocol_errors_by_rule: Vec<(String, u64)>,
     pub refused_max_connections: u64,
@@ -258,6 +262,7 @@ impl Metrics {
             shared_delivered: self.shared_delivered.get(),
             shared_redispatched: self.shared_redispatched.get(),
             dropped_shared: self.dropped_shared.get(),
+            shared_cross_shard: self.shared_cross_shard.get(),
             protocol_errors: self.protocol_errors.get(),
             protocol_errors_by_rule: by_rule,
             refused_max_connections: self.refused_max_connections.get(),
@@ -307,6 +312,7 @@ impl MetricsSnapshot {
             total.shared_delivered += s.shared_delivered;
             total.shared_redispatched += s.shared_redispatched;
             total.dropped_shared += s.dropped_shared;
+            total.shared_cross_shard += s.shared_cross_shard;
             total.protocol_errors += s.protocol_errors;
             total.refused_max_connections += s.refused_max_connections;
             total.refused_auth += s.refused_auth;

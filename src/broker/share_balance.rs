@@ -20,7 +20,8 @@
 //! members take turns strictly (two members on two shards alternate), and a burst of a few
 //! hundred still reaches every member nearly equally. The rate is timed every [`WINDOW`]
 //! picks. A shard writes its picks where the others see them, and reads theirs, every few
-//! picks, half its lead: at every pick with no lead, every [`WINDOW`] at most.
+//! picks, half its lead, every [`WINDOW`] at most; with no lead, after every pick and again
+//! before the next.
 //!
 //! A shard that falls behind by more than [`CAP`] (its members were busy or offline,
 //! or have just joined) has its count raised to [`CAP`] behind, and one ahead by more is
@@ -181,11 +182,18 @@ impl Balance {
     /// Shares compare as got/total against on/members, in integers: got * members against
     /// total * on. (Saturating: 2^64 takes centuries of messages even times many members.)
     pub fn shard_for(&self, here: usize, on: &[u32], members: u32) -> usize {
+        let lead = self.lead.get();
+        if lead == 0 {
+            // No lead to absorb what the others picked since this shard last read their
+            // counts (after its own last pick): read them now. Else publishers taking turns
+            // on two shards, slowly, see each other one pick late, and a third of their
+            // messages cross.
+            self.sync(on, members);
+        }
         let members = u64::from(members);
         let total = self.total.get();
         let share = |n: u32| total.saturating_mul(u64::from(n));
         if let (Some(&n), Some(view)) = (on.get(here), self.shards.get(here)) {
-            let lead = self.lead.get();
             if n > 0 && view.got().saturating_mul(members) <= share(n) + lead * members {
                 return here;
             }
@@ -337,6 +345,20 @@ mod tests {
             }
         }
         assert_eq!(order, [1, 0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn a_quiet_group_with_publishers_taking_turns_on_both_shards_never_crosses() {
+        let loads = ShareLoads::pinned(2, 0);
+        let key = ByteStr::from("$share/g/t/#");
+        let (zero, one) = (loads.balance(&key).unwrap(), loads.balance(&key).unwrap());
+        let on = [2, 2];
+        let (mut from_zero, mut from_one) = ([0; 2], [0; 2]);
+        for _ in 0..1000 {
+            run(&zero, 0, &on, 1, &mut from_zero);
+            run(&one, 1, &on, 1, &mut from_one);
+        }
+        assert_eq!((from_zero, from_one), ([1000, 0], [0, 1000]));
     }
 
     #[test]

@@ -603,6 +603,7 @@ fn log_totals(shards: &[MetricsSnapshot]) {
         shared_delivered = sum(|m| m.shared_delivered),
         shared_redispatched = sum(|m| m.shared_redispatched),
         dropped_shared = sum(|m| m.dropped_shared),
+        shared_cross_shard = sum(|m| m.shared_cross_shard),
         publishers_paused = sum(|m| m.publishers_paused),
         subscribers_stalled = sum(|m| m.subscribers_stalled),
         log_compactions = sum(|m| m.compactions),

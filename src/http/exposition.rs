@@ -105,6 +105,7 @@ pub const SERIES: &[Series] = &[
     labelled(counter("messages_dropped", DROPPED, "dropped_shared", |m| m.dropped_shared), "reason", "shared_no_member"),
     counter("shared_delivered", "Messages given to a shared subscription's member.", "shared_delivered", |m| m.shared_delivered),
     counter("shared_redispatched", "Shared-subscription messages given to another member.", "shared_redispatched", |m| m.shared_redispatched),
+    counter("shared_cross_shard", "Shared-subscription messages given to a member on another shard (core).", "shared_cross_shard", |m| m.shared_cross_shard),
     counter("protocol_errors", "Connections closed for a protocol error.", "protocol_errors", |m| m.protocol_errors),
     labelled(counter("connections_refused", REFUSED, "refused_max_connections", |m| m.refused_max_connections), "reason", "max_connections"),
     labelled(counter("connections_refused", REFUSED, "refused_auth", |m| m.refused_auth), "reason", "auth"),

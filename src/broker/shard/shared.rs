@@ -100,6 +100,7 @@ impl Shard {
             }
             return;
         }
+        add(&self.metrics.shared_cross_shard, 1);
         let needs_ack = self.confirms_delivery(id, qos);
         let tag = ShareTag {
             key: key.clone(),
