@@ -24,7 +24,7 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures_lite::StreamExt;
 use tokio::time::{timeout_at, Instant};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::node::directory::{Directory, Unreadable};
 use crate::broker::cluster_port::{
@@ -314,6 +314,7 @@ async fn from_jetstream(
         .get(client, client_id, username.as_deref())
         .await?
     else {
+        debug!(client = %client_id, "cluster: the session directory has no entry for a resuming session");
         return Ok(Found {
             sessions,
             mark_taken,
@@ -333,7 +334,17 @@ async fn from_jetstream(
     // directory has, the subscriptions it made there included, not with a new session.
     let directory_copy = superseded.then(|| records.clone());
     let copied = super::node::queues::read(client, client_id, || answer.is_abandoned());
-    match copied.await? {
+    let copied = copied.await?;
+    debug!(
+        client = %client_id,
+        held_here,
+        superseded,
+        copy_from = copied.as_ref().map(|c| c.node.as_str()),
+        copy_bytes = copied.as_ref().map(|c| c.records.len()),
+        directory_bytes = records.len(),
+        "cluster: what JetStream holds of a resuming session"
+    );
+    match copied {
         Some(copy) if held_here && directory.is_own(&copy.node) => {
             // This node's own copy of the session it holds: nothing to take, but what
             // another node wrote.

@@ -293,8 +293,9 @@ pub fn until_entry(
 }
 
 /// A node as its own `surgemq serve` process, killed with SIGKILL when dropped. Its log
-/// (warnings and errors) goes to a file, printed when a failing test drops the node: what
-/// the node said is often what explains a cluster test that failed once under load.
+/// (warnings and errors, and the cluster's debug lines) goes to a file, printed when a
+/// failing test drops the node: what the node said is often what explains a cluster test
+/// that failed once under load.
 pub struct NodeProcess {
     child: Child,
     port: u16,
@@ -323,8 +324,11 @@ impl NodeProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_surgemq"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(shards)
-            .args(["--cluster", nats, "--node-id", name, "--log-level", "warn"])
+            .args(["--cluster", nats, "--node-id", name])
             .args(more)
+            // Warnings, and what a resume found in JetStream: a failing test prints the
+            // last lines (see Drop).
+            .env("RUST_LOG", "warn,surgemq::cluster=debug")
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

@@ -49,7 +49,7 @@ use async_nats::jetstream::{self, context::PublishAckFuture, stream};
 use async_nats::HeaderMap;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::copy_marks::{CopyMarks, Firsts};
 use super::directory::Unreadable;
@@ -132,11 +132,15 @@ pub(in crate::cluster) async fn read(
         let m = match got {
             Ok(m) => m,
             Err(e) => match e.kind() {
-                stream::RawMessageErrorKind::NoMessageFound => break,
+                stream::RawMessageErrorKind::NoMessageFound => {
+                    debug!(client = %client_id, from = next, "cluster: JetStream has no more of the session's queue copy");
+                    break;
+                }
                 stream::RawMessageErrorKind::JetStream(e)
                     if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
                 {
-                    return Ok(None)
+                    debug!(client = %client_id, "cluster: JetStream has no stream of queue copies");
+                    return Ok(None);
                 }
                 _ => {
                     warn!(client = %client_id, "cluster: cannot read the session's queue from JetStream: {e}");
@@ -145,6 +149,7 @@ pub(in crate::cluster) async fn read(
             },
         };
         if abandoned() {
+            debug!(client = %client_id, "cluster: the client stopped waiting for its queue copy");
             return Ok(None);
         }
         if m.subject.as_str() != subject {
