@@ -120,6 +120,10 @@ enum InflightState {
 #[derive(Debug)]
 struct Inflight {
     packet_id: PacketId,
+    /// The message's payload bytes, as counted in `queued_bytes`: kept here so that the
+    /// acknowledgement need not read the message, cold by then (an MQTT payload is under
+    /// 256 MiB). It costs no room: the entry has padding for it.
+    size: u32,
     message: Arc<Message>,
     qos: QoS,
     retain: bool,
@@ -698,8 +702,10 @@ impl Session {
                             stored.sent.push((seq, packet_id));
                         }
                         // Still held until the client acknowledges it.
-                        self.queued_bytes += message.payload.len();
+                        let size = payload_size(&message.payload);
+                        self.queued_bytes += size as usize;
                         self.inflight.push_back(Inflight {
+                            size,
                             seq,
                             subscription_id,
                             share,
@@ -743,7 +749,7 @@ impl Session {
             // Entries still to be re-sent are the last `resend` ones.
             let resend_from = self.inflight.len() - self.resend;
             if let Some(done) = self.inflight.remove(i) {
-                self.queued_bytes -= done.message.payload.len();
+                self.queued_bytes -= done.size as usize;
             }
             if i >= resend_from {
                 self.resend -= 1;
@@ -849,6 +855,13 @@ impl Session {
     pub fn inflight(&self) -> usize {
         self.inflight.len()
     }
+}
+
+/// A payload's size as an in-flight entry keeps it (see `Inflight::size`), and as it is
+/// counted in `queued_bytes` while in flight. (No payload comes near 4 GiB: the cap only
+/// keeps the count from wrapping.)
+fn payload_size(payload: &[u8]) -> u32 {
+    u32::try_from(payload.len()).unwrap_or(u32::MAX)
 }
 
 fn next_id(id: PacketId) -> PacketId {

@@ -31,7 +31,7 @@ impl Session {
             }
             match f.share.take() {
                 Some(share) => {
-                    bytes += f.message.payload.len();
+                    bytes += f.size as usize;
                     taken.push(Unreceived {
                         message: f.message.clone(),
                         share,

@@ -167,10 +167,12 @@ impl Session {
             };
             let m = f.message;
             s.last_packet_id = f.packet_id;
-            s.queued_bytes += m.payload.len();
+            let size = super::payload_size(&m.payload);
+            s.queued_bytes += size as usize;
             next_seq = next_seq.max(m.seq + 1);
             s.inflight.push_back(Inflight {
                 packet_id: f.packet_id,
+                size,
                 qos: m.qos,
                 retain: m.retain,
                 state,

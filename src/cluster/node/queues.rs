@@ -122,6 +122,9 @@ pub(in crate::cluster) async fn read(
     let mut records = BytesMut::new();
     let mut head: Option<(u64, String)> = None;
     let mut next = 1;
+    // What was read, for the debug line: each message's sequence and kind (S snapshot, E
+    // end, F change of the snapshot's node, f of another node, ? neither).
+    let mut seen = String::new();
     loop {
         let got = stream
             .raw_message_builder()
@@ -133,7 +136,7 @@ pub(in crate::cluster) async fn read(
             Ok(m) => m,
             Err(e) => match e.kind() {
                 stream::RawMessageErrorKind::NoMessageFound => {
-                    debug!(client = %client_id, from = next, "cluster: JetStream has no more of the session's queue copy");
+                    debug!(client = %client_id, from = next, %seen, "cluster: JetStream has no more of the session's queue copy");
                     break;
                 }
                 stream::RawMessageErrorKind::JetStream(e)
@@ -158,6 +161,20 @@ pub(in crate::cluster) async fn read(
             return Ok(None);
         }
         next = m.sequence + 1;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let kind = match (
+                m.headers.get(END),
+                m.headers.get(SNAPSHOT),
+                m.headers.get(FROM),
+            ) {
+                (Some(_), _, _) => "E",
+                (_, Some(_), _) => "S",
+                (_, _, Some(from)) if head.as_ref().is_some_and(|(_, n)| n == from.as_str()) => "F",
+                (_, _, Some(_)) => "f",
+                _ => "?",
+            };
+            seen.push_str(&format!("{}{} ", kind, m.sequence));
+        }
         if m.headers.get(END).is_some() {
             records.clear();
             head = None;
