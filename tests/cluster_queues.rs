@@ -277,11 +277,19 @@ fn a_node_cut_off_while_its_session_moved_on_resumes_it_with_the_newer_subscript
     resumes_with_old_and_new(&a);
 }
 
-/// While JetStream has no quorum (two of the three NATS servers killed), it cannot say what a
+/// While JetStream has no quorum (two of the three NATS servers stopped), it cannot say what a
 /// client's session holds: a resume on a node that holds nothing of it is refused (CONNACK
 /// 0x88 to an MQTT 5 client, 0x03 to a 3.1.1 one: server unavailable) rather than started
 /// anew, which would have told the client its subscriptions and queued messages were gone.
 /// Once the servers are back, the client resumes with both.
+///
+/// The two servers are stopped with SIGTERM, not killed. Killed (SIGKILL) together, they
+/// came back, about one run in eight on a loaded machine, without the session's snapshot
+/// JetStream had acknowledged: the queue copy's reader found only the change after it.
+/// nats-server 2.9 flushes its raft logs asynchronously, so a kill -9 of two of three
+/// servers may cost acknowledged writes (the likely cause; not proven). That is NATS's
+/// durability, not SurgeMQ's; this test is about a resume while JetStream cannot answer.
+/// (Paused with SIGSTOP instead, the survivor went on naming a leader.)
 #[test]
 fn a_resume_jetstream_cannot_answer_is_refused_not_started_anew() {
     let mut nats = Nats::start();
@@ -295,8 +303,8 @@ fn a_resume_jetstream_cannot_answer_is_refused_not_started_anew() {
     until_copied(&nats, "roamer", &queued_payload(1)[..5]);
     until_stored(&nats, "roamer", true);
     a.kill();
-    nats.kill(0);
-    nats.kill(2);
+    nats.stop(0);
+    nats.stop(2);
     until_leaders(&nats, 1, "without a leader", |l| l.is_none());
 
     let wait = Duration::from_secs(15);

@@ -165,6 +165,24 @@ impl Nats {
         );
     }
 
+    /// Stops server `i` as an operator would (SIGTERM: it shuts down in order, its
+    /// JetStream state written out), for [`Nats::restart`]; killed if it takes over 10 s.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            // SAFETY: kill(2) on our own child's pid, which it keeps until waited for.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.servers[i].take() {
             let _ = c.kill();
