@@ -123,7 +123,8 @@ pub(in crate::cluster) async fn read(
     let mut head: Option<(u64, String)> = None;
     let mut next = 1;
     // What was read, for the debug line: each message's sequence and kind (S snapshot, E
-    // end, F change of the snapshot's node, f of another node, ? neither).
+    // end, F change of the snapshot's node, f of another node, ? neither), the first 400
+    // characters of it.
     let mut seen = String::new();
     loop {
         let got = stream
@@ -161,7 +162,7 @@ pub(in crate::cluster) async fn read(
             return Ok(None);
         }
         next = m.sequence + 1;
-        if tracing::enabled!(tracing::Level::DEBUG) {
+        if seen.len() < 400 && tracing::enabled!(tracing::Level::DEBUG) {
             let kind = match (
                 m.headers.get(END),
                 m.headers.get(SNAPSHOT),
