@@ -21,8 +21,8 @@
 //! meanwhile go as one JetStream message (up to NATS's max payload: the reader concatenates
 //! them all the same), headed [`FROM`] with the node. A publisher's acknowledgement of a
 //! message copied waits for JetStream to store the copy (`copy_marks`), except while the
-//! stream cannot be opened (JetStream not there): then the copies wait here (within bounds)
-//! without holding anyone. A change given up on (no room on its way, JetStream failed, or
+//! stream cannot be opened (JetStream not there, known once an attempt to open it failed):
+//! then the copies wait here (within bounds) without holding anyone. A change given up on (no room on its way, JetStream failed, or
 //! beyond those bounds) leaves its session's copy short: the session's home shard is told
 //! (`ShardMessage::CopyShort`, at most once a second per session while writes fail) and
 //! writes a new snapshot, which holds what was lost.
@@ -238,6 +238,7 @@ pub(super) async fn keep_queues(
     let js = jetstream::ContextBuilder::new()
         .ack_timeout(ACK_TIMEOUT)
         .build(client.clone());
+    // Whether an attempt to open the stream failed: JetStream is not there.
     let mut said = false;
     // What comes before the stream is open waits (in order, up to `QUEUE_COPIES_CAPACITY`
     // copies; beyond, not copied and counted): JetStream may come up later than the node.
@@ -245,6 +246,7 @@ pub(super) async fn keep_queues(
     let mut waiting_copies = 0;
     // The clients whose copies lack what was not kept meanwhile.
     let mut short = ShortClients::default();
+    let mut untold = false;
     let stream = loop {
         // After a failed attempt, the pause before the next one; copies wait meanwhile.
         let pause = if said { RETRY } else { Duration::ZERO };
@@ -253,7 +255,6 @@ pub(super) async fn keep_queues(
             open_stream(&js).await
         };
         tokio::pin!(opening);
-        let mut untold = false;
         let opened = loop {
             tokio::select! {
                 opened = &mut opening => break opened,
@@ -273,9 +274,14 @@ pub(super) async fn keep_queues(
                         untold = marks.tell(std::iter::empty());
                     }
                     Some(op) => {
-                        // Without a stream, nobody waits for them (see the module docs).
-                        received(&mut marks, &op);
-                        untold = marks.tell(std::iter::empty());
+                        // Without a stream, nobody waits for them (see the module docs);
+                        // but until the first attempt to open it fails, JetStream may only
+                        // be slow to answer (a node starting beside it), and those who wait
+                        // for these copies keep waiting.
+                        if said {
+                            received(&mut marks, &op);
+                            untold = marks.tell(std::iter::empty());
+                        }
                         if let QueueOp::Copies(copies) = &op {
                             waiting_copies += copies.len();
                         }
@@ -289,6 +295,11 @@ pub(super) async fn keep_queues(
             Err(e) => {
                 if !std::mem::replace(&mut said, true) {
                     info!("cluster: no JetStream stream for offline sessions' queues yet ({e}; trying again every {}s); until then a session on a node that is down resumes without its messages", RETRY.as_secs());
+                    // JetStream is not there: what waited for its copies waits no more.
+                    for op in &waiting {
+                        received(&mut marks, op);
+                    }
+                    untold = marks.tell(std::iter::empty());
                 }
             }
         }
