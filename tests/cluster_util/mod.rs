@@ -66,6 +66,21 @@ impl Nats {
     }
 
     fn start_with(unadvertised: bool) -> Nats {
+        // Ports are free when chosen, but another test (or test process) starting its own
+        // cluster at the same moment may take one before nats-server binds it; then the
+        // cluster does not form, and another set of ports is tried.
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let nats = Nats::spawn_all(unadvertised);
+            match nats.routed() {
+                Ok(()) => return nats,
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("no NATS cluster came up: {failures:?}");
+    }
+
+    fn spawn_all(unadvertised: bool) -> Nats {
         // Six distinct ports: held together, so the kernel cannot hand one out twice.
         let held: Vec<TcpListener> = (0..6)
             .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
@@ -92,35 +107,41 @@ impl Nats {
         for &p in &nats.ports {
             wait_listening(p);
         }
-        // Routed once a message published on any server reaches every other one.
+        nats
+    }
+
+    /// Whether a message published on any server reaches every other one (within 10 s).
+    fn routed(&self) -> Result<(), String> {
         run(async {
             let mut clients = Vec::new();
             for i in 0..3 {
-                clients.push(async_nats::connect(nats.url(i)).await.unwrap());
+                let client = async_nats::connect(self.url(i))
+                    .await
+                    .map_err(|e| format!("server {i}: {e}"))?;
+                clients.push(client);
             }
             for to in 0..3 {
                 let mut sub = clients[to]
                     .subscribe(format!("routes.ready.{to}"))
                     .await
-                    .unwrap();
-                clients[to].flush().await.unwrap();
+                    .map_err(|e| e.to_string())?;
+                clients[to].flush().await.map_err(|e| e.to_string())?;
                 for from in (0..3).filter(|&f| f != to) {
                     let deadline = Instant::now() + Duration::from_secs(10);
                     loop {
                         clients[from]
                             .publish(format!("routes.ready.{to}"), "?".into())
                             .await
-                            .unwrap();
-                        clients[from].flush().await.unwrap();
+                            .map_err(|e| e.to_string())?;
+                        clients[from].flush().await.map_err(|e| e.to_string())?;
                         let got =
                             tokio::time::timeout(Duration::from_millis(100), sub.next()).await;
                         if matches!(got, Ok(Some(_))) {
                             break;
                         }
-                        assert!(
-                            Instant::now() < deadline,
-                            "NATS servers {from} -> {to} not routed"
-                        );
+                        if Instant::now() >= deadline {
+                            return Err(format!("NATS servers {from} -> {to} not routed"));
+                        }
                     }
                     // Drain the extra probes.
                     while let Ok(Some(_)) =
@@ -129,8 +150,8 @@ impl Nats {
                     }
                 }
             }
-        });
-        nats
+            Ok(())
+        })
     }
 
     pub fn url(&self, i: usize) -> String {
