@@ -71,8 +71,8 @@ impl Nats {
         // cluster does not form, and another set of ports is tried.
         let mut failures = Vec::new();
         for _ in 0..3 {
-            let nats = Nats::spawn_all(unadvertised);
-            match nats.routed() {
+            let mut nats = Nats::spawn_all(unadvertised);
+            match nats.listening().and_then(|()| nats.routed()) {
                 Ok(()) => return nats,
                 Err(e) => failures.push(e),
             }
@@ -104,10 +104,25 @@ impl Nats {
             unadvertised,
         };
         nats.servers = (0..3).map(|i| Some(spawn_server(&nats, i))).collect();
-        for &p in &nats.ports {
-            wait_listening(p);
-        }
         nats
+    }
+
+    /// Whether every server listens on its client port (within 15 s; one that exited, at
+    /// once: its port was taken).
+    fn listening(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + WAIT;
+        for i in 0..3 {
+            while TcpStream::connect(("127.0.0.1", self.ports[i])).is_err() {
+                let exited = self.servers[i]
+                    .as_mut()
+                    .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+                if exited || Instant::now() >= deadline {
+                    return Err(format!("server {i} does not listen on {}", self.ports[i]));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
     }
 
     /// Whether a message published on any server reaches every other one (within 10 s).
@@ -221,13 +236,13 @@ impl Drop for Nats {
     }
 }
 
+/// How long a process is given to listen on its port.
+const WAIT: Duration = Duration::from_secs(15);
+
 pub fn wait_listening(port: u16) {
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "nothing listens on {port}"
-        );
+        assert!(started.elapsed() < WAIT, "nothing listens on {port}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
