@@ -113,6 +113,30 @@ pub(in crate::cluster) struct Unreadable;
 /// not wait out the resume's time for JetStream's copies (`handoff`).
 const LOOKUP_WAIT: Duration = Duration::from_secs(1);
 
+/// A key's value as the bucket's leader has it; None when the key has none (never put, or
+/// deleted). `Store::get` asks any replica when the bucket allows direct gets (ours do, see
+/// `open_bucket`), and a replica may lag behind the leader (NATS says so of direct gets): one
+/// that just restarted could answer a resume with an entry older than the one another node
+/// wrote, or without a tombstone already written.
+async fn leader_get(
+    store: &Store,
+    key: &str,
+) -> Result<Option<Bytes>, async_nats::jetstream::stream::LastRawMessageError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let subject = format!("{}{}", store.prefix, key);
+    match store.stream.get_last_raw_message_by_subject(&subject).await {
+        // A delete or purge leaves a marker with no value (and so does a key NATS removed
+        // itself: a marker's reason).
+        Ok(m) if m.headers.get("Nats-Marker-Reason").is_some() => Ok(None),
+        Ok(m) => match m.headers.get("KV-Operation").map(|op| op.as_str()) {
+            Some("DEL") | Some("PURGE") => Ok(None),
+            _ => Ok(Some(m.payload)),
+        },
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The change that deletes a session's entry.
 pub(super) fn delete_op(client_id: &str) -> KvOp {
     KvOp::Delete(key_of(client_id))
@@ -302,7 +326,7 @@ impl Directory {
         }
         let store = self.store(client).await?;
         let key = tombstone_key(&key_of(client_id), node_key);
-        let value = store.get(&key).await.ok()??;
+        let value = leader_get(&store, &key).await.ok()??;
         let at = std::str::from_utf8(&value).ok()?.parse().ok()?;
         self.watched(key, Some(&value));
         Some(at)
@@ -410,7 +434,7 @@ impl Directory {
             return Ok(None);
         };
         let key = key_of(client_id);
-        let value = match store.get(&key).await {
+        let value = match leader_get(&store, &key).await {
             Ok(Some(value)) => value,
             Ok(None) => return Ok(None),
             Err(e) => {
