@@ -22,10 +22,10 @@
 //! them all the same), headed [`FROM`] with the node. A publisher's acknowledgement of a
 //! message copied waits for JetStream to store the copy (`copy_marks`), except while the
 //! stream cannot be opened (JetStream not there, known once an attempt to open it failed):
-//! then the copies wait here (within bounds) without holding anyone. A change given up on (no room on its way, JetStream failed, or
-//! beyond those bounds) leaves its session's copy short: the session's home shard is told
-//! (`ShardMessage::CopyShort`, at most once a second per session while writes fail) and
-//! writes a new snapshot, which holds what was lost.
+//! then the copies wait here (within bounds) without holding anyone. A change given up on
+//! (no room on its way, JetStream failed, or beyond those bounds) leaves its session's copy
+//! short: the session's home shard is told (`ShardMessage::CopyShort`, at most once a second
+//! per session while writes fail) and writes a new snapshot, which holds what was lost.
 //!
 //! A node resuming a session that no node handed over (its node is down) reads the subject
 //! ([`read`]): if it has a snapshot, that copy (the last snapshot and the changes after it
