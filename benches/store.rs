@@ -40,7 +40,9 @@ fn run(batch: usize, iters: u64) -> Duration {
                 log.durable(last).await;
             }
             let elapsed = start.elapsed();
-            drop(task);
+            // Ends once all is durable and no zeros are being written ahead of the log.
+            log.retire();
+            task.await;
             elapsed
         })
         .expect("executor starts")

@@ -110,6 +110,26 @@ impl Reservation {
         Ok(())
     }
 
+    /// Whether an extension is being written.
+    pub fn is_extending(&self) -> bool {
+        self.extending.get()
+    }
+
+    /// Resolves once no extension is being written. A retired log's commit task waits for
+    /// this before it ends, so that its executor never stops with zeros still being written
+    /// on the blocking thread (glommio's thread panics when its answer has nowhere to go).
+    pub async fn settled(&self) {
+        std::future::poll_fn(|cx| {
+            if self.extending.get() {
+                *self.waiter.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+
     /// After a commit that ended at `end`: once less than half a chunk of zeros is left
     /// beyond it, starts writing zeros up to a chunk beyond it in the background (as far as
     /// `cover` would: the file is never more than a chunk ahead of the log). Must run on a
@@ -192,12 +212,6 @@ mod tests {
         std::fs::metadata(path).unwrap().len()
     }
 
-    async fn extension_done(r: &Reservation) {
-        while r.extending.get() {
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-        }
-    }
-
     #[test]
     fn a_commit_past_the_zeros_extends_the_file_a_chunk_beyond_it() {
         let path = temp_file("inline");
@@ -229,7 +243,8 @@ mod tests {
             let end = first - 1024;
             r.extend_ahead(end);
             assert!(r.extending.get());
-            extension_done(&r).await;
+            r.settled().await;
+            assert!(!r.extending.get());
             assert_eq!(r.reserved(), end + RESERVE_MIN);
             assert_eq!(size(&p), end + RESERVE_MIN);
         });

@@ -153,7 +153,8 @@ impl LogWriter {
         self.durable.set(origin);
     }
 
-    /// Nothing more will be appended: the commit task ends once all is durable.
+    /// Nothing more will be appended: the commit task ends once all is durable and no zeros
+    /// are being written ahead of the log.
     pub fn retire(&self) {
         self.retired.set(true);
         if let Some(w) = self.committer.borrow_mut().take() {
@@ -231,6 +232,7 @@ impl LogWriter {
             })
             .await;
             if !more {
+                self.reservation.settled().await;
                 return;
             }
             match self.commit().await {
@@ -381,7 +383,8 @@ mod tests {
             assert_eq!(log.durable_position(), last);
             // A thousand records, appended in one go: a handful of commits, not one each.
             assert!(log.commits() <= 3, "{} commits", log.commits());
-            drop(task);
+            log.retire();
+            task.await;
         });
         let got = records(&path);
         assert_eq!(got.len(), 1000);
@@ -409,7 +412,8 @@ mod tests {
             let kept = log.pending.borrow().capacity();
             assert!(kept < 1 << 20, "{kept} bytes kept after the commit");
             log.durable(after).await;
-            drop(task);
+            log.retire();
+            task.await;
         });
         let got = records(&path);
         assert_eq!(got.len(), 4097);
@@ -437,7 +441,8 @@ mod tests {
                     log.durable(last).await;
                 }
                 assert_eq!(log.durable_position(), last);
-                drop(task);
+                log.retire();
+                task.await;
             });
         }
         let got = records(&path);
@@ -474,10 +479,33 @@ mod tests {
             );
             assert!(!log.is_failing(), "recovered");
             assert!(log.durable_position() >= second);
-            drop(task);
+            log.retire();
+            task.await;
         });
         let kinds: Vec<u8> = records(&path).into_iter().map(|(k, _)| k).collect();
         assert_eq!(kinds, [1, 2, 3]);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_retired_logs_commit_task_ends_only_once_the_zeros_ahead_are_written() {
+        let path = temp_path("settle");
+        let p = path.clone();
+        on_executor(move || async move {
+            let log = LogWriter::open(&p, 0).await.unwrap();
+            let task = glommio::spawn_local(log.clone().run());
+            let last = log.append(1, b"record");
+            log.durable(last).await;
+            // Zeros written ahead in the background, as after a commit near their end. An
+            // executor that stopped now would leave them on its blocking thread, which
+            // panics when its answer has nowhere to go.
+            let reservation = log.reservation.clone();
+            reservation.extend_ahead(reservation.reserved());
+            assert!(reservation.is_extending());
+            log.retire();
+            task.await;
+            assert!(!reservation.is_extending());
+        });
         let _ = std::fs::remove_file(&path);
     }
 
@@ -492,7 +520,8 @@ mod tests {
             let task = glommio::spawn_local(log.clone().run());
             log.durable(position).await;
             assert_eq!(log.commits(), 1);
-            drop(task);
+            log.retire();
+            task.await;
         });
         let _ = std::fs::remove_file(&path);
     }
