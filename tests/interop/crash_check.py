@@ -14,19 +14,22 @@ The test, with paho-mqtt 2.x (callback API version 2), all in this one process:
 * Three subscribers with persistent sessions (CleanSession=0, fixed client ids) subscribe once,
   on the first start, and wait for their SUBACK: `off1` (QoS 1, crash/q1/#) disconnects at once
   and stays offline until the end, so its messages queue in the broker; `on1` (QoS 1,
-  crash/q1/#) and `on2` (QoS 2, crash/q2/#) are online in every round, reconnecting with the
+  crash/q1/# and crash/e1/#) and `on2` (QoS 2, crash/q2/#) are online in every round, reconnecting with the
   same paho client object (so paho keeps its own QoS 2 state) after each restart.
 * Each round (ROUNDS of them): start the broker (--shards 2; one later round 3, one 1), connect
-  everyone (CONNACK Session Present must be 1 for on1 and on2 after a restart), then two new
-  clean-session publishers (QoS 1 on crash/q1/<n>, QoS 2 on crash/q2/<n>, each payload a unique
-  id such as r3-q1-000123) publish as fast as a window of WINDOW in flight allows, for a random
+  everyone (CONNACK Session Present must be 1 for on1 and on2 after a restart), then three new
+  clean-session publishers (QoS 1 on crash/q1/<n>, QoS 2 on crash/q2/<n>, and QoS 1 on
+  crash/e1/<n>, which only the online on1 keeps: no offline queue holds it, only on1's
+  in-flight state; each payload a unique id such as r3-q1-000123) publish as fast as a
+  window of WINDOW in flight allows, for a random
   0.3-1.5 s, and the broker is killed with SIGKILL in mid-burst. A message counts as
   acknowledged only if its PUBACK (QoS 1) or PUBCOMP (QoS 2) arrived before the kill.
 * In two of the rounds, before the kill, retained QoS 1 messages go to crash/ret/{a,b,c} (each
   PUBACK awaited) and then crash/ret/b is cleared with an empty retained message.
 * Last start (no kill): off1, on1 and on2 reconnect (Session Present must be 1) and take
   everything until nothing arrives for QUIET seconds. Then: every acknowledged QoS 1 id reached
-  off1 and on1 at least once (duplicates are allowed and counted), every acknowledged QoS 2 id
+  off1 and on1 at least once (duplicates are allowed and counted), every acknowledged crash/e1
+  id reached on1 at least once (before the kill or after), every acknowledged QoS 2 id
   reached on2 and no id reached on2 twice, and a fresh subscriber to crash/ret/# gets exactly
   a and c with their last payloads. Finally the broker must exit on SIGTERM.
 
@@ -60,6 +63,8 @@ STOP_TIMEOUT = 10.0  # for the broker to exit on SIGTERM
 EXAMPLES = 5  # missing or duplicate ids shown in a failure
 
 Q1_FILTER, Q2_FILTER, RET_FILTER = "crash/q1/#", "crash/q2/#", "crash/ret/#"
+# QoS 1 kept only by the online on1 (no offline queue has it): its in-flight state alone.
+E1_FILTER = "crash/e1/#"
 RET_TOPICS = ("crash/ret/a", "crash/ret/b", "crash/ret/c")
 CLEARED = "crash/ret/b"
 
@@ -289,10 +294,11 @@ class Publisher(Peer):
     """A clean-session publisher that publishes unique ids from a thread, `window` of them in
     flight (published, not yet acknowledged) at most."""
 
-    def __init__(self, host, port, round_no, qos, window):
-        super().__init__(host, port, f"crash-pub{qos}-r{round_no}", clean_session=True)
+    def __init__(self, host, port, round_no, kind, window):
+        super().__init__(host, port, f"crash-pub-{kind}-r{round_no}", clean_session=True)
         self.round_no = round_no
-        self.qos = qos
+        self.kind = kind  # "q1", "q2" or "e1": the topic's first level after crash/
+        self.qos = int(kind[1])
         self.client.max_inflight_messages_set(window)  # paho holds back none of them
         self.window = threading.Semaphore(window)
         self.on_ack = self.window.release
@@ -306,8 +312,8 @@ class Publisher(Peer):
             if not self.window.acquire(timeout=0.1):
                 continue
             n += 1
-            msg_id = f"r{self.round_no}-q{self.qos}-{n:06d}"
-            info = self.client.publish(f"crash/q{self.qos}/{n}", msg_id, qos=self.qos)
+            msg_id = f"r{self.round_no}-{self.kind}-{n:06d}"
+            info = self.client.publish(f"crash/{self.kind}/{n}", msg_id, qos=self.qos)
             self.sent.append((msg_id, info))
             if info.rc != mqtt.MQTT_ERR_SUCCESS:  # the connection is gone: the broker was killed
                 break
@@ -356,8 +362,8 @@ class Run:
         self.off1 = Peer(host, port, "crash-off1", clean_session=False)
         self.on1 = Peer(host, port, "crash-on1", clean_session=False)
         self.on2 = Peer(host, port, "crash-on2", clean_session=False)
-        self.acked = {1: [], 2: []}  # acknowledged ids per QoS
-        self.sent = {1: 0, 2: 0}
+        self.acked = {"q1": [], "q2": [], "e1": []}  # acknowledged ids per publisher kind
+        self.sent = {"q1": 0, "q2": 0, "e1": 0}
         self.retained_want = None  # {topic: payload} after the last retained round
         self.problems = collections.defaultdict(list)  # check name -> why, for the report
         self.failed = 0
@@ -385,6 +391,7 @@ class Run:
         for peer, topic, qos in (
             (self.off1, Q1_FILTER, 1),
             (self.on1, Q1_FILTER, 1),
+            (self.on1, E1_FILTER, 1),
             (self.on2, Q2_FILTER, 2),
         ):
             peer.connect()
@@ -419,7 +426,10 @@ class Run:
     def crash_round(self, round_no):
         """Publishes for the round's burst time, then kills the broker mid-burst."""
         args = self.args
-        pubs = [Publisher(args.host, args.port, round_no, qos, args.window) for qos in (1, 2)]
+        pubs = [
+            Publisher(args.host, args.port, round_no, kind, args.window)
+            for kind in ("q1", "q2", "e1")
+        ]
         for pub in pubs:
             pub.connect()
         started = time.monotonic()
@@ -444,9 +454,9 @@ class Run:
         ]
         for pub in pubs:
             acked = pub.acked()
-            self.acked[pub.qos].extend(acked)
-            self.sent[pub.qos] += len(pub.sent)
-            line.append(f"QoS {pub.qos} {len(acked)} acked of {len(pub.sent)} sent,")
+            self.acked[pub.kind].extend(acked)
+            self.sent[pub.kind] += len(pub.sent)
+            line.append(f"{pub.kind} {len(acked)} acked of {len(pub.sent)} sent,")
         line.append(f"on1 has {self.on1.deliveries()}, on2 {self.on2.deliveries()}")
         if round_no in self.retained_rounds:
             line.append("(+ retained)")
@@ -485,10 +495,13 @@ class Run:
 
     # Checks
 
-    def check_arrived(self, name, peer, qos):
-        """Every acknowledged id of this QoS reached the peer at least once."""
-        received = peer.snapshot()
-        acked = self.acked[qos]
+    def check_arrived(self, name, peer, kind):
+        """Every acknowledged id of this publisher kind reached the peer at least once."""
+        received = collections.Counter(
+            {i: c for i, c in peer.snapshot().items() if f"-{kind}-" in i}
+        )
+        qos = int(kind[1])
+        acked = self.acked[kind]
         missing = sorted(i for i in acked if received[i] == 0)
         dups = sum(c - 1 for c in received.values() if c > 1)
         acked_set = set(acked)
@@ -576,9 +589,10 @@ class Run:
 
         self.report_problems("session present after restarts")
         self.report_problems("broker runs until killed")
-        self.check_arrived("acknowledged QoS 1 reached offline off1", self.off1, 1)
-        self.check_arrived("acknowledged QoS 1 reached online on1", self.on1, 1)
-        self.check_arrived("acknowledged QoS 2 reached online on2", self.on2, 2)
+        self.check_arrived("acknowledged QoS 1 reached offline off1", self.off1, "q1")
+        self.check_arrived("acknowledged QoS 1 reached online on1", self.on1, "q1")
+        self.check_arrived("acknowledged QoS 1 kept by online on1 only reached it", self.on1, "e1")
+        self.check_arrived("acknowledged QoS 2 reached online on2", self.on2, "q2")
         self.check_no_duplicates("QoS 2 delivered once to on2", self.on2)
         self.check_retained(retained)
 
@@ -596,8 +610,9 @@ class Run:
     def summary(self, began):
         print(
             f"{self.passed} passed, {self.failed} failed in {time.monotonic() - began:.0f} s "
-            f"(seed {self.args.seed}; {len(self.acked[1])} of {self.sent[1]} QoS 1 and "
-            f"{len(self.acked[2])} of {self.sent[2]} QoS 2 messages acknowledged)",
+            f"(seed {self.args.seed}; {len(self.acked['q1'])} of {self.sent['q1']} QoS 1, "
+            f"{len(self.acked['e1'])} of {self.sent['e1']} QoS 1 for on1 only and "
+            f"{len(self.acked['q2'])} of {self.sent['q2']} QoS 2 messages acknowledged)",
             flush=True,
         )
         if self.failed:
