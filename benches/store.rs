@@ -3,6 +3,8 @@
 //! record per batch measures the sync latency; larger batches show how far one sync carries,
 //! which is what bounds acknowledged QoS 1/2 messages per second with persistence.
 //!
+//! `store_frame_encode`: framing one record (its checksum included), per record.
+//!
 //! Run: `cargo bench --bench store` (the log goes to `$TMPDIR`, or `SURGEMQ_BENCH_DIR` to
 //! measure another disk). Throughput is in records per second.
 
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use glommio::LocalExecutorBuilder;
+use surgemq::store::frame::encode_frame;
 use surgemq::store::LogWriter;
 
 /// A QoS 1 message record's size, about: a topic, a 64-byte payload and a few ids.
@@ -64,5 +67,26 @@ fn group_commit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, group_commit);
+/// One record framed (length, CRC-32C, kind, body) into the pending buffer, as every journaled
+/// QoS 1/2 delivery, send and acknowledgement is: a short body (a Sent or Completed record) and
+/// a QoS 1 message's.
+fn frame_encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store_frame_encode");
+    for size in [20usize, 120] {
+        let body = vec![0x5au8; size];
+        let mut out = bytes::BytesMut::with_capacity(1 << 20);
+        group.throughput(Throughput::Elements(1));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            b.iter(|| {
+                if out.len() > (1 << 20) - 256 {
+                    out.clear();
+                }
+                encode_frame(&mut out, 1, std::hint::black_box(body));
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, group_commit, frame_encode);
 criterion_main!(benches);

@@ -22,14 +22,35 @@ pub const HEADER: usize = 8;
 /// 256 MiB), low enough that a corrupt length cannot make the reader allocate gigabytes.
 pub const MAX_FRAME_BODY: usize = 300 << 20;
 
+/// The frame's checksum: CRC-32C over the length's 4 bytes (little-endian), the kind and the
+/// body.
+fn checksum(len: u32, kind: u8, body: &[u8]) -> u32 {
+    crc32c::crc32c_append(head_checksum(len, kind), body)
+}
+
+/// CRC-32C of the length's bytes and the kind. Each call into the crate has a fixed cost
+/// larger than the checksum of a short record's body; with SSE 4.2 these 5 bytes take two
+/// instructions instead of two calls (`cargo bench --bench store -- store_frame_encode`:
+/// framing a 20-byte body 86 -> 24 ns, a 120-byte one 68 -> 31 ns; the same checksums).
+#[inline]
+fn head_checksum(len: u32, kind: u8) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("sse4.2") {
+        use std::arch::x86_64::{_mm_crc32_u32, _mm_crc32_u8};
+        // SAFETY: the CPU has SSE 4.2, just checked. The instructions compute CRC-32C (the
+        // Castagnoli polynomial) over the 4 bytes of `len` in little-endian order, then `kind`,
+        // as the crate does, with its initial and final inversion.
+        return unsafe { !_mm_crc32_u8(_mm_crc32_u32(!0, len), kind) };
+    }
+    crc32c::crc32c_append(crc32c::crc32c(&len.to_le_bytes()), &[kind])
+}
+
 /// Appends one frame holding `kind` and `body` to `out`.
 pub fn encode_frame(out: &mut BytesMut, kind: u8, body: &[u8]) {
     let len = (body.len() + 1) as u32;
     debug_assert!(body.len() < MAX_FRAME_BODY);
     let len_bytes = len.to_le_bytes();
-    let mut crc = crc32c::crc32c(&len_bytes);
-    crc = crc32c::crc32c_append(crc, &[kind]);
-    crc = crc32c::crc32c_append(crc, body);
+    let crc = checksum(len, kind, body);
     out.reserve(HEADER + 1 + body.len());
     out.put_slice(&len_bytes);
     out.put_u32_le(crc);
@@ -76,7 +97,7 @@ pub fn decode_frame(bytes: &[u8]) -> Frame<'_> {
     let Some(rest) = bytes.get(HEADER..HEADER + len) else {
         return Frame::Bad("a frame cut short");
     };
-    let expected = crc32c::crc32c_append(crc32c::crc32c(&bytes[0..4]), rest);
+    let expected = checksum(len as u32, rest[0], &rest[1..]);
     if expected != crc {
         return Frame::Bad("a checksum mismatch");
     }
@@ -114,6 +135,22 @@ mod tests {
                 size: 11
             }
         );
+    }
+
+    #[test]
+    fn the_checksum_is_the_crates_crc32c_of_length_kind_and_body() {
+        for size in [0usize, 1, 7, 8, 9, 63, 64, 120, 1000, 5000] {
+            let body: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+            let len = (size + 1) as u32;
+            let mut all = len.to_le_bytes().to_vec();
+            all.push(0xa5);
+            all.extend_from_slice(&body);
+            assert_eq!(
+                checksum(len, 0xa5, &body),
+                crc32c::crc32c(&all),
+                "{size} bytes"
+            );
+        }
     }
 
     #[test]
