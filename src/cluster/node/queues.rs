@@ -311,7 +311,9 @@ pub(super) async fn keep_queues(
         node,
         shared,
         marks,
-        untold: false,
+        // A shard not told its mark while the stream opened (its inbox was full) is told
+        // again from here.
+        untold,
         changed: false,
         // Room for the headers and the protocol line.
         chunk: max - 4096,
