@@ -281,7 +281,9 @@ fn a_node_cut_off_while_its_session_moved_on_resumes_it_with_the_newer_subscript
 /// client's session holds: a resume on a node that holds nothing of it is refused (CONNACK
 /// 0x88 to an MQTT 5 client, 0x03 to a 3.1.1 one: server unavailable) rather than started
 /// anew, which would have told the client its subscriptions and queued messages were gone.
-/// Once the servers are back, the client resumes with both.
+/// So is a resume on a node that started while JetStream had no quorum (it never had the
+/// session directory open, and used to take a failed lookup of it for "no session": Session
+/// Present 0). Once the servers are back, the client resumes on that node with both.
 ///
 /// The two servers are stopped with SIGTERM, not killed. Killed (SIGKILL) together, they
 /// came back, about one run in eight on a loaded machine, without the session's snapshot
@@ -318,12 +320,26 @@ fn a_resume_jetstream_cannot_answer_is_refused_not_started_anew() {
     let frame = refused.next_frame_within(wait).expect("a CONNACK");
     assert_eq!(frame, [0x20, 0x02, 0x00, 0x03], "3.1.1: refused");
     refused.expect_closed_within(Duration::from_secs(5));
+    // The survivor restarted alone: it answers, but its JetStream cannot (nor look the
+    // bucket up, which it still could before).
+    nats.stop(1);
+    nats.restart(1);
+    let c = NodeProcess::start_while_jetstream_is_down("c", &nats.url(1));
+    let mut refused = RawClient::open(c.addr());
+    refused.send(&ConnectBuilder::new("roamer").clean(false).build());
+    let frame = refused.next_frame_within(wait).expect("a CONNACK");
+    assert_eq!(
+        frame,
+        [0x20, 0x02, 0x00, 0x03],
+        "a node started since: refused"
+    );
+    refused.expect_closed_within(Duration::from_secs(5));
 
     nats.restart(0);
     nats.restart(2);
     until_leaders(&nats, 1, "led", |l| l.is_some());
     // As a client library would: again while refused (the new leaders may not answer yet).
-    let mut client = resume(&b, "roamer", true);
+    let mut client = resume(&c, "roamer", true);
     expect_all_in_order(&mut client, 1..=1);
 }
 

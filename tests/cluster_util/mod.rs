@@ -364,6 +364,18 @@ impl NodeProcess {
     /// With more `surgemq serve` arguments (a `--data-dir`, say; one shard unless they say
     /// `--shards`).
     pub fn start_with(name: &str, nats: &str, more: &[&str]) -> NodeProcess {
+        let node = NodeProcess::spawn(name, nats, more);
+        until_sessions_bucket(nats);
+        node
+    }
+
+    /// Started without waiting for the session bucket to have a leader: for a node that
+    /// starts while JetStream cannot answer.
+    pub fn start_while_jetstream_is_down(name: &str, nats: &str) -> NodeProcess {
+        NodeProcess::spawn(name, nats, &[])
+    }
+
+    fn spawn(name: &str, nats: &str, more: &[&str]) -> NodeProcess {
         let port = free_port();
         let log = std::env::temp_dir().join(format!(
             "surgemq-node-{name}-{port}-{}.log",
@@ -388,7 +400,6 @@ impl NodeProcess {
             .spawn()
             .expect("the surgemq binary");
         wait_listening(port);
-        until_sessions_bucket(nats);
         NodeProcess { child, port, log }
     }
 

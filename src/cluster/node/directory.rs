@@ -108,9 +108,9 @@ pub(in crate::cluster) struct DirectoryCopy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(in crate::cluster) struct Unreadable;
 
-/// How long a node that has not opened the bucket yet waits for looking it up: a resume
-/// takes no answer for none (JetStream may not be there, or be making the bucket), and must
-/// not wait out the resume's time for JetStream's copies (`handoff`).
+/// How long a node that has not opened the bucket yet waits for looking it up: within the
+/// resume's time for JetStream's copies (`handoff`), so that it is asked again before the
+/// resume is refused.
 const LOOKUP_WAIT: Duration = Duration::from_secs(1);
 
 /// A key's value as the bucket's leader has it; None when the key has none (never put, or
@@ -324,7 +324,7 @@ impl Directory {
         if let Some(at) = self.taken_from(client_id, node_key) {
             return Some(at);
         }
-        let store = self.store(client).await?;
+        let store = self.store(client).await.ok()??;
         let key = tombstone_key(&key_of(client_id), node_key);
         let value = leader_get(&store, &key).await.ok()??;
         let at = std::str::from_utf8(&value).ok()?.parse().ok()?;
@@ -333,14 +333,29 @@ impl Directory {
     }
 
     /// The bucket: as this node opened it or, until it has (JetStream came late, or is slow,
-    /// or this node just started), looked up, within [`LOOKUP_WAIT`].
-    async fn store(&self, client: &async_nats::Client) -> Option<Store> {
+    /// or this node just started), looked up, within [`LOOKUP_WAIT`]. `Ok(None)` only when
+    /// there is no bucket to read: JetStream says it has none, or nobody answers its API (the
+    /// NATS server runs without JetStream). No answer in time or any other error (JetStream is
+    /// electing its leaders, or lost its quorum) is [`Unreadable`]: a node that starts while
+    /// JetStream cannot answer must not take that for "no session", or a resume there would
+    /// start anew and its empty session overwrite the client's entry once JetStream is back.
+    async fn store(&self, client: &async_nats::Client) -> Result<Option<Store>, Unreadable> {
         if let Some(store) = self.store.get() {
-            return Some(store.clone());
+            return Ok(Some(store.clone()));
         }
         let js = async_nats::jetstream::new(client.clone());
-        let lookup = tokio::time::timeout(LOOKUP_WAIT, js.get_key_value(BUCKET));
-        lookup.await.ok()?.ok()
+        match tokio::time::timeout(LOOKUP_WAIT, js.get_key_value(BUCKET)).await {
+            Ok(Ok(store)) => Ok(Some(store)),
+            Ok(Err(e)) if no_bucket(&e) => Ok(None),
+            Ok(Err(e)) => {
+                warn!("cluster: cannot look the session bucket up: {e}");
+                Err(Unreadable)
+            }
+            Err(_) => {
+                warn!("cluster: JetStream did not say within {LOOKUP_WAIT:?} whether it has the session bucket");
+                Err(Unreadable)
+            }
+        }
     }
 
     /// Writes the tombstone that says this node resumed the client's session from `node`'s
@@ -352,7 +367,7 @@ impl Directory {
         node: &str,
         gone_ms: u64,
     ) {
-        let Some(store) = self.store(client).await else {
+        let Ok(Some(store)) = self.store(client).await else {
             return warn!(client = %client_id, "cluster: the session bucket is not open; the node the session was taken from will not know it, and may deliver its messages again when it comes back");
         };
         let key = tombstone_key(&key_of(client_id), &key_of(node));
@@ -422,15 +437,15 @@ impl Directory {
 
     /// The client's entry, if it has one and it is `username`'s. Looks the bucket up itself
     /// when this node has not opened it yet (JetStream came late, or is slow, or this node
-    /// just started), and takes a failed lookup for none: JetStream may not be there at all.
-    /// [`Unreadable`] when the bucket is there and does not answer, or answers with an error.
+    /// just started): no bucket, or no JetStream, is no entry. [`Unreadable`] when JetStream
+    /// does not answer, or answers with an error, for the bucket or the entry.
     pub(in crate::cluster) async fn get(
         &self,
         client: &async_nats::Client,
         client_id: &str,
         username: Option<&str>,
     ) -> Result<Option<DirectoryCopy>, Unreadable> {
-        let Some(store) = self.store(client).await else {
+        let Some(store) = self.store(client).await? else {
             return Ok(None);
         };
         let key = key_of(client_id);
@@ -466,6 +481,28 @@ impl Directory {
             records,
             written_elsewhere_ms: elsewhere.then_some(written_ms),
         }))
+    }
+}
+
+/// Whether a failed lookup of a bucket means there is none: JetStream answered that its
+/// stream does not exist, or nobody answers JetStream's API (no JetStream on the server).
+fn no_bucket(e: &async_nats::jetstream::context::KeyValueError) -> bool {
+    use async_nats::jetstream::context::{
+        GetStreamError, GetStreamErrorKind, RequestError, RequestErrorKind,
+    };
+    use std::error::Error as _;
+    let Some(get) = e.source().and_then(|s| s.downcast_ref::<GetStreamError>()) else {
+        return false;
+    };
+    match get.kind() {
+        GetStreamErrorKind::JetStream(e) => {
+            e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+        }
+        GetStreamErrorKind::Request => get
+            .source()
+            .and_then(|s| s.downcast_ref::<RequestError>())
+            .is_some_and(|r| r.kind() == RequestErrorKind::NoResponders),
+        _ => false,
     }
 }
 
