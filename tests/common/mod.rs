@@ -34,6 +34,9 @@ pub struct Broker {
     /// Every listener's address, in the order of the configuration's `listen`.
     pub addrs: Vec<SocketAddr>,
     pub shards: usize,
+    /// A cluster node: it refuses a resume while JetStream cannot answer for the session
+    /// (CONNACK "server unavailable"), and a connect tries again, as a client library would.
+    clustered: bool,
 }
 
 impl Broker {
@@ -48,6 +51,7 @@ impl Broker {
     /// A broker with the given configuration; its `listen` should use port 0.
     pub fn with_config(config: BrokerConfig) -> Broker {
         let shards = config.shards;
+        let clustered = config.cluster.is_some();
         let handle = broker::start(config).expect("broker starts");
         let addr = handle.local_addrs()[0];
         let addrs = handle.local_addrs().to_vec();
@@ -56,6 +60,7 @@ impl Broker {
             addr,
             addrs,
             shards,
+            clustered,
         }
     }
 
@@ -74,11 +79,8 @@ impl Broker {
     /// A client connected with the given CONNECT, which the broker must accept.
     #[track_caller]
     pub fn connect_with(&self, connect: &ConnectBuilder) -> RawClient {
-        let mut c = self.socket();
-        c.send(&connect.build());
         // CONNACK, remaining length 2, session present 0, return code 0 (accepted).
-        c.expect_bytes(&[0x20, 0x02, 0x00, 0x00]);
-        c
+        self.connect_expecting(connect, &[0x20, 0x02, 0x00, 0x00])
     }
 
     /// A client that reconnects with CleanSession = 0 and must find its session: CONNACK
@@ -91,10 +93,24 @@ impl Broker {
     /// Sends `connect` on a new socket and expects exactly `connack`.
     #[track_caller]
     pub fn connect_expecting(&self, connect: &ConnectBuilder, connack: &[u8]) -> RawClient {
-        let mut c = self.socket();
-        c.send(&connect.build());
-        c.expect_bytes(connack);
-        c
+        /// "Server unavailable": 3.1.1 and MQTT 5.
+        const REFUSED: [&[u8]; 2] = [&[0x20, 0x02, 0x00, 0x03], &[0x20, 0x03, 0x00, 0x88, 0x00]];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut c = self.socket();
+            c.send(&connect.build());
+            if !self.clustered || REFUSED.contains(&connack) {
+                c.expect_bytes(connack);
+                return c;
+            }
+            let frame = c.next_frame_within(READ_TIMEOUT).expect("a CONNACK");
+            if REFUSED.contains(&&frame[..]) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            assert_eq!(frame, connack, "CONNACK");
+            return c;
+        }
     }
 
     /// Stops the broker and returns every shard's final counters.
