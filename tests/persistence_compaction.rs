@@ -143,3 +143,72 @@ fn logs_stay_bounded_under_churn_and_keep_what_is_live() {
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The shard's log file (one shard) and its inode: a compaction renames its successor over it.
+fn log_inode(dir: &Path) -> (PathBuf, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "log") {
+                return (path, entry.metadata().unwrap().ino());
+            }
+        }
+    }
+    panic!("no log in {}", dir.display());
+}
+
+/// A log that grows because a queue for an absent client grows is all live: a snapshot would
+/// write it again and drop nothing, so it is not compacted however far it passes the
+/// threshold. Once the client has taken and acknowledged the messages, it is.
+#[test]
+fn a_log_that_is_all_live_is_not_copied_again() {
+    let dir = std::env::temp_dir().join(format!("surgemq-compaction-live-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let broker = Broker::with_config(config(&dir, 1));
+    let mut away = broker.connect_with(&ConnectBuilder::new("away").clean(false));
+    away.subscribe(1, &[("kept/#", 1)]);
+    away.disconnect();
+    let mut publisher = broker.connect("pub");
+    let (path, inode) = log_inode(&dir);
+    // As many as the queue takes (the tests' limit is 1,000 messages).
+    let payload = [b'q'; 500];
+    const MESSAGES: u16 = 1_000;
+    for pid in 1..=MESSAGES {
+        publisher.send(&publish("kept/t", &payload, 1, false, false, pid));
+        publisher.expect_bytes(&puback(pid));
+    }
+    // Seven times the threshold, live; a few of the shard's checks (every 250 ms) later, the
+    // log is still the one it started with.
+    let size = log_bytes(&dir);
+    assert!(size > 6 * THRESHOLD, "{size} bytes");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        log_inode(&dir),
+        (path.clone(), inode),
+        "compacted while all live"
+    );
+
+    // Taken and acknowledged: dead, and compacted away.
+    let mut away = broker.resume(&ConnectBuilder::new("away").clean(false));
+    for _ in 0..MESSAGES {
+        let (p, _) = away.next_publish();
+        away.ack(&p);
+    }
+    away.disconnect();
+    // The compacted log: a few records, and the file's 64 KiB of zeros ahead of them.
+    let small = THRESHOLD + 4096;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log_bytes(&dir) > small && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(log_bytes(&dir) <= small, "{} bytes", log_bytes(&dir));
+    assert_ne!(log_inode(&dir).1, inode, "not compacted once dead");
+    publisher.disconnect();
+    let compactions: u64 = broker.shutdown().iter().map(|m| m.compactions).sum();
+    assert_eq!(compactions, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
