@@ -1,7 +1,8 @@
 //! Keeping a shard's log from growing without bound (with `--data-dir`): once the log holds
 //! at least `compact_after_bytes`, twice what its last snapshot held and twice what the shard
 //! estimates a snapshot would hold now (so at least half of it is dead; a log that grows
-//! because a queue grows is not copied again for nothing), the shard writes its
+//! because a queue grows is not copied again for nothing), and no client is draining much of
+//! what is live, the shard writes its
 //! live durable state (persistent sessions with their subscriptions, messages in flight and
 //! queued, incoming QoS 2 ids; retained messages) as the first records of a successor log,
 //! `shard-N.log.next`, ends it with `SnapshotEnd`, and from that moment appends there. Nothing
@@ -42,10 +43,17 @@ pub async fn compact_journal(shard: Rc<Shard>) {
     // The current log: where its positions start and what its snapshot held.
     let mut start = 0;
     let mut kept = journal.appended();
+    // The live estimate at the last check that made one.
+    let mut live_before = None;
     loop {
         glommio::timer::sleep(CHECK_EVERY).await;
         let grown = journal.appended() - start;
-        if !worth_compacting(grown, min, kept, || live_estimate(&shard)) {
+        if grown < min.max(2 * kept) {
+            live_before = None;
+            continue;
+        }
+        let live = live_estimate(&shard);
+        if !mostly_dead(grown, live, live_before.replace(live)) {
             continue;
         }
         if shard.durability.has_handed_on() {
@@ -75,14 +83,20 @@ pub async fn compact_journal(shard: Rc<Shard>) {
     }
 }
 
-/// Whether a log of `grown` bytes is worth compacting: it holds at least `min` bytes and
-/// twice what its last snapshot held (`kept`), and at least half of it is dead: it is at
-/// least twice what a snapshot would take now, as `live` estimates (asked only when the rest
-/// holds). With every byte live (a queue for an absent client that only grows), a snapshot
-/// would write the whole log again and drop nothing; before this rule it did, once per
-/// doubling, a third of the shard's time with `bench pair --persistent --offline`.
-fn worth_compacting(grown: u64, min: u64, kept: u64, live: impl FnOnce() -> u64) -> bool {
-    grown >= min.max(2 * kept) && grown >= 2 * live()
+/// Whether a log of `grown` bytes (past the size that makes a compaction due: `min` and
+/// twice what the last snapshot held) is worth compacting now, with `live` bytes of it live
+/// as estimated now and `before` at the previous check: at least half of it must be dead.
+/// With every byte live (a queue for an absent client that only grows), a snapshot would
+/// write the whole log again and drop nothing; before this rule it did, once per doubling, a
+/// third of the shard's time with `bench pair --persistent --offline`.
+///
+/// And not while what is live falls (a client draining its queue) and is still more than an
+/// eighth of the log: the snapshot would copy what is about to be acknowledged. The log grows
+/// meanwhile by less than the drain's records, and once the fall stops, or what is left is
+/// small, the snapshot is cheap.
+fn mostly_dead(grown: u64, live: u64, before: Option<u64>) -> bool {
+    let draining = before.is_some_and(|before| live < before) && live >= grown / 8;
+    grown >= 2 * live && !draining
 }
 
 /// Record bytes, past topic and payload, of a message a snapshot keeps (a `Queued` record in
@@ -276,32 +290,23 @@ pub(super) fn session_records(
 
 #[cfg(test)]
 mod tests {
-    use super::worth_compacting;
+    use super::mostly_dead;
 
     #[test]
-    fn a_log_is_compacted_once_half_of_it_is_dead() {
+    fn a_log_is_compacted_once_half_of_it_is_dead_and_no_drain_is_under_way() {
         const MIB: u64 = 1 << 20;
-        let live = |bytes: u64| move || bytes;
-        // Under the minimum or under twice the last snapshot: not yet, whatever is live.
-        assert!(!worth_compacting(63 * MIB, 64 * MIB, 0, live(0)));
-        assert!(!worth_compacting(100 * MIB, 64 * MIB, 60 * MIB, live(0)));
-        // Past both, and mostly dead: compacted.
-        assert!(worth_compacting(64 * MIB, 64 * MIB, 0, live(MIB)));
-        assert!(worth_compacting(
-            120 * MIB,
-            64 * MIB,
-            60 * MIB,
-            live(60 * MIB)
-        ));
-        // Past both but mostly live (a queue that only grows): not copied again.
-        assert!(!worth_compacting(128 * MIB, 64 * MIB, 0, live(100 * MIB)));
-        assert!(!worth_compacting(
-            128 * MIB,
-            64 * MIB,
-            0,
-            live(64 * MIB + 1)
-        ));
-        // The estimate is asked for only when the rest holds.
-        assert!(!worth_compacting(MIB, 64 * MIB, 0, || unreachable!()));
+        // Mostly dead: compacted.
+        assert!(mostly_dead(64 * MIB, MIB, None));
+        assert!(mostly_dead(120 * MIB, 60 * MIB, Some(60 * MIB)));
+        // Mostly live (a queue that only grows): not copied again.
+        assert!(!mostly_dead(128 * MIB, 100 * MIB, Some(90 * MIB)));
+        assert!(!mostly_dead(128 * MIB, 64 * MIB + 1, None));
+        // Draining (live fell since the last check) with much left to copy: later. Once it
+        // stops falling, or little is left, compacted.
+        assert!(!mostly_dead(128 * MIB, 40 * MIB, Some(60 * MIB)));
+        assert!(!mostly_dead(128 * MIB, 16 * MIB, Some(17 * MIB)));
+        assert!(mostly_dead(128 * MIB, 40 * MIB, Some(40 * MIB)));
+        assert!(mostly_dead(128 * MIB, 16 * MIB - 1, Some(17 * MIB)));
+        assert!(mostly_dead(128 * MIB, 0, Some(0)));
     }
 }
