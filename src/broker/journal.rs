@@ -62,9 +62,18 @@ impl Journal {
 
     /// Appends `record` to `writer` (a compaction's next log, before the switch).
     pub fn append_to(&self, writer: &LogWriter, record: &Record) -> Position {
+        self.append_encoded(writer, |body| record.encode(body))
+    }
+
+    /// Appends the record `encode` writes (its body; it returns the kind) to `writer`.
+    fn append_encoded(
+        &self,
+        writer: &LogWriter,
+        encode: impl FnOnce(&mut BytesMut) -> u8,
+    ) -> Position {
         let mut body = self.scratch.borrow_mut();
         body.clear();
-        let kind = record.encode(&mut body);
+        let kind = encode(&mut body);
         writer.append(kind, &body)
     }
 
@@ -147,14 +156,10 @@ impl Journal {
         subscription_id: u32,
         share: Option<&ShareKey>,
     ) {
-        self.append(&Record::Queued {
-            session,
-            seq,
-            topic: message.topic.clone(),
-            payload: message.payload.clone(),
-            qos,
-            retain,
-            extras: message_extras(message, subscription_id, share),
+        let extras = message_extras(message, subscription_id, share);
+        let (topic, payload) = (&message.topic, &message.payload);
+        self.append_encoded(&self.writer.borrow(), |body| {
+            Record::encode_queued(body, session, seq, topic, payload, qos, retain, &extras)
         });
     }
 

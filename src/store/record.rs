@@ -263,6 +263,26 @@ fn put_str(out: &mut BytesMut, s: &str) {
 }
 
 impl Record {
+    /// A [`Record::Queued`]'s kind and body from borrowed parts: what the journal writes for
+    /// each message it keeps, without cloning the message's topic and payload into a record
+    /// (two reference counts taken and dropped per message, on the publisher's read buffer).
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_queued(
+        out: &mut BytesMut,
+        session: u64,
+        seq: u64,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        extras: &Option<Box<MessageExtras>>,
+    ) -> u8 {
+        out.put_u64_le(session);
+        out.put_u64_le(seq);
+        put_message(out, topic, qos, retain, payload, extras);
+        kind::QUEUED
+    }
+
     /// The record's kind, and its body appended to `out`.
     pub fn encode(&self, out: &mut BytesMut) -> u8 {
         use kind::*;
@@ -317,12 +337,7 @@ impl Record {
                 qos,
                 retain,
                 extras,
-            } => {
-                out.put_u64_le(*session);
-                out.put_u64_le(*seq);
-                put_message(out, topic, *qos, *retain, payload, extras);
-                QUEUED
-            }
+            } => Record::encode_queued(out, *session, *seq, topic, payload, *qos, *retain, extras),
             Record::Sent {
                 session,
                 seq,
