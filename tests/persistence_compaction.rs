@@ -22,9 +22,10 @@ fn config(dir: &Path, shards: usize) -> BrokerConfig {
     }
 }
 
-/// Bytes in the data directory's logs.
-fn log_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
+/// Every file under `dir` whose name has `.log` in it (`shard-N.log`, and `.log.next` during
+/// a compaction), with its metadata.
+fn logs(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+    let mut found = Vec::new();
     let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).unwrap().flatten() {
@@ -32,11 +33,16 @@ fn log_bytes(dir: &Path) -> u64 {
             if path.is_dir() {
                 stack.push(path);
             } else if path.to_string_lossy().contains(".log") {
-                total += entry.metadata().unwrap().len();
+                found.push((path, entry.metadata().unwrap()));
             }
         }
     }
-    total
+    found
+}
+
+/// Bytes in the data directory's logs.
+fn log_bytes(dir: &Path) -> u64 {
+    logs(dir).iter().map(|(_, m)| m.len()).sum()
 }
 
 #[test]
@@ -147,18 +153,11 @@ fn logs_stay_bounded_under_churn_and_keep_what_is_live() {
 /// The shard's log file (one shard) and its inode: a compaction renames its successor over it.
 fn log_inode(dir: &Path) -> (PathBuf, u64) {
     use std::os::unix::fs::MetadataExt;
-    let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "log") {
-                return (path, entry.metadata().unwrap().ino());
-            }
-        }
-    }
-    panic!("no log in {}", dir.display());
+    logs(dir)
+        .into_iter()
+        .find(|(path, _)| path.extension().is_some_and(|e| e == "log"))
+        .map(|(path, m)| (path, m.ino()))
+        .unwrap_or_else(|| panic!("no log in {}", dir.display()))
 }
 
 /// A log that grows because a queue for an absent client grows is all live: a snapshot would
