@@ -448,30 +448,16 @@ impl Drop for NodeProcess {
 }
 
 /// A 3.1.1 client resuming `client_id` (CleanSession 0) on `node`, whose CONNACK must say
-/// Session Present `present`. A node refuses a resume while JetStream cannot answer for the
-/// session (CONNACK 3: a leader change, or a machine so loaded that the read outlasts the
-/// node's wait, as in a CI run of parallel tests); like a client library, this tries again
-/// every 0.5 s, for up to 30 s.
+/// Session Present `present`, tried again while the node refuses it (see
+/// [`connect_past_refusals`]).
 #[track_caller]
 pub fn resume(node: &NodeProcess, client_id: &str, present: bool) -> RawClient {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut c = RawClient::open(node.addr());
-        c.send(&ConnectBuilder::new(client_id).clean(false).build());
-        let frame = c
-            .next_frame_within(Duration::from_secs(15))
-            .expect("a CONNACK");
-        if frame == [0x20, 0x02, 0x00, 0x03] && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(500));
-            continue;
-        }
-        assert_eq!(
-            frame,
-            [0x20, 0x02, u8::from(present), 0x00],
-            "CONNACK resuming {client_id}"
-        );
-        return c;
-    }
+    let connect = ConnectBuilder::new(client_id).clean(false);
+    connect_past_refusals(
+        node.addr(),
+        &connect,
+        &[0x20, 0x02, u8::from(present), 0x00],
+    )
 }
 
 pub fn connect_to(addr: std::net::SocketAddr, id: &str) -> RawClient {
